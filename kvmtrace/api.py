@@ -1,0 +1,99 @@
+"""The Python face: ``kvmtrace.open(path)`` and the :class:`Trace` object.
+
+A ``Trace`` wraps the reader's :class:`parsers.schema.TraceData` and presents it the way a
+notebook user wants it: polars DataFrames (``.to_pandas()`` is one call away), the raw Arrow
+tables when exactness matters, and Parquet export.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import parsers
+from parsers.schema import TraceData, TraceInfo
+
+
+class Trace:
+    """One buffer instance of one recording, decoded."""
+
+    def __init__(self, data: TraceData, path: str):
+        self._data = data
+        self.path = path
+
+    @property
+    def data(self) -> TraceData:
+        """The reader's output (Arrow tables and metadata), for the replay and for exact work."""
+        return self._data
+
+    @property
+    def info(self) -> TraceInfo:
+        return self._data.info
+
+    @property
+    def event_names(self) -> list[str]:
+        return sorted(self._data.tables)
+
+    @property
+    def events(self) -> pl.DataFrame:
+        """Every event in global ``seq`` order: common columns plus ``event`` and ``system``."""
+        return pl.from_arrow(self._data.events)
+
+    def arrow(self, name: str) -> pa.Table:
+        """The Arrow table of one event (exact types, schema metadata with the print fmt)."""
+        return self._data.table(name)
+
+    def table(self, name: str) -> pl.DataFrame:
+        """One event's rows as a polars DataFrame."""
+        return pl.from_arrow(self._data.table(name))
+
+    @property
+    def gaps(self) -> pl.DataFrame:
+        """Lost-event windows, one row per CPU page that reported dropped events."""
+        return pl.from_arrow(self._data.gaps)
+
+    def instance(self, name: str) -> "Trace":
+        """Another buffer instance of the same file (trace-cmd ``-B NAME``)."""
+        try:
+            return Trace(self._data.instances[name], self.path)
+        except KeyError:
+            raise KeyError(f"no buffer instance {name!r}; this file has {sorted(self._data.instances)}") from None
+
+    def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:
+        """Write ``<event>.parquet`` per event plus ``events.parquet`` into ``outdir``.
+
+        Written to a temporary folder beside ``outdir`` and moved into place at the end, so an
+        error half-way leaves nothing behind.
+        """
+        out = Path(outdir)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            for name, table in self._data.tables.items():
+                pq.write_table(table, tmp / f"{name}.parquet")
+            pq.write_table(self._data.events, tmp / "events.parquet")
+            out.mkdir(exist_ok=True)
+            written = []
+            for f in sorted(tmp.iterdir()):
+                target = out / f.name
+                os.replace(f, target)
+                written.append(target)
+            return written
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __repr__(self) -> str:
+        i = self.info
+        return f"<Trace {self.path!r} {i.source} v{i.version} kernel={i.kernel} events={i.total_events}>"
+
+
+def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:  # noqa: A001
+    """Open a trace.dat or ftrace text file (format decided by content)."""
+    data = parsers.read(path, instance=instance, strict=strict)
+    return Trace(data, os.fspath(path))

@@ -1,0 +1,1 @@
+"""One module per ``kvmtrace`` subcommand; each registers itself on :data:`kvmtrace.cli.app`."""

@@ -1,0 +1,116 @@
+"""The event schema: the one place the readers, the replay and the reports agree on.
+
+Every reader (binary trace.dat, tracefs text, ``trace-cmd report`` text) produces a
+:class:`TraceData`: one Arrow table per event name whose first columns are :data:`COMMON_FIELDS`,
+followed by the event's own fields under their format-file names; an ``events`` table with the
+common columns and the event name in global order; a ``gaps`` table of lost-event windows; and a
+:class:`TraceInfo` describing the recording.
+
+Why Arrow with explicit schemas: downstream code (the replay, polars/pandas users in notebooks,
+Parquet export) needs exact integer widths (an SPTE is a u64, a role word a u32) and must be able
+to tell "not in this trace" (null, with a reason in the metadata) from "zero".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+import pyarrow as pa
+
+#: Columns every per-event table and the ``events`` table start with, in this order.
+#: ``seq`` is the global order over all CPUs (by timestamp, then CPU, stable within a CPU), the
+#: key the replay walks and findings cite as evidence. ``ts`` is nanoseconds in the trace clock.
+COMMON_FIELDS: tuple[pa.Field, ...] = (
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("ts", pa.int64(), nullable=False),
+    pa.field("cpu", pa.int16(), nullable=False),
+    pa.field("pid", pa.int32(), nullable=False),
+    pa.field("comm", pa.string()),
+)
+COMMON_NAMES: tuple[str, ...] = tuple(f.name for f in COMMON_FIELDS)
+
+#: The ``events`` table: the common columns plus the event's name and system.
+EVENTS_SCHEMA = pa.schema(
+    list(COMMON_FIELDS)
+    + [
+        pa.field("event", pa.dictionary(pa.int32(), pa.string()), nullable=False),
+        pa.field("system", pa.dictionary(pa.int32(), pa.string())),
+    ]
+)
+
+#: The ``gaps`` table: one row per place a CPU's buffer dropped events. ``seq`` is the first
+#: event seen on that CPU after the gap (or null if none followed); ``lost`` is the number of
+#: events the kernel said were dropped, null when the kernel only flagged that some were.
+GAPS_SCHEMA = pa.schema(
+    [
+        pa.field("cpu", pa.int16(), nullable=False),
+        pa.field("ts", pa.int64()),
+        pa.field("seq", pa.int64()),
+        pa.field("lost", pa.int64()),
+    ]
+)
+
+# Schema-metadata keys (bytes, as Arrow wants them) a reader may set on a per-event table.
+META_SYSTEM = b"kvmtrace.system"  #: the event's system, e.g. b"kvmmmu"
+META_EVENT_ID = b"kvmtrace.event_id"  #: the format file's ID (decimal)
+META_PRINT_FMT = b"kvmtrace.print_fmt"  #: the format file's print fmt, verbatim
+META_SOURCE = b"kvmtrace.source"  #: b"tracedat" or b"text"
+#: Prefix for per-column notes: ``kvmtrace.null.<column>`` says why a column is (partly) null,
+#: e.g. text output that hashes pointers. Readers never invent a value to fill such a column.
+META_NULL_PREFIX = b"kvmtrace.null."
+
+
+@dataclass(frozen=True)
+class TraceInfo:
+    """What a reader learnt about the recording, independent of the events themselves."""
+
+    path: str
+    source: str  # "tracedat" or "text"
+    version: int | None = None  # trace.dat file version (6/7); None for text
+    compression: str = "none"  # trace.dat section compression, or the text file's ("gzip", ...)
+    cpus: int = 0
+    clock: str | None = None
+    kernel: str | None = None  # kernel release from the UNAME option, e.g. "6.18.0"
+    uname: str | None = None  # the whole UNAME option
+    tracer_version: str | None = None  # trace-cmd's VERSION option
+    long_size: int | None = None  # kernel long size from header_page
+    page_size: int | None = None
+    big_endian: bool = False
+    event_counts: Mapping[str, int] = field(default_factory=dict)
+    lost_events: Mapping[int, int] = field(default_factory=dict)  # cpu -> known dropped count
+    lost_unknown: Mapping[int, int] = field(default_factory=dict)  # cpu -> gaps of unknown size
+    first_ts: int | None = None
+    last_ts: int | None = None
+    skipped_lines: int = 0  # text readers: lines that could not be recovered exactly
+    instances: tuple[str, ...] = ()  # names of other buffer instances in the file
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def total_events(self) -> int:
+        return sum(self.event_counts.values())
+
+
+@dataclass
+class TraceData:
+    """Everything a reader produced for one buffer instance of one input."""
+
+    info: TraceInfo
+    events: pa.Table  # EVENTS_SCHEMA, ordered by seq
+    tables: dict[str, pa.Table]  # event name -> COMMON_FIELDS + the event's fields, by seq
+    gaps: pa.Table  # GAPS_SCHEMA
+    instances: dict[str, "TraceData"] = field(default_factory=dict)  # other buffers, by name
+    #: Text readers: (line number, reason) for every line skipped; empty for binary input.
+    skipped: list[tuple[int, str]] = field(default_factory=list)
+
+    def table(self, name: str) -> pa.Table:
+        """The table of one event, by bare name (``kvm_mmu_set_spte``) or ``system:name``."""
+        bare = name.split(":", 1)[-1]
+        try:
+            return self.tables[bare]
+        except KeyError:
+            raise KeyError(f"no event {name!r} in this trace") from None
+
+
+def empty_gaps() -> pa.Table:
+    return GAPS_SCHEMA.empty_table()

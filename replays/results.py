@@ -1,0 +1,80 @@
+"""What a replay returns: the contract between ``replays`` and the reports.
+
+The detectors fill ``findings`` and ``checks``; the models fill the object tables; the renderers
+in ``kvmtrace.report`` read only what is declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+#: Severity of each finding id, fixed by the design note (replay-and-detectors.md).
+SEVERITY: dict[str, str] = {
+    "dangling_spte": "error",
+    "memslot_zap_miss": "error",
+    "spte_for_unmapped_gfn": "error",
+    "obsolete_sp_used": "error",
+    "dirty_bit_lost": "error",
+    "stale_mmio_spte": "error",
+    "fault_in_update_window": "warning",
+    "zap_of_unknown_sp": "info",
+}
+CHECK_IDS: tuple[str, ...] = tuple(SEVERITY)
+
+FINDINGS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("severity", pa.string(), nullable=False),  # error | warning | info
+        pa.field("seq", pa.int64()),
+        pa.field("ts", pa.int64()),
+        pa.field("cpu", pa.int16()),
+        pa.field("gfn", pa.uint64()),
+        pa.field("slot", pa.int32()),  # as_id << 16 | slot id, as QEMU prints Slot#
+        pa.field("message", pa.string(), nullable=False),
+        pa.field("evidence", pa.list_(pa.int64()), nullable=False),  # seqs that prove it
+    ]
+)
+
+CHECKS_SCHEMA = pa.schema(
+    [
+        pa.field("id", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),  # passed | failed | not_evaluated
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("findings", pa.int64(), nullable=False),
+    ]
+)
+
+UNEXPLAINED_SCHEMA = pa.schema(
+    [
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+    ]
+)
+
+
+@dataclass
+class ReplayResult:
+    """Everything one replay of one trace produced."""
+
+    mmu: str  # "shadow" | "tdp" | "legacy_tdp" | "unknown"
+    zap_policy: str  # "zap_all" | "zap_slot" | "unknown"
+    profile: str  # name of the kernel profile used
+    events: int  # kvmmmu events replayed
+    explained_events: int
+    shadow_pages: pa.Table
+    spte_changes: pa.Table
+    memslots: pa.Table
+    findings: pa.Table  # FINDINGS_SCHEMA
+    checks: pa.Table  # CHECKS_SCHEMA
+    unexplained: pa.Table  # UNEXPLAINED_SCHEMA
+    summaries: dict[str, pa.Table] = field(default_factory=dict)  # e.g. "memslot", "zap_all"
+    whatif: pa.Table | None = None
+    assumptions: list[str] = field(default_factory=list)  # what the model assumed, in words
+    limits: list[str] = field(default_factory=list)  # what the trace could not show
+
+    @property
+    def explained_share(self) -> float:
+        return self.explained_events / self.events if self.events else 1.0
