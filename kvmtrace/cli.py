@@ -37,23 +37,14 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main() -> None:
+    """Entry point: click handles usage errors itself (exit 2); reader errors become one line."""
     warnings.showwarning = _show_warning
     try:
-        app(standalone_mode=False)
+        app()
     except TraceError as err:
         print(f"kvmtrace: {err}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("kvmtrace: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(2)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
-        raise
+    except OSError as err:  # an output folder we cannot write, a disk that filled up
+        where = f"{err.filename}: " if err.filename else ""
+        print(f"kvmtrace: {where}{err.strerror or err}", file=sys.stderr)
+        sys.exit(2)
