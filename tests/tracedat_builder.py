@@ -1,0 +1,250 @@
+"""Hand-made ring-buffer pages and trace.dat files, for what no real recording has.
+
+Real recordings never contain zlib sections, big-endian containers, or time extends and
+absolute time stamps at chosen places; the reader still has to get them right. This module
+builds kernel-format ring-buffer pages from a list of records (the encoding of
+``kernel/trace/ring_buffer.c``: small and large data records, TIME_EXTEND, absolute TIME_STAMP,
+padding, missed-events flags, either byte order) and writes them with the project writer
+(:func:`kvmtrace.record.tracedat_writer.write_tracedat`) into a file whose metadata (event
+formats, header_page, ...) comes from a REAL recording — see :func:`read_v6_content`.
+
+Typical use::
+
+    content = read_v6_content(v6_file)                    # metadata of a real recording
+    page = build_page(ts0, [Data(payload), TimeExtend(1 << 30), Data(payload2, delta=3)])
+    build_tracedat(out, content, [[page], []], compression="zlib")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+from dataclasses import dataclass
+
+from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
+from parsers.tracedat.constants import (
+    COMMIT_MISSING_EVENTS,
+    COMMIT_MISSING_STORED,
+    HEADER_EVENT_TAG,
+    HEADER_PAGE_TAG,
+    MAGIC,
+    RB_ALIGNMENT,
+    TAIL_FLYRECORD,
+    TAIL_OPTIONS,
+    TAIL_SIZE,
+    TS_DELTA_MASK,
+    TS_SHIFT,
+    TYPE_LEN_DATA_MAX,
+    TYPE_LEN_PADDING,
+    TYPE_LEN_TIME_EXTEND,
+    TYPE_LEN_TIME_STAMP,
+    Option,
+)
+
+# ---- records -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Data:
+    """A data record: ``payload`` (padded to 4 bytes) ``delta`` after the previous record.
+
+    Payloads of up to 112 bytes use the small encoding (type_len = words) unless ``large`` forces
+    the type_len 0 form (array[0] = length + 4), as the kernel does on 8-byte-aligned arches.
+    """
+
+    payload: bytes
+    delta: int = 0
+    large: bool = False
+
+
+@dataclass(frozen=True)
+class TimeExtend:
+    """TIME_EXTEND (type 30): adds ``delta`` (up to 59 bits) to the running time stamp."""
+
+    delta: int
+
+
+@dataclass(frozen=True)
+class TimeStamp:
+    """Absolute TIME_STAMP (type 31): sets the low 59 bits of the running time stamp to ``ts``."""
+
+    ts: int
+
+
+@dataclass(frozen=True)
+class Padding:
+    """A discarded event / filler of ``size`` bytes (>= 8) with time delta ``delta`` (non-zero)."""
+
+    size: int
+    delta: int = 1
+
+
+Record = Data | TimeExtend | TimeStamp | Padding
+
+
+def _header_word(type_len: int, delta: int, big_endian: bool) -> int:
+    """The u32 ``type_len:5, time_delta:27`` bitfield as the compiler lays it out per byte order."""
+    if delta > TS_DELTA_MASK:
+        raise ValueError(f"time delta {delta} needs a TimeExtend (max {TS_DELTA_MASK})")
+    return (type_len << TS_SHIFT | delta) if big_endian else (delta << 5 | type_len)
+
+
+def encode_record(rec: Record, *, big_endian: bool = False) -> bytes:
+    """The bytes of one ring-buffer record."""
+    order = ">" if big_endian else "<"
+
+    def word(type_len: int, delta: int, *array: int) -> bytes:
+        return struct.pack(f"{order}{1 + len(array)}I", _header_word(type_len, delta, big_endian), *array)
+
+    if isinstance(rec, Data):
+        body = rec.payload + b"\0" * (-len(rec.payload) % RB_ALIGNMENT)
+        words = len(body) // RB_ALIGNMENT
+        if not rec.large and 0 < words <= TYPE_LEN_DATA_MAX:
+            return word(words, rec.delta) + body
+        return word(0, rec.delta, len(body) + 4) + body
+    if isinstance(rec, (TimeExtend, TimeStamp)):
+        value = rec.delta if isinstance(rec, TimeExtend) else rec.ts
+        kind = TYPE_LEN_TIME_EXTEND if isinstance(rec, TimeExtend) else TYPE_LEN_TIME_STAMP
+        return word(kind, value & TS_DELTA_MASK, value >> TS_SHIFT)
+    if rec.size < 8 or rec.size % RB_ALIGNMENT:
+        raise ValueError("padding size must be a multiple of 4 and at least 8")
+    return word(TYPE_LEN_PADDING, rec.delta, rec.size - 4) + b"\0" * (rec.size - 8)
+
+
+def build_page(
+    timestamp: int,
+    records: list[Record],
+    *,
+    page_size: int = 4096,
+    long_size: int = 8,
+    big_endian: bool = False,
+    missed_events: int | None = None,
+) -> bytes:
+    """One ring-buffer sub-buffer: u64 time stamp, ``long`` commit word, records, zero fill.
+
+    ``missed_events``: None = no loss; 0 = MISSING_EVENTS without a count (the kernel had no
+    room to store it); n > 0 = MISSING_EVENTS | MISSING_STORED with n stored after the data.
+    """
+    order = ">" if big_endian else "<"
+    long_fmt = order + ("Q" if long_size == 8 else "I")
+    data = b"".join(encode_record(r, big_endian=big_endian) for r in records)
+    commit = len(data)
+    if missed_events is not None:
+        commit |= COMMIT_MISSING_EVENTS
+        if missed_events > 0:
+            commit |= COMMIT_MISSING_STORED
+            data += struct.pack(long_fmt, missed_events)
+    page = struct.pack(order + "Q", timestamp) + struct.pack(long_fmt, commit) + data
+    if len(page) > page_size:
+        raise ValueError(f"records need {len(page)} bytes, more than a {page_size}-byte page")
+    return page + b"\0" * (page_size - len(page))
+
+
+def build_tracedat(
+    path: str | os.PathLike[str],
+    template: TraceDatContent,
+    cpu_pages: list[list[bytes]],
+    **writer_options: object,
+) -> None:
+    """Write ``template``'s metadata with hand-made pages (``cpu_pages[cpu]``) to ``path``.
+
+    ``writer_options`` go to :func:`write_tracedat` (version, compression, big_endian).
+    """
+    content = dataclasses.replace(
+        template,
+        cpu_data=tuple(b"".join(pages) for pages in cpu_pages),
+        cpu_stats=(),
+    )
+    write_tracedat(path, content, **writer_options)  # type: ignore[arg-type]
+
+
+# ---- metadata of a real recording --------------------------------------------------------------
+
+
+class _Cursor:
+    """Sequential reads from an uncompressed v6 file (little- or big-endian)."""
+
+    def __init__(self, data: bytes, pos: int) -> None:
+        self.data, self.pos, self.order = data, pos, "<"
+
+    def take(self, n: int) -> bytes:
+        out = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def num(self, fmt: str) -> int:
+        (v,) = struct.unpack(self.order + fmt, self.take(struct.calcsize(fmt)))
+        return v
+
+    def cstr(self) -> bytes:
+        end = self.data.index(b"\0", self.pos)
+        out = self.data[self.pos : end]
+        self.pos = end + 1
+        return out
+
+    def blob(self, fmt: str) -> bytes:
+        return self.take(self.num(fmt))
+
+
+def read_v6_content(path: str | os.PathLike[str]) -> TraceDatContent:
+    """Everything in an uncompressed v6 trace.dat (``trace-cmd convert --file-version 6
+    --compression none`` of a real recording) as a :class:`TraceDatContent`.
+
+    Test-side only: it exists so the writer can be checked on real inputs before, and
+    independently of, the project reader; it handles exactly what trace-cmd's v6 writer emits
+    for the top instance.
+    """
+    data = open(path, "rb").read()
+    if not data.startswith(MAGIC):
+        raise ValueError(f"{path}: not a trace.dat")
+    cur = _Cursor(data, len(MAGIC))
+    if cur.cstr() != b"6":
+        raise ValueError(f"{path}: not a version 6 file")
+    cur.order = ">" if cur.take(1) == b"\1" else "<"
+    user_long = cur.take(1)[0]
+    page_size = cur.num("I")
+    assert cur.take(len(HEADER_PAGE_TAG)) == HEADER_PAGE_TAG
+    header_page = cur.blob("Q")
+    assert cur.take(len(HEADER_EVENT_TAG)) == HEADER_EVENT_TAG
+    header_event = cur.blob("Q")
+    ftrace = tuple(cur.blob("Q") for _ in range(cur.num("I")))
+    systems = []
+    for _ in range(cur.num("I")):
+        name = cur.cstr().decode()
+        systems.append(EventSystem(name, tuple(cur.blob("Q") for _ in range(cur.num("I")))))
+    kallsyms, printk, cmdlines = cur.blob("I"), cur.blob("I"), cur.blob("Q")
+    nr_cpus = cur.num("I")
+    opts: dict[int, list[bytes]] = {}
+    tail = cur.take(TAIL_SIZE)
+    if tail == TAIL_OPTIONS:
+        while (oid := cur.num("H")) != Option.DONE:
+            opts.setdefault(oid, []).append(cur.blob("I"))
+        tail = cur.take(TAIL_SIZE)
+    assert tail == TAIL_FLYRECORD, tail
+    table = [(cur.num("Q"), cur.num("Q")) for _ in range(nr_cpus)]
+    clock = None
+    if Option.TRACECLOCK in opts:
+        clock = cur.blob("Q").decode().strip("[]")
+
+    def text(oid: int) -> str | None:
+        return opts[oid][0].rstrip(b"\0").decode() if oid in opts else None
+
+    return TraceDatContent(
+        page_size=page_size,
+        header_page=header_page,
+        header_event=header_event,
+        ftrace_formats=ftrace,
+        systems=tuple(systems),
+        cpu_data=tuple(data[off : off + size] for off, size in table),
+        kallsyms=kallsyms,
+        printk_formats=printk,
+        cmdlines=cmdlines,
+        clock=clock,
+        trace_clock=opts[Option.TRACECLOCK][0].rstrip(b"\0") if Option.TRACECLOCK in opts else None,
+        uname=text(Option.UNAME),
+        version=text(Option.VERSION),
+        trace_id=struct.unpack(cur.order + "Q", opts[Option.TRACEID][0])[0] if Option.TRACEID in opts else None,
+        cpu_stats=tuple(s.rstrip(b"\0") for s in opts.get(Option.CPUSTAT, [])),
+        user_long_size=user_long,
+    )
