@@ -1,0 +1,140 @@
+/*
+ * Scenarios about guest page tables: `boot` (touch RAM through 4 KiB and 2 MiB guest pages, then
+ * the guest writes a second address space itself, switches to it and edits it while it is live:
+ * shadowed guest page tables get write-protected, unsynced and synced) and `ptslot` (the second
+ * address space lives in a memslot that is deleted, re-created elsewhere and truly moved).
+ */
+#include <string.h>
+#include "lab.h"
+
+#define PAGE 0x1000ULL
+
+/* Map low memory, the poke list and the touch region (4 KiB pages) into a new root from `pool`. */
+static uint64_t build_alt_root(struct pt_pool *pool, uint64_t touch_len)
+{
+	uint64_t root = pt_alloc(pool);
+
+	pt_map(pool, root, 0, 0, LOW_SIZE, false);
+	pt_map(pool, root, GPA_RAM, GPA_RAM, GPA_TOUCH - GPA_RAM, false);
+	pt_map(pool, root, GPA_TOUCH, GPA_TOUCH, touch_len, false);
+	return root;
+}
+
+/*
+ * Turn the table pages [first, last) into a poke list at GPA_POKES and clear them, so that the
+ * guest, not the host, writes every entry (KVM only sees guest writes).
+ */
+static uint64_t pokes_from_tables(struct vm *vm, uint64_t first, uint64_t last)
+{
+	uint64_t *list = (uint64_t *)gpa_to_host(vm, GPA_POKES);
+	uint64_t n = 0;
+
+	for (uint64_t page = first; page < last; page += PAGE) {
+		uint64_t *e = (uint64_t *)gpa_to_host(vm, page);
+
+		for (int i = 0; i < 512; i++)
+			if (e[i]) {
+				if ((n + 1) * 16 > GPA_TOUCH - GPA_POKES)
+					die("poke list overflows");
+				list[2 * n] = page + 8 * i;
+				list[2 * n + 1] = e[i];
+				n++;
+			}
+		memset(e, 0, PAGE);
+	}
+	return n;
+}
+
+int scenario_boot(struct lab *lab)
+{
+	const struct params *p = lab->p;
+	struct vcpu *v = &lab->vcpus[0];
+	uint64_t len4k = (uint64_t)p->pages * PAGE;
+	uint64_t huge_at = GPA_TOUCH + ((lab->ram_size - (GPA_TOUCH - GPA_RAM)) / 2 & ~0x1fffffULL);
+	uint64_t first, nlist, *list, alt;
+
+	if (GPA_TOUCH + len4k > huge_at || huge_at + (uint64_t)p->huge * 0x200000 > GPA_RAM + lab->ram_size)
+		die("boot: --pages/--huge do not fit in --ram-mb");
+	phase("touch-4k-read");
+	touch(v, OP_READ, GPA_TOUCH, len4k, PAGE);
+	phase("touch-4k-write");
+	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
+	phase("touch-2m-read");
+	touch(v, OP_READ, huge_at, (uint64_t)p->huge * 0x200000, 4 * PAGE);
+	phase("touch-2m-write");
+	touch(v, OP_WRITE, huge_at, (uint64_t)p->huge * 0x200000, 4 * PAGE);
+
+	phase("guest-writes-page-tables");
+	first = lab->pool.next;
+	alt = build_alt_root(&lab->pool, len4k);
+	nlist = pokes_from_tables(&lab->vm, first, lab->pool.next);
+	vcpu_op(v, OP_POKE, GPA_POKES, nlist, 0, 0);
+	vcpu_load_cr3(v, alt);
+	phase("touch-own-tables");
+	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
+
+	/* Remap the first 16 pages of the touch region onto the last 16, while those tables are live. */
+	phase("edit-live-page-tables");
+	list = (uint64_t *)gpa_to_host(&lab->vm, GPA_POKES);
+	nlist = 0;
+	for (uint64_t gva = GPA_TOUCH; gva < GPA_TOUCH + 16 * PAGE && gva < GPA_TOUCH + len4k; gva += PAGE) {
+		uint64_t pml4e = ((uint64_t *)gpa_to_host(&lab->vm, alt))[(gva >> 39) & 511] & ~0xfffULL;
+		uint64_t pdpte = ((uint64_t *)gpa_to_host(&lab->vm, pml4e))[(gva >> 30) & 511] & ~0xfffULL;
+		uint64_t pde = ((uint64_t *)gpa_to_host(&lab->vm, pdpte))[(gva >> 21) & 511] & ~0xfffULL;
+
+		list[2 * nlist] = pde + 8 * ((gva >> 12) & 511);
+		list[2 * nlist + 1] = (gva + len4k - 16 * PAGE) | PTE_USER;
+		nlist++;
+	}
+	vcpu_op(v, OP_POKE, GPA_POKES, nlist, 0, 0);
+	for (uint64_t i = 0; i < nlist; i += 4)
+		vcpu_invlpg(v, GPA_TOUCH + i * PAGE);
+	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
+
+	phase("switch-roots");
+	vcpu_load_cr3(v, lab->root);
+	touch(v, OP_READ, GPA_TOUCH, len4k, PAGE);
+	vcpu_load_cr3(v, alt);
+	touch(v, OP_READ, GPA_TOUCH, len4k, PAGE);
+	vcpu_load_cr3(v, lab->root);
+	return 0;
+}
+
+/* Build the second address space inside the pt slot at `base` (host writes: the slot is fresh). */
+static uint64_t build_in_slot(struct lab *lab, uint64_t base, uint64_t len)
+{
+	struct pt_pool pool = { .vm = &lab->vm, .next = base, .end = base + PTSLOT_SIZE };
+
+	return build_alt_root(&pool, len);
+}
+
+static void visit(struct lab *lab, uint64_t root, uint64_t len, const char *name)
+{
+	struct vcpu *v = &lab->vcpus[0];
+
+	phase(name);
+	vcpu_load_cr3(v, root);
+	touch(v, OP_WRITE, GPA_TOUCH, len, PAGE);
+	vcpu_load_cr3(v, lab->root);
+}
+
+int scenario_ptslot(struct lab *lab)
+{
+	uint64_t len = (uint64_t)lab->p->pages * PAGE;
+	struct slot *s = slot_create(&lab->vm, "pt-slot", GPA_PTSLOT, PTSLOT_SIZE, 0);
+
+	touch(&lab->vcpus[0], OP_WRITE, GPA_TOUCH, len, PAGE);
+	visit(lab, build_in_slot(lab, GPA_PTSLOT, len), len, "tables-in-slot");
+	for (int r = 0; r < lab->p->rounds; r++) {
+		phase("recreate-pt-slot-elsewhere");
+		s = slot_recreate_at(&lab->vm, s, GPA_PTSLOT2);
+		visit(lab, build_in_slot(lab, GPA_PTSLOT2, len), len, "tables-in-recreated-slot");
+		phase("move-pt-slot");
+		slot_move(&lab->vm, s, GPA_PTSLOT);
+		visit(lab, build_in_slot(lab, GPA_PTSLOT, len), len, "tables-in-moved-slot");
+	}
+	phase("delete-pt-slot");
+	slot_delete(&lab->vm, s);
+	touch(&lab->vcpus[0], OP_WRITE, GPA_TOUCH, len, PAGE);
+	return 0;
+}
