@@ -1,0 +1,201 @@
+"""``kvmtrace analyze PATH``: parse, replay, detect, render — the command a bug report starts with.
+
+The user-supplied side files (``--qemu-log``, ``--memslots``) are read here, in the kvmtrace
+layer, and handed to the replay as lines and objects: ``replays`` never opens a file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import typer
+from rich.console import Console
+
+import kvmtrace
+from kvmtrace.cli import app
+from kvmtrace.report import FORMATS, Report, build_report, render, write_atomic
+from parsers.errors import TraceError
+from parsers.schema import TraceData
+
+#: --fail-on threshold -> severities that meet it
+FAIL_ON: dict[str, tuple[str, ...]] = {"error": ("error",), "warning": ("error", "warning")}
+
+
+class Steps:
+    """A spinner on stderr naming the current step, shown only when stderr is a terminal, so
+    redirected output and CI logs stay clean."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status(what):
+            yield
+
+
+def read_qemu_log(path: Path) -> list[str]:
+    """A QEMU ``-trace`` log (``kvm_set_user_memory`` lines) as lines for the replay."""
+    try:
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as err:
+        raise TraceError(f"--qemu-log {path}: {err.strerror.lower()}") from None
+
+
+def read_memslots(path: Path) -> Any:
+    """A memslot layout file (JSON) as objects for the replay."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as err:
+        raise TraceError(f"--memslots {path}: {err.strerror.lower()}") from None
+    except json.JSONDecodeError as err:
+        raise TraceError(f"--memslots {path}: not JSON ({err.msg} at line {err.lineno}); see docs for the layout format") from None
+
+
+def _keep(table: pa.Table, since: int | None, until: int | None, cpu: int | None) -> pa.Table:
+    mask = None
+    for cond in (
+        pc.greater_equal(table["ts"], since) if since is not None else None,
+        pc.less_equal(table["ts"], until) if until is not None else None,
+        pc.equal(table["cpu"], cpu) if cpu is not None else None,
+    ):
+        if cond is not None:
+            mask = cond if mask is None else pc.and_(mask, cond)
+    return table if mask is None else table.filter(mask)
+
+
+def select_events(data: TraceData, since: int | None, until: int | None, cpu: int | None) -> TraceData:
+    """The events with ``since <= ts <= until`` (ns) on ``cpu``; seq numbers are kept as they
+    were so evidence still points into the original file."""
+    if since is None and until is None and cpu is None:
+        return data
+    tables = {n: _keep(t, since, until, cpu) for n, t in data.tables.items()}
+    tables = {n: t for n, t in tables.items() if t.num_rows}
+    events = _keep(data.events, since, until, cpu)
+    gaps = data.gaps
+    if cpu is not None:
+        gaps = gaps.filter(pc.equal(gaps["cpu"], cpu))
+    ts = events["ts"]
+    info = dataclasses.replace(
+        data.info,
+        event_counts={n: t.num_rows for n, t in tables.items()},
+        first_ts=pc.min(ts).as_py() if len(ts) else None,
+        last_ts=pc.max(ts).as_py() if len(ts) else None,
+        lost_events={c: n for c, n in data.info.lost_events.items() if cpu is None or c == cpu},
+        lost_unknown={c: n for c, n in data.info.lost_unknown.items() if cpu is None or c == cpu},
+    )
+    return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps)
+
+
+def filter_notes(since: float | None, until: float | None, cpu: int | None) -> tuple[str, ...]:
+    """The report's words for an event selection: it changes what the replay can explain."""
+    parts = []
+    if since is not None or until is not None:
+        lo = f"{since:.6f}" if since is not None else "start"
+        hi = f"{until:.6f}" if until is not None else "end"
+        parts.append(f"only events from {lo} to {hi} s")
+    if cpu is not None:
+        parts.append(f"only events on CPU {cpu}")
+    if not parts:
+        return ()
+    return (
+        f"the replay saw {' and '.join(parts)}: objects created outside the selection look like "
+        "they predate the trace, and zaps outside it are missing, so findings and explained "
+        "share differ from an unfiltered run",
+    )
+
+
+def _seconds_to_ns(value: float | None) -> int | None:
+    return None if value is None else int(round(value * 1e9))
+
+
+def analyze_trace(
+    path: Path,
+    *,
+    qemu_log: Path | None = None,
+    memslots: Path | None = None,
+    kernel: str | None = None,
+    since: float | None = None,
+    until: float | None = None,
+    cpu: int | None = None,
+    with_plots: bool = False,
+    steps: Steps | None = None,
+) -> Report:
+    """Everything ``analyze`` does short of rendering (``diff`` builds its two reports here)."""
+    import replays
+    from kvmtrace import plot
+
+    steps = steps or Steps()
+    if since is not None and until is not None and since > until:
+        raise TraceError(f"--since {since} is after --until {until}; swap them")
+    qemu_lines = read_qemu_log(qemu_log) if qemu_log else None
+    layout = read_memslots(memslots) if memslots else None
+    with steps.step(f"reading {path}"):
+        trace = kvmtrace.open(path)
+    data = select_events(trace.data, _seconds_to_ns(since), _seconds_to_ns(until), cpu)
+    with steps.step("replaying the MMU"):
+        result = replays.replay(data, kernel=kernel, memslots=layout, qemu_log_lines=qemu_lines)
+    figures: tuple = ()
+    if with_plots:
+        with steps.step("drawing plots"):
+            figures = plot.report_figures(data, result)
+    with steps.step("building the report"):
+        return build_report(
+            data, result, path=str(path), version=kvmtrace.__version__,
+            filters=filter_notes(since, until, cpu), figures=figures,
+        )
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Print to stdout, or write ``output`` atomically."""
+    if output is None:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        write_atomic(output, text)
+
+
+def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise TraceError(f"--format {fmt}: unknown; choose one of {', '.join(allowed)}")
+
+
+@app.command()
+def analyze(
+    path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here (atomically).")] = None,
+    qemu_log: Annotated[Path | None, typer.Option(help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
+    memslots: Annotated[Path | None, typer.Option(help="Memslot layout file (JSON).")] = None,
+    kernel: Annotated[str | None, typer.Option(help="Kernel version to assume (default: from the trace).")] = None,
+    fail_on: Annotated[str | None, typer.Option(help="Exit 1 if a finding of this severity (error|warning) or worse exists.")] = None,
+    since: Annotated[float | None, typer.Option(help="Replay only events at or after this timestamp (s, as printed).")] = None,
+    until: Annotated[float | None, typer.Option(help="Replay only events at or before this timestamp (s).")] = None,
+    cpu: Annotated[int | None, typer.Option(help="Replay only events of this CPU.")] = None,
+) -> None:
+    """Replay a trace against a simulated KVM MMU and report checks and findings.
+
+    Filtering with --since/--until/--cpu changes what the replay can explain (objects made
+    outside the selection look like they predate the trace); the report says so.
+    """
+    check_format(fmt, FORMATS)
+    if fail_on is not None and fail_on not in FAIL_ON:
+        raise TraceError(f"--fail-on {fail_on}: unknown; choose error or warning")
+    report = analyze_trace(
+        path, qemu_log=qemu_log, memslots=memslots, kernel=kernel, since=since, until=until,
+        cpu=cpu, with_plots=fmt == "html",
+    )
+    color = output is None and fmt == "text" and sys.stdout.isatty()
+    emit(render(report, fmt, color=color), output)
+    if fail_on is not None and any(f.severity in FAIL_ON[fail_on] for f in report.findings):
+        raise typer.Exit(1)

@@ -1,0 +1,31 @@
+"""``kvmtrace diff A B``: the reports of two traces side by side (a good run against a bad one,
+one kernel against the next): checks that changed, finding counts, activity and zap-cost deltas."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from kvmtrace.cli import app
+from kvmtrace.commands.analyze import Steps, analyze_trace, check_format, emit
+from kvmtrace.report import DIFF_FORMATS, build_diff, render_diff
+
+
+@app.command()
+def diff(
+    a: Annotated[Path, typer.Argument(help="The reference trace (e.g. the good run).")],
+    b: Annotated[Path, typer.Argument(help="The trace to compare with it.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the diff here (atomically).")] = None,
+    kernel: Annotated[str | None, typer.Option(help="Kernel version to assume for both traces.")] = None,
+) -> None:
+    """Compare the analyses of two traces."""
+    check_format(fmt, DIFF_FORMATS)
+    steps = Steps()
+    ra = analyze_trace(a, kernel=kernel, steps=steps)
+    rb = analyze_trace(b, kernel=kernel, steps=steps)
+    color = output is None and fmt == "text" and sys.stdout.isatty()
+    emit(render_diff(build_diff(ra, rb), fmt, color=color), output)

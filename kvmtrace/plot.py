@@ -1,0 +1,137 @@
+"""Plots of a replayed trace, as matplotlib Figures (no pyplot state, so they work headless, in
+tests and in notebooks alike) and as SVG text for the self-contained HTML report.
+
+- :func:`timeline` — faults, SPTE installs and zaps per time bin, memslot changes as lines;
+- :func:`memslots` — per-memslot activity from the replay's memslot summary;
+- :func:`sp_lifetimes` — shadow pages alive over time.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Union
+
+import numpy as np
+import pyarrow as pa
+from matplotlib.figure import Figure as MplFigure
+
+from kvmtrace.api import Trace
+from kvmtrace.report.model import Figure
+from parsers.schema import TraceData
+from replays.results import ReplayResult
+
+#: Event groups drawn on the timeline, in the order of the panels.
+TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
+    "faults": ("kvm_page_fault", "handle_mmio_page_fault"),
+    "SPTE installs": ("kvm_mmu_set_spte", "kvm_tdp_mmu_spte_changed", "mark_mmio_spte"),
+    "zaps": ("kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast"),
+}
+BINS = 200
+
+
+def _data(trace: Union[Trace, TraceData]) -> TraceData:
+    return trace.data if isinstance(trace, Trace) else trace
+
+
+def _ts(table: pa.Table | None) -> np.ndarray:
+    if table is None or "ts" not in table.column_names:
+        return np.empty(0, dtype=np.int64)
+    return table.column("ts").to_numpy(zero_copy_only=False)
+
+
+def _nonnull_ts(table: pa.Table, column: str) -> np.ndarray:
+    if column not in table.column_names:
+        return np.empty(0, dtype=np.int64)
+    col = table.column(column)
+    return col.drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def timeline(trace: Union[Trace, TraceData], replay: ReplayResult) -> MplFigure:
+    """Events per time bin for each group of :data:`TIMELINE_GROUPS`; memslot changes dashed."""
+    data = _data(trace)
+    t0 = data.info.first_ts or 0
+    span = max((data.info.last_ts or t0) - t0, 1) / 1e9
+    edges = np.linspace(0, span, BINS + 1)
+    fig = MplFigure(figsize=(10, 6), layout="constrained")
+    axes = fig.subplots(len(TIMELINE_GROUPS), 1, sharex=True)
+    slot_changes = (_nonnull_ts(replay.memslots, "ts") - t0) / 1e9
+    for ax, (label, names) in zip(axes, TIMELINE_GROUPS.items()):
+        present = [(name, _ts(data.tables.get(name))) for name in names]
+        for name, ts in present:
+            if ts.size:
+                counts, _ = np.histogram((ts - t0) / 1e9, bins=edges)
+                ax.stairs(counts, edges, label=f"{name} ({ts.size})", fill=False)
+        for x in slot_changes:
+            ax.axvline(x, color="tab:red", linestyle="--", linewidth=0.6, alpha=0.6)
+        ax.set_ylabel(label)
+        if any(ts.size for _, ts in present):
+            ax.legend(loc="upper right", fontsize="small")
+    axes[-1].set_xlabel(f"seconds since {t0 / 1e9:.6f} (dashed: memslot changes)")
+    fig.suptitle("faults, SPTE installs and zaps over time")
+    return fig
+
+
+def memslots(replay: ReplayResult) -> MplFigure:
+    """Per-memslot activity: one bar group per memslot, one bar per numeric summary column."""
+    fig = MplFigure(figsize=(10, 4.5), layout="constrained")
+    ax = fig.subplots()
+    table = replay.summaries.get("memslot")
+    if table is None or table.num_rows == 0 or table.num_columns < 2:
+        ax.text(0.5, 0.5, "no per-memslot summary in this replay", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    key = table.column_names[0]
+    numeric = [n for n in table.column_names[1:] if pa.types.is_integer(table.schema.field(n).type)]
+    labels = [str(v) for v in table.column(key).to_pylist()]
+    x = np.arange(len(labels))
+    width = 0.8 / max(len(numeric), 1)
+    for i, name in enumerate(numeric):
+        values = np.nan_to_num(table.column(name).to_numpy(zero_copy_only=False).astype(float))
+        ax.bar(x + i * width, values, width, label=name)
+    ax.set_xticks(x + width * (len(numeric) - 1) / 2, labels, rotation=45, ha="right", fontsize="small")
+    ax.set_xlabel(key)
+    ax.set_yscale("symlog")
+    ax.legend(fontsize="small")
+    fig.suptitle("activity per memslot")
+    return fig
+
+
+def sp_lifetimes(replay: ReplayResult) -> MplFigure:
+    """Shadow pages alive over time (pages that predate the trace count from its start)."""
+    fig = MplFigure(figsize=(10, 4), layout="constrained")
+    ax = fig.subplots()
+    sp = replay.shadow_pages
+    if "created_ts" not in sp.column_names or sp.num_rows == 0:
+        ax.text(0.5, 0.5, "no shadow-page lifetimes in this replay", ha="center", va="center")
+        ax.set_axis_off()
+        return fig
+    born = sp.column("created_ts").to_numpy(zero_copy_only=False).astype(float)
+    died = (sp.column("zapped_ts").to_numpy(zero_copy_only=False).astype(float)
+            if "zapped_ts" in sp.column_names else np.full(born.size, np.nan))
+    start = np.nanmin(np.concatenate([born, died]))
+    born = np.where(np.isnan(born), start, born)
+    times = np.concatenate([born, died[~np.isnan(died)]])
+    steps = np.concatenate([np.ones(born.size), -np.ones(int((~np.isnan(died)).sum()))])
+    order = np.argsort(times, kind="stable")
+    ax.step((times[order] - start) / 1e9, np.cumsum(steps[order]), where="post")
+    ax.set_xlabel(f"seconds since {start / 1e9:.6f}")
+    ax.set_ylabel("shadow pages alive")
+    fig.suptitle(f"shadow pages alive over time ({sp.num_rows} lifetimes)")
+    return fig
+
+
+def svg_text(fig: MplFigure) -> str:
+    """The figure as an inline ``<svg>`` element (XML prolog and DOCTYPE dropped)."""
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg")
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def report_figures(trace: Union[Trace, TraceData], replay: ReplayResult) -> tuple[Figure, ...]:
+    """The HTML report's plots, drawn once."""
+    return (
+        Figure("faults, SPTE installs, zaps and memslot changes over time", svg_text(timeline(trace, replay))),
+        Figure("SPTE installs and zaps per memslot", svg_text(memslots(replay))),
+        Figure("shadow pages alive over time", svg_text(sp_lifetimes(replay))),
+    )

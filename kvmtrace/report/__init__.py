@@ -1,0 +1,49 @@
+"""Reports of a replayed trace: one model (:mod:`.model`), laid out once (:mod:`.blocks`),
+drawn by four renderers (text, Markdown, HTML, JSON).
+
+``render(report, fmt)`` and ``render_diff(diff, fmt)`` are what the CLI and notebooks call.
+"""
+
+from __future__ import annotations
+
+from kvmtrace.report.blocks import report_blocks, report_title
+from kvmtrace.report.diff import DiffReport, build_diff, diff_blocks, diff_dict
+from kvmtrace.report.html import render_html
+from kvmtrace.report.jsonout import render_json, report_dict, report_schema
+from kvmtrace.report.markdown import render_markdown
+from kvmtrace.report.model import Figure, Report, build_report
+from kvmtrace.report.output import write_atomic
+from kvmtrace.report.text import render_text
+
+FORMATS: tuple[str, ...] = ("text", "markdown", "html", "json")
+DIFF_FORMATS: tuple[str, ...] = FORMATS
+
+
+def render(report: Report, fmt: str, *, color: bool = False) -> str:
+    """The report in one of :data:`FORMATS` (``color`` applies to text only)."""
+    if fmt == "json":
+        return render_json(report_dict(report))
+    return _render_blocks(report_blocks(report), fmt, title=report_title(report), color=color)
+
+
+def render_diff(diff: DiffReport, fmt: str, *, color: bool = False) -> str:
+    """Two reports side by side in one of :data:`DIFF_FORMATS`."""
+    if fmt == "json":
+        return render_json(diff_dict(diff))
+    return _render_blocks(diff_blocks(diff), fmt, title="kvmtrace diff", color=color)
+
+
+def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
+    if fmt == "text":
+        return render_text(blocks, color=color)
+    if fmt == "markdown":
+        return render_markdown(blocks)
+    if fmt == "html":
+        return render_html(blocks, title=title)
+    raise ValueError(f"unknown report format {fmt!r}; choose one of {', '.join(FORMATS)}")
+
+
+__all__ = [
+    "FORMATS", "DIFF_FORMATS", "Report", "DiffReport", "Figure", "build_report", "build_diff",
+    "render", "render_diff", "report_dict", "report_schema", "write_atomic",
+]

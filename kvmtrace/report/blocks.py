@@ -1,0 +1,165 @@
+"""A report laid out as a flat list of blocks: the document structure shared by text, Markdown
+and HTML.
+
+Deciding *what* a report says and in which order happens once, here; each renderer then only
+knows how to draw a heading, a list of key/value facts, a table, a bullet list and a block of
+trace lines. ``kvmtrace diff`` produces the same kinds of blocks, so it gets all three formats
+without renderer code of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Union
+
+from kvmtrace.report.grid import Grid
+from kvmtrace.report.model import Figure, Report
+
+
+@dataclass(frozen=True)
+class Heading:
+    text: str
+    level: int = 2
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Key/value lines (``kernel: 6.12``)."""
+
+    items: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    grid: Grid
+
+
+@dataclass(frozen=True)
+class Bullets:
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class TraceLines:
+    """Verbatim trace lines (evidence); drawn monospace, never reflowed into prose."""
+
+    lines: tuple[str, ...]
+    more: int = 0
+
+
+@dataclass(frozen=True)
+class Para:
+    text: str
+
+
+@dataclass(frozen=True)
+class Plot:
+    figure: Figure
+
+
+Block = Union[Heading, Facts, Table, Bullets, TraceLines, Para, Plot]
+
+
+def span_text(first_ts: int | None, last_ts: int | None) -> str:
+    if first_ts is None or last_ts is None:
+        return "empty"
+    return f"{first_ts / 1e9:.6f} .. {last_ts / 1e9:.6f} ({(last_ts - first_ts) / 1e9:.6f} s)"
+
+
+def report_title(report: Report) -> str:
+    return f"kvmtrace analyze: {report.trace.file}"
+
+
+def verdict(report: Report) -> str:
+    e, w, i = (report.count(s) for s in ("error", "warning", "info"))
+    failed = sum(1 for c in report.checks if c.status == "failed")
+    skipped = sum(1 for c in report.checks if c.status == "not_evaluated")
+    return (
+        f"{e} errors, {w} warnings, {i} notes; {failed} of {len(report.checks)} checks failed, "
+        f"{skipped} not evaluated."
+    )
+
+
+def trace_facts(report: Report) -> Facts:
+    t = report.trace
+    lost = f"{t.lost_events}" + (f" (+{t.lost_unknown} gaps of unknown size)" if t.lost_unknown else "")
+    return Facts(
+        (
+            ("file", t.file),
+            ("format", t.format),
+            ("kernel", t.kernel),
+            ("cpus", str(t.cpus)),
+            ("clock", t.clock),
+            ("span", span_text(t.first_ts, t.last_ts)),
+            ("events", str(t.events)),
+            ("lost events", lost),
+        )
+    )
+
+
+def replay_facts(report: Report) -> Facts:
+    r = report.replay
+    return Facts(
+        (
+            ("mmu", r.mmu),
+            ("zap policy", r.zap_policy),
+            ("kernel profile", r.profile),
+            ("kvmmmu events", str(r.events)),
+            ("explained", f"{r.explained_events} ({100 * r.explained_share:.1f}%)"),
+            ("shadow pages", str(r.shadow_pages)),
+            ("spte changes", str(r.spte_changes)),
+            ("memslot changes", str(r.memslot_changes)),
+        )
+    )
+
+
+def checks_grid(report: Report) -> Grid:
+    return Grid("checks", ("check", "status", "findings", "why"), tuple((c.id, c.status, c.findings, c.reason) for c in report.checks))
+
+
+def finding_blocks(report: Report) -> list[Block]:
+    if not report.findings:
+        return [Para("No findings.")]
+    out: list[Block] = []
+    for n, f in enumerate(report.findings, 1):
+        where = [f"seq {f.seq}" if f.seq is not None else None,
+                 f"ts {f.ts / 1e9:.6f}" if f.ts is not None else None,
+                 f"cpu {f.cpu}" if f.cpu is not None else None,
+                 f"gfn {f.gfn:#x}" if f.gfn is not None else None,
+                 f"slot {f.slot}" if f.slot is not None else None]
+        out.append(Heading(f"{n}. [{f.severity}] {f.id}", 3))
+        out.append(Para(f.message))
+        out.append(Facts((("where", ", ".join(w for w in where if w) or "-"),)))
+        out.append(TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines)))
+    return out
+
+
+def grid_blocks(grid: Grid) -> list[Block]:
+    out: list[Block] = [Heading(grid.title, 3)]
+    if grid.note:
+        out.append(Para(grid.note))
+    if grid.columns:
+        out.append(Table(grid))
+    return out
+
+
+def report_blocks(report: Report) -> list[Block]:
+    """The whole report, top to bottom, in the order a reader of a bug report wants it."""
+    blocks: list[Block] = [Heading(report_title(report), 1), Para(verdict(report))]
+    blocks += [Heading("Trace"), trace_facts(report)]
+    blocks += [Heading("MMU seen"), replay_facts(report)]
+    if report.figures:  # near the top: the timeline is the overview a browser reader wants first
+        blocks += [Heading("Plots"), *(Plot(f) for f in report.figures)]
+    blocks += [Heading("Checks"), Table(checks_grid(report))]
+    blocks += [Heading("Findings"), *finding_blocks(report)]
+    blocks += [Heading("Memslots"), *grid_blocks(report.memslot_timeline)]
+    for g in report.activity:
+        blocks += grid_blocks(g)
+    blocks += [Heading("Shadow pages"), *grid_blocks(report.sp_lifetimes)]
+    blocks += [Heading("What if"), *grid_blocks(report.whatif)]
+    blocks += [Heading("What the trace could not show")]
+    blocks.append(Bullets(report.limits) if report.limits else Para("Nothing noted."))
+    blocks += [Heading("Assumptions"), Bullets(report.assumptions) if report.assumptions else Para("None stated.")]
+    if len(report.unexplained):
+        blocks += grid_blocks(report.unexplained)
+    return blocks

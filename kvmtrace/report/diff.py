@@ -1,0 +1,129 @@
+"""``kvmtrace diff``: two reports side by side — what changed between a good and a bad run.
+
+Built only from two :class:`Report` objects (never from the traces), so a diff says exactly
+what the two single reports say. Activity tables are matched by title and keyed by their first
+column (the memslot, the generation); every numeric column present in both gets a B - A delta.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from kvmtrace.report.blocks import Block, Facts, Heading, Para, Table
+from kvmtrace.report.grid import Grid
+from kvmtrace.report.jsonout import grid_dict
+from kvmtrace.report.model import Report
+
+
+@dataclass(frozen=True)
+class DiffReport:
+    a: Report
+    b: Report
+    overview: Grid
+    checks: Grid  # every check, with both statuses; ``changed`` marks the ones that differ
+    findings: Grid  # finding counts per id
+    activity: tuple[Grid, ...]  # per summary table, per key: A, B and B - A for numeric columns
+
+    @property
+    def changed_checks(self) -> int:
+        return sum(1 for row in self.checks.rows if row[-1])
+
+
+def _overview(a: Report, b: Report) -> Grid:
+    def facts(r: Report) -> list[Any]:
+        return [r.trace.file, r.trace.kernel, r.replay.mmu, r.replay.zap_policy, r.trace.events,
+                f"{r.trace.span_s:.6f} s", r.trace.lost_events,
+                f"{100 * r.replay.explained_share:.1f}%", r.count("error"), r.count("warning")]
+
+    names = ["file", "kernel", "mmu", "zap policy", "events", "span", "lost events", "explained",
+             "errors", "warnings"]
+    return Grid("overview", ("", "A", "B"), tuple(zip(names, facts(a), facts(b))))
+
+
+def _checks(a: Report, b: Report) -> Grid:
+    sa = {c.id: c for c in a.checks}
+    sb = {c.id: c for c in b.checks}
+    ids = list(sa) + [i for i in sb if i not in sa]
+    rows = []
+    for i in ids:
+        ca, cb = sa.get(i), sb.get(i)
+        st_a = ca.status if ca else "absent"
+        st_b = cb.status if cb else "absent"
+        n_a = ca.findings if ca else 0
+        n_b = cb.findings if cb else 0
+        rows.append((i, st_a, st_b, n_a, n_b, st_a != st_b or n_a != n_b))
+    return Grid("checks", ("check", "A", "B", "findings A", "findings B", "changed"), tuple(rows))
+
+
+def _findings(a: Report, b: Report) -> Grid:
+    ca = Counter((f.id, f.severity) for f in a.findings)
+    cb = Counter((f.id, f.severity) for f in b.findings)
+    keys = sorted(set(ca) | set(cb))
+    return Grid("findings per id", ("finding", "severity", "A", "B", "B - A"),
+                tuple((k[0], k[1], ca[k], cb[k], cb[k] - ca[k]) for k in keys))
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def activity_delta(ga: Grid, gb: Grid) -> Grid:
+    """Join two activity grids on their first column; every numeric column present in both
+    becomes one row (key, measure, A, B, B - A). Long rather than wide, so it fits 80 columns
+    whatever the replay's summary holds; a key missing on one side is absent, not zero."""
+    key = ga.columns[0]
+    ra = {row[0]: dict(zip(ga.columns, row)) for row in ga.rows}
+    rb = {row[0]: dict(zip(gb.columns, row)) for row in gb.rows}
+    sample = [*ra.values(), *rb.values()]
+    numeric = [c for c in ga.columns[1:] if c in gb.columns
+               and any(_is_number(r.get(c)) for r in sample)
+               and all(r.get(c) is None or _is_number(r.get(c)) for r in sample)]
+    rows = []
+    for k in sorted(set(ra) | set(rb), key=lambda v: (v is None, str(v))):
+        for c in numeric:
+            va, vb = ra.get(k, {}).get(c), rb.get(k, {}).get(c)
+            rows.append((k, c, va, vb, vb - va if va is not None and vb is not None else None))
+    return Grid(ga.title, (key, "measure", "A", "B", "B - A"), tuple(rows),
+                hexadecimal=frozenset({key}) & ga.hexadecimal)
+
+
+def _activity(a: Report, b: Report) -> tuple[Grid, ...]:
+    gb = {g.title: g for g in b.activity if g.columns}
+    return tuple(activity_delta(g, gb[g.title]) for g in a.activity if g.columns and g.title in gb)
+
+
+def build_diff(a: Report, b: Report) -> DiffReport:
+    return DiffReport(a, b, _overview(a, b), _checks(a, b), _findings(a, b), _activity(a, b))
+
+
+def diff_blocks(d: DiffReport) -> list[Block]:
+    changed = Grid("checks that changed", d.checks.columns[:-1],
+                   tuple(row[:-1] for row in d.checks.rows if row[-1]))
+    blocks: list[Block] = [
+        Heading(f"kvmtrace diff: {d.a.trace.file} vs {d.b.trace.file}", 1),
+        Facts((("A", d.a.trace.file), ("B", d.b.trace.file))),
+        Heading("Overview"), Table(d.overview),
+        Heading("Checks that changed"),
+        Table(changed) if changed.rows else Para("No check changed status or finding count."),
+        Heading("Findings"), Table(d.findings) if d.findings.rows else Para("Neither trace has findings."),
+        Heading("Activity"),
+    ]
+    if not d.activity:
+        blocks.append(Para("The two replays share no activity table to compare."))
+    for g in d.activity:
+        blocks += [Heading(g.title, 3), Table(g)]
+    return blocks
+
+
+def diff_dict(d: DiffReport) -> dict[str, Any]:
+    return {
+        "kvmtrace_version": d.a.kvmtrace_version,
+        "a": d.a.trace.file,
+        "b": d.b.trace.file,
+        "overview": grid_dict(d.overview),
+        "checks": grid_dict(d.checks),
+        "findings": grid_dict(d.findings),
+        "activity": [grid_dict(g) for g in d.activity],
+    }

@@ -1,0 +1,91 @@
+"""A titled table of plain Python values: the one shape every renderer knows how to draw.
+
+The replay hands us Arrow tables whose columns we do not want to hard-code in four renderers
+(per-memslot summaries, the what-if comparison, the memslot timeline). Converting each of them
+once into a :class:`Grid` lets text, Markdown and HTML share one table routine each, and JSON
+emit the same rows as objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Rows of cells under named columns; ``note`` says what the rows are or why there are none."""
+
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[tuple[Any, ...], ...] = ()
+    note: str = ""
+    #: rows left out to keep the report readable (the full table is in the replay result)
+    omitted: int = 0
+    #: columns holding nanosecond timestamps, shown to people as seconds like trace-cmd does
+    seconds: frozenset[str] = frozenset()
+    #: columns holding addresses, gfns or SPTE values, shown to people in hex
+    hexadecimal: frozenset[str] = frozenset()
+
+    def records(self) -> list[dict[str, Any]]:
+        """The rows as column->value dicts (the JSON form: exact integers, no formatting)."""
+        return [dict(zip(self.columns, row)) for row in self.rows]
+
+    def text_rows(self) -> list[list[str]]:
+        """The rows as the strings a person reads (text, Markdown and HTML)."""
+        conv = [
+            _seconds if c in self.seconds else _hex if c in self.hexadecimal else cell_text
+            for c in self.columns
+        ]
+        return [[f(v) for f, v in zip(conv, row)] for row in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+def grid_from_arrow(
+    title: str,
+    table: pa.Table | None,
+    *,
+    columns: Sequence[str] | None = None,
+    limit: int | None = None,
+    note: str = "",
+) -> Grid:
+    """A :class:`Grid` from an Arrow table, keeping ``columns`` that exist (all if None)."""
+    if table is None:
+        return Grid(title, (), note=note or "not produced by this replay")
+    names = [c for c in (columns or table.column_names) if c in table.column_names]
+    shown = table.select(names)
+    omitted = 0
+    if limit is not None and shown.num_rows > limit:
+        omitted = shown.num_rows - limit
+        shown = shown.slice(0, limit)
+    cols = [shown.column(n).to_pylist() for n in names]
+    rows = tuple(zip(*cols)) if cols else ()
+    types = {n: shown.schema.field(n).type for n in names}
+    seconds = frozenset(n for n, t in types.items() if pa.types.is_int64(t) and (n == "ts" or n.endswith("_ts")))
+    hexadecimal = frozenset(n for n, t in types.items() if pa.types.is_uint64(t))
+    return Grid(title, tuple(names), rows, note=note, omitted=omitted, seconds=seconds, hexadecimal=hexadecimal)
+
+
+def cell_text(value: Any) -> str:
+    """How a cell reads in text, Markdown and HTML: floats shortened, None as a dash."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(cell_text(v) for v in value)
+    return str(value)
+
+
+def _seconds(value: Any) -> str:
+    return "-" if value is None else f"{value // 10**9}.{value % 10**9 // 1000:06d}"
+
+
+def _hex(value: Any) -> str:
+    return "-" if value is None else hex(value)

@@ -1,0 +1,60 @@
+"""JSON rendering: the machine-readable report (documented in docs/report-json.md and checked
+against ``report.schema.json`` in the tests).
+
+The top-level keys are a stable contract for scripts and CI gates; the generic tables
+(memslot timeline, summaries, what-if) are lists of row objects whose columns are the replay's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from importlib import resources
+from typing import Any
+
+from kvmtrace.report.grid import Grid
+from kvmtrace.report.model import Report
+
+
+def grid_dict(grid: Grid) -> dict[str, Any]:
+    return {"title": grid.title, "columns": list(grid.columns), "rows": grid.records(),
+            "omitted": grid.omitted, "note": grid.note}
+
+
+def report_dict(report: Report) -> dict[str, Any]:
+    r = report.replay
+    return {
+        "kvmtrace_version": report.kvmtrace_version,
+        "trace": report.trace.info,
+        "replay": {
+            "mmu": r.mmu,
+            "zap_policy": r.zap_policy,
+            "profile": r.profile,
+            "events": r.events,
+            "explained_events": r.explained_events,
+            "shadow_pages": r.shadow_pages,
+            "spte_changes": r.spte_changes,
+            "memslot_changes": r.memslot_changes,
+        },
+        "checks": [{"id": c.id, "status": c.status, "reason": c.reason, "findings": c.findings} for c in report.checks],
+        "findings": [
+            {k: v for k, v in asdict(f).items() if k != "evidence_lines"} | {"evidence": list(f.evidence)}
+            for f in report.findings
+        ],
+        "memslots": grid_dict(report.memslot_timeline),
+        "activity": [grid_dict(g) for g in report.activity],
+        "sp_lifetimes": grid_dict(report.sp_lifetimes),
+        "whatif": grid_dict(report.whatif),
+        "unexplained": grid_dict(report.unexplained),
+        "assumptions": list(report.assumptions),
+        "limits": list(report.limits),
+    }
+
+
+def render_json(doc: dict[str, Any]) -> str:
+    return json.dumps(doc, indent=2, default=str) + "\n"
+
+
+def report_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) that every ``analyze --format json`` output satisfies."""
+    return json.loads(resources.files("kvmtrace.report").joinpath("report.schema.json").read_text())

@@ -1,0 +1,273 @@
+"""The report model: everything a report says, built once from a trace and its replay.
+
+Renderers (text, Markdown, HTML, JSON) only format a :class:`Report`; none of them looks at the
+trace or the replay again. That keeps the four formats in agreement by construction and lets
+``kvmtrace diff`` compare two reports without knowing any renderer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from kvmtrace.report.evidence import evidence_lines
+from kvmtrace.report.grid import Grid, grid_from_arrow
+from parsers.schema import TraceData
+from replays.results import ReplayResult
+
+#: Evidence lines printed per finding; the JSON still lists every cited seq.
+EVIDENCE_SHOWN = 12
+#: Rows of long tables (memslot timeline, unexplained events) shown before "... N more".
+ROWS_SHOWN = 60
+
+
+@dataclass(frozen=True)
+class TraceFacts:
+    """The recording: where it came from and how complete it is."""
+
+    file: str
+    format: str
+    kernel: str
+    cpus: int
+    clock: str
+    first_ts: int | None
+    last_ts: int | None
+    events: int
+    lost_events: int
+    lost_unknown: int
+    #: ``kvmtrace info --json`` of the same trace (the JSON report's ``trace`` object)
+    info: dict[str, Any]
+
+    @property
+    def span_s(self) -> float:
+        if self.first_ts is None or self.last_ts is None:
+            return 0.0
+        return (self.last_ts - self.first_ts) / 1e9
+
+
+@dataclass(frozen=True)
+class ReplayFacts:
+    """What the replay made of the trace: which MMU, which zap policy, how much it explained."""
+
+    mmu: str
+    zap_policy: str
+    profile: str
+    events: int
+    explained_events: int
+    shadow_pages: int
+    spte_changes: int
+    memslot_changes: int
+
+    @property
+    def explained_share(self) -> float:
+        return self.explained_events / self.events if self.events else 1.0
+
+
+@dataclass(frozen=True)
+class Check:
+    id: str
+    status: str  # passed | failed | not_evaluated
+    reason: str
+    findings: int
+
+
+@dataclass(frozen=True)
+class Finding:
+    id: str
+    severity: str
+    seq: int | None
+    ts: int | None
+    cpu: int | None
+    gfn: int | None
+    slot: int | None
+    message: str
+    evidence: tuple[int, ...]
+    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order
+    evidence_lines: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A plot already drawn as SVG text, so the HTML renderer only has to embed it."""
+
+    title: str
+    svg: str
+
+
+@dataclass(frozen=True)
+class Report:
+    kvmtrace_version: str
+    trace: TraceFacts
+    replay: ReplayFacts
+    checks: tuple[Check, ...]
+    findings: tuple[Finding, ...]
+    memslot_timeline: Grid
+    #: per-memslot activity and zap costs, one grid per replay summary table
+    activity: tuple[Grid, ...]
+    sp_lifetimes: Grid
+    whatif: Grid
+    unexplained: Grid
+    assumptions: tuple[str, ...]
+    #: what the trace could not show (replay limits, lost events, event filters)
+    limits: tuple[str, ...]
+    figures: tuple[Figure, ...] = ()
+
+    def count(self, severity: str) -> int:
+        return sum(1 for f in self.findings if f.severity == severity)
+
+
+def _trace_facts(data: TraceData, path: str) -> TraceFacts:
+    # Imported here: kvmtrace.commands.info registers a CLI command on import, and the CLI in
+    # turn imports this package through ``analyze``; a top-level import would be circular.
+    from kvmtrace.commands.info import info_dict
+
+    info = data.info
+    fmt = info.source + (f" v{info.version}" if info.version else "")
+    if info.compression != "none":
+        fmt += f", {info.compression}"
+    return TraceFacts(
+        file=path,
+        format=fmt,
+        kernel=info.kernel or "unknown",
+        cpus=info.cpus,
+        clock=info.clock or "unknown",
+        first_ts=info.first_ts,
+        last_ts=info.last_ts,
+        events=info.total_events,
+        lost_events=sum(info.lost_events.values()),
+        lost_unknown=sum(info.lost_unknown.values()),
+        info=info_dict(info),
+    )
+
+
+def _replay_facts(replay: ReplayResult) -> ReplayFacts:
+    return ReplayFacts(
+        mmu=replay.mmu,
+        zap_policy=replay.zap_policy,
+        profile=replay.profile,
+        events=replay.events,
+        explained_events=replay.explained_events,
+        shadow_pages=replay.shadow_pages.num_rows,
+        spte_changes=replay.spte_changes.num_rows,
+        memslot_changes=replay.memslots.num_rows,
+    )
+
+
+def _checks(replay: ReplayResult) -> tuple[Check, ...]:
+    t = replay.checks
+    return tuple(
+        Check(*row)
+        for row in zip(*(t.column(n).to_pylist() for n in ("id", "status", "reason", "findings")))
+    )
+
+
+def _findings(data: TraceData, replay: ReplayResult) -> tuple[Finding, ...]:
+    t = replay.findings
+    if t.num_rows == 0:
+        return ()
+    names = ("id", "severity", "seq", "ts", "cpu", "gfn", "slot", "message", "evidence")
+    rows = list(zip(*(t.column(n).to_pylist() for n in names)))
+    shown = {s for row in rows for s in sorted(row[-1])[:EVIDENCE_SHOWN]}
+    lines = evidence_lines(data, shown)
+    out = []
+    for *head, evidence in rows:
+        ev = tuple(sorted(evidence))
+        out.append(Finding(*head, evidence=ev, evidence_lines=tuple(lines[s] for s in ev[:EVIDENCE_SHOWN])))
+    return tuple(out)
+
+
+def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
+    return tuple(
+        grid_from_arrow(f"summary: {name}", table, limit=ROWS_SHOWN)
+        for name, table in sorted(replay.summaries.items())
+    )
+
+
+def sp_lifetime_grid(shadow_pages: pa.Table) -> Grid:
+    """How long shadow pages lived, in milliseconds, over pages whose birth and death are traced.
+
+    Pages that predate the trace or outlive it have no measured lifetime; they are counted
+    separately so the percentiles are not biased towards the trace's length.
+    """
+    title = "shadow-page lifetimes"
+    cols = shadow_pages.column_names
+    if "created_ts" not in cols or "zapped_ts" not in cols:
+        return Grid(title, (), note="the replay's shadow_pages table has no created/zapped times")
+    created = shadow_pages.column("created_ts").to_numpy(zero_copy_only=False)
+    zapped = shadow_pages.column("zapped_ts").to_numpy(zero_copy_only=False)
+    predates = (
+        np.asarray(shadow_pages.column("predates_trace").to_pylist(), dtype=bool)
+        if "predates_trace" in cols
+        else np.zeros(len(created), dtype=bool)
+    )
+    has_birth = ~np.isnan(created.astype(float)) & ~predates
+    has_death = ~np.isnan(zapped.astype(float))
+    both = has_birth & has_death
+    life_ms = (zapped[both].astype(float) - created[both].astype(float)) / 1e6
+    rows: list[tuple[str, Any]] = [
+        ("pages", len(created)),
+        ("created in trace", int(has_birth.sum())),
+        ("predate trace", int(predates.sum())),
+        ("zapped in trace", int(has_death.sum())),
+        ("alive at end", int((~has_death).sum())),
+        ("measured lifetimes", int(both.sum())),
+    ]
+    if life_ms.size:
+        p50, p90, p99 = np.percentile(life_ms, [50, 90, 99])
+        rows += [
+            ("lifetime min ms", float(life_ms.min())),
+            ("lifetime p50 ms", float(p50)),
+            ("lifetime p90 ms", float(p90)),
+            ("lifetime p99 ms", float(p99)),
+            ("lifetime max ms", float(life_ms.max())),
+        ]
+    return Grid(title, ("measure", "value"), tuple(rows))
+
+
+def _limits(data: TraceData, replay: ReplayResult, filters: tuple[str, ...]) -> tuple[str, ...]:
+    out = list(replay.limits)
+    lost = sum(data.info.lost_events.values())
+    unknown = sum(data.info.lost_unknown.values())
+    if lost or unknown:
+        out.append(
+            f"the trace lost {lost} events"
+            + (f" (plus {unknown} gaps of unknown size)" if unknown else "")
+            + "; nothing that depends on a lost interval is reported as an error"
+        )
+    out += filters
+    return tuple(out)
+
+
+def build_report(
+    data: TraceData,
+    replay: ReplayResult,
+    *,
+    path: str,
+    version: str,
+    filters: tuple[str, ...] = (),
+    figures: tuple[Figure, ...] = (),
+) -> Report:
+    """Build the report of one replayed trace.
+
+    ``filters`` are sentences describing any event selection applied before the replay (they
+    change what the replay can explain, so the report must say so); ``figures`` are plots drawn
+    by :mod:`kvmtrace.plot` for formats that show pictures.
+    """
+    return Report(
+        kvmtrace_version=version,
+        trace=_trace_facts(data, path),
+        replay=_replay_facts(replay),
+        checks=_checks(replay),
+        findings=_findings(data, replay),
+        memslot_timeline=grid_from_arrow("memslot timeline", replay.memslots, limit=ROWS_SHOWN),
+        activity=_activity(replay),
+        sp_lifetimes=sp_lifetime_grid(replay.shadow_pages),
+        whatif=grid_from_arrow("what-if", replay.whatif, note="" if replay.whatif is not None else "the replay made no what-if comparison"),
+        unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),
+        assumptions=tuple(replay.assumptions),
+        limits=_limits(data, replay, filters),
+        figures=figures,
+    )

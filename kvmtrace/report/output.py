@@ -1,0 +1,32 @@
+"""Writing a report file so that a failure never leaves half a report behind.
+
+CI jobs upload whatever ``-o`` names; a truncated HTML file that opens fine but lacks the
+findings is worse than no file. We write a temporary file in the target's folder and rename it
+into place only once the whole text is on disk.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from parsers.errors import TraceError
+
+
+def write_atomic(path: str | os.PathLike[str], text: str) -> None:
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise TraceError(f"{target}: folder {folder} does not exist; create it or choose another -o path")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would surprise whoever shares the report
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,99 @@
+"""Plain-text rendering: at most 80 columns, ready to paste into a mail to kvm@vger.
+
+Colour only when asked (the CLI asks when stdout is a terminal); a file or a pipe gets plain
+ASCII so the text survives mail clients and bug trackers unchanged.
+"""
+
+from __future__ import annotations
+
+import textwrap
+
+from kvmtrace.report.blocks import Block, Bullets, Facts, Heading, Para, Plot, Table, TraceLines
+from kvmtrace.report.grid import Grid
+
+WIDTH = 80
+_GAP = "  "
+_ANSI = {"bold": "1", "red": "31", "yellow": "33", "green": "32"}
+_STATUS_STYLE = {"failed": "red", "error": "red", "warning": "yellow", "passed": "green"}
+
+
+class _Painter:
+    def __init__(self, color: bool):
+        self.color = color
+
+    def __call__(self, text: str, style: str | None) -> str:
+        if not self.color or style is None:
+            return text
+        return f"\x1b[{_ANSI[style]}m{text}\x1b[0m"
+
+
+def _wrap(text: str, indent: str = "", first: str | None = None) -> list[str]:
+    return textwrap.wrap(
+        text, WIDTH, initial_indent=indent if first is None else first, subsequent_indent=indent,
+        break_long_words=True, break_on_hyphens=False,
+    ) or [indent.rstrip()]
+
+
+def _table(grid: Grid, paint: _Painter) -> list[str]:
+    """Aligned columns if they fit; else the last column wrapped under each row; else records."""
+    cells = grid.text_rows()
+    head = list(grid.columns)
+
+    def widths(ncols: int) -> list[int]:
+        return [max(len(r[i]) for r in [head, *cells]) for i in range(ncols)]
+
+    def line(row: list[str], ws: list[int]) -> str:
+        return _GAP.join(
+            paint(c.ljust(w), _STATUS_STYLE.get(c)) for c, w in zip(row, ws)
+        ).rstrip()
+
+    ws = widths(len(head))
+    out: list[str] = []
+    if sum(ws) + len(_GAP) * (len(ws) - 1) <= WIDTH:
+        out += [line(head, ws), line(["-" * w for w in ws], ws)] + [line(r, ws) for r in cells]
+    elif len(head) > 1 and sum(lead := widths(len(head) - 1)) + len(_GAP) * (len(lead) - 1) <= WIDTH:
+        out += [line(head[:-1], lead) + f"{_GAP}({head[-1]} below)", line(["-" * w for w in lead], lead)]
+        for r in cells:
+            out.append(line(r[:-1], lead))
+            out += _wrap(r[-1], "    ")
+    else:
+        for r in cells:
+            for name, value in zip(head, r):
+                out += _wrap(value, "    ", first=f"  {name}: ")
+            out.append("")
+    if grid.omitted:
+        out.append(f"... {grid.omitted} more rows (see the JSON report or the replay tables)")
+    if not cells:
+        out.append("(none)")
+    return out
+
+
+def _block(block: Block, paint: _Painter) -> list[str]:
+    if isinstance(block, Heading):
+        text = block.text if len(block.text) <= WIDTH else block.text[: WIDTH - 3] + "..."
+        rule = {1: "=", 2: "-"}.get(block.level)
+        return ["", paint(text, "bold")] + ([rule * len(text)] if rule else [])
+    if isinstance(block, Facts):
+        width = max(len(k) for k, _ in block.items) + 2
+        return [ln for k, v in block.items for ln in _wrap(v, " " * width, first=f"{k + ':':<{width}}")]
+    if isinstance(block, Table):
+        return _table(block.grid, paint)
+    if isinstance(block, Bullets):
+        return [ln for item in block.items for ln in _wrap(item, "  ", first="- ")]
+    if isinstance(block, TraceLines):
+        lines = [ln for t in block.lines for ln in _wrap(t, "      ", first="    ")]
+        return lines + ([f"    ... {block.more} more evidence events"] if block.more else [])
+    if isinstance(block, Para):
+        return _wrap(block.text)
+    if isinstance(block, Plot):
+        return _wrap(f"(plot '{block.figure.title}' is in the HTML report)")
+    raise TypeError(f"unknown block {block!r}")
+
+
+def render_text(blocks: list[Block], *, color: bool = False) -> str:
+    """The blocks as text lines of at most :data:`WIDTH` columns (colour codes excepted)."""
+    paint = _Painter(color)
+    lines: list[str] = []
+    for block in blocks:
+        lines += _block(block, paint)
+    return "\n".join(lines).lstrip("\n") + "\n"
