@@ -1,0 +1,153 @@
+"""Columnar field decoding: one numpy gather per field, straight into Arrow arrays.
+
+Given the payload offsets of every record of one event type, each field is read for all of them
+at once: aligned integers through word views of the page buffer, anything else through one
+byte gather, strings and dynamic arrays through offset arithmetic (no Python object per event).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from parsers.tracedat.formats import FieldSpec
+
+
+class FieldReader:
+    """Reads fields out of one instance's page buffer (see :class:`parsers.tracedat.pages.PageData`)."""
+
+    def __init__(self, buf: np.ndarray, big_endian: bool):
+        self.buf = buf
+        self.big_endian = big_endian
+        e = ">" if big_endian else "<"
+        n = len(buf)
+        self._views = {
+            2: buf[: n & ~1].view(e + "u2"),
+            4: buf[: n & ~3].view(e + "u4"),
+            8: buf[: n & ~7].view(e + "u8"),
+        }
+        self._e = e
+
+    # ------------------------------------------------------------------ integers
+
+    def uint(self, addr: np.ndarray, size: int) -> np.ndarray:
+        """Unsigned integers of ``size`` bytes at byte addresses ``addr`` (native byte order)."""
+        if size == 1:
+            return self.buf[addr]
+        if size in self._views and not (addr % size).any():
+            return self._views[size][addr // size].astype(f"u{size}")
+        if size == 8 and not (addr & 3).any():
+            w = self._views[4]
+            i = addr >> 2
+            lo, hi = (w[i + 1], w[i]) if self.big_endian else (w[i], w[i + 1])
+            return (hi.astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
+        if size not in (2, 4, 8):
+            raise ValueError(f"integer size {size}")
+        idx = addr[:, None] + np.arange(size)
+        return self.buf[idx].view(f"{self._e}u{size}").ravel().astype(f"u{size}")
+
+    def integers(self, addr: np.ndarray, size: int, signed: bool) -> np.ndarray:
+        out = self.uint(addr, size)
+        return out.view(f"i{size}") if signed else out
+
+    # ------------------------------------------------------------------ byte runs
+
+    def byte_runs(self, starts: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Concatenated bytes of ``[start, start+len)`` runs; returns (data, int64 offsets)."""
+        lengths = lengths.astype(np.int64)
+        offsets = np.zeros(len(lengths) + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        total = int(offsets[-1])
+        if total == 0:
+            return np.empty(0, np.uint8), offsets
+        idx = np.arange(total, dtype=np.int64) + np.repeat(starts.astype(np.int64) - offsets[:-1], lengths)
+        return self.buf[idx], offsets
+
+    def c_strings(self, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+        """Strings cut at the first NUL inside each run (C semantics, as trace-cmd prints them)."""
+        data, offsets = self.byte_runs(starts, lengths)
+        zeros = np.flatnonzero(data == 0)
+        if zeros.size:
+            seg = np.searchsorted(offsets, zeros, side="right") - 1
+            seg_first, first_idx = np.unique(seg, return_index=True)
+            new_len = np.diff(offsets)
+            new_len[seg_first] = zeros[first_idx] - offsets[seg_first]
+            within = np.arange(len(data)) - np.repeat(offsets[:-1], np.diff(offsets))
+            data = data[within < np.repeat(new_len, np.diff(offsets))]
+            offsets = np.zeros(len(new_len) + 1, np.int64)
+            np.cumsum(new_len, out=offsets[1:])
+        return strings_from_buffers(data, offsets)
+
+    def binary(self, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
+        data, offsets = self.byte_runs(starts, lengths)
+        return pa.LargeBinaryArray.from_buffers(
+            pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())]
+        ).cast(pa.binary())
+
+    # ------------------------------------------------------------------ fields
+
+    def column(self, field: FieldSpec, pos: np.ndarray, rec_len: np.ndarray) -> pa.Array:
+        """Decode ``field`` for records whose payloads start at ``pos`` (lengths ``rec_len``)."""
+        addr = pos + field.offset
+        if field.dynamic:
+            return self._dynamic(field, pos, addr, rec_len)
+        if field.trailing:  # "char buf[]": the rest of the record
+            rest = np.maximum(rec_len - field.offset, 0)
+            return self.c_strings(addr, rest) if field.is_string else self.binary(addr, rest)
+        if field.array_len:
+            if field.is_string:
+                return self.c_strings(addr, np.full(len(pos), field.size, np.int64))
+            el = field.element_size
+            flat = self.integers((addr[:, None] + np.arange(field.array_len) * el).ravel(), el, field.signed)
+            return pa.FixedSizeListArray.from_arrays(pa.array(flat), field.array_len)
+        if field.size == 1 and field.type.strip() == "bool":
+            return pa.array(self.buf[addr] != 0)
+        if field.size not in (1, 2, 4, 8):
+            return self.binary(addr, np.full(len(pos), field.size, np.int64))
+        return pa.array(self.integers(addr, field.size, field.signed))
+
+    def _dynamic(self, field: FieldSpec, pos: np.ndarray, addr: np.ndarray, rec_len: np.ndarray) -> pa.Array:
+        """``__data_loc``/``__rel_loc``: u32 = length << 16 | offset (from record or field end)."""
+        if field.size == 2:  # very old kernels: offset only, data runs to the record end
+            off = self.uint(addr, 2).astype(np.int64)
+            length = np.maximum(rec_len - off, 0)
+        else:
+            word = self.uint(addr, 4).astype(np.int64)
+            off, length = word & 0xFFFF, word >> 16
+        if field.relative:
+            off = off + field.offset + field.size
+        # libtraceevent zeroes a location that runs past the record.
+        outside = off + length > rec_len
+        off, length = np.where(outside, 0, off), np.where(outside, 0, length)
+        if field.is_string:
+            return self.c_strings(pos + off, length)
+        el = field.element_size
+        count = length // el
+        data, _ = self.byte_runs(pos + off, count * el)
+        kind = "i" if signed_element_type(field.type) else "u"
+        values = data.view(f"{self._e}{kind}{el}").astype(f"{kind}{el}")
+        list_offsets = np.zeros(len(count) + 1, np.int32)
+        np.cumsum(count, out=list_offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(list_offsets), pa.array(values))
+
+
+def signed_element_type(ctype: str) -> bool:
+    """Element signedness of a dynamic array from its C type (the format's ``signed`` is the word's)."""
+    t = ctype.strip()
+    if "unsigned" in t:
+        return False
+    return (t.startswith("s") and t[1:].isdigit()) or t in ("int", "short", "long", "long long", "signed char")
+
+
+def strings_from_buffers(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """A string array from concatenated UTF-8 bytes; invalid bytes are replaced (U+FFFD)."""
+    arr = pa.LargeStringArray.from_buffers(
+        len(offsets) - 1, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.tobytes())
+    )
+    try:
+        arr.validate(full=True)
+    except pa.ArrowInvalid:
+        raw = data.tobytes()
+        return pa.array([raw[a:b].decode("utf-8", "replace") for a, b in zip(offsets[:-1], offsets[1:])],
+                        pa.string())
+    return arr.cast(pa.string())

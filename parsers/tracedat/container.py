@@ -1,0 +1,239 @@
+"""Parse the trace.dat container (v6 linear layout, v7 sections and options chains).
+
+The result is a :class:`parsers.tracedat.layout.Container`: metadata blobs, options, and for each
+buffer instance where its per-CPU page streams live. Byte layout: trace-cmd's trace-cmd.dat.v6/v7
+documents, checked against ``trace-input.c`` where they disagree (v6 options end with a bare u16
+0; v6 files carry a clock trailer after the flyrecord table when a TRACECLOCK option exists).
+"""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+
+from parsers.errors import TraceError
+from parsers.tracedat.compress import Decompressor
+from parsers.tracedat.constants import (
+    COMPRESSION_NONE,
+    DONE_OPTION_SIZE,
+    ENDIAN_BIG,
+    ENDIAN_LITTLE,
+    HEADER_EVENT_TAG,
+    HEADER_PAGE_TAG,
+    MAGIC,
+    SECTION_FLAG_COMPRESSED,
+    SECTION_HEADER_SIZE,
+    SECTION_OPTIONS,
+    SUPPORTED_VERSIONS,
+    TAIL_FLYRECORD,
+    TAIL_LATENCY,
+    TAIL_OPTIONS,
+    TAIL_SIZE,
+    VERSION_SECTIONS,
+    Option,
+)
+from parsers.tracedat.cursor import Cursor
+from parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
+
+
+def parse_container(buf: bytes | mmap.mmap, path: str) -> Container:
+    """Read the initial header and dispatch to the v6 or v7 layout."""
+    if not buf[: len(MAGIC)] == MAGIC:
+        raise TraceError(f"{path}: not a trace.dat file (bad magic); expected a file written by trace-cmd")
+    cur = Cursor(buf, len(MAGIC), path=path)
+    raw_version = cur.cstr()
+    if not raw_version.isdigit() or int(raw_version) not in SUPPORTED_VERSIONS:
+        raise TraceError(
+            f"{path}: unsupported trace.dat version {raw_version!r} (supported: 6, 7); "
+            f"convert it with 'trace-cmd convert --file-version 7'"
+        )
+    endian = cur.u8()
+    if endian not in (ENDIAN_LITTLE, ENDIAN_BIG):
+        raise TraceError(f"{path}: corrupt trace.dat header (endianness byte {endian} at byte {cur.pos - 1})")
+    cur.big_endian = endian == ENDIAN_BIG
+    cur._e = ">" if cur.big_endian else "<"
+    long_size = cur.u8()
+    page_size = cur.u32()
+    if page_size == 0 or page_size & 3:
+        raise TraceError(f"{path}: corrupt trace.dat header (page size {page_size})")
+    box = Container(path=path, version=int(raw_version), big_endian=cur.big_endian,
+                    user_long_size=long_size, page_size=page_size)
+    if box.version < VERSION_SECTIONS:
+        _read_v6(cur, box)
+    else:
+        _read_v7(cur, box)
+    return box
+
+
+# ---------------------------------------------------------------- metadata pieces (v6 and v7)
+
+
+def _read_header_info(cur: Cursor, box: Container) -> None:
+    for tag in (HEADER_PAGE_TAG, HEADER_EVENT_TAG):
+        got = cur.take(len(tag))
+        if got != tag:
+            raise TraceError(f"{box.path}: corrupt trace.dat: expected {tag[:-1].decode()!r} at byte "
+                             f"{cur.base + cur.pos - len(tag)}")
+        blob = cur.blob64()
+        if tag == HEADER_PAGE_TAG:
+            box.header_page = blob
+        else:
+            box.header_event = blob
+
+
+def _read_ftrace_formats(cur: Cursor, box: Container) -> None:
+    box.ftrace_formats = [cur.blob64() for _ in range(cur.u32())]
+
+
+def _read_event_formats(cur: Cursor, box: Container) -> None:
+    for _ in range(cur.u32()):
+        system = cur.cstr()
+        box.event_formats.extend((system, cur.blob64()) for _ in range(cur.u32()))
+
+
+def _read_kallsyms(cur: Cursor, box: Container) -> None:
+    box.kallsyms = cur.blob32()
+
+
+def _read_printk(cur: Cursor, box: Container) -> None:
+    box.printk = cur.blob32()
+
+
+def _read_cmdlines(cur: Cursor, box: Container) -> None:
+    box.cmdlines = cur.blob64()
+
+
+_METADATA_READERS = {
+    Option.HEADER_INFO: _read_header_info,
+    Option.FTRACE_EVENTS: _read_ftrace_formats,
+    Option.EVENT_FORMATS: _read_event_formats,
+    Option.KALLSYMS: _read_kallsyms,
+    Option.PRINTK: _read_printk,
+    Option.CMDLINES: _read_cmdlines,
+}
+
+
+def _clock_from_text(text: str) -> str | None:
+    """The selected clock: the bracketed word of a ``trace_clock`` file, or the text itself."""
+    m = re.search(r"\[([^\]]+)\]", text)
+    if m:
+        return m.group(1)
+    text = text.strip("\0\n ")
+    return text or None
+
+
+# ---------------------------------------------------------------- v6
+
+
+def _read_v6(cur: Cursor, box: Container) -> None:
+    _read_header_info(cur, box)
+    _read_ftrace_formats(cur, box)
+    _read_event_formats(cur, box)
+    _read_kallsyms(cur, box)
+    _read_printk(cur, box)
+    _read_cmdlines(cur, box)
+    box.cpus = cur.u32()
+    tail = cur.take(TAIL_SIZE)
+    if tail == TAIL_OPTIONS:
+        while (opt_id := cur.u16()) != 0:
+            box.options.append(RawOption(opt_id, cur.take(cur.u32())))
+        tail = cur.take(TAIL_SIZE)
+    opts = {o.id: o for o in box.options}
+    if Option.CPUCOUNT in opts:
+        box.cpus = struct.unpack(cur._e + "I", opts[Option.CPUCOUNT].payload[:4])[0]
+    if tail == TAIL_LATENCY:
+        box.latency = True
+        return
+    if tail != TAIL_FLYRECORD:
+        raise TraceError(f"{box.path}: corrupt trace.dat: unknown section {tail!r} at byte {cur.pos - TAIL_SIZE}")
+    top = _read_v6_flyrecord(cur, box, "", box.cpus, Option.TRACECLOCK in opts)
+    box.buffers.append(top)
+    for opt in box.options:
+        if opt.id == Option.BUFFER:
+            offset = struct.unpack(cur._e + "Q", opt.payload[:8])[0]
+            name = opt.payload[8:].split(b"\0", 1)[0].decode("utf-8", "replace")
+            sub = cur.at(offset)
+            if sub.take(TAIL_SIZE) != TAIL_FLYRECORD:
+                raise TraceError(f"{box.path}: corrupt trace.dat: buffer {name!r} has no flyrecord at byte {offset}")
+            box.buffers.append(_read_v6_flyrecord(sub, box, name, box.cpus, True))
+
+
+def _read_v6_flyrecord(cur: Cursor, box: Container, name: str, cpus: int, has_clock: bool) -> BufferSpec:
+    streams = tuple(CpuStream(cpu, cur.u64(), cur.u64()) for cpu in range(cpus))
+    clock = None
+    if has_clock and cur.remaining >= 8:
+        text = cur.blob64().decode("utf-8", "replace")
+        clock = _clock_from_text(text)
+        if not name:
+            box.clock = clock
+    return BufferSpec(name=name, clock=clock, page_size=box.page_size, cpus=streams)
+
+
+# ---------------------------------------------------------------- v7
+
+
+def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int,
+                     expect: int | None = None) -> tuple[int, Cursor]:
+    """Read the section header at ``offset``; return (id, cursor over the (decompressed) payload)."""
+    head = cur.at(offset)
+    sec_id, flags, _desc, size = head.u16(), head.u16(), head.u32(), head.u64()
+    if expect is not None and sec_id != expect:
+        raise TraceError(f"{box.path}: corrupt trace.dat: expected section {expect} at byte {offset}, found {sec_id}")
+    start = head.pos
+    if flags & SECTION_FLAG_COMPRESSED and size:
+        return sec_id, Cursor(dec.block(head), big_endian=box.big_endian, path=box.path, base=start)
+    head.take(size)  # bounds check: the whole section must be in the file
+    return sec_id, Cursor(cur.buf[start : start + size], big_endian=box.big_endian, path=box.path, base=start)
+
+
+def _read_v7(cur: Cursor, box: Container) -> None:
+    box.compression = cur.cstr()
+    cur.cstr()  # compression library version: informational
+    dec = Decompressor(box.compression, box.path)
+    first_options = cur.u64()
+    offset, seen = first_options, set()
+    while offset:
+        if offset in seen:
+            raise TraceError(f"{box.path}: corrupt trace.dat: options chain loops at byte {offset}")
+        seen.add(offset)
+        _, opts = _section_payload(cur, box, dec, offset, expect=SECTION_OPTIONS)
+        offset = 0
+        while opts.remaining:
+            opt_id, size = opts.u16(), opts.u32()
+            payload = opts.take(size)
+            if opt_id == Option.DONE:
+                if size >= DONE_OPTION_SIZE:
+                    offset = struct.unpack(cur._e + "Q", payload[:8])[0]
+                break
+            box.options.append(RawOption(opt_id, payload))
+    for opt in box.options:
+        if opt.id in _METADATA_READERS:
+            sec_off = struct.unpack(cur._e + "Q", opt.payload[:8])[0]
+            _, sec = _section_payload(cur, box, dec, sec_off, expect=opt.id)
+            _METADATA_READERS[Option(opt.id)](sec, box)
+        elif opt.id == Option.CPUCOUNT:
+            box.cpus = struct.unpack(cur._e + "I", opt.payload[:4])[0]
+        elif opt.id == Option.BUFFER:
+            box.buffers.append(_read_v7_buffer(cur, box, opt.payload))
+        elif opt.id == Option.BUFFER_TEXT:
+            box.latency = True
+    box.buffers.sort(key=lambda b: b.name != "")
+    if box.buffers and box.clock is None:
+        box.clock = box.buffers[0].clock
+    if box.compression == COMPRESSION_NONE:
+        box.buffers = [BufferSpec(b.name, b.clock, b.page_size, b.cpus, False) for b in box.buffers]
+
+
+def _read_v7_buffer(cur: Cursor, box: Container, payload: bytes) -> BufferSpec:
+    opt = Cursor(payload, big_endian=box.big_endian, path=box.path)
+    sec_offset = opt.u64()
+    name = opt.cstr()
+    clock = opt.cstr() or None
+    page_size = opt.u32()
+    streams = tuple(CpuStream(opt.u32(), opt.u64(), opt.u64()) for _ in range(opt.u32()))
+    head = cur.at(sec_offset)
+    if head.u16() != Option.BUFFER:
+        raise TraceError(f"{box.path}: corrupt trace.dat: buffer {name!r} section missing at byte {sec_offset}")
+    compressed = bool(head.u16() & SECTION_FLAG_COMPRESSED)
+    return BufferSpec(name=name, clock=clock, page_size=page_size, cpus=streams, compressed=compressed)

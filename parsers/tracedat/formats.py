@@ -1,0 +1,169 @@
+"""Event format files and header_page → field specs.
+
+Grammar and flag rules follow libtraceevent's ``event_read_fields``: the type is everything
+between ``field:`` and the last identifier, ``[N]`` marks a fixed array, ``__data_loc`` /
+``__rel_loc`` a dynamic one, a char/u8/s8 array is a string, ``*`` a pointer. Offsets and sizes
+are always taken from the text: kernels leave holes and RT kernels add common fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from parsers.errors import TraceError
+
+_FIELD_RE = re.compile(
+    r"^\s*field(?: special)?:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
+    r"(?:\s*signed:(?P<signed>-?\d+);)?"
+)
+_DYNAMIC_ELEMENT_SIZES = {"u8": 1, "s8": 1, "char": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4,
+                          "u64": 8, "s64": 8}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of an event record."""
+
+    name: str
+    type: str  # C type as written, without the array suffix or __data_loc prefix
+    offset: int
+    size: int
+    signed: bool
+    array_len: int = 0  # fixed arrays: element count; 0 for scalars and dynamic arrays
+    dynamic: bool = False  # __data_loc / __rel_loc
+    relative: bool = False  # __rel_loc: offset counts from the end of this field
+    pointer: bool = False
+    common: bool = False
+    trailing: bool = False  # "u32 buf[]" with size 0: the rest of the record (bprint's args)
+
+    @property
+    def is_array(self) -> bool:
+        return self.array_len > 0 or self.dynamic or self.trailing
+
+    @property
+    def is_string(self) -> bool:
+        """libtraceevent's rule: an array whose type mentions char, u8 or s8."""
+        return self.is_array and any(t in self.type for t in ("char", "u8", "s8"))
+
+    @property
+    def element_size(self) -> int:
+        """Bytes per element of an array (dynamic arrays: from the type name, default 1)."""
+        if self.array_len:
+            return max(self.size // self.array_len, 1)
+        if self.dynamic:
+            base = self.type.replace("unsigned", "").strip()
+            return _DYNAMIC_ELEMENT_SIZES.get(base, 1)
+        return self.size
+
+    @property
+    def is_long(self) -> bool:
+        return "long" in self.type
+
+
+@dataclass(frozen=True)
+class EventFormat:
+    """A parsed format file."""
+
+    id: int
+    system: str
+    name: str
+    fields: tuple[FieldSpec, ...]  # common fields first
+    print_fmt: str
+
+    def field(self, name: str) -> FieldSpec | None:
+        return next((f for f in self.fields if f.name == name), None)
+
+
+def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool, bool]:
+    """Split ``unsigned long caller[8]`` into (type, name, array_len, dynamic, relative, pointer).
+
+    ``array_len`` is -1 for a fixed array without a length (``u32 buf[]``).
+    """
+    decl = decl.strip()
+    dynamic = relative = False
+    if decl.startswith("__data_loc"):
+        dynamic, decl = True, decl[len("__data_loc"):].strip()
+    elif decl.startswith("__rel_loc"):
+        dynamic, relative, decl = True, True, decl[len("__rel_loc"):].strip()
+    m = re.match(r"^(?P<type>.*?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<arr>\[[^\]]*\])?\s*$", decl)
+    if not m:
+        return decl, decl, 0, dynamic, relative, "*" in decl
+    ctype = m.group("type").strip()
+    arr = m.group("arr")
+    array_len = 0
+    if ctype.endswith("[]"):  # "__data_loc char[] msg"
+        ctype = ctype[:-2].strip()
+    if arr and not dynamic:
+        nums = re.findall(r"\d+", arr)
+        array_len = int(nums[-1]) if nums else -1
+    return ctype, m.group("name"), array_len, dynamic, relative, "*" in ctype
+
+
+def parse_format(text: str, system: str) -> EventFormat:
+    """Parse one ``events/<system>/<event>/format`` text."""
+    name = event_id = None
+    fields: list[FieldSpec] = []
+    common = True
+    print_fmt = ""
+    in_format = False
+    for line in text.splitlines():
+        if line.startswith("name:"):
+            name = line[5:].strip()
+        elif line.startswith("ID:"):
+            event_id = int(line[3:].strip())
+        elif line.startswith("format:"):
+            in_format = True
+        elif line.startswith("print fmt:"):
+            print_fmt = line[len("print fmt:"):].strip()
+            in_format = False
+        elif in_format and not line.strip():
+            if fields:
+                common = False
+        elif in_format:
+            m = _FIELD_RE.match(line)
+            if not m:
+                continue
+            ctype, fname, array_len, dynamic, relative, pointer = _parse_decl(m.group("decl"))
+            signed = m.group("signed")
+            size = int(m.group("size"))
+            trailing = array_len < 0 and size == 0
+            if array_len < 0:  # "[TASK_COMM_LEN]": a length we cannot read; bytes then
+                array_len = 0 if trailing else size
+            fields.append(FieldSpec(
+                name=fname, type=ctype, offset=int(m.group("offset")), size=size,
+                signed=bool(int(signed)) if signed is not None else False,
+                array_len=array_len, dynamic=dynamic, relative=relative, pointer=pointer,
+                common=common and fname.startswith("common_"), trailing=trailing,
+            ))
+    if name is None or event_id is None:
+        raise TraceError(f"corrupt event format in system {system!r} (no name or ID)")
+    return EventFormat(id=event_id, system=system, name=name, fields=tuple(fields), print_fmt=print_fmt)
+
+
+@dataclass(frozen=True)
+class PageHeader:
+    """Layout of a ring-buffer page from header_page: where the commit word and the data start."""
+
+    commit_offset: int
+    commit_size: int  # = the kernel's sizeof(long)
+    data_offset: int
+    data_size: int
+
+    @property
+    def subbuf_size(self) -> int:
+        return self.data_offset + self.data_size
+
+
+def parse_header_page(text: str, fallback_long: int, page_size: int) -> PageHeader:
+    """Parse header_page; an empty one (pre-2.6.31 kernel) falls back like libtraceevent."""
+    found: dict[str, tuple[int, int]] = {}
+    for line in text.splitlines():
+        m = _FIELD_RE.match(line)
+        if m:
+            _, fname, _, _, _, _ = _parse_decl(m.group("decl"))
+            found.setdefault(fname, (int(m.group("offset")), int(m.group("size"))))
+    if "commit" not in found or "data" not in found:
+        long_size = fallback_long
+        return PageHeader(8, long_size, 8 + long_size, page_size - 8 - long_size)
+    return PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])

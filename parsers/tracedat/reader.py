@@ -1,0 +1,154 @@
+"""``read_tracedat``: a trace.dat file → :class:`parsers.schema.TraceData` per buffer instance.
+
+Pipeline: container (v6/v7) → format files → per instance: load pages → page walk (vectorised
+over pages) → timestamps in ns → merge CPUs → columnar field decode → Arrow tables.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import warnings as _warnings
+
+import numpy as np
+import pyarrow as pa
+
+from parsers.errors import TraceError, TraceWarning
+from parsers.schema import GAPS_SCHEMA, TraceData, TraceInfo
+from parsers.tracedat.columns import FieldReader
+from parsers.tracedat.container import parse_container
+from parsers.tracedat.formats import EventFormat, PageHeader, parse_format, parse_header_page
+from parsers.tracedat.layout import BufferSpec, Container
+from parsers.tracedat.merge import merge_order, to_ns
+from parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
+from parsers.tracedat.options import Options, decode_options
+from parsers.tracedat.pages import PageData, Records, PageFlags, walk
+from parsers.tracedat.streams import load_pages
+from parsers.tracedat.tables import Merged, build_tables
+
+
+def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> TraceData:
+    """Read a trace-cmd trace.dat (v6 or v7).
+
+    ``instance`` selects a buffer instance by name; by default the top buffer is returned and the
+    others are in ``.instances``.
+    """
+    spath = os.fspath(path)
+    try:
+        f = open(spath, "rb")
+    except OSError as err:
+        raise TraceError(f"{spath}: cannot open ({err.strerror})") from None
+    with f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            raise TraceError(f"{spath}: empty file, not a trace.dat")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            box = parse_container(mm, spath)
+        if box.latency:
+            raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
+                             f"supported; run 'trace-cmd report' on it and read the text instead")
+        opts = decode_options(box.options, box.big_endian)
+        formats = _formats(box)
+        header = parse_header_page(box.header_page.decode("utf-8", "replace"), box.user_long_size, box.page_size)
+        cmdlines = parse_cmdlines(box.cmdlines)
+        printk = parse_printk(box.printk)
+        names = tuple(b.name for b in box.buffers)
+        if instance is not None and instance not in names:
+            raise TraceError(f"{spath}: no buffer instance {instance!r}; this file has "
+                             f"{[n for n in names if n] or 'only the top buffer'}")
+        results: dict[str, TraceData] = {}
+        for spec in box.buffers:
+            if instance is not None and spec.name != instance and spec.name != "":
+                continue
+            results[spec.name] = _read_buffer(f, size, box, spec, opts, formats, header, cmdlines, printk,
+                                              tuple(n for n in names if n != spec.name))
+    if instance:
+        return results[instance]
+    top = results.get("", None)
+    if top is None:
+        raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
+    top.instances = {k: v for k, v in results.items() if k}
+    return top
+
+
+def _formats(box: Container) -> list[EventFormat]:
+    out = [parse_format(t.decode("utf-8", "replace"), "ftrace") for t in box.ftrace_formats]
+    out += [parse_format(t.decode("utf-8", "replace"), sys) for sys, t in box.event_formats]
+    return out
+
+
+def _read_buffer(f, size: int, box: Container, spec: BufferSpec, opts: Options, formats: list[EventFormat],
+                 header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
+                 others: tuple[str, ...]) -> TraceData:
+    notes: list[str] = []
+    pages = load_pages(f, size, box, spec, header, notes)
+    try:
+        records, flags = walk(pages)
+    except TraceError as err:
+        raise TraceError(f"{box.path}: {err}") from None
+    ts_ns = to_ns(records.ts, opts)
+    reader = FieldReader(pages.buf, box.big_endian)
+    common_type = _common_field(formats, "common_type")
+    common_pid = _common_field(formats, "common_pid")
+    event_id = reader.uint(records.pos + common_type[0], common_type[1]).astype(np.int64)
+    pid = reader.integers(records.pos + common_pid[0], common_pid[1], True).astype(np.int32)
+    cpu = pages.cpu[records.page]
+    order = merge_order(ts_ns, cpu)
+    merged = Merged(pos=records.pos[order], length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
+                    event_id=event_id[order], pid=pid[order])
+    tables, events, counts, unknown = build_tables(merged, formats, reader, cmdlines, printk, header.commit_size)
+    if unknown:
+        notes.append(f"{box.path}: {unknown} records with an event id that has no format file were skipped")
+    gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
+    for note in notes:
+        _warnings.warn(note, TraceWarning, stacklevel=3)
+    info = TraceInfo(
+        path=box.path, source="tracedat", version=box.version, compression=box.compression,
+        cpus=box.cpus or len(spec.cpus), clock=opts.clock or box.clock or spec.clock,
+        kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
+        long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
+        event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+        lost_events=lost, lost_unknown=lost_unknown,
+        first_ts=int(merged.ts[0]) if len(merged.ts) else None,
+        last_ts=int(merged.ts[-1]) if len(merged.ts) else None,
+        instances=others, warnings=tuple(notes),
+    )
+    return TraceData(info=info, events=events, tables=tables, gaps=gaps)
+
+
+def _common_field(formats: list[EventFormat], name: str) -> tuple[int, int]:
+    """(offset, size) of a common field, from the first format that has it (as libtraceevent)."""
+    for fmt in formats:
+        f = fmt.field(name)
+        if f is not None:
+            return f.offset, f.size
+    raise TraceError(f"no event format defines {name}; the trace.dat metadata is incomplete")
+
+
+def _gaps(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options
+          ) -> tuple[pa.Table, dict[int, int], dict[int, int]]:
+    """One row per page whose header says events were dropped before it."""
+    missed = np.flatnonzero(flags.missed)
+    if not missed.size:
+        return GAPS_SCHEMA.empty_table(), {}, {}
+    seq_of = np.empty(len(order), np.int64)
+    seq_of[order] = np.arange(len(order))
+    first = np.searchsorted(records.page, missed)
+    have = first < len(records.page)
+    have[have] &= pages.cpu[records.page[first[have]]] == pages.cpu[missed[have]]
+    seq = np.where(have, seq_of[np.minimum(first, max(len(order) - 1, 0))] if len(order) else 0, 0)
+    lost = flags.lost[missed]
+    cpu = pages.cpu[missed]
+    table = pa.Table.from_arrays(
+        [pa.array(cpu), pa.array(to_ns(flags.ts[missed], opts)), pa.array(seq, mask=~have),
+         pa.array(lost, mask=lost < 0)],
+        schema=GAPS_SCHEMA,
+    )
+    known: dict[int, int] = {}
+    unknown: dict[int, int] = {}
+    for c, n in zip(cpu.tolist(), lost.tolist()):
+        if n >= 0:
+            known[c] = known.get(c, 0) + n
+        else:
+            unknown[c] = unknown.get(c, 0) + 1
+    return table, known, unknown
