@@ -88,6 +88,12 @@ class Trace:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
+    def _repr_html_(self) -> str:
+        """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""
+        from kvmtrace.report import trace_html  # the report package imports this module
+
+        return trace_html(self._data, self.path)
+
     def __repr__(self) -> str:
         i = self.info
         return f"<Trace {self.path!r} {i.source} v{i.version} kernel={i.kernel} events={i.total_events}>"

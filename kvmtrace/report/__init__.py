@@ -6,14 +6,15 @@ drawn by four renderers (text, Markdown, HTML, JSON).
 
 from __future__ import annotations
 
-from kvmtrace.report.blocks import report_blocks, report_title
+from kvmtrace.report.blocks import report_blocks, report_title, trace_blocks
 from kvmtrace.report.diff import DiffReport, build_diff, diff_blocks, diff_dict
-from kvmtrace.report.html import render_html
+from kvmtrace.report.html import render_html, render_html_fragment
 from kvmtrace.report.jsonout import render_json, report_dict, report_schema
 from kvmtrace.report.markdown import render_markdown
-from kvmtrace.report.model import Figure, Report, build_report
+from kvmtrace.report.model import Figure, Report, build_report, trace_facts
 from kvmtrace.report.output import write_atomic
 from kvmtrace.report.text import render_text
+from parsers.schema import TraceData
 
 FORMATS: tuple[str, ...] = ("text", "markdown", "html", "json")
 DIFF_FORMATS: tuple[str, ...] = FORMATS
@@ -33,6 +34,16 @@ def render_diff(diff: DiffReport, fmt: str, *, color: bool = False) -> str:
     return _render_blocks(diff_blocks(diff), fmt, title="kvmtrace diff", color=color)
 
 
+def trace_html(data: TraceData, path: str) -> str:
+    """A trace's facts and event counts as an HTML fragment (``Trace._repr_html_``)."""
+    return render_html_fragment(trace_blocks(trace_facts(data, path), dict(data.info.event_counts)))
+
+
+def report_html(report: Report) -> str:
+    """A whole report as an HTML fragment, for showing a replay inline in a notebook."""
+    return render_html_fragment(report_blocks(report))
+
+
 def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
     if fmt == "text":
         return render_text(blocks, color=color)
@@ -45,5 +56,5 @@ def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
 
 __all__ = [
     "FORMATS", "DIFF_FORMATS", "Report", "DiffReport", "Figure", "build_report", "build_diff",
-    "render", "render_diff", "report_dict", "report_schema", "write_atomic",
+    "render", "render_diff", "trace_html", "report_html", "report_dict", "report_schema", "write_atomic",
 ]

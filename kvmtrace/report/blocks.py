@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from kvmtrace.report.grid import Grid
-from kvmtrace.report.model import Figure, Report
+from kvmtrace.report.model import Figure, Report, TraceFacts
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def verdict(report: Report) -> str:
     )
 
 
-def trace_facts(report: Report) -> Facts:
-    t = report.trace
+def trace_facts(t: TraceFacts) -> Facts:
     lost = f"{t.lost_events}" + (f" (+{t.lost_unknown} gaps of unknown size)" if t.lost_unknown else "")
     return Facts(
         (
@@ -146,7 +145,7 @@ def grid_blocks(grid: Grid) -> list[Block]:
 def report_blocks(report: Report) -> list[Block]:
     """The whole report, top to bottom, in the order a reader of a bug report wants it."""
     blocks: list[Block] = [Heading(report_title(report), 1), Para(verdict(report))]
-    blocks += [Heading("Trace"), trace_facts(report)]
+    blocks += [Heading("Trace"), trace_facts(report.trace)]
     blocks += [Heading("MMU seen"), replay_facts(report)]
     if report.figures:  # near the top: the timeline is the overview a browser reader wants first
         blocks += [Heading("Plots"), *(Plot(f) for f in report.figures)]
@@ -163,3 +162,9 @@ def report_blocks(report: Report) -> list[Block]:
     if len(report.unexplained):
         blocks += grid_blocks(report.unexplained)
     return blocks
+
+
+def trace_blocks(t: TraceFacts, event_counts: dict[str, int]) -> list[Block]:
+    """A trace on its own, before any replay: its facts and its event counts."""
+    counts = sorted(event_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [Heading(f"trace {t.file}", 3), trace_facts(t), Table(Grid("events", ("event", "count"), tuple(counts)))]

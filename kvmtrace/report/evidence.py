@@ -22,6 +22,8 @@ def _field_text(value: object, typ: pa.DataType) -> str:
     """Wide unsigned fields (gfns, SPTEs, role words, addresses) read best in hex, the rest as-is."""
     if value is None:
         return "?"
+    if isinstance(value, bool):  # one-bit fields (r, x, ...) read as the kernel prints them
+        return str(int(value))
     if pa.types.is_unsigned_integer(typ) and typ.bit_width >= 32:
         return hex(value)
     if isinstance(value, str):
@@ -55,7 +57,8 @@ def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
 
 def _lines_for_event(table: pa.Table, name: str, seqs: list[int]) -> dict[int, str]:
     rows = table.take(pa.array(np.searchsorted(_seq_column(table), seqs)))
-    fields = [f for f in table.schema if f.name not in COMMON_NAMES]
+    # common_flags / common_preempt_count are ring-buffer bookkeeping; trace-cmd hides them too.
+    fields = [f for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
     cols = {n: rows.column(n).to_pylist() for n in ("seq", "ts", "cpu", "pid", "comm")}
     values = [rows.column(f.name).to_pylist() for f in fields]
     out = {}

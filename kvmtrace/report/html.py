@@ -66,8 +66,13 @@ def _block(block: Block) -> str:
     raise TypeError(f"unknown block {block!r}")
 
 
+def render_html_fragment(blocks: list[Block]) -> str:
+    """The blocks as an HTML fragment (for notebooks, which supply the page around it)."""
+    return "\n".join(_block(b) for b in blocks)
+
+
 def render_html(blocks: list[Block], *, title: str) -> str:
-    body = "\n".join(_block(b) for b in blocks)
+    body = render_html_fragment(blocks)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>\n<body>\n{body}\n</body></html>\n"

@@ -119,7 +119,8 @@ class Report:
         return sum(1 for f in self.findings if f.severity == severity)
 
 
-def _trace_facts(data: TraceData, path: str) -> TraceFacts:
+def trace_facts(data: TraceData, path: str) -> TraceFacts:
+    """The recording's facts (also what a notebook shows for a bare ``Trace``)."""
     # Imported here: kvmtrace.commands.info registers a CLI command on import, and the CLI in
     # turn imports this package through ``analyze``; a top-level import would be circular.
     from kvmtrace.commands.info import info_dict
@@ -258,7 +259,7 @@ def build_report(
     """
     return Report(
         kvmtrace_version=version,
-        trace=_trace_facts(data, path),
+        trace=trace_facts(data, path),
         replay=_replay_facts(replay),
         checks=_checks(replay),
         findings=_findings(data, replay),
