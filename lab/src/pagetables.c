@@ -45,6 +45,19 @@ static uint64_t pokes_from_tables(struct vm *vm, uint64_t first, uint64_t last)
 	return n;
 }
 
+/* Guest-physical address of the 4 KiB PTE that maps `gva` under `root` (walking the host view). */
+static uint64_t pte_address(struct vm *vm, uint64_t root, uint64_t gva)
+{
+	uint64_t table = root;
+
+	for (int level = 4; level > 1; level--) {
+		uint64_t e = ((uint64_t *)gpa_to_host(vm, table))[(gva >> (12 + 9 * (level - 1))) & 511];
+
+		table = e & ~0xfffULL & ((1ULL << 52) - 1);
+	}
+	return table + 8 * ((gva >> 12) & 511);
+}
+
 int scenario_boot(struct lab *lab)
 {
 	const struct params *p = lab->p;
@@ -73,22 +86,22 @@ int scenario_boot(struct lab *lab)
 	phase("touch-own-tables");
 	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
 
-	/* Remap the first 16 pages of the touch region onto the last 16, while those tables are live. */
+	/*
+	 * While those tables are live, alias the first 8 pages under every page-table page onto the
+	 * 8 pages after them: each write hits a shadowed (write-protected) guest page table.
+	 */
 	phase("edit-live-page-tables");
 	list = (uint64_t *)gpa_to_host(&lab->vm, GPA_POKES);
 	nlist = 0;
-	for (uint64_t gva = GPA_TOUCH; gva < GPA_TOUCH + 16 * PAGE && gva < GPA_TOUCH + len4k; gva += PAGE) {
-		uint64_t pml4e = ((uint64_t *)gpa_to_host(&lab->vm, alt))[(gva >> 39) & 511] & ~0xfffULL;
-		uint64_t pdpte = ((uint64_t *)gpa_to_host(&lab->vm, pml4e))[(gva >> 30) & 511] & ~0xfffULL;
-		uint64_t pde = ((uint64_t *)gpa_to_host(&lab->vm, pdpte))[(gva >> 21) & 511] & ~0xfffULL;
-
-		list[2 * nlist] = pde + 8 * ((gva >> 12) & 511);
-		list[2 * nlist + 1] = (gva + len4k - 16 * PAGE) | PTE_USER;
-		nlist++;
-	}
+	for (uint64_t base = GPA_TOUCH; base < GPA_TOUCH + len4k; base += 0x200000)
+		for (uint64_t gva = base; gva < base + 8 * PAGE; gva += PAGE) {
+			list[2 * nlist] = pte_address(&lab->vm, alt, gva);
+			list[2 * nlist + 1] = (gva + 8 * PAGE) | PTE_USER;
+			nlist++;
+		}
 	vcpu_op(v, OP_POKE, GPA_POKES, nlist, 0, 0);
 	for (uint64_t i = 0; i < nlist; i += 4)
-		vcpu_invlpg(v, GPA_TOUCH + i * PAGE);
+		vcpu_invlpg(v, list[2 * i + 1] - 8 * PAGE);
 	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
 
 	phase("switch-roots");

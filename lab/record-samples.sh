@@ -1,0 +1,35 @@
+#!/bin/bash
+# Re-record every sample trace in sample_traces/ (one line per sample; lab/README.md lists the
+# same commands).  `lab/record-samples.sh NAME...` re-records only those samples;
+# `lab/record-samples.sh bench` makes the large benchmark recording in bench/out/ (not in git).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+S=sample_traces
+"lab/build.sh" >/dev/null
+
+sample() {  # NAME BUFFER_KB -- kvmlab args
+    local name=$1 kb=$2; shift 3
+    if [ ${#wanted[@]} -eq 0 ] || [[ " ${wanted[*]} " == *" $name "* ]]; then
+        lab/record.sh --buffer-kb "$kb" "$S/$name" -- "$@"
+    fi
+}
+wanted=("$@")
+if [ "${1:-}" = bench ]; then
+    lab/record.sh --buffer-kb 262144 bench/out/bench-multi -- multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 24
+    exit
+fi
+
+sample boot-zapall          16384 -- boot --pages 2048 --huge 2
+sample churn-zapall         16384 -- churn --rounds 3
+sample churn-zapslot        16384 -- churn --rounds 3 --no-zap-all-quirk
+sample mmio-zapall          16384 -- mmio --rounds 2
+sample mmio-zapslot         16384 -- mmio --rounds 2 --no-zap-all-quirk
+sample dirty-zapall         16384 -- dirty --rounds 4
+sample dirty-zapslot        16384 -- dirty --rounds 4 --no-zap-all-quirk
+sample multi-zapall         16384 -- multi --vcpus 3 --rounds 3
+sample multi-zapslot        16384 -- multi --vcpus 3 --rounds 3 --no-zap-all-quirk
+sample rom-zapall           16384 -- rom --rounds 2
+sample rom-zapslot          16384 -- rom --rounds 2 --no-zap-all-quirk
+sample ptslot-zapall        16384 -- ptslot --pages 512 --rounds 2
+sample ptslot-zapslot       16384 -- ptslot --pages 512 --rounds 2 --no-zap-all-quirk
+sample churn-lost-zapall       64 -- churn --rounds 3
