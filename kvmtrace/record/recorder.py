@@ -1,0 +1,194 @@
+"""``kvmtrace record``: trace one command's KVM activity into a trace.dat.
+
+Sequence (every step before the command is undone in ``finally``, whatever happens):
+lock → checks → snapshot tracefs → stop, set clock and buffer size, clear, enable events,
+tracing_on=1 → run the command → tracing_on=0 → read loss counters → save the text twin →
+write the .dat (trace-cmd extract, or our own writer from ``trace_pipe_raw``) → restore → unlock.
+
+The .dat and the text are written to temp files beside their destination and renamed when
+complete, so an error never leaves a half-written trace under the requested name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kvmtrace.record.capture import (
+    CpuLoss,
+    collect_content,
+    flagged_pages,
+    loss_from_stats,
+    read_cpu_stats,
+    read_raw_pages,
+)
+from kvmtrace.record.child import CommandResult, run_command
+from kvmtrace.record.lock import recording_lock
+from kvmtrace.record.tracedat_writer import write_tracedat
+from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
+from parsers.errors import TraceError
+from parsers.tracedat.constants import COMPRESSION_ZSTD
+
+DEFAULT_EVENTS = ("kvmmmu", "kvm")
+KVM_DEVICE = Path("/dev/kvm")
+BACKENDS = ("auto", "trace-cmd", "native")
+
+
+@dataclass(frozen=True)
+class RecordOptions:
+    """What to record and how; defaults are the CLI's."""
+
+    output: Path
+    command: tuple[str, ...]
+    events: tuple[str, ...] = DEFAULT_EVENTS
+    #: Per-CPU ring buffer size in KiB; None keeps the current size.
+    buffer_kb: int | None = 8192
+    clock: str = "global"
+    #: Also save the kernel's text rendering (``trace``) as OUT.txt.gz.
+    text: bool = False
+    backend: str = "auto"
+    file_version: int = 7
+    compression: str = COMPRESSION_ZSTD
+    kallsyms: bool = True
+    tracefs: Path | None = None
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """The command's exit status and what was written."""
+
+    command: CommandResult
+    output: Path
+    backend: str
+    text_output: Path | None
+    loss: tuple[CpuLoss, ...] = field(default=())
+
+
+def text_path(output: Path) -> Path:
+    """Where ``--text`` puts the kernel's text twin: OUT.dat → OUT.txt.gz."""
+    return output.with_suffix(".txt.gz") if output.suffix == ".dat" else Path(f"{output}.txt.gz")
+
+
+def pick_backend(name: str) -> str:
+    if name not in BACKENDS:
+        raise TraceError(f"unknown backend {name!r}: use auto, trace-cmd or native")
+    if name == "auto":
+        return "trace-cmd" if shutil.which("trace-cmd") else "native"
+    if name == "trace-cmd" and shutil.which("trace-cmd") is None:
+        raise TraceError("trace-cmd is not installed: install it or use --backend native")
+    return name
+
+
+def check_host(tfs_root: Path | None) -> Tracefs:
+    """The one-line errors a user can fix before anything is touched."""
+    if os.geteuid() != 0:
+        raise TraceError("recording needs root (tracefs and /dev/kvm): run kvmtrace record with sudo")
+    tfs = find_tracefs(tfs_root)
+    if not tfs.path("events/kvmmmu").is_dir():
+        raise TraceError("no kvmmmu events in tracefs: the kvm module is not loaded (modprobe kvm_intel or kvm_amd)")
+    if not KVM_DEVICE.exists():
+        raise TraceError(f"no {KVM_DEVICE}: KVM is not available on this host (load kvm_intel or kvm_amd)")
+    return tfs
+
+
+def _start(tfs: Tracefs, opts: RecordOptions, events: list[EventId]) -> None:
+    tfs.write("tracing_on", "0")
+    if tfs.selected_clock() != opts.clock:
+        try:
+            tfs.write("trace_clock", opts.clock)
+        except OSError:
+            raise TraceError(f"unknown trace clock {opts.clock!r}: choose one of {tfs.read('trace_clock').strip()}") from None
+    if opts.buffer_kb is not None:
+        tfs.write("buffer_size_kb", str(opts.buffer_kb))
+    tfs.write("trace", "")  # opening `trace` for writing clears every CPU's buffer
+    for ev in events:
+        tfs.write(f"events/{ev.system}/{ev.event}/enable", "1")
+    tfs.write("tracing_on", "1")
+
+
+def _save_text(tfs: Tracefs, dest: Path) -> None:
+    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
+    try:
+        with open(tfs.path("trace"), "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as out:
+            shutil.copyfileobj(src, out, 1 << 20)
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _run_trace_cmd(argv: list[str]) -> None:
+    proc = subprocess.run(["trace-cmd", *argv], capture_output=True, text=True)
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
+        raise TraceError(f"trace-cmd {argv[0]} failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+
+
+def _extract_trace_cmd(opts: RecordOptions) -> None:
+    """Let trace-cmd drain the buffer into a file (always v7 + zstd), converted if asked otherwise."""
+    tmp = opts.output.with_name(f"{opts.output.name}.tmp{os.getpid()}")
+    converted = opts.output.with_name(f"{opts.output.name}.conv{os.getpid()}")
+    try:
+        _run_trace_cmd(["extract", "-o", str(tmp)])
+        if (opts.file_version, opts.compression) != (7, COMPRESSION_ZSTD):
+            version = ["--file-version", str(opts.file_version), "--compression", opts.compression]
+            _run_trace_cmd(["convert", *version, "-i", str(tmp), "-o", str(converted)])
+            os.replace(converted, tmp)
+        os.replace(tmp, opts.output)
+    finally:
+        tmp.unlink(missing_ok=True)
+        converted.unlink(missing_ok=True)
+
+
+def _extract_native(tfs: Tracefs, opts: RecordOptions, stats: dict[int, bytes]) -> dict[int, int]:
+    """Write OUT.dat with our writer; return pages flagged with missed events per CPU."""
+    from kvmtrace import __version__
+
+    page_size = tfs.sub_buffer_size()
+    cpu_data = {cpu: read_raw_pages(tfs, cpu, page_size) for cpu in tfs.cpus()}
+    content = collect_content(
+        tfs, cpu_data, stats, page_size, with_kallsyms=opts.kallsyms, version=f"kvmtrace {__version__}"
+    )
+    write_tracedat(opts.output, content, version=opts.file_version, compression=opts.compression)
+    return {cpu: flagged_pages(data, page_size) for cpu, data in cpu_data.items()}
+
+
+def record(opts: RecordOptions) -> RecordResult:
+    """Record ``opts.command``; tracefs is left exactly as found (see module docstring)."""
+    if not opts.command:
+        raise TraceError("no command to record: give it after '--', e.g. kvmtrace record -o x.dat -- ./workload")
+    if opts.file_version == 6 and opts.compression != "none":
+        raise TraceError("trace.dat version 6 has no compression: add --compression none")
+    backend = pick_backend(opts.backend)
+    tfs = check_host(opts.tracefs)
+    events = resolve_events(tfs, list(opts.events))
+    if not opts.output.parent.is_dir():
+        raise TraceError(f"{opts.output.parent}: no such directory for the output file")
+    with recording_lock():
+        state = TracefsState.capture(tfs, events)
+        try:
+            _start(tfs, opts, events)
+            result = run_command(list(opts.command))
+            tfs.write("tracing_on", "0")
+            stats = {cpu: read_cpu_stats(tfs, cpu) for cpu in tfs.cpus()}
+            text_out = text_path(opts.output) if opts.text else None
+            if text_out is not None:
+                _save_text(tfs, text_out)
+            flagged: dict[int, int] = {}
+            if backend == "trace-cmd":
+                _extract_trace_cmd(opts)
+            else:
+                flagged = _extract_native(tfs, opts, stats)
+        finally:
+            failed = state.restore(tfs)
+            if failed:
+                raise TraceError(f"could not restore tracefs: {', '.join(failed)}")
+    loss = tuple(
+        dataclasses.replace(loss_from_stats(cpu, text), flagged_pages=flagged.get(cpu, 0)) for cpu, text in stats.items()
+    )
+    return RecordResult(result, opts.output, backend, text_out, loss)
