@@ -15,7 +15,7 @@ sample() {  # NAME BUFFER_KB -- kvmlab args
 }
 wanted=("$@")
 if [ "${1:-}" = bench ]; then
-    lab/record.sh --buffer-kb 262144 bench/out/bench-multi -- multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 24
+    lab/record.sh --buffer-kb 262144 bench/out/bench-multi -- multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 96
     exit
 fi
 
