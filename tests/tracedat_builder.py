@@ -6,11 +6,11 @@ builds kernel-format ring-buffer pages from a list of records (the encoding of
 ``kernel/trace/ring_buffer.c``: small and large data records, TIME_EXTEND, absolute TIME_STAMP,
 padding, missed-events flags, either byte order) and writes them with the project writer
 (:func:`kvmtrace.record.tracedat_writer.write_tracedat`) into a file whose metadata (event
-formats, header_page, ...) comes from a REAL recording — see :func:`read_v6_content`.
+formats, header_page, ...) comes from a REAL recording — see :func:`content_of`.
 
 Typical use::
 
-    content = read_v6_content(v6_file)                    # metadata of a real recording
+    content = content_of(v6_file)                         # metadata of a real recording
     page = build_page(ts0, [Data(payload), TimeExtend(1 << 30), Data(payload2, delta=3)])
     build_tracedat(out, content, [[page], []], compression="zlib")
 """
@@ -26,13 +26,8 @@ from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_
 from parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
-    HEADER_EVENT_TAG,
-    HEADER_PAGE_TAG,
-    MAGIC,
+    COMPRESSION_NONE,
     RB_ALIGNMENT,
-    TAIL_FLYRECORD,
-    TAIL_OPTIONS,
-    TAIL_SIZE,
     TS_DELTA_MASK,
     TS_SHIFT,
     TYPE_LEN_DATA_MAX,
@@ -41,6 +36,7 @@ from parsers.tracedat.constants import (
     TYPE_LEN_TIME_STAMP,
     Option,
 )
+from parsers.tracedat.container import parse_container
 
 # ---- records -----------------------------------------------------------------------------------
 
@@ -162,89 +158,47 @@ def build_tracedat(
 # ---- metadata of a real recording --------------------------------------------------------------
 
 
-class _Cursor:
-    """Sequential reads from an uncompressed v6 file (little- or big-endian)."""
+def content_of(path: str | os.PathLike[str]) -> TraceDatContent:
+    """Everything in an *uncompressed* trace.dat (e.g. ``trace-cmd convert --file-version 6
+    --compression none`` of a real recording), read with the project's container parser.
 
-    def __init__(self, data: bytes, pos: int) -> None:
-        self.data, self.pos, self.order = data, pos, "<"
-
-    def take(self, n: int) -> bytes:
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def num(self, fmt: str) -> int:
-        (v,) = struct.unpack(self.order + fmt, self.take(struct.calcsize(fmt)))
-        return v
-
-    def cstr(self) -> bytes:
-        end = self.data.index(b"\0", self.pos)
-        out = self.data[self.pos : end]
-        self.pos = end + 1
-        return out
-
-    def blob(self, fmt: str) -> bytes:
-        return self.take(self.num(fmt))
-
-
-def read_v6_content(path: str | os.PathLike[str]) -> TraceDatContent:
-    """Everything in an uncompressed v6 trace.dat (``trace-cmd convert --file-version 6
-    --compression none`` of a real recording) as a :class:`TraceDatContent`.
-
-    Test-side only: it exists so the writer can be checked on real inputs before, and
-    independently of, the project reader; it handles exactly what trace-cmd's v6 writer emits
-    for the top instance.
+    The pages are sliced straight out of the file, so the writer under test gets exactly the
+    kernel's bytes; its output is then judged by trace-cmd, not by this reader.
     """
     data = open(path, "rb").read()
-    if not data.startswith(MAGIC):
-        raise ValueError(f"{path}: not a trace.dat")
-    cur = _Cursor(data, len(MAGIC))
-    if cur.cstr() != b"6":
-        raise ValueError(f"{path}: not a version 6 file")
-    cur.order = ">" if cur.take(1) == b"\1" else "<"
-    user_long = cur.take(1)[0]
-    page_size = cur.num("I")
-    assert cur.take(len(HEADER_PAGE_TAG)) == HEADER_PAGE_TAG
-    header_page = cur.blob("Q")
-    assert cur.take(len(HEADER_EVENT_TAG)) == HEADER_EVENT_TAG
-    header_event = cur.blob("Q")
-    ftrace = tuple(cur.blob("Q") for _ in range(cur.num("I")))
-    systems = []
-    for _ in range(cur.num("I")):
-        name = cur.cstr().decode()
-        systems.append(EventSystem(name, tuple(cur.blob("Q") for _ in range(cur.num("I")))))
-    kallsyms, printk, cmdlines = cur.blob("I"), cur.blob("I"), cur.blob("Q")
-    nr_cpus = cur.num("I")
+    box = parse_container(data, os.fspath(path))
+    if box.compression != COMPRESSION_NONE:
+        raise ValueError(f"{path}: compressed ({box.compression}); convert it with --compression none")
+    top = box.buffers[0]
+    cpu_data = [b""] * box.cpus
+    for stream in top.cpus:
+        cpu_data[stream.cpu] = data[stream.offset : stream.offset + stream.size]
+    systems: dict[str, list[bytes]] = {}
+    for system, text in box.event_formats:
+        systems.setdefault(system, []).append(text)
     opts: dict[int, list[bytes]] = {}
-    tail = cur.take(TAIL_SIZE)
-    if tail == TAIL_OPTIONS:
-        while (oid := cur.num("H")) != Option.DONE:
-            opts.setdefault(oid, []).append(cur.blob("I"))
-        tail = cur.take(TAIL_SIZE)
-    assert tail == TAIL_FLYRECORD, tail
-    table = [(cur.num("Q"), cur.num("Q")) for _ in range(nr_cpus)]
-    clock = None
-    if Option.TRACECLOCK in opts:
-        clock = cur.blob("Q").decode().strip("[]")
+    for opt in box.options:
+        opts.setdefault(opt.id, []).append(opt.payload)
 
     def text(oid: int) -> str | None:
         return opts[oid][0].rstrip(b"\0").decode() if oid in opts else None
 
+    order = ">" if box.big_endian else "<"
     return TraceDatContent(
-        page_size=page_size,
-        header_page=header_page,
-        header_event=header_event,
-        ftrace_formats=ftrace,
-        systems=tuple(systems),
-        cpu_data=tuple(data[off : off + size] for off, size in table),
-        kallsyms=kallsyms,
-        printk_formats=printk,
-        cmdlines=cmdlines,
-        clock=clock,
+        page_size=top.page_size,
+        header_page=box.header_page,
+        header_event=box.header_event,
+        ftrace_formats=tuple(box.ftrace_formats),
+        systems=tuple(EventSystem(name, tuple(formats)) for name, formats in systems.items()),
+        cpu_data=tuple(cpu_data),
+        kallsyms=box.kallsyms,
+        printk_formats=box.printk,
+        cmdlines=box.cmdlines,
+        clock=top.clock or box.clock,
         trace_clock=opts[Option.TRACECLOCK][0].rstrip(b"\0") if Option.TRACECLOCK in opts else None,
         uname=text(Option.UNAME),
         version=text(Option.VERSION),
-        trace_id=struct.unpack(cur.order + "Q", opts[Option.TRACEID][0])[0] if Option.TRACEID in opts else None,
+        trace_id=struct.unpack(order + "Q", opts[Option.TRACEID][0])[0] if Option.TRACEID in opts else None,
         cpu_stats=tuple(s.rstrip(b"\0") for s in opts.get(Option.CPUSTAT, [])),
-        user_long_size=user_long,
+        user_long_size=box.user_long_size,
     )

@@ -25,6 +25,7 @@ import zstandard
 
 from parsers.errors import TraceError
 from parsers.tracedat.constants import (
+    COMPRESS_CHUNK_COUNT_SIZE,
     COMPRESSION_NONE,
     COMPRESSION_ZLIB,
     COMPRESSION_ZSTD,
@@ -281,8 +282,15 @@ def _write_buffer_section(
             continue  # the BUFFER option lists only CPUs that have data
         _pad_to_page(f, c.page_size)
         at = f.tell()
-        f.write(data if compress is None else _chunk_stream(data, c.page_size, compress, p))
-        cpus.append(p.u32(cpu) + p.u64(at) + p.u64(f.tell() - at))
+        if compress is None:
+            f.write(data)
+            size = len(data)
+        else:
+            stream = _chunk_stream(data, c.page_size, compress, p)
+            f.write(stream)
+            # trace-cmd stores a chunk stream's size without its leading u32 chunk count.
+            size = len(stream) - COMPRESS_CHUNK_COUNT_SIZE
+        cpus.append(p.u32(cpu) + p.u64(at) + p.u64(size))
     end = f.tell()
     f.seek(section_at + SECTION_HEADER_SIZE - 8)
     f.write(p.u64(end - section_at - SECTION_HEADER_SIZE))
