@@ -16,7 +16,8 @@ import pyarrow as pa
 from matplotlib.figure import Figure as MplFigure
 
 from kvmtrace.api import Trace
-from kvmtrace.report.model import Figure
+from kvmtrace.report.evidence import column_ts
+from kvmtrace.report.model import Figure, sp_birth_death
 from parsers.schema import TraceData
 from replays.results import ReplayResult
 
@@ -39,13 +40,6 @@ def _ts(table: pa.Table | None) -> np.ndarray:
     return table.column("ts").to_numpy(zero_copy_only=False)
 
 
-def _nonnull_ts(table: pa.Table, column: str) -> np.ndarray:
-    if column not in table.column_names:
-        return np.empty(0, dtype=np.int64)
-    col = table.column(column)
-    return col.drop_null().to_numpy(zero_copy_only=False).astype(np.int64)
-
-
 def timeline(trace: Union[Trace, TraceData], replay: ReplayResult) -> MplFigure:
     """Events per time bin for each group of :data:`TIMELINE_GROUPS`; memslot changes dashed."""
     data = _data(trace)
@@ -54,7 +48,8 @@ def timeline(trace: Union[Trace, TraceData], replay: ReplayResult) -> MplFigure:
     edges = np.linspace(0, span, BINS + 1)
     fig = MplFigure(figsize=(10, 6), layout="constrained")
     axes = fig.subplots(len(TIMELINE_GROUPS), 1, sharex=True)
-    slot_changes = (_nonnull_ts(replay.memslots, "ts") - t0) / 1e9
+    slot_changes = column_ts(data, replay.memslots, "seq")
+    slot_changes = (slot_changes[~np.isnan(slot_changes)] - t0) / 1e9
     for ax, (label, names) in zip(axes, TIMELINE_GROUPS.items()):
         present = [(name, _ts(data.tables.get(name))) for name in names]
         for name, ts in present:
@@ -96,25 +91,35 @@ def memslots(replay: ReplayResult) -> MplFigure:
     return fig
 
 
-def sp_lifetimes(replay: ReplayResult) -> MplFigure:
-    """Shadow pages alive over time (pages that predate the trace count from its start)."""
+def sp_lifetimes(replay: ReplayResult, trace: Union[Trace, TraceData, None] = None) -> MplFigure:
+    """Shadow pages alive over the trace (pages that predate it count from its start).
+
+    The replay cites events by seq; with ``trace`` the x axis is time, without it the x axis
+    is the event sequence number.
+    """
     fig = MplFigure(figsize=(10, 4), layout="constrained")
     ax = fig.subplots()
     sp = replay.shadow_pages
-    if "created_ts" not in sp.column_names or sp.num_rows == 0:
-        ax.text(0.5, 0.5, "no shadow-page lifetimes in this replay", ha="center", va="center")
+    if sp.num_rows == 0:
+        ax.text(0.5, 0.5, "no shadow pages in this replay", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    born = sp.column("created_ts").to_numpy(zero_copy_only=False).astype(float)
-    died = (sp.column("zapped_ts").to_numpy(zero_copy_only=False).astype(float)
-            if "zapped_ts" in sp.column_names else np.full(born.size, np.nan))
-    start = np.nanmin(np.concatenate([born, died]))
+    if trace is not None:
+        data = _data(trace)
+        start = data.info.first_ts or 0
+        born, died, _ = sp_birth_death(data, sp)
+        scale, xlabel = 1e9, f"seconds since {start / 1e9:.6f}"
+    else:
+        start = 0
+        born, died, _ = sp_birth_death(None, sp)
+        scale, xlabel = 1, "event seq"
     born = np.where(np.isnan(born), start, born)
-    times = np.concatenate([born, died[~np.isnan(died)]])
-    steps = np.concatenate([np.ones(born.size), -np.ones(int((~np.isnan(died)).sum()))])
+    gone = died[~np.isnan(died)]
+    times = np.concatenate([born, gone])
+    steps = np.concatenate([np.ones(born.size), -np.ones(gone.size)])
     order = np.argsort(times, kind="stable")
-    ax.step((times[order] - start) / 1e9, np.cumsum(steps[order]), where="post")
-    ax.set_xlabel(f"seconds since {start / 1e9:.6f}")
+    ax.step((times[order] - start) / scale, np.cumsum(steps[order]), where="post")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("shadow pages alive")
     fig.suptitle(f"shadow pages alive over time ({sp.num_rows} lifetimes)")
     return fig
@@ -133,5 +138,5 @@ def report_figures(trace: Union[Trace, TraceData], replay: ReplayResult) -> tupl
     return (
         Figure("faults, SPTE installs, zaps and memslot changes over time", svg_text(timeline(trace, replay))),
         Figure("SPTE installs and zaps per memslot", svg_text(memslots(replay))),
-        Figure("shadow pages alive over time", svg_text(sp_lifetimes(replay))),
+        Figure("shadow pages alive over time", svg_text(sp_lifetimes(replay, trace))),
     )

@@ -19,10 +19,12 @@ import typer
 from rich.console import Console
 
 import kvmtrace
+import replays
 from kvmtrace.cli import app
 from kvmtrace.report import FORMATS, Report, build_report, render, write_atomic
 from parsers.errors import TraceError
 from parsers.schema import TraceData
+from replays.results import ReplayResult
 
 #: --fail-on threshold -> severities that meet it
 FAIL_ON: dict[str, tuple[str, ...]] = {"error": ("error",), "warning": ("error", "warning")}
@@ -58,8 +60,10 @@ def read_memslots(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except OSError as err:
         raise TraceError(f"--memslots {path}: {err.strerror.lower()}") from None
+    except UnicodeDecodeError:
+        raise TraceError(f"--memslots {path}: not a text file; give the JSON memslot layout") from None
     except json.JSONDecodeError as err:
-        raise TraceError(f"--memslots {path}: not JSON ({err.msg} at line {err.lineno}); see docs for the layout format") from None
+        raise TraceError(f"--memslots {path}: not JSON ({err.msg} at line {err.lineno}); give the JSON memslot layout") from None
 
 
 def _keep(table: pa.Table, since: int | None, until: int | None, cpu: int | None) -> pa.Table:
@@ -119,7 +123,17 @@ def _seconds_to_ns(value: float | None) -> int | None:
     return None if value is None else int(round(value * 1e9))
 
 
-def analyze_trace(
+@dataclasses.dataclass
+class Analysis:
+    """A trace (after any event selection) and its replay: what every report is built from."""
+
+    path: Path
+    data: TraceData
+    replay: ReplayResult
+    filters: tuple[str, ...]
+
+
+def replay_trace(
     path: Path,
     *,
     qemu_log: Path | None = None,
@@ -128,13 +142,9 @@ def analyze_trace(
     since: float | None = None,
     until: float | None = None,
     cpu: int | None = None,
-    with_plots: bool = False,
     steps: Steps | None = None,
-) -> Report:
-    """Everything ``analyze`` does short of rendering (``diff`` builds its two reports here)."""
-    import replays
-    from kvmtrace import plot
-
+) -> Analysis:
+    """Read the side files and the trace, select events, replay."""
     steps = steps or Steps()
     if since is not None and until is not None and since > until:
         raise TraceError(f"--since {since} is after --until {until}; swap them")
@@ -145,15 +155,22 @@ def analyze_trace(
     data = select_events(trace.data, _seconds_to_ns(since), _seconds_to_ns(until), cpu)
     with steps.step("replaying the MMU"):
         result = replays.replay(data, kernel=kernel, memslots=layout, qemu_log_lines=qemu_lines)
+    return Analysis(path, data, result, filter_notes(since, until, cpu))
+
+
+def analysis_report(analysis: Analysis, *, with_plots: bool = False, steps: Steps | None = None) -> Report:
+    """The report model of an analysis; ``with_plots`` draws the figures (HTML shows them)."""
+    steps = steps or Steps()
     figures: tuple = ()
     if with_plots:
+        from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it
+
         with steps.step("drawing plots"):
-            figures = plot.report_figures(data, result)
-    with steps.step("building the report"):
-        return build_report(
-            data, result, path=str(path), version=kvmtrace.__version__,
-            filters=filter_notes(since, until, cpu), figures=figures,
-        )
+            figures = plot.report_figures(analysis.data, analysis.replay)
+    return build_report(
+        analysis.data, analysis.replay, path=str(analysis.path), version=kvmtrace.__version__,
+        filters=analysis.filters, figures=figures,
+    )
 
 
 def emit(text: str, output: Path | None) -> None:
@@ -191,10 +208,12 @@ def analyze(
     check_format(fmt, FORMATS)
     if fail_on is not None and fail_on not in FAIL_ON:
         raise TraceError(f"--fail-on {fail_on}: unknown; choose error or warning")
-    report = analyze_trace(
+    steps = Steps()
+    analysis = replay_trace(
         path, qemu_log=qemu_log, memslots=memslots, kernel=kernel, since=since, until=until,
-        cpu=cpu, with_plots=fmt == "html",
+        cpu=cpu, steps=steps,
     )
+    report = analysis_report(analysis, with_plots=fmt == "html", steps=steps)
     color = output is None and fmt == "text" and sys.stdout.isatty()
     emit(render(report, fmt, color=color), output)
     if fail_on is not None and any(f.severity in FAIL_ON[fail_on] for f in report.findings):

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from kvmtrace.cli import app
-from kvmtrace.commands.analyze import Steps, analyze_trace, check_format, emit
+from kvmtrace.commands.analyze import Steps, analysis_report, check_format, emit, replay_trace
 from kvmtrace.report import DIFF_FORMATS, build_diff, render_diff
 
 
@@ -25,7 +25,7 @@ def diff(
     """Compare the analyses of two traces."""
     check_format(fmt, DIFF_FORMATS)
     steps = Steps()
-    ra = analyze_trace(a, kernel=kernel, steps=steps)
-    rb = analyze_trace(b, kernel=kernel, steps=steps)
+    ra = analysis_report(replay_trace(a, kernel=kernel, steps=steps), steps=steps)
+    rb = analysis_report(replay_trace(b, kernel=kernel, steps=steps), steps=steps)
     color = output is None and fmt == "text" and sys.stdout.isatty()
     emit(render_diff(build_diff(ra, rb), fmt, color=color), output)

@@ -39,11 +39,6 @@ def trace_html(data: TraceData, path: str) -> str:
     return render_html_fragment(trace_blocks(trace_facts(data, path), dict(data.info.event_counts)))
 
 
-def report_html(report: Report) -> str:
-    """A whole report as an HTML fragment, for showing a replay inline in a notebook."""
-    return render_html_fragment(report_blocks(report))
-
-
 def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
     if fmt == "text":
         return render_text(blocks, color=color)
@@ -56,5 +51,5 @@ def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
 
 __all__ = [
     "FORMATS", "DIFF_FORMATS", "Report", "DiffReport", "Figure", "build_report", "build_diff",
-    "render", "render_diff", "trace_html", "report_html", "report_dict", "report_schema", "write_atomic",
+    "render", "render_diff", "trace_html", "report_dict", "report_schema", "write_atomic",
 ]

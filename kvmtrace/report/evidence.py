@@ -37,6 +37,35 @@ def _seq_column(table: pa.Table) -> np.ndarray:
     return table.column("seq").to_numpy()
 
 
+def seq_ts(data: TraceData, seqs: np.ndarray) -> np.ndarray:
+    """Timestamps (ns) of events by ``seq``, as float with NaN for null or unknown seqs.
+
+    The replay's tables cite events by seq only (shadow pages, the memslot timeline); plots and
+    lifetimes need time.
+    """
+    seqs = np.asarray(seqs, dtype=float)
+    out = np.full(seqs.shape, np.nan)
+    ev_seq = _seq_column(data.events)
+    if ev_seq.size == 0:
+        return out
+    ok = ~np.isnan(seqs)
+    want = seqs[ok].astype(np.int64)
+    pos = np.minimum(np.searchsorted(ev_seq, want), ev_seq.size - 1)
+    hit = ev_seq[pos] == want
+    ts = data.events.column("ts").to_numpy()[pos].astype(float)
+    out[ok] = np.where(hit, ts, np.nan)
+    return out
+
+
+def column_ts(data: TraceData | None, table: pa.Table, column: str) -> np.ndarray:
+    """Timestamps of the events a seq column of a replay table cites (NaN for null, or when the
+    table has no such column); without ``data``, the seqs themselves as float."""
+    if column not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    seqs = np.asarray(table.column(column).to_pylist(), dtype=float)
+    return seqs if data is None else seq_ts(data, seqs)
+
+
 def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
     """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
     wanted = np.unique(np.fromiter((int(s) for s in seqs), dtype=np.int64))

@@ -45,6 +45,11 @@ class Grid:
         return len(self.rows)
 
 
+#: Unsigned columns whose names contain one of these hold addresses or bit patterns (gfns, SPTE
+#: values, role words, flags): people read those in hex, as the kernel prints them.
+HEX_HINTS = ("gfn", "spte", "addr", "key", "role", "flags", "pfn", "hva", "gpa")
+
+
 def grid_from_arrow(
     title: str,
     table: pa.Table | None,
@@ -66,7 +71,9 @@ def grid_from_arrow(
     rows = tuple(zip(*cols)) if cols else ()
     types = {n: shown.schema.field(n).type for n in names}
     seconds = frozenset(n for n, t in types.items() if pa.types.is_int64(t) and (n == "ts" or n.endswith("_ts")))
-    hexadecimal = frozenset(n for n, t in types.items() if pa.types.is_uint64(t))
+    hexadecimal = frozenset(
+        n for n, t in types.items() if pa.types.is_unsigned_integer(t) and any(h in n for h in HEX_HINTS)
+    )
     return Grid(title, tuple(names), rows, note=note, omitted=omitted, seconds=seconds, hexadecimal=hexadecimal)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from kvmtrace.report.evidence import evidence_lines
+from kvmtrace.report.evidence import column_ts, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from parsers.schema import TraceData
 from replays.results import ReplayResult
@@ -187,33 +187,37 @@ def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
     )
 
 
-def sp_lifetime_grid(shadow_pages: pa.Table) -> Grid:
-    """How long shadow pages lived, in milliseconds, over pages whose birth and death are traced.
+def sp_birth_death(
+    data: TraceData | None, shadow_pages: pa.Table
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(created, zapped, predates_trace) per shadow-page lifetime, NaN where not traced.
+
+    Times are ns when ``data`` is given, else the seqs themselves. A page that predates the
+    trace has no known birth: its first sighting is not a creation.
+    """
+    predates = np.asarray(shadow_pages.column("predates_trace").to_pylist(), dtype=bool) \
+        if "predates_trace" in shadow_pages.column_names else np.zeros(shadow_pages.num_rows, dtype=bool)
+    born = column_ts(data, shadow_pages, "first_seq")
+    born[predates] = np.nan
+    died = column_ts(data, shadow_pages, "zap_seq")
+    return born, died, predates
+
+
+def sp_lifetime_grid(data: TraceData, shadow_pages: pa.Table) -> Grid:
+    """How long shadow pages lived, in milliseconds, over pages whose birth and zap are traced.
 
     Pages that predate the trace or outlive it have no measured lifetime; they are counted
     separately so the percentiles are not biased towards the trace's length.
     """
-    title = "shadow-page lifetimes"
-    cols = shadow_pages.column_names
-    if "created_ts" not in cols or "zapped_ts" not in cols:
-        return Grid(title, (), note="the replay's shadow_pages table has no created/zapped times")
-    created = shadow_pages.column("created_ts").to_numpy(zero_copy_only=False)
-    zapped = shadow_pages.column("zapped_ts").to_numpy(zero_copy_only=False)
-    predates = (
-        np.asarray(shadow_pages.column("predates_trace").to_pylist(), dtype=bool)
-        if "predates_trace" in cols
-        else np.zeros(len(created), dtype=bool)
-    )
-    has_birth = ~np.isnan(created.astype(float)) & ~predates
-    has_death = ~np.isnan(zapped.astype(float))
-    both = has_birth & has_death
-    life_ms = (zapped[both].astype(float) - created[both].astype(float)) / 1e6
+    born, died, predates = sp_birth_death(data, shadow_pages)
+    both = ~np.isnan(born) & ~np.isnan(died)
+    life_ms = (died[both] - born[both]) / 1e6
     rows: list[tuple[str, Any]] = [
-        ("pages", len(created)),
-        ("created in trace", int(has_birth.sum())),
+        ("lifetimes", shadow_pages.num_rows),
+        ("created in trace", int((~predates).sum())),
         ("predate trace", int(predates.sum())),
-        ("zapped in trace", int(has_death.sum())),
-        ("alive at end", int((~has_death).sum())),
+        ("zapped in trace", int((~np.isnan(died)).sum())),
+        ("alive at end", int(np.isnan(died).sum())),
         ("measured lifetimes", int(both.sum())),
     ]
     if life_ms.size:
@@ -225,7 +229,20 @@ def sp_lifetime_grid(shadow_pages: pa.Table) -> Grid:
             ("lifetime p99 ms", float(p99)),
             ("lifetime max ms", float(life_ms.max())),
         ]
-    return Grid(title, ("measure", "value"), tuple(rows))
+    return Grid("shadow-page lifetimes", ("measure", "value"), tuple(rows))
+
+
+#: Memslot timeline columns a reader needs; the rest (anchors, windows) stay in the JSON-free
+#: replay table for whoever digs deeper.
+TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "base_gfn", "npages", "flags")
+
+
+def memslot_grid(data: TraceData, memslots: pa.Table) -> Grid:
+    """The memslot timeline with each change's time added (the replay cites seqs only)."""
+    ts = column_ts(data, memslots, "seq")
+    with_ts = memslots.append_column("ts", pa.array([None if np.isnan(t) else int(t) for t in ts], pa.int64()))
+    note = "" if memslots.num_rows else "no memslot changes seen (no QEMU kvm_set_user_memory lines, --qemu-log or --memslots)"
+    return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note)
 
 
 def _limits(data: TraceData, replay: ReplayResult, filters: tuple[str, ...]) -> tuple[str, ...]:
@@ -263,9 +280,9 @@ def build_report(
         replay=_replay_facts(replay),
         checks=_checks(replay),
         findings=_findings(data, replay),
-        memslot_timeline=grid_from_arrow("memslot timeline", replay.memslots, limit=ROWS_SHOWN),
+        memslot_timeline=memslot_grid(data, replay.memslots),
         activity=_activity(replay),
-        sp_lifetimes=sp_lifetime_grid(replay.shadow_pages),
+        sp_lifetimes=sp_lifetime_grid(data, replay.shadow_pages),
         whatif=grid_from_arrow("what-if", replay.whatif, note="" if replay.whatif is not None else "the replay made no what-if comparison"),
         unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),
         assumptions=tuple(replay.assumptions),

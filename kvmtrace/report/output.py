@@ -16,6 +16,12 @@ from parsers.errors import TraceError
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:
     target = Path(path)
+    if target.exists() and not target.is_file():
+        # /dev/null, a FIFO, /dev/stdout: renaming over them would replace the device node.
+        # There is nothing to leave half-written in a stream, so write straight through.
+        with open(target, "w", encoding="utf-8") as f:
+            f.write(text)
+        return
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise TraceError(f"{target}: folder {folder} does not exist; create it or choose another -o path")
