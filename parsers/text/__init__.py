@@ -1,0 +1,18 @@
+"""ftrace text in, the same tables as a trace.dat out.
+
+Inputs: tracefs ``trace`` (with its ``# tracer:`` header) and ``trace_pipe`` text, and
+``trace-cmd report`` output (plugin-rendered or ``-R`` raw), plain or gzip/xz/zstd. Pasted
+excerpts survive mail damage (quoting, quoted-printable, wrapped lines) where the repair is
+exact. Modules: ``source`` (chunks of lines), ``lines`` (the common prefix), ``catalog`` and
+``pages`` (every printed form of the decoded events), ``printf`` (format string -> regex),
+``decode`` (vectorised field extraction), ``repair`` (damaged text), ``assemble`` (seq, tables,
+gaps, info), ``reader`` (the chunk loop).
+
+What text cannot carry is null, and the table's schema metadata (``kvmtrace.null.<column>``)
+says why: hashed ``%p`` pointers, the kvm plugin's missing gfn/generation, role words printed
+by their fields. Events without a decoder keep their arguments in a ``text`` column.
+"""
+
+from parsers.text.reader import read_text
+
+__all__ = ["read_text"]

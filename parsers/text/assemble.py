@@ -1,0 +1,83 @@
+"""Put decoded text rows together into the reader contract: seq order, tables, gaps, TraceInfo.
+
+``seq`` follows the schema's definition (timestamp, then CPU, stable in file order), so a text
+trace and its trace.dat agree on order except where the text's µs timestamps tie.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import polars as pl
+import pyarrow as pa
+
+from parsers.schema import (
+    COMMON_FIELDS,
+    COMMON_NAMES,
+    EVENTS_SCHEMA,
+    GAPS_SCHEMA,
+    META_NULL_PREFIX,
+    META_SOURCE,
+    META_SYSTEM,
+)
+from parsers.text.catalog import EventSpec
+
+UNKNOWN_TEXT = b"kvmtrace has no decoder for this event's text; its printed arguments are kept verbatim"
+#: The format files' common fields after ``common_pid``; text carries the preempt count only.
+TEXT_COMMON = (pa.field("common_flags", pa.uint8()), pa.field("common_preempt_count", pa.uint8()))
+FLAGS_REASON = b"the flags letters (d, N, h, ...) are a lossy rendering whose bit values changed across kernels"
+PREEMPT_REASON = b"printed only in the flags column of tracefs text (absent from trace-cmd report)"
+
+
+@dataclass
+class Collected:
+    """What the chunk loop accumulates (small per event: only decoded columns are kept)."""
+
+    common: list[pl.DataFrame] = field(default_factory=list)  # line_no, ts, cpu, pid, comm, event
+    rows: dict[str, list[pl.DataFrame]] = field(default_factory=dict)  # event -> line_no + fields
+    gaps: list[pl.DataFrame] = field(default_factory=list)  # line_no, cpu, lost
+
+
+def order(common: pl.DataFrame) -> pl.DataFrame:
+    """Assign ``seq``: by timestamp, then CPU, then line (stable within a CPU)."""
+    return common.sort(["ts", "cpu", "line_no"]).with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
+
+
+def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Table:
+    sys_col = ordered["event"].replace_strict(systems, default=None, return_dtype=pl.String)
+    t = ordered.select(*COMMON_NAMES, "event").with_columns(system=sys_col).to_arrow()
+    return pa.table([t.column(f.name).cast(f.type) for f in EVENTS_SCHEMA], schema=EVENTS_SCHEMA)
+
+
+def event_table(name: str, spec: EventSpec | None, ordered: pl.DataFrame, rows: pl.DataFrame) -> pa.Table:
+    """One event's table: common columns by seq, then its fields, with metadata saying what text lost."""
+    df = ordered.filter(pl.col("event") == name).select("line_no", *COMMON_NAMES, "common_preempt_count")
+    df = df.join(rows, on="line_no", how="left").sort("seq").drop("line_no")
+    df = df.with_columns(common_flags=pl.lit(None, pl.UInt8))
+    meta = {META_SOURCE: b"text", META_NULL_PREFIX + b"common_flags": FLAGS_REASON}
+    if df["common_preempt_count"].null_count():
+        meta[META_NULL_PREFIX + b"common_preempt_count"] = PREEMPT_REASON
+    if spec is None:
+        fields = [pa.field("text", pa.string())]
+        meta[META_NULL_PREFIX + b"text"] = UNKNOWN_TEXT
+    else:
+        fields = spec.schema_fields()
+        meta[META_SYSTEM] = spec.system.encode()
+        for f in fields:
+            if df[f.name].null_count() and f.name in spec.null_reasons:
+                meta[META_NULL_PREFIX + f.name.encode()] = spec.null_reasons[f.name].encode()
+            elif df[f.name].null_count():
+                meta[META_NULL_PREFIX + f.name.encode()] = b"not printed by the text form of some rows"
+    schema = pa.schema(list(COMMON_FIELDS) + list(TEXT_COMMON) + fields, metadata=meta)
+    t = df.to_arrow()
+    return pa.table([t.column(f.name).cast(f.type) for f in schema], schema=schema)
+
+
+def gaps_table(gaps: pl.DataFrame, ordered: pl.DataFrame) -> pa.Table:
+    """A gap line belongs to the next event on its CPU (the first one recorded after the loss)."""
+    if gaps.height == 0:
+        return GAPS_SCHEMA.empty_table()
+    nxt = ordered.select("line_no", "cpu", "ts", "seq").sort("line_no")
+    joined = gaps.sort("line_no").join_asof(nxt, on="line_no", by="cpu", strategy="forward")
+    t = joined.select("cpu", "ts", "seq", "lost").to_arrow()
+    return pa.table([t.column(f.name).cast(f.type) for f in GAPS_SCHEMA], schema=GAPS_SCHEMA)

@@ -1,0 +1,121 @@
+"""Shadow-page ("page-class") events as text: every printed form, and the role word.
+
+``kvm_mmu_get_page``, ``kvm_mmu_sync_page``, ``kvm_mmu_unsync_page``,
+``kvm_mmu_prepare_zap_page`` (``kvm_mmu_zap_page`` before ~2.6.35) print ``sp->role`` by its
+bit fields, never as the word, and the printed set changed with the kernel era
+(reference: tracepoints.md §1.2, §3, §7). This module is the ONE place in the text reader that
+knows the role bit layout, because it is only needed to put a printed role back together.
+
+The word is rebuilt only where the printed fields cover every bit of that era's layout:
+2.6.3x kernels (layout A: ``glevels:4 level:4 quadrant:2 pad:6 direct:1 access:3 invalid:1
+cr4_pge:1 nxe:1``) print all of them. Every later kernel print omits bits (``cr0_wp``,
+``smep_andnot_wp``, ``smm``, ``guest_mode``...), and the kvm plugin of ``trace-cmd report``
+never shows bits 16-23, so for those ``role`` is null and the table says why.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from parsers.text.printf import Choice, Skip
+
+PAGE_EVENTS = (
+    "kvm_mmu_get_page",
+    "kvm_mmu_sync_page",
+    "kvm_mmu_unsync_page",
+    "kvm_mmu_prepare_zap_page",
+    "kvm_mmu_zap_page",
+    "kvm_mmu_delay_free_pages",
+)
+
+ACCESS = {"---": 0, "--x": 1, "w--": 2, "w-x": 3, "-u-": 4, "-ux": 5, "wu-": 6, "wux": 7}
+_DIRECT = Choice("_direct", {" direct": 1, "": 0})
+_INVALID = Choice("_invalid", {" invalid": 1, "": 0})
+_NOT = {"": 1, "!": 0}
+_SYNC = Choice("unsync", {"unsync": 1, "sync": 0})
+_CREATED = Choice("created", {"new": 1, "existing": 0})
+
+#: Kernel ``KVM_MMU_PAGE_PRINTK`` forms, newest first: (era, format, slots).
+KERNEL_FORMS: tuple[tuple[str, str, tuple], ...] = (
+    (
+        "5.4+",
+        "sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s",
+        ("mmu_valid_gen", "gfn", "_level", Skip("4|8"), "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID,
+         Choice("_nxe", _NOT), Skip("!?"), "root_count", _SYNC),
+    ),
+    (
+        "5.1-5.3",
+        "sp gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s",
+        ("gfn", "_level", Skip("4|8"), "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID,
+         Choice("_nxe", _NOT), Skip("!?"), "root_count", _SYNC),
+    ),
+    (
+        "3.11-5.0",
+        "sp gen %lx gfn %llx %u%s q%u%s %s%s %snxe root %u %s",
+        ("mmu_valid_gen", "gfn", "_level", Skip("| pae"), "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID,
+         Choice("_nxe", _NOT), "root_count", _SYNC),
+    ),
+    (
+        "2.6.35-3.10",
+        "sp gfn %llx %u%s q%u%s %s%s %snxe root %u %s",
+        ("gfn", "_level", Skip("| pae"), "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID,
+         Choice("_nxe", _NOT), "root_count", _SYNC),
+    ),
+    (
+        "2.6.3x",
+        "sp gfn %llx %u/%u q%u%s %s%s %spge %snxe root %u %s",
+        ("gfn", "_level", "_glevels", "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID,
+         Choice("_cr4_pge", _NOT), Choice("_nxe", _NOT), "root_count", _SYNC),
+    ),
+)
+
+#: libtraceevent plugin_kvm.c role printer (since 2015), as ``trace-cmd report`` shows it.
+PLUGIN_ROLE = (
+    "%u q%u%s %s%s %spae %snxe %swp%s%s%s root %u %s",
+    ("_level", "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID, Choice("_pae", _NOT), Choice("_nxe", _NOT),
+     Skip("!?"), Skip("| smep"), Skip("| smap"), Skip("| smm"), "root_count", _SYNC),
+)
+
+#: Why columns are null for each form (the table metadata carries these).
+NULL_REASONS = {
+    "role": "the role word is printed by its fields, and this kernel era's print omits some bits "
+    "(cr0_wp, smep/smap, smm, guest_mode, ...); rebuilt only for 2.6.3x prints, which show every bit",
+    "mmu_valid_gen": "not printed by this format (kvm plugin of trace-cmd report, or a kernel without it)",
+    "gfn": "the kvm plugin of trace-cmd report prints gfn only for kvm_mmu_get_page",
+}
+
+
+def variants(event: str) -> list[tuple[str, str, tuple]]:
+    """Every printed form of one page-class event: kernel forms, then the kvm plugin's."""
+    created = event == "kvm_mmu_get_page"
+    out = []
+    for era, fmt, slots in KERNEL_FORMS:
+        out.append((era, fmt + " %s", slots + (_CREATED,)) if created else (era, fmt, slots))
+    fmt, slots = PLUGIN_ROLE
+    if created:
+        out.append(("plugin", "%s sp gfn %llx " + fmt, (_CREATED, "gfn") + slots))
+    else:
+        out.append(("plugin", fmt, slots))
+    return out
+
+
+def role_expr() -> pl.Expr:
+    """The 2.6.3x role word (layout A) from its printed fields; null for every other form."""
+    return (
+        pl.col("_glevels")
+        | (pl.col("_level") << 4)
+        | (pl.col("_quadrant") << 8)
+        | (pl.col("_direct") << 16)
+        | (pl.col("_access") << 17)
+        | (pl.col("_invalid") << 20)
+        | (pl.col("_cr4_pge") << 21)
+        | (pl.col("_nxe") << 22)
+    )
+
+
+def add_role(df: pl.DataFrame) -> pl.DataFrame:
+    """Fill ``role`` where the printed form carries every bit (only the 2.6.3x form has ``_glevels``)."""
+    if "_glevels" not in df.columns:
+        return df
+    return df.with_columns(role=role_expr().cast(pl.UInt32))
+

@@ -1,0 +1,178 @@
+"""Turn a kernel ``TP_printk`` format into a regex plus typed polars conversions.
+
+Why: most tracepoints print with a plain printf, so the exact inverse of the printing is
+mechanical. Writing the kernel's format string down verbatim (it is an interface fact) and
+deriving the parser from it keeps every decoder a one-line table entry and makes a wrong
+decoder easy to spot by comparing it with the kernel source.
+
+A format is paired with one *slot* per conversion: a field name (the number goes into that
+column, typed later from the event's schema), or one of the slot classes below for ``%s``
+arguments and printed values that are derived from other fields.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping, Union
+
+import polars as pl
+
+HEX = r"[0-9a-fA-F]+"
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A ``%s`` fed by a ternary or ``__print_symbolic``: printed text -> integer value."""
+
+    field: str
+    options: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Flags:
+    """A ``%s`` fed by ``__print_flags``: names joined by ``|``, unknown bits as ``0x..``."""
+
+    field: str
+    names: Mapping[str, int]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A ``%s`` kept as a string column (``field`` starting with ``_`` is a scratch column)."""
+
+    field: str
+    pattern: str = r".*?"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A ``%p``: real only when printed unhashed (see :func:`pointer_expr`)."""
+
+    field: str
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Printed text derived from other fields (``valid %d``, the ``w`` of ``(rwxu)``)."""
+
+    pattern: str
+
+
+Slot = Union[str, Choice, Flags, Text, Pointer, Skip]
+
+# A conversion: flags, width, length modifier, conversion character.
+_CONV = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z)?(?P<conv>[diuxXpsc%])(?P<ext>K)?")
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """A compiled format: the anchored regex and, per capture group, how to convert it."""
+
+    regex: str
+    numbers: Mapping[str, int]  # group -> base (10 or 16)
+    choices: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    flags: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    texts: tuple[str, ...] = ()
+    pointers: tuple[str, ...] = ()
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(self.numbers) + tuple(self.choices) + tuple(self.flags) + self.texts + self.pointers
+
+
+def _alternation(options: Mapping[str, int]) -> str:
+    # Longest first, so "unsync" is tried before "sync".
+    return "|".join(re.escape(o) for o in sorted(options, key=len, reverse=True))
+
+
+def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
+    """Compile ``fmt`` (kernel printf syntax) with one slot per conversion into a :class:`Compiled`."""
+    parts: list[str] = []
+    numbers: dict[str, int] = {}
+    choices: dict[str, Mapping[str, int]] = {}
+    flags: dict[str, Mapping[str, int]] = {}
+    texts: list[str] = []
+    pointers: list[str] = []
+    pos = 0
+    it = iter(slots)
+    for m in _CONV.finditer(fmt):
+        parts.append(re.escape(fmt[pos : m.start()]))
+        pos = m.end()
+        conv = m["conv"]
+        if conv == "%":
+            parts.append("%")
+            continue
+        slot = next(it)
+        if isinstance(slot, Skip):
+            parts.append(f"(?:{slot.pattern})")
+        elif isinstance(slot, Choice):
+            parts.append(f"(?P<{slot.field}>{_alternation(slot.options)})")
+            choices[slot.field] = slot.options
+        elif isinstance(slot, Flags):
+            parts.append(rf"(?P<{slot.field}>[A-Za-z0-9_|]*)")
+            flags[slot.field] = slot.names
+        elif isinstance(slot, Text):
+            parts.append(f"(?P<{slot.field}>{slot.pattern})")
+            texts.append(slot.field)
+        elif isinstance(slot, Pointer) or conv == "p":
+            name = slot.field if isinstance(slot, Pointer) else slot
+            parts.append(rf"(?:0x)?(?P<{name}>{HEX}|\(____ptrval____\)|\(null\)|\(ptrval\))")
+            pointers.append(name)
+        elif conv in "xX":
+            # "%#x" prints a 0x prefix (the kernel prints it even for zero); "0x%x" has it literally.
+            prefix = "(?:0x)?" if "#" in m["flags"] else ""
+            parts.append(rf"{prefix}(?P<{slot}>{HEX})")
+            numbers[slot] = 16
+        elif conv in "di":
+            parts.append(rf"(?P<{slot}>-?\d+)")
+            numbers[slot] = 10
+        elif conv == "u":
+            parts.append(rf"(?P<{slot}>\d+)")
+            numbers[slot] = 10
+        else:  # a bare %s/%c given a field name: keep the text
+            parts.append(rf"(?P<{slot}>.*?)")
+            texts.append(slot)
+    if next(it, None) is not None:
+        raise ValueError(f"more slots than conversions in {fmt!r}")
+    tail = fmt[pos:]
+    if not tail and len(parts) >= 2 and parts[-2].endswith(r"\ "):
+        # A format ending in " %s" prints a trailing space when the %s is empty; copies of the
+        # text often lose trailing blanks, so that space may be missing.
+        parts[-2] = parts[-2][:-2] + r"(?:\ )?"
+    parts.append(re.escape(tail))
+    return Compiled("^" + "".join(parts) + r"\s*$", numbers, choices, flags, tuple(texts), tuple(pointers))
+
+
+def number_expr(col: str, base: int, dtype: pl.DataType) -> pl.Expr:
+    """Parse a captured number; u64 values above i64 need an unsigned parse."""
+    parse_type = pl.Int64 if dtype in (pl.Int8, pl.Int16, pl.Int32, pl.Int64) else pl.UInt64
+    return pl.col(col).str.to_integer(base=base, dtype=parse_type, strict=False).cast(dtype, strict=False)
+
+
+def choice_expr(col: str, options: Mapping[str, int], dtype: pl.DataType) -> pl.Expr:
+    return pl.col(col).replace_strict(dict(options), default=None, return_dtype=pl.Int64).cast(dtype, strict=False)
+
+
+def flags_expr(col: str, names: Mapping[str, int], dtype: pl.DataType) -> pl.Expr:
+    """Invert ``__print_flags``: the kernel prints every named bit, then the rest as one hex number."""
+    el = pl.element()
+    value = (
+        pl.when(el.str.starts_with("0x"))
+        .then(el.str.slice(2).str.to_integer(base=16, dtype=pl.UInt64, strict=False))
+        .otherwise(el.replace_strict({k: v for k, v in names.items()}, default=None, return_dtype=pl.UInt64))
+    )
+    parts = pl.col(col).str.split("|").list.eval(pl.when(el == "").then(pl.lit(0, pl.UInt64)).otherwise(value))
+    known = parts.list.eval(el.is_null().any()).list.first().not_()
+    return pl.when(known).then(parts.list.sum()).otherwise(None).cast(dtype, strict=False)
+
+
+def pointer_expr(col: str) -> pl.Expr:
+    """A ``%p`` value, or null when the kernel hashed it.
+
+    Hashed pointers (4.15+, ``hash-ptr`` on) are 32-bit hashes printed as 64-bit hex with the
+    upper half zero, or ``(____ptrval____)`` before the hash key is ready; a real kernel
+    pointer is always above 4 GiB. libtraceevent (``trace-cmd report``) prints the real value.
+    """
+    v = pl.col(col).str.to_integer(base=16, dtype=pl.UInt64, strict=False)
+    return pl.when(v >= 1 << 32).then(v).otherwise(None)
