@@ -43,8 +43,10 @@ class FieldSpec:
 
     @property
     def is_string(self) -> bool:
-        """libtraceevent's rule: an array whose type mentions char, u8 or s8."""
-        return self.is_array and any(t in self.type for t in ("char", "u8", "s8"))
+        """A char array. libtraceevent also treats u8/s8 arrays as strings, but prints them as
+        bytes unless printable (``ARRAY[e6, 10, ...]`` for kvm_emulate_insn's ``__u8 insn[15]``);
+        they are data, so kvmtrace keeps them as lists of uint8/int8."""
+        return self.is_array and "char" in self.type
 
     @property
     def element_size(self) -> int:
