@@ -164,6 +164,8 @@ def record(opts: RecordOptions) -> RecordResult:
         raise TraceError("no command to record: give it after '--', e.g. kvmtrace record -o x.dat -- ./workload")
     if opts.file_version == 6 and opts.compression != "none":
         raise TraceError("trace.dat version 6 has no compression: add --compression none")
+    if shutil.which(opts.command[0]) is None:
+        raise TraceError(f"command not found: {opts.command[0]}")
     backend = pick_backend(opts.backend)
     tfs = check_host(opts.tracefs)
     events = resolve_events(tfs, list(opts.events))

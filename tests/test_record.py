@@ -1,0 +1,215 @@
+"""``kvmtrace record`` on the real kernel: a tiny KVM guest is traced, decoded two ways, and
+tracefs must be exactly as before afterwards — after success, a failing command and Ctrl-C.
+
+The traced command is this file run as a script: it creates a VM with 64 KiB of memory and one
+vCPU in real mode, and runs ``mov al,0x41; out 0x10,al; mov byte [0x2000],0x42; hlt``. So the
+trace must show one port write of 0x41 to port 0x10 and the userspace exits KVM_EXIT_IO (2) and
+KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
+and the kernel's own text (``--text``) of the same records.
+
+Every test holds the machine-wide recording lock, so no other recording can change tracefs
+between the before and after snapshots (the recorder, a child of the lock holder, proceeds).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+TRACEFS = Path("/sys/kernel/tracing")
+KVMTRACE = [sys.executable, "-c", "from kvmtrace.cli import main; main()"]
+GUEST = [sys.executable, str(Path(__file__).resolve())]
+
+
+def _why_not() -> str | None:
+    if os.geteuid() != 0:
+        return "recording needs root"
+    if not (TRACEFS / "tracing_on").exists():
+        return "tracefs not mounted"
+    if not Path("/dev/kvm").exists():
+        return "no /dev/kvm"
+    if not (TRACEFS / "events/kvmmmu").is_dir():
+        return "kvm module not loaded (no kvmmmu events)"
+    return None
+
+
+pytestmark = [pytest.mark.kvm, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+
+
+@pytest.fixture(autouse=True)
+def hold_recording_lock():
+    from kvmtrace.record.lock import recording_lock
+
+    with recording_lock():
+        yield
+
+
+def tracefs_state() -> dict[str, str]:
+    """The knobs a recording touches, read straight from tracefs (independent of the recorder).
+
+    A never-used ring buffer reads ``7 (expanded: N)``; any tracing expands it to N, so N is the
+    comparable value.
+    """
+    state = {name: (TRACEFS / name).read_text() for name in ("tracing_on", "trace_clock", "set_event")}
+    state["buffer_size_kb"] = re.sub(r"^\d+ \(expanded: (\d+)\)", r"\1", (TRACEFS / "buffer_size_kb").read_text())
+    for system in ("kvmmmu", "kvm"):
+        for enable in sorted((TRACEFS / "events" / system).glob("*/enable")):
+            state[str(enable.relative_to(TRACEFS))] = enable.read_text()
+    return state
+
+
+def run_kvmtrace(*args: str, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KVMTRACE, *args], capture_output=True, text=True, timeout=120, **kw)
+
+
+def report_counts(trace_cmd: str, path: Path) -> Counter[str]:
+    out = subprocess.run([trace_cmd, "report", "-R", "-i", str(path)], capture_output=True, text=True, check=True)
+    return Counter(m.group(1) for m in re.finditer(r"^\s*\S.*?\[\d+\]\s+[\d.]+: (\w+):", out.stdout, re.MULTILINE))
+
+
+def text_counts(path: Path) -> Counter[str]:
+    with gzip.open(path, "rt") as f:
+        return Counter(m.group(1) for line in f if (m := re.search(r"\s[\d.]+: (\w+):", line)) and not line.startswith("#"))
+
+
+@pytest.mark.oracle
+@pytest.mark.parametrize("compression", ["zstd", "none"])
+def test_native_recording_decodes_identically_and_restores_tracefs(
+    compression: str, tmp_path: Path, trace_cmd: str
+) -> None:
+    from parsers.tracedat import read_tracedat
+
+    before = tracefs_state()
+    out = tmp_path / "guest.dat"
+    proc = run_kvmtrace("record", "--backend", "native", "--compression", compression, "--text",
+                        "-o", str(out), "--", *GUEST)
+    assert proc.returncode == 0, proc.stderr
+    assert tracefs_state() == before
+    assert "lost events" not in proc.stderr
+
+    data = read_tracedat(out)
+    ours = Counter({name: table.num_rows for name, table in data.tables.items() if table.num_rows})
+    assert ours == report_counts(trace_cmd, out)
+    # The kernel's own text rendering of the same records, saved before the pages were drained.
+    assert ours == text_counts(tmp_path / "guest.txt.gz")
+
+    pio = data.tables["kvm_pio"].to_pylist()
+    assert [(r["rw"], r["port"], r["val"]) for r in pio] == [(1, 0x10, 0x41)]
+    exits = [r["reason"] for r in data.tables["kvm_userspace_exit"].to_pylist()]
+    assert exits == [2, 5]
+    assert ours["kvm_mmu_get_page"] > 0  # the VM's first MMU root
+    assert data.info.clock == "global"
+
+
+def test_trace_cmd_backend_and_version_6(tmp_path: Path, trace_cmd: str) -> None:
+    before = tracefs_state()
+    out = tmp_path / "guest.dat"
+    proc = run_kvmtrace("record", "--backend", "trace-cmd", "--file-version", "6", "-e", "kvm:kvm_pio",
+                        "-o", str(out), "--", *GUEST)
+    assert proc.returncode == 0, proc.stderr
+    assert tracefs_state() == before
+    assert out.read_bytes()[10:12] == b"6\0"
+    assert report_counts(trace_cmd, out) == Counter({"kvm_pio": 1})
+
+
+def test_failing_command_status_is_returned_and_tracefs_restored(tmp_path: Path) -> None:
+    before = tracefs_state()
+    out = tmp_path / "fail.dat"
+    proc = run_kvmtrace("record", "--backend", "native", "--no-kallsyms", "-o", str(out), "--",
+                        "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+    assert tracefs_state() == before
+    assert out.exists()
+
+
+def test_sigint_stops_the_command_and_restores_tracefs(tmp_path: Path) -> None:
+    before = tracefs_state()
+    out, started = tmp_path / "int.dat", tmp_path / "started"
+    rec = subprocess.Popen(
+        [*KVMTRACE, "record", "--backend", "native", "--no-kallsyms", "-o", str(out), "--",
+         "sh", "-c", f"{' '.join(GUEST)} && touch {started} && exec sleep 60"],
+        stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.monotonic() + 60
+    while not started.exists():
+        assert rec.poll() is None and time.monotonic() < deadline, "recording did not start"
+        time.sleep(0.05)
+    assert (TRACEFS / "tracing_on").read_text().strip() == "1"
+    rec.send_signal(signal.SIGINT)  # to the recorder alone, as `kill -INT` would
+    _, err = rec.communicate(timeout=30)
+    assert rec.returncode == 128 + signal.SIGINT, err  # the command was interrupted
+    assert tracefs_state() == before
+    assert out.exists()  # what was recorded up to the interrupt is kept
+
+
+def test_error_messages_are_one_line_and_touch_nothing(tmp_path: Path) -> None:
+    before = tracefs_state()
+    for args, message in [
+        (["-e", "kvmmmu:no_such_event"], "unknown event 'kvmmmu:no_such_event'"),
+        (["-e", "nosuchsystem"], "unknown event system 'nosuchsystem'"),
+        (["--backend", "perf"], "unknown backend 'perf'"),
+        (["--clock", "sundial"], "unknown trace clock 'sundial'"),
+        (["--backend", "native", "--", "/nonexistent/workload"], "command not found: /nonexistent/workload"),
+    ]:
+        proc = run_kvmtrace("record", "-o", str(tmp_path / "x.dat"), *args, *([] if "--" in args else ["--", "true"]))
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert proc.stderr.strip().splitlines() == [f"kvmtrace: {proc.stderr.strip().removeprefix('kvmtrace: ')}"]
+        assert message in proc.stderr
+        assert tracefs_state() == before
+    assert not list(tmp_path.iterdir())
+
+
+def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
+    from kvmtrace.record.recorder import RecordOptions, record
+    from parsers.errors import TraceError
+
+    with pytest.raises(TraceError, match=f"mount -t tracefs nodev {tmp_path}"):
+        record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))
+
+
+def tiny_guest() -> None:
+    """Create a VM and a real-mode vCPU; run port I/O, one store, hlt (raw KVM ioctls)."""
+    import ctypes
+    import fcntl
+    import mmap
+    import struct
+
+    create_vm, vcpu_mmap_size, create_vcpu, run = 0xAE01, 0xAE04, 0xAE41, 0xAE80
+    set_memory_region, get_sregs, set_sregs, set_regs = 0x4020AE46, 0x8138AE83, 0x4138AE84, 0x4090AE82
+    exit_io, exit_hlt = 2, 5
+    kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    vm = fcntl.ioctl(kvm, create_vm, 0)
+    mem = mmap.mmap(-1, 0x10000)
+    code = bytes([0xB0, 0x41, 0xE6, 0x10, 0xC6, 0x06, 0x00, 0x20, 0x42, 0xF4])
+    mem[0x1000 : 0x1000 + len(code)] = code
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
+    fcntl.ioctl(vm, set_memory_region, struct.pack("<IIQQQ", 0, 0, 0, len(mem), addr))
+    vcpu = fcntl.ioctl(vm, create_vcpu, 0)
+    kvm_run = mmap.mmap(vcpu, fcntl.ioctl(kvm, vcpu_mmap_size, 0), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    sregs = bytearray(312)
+    fcntl.ioctl(vcpu, get_sregs, sregs, True)
+    struct.pack_into("<Q", sregs, 0, 0)  # cs.base
+    struct.pack_into("<H", sregs, 12, 0)  # cs.selector
+    fcntl.ioctl(vcpu, set_sregs, bytes(sregs))
+    regs = bytearray(144)
+    struct.pack_into("<QQ", regs, 128, 0x1000, 0x2)  # rip, rflags
+    fcntl.ioctl(vcpu, set_regs, bytes(regs))
+    reasons = []
+    while not reasons or reasons[-1] == exit_io:
+        fcntl.ioctl(vcpu, run, 0)
+        reasons.append(struct.unpack_from("<I", kvm_run, 8)[0])
+    if reasons != [exit_io, exit_hlt] or mem[0x2000] != 0x42:
+        sys.exit(f"unexpected guest run: exits {reasons}, byte {mem[0x2000]:#x}")
+
+
+if __name__ == "__main__":
+    tiny_guest()
