@@ -5,7 +5,8 @@
 #
 #   lab/record.sh [--buffer-kb N] OUT -- SCENARIO [kvmlab options]
 #
-# Holds /run/kvmtrace-rec.lock for the whole recording (one recording at a time per machine).
+# Holds /run/kvmtrace-rec.lock (flock) for the whole recording: one recording at a time per
+# machine. A caller that already holds that lock itself sets KVMLAB_LOCK_HELD=1.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,8 +19,10 @@ out=$1; shift 2
 [ -x "$here/build/kvmlab" ] || "$here/build.sh" >/dev/null
 mkdir -p "$(dirname "$out")"
 
-exec 9>/run/kvmtrace-rec.lock
-flock 9
+if [ "${KVMLAB_LOCK_HELD:-}" != 1 ]; then
+    exec 9>/run/kvmtrace-rec.lock
+    flock 9
+fi
 
 saved_on=$(cat $T/tracing_on)
 saved_kb=$(cat $T/buffer_size_kb | sed 's/ .*//')

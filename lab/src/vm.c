@@ -98,28 +98,42 @@ static void detail_line(const struct slot *s, const char *kind, uint32_t flags, 
 	       (unsigned long long)(uintptr_t)s->host, s->name, ret);
 }
 
-static void check(int ret, const char *what, const struct slot *s)
+/*
+ * One KVM_SET_USER_MEMORY_REGION with its marker lines: ours always, QEMU's when QEMU would
+ * print one for this ioctl.  Dies on failure (after the markers, as QEMU traces ret < 0 too).
+ */
+static void region_ioctl(struct vm *vm, const struct slot *s, const char *kind, uint32_t flags,
+			 uint64_t gpa, uint64_t size, bool qemu_prints)
 {
+	int ret = set_region(vm, s->id, flags, gpa, size, s->host);
+
+	detail_line(s, kind, flags, gpa, size, ret);
+	if (qemu_prints)
+		qemu_line(s, flags, gpa, size, ret);
 	if (ret < 0) {
 		errno = -ret;
-		die("%s of slot %s", what, s->name);
+		die("%s of slot %s", kind, s->name);
 	}
+}
+
+/* QEMU reuses the lowest free slot id; the caller holds slot_lock. */
+static struct slot *free_slot(struct vm *vm)
+{
+	for (int i = 0; i < MAX_SLOTS; i++)
+		if (!vm->slots[i].used) {
+			vm->slots[i].id = i;
+			return &vm->slots[i];
+		}
+	errno = 0;
+	die("out of memslots");
 }
 
 struct slot *slot_create(struct vm *vm, const char *name, uint64_t gpa, uint64_t size, uint32_t flags)
 {
-	struct slot *s = NULL;
-	int ret;
+	struct slot *s;
 
 	pthread_mutex_lock(&vm->slot_lock);
-	for (int i = 0; i < MAX_SLOTS; i++)   /* QEMU reuses the lowest free slot id */
-		if (!vm->slots[i].used) {
-			s = &vm->slots[i];
-			s->id = i;
-			break;
-		}
-	if (!s)
-		die("out of memslots");
+	s = free_slot(vm);
 	s->used = true;
 	s->name = name;
 	s->gpa = gpa;
@@ -128,29 +142,16 @@ struct slot *slot_create(struct vm *vm, const char *name, uint64_t gpa, uint64_t
 	s->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (s->host == MAP_FAILED)
 		die("mmap %llu bytes", (unsigned long long)size);
-	ret = set_region(vm, s->id, flags, gpa, size, s->host);
-	detail_line(s, "create", flags, gpa, size, ret);
-	qemu_line(s, flags, gpa, size, ret);
-	check(ret, "create", s);
+	region_ioctl(vm, s, "create", flags, gpa, size, true);
 	pthread_mutex_unlock(&vm->slot_lock);
 	return s;
-}
-
-/* Delete keeps the host memory: a QEMU-style re-create maps the same RAM again. */
-static void slot_unregister(struct vm *vm, struct slot *s)
-{
-	int ret = set_region(vm, s->id, s->flags, s->gpa, 0, s->host);
-
-	detail_line(s, "delete", s->flags, s->gpa, 0, ret);
-	qemu_line(s, s->flags, s->gpa, 0, ret);
-	check(ret, "delete", s);
-	s->used = false;
 }
 
 void slot_delete(struct vm *vm, struct slot *s)
 {
 	pthread_mutex_lock(&vm->slot_lock);
-	slot_unregister(vm, s);
+	region_ioctl(vm, s, "delete", s->flags, s->gpa, 0, true);
+	s->used = false;
 	munmap(s->host, s->size);
 	s->host = NULL;
 	pthread_mutex_unlock(&vm->slot_lock);
@@ -158,13 +159,8 @@ void slot_delete(struct vm *vm, struct slot *s)
 
 void slot_set_flags(struct vm *vm, struct slot *s, uint32_t flags)
 {
-	int ret;
-
 	pthread_mutex_lock(&vm->slot_lock);
-	ret = set_region(vm, s->id, flags, s->gpa, s->size, s->host);
-	detail_line(s, "flags", flags, s->gpa, s->size, ret);
-	qemu_line(s, flags, s->gpa, s->size, ret);
-	check(ret, "flags change", s);
+	region_ioctl(vm, s, "flags", flags, s->gpa, s->size, true);
 	s->flags = flags;
 	pthread_mutex_unlock(&vm->slot_lock);
 }
@@ -173,16 +169,10 @@ void slot_toggle_readonly(struct vm *vm, struct slot *s)
 {
 	/* KVM refuses a READONLY flip in place; QEMU deletes then re-creates, and prints ONE line. */
 	uint32_t flags = s->flags ^ KVM_MEM_READONLY;
-	int ret;
 
 	pthread_mutex_lock(&vm->slot_lock);
-	ret = set_region(vm, s->id, flags, s->gpa, 0, s->host);
-	detail_line(s, "ro-toggle-delete", flags, s->gpa, 0, ret);
-	check(ret, "read-only toggle (delete)", s);
-	ret = set_region(vm, s->id, flags, s->gpa, s->size, s->host);
-	detail_line(s, "ro-toggle-create", flags, s->gpa, s->size, ret);
-	qemu_line(s, flags, s->gpa, s->size, ret);
-	check(ret, "read-only toggle (create)", s);
+	region_ioctl(vm, s, "ro-toggle-delete", flags, s->gpa, 0, false);
+	region_ioctl(vm, s, "ro-toggle-create", flags, s->gpa, s->size, true);
 	s->flags = flags;
 	pthread_mutex_unlock(&vm->slot_lock);
 }
@@ -190,26 +180,17 @@ void slot_toggle_readonly(struct vm *vm, struct slot *s)
 struct slot *slot_recreate_at(struct vm *vm, struct slot *s, uint64_t gpa)
 {
 	/* How QEMU moves a BAR: delete at the old gpa, create at the new one (lowest free id). */
-	int ret;
+	struct slot moved = *s;
 
 	pthread_mutex_lock(&vm->slot_lock);
-	slot_unregister(vm, s);
-	for (int i = 0; i < MAX_SLOTS; i++)
-		if (!vm->slots[i].used) {
-			struct slot moved = *s;
-
-			s->host = NULL;
-			s = &vm->slots[i];
-			*s = moved;
-			s->id = i;
-			break;
-		}
-	s->used = true;
-	s->gpa = gpa;
-	ret = set_region(vm, s->id, s->flags, gpa, s->size, s->host);
-	detail_line(s, "create", s->flags, gpa, s->size, ret);
-	qemu_line(s, s->flags, gpa, s->size, ret);
-	check(ret, "re-create", s);
+	region_ioctl(vm, s, "delete", s->flags, s->gpa, 0, true);
+	s->used = false;
+	s->host = NULL;
+	s = free_slot(vm);
+	moved.id = s->id;
+	moved.gpa = gpa;
+	*s = moved;
+	region_ioctl(vm, s, "create", s->flags, gpa, s->size, true);
 	pthread_mutex_unlock(&vm->slot_lock);
 	return s;
 }
@@ -229,7 +210,10 @@ void slot_move(struct vm *vm, struct slot *s, uint64_t gpa)
 	       "ua=0x%llx name=%s ret=%d",
 	       s->id, s->flags, (unsigned long long)old, (unsigned long long)gpa,
 	       (unsigned long long)s->size, (unsigned long long)(uintptr_t)s->host, s->name, ret);
-	check(ret, "KVM_MR_MOVE", s);
+	if (ret < 0) {
+		errno = -ret;
+		die("KVM_MR_MOVE of slot %s", s->name);
+	}
 	s->gpa = gpa;
 	pthread_mutex_unlock(&vm->slot_lock);
 }
