@@ -17,7 +17,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import parsers
+import replays
 from parsers.schema import TraceData, TraceInfo
+from replays.results import ReplayResult
 
 
 class Trace:
@@ -64,6 +66,11 @@ class Trace:
             return Trace(self._data.instances[name], self.path)
         except KeyError:
             raise KeyError(f"no buffer instance {name!r}; this file has {sorted(self._data.instances)}") from None
+
+    def replay(self, *, kernel: str | None = None, memslots: dict | None = None,
+               qemu_log_lines: list[str] | None = None) -> ReplayResult:
+        """Replay this trace against the simulated MMU (see :func:`replays.replay`)."""
+        return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
 
     def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:
         """Write ``<event>.parquet`` per event plus ``events.parquet`` into ``outdir``.

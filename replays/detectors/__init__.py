@@ -1,0 +1,20 @@
+"""Detectors: one module per finding family, each turning replay facts into check outcomes.
+
+Every module exposes ``detect(ctx) -> list[CheckOutcome]``; :data:`DETECTORS` lists them in report
+order. A detector that cannot decide from the trace says ``not_evaluated`` and why.
+"""
+
+from __future__ import annotations
+
+from replays.detectors import dirty, generations, layout, mmio, slot_removal
+from replays.detectors.context import Context
+from replays.findings import CheckOutcome
+
+DETECTORS = (slot_removal, layout, generations, dirty, mmio)
+
+
+def run_all(ctx: Context) -> list[CheckOutcome]:
+    out: list[CheckOutcome] = []
+    for module in DETECTORS:
+        out.extend(module.detect(ctx))
+    return out

@@ -1,0 +1,47 @@
+"""What every detector may read: the replay's facts, never the trace files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from replays.journal import Journal
+from replays.memslots import MemslotChange, MemslotTimeline
+from replays.pages import PageBook
+from replays.profiles import KernelProfile
+
+
+@dataclass
+class Context:
+    profile: KernelProfile
+    mmu: str  # shadow | tdp | legacy_tdp | unknown
+    zap_policy: str  # zap_all | zap_slot | unknown
+    timeline: MemslotTimeline
+    journal: Journal
+    pages: PageBook
+    installs: dict[str, np.ndarray]  # Journal.installs()
+    faults: dict[str, np.ndarray]  # seq, gfn, pid of kvm_mmu_spte_requested
+    mmio_checks: dict[str, np.ndarray]  # seq, kvm_gen, spte_gen of check_mmio_spte
+    mmio_marks: dict[str, np.ndarray]  # seq, gfn, gen of mark_mmio_spte
+    mmio_faults: dict[str, np.ndarray]  # seq, gfn of handle_mmio_page_fault
+    zap_all_seqs: np.ndarray  # seqs of kvm_mmu_zap_all_fast
+    zap_all_pids: np.ndarray
+
+    def zapped_all_in(self, c: MemslotChange) -> int | None:
+        """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""
+        if c.seq is None or c.window_start is None:
+            return None
+        m = (self.zap_all_seqs >= c.window_start) & (self.zap_all_seqs <= c.seq) & (self.zap_all_pids == c.pid)
+        hits = self.zap_all_seqs[m]
+        return int(hits[0]) if len(hits) else None
+
+    def positioned_removals(self) -> list[tuple[int, MemslotChange]]:
+        """Removing changes with a position in the trace, with their index in the timeline."""
+        return [(i, c) for i, c in enumerate(self.timeline.changes)
+                if c.kind in ("delete", "move", "recreate") and c.seq is not None and c.old_npages]
+
+
+def span(level: np.ndarray) -> np.ndarray:
+    """Number of gfns a leaf at ``level`` maps (1, 512, 512**2...)."""
+    return np.left_shift(np.uint64(1), (9 * (level.astype(np.uint64) - np.uint64(1))))

@@ -1,0 +1,107 @@
+"""Findings and check outcomes, and the rule that lost events can never yield an error.
+
+Detectors build :class:`Finding` objects with the evidence seqs; :func:`finalize` downgrades any
+error whose evidence interval overlaps a lost-event window (design principle: nothing that depends
+on the missing interval becomes an error) and turns everything into the contract's Arrow tables.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from replays.results import CHECK_IDS, CHECKS_SCHEMA, FINDINGS_SCHEMA, SEVERITY
+
+
+@dataclass
+class Finding:
+    id: str
+    seq: int | None
+    gfn: int | None
+    slot: int | None
+    message: str
+    evidence: list[int]
+    severity: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.severity:
+            self.severity = SEVERITY[self.id]
+
+
+@dataclass
+class CheckOutcome:
+    """What one check concluded: ``passed``/``failed``/``not_evaluated``, why, and its findings."""
+
+    id: str
+    status: str
+    reason: str
+    findings: list[Finding] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, check: str, findings: list[Finding], passed_reason: str, evaluated_reason: str = "") -> "CheckOutcome":
+        """``failed`` when any finding is at the check's own severity, else ``passed``.
+
+        An ``info`` check (a normal consequence of where the trace starts) never fails."""
+        bad = [f for f in findings if f.severity == SEVERITY[check]]
+        if bad and SEVERITY[check] != "info":
+            return cls(check, "failed", evaluated_reason or f"{len(bad)} finding(s)", findings)
+        if bad:
+            passed_reason = f"{len(bad)} informational finding(s)"
+        return cls(check, "passed", passed_reason, findings)
+
+    @classmethod
+    def skipped(cls, check: str, reason: str) -> "CheckOutcome":
+        return cls(check, "not_evaluated", reason)
+
+
+class LostWindows:
+    """Seq intervals in which some CPU dropped events: ``(last seq before, first seq after]``."""
+
+    def __init__(self, gaps: pa.Table, events: pa.Table):
+        self.lo = np.empty(0, np.int64)
+        self.hi = np.empty(0, np.int64)
+        if gaps is None or gaps.num_rows == 0:
+            return
+        ev_seq = np.asarray(events.column("seq").to_numpy(), dtype=np.int64)
+        ev_cpu = np.asarray(events.column("cpu").to_numpy(), dtype=np.int64)
+        g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
+        g_seq = gaps.column("seq").fill_null(np.iinfo(np.int64).max).to_numpy().astype(np.int64)
+        lo, hi = [], []
+        for cpu, after in zip(g_cpu, g_seq):
+            before = ev_seq[(ev_cpu == cpu) & (ev_seq < after)]
+            lo.append(int(before[-1]) if len(before) else -1)
+            hi.append(int(after))
+        self.lo, self.hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+
+    def __bool__(self) -> bool:
+        return bool(len(self.lo))
+
+    def overlaps(self, first: int, last: int) -> bool:
+        return bool(np.any((self.lo < last) & (self.hi > first)))
+
+
+def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
+             locate: Callable[[int], tuple[int | None, int | None]]) -> tuple[pa.Table, pa.Table]:
+    """Apply the lost-event rule and build (findings, checks) tables in CHECK_IDS order."""
+    by_id = {o.id: o for o in outcomes}
+    rows = {f.name: [] for f in FINDINGS_SCHEMA}
+    checks = {f.name: [] for f in CHECKS_SCHEMA}
+    for cid in CHECK_IDS:
+        o = by_id.get(cid) or CheckOutcome.skipped(cid, "not implemented yet")
+        for f in o.findings:
+            ev = [s for s in f.evidence if s is not None and s >= 0]
+            if f.severity == "error" and lost and ev and lost.overlaps(min(ev), max(ev)):
+                f.severity = "warning"
+                f.message = "uncertain, events were lost in between: " + f.message
+            ts, cpu = locate(f.seq) if f.seq is not None else (None, None)
+            for k, v in (("id", f.id), ("severity", f.severity), ("seq", f.seq), ("ts", ts), ("cpu", cpu),
+                         ("gfn", f.gfn), ("slot", f.slot), ("message", f.message), ("evidence", ev)):
+                rows[k].append(v)
+        if o.status == "failed" and not any(f.severity == SEVERITY[cid] for f in o.findings):
+            o.status, o.reason = "passed", "findings only where events were lost (downgraded to warnings)"
+        for k, v in (("id", cid), ("status", o.status), ("reason", o.reason), ("findings", len(o.findings))):
+            checks[k].append(v)
+    return pa.table(rows, schema=FINDINGS_SCHEMA), pa.table(checks, schema=CHECKS_SCHEMA)

@@ -1,0 +1,125 @@
+"""What a model saw while it walked the trace: the raw material of the tables and the detectors.
+
+Models only record facts here (a transition, an install, a contradiction, a snapshot at a memslot
+change); the detectors decide what the facts mean. Lists are appended in the loop and turned into
+numpy/Arrow once at the end.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from replays.results import UNEXPLAINED_SCHEMA
+
+SPTE_CHANGES_SCHEMA = pa.schema([
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("key", pa.uint64(), nullable=False),  # shadow: sptep (physical); TDP: 0
+    pa.field("as_id", pa.int16(), nullable=False),
+    pa.field("gfn", pa.uint64(), nullable=False),
+    pa.field("level", pa.int8(), nullable=False),
+    pa.field("old_spte", pa.uint64()),  # null: not known to the model
+    pa.field("new_spte", pa.uint64()),  # null: removed without a value (inferred zap)
+    pa.field("page", pa.int64()),  # owning page id when inferred
+    pa.field("state", pa.string(), nullable=False),  # present | mmio | zapped | zapped_inferred | nonpresent
+    pa.field("reason", pa.string(), nullable=False),
+])
+
+
+@dataclass
+class Snapshot:
+    """Live state just before (``start``) or just after (``end``) a memslot change's window."""
+
+    pages: np.ndarray  # live page ids
+    gfn: np.ndarray  # live present leaf SPTEs ...
+    level: np.ndarray
+    as_id: np.ndarray
+    owner: np.ndarray  # page id or -1
+    installed: np.ndarray  # seq of the install
+    obsolete_root: np.ndarray  # TDP: entry belongs to an invalidated root (bool)
+
+
+@dataclass
+class Journal:
+    """Facts recorded by one model run."""
+
+    unexplained: list[tuple[int, str, str]] = field(default_factory=list)
+    # spte_changes columns
+    c_seq: list[int] = field(default_factory=list)
+    c_key: list[int] = field(default_factory=list)
+    c_as: list[int] = field(default_factory=list)
+    c_gfn: list[int] = field(default_factory=list)
+    c_level: list[int] = field(default_factory=list)
+    c_old: list[int | None] = field(default_factory=list)
+    c_new: list[int | None] = field(default_factory=list)
+    c_page: list[int | None] = field(default_factory=list)
+    c_state: list[str] = field(default_factory=list)
+    c_reason: list[str] = field(default_factory=list)
+    # present leaf installs: seq, gfn, level, as_id, pid
+    i_seq: list[int] = field(default_factory=list)
+    i_gfn: list[int] = field(default_factory=list)
+    i_level: list[int] = field(default_factory=list)
+    i_as: list[int] = field(default_factory=list)
+    i_pid: list[int] = field(default_factory=list)
+    #: (seq, gfn, page, evidence seqs, message): an obsolete page returned or given SPTEs
+    obsolete_uses: list[tuple[int, int, int, list[int], str]] = field(default_factory=list)
+    #: (seq, gfn, role): kvm_mmu_prepare_zap_page of a page never seen
+    unknown_zaps: list[tuple[int, int, int]] = field(default_factory=list)
+    #: (seq, gfn, level, as_id, install seq, old, new): W+D leaf overwritten, same pfn, D clear
+    dirty_clears: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
+    #: (seq, traced gen, pages made obsolete)
+    zap_alls: list[tuple[int, int, int]] = field(default_factory=list)
+    #: (change index, "start" | "end") -> Snapshot
+    snapshots: dict[tuple[int, str], Snapshot] = field(default_factory=dict)
+
+    def change(self, seq: int, key: int, as_id: int, gfn: int, level: int, old: int | None, new: int | None,
+               page: int | None, state: str, reason: str) -> None:
+        self.c_seq.append(seq)
+        self.c_key.append(key)
+        self.c_as.append(as_id)
+        self.c_gfn.append(gfn)
+        self.c_level.append(level)
+        self.c_old.append(old)
+        self.c_new.append(new)
+        self.c_page.append(page)
+        self.c_state.append(state)
+        self.c_reason.append(reason)
+
+    def install(self, seq: int, gfn: int, level: int, as_id: int, pid: int) -> None:
+        self.i_seq.append(seq)
+        self.i_gfn.append(gfn)
+        self.i_level.append(level)
+        self.i_as.append(as_id)
+        self.i_pid.append(pid)
+
+    def installs(self) -> dict[str, np.ndarray]:
+        return {
+            "seq": np.asarray(self.i_seq, dtype=np.int64),
+            "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
+            "level": np.asarray(self.i_level, dtype=np.int64),
+            "as_id": np.asarray(self.i_as, dtype=np.int64),
+            "pid": np.asarray(self.i_pid, dtype=np.int64),
+        }
+
+    def spte_changes(self) -> pa.Table:
+        return pa.table({
+            "seq": pa.array(self.c_seq, pa.int64()),
+            "key": pa.array(self.c_key, pa.uint64()),
+            "as_id": pa.array(self.c_as, pa.int16()),
+            "gfn": pa.array(self.c_gfn, pa.uint64()),
+            "level": pa.array(self.c_level, pa.int8()),
+            "old_spte": pa.array(self.c_old, pa.uint64()),
+            "new_spte": pa.array(self.c_new, pa.uint64()),
+            "page": pa.array(self.c_page, pa.int64()),
+            "state": pa.array(self.c_state, pa.string()),
+            "reason": pa.array(self.c_reason, pa.string()),
+        }, schema=SPTE_CHANGES_SCHEMA)
+
+    def unexplained_table(self) -> pa.Table:
+        if not self.unexplained:
+            return UNEXPLAINED_SCHEMA.empty_table()
+        s, e, r = zip(*self.unexplained)
+        return pa.table({"seq": pa.array(s, pa.int64()), "event": pa.array(e, pa.string()),
+                         "reason": pa.array(r, pa.string())}, schema=UNEXPLAINED_SCHEMA)

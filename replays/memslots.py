@@ -1,0 +1,403 @@
+"""The memslot timeline: which gfns were backed by which slot, when, and when that was in flux.
+
+KVM traces nothing about memslots, but QEMU does (kvm-host-notes.md): every
+KVM_SET_USER_MEMORY_REGION is followed by a ``kvm_set_user_memory`` line, written to
+``trace_marker`` (ftrace backend, so it lands in the trace as a ``print`` event) or to a ``-trace``
+log. Three message formats exist (QEMU <= 7.2, 8.x, >= 9.0). A line is written *after* the ioctl,
+so the kernel side of a change (the ``kvm_mmu_zap_all_fast`` of a delete, leaf zaps) comes first;
+the interval from the kernel's first sign of the change to the line is the *update window*, in
+which the layout is ambiguous. A delete followed by a create of an overlapping range (QEMU's way
+to resize or to toggle read-only) keeps the window open until the create: seed 003's non-atomic
+DELETE+CREATE.
+
+Lab markers are hints only, never required (lab/README.md): ``kvmlab_memslot_move`` announces a
+true KVM_MR_MOVE, for which QEMU would write no line at all; ``kvmlab_memslot_ioctl ... kind=K``
+(written after the ioctl, right before the QEMU line) names the kind; ``kvmlab_start ...
+slot_zap_all_quirk=N`` states the zap policy of the whole trace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from parsers.errors import TraceError
+
+KVM_MEM_LOG_DIRTY_PAGES = 0x1
+KVM_MEM_READONLY = 0x2
+
+_SET_MEM = re.compile(
+    r"kvm_set_user_memory\s+(?:AddrSpace#(?P<as>\d+)\s+)?Slot#(?P<slot>\d+)\s+flags=(?P<flags>0x[0-9a-fA-F]+)\s+"
+    r"gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+ua=(?P<ua>0x[0-9a-fA-F]+)"
+    r"(?:.*?)\sret=(?P<ret>-?\d+)"
+)
+_CLEAR_DIRTY = re.compile(r"kvm_clear_dirty_log\s+slot#(?P<slot>\d+)\s+start\s+(?P<start>0x[0-9a-fA-F]+)\s+"
+                          r"size\s+(?P<size>0x[0-9a-fA-F]+)")
+_LAB_IOCTL = re.compile(r"kvmlab_memslot_ioctl\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+kind=(?P<kind>[\w-]+)")
+_LAB_MOVE = re.compile(
+    r"kvmlab_memslot_move\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+flags=(?P<flags>0x[0-9a-fA-F]+)\s+"
+    r"old_gpa=0x[0-9a-fA-F]+\s+gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+"
+    r"ua=(?P<ua>0x[0-9a-fA-F]+).*?\sret=(?P<ret>-?\d+)")
+_LAB_QUIRK = re.compile(r"kvmlab_start\b.*\bslot_zap_all_quirk=(?P<q>[01])")
+_LAB_GET_DIRTY = re.compile(r"kvmlab_get_dirty_log\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)")
+
+#: Change kinds that take gfns away (and so open a window a fault can land in).
+REMOVING_KINDS = frozenset({"delete", "move", "recreate"})
+
+TIMELINE_SCHEMA = pa.schema([
+    pa.field("seq", pa.int64()),  # the QEMU line (null when the source had no position)
+    pa.field("window_start", pa.int64()),  # first seq at which the change may have been in effect
+    pa.field("anchor", pa.string()),  # what window_start rests on
+    pa.field("pid", pa.int32()),
+    pa.field("as_id", pa.int16()),
+    pa.field("slot", pa.int32()),  # as_id << 16 | id
+    pa.field("kind", pa.string()),
+    pa.field("base_gfn", pa.uint64()),
+    pa.field("npages", pa.uint64()),
+    pa.field("flags", pa.uint32()),
+    pa.field("old_base_gfn", pa.uint64()),
+    pa.field("old_npages", pa.uint64()),
+    pa.field("old_flags", pa.uint32()),
+    pa.field("userspace_addr", pa.uint64()),
+    pa.field("source", pa.string()),
+])
+
+
+@dataclass
+class SlotLine:
+    """One ``kvm_set_user_memory`` line, as QEMU printed it."""
+
+    seq: int | None
+    pid: int
+    as_id: int
+    slot: int  # as_id << 16 | id
+    flags: int
+    gpa: int
+    size: int
+    ua: int
+    ret: int
+
+
+@dataclass
+class MemslotChange:
+    """One change of the layout, with the window in which it was in flux."""
+
+    seq: int | None
+    window_start: int | None
+    anchor: str
+    pid: int
+    as_id: int
+    slot: int
+    kind: str  # create | delete | move | flags | recreate
+    base_gfn: int
+    npages: int
+    flags: int
+    old_base_gfn: int | None = None
+    old_npages: int | None = None
+    old_flags: int | None = None
+    ua: int = 0
+    source: str = "ftrace"
+    window_end: int | None = None  # last seq of the window (the line, or the re-create's line)
+
+
+@dataclass
+class Lifetime:
+    """A slot's gfn range while it was certainly in place: [from_seq, until_seq)."""
+
+    as_id: int
+    slot: int
+    base_gfn: int
+    npages: int
+    flags: int
+    from_seq: int
+    until_seq: int  # exclusive; the start of the removing change's window, or +inf
+    ua: int = 0  # userspace address of base_gfn (maps MMU-notifier hva ranges to gfns)
+
+
+@dataclass
+class MemslotTimeline:
+    """Everything the replay knows about memslots, with the seqs it is anchored at."""
+
+    changes: list[MemslotChange] = field(default_factory=list)
+    lifetimes: list[Lifetime] = field(default_factory=list)
+    clear_dirty: list[tuple[int, int, int, int]] = field(default_factory=list)  # seq, slot, first gfn, npages
+    get_dirty: list[tuple[int, int]] = field(default_factory=list)  # seq, slot
+    known_from: int | None = None  # seq from which the layout is known (None: never)
+    complete: bool = False  # True: gfns outside every slot are known to be unmapped
+    quirk_hint: int | None = None  # kvmlab_start slot_zap_all_quirk=N
+    lab_moves: int = 0  # changes a lab marker confirmed as a true KVM_MR_MOVE
+    source: str = "none"
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def known(self) -> bool:
+        return self.known_from is not None
+
+    def removing_changes(self) -> list[MemslotChange]:
+        return [c for c in self.changes if c.kind in REMOVING_KINDS]
+
+    # -- vectorised queries ----------------------------------------------------------------------
+    def slot_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
+        """Slot (as<<16|id) that certainly covered each (gfn, seq), or -1."""
+        out = np.full(len(gfn), -1, dtype=np.int64)
+        g = gfn.astype(np.uint64)
+        for lt in self.lifetimes:
+            m = (seq >= lt.from_seq) & (seq < lt.until_seq) & (g >= lt.base_gfn) & (g < lt.base_gfn + lt.npages)
+            if as_id is not None:
+                m &= as_id == lt.as_id
+            out[m] = lt.slot
+        return out
+
+    def window_of(self, gfn: np.ndarray, seq: np.ndarray, kinds: frozenset[str] | None = None,
+                  positioned: bool = False) -> np.ndarray:
+        """Index into ``changes`` of an update window containing (gfn, seq) and touching gfn, or -1.
+
+        ``positioned`` leaves out changes whose position is unknown (QEMU logs), whose windows
+        span the whole trace."""
+        out = np.full(len(gfn), -1, dtype=np.int64)
+        g = gfn.astype(np.uint64)
+        for i, c in enumerate(self.changes):
+            if c.window_start is None or c.window_end is None or (kinds is not None and c.kind not in kinds):
+                continue
+            if positioned and c.seq is None:
+                continue
+            m = (seq >= c.window_start) & (seq <= c.window_end)
+            touch = np.zeros(len(g), dtype=bool)
+            for base, n in ((c.base_gfn, c.npages), (c.old_base_gfn, c.old_npages)):
+                if base is not None and n:
+                    touch |= (g >= base) & (g < base + n)
+            out[m & touch] = i
+        return out
+
+    def hva_to_gfns(self, start: int, end: int, seq: int) -> list[tuple[int, int]]:
+        """gfn ranges [lo, hi) backed by host addresses [start, end) at ``seq`` (MMU-notifier events)."""
+        out = []
+        for lt in self.lifetimes:
+            if not (lt.from_seq <= seq < lt.until_seq) or not lt.ua:
+                continue
+            lo, hi = max(start, lt.ua), min(end, lt.ua + (lt.npages << 12))
+            if lo < hi:
+                out.append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
+        return out
+
+    def dirty_logging(self, slot: int, seq: int) -> bool:
+        """Whether ``slot`` had KVM_MEM_LOG_DIRTY_PAGES at ``seq``."""
+        for lt in self.lifetimes:
+            if lt.slot == slot and lt.from_seq <= seq < lt.until_seq:
+                return bool(lt.flags & KVM_MEM_LOG_DIRTY_PAGES)
+        return False
+
+    def table(self) -> pa.Table:
+        cols = {f.name: [] for f in TIMELINE_SCHEMA}
+        for c in self.changes:
+            row = dict(seq=c.seq, window_start=c.window_start, anchor=c.anchor, pid=c.pid, as_id=c.as_id,
+                       slot=c.slot, kind=c.kind, base_gfn=c.base_gfn, npages=c.npages, flags=c.flags,
+                       old_base_gfn=c.old_base_gfn, old_npages=c.old_npages, old_flags=c.old_flags,
+                       userspace_addr=c.ua, source=c.source)
+            for k, v in row.items():
+                cols[k].append(v)
+        return pa.table(cols, schema=TIMELINE_SCHEMA)
+
+
+def parse_set_memory(text: str, seq: int | None, pid: int) -> SlotLine | None:
+    """Parse one ``kvm_set_user_memory`` message in any of QEMU's three formats."""
+    m = _SET_MEM.search(text)
+    if m is None:
+        return None
+    raw_slot = int(m["slot"])
+    as_id = int(m["as"]) if m["as"] is not None else raw_slot >> 16  # <= 7.2 folds as into Slot#
+    slot = (as_id << 16) | (raw_slot & 0xFFFF)
+    return SlotLine(seq, pid, as_id, slot, int(m["flags"], 16), int(m["gpa"], 16), int(m["size"], 16),
+                    int(m["ua"], 16), int(m["ret"]))
+
+
+class _Builder:
+    """Turns QEMU lines into changes and lifetimes, in order."""
+
+    def __init__(self, source: str):
+        self.tl = MemslotTimeline(source=source)
+        self.live: dict[int, tuple[int, int, int, int, int]] = {}  # slot -> base_gfn, npages, flags, from_seq, ua
+        self.pending_delete: dict[int, MemslotChange] = {}  # as_id -> last delete awaiting re-create
+
+    def _close(self, slot: int, until: int) -> None:
+        base, n, flags, start, ua = self.live.pop(slot)
+        self.tl.lifetimes.append(Lifetime(slot >> 16, slot, base, n, flags, start, until, ua))
+
+    def _open(self, slot: int, base: int, n: int, flags: int, start: int, ua: int) -> None:
+        self.live[slot] = (base, n, flags, start, ua)
+
+    def add(self, line: SlotLine, window_start: int | None, anchor: str, lab_kind: str | None) -> None:
+        if line.ret != 0:
+            self.tl.notes.append(f"seq {line.seq}: kvm_set_user_memory slot {line.slot} failed (ret={line.ret}); ignored")
+            return
+        seq = line.seq if line.seq is not None else -1
+        start = window_start if window_start is not None else seq
+        base, n = line.gpa >> 12, line.size >> 12
+        old = self.live.get(line.slot)
+        if self.tl.known_from is None:
+            self.tl.known_from = seq
+        if line.size == 0:
+            kind = "delete"
+            ob, on, of = (old[0], old[1], old[2]) if old else (base, None, None)
+            if old:
+                self._close(line.slot, start)
+            ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, ob, 0, 0, ob, on, of, line.ua)
+        elif old is None:
+            kind = "create"
+            ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
+                               ua=line.ua)
+            self._open(line.slot, base, n, line.flags, seq, line.ua)
+        else:
+            ob, on, of, _, _ = old
+            if (ob, on) == (base, n) and not ((of ^ line.flags) & KVM_MEM_READONLY):
+                kind = "flags"
+            elif on == n and ob != base:
+                kind = "move"
+                if lab_kind == "move":
+                    self.tl.lab_moves += 1
+            else:
+                kind = "recreate"  # QEMU: read-only toggle or resize is a delete + create in one line
+            self._close(line.slot, start if kind != "flags" else seq)
+            self._open(line.slot, base, n, line.flags, seq, line.ua)
+            ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
+                               ob, on, of, line.ua)
+        ch.source = self.tl.source
+        ch.window_end = line.seq
+        # Seed 003: a delete followed by a create overlapping its range keeps the window open.
+        prev = self.pending_delete.pop(line.as_id, None)
+        if kind == "create" and prev is not None and prev.old_npages and _overlap(prev, base, n):
+            prev.window_end = line.seq
+        if kind == "delete":
+            self.pending_delete[line.as_id] = ch
+        self.tl.changes.append(ch)
+
+    def finish(self) -> MemslotTimeline:
+        for slot in list(self.live):
+            self._close(slot, np.iinfo(np.int64).max)
+        return self.tl
+
+
+def _overlap(c: MemslotChange, base: int, n: int) -> bool:
+    return c.old_base_gfn is not None and c.old_base_gfn < base + n and base < c.old_base_gfn + (c.old_npages or 0)
+
+
+def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray) -> MemslotTimeline:
+    """Build the timeline from ``ftrace:print`` events (``buf`` column) of the trace itself.
+
+    ``kvmmmu_seq``/``kvmmmu_pid`` (sorted by seq) let a change's window start at the first kernel
+    event the ioctl thread emitted after its previous line: the kernel side comes first.
+    """
+    b = _Builder("ftrace")
+    if print_table is None or print_table.num_rows == 0 or "buf" not in print_table.column_names:
+        return b.finish()
+    seqs = print_table.column("seq").to_pylist()
+    pids = print_table.column("pid").to_pylist()
+    bufs = print_table.column("buf").to_pylist()
+    last_line: dict[int, int] = {}  # pid -> seq of its previous memslot line
+    hint: dict[int, str] = {}  # pid -> kind named by its last kvmlab_memslot_ioctl marker
+    for seq, pid, buf in zip(seqs, pids, bufs):
+        if not buf:
+            continue
+        if "kvm_set_user_memory" in buf or "kvmlab_memslot_move" in buf:
+            line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else _parse_lab_move(buf, seq, pid)
+            if line is None:
+                continue
+            start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid)
+            lab_kind = "move" if "kvmlab_memslot_move" in buf else hint.pop(pid, None)
+            b.add(line, start, anchor, lab_kind)
+            last_line[pid] = seq
+        elif "kvmlab_memslot_ioctl" in buf:
+            m = _LAB_IOCTL.search(buf)
+            if m:
+                hint[pid] = m["kind"]
+        elif "kvm_clear_dirty_log" in buf:
+            m = _CLEAR_DIRTY.search(buf)
+            if m:
+                b.tl.clear_dirty.append((seq, int(m["slot"]), int(m["start"], 16), int(m["size"], 16)))
+        elif "kvmlab_get_dirty_log" in buf:
+            m = _LAB_GET_DIRTY.search(buf)
+            if m:
+                b.tl.get_dirty.append((seq, (int(m["as"]) << 16) | int(m["slot"])))
+        elif "kvmlab_start" in buf:
+            m = _LAB_QUIRK.search(buf)
+            if m:
+                b.tl.quirk_hint = int(m["q"])
+                b.tl.complete = True  # the lab starts its VM inside the trace: every slot is seen
+    tl = b.finish()
+    if tl.changes and not tl.complete:
+        first = tl.changes[0]
+        # QEMU creates AS 0 slot 0 first at VM start: a trace that shows it saw the whole layout.
+        tl.complete = first.kind == "create" and first.slot == 0
+    return tl
+
+
+def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndarray,
+                  kvmmmu_pid: np.ndarray) -> tuple[int, str]:
+    """Where a change may have started: the ioctl thread's first kernel event since its previous
+    line (the zap-all or the leaf zaps of a delete), else just after that previous line."""
+    lo = prev_line + 1 if prev_line is not None else 0
+    i, j = np.searchsorted(kvmmmu_seq, [lo, seq])
+    own = np.flatnonzero(kvmmmu_pid[i:j] == pid)
+    if len(own):
+        return int(kvmmmu_seq[i + own[0]]), "first kernel event of the ioctl thread"
+    return lo, "previous memslot line of the same thread"
+
+
+def _parse_lab_move(text: str, seq: int, pid: int) -> SlotLine | None:
+    m = _LAB_MOVE.search(text)
+    if m is None:
+        return None
+    as_id = int(m["as"])
+    return SlotLine(seq, pid, as_id, (as_id << 16) | int(m["slot"]), int(m["flags"], 16), int(m["gpa"], 16),
+                    int(m["size"], 16), int(m["ua"], 16), int(m["ret"]))
+
+
+def from_lines(lines: Iterable[str]) -> MemslotTimeline:
+    """Build the timeline from a QEMU ``-trace`` log. The log has no trace seqs: the layout is
+    known, but not when it changed, so every removing change's window spans the whole trace."""
+    b = _Builder("qemu_log")
+    for text in lines:
+        line = parse_set_memory(text, None, 0)
+        if line is not None:
+            b.add(line, None, "QEMU log (no position in the trace)", None)
+    tl = b.finish()
+    if not tl.changes:
+        raise TraceError("the QEMU log has no kvm_set_user_memory lines; run QEMU with -trace kvm_set_user_memory")
+    _unposition(tl)
+    return tl
+
+
+def from_layout(layout: dict) -> MemslotTimeline:
+    """A static layout (``--memslots`` JSON): ``{"slots": [{"slot", "as_id", "gpa", "size", "flags"}]}``."""
+    try:
+        slots: Sequence[dict] = layout["slots"]
+        tl = MemslotTimeline(source="json", known_from=0, complete=True)
+        for s in slots:
+            as_id = int(s.get("as_id", 0))
+            slot = (as_id << 16) | int(s["slot"])
+            base, n = int(str(s["gpa"]), 0) >> 12, int(str(s["size"]), 0) >> 12
+            flags = int(str(s.get("flags", 0)), 0)
+            ua = int(str(s.get("userspace_addr", 0)), 0)
+            tl.lifetimes.append(Lifetime(as_id, slot, base, n, flags, 0, np.iinfo(np.int64).max, ua))
+            tl.changes.append(MemslotChange(None, None, "layout file", 0, as_id, slot, "create", base, n, flags,
+                                            source="json"))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} ({e})") from None
+    return tl
+
+
+def _unposition(tl: MemslotTimeline) -> None:
+    """Without positions, a slot is certain only if it never changed; changes span everything."""
+    inf = np.iinfo(np.int64).max
+    changed = {c.slot for c in tl.changes if c.kind != "create"}
+    tl.lifetimes = [Lifetime(lt.as_id, lt.slot, lt.base_gfn, lt.npages, lt.flags, 0, inf)
+                    for lt in tl.lifetimes if lt.slot not in changed]
+    for c in tl.changes:
+        c.window_start, c.window_end = (0, inf) if c.kind in REMOVING_KINDS else (None, None)
+    tl.known_from = 0
+    tl.complete = False
+    tl.notes.append("QEMU log lines carry no trace position: changed slots are uncertain for the whole trace")

@@ -1,0 +1,295 @@
+"""``replay(data)``: walk one trace through the MMU model and collect tables, checks and findings.
+
+Order of work: pick the kernel profile; build the memslot timeline (from the trace's own QEMU
+lines unless the caller passes a QEMU log or a layout); decide which MMU produced the trace and
+which zap policy it used; walk the state-changing events in global seq order through the shadow
+or TDP model (with checkpoints at memslot changes); then run the detectors, the what-if and the
+summaries on what the model recorded. Events that change no MMU state (guest page-table walks,
+``kvm_mmu_spte_requested``, MMIO checks) never enter the loop.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.errors import TraceError
+from parsers.schema import TraceData
+from replays import memslots as ms
+from replays.detectors import run_all
+from replays.detectors.context import Context
+from replays.findings import LostWindows, finalize
+from replays.journal import Journal
+from replays.pages import PageBook
+from replays.profiles import KernelProfile, decode_role, profile_for
+from replays.results import ReplayResult
+from replays.shadow import ShadowModel
+from replays.stream import Columns, extract, merge_order, numpy_column
+from replays.summaries import memslot_summary, zap_all_summary
+from replays.tdp import TdpModel
+from replays.whatif import whatif
+
+#: The kvmmmu events, for readers that leave the ``system`` column empty.
+KVMMMU_EVENTS = frozenset({
+    "kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit", "kvm_mmu_set_dirty_bit",
+    "kvm_mmu_walker_error", "kvm_mmu_get_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
+    "kvm_mmu_prepare_zap_page", "mark_mmio_spte", "handle_mmio_page_fault", "fast_page_fault",
+    "kvm_mmu_zap_all_fast", "kvm_mmu_invalidate_zap_all_pages", "check_mmio_spte", "kvm_mmu_set_spte",
+    "kvm_mmu_spte_requested", "kvm_tdp_mmu_spte_changed", "kvm_mmu_split_huge_page",
+})
+PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
+
+# Loop stream numbers (index into the list handed to merge_order).
+GET, ZAP, SYNC, UNSYNC, ZAP_ALL, SET_SPTE, TDP_CHANGE, FAST_PF, SPLIT, UNMAP = range(10)
+
+
+def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,
+           qemu_log_lines: list[str] | None = None) -> ReplayResult:
+    """Replay ``data`` against the simulated MMU.
+
+    ``kernel`` overrides the trace's kernel release; ``memslots`` is a parsed ``--memslots`` JSON
+    layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file).
+    """
+    require_events(data)
+    profile = profile_for(kernel or data.info.kernel)
+    assumptions: list[str] = []
+    limits: list[str] = []
+    if kernel is None and data.info.kernel is None:
+        assumptions.append(f"the trace names no kernel; assumed the newest layout ({profile.name})")
+    kv_seq, kv_pid, kv_name = _kvmmmu_events(data)
+    timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid)
+    mmu = _detect_mmu(data, profile)
+    zap_all_seqs, zap_all_pids = _seq_pid(data, "kvm_mmu_zap_all_fast")
+    zap_policy, why = _zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
+    assumptions.append(f"zap policy {zap_policy}: {why}")
+
+    journal = Journal()
+    pages = PageBook()
+    _walk(data, profile, mmu, zap_policy, timeline, journal, pages)
+
+    faults = _faults(data)
+    ctx = Context(profile, mmu, zap_policy, timeline, journal, pages, journal.installs(), faults,
+                  _cols(data, "check_mmio_spte", ("kvm_gen", "spte_gen")), _cols(data, "mark_mmio_spte", ("gfn", "gen")),
+                  _cols(data, "handle_mmio_page_fault", ("gfn",)), zap_all_seqs, zap_all_pids)
+    lost = LostWindows(data.gaps, data.events)
+    if lost:
+        limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
+    locate = SeqIndex(data)
+    findings, checks = finalize(run_all(ctx), lost, locate)
+
+    unexplained = journal.unexplained_table()
+    limits.extend(_limits(mmu, timeline))
+    assumptions.extend(_assumptions(mmu))
+    return ReplayResult(
+        mmu=mmu, zap_policy=zap_policy, profile=profile.name,
+        events=len(kv_seq), explained_events=len(kv_seq) - unexplained.num_rows,
+        shadow_pages=pages.table(profile), spte_changes=journal.spte_changes(), memslots=timeline.table(),
+        findings=findings, checks=checks, unexplained=unexplained,
+        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
+        whatif=whatif(ctx), assumptions=assumptions, limits=limits + timeline.notes,
+    )
+
+
+def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.Table:
+    """A page-event table with its role word decoded into columns (for reports and notebooks)."""
+    return decode_role(data.table(event), profile_for(kernel or data.info.kernel))
+
+
+# -- inputs ----------------------------------------------------------------------------------------
+def _kvmmmu_events(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    ev = data.events
+    names = ev.column("event")
+    if isinstance(names.type, pa.DictionaryType) or (names.num_chunks and pa.types.is_dictionary(names.type)):
+        names = names.cast(pa.string())
+    is_mmu = pc.is_in(names, value_set=pa.array(sorted(KVMMMU_EVENTS)))
+    if "system" in ev.column_names and ev.column("system").null_count < ev.num_rows:
+        is_mmu = pc.or_(is_mmu, pc.equal(ev.column("system").cast(pa.string()), "kvmmmu"))
+    sel = ev.filter(pc.fill_null(is_mmu, False))
+    return (numpy_column(sel, "seq", np.int64), numpy_column(sel, "pid", np.int64),
+            np.asarray(sel.column("event").cast(pa.string()).to_numpy(zero_copy_only=False)))
+
+
+def _seq_pid(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:
+    t = data.tables.get(event)
+    if t is None or t.num_rows == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64)
+
+
+def _cols(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    t = data.tables.get(event)
+    out = {"seq": np.empty(0, np.int64), **{f: np.empty(0, np.uint64) for f in fields}}
+    if t is None or t.num_rows == 0:
+        return out
+    out["seq"] = numpy_column(t, "seq", np.int64)
+    for f in fields:
+        if f in t.column_names:
+            out[f] = numpy_column(t, f)
+        else:
+            out[f] = np.zeros(t.num_rows, np.uint64)
+    return out
+
+
+def _faults(data: TraceData) -> dict[str, np.ndarray]:
+    f = _cols(data, "kvm_mmu_spte_requested", ("gfn",))
+    seq, pid = _seq_pid(data, "kvm_mmu_spte_requested")
+    f["pid"] = pid
+    return f
+
+
+class SeqIndex:
+    """``(ts, cpu)`` of a seq, by binary search in the ordered ``events`` table (findings cite few seqs)."""
+
+    def __init__(self, data: TraceData):
+        self.seq = numpy_column(data.events, "seq", np.int64)
+        self.ts = numpy_column(data.events, "ts", np.int64)
+        self.cpu = numpy_column(data.events, "cpu", np.int64)
+
+    def __call__(self, seq: int) -> tuple[int | None, int | None]:
+        i = int(np.searchsorted(self.seq, seq))
+        if i < len(self.seq) and self.seq[i] == seq:
+            return int(self.ts[i]), int(self.cpu[i])
+        return None, None
+
+
+def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_seq: np.ndarray,
+              kv_pid: np.ndarray) -> ms.MemslotTimeline:
+    if layout is not None:
+        return ms.from_layout(layout)
+    if lines is not None:
+        return ms.from_lines(lines)
+    return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid)
+
+
+def _detect_mmu(data: TraceData, profile: KernelProfile) -> str:
+    def rows(event: str) -> int:
+        t = data.tables.get(event)
+        return 0 if t is None else t.num_rows
+
+    if rows("kvm_tdp_mmu_spte_changed"):
+        return "tdp"
+    pages = data.tables.get("kvm_mmu_get_page")
+    if not rows("kvm_mmu_get_page"):
+        return "shadow" if rows("kvm_mmu_set_spte") else "unknown"
+    role = numpy_column(pages, "role")
+    direct = (role >> np.uint64(profile.role_field("direct").shift)) & np.uint64(1)
+    return "legacy_tdp" if bool(direct.all()) else "shadow"
+
+
+def _zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,
+                profile: KernelProfile) -> tuple[str, str]:
+    removing = [c for c in tl.changes if c.kind in ms.REMOVING_KINDS and c.seq is not None]
+    with_zap = sum(bool(np.any((za_seq >= c.window_start) & (za_seq <= c.seq) & (za_pid == c.pid))) for c in removing)
+    hint = {0: "zap_slot", 1: "zap_all"}.get(tl.quirk_hint) if tl.quirk_hint is not None else None
+    if removing:
+        policy = "zap_all" if with_zap == len(removing) else "zap_slot" if with_zap == 0 else "mixed"
+        why = f"{with_zap} of {len(removing)} delete/move(s) had a kvm_mmu_zap_all_fast in their window"
+        if hint and hint != policy:
+            why += f" (the lab marker said {hint}; the trace wins)"
+        return policy, why
+    if hint:
+        return hint, "no delete/move in the trace; lab marker kvmlab_start slot_zap_all_quirk"
+    if profile.version < (6, 12) and profile.slot_zap_rule != "range_2019":
+        return "zap_all", f"kernel {profile.version[0]}.{profile.version[1]} has no per-slot zap"
+    return "unknown", "no delete or move in the trace"
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
+          journal: Journal, pages: PageBook) -> None:
+    """Feed the state-changing events, merged by seq, to the model: one tight loop over lists."""
+    streams: list[Columns | None] = [
+        extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),
+        extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
+        extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
+        extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),
+        extract(data, "kvm_mmu_zap_all_fast", ("mmu_valid_gen",)),
+        extract(data, "kvm_mmu_set_spte", ("gfn", "spte", "sptep", "level")) if mmu != "tdp" else None,
+        extract(data, "kvm_tdp_mmu_spte_changed", ("as_id", "gfn", "level", "old_spte", "new_spte")),
+        extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if mmu == "tdp" else None,
+        extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")),
+        extract(data, "kvm_unmap_hva_range", ("start", "end")) if mmu != "tdp" else None,
+    ]
+    removals = [(i, c) for i, c in enumerate(tl.changes)
+                if c.kind in ms.REMOVING_KINDS and c.seq is not None and c.old_npages]
+    cp_keys, cp_what = [], []
+    for i, c in removals:
+        cp_keys += [2 * c.window_start - 1, 2 * c.seq + 1]
+        cp_what += [(i, "start"), (i, "end")]
+    kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
+                              np.asarray(cp_keys, dtype=np.int64))
+    if mmu == "tdp":
+        model: TdpModel | ShadowModel = TdpModel(profile, journal, pages)
+    else:
+        model = ShadowModel(profile, tl, journal, pages)
+    seqs = [s.seq.tolist() if s is not None else [] for s in streams]
+    f = [s.fields if s is not None else {} for s in streams]
+    get, zap, syn, uns, za, st, tc, fp, sp, um = f
+    CHECK = len(streams)
+    slot_zap_rmaps = mmu != "tdp" and zap_policy != "zap_all"
+    for kind, r in zip(kinds.tolist(), rows.tolist()):
+        if kind == SET_SPTE:
+            model.set_spte(seqs[kind][r], st["pid"][r], st["gfn"][r], st["spte"][r], st["sptep"][r], st["level"][r])
+        elif kind == TDP_CHANGE:
+            model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
+                         tc["old_spte"][r], tc["new_spte"][r])
+        elif kind == GET:
+            model.get_page(seqs[kind][r], get["pid"][r], get["gfn"][r], get["role"][r], get["mmu_valid_gen"][r],
+                           get["root_count"][r], get["created"][r])
+        elif kind == ZAP:
+            model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r], zap["root_count"][r])
+        elif kind == SYNC or kind == UNSYNC:
+            c = syn if kind == SYNC else uns
+            if mmu == "tdp":
+                journal.unexplained.append((seqs[kind][r], streams[kind].name, "the TDP MMU never syncs pages"))
+            else:
+                model.sync_page(seqs[kind][r], c["gfn"][r], c["role"][r], c["mmu_valid_gen"][r], c["root_count"][r],
+                                kind == UNSYNC)
+        elif kind == ZAP_ALL:
+            model.zap_all(seqs[kind][r], za["mmu_valid_gen"][r])
+        elif kind == FAST_PF:
+            model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
+        elif kind == SPLIT:
+            if mmu == "tdp":
+                model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
+        elif kind == UNMAP:
+            model.unmap_hva(seqs[kind][r], um["start"][r], um["end"][r])
+        elif kind == CHECK:
+            i, when = cp_what[r]
+            journal.snapshots[(i, when)] = model.snapshot()
+            c = tl.changes[i]
+            if when == "end" and slot_zap_rmaps and isinstance(model, ShadowModel):
+                model.zap_gfn_range(2 * c.seq + 1, c.old_base_gfn, c.old_base_gfn + c.old_npages,
+                                    "per-slot zap of leaf SPTEs (rmap, untraced)")
+
+
+def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:
+    out = []
+    if mmu in ("shadow", "legacy_tdp"):
+        out.append("shadow MMU: leaf SPTE zaps, write protection, dirty-log clears and rmap unmaps are not traced; "
+                   "SPTE ownership is inferred from the SPTE page and the faulting vCPU's last page at that level")
+    if mmu == "tdp":
+        out.append("TDP MMU: entries carry no root; after a zap-all, old-root teardown is told apart from the new "
+                   "root's build by the old_spte value only")
+    if not tl.known:
+        out.append("memslot layout unknown: layout checks are not evaluated")
+    elif not tl.complete:
+        out.append("memslot layout partial (the trace started after the VM was built): only gfns of removed slots "
+                   "count as unmapped")
+    return out
+
+
+def _assumptions(mmu: str) -> list[str]:
+    return [
+        "guest page-table walker events, kvm_mmu_spte_requested and MMIO checks change no SPTE state: they count "
+        "as explained without a model step",
+        "a page seen first through an 'existing' lookup, sync or zap predates the trace",
+    ] + (["a kvm_mmu_set_spte into an SPTE page of a zapped page means the page's memory was reused"]
+         if mmu != "tdp" else [])
+
+
+def require_events(data: TraceData) -> None:
+    """Raise a one-line TraceError when the trace has no kvmmmu events at all."""
+    if not any(t.num_rows for name, t in data.tables.items() if name in KVMMMU_EVENTS):
+        raise TraceError(f"{data.info.path}: no kvmmmu events in this trace; record with -e kvmmmu")

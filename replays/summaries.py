@@ -1,0 +1,84 @@
+"""Per-memslot and per-zap-all summaries: what each slot cost and what each zap-all destroyed.
+
+"Rebuilt" means the same ``(gfn, role)`` was created again later: the guest needed the page and
+paid a fault for it. The rebuild time of a zap-all runs from its event to the last such
+re-creation before the next zap-all.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+
+from replays.detectors.context import Context
+from replays.pages import NONE
+
+
+def recreations(ctx: Context) -> dict[tuple[int, int], list[int]]:
+    """(gfn, role) -> sorted first_seqs of every page lifetime with that identity (any generation)."""
+    out: dict[tuple[int, int], list[int]] = {}
+    pg = ctx.pages
+    for g, r, s in zip(pg.gfn, pg.role, pg.first_seq):
+        out.setdefault((g, r), []).append(s)
+    for v in out.values():
+        v.sort()
+    return out
+
+
+def next_creation(index: dict[tuple[int, int], list[int]], gfn: int, role: int, after: int) -> int | None:
+    seqs = index.get((gfn, role), ())
+    i = bisect_right(seqs, after)
+    return seqs[i] if i < len(seqs) else None
+
+
+def memslot_summary(ctx: Context) -> pa.Table:
+    index = recreations(ctx)
+    pg = ctx.pages.arrays()
+    f, ins = ctx.faults, ctx.installs
+    rows: dict[str, list] = {k: [] for k in ("slot", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "faults",
+                                             "sptes_installed", "pages_zapped", "pages_rebuilt")}
+    for lt in ctx.timeline.lifetimes:
+        lo, hi = np.uint64(lt.base_gfn), np.uint64(lt.base_gfn + lt.npages)
+
+        def inside(gfn: np.ndarray, seq: np.ndarray) -> np.ndarray:
+            return (gfn >= lo) & (gfn < hi) & (seq >= lt.from_seq) & (seq < lt.until_seq)
+
+        zapped = inside(pg["gfn"], pg["zap_seq"]) & (pg["zap_seq"] != NONE)
+        ids = np.flatnonzero(zapped)
+        rebuilt = sum(next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), int(pg["zap_seq"][p])) is not None
+                      for p in ids)
+        for k, v in (("slot", lt.slot), ("as_id", lt.as_id), ("base_gfn", lt.base_gfn), ("npages", lt.npages),
+                     ("from_seq", lt.from_seq), ("until_seq", None if lt.until_seq == np.iinfo(np.int64).max else lt.until_seq),
+                     ("faults", int(inside(f["gfn"], f["seq"]).sum())),
+                     ("sptes_installed", int(inside(ins["gfn"], ins["seq"]).sum())),
+                     ("pages_zapped", len(ids)), ("pages_rebuilt", rebuilt)):
+            rows[k].append(v)
+    return pa.table(rows, schema=pa.schema([
+        ("slot", pa.int32()), ("as_id", pa.int16()), ("base_gfn", pa.uint64()), ("npages", pa.uint64()),
+        ("from_seq", pa.int64()), ("until_seq", pa.int64()), ("faults", pa.int64()), ("sptes_installed", pa.int64()),
+        ("pages_zapped", pa.int64()), ("pages_rebuilt", pa.int64())]))
+
+
+def zap_all_summary(ctx: Context, locate: Callable[[int], tuple[int | None, int | None]]) -> pa.Table:
+    index = recreations(ctx)
+    pg = ctx.pages.arrays()
+    zap_alls = ctx.journal.zap_alls
+    rows: dict[str, list] = {k: [] for k in ("seq", "ts", "mmu_valid_gen", "obsoleted", "pages_zapped",
+                                             "pages_rebuilt", "rebuild_ns")}
+    for n, (seq, gen, obsoleted) in enumerate(zap_alls):
+        until = zap_alls[n + 1][0] if n + 1 < len(zap_alls) else np.iinfo(np.int64).max
+        ids = np.flatnonzero(pg["obsolete_seq"] == seq)
+        again = [next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), seq) for p in ids]
+        again = [s for s in again if s is not None and s < until]
+        ts = locate(seq)[0]
+        last_ts = locate(max(again))[0] if again else None
+        for k, v in (("seq", seq), ("ts", ts), ("mmu_valid_gen", gen), ("obsoleted", obsoleted),
+                     ("pages_zapped", int((pg["zap_seq"][ids] != NONE).sum())), ("pages_rebuilt", len(again)),
+                     ("rebuild_ns", last_ts - ts if last_ts is not None and ts is not None else None)):
+            rows[k].append(v)
+    return pa.table(rows, schema=pa.schema([
+        ("seq", pa.int64()), ("ts", pa.int64()), ("mmu_valid_gen", pa.int64()), ("obsoleted", pa.int64()),
+        ("pages_zapped", pa.int64()), ("pages_rebuilt", pa.int64()), ("rebuild_ns", pa.int64())]))
