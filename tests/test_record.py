@@ -2,9 +2,9 @@
 tracefs must be exactly as before afterwards — after success, a failing command and Ctrl-C.
 
 The traced command is this file run as a script: it creates a VM with 64 KiB of memory and one
-vCPU in real mode, and runs ``mov al,0x41; out 0x10,al; mov byte [0x2000],0x42; hlt``. So the
-trace must show one port write of 0x41 to port 0x10 and the userspace exits KVM_EXIT_IO (2) and
-KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
+vCPU in real mode, and runs a loop of N ``out 0x10, al`` (al = N, N-1, ... 1), a store and
+``hlt``. So the trace must show exactly N port writes with those values, N userspace exits
+KVM_EXIT_IO (2) and one KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
 and the kernel's own text (``--text``) of the same records.
 
 Every test holds the machine-wide recording lock, so no other recording can change tracefs
@@ -103,11 +103,35 @@ def test_native_recording_decodes_identically_and_restores_tracefs(
     assert ours == text_counts(tmp_path / "guest.txt.gz")
 
     pio = data.tables["kvm_pio"].to_pylist()
-    assert [(r["rw"], r["port"], r["val"]) for r in pio] == [(1, 0x10, 0x41)]
+    assert [(r["rw"], r["port"], r["val"]) for r in pio] == [(1, 0x10, 1)]
     exits = [r["reason"] for r in data.tables["kvm_userspace_exit"].to_pylist()]
     assert exits == [2, 5]
     assert ours["kvm_mmu_get_page"] > 0  # the VM's first MMU root
     assert data.info.clock == "global"
+
+
+def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path) -> None:
+    """About 5 MB of events through ring buffers of 4 MB in all: drained while the guest runs,
+    none is lost; read only at the end (as --text must), the buffers overwrite the oldest."""
+    from parsers.tracedat import read_tracedat
+
+    loops = 20_000
+    guest = [*GUEST, str(loops)]
+    cpus = len(list(TRACEFS.glob("per_cpu/cpu*")))
+    buffer_kb = 4096 // cpus
+    common = ["record", "--backend", "native", "--no-kallsyms", "--buffer-kb", str(buffer_kb)]
+    streamed = tmp_path / "streamed.dat"
+    proc = run_kvmtrace(*common, "--compression", "none", "-o", str(streamed), "--", *guest)
+    assert proc.returncode == 0, proc.stderr
+    assert "lost events" not in proc.stderr
+    assert streamed.stat().st_size > cpus * buffer_kb * 1024  # more than the buffers could hold
+    vals = read_tracedat(streamed).tables["kvm_pio"].column("val").to_pylist()
+    assert vals == [n & 0xFF for n in range(loops, 0, -1)]
+
+    proc = run_kvmtrace(*common, "--text", "-o", str(tmp_path / "at_end.dat"), "--", *guest)
+    assert proc.returncode == 0, proc.stderr
+    assert "lost events (overrun" in proc.stderr
+    assert read_tracedat(tmp_path / "at_end.dat").tables["kvm_pio"].num_rows < loops
 
 
 def test_trace_cmd_backend_and_version_6(tmp_path: Path, trace_cmd: str) -> None:
@@ -176,8 +200,9 @@ def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
         record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))
 
 
-def tiny_guest() -> None:
-    """Create a VM and a real-mode vCPU; run port I/O, one store, hlt (raw KVM ioctls)."""
+def tiny_guest(loops: int) -> None:
+    """Create a VM and a real-mode vCPU; write 0x10 ``loops`` times (values loops..1, low byte),
+    store one byte, hlt. Raw KVM ioctls; exits non-zero if the guest did not run as written."""
     import ctypes
     import fcntl
     import mmap
@@ -189,7 +214,15 @@ def tiny_guest() -> None:
     kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     vm = fcntl.ioctl(kvm, create_vm, 0)
     mem = mmap.mmap(-1, 0x10000)
-    code = bytes([0xB0, 0x41, 0xE6, 0x10, 0xC6, 0x06, 0x00, 0x20, 0x42, 0xF4])
+    code = bytes([
+        0xB9, loops & 0xFF, loops >> 8,  # mov cx, loops
+        0x88, 0xC8,                      # 1: mov al, cl
+        0xE6, 0x10,                      # out 0x10, al
+        0x49,                            # dec cx
+        0x75, 0xF9,                      # jnz 1b
+        0xC6, 0x06, 0x00, 0x20, 0x42,    # mov byte [0x2000], 0x42
+        0xF4,                            # hlt
+    ])
     mem[0x1000 : 0x1000 + len(code)] = code
     addr = ctypes.addressof(ctypes.c_char.from_buffer(mem))
     fcntl.ioctl(vm, set_memory_region, struct.pack("<IIQQQ", 0, 0, 0, len(mem), addr))
@@ -207,9 +240,9 @@ def tiny_guest() -> None:
     while not reasons or reasons[-1] == exit_io:
         fcntl.ioctl(vcpu, run, 0)
         reasons.append(struct.unpack_from("<I", kvm_run, 8)[0])
-    if reasons != [exit_io, exit_hlt] or mem[0x2000] != 0x42:
-        sys.exit(f"unexpected guest run: exits {reasons}, byte {mem[0x2000]:#x}")
+    if reasons != [exit_io] * loops + [exit_hlt] or mem[0x2000] != 0x42:
+        sys.exit(f"unexpected guest run: {len(reasons)} exits ending {reasons[-3:]}, byte {mem[0x2000]:#x}")
 
 
 if __name__ == "__main__":
-    tiny_guest()
+    tiny_guest(int(sys.argv[1]) if len(sys.argv) > 1 else 1)

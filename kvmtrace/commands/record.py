@@ -34,7 +34,11 @@ def record(
     ] = None,
     buffer_kb: Annotated[int, typer.Option(help="Per-CPU ring buffer size in KiB (0 keeps the current size).")] = 8192,
     clock: Annotated[str, typer.Option(help="Trace clock (see tracefs trace_clock).")] = "global",
-    text: Annotated[bool, typer.Option(help="Also save the kernel's text rendering as OUT.txt.gz.")] = False,
+    text: Annotated[
+        bool,
+        typer.Option(help="Also save the kernel's text rendering as OUT.txt.gz (the buffer is then read only at "
+                     "the end: size --buffer-kb for the whole run)."),
+    ] = False,
     backend: Annotated[str, typer.Option(help="auto (trace-cmd if installed), trace-cmd, or native.")] = "auto",
     file_version: Annotated[int, typer.Option(help="trace.dat version: 7 or 6.")] = 7,
     compression: Annotated[str, typer.Option(help="v7 compression: zstd, zlib or none (native backend).")] = "zstd",

@@ -4,7 +4,8 @@ This is the native backend's half of ``trace-cmd extract``: ``per_cpu/cpuN/trace
 hands out whole ring-buffer pages exactly as the kernel wrote them, and the format files,
 ``saved_cmdlines``, ``printk_formats`` and ``/proc/kallsyms`` are what a reader needs to decode
 them later, on any machine. The pages are consumed by reading (like ``trace_pipe``), so the
-text twin (``trace``) must be saved before.
+text twin (``trace``) must be saved before, and cannot be had when pages are drained during the
+run.
 """
 
 from __future__ import annotations
@@ -54,28 +55,54 @@ def loss_from_stats(cpu: int, stats: bytes) -> CpuLoss:
     return CpuLoss(cpu, field("overrun"), field("commit overrun"), field("dropped events"))
 
 
-def read_raw_pages(tfs: Tracefs, cpu: int, page_size: int) -> bytes:
-    """Drain one CPU's buffer through ``trace_pipe_raw``, a whole page per read, until empty.
+class PageDrain:
+    """Per-CPU ``trace_pipe_raw`` readers that collect whole pages, one page per read.
 
-    Non-blocking: with tracing stopped an empty buffer answers EAGAIN (or EOF) instead of
-    waiting for events that will never come.
+    Non-blocking: an empty buffer answers EAGAIN instead of waiting for events, so
+    :meth:`drain` can be called both while the command runs (keeping the ring buffer from
+    overwriting its oldest pages) and once more after tracing stopped (the last, partly filled
+    pages). Open it after the buffer is sized and cleared: those writes reset the buffer.
     """
-    pages = []
-    fd = os.open(tfs.path(f"per_cpu/cpu{cpu}/trace_pipe_raw"), os.O_RDONLY | os.O_NONBLOCK)
-    try:
-        while True:
-            try:
-                page = os.read(fd, page_size)
-            except OSError as err:
-                if err.errno in (errno.EAGAIN, errno.EINTR):
+
+    def __init__(self, tfs: Tracefs, page_size: int) -> None:
+        self.page_size = page_size
+        self.pages: dict[int, list[bytes]] = {}
+        self._fds: dict[int, int] = {}
+        try:
+            for cpu in tfs.cpus():
+                self._fds[cpu] = os.open(tfs.path(f"per_cpu/cpu{cpu}/trace_pipe_raw"), os.O_RDONLY | os.O_NONBLOCK)
+                self.pages[cpu] = []
+        except BaseException:
+            self.close()
+            raise
+
+    def drain(self) -> None:
+        for cpu, fd in self._fds.items():
+            while True:
+                try:
+                    page = os.read(fd, self.page_size)
+                except OSError as err:
+                    if err.errno in (errno.EAGAIN, errno.EINTR):
+                        break
+                    raise
+                if not page:
                     break
-                raise
-            if not page:
-                break
-            pages.append(page.ljust(page_size, b"\0"))
-    finally:
-        os.close(fd)
-    return b"".join(pages)
+                self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
+
+    def data(self) -> dict[int, bytes]:
+        """Each CPU's pages, in the order the kernel handed them out."""
+        return {cpu: b"".join(pages) for cpu, pages in self.pages.items()}
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
+
+    def __enter__(self) -> PageDrain:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def flagged_pages(data: bytes, page_size: int) -> int:

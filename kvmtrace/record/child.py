@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from parsers.errors import TraceError
@@ -31,8 +32,12 @@ class CommandResult:
     interrupted: bool
 
 
-def run_command(argv: list[str]) -> CommandResult:
-    """Run ``argv`` with inherited stdio; return its exit status once it has exited."""
+def run_command(argv: list[str], on_tick: Callable[[], None] | None = None, tick: float = 0.05) -> CommandResult:
+    """Run ``argv`` with inherited stdio; return its exit status once it has exited.
+
+    ``on_tick`` is called about every ``tick`` seconds while the command runs, on this thread
+    (signals stay blocked here, so no handler can interrupt it halfway).
+    """
     waited = (*FORWARDED, signal.SIGCHLD)
     old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
@@ -44,7 +49,9 @@ def run_command(argv: list[str]) -> CommandResult:
             raise TraceError(f"command not executable: {argv[0]}") from None
         interrupted = False
         while child.poll() is None:
-            info = signal.sigtimedwait(waited, 0.5)
+            info = signal.sigtimedwait(waited, tick)
+            if on_tick is not None:
+                on_tick()
             if info is None or info.si_signo == signal.SIGCHLD:
                 continue
             interrupted = True

@@ -2,8 +2,10 @@
 
 Sequence (every step before the command is undone in ``finally``, whatever happens):
 lock → checks → snapshot tracefs → stop, set clock and buffer size, clear, enable events,
-tracing_on=1 → run the command → tracing_on=0 → read loss counters → save the text twin →
-write the .dat (trace-cmd extract, or our own writer from ``trace_pipe_raw``) → restore → unlock.
+tracing_on=1 → run the command (native backend: draining ``trace_pipe_raw`` every 50 ms, so a
+long run is not limited by the buffer size — except with ``--text``, whose text twin needs every
+record still in the buffer) → tracing_on=0 → read loss counters → save the text twin → write the
+.dat (trace-cmd extract, or our own writer from the drained pages) → restore → unlock.
 
 The .dat and the text are written to temp files beside their destination and renamed when
 complete, so an error never leaves a half-written trace under the requested name.
@@ -11,6 +13,7 @@ complete, so an error never leaves a half-written trace under the requested name
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import os
@@ -22,10 +25,10 @@ from pathlib import Path
 from kvmtrace.record.capture import (
     CpuLoss,
     collect_content,
+    PageDrain,
     flagged_pages,
     loss_from_stats,
     read_cpu_stats,
-    read_raw_pages,
 )
 from kvmtrace.record.child import CommandResult, run_command
 from kvmtrace.record.lock import recording_lock
@@ -145,17 +148,18 @@ def _extract_trace_cmd(opts: RecordOptions) -> None:
         converted.unlink(missing_ok=True)
 
 
-def _extract_native(tfs: Tracefs, opts: RecordOptions, stats: dict[int, bytes]) -> dict[int, int]:
-    """Write OUT.dat with our writer; return pages flagged with missed events per CPU."""
+def _write_native(tfs: Tracefs, opts: RecordOptions, drain: PageDrain, stats: dict[int, bytes]) -> dict[int, int]:
+    """Write OUT.dat with our writer from the drained pages; return pages flagged with missed
+    events per CPU."""
     from kvmtrace import __version__
 
-    page_size = tfs.sub_buffer_size()
-    cpu_data = {cpu: read_raw_pages(tfs, cpu, page_size) for cpu in tfs.cpus()}
+    drain.drain()  # what is left after tracing stopped, including partly filled pages
+    cpu_data = drain.data()
     content = collect_content(
-        tfs, cpu_data, stats, page_size, with_kallsyms=opts.kallsyms, version=f"kvmtrace {__version__}"
+        tfs, cpu_data, stats, drain.page_size, with_kallsyms=opts.kallsyms, version=f"kvmtrace {__version__}"
     )
     write_tracedat(opts.output, content, version=opts.file_version, compression=opts.compression)
-    return {cpu: flagged_pages(data, page_size) for cpu, data in cpu_data.items()}
+    return {cpu: flagged_pages(data, drain.page_size) for cpu, data in cpu_data.items()}
 
 
 def record(opts: RecordOptions) -> RecordResult:
@@ -175,17 +179,22 @@ def record(opts: RecordOptions) -> RecordResult:
         state = TracefsState.capture(tfs, events)
         try:
             _start(tfs, opts, events)
-            result = run_command(list(opts.command))
-            tfs.write("tracing_on", "0")
-            stats = {cpu: read_cpu_stats(tfs, cpu) for cpu in tfs.cpus()}
-            text_out = text_path(opts.output) if opts.text else None
-            if text_out is not None:
-                _save_text(tfs, text_out)
-            flagged: dict[int, int] = {}
-            if backend == "trace-cmd":
-                _extract_trace_cmd(opts)
-            else:
-                flagged = _extract_native(tfs, opts, stats)
+            with contextlib.ExitStack() as stack:
+                drain = stack.enter_context(PageDrain(tfs, tfs.sub_buffer_size())) if backend == "native" else None
+                # Draining while the command runs keeps the ring buffer from overwriting its
+                # oldest pages; the text twin needs every record still in the buffer at the end.
+                on_tick = drain.drain if drain is not None and not opts.text else None
+                result = run_command(list(opts.command), on_tick=on_tick)
+                tfs.write("tracing_on", "0")
+                stats = {cpu: read_cpu_stats(tfs, cpu) for cpu in tfs.cpus()}
+                text_out = text_path(opts.output) if opts.text else None
+                if text_out is not None:
+                    _save_text(tfs, text_out)
+                flagged: dict[int, int] = {}
+                if drain is None:
+                    _extract_trace_cmd(opts)
+                else:
+                    flagged = _write_native(tfs, opts, drain, stats)
         finally:
             failed = state.restore(tfs)
             if failed:
