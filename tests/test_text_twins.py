@@ -36,38 +36,22 @@ def twin(request):
     return txt, read_text(txt, compression="gzip"), read_tracedat(dat)
 
 
-def _paired(table, by_us: bool) -> pl.DataFrame:
+def _paired(table, round_to_us: bool) -> pl.DataFrame:
+    """Rows keyed for pairing: (µs, CPU, rank within that µs and CPU)."""
     df = pl.from_arrow(table)
-    us = ((pl.col("ts") + 500) // 1000) if by_us else pl.col("ts") // 1000
-    return df.with_columns(_us=us).sort(["_us", "cpu", "seq"]).with_columns(_rank=pl.int_range(pl.len()).over(["_us", "cpu"]))
+    us = ((pl.col("ts") + 500) // 1000) if round_to_us else pl.col("ts") // 1000
+    return df.with_columns(_us=us).sort(["_us", "cpu", "seq"])
 
 
-def test_twins_exist():
-    assert len(TWINS) >= 6, "the upstream nested recordings alone have six text twins"
-
-
-def test_counts_match_binary_and_counts_file(twin):
-    txt, text, binary = twin
-    assert text.skipped == []
-    nonempty = {k: v for k, v in binary.info.event_counts.items() if v}
-    assert dict(text.info.event_counts) == nonempty
-    counts_file = txt.with_name(txt.name[:-7] + ".counts.txt")
-    if counts_file.exists():
-        expected = _counts(counts_file)
-        # The counts file names trace_marker lines as tracefs shows them.
-        expected["print"] = expected.pop("tracing_mark_write", 0) + expected.pop("print", 0)
-        assert {k: v for k, v in text.info.event_counts.items()} == {k: v for k, v in expected.items() if v}
-
-
-def test_fields_equal_binary(twin):
-    """Every column the text carries equals the binary value; every null column says why."""
-    _, text, binary = twin
+def assert_same_as_binary(text, binary, ns_timestamps: bool = False) -> None:
+    """Every column the text carries equals the binary reader's value; every null column says why."""
+    assert dict(text.info.event_counts) == {k: v for k, v in binary.info.event_counts.items() if v}
     for name, ttable in text.tables.items():
-        btable = binary.tables[name]
-        t = _paired(ttable, by_us=False)
-        b = _paired(btable, by_us=True)
+        t = _paired(ttable, round_to_us=False)
+        b = _paired(binary.tables[name], round_to_us=not ns_timestamps)
         assert t.height == b.height, name
-        assert (t["ts"] == b["_us"] * 1000).all(), f"{name}: timestamps differ beyond µs rounding"
+        expected_ts = b["ts"] if ns_timestamps else b["_us"] * 1000
+        assert (t["ts"] == expected_ts).all(), f"{name}: timestamps differ beyond µs rounding"
         for col in ("cpu", "pid", "comm"):
             assert (t[col] == b[col]).all(), f"{name}.{col}"
         meta = ttable.schema.metadata or {}
@@ -82,6 +66,26 @@ def test_fields_equal_binary(twin):
                 bv = b[col].cast(tv.dtype)
                 diff = (tv.filter(mask) != bv.filter(mask)).sum()
                 assert diff == 0, f"{name}.{col}: {diff} values differ from the binary reader"
+
+
+def test_twins_exist():
+    assert len(TWINS) >= 6, "the upstream nested recordings alone have six text twins"
+
+
+def test_counts_match_counts_file(twin):
+    txt, text, binary = twin
+    assert text.skipped == []
+    counts_file = txt.with_name(txt.name[:-7] + ".counts.txt")
+    if counts_file.exists():
+        expected = _counts(counts_file)
+        # The counts file names trace_marker lines as tracefs shows them.
+        expected["print"] = expected.pop("tracing_mark_write", 0) + expected.pop("print", 0)
+        assert {k: v for k, v in text.info.event_counts.items()} == {k: v for k, v in expected.items() if v}
+
+
+def test_fields_equal_binary(twin):
+    _, text, binary = twin
+    assert_same_as_binary(text, binary)
 
 
 def test_order_matches_binary_up_to_us_ties(twin):

@@ -26,6 +26,7 @@ UNKNOWN_TEXT = b"kvmtrace has no decoder for this event's text; its printed argu
 #: The format files' common fields after ``common_pid``; text carries the preempt count only.
 TEXT_COMMON = (pa.field("common_flags", pa.uint8()), pa.field("common_preempt_count", pa.uint8()))
 FLAGS_REASON = b"the flags letters (d, N, h, ...) are a lossy rendering whose bit values changed across kernels"
+COMM_REASON = b"the latency layout prints task names as %8.8s; names that fill it may be cut short"
 PREEMPT_REASON = b"printed only in the flags column of tracefs text (absent from trace-cmd report)"
 
 
@@ -55,6 +56,8 @@ def event_table(name: str, spec: EventSpec | None, ordered: pl.DataFrame, rows: 
     df = df.join(rows, on="line_no", how="left").sort("seq").drop("line_no")
     df = df.with_columns(common_flags=pl.lit(None, pl.UInt8))
     meta = {META_SOURCE: b"text", META_NULL_PREFIX + b"common_flags": FLAGS_REASON}
+    if df["comm"].null_count():
+        meta[META_NULL_PREFIX + b"comm"] = COMM_REASON
     if df["common_preempt_count"].null_count():
         meta[META_NULL_PREFIX + b"common_preempt_count"] = PREEMPT_REASON
     if spec is None:

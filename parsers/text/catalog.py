@@ -57,6 +57,9 @@ class EventSpec:
     null_reasons: Mapping[str, str] = field(default_factory=dict)
     #: Post-processing for values that need more than one captured group (exit reasons, role).
     finish: Callable[[pl.DataFrame], pl.DataFrame] | None = None
+    #: ``trace-cmd report -R`` prints a number in the base its print fmt uses; when libtraceevent
+    #: cannot parse the print fmt (page-class statement expressions) every number is decimal.
+    raw_decimal: bool = False
 
     def schema_fields(self) -> list[pa.Field]:
         return [pa.field(n, ARROW_TYPES[t]) for n, t in self.fields]
@@ -69,19 +72,16 @@ def _spec(name: str, system: str, fields: str, forms: list[tuple], **kw) -> Even
 
 @cache
 def exit_reasons() -> dict[str, tuple[int, int]]:
-    """Printed exit-reason name -> (exit_reason, isa) for the kernel's and the kvm plugin's names.
+    """Printed exit-reason name -> (exit_reason, isa), for the kernel's and the kvm plugin's names.
 
-    The tables are the kernel's ``VMX_EXIT_REASONS``/``SVM_EXIT_REASONS`` symbol lists (copied
-    from a 6.12 format file; the numbers are architectural). libtraceevent's plugin prints SVM
-    reasons as ``EXIT_`` + the upper-case kernel name.
+    The kernel tables are ``VMX_EXIT_REASONS``/``SVM_EXIT_REASONS`` as a 6.12 format file lists
+    them, the plugin tables those of libtraceevent's plugin_kvm.c (``trace-cmd report``); the
+    numbers are architectural, so newer kernels only add names. isa: 1 VMX, 2 SVM.
     """
     data = json.loads(resources.files("parsers.text").joinpath("exit_reasons.json").read_text())
     out: dict[str, tuple[int, int]] = {}
-    for name, value in data["svm"].items():
-        out[name] = (value, 2)
-        out["EXIT_" + name.upper()] = (value, 2)
-    for name, value in data["vmx"].items():
-        out[name] = (value, 1)
+    for table, isa in (("plugin_svm", 2), ("svm", 2), ("plugin_vmx", 1), ("vmx", 1)):
+        out.update({name: (value, isa) for name, value in data[table].items()})
     return out
 
 
@@ -94,17 +94,18 @@ def _finish_exit(df: pl.DataFrame) -> pl.DataFrame:
     isa = name.replace_strict({k: v[1] for k, v in table.items()}, default=None, return_dtype=pl.Int64)
     high = pl.when(pl.col("_rflags").fill_null("").str.contains("FAILED_VMENTRY")).then(0x80000000).otherwise(0)
     return df.with_columns(
-        exit_reason=pl.coalesce(code + high, unknown).cast(pl.UInt32),
-        isa=isa.cast(pl.UInt32),
+        exit_reason=pl.coalesce(code + high, unknown, "exit_reason").cast(pl.UInt32),
+        isa=pl.coalesce(isa, "isa").cast(pl.UInt32),
     )
 
 
 def _finish_userspace_exit(df: pl.DataFrame) -> pl.DataFrame:
     """``reason %s (%d)`` prints -errno for failures and the reason otherwise, never both."""
+    printed = pl.col("_what").is_not_null()
     failed = pl.col("_what").is_in(["restart", "error"])
     return df.with_columns(
-        errno=pl.when(failed).then(-pl.col("_num")).otherwise(None).cast(pl.Int32),
-        reason=pl.when(failed).then(None).otherwise(pl.col("_num")).cast(pl.UInt32),
+        errno=pl.when(~printed).then("errno").when(failed).then(-pl.col("_num")).cast(pl.Int32),
+        reason=pl.when(~printed).then("reason").when(~failed).then(pl.col("_num")).cast(pl.UInt32),
     )
 
 
@@ -116,7 +117,7 @@ def _finish_print(df: pl.DataFrame) -> pl.DataFrame:
     """
     ip = pl.col("_ip").str.strip_prefix("0x").str.to_integer(base=16, dtype=pl.UInt64, strict=False)
     return df.with_columns(
-        ip=pl.when(pl.col("_ip").str.starts_with("0x")).then(ip).otherwise(None),
+        ip=pl.when(pl.col("_ip").str.starts_with("0x")).then(ip).otherwise("ip"),
         buf=pl.col("buf") + "\n",
     )
 
@@ -133,7 +134,8 @@ def _page_spec(name: str) -> EventSpec:
     fields = "mmu_valid_gen:u8 gfn:u64 role:u32 root_count:u32 unsync:bool"
     if name == "kvm_mmu_get_page":
         fields += " created:bool"
-    return _spec(name, "kvmmmu", fields, pages.variants(name), null_reasons=pages.NULL_REASONS, finish=pages.add_role)
+    return _spec(name, "kvmmmu", fields, pages.variants(name), null_reasons=pages.NULL_REASONS,
+                 finish=pages.add_role, raw_decimal=True)
 
 
 def _specs() -> list[EventSpec]:

@@ -61,7 +61,7 @@ def _raw_exprs(spec: EventSpec) -> list[pl.Expr]:
     """-R prints each number with the conversion the print fmt uses for it, else in decimal."""
     types = _types(spec)
     bases: dict[str, int] = {}
-    for form in reversed(spec.forms):
+    for form in () if spec.raw_decimal else reversed(spec.forms):
         bases.update(form.compiled.numbers)
     exprs = []
     for name, t in spec.fields:
@@ -76,6 +76,16 @@ def _raw_exprs(spec: EventSpec) -> list[pl.Expr]:
             as_hex = as_hex.cast(pl.Int64, wrap_numerical=True)
         exprs.append(pl.when(hexed).then(as_hex).otherwise(as_dec).cast(types[name], strict=False).alias(name))
     return exprs
+
+
+def _scratch(spec: EventSpec) -> dict[str, pl.DataType]:
+    """Helper columns of every form (``_level``, ``_reason``...), so finishing hooks always see them."""
+    out: dict[str, pl.DataType] = {}
+    for form in spec.forms:
+        c = form.compiled
+        out.update({g: _SCRATCH for g in (*c.numbers, *c.choices, *c.flags) if g.startswith("_")})
+        out.update({g: pl.String for g in c.texts if g.startswith("_")})
+    return out
 
 
 def _apply(df: pl.DataFrame, regex: str, exprs: list[pl.Expr]) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -102,7 +112,7 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
         got, rest = _apply(rest, _raw_regex(spec), _raw_exprs(spec))
         pieces.append(got)
     types = _types(spec)
-    scratch = {c: dt for p in pieces for c, dt in p.schema.items() if c not in types and c != "line_no"}
+    scratch = _scratch(spec)
     full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in {**types, **scratch}.items() if c not in p.columns])
             .select("line_no", *types, *scratch) for p in pieces]
     df = pl.concat(full, how="vertical_relaxed") if full else pl.DataFrame(schema={"line_no": pl.Int64, **types, **scratch})

@@ -30,6 +30,9 @@ PREFIX = (
 GAP = r"^\s*CPU:\s*(?P<gcpu>\d+)\s+\[(?:LOST (?P<lost1>\d+) EVENTS|(?P<lost2>\d+)? ?EVENTS DROPPED)\]\s*$"
 HEADER = r"^\s*(?:#|cpus=\d+\s*$|version = \d+\s*$|CPU \d+ is empty\s*$|$)"
 
+#: The latency layout prints the task name as ``%8.8s``: a name that fills it may be cut short.
+LATENCY_COMM = 8
+
 #: tracefs shows the ``print`` event (trace_marker) under its caller's name.
 PRINT_CALLERS = ("tracing_mark_write",)
 
@@ -64,7 +67,10 @@ def split(lines: pl.DataFrame) -> pl.DataFrame:
         "line_no",
         "line",
         kind.alias("kind"),
-        pl.col("comm").str.strip_chars(),
+        pl.when(pl.col("lcpu").is_not_null() & (pl.col("comm").str.strip_chars().str.len_chars() >= LATENCY_COMM))
+        .then(None)
+        .otherwise(pl.col("comm").str.strip_chars())
+        .alias("comm"),
         pl.col("pid").str.to_integer(strict=False).cast(pl.Int32),
         pl.coalesce("cpu", "lcpu", "gcpu").str.to_integer(strict=False).cast(pl.Int16).alias("cpu"),
         ts_ns.alias("ts"),

@@ -99,23 +99,16 @@ def variants(event: str) -> list[tuple[str, str, tuple]]:
     return out
 
 
+#: Layout A (2.6.3x): printed field -> bit position.
+LAYOUT_A = {"_glevels": 0, "_level": 4, "_quadrant": 8, "_direct": 16, "_access": 17, "_invalid": 20, "_cr4_pge": 21, "_nxe": 22}
+
+
 def role_expr() -> pl.Expr:
     """The 2.6.3x role word (layout A) from its printed fields; null for every other form."""
-    return (
-        pl.col("_glevels")
-        | (pl.col("_level") << 4)
-        | (pl.col("_quadrant") << 8)
-        | (pl.col("_direct") << 16)
-        | (pl.col("_access") << 17)
-        | (pl.col("_invalid") << 20)
-        | (pl.col("_cr4_pge") << 21)
-        | (pl.col("_nxe") << 22)
-    )
+    return pl.sum_horizontal([pl.col(f) * (1 << bit) for f, bit in LAYOUT_A.items()], ignore_nulls=False)
 
 
 def add_role(df: pl.DataFrame) -> pl.DataFrame:
-    """Fill ``role`` where the printed form carries every bit (only the 2.6.3x form has ``_glevels``)."""
-    if "_glevels" not in df.columns:
-        return df
-    return df.with_columns(role=role_expr().cast(pl.UInt32))
+    """Fill ``role`` where the printed form carries every bit (only the 2.6.3x form prints ``_glevels``)."""
+    return df.with_columns(role=pl.coalesce(role_expr(), "role").cast(pl.UInt32))
 
