@@ -199,16 +199,16 @@ def test_samples_exist_and_are_documented() -> None:
 def test_sample_counts_agree_and_lose_only_when_meant(name: str) -> None:
     summary = counts_summary(SAMPLES / f"{name}.counts.txt")
     assert summary["report_matches_text"] == "True"
-    overrun = int(summary["lost_events_overrun"].split()[0])
+    lost = int(summary["lost_events"])
     with gzip.open(SAMPLES / f"{name}.txt.gz", "rt") as f:
         header = next(line for line in f if "entries-in-buffer/entries-written:" in line)
     in_buffer, written = map(int, header.split(":")[1].split()[0].split("/"))
     report = (SAMPLES / f"{name}.counts.txt").read_text().split("## ftrace")[0]
     if "-lost-" in name:
-        assert overrun > 0 and in_buffer < written
+        assert lost == written - in_buffer > 0
         assert "lost_event_markers 0 " not in report
     else:
-        assert overrun == 0 and in_buffer == written
+        assert lost == 0 and in_buffer == written
         assert "lost_event_markers 0 lost_events_reported 0" in report
 
 
@@ -276,7 +276,8 @@ def _require_tracefs() -> None:
 
 @contextmanager
 def recording_lock() -> Iterator[None]:
-    """One recording at a time per machine (the project's flock convention)."""
+    """One recording at a time per machine (the project's flock convention); the recorder
+    run underneath sees its ancestor holds the lock and goes ahead."""
     with open(REC_LOCK, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
@@ -289,11 +290,11 @@ def record(out: Path, *args: str) -> list[Line]:
     with recording_lock():
         subprocess.run(
             [str(LAB / "record.sh"), "--buffer-kb", "8192", str(out), "--", *args],
-            check=True, capture_output=True, env={**os.environ, "KVMLAB_LOCK_HELD": "1"}, timeout=120,
+            check=True, capture_output=True, timeout=120,
         )
     summary = counts_summary(out.with_suffix(".counts.txt"))
     assert summary["report_matches_text"] == "True"
-    assert summary["lost_events_overrun"].split()[0] == "0"
+    assert summary["lost_events"] == "0"
     return read_text(out.with_suffix(".txt.gz"))
 
 
