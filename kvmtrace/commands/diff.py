@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from kvmtrace.cli import app
-from kvmtrace.commands.analyze import Steps, analysis_report, check_format, emit, replay_trace
+from kvmtrace.analysis import Steps, analysis_report, check_format, emit, replay_trace
 from kvmtrace.report import DIFF_FORMATS, build_diff, render_diff
 
 

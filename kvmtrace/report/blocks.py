@@ -152,7 +152,7 @@ def report_blocks(report: Report) -> list[Block]:
     blocks += [Heading("Checks"), Table(checks_grid(report))]
     blocks += [Heading("Findings"), *finding_blocks(report)]
     blocks += [Heading("Memslots"), *grid_blocks(report.memslot_timeline)]
-    for g in report.activity:
+    for g in (*report.totals, *report.activity):
         blocks += grid_blocks(g)
     blocks += [Heading("Shadow pages"), *grid_blocks(report.sp_lifetimes)]
     blocks += [Heading("What if"), *grid_blocks(report.whatif)]

@@ -1,8 +1,9 @@
 """``kvmtrace diff``: two reports side by side — what changed between a good and a bad run.
 
 Built only from two :class:`Report` objects (never from the traces), so a diff says exactly
-what the two single reports say. Activity tables are matched by title and keyed by their first
-column (the memslot, the generation); every numeric column present in both gets a B - A delta.
+what the two single reports say. The summary totals (per memslot, or overall for zap-all
+costs) are matched by title and keyed by memslot; every count present in both gets a B - A
+delta.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class DiffReport:
     overview: Grid
     checks: Grid  # every check, with both statuses; ``changed`` marks the ones that differ
     findings: Grid  # finding counts per id
-    activity: tuple[Grid, ...]  # per summary table, per key: A, B and B - A for numeric columns
+    activity: tuple[Grid, ...]  # per summary total, per memslot and count: A, B and B - A
 
     @property
     def changed_checks(self) -> int:
@@ -90,8 +91,8 @@ def activity_delta(ga: Grid, gb: Grid) -> Grid:
 
 
 def _activity(a: Report, b: Report) -> tuple[Grid, ...]:
-    gb = {g.title: g for g in b.activity if g.columns}
-    return tuple(activity_delta(g, gb[g.title]) for g in a.activity if g.columns and g.title in gb)
+    gb = {g.title: g for g in b.totals if g.columns}
+    return tuple(activity_delta(g, gb[g.title]) for g in a.totals if g.columns and g.title in gb)
 
 
 def build_diff(a: Report, b: Report) -> DiffReport:

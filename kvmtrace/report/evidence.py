@@ -14,6 +14,7 @@ from typing import Iterable
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from parsers.schema import COMMON_NAMES, TraceData
 
@@ -62,7 +63,7 @@ def column_ts(data: TraceData | None, table: pa.Table, column: str) -> np.ndarra
     table has no such column); without ``data``, the seqs themselves as float."""
     if column not in table.column_names:
         return np.full(table.num_rows, np.nan)
-    seqs = np.asarray(table.column(column).to_pylist(), dtype=float)
+    seqs = pc.fill_null(table.column(column).cast(pa.float64()), np.nan).to_numpy()
     return seqs if data is None else seq_ts(data, seqs)
 
 

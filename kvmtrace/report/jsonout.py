@@ -43,6 +43,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         ],
         "memslots": grid_dict(report.memslot_timeline),
         "activity": [grid_dict(g) for g in report.activity],
+        "totals": [grid_dict(g) for g in report.totals],
         "sp_lifetimes": grid_dict(report.sp_lifetimes),
         "whatif": grid_dict(report.whatif),
         "unexplained": grid_dict(report.unexplained),

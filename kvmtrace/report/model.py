@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 
 from kvmtrace.report.evidence import column_ts, evidence_lines
@@ -107,6 +108,8 @@ class Report:
     memslot_timeline: Grid
     #: per-memslot activity and zap costs, one grid per replay summary table
     activity: tuple[Grid, ...]
+    #: the same summaries added up per memslot (or overall); what ``diff`` compares
+    totals: tuple[Grid, ...]
     sp_lifetimes: Grid
     whatif: Grid
     unexplained: Grid
@@ -180,9 +183,43 @@ def _findings(data: TraceData, replay: ReplayResult) -> tuple[Finding, ...]:
     return tuple(out)
 
 
+#: Titles of the replay summaries a reader meets most; others are shown as "summary: <name>".
+SUMMARY_TITLES = {
+    "memslot": "per-memslot activity and zap costs",
+    "zap_all": "zap-all cost per generation",
+}
+
+
+#: Summary columns that identify a row (where, when, which generation) rather than count
+#: something; totals never add them up.
+IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "mmu_valid_gen"})
+
+
 def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
     return tuple(
-        grid_from_arrow(f"summary: {name}", table, limit=ROWS_SHOWN)
+        grid_from_arrow(SUMMARY_TITLES.get(name, f"summary: {name}"), table, limit=ROWS_SHOWN)
+        for name, table in sorted(replay.summaries.items())
+    )
+
+
+def totals_grid(title: str, table: pa.Table) -> Grid:
+    """A summary added up: per memslot when it has a ``slot`` column, else one ``all`` row;
+    ``rows`` counts the summed rows (slot lifetimes, zap-alls). Computed on the whole table,
+    never on the shortened grid, so ``diff`` compares true totals."""
+    measures = [f.name for f in table.schema if pa.types.is_integer(f.type)
+                and f.name not in IDENTITY_COLUMNS and f.name != "slot"]
+    df = pl.from_arrow(table) if table.num_rows else pl.from_arrow(table.schema.empty_table())
+    sums = [pl.len().alias("rows"), *(pl.col(m).sum() for m in measures)]
+    if "slot" in table.column_names:
+        agg = df.group_by("slot").agg(sums).sort("slot")
+    else:
+        agg = df.select(pl.lit("all").alias("slot"), *sums)
+    return Grid(title, tuple(agg.columns), tuple(agg.iter_rows()))
+
+
+def _totals(replay: ReplayResult) -> tuple[Grid, ...]:
+    return tuple(
+        totals_grid(f"{SUMMARY_TITLES.get(name, name)}: totals", table)
         for name, table in sorted(replay.summaries.items())
     )
 
@@ -195,7 +232,7 @@ def sp_birth_death(
     Times are ns when ``data`` is given, else the seqs themselves. A page that predates the
     trace has no known birth: its first sighting is not a creation.
     """
-    predates = np.asarray(shadow_pages.column("predates_trace").to_pylist(), dtype=bool) \
+    predates = shadow_pages.column("predates_trace").to_numpy().astype(bool) \
         if "predates_trace" in shadow_pages.column_names else np.zeros(shadow_pages.num_rows, dtype=bool)
     born = column_ts(data, shadow_pages, "first_seq")
     born[predates] = np.nan
@@ -282,6 +319,7 @@ def build_report(
         findings=_findings(data, replay),
         memslot_timeline=memslot_grid(data, replay.memslots),
         activity=_activity(replay),
+        totals=_totals(replay),
         sp_lifetimes=sp_lifetime_grid(data, replay.shadow_pages),
         whatif=grid_from_arrow("what-if", replay.whatif, note="" if replay.whatif is not None else "the replay made no what-if comparison"),
         unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),

@@ -34,33 +34,49 @@ def _wrap(text: str, indent: str = "", first: str | None = None) -> list[str]:
     ) or [indent.rstrip()]
 
 
+def _fits(widths: list[int]) -> bool:
+    return sum(widths) + len(_GAP) * (len(widths) - 1) <= WIDTH
+
+
+def _panels(widths: list[int]) -> list[list[int]]:
+    """Column index groups that each fit :data:`WIDTH`, every group led by column 0 (the key)."""
+    groups: list[list[int]] = []
+    current = [0]
+    for i in range(1, len(widths)):
+        if len(current) > 1 and not _fits([widths[j] for j in current + [i]]):
+            groups.append(current)
+            current = [0]
+        current.append(i)
+    groups.append(current)
+    return groups
+
+
 def _table(grid: Grid, paint: _Painter) -> list[str]:
-    """Aligned columns if they fit; else the last column wrapped under each row; else records."""
+    """Aligned columns if they fit; else the last column (a long reason) wrapped under each row;
+    else the columns split into panels that fit, each repeating the key column."""
     cells = grid.text_rows()
     head = list(grid.columns)
+    ws = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
 
-    def widths(ncols: int) -> list[int]:
-        return [max(len(r[i]) for r in [head, *cells]) for i in range(ncols)]
+    def line(row: list[str], cols: list[int]) -> str:
+        return _GAP.join(paint(row[i].ljust(ws[i]), _STATUS_STYLE.get(row[i])) for i in cols).rstrip()
 
-    def line(row: list[str], ws: list[int]) -> str:
-        return _GAP.join(
-            paint(c.ljust(w), _STATUS_STYLE.get(c)) for c, w in zip(row, ws)
-        ).rstrip()
+    def rule(cols: list[int]) -> str:
+        return line(["-" * w for w in ws], cols)
 
-    ws = widths(len(head))
     out: list[str] = []
-    if sum(ws) + len(_GAP) * (len(ws) - 1) <= WIDTH:
-        out += [line(head, ws), line(["-" * w for w in ws], ws)] + [line(r, ws) for r in cells]
-    elif len(head) > 1 and sum(lead := widths(len(head) - 1)) + len(_GAP) * (len(lead) - 1) <= WIDTH:
-        out += [line(head[:-1], lead) + f"{_GAP}({head[-1]} below)", line(["-" * w for w in lead], lead)]
+    every = list(range(len(head)))
+    if _fits(ws) or len(head) == 1:
+        out += [line(head, every), rule(every)] + [line(r, every) for r in cells]
+    elif _fits(ws[:-1]) and ws[-1] == max(ws):
+        lead = every[:-1]
+        out += [line(head, lead) + f"{_GAP}({head[-1]} below)", rule(lead)]
         for r in cells:
-            out.append(line(r[:-1], lead))
+            out.append(line(r, lead))
             out += _wrap(r[-1], "    ")
     else:
-        for r in cells:
-            for name, value in zip(head, r):
-                out += _wrap(value, "    ", first=f"  {name}: ")
-            out.append("")
+        for n, cols in enumerate(_panels(ws)):
+            out += ([""] if n else []) + [line(head, cols), rule(cols)] + [line(r, cols) for r in cells]
     if grid.omitted:
         out.append(f"... {grid.omitted} more rows (see the JSON report or the replay tables)")
     if not cells:

@@ -1,0 +1,138 @@
+"""``kvmtrace analyze`` and ``kvmtrace diff`` as a user runs them: exit codes, files, filters.
+
+Oracles: the kernel's own text twin of a recording (``.txt.gz``, timestamps and CPUs of every
+event) for --since/--until/--cpu, the JSON reports of the single traces for ``diff``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import NESTED, SAMPLES
+
+CLI = [sys.executable, "-c", "from kvmtrace.cli import main; main()"]
+_TEXT_EVENT = re.compile(r"^\s*.+?-\d+\s+\[(\d{3})\]\s+\S+\s+(\d+)\.(\d{6}):", re.M)
+
+
+def kvmtrace(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=600)
+
+
+def real_trace(name: str) -> Path:
+    for folder in (SAMPLES, NESTED):
+        if (folder / name).exists():
+            return folder / name
+    pytest.fail(f"real recording {name} missing")
+
+
+@pytest.fixture(scope="module")
+def churn() -> Path:
+    return real_trace("churn-zapslot.dat")
+
+
+def analyze_json(path: Path, *extra: str) -> dict:
+    run = kvmtrace("analyze", path, "--format", "json", *extra)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def text_twin_events(dat: Path) -> list[tuple[int, int]]:
+    """(cpu, timestamp in µs) of every event line of the kernel's text of the same records."""
+    text = gzip.open(dat.with_suffix(".txt.gz"), "rt", errors="replace").read()
+    return [(int(c), int(s) * 10**6 + int(us)) for c, s, us in _TEXT_EVENT.findall(text)]
+
+
+def test_since_until_cpu_select_what_the_kernel_text_says(churn):
+    events = text_twin_events(churn)
+    us = sorted({t for _, t in events})
+    # window bounds between two microseconds no event shares, so µs text timestamps decide
+    lo = next(a + 1 for a, b in zip(us[len(us) // 4:], us[len(us) // 4 + 1:]) if b - a >= 2)
+    hi = next(a + 1 for a, b in zip(us[3 * len(us) // 4:], us[3 * len(us) // 4 + 1:]) if b - a >= 2)
+    doc = analyze_json(churn, "--since", f"{lo / 1e6:.6f}", "--until", f"{hi / 1e6:.6f}")
+    assert doc["trace"]["total_events"] == sum(1 for _, t in events if lo <= t < hi)
+    assert any("only events from" in limit for limit in doc["limits"])
+    for cpu in sorted({c for c, _ in events}):
+        doc = analyze_json(churn, "--cpu", str(cpu))
+        assert doc["trace"]["total_events"] == sum(1 for c, _ in events if c == cpu)
+        assert any(f"only events on CPU {cpu}" in limit for limit in doc["limits"])
+
+
+def test_fail_on_exit_codes_follow_the_findings(churn):
+    doc = analyze_json(churn)
+    severities = {f["severity"] for f in doc["findings"]}
+    for level, meets in (("error", {"error"}), ("warning", {"error", "warning"})):
+        run = kvmtrace("analyze", churn, "--fail-on", level, "-o", "/dev/null")
+        assert run.returncode == (1 if severities & meets else 0), run.stderr
+
+
+def test_output_file_is_written_whole(churn, tmp_path):
+    out = tmp_path / "report.md"
+    run = kvmtrace("analyze", churn, "--format", "markdown", "-o", out)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == ""
+    assert out.read_text().startswith("# kvmtrace analyze:")
+    assert [p.name for p in tmp_path.iterdir()] == ["report.md"]  # no temporary left over
+
+
+def test_broken_trace_is_one_line_exit_2_and_no_output_file(churn, tmp_path):
+    broken = tmp_path / "broken.dat"
+    broken.write_bytes(churn.read_bytes()[:3000])  # a real header cut short
+    out = tmp_path / "report.html"
+    run = kvmtrace("analyze", broken, "--format", "html", "-o", out)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("kvmtrace: ")
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["broken.dat"]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["analyze", "no-such.dat"], "no such file"),
+    (["analyze", "{churn}", "--format", "pdf"], "--format pdf"),
+    (["analyze", "{churn}", "--fail-on", "info"], "--fail-on info"),
+    (["analyze", "{churn}", "--since", "2", "--until", "1"], "--since"),
+    (["analyze", "{churn}", "--memslots", "{churn}"], "--memslots"),
+    (["analyze", "{churn}", "--qemu-log", "no-such.log"], "--qemu-log"),
+])
+def test_usage_and_input_errors_exit_2_with_one_line(churn, tmp_path, args, words):
+    run = kvmtrace(*[a.format(churn=churn) for a in args], cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1 and words in run.stderr
+
+
+def test_diff_with_itself_changes_nothing(churn):
+    run = kvmtrace("diff", churn, churn, "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    assert not any(row["changed"] for row in doc["checks"]["rows"])
+    assert all(row["B - A"] == 0 for row in doc["findings"]["rows"])
+    for table in doc["activity"]:
+        assert all(row["B - A"] in (0, None) for row in table["rows"])
+
+
+def test_diff_of_two_policies_matches_the_single_reports(churn):
+    other = real_trace("churn-zapall.dat")
+    a, b = analyze_json(churn), analyze_json(other)
+    run = kvmtrace("diff", churn, other, "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    sa = {c["id"]: c for c in a["checks"]}
+    sb = {c["id"]: c for c in b["checks"]}
+    for row in doc["checks"]["rows"]:
+        ca, cb = sa[row["check"]], sb[row["check"]]
+        assert (row["A"], row["B"]) == (ca["status"], cb["status"])
+        assert row["changed"] == (ca["status"] != cb["status"] or ca["findings"] != cb["findings"])
+    for row in doc["findings"]["rows"]:
+        n_a = sum(1 for f in a["findings"] if f["id"] == row["finding"])
+        n_b = sum(1 for f in b["findings"] if f["id"] == row["finding"])
+        assert (row["A"], row["B"], row["B - A"]) == (n_a, n_b, n_b - n_a)
+    overview = {r[""]: (r["A"], r["B"]) for r in doc["overview"]["rows"]}
+    assert overview["events"] == (a["trace"]["total_events"], b["trace"]["total_events"])
+    for fmt in ("text", "markdown"):
+        run = kvmtrace("diff", churn, other, "--format", fmt)
+        assert run.returncode == 0 and "Checks that changed" in run.stdout

@@ -1,0 +1,135 @@
+"""Every report format for every real recording, checked against facts that do not come from
+the report code: trace-cmd's event counts (``.counts.txt``), the replay's own tables, and the
+JSON Schema of docs/report-json.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+
+import jsonschema
+import pyarrow.compute as pc
+import pytest
+
+from conftest import NESTED, SAMPLES
+from kvmtrace.analysis import analysis_report, replay_trace
+from kvmtrace.report import render, report_schema
+from kvmtrace.report.markdown import md_escape
+from kvmtrace.report.text import WIDTH
+
+TRACES = sorted(SAMPLES.glob("*.dat")) + sorted(NESTED.glob("*.dat"))
+
+
+def trace_cmd_counts(dat: Path) -> tuple[int, dict[str, int]]:
+    """total_events and per-event counts of the ``trace-cmd report`` section of ``.counts.txt``."""
+    text = dat.with_suffix(".counts.txt").read_text()
+    section = text.split("## trace-cmd report", 1)[1].split("trace_marker lines", 1)[0]
+    total = int(re.search(r"^total_events (\d+)", section, re.M).group(1))
+    counts = {m[2]: int(m[1]) for m in re.finditer(r"^\s+(\d+)\s+(\w+)\s*$", section, re.M)}
+    return total, counts
+
+
+@pytest.fixture(scope="module", params=TRACES, ids=lambda p: p.name)
+def analyzed(request):
+    analysis = replay_trace(request.param)
+    report = analysis_report(analysis)
+    rendered = {fmt: render(report, fmt) for fmt in ("text", "markdown", "json", "html")}
+    return analysis, report, rendered
+
+
+def test_there_are_real_traces():
+    assert len(TRACES) >= 6, "no real recordings found (sample_traces/ and shared testdata)"
+
+
+def test_json_validates_and_trace_matches_trace_cmd(analyzed):
+    analysis, _, rendered = analyzed
+    doc = json.loads(rendered["json"])
+    jsonschema.validate(doc, report_schema())
+    total, counts = trace_cmd_counts(analysis.path)
+    assert doc["trace"]["total_events"] == total
+    assert doc["trace"]["events"] == counts
+
+
+def test_json_checks_and_findings_are_the_replays(analyzed):
+    analysis, _, rendered = analyzed
+    doc = json.loads(rendered["json"])
+    checks = analysis.replay.checks.to_pylist()
+    assert doc["checks"] == [{k: c[k] for k in ("id", "status", "reason", "findings")} for c in checks]
+    findings = analysis.replay.findings.to_pylist()
+    assert [(f["id"], f["severity"], f["seq"], f["gfn"]) for f in doc["findings"]] == [
+        (f["id"], f["severity"], f["seq"], f["gfn"]) for f in findings
+    ]
+    assert [f["evidence"] for f in doc["findings"]] == [sorted(f["evidence"]) for f in findings]
+    r = analysis.replay
+    assert doc["replay"]["events"] == r.events and doc["replay"]["explained_events"] == r.explained_events
+    assert doc["replay"]["mmu"] == r.mmu and doc["replay"]["zap_policy"] == r.zap_policy
+    assert doc["replay"]["memslot_changes"] == r.memslots.num_rows
+
+
+def test_sp_lifetime_counts_match_the_replay_table(analyzed):
+    analysis, _, rendered = analyzed
+    sp = analysis.replay.shadow_pages
+    measures = {r["measure"]: r["value"] for r in json.loads(rendered["json"])["sp_lifetimes"]["rows"]}
+    assert measures["lifetimes"] == sp.num_rows
+    assert measures["predate trace"] == (pc.sum(sp["predates_trace"]).as_py() or 0)
+    assert measures["zapped in trace"] == sp["zap_seq"].drop_null().length()
+    assert measures["alive at end"] == sp.num_rows - sp["zap_seq"].drop_null().length()
+
+
+def test_text_fits_80_columns_and_has_no_colour(analyzed):
+    _, report, rendered = analyzed
+    text = rendered["text"]
+    too_wide = [ln for ln in text.splitlines() if len(ln) > WIDTH]
+    assert not too_wide, too_wide[:3]
+    assert "\x1b[" not in text
+    assert f"events:      {report.trace.events}" in text
+
+
+@pytest.mark.parametrize("fmt", ["text", "markdown", "html"])
+def test_every_check_and_finding_is_in_every_format(analyzed, fmt):
+    analysis, _, rendered = analyzed
+    out = rendered[fmt]
+    for c in analysis.replay.checks.to_pylist():
+        ident, status = (md_escape(c["id"]), md_escape(c["status"])) if fmt == "markdown" else (c["id"], c["status"])
+        line = next((ln for ln in out.splitlines() if ident in ln and status in ln), None)
+        assert line is not None, f"check {c['id']} ({c['status']}) missing from {fmt}"
+    for f in analysis.replay.findings.to_pylist():
+        assert (md_escape(f["id"]) if fmt == "markdown" else f["id"]) in out
+
+
+def test_markdown_tables_are_well_formed(analyzed):
+    _, report, rendered = analyzed
+    rows = [ln for ln in rendered["markdown"].splitlines() if ln.startswith("| ")]
+    check_rows = [ln for ln in rows if any(ln.startswith(f"| {md_escape(c.id)} |") for c in report.checks)]
+    assert len(check_rows) == len(report.checks)
+    for ln in rows:  # every row of a table has as many cells as its header
+        assert ln.endswith(" |")
+
+
+class _TagCounter(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[str, int] = {}
+
+    def handle_starttag(self, tag, attrs):
+        self.tags[tag] = self.tags.get(tag, 0) + 1
+
+
+def test_html_is_one_file_without_scripts(analyzed):
+    _, report, rendered = analyzed
+    html = rendered["html"]
+    parser = _TagCounter()
+    parser.feed(html)
+    assert parser.tags.get("script", 0) == 0
+    assert parser.tags.get("link", 0) == 0 and parser.tags.get("img", 0) == 0  # nothing fetched
+    assert parser.tags["tr"] >= len(report.checks) + 1
+
+
+def test_limits_say_when_events_were_lost(analyzed):
+    analysis, report, rendered = analyzed
+    lost = sum(analysis.data.info.lost_events.values()) + sum(analysis.data.info.lost_unknown.values())
+    said = any("lost" in limit for limit in report.limits)
+    assert said == bool(lost)
