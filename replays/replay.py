@@ -179,11 +179,13 @@ def _detect_mmu(data: TraceData, profile: KernelProfile) -> str:
 
 def _zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,
                 profile: KernelProfile) -> tuple[str, str]:
+    """The VM's policy, one for the whole trace (the quirk is per VM): a single delete/move with a
+    zap-all proves zap-all; deletes/moves without one prove zap-slot; else the lab's hint."""
     removing = [c for c in tl.changes if c.kind in ms.REMOVING_KINDS and c.seq is not None]
     with_zap = sum(bool(np.any((za_seq >= c.window_start) & (za_seq <= c.seq) & (za_pid == c.pid))) for c in removing)
     hint = {0: "zap_slot", 1: "zap_all"}.get(tl.quirk_hint) if tl.quirk_hint is not None else None
     if removing:
-        policy = "zap_all" if with_zap == len(removing) else "zap_slot" if with_zap == 0 else "mixed"
+        policy = "zap_all" if with_zap or hint == "zap_all" else "zap_slot"
         why = f"{with_zap} of {len(removing)} delete/move(s) had a kvm_mmu_zap_all_fast in their window"
         if hint and hint != policy:
             why += f" (the lab marker said {hint}; the trace wins)"
@@ -286,7 +288,10 @@ def _assumptions(mmu: str) -> list[str]:
         "as explained without a model step",
         "a page seen first through an 'existing' lookup, sync or zap predates the trace",
     ] + (["a kvm_mmu_set_spte into an SPTE page of a zapped page means the page's memory was reused"]
-         if mmu != "tdp" else [])
+         if mmu != "tdp" else
+         ["a TDP change whose old_spte is non-present while the model holds a present copy of that key comes "
+          "from another root (roots are not traced), so both copies are kept",
+          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker"])
 
 
 def require_events(data: TraceData) -> None:

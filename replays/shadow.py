@@ -67,6 +67,10 @@ class ShadowModel:
             p = self._page(seq, gfn, role, gen, root_count, False)
             if self.vm_gen is None:
                 self.vm_gen = gen
+            elif gen != self.vm_gen:
+                self.j.unexplained.append((seq, "kvm_mmu_get_page", f"new page of generation {gen} while the model's "
+                                           f"is {self.vm_gen}: a generation change without kvm_mmu_zap_all_fast"))
+                self.vm_gen, self.gen_seq = gen, seq
         elif p is None:
             p = self._page(seq, gfn, role, gen, root_count, True)
         else:

@@ -1,12 +1,13 @@
 """The TDP MMU model: SPTEs keyed by (as_id, level, gfn) from ``kvm_tdp_mmu_spte_changed``.
 
 The TDP MMU traces nearly every SPTE write with its old and new value, so the model can check each
-``old_spte`` against what it holds. Three things are untraced (nested/README.md, tracepoints.md
-§1.7): ``fast_page_fault`` fixes (replayed from that event's old/new values), the children of a
-huge-page split (the next change of a child carries the huge SPTE's values), and which root an
-entry belongs to. After ``kvm_mmu_zap_all_fast`` every root is invalid and is torn down
-asynchronously while a new root is built for the same keys; the model moves the old entries
-aside and assigns each later change to whichever copy its ``old_spte`` matches.
+``old_spte`` against what it holds. Untraced (nested/README.md, tracepoints.md §1.7): Accessed and
+Dirty set by the CPU's page walker, ``fast_page_fault`` fixes (replayed from that event), the
+children of a huge-page split (the next change of a child carries the huge SPTE's values), and
+which root an entry belongs to. Several roots can map the same key at once (roles, SMM, and after
+``kvm_mmu_zap_all_fast`` every old root is invalid and torn down asynchronously while a new one is
+built), so the model keeps every copy of a key and assigns each change to the copy whose value
+its ``old_spte`` matches; copies of invalidated roots are marked as such.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ class TdpModel:
         self.pages = pages
         self.nonpresent = profile.nonpresent
         self.frozen = profile.nonpresent | FROZEN_LOW
-        self.cur: dict[tuple[int, int, int], tuple[int, int]] = {}  # key -> (value, install seq)
-        self.old: dict[tuple[int, int, int], tuple[int, int]] = {}  # entries of invalidated roots
+        #: key -> copies (one per root mapping it): [value, install seq, root invalidated]
+        self.sptes: dict[tuple[int, int, int], list[list]] = {}
         self.splits: dict[tuple[int, int, int], int] = {}  # huge SPTE key -> seq of its split
         self.live_pages: dict[tuple[int, int], list[int]] = {}  # (gfn, role) -> live page ids
         self.large = profile.large_mask
@@ -55,9 +56,11 @@ class TdpModel:
         self.pages.zap_seq[p] = seq
 
     def zap_all(self, seq: int, gen: int) -> None:
-        n = len(self.cur)
-        self.old.update(self.cur)
-        self.cur = {}
+        n = 0
+        for copies in self.sptes.values():
+            for c in copies:
+                n += not c[2]
+                c[2] = True
         for ids in self.live_pages.values():
             for p in ids:
                 if self.pages.obsolete_seq[p] == NONE:
@@ -79,42 +82,58 @@ class TdpModel:
     def _leaf(self, spte: int, level: int) -> bool:
         return level == 1 or bool(spte & self.large)
 
+    def _match(self, copies: list[list], old: int, prefer_invalid: bool) -> list | None:
+        """The copy holding ``old`` (exactly, else with A/D set by hardware since), preferring an
+        invalidated root's copy for a table teardown and a live root's copy otherwise."""
+        exact = [c for c in copies if c[0] == old] or [c for c in copies if (c[0] | (old & self.hw_ad)) == old]
+        if not exact:
+            return None
+        for c in exact:
+            if c[2] == prefer_invalid:
+                return c
+        return exact[0]
+
     def change(self, seq: int, pid: int, as_id: int, gfn: int, level: int, old: int, new: int) -> None:
         key = (as_id, level, gfn)
-        table = self.cur
-        e = table.get(key)
+        copies = self.sptes.get(key)
+        removed_table = new == self.frozen
         nonpresent_old = old == self.nonpresent or old == self.frozen
-        if e is not None and e[0] != old and (e[0] | (old & self.hw_ad)) == old:
-            e = (old, e[1])  # the hardware set Accessed/Dirty since the last traced write
-        if e is None or e[0] != old:
-            o = self.old.get(key)
-            if o is not None and o[0] == old and (e is None or new == self.frozen or not nonpresent_old):
-                table, e = self.old, o
-            elif e is not None and not nonpresent_old and not self._split_parent(as_id, level, gfn, e[1]):
-                self.j.unexplained.append((seq, "kvm_tdp_mmu_spte_changed",
-                                           f"old_spte {old:#x} for as {as_id} level {level} gfn {gfn:#x} "
-                                           f"disagrees with the model's {e[0]:#x} (seq {e[1]})"))
+        e = self._match(copies, old, removed_table) if copies else None
+        if e is None and not nonpresent_old:
+            if copies:
+                e = copies[-1]
+                if not self._split_parent(as_id, level, gfn, e[1]):
+                    self.j.unexplained.append((seq, "kvm_tdp_mmu_spte_changed",
+                                               f"old_spte {old:#x} for as {as_id} level {level} gfn {gfn:#x} "
+                                               f"matches none of the model's {len(copies)} copies (last {e[0]:#x}, "
+                                               f"seq {e[1]})"))
+            # else: first sight of an entry that predates the trace (or a split child)
         present = self.p.present
         was = present(old) and self._leaf(old, level)
         now = present(new) and self._leaf(new, level)
         same_pfn = was and now and not (old ^ new) & self.pfn_mask
         if same_pfn and old & self.wd == self.wd and not new & self.p.dirty_mask:
-            install_seq = e[1] if e is not None else NONE
-            self.j.dirty_clears.append((seq, gfn, level, as_id, install_seq, old, new))
-        if new == self.nonpresent or new == self.frozen:
-            table.pop(key, None)
-            if old == self.nonpresent or old == self.frozen:
+            self.j.dirty_clears.append((seq, gfn, level, as_id, e[1] if e is not None else NONE, old, new))
+        invalid = e is not None and e[2]
+        if new == self.nonpresent or removed_table:
+            if e is not None:
+                copies.remove(e)
+                if not copies:
+                    del self.sptes[key]
+            if nonpresent_old:
                 return  # a non-present child of a removed table: nothing changes
-            state = "zapped"
-            reason = "page table removed" if new == self.frozen else "zapped"
+            state, reason = "zapped", "page table removed" if removed_table else "zapped"
         else:
-            install = seq if not same_pfn or e is None else e[1]
-            table[key] = (new, install)
+            install = e[1] if (same_pfn and e is not None) else seq
+            if e is not None:
+                e[0], e[1] = new, install
+            else:
+                self.sptes.setdefault(key, []).append([new, install, False])
             state = "present" if present(new) else ("mmio" if self.p.mmio(new) else "nonpresent")
             reason = "installed" if nonpresent_old else "updated"
             if now and not same_pfn:
                 self.j.install(seq, gfn, level, as_id, pid)
-        if table is self.old:
+        if invalid:
             reason += " (invalidated root)"
         self.j.change(seq, 0, as_id, gfn, level, old, new, None, state, reason)
 
@@ -125,25 +144,25 @@ class TdpModel:
         gfn = gpa >> 12
         for level in (1, 2, 3):
             key = (0, level, gfn & ~((1 << (9 * (level - 1))) - 1))
-            e = self.cur.get(key)
-            if e is not None and e[0] == old:
-                self.cur[key] = (new, e[1])
-                self.j.change(seq, 0, 0, key[2], level, old, new, None, "present", "fast_page_fault")
-                return
+            for c in self.sptes.get(key, ()):
+                if c[0] == old and not c[2]:
+                    c[0] = new
+                    self.j.change(seq, 0, 0, key[2], level, old, new, None, "present", "fast_page_fault")
+                    return
 
     # -- checkpoints ----------------------------------------------------------------------------
     def snapshot(self) -> Snapshot:
         present = self.p.present
-        rows = [(k, v, False) for k, v in self.cur.items()] + [(k, v, True) for k, v in self.old.items()]
-        rows = [r for r in rows if present(r[1][0]) and self._leaf(r[1][0], r[0][1])]
+        rows = [(k, c) for k, copies in self.sptes.items() for c in copies
+                if present(c[0]) and self._leaf(c[0], k[1])]
         n = len(rows)
         live = [p for ids in self.live_pages.values() for p in ids]
         return Snapshot(
             pages=np.asarray(live, dtype=np.int64),
-            gfn=np.fromiter((r[0][2] for r in rows), dtype=np.uint64, count=n),
-            level=np.fromiter((r[0][1] for r in rows), dtype=np.int64, count=n),
-            as_id=np.fromiter((r[0][0] for r in rows), dtype=np.int64, count=n),
+            gfn=np.fromiter((k[2] for k, _ in rows), dtype=np.uint64, count=n),
+            level=np.fromiter((k[1] for k, _ in rows), dtype=np.int64, count=n),
+            as_id=np.fromiter((k[0] for k, _ in rows), dtype=np.int64, count=n),
             owner=np.full(n, NONE, dtype=np.int64),
-            installed=np.fromiter((r[1][1] for r in rows), dtype=np.int64, count=n),
-            obsolete_root=np.fromiter((r[2] for r in rows), dtype=bool, count=n),
+            installed=np.fromiter((c[1] for _, c in rows), dtype=np.int64, count=n),
+            obsolete_root=np.fromiter((c[2] for _, c in rows), dtype=bool, count=n),
         )

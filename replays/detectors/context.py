@@ -36,6 +36,10 @@ class Context:
         hits = self.zap_all_seqs[m]
         return int(hits[0]) if len(hits) else None
 
+    def expects_zap_all(self, c: MemslotChange) -> bool:
+        """Whether the kernel owed c a zap-all: it emitted one, or the VM's policy is zap-all."""
+        return self.zapped_all_in(c) is not None or self.zap_policy == "zap_all"
+
     def positioned_removals(self) -> list[tuple[int, MemslotChange]]:
         """Removing changes with a position in the trace, with their index in the timeline."""
         return [(i, c) for i, c in enumerate(self.timeline.changes)

@@ -5,8 +5,9 @@ returned, so every zap the kernel owed is done).
 
 * ``dangling_spte``: a present leaf SPTE still maps a gfn of the old range. Exact on the TDP MMU
   (every leaf zap is traced; entries of roots invalidated by a zap-all are unreachable and not
-  counted). On the shadow MMU only under zap-all, where every page of the old generation must be
-  zapped, and only for SPTEs whose owning page the model could infer.
+  counted). On the shadow MMU only where a zap-all was owed (the VM's policy is zap-all), since
+  then every page of the old generation must be zapped, and only for SPTEs whose owning page the
+  model could infer.
 * ``memslot_zap_miss``: under the zap-slot policy (no zap-all in the window), a live, valid shadow
   page the kernel's rule must zap. Upstream rule ("gptes", 6.12+): indirect, non-passthrough pages
   whose gfn lies in the slot (kvm_mmu_zap_memslot_pages_and_flush). 2019 range rule (seed 000):
@@ -50,7 +51,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
             continue
         hit = _overlapping(snap, c.old_base_gfn, c.old_npages) & ~snap.obsolete_root
         if ctx.mmu in SHADOW_KINDS:
-            if ctx.zapped_all_in(c) is None:
+            if not ctx.expects_zap_all(c):
                 skipped_slot += 1  # zap-slot: leaf SPTEs leave through untraced rmap zaps
                 continue
             unknown = hit & (snap.owner == NONE)
@@ -103,7 +104,7 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     if ctx.mmu not in SHADOW_KINDS:
         return CheckOutcome.skipped(cid, "TDP MMU pages are direct: the per-slot zap of shadow pages has nothing to "
                                          "zap" if ctx.mmu == "tdp" else "no shadow-page events")
-    removals = [(i, c) for i, c in ctx.positioned_removals() if ctx.zapped_all_in(c) is None]
+    removals = [(i, c) for i, c in ctx.positioned_removals() if not ctx.expects_zap_all(c)]
     if not removals:
         return CheckOutcome.skipped(cid, "no memslot delete or move under the zap-slot policy in the trace")
     pages = ctx.pages.arrays()

@@ -1,0 +1,59 @@
+"""Derive a trace from a real one by removing or altering events: what a kernel bug would have done.
+
+Mutation tests inject exactly one known bug into a real recording (drop the zap the kernel owed,
+rewrite one field of one event) and check that the detectors name it. Keeping this next to the
+replay makes each mutation a one-liner and guarantees the derived data has the reader's schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from parsers.schema import TraceData
+
+
+def _keep(table: pa.Table, drop: pa.Array) -> pa.Table:
+    return table.filter(pc.invert(pc.is_in(table.column("seq"), value_set=drop)))
+
+
+def without(data: TraceData, seqs: Iterable[int]) -> TraceData:
+    """A copy of ``data`` without the events of ``seqs`` (from every table and from ``events``)."""
+    drop = pa.array(sorted({int(s) for s in seqs}), pa.int64())
+    tables = {name: _keep(t, drop) for name, t in data.tables.items()}
+    counts = {name: t.num_rows for name, t in tables.items() if t.num_rows}
+    return replace(data, tables=tables, events=_keep(data.events, drop), info=replace(data.info, event_counts=counts))
+
+
+def altered(data: TraceData, event: str, seq: int, **fields: object) -> TraceData:
+    """A copy of ``data`` in which the ``event`` at ``seq`` has the given field values."""
+    table = data.table(event)
+    hit = pc.equal(table.column("seq"), seq)
+    if not pc.any(hit).as_py():
+        raise KeyError(f"no {event} event at seq {seq}")
+    for name, value in fields.items():
+        i = table.schema.get_field_index(name)
+        col = table.column(name)
+        table = table.set_column(i, name, pc.if_else(hit, pa.scalar(value, col.type), col))
+    return replace(data, tables={**data.tables, event: table})
+
+
+def rows(data: TraceData, event: str, where: pa.Array | None = None) -> list[dict]:
+    """The rows of one event (optionally filtered by a boolean mask) as dicts: for picking targets."""
+    t = data.tables.get(event)
+    if t is None:
+        return []
+    return (t.filter(where) if where is not None else t).to_pylist()
+
+
+def seqs_between(data: TraceData, event: str, lo: int, hi: int) -> np.ndarray:
+    """Seqs of ``event`` with ``lo <= seq <= hi``."""
+    t = data.tables.get(event)
+    if t is None:
+        return np.empty(0, np.int64)
+    s = np.asarray(t.column("seq").to_numpy(), dtype=np.int64)
+    return s[(s >= lo) & (s <= hi)]

@@ -1,0 +1,82 @@
+"""Kernel profiles: role words decoded with the profile must say what the kernel's own text says.
+
+Oracle: the kernel's text twin of each recording (``.txt.gz``), whose ``KVM_MMU_PAGE_PRINTK``
+output (``sp gen G gfn X lL N-byte qQ [direct] ACC [invalid] [!]nxe [!]ad root R sync|unsync``)
+was printed by the kernel from the same role words, read here with an independent regex.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+import parsers
+from parsers.errors import TraceError
+from replays.profiles import decode_role, profile_for
+
+PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page")
+ACCESS = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"]
+SP = re.compile(r": (kvm_mmu_get_page|kvm_mmu_prepare_zap_page): sp gen (\d+) gfn ([0-9a-f]+) l(\d) (\d)-byte "
+                r"q(\d)( direct)? (\S{3})( invalid)? (!?)nxe (!?)ad root (\d+) (sync|unsync)")
+
+
+def _text_pages(path, event):
+    rows = []
+    with gzip.open(path, "rt", errors="replace") as f:
+        for line in f:
+            m = SP.search(line)
+            if m and m.group(1) == event:
+                rows.append(m.groups()[1:])
+    return rows
+
+
+@pytest.mark.parametrize("name", ["tdp-boot-small-kt", "shadow-churn-noquirk-small-kt", "tdpmmu0-boot-small-kt",
+                                  "k61tdp-churn-small-kt"])
+@pytest.mark.parametrize("event", PAGE_EVENTS)
+def test_role_decode_matches_kernel_text(nested_dir, name, event):
+    data = parsers.read(nested_dir / f"{name}.dat")
+    table = decode_role(data.table(event), profile_for(data.info.kernel))
+    text = _text_pages(nested_dir / f"{name}.txt.gz", event)
+    assert table.num_rows == len(text) > 0
+    got = table.to_pydict()
+    for i, (gen, gfn, level, nbytes, q, direct, acc, invalid, nxe, ad, root, sync) in enumerate(text):
+        assert got["gfn"][i] == int(gfn, 16)
+        assert got["mmu_valid_gen"][i] == int(gen)
+        assert got["level"][i] == int(level)
+        assert got["has_4_byte_gpte"][i] == (nbytes == "4")
+        assert got["quadrant"][i] == int(q)
+        assert got["direct"][i] == bool(direct)
+        assert ACCESS[got["access"][i]] == acc
+        assert got["invalid"][i] == bool(invalid)
+        assert got["efer_nx"][i] == (nxe == "")
+        assert got["ad_disabled"][i] == (ad == "!")
+        assert got["root_count"][i] == int(root)
+
+
+def test_profile_by_release():
+    """Era boundaries from tracepoints.md §3/§4: hand-checked facts, not the code's output."""
+    p618, p61, p54 = profile_for("6.18.44"), profile_for("6.1.0-56-amd64"), profile_for("5.4.0")
+    assert p618.nonpresent == 1 << 63 and p61.nonpresent == 0  # BIT(63) from 6.10
+    assert p618.role_field("passthrough").shift == 18 and p54.role_field("passthrough") is None
+    assert p618.role_field("has_4_byte_gpte") and p54.role_field("cr4_pae")  # bit 4 flips in 5.17
+    assert profile_for("4.1.0").role_field("direct").shift == 13  # padded era B
+    assert profile_for("5.2.0").slot_zap_rule == "range_2019"
+    assert p618.mmu_present_bit == 11 and profile_for("5.12.0").mmu_present_bit is None
+
+
+def test_profile_rejects_garbage():
+    with pytest.raises(TraceError, match="--kernel"):
+        profile_for("linux")
+
+
+def test_present_and_mmio_on_real_values(nested_dir):
+    """6.12 NPT SPTEs from tdp-churn: 0x10ba01e67 is a present leaf, 0x80008000e04b7 is an MMIO SPTE
+    (the same event is followed by mark_mmio_spte gfn 8000e0), BIT(63) is non-present."""
+    p = profile_for("6.12.107+deb12-amd64")
+    values = np.array([0x10BA01E67, 0x80008000E04B7, 1 << 63], dtype=np.uint64)
+    assert p.is_present(values).tolist() == [True, False, False]
+    assert p.is_mmio(values).tolist() == [False, True, False]
+    assert p.pfn(values[:1]).tolist() == [0x10BA01]
