@@ -34,22 +34,24 @@ class Cursor:
         return Cursor(self.buf, pos, big_endian=self.big_endian, path=self.path, base=self.base)
 
     def truncated(self, need: int) -> TraceError:
-        where = self.base + len(self.buf)
+        """The error for a read of ``need`` bytes at the current position that runs off the end."""
+        end = self.base + len(self.buf)
+        at = self.base + self.pos
         return TraceError(
-            f"{self.path}: truncated at byte {where} (needed {need} more bytes at byte "
-            f"{self.base + self.pos}); the file was cut short, re-copy or re-record it"
+            f"{self.path}: truncated at byte {end} (needed {need} bytes at byte {at}); "
+            f"the file was cut short, re-copy or re-record it"
         )
 
     def take(self, n: int) -> bytes:
         if n < 0 or self.pos + n > len(self.buf):
-            raise self.truncated(n - (len(self.buf) - self.pos))
+            raise self.truncated(n)
         out = bytes(self.buf[self.pos : self.pos + n])
         self.pos += n
         return out
 
     def _unpack(self, code: str, n: int) -> int:
         if self.pos + n > len(self.buf):
-            raise self.truncated(n - (len(self.buf) - self.pos))
+            raise self.truncated(n)
         (value,) = struct.unpack_from(self._e + code, self.buf, self.pos)
         self.pos += n
         return value
@@ -70,7 +72,7 @@ class Cursor:
         """A NUL-terminated string (the NUL is consumed, not returned)."""
         end = self.buf.find(b"\0", self.pos)
         if end < 0:
-            raise self.truncated(1)
+            raise self.truncated(len(self.buf) - self.pos + 1)
         out = bytes(self.buf[self.pos : end]).decode("utf-8", "replace")
         self.pos = end + 1
         return out

@@ -35,7 +35,7 @@ class FieldSpec:
     relative: bool = False  # __rel_loc: offset counts from the end of this field
     pointer: bool = False
     common: bool = False
-    trailing: bool = False  # "u32 buf[]" with size 0: the rest of the record (bprint's args)
+    trailing: bool = False  # size 0 ("u32 buf[]"): the rest of the record (bprint's args)
 
     @property
     def is_array(self) -> bool:
@@ -129,7 +129,8 @@ def parse_format(text: str, system: str) -> EventFormat:
             ctype, fname, array_len, dynamic, relative, pointer = _parse_decl(m.group("decl"))
             signed = m.group("signed")
             size = int(m.group("size"))
-            trailing = array_len < 0 and size == 0
+            # "u32 buf[]" (or "u32 buf" on old kernels) of size 0: the rest of the record.
+            trailing = size == 0 and not dynamic
             if array_len < 0:  # "[TASK_COMM_LEN]": a length we cannot read; bytes then
                 array_len = 0 if trailing else size
             fields.append(FieldSpec(

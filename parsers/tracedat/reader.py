@@ -27,6 +27,11 @@ from parsers.tracedat.streams import load_pages
 from parsers.tracedat.tables import Merged, build_tables
 
 
+#: Files from trace-cmd versions that did not store the clock were recorded with the kernel's
+#: default clock; ``trace-cmd convert`` writes "local" for them too.
+DEFAULT_CLOCK = "local"
+
+
 def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> TraceData:
     """Read a trace-cmd trace.dat (v6 or v7).
 
@@ -104,7 +109,7 @@ def _read_buffer(f, size: int, box: Container, spec: BufferSpec, opts: Options, 
         _warnings.warn(note, TraceWarning, stacklevel=3)
     info = TraceInfo(
         path=box.path, source="tracedat", version=box.version, compression=box.compression,
-        cpus=box.cpus or len(spec.cpus), clock=opts.clock or box.clock or spec.clock,
+        cpus=box.cpus or len(spec.cpus), clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
         kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
         long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
         event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
