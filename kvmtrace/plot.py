@@ -17,13 +17,15 @@ from matplotlib.figure import Figure as MplFigure
 
 from kvmtrace.api import Trace
 from kvmtrace.report.evidence import column_ts
-from kvmtrace.report.model import Figure, sp_birth_death
+from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
 from parsers.schema import TraceData
 from replays.results import ReplayResult
 
 #: Event groups drawn on the timeline, in the order of the panels.
 TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
-    "faults": ("kvm_page_fault", "handle_mmio_page_fault"),
+    # kvm:kvm_page_fault is often not enabled; kvm_mmu_spte_requested is the kvmmmu event
+    # every mapping fault emits, fast_page_fault the lockless fix-ups.
+    "faults": ("kvm_page_fault", "kvm_mmu_spte_requested", "fast_page_fault", "handle_mmio_page_fault"),
     "SPTE installs": ("kvm_mmu_set_spte", "kvm_tdp_mmu_spte_changed", "mark_mmio_spte"),
     "zaps": ("kvm_mmu_prepare_zap_page", "kvm_mmu_zap_all_fast"),
 }
@@ -61,33 +63,36 @@ def timeline(trace: Union[Trace, TraceData], replay: ReplayResult) -> MplFigure:
         ax.set_ylabel(label)
         if any(ts.size for _, ts in present):
             ax.legend(loc="upper right", fontsize="small")
+        else:
+            ax.text(0.5, 0.5, f"none of {', '.join(names)} in this trace", ha="center", va="center",
+                    transform=ax.transAxes, fontsize="small")
     axes[-1].set_xlabel(f"seconds since {t0 / 1e9:.6f} (dashed: memslot changes)")
     fig.suptitle("faults, SPTE installs and zaps over time")
     return fig
 
 
 def memslots(replay: ReplayResult) -> MplFigure:
-    """Per-memslot activity: one bar group per memslot, one bar per numeric summary column."""
+    """Per-memslot totals of the replay's memslot summary: one bar per count (faults, SPTE
+    installs, pages zapped and rebuilt), grouped by memslot, on a log scale."""
     fig = MplFigure(figsize=(10, 4.5), layout="constrained")
     ax = fig.subplots()
     table = replay.summaries.get("memslot")
-    if table is None or table.num_rows == 0 or table.num_columns < 2:
+    totals = totals_grid("memslot", table) if table is not None and table.num_rows else None
+    if totals is None or len(totals.columns) < 3:
         ax.text(0.5, 0.5, "no per-memslot summary in this replay", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    key = table.column_names[0]
-    numeric = [n for n in table.column_names[1:] if pa.types.is_integer(table.schema.field(n).type)]
-    labels = [str(v) for v in table.column(key).to_pylist()]
-    x = np.arange(len(labels))
-    width = 0.8 / max(len(numeric), 1)
-    for i, name in enumerate(numeric):
-        values = np.nan_to_num(table.column(name).to_numpy(zero_copy_only=False).astype(float))
-        ax.bar(x + i * width, values, width, label=name)
-    ax.set_xticks(x + width * (len(numeric) - 1) / 2, labels, rotation=45, ha="right", fontsize="small")
-    ax.set_xlabel(key)
+    measures = totals.columns[2:]  # after slot and rows
+    values = np.array([row[2:] for row in totals.rows], dtype=float)
+    x = np.arange(len(totals.rows))
+    width = 0.8 / len(measures)
+    for i, name in enumerate(measures):
+        ax.bar(x + i * width, np.nan_to_num(values[:, i]), width, label=name)
+    ax.set_xticks(x + width * (len(measures) - 1) / 2, [str(row[0]) for row in totals.rows])
+    ax.set_xlabel("memslot (as_id << 16 | id)")
     ax.set_yscale("symlog")
     ax.legend(fontsize="small")
-    fig.suptitle("activity per memslot")
+    fig.suptitle("activity per memslot (all lifetimes of each slot added up)")
     return fig
 
 
@@ -137,6 +142,6 @@ def report_figures(trace: Union[Trace, TraceData], replay: ReplayResult) -> tupl
     """The HTML report's plots, drawn once."""
     return (
         Figure("faults, SPTE installs, zaps and memslot changes over time", svg_text(timeline(trace, replay))),
-        Figure("SPTE installs and zaps per memslot", svg_text(memslots(replay))),
+        Figure("faults, SPTE installs, pages zapped and rebuilt per memslot", svg_text(memslots(replay))),
         Figure("shadow pages alive over time", svg_text(sp_lifetimes(replay, trace))),
     )
