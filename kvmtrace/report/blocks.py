@@ -9,10 +9,11 @@ without renderer code of its own.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Union
 
-from kvmtrace.report.grid import Grid
+from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.model import Figure, Report, TraceFacts
 
 
@@ -60,10 +61,14 @@ class Plot:
 Block = Union[Heading, Facts, Table, Bullets, TraceLines, Para, Plot]
 
 
+#: Findings of one id printed in full; the rest are counted (the JSON report lists them all).
+FINDINGS_IN_FULL = 10
+
+
 def span_text(first_ts: int | None, last_ts: int | None) -> str:
     if first_ts is None or last_ts is None:
         return "empty"
-    return f"{first_ts / 1e9:.6f} .. {last_ts / 1e9:.6f} ({(last_ts - first_ts) / 1e9:.6f} s)"
+    return f"{seconds_text(first_ts)} .. {seconds_text(last_ts)} ({(last_ts - first_ts) / 1e9:.6f} s)"
 
 
 def report_title(report: Report) -> str:
@@ -120,9 +125,13 @@ def finding_blocks(report: Report) -> list[Block]:
     if not report.findings:
         return [Para("No findings.")]
     out: list[Block] = []
+    shown: Counter[str] = Counter()
     for n, f in enumerate(report.findings, 1):
+        shown[f.id] += 1
+        if shown[f.id] > FINDINGS_IN_FULL:
+            continue
         where = [f"seq {f.seq}" if f.seq is not None else None,
-                 f"ts {f.ts / 1e9:.6f}" if f.ts is not None else None,
+                 f"ts {seconds_text(f.ts)}" if f.ts is not None else None,
                  f"cpu {f.cpu}" if f.cpu is not None else None,
                  f"gfn {f.gfn:#x}" if f.gfn is not None else None,
                  f"slot {f.slot}" if f.slot is not None else None]
@@ -130,6 +139,9 @@ def finding_blocks(report: Report) -> list[Block]:
         out.append(Para(f.message))
         out.append(Facts((("where", ", ".join(w for w in where if w) or "-"),)))
         out.append(TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines)))
+    more = [f"{n - FINDINGS_IN_FULL} more {ident}" for ident, n in shown.items() if n > FINDINGS_IN_FULL]
+    if more:
+        out.append(Para(f"Not printed: {', '.join(more)} findings (the JSON report lists every one)."))
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kvmtrace.report.grid import seconds_text
 from parsers.schema import COMMON_NAMES, TraceData
 
 
@@ -94,8 +95,7 @@ def _lines_for_event(table: pa.Table, name: str, seqs: list[int]) -> dict[int, s
     out = {}
     for i, seq in enumerate(cols["seq"]):
         comm = cols["comm"][i] or "<...>"
-        ts = cols["ts"][i]
-        head = f"{comm}-{cols['pid'][i]} [{cols['cpu'][i]:03d}] {ts // 10**9}.{ts % 10**9 // 1000:06d}: {name}:"
+        head = f"{comm}-{cols['pid'][i]} [{cols['cpu'][i]:03d}] {seconds_text(cols['ts'][i])}: {name}:"
         body = " ".join(f"{f.name}={_field_text(v[i], f.type)}" for f, v in zip(fields, values))
         out[seq] = f"{head} {body}".rstrip()
     return out

@@ -36,7 +36,7 @@ class Grid:
     def text_rows(self) -> list[list[str]]:
         """The rows as the strings a person reads (text, Markdown and HTML)."""
         conv = [
-            _seconds if c in self.seconds else _hex if c in self.hexadecimal else cell_text
+            seconds_text if c in self.seconds else _hex if c in self.hexadecimal else cell_text
             for c in self.columns
         ]
         return [[f(v) for f, v in zip(conv, row)] for row in self.rows]
@@ -90,8 +90,10 @@ def cell_text(value: Any) -> str:
     return str(value)
 
 
-def _seconds(value: Any) -> str:
-    return "-" if value is None else f"{value // 10**9}.{value % 10**9 // 1000:06d}"
+def seconds_text(ns: int | None) -> str:
+    """Nanoseconds as trace-cmd prints seconds: truncated to microseconds, never rounded, so a
+    time in the report is the one the user finds in ``trace-cmd report``."""
+    return "-" if ns is None else f"{ns // 10**9}.{ns % 10**9 // 1000:06d}"
 
 
 def _hex(value: Any) -> str:
