@@ -58,13 +58,34 @@ static uint64_t pte_address(struct vm *vm, uint64_t root, uint64_t gva)
 	return table + 8 * ((gva >> 12) & 511);
 }
 
+/*
+ * With `root` loaded, the guest aliases the first 8 pages under every page-table page of the
+ * touch region onto the 8 pages after them: each first write hits a shadowed, write-protected
+ * guest page table, which KVM unsyncs.  With `invlpg`, every 4th aliased page is then INVLPGed
+ * (KVM syncs the page); without, the pages stay unsync until the next sync point.
+ */
+static void alias_live_ptes(struct vcpu *v, uint64_t root, uint64_t len, bool invlpg)
+{
+	uint64_t *list = (uint64_t *)gpa_to_host(v->vm, GPA_POKES);
+	uint64_t n = 0;
+
+	for (uint64_t base = GPA_TOUCH; base < GPA_TOUCH + len; base += 0x200000)
+		for (uint64_t gva = base; gva < base + 8 * PAGE; gva += PAGE, n++) {
+			list[2 * n] = pte_address(v->vm, root, gva);
+			list[2 * n + 1] = (gva + 8 * PAGE) | PTE_USER;
+		}
+	vcpu_op(v, OP_POKE, GPA_POKES, n, 0, 0);
+	for (uint64_t i = 0; invlpg && i < n; i += 4)
+		vcpu_invlpg(v, (list[2 * i + 1] & ~0xfffULL) - 8 * PAGE);
+}
+
 int scenario_boot(struct lab *lab)
 {
 	const struct params *p = lab->p;
 	struct vcpu *v = &lab->vcpus[0];
 	uint64_t len4k = (uint64_t)p->pages * PAGE;
 	uint64_t huge_at = GPA_TOUCH + ((lab->ram_size - (GPA_TOUCH - GPA_RAM)) / 2 & ~0x1fffffULL);
-	uint64_t first, nlist, *list, alt;
+	uint64_t first, nlist, alt;
 
 	if (GPA_TOUCH + len4k > huge_at || huge_at + (uint64_t)p->huge * 0x200000 > GPA_RAM + lab->ram_size)
 		die("boot: --pages/--huge do not fit in --ram-mb");
@@ -86,22 +107,8 @@ int scenario_boot(struct lab *lab)
 	phase("touch-own-tables");
 	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
 
-	/*
-	 * While those tables are live, alias the first 8 pages under every page-table page onto the
-	 * 8 pages after them: each write hits a shadowed (write-protected) guest page table.
-	 */
 	phase("edit-live-page-tables");
-	list = (uint64_t *)gpa_to_host(&lab->vm, GPA_POKES);
-	nlist = 0;
-	for (uint64_t base = GPA_TOUCH; base < GPA_TOUCH + len4k; base += 0x200000)
-		for (uint64_t gva = base; gva < base + 8 * PAGE; gva += PAGE) {
-			list[2 * nlist] = pte_address(&lab->vm, alt, gva);
-			list[2 * nlist + 1] = (gva + 8 * PAGE) | PTE_USER;
-			nlist++;
-		}
-	vcpu_op(v, OP_POKE, GPA_POKES, nlist, 0, 0);
-	for (uint64_t i = 0; i < nlist; i += 4)
-		vcpu_invlpg(v, list[2 * i + 1] - 8 * PAGE);
+	alias_live_ptes(v, alt, len4k, true);
 	touch(v, OP_WRITE, GPA_TOUCH, len4k, PAGE);
 
 	phase("switch-roots");
@@ -117,8 +124,11 @@ int scenario_boot(struct lab *lab)
 static uint64_t build_in_slot(struct lab *lab, uint64_t base, uint64_t len)
 {
 	struct pt_pool pool = { .vm = &lab->vm, .next = base, .end = base + PTSLOT_SIZE };
+	uint64_t root = build_alt_root(&pool, len);
 
-	return build_alt_root(&pool, len);
+	/* The slot maps itself, so the guest can edit these tables while they are live. */
+	pt_map(&pool, root, base, base, PTSLOT_SIZE, true);
+	return root;
 }
 
 static void visit(struct lab *lab, uint64_t root, uint64_t len, const char *name)
@@ -128,6 +138,8 @@ static void visit(struct lab *lab, uint64_t root, uint64_t len, const char *name
 	phase(name);
 	vcpu_load_cr3(v, root);
 	touch(v, OP_WRITE, GPA_TOUCH, len, PAGE);
+	/* Leave the tables in the slot unsync when the slot is deleted or moved next. */
+	alias_live_ptes(v, root, len, false);
 	vcpu_load_cr3(v, lab->root);
 }
 
