@@ -136,3 +136,46 @@ def test_diff_of_two_policies_matches_the_single_reports(churn):
     for fmt in ("text", "markdown"):
         run = kvmtrace("diff", churn, other, "--format", fmt)
         assert run.returncode == 0 and "Checks that changed" in run.stdout
+
+
+def _run_with_pty(args: list[str], *, stdout_tty: bool) -> tuple[bytes, bytes, int]:
+    """Run the CLI with stderr (and optionally stdout) on a pseudo-terminal."""
+    import os
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*CLI, *args], stdin=subprocess.DEVNULL, stderr=slave,
+                            stdout=slave if stdout_tty else subprocess.PIPE)
+    os.close(slave)
+    tty_bytes = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        tty_bytes += chunk
+    out = proc.stdout.read() if proc.stdout else b""
+    os.close(master)
+    return out, tty_bytes, proc.wait(timeout=600)
+
+
+def test_piped_report_is_plain_even_with_a_terminal_on_stderr(churn):
+    plain = kvmtrace("analyze", churn)
+    out, _, rc = _run_with_pty(["analyze", str(churn)], stdout_tty=False)
+    assert rc == 0
+    assert out.decode() == plain.stdout  # progress went to the terminal, not into the report
+    assert b"\x1b[" not in out
+
+
+def test_report_on_a_terminal_is_coloured(churn):
+    _, tty, rc = _run_with_pty(["analyze", str(churn)], stdout_tty=True)
+    assert rc == 0
+    assert b"\x1b[" in tty and b"kvmtrace analyze:" in tty
+
+
+def test_diff_text_fits_80_columns(churn):
+    run = kvmtrace("diff", churn, real_trace("churn-zapall.dat"))
+    assert run.returncode == 0, run.stderr
+    assert max(len(ln) for ln in run.stdout.splitlines()) <= 80
