@@ -42,6 +42,7 @@ class ShadowModel:
         self.smm_shift = smm.shift if smm else None
         self.live: dict[tuple[int, int, int], int] = {}  # (gfn, role & ~invalid, gen) -> page
         self.invalid_roots: dict[tuple[int, int, int], int] = {}  # zapped with root_count > 0
+        self.zapped: dict[tuple[int, int, int], int] = {}  # identity -> its last zapped page
         self.owner_of: dict[int, int] = {}  # SPTE page (phys) -> page
         self.page_sptes: dict[int, set[int]] = {}  # page -> live sptep
         self.sptes: dict[int, tuple[int, int, int, int, int]] = {}  # sptep -> value, gfn, level, owner, seq
@@ -62,8 +63,12 @@ class ShadowModel:
         p = self.live.get(key)
         if created:
             if p is not None:
+                # Two valid pages never share an identity: the old one left without a traced zap.
                 self.j.unexplained.append((seq, "kvm_mmu_get_page", f"page gfn {gfn:#x} role {role:#x} gen {gen} "
-                                           f"created while already alive (page {p})"))
+                                           f"created while already alive (page {p}); its zap was not traced"))
+                self.pages.zap_seq[p] = seq
+                for sptep in self.page_sptes.pop(p, ()):
+                    self._drop(seq, sptep, "zapped", "owning page re-created (zap not traced)")
             p = self._page(seq, gfn, role, gen, root_count, False)
             if self.vm_gen is None:
                 self.vm_gen = gen
@@ -93,14 +98,20 @@ class ShadowModel:
             self.pages.zap_seq[p] = seq
             return
         self.pages.zap_seq[p] = seq
+        self.zapped[key] = p
         if root_count > 0:
             self.invalid_roots[key] = p
         for sptep in self.page_sptes.pop(p, ()):
             self._drop(seq, sptep, "zapped", "owning page zapped")
 
     def sync_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int, unsync: bool) -> None:
+        """``kvm_mmu_unsync_page`` / ``kvm_mmu_sync_page``. The kernel traces the latter in
+        ``kvm_unlink_unsync_page``, which the zap of an unsync page also calls: a "sync" right after
+        the page's zap belongs to the zapped page (mmu.c; tracepoints.md says "resynchronised")."""
         key = (gfn, role & ~self.inv_mask, gen)
         p = self.live.get(key)
+        if p is None and not unsync:
+            p = self.zapped.get(key)
         if p is None:
             p = self._page(seq, gfn, role, gen, root_count, True)
         if unsync:
