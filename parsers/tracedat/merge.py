@@ -41,9 +41,15 @@ def to_ns(raw: np.ndarray, opts: Options) -> np.ndarray:
 
 
 def merge_order(ts: np.ndarray, cpu: np.ndarray) -> np.ndarray:
-    """Permutation of file-order records (grouped by CPU, in page order) into global order."""
+    """Permutation of file-order records into global order.
+
+    Precondition: records are grouped by CPU in ascending CPU order, each CPU in file order (as
+    :func:`parsers.tracedat.streams.load_pages` lays them out). Then a *stable* sort by the
+    running-maximum key alone breaks ties by CPU and then by file order, as trace-cmd does; and
+    since every CPU's keys are already sorted, the sort merges presorted runs (cheap).
+    """
     key = ts.copy()
-    for c in np.unique(cpu):
-        idx = np.flatnonzero(cpu == c)
-        key[idx] = np.maximum.accumulate(ts[idx])
-    return np.lexsort((cpu, key))
+    bounds = np.flatnonzero(np.diff(cpu)) + 1
+    for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(cpu)]):
+        np.maximum.accumulate(ts[lo:hi], out=key[lo:hi])
+    return np.argsort(key, kind="stable")

@@ -12,6 +12,8 @@ import re
 import numpy as np
 import pyarrow as pa
 
+from parsers.tracedat.factorize import lookup
+
 IDLE_COMM = "<idle>"
 UNKNOWN_COMM = "<...>"
 
@@ -30,9 +32,7 @@ def parse_cmdlines(blob: bytes) -> dict[int, str]:
 
 def comm_column(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
     """The ``comm`` of every row, looked up once per distinct pid."""
-    uniq, inverse = np.unique(pids, return_inverse=True)
-    names = [IDLE_COMM if p == 0 else cmdlines.get(int(p), UNKNOWN_COMM) for p in uniq]
-    return pa.array(names, pa.string()).take(pa.array(inverse.astype(np.int64).ravel()))
+    return lookup(pids, lambda p: IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM))
 
 
 def parse_printk(blob: bytes) -> dict[int, str]:

@@ -144,23 +144,44 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
                 f"corrupt page on CPU {int(pages.cpu[pg])} at offset {int(pages.starts[pg])}: "
                 f"record at byte {int(p[k] - pages.starts[pg])} of the page runs past its committed data"
             )
-        steps.append((active, p, tl, delta, a0, payload, length))
+        steps.append((active, tl, delta, a0, payload, length))
         pos[active] = nxt
         active = active[nxt < end[active]]
     return _timestamps(steps, flags, pages), flags
 
 
+def _file_order(steps: list[tuple[np.ndarray, ...]], n_pages: int) -> tuple[np.ndarray, ...]:
+    """Concatenate the per-step arrays in file order (page by page, record by record).
+
+    Step ``k`` holds record ``k`` of every page still active, pages ascending; so a record's
+    place is its page's first slot plus ``k``: a scatter, no sort.
+    """
+    sizes = np.fromiter((len(s[0]) for s in steps), np.int64, len(steps))
+    page = np.concatenate([s[0] for s in steps])
+    step = np.repeat(np.arange(len(steps), dtype=np.int64), sizes)
+    per_page = np.bincount(page, minlength=n_pages)
+    first_slot = np.zeros(n_pages, np.int64)
+    np.cumsum(per_page[:-1], out=first_slot[1:])
+    where = first_slot[page] + step
+    out = []
+    for column in zip(*steps):
+        flat = np.concatenate(column)
+        ordered = np.empty_like(flat)
+        ordered[where] = flat
+        out.append(ordered)
+    return tuple(out)
+
+
 def _timestamps(steps: list[tuple[np.ndarray, ...]], flags: PageFlags, pages: PageData) -> Records:
-    """Order the step-wise records by position and rebuild each record's absolute timestamp."""
+    """Rebuild each record's absolute timestamp (segmented running sums) in file order."""
     if not steps:
         empty = np.empty(0, np.int64)
         return Records(empty, empty, np.empty(0, np.uint64), empty)
-    page, p, tl, delta, a0, payload, length = (np.concatenate(c) for c in zip(*steps))
-    order = np.argsort(p, kind="stable")
-    page, tl, delta, a0, payload, length = (a[order] for a in (page, tl, delta, a0, payload, length))
+    page, tl, delta, a0, payload, length = _file_order(steps, len(pages.starts))
     inc = delta.astype(np.uint64)
     extended = tl >= TYPE_LEN_PADDING + 1  # TIME_EXTEND and TIME_STAMP carry array[0] << 27
-    inc[extended] += a0[extended].astype(np.uint64) << np.uint64(TS_SHIFT)
+    if extended.any():
+        inc[extended] += a0[extended].astype(np.uint64) << np.uint64(TS_SHIFT)
     first = np.ones(len(page), bool)
     first[1:] = page[1:] != page[:-1]
     stamp = tl == TYPE_LEN_TIME_STAMP
@@ -172,14 +193,17 @@ def _timestamps(steps: list[tuple[np.ndarray, ...]], flags: PageFlags, pages: Pa
     inc_in = inc.copy()
     inc_in[seg_start] = 0
     cs = np.cumsum(inc_in)
+    cs_base = (cs[seg_idx])[seg_of]
     page_ts = flags.ts[page]
     msb = np.zeros(len(page), np.uint64)
-    ts = None
-    for _ in range(4):
+    while True:
         start_val = np.where(stamp, inc | msb, page_ts + inc)
-        ts = start_val[seg_idx][seg_of] + (cs - cs[seg_idx][seg_of])
+        ts = start_val[seg_idx][seg_of] + (cs - cs_base)
+        if not stamp.any():
+            break
+        # TS_MSB: an absolute stamp keeps the top bits of the timestamp before it. They are 0
+        # for any clock younger than 2^59 ns (18 years), so this loop almost never repeats.
         prev = np.empty_like(ts)
-        prev[0] = page_ts[0]
         prev[1:] = ts[:-1]
         prev[first] = page_ts[first]
         new_msb = np.where(stamp, prev & np.uint64(TS_MSB), np.uint64(0)).astype(np.uint64)

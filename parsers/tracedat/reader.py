@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings as _warnings
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,8 @@ from parsers.errors import TraceError, TraceWarning
 from parsers.schema import GAPS_SCHEMA, TraceData, TraceInfo
 from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.container import parse_container
-from parsers.tracedat.formats import EventFormat, PageHeader, parse_format, parse_header_page
+from parsers.tracedat.catalog import FormatCatalog
+from parsers.tracedat.formats import PageHeader, parse_header_page
 from parsers.tracedat.layout import BufferSpec, Container
 from parsers.tracedat.merge import merge_order, to_ns
 from parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
@@ -53,7 +55,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
             raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
                              f"supported; run 'trace-cmd report' on it and read the text instead")
         opts = decode_options(box.options, box.big_endian)
-        formats = _formats(box)
+        catalog = FormatCatalog(box)
         header = parse_header_page(box.header_page.decode("utf-8", "replace"), box.user_long_size, box.page_size)
         cmdlines = parse_cmdlines(box.cmdlines)
         printk = parse_printk(box.printk)
@@ -65,7 +67,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
         for spec in box.buffers:
             if instance is not None and spec.name != instance and spec.name != "":
                 continue
-            results[spec.name] = _read_buffer(f, size, box, spec, opts, formats, header, cmdlines, printk,
+            results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
                                               tuple(n for n in names if n != spec.name))
     if instance:
         return results[instance]
@@ -76,13 +78,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
     return top
 
 
-def _formats(box: Container) -> list[EventFormat]:
-    out = [parse_format(t.decode("utf-8", "replace"), "ftrace") for t in box.ftrace_formats]
-    out += [parse_format(t.decode("utf-8", "replace"), sys) for sys, t in box.event_formats]
-    return out
-
-
-def _read_buffer(f, size: int, box: Container, spec: BufferSpec, opts: Options, formats: list[EventFormat],
+def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
                  others: tuple[str, ...]) -> TraceData:
     notes: list[str] = []
@@ -93,15 +89,15 @@ def _read_buffer(f, size: int, box: Container, spec: BufferSpec, opts: Options, 
         raise TraceError(f"{box.path}: {err}") from None
     ts_ns = to_ns(records.ts, opts)
     reader = FieldReader(pages.buf, box.big_endian)
-    common_type = _common_field(formats, "common_type")
-    common_pid = _common_field(formats, "common_pid")
+    common_type = catalog.common_field("common_type")
+    common_pid = catalog.common_field("common_pid")
     event_id = reader.uint(records.pos + common_type[0], common_type[1]).astype(np.int64)
     pid = reader.integers(records.pos + common_pid[0], common_pid[1], True).astype(np.int32)
     cpu = pages.cpu[records.page]
     order = merge_order(ts_ns, cpu)
     merged = Merged(pos=records.pos[order], length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
                     event_id=event_id[order], pid=pid[order])
-    tables, events, counts, unknown = build_tables(merged, formats, reader, cmdlines, printk, header.commit_size)
+    tables, events, counts, unknown = build_tables(merged, catalog, reader, cmdlines, printk)
     if unknown:
         notes.append(f"{box.path}: {unknown} records with an event id that has no format file were skipped")
     gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
@@ -119,15 +115,6 @@ def _read_buffer(f, size: int, box: Container, spec: BufferSpec, opts: Options, 
         instances=others, warnings=tuple(notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)
-
-
-def _common_field(formats: list[EventFormat], name: str) -> tuple[int, int]:
-    """(offset, size) of a common field, from the first format that has it (as libtraceevent)."""
-    for fmt in formats:
-        f = fmt.field(name)
-        if f is not None:
-            return f.offset, f.size
-    raise TraceError(f"no event format defines {name}; the trace.dat metadata is incomplete")
 
 
 def _gaps(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options

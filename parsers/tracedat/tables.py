@@ -12,7 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
+from parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
 from parsers.tracedat.columns import FieldReader, signed_element_type
+from parsers.tracedat.factorize import factorize, lookup
 from parsers.tracedat.formats import EventFormat, FieldSpec
 from parsers.tracedat.metadata import comm_column
 
@@ -20,6 +22,7 @@ from parsers.tracedat.metadata import comm_column
 #: ``common_pid`` is the ``pid`` column.
 _DROPPED_COMMON = ("common_type", "common_pid")
 BPRINT_EVENT = "bprint"
+UNKNOWN_EVENT = "<unknown>"
 
 
 @dataclass(frozen=True)
@@ -34,18 +37,7 @@ class Merged:
     pid: np.ndarray  # int32
 
 
-def table_names(formats: list[EventFormat]) -> dict[int, str]:
-    """Bare event names; a name already taken by an earlier system becomes ``system:name``."""
-    names: dict[int, str] = {}
-    taken: set[str] = set()
-    for fmt in formats:
-        name = fmt.name if fmt.name not in taken else f"{fmt.system}:{fmt.name}"
-        taken.add(name)
-        names[fmt.id] = name
-    return names
-
-
-def arrow_type(field: FieldSpec, long_size: int) -> pa.DataType:
+def arrow_type(field: FieldSpec) -> pa.DataType:
     """The Arrow type :meth:`FieldReader.column` produces for ``field``."""
     if field.dynamic or field.trailing:
         if field.is_string:
@@ -66,30 +58,29 @@ def arrow_type(field: FieldSpec, long_size: int) -> pa.DataType:
     return getattr(pa, f"{'int' if field.signed else 'uint'}{field.size * 8}")()
 
 
-def event_schema(fmt: EventFormat, long_size: int) -> pa.Schema:
+def event_schema(fmt: EventFormat) -> pa.Schema:
     fields = list(COMMON_FIELDS)
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
-        if fmt.name == BPRINT_EVENT and fmt.system == "ftrace" and f.name == "fmt":
+        if _is_bprint_fmt(fmt, f):
             fields += [pa.field("fmt", pa.string()), pa.field("fmt_addr", pa.uint64())]
             continue
-        fields.append(pa.field(f.name, arrow_type(f, long_size)))
+        fields.append(pa.field(f.name, arrow_type(f)))
     meta = {META_SYSTEM: fmt.system.encode(), META_EVENT_ID: str(fmt.id).encode(),
             META_PRINT_FMT: fmt.print_fmt.encode(), META_SOURCE: b"tracedat"}
     return pa.schema(fields, metadata=meta)
 
 
-def build_tables(merged: Merged, formats: list[EventFormat], reader: FieldReader,
-                 cmdlines: dict[int, str], printk: dict[int, str], long_size: int
+def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
+                 cmdlines: dict[int, str], printk: dict[int, str]
                  ) -> tuple[dict[str, pa.Table], pa.Table, dict[str, int], int]:
     """Return (tables by name, events table, counts by name, records of unknown event ids)."""
     n = len(merged.pos)
-    by_id = {f.id: f for f in formats}
-    names = table_names(formats)
     seq = np.arange(n, dtype=np.int64)
     comm = comm_column(merged.pid, cmdlines)
-    order = np.argsort(merged.event_id, kind="stable")
+    # Event ids are < 65536 (common_type is a u16): a stable sort on uint16 is a radix sort.
+    order = np.argsort(merged.event_id.astype(np.uint16), kind="stable")
     ids_sorted = merged.event_id[order]
     bounds = np.flatnonzero(np.diff(ids_sorted)) + 1
     groups = np.split(order, bounds) if n else []
@@ -99,59 +90,62 @@ def build_tables(merged: Merged, formats: list[EventFormat], reader: FieldReader
     present_systems = set()
     for rows in groups:
         event_id = int(merged.event_id[rows[0]])
-        fmt = by_id.get(event_id)
-        if fmt is None:
+        if event_id not in catalog:
             unknown += len(rows)
             continue
+        fmt = catalog.format(event_id)
         present_systems.add(fmt.system)
-        schema = event_schema(fmt, long_size)
-        cols = [pa.array(seq[rows]), pa.array(merged.ts[rows]), pa.array(merged.cpu[rows]),
-                pa.array(merged.pid[rows]), comm.take(pa.array(rows))]
-        pos, length = merged.pos[rows], merged.length[rows]
-        for f in fmt.fields:
-            if f.name in _DROPPED_COMMON:
-                continue
-            col = reader.column(f, pos, length)
-            if fmt.name == BPRINT_EVENT and fmt.system == "ftrace" and f.name == "fmt":
-                addr = np.asarray(col.to_numpy(zero_copy_only=False), np.uint64)
-                cols.append(_printk_strings(addr, printk))
-                col = pa.array(addr, pa.uint64())
-            cols.append(col)
-        name = names[event_id]
-        tables[name] = pa.Table.from_arrays(cols, schema=schema)
+        name = catalog.table_names[event_id]
+        tables[name] = _event_table(fmt, merged, rows, seq, comm, reader, printk)
         counts[name] = len(rows)
-    for fmt in formats:  # empty tables for the other events of every system that was recorded
-        name = names[fmt.id]
-        if fmt.system in present_systems and name not in tables:
-            tables[name] = event_schema(fmt, long_size).empty_table()
-    events = _events_table(merged, formats, names, comm, seq)
+    for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
+        name = catalog.table_names[event_id]
+        if name not in tables:
+            tables[name] = event_schema(catalog.format(event_id)).empty_table()
+    events = _events_table(merged, catalog, comm, seq)
     return tables, events, counts, unknown
 
 
+def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, seq: np.ndarray, comm: pa.Array,
+                 reader: FieldReader, printk: dict[int, str]) -> pa.Table:
+    """One event's rows (``rows``: indices in global order) decoded field by field."""
+    rows_arr = pa.array(rows)
+    cols = [pa.array(seq[rows]), pa.array(merged.ts[rows]), pa.array(merged.cpu[rows]),
+            pa.array(merged.pid[rows]), comm.take(rows_arr)]
+    pos, length = merged.pos[rows], merged.length[rows]
+    for f in fmt.fields:
+        if f.name in _DROPPED_COMMON:
+            continue
+        col = reader.column(f, pos, length)
+        if _is_bprint_fmt(fmt, f):
+            addr = np.asarray(col.to_numpy(zero_copy_only=False), np.uint64)
+            cols.append(_printk_strings(addr, printk))
+            col = pa.array(addr, pa.uint64())
+        cols.append(col)
+    return pa.Table.from_arrays(cols, schema=event_schema(fmt))
+
+
+def _is_bprint_fmt(fmt: EventFormat, field: FieldSpec) -> bool:
+    return fmt.name == BPRINT_EVENT and fmt.system == FTRACE_SYSTEM and field.name == "fmt"
+
+
 def _printk_strings(addr: np.ndarray, printk: dict[int, str]) -> pa.Array:
-    uniq, inverse = np.unique(addr, return_inverse=True)
-    texts = [printk.get(int(a), f"0x{int(a):x}") for a in uniq]
-    return pa.array(texts, pa.string()).take(pa.array(inverse.astype(np.int64).ravel()))
+    """bprint's format string per row; an address missing from printk_formats stays as hex."""
+    return lookup(addr, lambda a: printk.get(a, f"0x{a:x}"))
 
 
-def _events_table(merged: Merged, formats: list[EventFormat], names: dict[int, str],
-                  comm: pa.Array, seq: np.ndarray) -> pa.Table:
-    ids = sorted(names)
-    id_arr = np.array(ids, np.int64)
-    idx = np.searchsorted(id_arr, merged.event_id)
-    idx = np.clip(idx, 0, max(len(ids) - 1, 0))
-    known = (id_arr[idx] == merged.event_id) if len(ids) else np.zeros(len(seq), bool)
-    by_id = {f.id: f for f in formats}
-    event_dict = pa.array([names[i] for i in ids] + ["<unknown>"], pa.string())
-    systems = sorted({f.system for f in formats})
-    system_dict = pa.array(systems, pa.string())
-    sys_index = np.array([systems.index(by_id[i].system) for i in ids], np.int32)
-    ev_idx = np.where(known, idx, len(ids)).astype(np.int32)
-    sys_idx = pa.array(np.where(known, sys_index[idx] if len(ids) else 0, 0).astype(np.int32),
-                       mask=~known)
+def _events_table(merged: Merged, catalog: FormatCatalog, comm: pa.Array, seq: np.ndarray) -> pa.Table:
+    """The ``events`` table; an id without a format file shows as ``<unknown>`` (null system)."""
+    ids, codes = factorize(merged.event_id)
+    names = [catalog.table_names.get(i, UNKNOWN_EVENT) for i in ids]
+    systems = [catalog.system(i) if i in catalog else None for i in ids]
+    system_names = sorted({s for s in systems if s is not None})
+    sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
+    row_sys = sys_index[codes.to_numpy()]
     return pa.Table.from_arrays(
         [pa.array(seq), pa.array(merged.ts), pa.array(merged.cpu), pa.array(merged.pid), comm,
-         pa.DictionaryArray.from_arrays(pa.array(ev_idx), event_dict),
-         pa.DictionaryArray.from_arrays(sys_idx, system_dict)],
+         pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())),
+         pa.DictionaryArray.from_arrays(pa.array(np.maximum(row_sys, 0), mask=row_sys < 0),
+                                        pa.array(system_names, pa.string()))],
         schema=EVENTS_SCHEMA,
     )
