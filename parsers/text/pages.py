@@ -76,6 +76,14 @@ PLUGIN_ROLE = (
      Skip("!?"), Skip("| smep"), Skip("| smap"), Skip("| smm"), "root_count", _SYNC),
 )
 
+#: The plugin's first role printer (trace-cmd before 2015, layout A); ``trace-cmd`` builds of
+#: that age were still used on much newer kernels, so its fields say nothing exact about the word.
+PLUGIN_ROLE_A = (
+    "%u/%u q%u%s %s%s %spge %snxe root %u %s",
+    (Skip(r"\d+"), Skip(r"\d+"), Skip(r"\d+"), Skip("| direct"), Skip("|".join(ACCESS)), Skip("| invalid"),
+     Skip("!?"), Skip("!?"), "root_count", _SYNC),
+)
+
 #: Why columns are null for each form (the table metadata carries these).
 NULL_REASONS = {
     "role": "the role word is printed by its fields, and this kernel era's print omits some bits "
@@ -91,11 +99,11 @@ def variants(event: str) -> list[tuple[str, str, tuple]]:
     out = []
     for era, fmt, slots in KERNEL_FORMS:
         out.append((era, fmt + " %s", slots + (_CREATED,)) if created else (era, fmt, slots))
-    fmt, slots = PLUGIN_ROLE
-    if created:
-        out.append(("plugin", "%s sp gfn %llx " + fmt, (_CREATED, "gfn") + slots))
-    else:
-        out.append(("plugin", fmt, slots))
+    for era, (fmt, slots) in (("plugin", PLUGIN_ROLE), ("plugin before 2015", PLUGIN_ROLE_A)):
+        if created:
+            out.append((era, "%s sp gfn %llx " + fmt, (_CREATED, "gfn") + slots))
+        else:
+            out.append((era, fmt, slots))
     return out
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from itertools import product
 from typing import Callable
 
 import polars as pl
@@ -23,7 +24,7 @@ from parsers.text.lines import PREFIX
 _QUOTE = r"^\s*(?:>\s?)+"
 _QP_ESCAPE = re.compile(r"=([0-9A-F]{2})")
 _ELISION = re.compile(r"^\s*(?:\.{3,}|…|\[\s*\.\.\.\s*\]|<\s*snip\s*>|\[\s*snip\s*\]|-+\s*snip\s*-+|\(\s*snip\s*\))\s*$", re.I)
-_PROMPT = re.compile(r"^\s*(?:\$|[\w.@:~/-]+[$#%]|\(.*\)\s*[\w.@:~/-]*[$#])\s")
+_PROMPT = re.compile(r"^\s*(?:\$|[\w.@:~/-]+[$#%]\s|\[[^\]]*\][$#]\s|\(.*\)\s*[\w.@:~/-]*[$#]\s)")
 
 
 def why_bad(line: str) -> str:
@@ -88,32 +89,65 @@ def _good(split: pl.DataFrame, decoded: dict) -> set[int]:
     return {n for n in ok if n not in failed}
 
 
+#: A wrapped line is rejoined from at most this many continuation lines.
+MAX_CONTINUATIONS = 3
+
+
+def _candidates(start: int, follow: dict[int, int], text: dict[int, str], bad: set[int]) -> list[tuple[tuple[int, ...], str]]:
+    """Every way of joining ``start`` with 1..MAX_CONTINUATIONS following non-trace lines.
+
+    ``follow`` maps a line number to the next line's: after a quoted-printable join the
+    numbers are no longer consecutive.
+    """
+    out = []
+    chain = [start]
+    for _ in range(MAX_CONTINUATIONS):
+        nxt = follow.get(chain[-1])
+        if nxt not in bad:
+            break
+        chain.append(nxt)
+        for seps in product(("", " "), repeat=len(chain) - 1):
+            joined = text[start].rstrip()
+            for sep, n in zip(seps, chain[1:]):
+                joined += sep + text[n].strip()
+            out.append((tuple(chain), joined))
+    return out
+
+
 def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
-    """Rejoin two-line wraps: a line that is not a trace line, after one that did not decode alone."""
-    bad = split.filter(pl.col("kind") == "bad")["line_no"].to_list()
+    """Rejoin wrapped lines: a line that did not decode alone, plus the non-trace lines after it.
+
+    The fewest continuation lines that give a decodable line win, and only if exactly one way
+    of joining them (a space or nothing at each break) decodes: a break inside a number and a
+    break between two words cannot be told apart otherwise.
+    """
+    bad = set(split.filter(pl.col("kind") == "bad")["line_no"].to_list())
     if not bad:
         return Fixes()
-    broken = set(bad) | failed
-    wanted = {n - 1 for n in bad} | set(bad)
-    text = dict(split.filter(pl.col("line_no").is_in(list(wanted))).select("line_no", "line").iter_rows())
-    starts: list[int] = []
-    used: set[int] = set()
-    for n in sorted(bad):
-        if n - 1 in broken and n - 1 in text and n - 1 not in used and n not in used:
-            starts.append(n - 1)
-            used |= {n - 1, n}
-    if not starts:
+    order = split["line_no"].to_list()
+    follow = dict(zip(order, order[1:]))
+    starts = [n for n in order if (n in bad or n in failed) and follow.get(n) in bad]
+    text = dict(split.select("line_no", "line").iter_rows())
+    cands = [c for s in starts for c in _candidates(s, follow, text, bad)]
+    if not cands:
         return Fixes()
-    joins = {
-        sep: pl.DataFrame({"line_no": starts, "line": [text[s].rstrip() + sep + text[s + 1].strip() for s in starts]},
-                          schema={"line_no": pl.Int64, "line": pl.String})
-        for sep in ("", " ")
-    }
-    ok = {sep: _good(*decode(df)) for sep, df in joins.items()}
-    # Exactly one way of joining must decode; two that both decode mean we cannot tell.
-    pick = {s: sep for sep in joins for s in starts if s in ok[sep] and s not in ok["" if sep == " " else " "]}
-    if not pick:
+    trial = pl.DataFrame({"line_no": list(range(len(cands))), "line": [c[1] for c in cands]},
+                         schema={"line_no": pl.Int64, "line": pl.String})
+    good = _good(*decode(trial))
+    by_start: dict[int, dict[tuple[int, ...], list[str]]] = {}
+    for i, (chain, joined) in enumerate(cands):
+        if i in good:
+            by_start.setdefault(chain[0], {}).setdefault(chain, []).append(joined)
+    consumed: set[int] = set()
+    picked: list[tuple[int, str]] = []
+    for s in starts:
+        if s not in by_start:
+            continue
+        chain = min(by_start[s], key=len)
+        if len(by_start[s][chain]) == 1 and not set(chain) & consumed:
+            picked.append((s, by_start[s][chain][0]))
+            consumed |= set(chain)
+    if not picked:
         return Fixes()
-    lines = [(s, joins[sep].filter(pl.col("line_no") == s)["line"][0]) for s, sep in sorted(pick.items())]
-    split_fixed, decoded_fixed = decode(pl.DataFrame(lines, schema={"line_no": pl.Int64, "line": pl.String}, orient="row"))
-    return Fixes(split_fixed, decoded_fixed, {n for s in pick for n in (s, s + 1)})
+    split_fixed, decoded_fixed = decode(pl.DataFrame(picked, schema={"line_no": pl.Int64, "line": pl.String}, orient="row"))
+    return Fixes(split_fixed, decoded_fixed, consumed)
