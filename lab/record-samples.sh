@@ -32,4 +32,6 @@ sample rom-zapall           16384 -- rom --rounds 2
 sample rom-zapslot          16384 -- rom --rounds 2 --no-zap-all-quirk
 sample ptslot-zapall        16384 -- ptslot --pages 512 --rounds 2
 sample ptslot-zapslot       16384 -- ptslot --pages 512 --rounds 2 --no-zap-all-quirk
+sample churn-thp-zapall     16384 -- churn --rounds 3 --thp
+sample churn-thp-zapslot    16384 -- churn --rounds 3 --thp --no-zap-all-quirk
 sample churn-lost-zapall       64 -- churn --rounds 3

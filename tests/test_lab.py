@@ -239,6 +239,21 @@ def test_ptslot_zapslot_zaps_the_guest_page_tables() -> None:
     assert {0x20000, 0x20400} <= zapped
 
 
+@pytest.mark.parametrize("name", ["churn-thp-zapall", "churn-thp-zapslot"])
+def test_thp_samples_have_2mib_sptes_for_2mib_guest_pages(name: str) -> None:
+    """--thp: the 16 MiB BAR at 0xfd000000 is mapped by 2 MiB guest pages, so with huge host
+    pages KVM installs level-2 SPTEs for it; without --thp the same run has none."""
+    def levels(sample: str) -> set[int]:
+        return {
+            int(l.rest.split(" level ")[1].split()[0])
+            for l in read_text(SAMPLES / f"{sample}.txt.gz")
+            if l.name == "kvm_mmu_set_spte" and 0xFD000 <= int(l.rest.split()[1], 16) < 0xFE000
+        }
+
+    assert levels(name) >= {2}
+    assert levels(name.replace("-thp", "")) == {1}
+
+
 # --- the lab itself -----------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ struct vm {
 	int run_size;
 	bool zap_all_quirk;
 	bool manual_protect;
+	bool thp;           /* slot memory is 2 MiB-aligned to its gpa and MADV_HUGEPAGE */
 	struct slot slots[MAX_SLOTS];
 	pthread_mutex_t slot_lock;
 };
@@ -81,7 +82,7 @@ void marker(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* vm.c: VM, vCPU and memslot plumbing. */
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-void vm_create(struct vm *vm, bool zap_all_quirk);
+void vm_create(struct vm *vm, bool zap_all_quirk, bool thp);
 void vm_enable_manual_protect(struct vm *vm);
 struct slot *slot_create(struct vm *vm, const char *name, uint64_t gpa, uint64_t size, uint32_t flags);
 void slot_delete(struct vm *vm, struct slot *s);
@@ -118,6 +119,7 @@ struct params {
 	uint64_t high_mb;   /* size of the large slot at 0x800000000 */
 	bool zap_all_quirk;
 	bool manual_protect;
+	bool thp;
 };
 
 #endif

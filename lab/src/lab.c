@@ -23,14 +23,14 @@ void lab_setup(struct lab *lab, const struct params *p)
 
 	lab->p = p;
 	lab->ram_size = p->ram_mb << 20;
-	vm_create(vm, p->zap_all_quirk);
+	vm_create(vm, p->zap_all_quirk, p->thp);
 	if (p->manual_protect)
 		vm_enable_manual_protect(vm);
 	marker("kvmlab_start scenario=%s vcpus=%d ram_mb=%llu pid=%d manual_protect=%d "
-	       "slot_zap_all_quirk=%d pages=%d huge=%d rounds=%d high_mb=%llu",
+	       "slot_zap_all_quirk=%d pages=%d huge=%d rounds=%d high_mb=%llu thp=%d",
 	       p->scenario, p->vcpus, (unsigned long long)p->ram_mb, (int)getpid(),
 	       vm->manual_protect, vm->zap_all_quirk, p->pages, p->huge, p->rounds,
-	       (unsigned long long)p->high_mb);
+	       (unsigned long long)p->high_mb, vm->thp);
 	slot_create(vm, "low", 0, LOW_SIZE, 0);
 	slot_create(vm, "ram", GPA_RAM, lab->ram_size, 0);
 	guest_code_install(vm);

@@ -31,7 +31,8 @@ static void usage(FILE *f)
 		"  --rounds N         churn/mmio/dirty/multi/rom/ptslot rounds (default 3)\n"
 		"  --high-mb N        size of the large slot at 0x800000000 in MiB (default 64)\n"
 		"  --no-zap-all-quirk disable KVM_X86_QUIRK_SLOT_ZAP_ALL (zap only the slot)\n"
-		"  --no-manual-protect  do not enable KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2\n");
+		"  --no-manual-protect  do not enable KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2\n"
+		"  --thp              back slots with transparent huge pages (2 MiB SPTEs)\n");
 }
 
 int main(int argc, char **argv)
@@ -45,6 +46,7 @@ int main(int argc, char **argv)
 		{ "high-mb", required_argument, NULL, 'b' },
 		{ "no-zap-all-quirk", no_argument, NULL, 'z' },
 		{ "no-manual-protect", no_argument, NULL, 'M' },
+		{ "thp", no_argument, NULL, 't' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -65,6 +67,7 @@ int main(int argc, char **argv)
 		case 'b': p.high_mb = strtoull(optarg, NULL, 0); break;
 		case 'z': p.zap_all_quirk = false; break;
 		case 'M': p.manual_protect = false; break;
+		case 't': p.thp = true; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}

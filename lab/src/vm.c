@@ -29,9 +29,10 @@ void die(const char *fmt, ...)
 	exit(1);
 }
 
-void vm_create(struct vm *vm, bool zap_all_quirk)
+void vm_create(struct vm *vm, bool zap_all_quirk, bool thp)
 {
 	memset(vm, 0, sizeof(*vm));
+	vm->thp = thp;
 	pthread_mutex_init(&vm->slot_lock, NULL);
 	vm->kvm_fd = open("/dev/kvm", O_RDWR | O_CLOEXEC);
 	if (vm->kvm_fd < 0)
@@ -128,6 +129,30 @@ static struct slot *free_slot(struct vm *vm)
 	die("out of memslots");
 }
 
+/*
+ * Host memory for a slot.  With THP the mapping is placed so that ua and gpa agree modulo
+ * 2 MiB and marked MADV_HUGEPAGE: only then can KVM back a 2 MiB guest page with a 2 MiB SPTE.
+ */
+static uint8_t *slot_memory(struct vm *vm, uint64_t gpa, uint64_t size)
+{
+	const uint64_t huge = 0x200000;
+	uint64_t span = size + (vm->thp ? huge : 0);
+	uint8_t *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	uint64_t skip;
+
+	if (p == MAP_FAILED)
+		die("mmap %llu bytes", (unsigned long long)span);
+	if (!vm->thp)
+		return p;
+	skip = ((gpa & (huge - 1)) - ((uintptr_t)p & (huge - 1))) & (huge - 1);
+	if (skip)
+		munmap(p, skip);
+	munmap(p + skip + size, huge - skip);
+	if (madvise(p + skip, size, MADV_HUGEPAGE))
+		die("madvise(MADV_HUGEPAGE)");
+	return p + skip;
+}
+
 struct slot *slot_create(struct vm *vm, const char *name, uint64_t gpa, uint64_t size, uint32_t flags)
 {
 	struct slot *s;
@@ -139,9 +164,7 @@ struct slot *slot_create(struct vm *vm, const char *name, uint64_t gpa, uint64_t
 	s->gpa = gpa;
 	s->size = size;
 	s->flags = flags;
-	s->host = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (s->host == MAP_FAILED)
-		die("mmap %llu bytes", (unsigned long long)size);
+	s->host = slot_memory(vm, gpa, size);
 	region_ioctl(vm, s, "create", flags, gpa, size, true);
 	pthread_mutex_unlock(&vm->slot_lock);
 	return s;
