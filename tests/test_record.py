@@ -7,7 +7,7 @@ vCPU in real mode, and runs a loop of N ``out 0x10, al`` (al = N, N-1, ... 1), a
 KVM_EXIT_IO (2) and one KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
 and the kernel's own text (``--text``) of the same records.
 
-Every test holds the machine-wide recording lock, so no other recording can change tracefs
+Every recording test holds the machine-wide recording lock, so no other recording can change tracefs
 between the before and after snapshots (the recorder, a child of the lock holder, proceeds).
 """
 
@@ -42,10 +42,13 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.kvm, pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")]
+def kvm_only(test):
+    """Records for real: needs root, tracefs, /dev/kvm, and holds the machine's recording lock."""
+    skip = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
+    return pytest.mark.kvm(skip(pytest.mark.usefixtures("hold_recording_lock")(test)))
 
 
-@pytest.fixture(autouse=True)
+@pytest.fixture
 def hold_recording_lock():
     from kvmtrace.record.lock import recording_lock
 
@@ -81,6 +84,7 @@ def text_counts(path: Path) -> Counter[str]:
         return Counter(m.group(1) for line in f if (m := re.search(r"\s[\d.]+: (\w+):", line)) and not line.startswith("#"))
 
 
+@kvm_only
 @pytest.mark.oracle
 @pytest.mark.parametrize("compression", ["zstd", "none"])
 def test_native_recording_decodes_identically_and_restores_tracefs(
@@ -110,6 +114,7 @@ def test_native_recording_decodes_identically_and_restores_tracefs(
     assert data.info.clock == "global"
 
 
+@kvm_only
 def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path) -> None:
     """About 5 MB of events through ring buffers of 4 MB in all: drained while the guest runs,
     none is lost; read only at the end (as --text must), the buffers overwrite the oldest."""
@@ -134,6 +139,7 @@ def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path)
     assert read_tracedat(tmp_path / "at_end.dat").tables["kvm_pio"].num_rows < loops
 
 
+@kvm_only
 def test_trace_cmd_backend_and_version_6(tmp_path: Path, trace_cmd: str) -> None:
     before = tracefs_state()
     out = tmp_path / "guest.dat"
@@ -145,6 +151,7 @@ def test_trace_cmd_backend_and_version_6(tmp_path: Path, trace_cmd: str) -> None
     assert report_counts(trace_cmd, out) == Counter({"kvm_pio": 1})
 
 
+@kvm_only
 def test_failing_command_status_is_returned_and_tracefs_restored(tmp_path: Path) -> None:
     before = tracefs_state()
     out = tmp_path / "fail.dat"
@@ -155,6 +162,7 @@ def test_failing_command_status_is_returned_and_tracefs_restored(tmp_path: Path)
     assert out.exists()
 
 
+@kvm_only
 def test_sigint_stops_the_command_and_restores_tracefs(tmp_path: Path) -> None:
     before = tracefs_state()
     out, started = tmp_path / "int.dat", tmp_path / "started"
@@ -175,6 +183,7 @@ def test_sigint_stops_the_command_and_restores_tracefs(tmp_path: Path) -> None:
     assert out.exists()  # what was recorded up to the interrupt is kept
 
 
+@kvm_only
 def test_error_messages_are_one_line_and_touch_nothing(tmp_path: Path) -> None:
     before = tracefs_state()
     for args, message in [
@@ -192,6 +201,7 @@ def test_error_messages_are_one_line_and_touch_nothing(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
+@kvm_only
 def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
     from kvmtrace.record.recorder import RecordOptions, record
     from parsers.errors import TraceError
@@ -246,3 +256,30 @@ def tiny_guest(loops: int) -> None:
 
 if __name__ == "__main__":
     tiny_guest(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+
+
+def test_lock_waits_for_another_holder(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """A recording started beside (not under) a holder of the lock waits for it."""
+    from kvmtrace.record.lock import recording_lock
+
+    lock = tmp_path / "rec.lock"
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo locked; exec sleep 1"], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+    started = time.monotonic()
+    with recording_lock(lock):
+        waited = time.monotonic() - started
+    holder.wait()
+    assert waited > 0.3
+    assert f"waiting for another recording to finish (lock {lock} held by pid {holder.pid})" in capfd.readouterr().err
+
+
+def test_lock_held_by_an_ancestor_is_ours(tmp_path: Path) -> None:
+    """`flock LOCK kvmtrace record ...` (or a test holding the lock) must not deadlock."""
+    lock = tmp_path / "rec.lock"
+    child = (
+        "import sys; from pathlib import Path; from kvmtrace.record.lock import recording_lock\n"
+        f"with recording_lock(Path({str(lock)!r})): print('inside')"
+    )
+    proc = subprocess.run(["flock", str(lock), sys.executable, "-c", child], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "inside\n" and proc.stderr == ""
