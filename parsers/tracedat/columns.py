@@ -30,24 +30,33 @@ class FieldReader:
 
     # ------------------------------------------------------------------ integers
 
-    def uint(self, addr: np.ndarray, size: int) -> np.ndarray:
-        """Unsigned integers of ``size`` bytes at byte addresses ``addr`` (native byte order)."""
+    def uint(self, addr: np.ndarray, size: int, misalign: int | None = None) -> np.ndarray:
+        """Unsigned integers of ``size`` bytes at byte addresses ``addr`` (native byte order).
+
+        ``misalign`` is ``addr % 4`` when the caller knows it is the same for every row (a field
+        at a fixed offset of 4-aligned record payloads); otherwise it is checked here.
+        """
         if size == 1:
             return self.buf[addr]
-        if size in self._views and not (addr % size).any():
-            return self._views[size][addr // size].astype(f"u{size}")
-        if size == 8 and not (addr & 3).any():
-            w = self._views[4]
-            i = addr >> 2
-            lo, hi = (w[i + 1], w[i]) if self.big_endian else (w[i], w[i + 1])
-            return (hi.astype(np.uint64) << np.uint64(32)) | lo.astype(np.uint64)
         if size not in (2, 4, 8):
             raise ValueError(f"integer size {size}")
+        if misalign is None:
+            low = addr & 3
+            misalign = int(low[0]) if len(low) and not (low != low[0]).any() else -1
+        native = np.dtype(f"u{size}")
+        if size in (2, 4) and misalign >= 0 and misalign % size == 0:
+            return self._views[size][addr // size].astype(native, copy=False)
+        if size == 8 and misalign == 0:
+            w = self._views[4]
+            i = addr >> 2
+            if not self.big_endian:  # the two words are the u64's bytes in file order
+                return w[i[:, None] + np.arange(2)].view("<u8").ravel().astype(native, copy=False)
+            return (w[i].astype(np.uint64) << np.uint64(32)) | w[i + 1].astype(np.uint64)
         idx = addr[:, None] + np.arange(size)
-        return self.buf[idx].view(f"{self._e}u{size}").ravel().astype(f"u{size}")
+        return self.buf[idx].view(f"{self._e}u{size}").ravel().astype(native, copy=False)
 
-    def integers(self, addr: np.ndarray, size: int, signed: bool) -> np.ndarray:
-        out = self.uint(addr, size)
+    def integers(self, addr: np.ndarray, size: int, signed: bool, misalign: int | None = None) -> np.ndarray:
+        out = self.uint(addr, size, misalign)
         return out.view(f"i{size}") if signed else out
 
     # ------------------------------------------------------------------ byte runs
@@ -104,15 +113,16 @@ class FieldReader:
             return pa.array(self.buf[addr] != 0)
         if field.size not in (1, 2, 4, 8):
             return self.binary(addr, np.full(len(pos), field.size, np.int64))
-        return pa.array(self.integers(addr, field.size, field.signed))
+        # Record payloads start 4-aligned, so a fixed-offset field's alignment is its offset's.
+        return pa.array(self.integers(addr, field.size, field.signed, field.offset & 3))
 
     def _dynamic(self, field: FieldSpec, pos: np.ndarray, addr: np.ndarray, rec_len: np.ndarray) -> pa.Array:
         """``__data_loc``/``__rel_loc``: u32 = length << 16 | offset (from record or field end)."""
         if field.size == 2:  # very old kernels: offset only, data runs to the record end
-            off = self.uint(addr, 2).astype(np.int64)
+            off = self.uint(addr, 2, field.offset & 3).astype(np.int64)
             length = np.maximum(rec_len - off, 0)
         else:
-            word = self.uint(addr, 4).astype(np.int64)
+            word = self.uint(addr, 4, field.offset & 3).astype(np.int64)
             off, length = word & 0xFFFF, word >> 16
         if field.relative:
             off = off + field.offset + field.size

@@ -8,6 +8,7 @@ standard Python decoders read them.
 from __future__ import annotations
 
 import zlib
+from dataclasses import dataclass
 
 import zstandard
 
@@ -52,20 +53,50 @@ class Decompressor:
         csize, size = cur.u32(), cur.u32()
         return self._one(cur.take(csize), size, where)
 
-    def chunks(self, cur: Cursor, end: int) -> tuple[bytes, int]:
-        """A chunked stream ending before ``end``: returns (data, number of chunks lost).
+    def into(self, data: memoryview, out: memoryview, where: int) -> None:
+        """Decompress one chunk straight into ``out`` (exactly its uncompressed size)."""
+        if self._zstd is None:
+            out[:] = self._one(bytes(data), len(out), where)
+            return
+        try:
+            with self._zstd.stream_reader(data) as reader:
+                done = 0
+                while done < len(out):
+                    n = reader.readinto(out[done:])
+                    if n == 0:
+                        break
+                    done += n
+        except zstandard.ZstdError as err:
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} ({err})") from None
+        if done != len(out):
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} "
+                             f"(expected {len(out)} bytes, got {done})")
 
-        A file cut inside the stream keeps every complete chunk (the caller warns); chunks are
-        whole pages, so what survives is still decodable.
-        """
-        count = cur.u32()
-        parts: list[bytes] = []
-        for i in range(count):
-            where = cur.base + cur.pos
-            if cur.pos + 8 > min(end, len(cur.buf)):
-                return b"".join(parts), count - i
-            csize, size = cur.u32(), cur.u32()
-            if cur.pos + csize > min(end, len(cur.buf)):
-                return b"".join(parts), count - i
-            parts.append(self._one(cur.take(csize), size, where))
-        return b"".join(parts), 0
+
+@dataclass(frozen=True)
+class Chunk:
+    """One compressed chunk of a per-CPU stream: where its data is and how big it gets."""
+
+    offset: int  # of the compressed bytes, relative to the stream start
+    csize: int
+    size: int
+
+
+def chunk_table(cur: Cursor, end: int) -> tuple[list[Chunk], int]:
+    """The chunks of a chunked stream ending before ``end``: (complete chunks, chunks lost).
+
+    A file cut inside the stream keeps every complete chunk (the caller warns); chunks hold
+    whole pages, so what survives is still decodable.
+    """
+    count = cur.u32()
+    chunks: list[Chunk] = []
+    limit = min(end, len(cur.buf))
+    for i in range(count):
+        if cur.pos + 8 > limit:
+            return chunks, count - i
+        csize, size = cur.u32(), cur.u32()
+        if cur.pos + csize > limit:
+            return chunks, count - i
+        chunks.append(Chunk(cur.pos, csize, size))
+        cur.pos += csize
+    return chunks, 0

@@ -28,6 +28,7 @@ from parsers.tracedat.constants import (
     TYPE_LEN_DATA_MAX,
     TYPE_LEN_MASK,
     TYPE_LEN_PADDING,
+    TYPE_LEN_TIME_EXTEND,
     TYPE_LEN_TIME_STAMP,
 )
 from parsers.tracedat.formats import PageHeader
@@ -110,10 +111,17 @@ def page_flags(pages: PageData, w32: np.ndarray) -> tuple[PageFlags, np.ndarray,
 
 
 def walk(pages: PageData) -> tuple[Records, PageFlags]:
-    """Decode every record header of every page; return data records and page flags."""
+    """Decode every record header of every page; return data records and page flags.
+
+    Each page keeps a running timestamp that advances with every record, exactly as kbuffer
+    does, so a data record's timestamp is known at the step that reads it. Only data records are
+    kept, each with its rank among its page's data records (to restore file order later).
+    """
     w32 = word_view(pages.buf, pages.big_endian)
     flags, start, end = page_flags(pages, w32)
     pos = start.copy()
+    clock = flags.ts.copy()  # per page: the running timestamp
+    taken = np.zeros(len(start), np.int64)  # per page: data records seen so far
     active = np.flatnonzero(pos < end)
     steps: list[tuple[np.ndarray, ...]] = []
     while active.size:
@@ -123,19 +131,24 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
             tl, delta = w >> np.uint32(TS_SHIFT), w & np.uint32(TS_DELTA_MASK)
         else:
             tl, delta = w & np.uint32(TYPE_LEN_MASK), w >> np.uint32(5)
-        a0 = w32[(p >> 2) + 1].astype(np.int64)
         tl = tl.astype(np.int64)
         payload = p + 4
         length = tl * 4
-        large = tl == 0
-        if large.any():
-            payload = np.where(large, p + 8, payload)
-            length = np.where(large, (a0 - 4 + 3) & ~3, length)
-        nxt = payload + length
+        now = clock[active] + delta
         meta = tl > TYPE_LEN_DATA_MAX
-        if meta.any():
-            nxt = np.where(tl == TYPE_LEN_PADDING, p + 4 + a0, np.where(meta, p + 8, nxt))
-            length = np.where(meta, 0, length)
+        large = tl == 0
+        if large.any() or meta.any():
+            a0 = w32[(p >> 2) + 1].astype(np.int64)
+            payload = np.where(large, p + 8, payload)
+            length = np.where(large, (a0 - 4 + 3) & ~3, np.where(meta, 0, length))
+            nxt = np.where(tl == TYPE_LEN_PADDING, p + 4 + a0, np.where(meta, p + 8, payload + length))
+            extend = a0.astype(np.uint64) << np.uint64(TS_SHIFT)
+            now = np.where(tl == TYPE_LEN_TIME_EXTEND, now + extend, now)
+            # Absolute stamp: 59 bits from the record, the top bits from the running clock.
+            stamp = tl == TYPE_LEN_TIME_STAMP
+            now = np.where(stamp, (extend + delta) | (clock[active] & np.uint64(TS_MSB)), now)
+        else:
+            nxt = payload + length
         bad = ~meta & ((nxt > end[active]) | (length < 0))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
@@ -144,71 +157,32 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
                 f"corrupt page on CPU {int(pages.cpu[pg])} at offset {int(pages.starts[pg])}: "
                 f"record at byte {int(p[k] - pages.starts[pg])} of the page runs past its committed data"
             )
-        steps.append((active, tl, delta, a0, payload, length))
+        clock[active] = now
+        data = ~meta
+        if not data.all():
+            page_d, now, payload, length = active[data], now[data], payload[data], length[data]
+        else:
+            page_d = active
+        steps.append((page_d, taken[page_d], now, payload, length))
+        taken[page_d] += 1
         pos[active] = nxt
         active = active[nxt < end[active]]
-    return _timestamps(steps, flags, pages), flags
+    return _file_order(steps, taken), flags
 
 
-def _file_order(steps: list[tuple[np.ndarray, ...]], n_pages: int) -> tuple[np.ndarray, ...]:
+def _file_order(steps: list[tuple[np.ndarray, ...]], per_page: np.ndarray) -> Records:
     """Concatenate the per-step arrays in file order (page by page, record by record).
 
-    Step ``k`` holds record ``k`` of every page still active, pages ascending; so a record's
-    place is its page's first slot plus ``k``: a scatter, no sort.
+    Step ``k`` holds the next data record of every page still active, pages ascending; a
+    record's place is its page's first slot plus its rank in the page: a scatter, no sort.
     """
-    sizes = np.fromiter((len(s[0]) for s in steps), np.int64, len(steps))
-    page = np.concatenate([s[0] for s in steps])
-    step = np.repeat(np.arange(len(steps), dtype=np.int64), sizes)
-    per_page = np.bincount(page, minlength=n_pages)
-    first_slot = np.zeros(n_pages, np.int64)
-    np.cumsum(per_page[:-1], out=first_slot[1:])
-    where = first_slot[page] + step
-    out = []
-    for column in zip(*steps):
-        flat = np.concatenate(column)
-        ordered = np.empty_like(flat)
-        ordered[where] = flat
-        out.append(ordered)
-    return tuple(out)
-
-
-def _timestamps(steps: list[tuple[np.ndarray, ...]], flags: PageFlags, pages: PageData) -> Records:
-    """Rebuild each record's absolute timestamp (segmented running sums) in file order."""
     if not steps:
         empty = np.empty(0, np.int64)
         return Records(empty, empty, np.empty(0, np.uint64), empty)
-    page, tl, delta, a0, payload, length = _file_order(steps, len(pages.starts))
-    inc = delta.astype(np.uint64)
-    extended = tl >= TYPE_LEN_PADDING + 1  # TIME_EXTEND and TIME_STAMP carry array[0] << 27
-    if extended.any():
-        inc[extended] += a0[extended].astype(np.uint64) << np.uint64(TS_SHIFT)
-    first = np.ones(len(page), bool)
-    first[1:] = page[1:] != page[:-1]
-    stamp = tl == TYPE_LEN_TIME_STAMP
-    seg_start = first | stamp
-    seg_idx = np.flatnonzero(seg_start)
-    seg_of = np.cumsum(seg_start) - 1
-    # Within a segment the timestamp is a running sum; the segment start's own value is
-    # page_ts + delta (first record of a page) or the absolute stamp (| running TS_MSB bits).
-    inc_in = inc.copy()
-    inc_in[seg_start] = 0
-    cs = np.cumsum(inc_in)
-    cs_base = (cs[seg_idx])[seg_of]
-    page_ts = flags.ts[page]
-    msb = np.zeros(len(page), np.uint64)
-    while True:
-        start_val = np.where(stamp, inc | msb, page_ts + inc)
-        ts = start_val[seg_idx][seg_of] + (cs - cs_base)
-        if not stamp.any():
-            break
-        # TS_MSB: an absolute stamp keeps the top bits of the timestamp before it. They are 0
-        # for any clock younger than 2^59 ns (18 years), so this loop almost never repeats.
-        prev = np.empty_like(ts)
-        prev[1:] = ts[:-1]
-        prev[first] = page_ts[first]
-        new_msb = np.where(stamp, prev & np.uint64(TS_MSB), np.uint64(0)).astype(np.uint64)
-        if np.array_equal(new_msb, msb):
-            break
-        msb = new_msb
-    data = tl <= TYPE_LEN_DATA_MAX
-    return Records(pos=payload[data], length=length[data], ts=ts[data], page=page[data])
+    page, rank, ts, payload, length = (np.concatenate(c) for c in zip(*steps))
+    first_slot = np.zeros(len(per_page), np.int64)
+    np.cumsum(per_page[:-1], out=first_slot[1:])
+    where = first_slot[page] + rank
+    order = np.empty(len(where), np.int64)
+    order[where] = np.arange(len(where))
+    return Records(pos=payload[order], length=length[order], ts=ts[order], page=page[order])

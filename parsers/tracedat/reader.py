@@ -91,8 +91,8 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     reader = FieldReader(pages.buf, box.big_endian)
     common_type = catalog.common_field("common_type")
     common_pid = catalog.common_field("common_pid")
-    event_id = reader.uint(records.pos + common_type[0], common_type[1]).astype(np.int64)
-    pid = reader.integers(records.pos + common_pid[0], common_pid[1], True).astype(np.int32)
+    event_id = reader.uint(records.pos + common_type[0], common_type[1], common_type[0] & 3).astype(np.int64)
+    pid = reader.integers(records.pos + common_pid[0], common_pid[1], True, common_pid[0] & 3).astype(np.int32)
     cpu = pages.cpu[records.page]
     order = merge_order(ts_ns, cpu)
     merged = Merged(pos=records.pos[order], length=records.length[order], ts=ts_ns[order], cpu=cpu[order],

@@ -141,10 +141,10 @@ def _events_table(merged: Merged, catalog: FormatCatalog, comm: pa.Array, seq: n
     systems = [catalog.system(i) if i in catalog else None for i in ids]
     system_names = sorted({s for s in systems if s is not None})
     sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
-    row_sys = sys_index[codes.to_numpy()]
+    row_sys = sys_index[codes]
     return pa.Table.from_arrays(
         [pa.array(seq), pa.array(merged.ts), pa.array(merged.cpu), pa.array(merged.pid), comm,
-         pa.DictionaryArray.from_arrays(codes, pa.array(names, pa.string())),
+         pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string())),
          pa.DictionaryArray.from_arrays(pa.array(np.maximum(row_sys, 0), mask=row_sys < 0),
                                         pa.array(system_names, pa.string()))],
         schema=EVENTS_SCHEMA,
