@@ -23,9 +23,15 @@ SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("old_spte", pa.uint64()),  # null: not known to the model
     pa.field("new_spte", pa.uint64()),  # null: removed without a value (inferred zap)
     pa.field("page", pa.int64()),  # owning page id when inferred
-    pa.field("state", pa.string(), nullable=False),  # present | mmio | zapped | zapped_inferred | nonpresent
-    pa.field("reason", pa.string(), nullable=False),
+    # present | mmio | zapped | zapped_inferred | nonpresent (dictionary-encoded: few distinct values)
+    pa.field("state", pa.dictionary(pa.int8(), pa.string()), nullable=False),
+    pa.field("reason", pa.dictionary(pa.int8(), pa.string()), nullable=False),
 ])
+
+
+def coded(codes: np.ndarray, vocabulary: list[str]) -> pa.DictionaryArray:
+    """Strings with few distinct values, given as int codes into ``vocabulary``: no string pass."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int8)), pa.array(vocabulary, pa.string()))
 
 
 @dataclass
@@ -73,6 +79,9 @@ class Journal:
     zap_alls: list[tuple[int, int, int]] = field(default_factory=list)
     #: (change index, "start" | "end") -> Snapshot
     snapshots: dict[tuple[int, str], Snapshot] = field(default_factory=dict)
+    #: columnar additions (shadow SPTEs): Arrow tables of SPTE_CHANGES_SCHEMA / install arrays
+    change_chunks: list[pa.Table] = field(default_factory=list)
+    install_chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def change(self, seq: int, key: int, as_id: int, gfn: int, level: int, old: int | None, new: int | None,
                page: int | None, state: str, reason: str) -> None:
@@ -94,16 +103,51 @@ class Journal:
         self.i_as.append(as_id)
         self.i_pid.append(pid)
 
+    def add_changes(self, *, seq, key, as_id, gfn, level, old, old_valid, new, new_valid, page, state,
+                    reason) -> None:
+        """Many transitions at once (numpy arrays; ``*_valid`` False makes the value null; ``state`` and
+        ``reason`` are :func:`coded` arrays)."""
+        page = np.asarray(page, dtype=np.int64)
+        self.change_chunks.append(pa.table({
+            "seq": pa.array(np.asarray(seq, np.int64)),
+            "key": pa.array(np.asarray(key, np.uint64)),
+            "as_id": pa.array(np.asarray(as_id).astype(np.int16)),
+            "gfn": pa.array(np.asarray(gfn, np.uint64)),
+            "level": pa.array(np.asarray(level).astype(np.int8)),
+            "old_spte": pa.array(np.asarray(old, np.uint64), mask=~np.asarray(old_valid, bool)),
+            "new_spte": pa.array(np.asarray(new, np.uint64), mask=~np.asarray(new_valid, bool)),
+            "page": pa.array(page, mask=page < 0),
+            "state": state,
+            "reason": reason,
+        }, schema=SPTE_CHANGES_SCHEMA))
+
+    def add_installs(self, seq, gfn, level, as_id, pid) -> None:
+        self.install_chunks.append({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
+                                    "level": np.asarray(level, np.int64), "as_id": np.asarray(as_id, np.int64),
+                                    "pid": np.asarray(pid, np.int64)})
+
     def installs(self) -> dict[str, np.ndarray]:
-        return {
+        """Present leaf installs, in seq order."""
+        parts = [{
             "seq": np.asarray(self.i_seq, dtype=np.int64),
             "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
             "level": np.asarray(self.i_level, dtype=np.int64),
             "as_id": np.asarray(self.i_as, dtype=np.int64),
             "pid": np.asarray(self.i_pid, dtype=np.int64),
-        }
+        }] + self.install_chunks
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        order = np.argsort(out["seq"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
 
     def spte_changes(self) -> pa.Table:
+        """Every SPTE transition, in seq order."""
+        rows = self._row_changes()
+        if not self.change_chunks:
+            return rows
+        t = pa.concat_tables([rows] + self.change_chunks).unify_dictionaries().combine_chunks()
+        return t.take(pa.array(np.argsort(np.asarray(t.column("seq").to_numpy()), kind="stable")))
+
+    def _row_changes(self) -> pa.Table:
         return pa.table({
             "seq": pa.array(self.c_seq, pa.int64()),
             "key": pa.array(self.c_key, pa.uint64()),
@@ -113,8 +157,9 @@ class Journal:
             "old_spte": pa.array(self.c_old, pa.uint64()),
             "new_spte": pa.array(self.c_new, pa.uint64()),
             "page": pa.array(self.c_page, pa.int64()),
-            "state": pa.array(self.c_state, pa.string()),
-            "reason": pa.array(self.c_reason, pa.string()),
+            "state": pa.array(self.c_state, pa.string()).dictionary_encode().cast(SPTE_CHANGES_SCHEMA.field("state").type),
+            "reason": pa.array(self.c_reason, pa.string()).dictionary_encode().cast(
+                SPTE_CHANGES_SCHEMA.field("reason").type),
         }, schema=SPTE_CHANGES_SCHEMA)
 
     def unexplained_table(self) -> pa.Table:

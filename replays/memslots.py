@@ -141,16 +141,28 @@ class MemslotTimeline:
         return [c for c in self.changes if c.kind in REMOVING_KINDS]
 
     # -- vectorised queries ----------------------------------------------------------------------
+    def lifetime_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
+        """Index into ``lifetimes`` of the slot that certainly covered each (gfn, seq), or -1.
+
+        Each lifetime only looks at the events inside its seq interval (a slice of the seq-sorted
+        input), so the cost is one pass over the events, not one per lifetime."""
+        out = np.full(len(gfn), -1, dtype=np.int64)
+        order, sseq = _seq_order(seq)
+        g = gfn.astype(np.uint64)[order]
+        a = as_id[order] if as_id is not None else None
+        for k, lt in enumerate(self.lifetimes):
+            i, j = np.searchsorted(sseq, [lt.from_seq, lt.until_seq])
+            m = (g[i:j] >= lt.base_gfn) & (g[i:j] < lt.base_gfn + lt.npages)
+            if a is not None:
+                m &= a[i:j] == lt.as_id
+            out[order[i:j][m]] = k
+        return out
+
     def slot_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
         """Slot (as<<16|id) that certainly covered each (gfn, seq), or -1."""
-        out = np.full(len(gfn), -1, dtype=np.int64)
-        g = gfn.astype(np.uint64)
-        for lt in self.lifetimes:
-            m = (seq >= lt.from_seq) & (seq < lt.until_seq) & (g >= lt.base_gfn) & (g < lt.base_gfn + lt.npages)
-            if as_id is not None:
-                m &= as_id == lt.as_id
-            out[m] = lt.slot
-        return out
+        idx = self.lifetime_at(gfn, seq, as_id)
+        slots = np.asarray([lt.slot for lt in self.lifetimes] + [-1], dtype=np.int64)
+        return slots[idx]
 
     def window_of(self, gfn: np.ndarray, seq: np.ndarray, kinds: frozenset[str] | None = None,
                   positioned: bool = False) -> np.ndarray:
@@ -159,18 +171,20 @@ class MemslotTimeline:
         ``positioned`` leaves out changes whose position is unknown (QEMU logs), whose windows
         span the whole trace."""
         out = np.full(len(gfn), -1, dtype=np.int64)
-        g = gfn.astype(np.uint64)
-        for i, c in enumerate(self.changes):
+        order, sseq = _seq_order(seq)
+        g = gfn.astype(np.uint64)[order]
+        for k, c in enumerate(self.changes):
             if c.window_start is None or c.window_end is None or (kinds is not None and c.kind not in kinds):
                 continue
             if positioned and c.seq is None:
                 continue
-            m = (seq >= c.window_start) & (seq <= c.window_end)
-            touch = np.zeros(len(g), dtype=bool)
+            i = int(np.searchsorted(sseq, c.window_start, side="left"))
+            j = int(np.searchsorted(sseq, c.window_end, side="right"))
+            touch = np.zeros(j - i, dtype=bool)
             for base, n in ((c.base_gfn, c.npages), (c.old_base_gfn, c.old_npages)):
                 if base is not None and n:
-                    touch |= (g >= base) & (g < base + n)
-            out[m & touch] = i
+                    touch |= (g[i:j] >= base) & (g[i:j] < base + n)
+            out[order[i:j][touch]] = k
         return out
 
     def hva_to_gfns(self, start: int, end: int, seq: int) -> list[tuple[int, int]]:
@@ -201,6 +215,15 @@ class MemslotTimeline:
             for k, v in row.items():
                 cols[k].append(v)
         return pa.table(cols, schema=TIMELINE_SCHEMA)
+
+
+def _seq_order(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A stable seq order and the sorted seqs (cheap when the input is already sorted)."""
+    seq = np.asarray(seq, dtype=np.int64)
+    if len(seq) < 2 or bool(np.all(seq[1:] >= seq[:-1])):
+        return np.arange(len(seq)), seq
+    order = np.argsort(seq, kind="stable")
+    return order, seq[order]
 
 
 def parse_set_memory(text: str, seq: int | None, pid: int) -> SlotLine | None:

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from parsers.errors import TraceError
-from parsers.schema import TraceData
+from parsers.schema import META_SYSTEM, TraceData
 from replays import memslots as ms
 from replays.detectors import run_all
 from replays.detectors.context import Context
 from replays.findings import LostWindows, finalize
-from replays.journal import Journal
+from replays.journal import Journal, Snapshot
 from replays.pages import PageBook
 from replays.profiles import KernelProfile, decode_role, profile_for
 from replays.results import ReplayResult
 from replays.shadow import ShadowModel
+from replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
 from replays.stream import Columns, extract, merge_order, numpy_column
 from replays.summaries import memslot_summary, zap_all_summary
 from replays.tdp import TdpModel
@@ -41,8 +41,7 @@ KVMMMU_EVENTS = frozenset({
 PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 
 # Loop stream numbers (index into the list handed to merge_order).
-GET, ZAP, SYNC, UNSYNC, ZAP_ALL, SET_SPTE, TDP_CHANGE, FAST_PF, SPLIT, UNMAP = range(10)
-
+GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
 
 def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,
            qemu_log_lines: list[str] | None = None) -> ReplayResult:
@@ -57,7 +56,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     limits: list[str] = []
     if kernel is None and data.info.kernel is None:
         assumptions.append(f"the trace names no kernel; assumed the newest layout ({profile.name})")
-    kv_seq, kv_pid, kv_name = _kvmmmu_events(data)
+    kv_seq, kv_pid = _kvmmmu_events(data)
     timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid)
     mmu = _detect_mmu(data, profile)
     zap_all_seqs, zap_all_pids = _seq_pid(data, "kvm_mmu_zap_all_fast")
@@ -97,17 +96,20 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
 
 
 # -- inputs ----------------------------------------------------------------------------------------
-def _kvmmmu_events(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ev = data.events
-    names = ev.column("event")
-    if isinstance(names.type, pa.DictionaryType) or (names.num_chunks and pa.types.is_dictionary(names.type)):
-        names = names.cast(pa.string())
-    is_mmu = pc.is_in(names, value_set=pa.array(sorted(KVMMMU_EVENTS)))
-    if "system" in ev.column_names and ev.column("system").null_count < ev.num_rows:
-        is_mmu = pc.or_(is_mmu, pc.equal(ev.column("system").cast(pa.string()), "kvmmmu"))
-    sel = ev.filter(pc.fill_null(is_mmu, False))
-    return (numpy_column(sel, "seq", np.int64), numpy_column(sel, "pid", np.int64),
-            np.asarray(sel.column("event").cast(pa.string()).to_numpy(zero_copy_only=False)))
+def _kvmmmu_events(data: TraceData) -> tuple[np.ndarray, np.ndarray]:
+    """Seqs and pids of every kvmmmu event, in seq order, from the per-event tables (their schema
+    metadata names the system; the name list covers readers that leave it out)."""
+    seqs, pids = [], []
+    for name, t in data.tables.items():
+        meta = t.schema.metadata or {}
+        if t.num_rows and (name in KVMMMU_EVENTS or meta.get(META_SYSTEM) == b"kvmmmu"):
+            seqs.append(numpy_column(t, "seq", np.int64))
+            pids.append(numpy_column(t, "pid", np.int64))
+    if not seqs:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    seq, pid = np.concatenate(seqs), np.concatenate(pids)
+    order = np.argsort(seq, kind="stable")
+    return seq[order], pid[order]
 
 
 def _seq_pid(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:
@@ -169,10 +171,11 @@ def _detect_mmu(data: TraceData, profile: KernelProfile) -> str:
 
     if rows("kvm_tdp_mmu_spte_changed"):
         return "tdp"
-    pages = data.tables.get("kvm_mmu_get_page")
-    if not rows("kvm_mmu_get_page"):
+    roles = [numpy_column(data.tables[e], "role") for e in ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page",
+                                                           "kvm_mmu_sync_page", "kvm_mmu_unsync_page") if rows(e)]
+    if not roles:
         return "shadow" if rows("kvm_mmu_set_spte") else "unknown"
-    role = numpy_column(pages, "role")
+    role = np.concatenate(roles)
     direct = (role >> np.uint64(profile.role_field("direct").shift)) & np.uint64(1)
     return "legacy_tdp" if bool(direct.all()) else "shadow"
 
@@ -200,18 +203,20 @@ def _zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,
 # -- the loop --------------------------------------------------------------------------------------
 def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
           journal: Journal, pages: PageBook) -> None:
-    """Feed the state-changing events, merged by seq, to the model: one tight loop over lists."""
+    """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
+
+    The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
+    operations (:mod:`replays.shadow_sptes`), because no page event depends on them."""
+    tdp = mmu == "tdp"
     streams: list[Columns | None] = [
         extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),
         extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_zap_all_fast", ("mmu_valid_gen",)),
-        extract(data, "kvm_mmu_set_spte", ("gfn", "spte", "sptep", "level")) if mmu != "tdp" else None,
-        extract(data, "kvm_tdp_mmu_spte_changed", ("as_id", "gfn", "level", "old_spte", "new_spte")),
-        extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if mmu == "tdp" else None,
-        extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")),
-        extract(data, "kvm_unmap_hva_range", ("start", "end")) if mmu != "tdp" else None,
+        extract(data, "kvm_tdp_mmu_spte_changed", ("as_id", "gfn", "level", "old_spte", "new_spte")) if tdp else None,
+        extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if tdp else None,
+        extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")) if tdp else None,
     ]
     removals = [(i, c) for i, c in enumerate(tl.changes)
                 if c.kind in ms.REMOVING_KINDS and c.seq is not None and c.old_npages]
@@ -221,19 +226,13 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
         cp_what += [(i, "start"), (i, "end")]
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
-    if mmu == "tdp":
-        model: TdpModel | ShadowModel = TdpModel(profile, journal, pages)
-    else:
-        model = ShadowModel(profile, tl, journal, pages)
+    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else ShadowModel(profile, journal, pages)
     seqs = [s.seq.tolist() if s is not None else [] for s in streams]
-    f = [s.fields if s is not None else {} for s in streams]
-    get, zap, syn, uns, za, st, tc, fp, sp, um = f
+    get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]
+    page_sets: dict[tuple[int, str], np.ndarray] = {}
     CHECK = len(streams)
-    slot_zap_rmaps = mmu != "tdp" and zap_policy != "zap_all"
     for kind, r in zip(kinds.tolist(), rows.tolist()):
-        if kind == SET_SPTE:
-            model.set_spte(seqs[kind][r], st["pid"][r], st["gfn"][r], st["spte"][r], st["sptep"][r], st["level"][r])
-        elif kind == TDP_CHANGE:
+        if kind == TDP_CHANGE:
             model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
                          tc["old_spte"][r], tc["new_spte"][r])
         elif kind == GET:
@@ -243,7 +242,7 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
             model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r], zap["root_count"][r])
         elif kind == SYNC or kind == UNSYNC:
             c = syn if kind == SYNC else uns
-            if mmu == "tdp":
+            if tdp:
                 journal.unexplained.append((seqs[kind][r], streams[kind].name, "the TDP MMU never syncs pages"))
             else:
                 model.sync_page(seqs[kind][r], c["gfn"][r], c["role"][r], c["mmu_valid_gen"][r], c["root_count"][r],
@@ -253,17 +252,51 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
         elif kind == FAST_PF:
             model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
         elif kind == SPLIT:
-            if mmu == "tdp":
-                model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
-        elif kind == UNMAP:
-            model.unmap_hva(seqs[kind][r], um["start"][r], um["end"][r])
+            model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
         elif kind == CHECK:
-            i, when = cp_what[r]
-            journal.snapshots[(i, when)] = model.snapshot()
-            c = tl.changes[i]
-            if when == "end" and slot_zap_rmaps and isinstance(model, ShadowModel):
-                model.zap_gfn_range(2 * c.seq + 1, c.old_base_gfn, c.old_base_gfn + c.old_npages,
-                                    "per-slot zap of leaf SPTEs (rmap, untraced)")
+            if tdp:
+                journal.snapshots[cp_what[r]] = model.snapshot()
+            else:
+                page_sets[cp_what[r]] = model.live_pages()
+    if not tdp:
+        _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
+
+
+def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
+                         journal: Journal, pages: PageBook, model: ShadowModel,
+                         removals: list[tuple[int, ms.MemslotChange]],
+                         page_sets: dict[tuple[int, str], np.ndarray]) -> None:
+    """Owners, lifetimes and snapshots of every shadow SPTE, after the page walk."""
+    t = data.tables.get("kvm_mmu_set_spte")
+    if t is not None and t.num_rows:
+        ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64), numpy_column(t, "gfn"),
+                       numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int64))
+    else:
+        empty = np.empty(0, np.uint64)
+        ins = Installs(np.empty(0, np.int64), np.empty(0, np.int64), empty, empty, empty, np.empty(0, np.int64))
+    owner = infer_owners(ins, model.lookups(), pages, profile)
+    rmap_zaps: list[tuple[int, int, int, str]] = []
+    um = data.tables.get("kvm_unmap_hva_range")
+    if um is not None and um.num_rows:
+        for seq, start, end in zip(um.column("seq").to_pylist(), um.column("start").to_pylist(),
+                                   um.column("end").to_pylist()):
+            rmap_zaps += [(2 * seq, lo, hi, "MMU-notifier unmap (rmap zap, untraced)")
+                          for lo, hi in tl.hva_to_gfns(start, end, seq)]
+    if zap_policy != "zap_all":
+        rmap_zaps += [(2 * c.seq + 1, c.old_base_gfn, c.old_base_gfn + c.old_npages,
+                       "per-slot zap of leaf SPTEs (rmap, untraced)") for _, c in removals]
+    rmap_zaps.sort()
+    life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
+    life.to_journal(journal)
+    journal.obsolete_uses.extend(life.obsolete_uses(pages))
+    journal.obsolete_uses.sort()
+    for (i, when), live_pages in page_sets.items():
+        c = tl.changes[i]
+        key = 2 * c.window_start - 1 if when == "start" else 2 * c.seq + 1
+        alive = life.alive_at(key)
+        journal.snapshots[(i, when)] = Snapshot(
+            pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],
+            owner=owner[alive], installed=ins.seq[alive], obsolete_root=np.zeros(int(alive.sum()), bool))
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:

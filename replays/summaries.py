@@ -40,22 +40,23 @@ def memslot_summary(ctx: Context) -> pa.Table:
     f, ins = ctx.faults, ctx.installs
     rows: dict[str, list] = {k: [] for k in ("slot", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "faults",
                                              "sptes_installed", "pages_zapped", "pages_rebuilt")}
-    for lt in ctx.timeline.lifetimes:
-        lo, hi = np.uint64(lt.base_gfn), np.uint64(lt.base_gfn + lt.npages)
-
-        def inside(gfn: np.ndarray, seq: np.ndarray) -> np.ndarray:
-            return (gfn >= lo) & (gfn < hi) & (seq >= lt.from_seq) & (seq < lt.until_seq)
-
-        zapped = inside(pg["gfn"], pg["zap_seq"]) & (pg["zap_seq"] != NONE)
-        ids = np.flatnonzero(zapped)
+    tl = ctx.timeline
+    n = len(tl.lifetimes)
+    faults = np.bincount(tl.lifetime_at(f["gfn"], f["seq"]) + 1, minlength=n + 1)[1:]
+    installs = np.bincount(tl.lifetime_at(ins["gfn"], ins["seq"]) + 1, minlength=n + 1)[1:]
+    zapped = pg["zap_seq"] != NONE
+    page_lt = tl.lifetime_at(pg["gfn"][zapped], pg["zap_seq"][zapped])
+    zapped_ids = np.flatnonzero(zapped)
+    for k, lt in enumerate(tl.lifetimes):
+        ids = zapped_ids[page_lt == k]
         rebuilt = sum(next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), int(pg["zap_seq"][p])) is not None
                       for p in ids)
-        for k, v in (("slot", lt.slot), ("as_id", lt.as_id), ("base_gfn", lt.base_gfn), ("npages", lt.npages),
-                     ("from_seq", lt.from_seq), ("until_seq", None if lt.until_seq == np.iinfo(np.int64).max else lt.until_seq),
-                     ("faults", int(inside(f["gfn"], f["seq"]).sum())),
-                     ("sptes_installed", int(inside(ins["gfn"], ins["seq"]).sum())),
-                     ("pages_zapped", len(ids)), ("pages_rebuilt", rebuilt)):
-            rows[k].append(v)
+        for key, v in (("slot", lt.slot), ("as_id", lt.as_id), ("base_gfn", lt.base_gfn), ("npages", lt.npages),
+                       ("from_seq", lt.from_seq),
+                       ("until_seq", None if lt.until_seq == np.iinfo(np.int64).max else lt.until_seq),
+                       ("faults", int(faults[k])), ("sptes_installed", int(installs[k])),
+                       ("pages_zapped", len(ids)), ("pages_rebuilt", rebuilt)):
+            rows[key].append(v)
     return pa.table(rows, schema=pa.schema([
         ("slot", pa.int32()), ("as_id", pa.int16()), ("base_gfn", pa.uint64()), ("npages", pa.uint64()),
         ("from_seq", pa.int64()), ("until_seq", pa.int64()), ("faults", pa.int64()), ("sptes_installed", pa.int64()),

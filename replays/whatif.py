@@ -24,10 +24,23 @@ WHATIF_SCHEMA = pa.schema([
 ])
 
 
+def _last_install(ins: dict[str, np.ndarray]):
+    """``refaulted(gfns, seq)``: which of ``gfns`` got a leaf SPTE installed after ``seq``."""
+    uniq, inverse = np.unique(ins["gfn"], return_inverse=True)
+    last = np.full(len(uniq), -1, dtype=np.int64)
+    np.maximum.at(last, inverse, ins["seq"])
+
+    def refaulted(gfns: np.ndarray, seq: int) -> np.ndarray:
+        i = np.searchsorted(uniq, gfns).clip(0, max(len(uniq) - 1, 0))
+        return (uniq[i] == gfns) & (last[i] > seq) if len(uniq) else np.zeros(len(gfns), bool)
+
+    return refaulted
+
+
 def whatif(ctx: Context) -> pa.Table:
     index = recreations(ctx)
     pg = ctx.pages.arrays()
-    ins = ctx.installs
+    refaulted = _last_install(ctx.installs)
     rows: dict[str, list] = {f.name: [] for f in WHATIF_SCHEMA}
     for i, c in ctx.positioned_removals():
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
@@ -45,13 +58,12 @@ def whatif(ctx: Context) -> pa.Table:
             slot_pages = ids[:0]
         else:
             slot_pages = ids[zap_rule_mask(ctx, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
-        later = np.unique(ins["gfn"][ins["seq"] > c.seq])
         for policy, pages, sptes in (("zap_all", ids, live), ("zap_slot", slot_pages, in_range)):
             refaulted_pages = sum(next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), c.seq) is not None
                                   for p in pages)
             for k, v in (("seq", c.seq), ("slot", c.slot), ("kind", c.kind), ("policy", policy),
                          ("trace_policy", policy == own), ("pages_destroyed", len(pages)),
                          ("sptes_destroyed", int(sptes.sum())), ("pages_refaulted", refaulted_pages),
-                         ("sptes_refaulted", int(np.isin(snap.gfn[sptes], later).sum()))):
+                         ("sptes_refaulted", int(refaulted(snap.gfn[sptes], c.seq).sum()))):
                 rows[k].append(v)
     return pa.table(rows, schema=WHATIF_SCHEMA)

@@ -1,0 +1,210 @@
+"""Shadow-MMU SPTEs, columnar: owners, lifetimes, transitions, installs and snapshots.
+
+``kvm_mmu_set_spte`` is the bulk of a shadow trace (hundreds of thousands of rows), and nothing
+about a page depends on its SPTEs, so the replay walks the page events first (shadow.py) and then
+settles every SPTE with array operations:
+
+* **Owner.** SPTEs of one shadow page share ``sptep & ~0xfff``. An SPTE page keeps its owner until
+  the owner is zapped (its memory may then be reused) or an install of another level arrives;
+  only at those boundaries is the owner inferred again, in seq order: the faulting vCPU's latest
+  ``kvm_mmu_get_page`` at that level, if obtained since its previous install, alive, not linked
+  to another SPTE page, and (direct pages) agreeing on the index ``(gfn >> 9*(level-1)) & 511``.
+  Boundaries are few (about one per page), so that loop is short.
+* **Lifetime.** An install lives from its event until the next install at the same ``sptep``, its
+  owner's zap, or an untraced rmap zap of its gfn (MMU-notifier unmap, per-slot delete).
+
+Times are doubled seqs (``2*seq``) so that checkpoints and inferred zaps at ``2*seq+1`` fall
+between events.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from replays.journal import Journal, coded
+from replays.pages import NONE, PageBook
+from replays.profiles import KernelProfile
+
+FOREVER = np.iinfo(np.int64).max
+END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP = 0, 1, 2, 3
+
+
+@dataclass
+class Installs:
+    """The ``kvm_mmu_set_spte`` columns, in seq order."""
+
+    seq: np.ndarray
+    pid: np.ndarray
+    gfn: np.ndarray
+    spte: np.ndarray
+    sptep: np.ndarray
+    level: np.ndarray
+
+
+@dataclass
+class Lookups:
+    """Every ``kvm_mmu_get_page`` as the page walk saw it: seq, vCPU, level, page id."""
+
+    seq: np.ndarray
+    pid: np.ndarray
+    level: np.ndarray
+    page: np.ndarray
+
+
+def _last_before(sorted_seq: np.ndarray, t: int) -> int:
+    i = int(np.searchsorted(sorted_seq, t)) - 1
+    return int(sorted_seq[i]) if i >= 0 else NONE
+
+
+def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile) -> np.ndarray:
+    """Owning page id per install (NONE where it cannot be inferred)."""
+    n = len(ins.seq)
+    owner = np.full(n, NONE, dtype=np.int64)
+    if n == 0:
+        return owner
+    page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
+    order = np.lexsort((ins.seq, page_addr))
+    addr_sorted = page_addr[order]
+    starts = np.flatnonzero(np.r_[True, addr_sorted[1:] != addr_sorted[:-1]])
+    ends = np.r_[starts[1:], n]
+    zap = np.asarray(pages.zap_seq, dtype=np.int64)
+    zap = np.where(zap == NONE, FOREVER, zap)
+    level_mask = (1 << profile.role_field("level").width) - 1
+    direct_shift = profile.role_field("direct").shift
+    role, pgfn, linked = pages.role, pages.gfn, pages.spte_page
+    # per vCPU: install seqs; per (vCPU, level): lookups
+    set_by_pid = {int(p): ins.seq[ins.pid == p] for p in np.unique(ins.pid)}
+    look_by = {}
+    for p, lv in set(zip(looks.pid.tolist(), looks.level.tolist())):
+        m = (looks.pid == p) & (looks.level == lv)
+        look_by[(p, lv)] = (looks.seq[m], looks.page[m])
+    seq_o, lvl_o = ins.seq[order], ins.level[order]
+    heap = [(int(seq_o[s]), int(g)) for g, s in enumerate(starts)]
+    heapq.heapify(heap)
+    pos = starts.copy()  # next unsettled position per group
+    while heap:
+        t, g = heapq.heappop(heap)
+        k = pos[g]
+        i = order[k]
+        pid, level, gfn, sptep = int(ins.pid[i]), int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i])
+        addr = int(page_addr[i])
+        o = NONE
+        look = look_by.get((pid, level))
+        if look is not None:
+            j = int(np.searchsorted(look[0], t)) - 1
+            if j >= 0 and look[0][j] > _last_before(set_by_pid[pid], t):
+                c = int(look[1][j])
+                ok = zap[c] > t and linked[c] in (NONE, addr) and role[c] & level_mask == level
+                if ok and role[c] >> direct_shift & 1:
+                    span = 9 * (level - 1)
+                    ok = pgfn[c] <= gfn < pgfn[c] + (512 << span) and (gfn >> span) & 511 == (sptep & 0xFFF) >> 3
+                if ok:
+                    o = c
+                    linked[c] = addr
+        # the owner holds until it is zapped or another level shows up in this SPTE page
+        end = ends[g]
+        if o == NONE:
+            nxt = k + 1
+        else:
+            rest_seq, rest_lvl = seq_o[k + 1:end], lvl_o[k + 1:end]
+            stop = (rest_seq >= zap[o]) | (rest_lvl != level)
+            nxt = k + 1 + (int(np.argmax(stop)) if stop.any() else len(rest_seq))
+        owner[order[k:nxt]] = o
+        if nxt < end:
+            pos[g] = nxt
+            heapq.heappush(heap, (int(seq_o[nxt]), g))
+    return owner
+
+
+class SpteLifetimes:
+    """Every install's lifetime and what ended it; feeds the journal, snapshots and detectors."""
+
+    def __init__(self, ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
+                 rmap_zaps: list[tuple[int, int, int, str]]):
+        self.ins, self.owner, self.profile = ins, owner, profile
+        n = len(ins.seq)
+        self.start = 2 * ins.seq
+        self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
+        # next install at the same sptep
+        order = np.lexsort((ins.seq, ins.sptep))
+        same = np.r_[ins.sptep[order][1:] == ins.sptep[order][:-1], False]
+        nxt = np.full(n, FOREVER, dtype=np.int64)
+        nxt[order[same]] = self.start[order[np.flatnonzero(same) + 1]]
+        self.prev = np.full(n, -1, dtype=np.int64)
+        self.prev[order[np.flatnonzero(same) + 1]] = order[same]
+        zap = np.asarray(pages.zap_seq, dtype=np.int64)
+        owner_zap = np.where((owner != NONE), zap[owner.clip(0)] if len(zap) else NONE, NONE)
+        page_end = np.where(owner_zap == NONE, FOREVER, 2 * owner_zap)
+        page_end = np.where(page_end > self.start, page_end, FOREVER)  # zapped before: memory reuse
+        rmap_end = np.full(n, FOREVER, dtype=np.int64)
+        self.rmap_reason = np.full(n, -1, dtype=np.int64)
+        self.reasons = [r for *_, r in rmap_zaps]
+        for k, (key, lo, hi, _) in enumerate(rmap_zaps):
+            hit = (self.start < key) & (key < rmap_end) & (ins.gfn >= np.uint64(lo)) & (ins.gfn < np.uint64(hi))
+            rmap_end[hit] = key
+            self.rmap_reason[hit] = k
+        self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
+        self.end[~self.present] = self.start[~self.present]
+        self.how = np.select([self.end == FOREVER, self.end == nxt, self.end == page_end],
+                             [END_OPEN, END_OVERWRITE, END_PAGE_ZAP], END_RMAP)
+        # old value: the previous install at this sptep, if it was still alive at this one
+        has_old = (self.prev >= 0) & (self.end[self.prev.clip(0)] == self.start) & self.present[self.prev.clip(0)]
+        self.has_old = has_old
+        prev_i = self.prev.clip(0)
+        pfn_mask = np.uint64(profile.pfn_mask)
+        changed = ((ins.spte[prev_i] ^ ins.spte) & pfn_mask) != 0
+        self.is_install = self.present & (~has_old | changed | (ins.gfn[prev_i] != ins.gfn))
+        smm = profile.role_field("smm")
+        roles = np.asarray(pages.role, dtype=np.uint64)
+        if smm is not None and len(roles):
+            self.as_id = np.where(owner != NONE, (roles[owner.clip(0)] >> np.uint64(smm.shift)) & np.uint64(0xFF), 0)
+            self.as_id = (self.as_id != 0).astype(np.int64)
+        else:
+            self.as_id = np.zeros(n, dtype=np.int64)
+
+    def alive_at(self, key: int) -> np.ndarray:
+        """Mask of the installs alive at time ``key`` (installs are in seq order: only the prefix
+        that started before ``key`` is examined)."""
+        out = np.zeros(len(self.start), dtype=bool)
+        k = int(np.searchsorted(self.start, key))
+        out[:k] = self.present[:k] & (self.end[:k] > key)
+        return out
+
+    def to_journal(self, j: Journal) -> None:
+        ins, n = self.ins, len(self.ins.seq)
+        owner = np.where(self.owner == NONE, -1, self.owner)
+        old = np.where(self.has_old, ins.spte[self.prev.clip(0)], np.uint64(0))
+        j.add_changes(seq=ins.seq, key=ins.sptep, as_id=self.as_id, gfn=ins.gfn, level=ins.level,
+                      old=old, old_valid=self.has_old, new=ins.spte, new_valid=np.ones(n, bool), page=owner,
+                      state=coded(np.where(self.present, 0, 1), ["present", "nonpresent"]),
+                      reason=coded(np.zeros(n), ["set_spte"]))
+        removed = ((self.how == END_PAGE_ZAP) | (self.how == END_RMAP)) & self.present
+        idx = np.flatnonzero(removed)
+        rmap = self.how[idx] == END_RMAP
+        words, which = np.unique(np.asarray(self.reasons + [""], dtype=object).astype(str), return_inverse=True)
+        why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)
+        j.add_changes(seq=self.end[idx] // 2, key=ins.sptep[idx], as_id=self.as_id[idx], gfn=ins.gfn[idx],
+                      level=ins.level[idx], old=ins.spte[idx], old_valid=np.ones(len(idx), bool),
+                      new=np.zeros(len(idx), np.uint64), new_valid=np.zeros(len(idx), bool), page=owner[idx],
+                      state=coded(rmap.astype(np.int8), ["zapped", "zapped_inferred"]),
+                      reason=coded(why, ["owning page zapped"] + words.tolist()))
+        m = self.is_install
+        j.add_installs(ins.seq[m], ins.gfn[m], ins.level[m], self.as_id[m], ins.pid[m])
+
+    def obsolete_uses(self, pages: PageBook) -> list[tuple[int, int, int, list[int], str]]:
+        """Installs into a page after the zap-all that made it obsolete (and before its zap)."""
+        if not len(self.owner) or not len(pages):
+            return []
+        obs = np.asarray(pages.obsolete_seq, dtype=np.int64)
+        zap = np.asarray(pages.zap_seq, dtype=np.int64)
+        o = self.owner.clip(0)
+        hit = (self.owner != NONE) & (obs[o] != NONE) & (obs[o] < self.ins.seq) & ((zap[o] == NONE) | (zap[o] > self.ins.seq))
+        out = []
+        for i in np.flatnonzero(hit):
+            p, seq, gfn = int(self.owner[i]), int(self.ins.seq[i]), int(self.ins.gfn[i])
+            out.append((seq, gfn, p, [int(obs[p]), seq], f"SPTE for gfn {gfn:#x} installed into page {p} (gfn "
+                        f"{pages.gfn[p]:#x}) made obsolete at seq {int(obs[p])}"))
+        return out
