@@ -50,9 +50,12 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     return pa.table([t.column(f.name).cast(f.type) for f in EVENTS_SCHEMA], schema=EVENTS_SCHEMA)
 
 
-def event_table(name: str, spec: EventSpec | None, ordered: pl.DataFrame, rows: pl.DataFrame) -> pa.Table:
-    """One event's table: common columns by seq, then its fields, with metadata saying what text lost."""
-    df = ordered.filter(pl.col("event") == name).select("line_no", *COMMON_NAMES, "common_preempt_count")
+def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame) -> pa.Table:
+    """One event's table from its rows of ``ordered`` (``common``) and its decoded fields.
+
+    Columns: the common ones by seq, then the event's fields, with metadata saying what text lost.
+    """
+    df = common.select("line_no", *COMMON_NAMES, "common_preempt_count")
     df = df.join(rows, on="line_no", how="left").sort("seq").drop("line_no")
     df = df.with_columns(common_flags=pl.lit(None, pl.UInt8))
     meta = {META_SOURCE: b"text", META_NULL_PREFIX + b"common_flags": FLAGS_REASON}

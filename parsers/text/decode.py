@@ -90,13 +90,11 @@ def _scratch(spec: EventSpec) -> dict[str, pl.DataType]:
 
 def _apply(df: pl.DataFrame, regex: str, exprs: list[pl.Expr]) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Rows of ``df`` matching ``regex`` (converted) and the rows left over."""
-    hit = pl.col("args").str.contains(regex)
-    matched = df.filter(hit)
-    rest = df.filter(~hit)
-    if matched.height == 0:
-        return matched.select("line_no"), rest
-    out = matched.select("line_no", pl.col("args").str.extract_groups(regex).alias("_g")).unnest("_g")
-    return out.select("line_no", *exprs), rest
+    # One capture pass; the empty sentinel group is "" on a match and null otherwise.
+    got = df.with_columns(pl.col("args").str.extract_groups("(?P<_hit>)" + regex).alias("_g")).unnest("_g")
+    hit = pl.col("_hit").is_not_null()
+    rest = got.filter(~hit).select("line_no", "args")
+    return got.filter(hit).select("line_no", *exprs), rest
 
 
 def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:

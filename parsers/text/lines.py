@@ -37,6 +37,74 @@ LATENCY_COMM = 8
 PRINT_CALLERS = ("tracing_mark_write",)
 
 
+def _fast(df: pl.DataFrame) -> pl.DataFrame:
+    """Split lines of the bracketed-CPU shape with finds and slices (no captures).
+
+    Regex captures run on a slow engine; ``find`` and ``contains`` run as a DFA. This path
+    takes every line of a normal tracefs or ``trace-cmd report`` file; :func:`split` checks
+    the pieces and hands lines of any other shape to :func:`_slow`.
+    """
+    line = pl.col("line")
+    lf = df.lazy().with_columns(_i=line.str.find(r"\s\[\d+\]"))
+    lf = lf.with_columns(_head=line.str.slice(0, "_i").str.strip_chars(), _tail=line.str.slice(pl.col("_i") + 1))
+    head = pl.col("_head")
+    lf = lf.with_columns(_head=pl.when(head.str.ends_with(")")).then(head.str.replace(r"\s+\(\s*(?:\d+|-+)\)$", "")).otherwise(head))
+    tail = pl.col("_tail")
+    lf = lf.with_columns(_dash=head.str.find(r"-\d+$"), _c=tail.str.find(": ", literal=True), _rb=tail.str.find("]", literal=True))
+    lf = lf.with_columns(
+        _pre=tail.str.slice(pl.col("_rb") + 1, pl.col("_c") - pl.col("_rb") - 1).str.strip_chars(),
+        _rest=tail.str.slice(pl.col("_c") + 2),
+    )
+    rest = pl.col("_rest")
+    rest = pl.when(rest.str.starts_with("(")).then(rest.str.replace(r"^\(\+\d+\)\s+", "")).otherwise(rest)
+    lf = lf.with_columns(_rest=rest, _sp=pl.col("_pre").str.find(" ", literal=True))
+    lf = lf.with_columns(_e=pl.col("_rest").str.find(":", literal=True))
+    pre, sp = pl.col("_pre"), pl.col("_sp")
+    return lf.select(
+        "line_no",
+        "line",
+        pl.lit("event").alias("kind"),
+        head.str.slice(0, "_dash").alias("comm"),
+        head.str.slice(pl.col("_dash") + 1).alias("pid"),
+        tail.str.slice(1, pl.col("_rb") - 1).alias("cpu"),
+        pl.when(sp.is_null()).then(None).otherwise(pre.str.slice(0, sp)).alias("flags"),
+        pl.when(sp.is_null()).then(pre).otherwise(pre.str.slice(sp).str.strip_chars_start()).alias("ts"),
+        pl.col("_rest").str.slice(0, "_e").alias("event"),
+        pl.col("_rest").str.slice(pl.col("_e") + 1).str.strip_chars_start().alias("args"),
+        pl.lit(None, pl.String).alias("lost"),
+    ).collect()
+
+
+def _slow(df: pl.DataFrame) -> pl.DataFrame:
+    """Every other line: the full regex with captures (latency layout, gaps, headers, damage)."""
+    line = pl.col("line")
+    df = df.with_columns(p=line.str.extract_groups(PREFIX)).unnest("p")
+    other = df.filter(pl.col("event").is_null()).with_columns(g=line.str.extract_groups(GAP)).unnest("g")
+    events = df.filter(pl.col("event").is_not_null())
+    kind = (
+        pl.when(pl.col("gcpu").is_not_null()).then(pl.lit("gap"))
+        .when(line.str.contains(HEADER)).then(pl.lit("header"))
+        .otherwise(pl.lit("bad"))
+    )
+    comm = (
+        pl.when(pl.col("lcpu").is_not_null() & (pl.col("comm").str.strip_chars().str.len_chars() >= LATENCY_COMM))
+        .then(None)
+        .otherwise(pl.col("comm").str.strip_chars())
+    )
+    events = events.select(
+        "line_no", "line", pl.lit("event").alias("kind"), comm.alias("comm"), "pid",
+        pl.coalesce("cpu", "lcpu").alias("cpu"), pl.coalesce("flags", "lflags").alias("flags"), "ts", "event",
+        "args", pl.lit(None, pl.String).alias("lost"),
+    )
+    other = other.select(
+        "line_no", "line", kind.alias("kind"), pl.lit(None, pl.String).alias("comm"), pl.lit(None, pl.String).alias("pid"),
+        pl.col("gcpu").alias("cpu"), pl.lit(None, pl.String).alias("flags"), pl.lit(None, pl.String).alias("ts"),
+        pl.lit(None, pl.String).alias("event"), pl.lit(None, pl.String).alias("args"),
+        pl.coalesce("lost1", "lost2").alias("lost"),
+    )
+    return pl.concat([events, other])
+
+
 def split(lines: pl.DataFrame) -> pl.DataFrame:
     """Add the prefix columns to a frame with ``line_no`` and ``line``; ``kind`` says what each line is.
 
@@ -44,40 +112,41 @@ def split(lines: pl.DataFrame) -> pl.DataFrame:
     ``cpu``, ``ts`` (ns; integer timestamps of counter clocks are kept as they are), ``event``
     and ``args``; gap rows get ``cpu`` and ``lost`` (null when the count was not printed).
     """
-    line = pl.col("line")
-    parts = line.str.extract_groups(PREFIX)
-    gap = line.str.extract_groups(GAP)
-    df = lines.with_columns(p=parts, g=gap).unnest("p").unnest("g")
-    ts = pl.col("ts")
-    sec = ts.str.extract(r"^(\d+)").str.to_integer(strict=False)
-    frac = ts.str.extract(r"\.(\d+)$")
-    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").str.to_integer(strict=False)
-    ts_ns = pl.when(frac.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
-    is_event = pl.col("event").is_not_null()
-    is_gap = pl.col("gcpu").is_not_null()
-    kind = (
-        pl.when(is_event).then(pl.lit("event"))
-        .when(is_gap).then(pl.lit("gap"))
-        .when(line.str.contains(HEADER)).then(pl.lit("header"))
-        .otherwise(pl.lit("bad"))
+    # Split everything the fast way, then send the rows whose pieces do not check out (short
+    # strings, cheap to test) to the regex path.
+    df = _fast(lines)
+    ok = (
+        pl.col("event").str.contains(r"^\w+$").fill_null(False)
+        & pl.col("pid").str.contains(r"^\d+$").fill_null(False)
+        & pl.col("cpu").str.contains(r"^\d+$").fill_null(False)
+        & pl.col("ts").str.contains(r"^\d+(?:\.\d+)?$").fill_null(False)
+        & (pl.col("flags").is_null() | pl.col("flags").str.contains(r"^[^\s\[\]]{4,5}$").fill_null(False))
+        & ~pl.col("comm").str.contains(r"^[\s>|]|^$").fill_null(True)
     )
+    good = df.select(ok).to_series()
+    if not good.all():
+        bad_lines = df.filter(~good).select("line_no", "line")
+        df = pl.concat([df.filter(good), _slow(bad_lines)]).sort("line_no")
+    ts = pl.col("ts")
+    dot = ts.str.find(".", literal=True)
+    sec = pl.when(dot.is_null()).then(ts).otherwise(ts.str.slice(0, dot)).str.to_integer(strict=False)
+    frac = ts.str.slice(dot + 1)
+    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").str.to_integer(strict=False)
+    ts_ns = pl.when(dot.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
     event = pl.col("event")
     is_print = event.is_in(PRINT_CALLERS)
     return df.select(
         "line_no",
         "line",
-        kind.alias("kind"),
-        pl.when(pl.col("lcpu").is_not_null() & (pl.col("comm").str.strip_chars().str.len_chars() >= LATENCY_COMM))
-        .then(None)
-        .otherwise(pl.col("comm").str.strip_chars())
-        .alias("comm"),
+        "kind",
+        "comm",
         pl.col("pid").str.to_integer(strict=False).cast(pl.Int32),
-        pl.coalesce("cpu", "lcpu", "gcpu").str.to_integer(strict=False).cast(pl.Int16).alias("cpu"),
+        pl.col("cpu").str.to_integer(strict=False).cast(pl.Int16),
         ts_ns.alias("ts"),
         pl.when(is_print).then(pl.lit("print")).otherwise(event).alias("event"),
         pl.when(is_print).then(pl.concat_str(event, pl.lit(": "), pl.col("args"))).otherwise(pl.col("args")).alias("args"),
-        pl.coalesce("lost1", "lost2").str.to_integer(strict=False).alias("lost"),
-        preempt_count(pl.coalesce("flags", "lflags")).alias("common_preempt_count"),
+        pl.col("lost").str.to_integer(strict=False).alias("lost"),
+        preempt_count(pl.col("flags")).alias("common_preempt_count"),
     )
 
 

@@ -83,11 +83,11 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
         raise TraceError(f"{os.fspath(path)}: no trace events found; is this ftrace text or trace-cmd report output?")
     ordered = order(common)
     specs = catalog()
+    by_event = ordered.partition_by("event", as_dict=True)
     tables = {}
-    for name, parts in acc.rows.items():
-        rows = pl.concat(parts, how="vertical_relaxed")
-        if rows.height:
-            tables[name] = event_table(name, specs.get(name), ordered, rows)
+    for (name,), common_rows in by_event.items():
+        rows = pl.concat(acc.rows[name], how="vertical_relaxed")
+        tables[name] = event_table(specs.get(name), common_rows, rows)
     systems = {name: (specs[name].system if name in specs else None) for name in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)

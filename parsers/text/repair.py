@@ -63,11 +63,17 @@ def _qp_decode(df: pl.DataFrame) -> pl.DataFrame:
 def unquote(df: pl.DataFrame) -> pl.DataFrame:
     """Strip mail quoting and undo quoted-printable, if (and only if) the chunk shows them."""
     line = pl.col("line")
-    if df.select(line.str.contains(_QUOTE).any()).item():
+    quoted, qp_hint = df.select(
+        (line.str.starts_with(">").any() | line.str.contains(_QUOTE).any()).alias("quoted"),
+        (line.str.ends_with("=") | line.str.contains("=3D", literal=True)).any().alias("qp"),
+    ).row(0)
+    if quoted:
         df = df.with_columns(line.str.replace(_QUOTE, ""))
-    soft = line.str.ends_with("=") & ~line.shift(-1).str.contains(PREFIX).fill_null(False)
-    if df.select((line.str.contains("=3D|=20$|=09") | soft).any()).item():
-        df = _qp_decode(df.with_columns(pl.col("line_no").cast(pl.Int64)))
+    if qp_hint:
+        # Soft breaks: a line ending in "=" whose next line does not start a trace line.
+        soft = line.str.ends_with("=") & ~line.shift(-1).str.contains(PREFIX).fill_null(False)
+        if df.select((line.str.contains("=3D", literal=True) | soft).any()).item():
+            df = _qp_decode(df.with_columns(pl.col("line_no").cast(pl.Int64)))
     return df
 
 
