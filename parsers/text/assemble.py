@@ -84,6 +84,6 @@ def gaps_table(gaps: pl.DataFrame, ordered: pl.DataFrame) -> pa.Table:
     if gaps.height == 0:
         return GAPS_SCHEMA.empty_table()
     nxt = ordered.select("line_no", "cpu", "ts", "seq").sort("line_no")
-    joined = gaps.sort("line_no").join_asof(nxt, on="line_no", by="cpu", strategy="forward")
+    joined = gaps.sort("line_no").join_asof(nxt, on="line_no", by="cpu", strategy="forward", check_sortedness=False)
     t = joined.select("cpu", "ts", "seq", "lost").to_arrow()
     return pa.table([t.column(f.name).cast(f.type) for f in GAPS_SCHEMA], schema=GAPS_SCHEMA)
