@@ -27,7 +27,7 @@ from replays.shadow import ShadowModel
 from replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
 from replays.stream import Columns, extract, merge_order, numpy_column
 from replays.summaries import memslot_summary, zap_all_summary
-from replays.tdp import TdpModel
+from replays.tdp import FROZEN_LOW, TdpModel
 from replays.whatif import whatif
 
 #: The kvmmmu events, for readers that leave the ``system`` column empty.
@@ -224,6 +224,8 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
     for i, c in removals:
         cp_keys += [2 * c.window_start - 1, 2 * c.seq + 1]
         cp_what += [(i, "start"), (i, "end")]
+    if streams[TDP_CHANGE] is not None:
+        streams[TDP_CHANGE] = _drop_nonpresent_churn(data, streams[TDP_CHANGE], profile)
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
     model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else ShadowModel(profile, journal, pages)
@@ -260,6 +262,18 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
                 page_sets[cp_what[r]] = model.live_pages()
     if not tdp:
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
+
+
+def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfile) -> Columns:
+    """Leave out TDP changes from one non-present value to another: removing a page table traces
+    all 512 children, most of them never present (nested/README.md). They change nothing."""
+    t = data.table("kvm_tdp_mmu_spte_changed")
+    quiet = np.asarray([profile.nonpresent, profile.nonpresent | FROZEN_LOW], dtype=np.uint64)
+    keep = ~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet))
+    if keep.all():
+        return cols
+    idx = np.flatnonzero(keep).tolist()
+    return Columns(cols.name, cols.seq[keep], {k: [v[i] for i in idx] for k, v in cols.fields.items()}, cols.missing)
 
 
 def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
