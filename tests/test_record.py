@@ -116,14 +116,14 @@ def test_native_recording_decodes_identically_and_restores_tracefs(
 
 @kvm_only
 def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path) -> None:
-    """About 5 MB of events through ring buffers of 4 MB in all: drained while the guest runs,
+    """About 11 MB of events through ring buffers of 8 MB in all: drained while the guest runs,
     none is lost; read only at the end (as --text must), the buffers overwrite the oldest."""
     from parsers.tracedat import read_tracedat
 
-    loops = 20_000
+    loops = 40_000
     guest = [*GUEST, str(loops)]
     cpus = len(list(TRACEFS.glob("per_cpu/cpu*")))
-    buffer_kb = 4096 // cpus
+    buffer_kb = 8192 // cpus
     common = ["record", "--backend", "native", "--no-kallsyms", "--buffer-kb", str(buffer_kb)]
     streamed = tmp_path / "streamed.dat"
     proc = run_kvmtrace(*common, "--compression", "none", "-o", str(streamed), "--", *guest)
@@ -162,13 +162,20 @@ def test_failing_command_status_is_returned_and_tracefs_restored(tmp_path: Path)
     assert out.exists()
 
 
+#: Marks itself started, then sleeps until a signal ends it (SIGINT at its default: exit by signal).
+WAIT_FOR_SIGINT = (
+    "import pathlib, signal, sys, time; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+    "pathlib.Path(sys.argv[1]).touch(); time.sleep(60)"
+)
+
+
 @kvm_only
 def test_sigint_stops_the_command_and_restores_tracefs(tmp_path: Path) -> None:
     before = tracefs_state()
     out, started = tmp_path / "int.dat", tmp_path / "started"
     rec = subprocess.Popen(
         [*KVMTRACE, "record", "--backend", "native", "--no-kallsyms", "-o", str(out), "--",
-         "sh", "-c", f"{' '.join(GUEST)} && touch {started} && exec sleep 60"],
+         "sh", "-c", f"{' '.join(GUEST)} && exec {sys.executable} -c '{WAIT_FOR_SIGINT}' {started}"],
         stderr=subprocess.PIPE, text=True,
     )
     deadline = time.monotonic() + 60

@@ -18,7 +18,9 @@ import dataclasses
 import gzip
 import os
 import shutil
+import signal
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,6 +164,24 @@ def _write_native(tfs: Tracefs, opts: RecordOptions, drain: PageDrain, stats: di
     return {cpu: flagged_pages(data, drain.page_size) for cpu, data in cpu_data.items()}
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Make SIGTERM/SIGHUP unwind like Ctrl-C, so ``finally`` still restores tracefs.
+
+    (While the command runs they are blocked and forwarded; this covers setup and extraction.)
+    """
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    old = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def record(opts: RecordOptions) -> RecordResult:
     """Record ``opts.command``; tracefs is left exactly as found (see module docstring)."""
     if not opts.command:
@@ -175,7 +195,7 @@ def record(opts: RecordOptions) -> RecordResult:
     events = resolve_events(tfs, list(opts.events))
     if not opts.output.parent.is_dir():
         raise TraceError(f"{opts.output.parent}: no such directory for the output file")
-    with recording_lock():
+    with recording_lock(), _terminate_as_interrupt():
         state = TracefsState.capture(tfs, events)
         try:
             _start(tfs, opts, events)
