@@ -100,8 +100,8 @@ def select_events(data: TraceData, since: int | None, until: int | None, cpu: in
     return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps)
 
 
-def filter_notes(since: float | None, until: float | None, cpu: int | None) -> tuple[str, ...]:
-    """The report's words for an event selection: it changes what the replay can explain."""
+def selection_text(since: float | None, until: float | None, cpu: int | None) -> str:
+    """The event selection in words ("" when everything is kept)."""
     parts = []
     if since is not None or until is not None:
         lo = f"{since:.6f}" if since is not None else "start"
@@ -109,10 +109,16 @@ def filter_notes(since: float | None, until: float | None, cpu: int | None) -> t
         parts.append(f"only events from {lo} to {hi} s")
     if cpu is not None:
         parts.append(f"only events on CPU {cpu}")
-    if not parts:
+    return " and ".join(parts)
+
+
+def filter_notes(since: float | None, until: float | None, cpu: int | None) -> tuple[str, ...]:
+    """The report's words for an event selection: it changes what the replay can explain."""
+    selected = selection_text(since, until, cpu)
+    if not selected:
         return ()
     return (
-        f"the replay saw {' and '.join(parts)}: objects created outside the selection look like "
+        f"the replay saw {selected}: objects created outside the selection look like "
         "they predate the trace, and zaps outside it are missing, so findings and explained "
         "share differ from an unfiltered run",
     )
@@ -153,7 +159,14 @@ def replay_trace(
         trace = kvmtrace.open(path)
     data = select_events(trace.data, _seconds_to_ns(since), _seconds_to_ns(until), cpu)
     with steps.step("replaying the MMU"):
-        result = replay(data, kernel=kernel, memslots=layout, qemu_log_lines=qemu_lines)
+        try:
+            result = replay(data, kernel=kernel, memslots=layout, qemu_log_lines=qemu_lines)
+        except TraceError as err:
+            selected = selection_text(since, until, cpu)
+            if not selected:
+                raise
+            # the selection, not the recording, may be what left the replay nothing to work on
+            raise TraceError(f"{err} (with {selected}; widen --since/--until or pick another --cpu)") from None
     return Analysis(path, data, result, filter_notes(since, until, cpu))
 
 

@@ -45,11 +45,14 @@ def test_evidence_lines_match_trace_cmd_raw(name, nested_dir, trace_cmd):
     path = nested_dir / name
     data = parsers.read(path)
     out = subprocess.run([trace_cmd, "report", "-R", "-t", str(path)], capture_output=True, text=True, check=True).stdout
+    # the same report with the microsecond times users see (same lines, same order)
+    out_us = subprocess.run([trace_cmd, "report", "-R", str(path)], capture_output=True, text=True, check=True).stdout
     oracle = defaultdict(list)
-    for line in out.splitlines():
+    for line, line_us in zip(out.splitlines(), out_us.splitlines(), strict=True):
         m = _ORACLE.match(line)
         if m:
-            oracle[(int(m["cpu"]), int(m["s"]) * 10**9 + int(m["ns"]), m["event"])].append(m)
+            shown = re.search(r"\s(\d+\.\d{6}):", line_us)[1]
+            oracle[(int(m["cpu"]), int(m["s"]) * 10**9 + int(m["ns"]), m["event"])].append((m, shown))
     # cite a spread of events of several kinds: every 37th row of each cited event table
     seqs = [s for ev in CITED_EVENTS if ev in data.tables for s in data.table(ev).column("seq").to_pylist()[::37]]
     assert len(seqs) > 20
@@ -59,11 +62,10 @@ def test_evidence_lines_match_trace_cmd_raw(name, nested_dir, trace_cmd):
     for seq in seqs:
         ours = _OURS.match(lines[seq])
         assert ours, lines[seq]
-        ts = ts_of[seq]
-        assert (int(ours["s"]), int(ours["us"])) == (ts // 10**9, ts % 10**9 // 1000)
-        candidates = oracle[(int(ours["cpu"]), ts, ours["event"])]
+        candidates = oracle[(int(ours["cpu"]), ts_of[seq], ours["event"])]
         assert len(candidates) == 1, (seq, lines[seq])
-        theirs = candidates[0]
+        theirs, shown = candidates[0]
+        assert f"{ours['s']}.{ours['us']}" == shown
         assert (ours["comm"], ours["pid"]) == (theirs["comm"].strip(), theirs["pid"])
         f_ours, f_theirs = _fields(ours["body"]), _fields(theirs["body"])
         if ours["event"] == "print":  # buf holds spaces; compare the text after buf=

@@ -5,6 +5,7 @@ JSON Schema of docs/report-json.md.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from html.parser import HTMLParser
@@ -77,6 +78,23 @@ def test_sp_lifetime_counts_match_the_replay_table(analyzed):
     assert measures["predate trace"] == (pc.sum(sp["predates_trace"]).as_py() or 0)
     assert measures["zapped in trace"] == sp["zap_seq"].drop_null().length()
     assert measures["alive at end"] == sp.num_rows - sp["zap_seq"].drop_null().length()
+
+
+def test_memslot_changes_sit_at_the_qemu_lines_of_the_kernel_text(analyzed):
+    """Each timeline row's time is that of a memslot line for the same slot in the kernel's own
+    text of the recording (µs resolution there): QEMU's kvm_set_user_memory, or the lab's
+    kvmlab_memslot_move marker that confirms a true move."""
+    analysis, _, rendered = analyzed
+    twin = analysis.path.with_suffix(".txt.gz")
+    rows = [r for r in json.loads(rendered["json"])["memslots"]["rows"] if r["ts"] is not None]
+    if not twin.exists() or not rows:
+        pytest.skip("no text twin or no positioned memslot changes")
+    marks: dict[int, list[str]] = {}
+    for m in re.finditer(r"\s(\d+)\.(\d{6}): tracing_mark_write: ((?:kvm_set_user_memory|kvmlab_memslot_move) .*)$", gzip.open(twin, "rt").read(), re.M):
+        marks.setdefault(int(m[1]) * 10**6 + int(m[2]), []).append(m[3])
+    for r in rows:
+        lines = marks.get((r["ts"] + 500) // 1000, [])  # the kernel rounds to the nearest µs
+        assert any(f"Slot#{r['slot'] & 0xFFFF} " in ln for ln in lines), (r, lines)
 
 
 def test_text_fits_80_columns_and_has_no_colour(analyzed):

@@ -40,7 +40,7 @@ def _overview(a: Report, b: Report) -> Grid:
 
     names = ["file", "kernel", "mmu", "zap policy", "events", "span", "lost events", "explained",
              "errors", "warnings"]
-    return Grid("overview", ("", "A", "B"), tuple(zip(names, facts(a), facts(b))))
+    return Grid("overview", ("measure", "A", "B"), tuple(zip(names, facts(a), facts(b))))
 
 
 def _checks(a: Report, b: Report) -> Grid:

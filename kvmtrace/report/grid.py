@@ -91,9 +91,12 @@ def cell_text(value: Any) -> str:
 
 
 def seconds_text(ns: int | None) -> str:
-    """Nanoseconds as trace-cmd prints seconds: truncated to microseconds, never rounded, so a
-    time in the report is the one the user finds in ``trace-cmd report``."""
-    return "-" if ns is None else f"{ns // 10**9}.{ns % 10**9 // 1000:06d}"
+    """Nanoseconds as seconds the way ``trace-cmd report`` and the kernel's trace file print
+    them: rounded to the nearest microsecond, so a user can grep their copy for the time."""
+    if ns is None:
+        return "-"
+    us = (ns + 500) // 1000
+    return f"{us // 10**6}.{us % 10**6:06d}"
 
 
 def _hex(value: Any) -> str:
