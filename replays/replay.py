@@ -51,11 +51,13 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file).
     """
     require_events(data)
-    profile = profile_for(kernel or data.info.kernel)
     assumptions: list[str] = []
     limits: list[str] = []
     if kernel is None and data.info.kernel is None:
-        assumptions.append(f"the trace names no kernel; assumed the newest layout ({profile.name})")
+        profile, why = _guess_profile(data)
+        assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
+    else:
+        profile = profile_for(kernel or data.info.kernel)
     kv_seq, kv_pid = _kvmmmu_events(data)
     timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid)
     mmu = _detect_mmu(data, profile)
@@ -63,12 +65,17 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     zap_policy, why = _zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
 
+    roles = _roles_known(data)
+    if not roles:
+        limits.append("role words are not in this input (text output prints only some role bits): page "
+                      "identities are ambiguous, SPTE owners and the per-slot zap rule cannot be evaluated, and "
+                      "shadow vs legacy TDP MMU cannot be told apart")
     journal = Journal()
     pages = PageBook()
-    _walk(data, profile, mmu, zap_policy, timeline, journal, pages)
+    _walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles)
 
     faults = _faults(data)
-    ctx = Context(profile, mmu, zap_policy, timeline, journal, pages, journal.installs(), faults,
+    ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), faults,
                   _cols(data, "check_mmio_spte", ("kvm_gen", "spte_gen")), _cols(data, "mark_mmio_spte", ("gfn", "gen")),
                   _cols(data, "handle_mmio_page_fault", ("gfn",)), zap_all_seqs, zap_all_pids)
     lost = LostWindows(data.gaps, data.events)
@@ -88,6 +95,19 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
         whatif=whatif(ctx), assumptions=assumptions, limits=limits + timeline.notes,
     )
+
+
+def _guess_profile(data: TraceData) -> tuple[KernelProfile, str]:
+    """A profile for a trace without a kernel release (text input): the TDP MMU's non-present value
+    (``old_spte`` of installs) tells 6.10+ (BIT(63)) from older (0); otherwise the newest."""
+    t = data.tables.get("kvm_tdp_mmu_spte_changed")
+    if t is not None and t.num_rows:
+        old = numpy_column(t, "old_spte")
+        zeros, bit63 = int((old == 0).sum()), int((old == np.uint64(1 << 63)).sum())
+        if zeros > bit63:
+            return profile_for("6.9"), "TDP non-present SPTEs are 0, so a kernel before 6.10 was assumed"
+        return profile_for("6.12"), "TDP non-present SPTEs are BIT(63), so a 6.10+ kernel was assumed"
+    return profile_for(None), "assumed the newest layout"
 
 
 def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.Table:
@@ -164,6 +184,16 @@ def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_
     return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid)
 
 
+PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page")
+
+
+def _roles_known(data: TraceData) -> bool:
+    """Whether the page events carry their role words. Text output prints only some role bits, so
+    the text reader leaves ``role`` null (with a note in the table's metadata)."""
+    return not any(e in data.tables and data.tables[e].num_rows and data.tables[e].column("role").null_count
+                   for e in PAGE_EVENTS)
+
+
 def _detect_mmu(data: TraceData, profile: KernelProfile) -> str:
     def rows(event: str) -> int:
         t = data.tables.get(event)
@@ -171,9 +201,8 @@ def _detect_mmu(data: TraceData, profile: KernelProfile) -> str:
 
     if rows("kvm_tdp_mmu_spte_changed"):
         return "tdp"
-    roles = [numpy_column(data.tables[e], "role") for e in ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page",
-                                                           "kvm_mmu_sync_page", "kvm_mmu_unsync_page") if rows(e)]
-    if not roles:
+    roles = [numpy_column(data.tables[e], "role") for e in PAGE_EVENTS if rows(e)]
+    if not roles or not _roles_known(data):
         return "shadow" if rows("kvm_mmu_set_spte") else "unknown"
     role = np.concatenate(roles)
     direct = (role >> np.uint64(profile.role_field("direct").shift)) & np.uint64(1)
@@ -202,7 +231,7 @@ def _zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,
 
 # -- the loop --------------------------------------------------------------------------------------
 def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
-          journal: Journal, pages: PageBook) -> None:
+          journal: Journal, pages: PageBook, roles_known: bool) -> None:
     """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
 
     The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
@@ -228,7 +257,8 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
         streams[TDP_CHANGE] = _drop_nonpresent_churn(data, streams[TDP_CHANGE], profile)
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
-    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else ShadowModel(profile, journal, pages)
+    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
+        ShadowModel(profile, journal, pages, roles_known)
     seqs = [s.seq.tolist() if s is not None else [] for s in streams]
     get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]
     page_sets: dict[tuple[int, str], np.ndarray] = {}

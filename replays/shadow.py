@@ -25,8 +25,9 @@ from replays.shadow_sptes import Lookups
 class ShadowModel:
     """State machine over shadow-MMU events; feed it events in seq order."""
 
-    def __init__(self, profile: KernelProfile, journal: Journal, pages: PageBook):
+    def __init__(self, profile: KernelProfile, journal: Journal, pages: PageBook, roles_known: bool = True):
         self.p = profile
+        self.roles_known = roles_known  # False: identities lack the role, so collisions prove nothing
         self.j = journal
         self.pages = pages
         inv = profile.role_field("invalid")
@@ -54,7 +55,7 @@ class ShadowModel:
         key = (gfn, role & ~self.inv_mask, gen)
         p = self.live.get(key)
         if created:
-            if p is not None:
+            if p is not None and self.roles_known:
                 # Two valid pages never share an identity: the old one left without a traced zap.
                 self.j.unexplained.append((seq, "kvm_mmu_get_page", f"page gfn {gfn:#x} role {role:#x} gen {gen} "
                                            f"created while already alive (page {p}); its zap was not traced"))

@@ -17,6 +17,7 @@ class Context:
     profile: KernelProfile
     mmu: str  # shadow | tdp | legacy_tdp | unknown
     zap_policy: str  # zap_all | zap_slot | unknown
+    roles_known: bool  # False for text input: page role words are null
     timeline: MemslotTimeline
     journal: Journal
     pages: PageBook

@@ -104,6 +104,9 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     if ctx.mmu not in SHADOW_KINDS:
         return CheckOutcome.skipped(cid, "TDP MMU pages are direct: the per-slot zap of shadow pages has nothing to "
                                          "zap" if ctx.mmu == "tdp" else "no shadow-page events")
+    if not ctx.roles_known:
+        return CheckOutcome.skipped(cid, "role words are not in this input (text output): which pages are indirect "
+                                         "cannot be told")
     removals = [(i, c) for i, c in ctx.positioned_removals() if not ctx.expects_zap_all(c)]
     if not removals:
         return CheckOutcome.skipped(cid, "no memslot delete or move under the zap-slot policy in the trace")
