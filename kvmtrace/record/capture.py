@@ -42,6 +42,7 @@ class CpuLoss:
 
 
 def read_cpu_stats(tfs: Tracefs, cpu: int) -> bytes:
+    """The ``stats`` text as is: it goes into the file (CPUSTAT) as well as into :class:`CpuLoss`."""
     return tfs.read_bytes(f"per_cpu/cpu{cpu}/stats")
 
 

@@ -21,7 +21,7 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvmtrace.record.capture import (
@@ -71,7 +71,7 @@ class RecordResult:
     output: Path
     backend: str
     text_output: Path | None
-    loss: tuple[CpuLoss, ...] = field(default=())
+    loss: tuple[CpuLoss, ...] = ()
 
 
 def text_path(output: Path) -> Path:
@@ -104,10 +104,7 @@ def check_host(tfs_root: Path | None) -> Tracefs:
 def _start(tfs: Tracefs, opts: RecordOptions, events: list[EventId]) -> None:
     tfs.write("tracing_on", "0")
     if tfs.selected_clock() != opts.clock:
-        try:
-            tfs.write("trace_clock", opts.clock)
-        except OSError:
-            raise TraceError(f"unknown trace clock {opts.clock!r}: choose one of {tfs.read('trace_clock').strip()}") from None
+        tfs.write("trace_clock", opts.clock)
     if opts.buffer_kb is not None:
         tfs.write("buffer_size_kb", str(opts.buffer_kb))
     tfs.write("trace", "")  # opening `trace` for writing clears every CPU's buffer
@@ -193,6 +190,9 @@ def record(opts: RecordOptions) -> RecordResult:
     backend = pick_backend(opts.backend)
     tfs = check_host(opts.tracefs)
     events = resolve_events(tfs, list(opts.events))
+    clocks = tfs.read("trace_clock").replace("[", "").replace("]", "").split()
+    if opts.clock not in clocks:
+        raise TraceError(f"unknown trace clock {opts.clock!r}: choose one of {', '.join(clocks)}")
     if not opts.output.parent.is_dir():
         raise TraceError(f"{opts.output.parent}: no such directory for the output file")
     with recording_lock(), _terminate_as_interrupt():
