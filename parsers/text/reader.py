@@ -48,17 +48,19 @@ def _process_chunk(acc: Collected, df: pl.DataFrame, skipped: list[tuple[int, st
     failed = _failed(decoded)
     bad = split.filter(pl.col("kind") == "bad")
     consumed: set[int] = set()
+    ambiguous: set[int] = set()
     if bad.height:
         fixes = repair.rejoin(split, failed, decode_lines)
         if fixes.split is not None:
             _collect(acc, fixes.split, fixes.decoded, set())
-        consumed = fixes.consumed
+        consumed, ambiguous = fixes.consumed, fixes.ambiguous
     skipped.extend((n, repair.why_bad(line)) for n, line in bad.select("line_no", "line").iter_rows() if n not in consumed)
+    skipped.extend((n, repair.AMBIGUOUS) for n in ambiguous)
     left = failed - consumed
     if left:
         names = dict(split.filter(pl.col("line_no").is_in(list(left))).select("line_no", "event").iter_rows())
         skipped.extend((n, f"{names[n]}: arguments match none of its known printed forms") for n in left)
-    _collect(acc, split, decoded, failed | consumed)
+    _collect(acc, split, decoded, failed | consumed | ambiguous)
     return split.filter(pl.col("kind") == "header").select("line")
 
 

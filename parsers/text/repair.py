@@ -79,20 +79,32 @@ def unquote(df: pl.DataFrame) -> pl.DataFrame:
 
 @dataclass
 class Fixes:
-    """Rejoined lines: their decoded results and every physical line they used."""
+    """Rejoined lines (their decoded results and every physical line they used), and decoded
+    lines that had to be given up because they may continue on the next line."""
 
     split: pl.DataFrame | None = None
     decoded: dict = field(default_factory=dict)
     consumed: set[int] = field(default_factory=set)
+    ambiguous: set[int] = field(default_factory=set)
+
+
+#: The start of a record: a task-pid and a bracketed CPU.
+RECORD_START = r"^\s*[^\s>|].*-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]"
+AMBIGUOUS = "decodes alone and joined with the next line too (wrapped?); cannot tell which is exact"
 
 
 Decoder = Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]]
 
 
-def _good(split: pl.DataFrame, decoded: dict) -> set[int]:
+def _good_keys(split: pl.DataFrame, decoded: dict) -> dict[int, tuple]:
+    """Candidate index -> what it decodes to (prefix fields and arguments), for the ones that decode.
+
+    Two joins that differ only where the reader ignores whitespace decode to the same key and
+    count as one.
+    """
     failed = {n for d in decoded.values() for n in d.failed.to_list()}
-    ok = split.filter(pl.col("kind") == "event")["line_no"].to_list()
-    return {n for n in ok if n not in failed}
+    rows = split.filter(pl.col("kind") == "event").select("line_no", "comm", "pid", "cpu", "ts", "event", "args")
+    return {r[0]: r[1:] for r in rows.iter_rows() if r[0] not in failed}
 
 
 #: A wrapped line is rejoined from at most this many continuation lines.
@@ -125,35 +137,45 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
 
     The fewest continuation lines that give a decodable line win, and only if exactly one way
     of joining them (a space or nothing at each break) decodes: a break inside a number and a
-    break between two words cannot be told apart otherwise.
+    break between two words cannot be told apart otherwise. A line that decodes alone but also
+    decodes joined with the next one (``rip 0x1000`` + ``00``; any free text) is ambiguous and
+    given up (``Fixes.ambiguous``), never guessed.
     """
     bad = set(split.filter(pl.col("kind") == "bad")["line_no"].to_list())
     if not bad:
         return Fixes()
     order = split["line_no"].to_list()
     follow = dict(zip(order, order[1:]))
-    starts = [n for n in order if (n in bad or n in failed) and follow.get(n) in bad]
+    events = set(split.filter(pl.col("kind") == "event")["line_no"].to_list())
+    # A line that begins like a record ("task-pid [cpu]") starts one; it never continues another.
+    heads = set(split.filter((pl.col("kind") == "bad") & pl.col("line").str.contains(RECORD_START))["line_no"].to_list())
+    tails = bad - heads
+    starts = [n for n in order if (n in bad or n in events) and follow.get(n) in tails]
     text = dict(split.select("line_no", "line").iter_rows())
-    cands = [c for s in starts for c in _candidates(s, follow, text, bad)]
+    cands = [c for s in starts for c in _candidates(s, follow, text, tails)]
     if not cands:
         return Fixes()
     trial = pl.DataFrame({"line_no": list(range(len(cands))), "line": [c[1] for c in cands]},
                          schema={"line_no": pl.Int64, "line": pl.String})
-    good = _good(*decode(trial))
-    by_start: dict[int, dict[tuple[int, ...], list[str]]] = {}
+    keys = _good_keys(*decode(trial))
+    by_start: dict[int, dict[tuple[int, ...], dict[tuple, str]]] = {}
     for i, (chain, joined) in enumerate(cands):
-        if i in good:
-            by_start.setdefault(chain[0], {}).setdefault(chain, []).append(joined)
+        if i in keys:
+            by_start.setdefault(chain[0], {}).setdefault(chain, {}).setdefault(keys[i], joined)
     consumed: set[int] = set()
+    ambiguous: set[int] = set()
     picked: list[tuple[int, str]] = []
     for s in starts:
-        if s not in by_start:
+        if s not in by_start or s in consumed:
+            continue
+        if s in events and s not in failed:
+            ambiguous.add(s)  # it decoded alone, and also joined with what follows
             continue
         chain = min(by_start[s], key=len)
         if len(by_start[s][chain]) == 1 and not set(chain) & consumed:
-            picked.append((s, by_start[s][chain][0]))
+            picked.append((s, next(iter(by_start[s][chain].values()))))
             consumed |= set(chain)
     if not picked:
-        return Fixes()
+        return Fixes(ambiguous=ambiguous)
     split_fixed, decoded_fixed = decode(pl.DataFrame(picked, schema={"line_no": pl.Int64, "line": pl.String}, orient="row"))
-    return Fixes(split_fixed, decoded_fixed, consumed)
+    return Fixes(split_fixed, decoded_fixed, consumed, ambiguous)
