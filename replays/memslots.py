@@ -308,12 +308,15 @@ def _overlap(c: MemslotChange, base: int, n: int) -> bool:
     return c.old_base_gfn is not None and c.old_base_gfn < base + n and base < c.old_base_gfn + (c.old_npages or 0)
 
 
-def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray) -> MemslotTimeline:
+def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
+                kvmmmu_zap: np.ndarray | None = None) -> MemslotTimeline:
     """Build the timeline from ``ftrace:print`` events (``buf`` column) of the trace itself.
 
-    ``kvmmmu_seq``/``kvmmmu_pid`` (sorted by seq) let a change's window start at the first kernel
-    event the ioctl thread emitted after its previous line: the kernel side comes first.
+    ``kvmmmu_seq``/``kvmmmu_pid``/``kvmmmu_zap`` (sorted by seq; ``zap`` marks zap events) anchor
+    each change's window on the kernel side, which comes before the line (see _window_start).
     """
+    if kvmmmu_zap is None:
+        kvmmmu_zap = np.zeros(len(kvmmmu_seq), dtype=bool)
     b = _Builder("ftrace")
     if print_table is None or print_table.num_rows == 0 or "buf" not in print_table.column_names:
         return b.finish()
@@ -329,7 +332,7 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else _parse_lab_move(buf, seq, pid)
             if line is None:
                 continue
-            start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid)
+            start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
             lab_kind = "move" if "kvmlab_memslot_move" in buf else hint.pop(pid, None)
             b.add(line, start, anchor, lab_kind)
             last_line[pid] = seq
@@ -358,16 +361,23 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
     return tl
 
 
-def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndarray,
-                  kvmmmu_pid: np.ndarray) -> tuple[int, str]:
-    """Where a change may have started: the ioctl thread's first kernel event since its previous
-    line (the zap-all or the leaf zaps of a delete), else just after that previous line."""
+def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
+                  kvmmmu_zap: np.ndarray) -> tuple[int, str]:
+    """Where a change may have started. The ioctl thread is inside KVM_SET_USER_MEMORY_REGION from
+    some point after its previous line until this one, and emits nothing but zaps while there; a
+    single-threaded VMM's thread is also a vCPU, whose last fault bounds the ioctl's start. So:
+    the first of the zaps that end the thread's events before the line, else just after the
+    thread's last other kernel event, else just after its previous line."""
     lo = prev_line + 1 if prev_line is not None else 0
     i, j = np.searchsorted(kvmmmu_seq, [lo, seq])
-    own = np.flatnonzero(kvmmmu_pid[i:j] == pid)
-    if len(own):
-        return int(kvmmmu_seq[i + own[0]]), "first kernel event of the ioctl thread"
-    return lo, "previous memslot line of the same thread"
+    own = i + np.flatnonzero(kvmmmu_pid[i:j] == pid)
+    if not len(own):
+        return lo, "previous memslot line of the same thread"
+    not_zap = np.flatnonzero(~kvmmmu_zap[own])
+    tail = own[not_zap[-1] + 1:] if len(not_zap) else own
+    if len(tail):
+        return int(kvmmmu_seq[tail[0]]), "zaps of the ioctl thread"
+    return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
 
 
 def _parse_lab_move(text: str, seq: int, pid: int) -> SlotLine | None:

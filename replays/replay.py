@@ -58,8 +58,8 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
     else:
         profile = profile_for(kernel or data.info.kernel)
-    kv_seq, kv_pid = _kvmmmu_events(data)
-    timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid)
+    kv_seq, kv_pid, kv_zap = _kvmmmu_events(data, profile)
+    timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
     mmu = _detect_mmu(data, profile)
     zap_all_seqs, zap_all_pids = _seq_pid(data, "kvm_mmu_zap_all_fast")
     zap_policy, why = _zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
@@ -116,20 +116,30 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
 
 
 # -- inputs ----------------------------------------------------------------------------------------
-def _kvmmmu_events(data: TraceData) -> tuple[np.ndarray, np.ndarray]:
-    """Seqs and pids of every kvmmmu event, in seq order, from the per-event tables (their schema
-    metadata names the system; the name list covers readers that leave it out)."""
-    seqs, pids = [], []
+#: Events the kernel emits while carrying out a memslot change on the ioctl thread.
+ZAP_EVENTS = frozenset({"kvm_mmu_zap_all_fast", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page"})
+
+
+def _kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seqs, pids and "is a zap" of every kvmmmu event, in seq order, from the per-event tables
+    (their schema metadata names the system; the name list covers readers that leave it out).
+    Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what a memslot ioctl emits."""
+    seqs, pids, zaps = [], [], []
     for name, t in data.tables.items():
         meta = t.schema.metadata or {}
         if t.num_rows and (name in KVMMMU_EVENTS or meta.get(META_SYSTEM) == b"kvmmmu"):
             seqs.append(numpy_column(t, "seq", np.int64))
             pids.append(numpy_column(t, "pid", np.int64))
+            if name == "kvm_tdp_mmu_spte_changed":
+                new = numpy_column(t, "new_spte")
+                zaps.append((new == np.uint64(profile.nonpresent)) | (new == np.uint64(profile.nonpresent | FROZEN_LOW)))
+            else:
+                zaps.append(np.full(t.num_rows, name in ZAP_EVENTS))
     if not seqs:
-        return np.empty(0, np.int64), np.empty(0, np.int64)
-    seq, pid = np.concatenate(seqs), np.concatenate(pids)
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
+    seq, pid, zap = np.concatenate(seqs), np.concatenate(pids), np.concatenate(zaps)
     order = np.argsort(seq, kind="stable")
-    return seq[order], pid[order]
+    return seq[order], pid[order], zap[order]
 
 
 def _seq_pid(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:
@@ -176,12 +186,12 @@ class SeqIndex:
 
 
 def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_seq: np.ndarray,
-              kv_pid: np.ndarray) -> ms.MemslotTimeline:
+              kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
     if layout is not None:
         return ms.from_layout(layout)
     if lines is not None:
         return ms.from_lines(lines)
-    return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid)
+    return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap)
 
 
 PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page")

@@ -45,7 +45,7 @@ def whatif(ctx: Context) -> pa.Table:
     for i, c in ctx.positioned_removals():
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
         # the model applies the untraced per-slot rmap zap).
-        when = "start" if c.anchor.startswith("first kernel event") else "end"
+        when = "start" if c.anchor == "zaps of the ioctl thread" else "end"
         snap = ctx.journal.snapshots.get((i, when))
         if snap is None:
             continue
