@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from parsers.tracedat.arrow import numeric, strings_from_buffers
 from parsers.tracedat.formats import FieldSpec
 
 
@@ -90,7 +91,7 @@ class FieldReader:
     def binary(self, starts: np.ndarray, lengths: np.ndarray) -> pa.Array:
         data, offsets = self.byte_runs(starts, lengths)
         return pa.LargeBinaryArray.from_buffers(
-            pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(data.tobytes())]
+            pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
         ).cast(pa.binary())
 
     # ------------------------------------------------------------------ fields
@@ -108,13 +109,13 @@ class FieldReader:
                 return self.c_strings(addr, np.full(len(pos), field.size, np.int64))
             el = field.element_size
             flat = self.integers((addr[:, None] + np.arange(field.array_len) * el).ravel(), el, field.signed)
-            return pa.FixedSizeListArray.from_arrays(pa.array(flat), field.array_len)
+            return pa.FixedSizeListArray.from_arrays(numeric(flat), field.array_len)
         if field.size == 1 and field.type.strip() == "bool":
-            return pa.array(self.buf[addr] != 0)
+            return numeric(self.buf[addr] != 0)
         if field.size not in (1, 2, 4, 8):
             return self.binary(addr, np.full(len(pos), field.size, np.int64))
         # Record payloads start 4-aligned, so a fixed-offset field's alignment is its offset's.
-        return pa.array(self.integers(addr, field.size, field.signed, field.offset & 3))
+        return numeric(self.integers(addr, field.size, field.signed, field.offset & 3))
 
     def _dynamic(self, field: FieldSpec, pos: np.ndarray, addr: np.ndarray, rec_len: np.ndarray) -> pa.Array:
         """``__data_loc``/``__rel_loc``: u32 = length << 16 | offset (from record or field end)."""
@@ -138,7 +139,7 @@ class FieldReader:
         values = data.view(f"{self._e}{kind}{el}").astype(f"{kind}{el}")
         list_offsets = np.zeros(len(count) + 1, np.int32)
         np.cumsum(count, out=list_offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(list_offsets), pa.array(values))
+        return pa.ListArray.from_arrays(numeric(list_offsets), numeric(values))
 
 
 def signed_element_type(ctype: str) -> bool:
@@ -147,17 +148,3 @@ def signed_element_type(ctype: str) -> bool:
     if "unsigned" in t:
         return False
     return (t.startswith("s") and t[1:].isdigit()) or t in ("int", "short", "long", "long long", "signed char")
-
-
-def strings_from_buffers(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
-    """A string array from concatenated UTF-8 bytes; invalid bytes are replaced (U+FFFD)."""
-    arr = pa.LargeStringArray.from_buffers(
-        len(offsets) - 1, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(data.tobytes())
-    )
-    try:
-        arr.validate(full=True)
-    except pa.ArrowInvalid:
-        raw = data.tobytes()
-        return pa.array([raw[a:b].decode("utf-8", "replace") for a, b in zip(offsets[:-1], offsets[1:])],
-                        pa.string())
-    return arr.cast(pa.string())

@@ -13,6 +13,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
+from parsers.tracedat.arrow import numeric, strings
+
 #: Largest value range handled with a presence table (a 16 M-entry bool + int32 table).
 _TABLE_RANGE = 1 << 24
 
@@ -35,4 +37,4 @@ def factorize(values: np.ndarray) -> tuple[list[int], np.ndarray]:
 def lookup(values: np.ndarray, name_of: Callable[[int], str]) -> pa.Array:
     """``name_of(v)`` for every row, computed once per distinct value, as a string array."""
     uniques, codes = factorize(values)
-    return pa.array([name_of(v) for v in uniques], pa.string()).take(pa.array(codes))
+    return strings([name_of(v) for v in uniques]).take(numeric(codes))

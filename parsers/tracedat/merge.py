@@ -27,16 +27,17 @@ def _mul_u64_u32_shr(a: np.ndarray, mult: int, shift: int) -> np.ndarray:
 
 
 def to_ns(raw: np.ndarray, opts: Options) -> np.ndarray:
-    """Raw ring-buffer timestamps → what ``trace-cmd report -t`` prints (int64).
+    """Raw ring-buffer timestamps (uint64, converted in place) → what ``trace-cmd report -t``
+    prints (an int64 view).
 
     TSC2NSEC multiplies/shifts, DATE and OFFSET add (trace-cmd's ``timestamp_calc``). TIME_SHIFT
     (host/guest correction) is not applied; :func:`parsers.tracedat.reader.read_tracedat` warns.
     """
-    ts = raw.astype(np.uint64)
+    ts = raw  # converted in place: the raw values are not needed afterwards
     if opts.tsc2nsec is not None:
         ts = _mul_u64_u32_shr(ts, opts.tsc2nsec.mult, opts.tsc2nsec.shift)
     if opts.ts_offset:
-        ts = ts + np.uint64(opts.ts_offset & 0xFFFFFFFFFFFFFFFF)
+        ts += np.uint64(opts.ts_offset & 0xFFFFFFFFFFFFFFFF)
     return ts.view(np.int64)
 
 

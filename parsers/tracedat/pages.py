@@ -53,10 +53,20 @@ class PageData:
 class Records:
     """Data records in file order (page by page, record by record)."""
 
-    pos: np.ndarray  # int64: offset of the payload (the common_type field) in PageData.buf
-    length: np.ndarray  # int64: payload bytes (rounded up to 4, as stored)
+    pos: np.ndarray  # int32 (int64 for buffers >= 2 GiB): payload (common_type) offset in PageData.buf
+    length: np.ndarray  # int32: payload bytes (rounded up to 4, as stored)
     ts: np.ndarray  # uint64: raw timestamp in trace-clock units
-    page: np.ndarray  # int64: page index
+    per_page: np.ndarray  # int64: data records on each page (records of page i follow those of i-1)
+
+    def first_of_page(self) -> np.ndarray:
+        """Index of each page's first record (= the next page's, for a page without records)."""
+        first = np.zeros(len(self.per_page), np.int64)
+        np.cumsum(self.per_page[:-1], out=first[1:])
+        return first
+
+    def cpu(self, page_cpu: np.ndarray) -> np.ndarray:
+        """The CPU of every record, from the CPU of every page."""
+        return np.repeat(page_cpu, self.per_page)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
     clock = flags.ts.copy()  # per page: the running timestamp
     taken = np.zeros(len(start), np.int64)  # per page: data records seen so far
     active = np.flatnonzero(pos < end)
+    pos_type = np.int32 if len(pages.buf) < 2**31 else np.int64
     steps: list[tuple[np.ndarray, ...]] = []
     while active.size:
         p = pos[active]
@@ -163,7 +174,9 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
             page_d, now, payload, length = active[data], now[data], payload[data], length[data]
         else:
             page_d = active
-        steps.append((page_d, taken[page_d], now, payload, length))
+        # Compact dtypes: these arrays are the reader's largest intermediate (one row per event).
+        steps.append((page_d.astype(np.int32), taken[page_d].astype(np.int32), now,
+                      payload.astype(pos_type), length.astype(np.int32)))
         taken[page_d] += 1
         pos[active] = nxt
         active = active[nxt < end[active]]
@@ -171,18 +184,22 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
 
 
 def _file_order(steps: list[tuple[np.ndarray, ...]], per_page: np.ndarray) -> Records:
-    """Concatenate the per-step arrays in file order (page by page, record by record).
+    """Scatter the per-step arrays into file order (page by page, record by record).
 
-    Step ``k`` holds the next data record of every page still active, pages ascending; a
-    record's place is its page's first slot plus its rank in the page: a scatter, no sort.
+    Step ``k`` holds the next data record of every page still active; a record's place is its
+    page's first slot plus its rank in the page: a scatter, no sort. Steps are consumed (and
+    freed) one by one so the peak holds the records only about twice.
     """
-    if not steps:
-        empty = np.empty(0, np.int64)
-        return Records(empty, empty, np.empty(0, np.uint64), empty)
-    page, rank, ts, payload, length = (np.concatenate(c) for c in zip(*steps))
-    first_slot = np.zeros(len(per_page), np.int64)
-    np.cumsum(per_page[:-1], out=first_slot[1:])
-    where = first_slot[page] + rank
-    order = np.empty(len(where), np.int64)
-    order[where] = np.arange(len(where))
-    return Records(pos=payload[order], length=length[order], ts=ts[order], page=page[order])
+    n = int(per_page.sum())
+    pos_type = steps[0][3].dtype if steps else np.int64
+    out = Records(pos=np.empty(n, pos_type), length=np.empty(n, np.int32), ts=np.empty(n, np.uint64),
+                  per_page=per_page)
+    first_slot = out.first_of_page()
+    steps.reverse()
+    while steps:
+        page, rank, ts, payload, length = steps.pop()
+        where = first_slot[page] + rank
+        out.ts[where] = ts
+        out.pos[where] = payload
+        out.length[where] = length
+    return out

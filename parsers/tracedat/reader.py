@@ -18,6 +18,7 @@ from parsers.errors import TraceError, TraceWarning
 from parsers.schema import GAPS_SCHEMA, TraceData, TraceInfo
 from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.container import parse_container
+from parsers.tracedat.arrow import empty_table, numeric
 from parsers.tracedat.catalog import FormatCatalog
 from parsers.tracedat.formats import PageHeader, parse_header_page
 from parsers.tracedat.layout import BufferSpec, Container
@@ -87,20 +88,13 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         records, flags = walk(pages)
     except TraceError as err:
         raise TraceError(f"{box.path}: {err}") from None
-    ts_ns = to_ns(records.ts, opts)
     reader = FieldReader(pages.buf, box.big_endian)
-    common_type = catalog.common_field("common_type")
-    common_pid = catalog.common_field("common_pid")
-    event_id = reader.uint(records.pos + common_type[0], common_type[1], common_type[0] & 3).astype(np.int64)
-    pid = reader.integers(records.pos + common_pid[0], common_pid[1], True, common_pid[0] & 3).astype(np.int32)
-    cpu = pages.cpu[records.page]
-    order = merge_order(ts_ns, cpu)
-    merged = Merged(pos=records.pos[order], length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
-                    event_id=event_id[order], pid=pid[order])
+    merged, order = _merge(records, pages, reader, catalog, opts)
+    gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
+    del records, order  # the largest intermediates: free them before the tables are built
     tables, events, counts, unknown = build_tables(merged, catalog, reader, cmdlines, printk)
     if unknown:
         notes.append(f"{box.path}: {unknown} records with an event id that has no format file were skipped")
-    gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
     for note in notes:
         _warnings.warn(note, TraceWarning, stacklevel=3)
     info = TraceInfo(
@@ -117,23 +111,44 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)
 
 
+def _merge(records: Records, pages: PageData, reader: FieldReader, catalog: FormatCatalog,
+           opts: Options) -> tuple[Merged, np.ndarray]:
+    """Put the records in global order; also return the order (file index of each seq)."""
+    ts_ns = to_ns(records.ts, opts)
+    cpu = records.cpu(pages.cpu)
+    order = merge_order(ts_ns, cpu)
+    type_off, type_size = catalog.common_field("common_type")
+    pid_off, pid_size = catalog.common_field("common_pid")
+    pos = records.pos[order]
+    return Merged(
+        pos=pos, length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
+        event_id=reader.uint(pos + type_off, type_size, type_off & 3).astype(np.uint16),
+        pid=reader.integers(pos + pid_off, pid_size, True, pid_off & 3).astype(np.int32, copy=False),
+    ), order
+
+
 def _gaps(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options
           ) -> tuple[pa.Table, dict[int, int], dict[int, int]]:
     """One row per page whose header says events were dropped before it."""
     missed = np.flatnonzero(flags.missed)
     if not missed.size:
-        return GAPS_SCHEMA.empty_table(), {}, {}
-    seq_of = np.empty(len(order), np.int64)
-    seq_of[order] = np.arange(len(order))
-    first = np.searchsorted(records.page, missed)
-    have = first < len(records.page)
-    have[have] &= pages.cpu[records.page[first[have]]] == pages.cpu[missed[have]]
-    seq = np.where(have, seq_of[np.minimum(first, max(len(order) - 1, 0))] if len(order) else 0, 0)
+        return empty_table(GAPS_SCHEMA), {}, {}
+    # The first record (file index) on or after each flagged page, if it is on the same CPU ...
+    first = records.first_of_page()[missed]
+    n = len(records.pos)
+    have = first < n
+    have[have] &= records.cpu(pages.cpu)[first[have]] == pages.cpu[missed[have]]
+    # ... and its seq: where that file index sits in ``order`` (one pass over a bool mask).
+    wanted = np.zeros(len(order), bool)
+    wanted[first[have]] = True
+    at_seq = np.flatnonzero(wanted[order])
+    seq_of_first = dict(zip(order[at_seq].tolist(), at_seq.tolist()))
+    seq = np.array([seq_of_first.get(f, 0) for f in first.tolist()], np.int64)
     lost = flags.lost[missed]
     cpu = pages.cpu[missed]
     table = pa.Table.from_arrays(
-        [pa.array(cpu), pa.array(to_ns(flags.ts[missed], opts)), pa.array(seq, mask=~have),
-         pa.array(lost, mask=lost < 0)],
+        [numeric(cpu), numeric(to_ns(flags.ts[missed], opts)), numeric(seq, mask=~have),
+         numeric(lost, mask=lost < 0)],
         schema=GAPS_SCHEMA,
     )
     known: dict[int, int] = {}

@@ -12,6 +12,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
+from parsers.tracedat.arrow import empty_table, numeric, strings
 from parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
 from parsers.tracedat.columns import FieldReader, signed_element_type
 from parsers.tracedat.factorize import factorize, lookup
@@ -29,11 +30,11 @@ UNKNOWN_EVENT = "<unknown>"
 class Merged:
     """Data records in global order."""
 
-    pos: np.ndarray  # int64 payload offsets in the page buffer
-    length: np.ndarray  # int64 payload lengths
+    pos: np.ndarray  # int32/int64 payload offsets in the page buffer
+    length: np.ndarray  # int32 payload lengths
     ts: np.ndarray  # int64 ns
     cpu: np.ndarray  # int16
-    event_id: np.ndarray  # int64 common_type
+    event_id: np.ndarray  # uint16 common_type
     pid: np.ndarray  # int32
 
 
@@ -79,8 +80,8 @@ def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
     n = len(merged.pos)
     seq = np.arange(n, dtype=np.int64)
     comm = comm_column(merged.pid, cmdlines)
-    # Event ids are < 65536 (common_type is a u16): a stable sort on uint16 is a radix sort.
-    order = np.argsort(merged.event_id.astype(np.uint16), kind="stable")
+    # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort.
+    order = np.argsort(merged.event_id, kind="stable")
     ids_sorted = merged.event_id[order]
     bounds = np.flatnonzero(np.diff(ids_sorted)) + 1
     groups = np.split(order, bounds) if n else []
@@ -101,7 +102,7 @@ def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
     for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
         name = catalog.table_names[event_id]
         if name not in tables:
-            tables[name] = event_schema(catalog.format(event_id)).empty_table()
+            tables[name] = empty_table(event_schema(catalog.format(event_id)))
     events = _events_table(merged, catalog, comm, seq)
     return tables, events, counts, unknown
 
@@ -109,19 +110,17 @@ def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
 def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, seq: np.ndarray, comm: pa.Array,
                  reader: FieldReader, printk: dict[int, str]) -> pa.Table:
     """One event's rows (``rows``: indices in global order) decoded field by field."""
-    rows_arr = pa.array(rows)
-    cols = [pa.array(seq[rows]), pa.array(merged.ts[rows]), pa.array(merged.cpu[rows]),
-            pa.array(merged.pid[rows]), comm.take(rows_arr)]
+    cols = [numeric(seq[rows]), numeric(merged.ts[rows]), numeric(merged.cpu[rows]),
+            numeric(merged.pid[rows]), comm.take(numeric(rows))]
     pos, length = merged.pos[rows], merged.length[rows]
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
-        col = reader.column(f, pos, length)
-        if _is_bprint_fmt(fmt, f):
-            addr = np.asarray(col.to_numpy(zero_copy_only=False), np.uint64)
-            cols.append(_printk_strings(addr, printk))
-            col = pa.array(addr, pa.uint64())
-        cols.append(col)
+        if _is_bprint_fmt(fmt, f):  # the format string, then the raw address
+            addr = reader.uint(pos + f.offset, f.size, f.offset & 3).astype(np.uint64)
+            cols += [_printk_strings(addr, printk), numeric(addr)]
+            continue
+        cols.append(reader.column(f, pos, length))
     return pa.Table.from_arrays(cols, schema=event_schema(fmt))
 
 
@@ -143,9 +142,8 @@ def _events_table(merged: Merged, catalog: FormatCatalog, comm: pa.Array, seq: n
     sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
     row_sys = sys_index[codes]
     return pa.Table.from_arrays(
-        [pa.array(seq), pa.array(merged.ts), pa.array(merged.cpu), pa.array(merged.pid), comm,
-         pa.DictionaryArray.from_arrays(pa.array(codes), pa.array(names, pa.string())),
-         pa.DictionaryArray.from_arrays(pa.array(np.maximum(row_sys, 0), mask=row_sys < 0),
-                                        pa.array(system_names, pa.string()))],
+        [numeric(seq), numeric(merged.ts), numeric(merged.cpu), numeric(merged.pid), comm,
+         pa.DictionaryArray.from_arrays(numeric(codes), strings(names)),
+         pa.DictionaryArray.from_arrays(numeric(np.maximum(row_sys, 0), mask=row_sys < 0), strings(system_names))],
         schema=EVENTS_SCHEMA,
     )
