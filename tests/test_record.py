@@ -136,7 +136,9 @@ def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path)
     proc = run_kvmtrace(*common, "--text", "-o", str(tmp_path / "at_end.dat"), "--", *guest)
     assert proc.returncode == 0, proc.stderr
     assert "lost events (overrun" in proc.stderr
-    assert read_tracedat(tmp_path / "at_end.dat").tables["kvm_pio"].num_rows < loops
+    at_end = read_tracedat(tmp_path / "at_end.dat")
+    assert at_end.tables["kvm_pio"].num_rows < loops
+    assert at_end.gaps.num_rows > 0  # the kernel flagged the loss in the pages too
 
 
 @kvm_only
@@ -209,6 +211,37 @@ def test_error_messages_are_one_line_and_touch_nothing(tmp_path: Path) -> None:
 
 
 @kvm_only
+def test_auto_backend_without_trace_cmd_is_native(tmp_path: Path) -> None:
+    """Where trace-cmd is not installed (containers), recording still works, natively."""
+    out = tmp_path / "auto.dat"
+    proc = run_kvmtrace("record", "--no-kallsyms", "-o", str(out), "--", *GUEST, env={"PATH": "/nonexistent"})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().endswith("(native)")
+    assert out.read_bytes().startswith(b"\x17\x08\x44tracing7\0")
+
+
+def test_not_root_is_refused_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hand-made condition (the tests run as root here): a non-root user gets told to use sudo."""
+    from kvmtrace.record.recorder import RecordOptions, record
+    from parsers.errors import TraceError
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(TraceError, match="recording needs root .*: run kvmtrace record with sudo"):
+        record(RecordOptions(output=tmp_path / "x.dat", command=("true",)))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
+def test_tracefs_without_kvmmmu_says_load_kvm(tmp_path: Path) -> None:
+    """Hand-made tracefs folder (no real host lacks only the kvm module here)."""
+    from kvmtrace.record.recorder import RecordOptions, record
+    from parsers.errors import TraceError
+
+    (tmp_path / "tracing_on").write_text("1\n")
+    with pytest.raises(TraceError, match="no kvmmmu events in tracefs: the kvm module is not loaded"):
+        record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
 def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
     from kvmtrace.record.recorder import RecordOptions, record
     from parsers.errors import TraceError
