@@ -35,6 +35,12 @@ ARROW_TYPES: Mapping[str, pa.DataType] = {
     "str": pa.string(),
 }
 
+#: The same types for polars (the decoders build columns in polars, then hand Arrow out).
+POLARS_TYPES: Mapping[str, pl.DataType] = {
+    "u8": pl.UInt8, "u16": pl.UInt16, "u32": pl.UInt32, "u64": pl.UInt64, "s8": pl.Int8, "s32": pl.Int32,
+    "s64": pl.Int64, "bool": pl.Boolean, "str": pl.String,
+}
+
 PFERR = {"P": 1, "W": 2, "U": 4, "RSVD": 8, "F": 16}
 PTR_REASON = "pointers are hashed in tracefs text (%p, Linux 4.15+ with hash-ptr); only unhashed values are kept"
 

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import polars as pl
-import pyarrow as pa
 
-from parsers.text.catalog import ARROW_TYPES, EventSpec
+from parsers.text.catalog import POLARS_TYPES, EventSpec
 from parsers.text.printf import Compiled, choice_expr, flags_expr, number_expr, pointer_expr
 
 _SCRATCH = pl.Int64
@@ -35,7 +34,7 @@ def _types(spec: EventSpec) -> dict[str, pl.DataType]:
 
 @cache
 def _field_types(fields: tuple[tuple[str, str], ...]) -> dict[str, pl.DataType]:
-    return {n: pl.from_arrow(pa.array([], ARROW_TYPES[t])).dtype for n, t in fields}
+    return {n: POLARS_TYPES[t] for n, t in fields}
 
 
 def _convert(spec: EventSpec, c: Compiled) -> list[pl.Expr]:

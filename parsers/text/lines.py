@@ -105,34 +105,16 @@ def _slow(df: pl.DataFrame) -> pl.DataFrame:
     return pl.concat([events, other])
 
 
-def split(lines: pl.DataFrame) -> pl.DataFrame:
-    """Add the prefix columns to a frame with ``line_no`` and ``line``; ``kind`` says what each line is.
-
-    ``kind`` is ``event``, ``gap``, ``header`` or ``bad``. Event rows get ``comm``, ``pid``,
-    ``cpu``, ``ts`` (ns; integer timestamps of counter clocks are kept as they are), ``event``
-    and ``args``; gap rows get ``cpu`` and ``lost`` (null when the count was not printed).
-    """
-    # Split everything the fast way, then send the rows whose pieces do not check out (short
-    # strings, cheap to test) to the regex path.
-    df = _fast(lines)
-    ok = (
-        pl.col("event").str.contains(r"^\w+$").fill_null(False)
-        & pl.col("pid").str.contains(r"^\d+$").fill_null(False)
-        & pl.col("cpu").str.contains(r"^\d+$").fill_null(False)
-        & pl.col("ts").str.contains(r"^\d+(?:\.\d+)?$").fill_null(False)
-        & (pl.col("flags").is_null() | pl.col("flags").str.contains(r"^[^\s\[\]]{4,5}$").fill_null(False))
-        & ~pl.col("comm").str.contains(r"^[\s>|]|^$").fill_null(True)
-    )
-    good = df.select(ok).to_series()
-    if not good.all():
-        bad_lines = df.filter(~good).select("line_no", "line")
-        df = pl.concat([df.filter(good), _slow(bad_lines)]).sort("line_no")
+def _typed(df: pl.DataFrame) -> pl.DataFrame:
+    """Convert the string pieces: pid, cpu, ts (ns; counter-clock integers kept as printed),
+    the preempt count from the flags, and ``print`` for trace_marker lines."""
     ts = pl.col("ts")
     dot = ts.str.find(".", literal=True)
     sec = pl.when(dot.is_null()).then(ts).otherwise(ts.str.slice(0, dot)).str.to_integer(strict=False)
-    frac = ts.str.slice(dot + 1)
-    frac_ns = frac.str.slice(0, 9).str.pad_end(9, "0").str.to_integer(strict=False)
+    frac_ns = ts.str.slice(dot + 1).str.slice(0, 9).str.pad_end(9, "0").str.to_integer(strict=False)
     ts_ns = pl.when(dot.is_null()).then(sec).otherwise(sec * 1_000_000_000 + frac_ns)
+    flags = df["flags"].drop_nulls().unique()
+    preempt = dict(zip(flags.to_list(), pl.select(preempt_count(pl.lit(flags))).to_series().to_list()))
     event = pl.col("event")
     is_print = event.is_in(PRINT_CALLERS)
     return df.select(
@@ -140,14 +122,38 @@ def split(lines: pl.DataFrame) -> pl.DataFrame:
         "line",
         "kind",
         "comm",
-        pl.col("pid").str.to_integer(strict=False).cast(pl.Int32),
-        pl.col("cpu").str.to_integer(strict=False).cast(pl.Int16),
+        pl.col("pid").str.to_integer(strict=False).cast(pl.Int32, strict=False),
+        pl.col("cpu").str.to_integer(strict=False).cast(pl.Int16, strict=False),
         ts_ns.alias("ts"),
         pl.when(is_print).then(pl.lit("print")).otherwise(event).alias("event"),
         pl.when(is_print).then(pl.concat_str(event, pl.lit(": "), pl.col("args"))).otherwise(pl.col("args")).alias("args"),
         pl.col("lost").str.to_integer(strict=False).alias("lost"),
-        preempt_count(pl.col("flags")).alias("common_preempt_count"),
+        pl.col("flags").replace_strict(preempt, default=None, return_dtype=pl.UInt8).alias("common_preempt_count"),
+        pl.col("flags").alias("_flags"),
     )
+
+
+def split(lines: pl.DataFrame) -> pl.DataFrame:
+    """Add the prefix columns to a frame with ``line_no`` and ``line``; ``kind`` says what each line is.
+
+    ``kind`` is ``event``, ``gap``, ``header`` or ``bad``. Event rows get ``comm``, ``pid``,
+    ``cpu``, ``ts`` (ns; integer timestamps of counter clocks are kept as they are), ``event``
+    and ``args``; gap rows get ``cpu`` and ``lost`` (null when the count was not printed).
+    """
+    # Split everything the fast way, then send the rows whose pieces do not check out to the
+    # regex path.
+    df = _typed(_fast(lines))
+    ok = (
+        pl.col("pid").is_not_null() & pl.col("cpu").is_not_null() & pl.col("ts").is_not_null()
+        & pl.col("event").str.contains(r"^\w+$").fill_null(False)
+        & (pl.col("_flags").is_null() | pl.col("_flags").str.contains(r"^[^\s\[\]]{4,5}$").fill_null(False))
+        & ~pl.col("comm").str.contains(r"^[\s>|]|^$").fill_null(True)
+    )
+    good = df.select(ok).to_series()
+    if not good.all():
+        slow = _typed(_slow(df.filter(~good).select("line_no", "line")))
+        df = pl.concat([df.filter(good), slow]).sort("line_no")
+    return df.drop("_flags")
 
 
 def preempt_count(flags: pl.Expr) -> pl.Expr:
