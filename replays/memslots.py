@@ -45,6 +45,9 @@ _LAB_MOVE = re.compile(
 _LAB_QUIRK = re.compile(r"kvmlab_start\b.*\bslot_zap_all_quirk=(?P<q>[01])")
 _LAB_GET_DIRTY = re.compile(r"kvmlab_get_dirty_log\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)")
 
+#: The anchor of a window that starts at kernel events the change itself caused.
+ANCHOR_ZAPS = "zaps of the ioctl thread"
+
 #: Change kinds that take gfns away (and so open a window a fault can land in).
 REMOVING_KINDS = frozenset({"delete", "move", "recreate"})
 
@@ -165,11 +168,12 @@ class MemslotTimeline:
         return slots[idx]
 
     def window_of(self, gfn: np.ndarray, seq: np.ndarray, kinds: frozenset[str] | None = None,
-                  positioned: bool = False) -> np.ndarray:
+                  positioned: bool = False, certain: bool = False) -> np.ndarray:
         """Index into ``changes`` of an update window containing (gfn, seq) and touching gfn, or -1.
 
         ``positioned`` leaves out changes whose position is unknown (QEMU logs), whose windows
-        span the whole trace."""
+        span the whole trace. ``certain`` keeps only the part of each window in which the change
+        was surely under way: from the kernel's zaps if it left some, else from the line."""
         out = np.full(len(gfn), -1, dtype=np.int64)
         order, sseq = _seq_order(seq)
         g = gfn.astype(np.uint64)[order]
@@ -178,7 +182,10 @@ class MemslotTimeline:
                 continue
             if positioned and c.seq is None:
                 continue
-            i = int(np.searchsorted(sseq, c.window_start, side="left"))
+            start = c.window_start if not certain or c.anchor == ANCHOR_ZAPS else c.seq
+            if start is None:
+                continue
+            i = int(np.searchsorted(sseq, start, side="left"))
             j = int(np.searchsorted(sseq, c.window_end, side="right"))
             touch = np.zeros(j - i, dtype=bool)
             for base, n in ((c.base_gfn, c.npages), (c.old_base_gfn, c.old_npages)):
@@ -376,7 +383,7 @@ def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndar
     not_zap = np.flatnonzero(~kvmmmu_zap[own])
     tail = own[not_zap[-1] + 1:] if len(not_zap) else own
     if len(tail):
-        return int(kvmmmu_seq[tail[0]]), "zaps of the ioctl thread"
+        return int(kvmmmu_seq[tail[0]]), ANCHOR_ZAPS
     return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
 
 

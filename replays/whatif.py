@@ -15,6 +15,7 @@ import pyarrow as pa
 
 from replays.detectors.context import Context, span
 from replays.detectors.slot_removal import zap_rule_mask
+from replays.memslots import ANCHOR_ZAPS
 from replays.summaries import next_creation, recreations
 
 WHATIF_SCHEMA = pa.schema([
@@ -45,7 +46,7 @@ def whatif(ctx: Context) -> pa.Table:
     for i, c in ctx.positioned_removals():
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
         # the model applies the untraced per-slot rmap zap).
-        when = "start" if c.anchor == "zaps of the ioctl thread" else "end"
+        when = "start" if c.anchor == ANCHOR_ZAPS else "end"
         snap = ctx.journal.snapshots.get((i, when))
         if snap is None:
             continue

@@ -10,7 +10,7 @@ import numpy as np
 
 from replays.detectors.context import Context
 from replays.findings import CheckOutcome, Finding
-from replays.memslots import REMOVING_KINDS
+from replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
@@ -61,7 +61,7 @@ def _in_window(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no memslot delete or move with a position in the trace")
     seq = np.concatenate([ctx.faults["seq"], ctx.installs["seq"]])
     gfn = np.concatenate([ctx.faults["gfn"], ctx.installs["gfn"]])
-    hit = tl.window_of(gfn, seq, REMOVING_KINDS, positioned=True)
+    hit = tl.window_of(gfn, seq, REMOVING_KINDS, positioned=True, certain=True)
     findings = []
     for w in np.unique(hit[hit >= 0]):
         c = tl.changes[int(w)]
@@ -71,6 +71,9 @@ def _in_window(ctx: Context) -> CheckOutcome:
         findings.append(Finding(
             cid, int(s[order[0]]), int(g[order[0]]), c.slot,
             f"{int(m.sum())} fault(s)/install(s) on gfns of slot {c.slot} while its {c.kind} was in flux "
-            f"(seq {c.window_start}..{c.window_end}, anchored on {c.anchor})",
+            f"(seq {c.window_start if c.anchor == ANCHOR_ZAPS else c.seq}..{c.window_end}: "
+            f"{'from the kernel zaps' if c.anchor == ANCHOR_ZAPS else 'from its line'} to "
+            f"{'the re-creating line' if c.window_end != c.seq else 'its line'})",
             [int(x) for x in s[order][:32]] + [c.window_start, c.window_end]))
-    return CheckOutcome.of(cid, findings, f"{len(windows)} update window(s) checked, no fault inside")
+    return CheckOutcome.of(cid, findings, f"{len(windows)} update window(s) checked, no fault inside (a window "
+                                          "counts from the kernel's zaps, or from the line when the kernel left none)")
