@@ -1,7 +1,7 @@
 """``kvmtrace record`` on the real kernel: a tiny KVM guest is traced, decoded two ways, and
 tracefs must be exactly as before afterwards — after success, a failing command and Ctrl-C.
 
-The traced command is this file run as a script: it creates a VM with 64 KiB of memory and one
+The traced command is this file run as a script: it writes a trace_marker line, creates a VM with 64 KiB of memory and one
 vCPU in real mode, and runs a loop of N ``out 0x10, al`` (al = N, N-1, ... 1), a store and
 ``hlt``. So the trace must show exactly N port writes with those values, N userspace exits
 KVM_EXIT_IO (2) and one KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
@@ -80,8 +80,10 @@ def report_counts(trace_cmd: str, path: Path) -> Counter[str]:
 
 
 def text_counts(path: Path) -> Counter[str]:
+    """Events per name in the kernel's text; it names ftrace ``print`` by its print function."""
     with gzip.open(path, "rt") as f:
-        return Counter(m.group(1) for line in f if (m := re.search(r"\s[\d.]+: (\w+):", line)) and not line.startswith("#"))
+        names = [m.group(1) for line in f if (m := re.search(r"\s[\d.]+: (\w+):", line)) and not line.startswith("#")]
+    return Counter("print" if name == "tracing_mark_write" else name for name in names)
 
 
 @kvm_only
@@ -111,6 +113,8 @@ def test_native_recording_decodes_identically_and_restores_tracefs(
     exits = [r["reason"] for r in data.tables["kvm_userspace_exit"].to_pylist()]
     assert exits == [2, 5]
     assert ours["kvm_mmu_get_page"] > 0  # the VM's first MMU root
+    # trace_marker writes (ftrace print) are recorded without being asked for.
+    assert data.tables["print"].column("buf").to_pylist() == [f"{MARKER} loops=1\n"]
     assert data.info.clock == "global"
 
 
@@ -150,7 +154,7 @@ def test_trace_cmd_backend_and_version_6(tmp_path: Path, trace_cmd: str) -> None
     assert proc.returncode == 0, proc.stderr
     assert tracefs_state() == before
     assert out.read_bytes()[10:12] == b"6\0"
-    assert report_counts(trace_cmd, out) == Counter({"kvm_pio": 1})
+    assert report_counts(trace_cmd, out) == Counter({"kvm_pio": 1, "print": 1})  # print: the marker
 
 
 @kvm_only
@@ -250,9 +254,13 @@ def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
         record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))
 
 
+MARKER = "kvmtrace-test tiny guest"
+
+
 def tiny_guest(loops: int) -> None:
-    """Create a VM and a real-mode vCPU; write 0x10 ``loops`` times (values loops..1, low byte),
-    store one byte, hlt. Raw KVM ioctls; exits non-zero if the guest did not run as written."""
+    """Write a trace_marker line; create a VM and a real-mode vCPU; write port 0x10 ``loops``
+    times (values loops..1, low byte), store one byte, hlt. Raw KVM ioctls; exits non-zero if
+    the guest did not run as written."""
     import ctypes
     import fcntl
     import mmap
@@ -261,6 +269,7 @@ def tiny_guest(loops: int) -> None:
     create_vm, vcpu_mmap_size, create_vcpu, run = 0xAE01, 0xAE04, 0xAE41, 0xAE80
     set_memory_region, get_sregs, set_sregs, set_regs = 0x4020AE46, 0x8138AE83, 0x4138AE84, 0x4090AE82
     exit_io, exit_hlt = 2, 5
+    (TRACEFS / "trace_marker").write_text(f"{MARKER} loops={loops}\n")
     kvm = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     vm = fcntl.ioctl(kvm, create_vm, 0)
     mem = mmap.mmap(-1, 0x10000)
