@@ -94,36 +94,68 @@ class FieldReader:
             pa.large_binary(), len(lengths), [None, pa.py_buffer(offsets), pa.py_buffer(np.ascontiguousarray(data))]
         ).cast(pa.binary())
 
+    def text_rows(self, rows: np.ndarray) -> pa.Array:
+        """Strings from the rows of an (n, N) byte matrix, each cut at its first NUL."""
+        n, width = rows.shape
+        zero = rows == 0
+        lengths = np.where(zero.any(axis=1), zero.argmax(axis=1), width)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        return strings_from_buffers(rows[np.arange(width) < lengths[:, None]], offsets)
+
     # ------------------------------------------------------------------ fields
 
-    def column(self, field: FieldSpec, pos: np.ndarray, rec_len: np.ndarray) -> pa.Array:
-        """Decode ``field`` for records whose payloads start at ``pos`` (lengths ``rec_len``)."""
-        addr = pos + field.offset
-        if field.dynamic:
-            return self._dynamic(field, pos, addr, rec_len)
+    def block(self, pos: np.ndarray, width: int) -> np.ndarray:
+        """The first ``width`` payload bytes of every record as one (n, width) matrix.
+
+        One gather per event type instead of one per field: the rows are copied with a single
+        fancy index over a sliding-window view of the buffer, and every fixed-offset field is
+        then a column slice of this small matrix (cache friendly).
+        """
+        buf = self.buf
+        if len(pos) and int(pos.max()) + width > len(buf):
+            # A format whose fields reach past the last record of the buffer (not seen in real
+            # files): read zeros there rather than fail.
+            buf = np.concatenate([buf, np.zeros(width, np.uint8)])
+        windows = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width),
+                                                  strides=(1, 1), writeable=False)
+        return windows[pos]
+
+    def _ints(self, raw: np.ndarray, size: int, signed: bool) -> np.ndarray:
+        """Integers from a contiguous array of their bytes (file byte order → native)."""
+        kind = "i" if signed else "u"
+        return raw.view(f"{self._e}{kind}{size}").astype(f"{kind}{size}", copy=False).reshape(-1)
+
+    def column(self, field: FieldSpec, pos: np.ndarray, rec_len: np.ndarray, block: np.ndarray) -> pa.Array:
+        """Decode ``field`` for records whose payloads start at ``pos`` (lengths ``rec_len``).
+
+        ``block`` is :meth:`block` for these records, wide enough for every fixed-size field.
+        """
         if field.trailing:  # "char buf[]": the rest of the record
             rest = np.maximum(rec_len - field.offset, 0)
+            addr = pos + field.offset
             return self.c_strings(addr, rest) if field.is_string else self.binary(addr, rest)
+        raw = np.ascontiguousarray(block[:, field.offset : field.offset + field.size])
+        if field.dynamic:
+            return self._dynamic(field, pos, raw, rec_len)
         if field.array_len:
             if field.is_string:
-                return self.c_strings(addr, np.full(len(pos), field.size, np.int64))
+                return self.text_rows(raw)
             el = field.element_size
-            flat = self.integers((addr[:, None] + np.arange(field.array_len) * el).ravel(), el, field.signed)
-            return pa.FixedSizeListArray.from_arrays(numeric(flat), field.array_len)
+            return pa.FixedSizeListArray.from_arrays(numeric(self._ints(raw, el, field.signed)), field.array_len)
         if field.size == 1 and field.type.strip() == "bool":
-            return numeric(self.buf[addr] != 0)
+            return numeric(raw[:, 0] != 0)
         if field.size not in (1, 2, 4, 8):
-            return self.binary(addr, np.full(len(pos), field.size, np.int64))
-        # Record payloads start 4-aligned, so a fixed-offset field's alignment is its offset's.
-        return numeric(self.integers(addr, field.size, field.signed, field.offset & 3))
+            return self.binary(pos + field.offset, np.full(len(pos), field.size, np.int64))
+        return numeric(self._ints(raw, field.size, field.signed))
 
-    def _dynamic(self, field: FieldSpec, pos: np.ndarray, addr: np.ndarray, rec_len: np.ndarray) -> pa.Array:
+    def _dynamic(self, field: FieldSpec, pos: np.ndarray, raw: np.ndarray, rec_len: np.ndarray) -> pa.Array:
         """``__data_loc``/``__rel_loc``: u32 = length << 16 | offset (from record or field end)."""
         if field.size == 2:  # very old kernels: offset only, data runs to the record end
-            off = self.uint(addr, 2, field.offset & 3).astype(np.int64)
+            off = self._ints(raw, 2, False).astype(np.int64)
             length = np.maximum(rec_len - off, 0)
         else:
-            word = self.uint(addr, 4, field.offset & 3).astype(np.int64)
+            word = self._ints(raw, 4, False).astype(np.int64)
             off, length = word & 0xFFFF, word >> 16
         if field.relative:
             off = off + field.offset + field.size
@@ -135,8 +167,7 @@ class FieldReader:
         el = field.element_size
         count = length // el
         data, _ = self.byte_runs(pos + off, count * el)
-        kind = "i" if signed_element_type(field.type) else "u"
-        values = data.view(f"{self._e}{kind}{el}").astype(f"{kind}{el}")
+        values = self._ints(data, el, signed_element_type(field.type))
         list_offsets = np.zeros(len(count) + 1, np.int32)
         np.cumsum(count, out=list_offsets[1:])
         return pa.ListArray.from_arrays(numeric(list_offsets), numeric(values))

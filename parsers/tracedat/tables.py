@@ -113,6 +113,7 @@ def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, seq: np.nda
     cols = [numeric(seq[rows]), numeric(merged.ts[rows]), numeric(merged.cpu[rows]),
             numeric(merged.pid[rows]), comm.take(numeric(rows))]
     pos, length = merged.pos[rows], merged.length[rows]
+    block = reader.block(pos, max((f.offset + f.size for f in fmt.fields if not f.trailing), default=0))
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
@@ -120,7 +121,7 @@ def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, seq: np.nda
             addr = reader.uint(pos + f.offset, f.size, f.offset & 3).astype(np.uint64)
             cols += [_printk_strings(addr, printk), numeric(addr)]
             continue
-        cols.append(reader.column(f, pos, length))
+        cols.append(reader.column(f, pos, length, block))
     return pa.Table.from_arrays(cols, schema=event_schema(fmt))
 
 
