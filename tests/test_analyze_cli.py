@@ -187,3 +187,39 @@ def test_diff_text_fits_80_columns(churn):
     run = kvmtrace("diff", churn, real_trace("churn-zapall.dat"))
     assert run.returncode == 0, run.stderr
     assert max(len(ln) for ln in run.stdout.splitlines()) <= 80
+
+
+def _qemu_lines(dat: Path) -> list[str]:
+    """QEMU's own kvm_set_user_memory lines, taken from the kernel text of a real recording (the
+    lab wrote them to trace_marker exactly as QEMU >= 9.0 prints them), in QEMU -trace log form."""
+    text = gzip.open(dat.with_suffix(".txt.gz"), "rt", errors="replace").read()
+    found = re.findall(r"-(\d+)\s+\[\d{3}\].*?\s(\d+\.\d{6}): tracing_mark_write: (kvm_set_user_memory .*)$", text, re.M)
+    return [f"{pid}@{ts}:{line}" for pid, ts, line in found]
+
+
+def test_qemu_log_is_read_and_replaces_the_trace_markers(churn, tmp_path):
+    lines = _qemu_lines(churn)
+    assert lines
+    log = tmp_path / "qemu.log"
+    log.write_text("\n".join(lines) + "\n")
+    doc = analyze_json(churn, "--qemu-log", log)
+    rows = doc["memslots"]["rows"]
+    assert doc["replay"]["memslot_changes"] >= len({ln.split("Slot#")[1].split()[0] for ln in lines})
+    assert rows and all(r["seq"] is None and r["ts"] is None for r in rows)  # a log has no trace position
+    assert {r["slot"] for r in rows} == {int(ln.split("Slot#")[1].split()[0]) for ln in lines}
+
+
+def test_memslot_layout_file_is_read(churn, tmp_path):
+    first = {}
+    for ln in _qemu_lines(churn):  # the first layout QEMU set up, as a layout file
+        slot = int(ln.split("Slot#")[1].split()[0])
+        size = int(re.search(r"size=(0x[0-9a-f]+)", ln)[1], 16)
+        if slot not in first and size:
+            first[slot] = {"slot": slot, "gpa": re.search(r"gpa=(0x[0-9a-f]+)", ln)[1], "size": hex(size)}
+    layout = tmp_path / "layout.json"
+    layout.write_text(json.dumps({"slots": list(first.values())}))
+    doc = analyze_json(churn, "--memslots", layout)
+    rows = doc["memslots"]["rows"]
+    assert sorted(r["slot"] for r in rows) == sorted(first)
+    assert all(r["kind"] == "create" and r["seq"] is None for r in rows)
+    assert {r["slot"]: r["base_gfn"] for r in rows} == {s: int(v["gpa"], 16) >> 12 for s, v in first.items()}
