@@ -215,6 +215,23 @@ def test_error_messages_are_one_line_and_touch_nothing(tmp_path: Path) -> None:
 
 
 @kvm_only
+def test_trace_cmd_failure_is_reported_and_nothing_is_left(tmp_path: Path) -> None:
+    """Hand-made failure: a `trace-cmd` on PATH that fails as a broken install would."""
+    fake = tmp_path / "bin" / "trace-cmd"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho 'trace-cmd: Permission denied' >&2\necho '  opening per_cpu' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    before = tracefs_state()
+    out = tmp_path / "x.dat"
+    proc = run_kvmtrace("record", "--backend", "trace-cmd", "-o", str(out), "--", *GUEST,
+                        env={**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == "kvmtrace: trace-cmd extract failed: trace-cmd: Permission denied; opening per_cpu"
+    assert tracefs_state() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bin"]
+
+
+@kvm_only
 def test_auto_backend_without_trace_cmd_is_native(tmp_path: Path) -> None:
     """Where trace-cmd is not installed (containers), recording still works, natively."""
     out = tmp_path / "auto.dat"

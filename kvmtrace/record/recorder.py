@@ -127,8 +127,9 @@ def _save_text(tfs: Tracefs, dest: Path) -> None:
 def _run_trace_cmd(argv: list[str]) -> None:
     proc = subprocess.run(["trace-cmd", *argv], capture_output=True, text=True)
     if proc.returncode != 0:
-        lines = [ln.strip() for ln in (proc.stderr or proc.stdout).splitlines() if ln.strip()]
-        raise TraceError(f"trace-cmd {argv[0]} failed: {lines[-1] if lines else f'exit status {proc.returncode}'}")
+        # trace-cmd splits one error over lines ("trace-cmd: <errno text>", "  <what it did>").
+        message = "; ".join(ln.strip() for ln in proc.stderr.splitlines() if ln.strip())
+        raise TraceError(f"trace-cmd {argv[0]} failed: {message or f'exit status {proc.returncode}'}")
 
 
 def _extract_trace_cmd(opts: RecordOptions) -> None:
