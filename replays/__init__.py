@@ -4,6 +4,6 @@ Consumes :class:`parsers.schema.TraceData`; never opens a file. The entry point 
 :func:`replays.replay`, which returns a :class:`replays.results.ReplayResult`.
 """
 
-from replays.replay import replay
+from replays.replay import decoded_table, replay
 
-__all__ = ["replay"]
+__all__ = ["replay", "decoded_table"]

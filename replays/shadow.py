@@ -90,6 +90,8 @@ class ShadowModel:
             self.j.unknown_zaps.append((seq, gfn, role))
             p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
             self.pages.zap_seq[p] = seq
+            if root_count > 0:
+                self.invalid_roots[key] = p
             return
         self.pages.zap_seq[p] = seq
         self.zapped[key] = p
