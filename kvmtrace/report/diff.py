@@ -105,6 +105,8 @@ def diff_blocks(d: DiffReport) -> list[Block]:
     blocks: list[Block] = [
         Heading(f"kvmtrace diff: {d.a.trace.file} vs {d.b.trace.file}", 1),
         Facts((("A", d.a.trace.file), ("B", d.b.trace.file))),
+        Para(f"{d.changed_checks} of {len(d.checks.rows)} checks changed; errors {d.a.count('error')} -> "
+             f"{d.b.count('error')}, warnings {d.a.count('warning')} -> {d.b.count('warning')}."),
         Heading("Overview"), Table(d.overview),
         Heading("Checks that changed"),
         Table(changed) if changed.rows else Para("No check changed status or finding count."),

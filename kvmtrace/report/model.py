@@ -7,7 +7,7 @@ trace or the replay again. That keeps the four formats in agreement by construct
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
