@@ -11,14 +11,18 @@ run.
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import re
 import secrets
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
-from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent
+from kvmtrace.record.tracedat_writer import EventSystem, PageBytes, TraceDatContent
 from kvmtrace.record.tracefs import Tracefs
 from parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 
@@ -65,14 +69,16 @@ class PageDrain:
     pages). Open it after the buffer is sized and cleared: those writes reset the buffer.
     """
 
-    def __init__(self, tfs: Tracefs, page_size: int) -> None:
+    def __init__(self, tfs: Tracefs, page_size: int, spill_dir: Path) -> None:
         self.page_size = page_size
-        self.pages: dict[int, list[bytes]] = {}
         self._fds: dict[int, int] = {}
+        # Pages go to unlinked files beside the output: a long run is bounded by disk, not
+        # memory, and nothing is left behind if the recorder dies.
+        self._spill: dict[int, BinaryIO] = {}
         try:
             for cpu in tfs.cpus():
                 self._fds[cpu] = os.open(tfs.path(f"per_cpu/cpu{cpu}/trace_pipe_raw"), os.O_RDONLY | os.O_NONBLOCK)
-                self.pages[cpu] = []
+                self._spill[cpu] = tempfile.TemporaryFile(dir=spill_dir)
         except BaseException:
             self.close()
             raise
@@ -88,16 +94,23 @@ class PageDrain:
                     raise
                 if not page:
                     break
-                self.pages[cpu].append(page.ljust(self.page_size, b"\0"))
+                self._spill[cpu].write(page.ljust(self.page_size, b"\0"))
 
-    def data(self) -> dict[int, bytes]:
-        """Each CPU's pages, in the order the kernel handed them out."""
-        return {cpu: b"".join(pages) for cpu, pages in self.pages.items()}
+    def data(self) -> dict[int, PageBytes]:
+        """Each CPU's pages in the order the kernel handed them out (read-only maps of the spill)."""
+        out: dict[int, PageBytes] = {}
+        for cpu, f in self._spill.items():
+            f.flush()
+            size = f.tell()
+            out[cpu] = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_READ) if size else b""
+        return out
 
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
-        self._fds = {}
+        for f in self._spill.values():
+            f.close()
+        self._fds, self._spill = {}, {}
 
     def __enter__(self) -> PageDrain:
         return self
@@ -106,7 +119,7 @@ class PageDrain:
         self.close()
 
 
-def flagged_pages(data: bytes, page_size: int) -> int:
+def flagged_pages(data: PageBytes, page_size: int) -> int:
     """Pages whose commit word has MISSING_EVENTS set (events were lost just before them).
 
     The flag sits in bit 31 of the commit word, i.e. in its low 32 bits whatever the kernel's
@@ -136,7 +149,7 @@ def _ftrace_formats(tfs: Tracefs) -> tuple[bytes, ...]:
 
 def collect_content(
     tfs: Tracefs,
-    cpu_data: dict[int, bytes],
+    cpu_data: dict[int, PageBytes],
     cpu_stats: dict[int, bytes],
     page_size: int,
     *,

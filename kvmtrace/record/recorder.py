@@ -201,7 +201,9 @@ def record(opts: RecordOptions) -> RecordResult:
         try:
             _start(tfs, opts, events)
             with contextlib.ExitStack() as stack:
-                drain = stack.enter_context(PageDrain(tfs, tfs.sub_buffer_size())) if backend == "native" else None
+                drain = None
+                if backend == "native":
+                    drain = stack.enter_context(PageDrain(tfs, tfs.sub_buffer_size(), opts.output.parent))
                 # Draining while the command runs keeps the ring buffer from overwriting its
                 # oldest pages; the text twin needs every record still in the buffer at the end.
                 on_tick = drain.drain if drain is not None and not opts.text else None

@@ -15,6 +15,7 @@ caller's business and only the container integers follow ``big_endian``.
 
 from __future__ import annotations
 
+import mmap
 import os
 import struct
 import zlib
@@ -44,6 +45,8 @@ from parsers.tracedat.constants import (
 )
 
 COMPRESSIONS = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
+#: Raw pages: bytes, or a read-only map of a file holding them (long recordings stay on disk).
+PageBytes = bytes | mmap.mmap
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ class TraceDatContent:
     header_event: bytes
     ftrace_formats: tuple[bytes, ...]
     systems: tuple[EventSystem, ...]
-    cpu_data: tuple[bytes, ...]
+    cpu_data: tuple[PageBytes, ...]
     kallsyms: bytes = b""
     printk_formats: bytes = b""
     cmdlines: bytes = b""
@@ -259,7 +262,7 @@ def _write_v7(f: BinaryIO, c: TraceDatContent, p: _Packer, compression: str) -> 
     f.write(p.u64(options_at))
 
 
-def _chunk_stream(data: bytes, page_size: int, compress: Callable[[bytes], bytes], p: _Packer) -> bytes:
+def _chunk_stream(data: PageBytes, page_size: int, compress: Callable[[bytes], bytes], p: _Packer) -> bytes:
     """A per-CPU chunk stream: u32 count, then {u32 compressed, u32 uncompressed, data} chunks."""
     step = PAGES_IN_CHUNK * page_size
     chunks = [data[i : i + step] for i in range(0, len(data), step)]
