@@ -20,6 +20,8 @@ import pytest
 from parsers.errors import TraceError, TraceWarning
 from parsers.schema import TraceData
 from parsers.tracedat import read_tracedat
+from parsers.tracedat.constants import MAGIC, SECTION_HEADER_SIZE, SECTION_OPTIONS, Option
+from parsers.tracedat.cursor import Cursor
 from tracedat_builder import Data, Padding, TimeExtend, TimeStamp, build_page, build_tracedat, content_of
 from tracedat_oracle import assert_matches, run_report
 
@@ -97,9 +99,8 @@ def spte_payload(pid: int, gfn: int, old: int, new: int, level: int, *, big_endi
 
 
 def test_spte_format_is_what_the_payloads_assume(v6_nested: Path) -> None:
-    text = next(t.decode() for s, t in content_of(v6_nested).systems_formats() if b"ID: 1588\n" in t) \
-        if hasattr(content_of(v6_nested), "systems_formats") else next(
-            t.decode() for sys in content_of(v6_nested).systems for t in sys.formats if b"ID: 1588\n" in t)
+    systems = content_of(v6_nested).systems
+    text = next(t.decode() for system in systems for t in system.formats if b"ID: 1588\n" in t)
     assert "name: kvm_tdp_mmu_spte_changed" in text
     for line in SPTE_FORMAT_LINES:
         assert line in text
@@ -265,3 +266,48 @@ def test_bprint_format_strings(public_dir: Path) -> None:
     assert first["fmt_addr"] == 0xFFFFFFC0008F3B50
     assert struct.unpack_from("<i", first["buf"])[0] == 6972 and b"sudo\0" in first["buf"]
     assert not any(f.startswith("0x") for f in bprint["fmt"].to_pylist())
+
+
+def _add_instance(src: Path, dst: Path, name: str) -> None:
+    """Hand-made: a second BUFFER option (instance ``name``) that points at the top buffer's
+    pages, in an options section appended to an uncompressed LE v7 file and chained from the
+    last DONE. Real multi-instance recordings need ``trace-cmd record -B``; none is stored."""
+    raw = bytearray(src.read_bytes())
+    cur = Cursor(bytes(raw), len(MAGIC))
+    cur.cstr(), cur.u8(), cur.u8(), cur.u32(), cur.cstr(), cur.cstr()
+    offset, top_buffer, done_at = cur.u64(), b"", 0
+    while offset:
+        sec = cur.at(offset + SECTION_HEADER_SIZE - 8)
+        end = sec.u64() + sec.pos
+        offset = 0
+        while sec.pos < end:
+            opt_id, size = sec.u16(), sec.u32()
+            if opt_id == Option.DONE:
+                done_at, offset = sec.pos, sec.u64()
+                break
+            payload = sec.take(size)
+            top_buffer = payload if opt_id == Option.BUFFER else top_buffer
+    name_end = 8 + top_buffer[8:].index(b"\0")
+    payload = top_buffer[:8] + name.encode() + top_buffer[name_end:]
+    body = struct.pack("<HI", Option.BUFFER, len(payload)) + payload + struct.pack("<HIQ", Option.DONE, 8, 0)
+    raw[done_at : done_at + 8] = struct.pack("<Q", len(raw))
+    raw += struct.pack("<HHIQ", SECTION_OPTIONS, 0, 0, len(body)) + body
+    dst.write_bytes(bytes(raw))
+
+
+def test_buffer_instances(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+    v7 = convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path / "v7.dat", 7, "none")
+    out = tmp_path / "inst.dat"
+    _add_instance(v7, out, "second")
+    report = run_report(trace_cmd, out)
+    assert list(report.instances) == ["second"]
+    top = read_tracedat(out)
+    assert top.info.instances == ("second",) and list(top.instances) == ["second"]
+    assert_matches(top, report)
+    second = read_tracedat(out, instance="second")
+    assert second.info.instances == () and second.instances == {}
+    report.events = report.instances["second"]
+    assert_matches(second, report)
+    assert_matches(top.instances["second"], report)
+    with pytest.raises(TraceError, match="no buffer instance 'third'; this file has \\['second'\\]"):
+        read_tracedat(out, instance="third")

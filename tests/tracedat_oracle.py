@@ -22,7 +22,7 @@ import pyarrow as pa
 from parsers.schema import COMMON_NAMES, META_PRINT_FMT, TraceData
 
 _HEAD_RE = re.compile(
-    r"^\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"
+    r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"
     r"(?P<event>[^:\s]+):\s?(?P<body>.*)$"
 )
 _DROPPED_RE = re.compile(r"^CPU:(?P<cpu>\d+) \[(?:(?P<n>\d+) )?EVENTS DROPPED\]")
@@ -40,7 +40,9 @@ class OracleEvent:
 
 @dataclass
 class OracleReport:
-    events: list[OracleEvent] = field(default_factory=list)
+    events: list[OracleEvent] = field(default_factory=list)  # the top buffer's
+    #: Other buffer instances' events (trace-cmd prefixes their lines with "name:").
+    instances: dict[str, list[OracleEvent]] = field(default_factory=dict)
     #: (cpu, count or None) for every "CPU:N [EVENTS DROPPED]" line, in order.
     dropped: list[tuple[int, int | None]] = field(default_factory=list)
 
@@ -53,18 +55,23 @@ def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
     lines = out.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline ending the last line, not an empty line of an event body
+    last: OracleEvent | None = None
     for line in lines:
         m = _HEAD_RE.match(line)
         if m:
-            report.events.append(OracleEvent(
+            last = OracleEvent(
                 comm=m["comm"], pid=int(m["pid"]), cpu=int(m["cpu"]),
-                ts=int(m["sec"]) * 1_000_000_000 + int(m["nsec"]), event=m["event"], body=m["body"].lstrip(" ")))
+                ts=int(m["sec"]) * 1_000_000_000 + int(m["nsec"]), event=m["event"], body=m["body"].lstrip(" "))
+            if m["instance"]:
+                report.instances.setdefault(m["instance"], []).append(last)
+            else:
+                report.events.append(last)
             continue
         d = _DROPPED_RE.match(line)
         if d:
             report.dropped.append((int(d["cpu"]), int(d["n"]) if d["n"] else None))
-        elif report.events:  # a field value with embedded newlines (print buf, bprint)
-            report.events[-1].body += "\n" + line
+        elif last is not None:  # a field value with embedded newlines (print buf, bprint)
+            last.body += "\n" + line
     return report
 
 

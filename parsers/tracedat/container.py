@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import mmap
 import re
-import struct
 
 from parsers.errors import TraceError
 from parsers.tracedat.compress import Decompressor
@@ -51,8 +50,7 @@ def parse_container(buf: bytes | mmap.mmap, path: str) -> Container:
     endian = cur.u8()
     if endian not in (ENDIAN_LITTLE, ENDIAN_BIG):
         raise TraceError(f"{path}: corrupt trace.dat header (endianness byte {endian} at byte {cur.pos - 1})")
-    cur.big_endian = endian == ENDIAN_BIG
-    cur._e = ">" if cur.big_endian else "<"
+    cur.set_byte_order(endian == ENDIAN_BIG)
     long_size = cur.u8()
     page_size = cur.u32()
     if page_size == 0 or page_size & 3:
@@ -141,7 +139,7 @@ def _read_v6(cur: Cursor, box: Container) -> None:
         tail = cur.take(TAIL_SIZE)
     opts = {o.id: o for o in box.options}
     if Option.CPUCOUNT in opts:
-        box.cpus = struct.unpack(cur._e + "I", opts[Option.CPUCOUNT].payload[:4])[0]
+        box.cpus = cur.number(opts[Option.CPUCOUNT].payload, "I")
     if tail == TAIL_LATENCY:
         box.latency = True
         return
@@ -151,7 +149,7 @@ def _read_v6(cur: Cursor, box: Container) -> None:
     box.buffers.append(top)
     for opt in box.options:
         if opt.id == Option.BUFFER:
-            offset = struct.unpack(cur._e + "Q", opt.payload[:8])[0]
+            offset = cur.number(opt.payload, "Q")
             name = opt.payload[8:].split(b"\0", 1)[0].decode("utf-8", "replace")
             sub = cur.at(offset)
             if sub.take(TAIL_SIZE) != TAIL_FLYRECORD:
@@ -204,16 +202,16 @@ def _read_v7(cur: Cursor, box: Container) -> None:
             payload = opts.take(size)
             if opt_id == Option.DONE:
                 if size >= DONE_OPTION_SIZE:
-                    offset = struct.unpack(cur._e + "Q", payload[:8])[0]
+                    offset = cur.number(payload, "Q")
                 break
             box.options.append(RawOption(opt_id, payload))
     for opt in box.options:
         if opt.id in _METADATA_READERS:
-            sec_off = struct.unpack(cur._e + "Q", opt.payload[:8])[0]
+            sec_off = cur.number(opt.payload, "Q")
             _, sec = _section_payload(cur, box, dec, sec_off, expect=opt.id)
             _METADATA_READERS[Option(opt.id)](sec, box)
         elif opt.id == Option.CPUCOUNT:
-            box.cpus = struct.unpack(cur._e + "I", opt.payload[:4])[0]
+            box.cpus = cur.number(opt.payload, "I")
         elif opt.id == Option.BUFFER:
             box.buffers.append(_read_v7_buffer(cur, box, opt.payload))
         elif opt.id == Option.BUFFER_TEXT:

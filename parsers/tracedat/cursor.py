@@ -26,8 +26,16 @@ class Cursor:
         self.pos = pos
         self.path = path
         self.base = base
+        self.set_byte_order(big_endian)
+
+    def set_byte_order(self, big_endian: bool) -> None:
+        """Switch byte order (the initial header says which, after its first bytes)."""
         self.big_endian = big_endian
         self._e = ">" if big_endian else "<"
+
+    def number(self, payload: bytes, code: str) -> int:
+        """One number (struct ``code``: I, Q, ...) at the start of an option payload."""
+        return struct.unpack_from(self._e + code, payload)[0]
 
     def at(self, pos: int) -> "Cursor":
         """A new cursor over the same buffer (same byte order) at ``pos``."""

@@ -64,25 +64,27 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
         if instance is not None and instance not in names:
             raise TraceError(f"{spath}: no buffer instance {instance!r}; this file has "
                              f"{[n for n in names if n] or 'only the top buffer'}")
+        wanted = "" if instance is None else instance
+        if wanted not in names:
+            raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
         results: dict[str, TraceData] = {}
         for spec in box.buffers:
-            if instance is not None and spec.name != instance and spec.name != "":
-                continue
-            results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
-                                              tuple(n for n in names if n != spec.name))
-    if instance:
-        return results[instance]
-    top = results.get("", None)
-    if top is None:
-        raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
-    top.instances = {k: v for k, v in results.items() if k}
-    return top
+            if instance is None or spec.name == instance:
+                others = tuple(n for n in names if n and n != spec.name)
+                results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
+                                                  others)
+    main = results.pop(wanted)
+    main.instances = results  # the other buffers, when the top one was asked for
+    return main
 
 
 def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
                  others: tuple[str, ...]) -> TraceData:
     notes: list[str] = []
+    if opts.has_time_shift:
+        notes.append(f"{box.path}: guest recording with a TIME_SHIFT option: timestamps are the guest's own "
+                     f"clock, not corrected to the host (trace-cmd report applies the correction)")
     pages = load_pages(f, size, box, spec, header, notes)
     try:
         records, flags = walk(pages)
