@@ -223,3 +223,12 @@ def test_memslot_layout_file_is_read(churn, tmp_path):
     assert sorted(r["slot"] for r in rows) == sorted(first)
     assert all(r["kind"] == "create" and r["seq"] is None for r in rows)
     assert {r["slot"]: r["base_gfn"] for r in rows} == {s: int(v["gpa"], 16) >> 12 for s, v in first.items()}
+
+
+def test_trace_without_kvmmmu_events_is_one_line_exit_2(public_dir, tmp_path):
+    """A real trace.dat of another subsystem (scheduler events) has nothing to replay."""
+    out = tmp_path / "r.json"
+    run = kvmtrace("analyze", public_dir / "sched_load.dat", "--format", "json", "-o", out)
+    assert run.returncode == 2
+    assert len(run.stderr.strip().splitlines()) == 1 and "kvmmmu" in run.stderr
+    assert not out.exists()

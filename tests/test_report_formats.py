@@ -21,13 +21,22 @@ from kvmtrace.report import render, report_schema
 from kvmtrace.report.markdown import md_escape
 from kvmtrace.report.text import WIDTH
 
-TRACES = sorted(SAMPLES.glob("*.dat")) + sorted(NESTED.glob("*.dat"))
+#: every real binary recording, plus two kernel text twins (the text reader's path to a report)
+TRACES = sorted(SAMPLES.glob("*.dat")) + sorted(NESTED.glob("*.dat")) + [
+    NESTED / "tdp-churn-noquirk-small-kt.txt.gz", NESTED / "shadow-churn-noquirk-small-kt.txt.gz"]
 
 
-def trace_cmd_counts(dat: Path) -> tuple[int, dict[str, int]]:
-    """total_events and per-event counts of the ``trace-cmd report`` section of ``.counts.txt``."""
-    text = dat.with_suffix(".counts.txt").read_text()
-    section = text.split("## trace-cmd report", 1)[1].split("trace_marker lines", 1)[0]
+def _base(path: Path) -> Path:
+    """``x.dat`` and ``x.txt.gz`` -> ``x`` (the stem the .counts.txt and the twin share)."""
+    return path.with_name(path.name.split(".")[0])
+
+
+def trace_cmd_counts(path: Path) -> tuple[int, dict[str, int]]:
+    """total_events and per-event counts from ``.counts.txt``: its ``trace-cmd report`` section
+    for a trace.dat, its kernel-text section for a text twin."""
+    text = _base(path).with_suffix(".counts.txt").read_text()
+    marker = "## trace-cmd report" if path.suffix == ".dat" else "## ftrace text"
+    section = text.split(marker, 1)[1].split("trace_marker lines", 1)[0]
     total = int(re.search(r"^total_events (\d+)", section, re.M).group(1))
     counts = {m[2]: int(m[1]) for m in re.finditer(r"^\s+(\d+)\s+(\w+)\s*$", section, re.M)}
     return total, counts
@@ -85,7 +94,7 @@ def test_memslot_changes_sit_at_the_qemu_lines_of_the_kernel_text(analyzed):
     text of the recording (µs resolution there): QEMU's kvm_set_user_memory, or the lab's
     kvmlab_memslot_move marker that confirms a true move."""
     analysis, _, rendered = analyzed
-    twin = analysis.path.with_suffix(".txt.gz")
+    twin = _base(analysis.path).with_suffix(".txt.gz")
     rows = [r for r in json.loads(rendered["json"])["memslots"]["rows"] if r["ts"] is not None]
     if not twin.exists() or not rows:
         pytest.skip("no text twin or no positioned memslot changes")
