@@ -68,7 +68,12 @@ class ShadowModel:
                                            f"is {self.vm_gen}: a generation change without kvm_mmu_zap_all_fast"))
                 self.vm_gen, self.gen_seq = gen, seq
         elif p is None:
-            p = self._page(seq, gfn, role, gen, root_count, True)
+            gone = self.zapped.get(key) if self.roles_known else None
+            if gone is not None:
+                # lookups skip zapped (and invalid) pages: "existing" cannot be the page zapped here
+                self.j.unexplained.append((seq, "kvm_mmu_get_page", f"existing page gfn {gfn:#x} role {role:#x} gen "
+                                           f"{gen} was zapped at seq {self.pages.zap_seq[gone]}"))
+            p = self._page(seq, gfn, role, gen, root_count, gone is None)
         else:
             self.pages.uses[p] += 1
             self.pages.root_count[p] = max(self.pages.root_count[p], root_count)

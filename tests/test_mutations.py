@@ -172,3 +172,35 @@ def test_mutate_helpers_keep_schema(nested_dir):
     assert np.array_equal(seqs_between(data, "kvm_mmu_get_page", first["seq"], first["seq"]), [first["seq"]])
     with pytest.raises(KeyError):
         altered(data, "kvm_mmu_get_page", -5, gfn=1)
+
+
+def test_delete_line_over_a_live_slot():
+    """tdp-churn-noquirk: rewrite one delete line so that it names the VGA BAR slot (16 MiB) while
+    the vCPU has SPTEs mapped there, as if QEMU had told KVM to drop the BAR and KVM had not zapped
+    it. The SPTEs left mapping the BAR are dangling, any later install there is for an unmapped gfn,
+    and nothing else is an error."""
+    data, clean = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
+    p = profile_for(data.info.kernel)
+    changes = clean.memslots.to_pylist()
+    tdp = data.table("kvm_tdp_mmu_spte_changed").to_pylist()
+    for vga in (c for c in changes if c["kind"] == "create" and c["npages"] == 0x1000):
+        lo, hi = vga["base_gfn"], vga["base_gfn"] + vga["npages"]
+        live = [e["seq"] for e in tdp if lo <= e["gfn"] < hi and e["seq"] > vga["seq"] and e["level"] == 1
+                and p.present(e["new_spte"])]
+        gone = next((e["seq"] for e in tdp if lo <= e["gfn"] < hi and live and e["seq"] > live[0]
+                     and e["pid"] == vga["pid"]), None)
+        victim = next((c for c in changes if live and gone and c["kind"] == "delete" and live[0] < c["seq"] < gone
+                       and c["slot"] != vga["slot"]), None)
+        if victim:
+            break
+    else:
+        pytest.fail("no delete line while the VGA BAR had SPTEs")
+    line = next(r for r in data.table("print").to_pylist() if r["seq"] == victim["seq"])
+    buf = line["buf"].replace(f"Slot#{victim['slot']} ", f"Slot#{vga['slot']} ")
+    buf = buf.replace(f"gpa={victim['old_base_gfn'] << 12:#x}", f"gpa={lo << 12:#x}")
+    assert buf != line["buf"]
+    result = replay(altered(data, "print", victim["seq"], buf=buf))
+    errors = _errors(result)
+    assert any(e["id"] == "dangling_spte" and e["seq"] == victim["seq"] for e in errors)
+    assert {e["id"] for e in errors} <= {"dangling_spte", "spte_for_unmapped_gfn"}
+    assert all(lo <= e["gfn"] < hi and e["seq"] >= victim["seq"] for e in errors)
