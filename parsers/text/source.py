@@ -20,7 +20,7 @@ import zstandard
 
 from parsers.errors import TraceError
 
-CHUNK_BYTES = 32 << 20
+CHUNK_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)

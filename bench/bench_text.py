@@ -1,0 +1,112 @@
+"""Benchmark: the ftrace text reader against the trace.dat reader on the same recording.
+
+Usage: python bench/bench_text.py [TRACE.dat] [--runs N]
+
+TRACE defaults to the largest ``bench/out/*.dat`` that has a kernel text twin
+(``NAME.txt.gz``: ``cat trace`` of the same records), else the largest in ``sample_traces/``.
+Three readers run, each in a fresh process so its peak RSS is its own, best of N:
+
+* ``text``      -- ``read_text`` on the twin decompressed to a plain file (the parser alone);
+* ``text.gz``   -- ``read_text`` on the gzip twin as shipped (adds decompression);
+* ``tracedat``  -- ``read_tracedat`` on the trace.dat (the reference).
+
+Wall clock and CPU seconds are both reported: on a shared machine wall time includes waiting
+for a core, CPU time does not. Prints a table to paste into bench/RESULTS.md under
+"## text reader".
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+#: Runs in a child process: one read, timed, with the process's peak RSS.
+_CHILD = """
+import json, resource, sys, time, warnings
+warnings.simplefilter("ignore")
+kind, path = sys.argv[1], sys.argv[2]
+if kind == "tracedat":
+    from parsers.tracedat import read_tracedat as read
+    args = {}
+else:
+    from parsers.text import read_text as read
+    args = {"compression": "gzip"} if path.endswith(".gz") else {}
+t0, c0 = time.perf_counter(), time.process_time()
+data = read(path, **args)
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+print(json.dumps({"wall": wall, "cpu": cpu, "events": data.info.total_events, "skipped": data.info.skipped_lines,
+                  "rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+@dataclass
+class Best:
+    reader: str
+    wall: float
+    cpu: float
+    events: int
+    skipped: int
+    rss_mb: float
+
+
+def default_trace() -> Path:
+    for folder in (REPO / "bench" / "out", REPO / "sample_traces"):
+        twins = [p for p in folder.glob("*.dat") if p.with_suffix(".txt.gz").exists()]
+        if twins:
+            return max(twins, key=lambda p: p.stat().st_size)
+    sys.exit("no trace.dat with a .txt.gz text twin in bench/out/ or sample_traces/")
+
+
+def run(reader: str, path: Path, runs: int) -> Best:
+    results = []
+    for _ in range(runs):
+        out = subprocess.run([sys.executable, "-c", _CHILD, reader, str(path)], cwd=REPO, check=True,
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    best = min(results, key=lambda r: r["wall"])
+    return Best(reader, best["wall"], min(r["cpu"] for r in results), best["events"], best["skipped"],
+                best["rss_kb"] / 1024)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace", nargs="?", type=Path, help="trace.dat with a NAME.txt.gz twin beside it")
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    dat = args.trace or default_trace()
+    twin = dat.with_suffix(".txt.gz")
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / (dat.stem + ".txt")
+        with gzip.open(twin, "rb") as src, open(plain, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        lines = sum(1 for _ in open(plain, "rb"))
+        size_mb = plain.stat().st_size / 1e6
+        rows = [run("text", plain, args.runs), run("text.gz", twin, args.runs), run("tracedat", dat, args.runs)]
+    ref = rows[-1]
+    print(f"`python bench/bench_text.py {dat.relative_to(REPO) if dat.is_relative_to(REPO) else dat.name} "
+          f"--runs {args.runs}` -- {lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
+          f"Machine: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}.\n")
+    print("| reader | wall (best) | CPU (best) | lines/s (wall) | lines/s (CPU) | peak RSS | events | skipped |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(f"| {r.reader} | {r.wall:.2f} s | {r.cpu:.2f} s | {lines / r.wall / 1e6:.2f} M | {lines / r.cpu / 1e6:.2f} M "
+              f"| {r.rss_mb:.0f} MB | {r.events:,} | {r.skipped} |")
+    text = rows[0]
+    print(f"\nRatio: the text reader takes {text.wall / ref.wall:.1f}x the trace.dat reader's wall time "
+          f"({text.cpu / ref.cpu:.1f}x its CPU time) for the same events.")
+
+
+if __name__ == "__main__":
+    main()
