@@ -26,7 +26,7 @@ import zstandard
 
 from parsers.errors import TraceError
 from parsers.tracedat.constants import (
-    COMPRESS_CHUNK_COUNT_SIZE,
+    COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
     COMPRESSION_ZLIB,
     COMPRESSION_ZSTD,
@@ -262,15 +262,19 @@ def _write_v7(f: BinaryIO, c: TraceDatContent, p: _Packer, compression: str) -> 
     f.write(p.u64(options_at))
 
 
-def _chunk_stream(data: PageBytes, page_size: int, compress: Callable[[bytes], bytes], p: _Packer) -> bytes:
-    """A per-CPU chunk stream: u32 count, then {u32 compressed, u32 uncompressed, data} chunks."""
+def _write_chunk_stream(f: BinaryIO, data: PageBytes, page_size: int, compress: Callable[[bytes], bytes],
+                        p: _Packer) -> int:
+    """Write a per-CPU chunk stream (u32 count, then {u32 compressed, u32 uncompressed, data}),
+    one chunk in memory at a time; return its size as trace-cmd stores it (without the count)."""
     step = PAGES_IN_CHUNK * page_size
-    chunks = [data[i : i + step] for i in range(0, len(data), step)]
-    out = [p.u32(len(chunks))]
-    for chunk in chunks:
+    f.write(p.u32(-(-len(data) // step)))
+    size = 0
+    for i in range(0, len(data), step):
+        chunk = data[i : i + step]
         packed = compress(chunk)
-        out.append(p.u32(len(packed)) + p.u32(len(chunk)) + packed)
-    return b"".join(out)
+        f.write(p.u32(len(packed)) + p.u32(len(chunk)) + packed)
+        size += COMPRESS_BLOCK_HEADER_SIZE + len(packed)
+    return size
 
 
 def _write_buffer_section(
@@ -290,10 +294,7 @@ def _write_buffer_section(
             f.write(data)
             size = len(data)
         else:
-            stream = _chunk_stream(data, c.page_size, compress, p)
-            f.write(stream)
-            # trace-cmd stores a chunk stream's size without its leading u32 chunk count.
-            size = len(stream) - COMPRESS_CHUNK_COUNT_SIZE
+            size = _write_chunk_stream(f, data, c.page_size, compress, p)
         cpus.append(p.u32(cpu) + p.u64(at) + p.u64(size))
     end = f.tell()
     f.seek(section_at + SECTION_HEADER_SIZE - 8)
