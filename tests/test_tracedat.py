@@ -154,6 +154,21 @@ def test_hand_made_pages(big_endian: bool, version: int, compression: str, v6_ne
         assert_matches(data, run_report(trace_cmd, out))
 
 
+def test_merge_when_a_cpu_goes_back_in_time(v6_nested: Path, tmp_path: Path, trace_cmd: str) -> None:
+    """trace-cmd merges CPUs by their *next* record, so a CPU whose clock steps back (a later page
+    with an earlier time stamp) is not sorted globally. Hand-worked order: heads 1000|700 → 700;
+    1000|1005 → 1000; 1010|1005 → 1005; then CPU 0's 1010 and its stepped-back 500."""
+    p = lambda gfn: spte_payload(1, gfn, 0, 0, 1)
+    cpu0 = [build_page(1000, [Data(p(1)), Data(p(2), delta=10)]), build_page(500, [Data(p(3))])]
+    cpu1 = [build_page(700, [Data(p(4))]), build_page(1005, [Data(p(5))])]
+    out = tmp_path / "back.dat"
+    build_tracedat(out, content_of(v6_nested), [cpu0, cpu1], version=6, compression="none")
+    data = read_tracedat(out)
+    assert data.table("kvm_tdp_mmu_spte_changed")["gfn"].to_pylist() == [4, 1, 5, 2, 3]
+    assert data.events["ts"].to_pylist() == [700, 1000, 1005, 1010, 500]
+    assert_matches(data, run_report(trace_cmd, out))
+
+
 def test_32bit_kernel_pages(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
     """4-byte commit word and data at offset 12; a __data_loc string; a 4-byte unsigned long."""
     template = content_of(public_dir / V6_32BIT_FILE)
@@ -209,21 +224,17 @@ def _patched(src: Path, dst: Path, offset: int, new: bytes) -> Path:
 
 
 def test_errors_are_one_line(v6_nested: Path, nested_dir: Path, tmp_path: Path) -> None:
+    data_at = _first_page_offset(v6_nested)
+    cut = tmp_path / "meta.dat"
+    cut.write_bytes(v6_nested.read_bytes()[:500])
     cases = {
         "not a trace.dat": _patched(v6_nested, tmp_path / "magic.dat", 0, b"\x00"),
         "unsupported trace.dat version '9'": _patched(v6_nested, tmp_path / "ver.dat", 10, b"9"),
         "unknown compression 'zstq'": _patched(nested_dir / NESTED_FILE, tmp_path / "comp.dat", 18, b"zstq"),
-        "truncated at byte 500": None,
-        "corrupt page on CPU": None,
+        "truncated at byte 500": cut,
+        f"corrupt page on CPU 0 at offset {data_at}: commit size 5000": _patched(
+            v6_nested, tmp_path / "page.dat", data_at + 8, struct.pack("<Q", 5000)),
     }
-    cut = tmp_path / "meta.dat"
-    cut.write_bytes(v6_nested.read_bytes()[:500])
-    cases["truncated at byte 500"] = cut
-    box_pages = read_tracedat(v6_nested)
-    del box_pages
-    data_at = _first_page_offset(v6_nested)
-    cases["corrupt page on CPU"] = _patched(v6_nested, tmp_path / "page.dat", data_at + 8,
-                                            struct.pack("<Q", 5000))
     for message, path in cases.items():
         with pytest.raises(TraceError) as err:
             read_tracedat(path)

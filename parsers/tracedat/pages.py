@@ -47,6 +47,17 @@ class PageData:
     cpu: np.ndarray  # int16, CPU of each page
     big_endian: bool
     header: PageHeader
+    #: Where each page came from, for error messages: its file offset, or for compressed data its
+    #: offset in the CPU's decompressed stream.
+    origin: np.ndarray
+    compressed: bool = False
+
+    def where(self, page: int) -> str:
+        """A page's position as a user can look it up (trace-cmd dump, a hex editor)."""
+        cpu, at = int(self.cpu[page]), int(self.origin[page])
+        if self.compressed:
+            return f"CPU {cpu} at offset {at} of its decompressed data"
+        return f"CPU {cpu} at offset {at}"
 
 
 @dataclass(frozen=True)
@@ -106,7 +117,7 @@ def page_flags(pages: PageData, w32: np.ndarray) -> tuple[PageFlags, np.ndarray,
     if bad.size:
         p = int(bad[0])
         raise TraceError(
-            f"corrupt page on CPU {int(pages.cpu[p])} at offset {int(pages.starts[p])}: "
+            f"corrupt page on {pages.where(p)}: "
             f"commit size {int(size[p])} exceeds the page's {hdr.data_size} data bytes"
         )
     start = pages.starts + hdr.data_offset
@@ -165,7 +176,7 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
             k = int(np.flatnonzero(bad)[0])
             pg = int(active[k])
             raise TraceError(
-                f"corrupt page on CPU {int(pages.cpu[pg])} at offset {int(pages.starts[pg])}: "
+                f"corrupt page on {pages.where(pg)}: "
                 f"record at byte {int(p[k] - pages.starts[pg])} of the page runs past its committed data"
             )
         clock[active] = now

@@ -73,7 +73,7 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
     buf = np.zeros(sum(p.size for p in plans) + _PAD, np.uint8)
     out = memoryview(buf)
     dec = Decompressor(box.compression, box.path) if spec.compressed else None
-    starts, cpus = [], []
+    starts, cpus, origins = [], [], []
     at = 0
     for plan in plans:
         if dec is not None:
@@ -92,8 +92,10 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
             f.seek(plan.stream.offset)
             f.readinto(out[at : at + plan.size])
         n_pages = plan.size // page
-        starts.append(at + np.arange(n_pages, dtype=np.int64) * page)
+        within = np.arange(n_pages, dtype=np.int64) * page
+        starts.append(at + within)
         cpus.append(np.full(n_pages, plan.stream.cpu, np.int16))
+        origins.append(within if dec is not None else plan.stream.offset + within)
         at += plan.size
     return PageData(
         buf=buf,
@@ -101,4 +103,6 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
         cpu=np.concatenate(cpus) if cpus else np.empty(0, np.int16),
         big_endian=box.big_endian,
         header=header,
+        origin=np.concatenate(origins) if origins else np.empty(0, np.int64),
+        compressed=dec is not None,
     )
