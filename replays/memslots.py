@@ -140,9 +140,6 @@ class MemslotTimeline:
     def known(self) -> bool:
         return self.known_from is not None
 
-    def removing_changes(self) -> list[MemslotChange]:
-        return [c for c in self.changes if c.kind in REMOVING_KINDS]
-
     # -- vectorised queries ----------------------------------------------------------------------
     def lifetime_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
         """Index into ``lifetimes`` of the slot that certainly covered each (gfn, seq), or -1.

@@ -89,13 +89,11 @@ class KernelProfile:
             return (spte & np.uint64(1 << self.mmu_present_bit)) != 0
         return (spte != np.uint64(self.nonpresent)) & ~self.is_mmio(spte)
 
-    def is_leaf(self, spte: np.ndarray, level: np.ndarray) -> np.ndarray:
-        return (level == 1) | ((spte & np.uint64(self.large_mask)) != 0)
-
     def pfn(self, spte: np.ndarray) -> np.ndarray:
         return (spte & np.uint64(self.pfn_mask)) >> np.uint64(12)
 
     def mmio_generation(self, spte: np.ndarray) -> np.ndarray:
+        """The memslot generation stored in MMIO SPTEs (tracepoints.md §5.2), for decoding SPTE values."""
         gen = np.zeros(len(spte), dtype=np.uint64)
         for lo, hi, shift in self.mmio_gen:
             field = (spte >> np.uint64(lo)) & np.uint64((1 << (hi - lo + 1)) - 1)

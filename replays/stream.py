@@ -25,12 +25,6 @@ class Columns:
     fields: dict[str, list]
     missing: tuple[str, ...] = ()  # requested fields the trace's format does not have
 
-    def __len__(self) -> int:
-        return len(self.seq)
-
-    def __getitem__(self, field: str) -> list:
-        return self.fields[field]
-
 
 def numpy_column(table: pa.Table, name: str, dtype=np.uint64) -> np.ndarray:
     """A column as numpy; nulls (e.g. text readers' hashed pointers) become 0."""

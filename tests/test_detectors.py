@@ -27,8 +27,8 @@ TDP_CHURN = NESTED / "tdp-churn-noquirk-small-kt.dat"
 
 
 @pytest.fixture(scope="module")
-def tdp_churn():
-    data = parsers.read(TDP_CHURN)
+def tdp_churn(nested_dir):
+    data = parsers.read(nested_dir / TDP_CHURN.name)
     return data, replay(data)
 
 

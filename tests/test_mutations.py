@@ -124,7 +124,7 @@ def test_existing_lookup_of_an_obsolete_page():
     assert z["seq"] in errors[0]["evidence"]
 
 
-def test_tdp_dropped_leaf_zap_is_dangling():
+def test_tdp_dropped_leaf_zap_is_dangling(nested_dir):
     """TDP MMU, zap-slot (tdp-churn-noquirk): drop one leaf zap the ioctl thread emitted for a gfn of
     the slot it was deleting."""
     data, clean = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
@@ -145,7 +145,7 @@ def test_tdp_dropped_leaf_zap_is_dangling():
     assert all(x["id"] == "dangling_spte" and x["gfn"] == e["gfn"] for x in errors)
 
 
-def test_tdp_dirty_bit_cleared_on_same_pfn():
+def test_tdp_dirty_bit_cleared_on_same_pfn(nested_dir):
     """TDP MMU (tdp-churn-noquirk, no dirty logging): turn one zap of a writable+dirty leaf into an
     overwrite with the same pfn and Dirty clear (seed 001's lost dirty bit)."""
     data, clean = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
@@ -174,7 +174,7 @@ def test_mutate_helpers_keep_schema(nested_dir):
         altered(data, "kvm_mmu_get_page", -5, gfn=1)
 
 
-def test_delete_line_over_a_live_slot():
+def test_delete_line_over_a_live_slot(nested_dir):
     """tdp-churn-noquirk: rewrite one delete line so that it names the VGA BAR slot (16 MiB) while
     the vCPU has SPTEs mapped there, as if QEMU had told KVM to drop the BAR and KVM had not zapped
     it. The SPTEs left mapping the BAR are dangling, any later install there is for an unmapped gfn,

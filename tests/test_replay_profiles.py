@@ -80,3 +80,18 @@ def test_present_and_mmio_on_real_values(nested_dir):
     assert p.is_present(values).tolist() == [True, False, False]
     assert p.is_mmio(values).tolist() == [False, True, False]
     assert p.pfn(values[:1]).tolist() == [0x10BA01]
+
+
+@pytest.mark.parametrize("name", ["tdp-churn-noquirk-small-kt", "k61tdp-churn-small-kt"])
+def test_mmio_generation_layout_matches_kernel_decode(nested_dir, name):
+    """On 5.10+ ``mark_mmio_spte.gen`` is the kernel's own decode of the MMIO SPTE it just wrote, and
+    the TDP MMU traces that SPTE's value in the ``kvm_tdp_mmu_spte_changed`` right before it."""
+    data = parsers.read(nested_dir / f"{name}.dat")
+    p = profile_for(data.info.kernel)
+    marks = data.table("mark_mmio_spte").to_pylist()
+    changes = {(c["seq"], c["gfn"]): c["new_spte"] for c in data.table("kvm_tdp_mmu_spte_changed").to_pylist()}
+    pairs = [(changes[(m["seq"] - 1, m["gfn"])], m["gen"]) for m in marks if (m["seq"] - 1, m["gfn"]) in changes]
+    assert len(pairs) > 10
+    values = np.array([v for v, _ in pairs], dtype=np.uint64)
+    assert p.is_mmio(values).all()
+    assert p.mmio_generation(values).tolist() == [g for _, g in pairs]

@@ -37,7 +37,7 @@ def _recordings():
 
 
 @pytest.mark.parametrize("path,mmu,policy", _recordings())
-def test_real_recording_is_clean(path, mmu, policy):
+def test_real_recording_is_clean(path, mmu, policy, nested_dir):
     result = replay(parsers.read(path))
     errors = [r for r in result.findings.to_pylist() if r["severity"] == "error"]
     assert errors == [], errors[:3]

@@ -26,7 +26,7 @@ def _pairs():
 
 
 @pytest.mark.parametrize("dat,text", _pairs())
-def test_text_twin_replays_like_the_binary(dat, text):
+def test_text_twin_replays_like_the_binary(dat, text, nested_dir):
     if not dat.exists():
         pytest.skip(f"{dat.name} not recorded yet")
     rd, rt = replay(parsers.read(dat)), replay(parsers.read(text))

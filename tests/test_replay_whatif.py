@@ -35,7 +35,7 @@ def _kernel_counts(data, change, profile):
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
-def test_whatif_own_policy_matches_kernel(path):
+def test_whatif_own_policy_matches_kernel(path, nested_dir):
     if not path.exists():
         pytest.skip(f"{path.name} not recorded yet")
     data = parsers.read(path)
