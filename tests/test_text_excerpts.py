@@ -88,6 +88,7 @@ def test_4x_trace_pipe():
     assert _col(d, "kvm_page_fault", "error_code") == [0x14, 0, 9, 9]
     assert _col(d, "kvm_userspace_exit", "reason") == [2, 2, 5]
     assert _col(d, "kvm_entry", "rip") == [None] * 5
+    assert d.tables["kvm_entry"].schema.metadata[b"kvmtrace.text_forms"] == b"<=5.8"  # "vcpu %u" only
     assert _col(d, "kvm_entry", "common_preempt_count") == [0] * 5  # "d..." : depth '.'
 
 
@@ -100,6 +101,7 @@ def test_old_trace_cmd_plugin_page_rendering():
     assert get.column("unsync").to_pylist() == [False, False]
     # The old plugin prints the role by a layout the kernel no longer had: no exact word.
     assert get.column("role").null_count == 2 and get.column("mmu_valid_gen").null_count == 2
+    assert get.schema.metadata[b"kvmtrace.text_forms"] == b"plugin before 2015"
     assert _col(d, "kvm_exit", "exit_reason") == [30, 30]  # plugin name IO_INSTRUCTION
     assert _col(d, "kvm_exit", "guest_rip") == [0x7FA9EE5224E4] * 2
     assert set(_col(d, "kvm_fpu", "comm")) == {"qemu-system-x86"} and set(_col(d, "kvm_fpu", "cpu")) == {7}

@@ -20,8 +20,11 @@ from parsers.schema import (
     META_SOURCE,
     META_SYSTEM,
 )
-from parsers.text.catalog import EventSpec
+from parsers.text.catalog import RAW_FORM, EventSpec
 
+#: Which printed forms (kernel eras, ``plugin``) the event's lines matched, e.g. ``5.4+``: the
+#: text's own evidence of the kernel era, for a reader that has no uname.
+META_TEXT_FORMS = b"kvmtrace.text_forms"
 UNKNOWN_TEXT = b"kvmtrace has no decoder for this event's text; its printed arguments are kept verbatim"
 #: The format files' common fields after ``common_pid``; text carries the preempt count only.
 TEXT_COMMON = (pa.field("common_flags", pa.uint8()), pa.field("common_preempt_count", pa.uint8()))
@@ -36,6 +39,7 @@ class Collected:
 
     common: list[pl.DataFrame] = field(default_factory=list)  # line_no, ts, cpu, pid, comm, event
     rows: dict[str, list[pl.DataFrame]] = field(default_factory=dict)  # event -> line_no + fields
+    forms: dict[str, set[str]] = field(default_factory=dict)  # event -> printed forms seen
     gaps: list[pl.DataFrame] = field(default_factory=list)  # line_no, cpu, lost
 
 
@@ -50,7 +54,7 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     return pa.table([t.column(f.name).cast(f.type) for f in EVENTS_SCHEMA], schema=EVENTS_SCHEMA)
 
 
-def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame) -> pa.Table:
+def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame, forms: set[str]) -> pa.Table:
     """One event's table from its rows of ``ordered`` (``common``) and its decoded fields.
 
     Columns: the common ones by seq, then the event's fields, with metadata saying what text lost.
@@ -69,6 +73,8 @@ def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame
     else:
         fields = spec.schema_fields()
         meta[META_SYSTEM] = spec.system.encode()
+        labels = [f.era for f in spec.forms if f.era in forms] + [RAW_FORM] * (RAW_FORM in forms)
+        meta[META_TEXT_FORMS] = ", ".join(labels).encode()
         for f in fields:
             if df[f.name].null_count() and f.name in spec.null_reasons:
                 meta[META_NULL_PREFIX + f.name.encode()] = spec.null_reasons[f.name].encode()

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from parsers.text import pages
-from parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Slot, Text, compile_format
+from parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
 
 #: C type of a format-file field -> Arrow type (by size and signedness, as the format file says).
 ARROW_TYPES: Mapping[str, pa.DataType] = {
@@ -40,6 +40,9 @@ POLARS_TYPES: Mapping[str, pl.DataType] = {
     "u8": pl.UInt8, "u16": pl.UInt16, "u32": pl.UInt32, "u64": pl.UInt64, "s8": pl.Int8, "s32": pl.Int32,
     "s64": pl.Int64, "bool": pl.Boolean, "str": pl.String,
 }
+
+#: The label of ``trace-cmd report -R`` lines (``field=value``), tried after every printed form.
+RAW_FORM = "trace-cmd report -R"
 
 PFERR = {"P": 1, "W": 2, "U": 4, "RSVD": 8, "F": 16}
 PTR_REASON = "pointers are hashed in tracefs text (%p, Linux 4.15+ with hash-ptr); only unhashed values are kept"

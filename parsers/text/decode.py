@@ -14,7 +14,7 @@ from functools import cache
 
 import polars as pl
 
-from parsers.text.catalog import POLARS_TYPES, EventSpec
+from parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
 from parsers.text.printf import Compiled, choice_expr, flags_expr, number_expr, pointer_expr
 
 _SCRATCH = pl.Int64
@@ -22,10 +22,12 @@ _SCRATCH = pl.Int64
 
 @dataclass
 class Decoded:
-    """One event's decoded rows (``line_no`` + field columns) and the line numbers that failed."""
+    """One event's decoded rows (``line_no`` + field columns), the line numbers that failed,
+    and the printed forms (era labels) that matched, which tell a reader the kernel's era."""
 
     rows: pl.DataFrame
     failed: pl.Series
+    forms: tuple[str, ...] = ()
 
 
 def _types(spec: EventSpec) -> dict[str, pl.DataType]:
@@ -99,15 +101,17 @@ def _apply(df: pl.DataFrame, regex: str, exprs: list[pl.Expr]) -> tuple[pl.DataF
 def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
     """Decode ``rows`` (``line_no``, ``args``) of one catalogued event."""
     pieces: list[pl.DataFrame] = []
+    seen: list[str] = []
     rest = rows.select("line_no", "args")
-    for form in spec.forms:
+    for era, regex, exprs in [(f.era, f.compiled.regex, _convert(spec, f.compiled)) for f in spec.forms] + [
+        (RAW_FORM, _raw_regex(spec), _raw_exprs(spec))
+    ]:
         if rest.height == 0:
             break
-        got, rest = _apply(rest, form.compiled.regex, _convert(spec, form.compiled))
-        pieces.append(got)
-    if rest.height:
-        got, rest = _apply(rest, _raw_regex(spec), _raw_exprs(spec))
-        pieces.append(got)
+        got, rest = _apply(rest, regex, exprs)
+        if got.height:
+            pieces.append(got)
+            seen.append(era)
     types = _types(spec)
     scratch = _scratch(spec)
     full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in {**types, **scratch}.items() if c not in p.columns])
@@ -116,7 +120,7 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
     if spec.finish is not None and df.height:
         df = spec.finish(df)
     df = df.select("line_no", *[pl.col(n).cast(t) for n, t in types.items()])
-    return Decoded(df, rest["line_no"])
+    return Decoded(df, rest["line_no"], tuple(seen))
 
 
 def decode_unknown(rows: pl.DataFrame) -> Decoded:

@@ -76,10 +76,6 @@ class Compiled:
     texts: tuple[str, ...] = ()
     pointers: tuple[str, ...] = ()
 
-    @property
-    def fields(self) -> tuple[str, ...]:
-        return tuple(self.numbers) + tuple(self.choices) + tuple(self.flags) + self.texts + self.pointers
-
 
 def _alternation(options: Mapping[str, int]) -> str:
     # Longest first, so "unsync" is tried before "sync".

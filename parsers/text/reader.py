@@ -39,6 +39,7 @@ def _collect(acc: Collected, split: pl.DataFrame, decoded: dict[str, Decoded], d
     acc.gaps.append(split.filter(pl.col("kind") == "gap").select("line_no", "cpu", "lost"))
     for name, d in decoded.items():
         acc.rows.setdefault(name, []).append(d.rows.filter(keep))
+        acc.forms.setdefault(name, set()).update(d.forms)
 
 
 def _process_chunk(acc: Collected, df: pl.DataFrame, skipped: list[tuple[int, str]]) -> pl.DataFrame:
@@ -89,7 +90,7 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
     tables = {}
     for (name,), common_rows in by_event.items():
         rows = pl.concat(acc.rows[name], how="vertical_relaxed")
-        tables[name] = event_table(specs.get(name), common_rows, rows)
+        tables[name] = event_table(specs.get(name), common_rows, rows, acc.forms.get(name, set()))
     systems = {name: (specs[name].system if name in specs else None) for name in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
