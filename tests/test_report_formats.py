@@ -106,6 +106,26 @@ def test_memslot_changes_sit_at_the_qemu_lines_of_the_kernel_text(analyzed):
         assert any(f"Slot#{r['slot'] & 0xFFFF} " in ln for ln in lines), (r, lines)
 
 
+def test_totals_add_up_the_replay_tables(analyzed):
+    analysis, _, rendered = analyzed
+    doc = json.loads(rendered["json"])
+    whatif = analysis.replay.whatif
+    if whatif is not None and whatif.num_rows:
+        got = {r["policy"]: r for r in doc["whatif_totals"]["rows"]}
+        for policy in set(whatif["policy"].to_pylist()):
+            mine = whatif.filter(pc.equal(whatif["policy"], policy))
+            assert got[policy]["rows"] == mine.num_rows
+            assert got[policy]["pages_destroyed"] == pc.sum(mine["pages_destroyed"]).as_py()
+    memslot = analysis.replay.summaries.get("memslot")
+    if memslot is not None and memslot.num_rows:
+        grid = next(g for g in doc["totals"] if g["title"].startswith("per-memslot"))
+        totals = {r["slot"]: r for r in grid["rows"]}
+        for slot in set(memslot["slot"].to_pylist()):
+            mine = memslot.filter(pc.equal(memslot["slot"], slot))
+            assert totals[slot]["rows"] == mine.num_rows
+            assert totals[slot]["faults"] == pc.sum(mine["faults"]).as_py()
+
+
 def test_text_fits_80_columns_and_has_no_colour(analyzed):
     _, report, rendered = analyzed
     text = rendered["text"]

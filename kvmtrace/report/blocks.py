@@ -167,7 +167,7 @@ def report_blocks(report: Report) -> list[Block]:
     for g in (*report.totals, *report.activity):
         blocks += grid_blocks(g)
     blocks += [Heading("Shadow pages"), *grid_blocks(report.sp_lifetimes)]
-    blocks += [Heading("What if"), *grid_blocks(report.whatif)]
+    blocks += [Heading("What if"), *grid_blocks(report.whatif_totals), *grid_blocks(report.whatif)]
     blocks += [Heading("What the trace could not show")]
     blocks.append(Bullets(report.limits) if report.limits else Para("Nothing noted."))
     blocks += [Heading("Assumptions"), Bullets(report.assumptions) if report.assumptions else Para("None stated.")]

@@ -46,6 +46,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         "totals": [grid_dict(g) for g in report.totals],
         "sp_lifetimes": grid_dict(report.sp_lifetimes),
         "whatif": grid_dict(report.whatif),
+        "whatif_totals": grid_dict(report.whatif_totals),
         "unexplained": grid_dict(report.unexplained),
         "assumptions": list(report.assumptions),
         "limits": list(report.limits),

@@ -112,6 +112,8 @@ class Report:
     totals: tuple[Grid, ...]
     sp_lifetimes: Grid
     whatif: Grid
+    #: the what-if comparison added up per zap policy (what each policy would have cost)
+    whatif_totals: Grid
     unexplained: Grid
     assumptions: tuple[str, ...]
     #: what the trace could not show (replay limits, lost events, event filters)
@@ -202,18 +204,19 @@ def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
     )
 
 
-def totals_grid(title: str, table: pa.Table) -> Grid:
-    """A summary added up: per memslot when it has a ``slot`` column, else one ``all`` row;
-    ``rows`` counts the summed rows (slot lifetimes, zap-alls). Computed on the whole table,
-    never on the shortened grid, so ``diff`` compares true totals."""
+def totals_grid(title: str, table: pa.Table, key: str = "slot") -> Grid:
+    """A table added up: per ``key`` (a memslot, a zap policy) when it has that column, else
+    one ``all`` row; ``rows`` counts the summed rows (slot lifetimes, zap-alls, memslot
+    changes). Computed on the whole table, never on the shortened grid, so ``diff`` compares
+    true totals."""
     measures = [f.name for f in table.schema if pa.types.is_integer(f.type)
-                and f.name not in IDENTITY_COLUMNS and f.name != "slot"]
+                and f.name not in IDENTITY_COLUMNS and f.name not in ("slot", key)]
     df = pl.from_arrow(table) if table.num_rows else pl.from_arrow(table.schema.empty_table())
     sums = [pl.len().alias("rows"), *(pl.col(m).sum() for m in measures)]
-    if "slot" in table.column_names:
-        agg = df.group_by("slot").agg(sums).sort("slot")
+    if key in table.column_names:
+        agg = df.group_by(key).agg(sums).sort(key)
     else:
-        agg = df.select(pl.lit("all").alias("slot"), *sums)
+        agg = df.select(pl.lit("all").alias(key), *sums)
     return Grid(title, tuple(agg.columns), tuple(agg.iter_rows()))
 
 
@@ -321,7 +324,10 @@ def build_report(
         activity=_activity(replay),
         totals=_totals(replay),
         sp_lifetimes=sp_lifetime_grid(data, replay.shadow_pages),
-        whatif=grid_from_arrow("what-if", replay.whatif, note="" if replay.whatif is not None else "the replay made no what-if comparison"),
+        whatif=grid_from_arrow("what-if per memslot change", replay.whatif, limit=ROWS_SHOWN,
+                               note="" if replay.whatif is not None else "the replay made no what-if comparison"),
+        whatif_totals=totals_grid("what-if totals per zap policy", replay.whatif, key="policy")
+        if replay.whatif is not None else Grid("what-if totals per zap policy", ()),
         unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),
         assumptions=tuple(replay.assumptions),
         limits=_limits(data, replay, filters),

@@ -13,6 +13,8 @@ from kvmtrace.report.grid import Grid
 
 WIDTH = 80
 _GAP = "  "
+#: A last column at least this wide is prose (a check's reason): printed under its row.
+_LONG_TEXT = 30
 _ANSI = {"bold": "1", "red": "31", "yellow": "33", "green": "32"}
 _STATUS_STYLE = {"failed": "red", "error": "red", "warning": "yellow", "passed": "green"}
 
@@ -68,7 +70,7 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
     every = list(range(len(head)))
     if _fits(ws) or len(head) == 1:
         out += [line(head, every), rule(every)] + [line(r, every) for r in cells]
-    elif _fits(ws[:-1]) and ws[-1] == max(ws):
+    elif _fits(ws[:-1]) and ws[-1] >= _LONG_TEXT:
         lead = every[:-1]
         out += [line(head, lead) + f"{_GAP}({head[-1]} below)", rule(lead)]
         for r in cells:
