@@ -1,7 +1,7 @@
 """Plain-text rendering: at most 80 columns, ready to paste into a mail to kvm@vger.
 
-Colour only when asked (the CLI asks when stdout is a terminal); a file or a pipe gets plain
-ASCII so the text survives mail clients and bug trackers unchanged.
+Colour only when asked (the CLI asks when stdout is a terminal); a file or a pipe gets text
+without escape codes, so it survives mail clients and bug trackers unchanged.
 """
 
 from __future__ import annotations
