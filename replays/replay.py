@@ -19,7 +19,7 @@ from replays import memslots as ms
 from replays.detectors import run_all
 from replays.detectors.context import Context
 from replays.findings import LostWindows, finalize
-from replays.journal import Journal, Snapshot
+from replays.journal import Journal, Snapshot, coded
 from replays.pages import PageBook
 from replays.profiles import KernelProfile, decode_role, profile_for
 from replays.results import ReplayResult
@@ -61,7 +61,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     kv_seq, kv_pid, kv_zap = _kvmmmu_events(data, profile)
     timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
     mmu = _detect_mmu(data, profile)
-    zap_all_seqs, zap_all_pids = _seq_pid(data, "kvm_mmu_zap_all_fast")
+    zap_all_seqs, zap_all_pids = _seq_pid(data, _zap_all_event(data))
     zap_policy, why = _zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
 
@@ -117,7 +117,14 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
 
 # -- inputs ----------------------------------------------------------------------------------------
 #: Events the kernel emits while carrying out a memslot change on the ioctl thread.
-ZAP_EVENTS = frozenset({"kvm_mmu_zap_all_fast", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page"})
+ZAP_EVENTS = frozenset({"kvm_mmu_zap_all_fast", "kvm_mmu_invalidate_zap_all_pages", "kvm_mmu_prepare_zap_page",
+                        "kvm_mmu_sync_page"})
+
+
+def _zap_all_event(data: TraceData) -> str:
+    """The fast zap-all tracepoint's name: ``kvm_mmu_zap_all_fast`` (5.4+), or its 3.11-5.0 form."""
+    old = data.tables.get("kvm_mmu_invalidate_zap_all_pages")
+    return "kvm_mmu_invalidate_zap_all_pages" if old is not None and old.num_rows else "kvm_mmu_zap_all_fast"
 
 
 def _kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -252,7 +259,7 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
         extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),
-        extract(data, "kvm_mmu_zap_all_fast", ("mmu_valid_gen",)),
+        extract(data, _zap_all_event(data), ("mmu_valid_gen",)),
         extract(data, "kvm_tdp_mmu_spte_changed", ("as_id", "gfn", "level", "old_spte", "new_spte")) if tdp else None,
         extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if tdp else None,
         extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")) if tdp else None,
@@ -304,6 +311,20 @@ def _walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
 
 
+def _mmio_marks(data: TraceData, journal: Journal) -> None:
+    """Shadow MMU: ``mark_mmio_spte`` installs an MMIO SPTE (keyed by the SPTE's virtual address,
+    which no other shadow event shares; its value is not traced, only gfn, access and generation)."""
+    t = data.tables.get("mark_mmio_spte")
+    if t is None or not t.num_rows:
+        return
+    n = t.num_rows
+    zero = np.zeros(n, np.uint64)
+    journal.add_changes(seq=numpy_column(t, "seq", np.int64), key=numpy_column(t, "sptep"), as_id=np.zeros(n),
+                        gfn=numpy_column(t, "gfn"), level=np.zeros(n), old=zero, old_valid=np.zeros(n, bool),
+                        new=zero, new_valid=np.zeros(n, bool), page=np.full(n, -1),
+                        state=coded(np.zeros(n), ["mmio"]), reason=coded(np.zeros(n), ["mark_mmio_spte"]))
+
+
 def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfile) -> Columns:
     """Leave out TDP changes from one non-present value to another: removing a page table traces
     all 512 children, most of them never present (nested/README.md). They change nothing."""
@@ -342,6 +363,7 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     rmap_zaps.sort()
     life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
     life.to_journal(journal)
+    _mmio_marks(data, journal)
     journal.obsolete_uses.extend(life.obsolete_uses(pages))
     journal.obsolete_uses.sort()
     for (i, when), live_pages in page_sets.items():
