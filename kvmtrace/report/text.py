@@ -55,7 +55,8 @@ def _panels(widths: list[int]) -> list[list[int]]:
 
 def _table(grid: Grid, paint: _Painter) -> list[str]:
     """Aligned columns if they fit; else the last column (a long reason) wrapped under each row;
-    else the columns split into panels that fit, each repeating the key column."""
+    else the columns split into panels that fit, each repeating the key column; else (a column
+    wider than the page) every cell on its own wrapped line."""
     cells = grid.text_rows()
     head = list(grid.columns)
     ws = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
@@ -68,6 +69,7 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
 
     out: list[str] = []
     every = list(range(len(head)))
+    panels = _panels(ws)
     if _fits(ws) or len(head) == 1:
         out += [line(head, every), rule(every)] + [line(r, every) for r in cells]
     elif _fits(ws[:-1]) and ws[-1] >= _LONG_TEXT:
@@ -76,9 +78,14 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
         for r in cells:
             out.append(line(r, lead))
             out += _wrap(r[-1], "    ")
-    else:
-        for n, cols in enumerate(_panels(ws)):
+    elif all(_fits([ws[i] for i in cols]) for cols in panels):
+        for n, cols in enumerate(panels):
             out += ([""] if n else []) + [line(head, cols), rule(cols)] + [line(r, cols) for r in cells]
+    else:  # a single column wider than the page: one "name: value" line per cell, wrapped
+        for r in cells:
+            for name, value in zip(head, r):
+                out += _wrap(value, "    ", first=f"  {name}: ")
+            out.append("")
     if grid.omitted:
         out.append(f"... {grid.omitted} more rows (see the JSON report or the replay tables)")
     if not cells:
