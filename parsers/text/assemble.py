@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from parsers.schema import (
     COMMON_FIELDS,
@@ -44,14 +45,26 @@ class Collected:
 
 
 def order(common: pl.DataFrame) -> pl.DataFrame:
-    """Assign ``seq``: by timestamp, then CPU, then line (stable within a CPU)."""
-    return common.sort(["ts", "cpu", "line_no"]).with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
+    """Assign ``seq``: by timestamp, then CPU, then line (stable within a CPU).
+
+    tracefs text is already in that order (the kernel merges CPUs by timestamp, lower CPU
+    first on ties), so the sort is skipped when one linear check says so.
+    """
+    ts, cpu, line = pl.col("ts"), pl.col("cpu"), pl.col("line_no")
+    ordered = ((ts.diff() > 0) | ((ts.diff() == 0) & (cpu.diff() >= 0))) & (line.diff() > 0)
+    if not common.select(ordered.fill_null(True).all()).item():
+        common = common.sort(["ts", "cpu", "line_no"])
+    return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
 
 
 def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Table:
-    sys_col = ordered["event"].replace_strict(systems, default=None, return_dtype=pl.String)
-    t = ordered.select(*COMMON_NAMES, "event").with_columns(system=sys_col).to_arrow()
-    return pa.table([t.column(f.name).cast(f.type) for f in EVENTS_SCHEMA], schema=EVENTS_SCHEMA)
+    """The ``events`` table; ``system`` shares the event column's dictionary indices."""
+    t = ordered.select(*COMMON_NAMES).to_arrow()
+    event = pc.dictionary_encode(ordered["event"].to_arrow()).cast(EVENTS_SCHEMA.field("event").type)
+    names = event.dictionary.to_pylist()
+    system = pa.DictionaryArray.from_arrays(event.indices, pa.array([systems.get(n) for n in names], pa.string()))
+    columns = [t.column(n).cast(EVENTS_SCHEMA.field(n).type) for n in COMMON_NAMES] + [event, system]
+    return pa.table(columns, schema=EVENTS_SCHEMA)
 
 
 def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame, forms: set[str]) -> pa.Table:
