@@ -91,6 +91,7 @@ def test_trace_strings_are_escaped_everywhere():
     markdown = render(report, "markdown")
     outside_code = re.sub(r"(`{3,}).*?\1", "", markdown, flags=re.S)
     assert PROBE not in outside_code  # outside code blocks it is escaped too
+    assert report.findings, "the probe needs a recording whose replay cites evidence"
     for finding in report.findings:  # evidence lines carry the probed comm, escaped in HTML
         for line in finding.evidence_lines:
             assert PROBE in line
