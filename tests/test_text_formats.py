@@ -147,3 +147,20 @@ def test_info_command_on_text(nested_dir):
     assert "format:       text, gzip" in result.output
     assert "skipped lines: 0" in result.output
     assert re.search(r"kvm_tdp_mmu_spte_changed\s+2590", result.output)  # counts file: 2590
+
+
+def test_role_word_only_where_the_text_carries_every_bit(tmp_path):
+    """Constructed from the printers' format strings (no public trace of these two forms was found):
+    a 2.6.3x kernel line prints every role bit of its layout, and the kvm plugin prints the word
+    itself for a file of the other byte order; a modern kernel line omits bits, so role is null."""
+    prefix = "          qemu-1234  [001] d..1.   100.000001: kvm_mmu_get_page: "
+    p = _write(tmp_path, [
+        prefix + "sp gfn 3c00 1/4 q0 direct wux !pge nxe root 0 sync new",
+        prefix.replace("001] d..1.", "001] d..1.").replace("000001", "000002") + "new sp gfn 3c00 WORD: 00003784 root 0 sync",
+        prefix.replace("000001", "000003") + "sp gen 0 gfn 3c00 l4 8-byte q0 direct wux nxe ad root 0 sync new",
+    ])
+    table = read_text(p).tables["kvm_mmu_get_page"]
+    # level 1 | glevels 4 | direct<<16 | access 7<<17 | nxe<<22, worked by hand: 5177364
+    assert table.column("role").to_pylist() == [5177364, 0x3784, None]
+    assert table.column("gfn").to_pylist() == [0x3C00] * 3
+    assert META_NULL_PREFIX + b"role" in table.schema.metadata

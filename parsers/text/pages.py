@@ -10,7 +10,8 @@ The word is rebuilt only where the printed fields cover every bit of that era's 
 2.6.3x kernels (layout A: ``glevels:4 level:4 quadrant:2 pad:6 direct:1 access:3 invalid:1
 cr4_pge:1 nxe:1``) print all of them. Every later kernel print omits bits (``cr0_wp``,
 ``smep_andnot_wp``, ``smm``, ``guest_mode``...), and the kvm plugin of ``trace-cmd report``
-never shows bits 16-23, so for those ``role`` is null and the table says why.
+never shows bits 16-23, so for those ``role`` is null and the table says why (except when the
+plugin prints the word itself: ``WORD: %08x`` for a file of the other byte order).
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ PLUGIN_ROLE_A = (
      Skip("!?"), Skip("!?"), "root_count", _SYNC),
 )
 
+#: The plugin prints the word itself when the file's byte order is not the host's.
+PLUGIN_WORD = ("WORD: %08x root %u %s", ("role", "root_count", _SYNC))
+
 #: Why columns are null for each form (the table metadata carries these).
 NULL_REASONS = {
     "role": "the role word is printed by its fields, and this kernel era's print omits some bits "
@@ -99,7 +103,7 @@ def variants(event: str) -> list[tuple[str, str, tuple]]:
     out = []
     for era, fmt, slots in KERNEL_FORMS:
         out.append((era, fmt + " %s", slots + (_CREATED,)) if created else (era, fmt, slots))
-    for era, (fmt, slots) in (("plugin", PLUGIN_ROLE), ("plugin before 2015", PLUGIN_ROLE_A)):
+    for era, (fmt, slots) in (("plugin", PLUGIN_ROLE), ("plugin before 2015", PLUGIN_ROLE_A), ("plugin, other byte order", PLUGIN_WORD)):
         if created:
             out.append((era, "%s sp gfn %llx " + fmt, (_CREATED, "gfn") + slots))
         else:
