@@ -156,7 +156,7 @@ def test_role_word_only_where_the_text_carries_every_bit(tmp_path):
     prefix = "          qemu-1234  [001] d..1.   100.000001: kvm_mmu_get_page: "
     p = _write(tmp_path, [
         prefix + "sp gfn 3c00 1/4 q0 direct wux !pge nxe root 0 sync new",
-        prefix.replace("001] d..1.", "001] d..1.").replace("000001", "000002") + "new sp gfn 3c00 WORD: 00003784 root 0 sync",
+        prefix.replace("000001", "000002") + "new sp gfn 3c00 WORD: 00003784 root 0 sync",
         prefix.replace("000001", "000003") + "sp gen 0 gfn 3c00 l4 8-byte q0 direct wux nxe ad root 0 sync new",
     ])
     table = read_text(p).tables["kvm_mmu_get_page"]
