@@ -1,0 +1,115 @@
+"""What the replay reads from a trace besides the model's own streams: which events are kvmmmu
+events (and which of them are zaps), columns of the events the detectors use, seq lookups.
+
+Readers may leave the ``system`` column empty; the event names of the kvmmmu system are listed
+here once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parsers.errors import TraceError
+from parsers.schema import META_SYSTEM, TraceData
+from replays.profiles import KernelProfile
+from replays.stream import numpy_column
+from replays.tdp import FROZEN_LOW
+
+#: The kvmmmu events, for readers that leave the ``system`` column empty.
+KVMMMU_EVENTS = frozenset({
+    "kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit", "kvm_mmu_set_dirty_bit",
+    "kvm_mmu_walker_error", "kvm_mmu_get_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page",
+    "kvm_mmu_prepare_zap_page", "mark_mmio_spte", "handle_mmio_page_fault", "fast_page_fault",
+    "kvm_mmu_zap_all_fast", "kvm_mmu_invalidate_zap_all_pages", "check_mmio_spte", "kvm_mmu_set_spte",
+    "kvm_mmu_spte_requested", "kvm_tdp_mmu_spte_changed", "kvm_mmu_split_huge_page",
+})
+#: Events the kernel emits while carrying out a memslot change on the ioctl thread.
+ZAP_EVENTS = frozenset({"kvm_mmu_zap_all_fast", "kvm_mmu_invalidate_zap_all_pages", "kvm_mmu_prepare_zap_page",
+                        "kvm_mmu_sync_page"})
+
+
+def zap_all_event(data: TraceData) -> str:
+    """The fast zap-all tracepoint's name: ``kvm_mmu_zap_all_fast`` (5.4+), or its 3.11-5.0 form."""
+    old = data.tables.get("kvm_mmu_invalidate_zap_all_pages")
+    return "kvm_mmu_invalidate_zap_all_pages" if old is not None and old.num_rows else "kvm_mmu_zap_all_fast"
+
+
+def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seqs, pids and "is a zap" of every kvmmmu event, in seq order, from the per-event tables
+    (their schema metadata names the system; the name list covers readers that leave it out).
+    Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what a memslot ioctl emits."""
+    seqs, pids, zaps = [], [], []
+    for name, t in data.tables.items():
+        meta = t.schema.metadata or {}
+        if t.num_rows and (name in KVMMMU_EVENTS or meta.get(META_SYSTEM) == b"kvmmmu"):
+            seqs.append(numpy_column(t, "seq", np.int64))
+            pids.append(numpy_column(t, "pid", np.int64))
+            if name == "kvm_tdp_mmu_spte_changed":
+                new = numpy_column(t, "new_spte")
+                zaps.append((new == np.uint64(profile.nonpresent)) | (new == np.uint64(profile.nonpresent | FROZEN_LOW)))
+            else:
+                zaps.append(np.full(t.num_rows, name in ZAP_EVENTS))
+    if not seqs:
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
+    seq, pid, zap = np.concatenate(seqs), np.concatenate(pids), np.concatenate(zaps)
+    order = np.argsort(seq, kind="stable")
+    return seq[order], pid[order], zap[order]
+
+
+def seq_pid(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:
+    t = data.tables.get(event)
+    if t is None or t.num_rows == 0:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64)
+
+
+def columns(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, np.ndarray]:
+    t = data.tables.get(event)
+    out = {"seq": np.empty(0, np.int64), **{f: np.empty(0, np.uint64) for f in fields}}
+    if t is None or t.num_rows == 0:
+        return out
+    out["seq"] = numpy_column(t, "seq", np.int64)
+    for f in fields:
+        if f in t.column_names:
+            out[f] = numpy_column(t, f)
+        else:
+            out[f] = np.zeros(t.num_rows, np.uint64)
+    return out
+
+
+def fault_columns(data: TraceData) -> dict[str, np.ndarray]:
+    f = columns(data, "kvm_mmu_spte_requested", ("gfn",))
+    seq, pid = seq_pid(data, "kvm_mmu_spte_requested")
+    f["pid"] = pid
+    return f
+
+
+class SeqIndex:
+    """``(ts, cpu)`` of a seq, by binary search in the ordered ``events`` table (findings cite few seqs)."""
+
+    def __init__(self, data: TraceData):
+        self.seq = numpy_column(data.events, "seq", np.int64)
+        self.ts = numpy_column(data.events, "ts", np.int64)
+        self.cpu = numpy_column(data.events, "cpu", np.int64)
+
+    def __call__(self, seq: int) -> tuple[int | None, int | None]:
+        i = int(np.searchsorted(self.seq, seq))
+        if i < len(self.seq) and self.seq[i] == seq:
+            return int(self.ts[i]), int(self.cpu[i])
+        return None, None
+
+
+PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page")
+
+
+def roles_known(data: TraceData) -> bool:
+    """Whether the page events carry their role words. Text output prints only some role bits, so
+    the text reader leaves ``role`` null (with a note in the table's metadata)."""
+    return not any(e in data.tables and data.tables[e].num_rows and data.tables[e].column("role").null_count
+                   for e in PAGE_EVENTS)
+
+
+def require_events(data: TraceData) -> None:
+    """Raise a one-line TraceError when the trace has no kvmmmu events at all."""
+    if not any(t.num_rows for name, t in data.tables.items() if name in KVMMMU_EVENTS):
+        raise TraceError(f"{data.info.path}: no kvmmmu events in this trace; record with -e kvmmmu")

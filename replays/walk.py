@@ -1,0 +1,153 @@
+"""The replay loop: state-changing events merged by seq, fed to the shadow or TDP model.
+
+One tight loop over plain lists (see :mod:`replays.stream`), with checkpoints at memslot changes.
+The shadow MMU's SPTE installs stay out of it and are settled afterwards with array operations
+(:mod:`replays.shadow_sptes`), because no page event depends on them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from parsers.schema import TraceData
+from replays import memslots as ms
+from replays.inputs import zap_all_event
+from replays.journal import Journal, Snapshot, coded
+from replays.pages import PageBook
+from replays.profiles import KernelProfile
+from replays.shadow import ShadowModel
+from replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
+from replays.stream import Columns, extract, merge_order, numpy_column
+from replays.tdp import FROZEN_LOW, TdpModel
+
+PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
+
+# Loop stream numbers (index into the list handed to merge_order).
+GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
+
+def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
+          journal: Journal, pages: PageBook, roles_known: bool) -> None:
+    """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
+
+    The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
+    operations (:mod:`replays.shadow_sptes`), because no page event depends on them."""
+    tdp = mmu == "tdp"
+    streams: list[Columns | None] = [
+        extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),
+        extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
+        extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
+        extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),
+        extract(data, zap_all_event(data), ("mmu_valid_gen",)),
+        extract(data, "kvm_tdp_mmu_spte_changed", ("as_id", "gfn", "level", "old_spte", "new_spte")) if tdp else None,
+        extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if tdp else None,
+        extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")) if tdp else None,
+    ]
+    removals = [(i, c) for i, c in enumerate(tl.changes)
+                if c.kind in ms.REMOVING_KINDS and c.seq is not None and c.old_npages]
+    cp_keys, cp_what = [], []
+    for i, c in removals:
+        cp_keys += [2 * c.window_start - 1, 2 * c.seq + 1]
+        cp_what += [(i, "start"), (i, "end")]
+    if streams[TDP_CHANGE] is not None:
+        streams[TDP_CHANGE] = _drop_nonpresent_churn(data, streams[TDP_CHANGE], profile)
+    kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
+                              np.asarray(cp_keys, dtype=np.int64))
+    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
+        ShadowModel(profile, journal, pages, roles_known)
+    seqs = [s.seq.tolist() if s is not None else [] for s in streams]
+    get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]
+    page_sets: dict[tuple[int, str], np.ndarray] = {}
+    CHECK = len(streams)
+    for kind, r in zip(kinds.tolist(), rows.tolist()):
+        if kind == TDP_CHANGE:
+            model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
+                         tc["old_spte"][r], tc["new_spte"][r])
+        elif kind == GET:
+            model.get_page(seqs[kind][r], get["pid"][r], get["gfn"][r], get["role"][r], get["mmu_valid_gen"][r],
+                           get["root_count"][r], get["created"][r])
+        elif kind == ZAP:
+            model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r], zap["root_count"][r])
+        elif kind == SYNC or kind == UNSYNC:
+            c = syn if kind == SYNC else uns
+            if tdp:
+                journal.unexplained.append((seqs[kind][r], streams[kind].name, "the TDP MMU never syncs pages"))
+            else:
+                model.sync_page(seqs[kind][r], c["gfn"][r], c["role"][r], c["mmu_valid_gen"][r], c["root_count"][r],
+                                kind == UNSYNC)
+        elif kind == ZAP_ALL:
+            model.zap_all(seqs[kind][r], za["mmu_valid_gen"][r])
+        elif kind == FAST_PF:
+            model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
+        elif kind == SPLIT:
+            model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
+        elif kind == CHECK:
+            if tdp:
+                journal.snapshots[cp_what[r]] = model.snapshot()
+            else:
+                page_sets[cp_what[r]] = model.live_pages()
+    if not tdp:
+        _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
+
+
+def _mmio_marks(data: TraceData, journal: Journal) -> None:
+    """Shadow MMU: ``mark_mmio_spte`` installs an MMIO SPTE (keyed by the SPTE's virtual address,
+    which no other shadow event shares; its value is not traced, only gfn, access and generation)."""
+    t = data.tables.get("mark_mmio_spte")
+    if t is None or not t.num_rows:
+        return
+    n = t.num_rows
+    zero = np.zeros(n, np.uint64)
+    journal.add_changes(seq=numpy_column(t, "seq", np.int64), key=numpy_column(t, "sptep"), as_id=np.zeros(n),
+                        gfn=numpy_column(t, "gfn"), level=np.zeros(n), old=zero, old_valid=np.zeros(n, bool),
+                        new=zero, new_valid=np.zeros(n, bool), page=np.full(n, -1),
+                        state=coded(np.zeros(n), ["mmio"]), reason=coded(np.zeros(n), ["mark_mmio_spte"]))
+
+
+def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfile) -> Columns:
+    """Leave out TDP changes from one non-present value to another: removing a page table traces
+    all 512 children, most of them never present (nested/README.md). They change nothing."""
+    t = data.table("kvm_tdp_mmu_spte_changed")
+    quiet = np.asarray([profile.nonpresent, profile.nonpresent | FROZEN_LOW], dtype=np.uint64)
+    keep = ~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet))
+    if keep.all():
+        return cols
+    idx = np.flatnonzero(keep).tolist()
+    return Columns(cols.name, cols.seq[keep], {k: [v[i] for i in idx] for k, v in cols.fields.items()}, cols.missing)
+
+
+def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
+                         journal: Journal, pages: PageBook, model: ShadowModel,
+                         removals: list[tuple[int, ms.MemslotChange]],
+                         page_sets: dict[tuple[int, str], np.ndarray]) -> None:
+    """Owners, lifetimes and snapshots of every shadow SPTE, after the page walk."""
+    t = data.tables.get("kvm_mmu_set_spte")
+    if t is not None and t.num_rows:
+        ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64), numpy_column(t, "gfn"),
+                       numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int64))
+    else:
+        empty = np.empty(0, np.uint64)
+        ins = Installs(np.empty(0, np.int64), np.empty(0, np.int64), empty, empty, empty, np.empty(0, np.int64))
+    owner = infer_owners(ins, model.lookups(), pages, profile)
+    rmap_zaps: list[tuple[int, int, int, str]] = []
+    um = data.tables.get("kvm_unmap_hva_range")
+    if um is not None and um.num_rows:
+        for seq, start, end in zip(um.column("seq").to_pylist(), um.column("start").to_pylist(),
+                                   um.column("end").to_pylist()):
+            rmap_zaps += [(2 * seq, lo, hi, "MMU-notifier unmap (rmap zap, untraced)")
+                          for lo, hi in tl.hva_to_gfns(start, end, seq)]
+    if zap_policy != "zap_all":
+        rmap_zaps += [(2 * c.seq + 1, c.old_base_gfn, c.old_base_gfn + c.old_npages,
+                       "per-slot zap of leaf SPTEs (rmap, untraced)") for _, c in removals]
+    rmap_zaps.sort()
+    life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
+    life.to_journal(journal)
+    _mmio_marks(data, journal)
+    journal.obsolete_uses.extend(life.obsolete_uses(pages))
+    journal.obsolete_uses.sort()
+    for (i, when), live_pages in page_sets.items():
+        c = tl.changes[i]
+        key = 2 * c.window_start - 1 if when == "start" else 2 * c.seq + 1
+        alive = life.alive_at(key)
+        journal.snapshots[(i, when)] = Snapshot(
+            pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],
+            owner=owner[alive], installed=ins.seq[alive], obsolete_root=np.zeros(int(alive.sum()), bool))
