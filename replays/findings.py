@@ -69,12 +69,13 @@ class LostWindows:
         ev_cpu = np.asarray(events.column("cpu").to_numpy(), dtype=np.int64)
         g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
         g_seq = gaps.column("seq").fill_null(np.iinfo(np.int64).max).to_numpy().astype(np.int64)
-        lo, hi = [], []
-        for cpu, after in zip(g_cpu, g_seq):
-            before = ev_seq[(ev_cpu == cpu) & (ev_seq < after)]
-            lo.append(int(before[-1]) if len(before) else -1)
-            hi.append(int(after))
-        self.lo, self.hi = np.asarray(lo, np.int64), np.asarray(hi, np.int64)
+        self.hi = g_seq
+        self.lo = np.full(len(g_seq), -1, dtype=np.int64)
+        for cpu in np.unique(g_cpu):  # the events table is in seq order, so each CPU's seqs are sorted
+            mine = ev_seq[ev_cpu == cpu]
+            sel = g_cpu == cpu
+            i = np.searchsorted(mine, g_seq[sel]) - 1  # the CPU's last event before the gap
+            self.lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else -1, -1)
 
     def __bool__(self) -> bool:
         return bool(len(self.lo))

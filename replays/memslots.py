@@ -18,7 +18,6 @@ slot_zap_all_quirk=N`` states the zap policy of the whole trace.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -26,24 +25,11 @@ import numpy as np
 import pyarrow as pa
 
 from parsers.errors import TraceError
+from replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_kind, parse_lab_move,
+                                parse_lab_quirk, parse_set_memory)
 
 KVM_MEM_LOG_DIRTY_PAGES = 0x1
 KVM_MEM_READONLY = 0x2
-
-_SET_MEM = re.compile(
-    r"kvm_set_user_memory\s+(?:AddrSpace#(?P<as>\d+)\s+)?Slot#(?P<slot>\d+)\s+flags=(?P<flags>0x[0-9a-fA-F]+)\s+"
-    r"gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+ua=(?P<ua>0x[0-9a-fA-F]+)"
-    r"(?:.*?)\sret=(?P<ret>-?\d+)"
-)
-_CLEAR_DIRTY = re.compile(r"kvm_clear_dirty_log\s+slot#(?P<slot>\d+)\s+start\s+(?P<start>0x[0-9a-fA-F]+)\s+"
-                          r"size\s+(?P<size>0x[0-9a-fA-F]+)")
-_LAB_IOCTL = re.compile(r"kvmlab_memslot_ioctl\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+kind=(?P<kind>[\w-]+)")
-_LAB_MOVE = re.compile(
-    r"kvmlab_memslot_move\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+flags=(?P<flags>0x[0-9a-fA-F]+)\s+"
-    r"old_gpa=0x[0-9a-fA-F]+\s+gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+"
-    r"ua=(?P<ua>0x[0-9a-fA-F]+).*?\sret=(?P<ret>-?\d+)")
-_LAB_QUIRK = re.compile(r"kvmlab_start\b.*\bslot_zap_all_quirk=(?P<q>[01])")
-_LAB_GET_DIRTY = re.compile(r"kvmlab_get_dirty_log\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)")
 
 #: The anchor of a window that starts at kernel events the change itself caused.
 ANCHOR_ZAPS = "zaps of the ioctl thread"
@@ -68,21 +54,6 @@ TIMELINE_SCHEMA = pa.schema([
     pa.field("userspace_addr", pa.uint64()),
     pa.field("source", pa.string()),
 ])
-
-
-@dataclass
-class SlotLine:
-    """One ``kvm_set_user_memory`` line, as QEMU printed it."""
-
-    seq: int | None
-    pid: int
-    as_id: int
-    slot: int  # as_id << 16 | id
-    flags: int
-    gpa: int
-    size: int
-    ua: int
-    ret: int
 
 
 @dataclass
@@ -230,18 +201,6 @@ def _seq_order(seq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, seq[order]
 
 
-def parse_set_memory(text: str, seq: int | None, pid: int) -> SlotLine | None:
-    """Parse one ``kvm_set_user_memory`` message in any of QEMU's three formats."""
-    m = _SET_MEM.search(text)
-    if m is None:
-        return None
-    raw_slot = int(m["slot"])
-    as_id = int(m["as"]) if m["as"] is not None else raw_slot >> 16  # <= 7.2 folds as into Slot#
-    slot = (as_id << 16) | (raw_slot & 0xFFFF)
-    return SlotLine(seq, pid, as_id, slot, int(m["flags"], 16), int(m["gpa"], 16), int(m["size"], 16),
-                    int(m["ua"], 16), int(m["ret"]))
-
-
 class _Builder:
     """Turns QEMU lines into changes and lifetimes, in order."""
 
@@ -333,7 +292,7 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
         if not buf:
             continue
         if "kvm_set_user_memory" in buf or "kvmlab_memslot_move" in buf:
-            line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else _parse_lab_move(buf, seq, pid)
+            line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else parse_lab_move(buf, seq, pid)
             if line is None:
                 continue
             start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
@@ -341,21 +300,21 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             b.add(line, start, anchor, lab_kind)
             last_line[pid] = seq
         elif "kvmlab_memslot_ioctl" in buf:
-            m = _LAB_IOCTL.search(buf)
-            if m:
-                hint[pid] = m["kind"]
+            kind = parse_lab_kind(buf)
+            if kind:
+                hint[pid] = kind
         elif "kvm_clear_dirty_log" in buf:
-            m = _CLEAR_DIRTY.search(buf)
-            if m:
-                b.tl.clear_dirty.append((seq, int(m["slot"]), int(m["start"], 16), int(m["size"], 16)))
+            cleared = parse_clear_dirty(buf)
+            if cleared:
+                b.tl.clear_dirty.append((seq, *cleared))
         elif "kvmlab_get_dirty_log" in buf:
-            m = _LAB_GET_DIRTY.search(buf)
-            if m:
-                b.tl.get_dirty.append((seq, (int(m["as"]) << 16) | int(m["slot"])))
+            slot = parse_lab_get_dirty(buf)
+            if slot is not None:
+                b.tl.get_dirty.append((seq, slot))
         elif "kvmlab_start" in buf:
-            m = _LAB_QUIRK.search(buf)
-            if m:
-                b.tl.quirk_hint = int(m["q"])
+            quirk = parse_lab_quirk(buf)
+            if quirk is not None:
+                b.tl.quirk_hint = quirk
                 b.tl.complete = True  # the lab starts its VM inside the trace: every slot is seen
     tl = b.finish()
     if tl.changes and not tl.complete:
@@ -382,15 +341,6 @@ def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndar
     if len(tail):
         return int(kvmmmu_seq[tail[0]]), ANCHOR_ZAPS
     return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
-
-
-def _parse_lab_move(text: str, seq: int, pid: int) -> SlotLine | None:
-    m = _LAB_MOVE.search(text)
-    if m is None:
-        return None
-    as_id = int(m["as"])
-    return SlotLine(seq, pid, as_id, (as_id << 16) | int(m["slot"]), int(m["flags"], 16), int(m["gpa"], 16),
-                    int(m["size"], 16), int(m["ua"], 16), int(m["ret"]))
 
 
 def from_lines(lines: Iterable[str]) -> MemslotTimeline:

@@ -14,6 +14,7 @@ import parsers
 from parsers.errors import TraceError
 from replays import memslots as ms
 from replays import replay
+from replays.qemu_lines import parse_set_memory
 
 LAB_KIND = re.compile(r"kvmlab_memslot_ioctl .*?kind=([\w-]+)")
 
@@ -28,7 +29,7 @@ def test_three_qemu_formats_parse_alike():
     v8 = "kvm_set_user_memory AddrSpace#1 Slot#2 flags=0x2 gpa=0xc0000 size=0x20000 ua=0x7f0000000000 ret=0"
     v9 = ("kvm_set_user_memory AddrSpace#1 Slot#2 flags=0x2 gpa=0xc0000 size=0x20000 ua=0x7f0000000000 "
           "guest_memfd=-1 guest_memfd_offset=0x0 ret=0")
-    lines = [ms.parse_set_memory(t, 7, 1) for t in (v72, v8, v9)]
+    lines = [parse_set_memory(t, 7, 1) for t in (v72, v8, v9)]
     assert all(line == lines[0] for line in lines)
     assert (lines[0].as_id, lines[0].slot, lines[0].gpa, lines[0].size) == (1, (1 << 16) | 2, 0xC0000, 0x20000)
 
