@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import parsers
+from conftest import SAMPLES
 from parsers.errors import TraceError
 from replays import memslots as ms
 from replays import replay
@@ -94,3 +95,26 @@ def test_qemu_log_and_layout_inputs(nested_dir):
         ms.from_layout({"regions": []})
     with pytest.raises(TraceError):
         ms.from_lines(["nothing here"])
+
+
+def test_true_moves_and_read_only_toggles():
+    """Oracle: the lab's own markers. ``kvmlab_memslot_move`` (a KVM_MR_MOVE, for which QEMU writes
+    no line) must become a move to the new gpa; a read-only toggle (two ioctls, ``kind=ro-toggle-*``,
+    ONE QEMU line) must become one re-create with the new flags."""
+    for name, marker, kind in (("churn-zapslot", "kvmlab_memslot_move", "move"),
+                               ("rom-zapslot", "kind=ro-toggle-create", "recreate")):
+        path = SAMPLES / f"{name}.dat"
+        if not path.exists():
+            pytest.skip(f"{name} not recorded yet")
+        data = parsers.read(path)
+        bufs = data.table("print").to_pydict()
+        marked = [(s, b) for s, b in zip(bufs["seq"], bufs["buf"]) if b and marker in b]
+        tl = _timeline(data)
+        got = [c for c in tl.changes if c.kind == kind]
+        assert len(got) == len(marked) > 0
+        if kind == "move":
+            for c, (seq, buf) in zip(got, marked):
+                gpa = int(re.search(r" gpa=(0x[0-9a-f]+)", buf).group(1), 16)
+                assert c.seq == seq and c.base_gfn == gpa >> 12 and c.old_base_gfn != c.base_gfn
+        else:
+            assert all((c.flags ^ c.old_flags) & ms.KVM_MEM_READONLY for c in got)
