@@ -27,7 +27,7 @@ from parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_prin
 from parsers.tracedat.options import Options, decode_options
 from parsers.tracedat.pages import PageData, Records, PageFlags, walk
 from parsers.tracedat.streams import load_pages
-from parsers.tracedat.tables import Merged, build_tables
+from parsers.tracedat.tables import Merged, event_tables, events_table
 
 
 #: Files from trace-cmd versions that did not store the clock were recorded with the kernel's
@@ -93,8 +93,13 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     reader = FieldReader(pages.buf, box.big_endian)
     merged, order = _merge(records, pages, reader, catalog, opts)
     gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
-    del records, order  # the largest intermediates: free them before the tables are built
-    tables, events, counts, unknown = build_tables(merged, catalog, reader, cmdlines, printk)
+    # Peak memory: free each intermediate as soon as its last user is done (records and order
+    # now; the page buffer and payload offsets once the per-event tables are decoded).
+    del records, order
+    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk)
+    ts, cpu, pid, event_id = merged.ts, merged.cpu, merged.pid, merged.event_id
+    del merged, reader, pages
+    events = events_table(ts, cpu, pid, event_id, catalog, cmdlines)
     if unknown:
         notes.append(f"{box.path}: {unknown} records with an event id that has no format file were skipped")
     for note in notes:
@@ -106,8 +111,8 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
         event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         lost_events=lost, lost_unknown=lost_unknown,
-        first_ts=int(merged.ts[0]) if len(merged.ts) else None,
-        last_ts=int(merged.ts[-1]) if len(merged.ts) else None,
+        first_ts=int(ts[0]) if len(ts) else None,
+        last_ts=int(ts[-1]) if len(ts) else None,
         instances=others, warnings=tuple(notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)

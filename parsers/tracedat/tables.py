@@ -73,23 +73,21 @@ def event_schema(fmt: EventFormat) -> pa.Schema:
     return pa.schema(fields, metadata=meta)
 
 
-def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
-                 cmdlines: dict[int, str], printk: dict[int, str]
-                 ) -> tuple[dict[str, pa.Table], pa.Table, dict[str, int], int]:
-    """Return (tables by name, events table, counts by name, records of unknown event ids)."""
-    n = len(merged.pos)
-    seq = np.arange(n, dtype=np.int64)
-    comm = comm_column(merged.pid, cmdlines)
-    # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort.
+def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cmdlines: dict[int, str],
+                 printk: dict[int, str]) -> tuple[dict[str, pa.Table], dict[str, int], int]:
+    """Return (tables by name, counts by name, records of unknown event ids)."""
+    # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort. Its output, split
+    # per event, is each table's rows in global order: their indices ARE the seq column.
     order = np.argsort(merged.event_id, kind="stable")
-    ids_sorted = merged.event_id[order]
-    bounds = np.flatnonzero(np.diff(ids_sorted)) + 1
-    groups = np.split(order, bounds) if n else []
+    bounds = np.flatnonzero(np.diff(merged.event_id[order])) + 1
+    groups = np.split(order, bounds) if len(order) else []
+    del order
     tables: dict[str, pa.Table] = {}
     counts: dict[str, int] = {}
     unknown = 0
     present_systems = set()
-    for rows in groups:
+    while groups:
+        rows = groups.pop(0)
         event_id = int(merged.event_id[rows[0]])
         if event_id not in catalog:
             unknown += len(rows)
@@ -97,21 +95,21 @@ def build_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader,
         fmt = catalog.format(event_id)
         present_systems.add(fmt.system)
         name = catalog.table_names[event_id]
-        tables[name] = _event_table(fmt, merged, rows, seq, comm, reader, printk)
+        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk)
         counts[name] = len(rows)
     for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
         name = catalog.table_names[event_id]
         if name not in tables:
             tables[name] = empty_table(event_schema(catalog.format(event_id)))
-    events = _events_table(merged, catalog, comm, seq)
-    return tables, events, counts, unknown
+    return tables, counts, unknown
 
 
-def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, seq: np.ndarray, comm: pa.Array,
-                 reader: FieldReader, printk: dict[int, str]) -> pa.Table:
-    """One event's rows (``rows``: indices in global order) decoded field by field."""
-    cols = [numeric(seq[rows]), numeric(merged.ts[rows]), numeric(merged.cpu[rows]),
-            numeric(merged.pid[rows]), comm.take(numeric(rows))]
+def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: FieldReader,
+                 cmdlines: dict[int, str], printk: dict[int, str]) -> pa.Table:
+    """One event's rows (``rows``: their seq, ascending) decoded field by field."""
+    pid = merged.pid[rows]
+    cols = [numeric(rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]), numeric(pid),
+            comm_column(pid, cmdlines)]
     pos, length = merged.pos[rows], merged.length[rows]
     block = reader.block(pos, max((f.offset + f.size for f in fmt.fields if not f.trailing), default=0))
     for f in fmt.fields:
@@ -134,16 +132,18 @@ def _printk_strings(addr: np.ndarray, printk: dict[int, str]) -> pa.Array:
     return lookup(addr, lambda a: printk.get(a, f"0x{a:x}"))
 
 
-def _events_table(merged: Merged, catalog: FormatCatalog, comm: pa.Array, seq: np.ndarray) -> pa.Table:
+def events_table(ts: np.ndarray, cpu: np.ndarray, pid: np.ndarray, event_id: np.ndarray,
+                 catalog: FormatCatalog, cmdlines: dict[int, str]) -> pa.Table:
     """The ``events`` table; an id without a format file shows as ``<unknown>`` (null system)."""
-    ids, codes = factorize(merged.event_id)
+    ids, codes = factorize(event_id)
     names = [catalog.table_names.get(i, UNKNOWN_EVENT) for i in ids]
     systems = [catalog.system(i) if i in catalog else None for i in ids]
     system_names = sorted({s for s in systems if s is not None})
     sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
     row_sys = sys_index[codes]
     return pa.Table.from_arrays(
-        [numeric(seq), numeric(merged.ts), numeric(merged.cpu), numeric(merged.pid), comm,
+        [numeric(np.arange(len(ts), dtype=np.int64)), numeric(ts), numeric(cpu), numeric(pid),
+         comm_column(pid, cmdlines),
          pa.DictionaryArray.from_arrays(numeric(codes), strings(names)),
          pa.DictionaryArray.from_arrays(numeric(np.maximum(row_sys, 0), mask=row_sys < 0), strings(system_names))],
         schema=EVENTS_SCHEMA,
