@@ -66,3 +66,14 @@ def test_lost_events_never_error():
     result = replay(parsers.read(path))
     assert any("lost-event" in limit for limit in result.limits)
     assert not [r for r in result.findings.to_pylist() if r["severity"] == "error"]
+
+
+def test_trace_replay_method(nested_dir):
+    """``kvmtrace.open(p).replay()`` is the notebook entry point: the same result as replays.replay."""
+    import kvmtrace
+
+    trace = kvmtrace.open(nested_dir / "tdp-churn-noquirk-small-kt.dat")
+    result = trace.replay()
+    direct = replay(trace.data)
+    assert result.checks.equals(direct.checks) and result.findings.equals(direct.findings)
+    assert trace.replay(kernel="6.12").profile == direct.profile
