@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from kvmtrace.report.grid import Grid, seconds_text
-from kvmtrace.report.model import Figure, Report, TraceFacts
+from kvmtrace.report.model import FINDINGS_IN_FULL, Figure, Report, TraceFacts
 
 
 @dataclass(frozen=True)
@@ -59,10 +59,6 @@ class Plot:
 
 
 Block = Union[Heading, Facts, Table, Bullets, TraceLines, Para, Plot]
-
-
-#: Findings of one id printed in full; the rest are counted (the JSON report lists them all).
-FINDINGS_IN_FULL = 10
 
 
 def span_text(first_ts: int | None, last_ts: int | None) -> str:

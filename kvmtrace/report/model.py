@@ -7,6 +7,7 @@ trace or the replay again. That keeps the four formats in agreement by construct
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
 EVIDENCE_SHOWN = 12
+#: Findings of one id printed in full (with evidence lines); the rest are counted, and the JSON
+#: report lists every one. A trace that starts late can have thousands of zap_of_unknown_sp.
+FINDINGS_IN_FULL = 10
 #: Rows of long tables (memslot timeline, unexplained events) shown before "... N more".
 ROWS_SHOWN = 60
 
@@ -86,7 +90,8 @@ class Finding:
     slot: int | None
     message: str
     evidence: tuple[int, ...]
-    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order
+    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; empty past
+    #: the first :data:`FINDINGS_IN_FULL` findings of an id
     evidence_lines: tuple[str, ...]
 
 
@@ -176,13 +181,16 @@ def _findings(data: TraceData, replay: ReplayResult) -> tuple[Finding, ...]:
         return ()
     names = ("id", "severity", "seq", "ts", "cpu", "gfn", "slot", "message", "evidence")
     rows = list(zip(*(t.column(n).to_pylist() for n in names)))
-    shown = {s for row in rows for s in sorted(row[-1])[:EVIDENCE_SHOWN]}
-    lines = evidence_lines(data, shown)
-    out = []
-    for *head, evidence in rows:
-        ev = tuple(sorted(evidence))
-        out.append(Finding(*head, evidence=ev, evidence_lines=tuple(lines[s] for s in ev[:EVIDENCE_SHOWN])))
-    return tuple(out)
+    rank = Counter()
+    cited: list[tuple[int, ...]] = []  # per finding, the evidence seqs to print
+    for row in rows:
+        rank[row[0]] += 1
+        cited.append(tuple(sorted(row[-1])[:EVIDENCE_SHOWN]) if rank[row[0]] <= FINDINGS_IN_FULL else ())
+    lines = evidence_lines(data, {s for seqs in cited for s in seqs})
+    return tuple(
+        Finding(*head, evidence=tuple(sorted(evidence)), evidence_lines=tuple(lines[s] for s in seqs))
+        for (*head, evidence), seqs in zip(rows, cited)
+    )
 
 
 #: Titles of the replay summaries a reader meets most; others are shown as "summary: <name>".
