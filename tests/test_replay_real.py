@@ -77,3 +77,11 @@ def test_trace_replay_method(nested_dir):
     direct = replay(trace.data)
     assert result.checks.equals(direct.checks) and result.findings.equals(direct.findings)
     assert trace.replay(kernel="6.12").profile == direct.profile
+
+
+def test_trace_without_kvmmmu_events_is_a_trace_error(public_dir):
+    """A real scheduler trace from another project: a one-line TraceError that says what to record."""
+    from parsers.errors import TraceError
+
+    with pytest.raises(TraceError, match="no kvmmmu events.*-e kvmmmu"):
+        replay(parsers.read(public_dir / "sched_load.v7zstd.dat"))
