@@ -1,5 +1,5 @@
 """The example notebook runs top to bottom on a real recording and shows what it promises:
-the trace's facts, DataFrames, the replay report as HTML, and three plots."""
+the trace's facts, DataFrames, the replay report as HTML, three plots and a diff."""
 
 from __future__ import annotations
 
@@ -28,3 +28,5 @@ def test_deep_dive_notebook_runs_on_a_real_trace():
     assert any("Checks" in h and "dangling_spte" in h for h in html)  # the replay report
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 3
+    printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert "kvmtrace diff:" in printed and "churn-zapall.dat" in printed  # the policy comparison
