@@ -20,7 +20,7 @@ def analyze(
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here (atomically).")] = None,
     qemu_log: Annotated[Path | None, typer.Option(help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
-    memslots: Annotated[Path | None, typer.Option(help="Memslot layout file (JSON).")] = None,
+    memslots: Annotated[Path | None, typer.Option(help='Memslot layout (JSON): {"slots": [{"slot", "gpa", "size", "flags", "as_id"}]}.')] = None,
     kernel: Annotated[str | None, typer.Option(help="Kernel version to assume (default: from the trace).")] = None,
     fail_on: Annotated[str | None, typer.Option(help="Exit 1 if a finding of this severity (error|warning) or worse exists.")] = None,
     since: Annotated[float | None, typer.Option(help="Replay only events at or after this timestamp (s, as printed).")] = None,
