@@ -91,11 +91,12 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
     texts: list[str] = []
     pointers: list[str] = []
     pos = 0
+    last_conv = ""
     it = iter(slots)
     for m in _CONV.finditer(fmt):
         parts.append(re.escape(fmt[pos : m.start()]))
         pos = m.end()
-        conv = m["conv"]
+        conv = last_conv = m["conv"]
         if conv == "%":
             parts.append("%")
             continue
@@ -132,7 +133,7 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
     if next(it, None) is not None:
         raise ValueError(f"more slots than conversions in {fmt!r}")
     tail = fmt[pos:]
-    if not tail and len(parts) >= 2 and parts[-2].endswith(r"\ "):
+    if not tail and last_conv == "s" and len(parts) >= 2 and parts[-2].endswith(r"\ "):
         # A format ending in " %s" prints a trailing space when the %s is empty; copies of the
         # text often lose trailing blanks, so that space may be missing.
         parts[-2] = parts[-2][:-2] + r"(?:\ )?"
