@@ -64,14 +64,16 @@ class ReplayResult:
     profile: str  # name of the kernel profile used
     events: int  # kvmmmu events replayed
     explained_events: int
-    shadow_pages: pa.Table
-    spte_changes: pa.Table
-    memslots: pa.Table
+    shadow_pages: pa.Table  # replays.pages.PAGES_SCHEMA + one column per decoded role field
+    spte_changes: pa.Table  # replays.journal.SPTE_CHANGES_SCHEMA, in seq order
+    memslots: pa.Table  # replays.memslots.TIMELINE_SCHEMA, one row per change
     findings: pa.Table  # FINDINGS_SCHEMA
-    checks: pa.Table  # CHECKS_SCHEMA
+    checks: pa.Table  # CHECKS_SCHEMA, one row per CHECK_IDS entry, in that order
     unexplained: pa.Table  # UNEXPLAINED_SCHEMA
-    summaries: dict[str, pa.Table] = field(default_factory=dict)  # e.g. "memslot", "zap_all"
-    whatif: pa.Table | None = None
+    #: "memslot" (per slot lifetime: faults, SPTEs installed, pages zapped/rebuilt) and "zap_all"
+    #: (per kvm_mmu_zap_all_fast: pages obsoleted/zapped/rebuilt, rebuild_ns); see replays.summaries
+    summaries: dict[str, pa.Table] = field(default_factory=dict)
+    whatif: pa.Table | None = None  # replays.whatif.WHATIF_SCHEMA, two rows (policies) per delete/move
     assumptions: list[str] = field(default_factory=list)  # what the model assumed, in words
     limits: list[str] = field(default_factory=list)  # what the trace could not show
 
