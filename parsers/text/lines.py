@@ -105,7 +105,8 @@ def _slow(df: pl.DataFrame) -> pl.DataFrame:
 
 def _typed(df: pl.DataFrame) -> pl.DataFrame:
     """Convert the string pieces: pid, cpu, ts (ns; counter-clock integers kept as printed),
-    the preempt count from the flags, and ``print`` for trace_marker lines."""
+    the preempt count from the flags, and ``print`` for trace_marker lines (whose ``caller``
+    keeps the name tracefs printed in the event column)."""
     ts = pl.col("ts")
     dot = ts.str.find(".", literal=True)
     digits = ts.str.replace(".", "", literal=True).str.to_integer(strict=False)
@@ -125,7 +126,8 @@ def _typed(df: pl.DataFrame) -> pl.DataFrame:
         pl.col("cpu").str.to_integer(strict=False).cast(pl.Int16, strict=False),
         ts_ns.alias("ts"),
         pl.when(is_print).then(pl.lit("print")).otherwise(event).alias("event"),
-        pl.when(is_print).then(pl.concat_str(event, pl.lit(": "), pl.col("args"))).otherwise(pl.col("args")).alias("args"),
+        "args",
+        pl.when(is_print).then(event).alias("caller"),
         pl.col("lost").str.to_integer(strict=False).alias("lost"),
         pl.col("flags").replace_strict(preempt, default=None, return_dtype=pl.UInt8).alias("common_preempt_count"),
         pl.col("flags").alias("_flags"),
@@ -137,7 +139,8 @@ def split(lines: pl.DataFrame) -> pl.DataFrame:
 
     ``kind`` is ``event``, ``gap``, ``header`` or ``bad``. Event rows get ``comm``, ``pid``,
     ``cpu``, ``ts`` (ns; integer timestamps of counter clocks are kept as they are), ``event``
-    and ``args``; gap rows get ``cpu`` and ``lost`` (null when the count was not printed).
+    and ``args`` (and ``caller`` for tracefs ``print`` lines); gap rows get ``cpu`` and ``lost``
+    (null when the count was not printed).
     """
     # Split everything the fast way, then send the rows whose pieces do not check out to the
     # regex path.

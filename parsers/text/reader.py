@@ -24,6 +24,11 @@ def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
     specs = catalog()
     decoded: dict[str, Decoded] = {}
     for (name,), rows in events.group_by("event"):
+        if name == "print":
+            # tracefs prints the caller where the event name goes ("tracing_mark_write: buf"),
+            # trace-cmd report prints "print: tracing_mark_write: buf": one form for both.
+            caller = pl.col("caller")
+            rows = rows.with_columns(args=pl.when(caller.is_null()).then("args").otherwise(pl.concat_str(caller, pl.lit(": "), "args")))
         spec = specs.get(name)
         decoded[name] = decode_event(spec, rows) if spec else decode_unknown(rows)
     return split, decoded
