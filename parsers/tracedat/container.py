@@ -22,7 +22,6 @@ from parsers.tracedat.constants import (
     HEADER_PAGE_TAG,
     MAGIC,
     SECTION_FLAG_COMPRESSED,
-    SECTION_HEADER_SIZE,
     SECTION_OPTIONS,
     SUPPORTED_VERSIONS,
     TAIL_FLYRECORD,
@@ -175,7 +174,9 @@ def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int
                      expect: int | None = None) -> tuple[int, Cursor]:
     """Read the section header at ``offset``; return (id, cursor over the (decompressed) payload)."""
     head = cur.at(offset)
-    sec_id, flags, _desc, size = head.u16(), head.u16(), head.u32(), head.u64()
+    sec_id, flags = head.u16(), head.u16()
+    head.u32()  # description: an id into the STRINGS sections, informational only
+    size = head.u64()
     if expect is not None and sec_id != expect:
         raise TraceError(f"{box.path}: corrupt trace.dat: expected section {expect} at byte {offset}, found {sec_id}")
     start = head.pos

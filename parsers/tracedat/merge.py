@@ -8,9 +8,26 @@ what :func:`merge_order` computes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from parsers.tracedat.catalog import FormatCatalog
+from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.options import Options
+from parsers.tracedat.pages import PageData, Records
+
+
+@dataclass(frozen=True)
+class Merged:
+    """Data records in global order."""
+
+    pos: np.ndarray  # int32/int64 payload offsets in the page buffer
+    length: np.ndarray  # int32 payload lengths
+    ts: np.ndarray  # int64 ns
+    cpu: np.ndarray  # int16
+    event_id: np.ndarray  # uint16 common_type
+    pid: np.ndarray  # int32
 
 
 def _mul_u64_u32_shr(a: np.ndarray, mult: int, shift: int) -> np.ndarray:
@@ -54,3 +71,19 @@ def merge_order(ts: np.ndarray, cpu: np.ndarray) -> np.ndarray:
     for lo, hi in zip(np.r_[0, bounds], np.r_[bounds, len(cpu)]):
         np.maximum.accumulate(ts[lo:hi], out=key[lo:hi])
     return np.argsort(key, kind="stable")
+
+
+def merge_records(records: Records, pages: PageData, reader: FieldReader, catalog: FormatCatalog,
+                  opts: Options) -> tuple[Merged, np.ndarray]:
+    """Put the records in global order; also return the order (file index of each seq)."""
+    ts_ns = to_ns(records.ts, opts)
+    cpu = records.cpu(pages.cpu)
+    order = merge_order(ts_ns, cpu)
+    type_off, type_size = catalog.common_field("common_type")
+    pid_off, pid_size = catalog.common_field("common_pid")
+    pos = records.pos[order]
+    return Merged(
+        pos=pos, length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
+        event_id=reader.uint(pos + type_off, type_size, type_off & 3).astype(np.uint16),
+        pid=reader.integers(pos + pid_off, pid_size, True, pid_off & 3).astype(np.int32, copy=False),
+    ), order

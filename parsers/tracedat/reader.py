@@ -11,23 +11,20 @@ import os
 import warnings as _warnings
 from typing import BinaryIO
 
-import numpy as np
-import pyarrow as pa
-
 from parsers.errors import TraceError, TraceWarning
-from parsers.schema import GAPS_SCHEMA, TraceData, TraceInfo
+from parsers.schema import TraceData, TraceInfo
 from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.container import parse_container
-from parsers.tracedat.arrow import empty_table, numeric
 from parsers.tracedat.catalog import FormatCatalog
 from parsers.tracedat.formats import PageHeader, parse_header_page
 from parsers.tracedat.layout import BufferSpec, Container
-from parsers.tracedat.merge import merge_order, to_ns
+from parsers.tracedat.gaps import gap_table
+from parsers.tracedat.merge import merge_records
 from parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
 from parsers.tracedat.options import Options, decode_options
-from parsers.tracedat.pages import PageData, Records, PageFlags, walk
+from parsers.tracedat.pages import walk
 from parsers.tracedat.streams import load_pages
-from parsers.tracedat.tables import Merged, event_tables, events_table
+from parsers.tracedat.tables import event_tables, events_table
 
 
 #: Files from trace-cmd versions that did not store the clock were recorded with the kernel's
@@ -91,8 +88,8 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     except TraceError as err:
         raise TraceError(f"{box.path}: {err}") from None
     reader = FieldReader(pages.buf, box.big_endian)
-    merged, order = _merge(records, pages, reader, catalog, opts)
-    gaps, lost, lost_unknown = _gaps(records, flags, pages, order, opts)
+    merged, order = merge_records(records, pages, reader, catalog, opts)
+    gaps, lost, lost_unknown = gap_table(records, flags, pages, order, opts)
     # Peak memory: free each intermediate as soon as its last user is done (records and order
     # now; the page buffer and payload offsets once the per-event tables are decoded).
     del records, order
@@ -116,53 +113,3 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         instances=others, warnings=tuple(notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)
-
-
-def _merge(records: Records, pages: PageData, reader: FieldReader, catalog: FormatCatalog,
-           opts: Options) -> tuple[Merged, np.ndarray]:
-    """Put the records in global order; also return the order (file index of each seq)."""
-    ts_ns = to_ns(records.ts, opts)
-    cpu = records.cpu(pages.cpu)
-    order = merge_order(ts_ns, cpu)
-    type_off, type_size = catalog.common_field("common_type")
-    pid_off, pid_size = catalog.common_field("common_pid")
-    pos = records.pos[order]
-    return Merged(
-        pos=pos, length=records.length[order], ts=ts_ns[order], cpu=cpu[order],
-        event_id=reader.uint(pos + type_off, type_size, type_off & 3).astype(np.uint16),
-        pid=reader.integers(pos + pid_off, pid_size, True, pid_off & 3).astype(np.int32, copy=False),
-    ), order
-
-
-def _gaps(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options
-          ) -> tuple[pa.Table, dict[int, int], dict[int, int]]:
-    """One row per page whose header says events were dropped before it."""
-    missed = np.flatnonzero(flags.missed)
-    if not missed.size:
-        return empty_table(GAPS_SCHEMA), {}, {}
-    # The first record (file index) on or after each flagged page, if it is on the same CPU ...
-    first = records.first_of_page()[missed]
-    n = len(records.pos)
-    have = first < n
-    have[have] &= records.cpu(pages.cpu)[first[have]] == pages.cpu[missed[have]]
-    # ... and its seq: where that file index sits in ``order`` (one pass over a bool mask).
-    wanted = np.zeros(len(order), bool)
-    wanted[first[have]] = True
-    at_seq = np.flatnonzero(wanted[order])
-    seq_of_first = dict(zip(order[at_seq].tolist(), at_seq.tolist()))
-    seq = np.array([seq_of_first.get(f, 0) for f in first.tolist()], np.int64)
-    lost = flags.lost[missed]
-    cpu = pages.cpu[missed]
-    table = pa.Table.from_arrays(
-        [numeric(cpu), numeric(to_ns(flags.ts[missed], opts)), numeric(seq, mask=~have),
-         numeric(lost, mask=lost < 0)],
-        schema=GAPS_SCHEMA,
-    )
-    known: dict[int, int] = {}
-    unknown: dict[int, int] = {}
-    for c, n in zip(cpu.tolist(), lost.tolist()):
-        if n >= 0:
-            known[c] = known.get(c, 0) + n
-        else:
-            unknown[c] = unknown.get(c, 0) + 1
-    return table, known, unknown

@@ -6,8 +6,6 @@ argsort, and each group's fields are decoded column by column (:mod:`parsers.tra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pyarrow as pa
 
@@ -17,6 +15,7 @@ from parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
 from parsers.tracedat.columns import FieldReader, signed_element_type
 from parsers.tracedat.factorize import factorize, lookup
 from parsers.tracedat.formats import EventFormat, FieldSpec
+from parsers.tracedat.merge import Merged
 from parsers.tracedat.metadata import comm_column
 
 #: Common fields left out of per-event tables: ``common_type`` is the table itself and
@@ -24,18 +23,6 @@ from parsers.tracedat.metadata import comm_column
 _DROPPED_COMMON = ("common_type", "common_pid")
 BPRINT_EVENT = "bprint"
 UNKNOWN_EVENT = "<unknown>"
-
-
-@dataclass(frozen=True)
-class Merged:
-    """Data records in global order."""
-
-    pos: np.ndarray  # int32/int64 payload offsets in the page buffer
-    length: np.ndarray  # int32 payload lengths
-    ts: np.ndarray  # int64 ns
-    cpu: np.ndarray  # int16
-    event_id: np.ndarray  # uint16 common_type
-    pid: np.ndarray  # int32
 
 
 def arrow_type(field: FieldSpec) -> pa.DataType:
