@@ -12,7 +12,7 @@ import numpy as np
 from parsers.schema import TraceData
 from replays import memslots as ms
 from replays.inputs import PAGE_EVENTS, roles_known
-from replays.profiles import KernelProfile, profile_for
+from replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from replays.stream import numpy_column
 
 
@@ -45,6 +45,19 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> str:
     role = np.concatenate(roles)
     direct = (role >> np.uint64(profile.role_field("direct").shift)) & np.uint64(1)
     return "legacy_tdp" if bool(direct.all()) else "shadow"
+
+
+def spte_format(data: TraceData, profile: KernelProfile, mmu: str) -> KernelProfile:
+    """The profile with the SPTE format the trace shows: TDP SPTEs on an Intel host are EPT entries
+    (other A/D and MMIO bits); shadow paging always uses the x86 page-table format."""
+    if mmu == "tdp":
+        t = data.tables["kvm_tdp_mmu_spte_changed"]
+        values = numpy_column(t, "new_spte")[numpy_column(t, "level", np.int64) == 1]
+    elif mmu == "legacy_tdp" and "kvm_mmu_set_spte" in data.tables:
+        values = numpy_column(data.tables["kvm_mmu_set_spte"], "spte")
+    else:
+        return profile
+    return ept(profile) if spte_flavour(values, profile) == "EPT" else profile
 
 
 def infer_zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,

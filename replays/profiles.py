@@ -9,7 +9,7 @@ Everything version-dependent lives here; the models and detectors ask a :class:`
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
@@ -59,10 +59,12 @@ class KernelProfile:
     nonpresent: int  # value of a non-present SPTE (0, or BIT(63) from 6.10)
     mmu_present_bit: int | None  # SPTE_MMU_PRESENT_MASK bit (5.13+), None: "nonzero and not MMIO"
     writable_mask: int = 1 << 1
-    accessed_mask: int = 1 << 5  # shadow / NPT; EPT would be bit 8
-    dirty_mask: int = 1 << 6  # shadow / NPT; EPT would be bit 9
+    accessed_mask: int = 1 << 5  # shadow / NPT; EPT: bit 8 (see ept())
+    dirty_mask: int = 1 << 6  # shadow / NPT; EPT: bit 9
     large_mask: int = 1 << 7
-    mmio_mask: int = (1 << 51) | 1  # shadow / NPT MMIO value == mask (spte.c)
+    mmio_mask: int = (1 << 51) | 1  # shadow / NPT: an MMIO SPTE has (spte & mask) == value (spte.c)
+    mmio_value: int = (1 << 51) | 1
+    flavour: str = "shadow/NPT"  # SPTE format: x86 page-table bits, or "EPT" (Intel TDP)
     pfn_mask: int = ((1 << 52) - 1) & ~0xFFF
     #: MMIO generation bit ranges in the SPTE: ((spte_lo, spte_hi, gen_shift), ...).
     mmio_gen: tuple[tuple[int, int, int], ...] = ()
@@ -81,8 +83,7 @@ class KernelProfile:
 
     # -- vectorised SPTE predicates (numpy uint64 arrays in, bool arrays out) --------------------
     def is_mmio(self, spte: np.ndarray) -> np.ndarray:
-        m = np.uint64(self.mmio_mask)
-        return (spte & m) == m
+        return (spte & np.uint64(self.mmio_mask)) == np.uint64(self.mmio_value)
 
     def is_present(self, spte: np.ndarray) -> np.ndarray:
         if self.mmu_present_bit is not None:
@@ -102,12 +103,35 @@ class KernelProfile:
 
     # -- scalar forms for the replay loop (Python ints) -----------------------------------------
     def mmio(self, spte: int) -> bool:
-        return spte & self.mmio_mask == self.mmio_mask
+        return spte & self.mmio_mask == self.mmio_value
 
     def present(self, spte: int) -> bool:
         if self.mmu_present_bit is not None:
             return bool(spte >> self.mmu_present_bit & 1)
-        return spte != self.nonpresent and (spte & self.mmio_mask) != self.mmio_mask
+        return spte != self.nonpresent and (spte & self.mmio_mask) != self.mmio_value
+
+
+def ept(profile: KernelProfile) -> KernelProfile:
+    """The same era with Intel EPT SPTEs (TDP on VMX): Accessed/Dirty at bits 8/9 when EPT A/D bits
+    are on, and MMIO SPTEs marked by the W|X misconfiguration (plus suppress-#VE from 6.10)
+    (tracepoints.md §4.1-§4.2)."""
+    ve = 1 << 63 if profile.nonpresent == 1 << 63 else 0
+    return replace(profile, name=profile.name + " EPT", accessed_mask=1 << 8, dirty_mask=1 << 9,
+                   mmio_mask=0x7 | ve, mmio_value=0x6 | ve, flavour="EPT")
+
+
+#: EPT leaf SPTEs carry the memory type in bits 3-5 (write-back = 6 for guest RAM); x86 page-table
+#: SPTEs have PWT/PCD/Accessed there, so "bits 3-5 == 6" on most leaves means EPT.
+EPT_WB_BITS, EPT_WB = 0x38, 0x30
+
+
+def spte_flavour(values: np.ndarray, profile: KernelProfile) -> str:
+    """"EPT" when most present SPTEs look like EPT write-back leaves, else "shadow/NPT"."""
+    present = values[profile.is_present(values)] if len(values) else values
+    if len(present) < 16:
+        return "shadow/NPT"
+    ept_like = np.count_nonzero((present & np.uint64(EPT_WB_BITS)) == np.uint64(EPT_WB))
+    return "EPT" if ept_like * 10 >= len(present) * 9 else "shadow/NPT"
 
 
 _GEN_513 = ((3, 10, 0), (52, 62, 8))

@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from parsers.schema import TraceData
 from replays import memslots as ms
-from replays.classify import detect_mmu, guess_profile, infer_zap_policy
+from replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from replays.detectors import run_all
 from replays.detectors.context import Context
 from replays.findings import LostWindows, finalize
@@ -45,9 +45,11 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
     else:
         profile = profile_for(kernel or data.info.kernel)
+    mmu = detect_mmu(data, profile)
+    profile = spte_format(data, profile, mmu)
+    assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
     timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
-    mmu = detect_mmu(data, profile)
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")

@@ -95,3 +95,21 @@ def test_mmio_generation_layout_matches_kernel_decode(nested_dir, name):
     values = np.array([v for v, _ in pairs], dtype=np.uint64)
     assert p.is_mmio(values).all()
     assert p.mmio_generation(values).tolist() == [g for _, g in pairs]
+
+
+def test_spte_format_npt_on_real_traces_and_ept_by_construction(nested_dir):
+    """The nested recordings are AMD NPT: their leaf SPTEs read as the x86 format. No Intel EPT
+    recording exists here, so the EPT side is hand-made from the bit layout (tracepoints.md §4.1-§4.3:
+    MMU-present bit 11, R/W/X bits 0-2, write-back memory type 6 in bits 3-5, A bit 8, D bit 9)."""
+    from replays import replay
+    from replays.profiles import ept, spte_flavour
+
+    result = replay(parsers.read(nested_dir / "tdp-churn-noquirk-small-kt.dat"))
+    assert any("SPTE format shadow/NPT" in a for a in result.assumptions)
+    p = profile_for("6.12")
+    pfns = np.arange(0x100000, 0x100020, dtype=np.uint64) << np.uint64(12)
+    ept_leaves = pfns | np.uint64((1 << 11) | 0x7 | 0x30 | (1 << 8) | (1 << 9))
+    assert spte_flavour(ept_leaves, p) == "EPT"
+    e = ept(p)
+    assert (e.accessed_mask, e.dirty_mask) == (1 << 8, 1 << 9)
+    assert e.is_mmio(np.array([(1 << 63) | 0x6 | (0x1234 << 12), (1 << 63)], dtype=np.uint64)).tolist() == [True, False]
