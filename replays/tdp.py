@@ -56,15 +56,16 @@ class TdpModel:
         self.pages.zap_seq[p] = seq
 
     def zap_all(self, seq: int, gen: int) -> None:
-        n = 0
+        """Every root is invalidated: mark every copy and every live page table (gen is unused)."""
         for copies in self.sptes.values():
             for c in copies:
-                n += not c[2]
                 c[2] = True
+        n = 0
         for ids in self.live_pages.values():
             for p in ids:
                 if self.pages.obsolete_seq[p] == NONE:
                     self.pages.obsolete_seq[p] = seq
+                    n += 1
         self.j.zap_alls.append((seq, gen, n))
 
     def split(self, seq: int, gfn: int, level: int) -> None:
