@@ -10,7 +10,9 @@ gaps, info), ``reader`` (the chunk loop).
 
 What text cannot carry is null, and the table's schema metadata (``kvmtrace.null.<column>``)
 says why: hashed ``%p`` pointers, the kvm plugin's missing gfn/generation, role words printed
-by their fields. Events without a decoder keep their arguments in a ``text`` column.
+by their fields, ``common_flags``. Events without a decoder keep their arguments in a ``text``
+column. ``kvmtrace.text_forms`` lists the printed forms (kernel eras) an event's lines
+matched, the text's own evidence of the kernel era.
 """
 
 from parsers.text.reader import read_text
