@@ -87,15 +87,17 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
             line_no, reason = min(skipped)
             raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
     common = pl.concat(acc.common) if acc.common else pl.DataFrame()
+    acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
         raise TraceError(f"{os.fspath(path)}: no trace events found; is this ftrace text or trace-cmd report output?")
     ordered = order(common)
+    del common
     specs = catalog()
     by_event = ordered.partition_by("event", as_dict=True)
     tables = {}
-    for (name,), common_rows in by_event.items():
-        rows = pl.concat(acc.rows[name], how="vertical_relaxed")
-        tables[name] = event_table(specs.get(name), common_rows, rows, acc.forms.get(name, set()))
+    for (name,) in list(by_event):
+        rows = pl.concat(acc.rows.pop(name), how="vertical_relaxed")
+        tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()))
     systems = {name: (specs[name].system if name in specs else None) for name in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
