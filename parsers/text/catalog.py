@@ -50,9 +50,11 @@ PTR_REASON = "pointers are hashed in tracefs text (%p, Linux 4.15+ with hash-ptr
 
 @dataclass(frozen=True)
 class Form:
-    """One printed form of an event: a label for the era and the compiled format."""
+    """One printed form of an event: a label for the era, the kernel's format and its slots, compiled."""
 
     era: str
+    fmt: str
+    slots: tuple
     compiled: Compiled
 
 
@@ -76,7 +78,8 @@ class EventSpec:
 
 def _spec(name: str, system: str, fields: str, forms: list[tuple], **kw) -> EventSpec:
     parsed = tuple(tuple(f.split(":")) for f in fields.split())
-    return EventSpec(name, system, parsed, tuple(Form(era, compile_format(fmt, tuple(slots))) for era, fmt, slots in forms), **kw)
+    compiled = tuple(Form(era, fmt, tuple(slots), compile_format(fmt, tuple(slots))) for era, fmt, slots in forms)
+    return EventSpec(name, system, parsed, compiled, **kw)
 
 
 @cache
@@ -189,11 +192,14 @@ def _specs() -> list[EventSpec]:
               [("5.18+", "gfn %llx spte %llx level %d errno %d", ("gfn", "spte", "level", "errno"))]),
         # ---- kvm system
         _spec("kvm_entry", "kvm", "vcpu_id:u32 rip:u64 immediate_exit:bool",
-              [("6.10+", "vcpu %u, rip 0x%lx%s", ("vcpu_id", "rip", Choice("immediate_exit", {"[immediate exit]": 1, "": 0}))),
+              # 6.10+ prints the flag only when set; without it a line is the same as 5.9-6.9's,
+              # where the field does not exist, so a missing flag is unknown, not false.
+              [("6.10+", "vcpu %u, rip 0x%lx%s", ("vcpu_id", "rip", Choice("immediate_exit", {"[immediate exit]": 1}))),
                ("5.9-6.9", "vcpu %u, rip 0x%lx", ("vcpu_id", "rip")),
                ("plugin", "vcpu %u rip 0x%llx", ("vcpu_id", "rip")),
                ("<=5.8", "vcpu %u", ("vcpu_id",))],
-              null_reasons={"rip": "not printed before Linux 5.9", "immediate_exit": "not printed before Linux 6.10"}),
+              null_reasons={"rip": "not printed before Linux 5.9",
+                            "immediate_exit": "printed only when set (6.10+); an unset flag reads like a pre-6.10 line"}),
         _spec("kvm_exit", "kvm", "exit_reason:u32 guest_rip:u64 isa:u32 info1:u64 info2:u64 intr_info:u32 error_code:u32 vcpu_id:u32",
               [("5.11+", "vcpu %u reason %s%s%s rip 0x%lx info1 0x%016llx info2 0x%016llx intr_info 0x%08x error_code 0x%08x",
                 ("vcpu_id", reason, Skip("| "), Text("_rflags", r"FAILED_VMENTRY|0x[0-9a-f]+|"), "guest_rip",

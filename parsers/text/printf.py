@@ -61,8 +61,8 @@ class Skip:
 
 Slot = Union[str, Choice, Flags, Text, Pointer, Skip]
 
-# A conversion: flags, width, length modifier, conversion character.
-_CONV = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z)?(?P<conv>[diuxXpsc%])(?P<ext>K)?")
+#: One printf conversion: flags, width, length modifier, conversion character (and %pK).
+CONVERSION = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z)?(?P<conv>[diuxXpsc%])(?P<ext>K)?")
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
     pos = 0
     last_conv = ""
     it = iter(slots)
-    for m in _CONV.finditer(fmt):
+    for m in CONVERSION.finditer(fmt):
         parts.append(re.escape(fmt[pos : m.start()]))
         pos = m.end()
         conv = last_conv = m["conv"]
