@@ -1,6 +1,8 @@
 """Split the common prefix of ftrace text lines (task, pid, CPU, flags, timestamp, event).
 
-One regex, run by polars over a whole chunk, covers every producer seen in the wild:
+Vectorised over a whole chunk: a capture-free fast path (DFA finds and slices) takes the
+common shape, and one regex with captures (:data:`PREFIX`) the lines it cannot, covering every
+producer seen in the wild:
 
 * tracefs ``trace`` / ``trace_pipe``: ``comm-pid [cpu] flags ts: event: args`` with a 4- or
   5-character flags column (irq-info on) or none, optionally a ``(tgid)`` column;
