@@ -283,10 +283,10 @@ def test_bprint_format_strings(public_dir: Path) -> None:
     assert not any(f.startswith("0x") for f in bprint["fmt"].to_pylist())
 
 
-def _add_instance(src: Path, dst: Path, name: str) -> None:
-    """Hand-made: a second BUFFER option (instance ``name``) that points at the top buffer's
-    pages, in an options section appended to an uncompressed LE v7 file and chained from the
-    last DONE. Real multi-instance recordings need ``trace-cmd record -B``; none is stored."""
+def _append_options(src: Path, dst: Path, options: list[tuple[int, bytes]]) -> bytes:
+    """Hand-made: ``options`` in an options section appended to an uncompressed LE v7 file and
+    chained from its last DONE (as trace-cmd itself chains them). Returns the top BUFFER
+    option's payload, for building instance options from it."""
     raw = bytearray(src.read_bytes())
     cur = Cursor(bytes(raw), len(MAGIC))
     cur.cstr(), cur.u8(), cur.u8(), cur.u32(), cur.cstr(), cur.cstr()
@@ -302,12 +302,19 @@ def _add_instance(src: Path, dst: Path, name: str) -> None:
                 break
             payload = sec.take(size)
             top_buffer = payload if opt_id == Option.BUFFER else top_buffer
-    name_end = 8 + top_buffer[8:].index(b"\0")
-    payload = top_buffer[:8] + name.encode() + top_buffer[name_end:]
-    body = struct.pack("<HI", Option.BUFFER, len(payload)) + payload + struct.pack("<HIQ", Option.DONE, 8, 0)
+    body = b"".join(struct.pack("<HI", i, len(p)) + p for i, p in options) + struct.pack("<HIQ", Option.DONE, 8, 0)
     raw[done_at : done_at + 8] = struct.pack("<Q", len(raw))
     raw += struct.pack("<HHIQ", SECTION_OPTIONS, 0, 0, len(body)) + body
     dst.write_bytes(bytes(raw))
+    return top_buffer
+
+
+def _add_instance(src: Path, dst: Path, name: str) -> None:
+    """Hand-made: a second BUFFER option (instance ``name``) that points at the top buffer's
+    pages. Real multi-instance recordings need ``trace-cmd record -B``; none is stored."""
+    top = _append_options(src, dst, [])
+    name_end = 8 + top[8:].index(b"\0")
+    _append_options(src, dst, [(Option.BUFFER, top[:8] + name.encode() + top[name_end:])])
 
 
 def test_buffer_instances(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
@@ -394,3 +401,19 @@ def test_random_pages_match_trace_cmd(cpus: list, big_endian: bool, small_templa
     ours = [(c, -1 if n is None else n) for c, n in zip(data.gaps["cpu"].to_pylist(), data.gaps["lost"].to_pylist())]
     assert sorted(ours) == sorted(expected_gaps)
     assert sorted((c, -1 if n is None else n) for c, n in report.dropped) == sorted(printed_gaps)
+
+
+def test_tsc2nsec_date_offset(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+    """Timestamp options as trace-cmd applies them: (ts * mult) >> shift, + DATE µs, + OFFSET.
+    Hand-made options on a real file; expected values by hand and by trace-cmd."""
+    v7 = convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path / "v7.dat", 7, "none")
+    raw_first = read_tracedat(v7).info.first_ts
+    out = tmp_path / "opts.dat"
+    _append_options(v7, out, [
+        (Option.TSC2NSEC, struct.pack("<IIQ", 3, 1, 999)),  # the offset 999 is not applied
+        (Option.DATE, b"0x10\0"),
+        (Option.OFFSET, b"-5000\0"),
+    ])
+    data = read_tracedat(out)
+    assert data.info.first_ts == raw_first * 3 // 2 + 16_000 - 5000
+    assert_matches(data, run_report(trace_cmd, out))
