@@ -246,6 +246,16 @@ def test_errors_are_one_line(v6_nested: Path, nested_dir: Path, tmp_path: Path) 
         assert message in text and "\n" not in text, text
 
 
+def test_pre_2631_kernel_is_refused(v6_nested: Path, tmp_path: Path) -> None:
+    """No header_page: the old ring-buffer encoding, refused with a one-line reason."""
+    out = tmp_path / "old.dat"
+    content = content_of(v6_nested)
+    build_tracedat(out, dataclasses.replace(content, header_page=b""), [[c] for c in content.cpu_data],
+                   version=6, compression="none")
+    with pytest.raises(TraceError, match="pre-2.6.31 kernel"):
+        read_tracedat(out)
+
+
 def _first_page_offset(path: Path) -> int:
     from parsers.tracedat.container import parse_container
 

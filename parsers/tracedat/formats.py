@@ -2,8 +2,8 @@
 
 Grammar and flag rules follow libtraceevent's ``event_read_fields``: the type is everything
 between ``field:`` and the last identifier, ``[N]`` marks a fixed array, ``__data_loc`` /
-``__rel_loc`` a dynamic one, a char/u8/s8 array is a string, ``*`` a pointer. Offsets and sizes
-are always taken from the text: kernels leave holes and RT kernels add common fields.
+``__rel_loc`` a dynamic one, a size-0 field the rest of the record. Offsets and sizes are always
+taken from the text: kernels leave holes and RT kernels add common fields.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ class FieldSpec:
     array_len: int = 0  # fixed arrays: element count; 0 for scalars and dynamic arrays
     dynamic: bool = False  # __data_loc / __rel_loc
     relative: bool = False  # __rel_loc: offset counts from the end of this field
-    pointer: bool = False
-    common: bool = False
     trailing: bool = False  # size 0 ("u32 buf[]"): the rest of the record (bprint's args)
 
     @property
@@ -58,10 +56,6 @@ class FieldSpec:
             return _DYNAMIC_ELEMENT_SIZES.get(base, 1)
         return self.size
 
-    @property
-    def is_long(self) -> bool:
-        return "long" in self.type
-
 
 @dataclass(frozen=True)
 class EventFormat:
@@ -77,8 +71,8 @@ class EventFormat:
         return next((f for f in self.fields if f.name == name), None)
 
 
-def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool, bool]:
-    """Split ``unsigned long caller[8]`` into (type, name, array_len, dynamic, relative, pointer).
+def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool]:
+    """Split ``unsigned long caller[8]`` into (type, name, array_len, dynamic, relative).
 
     ``array_len`` is -1 for a fixed array without a length (``u32 buf[]``).
     """
@@ -90,7 +84,7 @@ def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool, bool]:
         dynamic, relative, decl = True, True, decl[len("__rel_loc"):].strip()
     m = re.match(r"^(?P<type>.*?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)\s*(?P<arr>\[[^\]]*\])?\s*$", decl)
     if not m:
-        return decl, decl, 0, dynamic, relative, "*" in decl
+        return decl, decl, 0, dynamic, relative
     ctype = m.group("type").strip()
     arr = m.group("arr")
     array_len = 0
@@ -99,14 +93,13 @@ def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool, bool]:
     if arr and not dynamic:
         nums = re.findall(r"\d+", arr)
         array_len = int(nums[-1]) if nums else -1
-    return ctype, m.group("name"), array_len, dynamic, relative, "*" in ctype
+    return ctype, m.group("name"), array_len, dynamic, relative
 
 
 def parse_format(text: str, system: str) -> EventFormat:
     """Parse one ``events/<system>/<event>/format`` text."""
     name = event_id = None
     fields: list[FieldSpec] = []
-    common = True
     print_fmt = ""
     in_format = False
     for line in text.splitlines():
@@ -119,14 +112,11 @@ def parse_format(text: str, system: str) -> EventFormat:
         elif line.startswith("print fmt:"):
             print_fmt = line[len("print fmt:"):].strip()
             in_format = False
-        elif in_format and not line.strip():
-            if fields:
-                common = False
-        elif in_format:
+        elif in_format and line.strip():
             m = _FIELD_RE.match(line)
             if not m:
                 continue
-            ctype, fname, array_len, dynamic, relative, pointer = _parse_decl(m.group("decl"))
+            ctype, fname, array_len, dynamic, relative = _parse_decl(m.group("decl"))
             signed = m.group("signed")
             size = int(m.group("size"))
             # "u32 buf[]" (or "u32 buf" on old kernels) of size 0: the rest of the record.
@@ -136,8 +126,7 @@ def parse_format(text: str, system: str) -> EventFormat:
             fields.append(FieldSpec(
                 name=fname, type=ctype, offset=int(m.group("offset")), size=size,
                 signed=bool(int(signed)) if signed is not None else False,
-                array_len=array_len, dynamic=dynamic, relative=relative, pointer=pointer,
-                common=common and fname.startswith("common_"), trailing=trailing,
+                array_len=array_len, dynamic=dynamic, relative=relative, trailing=trailing,
             ))
     if name is None or event_id is None:
         raise TraceError(f"corrupt event format in system {system!r} (no name or ID)")
@@ -158,15 +147,21 @@ class PageHeader:
         return self.data_offset + self.data_size
 
 
-def parse_header_page(text: str, fallback_long: int, page_size: int) -> PageHeader:
-    """Parse header_page; an empty one (pre-2.6.31 kernel) falls back like libtraceevent."""
+def parse_header_page(text: str, path: str) -> PageHeader:
+    """Parse header_page: where the commit word and the records are in every page.
+
+    Kernels before 2.6.31 wrote no header_page and used an older record encoding (libtraceevent
+    keeps a separate "old format" walker for it); such files are refused rather than misread.
+    """
     found: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
         m = _FIELD_RE.match(line)
         if m:
-            _, fname, _, _, _, _ = _parse_decl(m.group("decl"))
+            fname = _parse_decl(m.group("decl"))[1]
             found.setdefault(fname, (int(m.group("offset")), int(m.group("size"))))
     if "commit" not in found or "data" not in found:
-        long_size = fallback_long
-        return PageHeader(8, long_size, 8 + long_size, page_size - 8 - long_size)
+        raise TraceError(f"{path}: no ring-buffer page layout (header_page) in this trace.dat: a pre-2.6.31 "
+                         f"kernel's format, which is not supported")
+    if found["commit"][1] not in (4, 8):
+        raise TraceError(f"{path}: corrupt header_page (commit field of {found['commit'][1]} bytes)")
     return PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])

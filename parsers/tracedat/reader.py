@@ -54,7 +54,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
                              f"supported; run 'trace-cmd report' on it and read the text instead")
         opts = decode_options(box.options, box.big_endian)
         catalog = FormatCatalog(box)
-        header = parse_header_page(box.header_page.decode("utf-8", "replace"), box.user_long_size, box.page_size)
+        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath)
         cmdlines = parse_cmdlines(box.cmdlines)
         printk = parse_printk(box.printk)
         names = tuple(b.name for b in box.buffers)
