@@ -173,6 +173,31 @@ def test_merge_when_a_cpu_goes_back_in_time(v6_nested: Path, tmp_path: Path, tra
     assert_matches(data, run_report(trace_cmd, out))
 
 
+def test_array_fields(small_template: "Template", tmp_path: Path, trace_cmd: str) -> None:
+    """Arrays no real recording here has, laid out by hand from the 6.12 format files:
+    dma_unmap_sg (ID 368): __data_loc char[] device @8, __data_loc u64[] addrs @12, enum dir @16,
+    unsigned long attrs @24; ipi_raise (ID 289): __data_loc unsigned long[] target_cpus @8,
+    const char *reason @16; kernel_stack (ID 4): int size @8, unsigned long caller[8] @16."""
+    addrs = [0x1000, 0xFFFF_FFFF_0000_0001, 42]
+    dma = (struct.pack("<HBBiIIIIQ", 368, 0, 0, 9, 6 << 16 | 32, 24 << 16 | 40, 2, 0, 0x30)
+           + b"nvme0\0\0\0" + struct.pack("<3Q", *addrs))
+    ipi = struct.pack("<HBBiIIQ", 289, 0, 0, 9, 16 << 16 | 24, 0, 0xFFFFFFFF81000000) + struct.pack("<2Q", 5, 1 << 63)
+    stack = struct.pack("<HBBiiI8Q", 4, 0, 0, 9, 3, 0, *range(0xA0, 0xA8))
+    page = build_page(1000, [Data(dma), Data(ipi, delta=1), Data(stack, delta=1)])
+    out = tmp_path / "arrays.dat"
+    build_tracedat(out, small_template.content, [[page]], version=6, compression="none")
+    data = read_tracedat(out)
+    row = data.table("dma_unmap_sg").to_pylist()[0]
+    assert (row["device"], row["addrs"], row["dir"], row["attrs"]) == ("nvme0", addrs, 2, 0x30)
+    assert data.table("dma_unmap_sg").schema.field("addrs").type == pa.list_(pa.uint64())
+    ipi_row = data.table("ipi_raise").to_pylist()[0]
+    assert ipi_row["target_cpus"] == [5, 1 << 63] and ipi_row["reason"] == 0xFFFFFFFF81000000
+    stack_row = data.table("kernel_stack").to_pylist()[0]
+    assert stack_row["size"] == 3 and stack_row["caller"] == list(range(0xA0, 0xA8))
+    assert data.table("kernel_stack").schema.field("caller").type == pa.list_(pa.uint64(), 8)
+    assert_matches(data, run_report(trace_cmd, out))
+
+
 def test_32bit_kernel_pages(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
     """4-byte commit word and data at offset 12; a __data_loc string; a 4-byte unsigned long."""
     template = content_of(public_dir / V6_32BIT_FILE)

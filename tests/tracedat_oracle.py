@@ -143,6 +143,8 @@ def parse_number(text: str, conversion: str | None) -> int | None:
         return int(text, 16)
     if conversion in ("x", "X"):
         return int(text, 16)
+    if conversion == "s":  # a pointer field (``const char *reason``) printed raw: hex, no 0x
+        return int(text, 16)
     return int(text, 10)
 
 

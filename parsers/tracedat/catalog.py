@@ -30,7 +30,7 @@ class FormatEntry:
 class FormatCatalog:
     """Event id → format, table name and system; full parse on first use."""
 
-    def __init__(self, box: Container):
+    def __init__(self, box: Container, long_size: int):
         texts = [(FTRACE_SYSTEM, t) for t in box.ftrace_formats] + list(box.event_formats)
         self.entries: list[FormatEntry] = []
         for system, text in texts:
@@ -39,6 +39,7 @@ class FormatCatalog:
                 raise TraceError(f"{box.path}: corrupt event format in system {system!r} (no name or ID)")
             self.entries.append(FormatEntry(int(event_id.group(1)), system, name.group(1).decode(), text))
         self._by_id = {e.id: e for e in self.entries}
+        self._long_size = long_size
         self._parsed: dict[int, EventFormat] = {}
         self.table_names = self._table_names()
 
@@ -62,7 +63,7 @@ class FormatCatalog:
         fmt = self._parsed.get(event_id)
         if fmt is None:
             e = self._by_id[event_id]
-            fmt = self._parsed[event_id] = parse_format(e.text.decode("utf-8", "replace"), e.system)
+            fmt = self._parsed[event_id] = parse_format(e.text.decode("utf-8", "replace"), e.system, self._long_size)
         return fmt
 
     def ids_of_systems(self, systems: set[str]) -> list[int]:

@@ -141,8 +141,10 @@ class FieldReader:
         if field.array_len:
             if field.is_string:
                 return self.text_rows(raw)
-            el = field.element_size
-            return pa.FixedSizeListArray.from_arrays(numeric(self._ints(raw, el, field.signed)), field.array_len)
+            if not field.is_int_list:
+                return self.binary(pos + field.offset, np.full(len(pos), field.size, np.int64))
+            values = self._ints(raw, field.element_size, field.element_signed)
+            return pa.FixedSizeListArray.from_arrays(numeric(values), field.array_len)
         if field.size == 1 and field.type.strip() == "bool":
             return numeric(raw[:, 0] != 0)
         if field.size not in (1, 2, 4, 8):
@@ -164,18 +166,12 @@ class FieldReader:
         off, length = np.where(outside, 0, off), np.where(outside, 0, length)
         if field.is_string:
             return self.c_strings(pos + off, length)
+        if not field.is_int_list:
+            return self.binary(pos + off, length)
         el = field.element_size
         count = length // el
         data, _ = self.byte_runs(pos + off, count * el)
-        values = self._ints(data, el, signed_element_type(field.type))
+        values = self._ints(data, el, field.element_signed)
         list_offsets = np.zeros(len(count) + 1, np.int32)
         np.cumsum(count, out=list_offsets[1:])
         return pa.ListArray.from_arrays(numeric(list_offsets), numeric(values))
-
-
-def signed_element_type(ctype: str) -> bool:
-    """Element signedness of a dynamic array from its C type (the format's ``signed`` is the word's)."""
-    t = ctype.strip()
-    if "unsigned" in t:
-        return False
-    return (t.startswith("s") and t[1:].isdigit()) or t in ("int", "short", "long", "long long", "signed char")

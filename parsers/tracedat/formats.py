@@ -17,8 +17,13 @@ _FIELD_RE = re.compile(
     r"^\s*field(?: special)?:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"
     r"(?:\s*signed:(?P<signed>-?\d+);)?"
 )
-_DYNAMIC_ELEMENT_SIZES = {"u8": 1, "s8": 1, "char": 1, "u16": 2, "s16": 2, "u32": 4, "s32": 4,
-                          "u64": 8, "s64": 8}
+#: Element (size, signed) of dynamic arrays by C type ("long" and bitmasks: the kernel's long).
+_ELEMENT_TYPES = {
+    "u8": (1, False), "u16": (2, False), "u32": (4, False), "u64": (8, False),
+    "s8": (1, True), "s16": (2, True), "s32": (4, True), "s64": (8, True),
+    "char": (1, True), "bool": (1, False), "short": (2, True), "int": (4, True), "long long": (8, True),
+}
+_LONG_TYPES = ("long", "cpumask_t")
 
 
 @dataclass(frozen=True)
@@ -33,6 +38,8 @@ class FieldSpec:
     array_len: int = 0  # fixed arrays: element count; 0 for scalars and dynamic arrays
     dynamic: bool = False  # __data_loc / __rel_loc
     relative: bool = False  # __rel_loc: offset counts from the end of this field
+    element_size: int = 0  # arrays: bytes per element; scalars: the size
+    element_signed: bool = False  # arrays: element signedness (dynamic: from the C type)
     trailing: bool = False  # size 0 ("u32 buf[]"): the rest of the record (bprint's args)
 
     @property
@@ -47,14 +54,9 @@ class FieldSpec:
         return self.is_array and "char" in self.type
 
     @property
-    def element_size(self) -> int:
-        """Bytes per element of an array (dynamic arrays: from the type name, default 1)."""
-        if self.array_len:
-            return max(self.size // self.array_len, 1)
-        if self.dynamic:
-            base = self.type.replace("unsigned", "").strip()
-            return _DYNAMIC_ELEMENT_SIZES.get(base, 1)
-        return self.size
+    def is_int_list(self) -> bool:
+        """An array of integers (not text, elements of 1, 2, 4 or 8 bytes): a list column."""
+        return self.is_array and not self.is_string and not self.trailing and self.element_size in (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -96,8 +98,19 @@ def _parse_decl(decl: str) -> tuple[str, str, int, bool, bool]:
     return ctype, m.group("name"), array_len, dynamic, relative
 
 
-def parse_format(text: str, system: str) -> EventFormat:
-    """Parse one ``events/<system>/<event>/format`` text."""
+def _element(ctype: str, long_size: int) -> tuple[int, bool]:
+    """(size, signed) of one element of a dynamic array of C type ``ctype`` (bytes if unknown)."""
+    t = ctype.replace("const ", "").strip().lstrip("_")
+    unsigned = "unsigned" in t
+    t = " ".join(w for w in t.split() if w not in ("unsigned", "signed"))
+    if t in _LONG_TYPES:
+        return long_size, not unsigned and t == "long"
+    size, signed = _ELEMENT_TYPES.get(t or "int", (1, False))
+    return size, signed and not unsigned
+
+
+def parse_format(text: str, system: str, long_size: int) -> EventFormat:
+    """Parse one ``events/<system>/<event>/format`` text (``long_size``: the kernel's)."""
     name = event_id = None
     fields: list[FieldSpec] = []
     print_fmt = ""
@@ -123,10 +136,17 @@ def parse_format(text: str, system: str) -> EventFormat:
             trailing = size == 0 and not dynamic
             if array_len < 0:  # "[TASK_COMM_LEN]": a length we cannot read; bytes then
                 array_len = 0 if trailing else size
+            is_signed = bool(int(signed)) if signed is not None else False
+            if dynamic:  # the format's size/signed describe the 32-bit location word
+                element = _element(ctype, long_size)
+            elif array_len:
+                element = (max(size // array_len, 1), is_signed)
+            else:
+                element = (size, is_signed)
             fields.append(FieldSpec(
-                name=fname, type=ctype, offset=int(m.group("offset")), size=size,
-                signed=bool(int(signed)) if signed is not None else False,
+                name=fname, type=ctype, offset=int(m.group("offset")), size=size, signed=is_signed,
                 array_len=array_len, dynamic=dynamic, relative=relative, trailing=trailing,
+                element_size=element[0], element_signed=element[1],
             ))
     if name is None or event_id is None:
         raise TraceError(f"corrupt event format in system {system!r} (no name or ID)")

@@ -53,8 +53,8 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
             raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
                              f"supported; run 'trace-cmd report' on it and read the text instead")
         opts = decode_options(box.options, box.big_endian)
-        catalog = FormatCatalog(box)
         header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath)
+        catalog = FormatCatalog(box, header.commit_size)
         cmdlines = parse_cmdlines(box.cmdlines)
         printk = parse_printk(box.printk)
         names = tuple(b.name for b in box.buffers)

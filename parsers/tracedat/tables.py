@@ -12,7 +12,7 @@ import pyarrow as pa
 from parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
 from parsers.tracedat.arrow import empty_table, numeric, strings
 from parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
-from parsers.tracedat.columns import FieldReader, signed_element_type
+from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.factorize import factorize, lookup
 from parsers.tracedat.formats import EventFormat, FieldSpec
 from parsers.tracedat.merge import Merged
@@ -25,25 +25,24 @@ BPRINT_EVENT = "bprint"
 UNKNOWN_EVENT = "<unknown>"
 
 
+def _int_type(size: int, signed: bool) -> pa.DataType:
+    return getattr(pa, f"{'int' if signed else 'uint'}{size * 8}")()
+
+
 def arrow_type(field: FieldSpec) -> pa.DataType:
     """The Arrow type :meth:`FieldReader.column` produces for ``field``."""
-    if field.dynamic or field.trailing:
-        if field.is_string:
-            return pa.string()
-        if field.trailing:
-            return pa.binary()
-        el = field.element_size
-        return pa.list_(getattr(pa, f"{'int' if signed_element_type(field.type) else 'uint'}{el * 8}")())
-    if field.array_len:
-        if field.is_string:
-            return pa.string()
-        el = field.element_size
-        return pa.list_(getattr(pa, f"{'int' if field.signed else 'uint'}{el * 8}")(), field.array_len)
+    if field.is_string:
+        return pa.string()
+    if field.is_int_list:
+        value = _int_type(field.element_size, field.element_signed)
+        return pa.list_(value) if field.dynamic else pa.list_(value, field.array_len)
+    if field.is_array:
+        return pa.binary()
     if field.size == 1 and field.type.strip() == "bool":
         return pa.bool_()
     if field.size not in (1, 2, 4, 8):
         return pa.binary()
-    return getattr(pa, f"{'int' if field.signed else 'uint'}{field.size * 8}")()
+    return _int_type(field.size, field.signed)
 
 
 def event_schema(fmt: EventFormat) -> pa.Schema:
