@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import struct
+import warnings
 import subprocess
 from pathlib import Path
 
@@ -452,3 +453,30 @@ def test_tsc2nsec_date_offset(public_dir: Path, tmp_path: Path, trace_cmd: str) 
     data = read_tracedat(out)
     assert data.info.first_ts == raw_first * 3 // 2 + 16_000 - 5000
     assert_matches(data, run_report(trace_cmd, out))
+
+
+@settings(max_examples=40, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(damage=st.lists(st.tuples(st.floats(0, 1, exclude_max=True), st.integers(0, 255)), min_size=1, max_size=20),
+       cut=st.one_of(st.none(), st.floats(0, 1)))
+def test_damaged_files_fail_cleanly(damage: list, cut: float | None, zstd_small: bytes, tmp_path: Path) -> None:
+    """Random byte damage or truncation anywhere: a result or a TraceError, never a crash."""
+    raw = bytearray(zstd_small)
+    for where, value in damage:
+        raw[int(where * len(raw))] = value
+    if cut is not None:
+        raw = raw[: int(cut * len(raw))]
+    out = tmp_path / "damaged.dat"
+    out.write_bytes(bytes(raw))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TraceWarning)
+            read_tracedat(out)
+    except TraceError as err:
+        assert "\n" not in str(err)
+
+
+@pytest.fixture(scope="module")
+def zstd_small(tmp_path_factory: pytest.TempPathFactory, public_dir: Path, trace_cmd: str) -> bytes:
+    """A small real recording as v7 zstd (sections, options chain, chunks: most to damage)."""
+    return convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path_factory.mktemp("z") / "z.dat", 7, "zstd").read_bytes()

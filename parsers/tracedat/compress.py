@@ -17,6 +17,8 @@ from parsers.tracedat.constants import COMPRESSION_NONE, COMPRESSION_ZLIB, COMPR
 from parsers.tracedat.cursor import Cursor
 
 SUPPORTED = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
+#: Largest uncompressed chunk believed (trace-cmd writes 10 pages; sub-buffers are <= 1 MiB).
+MAX_CHUNK = 1 << 26
 
 
 class Decompressor:
@@ -94,7 +96,10 @@ def chunk_table(cur: Cursor, end: int) -> tuple[list[Chunk], int]:
     for i in range(count):
         if cur.pos + 8 > limit:
             return chunks, count - i
+        where = cur.base + cur.pos
         csize, size = cur.u32(), cur.u32()
+        if size > MAX_CHUNK:
+            raise TraceError(f"{cur.path}: corrupt compressed chunk at byte {where} (claims {size} bytes)")
         if cur.pos + csize > limit:
             return chunks, count - i
         chunks.append(Chunk(cur.pos, csize, size))

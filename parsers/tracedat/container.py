@@ -35,6 +35,10 @@ from parsers.tracedat.cursor import Cursor
 from parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
 
 
+#: Largest CPU number believed (the ``cpu`` column is int16).
+MAX_CPU = 32767
+
+
 def parse_container(buf: bytes | mmap.mmap, path: str) -> Container:
     """Read the initial header and dispatch to the v6 or v7 layout."""
     if not buf[: len(MAGIC)] == MAGIC:
@@ -231,6 +235,9 @@ def _read_v7_buffer(cur: Cursor, box: Container, payload: bytes) -> BufferSpec:
     clock = opt.cstr() or None
     page_size = opt.u32()
     streams = tuple(CpuStream(opt.u32(), opt.u64(), opt.u64()) for _ in range(opt.u32()))
+    cpus = [s.cpu for s in streams]
+    if len(set(cpus)) != len(cpus) or any(c > MAX_CPU for c in cpus):
+        raise TraceError(f"{box.path}: corrupt trace.dat: buffer {name!r} lists CPUs {cpus[:8]}")
     head = cur.at(sec_offset)
     if head.u16() != Option.BUFFER:
         raise TraceError(f"{box.path}: corrupt trace.dat: buffer {name!r} section missing at byte {sec_offset}")

@@ -41,11 +41,15 @@ def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: i
     for stream in sorted(spec.cpus, key=lambda s: s.cpu):
         if stream.size == 0:
             continue
+        if stream.offset >= file_size:
+            warnings.append(f"{box.path}: file cut short: CPU {stream.cpu}'s data should start at byte "
+                            f"{stream.offset}, past the end of the file ({file_size} bytes); no pages kept")
+            continue
         if spec.compressed:
             # The stored size does not count the leading u32 chunk count (trace-cmd 3.1 writer).
             expected = stream.size + COMPRESS_CHUNK_COUNT_SIZE
             f.seek(stream.offset)
-            raw = f.read(expected)
+            raw = f.read(min(expected, file_size - stream.offset))
             chunks, lost = chunk_table(Cursor(raw, big_endian=box.big_endian, path=box.path,
                                               base=stream.offset), len(raw))
             size = sum(c.size for c in chunks)
