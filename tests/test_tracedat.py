@@ -353,13 +353,19 @@ def _add_instance(src: Path, dst: Path, name: str) -> None:
     _append_options(src, dst, [(Option.BUFFER, top[:8] + name.encode() + top[name_end:])])
 
 
-def test_buffer_instances(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+@pytest.mark.parametrize("version", [7, 6])
+def test_buffer_instances(version: int, public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+    """v7 instance built by hand; the v6 one is trace-cmd's own conversion of it (v6 keeps each
+    instance's flyrecord table at the offset its BUFFER option names)."""
     v7 = convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path / "v7.dat", 7, "none")
     out = tmp_path / "inst.dat"
     _add_instance(v7, out, "second")
+    if version == 6:
+        out = convert(trace_cmd, out, tmp_path / "inst6.dat", 6, "none")
     report = run_report(trace_cmd, out)
     assert list(report.instances) == ["second"]
     top = read_tracedat(out)
+    assert top.info.version == version
     assert top.info.instances == ("second",) and list(top.instances) == ["second"]
     assert_matches(top, report)
     second = read_tracedat(out, instance="second")
