@@ -383,7 +383,7 @@ _record = st.one_of(
     st.builds(lambda d, large: ("data", d, large), st.integers(0, (1 << 27) - 1), st.booleans()),
     st.builds(lambda d: ("extend", d), st.integers(0, (1 << 40))),
     st.builds(lambda t: ("stamp", t), st.integers(0, 1 << 50)),
-    st.builds(lambda size, d: ("pad", size, d), st.integers(2, 16).map(lambda w: w * 4), st.integers(1, 1000)),
+    st.builds(lambda size, d: ("pad", size, d), st.integers(2, 16).map(lambda w: w * 4), st.integers(0, 1000)),
 )
 _page = st.tuples(st.integers(0, 1 << 48), st.lists(_record, min_size=0, max_size=40),
                   st.sampled_from([None, 0, 7]))
