@@ -104,7 +104,13 @@ class TraceData:
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
     def table(self, name: str) -> pa.Table:
-        """The table of one event, by bare name (``kvm_mmu_set_spte``) or ``system:name``."""
+        """The table of one event, by bare name (``kvm_mmu_set_spte``) or ``system:name``.
+
+        A name two systems share is stored bare for the first and as ``system:name`` for the
+        later one, so an exact key wins before the bare-name fallback.
+        """
+        if name in self.tables:
+            return self.tables[name]
         bare = name.split(":", 1)[-1]
         try:
             return self.tables[bare]

@@ -26,7 +26,7 @@ from parsers.schema import TraceData
 from parsers.tracedat import read_tracedat
 from parsers.tracedat.constants import MAGIC, SECTION_HEADER_SIZE, SECTION_OPTIONS, Option
 from parsers.tracedat.cursor import Cursor
-from kvmtrace.record.tracedat_writer import TraceDatContent
+from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent
 from tracedat_builder import Data, Padding, TimeExtend, TimeStamp, build_page, build_tracedat, content_of
 from tracedat_oracle import assert_matches, run_report
 
@@ -196,6 +196,26 @@ def test_array_fields(small_template: "Template", tmp_path: Path, trace_cmd: str
     stack_row = data.table("kernel_stack").to_pylist()[0]
     assert stack_row["size"] == 3 and stack_row["caller"] == list(range(0xA0, 0xA8))
     assert data.table("kernel_stack").schema.field("caller").type == pa.list_(pa.uint64(), 8)
+    assert_matches(data, run_report(trace_cmd, out))
+
+
+def test_event_name_shared_by_two_systems(small_template: "Template", tmp_path: Path, trace_cmd: str) -> None:
+    """Hand-made: a second system ("zsys", after the real ones) with its own event of the same
+    name (ID 60000). The later one's table is qualified as ``system:name``."""
+    text = next(t for system in small_template.content.systems for t in system.formats if b"ID: 1588\n" in t)
+    twin = EventSystem("zsys", (text.replace(b"ID: 1588\n", b"ID: 60000\n"),))
+    content = dataclasses.replace(small_template.content, systems=small_template.content.systems + (twin,))
+    other = struct.pack("<H", 60000) + spte_payload(1, 2, 0, 0, 1)[2:]
+    page = build_page(1000, [Data(spte_payload(1, 1, 0, 0, 1)), Data(other, delta=1)])
+    out = tmp_path / "twins.dat"
+    build_tracedat(out, content, [[page]], version=6, compression="none")
+    data = read_tracedat(out)
+    assert data.table("kvm_tdp_mmu_spte_changed")["gfn"].to_pylist() == [1]
+    assert data.table("kvmmmu:kvm_tdp_mmu_spte_changed")["gfn"].to_pylist() == [1]
+    assert data.table("zsys:kvm_tdp_mmu_spte_changed")["gfn"].to_pylist() == [2]
+    assert data.events["event"].cast(pa.string()).to_pylist() == [
+        "kvm_tdp_mmu_spte_changed", "zsys:kvm_tdp_mmu_spte_changed"]
+    assert data.events["system"].cast(pa.string()).to_pylist() == ["kvmmmu", "zsys"]
     assert_matches(data, run_report(trace_cmd, out))
 
 
