@@ -1,8 +1,9 @@
-"""Columnar field decoding: one numpy gather per field, straight into Arrow arrays.
+"""Columnar field decoding: from the page buffer straight into Arrow arrays.
 
-Given the payload offsets of every record of one event type, each field is read for all of them
-at once: aligned integers through word views of the page buffer, anything else through one
-byte gather, strings and dynamic arrays through offset arithmetic (no Python object per event).
+Given the payload offsets of every record of one event type, the fixed part of all the records
+is copied with one gather into a small (rows × width) matrix; each fixed-offset field is then a
+column slice of it, viewed as the right integer type. Strings and dynamic arrays go through
+offset arithmetic over the buffer. No Python object per event.
 """
 
 from __future__ import annotations
@@ -22,11 +23,7 @@ class FieldReader:
         self.big_endian = big_endian
         e = ">" if big_endian else "<"
         n = len(buf)
-        self._views = {
-            2: buf[: n & ~1].view(e + "u2"),
-            4: buf[: n & ~3].view(e + "u4"),
-            8: buf[: n & ~7].view(e + "u8"),
-        }
+        self._views = {2: buf[: n & ~1].view(e + "u2"), 4: buf[: n & ~3].view(e + "u4")}
         self._e = e
 
     # ------------------------------------------------------------------ integers
