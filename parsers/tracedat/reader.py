@@ -108,8 +108,8 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
         event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         lost_events=lost, lost_unknown=lost_unknown,
-        first_ts=int(ts[0]) if len(ts) else None,
-        last_ts=int(ts[-1]) if len(ts) else None,
+        first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
+        last_ts=int(ts.max()) if len(ts) else None,
         instances=others, warnings=tuple(notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)
