@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from kvmtrace.report.evidence import column_ts, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
+from kvmtrace.report.traceinfo import info_dict
 from parsers.schema import TraceData
 from replays.results import ReplayResult
 
@@ -131,10 +132,6 @@ class Report:
 
 def trace_facts(data: TraceData, path: str) -> TraceFacts:
     """The recording's facts (also what a notebook shows for a bare ``Trace``)."""
-    # Imported here: kvmtrace.commands.info registers a CLI command on import, and the CLI in
-    # turn imports this package through ``analyze``; a top-level import would be circular.
-    from kvmtrace.commands.info import info_dict
-
     info = data.info
     fmt = info.source + (f" v{info.version}" if info.version else "")
     if info.compression != "none":

@@ -1,0 +1,53 @@
+"""The facts of a recording (:class:`parsers.schema.TraceInfo`) as JSON and as text.
+
+Shared by ``kvmtrace info`` and the reports (the ``trace`` object of ``analyze --format json`` is
+the same dictionary ``info --json`` prints), so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from parsers.schema import TraceInfo
+
+
+def info_dict(info: TraceInfo) -> dict:
+    """The JSON form of :class:`TraceInfo` (also the ``trace`` object of ``analyze --format json``)."""
+    d = asdict(info)
+    d["total_events"] = info.total_events
+    d["events"] = dict(sorted(d.pop("event_counts").items(), key=lambda kv: (-kv[1], kv[0])))
+    d["lost_events"] = {str(k): v for k, v in info.lost_events.items()}
+    d["lost_unknown"] = {str(k): v for k, v in info.lost_unknown.items()}
+    d["instances"] = list(info.instances)
+    d["warnings"] = list(info.warnings)
+    return d
+
+
+def render_info(info: TraceInfo) -> str:
+    lines = [
+        f"file:         {info.path}",
+        f"format:       {info.source}" + (f" v{info.version}" if info.version else "")
+        + (f", {info.compression}" if info.compression != "none" else ""),
+        f"kernel:       {info.kernel or 'unknown'}" + (f"  ({info.uname})" if info.uname else ""),
+        f"cpus:         {info.cpus}",
+        f"clock:        {info.clock or 'unknown'}",
+    ]
+    if info.first_ts is not None and info.last_ts is not None:
+        span = (info.last_ts - info.first_ts) / 1e9
+        lines.append(f"span:         {info.first_ts / 1e9:.6f} .. {info.last_ts / 1e9:.6f}  ({span:.6f} s)")
+    lost = sum(info.lost_events.values())
+    unknown = sum(info.lost_unknown.values())
+    lost_txt = f"{lost}" + (f" (+{unknown} gaps of unknown size)" if unknown else "")
+    if lost or unknown:
+        per_cpu = ", ".join(f"cpu{c}: {n}" for c, n in sorted(info.lost_events.items()) if n)
+        lost_txt += f"  [{per_cpu}]" if per_cpu else ""
+    lines.append(f"lost events:  {lost_txt}")
+    if info.source == "text":
+        lines.append(f"skipped lines: {info.skipped_lines}")
+    if info.instances:
+        lines.append(f"instances:    {', '.join(info.instances)}")
+    lines.append(f"events:       {info.total_events}")
+    counts = sorted(info.event_counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    width = max((len(name) for name, _ in counts), default=0)
+    lines += [f"  {name:<{width}}  {n:>10}" for name, n in counts]
+    return "\n".join(lines)
