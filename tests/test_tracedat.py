@@ -219,20 +219,27 @@ def test_event_name_shared_by_two_systems(small_template: "Template", tmp_path: 
     assert_matches(data, run_report(trace_cmd, out))
 
 
-def test_32bit_kernel_pages(public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
-    """4-byte commit word and data at offset 12; a __data_loc string; a 4-byte unsigned long."""
+@pytest.mark.parametrize("big_endian", [False, True], ids=["le", "be"])
+def test_32bit_kernel_pages(big_endian: bool, public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+    """4-byte commit word and data at offset 12; a __data_loc string; a 4-byte unsigned long
+    (the big-endian variant stands for a 32-bit big-endian machine, which no stored file is)."""
     template = content_of(public_dir / V6_32BIT_FILE)
     assert b"size:4;" in template.header_page.split(b"commit")[1][:40]
-    # cdev_update (ID 358): __data_loc char[] type @8, unsigned long target @12 (size 4).
-    payload = struct.pack("<HBBiHHI", 358, 0, 0, 42, 16, 8, 12345) + b"gpu-x\0\0\0"
-    page = build_page(1000, [Data(payload), Data(payload, delta=9)], long_size=4, missed_events=3)
+    # cdev_update (ID 358): __data_loc char[] type @8 (string at 16, 8 bytes), unsigned long target @12.
+    order = ">" if big_endian else "<"
+    payload = struct.pack(order + "HBBiII", 358, 0, 0, 42, 8 << 16 | 16, 12345) + b"gpu-x\0\0\0"
+    page = build_page(1000, [Data(payload), Data(payload, delta=9)], long_size=4, missed_events=3,
+                      big_endian=big_endian)
     out = tmp_path / "32.dat"
     build_tracedat(out, template, [[page]] + [[] for _ in template.cpu_data[1:]], version=6,
-                   compression="none")
+                   compression="none", big_endian=big_endian)
     data = read_tracedat(out)
-    assert data.info.long_size == 4
+    assert (data.info.long_size, data.info.big_endian) == (4, big_endian)
     cdev = data.table("cdev_update")
-    assert cdev.to_pylist()[1] | {} == {**cdev.to_pylist()[1], "type": "gpu-x", "target": 12345, "ts": 1009}
+    assert cdev.select(["ts", "pid", "type", "target"]).to_pylist() == [
+        {"ts": 1000, "pid": 42, "type": "gpu-x", "target": 12345},
+        {"ts": 1009, "pid": 42, "type": "gpu-x", "target": 12345},
+    ]
     assert cdev.schema.field("target").type == pa.uint32()
     assert data.gaps["lost"].to_pylist() == [3]
     assert_matches(data, run_report(trace_cmd, out))
