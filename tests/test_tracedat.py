@@ -263,13 +263,43 @@ def test_cut_short_keeps_complete_pages(v6_nested: Path, tmp_path: Path) -> None
             full.events.filter(pa.compute.equal(full.events["cpu"], cpu)).num_rows
 
 
-def test_cut_short_v7_is_an_error(nested_dir: Path, tmp_path: Path) -> None:
-    """v7 writers put the options that locate the CPU data after the data; a v7 file cut short
-    has lost them, so (like trace-cmd) the reader can only say where the file ends."""
-    raw = (nested_dir / NESTED_FILE).read_bytes()
+@pytest.mark.parametrize("cut", [40_000, 60_000, 10_000])
+def test_cut_short_v7_zstd_salvages_the_streams(cut: int, nested_dir: Path, tmp_path: Path) -> None:
+    """v7 writers put the options that locate the CPU data after it; a v7 zstd file cut in its
+    data still yields every complete chunk of every CPU stream that began before the cut: each
+    CPU's events are a prefix of the full file's, decoded identically."""
+    src = nested_dir / NESTED_FILE
+    raw = src.read_bytes()
     out = tmp_path / "cutz.dat"
-    out.write_bytes(raw[: len(raw) - 40_000])
-    with pytest.raises(TraceError, match=f"truncated at byte {len(raw) - 40_000} "):
+    out.write_bytes(raw[: len(raw) - cut])
+    with pytest.warns(TraceWarning, match="options that locate the CPU data were lost"):
+        data = read_tracedat(out)
+    assert any("numbered 0-1 in file order" in w for w in data.info.warnings)
+    full = read_tracedat(src)
+    assert 0 < data.info.total_events < full.info.total_events
+    for cpu in (0, 1):
+        part, whole = _cpu_rows(data, cpu), _cpu_rows(full, cpu)
+        assert part == whole[: len(part)]
+        spte = data.table("kvm_tdp_mmu_spte_changed")
+        spte_full = full.table("kvm_tdp_mmu_spte_changed")
+        mine = spte.filter(pa.compute.equal(spte["cpu"], cpu)).drop_columns(["seq"])
+        theirs = spte_full.filter(pa.compute.equal(spte_full["cpu"], cpu)).drop_columns(["seq"])
+        assert mine.equals(theirs.slice(0, mine.num_rows))
+
+
+def _cpu_rows(data: TraceData, cpu: int) -> list[tuple]:
+    ev = data.events.filter(pa.compute.equal(data.events["cpu"], cpu))
+    return list(zip(ev["ts"].to_pylist(), ev["pid"].to_pylist(), ev["comm"].to_pylist(),
+                    ev["event"].cast(pa.string()).to_pylist()))
+
+
+def test_cut_short_v7_uncompressed_is_an_error(nested_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
+    """Without compression nothing marks where one CPU's pages end: only the position is said."""
+    v7 = convert(trace_cmd, nested_dir / NESTED_FILE, tmp_path / "v7.dat", 7, "none")
+    raw = v7.read_bytes()
+    out = tmp_path / "cut.dat"
+    out.write_bytes(raw[: len(raw) - 100_000])
+    with pytest.raises(TraceError, match=f"truncated at byte {len(raw) - 100_000} "):
         read_tracedat(out)
 
 

@@ -22,6 +22,7 @@ from parsers.tracedat.constants import (
     HEADER_PAGE_TAG,
     MAGIC,
     SECTION_FLAG_COMPRESSED,
+    SECTION_HEADER_SIZE,
     SECTION_OPTIONS,
     SUPPORTED_VERSIONS,
     TAIL_FLYRECORD,
@@ -33,6 +34,7 @@ from parsers.tracedat.constants import (
 )
 from parsers.tracedat.cursor import Cursor
 from parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
+from parsers.tracedat.salvage import salvage_top_buffer
 
 
 #: Largest CPU number believed (the ``cpu`` column is int16).
@@ -190,16 +192,29 @@ def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int
     return sec_id, Cursor(cur.buf[start : start + size], big_endian=box.big_endian, path=box.path, base=start)
 
 
+def _section_fits(cur: Cursor, offset: int) -> bool:
+    """Whether the whole section at ``offset`` (header and payload) is inside the file."""
+    if offset + SECTION_HEADER_SIZE > len(cur.buf):
+        return False
+    return offset + SECTION_HEADER_SIZE + cur.number(cur.buf[offset + 8 : offset + 16], "Q") <= len(cur.buf)
+
+
 def _read_v7(cur: Cursor, box: Container) -> None:
     box.compression = cur.cstr()
     cur.cstr()  # compression library version: informational
     dec = Decompressor(box.compression, box.path)
     first_options = cur.u64()
+    first_section = cur.pos
     offset, seen = first_options, set()
+    cut_at: TraceError | None = None
     while offset:
         if offset in seen:
             raise TraceError(f"{box.path}: corrupt trace.dat: options chain loops at byte {offset}")
         seen.add(offset)
+        if offset > first_options and not _section_fits(cur, offset):
+            # A later options section lost to a cut (trace-cmd writes it after the data).
+            cut_at = cur.at(offset).truncated(SECTION_HEADER_SIZE)
+            break
         _, opts = _section_payload(cur, box, dec, offset, expect=SECTION_OPTIONS)
         offset = 0
         while opts.remaining:
@@ -221,6 +236,16 @@ def _read_v7(cur: Cursor, box: Container) -> None:
             box.buffers.append(_read_v7_buffer(cur, box, opt.payload))
         elif opt.id == Option.BUFFER_TEXT:
             box.latency = True
+    if cut_at is not None and not any(b.name == "" for b in box.buffers):
+        top = salvage_top_buffer(cur, box, first_section)
+        if top is None or not top.cpus:
+            raise cut_at
+        box.warnings.append(
+            f"{box.path}: file cut short at byte {len(cur.buf)}: the options that locate the CPU data "
+            f"were lost; recovered {len(top.cpus)} CPU stream(s) from the buffer section, numbered "
+            f"0-{len(top.cpus) - 1} in file order (exact if every CPU recorded events)"
+        )
+        box.buffers.append(top)
     box.buffers.sort(key=lambda b: b.name != "")
     if box.buffers and box.clock is None:
         box.clock = box.buffers[0].clock

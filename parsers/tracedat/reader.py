@@ -78,7 +78,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
 def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
                  others: tuple[str, ...]) -> TraceData:
-    notes: list[str] = []
+    notes: list[str] = list(box.warnings)
     if opts.has_time_shift:
         notes.append(f"{box.path}: guest recording with a TIME_SHIFT option: timestamps are the guest's own "
                      f"clock, not corrected to the host (trace-cmd report applies the correction)")
