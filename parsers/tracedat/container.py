@@ -34,7 +34,7 @@ from parsers.tracedat.constants import (
 )
 from parsers.tracedat.cursor import Cursor
 from parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
-from parsers.tracedat.salvage import salvage_top_buffer
+from parsers.tracedat.salvage import cpus_with_events, salvage_top_buffer
 
 
 #: Largest CPU number believed (the ``cpu`` column is int16).
@@ -237,13 +237,15 @@ def _read_v7(cur: Cursor, box: Container) -> None:
         elif opt.id == Option.BUFFER_TEXT:
             box.latency = True
     if cut_at is not None and not any(b.name == "" for b in box.buffers):
-        top = salvage_top_buffer(cur, box, first_section)
+        with_events = cpus_with_events([o.payload for o in box.options if o.id == Option.CPUSTAT])
+        top = salvage_top_buffer(cur, box, first_section, with_events)
         if top is None or not top.cpus:
             raise cut_at
+        rule = ("assigned to the CPUs whose CPUSTAT reports events" if len(top.cpus) <= len(with_events)
+                else "numbered in file order (exact if every CPU recorded events)")
         box.warnings.append(
             f"{box.path}: file cut short at byte {len(cur.buf)}: the options that locate the CPU data "
-            f"were lost; recovered {len(top.cpus)} CPU stream(s) from the buffer section, numbered "
-            f"0-{len(top.cpus) - 1} in file order (exact if every CPU recorded events)"
+            f"were lost; recovered {len(top.cpus)} CPU stream(s) from the buffer section, {rule}"
         )
         box.buffers.append(top)
     box.buffers.sort(key=lambda b: b.name != "")

@@ -6,9 +6,11 @@ options come first and survive, and the BUFFER section's own header is intact; w
 each CPU's stream inside it is self-delimiting (page-aligned, a u32 chunk count, then
 size-prefixed chunks). That is enough to find every stream that began before the cut.
 
-What cannot be recovered is which CPU each stream belongs to: trace-cmd writes the CPUs that
-recorded something in ascending order, so the streams are numbered 0, 1, ... in file order, which
-is exact when every CPU recorded events (the usual case) and says so in the warning.
+Which CPU each stream belongs to is not in the section: trace-cmd writes the CPUs that recorded
+something in ascending order. The CPUSTAT options (written before the data by ``trace-cmd
+record``) say how many events each CPU's buffer gave up ("read events"), so the streams are
+assigned, in order, to the CPUs with events; without CPUSTAT they are numbered 0, 1, ... (exact
+when every CPU recorded events), and the warning says which rule was used.
 """
 
 from __future__ import annotations
@@ -34,8 +36,27 @@ def _sections(cur: Cursor, start: int) -> list[tuple[int, int, int, int]]:
     return found
 
 
-def salvage_top_buffer(cur: Cursor, box: Container, first_section: int) -> BufferSpec | None:
-    """The top buffer's CPU streams found by walking the BUFFER section; None if not possible."""
+def cpus_with_events(cpustat: list[bytes]) -> list[int]:
+    """CPUs whose CPUSTAT text reports read events, ascending (top buffer's stats only)."""
+    cpus = []
+    for text in cpustat:
+        fields = dict(line.split(":", 1) for line in text.decode("utf-8", "replace").splitlines() if ":" in line)
+        if "Buffer" in fields:  # an instance's stats follow: not the top buffer's
+            break
+        try:
+            if int(fields.get("read events", "0")) > 0:
+                cpus.append(int(fields["CPU"]))
+        except (KeyError, ValueError):
+            return []
+    return sorted(cpus)
+
+
+def salvage_top_buffer(cur: Cursor, box: Container, first_section: int,
+                       cpu_ids: list[int]) -> BufferSpec | None:
+    """The top buffer's CPU streams found by walking the BUFFER section; None if not possible.
+
+    ``cpu_ids``: the CPUs that recorded events, ascending (empty: unknown, number in file order).
+    """
     for sec_id, flags, start, size in _sections(cur, first_section):
         if sec_id != Option.BUFFER:
             continue
@@ -59,7 +80,8 @@ def salvage_top_buffer(cur: Cursor, box: Container, first_section: int) -> Buffe
                 csize = struct.unpack_from(e + "I", cur.buf, at)[0]
                 at += 8 + csize
             at = min(at, end)
-            streams.append(CpuStream(len(streams), pos, at - pos - COMPRESS_CHUNK_COUNT_SIZE))
+            cpu = cpu_ids[len(streams)] if len(streams) < len(cpu_ids) else len(streams)
+            streams.append(CpuStream(cpu, pos, at - pos - COMPRESS_CHUNK_COUNT_SIZE))
             pos = at
         return BufferSpec(name="", clock=None, page_size=box.page_size, cpus=tuple(streams), compressed=True)
     return None
