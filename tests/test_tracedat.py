@@ -552,3 +552,31 @@ def test_damaged_files_fail_cleanly(damage: list, cut: float | None, zstd_small:
 def zstd_small(tmp_path_factory: pytest.TempPathFactory, public_dir: Path, trace_cmd: str) -> bytes:
     """A small real recording as v7 zstd (sections, options chain, chunks: most to damage)."""
     return convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path_factory.mktemp("z") / "z.dat", 7, "zstd").read_bytes()
+
+
+@pytest.mark.parametrize("interpolate", [True, False])
+@pytest.mark.parametrize("fractions", [True, False])
+def test_time_shift_matches_trace_cmd(interpolate: bool, fractions: bool, public_dir: Path, tmp_path: Path,
+                                      trace_cmd: str) -> None:
+    """A guest file's TIME_SHIFT samples (hand-made, appended to a real file): per CPU, sorted
+    and de-duplicated samples, interpolated offsets, scaling; trace-cmd is the judge."""
+    v7 = convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path / "v7.dat", 7, "none")
+    plain = read_tracedat(v7)
+    lo, hi = plain.info.first_ts, plain.info.last_ts
+    mid = (lo + hi) // 2
+    cpus = [  # (times, offsets, scalings, fraction bits); CPU 1 unsorted with a duplicate time
+        ([lo - 10, mid, hi + 10], [1000, -50_000, 7_777_777], [1, 1, 1], [0, 0, 0]),
+        ([hi, lo, mid, mid], [-3, 5_000_000, 12, 99], [3, 3, 3, 3], [1, 1, 1, 1]),
+        ([mid], [123_456], [1], [0]),
+    ]
+    payload = struct.pack("<QII", 42, 1 if interpolate else 0, len(cpus))
+    for times, offsets, scalings, _ in cpus:
+        payload += struct.pack(f"<I{len(times)}Q{len(times)}q{len(times)}Q", len(times), *times, *offsets, *scalings)
+    if fractions:
+        for times, _, _, bits in cpus:
+            payload += struct.pack(f"<{len(times)}Q", *bits)
+    out = tmp_path / "guest.dat"
+    _append_options(v7, out, [(Option.TIME_SHIFT, payload)])
+    data = read_tracedat(out)
+    assert not data.events["ts"].equals(plain.events["ts"])
+    assert_matches(data, run_report(trace_cmd, out))

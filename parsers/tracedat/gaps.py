@@ -38,7 +38,7 @@ def gap_table(records: Records, flags: PageFlags, pages: PageData, order: np.nda
     lost = flags.lost[missed]
     cpu = pages.cpu[missed]
     table = pa.Table.from_arrays(
-        [numeric(cpu), numeric(to_ns(flags.ts[missed], opts)), numeric(seq, mask=~have),
+        [numeric(cpu), numeric(to_ns(flags.ts[missed], cpu, opts)), numeric(seq, mask=~have),
          numeric(lost, mask=lost < 0)],
         schema=GAPS_SCHEMA,
     )

@@ -16,6 +16,7 @@ from parsers.tracedat.catalog import FormatCatalog
 from parsers.tracedat.columns import FieldReader
 from parsers.tracedat.options import Options
 from parsers.tracedat.pages import PageData, Records
+from parsers.tracedat.timeshift import host_time
 
 
 @dataclass(frozen=True)
@@ -43,14 +44,16 @@ def _mul_u64_u32_shr(a: np.ndarray, mult: int, shift: int) -> np.ndarray:
     return out
 
 
-def to_ns(raw: np.ndarray, opts: Options) -> np.ndarray:
-    """Raw ring-buffer timestamps (uint64, converted in place) → what ``trace-cmd report -t``
-    prints (an int64 view).
+def to_ns(raw: np.ndarray, cpu: np.ndarray, opts: Options) -> np.ndarray:
+    """Raw ring-buffer timestamps (uint64, converted in place) of records on ``cpu`` → what
+    ``trace-cmd report -t`` prints (an int64 view).
 
-    TSC2NSEC multiplies/shifts, DATE and OFFSET add (trace-cmd's ``timestamp_calc``). TIME_SHIFT
-    (host/guest correction) is not applied; :func:`parsers.tracedat.reader.read_tracedat` warns.
+    In trace-cmd's order (``timestamp_calc``): TIME_SHIFT moves a guest's clock onto the host's,
+    TSC2NSEC multiplies/shifts, DATE and OFFSET add.
     """
     ts = raw  # converted in place: the raw values are not needed afterwards
+    if opts.time_shift is not None:
+        ts = host_time(ts, cpu, opts.time_shift)
     if opts.tsc2nsec is not None:
         ts = _mul_u64_u32_shr(ts, opts.tsc2nsec.mult, opts.tsc2nsec.shift)
     if opts.ts_offset:
@@ -76,8 +79,8 @@ def merge_order(ts: np.ndarray, cpu: np.ndarray) -> np.ndarray:
 def merge_records(records: Records, pages: PageData, reader: FieldReader, catalog: FormatCatalog,
                   opts: Options) -> tuple[Merged, np.ndarray]:
     """Put the records in global order; also return the order (file index of each seq)."""
-    ts_ns = to_ns(records.ts, opts)
     cpu = records.cpu(pages.cpu)
+    ts_ns = to_ns(records.ts, cpu, opts)
     order = merge_order(ts_ns, cpu)
     type_off, type_size = catalog.common_field("common_type")
     pid_off, pid_size = catalog.common_field("common_pid")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from parsers.tracedat.constants import Option
 from parsers.tracedat.layout import RawOption
+from parsers.tracedat.timeshift import TimeShift, parse_time_shift
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,7 @@ class Options:
     #: DATE (µs, as hex) × 1000 plus OFFSET: what trace-cmd report adds to every timestamp.
     ts_offset: int = 0
     tsc2nsec: Tsc2Nsec | None = None
-    has_time_shift: bool = False
+    time_shift: TimeShift | None = None  # guest file: host/guest clock correction
 
 
 def _text(payload: bytes) -> str:
@@ -63,6 +64,6 @@ def decode_options(options: list[RawOption], big_endian: bool) -> Options:
         elif opt.id == Option.TSC2NSEC and len(opt.payload) >= 16:
             mult, shift, off = struct.unpack(e + "IIQ", opt.payload[:16])
             fields["tsc2nsec"] = Tsc2Nsec(mult, shift, off)
-        elif opt.id == Option.TIME_SHIFT:
-            fields["has_time_shift"] = True
+        elif opt.id == Option.TIME_SHIFT and len(opt.payload) >= 16:
+            fields["time_shift"] = parse_time_shift(opt.payload, big_endian)
     return Options(ts_offset=ts_offset, **fields)  # type: ignore[arg-type]

@@ -79,9 +79,6 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
                  others: tuple[str, ...]) -> TraceData:
     notes: list[str] = list(box.warnings)
-    if opts.has_time_shift:
-        notes.append(f"{box.path}: guest recording with a TIME_SHIFT option: timestamps are the guest's own "
-                     f"clock, not corrected to the host (trace-cmd report applies the correction)")
     pages = load_pages(f, size, box, spec, header, notes)
     try:
         records, flags = walk(pages)
