@@ -221,6 +221,19 @@ def test_event_name_shared_by_two_systems(small_template: "Template", tmp_path: 
     assert_matches(data, run_report(trace_cmd, out))
 
 
+def test_event_id_without_format(small_template: "Template", tmp_path: Path) -> None:
+    """Hand-made: a record whose common_type has no format file (65000)."""
+    stray = struct.pack("<H", 65000) + spte_payload(1, 2, 0, 0, 1)[2:]
+    page = build_page(1000, [Data(spte_payload(1, 1, 0, 0, 1)), Data(stray, delta=1)])
+    out = tmp_path / "stray.dat"
+    build_tracedat(out, small_template.content, [[page]], version=6, compression="none")
+    with pytest.warns(TraceWarning, match="1 records with an event id that has no format file"):
+        data = read_tracedat(out)
+    assert data.events["event"].cast(pa.string()).to_pylist() == ["kvm_tdp_mmu_spte_changed", "<unknown>"]
+    assert data.events["system"].cast(pa.string()).to_pylist() == ["kvmmmu", None]
+    assert dict(data.info.event_counts) == {"kvm_tdp_mmu_spte_changed": 1}
+
+
 @pytest.mark.parametrize("big_endian", [False, True], ids=["le", "be"])
 def test_32bit_kernel_pages(big_endian: bool, public_dir: Path, tmp_path: Path, trace_cmd: str) -> None:
     """4-byte commit word and data at offset 12; a __data_loc string; a 4-byte unsigned long
