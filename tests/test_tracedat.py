@@ -4,8 +4,11 @@ Real recordings come first: ``trace-cmd convert`` turns them into v6 / v7-none /
 that must read identically, and the project writer re-frames their real pages with zlib. Pages
 built by hand (tests/tracedat_builder.py) cover what no real recording has: a big-endian
 machine, time extends and absolute time stamps at chosen places, large-record encodings, padding,
-stored and unknown lost-event counts. Each hand-made file is also read by trace-cmd, so the
-expected values are checked twice: by hand and by the oracle.
+stored and unknown lost-event counts, arrays, instances, TIME_SHIFT/TSC2NSEC/DATE/OFFSET options,
+two systems sharing an event name. Where trace-cmd can read the hand-made file (all but zlib),
+the expected values are checked twice: by hand and by the oracle. Hypothesis drives two
+properties: random record sequences read as trace-cmd reads them, and damaged files end in a
+result or a one-line TraceError, never a crash.
 """
 
 from __future__ import annotations
