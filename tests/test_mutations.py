@@ -23,7 +23,7 @@ _CACHE: dict = {}
 def _load(path):
     if path not in _CACHE:
         if not path.exists():
-            pytest.skip(f"{path.name} not recorded yet")
+            pytest.fail(f"{path.name} is missing (lab/record-samples.sh records it)")
         data = parsers.read(path)
         _CACHE[path] = (data, replay(data))
     return _CACHE[path]

@@ -105,7 +105,7 @@ def test_true_moves_and_read_only_toggles():
                                ("rom-zapslot", "kind=ro-toggle-create", "recreate")):
         path = SAMPLES / f"{name}.dat"
         if not path.exists():
-            pytest.skip(f"{name} not recorded yet")
+            pytest.fail(f"{name} is missing (lab/record-samples.sh records it)")
         data = parsers.read(path)
         bufs = data.table("print").to_pydict()
         marked = [(s, b) for s, b in zip(bufs["seq"], bufs["buf"]) if b and marker in b]

@@ -97,7 +97,7 @@ def test_trace_that_starts_late_is_still_clean(path, nested_dir):
     import pyarrow.compute as pc
 
     if not path.exists():
-        pytest.skip(f"{path.name} not recorded yet")
+        pytest.fail(f"{path.name} is missing (lab/record-samples.sh records it)")
     data = parsers.read(path)
     cut = data.events.num_rows // 2
     late = replace(data, tables={n: t.filter(pc.greater_equal(t["seq"], cut)) for n, t in data.tables.items()},

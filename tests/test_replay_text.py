@@ -28,7 +28,7 @@ def _pairs():
 @pytest.mark.parametrize("dat,text", _pairs())
 def test_text_twin_replays_like_the_binary(dat, text, nested_dir):
     if not dat.exists():
-        pytest.skip(f"{dat.name} not recorded yet")
+        pytest.fail(f"{dat.name} is missing (lab/record-samples.sh records it)")
     rd, rt = replay(parsers.read(dat)), replay(parsers.read(text))
     assert not [f for f in rt.findings.to_pylist() if f["severity"] == "error"]
     assert rt.explained_share >= 0.999
