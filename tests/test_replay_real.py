@@ -62,7 +62,7 @@ def test_lost_events_never_error():
     """churn-lost-zapall dropped ~58k events (sample_traces/README.md): the replay must say so."""
     path = SAMPLES / "churn-lost-zapall.dat"
     if not path.exists():
-        pytest.skip("churn-lost-zapall not recorded yet")
+        pytest.fail("churn-lost-zapall is missing (lab/record-samples.sh records it)")
     result = replay(parsers.read(path))
     assert any("lost-event" in limit for limit in result.limits)
     assert not [r for r in result.findings.to_pylist() if r["severity"] == "error"]

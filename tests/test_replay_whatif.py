@@ -63,7 +63,7 @@ def test_zap_all_summary_counts_kernel_zaps():
     count equals the prepare_zap events between that zap-all and the next memslot line."""
     path = SAMPLES / "churn-zapall.dat"
     if not path.exists():
-        pytest.skip("churn-zapall not recorded yet")
+        pytest.fail("churn-zapall is missing (lab/record-samples.sh records it)")
     data = parsers.read(path)
     result = replay(data)
     zaps = data.table("kvm_mmu_prepare_zap_page").to_pydict()
