@@ -1,4 +1,9 @@
-"""The chunk loop: lines -> repaired lines -> prefix split -> per-event decoding -> TraceData."""
+"""The chunk loop: lines -> repaired lines -> prefix split -> per-event decoding -> TraceData.
+
+A clean chunk (no sign of mail damage) is split from its bytes (:mod:`parsers.text.scan`);
+the lines that path leaves, and every chunk that needs repair, take the string path
+(:mod:`parsers.text.lines`), which is the reference for what a line means.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +19,18 @@ from parsers.text import repair
 from parsers.text.assemble import Collected, event_table, events_table, gaps_table, order
 from parsers.text.catalog import catalog
 from parsers.text.decode import Decoded, decode_event, decode_unknown
-from parsers.text.source import read_chunks
+from parsers.text.scan import scan
+from parsers.text.source import Chunk, read_chunks
 
 
 def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
     """Split and decode a frame of ``line_no``/``line``: the split frame and per-event results."""
     split = prefix.split(df)
+    return split, decode_split(split)
+
+
+def decode_split(split: pl.DataFrame) -> dict[str, Decoded]:
+    """Decode the arguments of a split frame's event rows, per event."""
     events = split.filter(pl.col("kind") == "event")
     specs = catalog()
     decoded: dict[str, Decoded] = {}
@@ -31,7 +42,26 @@ def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
             rows = rows.with_columns(args=pl.when(caller.is_null()).then("args").otherwise(pl.concat_str(caller, pl.lit(": "), "args")))
         spec = specs.get(name)
         decoded[name] = decode_event(spec, rows) if spec else decode_unknown(rows)
-    return split, decoded
+    return decoded
+
+
+def _may_be_damaged(data: bytes) -> bool:
+    """Any byte-level sign of mail quoting or quoted-printable (what :func:`repair.unquote` looks for)."""
+    return b">" in data or b"=3D" in data or b"=\n" in data or b"=\r\n" in data or data.rstrip(b"\r").endswith(b"=")
+
+
+def _split_clean(chunk: Chunk) -> pl.DataFrame | None:
+    """The split frame of a chunk that needs no repair, or None when it has lines that are not
+    trace lines (the string path then does the whole chunk, rejoining wrapped lines)."""
+    scanned = scan(chunk.buffer, chunk.first_line)
+    if len(scanned.rejected) == 0:
+        return scanned.events
+    lines = chunk.lines.gather(scanned.rejected)
+    rest = prefix.split(pl.DataFrame({"line_no": pl.Series(scanned.rejected + chunk.first_line, dtype=pl.Int64), "line": lines}))
+    if (rest["kind"] == "bad").any():
+        return None
+    split = pl.concat([scanned.events, rest], how="vertical_relaxed")
+    return split.sort("line_no") if (rest["kind"] == "event").any() else split
 
 
 def _failed(decoded: dict[str, Decoded]) -> set[int]:
@@ -47,10 +77,18 @@ def _collect(acc: Collected, split: pl.DataFrame, decoded: dict[str, Decoded], d
         acc.forms.setdefault(name, set()).update(d.forms)
 
 
-def _process_chunk(acc: Collected, df: pl.DataFrame, skipped: list[tuple[int, str]]) -> pl.DataFrame:
+def _process_chunk(acc: Collected, chunk: Chunk, skipped: list[tuple[int, str]]) -> pl.DataFrame:
     """Decode one chunk, repairing damaged lines where that is exact; returns its header lines."""
-    df = repair.unquote(df)
-    split, decoded = decode_lines(df)
+    df = None
+    if _may_be_damaged(chunk.buffer.data):
+        df = chunk.frame()
+        unquoted = repair.unquote(df)
+        df = None if unquoted is df else unquoted
+    split = _split_clean(chunk) if df is None else None
+    if split is None:
+        split, decoded = decode_lines(chunk.frame() if df is None else df)
+    else:
+        decoded = decode_split(split)
     failed = _failed(decoded)
     bad = split.filter(pl.col("kind") == "bad")
     consumed: set[int] = set()
@@ -80,9 +118,7 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
     skipped: list[tuple[int, str]] = []
     headers: list[pl.DataFrame] = []
     for chunk in read_chunks(path, compression):
-        n = len(chunk.lines)
-        df = pl.DataFrame({"line_no": pl.int_range(chunk.first_line, chunk.first_line + n, eager=True), "line": chunk.lines})
-        headers.append(_process_chunk(acc, df, skipped))
+        headers.append(_process_chunk(acc, chunk, skipped))
         if strict and skipped:
             line_no, reason = min(skipped)
             raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
