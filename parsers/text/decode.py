@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from functools import cache
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
 from parsers.text.printf import Compiled, choice_expr, flags_expr, number_expr, pointer_expr
@@ -98,14 +100,26 @@ def _apply(df: pl.DataFrame, regex: str, exprs: list[pl.Expr]) -> tuple[pl.DataF
     return got.filter(hit).select("line_no", *exprs), rest
 
 
+#: spec id -> (spec, its passes): building the expressions is pure Python and cost as much as
+#: a chunk's regex passes, so each event's are built once (the spec is kept so its id stays its own).
+_PASSES: dict[int, tuple[EventSpec, list[tuple[str, str, list[pl.Expr]]]]] = {}
+
+
+def _passes(spec: EventSpec) -> list[tuple[str, str, list[pl.Expr]]]:
+    """(era, regex, conversions) for each printed form, then ``trace-cmd report -R``'s."""
+    cached = _PASSES.get(id(spec))
+    if cached is None or cached[0] is not spec:
+        passes = [(f.era, f.compiled.regex, _convert(spec, f.compiled)) for f in spec.forms]
+        cached = _PASSES[id(spec)] = (spec, passes + [(RAW_FORM, _raw_regex(spec), _raw_exprs(spec))])
+    return cached[1]
+
+
 def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
     """Decode ``rows`` (``line_no``, ``args``) of one catalogued event."""
     pieces: list[pl.DataFrame] = []
     seen: list[str] = []
     rest = rows.select("line_no", "args")
-    for era, regex, exprs in [(f.era, f.compiled.regex, _convert(spec, f.compiled)) for f in spec.forms] + [
-        (RAW_FORM, _raw_regex(spec), _raw_exprs(spec))
-    ]:
+    for era, regex, exprs in _passes(spec):
         if rest.height == 0:
             break
         got, rest = _apply(rest, regex, exprs)
@@ -124,5 +138,10 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
 
 
 def decode_unknown(rows: pl.DataFrame) -> Decoded:
-    """An event kvmtrace has no decoder for: its raw argument text, column ``text``."""
-    return Decoded(rows.select("line_no", pl.col("args").alias("text")), pl.Series("line_no", [], pl.Int64))
+    """An event kvmtrace has no decoder for: its raw argument text, column ``text``.
+
+    The text is copied out: the split's strings may be views into the chunk's bytes, which
+    must not outlive the chunk.
+    """
+    text = pl.Series("text", pc.cast(rows["args"].to_arrow(), pa.large_string()))
+    return Decoded(pl.DataFrame({"line_no": rows["line_no"], "text": text}), pl.Series("line_no", [], pl.Int64))
