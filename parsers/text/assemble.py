@@ -62,7 +62,9 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     t = ordered.select(*COMMON_NAMES).to_arrow()
     event = pc.dictionary_encode(ordered["event"].to_arrow()).cast(EVENTS_SCHEMA.field("event").type)
     names = event.dictionary.to_pylist()
-    system = pa.DictionaryArray.from_arrays(event.indices, pa.array([systems.get(n) for n in names], pa.string()))
+    # Through polars: pa.array on a list imports pandas (0.3 s) to check for pandas objects.
+    labels = pl.Series([systems.get(n) for n in names], dtype=pl.String).to_arrow().cast(pa.string())
+    system = pa.DictionaryArray.from_arrays(event.indices, labels)
     columns = [t.column(n).cast(EVENTS_SCHEMA.field(n).type) for n in COMMON_NAMES] + [event, system]
     return pa.table(columns, schema=EVENTS_SCHEMA)
 
