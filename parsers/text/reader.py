@@ -17,7 +17,7 @@ from parsers.errors import TraceError, TraceWarning
 from parsers.schema import TraceData, TraceInfo
 from parsers.text import lines as prefix
 from parsers.text import repair
-from parsers.text.assemble import Collected, event_table, events_table, gaps_table, order
+from parsers.text.assemble import Collected, event_table, events_table, gaps_table, line_seqs, order
 from parsers.text.catalog import catalog
 from parsers.text.decode import Decoded, decode_event, decode_unknown
 from parsers.text.scan import Buffer, scan
@@ -134,18 +134,19 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
         if strict and skipped:
             line_no, reason = min(skipped)
             raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
-    common = pl.concat(acc.common).with_columns(pl.col("comm", "event").cast(pl.String)) if acc.common else pl.DataFrame()
+    common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
         raise TraceError(f"{os.fspath(path)}: no trace events found; is this ftrace text or trace-cmd report output?")
     ordered = order(common)
     del common
     specs = catalog()
+    seqs = line_seqs(ordered)
     by_event = ordered.partition_by("event", as_dict=True)
     tables = {}
     for (name,) in list(by_event):
         rows = pl.concat(acc.rows.pop(name), how="vertical_relaxed")
-        tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()))
+        tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()), seqs)
     systems = {name: (specs[name].system if name in specs else None) for name in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
