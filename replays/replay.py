@@ -74,15 +74,16 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     findings, checks = finalize(run_all(ctx), lost, locate)
 
     unexplained = journal.unexplained_table()
+    spte_changes = journal.spte_changes()
     limits.extend(_limits(mmu, timeline))
     assumptions.extend(_assumptions(mmu))
     return ReplayResult(
         mmu=mmu, zap_policy=zap_policy, profile=profile.name,
         events=len(kv_seq), explained_events=len(kv_seq) - unexplained.num_rows,
-        shadow_pages=pages.table(profile), spte_changes=journal.spte_changes(), memslots=timeline.table(),
+        shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
-        whatif=whatif(ctx), assumptions=assumptions, limits=limits + timeline.notes,
+        whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
     )
 
 

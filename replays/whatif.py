@@ -6,12 +6,20 @@ TDP MMU: none, its pages are direct) and the leaf SPTEs mapping the old range. "
 what the guest built again after the change: pages of the same ``(gfn, role)`` created later, and
 destroyed SPTE gfns installed again later. This is the seed-000 trade-off in numbers: zap-all is
 simple and always safe, zap-slot is cheap if its rule is right.
+
+The refault counts are exact only where the trace itself destroyed what the policy destroys: for
+the trace's own policy, and for zap-slot in a zap-all trace (a subset). For a policy that would
+have destroyed objects the kernel kept (zap-all in a zap-slot trace), the guest's later use of
+those objects hit live SPTEs and left no event; the counts are then lower bounds, raised where
+the trace does show use (a later SPTE install into a page counts that page as rebuilt), and
+``refaults_exact`` is false.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from replays.detectors.context import Context, span
 from replays.detectors.slot_removal import zap_rule_mask
@@ -21,7 +29,7 @@ from replays.summaries import next_creation, recreations
 WHATIF_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("slot", pa.int32()), ("kind", pa.string()), ("policy", pa.string()),
     ("trace_policy", pa.bool_()), ("pages_destroyed", pa.int64()), ("sptes_destroyed", pa.int64()),
-    ("pages_refaulted", pa.int64()), ("sptes_refaulted", pa.int64()),
+    ("pages_refaulted", pa.int64()), ("sptes_refaulted", pa.int64()), ("refaults_exact", pa.bool_()),
 ])
 
 
@@ -38,10 +46,18 @@ def _last_install(ins: dict[str, np.ndarray]):
     return refaulted
 
 
-def whatif(ctx: Context) -> pa.Table:
+def _installs_into_pages(spte_changes: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """(seq, owning page) of every SPTE install whose owner page the model inferred."""
+    keep = pc.and_(pc.is_valid(spte_changes["page"]), pc.equal(spte_changes["state"].cast(pa.string()), "present"))
+    t = spte_changes.filter(keep)
+    return t["seq"].to_numpy(), t["page"].to_numpy()
+
+
+def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
     index = recreations(ctx)
     pg = ctx.pages.arrays()
     refaulted = _last_install(ctx.installs)
+    ins_seq, ins_page = _installs_into_pages(spte_changes)
     rows: dict[str, list] = {f.name: [] for f in WHATIF_SCHEMA}
     for i, c in ctx.positioned_removals():
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
@@ -59,12 +75,17 @@ def whatif(ctx: Context) -> pa.Table:
             slot_pages = ids[:0]
         else:
             slot_pages = ids[zap_rule_mask(ctx, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
+        installed_into_later = np.isin(ids, ins_page[ins_seq > c.seq])
         for policy, pages, sptes in (("zap_all", ids, live), ("zap_slot", slot_pages, in_range)):
-            refaulted_pages = sum(next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), c.seq) is not None
+            exact = policy == own or (policy == "zap_slot" and own == "zap_all")
+            used_later = set() if exact else set(ids[installed_into_later].tolist())
+            refaulted_pages = sum(int(p) in used_later
+                                  or next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), c.seq) is not None
                                   for p in pages)
             for k, v in (("seq", c.seq), ("slot", c.slot), ("kind", c.kind), ("policy", policy),
                          ("trace_policy", policy == own), ("pages_destroyed", len(pages)),
                          ("sptes_destroyed", int(sptes.sum())), ("pages_refaulted", refaulted_pages),
-                         ("sptes_refaulted", int(refaulted(snap.gfn[sptes], c.seq).sum()))):
+                         ("sptes_refaulted", int(refaulted(snap.gfn[sptes], c.seq).sum())),
+                         ("refaults_exact", exact)):
                 rows[k].append(v)
     return pa.table(rows, schema=WHATIF_SCHEMA)

@@ -56,6 +56,11 @@ def test_whatif_own_policy_matches_kernel(path, nested_dir):
         if policy == "zap_all":
             assert w["sptes_destroyed"] >= other[(seq, "zap_slot")]["sptes_destroyed"]
             assert w["pages_destroyed"] >= other[(seq, "zap_slot")]["pages_destroyed"]
+    # refault counts are exact only where the trace destroyed at least as much as the policy would:
+    # its own policy, and zap-slot inside a zap-all trace; zap-all in a zap-slot trace is a bound
+    for w in result.whatif.to_pylist():
+        assert w["refaults_exact"] == (w["trace_policy"] or result.zap_policy == "zap_all"), w
+        assert w["pages_refaulted"] <= w["pages_destroyed"] and w["sptes_refaulted"] <= w["sptes_destroyed"], w
 
 
 def test_zap_all_summary_counts_kernel_zaps():
