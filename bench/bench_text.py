@@ -10,9 +10,10 @@ Three readers run, each in a fresh process so its peak RSS is its own, best of N
 * ``text.gz``   -- ``read_text`` on the gzip twin as shipped (adds decompression);
 * ``tracedat``  -- ``read_tracedat`` on the trace.dat (the reference).
 
-Wall clock and CPU seconds are both reported: on a shared machine wall time includes waiting
-for a core, CPU time does not. Prints a table to paste into bench/RESULTS.md under
-"## text reader".
+Wall clock and CPU seconds (user + system, the whole process's threads) are both reported: on
+a shared machine wall time includes waiting for a core, CPU time does not. ``--threads N`` sets
+``POLARS_MAX_THREADS`` in the children (1 = the single-core figure the target is stated in).
+Prints a table to paste into bench/RESULTS.md under "## text reader".
 """
 
 from __future__ import annotations
@@ -69,11 +70,14 @@ def default_trace() -> Path:
     sys.exit("no trace.dat with a .txt.gz text twin in bench/out/ or sample_traces/")
 
 
-def run(reader: str, path: Path, runs: int) -> Best:
+def run(reader: str, path: Path, runs: int, threads: int | None) -> Best:
     results = []
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if threads:
+        env["POLARS_MAX_THREADS"] = str(threads)
     for _ in range(runs):
         out = subprocess.run([sys.executable, "-c", _CHILD, reader, str(path)], cwd=REPO, check=True,
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+                             capture_output=True, text=True, env=env)
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     best = min(results, key=lambda r: r["wall"])
     return Best(reader, best["wall"], min(r["cpu"] for r in results), best["events"], best["skipped"],
@@ -84,6 +88,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("trace", nargs="?", type=Path, help="trace.dat with a NAME.txt.gz twin beside it")
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, help="POLARS_MAX_THREADS for the readers (default: polars decides)")
     args = ap.parse_args()
     dat = args.trace or default_trace()
     twin = dat.with_suffix(".txt.gz")
@@ -93,10 +98,10 @@ def main() -> None:
             shutil.copyfileobj(src, dst)
         lines = sum(1 for _ in open(plain, "rb"))
         size_mb = plain.stat().st_size / 1e6
-        rows = [run("text", plain, args.runs), run("text.gz", twin, args.runs), run("tracedat", dat, args.runs)]
+        rows = [run(reader, path, args.runs, args.threads) for reader, path in (("text", plain), ("text.gz", twin), ("tracedat", dat))]
     ref = rows[-1]
     print(f"`python bench/bench_text.py {dat.relative_to(REPO) if dat.is_relative_to(REPO) else dat.name} "
-          f"--runs {args.runs}` -- {lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
+          f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}` -- {lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
           f"Machine: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}.\n")
     print("| reader | wall (best) | CPU (best) | lines/s (wall) | lines/s (CPU) | peak RSS | events | skipped |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -3,7 +3,8 @@
 Inputs: tracefs ``trace`` (with its ``# tracer:`` header) and ``trace_pipe`` text, and
 ``trace-cmd report`` output (plugin-rendered or ``-R`` raw), plain or gzip/xz/zstd. Pasted
 excerpts survive mail damage (quoting, quoted-printable, wrapped lines) where the repair is
-exact. Modules: ``source`` (chunks of lines), ``lines`` (the common prefix), ``catalog`` and
+exact. Modules: ``source`` (chunks of lines), ``scan`` (the common prefix of tracefs-layout
+lines, from the bytes), ``lines`` (the common prefix of any line, from strings), ``catalog`` and
 ``pages`` (every printed form of the decoded events), ``printf`` (format string -> regex),
 ``decode`` (vectorised field extraction), ``repair`` (damaged text), ``assemble`` (seq, tables,
 gaps, info), ``reader`` (the chunk loop).

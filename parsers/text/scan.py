@@ -25,7 +25,7 @@ import pyarrow as pa
 from parsers.text.lines import PRINT_CALLERS
 
 #: Bytes gathered from each line's start: task (16), '-', pid, CPU, flags, and a timestamp
-#: of up to 12 digits before the point.
+#: whose ``": "`` falls in columns 40-62 (seconds up to 9 digits; longer lines go the string way).
 HEAD = 64
 #: Bytes after the timestamp's ``": "`` searched for the ``':'`` that ends the event name.
 NAME = 48
@@ -121,8 +121,7 @@ def _eight(x: np.ndarray) -> np.ndarray:
 
 
 def _digits8(padded: np.ndarray, end: np.ndarray, width: np.ndarray) -> np.ndarray:
-    """Value of the ``width`` (0-8) bytes before ``end``, digits checked by the caller
-    (blanks count as leading zeros)."""
+    """Value of the ``width`` (0-8) digits before ``end`` (checked to be digits by the caller)."""
     return _eight(_word(padded, end - 8, "<u8") & _KEEP[np.clip(width, 0, 8)]).astype(np.int64)
 
 
