@@ -146,7 +146,9 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     journal.obsolete_uses.sort()
     for (i, when), live_pages in page_sets.items():
         c = tl.changes[i]
-        key = 2 * c.window_start - 1 if when == "start" else 2 * c.seq + 1
+        # "end": everything traced up to the change's line, but before the untraced per-slot rmap
+        # zap the model applies at 2 * c.seq + 1 (the what-if counts what that zap destroys)
+        key = 2 * c.window_start - 1 if when == "start" else 2 * c.seq
         alive = life.alive_at(key)
         journal.snapshots[(i, when)] = Snapshot(
             pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],
