@@ -10,7 +10,7 @@ import numpy as np
 
 from replays.detectors.context import Context
 from replays.findings import CheckOutcome, Finding
-from replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS
+from replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
@@ -70,10 +70,19 @@ def _in_window(ctx: Context) -> CheckOutcome:
         order = np.argsort(s)
         findings.append(Finding(
             cid, int(s[order[0]]), int(g[order[0]]), c.slot,
-            f"{int(m.sum())} fault(s)/install(s) on gfns of slot {c.slot} while its {c.kind} was in flux "
-            f"(seq {c.window_start if c.anchor == ANCHOR_ZAPS else c.seq}..{c.window_end}: "
-            f"{'from the kernel zaps' if c.anchor == ANCHOR_ZAPS else 'from its line'} to "
-            f"{'the re-creating line' if c.window_end != c.seq else 'its line'})",
-            [int(x) for x in s[order][:32]] + [c.window_start, c.window_end]))
+            _window_words(c, int(m.sum())),
+            [int(x) for x in s[order][:32]] + [c.window_start if c.anchor == ANCHOR_ZAPS else c.seq, c.window_end]))
     return CheckOutcome.of(cid, findings, f"{len(windows)} update window(s) checked, no fault inside (a window "
                                           "counts from the kernel's zaps, or from the line when the kernel left none)")
+
+
+def _window_words(c: MemslotChange, hits: int) -> str:
+    """The finding's message: which update window, bounded by which events."""
+    start = c.window_start if c.anchor == ANCHOR_ZAPS else c.seq
+    since = "the kernel's zaps" if c.anchor == ANCHOR_ZAPS else f"its {c.kind} line"
+    if c.window_end != c.seq:
+        return (f"{hits} fault(s)/install(s) on gfns of slot {c.slot} between its {c.kind} and its re-creation "
+                f"(seq {start}..{c.window_end}: from {since} to the re-creating line); a delete and the create "
+                f"that replaces it are not one atomic update, so the vCPU saw the range change under it")
+    return (f"{hits} fault(s)/install(s) on gfns of slot {c.slot} while its {c.kind} was under way "
+            f"(seq {start}..{c.window_end}: from {since} to its line)")
