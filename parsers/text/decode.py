@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
-from parsers.text.printf import Compiled, choice_expr, flags_expr, number_expr, pointer_expr
+from parsers.text.printf import Compiled, ascii_classes, choice_expr, flags_expr, number_expr, pointer_expr
 
 _SCRATCH = pl.Int64
 
@@ -104,24 +104,28 @@ def _apply(df: pl.DataFrame, regex: str, exprs: list[pl.Expr]) -> tuple[pl.DataF
 
 #: spec id -> (spec, its passes): building the expressions is pure Python and cost as much as
 #: a chunk's regex passes, so each event's are built once (the spec is kept so its id stays its own).
-_PASSES: dict[int, tuple[EventSpec, list[tuple[str, str, list[pl.Expr]]]]] = {}
+_PASSES: dict[tuple[int, bool], tuple[EventSpec, list[tuple[str, str, list[pl.Expr]]]]] = {}
 
 
-def _passes(spec: EventSpec) -> list[tuple[str, str, list[pl.Expr]]]:
+def _passes(spec: EventSpec, ascii_only: bool) -> list[tuple[str, str, list[pl.Expr]]]:
     """(era, regex, conversions) for each printed form, then ``trace-cmd report -R``'s."""
-    cached = _PASSES.get(id(spec))
+    cached = _PASSES.get((id(spec), ascii_only))
     if cached is None or cached[0] is not spec:
         passes = [(f.era, f.compiled.regex, _convert(spec, f.compiled)) for f in spec.forms]
-        cached = _PASSES[id(spec)] = (spec, passes + [(RAW_FORM, _raw_regex(spec), _raw_exprs(spec))])
+        passes.append((RAW_FORM, _raw_regex(spec), _raw_exprs(spec)))
+        if ascii_only:
+            passes = [(era, ascii_classes(regex), exprs) for era, regex, exprs in passes]
+        cached = _PASSES[(id(spec), ascii_only)] = (spec, passes)
     return cached[1]
 
 
-def decode_event(spec: EventSpec, rows: pl.DataFrame) -> Decoded:
-    """Decode ``rows`` (``line_no``, ``args``) of one catalogued event."""
+def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) -> Decoded:
+    """Decode ``rows`` (``line_no``, ``args``) of one catalogued event; ``ascii_only`` says
+    the arguments are known to be ASCII (faster regexes, same matches)."""
     pieces: list[pl.DataFrame] = []
     seen: list[str] = []
     rest = rows.select("line_no", "args")
-    for era, regex, exprs in _passes(spec):
+    for era, regex, exprs in _passes(spec, ascii_only):
         if rest.height == 0:
             break
         got, rest = _apply(rest, regex, exprs)

@@ -30,8 +30,9 @@ def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
     return split, decode_split(split)
 
 
-def decode_split(split: pl.DataFrame) -> dict[str, Decoded]:
-    """Decode the arguments of a split frame's event rows, per event."""
+def decode_split(split: pl.DataFrame, ascii_only: bool = False) -> dict[str, Decoded]:
+    """Decode the arguments of a split frame's event rows, per event (``ascii_only``: the
+    text is known to be ASCII)."""
     events = split.filter(pl.col("kind") == "event")
     specs = catalog()
     decoded: dict[str, Decoded] = {}
@@ -42,7 +43,7 @@ def decode_split(split: pl.DataFrame) -> dict[str, Decoded]:
             caller = pl.col("caller")
             rows = rows.with_columns(args=pl.when(caller.is_null()).then("args").otherwise(pl.concat_str(caller, pl.lit(": "), "args")))
         spec = specs.get(name)
-        decoded[name] = decode_event(spec, rows) if spec else decode_unknown(rows)
+        decoded[name] = decode_event(spec, rows, ascii_only) if spec else decode_unknown(rows)
     return decoded
 
 
@@ -100,7 +101,7 @@ def _process_chunk(acc: Collected, chunk: Chunk, skipped: list[tuple[int, str]])
     if split is None:
         split, decoded = decode_lines(chunk.frame() if df is None else df)
     else:
-        decoded = decode_split(split)
+        decoded = decode_split(split, chunk.buffer.ascii)
     failed = _failed(decoded)
     bad = split.filter(pl.col("kind") == "bad")
     consumed: set[int] = set()

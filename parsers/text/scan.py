@@ -56,6 +56,7 @@ class Buffer:
     data: bytes
     starts: np.ndarray  # int64
     ends: np.ndarray  # int64
+    ascii: bool = False  # every byte < 0x80
 
 
 @dataclass(frozen=True)

@@ -77,7 +77,7 @@ def _buffer(data: bytes) -> Buffer:
     starts = np.concatenate(([0], newlines + 1)).astype(np.int64)
     if b"\r" in data:
         ends -= (ends > starts) & (raw[np.maximum(ends - 1, 0)] == 13)
-    return Buffer(data, starts, ends)
+    return Buffer(data, starts, ends, ascii=not len(raw) or int(raw.max()) < 0x80)
 
 
 def _split(data: bytes) -> pl.Series:
