@@ -33,10 +33,10 @@ def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
 def decode_split(split: pl.DataFrame, ascii_only: bool = False) -> dict[str, Decoded]:
     """Decode the arguments of a split frame's event rows, per event (``ascii_only``: the
     text is known to be ASCII)."""
-    events = split.filter(pl.col("kind") == "event")
+    events = split.select("line_no", "event", "args", "caller", "kind").filter(pl.col("kind") == "event")
     specs = catalog()
     decoded: dict[str, Decoded] = {}
-    for (name,), rows in events.group_by("event"):
+    for (name,), rows in events.partition_by("event", as_dict=True).items():
         if name == "print":
             # tracefs prints the caller where the event name goes ("tracing_mark_write: buf"),
             # trace-cmd report prints "print: tracing_mark_write: buf": one form for both.
