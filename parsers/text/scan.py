@@ -37,8 +37,8 @@ _HEXVAL = np.full(256, -1, dtype=np.int16)
 _HEXVAL[48:58] = np.arange(10)
 _HEXVAL[65:71] = _HEXVAL[97:103] = np.arange(10, 16)
 _HEXVAL[46] = 0
-#: uint32 masks keeping the first k bytes of a 12-byte inline view, k = 0..12.
-_INLINE = np.array([[(1 << (8 * max(0, min(4, k - 4 * w)))) - 1 for w in range(3)] for k in range(13)], dtype=np.uint32)
+#: Masks keeping the first k bytes of a little-endian uint64, k = 0..8.
+_LOW = np.array([(1 << (8 * k)) - 1 for k in range(9)], dtype=np.uint64)
 _SWAR = (
     (np.uint64(0x0F0F0F0F0F0F0F0F), np.uint64(2561), np.uint64(8)),
     (np.uint64(0x00FF00FF00FF00FF), np.uint64(6553601), np.uint64(16)),
@@ -129,14 +129,14 @@ def _digits8(padded: np.ndarray, end: np.ndarray, width: np.ndarray) -> np.ndarr
 def _views(data: pa.Buffer, padded: np.ndarray, start: np.ndarray, end: np.ndarray) -> pl.Series:
     """The byte ranges as a string column of Arrow views into ``data`` (12-byte strings inline)."""
     length = (end - start).astype(np.int32)
-    first = _word(padded, start, "<u8")
-    mask = _INLINE[np.minimum(length, 12)]
     short = length <= 12
+    first = _word(padded, start, "<u8") & np.where(short, _LOW[np.minimum(length, 8)], _LOW[8])
     views = np.empty((len(start), 4), dtype=np.uint32)
     views[:, 0] = length
-    views[:, 1] = first & mask[:, 0]
-    views[:, 2] = np.where(short, (first >> np.uint64(32)).astype(np.uint32) & mask[:, 1], 0)
-    views[:, 3] = np.where(short, _word(padded, start + 8, "<u4") & mask[:, 2], start.astype(np.uint32))
+    views[:, 1] = first  # the low half: the first four bytes, the prefix of a long string
+    views[:, 2] = np.where(short, first >> np.uint64(32), 0)
+    tail = _word(padded, start + 8, "<u4") & _LOW[np.clip(length - 8, 0, 4)].astype(np.uint32)
+    views[:, 3] = np.where(short, tail, start.astype(np.uint32))
     return pl.Series(pa.Array.from_buffers(pa.string_view(), len(start), [None, pa.py_buffer(views), data]))
 
 
@@ -229,11 +229,10 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     })
     # The event name must be a word (regex \w+), checked once per distinct name.
     names = frame["event"].unique()
-    words = names.filter(names.str.contains(r"^\w+$"))
-    is_word = pl.col("event").is_in(words.implode())
-    rejected = frame.filter(~is_word)["line_no"].to_numpy() - first_line
-    if len(rejected):
-        ok[rejected] = False
+    not_words = names.filter(~names.str.contains(r"^\w+$"))
+    if len(not_words):
+        is_word = ~pl.col("event").is_in(not_words.implode())
+        ok[frame.filter(~is_word)["line_no"].to_numpy() - first_line] = False
         frame = frame.filter(is_word)
     is_print = pl.col("event").is_in(PRINT_CALLERS)
     frame = frame.select(
