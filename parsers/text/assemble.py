@@ -69,7 +69,7 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     lookup = np.zeros(int(first["code"].max()) + 1, dtype=np.int32)
     lookup[first["code"].to_numpy()] = np.arange(first.height, dtype=np.int32)
     indices = np.ascontiguousarray(lookup[codes.to_numpy()])
-    names = ordered["event"].cast(pl.String).gather(first["row"])
+    names = ordered["event"].gather(first["row"]).cast(pl.String)
     index_array = pa.Array.from_buffers(pa.int32(), len(indices), [None, pa.py_buffer(indices)])
     event = pa.DictionaryArray.from_arrays(index_array, names.to_arrow().cast(pa.string()))
     # Through polars: pa.array on a list imports pandas (0.3 s) to check for pandas objects.
