@@ -302,7 +302,7 @@ def test_cut_short_v7_zstd_salvages_the_streams(cut: int, nested_dir: Path, tmp_
         spte_full = full.table("kvm_tdp_mmu_spte_changed")
         mine = spte.filter(pa.compute.equal(spte["cpu"], cpu)).drop_columns(["seq"])
         theirs = spte_full.filter(pa.compute.equal(spte_full["cpu"], cpu)).drop_columns(["seq"])
-        assert mine.equals(theirs.slice(0, mine.num_rows))
+        assert mine.to_pylist() == theirs.slice(0, mine.num_rows).to_pylist()  # comm dictionaries differ
 
 
 def test_salvage_cpu_numbers_from_cpustat(nested_dir: Path) -> None:

@@ -12,7 +12,8 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from parsers.tracedat.factorize import lookup
+from parsers.tracedat.arrow import numeric, strings
+from parsers.tracedat.factorize import factorize
 
 IDLE_COMM = "<idle>"
 UNKNOWN_COMM = "<...>"
@@ -31,8 +32,10 @@ def parse_cmdlines(blob: bytes) -> dict[int, str]:
 
 
 def comm_column(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
-    """The ``comm`` of every row, looked up once per distinct pid."""
-    return lookup(pids, lambda p: IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM))
+    """The ``comm`` of every row, looked up once per distinct pid (dictionary-encoded by pid)."""
+    uniques, codes = factorize(pids)
+    names = [IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM) for p in uniques]
+    return pa.DictionaryArray.from_arrays(numeric(codes), strings(names))
 
 
 def parse_printk(blob: bytes) -> dict[int, str]:
