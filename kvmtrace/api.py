@@ -40,7 +40,9 @@ class Trace:
 
     @property
     def event_names(self) -> list[str]:
-        return sorted(self._data.tables)
+        """Events that occur in the trace. Every other event of their systems still has an empty
+        table under its name (``table("kvm_exit")`` works on a trace where it never fired)."""
+        return sorted(name for name, t in self._data.tables.items() if t.num_rows)
 
     @property
     def events(self) -> pl.DataFrame:
@@ -73,7 +75,7 @@ class Trace:
         return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
 
     def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:
-        """Write ``<event>.parquet`` per event plus ``events.parquet`` into ``outdir``.
+        """Write ``<event>.parquet`` per event that occurs, plus ``events.parquet``, into ``outdir``.
 
         Written to a temporary folder beside ``outdir`` and moved into place at the end, so an
         error half-way leaves nothing behind.
@@ -82,8 +84,8 @@ class Trace:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            for name, table in self._data.tables.items():
-                pq.write_table(table, tmp / f"{name}.parquet")
+            for name in self.event_names:
+                pq.write_table(self._data.tables[name], tmp / f"{name.replace(':', '.')}.parquet")
             pq.write_table(self._data.events, tmp / "events.parquet")
             out.mkdir(exist_ok=True)
             written = []

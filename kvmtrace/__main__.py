@@ -1,0 +1,5 @@
+"""``python -m kvmtrace``: the same CLI as the ``kvmtrace`` command."""
+
+from kvmtrace.cli import main
+
+main()
