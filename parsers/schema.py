@@ -118,7 +118,3 @@ class TraceData:
             return self.tables[bare]
         except KeyError:
             raise KeyError(f"no event {name!r} in this trace") from None
-
-
-def empty_gaps() -> pa.Table:
-    return GAPS_SCHEMA.empty_table()

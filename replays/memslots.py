@@ -11,9 +11,9 @@ to resize or to toggle read-only) keeps the window open until the create: seed 0
 DELETE+CREATE.
 
 Lab markers are hints only, never required (lab/README.md): ``kvmlab_memslot_move`` announces a
-true KVM_MR_MOVE, for which QEMU would write no line at all; ``kvmlab_memslot_ioctl ... kind=K``
-(written after the ioctl, right before the QEMU line) names the kind; ``kvmlab_start ...
-slot_zap_all_quirk=N`` states the zap policy of the whole trace.
+true KVM_MR_MOVE, for which QEMU would write no line at all; ``kvmlab_start ...
+slot_zap_all_quirk=N`` states the zap policy of the whole trace. The kind of a change is always
+told from the QEMU lines themselves, never from the lab's ``kvmlab_memslot_ioctl`` markers.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from parsers.errors import TraceError
-from replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_kind, parse_lab_move,
+from replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
                                 parse_lab_quirk, parse_set_memory)
 
 KVM_MEM_LOG_DIRTY_PAGES = 0x1
@@ -103,7 +103,6 @@ class MemslotTimeline:
     known_from: int | None = None  # seq from which the layout is known (None: never)
     complete: bool = False  # True: gfns outside every slot are known to be unmapped
     quirk_hint: int | None = None  # kvmlab_start slot_zap_all_quirk=N
-    lab_moves: int = 0  # changes a lab marker confirmed as a true KVM_MR_MOVE
     source: str = "none"
     notes: list[str] = field(default_factory=list)
 
@@ -216,7 +215,7 @@ class _Builder:
     def _open(self, slot: int, base: int, n: int, flags: int, start: int, ua: int) -> None:
         self.live[slot] = (base, n, flags, start, ua)
 
-    def add(self, line: SlotLine, window_start: int | None, anchor: str, lab_kind: str | None) -> None:
+    def add(self, line: SlotLine, window_start: int | None, anchor: str) -> None:
         if line.ret != 0:
             self.tl.notes.append(f"seq {line.seq}: kvm_set_user_memory slot {line.slot} failed (ret={line.ret}); ignored")
             return
@@ -243,8 +242,6 @@ class _Builder:
                 kind = "flags"
             elif on == n and ob != base:
                 kind = "move"
-                if lab_kind == "move":
-                    self.tl.lab_moves += 1
             else:
                 kind = "recreate"  # QEMU: read-only toggle or resize is a delete + create in one line
             self._close(line.slot, start if kind != "flags" else seq)
@@ -287,7 +284,6 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
     pids = print_table.column("pid").to_pylist()
     bufs = print_table.column("buf").to_pylist()
     last_line: dict[int, int] = {}  # pid -> seq of its previous memslot line
-    hint: dict[int, str] = {}  # pid -> kind named by its last kvmlab_memslot_ioctl marker
     for seq, pid, buf in zip(seqs, pids, bufs):
         if not buf:
             continue
@@ -296,13 +292,8 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             if line is None:
                 continue
             start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
-            lab_kind = "move" if "kvmlab_memslot_move" in buf else hint.pop(pid, None)
-            b.add(line, start, anchor, lab_kind)
+            b.add(line, start, anchor)
             last_line[pid] = seq
-        elif "kvmlab_memslot_ioctl" in buf:
-            kind = parse_lab_kind(buf)
-            if kind:
-                hint[pid] = kind
         elif "kvm_clear_dirty_log" in buf:
             cleared = parse_clear_dirty(buf)
             if cleared:
@@ -350,7 +341,7 @@ def from_lines(lines: Iterable[str]) -> MemslotTimeline:
     for text in lines:
         line = parse_set_memory(text, None, 0)
         if line is not None:
-            b.add(line, None, "QEMU log (no position in the trace)", None)
+            b.add(line, None, "QEMU log (no position in the trace)")
     tl = b.finish()
     if not tl.changes:
         raise TraceError("the QEMU log has no kvm_set_user_memory lines; run QEMU with -trace kvm_set_user_memory")

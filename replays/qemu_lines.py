@@ -18,7 +18,6 @@ _SET_MEM = re.compile(
 )
 _CLEAR_DIRTY = re.compile(r"kvm_clear_dirty_log\s+slot#(?P<slot>\d+)\s+start\s+(?P<start>0x[0-9a-fA-F]+)\s+"
                           r"size\s+(?P<size>0x[0-9a-fA-F]+)")
-_LAB_IOCTL = re.compile(r"kvmlab_memslot_ioctl\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+kind=(?P<kind>[\w-]+)")
 _LAB_MOVE = re.compile(
     r"kvmlab_memslot_move\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)\s+flags=(?P<flags>0x[0-9a-fA-F]+)\s+"
     r"old_gpa=0x[0-9a-fA-F]+\s+gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+"
@@ -67,12 +66,6 @@ def parse_clear_dirty(text: str) -> tuple[int, int, int] | None:
     """``kvm_clear_dirty_log slot#N start 0xFIRST size 0xNUM``: (slot, first page, pages)."""
     m = _CLEAR_DIRTY.search(text)
     return (int(m["slot"]), int(m["start"], 16), int(m["size"], 16)) if m else None
-
-
-def parse_lab_kind(text: str) -> str | None:
-    """The ``kind=`` of a ``kvmlab_memslot_ioctl`` line."""
-    m = _LAB_IOCTL.search(text)
-    return m["kind"] if m else None
 
 
 def parse_lab_get_dirty(text: str) -> int | None:

@@ -162,10 +162,6 @@ class PageHeader:
     data_offset: int
     data_size: int
 
-    @property
-    def subbuf_size(self) -> int:
-        return self.data_offset + self.data_size
-
 
 def parse_header_page(text: str, path: str) -> PageHeader:
     """Parse header_page: where the commit word and the records are in every page.
