@@ -37,7 +37,7 @@ def stages(trace: Path, fmt: str) -> dict[str, float]:
     import kvmtrace
     from kvmtrace.analysis import Analysis, analysis_report
     from kvmtrace.report import render
-    from replays import replay
+    from kvmtrace.replays import replay
 
     t1 = time.perf_counter()
     opened = kvmtrace.open(trace)

@@ -1,4 +1,4 @@
-"""Benchmark: ``replays.replay`` throughput and how it scales with trace length.
+"""Benchmark: ``kvmtrace.replays.replay`` throughput and how it scales with trace length.
 
 Usage: python bench/bench_replay.py [TRACE] [--runs N]
 
@@ -24,9 +24,9 @@ import pyarrow.compute as pc
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import parsers  # noqa: E402
-from parsers.schema import TraceData  # noqa: E402
-from replays import replay  # noqa: E402
+from kvmtrace import parsers  # noqa: E402
+from kvmtrace.parsers.schema import TraceData  # noqa: E402
+from kvmtrace.replays import replay  # noqa: E402
 
 
 def head(data: TraceData, fraction: float) -> TraceData:

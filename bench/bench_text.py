@@ -39,10 +39,10 @@ import json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 kind, path = sys.argv[1], sys.argv[2]
 if kind == "tracedat":
-    from parsers.tracedat import read_tracedat as read
+    from kvmtrace.parsers.tracedat import read_tracedat as read
     args = {}
 else:
-    from parsers.text import read_text as read
+    from kvmtrace.parsers.text import read_text as read
     args = {"compression": "gzip"} if path.endswith(".gz") else {}
 t0, c0 = time.perf_counter(), time.process_time()
 data = read(path, **args)

@@ -29,7 +29,7 @@ REPO = HERE.parent
 _CHILD = """
 import json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
-from parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat import read_tracedat
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0, c0 = time.perf_counter(), time.process_time()
 data = read_tracedat(sys.argv[1])

@@ -22,8 +22,8 @@ import polars as pl
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-import parsers  # noqa: E402
-from replays import replay  # noqa: E402
+from kvmtrace import parsers  # noqa: E402
+from kvmtrace.replays import replay  # noqa: E402
 
 SHARED = Path(os.environ.get("KVMTRACE_SHARED", HERE.parent.parent / "shared"))
 

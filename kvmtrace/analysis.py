@@ -1,7 +1,7 @@
 """Parse, select, replay, build the report model: what ``analyze``, ``diff`` and notebooks share.
 
 The user-supplied side files (``--qemu-log``, ``--memslots``) are read here, in the kvmtrace
-layer, and handed to the replay as lines and objects: ``replays`` never opens a file. Nothing
+layer, and handed to the replay as lines and objects: ``kvmtrace.replays`` never opens a file. Nothing
 here knows the command line, so importing it never imports the CLI.
 """
 
@@ -20,10 +20,10 @@ from rich.console import Console
 
 import kvmtrace
 from kvmtrace.report import Report, build_report, write_atomic
-from parsers.errors import TraceError
-from parsers.schema import TraceData
-from replays.replay import replay
-from replays.results import ReplayResult
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.replay import replay
+from kvmtrace.replays.results import ReplayResult
 
 #: --fail-on threshold -> severities that meet it
 FAIL_ON: dict[str, tuple[str, ...]] = {"error": ("error",), "warning": ("error", "warning")}

@@ -1,6 +1,6 @@
 """The Python face: ``kvmtrace.open(path)`` and the :class:`Trace` object.
 
-A ``Trace`` wraps the reader's :class:`parsers.schema.TraceData` and presents it the way a
+A ``Trace`` wraps the reader's :class:`kvmtrace.parsers.schema.TraceData` and presents it the way a
 notebook user wants it: polars DataFrames (``.to_pandas()`` is one call away), the raw Arrow
 tables when exactness matters, and Parquet export.
 """
@@ -16,10 +16,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-import parsers
-import replays
-from parsers.schema import TraceData, TraceInfo
-from replays.results import ReplayResult
+from kvmtrace import parsers
+from kvmtrace import replays
+from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.replays.results import ReplayResult
 
 
 class Trace:
@@ -71,7 +71,7 @@ class Trace:
 
     def replay(self, *, kernel: str | None = None, memslots: dict | None = None,
                qemu_log_lines: list[str] | None = None) -> ReplayResult:
-        """Replay this trace against the simulated MMU (see :func:`replays.replay`)."""
+        """Replay this trace against the simulated MMU (see :func:`kvmtrace.replays.replay`)."""
         return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
 
     def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:

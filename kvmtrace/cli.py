@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module under :mod:`kvmtrace.commands` and registers itself on
 :data:`app`. This module owns only what is common to all of them: the one-line error contract
-(a :class:`parsers.TraceError` becomes ``kvmtrace: <message>`` on stderr and exit status 2, never a
+(a :class:`kvmtrace.parsers.TraceError` becomes ``kvmtrace: <message>`` on stderr and exit status 2, never a
 traceback) and the entry point.
 """
 
@@ -13,7 +13,7 @@ import warnings
 
 import typer
 
-from parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.errors import TraceError, TraceWarning
 
 app = typer.Typer(
     name="kvmtrace",

@@ -19,8 +19,8 @@ from matplotlib.figure import Figure as MplFigure
 from kvmtrace.api import Trace
 from kvmtrace.report.evidence import column_ts
 from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
-from parsers.schema import TraceData
-from replays.results import ReplayResult
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.results import ReplayResult
 
 #: Event groups drawn on the timeline, in the order of the panels.
 TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {

@@ -1,12 +1,12 @@
 """Bytes and text in, Arrow out.
 
-``parsers.read(path)`` decides by content (never by file name) whether the input is a trace-cmd
+``kvmtrace.parsers.read(path)`` decides by content (never by file name) whether the input is a trace-cmd
 ``trace.dat`` or ftrace text (plain or gzip/xz/zstd-compressed) and hands it to the matching
-reader. Both readers return the same :class:`parsers.schema.TraceData`.
+reader. Both readers return the same :class:`kvmtrace.parsers.schema.TraceData`.
 """
 
-from parsers.errors import TraceError, TraceWarning
-from parsers.schema import TraceData, TraceInfo
-from parsers.detect import read
+from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.parsers.detect import read
 
 __all__ = ["read", "TraceData", "TraceInfo", "TraceError", "TraceWarning"]

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 
-from parsers.errors import TraceError
-from parsers.schema import TraceData
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import TraceData
 
 TRACEDAT_MAGIC = b"\x17\x08\x44tracing"
 #: Compressed-stream magics for text inputs (a compressed trace.dat is not something trace-cmd
@@ -50,9 +50,9 @@ def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     """
     kind = sniff(path)
     if kind == "tracedat":
-        from parsers.tracedat import read_tracedat
+        from kvmtrace.parsers.tracedat import read_tracedat
 
         return read_tracedat(path, instance=instance)
-    from parsers.text import read_text
+    from kvmtrace.parsers.text import read_text
 
     return read_text(path, compression=kind, strict=strict)

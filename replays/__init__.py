@@ -1,9 +1,9 @@
 """The simulated KVM MMU: kernel profiles, memslot timeline, shadow/TDP models, detectors, what-if.
 
-Consumes :class:`parsers.schema.TraceData`; never opens a file. The entry point is
-:func:`replays.replay`, which returns a :class:`replays.results.ReplayResult`.
+Consumes :class:`kvmtrace.parsers.schema.TraceData`; never opens a file. The entry point is
+:func:`kvmtrace.replays.replay`, which returns a :class:`kvmtrace.replays.results.ReplayResult`.
 """
 
-from replays.replay import decoded_table, replay
+from kvmtrace.replays.replay import decoded_table, replay
 
 __all__ = ["replay", "decoded_table"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from parsers.schema import TraceData
-from replays import memslots as ms
-from replays.inputs import PAGE_EVENTS, roles_known
-from replays.profiles import KernelProfile, ept, profile_for, spte_flavour
-from replays.stream import numpy_column
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.inputs import PAGE_EVENTS, roles_known
+from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
+from kvmtrace.replays.stream import numpy_column
 
 
 def guess_profile(data: TraceData) -> tuple[KernelProfile, str]:

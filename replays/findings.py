@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from replays.results import CHECK_IDS, CHECKS_SCHEMA, FINDINGS_SCHEMA, SEVERITY
+from kvmtrace.replays.results import CHECK_IDS, CHECKS_SCHEMA, FINDINGS_SCHEMA, SEVERITY
 
 
 @dataclass

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from parsers.errors import TraceError
-from parsers.schema import META_SYSTEM, TraceData
-from replays.profiles import KernelProfile
-from replays.stream import numpy_column
-from replays.tdp import FROZEN_LOW
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import META_SYSTEM, TraceData
+from kvmtrace.replays.profiles import KernelProfile
+from kvmtrace.replays.stream import numpy_column
+from kvmtrace.replays.tdp import FROZEN_LOW
 
 #: The kvmmmu events, for readers that leave the ``system`` column empty.
 KVMMMU_EVENTS = frozenset({

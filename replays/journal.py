@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from replays.results import UNEXPLAINED_SCHEMA
+from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-from parsers.errors import TraceError
-from replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
                                 parse_lab_quirk, parse_set_memory)
 
 KVM_MEM_LOG_DIRTY_PAGES = 0x1

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.schema import TraceData
+from kvmtrace.parsers.schema import TraceData
 
 
 def _keep(table: pa.Table, drop: pa.Array) -> pa.Table:

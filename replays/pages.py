@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from replays.profiles import KernelProfile, decode_role
+from kvmtrace.replays.profiles import KernelProfile, decode_role
 
 NONE = -1  # "no seq": never zapped / never obsolete
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pyarrow as pa
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 
 @dataclass(frozen=True)

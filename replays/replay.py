@@ -13,21 +13,21 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from parsers.schema import TraceData
-from replays import memslots as ms
-from replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
-from replays.detectors import run_all
-from replays.detectors.context import Context
-from replays.findings import LostWindows, finalize
-from replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
+from kvmtrace.replays.detectors import run_all
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import LostWindows, finalize
+from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
                             zap_all_event)
-from replays.journal import Journal
-from replays.pages import PageBook
-from replays.profiles import decode_role, profile_for
-from replays.results import ReplayResult
-from replays.summaries import memslot_summary, zap_all_summary
-from replays.walk import walk
-from replays.whatif import whatif
+from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.pages import PageBook
+from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.replays.results import ReplayResult
+from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
+from kvmtrace.replays.walk import walk
+from kvmtrace.replays.whatif import whatif
 
 
 def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,

@@ -1,4 +1,4 @@
-"""What a replay returns: the contract between ``replays`` and the reports.
+"""What a replay returns: the contract between ``kvmtrace.replays`` and the reports.
 
 The detectors fill ``findings`` and ``checks``; the models fill the object tables; the renderers
 in ``kvmtrace.report`` read only what is declared here.

@@ -8,7 +8,7 @@ notifier unmaps, the per-slot zap of leaf SPTEs, dirty-log write protection).
 
 This state machine walks the page events only: pages by identity ``(gfn, role without the invalid
 bit, generation)``, their zaps, unsync/sync and generations. It records every lookup so that
-:mod:`replays.shadow_sptes` can afterwards settle the (far more numerous) SPTE installs with
+:mod:`kvmtrace.replays.shadow_sptes` can afterwards settle the (far more numerous) SPTE installs with
 array operations: nothing about a page depends on its SPTEs.
 """
 
@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.journal import Journal
-from replays.pages import NONE, PageBook
-from replays.profiles import KernelProfile
-from replays.shadow_sptes import Lookups
+from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.pages import NONE, PageBook
+from kvmtrace.replays.profiles import KernelProfile
+from kvmtrace.replays.shadow_sptes import Lookups
 
 
 class ShadowModel:

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replays.journal import Journal, coded
-from replays.pages import NONE, PageBook
-from replays.profiles import KernelProfile
+from kvmtrace.replays.journal import Journal, coded
+from kvmtrace.replays.pages import NONE, PageBook
+from kvmtrace.replays.profiles import KernelProfile
 
 FOREVER = np.iinfo(np.int64).max
 END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP = 0, 1, 2, 3

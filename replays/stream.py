@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from parsers.schema import TraceData
+from kvmtrace.parsers.schema import TraceData
 
 
 @dataclass

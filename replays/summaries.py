@@ -13,8 +13,8 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from replays.detectors.context import Context
-from replays.pages import NONE
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.pages import NONE
 
 
 def recreations(ctx: Context) -> dict[tuple[int, int], list[int]]:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.journal import Journal, Snapshot
-from replays.pages import NONE, PageBook
-from replays.profiles import KernelProfile
+from kvmtrace.replays.journal import Journal, Snapshot
+from kvmtrace.replays.pages import NONE, PageBook
+from kvmtrace.replays.profiles import KernelProfile
 
 FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (tracepoints.md §4.3)
 

@@ -1,24 +1,24 @@
 """The replay loop: state-changing events merged by seq, fed to the shadow or TDP model.
 
-One tight loop over plain lists (see :mod:`replays.stream`), with checkpoints at memslot changes.
+One tight loop over plain lists (see :mod:`kvmtrace.replays.stream`), with checkpoints at memslot changes.
 The shadow MMU's SPTE installs stay out of it and are settled afterwards with array operations
-(:mod:`replays.shadow_sptes`), because no page event depends on them.
+(:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from parsers.schema import TraceData
-from replays import memslots as ms
-from replays.inputs import zap_all_event
-from replays.journal import Journal, Snapshot, coded
-from replays.pages import PageBook
-from replays.profiles import KernelProfile
-from replays.shadow import ShadowModel
-from replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
-from replays.stream import Columns, extract, merge_order, numpy_column
-from replays.tdp import FROZEN_LOW, TdpModel
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.inputs import zap_all_event
+from kvmtrace.replays.journal import Journal, Snapshot, coded
+from kvmtrace.replays.pages import PageBook
+from kvmtrace.replays.profiles import KernelProfile
+from kvmtrace.replays.shadow import ShadowModel
+from kvmtrace.replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
+from kvmtrace.replays.stream import Columns, extract, merge_order, numpy_column
+from kvmtrace.replays.tdp import FROZEN_LOW, TdpModel
 
 PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 
@@ -30,7 +30,7 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
 
     The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
-    operations (:mod:`replays.shadow_sptes`), because no page event depends on them."""
+    operations (:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them."""
     tdp = mmu == "tdp"
     streams: list[Columns | None] = [
         extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),

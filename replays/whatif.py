@@ -21,10 +21,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from replays.detectors.context import Context, span
-from replays.detectors.slot_removal import zap_rule_mask
-from replays.memslots import ANCHOR_ZAPS
-from replays.summaries import next_creation, recreations
+from kvmtrace.replays.detectors.context import Context, span
+from kvmtrace.replays.detectors.slot_removal import zap_rule_mask
+from kvmtrace.replays.memslots import ANCHOR_ZAPS
+from kvmtrace.replays.summaries import next_creation, recreations
 
 WHATIF_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("slot", pa.int32()), ("kind", pa.string()), ("policy", pa.string()),

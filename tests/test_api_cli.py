@@ -19,7 +19,7 @@ import pytest
 
 import kvmtrace
 from conftest import SAMPLES
-from parsers.schema import COMMON_NAMES
+from kvmtrace.parsers.schema import COMMON_NAMES
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.dat"))
 

@@ -1,7 +1,7 @@
 """Detectors beyond the mutation list: MMIO staleness, zaps of unknown pages, the lost-event rule,
 and the 2019 range rule of the per-slot zap (which no recording here can exercise).
 
-Injected changes are made on real recordings with :mod:`replays.mutate`; the expected finding is
+Injected changes are made on real recordings with :mod:`kvmtrace.replays.mutate`; the expected finding is
 what was injected. The range-rule test is hand-made data (a 2019 kernel recording does not exist
 here), checked against the alignment arithmetic of seed 000 done by hand.
 """
@@ -14,14 +14,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
-from parsers.schema import GAPS_SCHEMA
-from replays import replay
-from replays.detectors.context import Context
-from replays.detectors.slot_removal import zap_rule_mask
-from replays.mutate import altered, without
-from replays.profiles import profile_for
+from kvmtrace.parsers.schema import GAPS_SCHEMA
+from kvmtrace.replays import replay
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.detectors.slot_removal import zap_rule_mask
+from kvmtrace.replays.mutate import altered, without
+from kvmtrace.replays.profiles import profile_for
 
 TDP_CHURN = NESTED / "tdp-churn-noquirk-small-kt.dat"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
-from replays import replay
-from replays.mutate import altered, rows, seqs_between, without
-from replays.profiles import decode_role, profile_for
+from kvmtrace.replays import replay
+from kvmtrace.replays.mutate import altered, rows, seqs_between, without
+from kvmtrace.replays.profiles import decode_role, profile_for
 
 _CACHE: dict = {}
 

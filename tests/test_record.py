@@ -92,7 +92,7 @@ def text_counts(path: Path) -> Counter[str]:
 def test_native_recording_decodes_identically_and_restores_tracefs(
     compression: str, tmp_path: Path, trace_cmd: str
 ) -> None:
-    from parsers.tracedat import read_tracedat
+    from kvmtrace.parsers.tracedat import read_tracedat
 
     before = tracefs_state()
     out = tmp_path / "guest.dat"
@@ -122,7 +122,7 @@ def test_native_recording_decodes_identically_and_restores_tracefs(
 def test_native_backend_drains_the_buffer_while_the_command_runs(tmp_path: Path) -> None:
     """About 11 MB of events through ring buffers of 8 MB in all: drained while the guest runs,
     none is lost; read only at the end (as --text must), the buffers overwrite the oldest."""
-    from parsers.tracedat import read_tracedat
+    from kvmtrace.parsers.tracedat import read_tracedat
 
     loops = 40_000
     guest = [*GUEST, str(loops)]
@@ -244,7 +244,7 @@ def test_auto_backend_without_trace_cmd_is_native(tmp_path: Path) -> None:
 def test_not_root_is_refused_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-made condition (the tests run as root here): a non-root user gets told to use sudo."""
     from kvmtrace.record.recorder import RecordOptions, record
-    from parsers.errors import TraceError
+    from kvmtrace.parsers.errors import TraceError
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(TraceError, match="recording needs root .*: run kvmtrace record with sudo"):
@@ -255,7 +255,7 @@ def test_not_root_is_refused_first(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 def test_tracefs_without_kvmmmu_says_load_kvm(tmp_path: Path) -> None:
     """Hand-made tracefs folder (no real host lacks only the kvm module here)."""
     from kvmtrace.record.recorder import RecordOptions, record
-    from parsers.errors import TraceError
+    from kvmtrace.parsers.errors import TraceError
 
     (tmp_path / "tracing_on").write_text("1\n")
     with pytest.raises(TraceError, match="no kvmmmu events in tracefs: the kvm module is not loaded"):
@@ -265,7 +265,7 @@ def test_tracefs_without_kvmmmu_says_load_kvm(tmp_path: Path) -> None:
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
 def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
     from kvmtrace.record.recorder import RecordOptions, record
-    from parsers.errors import TraceError
+    from kvmtrace.parsers.errors import TraceError
 
     with pytest.raises(TraceError, match=f"mount -t tracefs nodev {tmp_path}"):
         record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))

@@ -10,12 +10,12 @@ import re
 import numpy as np
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import SAMPLES
-from parsers.errors import TraceError
-from replays import memslots as ms
-from replays import replay
-from replays.qemu_lines import parse_set_memory
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.replays import memslots as ms
+from kvmtrace.replays import replay
+from kvmtrace.replays.qemu_lines import parse_set_memory
 
 LAB_KIND = re.compile(r"kvmlab_memslot_ioctl .*?kind=([\w-]+)")
 

@@ -13,9 +13,9 @@ import re
 import numpy as np
 import pytest
 
-import parsers
-from parsers.errors import TraceError
-from replays.profiles import decode_role, profile_for
+from kvmtrace import parsers
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.replays.profiles import decode_role, profile_for
 
 PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page")
 ACCESS = ["---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux"]
@@ -101,8 +101,8 @@ def test_spte_format_npt_on_real_traces_and_ept_by_construction(nested_dir):
     """The nested recordings are AMD NPT: their leaf SPTEs read as the x86 format. No Intel EPT
     recording exists here, so the EPT side is hand-made from the bit layout (tracepoints.md §4.1-§4.3:
     MMU-present bit 11, R/W/X bits 0-2, write-back memory type 6 in bits 3-5, A bit 8, D bit 9)."""
-    from replays import replay
-    from replays.profiles import ept, spte_flavour
+    from kvmtrace.replays import replay
+    from kvmtrace.replays.profiles import ept, spte_flavour
 
     result = replay(parsers.read(nested_dir / "tdp-churn-noquirk-small-kt.dat"))
     assert any("SPTE format shadow/NPT" in a for a in result.assumptions)

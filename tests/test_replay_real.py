@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
-from replays import replay
-from replays.results import CHECK_IDS
+from kvmtrace.replays import replay
+from kvmtrace.replays.results import CHECK_IDS
 
 NESTED_MMU = {  # nested/README.md table
     "tdp-boot-small-kt": ("tdp", None),
@@ -81,7 +81,7 @@ def test_trace_replay_method(nested_dir):
 
 def test_trace_without_kvmmmu_events_is_a_trace_error(public_dir):
     """A real scheduler trace from another project: a one-line TraceError that says what to record."""
-    from parsers.errors import TraceError
+    from kvmtrace.parsers.errors import TraceError
 
     with pytest.raises(TraceError, match="no kvmmmu events.*-e kvmmmu"):
         replay(parsers.read(public_dir / "sched_load.v7zstd.dat"))

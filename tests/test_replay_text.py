@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
-from replays import replay
+from kvmtrace.replays import replay
 
 NEEDS_ROLES = {"memslot_zap_miss"}
 NAMES = ["tdp-churn-noquirk-small-kt", "shadow-churn-noquirk-small-kt", "k61tdp-churn-small-kt",

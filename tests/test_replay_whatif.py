@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
-from replays import replay
-from replays.profiles import profile_for
+from kvmtrace.replays import replay
+from kvmtrace.replays.profiles import profile_for
 
 FILES = [SAMPLES / f"{n}.dat" for n in ("churn-zapall", "churn-zapslot", "ptslot-zapslot", "ptslot-zapall",
                                         "rom-zapall", "multi-zapslot")] + \

@@ -13,7 +13,7 @@ from collections import defaultdict
 
 import pytest
 
-import parsers
+from kvmtrace import parsers
 from kvmtrace.report.evidence import evidence_lines
 
 TRACES = ["tdp-churn-noquirk-small-kt.dat", "shadow-churn-noquirk-small-kt.dat"]

@@ -19,8 +19,8 @@ import pyarrow as pa
 import pytest
 from matplotlib.image import imread
 
-import parsers
-from replays.replay import replay
+from kvmtrace import parsers
+from kvmtrace.replays.replay import replay
 from conftest import SAMPLES
 from kvmtrace.analysis import analysis_report, replay_trace
 from kvmtrace.report import build_report, render

@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from parsers.errors import TraceError
-from parsers.schema import META_NULL_PREFIX
-from parsers.text import read_text
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import META_NULL_PREFIX
+from kvmtrace.parsers.text import read_text
 
 DATA = Path(__file__).parent / "data" / "text"
 

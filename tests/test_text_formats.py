@@ -18,10 +18,10 @@ import pytest
 import zstandard
 from typer.testing import CliRunner
 
-from parsers import read
-from parsers.errors import TraceError
-from parsers.schema import META_NULL_PREFIX
-from parsers.text import read_text
+from kvmtrace.parsers import read
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import META_NULL_PREFIX
+from kvmtrace.parsers.text import read_text
 
 DATA = Path(__file__).parent / "data" / "text"
 

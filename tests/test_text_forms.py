@@ -15,9 +15,9 @@ import re
 import polars as pl
 import pytest
 
-from parsers.text.catalog import catalog
-from parsers.text.decode import decode_event
-from parsers.text.printf import CONVERSION, Choice, Flags, Pointer, Skip, Text
+from kvmtrace.parsers.text.catalog import catalog
+from kvmtrace.parsers.text.decode import decode_event
+from kvmtrace.parsers.text.printf import CONVERSION, Choice, Flags, Pointer, Skip, Text
 
 #: Fields a finishing step computes from helper columns (checked by the real-text tests).
 DERIVED = {"exit_reason", "isa", "reason", "errno", "role", "ip", "buf"}

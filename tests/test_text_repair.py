@@ -17,8 +17,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from parsers.text import read_text
-from parsers.text.catalog import catalog
+from kvmtrace.parsers.text import read_text
+from kvmtrace.parsers.text.catalog import catalog
 
 FREE_TEXT = {"print"}  # plus every event without a decoder: their last field takes any text
 

@@ -1,6 +1,6 @@
 """``trace-cmd report`` output of real recordings, in each of its shapes, parses to the binary tables.
 
-Oracle: the same trace.dat read by ``parsers.tracedat``. The report text is produced here by the
+Oracle: the same trace.dat read by ``kvmtrace.parsers.tracedat``. The report text is produced here by the
 installed trace-cmd (plugin rendering of page events and kvm_exit, ``-R`` raw fields, ``-t`` ns
 timestamps, ``-l`` latency flags, ``--ts-diff`` deltas), so each shape is real output.
 """
@@ -12,8 +12,8 @@ import subprocess
 import pytest
 
 from conftest import NESTED
-from parsers.tracedat import read_tracedat
-from parsers.text import read_text
+from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.text import read_text
 from test_text_twins import assert_same_as_binary
 
 RECORDINGS = ["k61tdp-churn-small-kt", "shadow-churn-noquirk-small-kt", "tdpx-dirty-prefault-kt"]

@@ -1,4 +1,4 @@
-"""The byte-level prefix split (``parsers.text.scan``) against the string path (``lines.split``).
+"""The byte-level prefix split (``kvmtrace.parsers.text.scan``) against the string path (``lines.split``).
 
 Oracle: the string path, an independent implementation (polars string kernels and the full
 prefix regex) that the twin tests check against the binary reader. For every line the fast
@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 
 from conftest import NESTED, SAMPLES
-from parsers.text import lines as prefix
-from parsers.text.scan import scan
-from parsers.text.source import Chunk, _buffer
+from kvmtrace.parsers.text import lines as prefix
+from kvmtrace.parsers.text.scan import scan
+from kvmtrace.parsers.text.source import Chunk, _buffer
 
 TWINS = sorted(p for d in (NESTED, SAMPLES) for p in d.glob("*.txt.gz"))
 

@@ -1,6 +1,6 @@
 """Every real recording with a kernel text twin: the text parses to the binary reader's tables.
 
-Oracle: the trace.dat of the same records, read by ``parsers.tracedat`` (itself checked against
+Oracle: the trace.dat of the same records, read by ``kvmtrace.parsers.tracedat`` (itself checked against
 ``trace-cmd report``), and the recording's ``.counts.txt`` (counted by trace-cmd and from the
 text independently). Text timestamps are µs (the kernel rounds: ``(ns + 500) / 1000``), so rows are matched by
 (µs, CPU, order within the CPU); inside one CPU both files keep the ring buffer's order, so this pairing is exact.
@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 
 from conftest import NESTED, SAMPLES
-from parsers.schema import META_NULL_PREFIX
-from parsers.tracedat import read_tracedat
-from parsers.text import read_text
+from kvmtrace.parsers.schema import META_NULL_PREFIX
+from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.text import read_text
 
 TWINS = sorted(p for d in (NESTED, SAMPLES) for p in d.glob("*.txt.gz") if p.with_name(p.name[:-7] + ".dat").exists())
 

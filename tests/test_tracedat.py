@@ -24,13 +24,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parsers.errors import TraceError, TraceWarning
-from parsers.schema import TraceData
-from parsers.tracedat import read_tracedat
-from parsers.tracedat.constants import MAGIC, SECTION_HEADER_SIZE, SECTION_OPTIONS, Option
-from parsers.tracedat.container import parse_container
-from parsers.tracedat.cursor import Cursor
-from parsers.tracedat.salvage import cpus_with_events
+from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat.constants import MAGIC, SECTION_HEADER_SIZE, SECTION_OPTIONS, Option
+from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.salvage import cpus_with_events
 from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent
 from tracedat_builder import Data, Padding, TimeExtend, TimeStamp, build_page, build_tracedat, content_of
 from tracedat_oracle import assert_matches, run_report

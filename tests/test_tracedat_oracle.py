@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import NESTED, PUBLIC, SAMPLES
-from parsers.schema import TraceData
-from parsers.tracedat import read_tracedat
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.tracedat import read_tracedat
 from tracedat_oracle import OracleReport, assert_matches, run_report
 
 #: Above this many events, fields are compared on every k-th event only (all counts and all

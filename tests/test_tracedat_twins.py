@@ -21,7 +21,7 @@ import pyarrow as pa
 import pytest
 
 from conftest import NESTED
-from parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat import read_tracedat
 
 _LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<flags>\S{5})\s+"
                    r"(?P<sec>\d+)\.(?P<usec>\d{6}):\s+(?P<event>[^:\s]+):")

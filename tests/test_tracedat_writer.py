@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from kvmtrace.record.tracedat_writer import write_tracedat
-from parsers.errors import TraceError
-from parsers.tracedat import read_tracedat
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat import read_tracedat
 from tracedat_builder import (
     Data,
     Padding,

@@ -23,7 +23,7 @@ import struct
 from dataclasses import dataclass
 
 from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
-from parsers.tracedat.constants import (
+from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
     COMPRESSION_NONE,
@@ -36,7 +36,7 @@ from parsers.tracedat.constants import (
     TYPE_LEN_TIME_STAMP,
     Option,
 )
-from parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.container import parse_container
 
 # ---- records -----------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from parsers.schema import COMMON_NAMES, META_PRINT_FMT, TraceData
+from kvmtrace.parsers.schema import COMMON_NAMES, META_PRINT_FMT, TraceData
 
 _HEAD_RE = re.compile(
     r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"

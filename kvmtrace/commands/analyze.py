@@ -11,7 +11,7 @@ import typer
 from kvmtrace.analysis import FAIL_ON, Steps, analysis_report, check_format, emit, replay_trace
 from kvmtrace.cli import app
 from kvmtrace.report import FORMATS, render
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 
 @app.command()

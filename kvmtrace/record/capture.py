@@ -24,7 +24,7 @@ import numpy as np
 
 from kvmtrace.record.tracedat_writer import EventSystem, PageBytes, TraceDatContent
 from kvmtrace.record.tracefs import Tracefs
-from parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
+from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 
 KALLSYMS = "/proc/kallsyms"
 

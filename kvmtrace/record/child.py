@@ -18,7 +18,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
 

@@ -36,8 +36,8 @@ from kvmtrace.record.child import CommandResult, run_command
 from kvmtrace.record.lock import recording_lock
 from kvmtrace.record.tracedat_writer import write_tracedat
 from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
-from parsers.errors import TraceError
-from parsers.tracedat.constants import COMPRESSION_ZSTD
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm")
 KVM_DEVICE = Path("/dev/kvm")

@@ -24,8 +24,8 @@ from typing import BinaryIO, Callable
 
 import zstandard
 
-from parsers.errors import TraceError
-from parsers.tracedat.constants import (
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.constants import (
     COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
     COMPRESSION_ZLIB,

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 DEFAULT_TRACEFS = Path("/sys/kernel/tracing")
 #: Where tracefs also appears when only debugfs is mounted.

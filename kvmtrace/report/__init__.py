@@ -14,7 +14,7 @@ from kvmtrace.report.markdown import render_markdown
 from kvmtrace.report.model import Figure, Report, build_report, trace_facts
 from kvmtrace.report.output import write_atomic
 from kvmtrace.report.text import render_text
-from parsers.schema import TraceData
+from kvmtrace.parsers.schema import TraceData
 
 FORMATS: tuple[str, ...] = ("text", "markdown", "html", "json")
 DIFF_FORMATS: tuple[str, ...] = FORMATS

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kvmtrace.report.grid import seconds_text
-from parsers.schema import COMMON_NAMES, TraceData
+from kvmtrace.parsers.schema import COMMON_NAMES, TraceData
 
 
 def _field_text(value: object, typ: pa.DataType) -> str:

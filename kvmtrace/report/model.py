@@ -18,8 +18,8 @@ import pyarrow as pa
 from kvmtrace.report.evidence import column_ts, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.traceinfo import info_dict
-from parsers.schema import TraceData
-from replays.results import ReplayResult
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
 EVIDENCE_SHOWN = 12

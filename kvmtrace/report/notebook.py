@@ -1,6 +1,6 @@
 """A replay as a notebook shows it: ``view(trace, replay)`` displays as the HTML report.
 
-``replays`` stays free of HTML (it never knows who looks at its results); this small wrapper
+``kvmtrace.replays`` stays free of HTML (it never knows who looks at its results); this small wrapper
 is what gives a replay its ``_repr_html_`` in Jupyter, and its tables as polars DataFrames.
 """
 
@@ -16,7 +16,7 @@ from kvmtrace.api import Trace
 from kvmtrace.report.blocks import report_blocks
 from kvmtrace.report.html import render_html_fragment
 from kvmtrace.report.model import Report, build_report
-from replays.results import ReplayResult
+from kvmtrace.replays.results import ReplayResult
 
 
 @dataclass

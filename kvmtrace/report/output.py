@@ -11,7 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 
 def write_atomic(path: str | os.PathLike[str], text: str) -> None:

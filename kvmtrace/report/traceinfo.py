@@ -1,4 +1,4 @@
-"""The facts of a recording (:class:`parsers.schema.TraceInfo`) as JSON and as text.
+"""The facts of a recording (:class:`kvmtrace.parsers.schema.TraceInfo`) as JSON and as text.
 
 Shared by ``kvmtrace info`` and the reports (the ``trace`` object of ``analyze --format json`` is
 the same dictionary ``info --json`` prints), so the two can never disagree.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from parsers.schema import TraceInfo
+from kvmtrace.parsers.schema import TraceInfo
 
 
 def info_dict(info: TraceInfo) -> dict:

@@ -16,6 +16,6 @@ column. ``kvmtrace.text_forms`` lists the printed forms (kernel eras) an event's
 matched, the text's own evidence of the kernel era.
 """
 
-from parsers.text.reader import read_text
+from kvmtrace.parsers.text.reader import read_text
 
 __all__ = ["read_text"]

@@ -12,7 +12,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from parsers.schema import (
+from kvmtrace.parsers.schema import (
     COMMON_FIELDS,
     COMMON_NAMES,
     EVENTS_SCHEMA,
@@ -21,7 +21,7 @@ from parsers.schema import (
     META_SOURCE,
     META_SYSTEM,
 )
-from parsers.text.catalog import RAW_FORM, EventSpec
+from kvmtrace.parsers.text.catalog import RAW_FORM, EventSpec
 
 #: Which printed forms (kernel eras, ``plugin``) the event's lines matched, e.g. ``5.4+``: the
 #: text's own evidence of the kernel era, for a reader that has no uname.

@@ -19,8 +19,8 @@ from typing import Callable, Mapping
 import polars as pl
 import pyarrow as pa
 
-from parsers.text import pages
-from parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
+from kvmtrace.parsers.text import pages
+from kvmtrace.parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
 
 #: C type of a format-file field -> Arrow type (by size and signedness, as the format file says).
 ARROW_TYPES: Mapping[str, pa.DataType] = {
@@ -90,7 +90,7 @@ def exit_reasons() -> dict[str, tuple[int, int]]:
     them, the plugin tables those of libtraceevent's plugin_kvm.c (``trace-cmd report``); the
     numbers are architectural, so newer kernels only add names. isa: 1 VMX, 2 SVM.
     """
-    data = json.loads(resources.files("parsers.text").joinpath("exit_reasons.json").read_text())
+    data = json.loads(resources.files("kvmtrace.parsers.text").joinpath("exit_reasons.json").read_text())
     out: dict[str, tuple[int, int]] = {}
     for table, isa in (("plugin_svm", 2), ("svm", 2), ("plugin_vmx", 1), ("vmx", 1)):
         out.update({name: (value, isa) for name, value in data[table].items()})

@@ -16,8 +16,8 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
-from parsers.text.printf import Compiled, ascii_classes, choice_expr, flags_expr, number_expr, pointer_expr
+from kvmtrace.parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
+from kvmtrace.parsers.text.printf import Compiled, ascii_classes, choice_expr, flags_expr, number_expr, pointer_expr
 
 _SCRATCH = pl.Int64
 

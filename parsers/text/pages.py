@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from parsers.text.printf import Choice, Skip
+from kvmtrace.parsers.text.printf import Choice, Skip
 
 PAGE_EVENTS = (
     "kvm_mmu_get_page",

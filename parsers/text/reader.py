@@ -1,8 +1,8 @@
 """The chunk loop: lines -> repaired lines -> prefix split -> per-event decoding -> TraceData.
 
-A clean chunk (no sign of mail damage) is split from its bytes (:mod:`parsers.text.scan`);
+A clean chunk (no sign of mail damage) is split from its bytes (:mod:`kvmtrace.parsers.text.scan`);
 the lines that path leaves, and every chunk that needs repair, take the string path
-(:mod:`parsers.text.lines`), which is the reference for what a line means.
+(:mod:`kvmtrace.parsers.text.lines`), which is the reference for what a line means.
 """
 
 from __future__ import annotations
@@ -13,15 +13,15 @@ import warnings
 import numpy as np
 import polars as pl
 
-from parsers.errors import TraceError, TraceWarning
-from parsers.schema import TraceData, TraceInfo
-from parsers.text import lines as prefix
-from parsers.text import repair
-from parsers.text.assemble import Collected, event_table, events_table, gaps_table, line_seqs, order
-from parsers.text.catalog import catalog
-from parsers.text.decode import Decoded, decode_event, decode_unknown
-from parsers.text.scan import Buffer, scan
-from parsers.text.source import Chunk, read_chunks
+from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.parsers.text import lines as prefix
+from kvmtrace.parsers.text import repair
+from kvmtrace.parsers.text.assemble import Collected, event_table, events_table, gaps_table, line_seqs, order
+from kvmtrace.parsers.text.catalog import catalog
+from kvmtrace.parsers.text.decode import Decoded, decode_event, decode_unknown
+from kvmtrace.parsers.text.scan import Buffer, scan
+from kvmtrace.parsers.text.source import Chunk, read_chunks
 
 
 def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:

@@ -19,7 +19,7 @@ from typing import Callable
 
 import polars as pl
 
-from parsers.text.lines import PREFIX
+from kvmtrace.parsers.text.lines import PREFIX
 
 _QUOTE = r"^\s*(?:>\s?)+"
 _QP_ESCAPE = re.compile(r"=([0-9A-F]{2})")

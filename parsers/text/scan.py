@@ -1,6 +1,6 @@
 """Split the prefix of tracefs-layout lines straight from the chunk's bytes (numpy, no strings).
 
-Why: the string path (:mod:`parsers.text.lines`) runs a dozen polars string kernels per chunk,
+Why: the string path (:mod:`kvmtrace.parsers.text.lines`) runs a dozen polars string kernels per chunk,
 each walking every line, and took most of the reader's time. tracefs prints the prefix with
 fixed widths (``"%16s-%-7d [%03d] %c%c%c%c%c %5lu.%06lu: %s: "``, the pid ``%-5d`` before
 5.x, four flags characters before 5.13), so the separators sit at a few known columns: one
@@ -8,7 +8,7 @@ fixed widths (``"%16s-%-7d [%03d] %c%c%c%c%c %5lu.%06lu: %s: "``, the pid ``%-5d
 in ``uint64`` arithmetic, and ``comm``/``event``/``args`` as Arrow string *views* into the
 chunk's buffer (no copy of the text).
 
-Only lines that split here exactly as :func:`parsers.text.lines.split` splits them are taken:
+Only lines that split here exactly as :func:`kvmtrace.parsers.text.lines.split` splits them are taken:
 ASCII, that layout, a ``seconds.fraction`` timestamp. Everything else (``trace-cmd report``
 output, the latency layout, TGID columns, headers, gaps, damage) is rejected and goes to the
 string path, so the result does not depend on which path took a line.
@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from parsers.text.lines import PRINT_CALLERS
+from kvmtrace.parsers.text.lines import PRINT_CALLERS
 
 #: Bytes gathered from each line's start: task (16), '-', pid, CPU, flags, and a timestamp
 #: whose ``": "`` falls in columns 40-62 (seconds up to 9 digits; longer lines go the string way).

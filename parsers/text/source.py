@@ -21,8 +21,8 @@ import polars as pl
 import pyarrow as pa
 import zstandard
 
-from parsers.errors import TraceError
-from parsers.text.scan import Buffer
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.text.scan import Buffer
 
 CHUNK_BYTES = 8 << 20
 

@@ -1,7 +1,7 @@
 """trace-cmd ``trace.dat`` (v6 and v7) reader: exact, columnar, into Arrow tables.
 
-Entry point :func:`read_tracedat` (``parsers.read`` dispatches here by content). What it returns,
-beyond :mod:`parsers.schema`:
+Entry point :func:`read_tracedat` (``kvmtrace.parsers.read`` dispatches here by content). What it returns,
+beyond :mod:`kvmtrace.parsers.schema`:
 
 - ``tables``: one per event name present, plus empty tables for the other events of every system
   that was recorded (so ``table("kvm_mmu_zap_page")`` exists, with 0 rows, when kvmmmu was on).
@@ -21,10 +21,10 @@ beyond :mod:`parsers.schema`:
 - Records whose event id has no format file appear in ``events`` as ``<unknown>`` (null system)
   and in no table; a TraceWarning counts them.
 
-The format constants live in :mod:`parsers.tracedat.constants` so that writers of test files
+The format constants live in :mod:`kvmtrace.parsers.tracedat.constants` so that writers of test files
 import them from here.
 """
 
-from parsers.tracedat.reader import read_tracedat
+from kvmtrace.parsers.tracedat.reader import read_tracedat
 
 __all__ = ["read_tracedat"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from parsers.errors import TraceError
-from parsers.tracedat.formats import EventFormat, parse_format
-from parsers.tracedat.layout import Container
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.formats import EventFormat, parse_format
+from kvmtrace.parsers.tracedat.layout import Container
 
 _NAME_RE = re.compile(rb"^name:\s*(\S+)\s*$", re.M)
 _ID_RE = re.compile(rb"^ID:\s*(\d+)\s*$", re.M)

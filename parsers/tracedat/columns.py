@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from parsers.tracedat.arrow import numeric, strings_from_buffers
-from parsers.tracedat.formats import FieldSpec
+from kvmtrace.parsers.tracedat.arrow import numeric, strings_from_buffers
+from kvmtrace.parsers.tracedat.formats import FieldSpec
 
 
 class FieldReader:
-    """Reads fields out of one instance's page buffer (see :class:`parsers.tracedat.pages.PageData`)."""
+    """Reads fields out of one instance's page buffer (see :class:`kvmtrace.parsers.tracedat.pages.PageData`)."""
 
     def __init__(self, buf: np.ndarray, big_endian: bool):
         self.buf = buf

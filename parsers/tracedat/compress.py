@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import zstandard
 
-from parsers.errors import TraceError
-from parsers.tracedat.constants import COMPRESSION_NONE, COMPRESSION_ZLIB, COMPRESSION_ZSTD
-from parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.constants import COMPRESSION_NONE, COMPRESSION_ZLIB, COMPRESSION_ZSTD
+from kvmtrace.parsers.tracedat.cursor import Cursor
 
 SUPPORTED = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
 #: Largest uncompressed chunk believed (trace-cmd writes 10 pages; sub-buffers are <= 1 MiB).

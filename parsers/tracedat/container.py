@@ -1,6 +1,6 @@
 """Parse the trace.dat container (v6 linear layout, v7 sections and options chains).
 
-The result is a :class:`parsers.tracedat.layout.Container`: metadata blobs, options, and for each
+The result is a :class:`kvmtrace.parsers.tracedat.layout.Container`: metadata blobs, options, and for each
 buffer instance where its per-CPU page streams live. Byte layout: trace-cmd's trace-cmd.dat.v6/v7
 documents, checked against ``trace-input.c`` where they disagree (v6 options end with a bare u16
 0; v6 files carry a clock trailer after the flyrecord table when a TRACECLOCK option exists).
@@ -11,9 +11,9 @@ from __future__ import annotations
 import mmap
 import re
 
-from parsers.errors import TraceError
-from parsers.tracedat.compress import Decompressor
-from parsers.tracedat.constants import (
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.compress import Decompressor
+from kvmtrace.parsers.tracedat.constants import (
     COMPRESSION_NONE,
     DONE_OPTION_SIZE,
     ENDIAN_BIG,
@@ -32,9 +32,9 @@ from parsers.tracedat.constants import (
     VERSION_SECTIONS,
     Option,
 )
-from parsers.tracedat.cursor import Cursor
-from parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
-from parsers.tracedat.salvage import cpus_with_events, salvage_top_buffer
+from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
+from kvmtrace.parsers.tracedat.salvage import cpus_with_events, salvage_top_buffer
 
 
 #: Largest CPU number believed (the ``cpu`` column is int16).

@@ -1,7 +1,7 @@
 """Bounds-checked reading of the trace.dat container (headers, options, metadata blobs).
 
 Only the small, irregular parts of the file go through here; the bulk per-CPU page data is
-decoded with numpy views (see :mod:`parsers.tracedat.pages`). Every read checks the end of its
+decoded with numpy views (see :mod:`kvmtrace.parsers.tracedat.pages`). Every read checks the end of its
 buffer so that a file cut short fails with "truncated at byte N" instead of a struct error.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import mmap
 import struct
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 
 class Cursor:

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from parsers.tracedat.arrow import numeric, strings
+from kvmtrace.parsers.tracedat.arrow import numeric, strings
 
 #: Largest value range handled with a presence table (a 16 M-entry bool + int32 table).
 _TABLE_RANGE = 1 << 24

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from parsers.errors import TraceError
+from kvmtrace.parsers.errors import TraceError
 
 _FIELD_RE = re.compile(
     r"^\s*field(?: special)?:(?P<decl>[^;]*);\s*offset:(?P<offset>\d+);\s*size:(?P<size>\d+);"

@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from parsers.schema import GAPS_SCHEMA
-from parsers.tracedat.arrow import empty_table, numeric
-from parsers.tracedat.merge import to_ns
-from parsers.tracedat.options import Options
-from parsers.tracedat.pages import PageData, PageFlags, Records
+from kvmtrace.parsers.schema import GAPS_SCHEMA
+from kvmtrace.parsers.tracedat.arrow import empty_table, numeric
+from kvmtrace.parsers.tracedat.merge import to_ns
+from kvmtrace.parsers.tracedat.options import Options
+from kvmtrace.parsers.tracedat.pages import PageData, PageFlags, Records
 
 
 def gap_table(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options

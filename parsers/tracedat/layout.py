@@ -1,6 +1,6 @@
 """What the trace.dat container holds, independent of file version.
 
-:mod:`parsers.tracedat.container` fills a :class:`Container` from a v6 (linear) or v7 (sectioned,
+:mod:`kvmtrace.parsers.tracedat.container` fills a :class:`Container` from a v6 (linear) or v7 (sectioned,
 maybe compressed) file; everything downstream (format parsing, the page walk) works on this and
 never looks at the version again.
 """
@@ -32,7 +32,7 @@ class BufferSpec:
 
 @dataclass(frozen=True)
 class RawOption:
-    """An option as stored: id and payload bytes (interpreted by :mod:`parsers.tracedat.options`)."""
+    """An option as stored: id and payload bytes (interpreted by :mod:`kvmtrace.parsers.tracedat.options`)."""
 
     id: int
     payload: bytes

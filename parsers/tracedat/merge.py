@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parsers.tracedat.catalog import FormatCatalog
-from parsers.tracedat.columns import FieldReader
-from parsers.tracedat.options import Options
-from parsers.tracedat.pages import PageData, Records
-from parsers.tracedat.timeshift import host_time
+from kvmtrace.parsers.tracedat.catalog import FormatCatalog
+from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.options import Options
+from kvmtrace.parsers.tracedat.pages import PageData, Records
+from kvmtrace.parsers.tracedat.timeshift import host_time
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ def merge_order(ts: np.ndarray, cpu: np.ndarray) -> np.ndarray:
     """Permutation of file-order records into global order.
 
     Precondition: records are grouped by CPU in ascending CPU order, each CPU in file order (as
-    :func:`parsers.tracedat.streams.load_pages` lays them out). Then a *stable* sort by the
+    :func:`kvmtrace.parsers.tracedat.streams.load_pages` lays them out). Then a *stable* sort by the
     running-maximum key alone breaks ties by CPU and then by file order, as trace-cmd does; and
     since every CPU's keys are already sorted, the sort merges presorted runs (cheap).
     """

@@ -12,8 +12,8 @@ import re
 import numpy as np
 import pyarrow as pa
 
-from parsers.tracedat.arrow import numeric, strings
-from parsers.tracedat.factorize import factorize
+from kvmtrace.parsers.tracedat.arrow import numeric, strings
+from kvmtrace.parsers.tracedat.factorize import factorize
 
 IDLE_COMM = "<idle>"
 UNKNOWN_COMM = "<...>"

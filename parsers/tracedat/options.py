@@ -1,4 +1,4 @@
-"""Interpret the options that matter for decoding and for :class:`parsers.schema.TraceInfo`."""
+"""Interpret the options that matter for decoding and for :class:`kvmtrace.parsers.schema.TraceInfo`."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import re
 import struct
 from dataclasses import dataclass
 
-from parsers.tracedat.constants import Option
-from parsers.tracedat.layout import RawOption
-from parsers.tracedat.timeshift import TimeShift, parse_time_shift
+from kvmtrace.parsers.tracedat.constants import Option
+from kvmtrace.parsers.tracedat.layout import RawOption
+from kvmtrace.parsers.tracedat.timeshift import TimeShift, parse_time_shift
 
 
 @dataclass(frozen=True)

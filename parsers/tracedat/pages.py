@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from parsers.errors import TraceError
-from parsers.tracedat.constants import (
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
     COMMIT_SIZE_MASK,
@@ -31,7 +31,7 @@ from parsers.tracedat.constants import (
     TYPE_LEN_TIME_EXTEND,
     TYPE_LEN_TIME_STAMP,
 )
-from parsers.tracedat.formats import PageHeader
+from kvmtrace.parsers.tracedat.formats import PageHeader
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""``read_tracedat``: a trace.dat file → :class:`parsers.schema.TraceData` per buffer instance.
+"""``read_tracedat``: a trace.dat file → :class:`kvmtrace.parsers.schema.TraceData` per buffer instance.
 
 Pipeline: container (v6/v7) → format files → per instance: load pages → page walk (vectorised
 over pages) → timestamps in ns → merge CPUs → columnar field decode → Arrow tables.
@@ -11,20 +11,20 @@ import os
 import warnings as _warnings
 from typing import BinaryIO
 
-from parsers.errors import TraceError, TraceWarning
-from parsers.schema import TraceData, TraceInfo
-from parsers.tracedat.columns import FieldReader
-from parsers.tracedat.container import parse_container
-from parsers.tracedat.catalog import FormatCatalog
-from parsers.tracedat.formats import PageHeader, parse_header_page
-from parsers.tracedat.layout import BufferSpec, Container
-from parsers.tracedat.gaps import gap_table
-from parsers.tracedat.merge import merge_records
-from parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
-from parsers.tracedat.options import Options, decode_options
-from parsers.tracedat.pages import walk
-from parsers.tracedat.streams import load_pages
-from parsers.tracedat.tables import event_tables, events_table
+from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.catalog import FormatCatalog
+from kvmtrace.parsers.tracedat.formats import PageHeader, parse_header_page
+from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
+from kvmtrace.parsers.tracedat.gaps import gap_table
+from kvmtrace.parsers.tracedat.merge import merge_records
+from kvmtrace.parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
+from kvmtrace.parsers.tracedat.options import Options, decode_options
+from kvmtrace.parsers.tracedat.pages import walk
+from kvmtrace.parsers.tracedat.streams import load_pages
+from kvmtrace.parsers.tracedat.tables import event_tables, events_table
 
 
 #: Files from trace-cmd versions that did not store the clock were recorded with the kernel's

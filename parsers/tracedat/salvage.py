@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import struct
 
-from parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, SECTION_FLAG_COMPRESSED, SECTION_HEADER_SIZE, Option
-from parsers.tracedat.cursor import Cursor
-from parsers.tracedat.layout import BufferSpec, Container, CpuStream
+from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, SECTION_FLAG_COMPRESSED, SECTION_HEADER_SIZE, Option
+from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream
 
 
 def _sections(cur: Cursor, start: int) -> list[tuple[int, int, int, int]]:

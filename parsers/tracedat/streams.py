@@ -14,12 +14,12 @@ from typing import BinaryIO
 
 import numpy as np
 
-from parsers.tracedat.compress import Chunk, Decompressor, chunk_table
-from parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, PAGES_IN_CHUNK
-from parsers.tracedat.cursor import Cursor
-from parsers.tracedat.formats import PageHeader
-from parsers.tracedat.layout import BufferSpec, Container, CpuStream
-from parsers.tracedat.pages import PageData
+from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor, chunk_table
+from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, PAGES_IN_CHUNK
+from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.formats import PageHeader
+from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream
+from kvmtrace.parsers.tracedat.pages import PageData
 
 #: Spare bytes after the last page: lets word views read one word past any record.
 _PAD = 16

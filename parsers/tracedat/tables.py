@@ -1,7 +1,7 @@
 """Merged records → one Arrow table per event name plus the ``events`` table.
 
 Records arrive already in global order (``seq``). They are grouped by event id with one stable
-argsort, and each group's fields are decoded column by column (:mod:`parsers.tracedat.columns`).
+argsort, and each group's fields are decoded column by column (:mod:`kvmtrace.parsers.tracedat.columns`).
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
-from parsers.tracedat.arrow import empty_table, numeric, strings
-from parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
-from parsers.tracedat.columns import FieldReader
-from parsers.tracedat.factorize import factorize, lookup
-from parsers.tracedat.formats import EventFormat, FieldSpec
-from parsers.tracedat.merge import Merged
-from parsers.tracedat.metadata import comm_column
+from kvmtrace.parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
+from kvmtrace.parsers.tracedat.arrow import empty_table, numeric, strings
+from kvmtrace.parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
+from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.factorize import factorize, lookup
+from kvmtrace.parsers.tracedat.formats import EventFormat, FieldSpec
+from kvmtrace.parsers.tracedat.merge import Merged
+from kvmtrace.parsers.tracedat.metadata import comm_column
 
 #: Common fields left out of per-event tables: ``common_type`` is the table itself and
 #: ``common_pid`` is the ``pid`` column.

@@ -6,9 +6,9 @@ order. A detector that cannot decide from the trace says ``not_evaluated`` and w
 
 from __future__ import annotations
 
-from replays.detectors import dirty, generations, layout, mmio, slot_removal
-from replays.detectors.context import Context
-from replays.findings import CheckOutcome
+from kvmtrace.replays.detectors import dirty, generations, layout, mmio, slot_removal
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import CheckOutcome
 
 DETECTORS = (slot_removal, layout, generations, dirty, mmio)
 

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from replays.journal import Journal
-from replays.memslots import MemslotChange, MemslotTimeline
-from replays.pages import PageBook
-from replays.profiles import KernelProfile
+from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.memslots import MemslotChange, MemslotTimeline
+from kvmtrace.replays.pages import PageBook
+from kvmtrace.replays.profiles import KernelProfile
 
 
 @dataclass

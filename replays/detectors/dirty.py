@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.detectors.context import Context
-from replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import CheckOutcome, Finding
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:

@@ -8,8 +8,8 @@ both facts as it walks; this module only words them.
 
 from __future__ import annotations
 
-from replays.detectors.context import Context
-from replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import CheckOutcome, Finding
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.detectors.context import Context
-from replays.findings import CheckOutcome, Finding
-from replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:

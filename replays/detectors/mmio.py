@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.detectors.context import Context
-from replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.findings import CheckOutcome, Finding
 
 GEN_BITS = 19
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from replays.detectors.context import Context, span
-from replays.findings import CheckOutcome, Finding
-from replays.pages import NONE
+from kvmtrace.replays.detectors.context import Context, span
+from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.pages import NONE
 
 SHADOW_KINDS = ("shadow", "legacy_tdp")
 
