@@ -1,38 +1,66 @@
 """Shared test fixtures: where the real recordings live, and the trace-cmd oracle.
 
-Real data first: ``sample_traces/`` (recorded on a KVM host with the lab), the public trace.dat
-files and the upstream-kernel recordings in ``shared/testdata`` (a sibling of the repository, as
-on every development machine and in CI; ``KVMTRACE_SHARED`` overrides the location).
+Real data first, all of it inside the repository: ``sample_traces/`` (recorded on a KVM host with
+the lab) and ``tests/data/`` (see its README): ``public/`` holds trace.dat files written by other
+trace-cmd versions and kernels, ``nested/`` the upstream-kernel recordings. The public files are
+mostly zero padding and are stored xz-compressed; they are decompressed once per test session into
+a temporary folder (while this module is imported, because several test modules build their
+parameter lists from ``PUBLIC``/``NESTED`` at collection time, before any fixture could run).
+The nested recordings are trace.dat v7 with zstd sections and gzip text twins, already
+compressed, so they are read in place.
 """
 
 from __future__ import annotations
 
+import lzma
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "sample_traces"
-SHARED = Path(os.environ.get("KVMTRACE_SHARED", REPO.parent / "shared"))
-PUBLIC = SHARED / "testdata" / "public"
-NESTED = SHARED / "testdata" / "nested"
+DATA = REPO / "tests" / "data"
+NESTED = DATA / "nested"
+
+
+def _unpack(src: Path, dest: Path) -> Path:
+    """Copy ``src`` to ``dest``, decompressing ``NAME.xz`` to ``NAME``; returns ``dest``."""
+    dest.mkdir(parents=True)
+    for path in sorted(src.iterdir()):
+        if path.suffix == ".xz":
+            with lzma.open(path) as packed, open(dest / path.stem, "wb") as out:
+                shutil.copyfileobj(packed, out, 1 << 20)
+        elif path.is_file():
+            shutil.copyfile(path, dest / path.name)
+    return dest
+
+
+_UNPACKED = Path(tempfile.mkdtemp(prefix="kvmtrace-testdata-"))
+PUBLIC = _unpack(DATA / "public", _UNPACKED / "public")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(_UNPACKED, ignore_errors=True)
 
 
 def _require(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"test data missing: {path} (set KVMTRACE_SHARED to the shared/ folder)")
+    if not any(path.glob("*.dat")):
+        pytest.fail(f"test data missing: no trace.dat in {path}")
     return path
 
 
 @pytest.fixture(scope="session")
 def public_dir() -> Path:
+    """Public trace.dat files (tests/data/public, decompressed for this session)."""
     return _require(PUBLIC)
 
 
 @pytest.fixture(scope="session")
 def nested_dir() -> Path:
+    """Upstream-kernel recordings (tests/data/nested)."""
     return _require(NESTED)
 
 
@@ -45,3 +73,4 @@ def trace_cmd() -> str:
             pytest.fail("trace-cmd is not installed; .ci/run must install it (apt-get install trace-cmd)")
         pytest.skip("trace-cmd not installed (the oracle comparison runs in CI)")
     return exe
+

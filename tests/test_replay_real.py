@@ -1,7 +1,7 @@
 """Every real recording replays with zero error findings, and the model explains its events.
 
 Clean real traces give zero errors (design principle 2): the upstream recordings under
-``shared/testdata/nested`` and this machine's ``sample_traces`` are all healthy kernels. The MMU
+``tests/data/nested`` and this machine's ``sample_traces`` are all healthy kernels. The MMU
 and zap policy each recording was made with are stated by its README (and file name), an oracle
 independent of the replay's own inference.
 """

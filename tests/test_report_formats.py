@@ -51,7 +51,7 @@ def analyzed(request):
 
 
 def test_there_are_real_traces():
-    assert len(TRACES) >= 6, "no real recordings found (sample_traces/ and shared testdata)"
+    assert len(TRACES) >= 6, "no real recordings found (sample_traces/ and tests/data)"
 
 
 def test_json_validates_and_trace_matches_trace_cmd(analyzed):

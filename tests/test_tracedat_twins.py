@@ -1,6 +1,6 @@
 """trace.dat reader vs. the kernel's own text of the same records (a second, independent oracle).
 
-Each upstream recording in shared/testdata/nested has a ``.txt.gz`` twin: ``cat trace`` of the
+Each upstream recording in tests/data/nested has a ``.txt.gz`` twin: ``cat trace`` of the
 same ring buffer. The kernel prints what trace-cmd -R does not: the latency-flags column built
 from ``common_flags`` and ``common_preempt_count`` (kernel/trace/trace_output.c
 ``trace_print_lat_fmt``). Facts used, from that function and include/linux/trace_events.h for
