@@ -4,7 +4,8 @@ Two groups of tests:
 - the committed recordings in ``sample_traces/`` (always run): each is complete, loses events only
   when meant to, and its kernel events agree with its markers (zap policy, QEMU line formats,
   vCPU threads);
-- the lab itself (``kvm`` mark): it builds, runs, and a short fresh recording has the same facts.
+- the lab itself (``kvm`` mark): it builds, runs, and a short fresh recording has the same facts
+  (those recordings also carry the ``tracefs`` mark: they run only with KVMTRACE_TRACEFS_TESTS=1).
 
 The oracle is the kernel's own text of each recording (``NAME.txt.gz`` / ``trace``), parsed here
 independently of kvmtrace's readers, plus ``trace-cmd report`` counts in ``NAME.counts.txt``.
@@ -331,6 +332,7 @@ def test_dry_run_markers_follow_qemu(kvmlab: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.kvm
+@pytest.mark.tracefs
 def test_short_churn_recording_zaps_all_on_delete(kvmlab: Path, tmp_path: Path) -> None:
     _require_tracefs()
     lines = record(tmp_path / "churn", "churn", "--rounds", "1", "--pages", "32")
@@ -342,6 +344,7 @@ def test_short_churn_recording_zaps_all_on_delete(kvmlab: Path, tmp_path: Path) 
 
 
 @pytest.mark.kvm
+@pytest.mark.tracefs
 def test_short_ptslot_recording_zaps_only_the_slot(kvmlab: Path, tmp_path: Path) -> None:
     _require_tracefs()
     lines = record(tmp_path / "ptslot", "ptslot", "--rounds", "1", "--pages", "64", "--no-zap-all-quirk")

@@ -43,9 +43,10 @@ def _why_not() -> str | None:
 
 
 def kvm_only(test):
-    """Records for real: needs root, tracefs, /dev/kvm, and holds the machine's recording lock."""
+    """Records for real: needs root, tracefs, /dev/kvm, and holds the machine's recording lock;
+    writes to tracefs, so it runs only when asked (the ``tracefs`` marker, see conftest)."""
     skip = pytest.mark.skipif(_why_not() is not None, reason=_why_not() or "")
-    return pytest.mark.kvm(skip(pytest.mark.usefixtures("hold_recording_lock")(test)))
+    return pytest.mark.tracefs(pytest.mark.kvm(skip(pytest.mark.usefixtures("hold_recording_lock")(test))))
 
 
 @pytest.fixture
@@ -322,6 +323,17 @@ def tiny_guest(loops: int) -> None:
 
 if __name__ == "__main__":
     tiny_guest(int(sys.argv[1]) if len(sys.argv) > 1 else 1)
+
+
+def test_tracefs_tests_skip_unless_asked() -> None:
+    """Without KVMTRACE_TRACEFS_TESTS=1 no recording test runs, and the skip says how to ask."""
+    env = {k: v for k, v in os.environ.items() if k != "KVMTRACE_TRACEFS_TESTS"}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", str(Path(__file__)),
+                           "-k", "native_recording or failing_command"],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stdout
+    assert re.search(r"^3 skipped", proc.stdout, re.M), proc.stdout
+    assert proc.stdout.count("set KVMTRACE_TRACEFS_TESTS=1 to run it") == 2  # -rs groups the two parameters
 
 
 def test_lock_waits_for_another_holder(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
