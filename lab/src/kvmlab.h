@@ -76,7 +76,8 @@ struct vcpu {
 	uint64_t exits_io, exits_mmio;
 };
 
-/* marker.c: ftrace trace_marker writes, one write() per line. */
+/* marker.c: ftrace trace_marker writes (or QEMU log lines), one write() per line. */
+void marker_open_qemu_log(const char *path);
 void marker_open(void);
 void marker(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

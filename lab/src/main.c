@@ -32,7 +32,9 @@ static void usage(FILE *f)
 		"  --high-mb N        size of the large slot at 0x800000000 in MiB (default 64)\n"
 		"  --no-zap-all-quirk disable KVM_X86_QUIRK_SLOT_ZAP_ALL (zap only the slot)\n"
 		"  --no-manual-protect  do not enable KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2\n"
-		"  --thp              back slots with transparent huge pages (2 MiB SPTEs)\n");
+		"  --thp              back slots with transparent huge pages (2 MiB SPTEs)\n"
+		"  --qemu-log FILE    write every line to FILE as QEMU's log trace backend does\n"
+		"                     (TID@SEC.USEC:..., realtime clock) instead of trace_marker\n");
 }
 
 int main(int argc, char **argv)
@@ -47,6 +49,7 @@ int main(int argc, char **argv)
 		{ "no-zap-all-quirk", no_argument, NULL, 'z' },
 		{ "no-manual-protect", no_argument, NULL, 'M' },
 		{ "thp", no_argument, NULL, 't' },
+		{ "qemu-log", required_argument, NULL, 'q' },
 		{ "help", no_argument, NULL, 'h' },
 		{ 0 },
 	};
@@ -55,6 +58,7 @@ int main(int argc, char **argv)
 		.zap_all_quirk = true, .manual_protect = true,
 	};
 	static struct lab lab;
+	const char *qemu_log = NULL;
 	int c, which = -1;
 
 	while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -68,6 +72,7 @@ int main(int argc, char **argv)
 		case 'z': p.zap_all_quirk = false; break;
 		case 'M': p.manual_protect = false; break;
 		case 't': p.thp = true; break;
+		case 'q': qemu_log = optarg; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -92,6 +97,8 @@ int main(int argc, char **argv)
 			MAX_VCPUS);
 		return 2;
 	}
+	if (qemu_log)
+		marker_open_qemu_log(qemu_log);
 	marker_open();
 	lab_setup(&lab, &p);
 	scenarios[which].run(&lab);

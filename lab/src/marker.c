@@ -2,16 +2,31 @@
  * trace_marker writer.  QEMU's ftrace backend writes each trace event as ONE write() of
  * "<event> <message>\n" (clamped to 511 bytes); replay tools rely on one line = one
  * ftrace:print event, so we do the same and never split a line.
+ *
+ * With a QEMU log (--qemu-log FILE) the lines go to FILE instead, in the form of QEMU's "log"
+ * trace backend (`-trace kvm_set_user_memory -D FILE`): "TID@SEC.USEC:<event> <message>\n",
+ * TID the calling thread and SEC.USEC from gettimeofday() (CLOCK_REALTIME, a clock the trace
+ * does not use), so the trace then holds the kernel's events only, as a user's would.
  */
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <sys/time.h>
 #include <unistd.h>
 #include "kvmlab.h"
 
 static int marker_fd = -1;
+static int qemu_log_fd = -1;
+
+void marker_open_qemu_log(const char *path)
+{
+	qemu_log_fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+	if (qemu_log_fd < 0)
+		die("open --qemu-log %s", path);
+}
 
 /*
  * KVMLAB_MARKER names the marker file (default: tracefs trace_marker); "-" sends markers to
@@ -21,6 +36,8 @@ void marker_open(void)
 {
 	const char *path = getenv("KVMLAB_MARKER");
 
+	if (qemu_log_fd >= 0)
+		return;
 	if (!path)
 		path = "/sys/kernel/tracing/trace_marker";
 	if (!strcmp(path, "-"))
@@ -32,16 +49,26 @@ void marker_open(void)
 
 void marker(const char *fmt, ...)
 {
-	char buf[512];
+	char buf[512 + 48];
 	va_list ap;
-	int n;
+	int n = 0, m;
 
+	if (qemu_log_fd >= 0) {
+		struct timeval now;
+
+		gettimeofday(&now, NULL);
+		n = snprintf(buf, 48, "%ld@%lld.%06ld:", (long)syscall(SYS_gettid),
+			     (long long)now.tv_sec, (long)now.tv_usec);
+	}
 	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf) - 1, fmt, ap);
+	m = vsnprintf(buf + n, 511, fmt, ap);
 	va_end(ap);
-	if (n > (int)sizeof(buf) - 2)
-		n = sizeof(buf) - 2;
+	n += m > 510 ? 510 : m;
 	buf[n++] = '\n';
-	if (marker_fd < 0 || write(marker_fd, buf, n) != n)
+	if (qemu_log_fd >= 0) {
+		if (write(qemu_log_fd, buf, n) != n)
+			die("write to --qemu-log");
+	} else if (marker_fd < 0 || write(marker_fd, buf, n) != n) {
 		fwrite(buf, 1, n, stderr);
+	}
 }
