@@ -26,6 +26,8 @@ RECORDINGS = {
     "nested/tdpmmu0-churn-noquirk-qlog-kt": "6.12.107+deb12-amd64",
     "nested/tdp-multi4-kt": "6.12.107+deb12-amd64",
     "nested/k61tdp-multi4-kt": "6.1.0-56-amd64",
+    "host/seabios-boot": "6.18.44-fc-v1147",
+    "host/churn-sched-zapall": "6.18.44-fc-v1147",
 }
 QLOG = ["nested/tdpmmu0-ptslot-noquirk-qlog-kt", "nested/tdpmmu0-churn-noquirk-qlog-kt"]
 MULTI4 = ["nested/tdp-multi4-kt", "nested/k61tdp-multi4-kt"]
@@ -133,3 +135,32 @@ def test_four_vcpus_on_the_tdp_mmu(name: str) -> None:
     assert len(tids) == 4
     assert tids <= set(data.tables["kvm_entry"].column("pid").to_pylist())
     assert data.tables["kvm_tdp_mmu_spte_changed"].num_rows > 0
+
+
+# --- this host: a real QEMU SeaBIOS boot, and sched events beside kvm --------------------------------
+
+
+def test_seabios_boot_has_pages_but_no_spte_installs() -> None:
+    """Real-mode SeaBIOS on this host's shadow MMU: every instruction is emulated, so KVM builds
+    roots and zaps them (QEMU's memslot changes) but installs no SPTE."""
+    name = "host/seabios-boot"
+    counts = _counts(name, "## trace-cmd report")
+    assert "kvm_mmu_set_spte" not in counts
+    # Real mode runs without paging: every page KVM builds is direct (no guest table to shadow).
+    assert all(" direct " in m["rest"] for m in _text_events(name) if m["name"] == "kvm_mmu_get_page")
+    assert counts["kvm_mmu_get_page"] > 0 and counts["kvm_mmu_zap_all_fast"] > 0 and counts["kvm_mmu_prepare_zap_page"] > 0
+    assert {m["comm"] for m in _text_events(name)} >= {"qemu-system-x86"}
+    assert "SeaBIOS (version" in _path(name, ".console.txt").read_text()
+
+
+def test_churn_with_sched_events() -> None:
+    """sched_switch/sched_wakeup were recorded with tracefs filters on the lab's task name."""
+    name = "host/churn-sched-zapall"
+    events = _text_events(name)
+    switches = [m["rest"] for m in events if m["name"] == "sched_switch"]
+    wakeups = [m["rest"] for m in events if m["name"] == "sched_wakeup"]
+    assert switches and all("prev_comm=kvmlab " in r or "next_comm=kvmlab " in r for r in switches)
+    assert wakeups and all(r.startswith("comm=kvmlab ") for r in wakeups)
+    result = replay(parsers.read(_path(name, ".dat")))
+    assert (result.mmu, result.zap_policy) == ("shadow", "zap_all")
+    assert not [f for f in result.findings.to_pylist() if f["severity"] == "error"]
