@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -329,6 +330,26 @@ def test_dry_run_markers_follow_qemu(kvmlab: Path, tmp_path: Path) -> None:
     rom_lines = [t for t in text if t.startswith("kvm_set_user_memory ") and "gpa=0xc0000000 " in t]
     assert [re.search(r"flags=(\S+) .* size=(\S+)", t).groups() for t in rom_lines] == [
         ("0x2", "0x100000"), ("0x0", "0x100000"), ("0x2", "0x100000"), ("0x2", "0x0")]
+
+
+@pytest.mark.kvm
+def test_qemu_log_replaces_trace_marker(kvmlab: Path, tmp_path: Path) -> None:
+    """--qemu-log: every line in QEMU's log-backend form (TID@SEC.USEC:), none to the marker file."""
+    _require_kvm()
+    markers, log = tmp_path / "markers", tmp_path / "qemu.log"
+    markers.touch()
+    before = time.time()
+    subprocess.run([str(kvmlab), "rom", "--rounds", "1", "--qemu-log", str(log)], check=True, capture_output=True,
+                   env={**os.environ, "KVMLAB_MARKER": str(markers)}, timeout=60)
+    after = time.time()
+    assert markers.read_text() == ""
+    prefixed = [re.match(r"^(\d+)@(\d+\.\d{6}):(.*)$", line) for line in log.read_text().splitlines()]
+    assert prefixed and all(prefixed)
+    assert len({m[1] for m in prefixed}) == 1  # one thread makes every ioctl in rom
+    assert all(before - 1 <= float(m[2]) <= after + 1 for m in prefixed)  # CLOCK_REALTIME
+    assert [float(m[2]) for m in prefixed] == sorted(float(m[2]) for m in prefixed)
+    check_qemu_lines([Line(0, "tracing_mark_write", m[3]) for m in prefixed])
+    assert sum(m[3].startswith("kvm_set_user_memory ") for m in prefixed) == 6  # as in the dry run above
 
 
 @pytest.mark.kvm
