@@ -92,14 +92,15 @@ CHECKS: tuple[Check, ...] = (
         "a present writable+dirty leaf SPTE was overwritten for the same pfn with Dirty clear, and no "
         "racing fault, dirty-log clear or untraced kernel path explains it",
         ("kvm_tdp_mmu_spte_changed",),
-        "TDP MMU (5.10+)",
+        "TDP MMU (5.10+); from 6.4 dirty-log and aging clears of D/A are untraced (1e0f42985ffa, 891f11596068)",
     ),
     Check(
         "dirty_bit_race", Severity.INFO,
-        "two vCPUs faulted on the same gfn; the second overwrote W=1,D=1 with W=1,D=0 for the same pfn "
-        "(make_spte before 6.13; the old D bit reaches the folio when the SPTE changes): benign",
+        "two vCPUs faulted on the same gfn; the second, resolving its own fault, rewrote the first one's "
+        "W=1,D=1 SPTE with W=1,D=0 for the same pfn (make_spte() leaves Dirty clear when the old SPTE is "
+        "writable; handle_changed_spte() marks the old pfn dirty, dirty-log clearing flushes TLBs): benign",
         ("kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_requested"),
-        "TDP MMU 5.10-6.12",
+        "TDP MMU 5.10-6.12; from 6.13 (386d69f9f29b) such a fault is spurious and rewrites nothing",
     ),
     Check(
         "stale_mmio_spte", Severity.ERROR,

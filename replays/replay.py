@@ -24,6 +24,7 @@ from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_ev
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.replays.releases import release_of
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
 from kvmtrace.replays.walk import walk
@@ -61,12 +62,13 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
                       "shadow vs legacy TDP MMU cannot be told apart")
     journal = Journal()
     pages = PageBook()
-    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles)
+    release = release_of(kernel or data.info.kernel)
+    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles, release)
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
-                  zap_all_seqs, zap_all_pids)
+                  zap_all_seqs, zap_all_pids, release)
     lost = LostWindows(data.gaps, data.events)
     if lost:
         limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
