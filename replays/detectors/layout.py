@@ -169,7 +169,7 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
         evidence = list(h.seqs[:32]) + ([mark] if mark is not None else []) + [start, c.seq, back.seq]
     else:
         what = pfns.name(h.pfn) if h.pfn else "an SPTE install"
-        msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} {n} while its {c.kind} was under way "
+        msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) while its {c.kind} was under way "
                f"(seq {start}..{c.seq}: from the kernel's zaps to the VMM's line): KVM marks a slot being deleted "
                "or moved KVM_MEMSLOT_INVALID and retries faults on it until the change is committed, so no fault "
                "may find, and no SPTE may map, a page of the old range here")
