@@ -111,8 +111,9 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "fault_in_update_window", Severity.WARNING,
-        "a vCPU faulted on, or got an SPTE for, a gfn of a slot inside that slot's update window "
-        "(DELETE and CREATE are not atomic)",
+        "a vCPU's fault found no memslot between a delete and the re-creation of its range, so the guest's "
+        "RAM access became an MMIO exit to the VMM (DELETE and CREATE are not atomic); or a fault or SPTE "
+        "found a page of a slot the kernel was already removing (KVM_MEMSLOT_INVALID)",
         ("kvm_mmu_set_spte|kvm_tdp_mmu_spte_changed|kvm_mmu_pagetable_walk", "memslot changes"),
         "all",
     ),

@@ -178,7 +178,7 @@ class TdpModel:
         """``old`` is non-present but the model holds present copies. Another root explains it only
         if another valid root exists; with one, the present copies on it left without a traced zap."""
         stale = [c for c in copies if not c[2] and self.p.present(c[0])]
-        if not stale or self._valid_roots(key[0]) != 1:
+        if not stale or not self.root_level or self._valid_roots(key[0]) != 1:  # no roles (text): no judgement
             return
         as_id, level, gfn = key
         for c in stale:
