@@ -127,5 +127,7 @@ def _assumptions(mmu: str) -> list[str]:
     ] + (["a kvm_mmu_set_spte into an SPTE page of a zapped page means the page's memory was reused"]
          if mmu != "tdp" else
          ["a TDP change whose old_spte is non-present while the model holds a present copy of that key comes "
-          "from another root (roots are not traced), so both copies are kept",
-          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker"])
+          "from another root (roots are not traced) when more than one valid root exists; with a single valid "
+          "root it contradicts the model and the stale copy is dropped",
+          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker; from 6.4 A/D bits "
+          "missing from an old_spte were cleared by dirty logging or aging, which bypass the tracepoint"])
