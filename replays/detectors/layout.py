@@ -138,8 +138,8 @@ def _meaning(changes: list[MemslotChange], w: int, g: int, s: int, kind: int) ->
         if _covers(c, g) and c.kind != "delete":
             return "committed"  # a page of the new range: the kernel had committed the change
         back = recreation(changes, w, g)
-        if s > c.seq and back is not None and back.seq is not None and s <= back.seq:
-            return "committed"  # after the delete, on the re-created slot, before the VMM's line
+        if s > c.seq and back is not None and back.window_start is not None and back.window_start <= s <= back.seq:
+            return "committed"  # after the delete, on the re-created slot, inside the re-creation's window
         return "invalid_slot_fault"
     if not _on_old(c, g) or c.kind == "move":
         return "removed"  # the new range before its commit, or the old place of a moved slot
@@ -158,7 +158,7 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
         if c.kind == "recreate":
             deleted = "the delete half of its re-creation (QEMU logs the pair with one line)"
         elif c.anchor == ANCHOR_ZAPS:
-            deleted = f"the kernel committed its delete (zaps from seq {start}, VMM's line at seq {c.seq})"
+            deleted = f"the kernel committed its delete (its zaps began at seq {start}; VMM's line at seq {c.seq})"
         else:
             deleted = f"its delete (VMM's line at seq {c.seq})"
         msg = (f"{who} faulted {n} on gfn {h.gfn:#x} of slot {c.slot} after {deleted} and before its re-creation "
@@ -169,10 +169,11 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
         evidence = list(h.seqs[:32]) + ([mark] if mark is not None else []) + [start, c.seq, back.seq]
     else:
         what = pfns.name(h.pfn) if h.pfn else "an SPTE install"
-        msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) while its {c.kind} was under way "
-               f"(seq {start}..{c.seq}: from the kernel's zaps to the VMM's line): KVM marks a slot being deleted "
-               "or moved KVM_MEMSLOT_INVALID and retries faults on it until the change is committed, so no fault "
-               "may find, and no SPTE may map, a page of the old range here")
+        msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) inside the update window of its "
+               f"{c.kind} (seq {start}..{c.window_end}, from the kernel's zaps to the VMM's line), where no committed "
+               "slot covered the gfn: KVM retries faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) "
+               "and resolves a gfn no slot covers as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a "
+               "page of the old range here")
         evidence = list(h.seqs[:32]) + [start, c.seq]
     return Finding("fault_in_update_window", h.seqs[0], h.gfn, c.slot, msg, evidence)
 
