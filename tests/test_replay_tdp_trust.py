@@ -252,3 +252,16 @@ def test_every_recording_is_clean_and_explained(path, nested_dir):
     failed = {cid for cid, st in zip(result.checks["id"].to_pylist(), result.checks["status"].to_pylist())
               if st == "failed"}
     assert failed <= {"fault_in_update_window"}
+
+
+def test_race_on_a_trace_that_names_no_kernel(nested_dir):
+    """The kernel's own text of tdp-multi3 carries no release: the same races are named, with the
+    condition that makes them benign (a kernel before 6.13) said rather than assumed."""
+    text = parsers.read(NESTED / "tdp-multi3-kt.txt.gz")
+    assert text.info.kernel is None
+    result = replay(text)
+    races = _by_id(result, "dirty_bit_race")
+    assert {(f["seq"], f["gfn"]) for f in races} == _races(text)
+    assert races and all("does not name its kernel" in f["message"] and "predates 6.13" in f["message"]
+                         for f in races)
+    assert not _by_id(result, "dirty_bit_lost")
