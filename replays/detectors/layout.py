@@ -162,16 +162,15 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
         else:
             deleted = f"its delete (VMM's line at seq {c.seq})"
         msg = (f"{who} faulted {n} on gfn {h.gfn:#x} of slot {c.slot} after {deleted} and before its re-creation "
-               f"(VMM's line at seq {back.seq}): KVM found no memslot for the gfn (KVM_PFN_NOSLOT){spte}, so the guest's "
-               "RAM access became an MMIO exit to the VMM. A delete and the create that replaces it are two "
+               f"(VMM's line at seq {back.seq}): KVM found no memslot for the gfn (KVM_PFN_NOSLOT){spte}, so the "
+               "guest's RAM access became an MMIO exit to the VMM. A delete and the create that replaces it are two "
                "KVM_SET_USER_MEMORY_REGION calls, not one atomic update (every kernel); a VMM must keep vCPUs out "
                "of the range across the pair")
         evidence = list(h.seqs[:32]) + ([mark] if mark is not None else []) + [start, c.seq, back.seq]
     else:
         what = pfns.name(h.pfn) if h.pfn else "an SPTE install"
         msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) inside the update window of its "
-               f"{c.kind} (seq {start}..{c.window_end}, from the kernel's zaps to the VMM's line), where no committed "
-               "slot covered the gfn: KVM retries faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) "
+               f"{c.kind} (seq {start}..{c.window_end}), where no committed slot covered the gfn: KVM retries faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) "
                "and resolves a gfn no slot covers as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a "
                "page of the old range here")
         evidence = list(h.seqs[:32]) + [start, c.seq]
