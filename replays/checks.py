@@ -92,7 +92,7 @@ CHECKS: tuple[Check, ...] = (
         "a present writable+dirty leaf SPTE was overwritten for the same pfn with Dirty clear, and no "
         "racing fault, dirty-log clear or untraced kernel path explains it",
         ("kvm_tdp_mmu_spte_changed",),
-        "TDP MMU (5.10+); from 6.4 dirty-log and aging clears of D/A are untraced (1e0f42985ffa, 891f11596068)",
+        "TDP MMU (5.10+); KVM's own D clears (dirty logging) are traced on every release",
     ),
     Check(
         "dirty_bit_race", Severity.INFO,

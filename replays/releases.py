@@ -1,7 +1,7 @@
 """Which kernel release produced a trace, and since which release a TDP-MMU behaviour holds.
 
 A :class:`~kvmtrace.replays.profiles.KernelProfile` names a *bit-layout* era; behaviours that
-changed inside one era (an untraced D/A clear, a fault treated as spurious) need the release itself.
+changed inside one era (a fault treated as spurious from 6.13) need the release itself.
 Each date below is the upstream release that first carried the commit cited beside it.
 """
 
@@ -11,10 +11,6 @@ import re
 
 Release = tuple[int, int]
 
-#: 1e0f42985ffa / 891f11596068 (6.4): clear_dirty_gfn_range(), clear_dirty_pt_masked() and
-#: age_gfn_range() clear D/A bits with tdp_mmu_clear_spte_bits(), bypassing handle_changed_spte()
-#: and so the kvm_tdp_mmu_spte_changed tracepoint. Before 6.4 those clears were traced.
-UNTRACED_AD_CLEARS: Release = (6, 4)
 #: 386d69f9f29b (6.13): tdp_mmu_map_handle_target_level() returns RET_PF_SPURIOUS when the present
 #: leaf SPTE already allows the faulting access. Before it, a vCPU that lost the race to fault a gfn
 #: in rewrote the winner's SPTE through make_spte(), which leaves Dirty clear when the old SPTE is
@@ -29,8 +25,3 @@ def release_of(kernel: str | None) -> Release | None:
     m = _RELEASE.match(kernel or "")
     return (int(m.group(1)), int(m.group(2))) if m else None
 
-
-def at_least(release: Release | None, since: Release) -> bool:
-    """Whether ``release`` has a behaviour introduced in ``since``. An unknown release is taken as
-    the newest kernel, as the replay takes the newest profile for it (and says so)."""
-    return release is None or release >= since

@@ -62,13 +62,12 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
                       "shadow vs legacy TDP MMU cannot be told apart")
     journal = Journal()
     pages = PageBook()
-    release = release_of(kernel or data.info.kernel)
-    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles, release)
+    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles)
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
-                  zap_all_seqs, zap_all_pids, release)
+                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel))
     lost = LostWindows(data.gaps, data.events)
     if lost:
         limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
@@ -129,5 +128,5 @@ def _assumptions(mmu: str) -> list[str]:
          ["a TDP change whose old_spte is non-present while the model holds a present copy of that key comes "
           "from another root (roots are not traced) when more than one valid root exists; with a single valid "
           "root it contradicts the model and the stale copy is dropped",
-          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker; from 6.4 A/D bits "
-          "missing from an old_spte were cleared by dirty logging or aging, which bypass the tracepoint"])
+          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker (KVM's own A/D "
+          "clears, for dirty logging and aging, are traced on every release)"])

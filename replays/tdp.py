@@ -9,11 +9,12 @@ which root an entry belongs to. Several roots can map the same key at once (role
 built), so the model keeps every copy of a key and assigns each change to the copy whose value
 its ``old_spte`` matches; copies of invalidated roots are marked as such.
 
-Two kinds of disagreement are not contradictions. Accessed/Dirty bits set by the CPU's page walker
-appear in a later ``old_spte`` untraced (every kernel). And from 6.4 (1e0f42985ffa, 891f11596068)
-the TDP MMU clears D bits for dirty logging and A bits for aging with tdp_mmu_clear_spte_bits(),
-bypassing handle_changed_spte() and its tracepoint, so a later ``old_spte`` may lack A/D bits the
-model holds; before 6.4 those clears were traced, and a missing bit is a contradiction.
+Accessed/Dirty bits set by the CPU's page walker appear in a later ``old_spte`` untraced; that is
+not a contradiction. A/D bits *missing* from an ``old_spte`` are: KVM clears them for dirty logging
+and aging through traced paths on every release. (From 6.4, 1e0f42985ffa and 891f11596068 make
+clear_dirty_pt_masked() and aging bypass handle_changed_spte() with tdp_mmu_clear_spte_bits(), but
+both call trace_kvm_tdp_mmu_spte_changed() themselves; clear_dirty_gfn_range() still goes through
+tdp_mmu_set_spte_atomic().)
 
 A non-present ``old_spte`` for a key the model holds present is ambiguous only while several valid
 roots exist (a guest-mode root, say). With a single valid root for the address space, it is a
@@ -28,7 +29,6 @@ import numpy as np
 from kvmtrace.replays.journal import Journal, Snapshot
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
-from kvmtrace.replays.releases import UNTRACED_AD_CLEARS, Release, at_least
 
 FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (tracepoints.md §4.3)
 
@@ -36,7 +36,7 @@ FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (tracepoints.md §4.3)
 class TdpModel:
     """State machine over TDP-MMU events; feed it events in seq order."""
 
-    def __init__(self, profile: KernelProfile, journal: Journal, pages: PageBook, release: Release | None = None):
+    def __init__(self, profile: KernelProfile, journal: Journal, pages: PageBook):
         self.p = profile
         self.j = journal
         self.pages = pages
@@ -50,7 +50,6 @@ class TdpModel:
         self.pfn_mask = profile.pfn_mask
         self.wd = profile.writable_mask | profile.dirty_mask
         self.hw_ad = profile.accessed_mask | profile.dirty_mask  # set by the CPU's page walker, untraced
-        self.untraced_ad_clears = at_least(release, UNTRACED_AD_CLEARS)
         self.root_level = 0  # highest page-table level seen: roots are the pages at that level
         smm = profile.role_field("smm")
         self.smm_shift = smm.shift if smm else None
@@ -113,12 +112,9 @@ class TdpModel:
         return level == 1 or bool(spte & self.large)
 
     def _match(self, copies: list[list], old: int, prefer_invalid: bool) -> list | None:
-        """The copy holding ``old`` (exactly, else with A/D set by hardware since, else on 6.4+ with
-        A/D cleared untraced since), preferring an invalidated root's copy for a table teardown and
-        a live root's copy otherwise."""
+        """The copy holding ``old`` (exactly, else with A/D set by hardware since), preferring an
+        invalidated root's copy for a table teardown and a live root's copy otherwise."""
         exact = [c for c in copies if c[0] == old] or [c for c in copies if (c[0] | (old & self.hw_ad)) == old]
-        if not exact and self.untraced_ad_clears:
-            exact = [c for c in copies if not (c[0] ^ old) & ~self.hw_ad]
         if not exact:
             return None
         for c in exact:

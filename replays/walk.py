@@ -15,7 +15,6 @@ from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.journal import Journal, Snapshot, coded
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
-from kvmtrace.replays.releases import Release
 from kvmtrace.replays.shadow import ShadowModel
 from kvmtrace.replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
 from kvmtrace.replays.stream import Columns, extract, merge_order, numpy_column
@@ -27,7 +26,7 @@ PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
 
 def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
-          journal: Journal, pages: PageBook, roles_known: bool, release: Release | None = None) -> None:
+          journal: Journal, pages: PageBook, roles_known: bool) -> None:
     """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
 
     The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
@@ -53,7 +52,7 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         streams[TDP_CHANGE] = _drop_nonpresent_churn(data, streams[TDP_CHANGE], profile)
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
-    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages, release) if tdp else \
+    model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
         ShadowModel(profile, journal, pages, roles_known)
     seqs = [s.seq.tolist() if s is not None else [] for s in streams]
     get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]

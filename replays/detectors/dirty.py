@@ -5,8 +5,9 @@ leaf rewritten for the same pfn with D=0 is visible. Three kernel paths do that 
 
 * **Dirty logging.** The slot has KVM_MEM_LOG_DIRTY_PAGES, or userspace fetched/cleared its dirty
   log since the SPTE was installed (``kvm_clear_dirty_log`` / lab ``kvmlab_get_dirty_log`` lines):
-  the D bit was harvested into the bitmap. (From 6.4 these clears are untraced; the model accepts
-  the D=0 that later ``old_spte`` values then show, see :mod:`kvmtrace.replays.tdp`.)
+  the D bit was harvested into the bitmap. These clears are traced on every release: from 6.4
+  (1e0f42985ffa) clear_dirty_pt_masked() bypasses handle_changed_spte() but calls the tracepoint
+  itself, and clear_dirty_gfn_range() writes through tdp_mmu_set_spte_atomic().
 * **A racing fault (seed 001).** Two vCPUs fault on the same gfn; the first installs W=1,D=1, the
   second, which itself requested the gfn (``kvm_mmu_spte_requested`` just before its write), runs
   make_spte() with the first one's SPTE as ``old_spte``. make_spte() skips setting Dirty when the
