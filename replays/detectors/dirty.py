@@ -59,11 +59,17 @@ def detect(ctx: Context) -> list[CheckOutcome]:
     faults = ctx.faults
     racy = ctx.release is None or ctx.release < SPURIOUS_TDP_FAULTS  # unknown: the race is possible
     lost_findings, race_findings = [], []
+    unknowable = racy and not len(faults["seq"])  # the race's evidence is not in the input
     for c in unlogged:
         req = _own_request(faults, c, ctx.profile.pfn_mask) if c.new & ctx.profile.writable_mask else None
         if req is not None and racy:
             race_findings.append(Finding(race, c.seq, c.gfn, _slot(ctx, c), _race_words(ctx, c, req),
                                          [c.installed, req, c.seq]))
+        elif unknowable and c.new & ctx.profile.writable_mask:
+            lost_findings.append(Finding(lost, c.seq, c.gfn, _slot(ctx, c), _lost_words(ctx, c, None) +
+                                         "; kvm_mmu_spte_requested is not in the trace, so seed 001's racing fault "
+                                         "(make_spte() before 6.13) cannot be ruled out", [c.installed, c.seq],
+                                         severity="warning"))
         else:
             lost_findings.append(Finding(lost, c.seq, c.gfn, _slot(ctx, c), _lost_words(ctx, c, req),
                                          [c.installed, c.seq] if req is None else [c.installed, req, c.seq]))
