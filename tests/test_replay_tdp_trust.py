@@ -244,7 +244,7 @@ def _every_recording():
 
 @pytest.mark.parametrize("path", _every_recording())
 def test_every_recording_is_clean_and_explained(path, nested_dir):
-    """Issue 9's end state on every nested recording (tdp-multi3 included) and every sample: no
+    """The end state on every nested recording (tdp-multi3 included) and every sample: no
     error finding, at least 99.9 % of kvmmmu events explained, and no check at error severity failed."""
     result = replay(parsers.read(path))
     errors = [f for f in result.findings.to_pylist() if f["severity"] == "error"]
@@ -270,7 +270,7 @@ def test_race_on_a_trace_that_names_no_kernel(nested_dir):
 
 @pytest.mark.parametrize("name", ["tdp-churn-noquirk-small-kt", "tdp-multi3-kt"])
 def test_trace_cut_before_a_re_creating_line_has_no_error(nested_dir, name):
-    """Issue 9, item 9: a recording cut just before a create's line holds the vCPU's installs on the
+    """A recording cut just before a create's line holds the vCPU's installs on the
     re-created range but not the line. Those installs may belong to the created slot, so they are
     warnings that say so, never errors; the same installs in the whole recording are no finding."""
     import numpy as np
