@@ -92,14 +92,15 @@ CHECKS: tuple[Check, ...] = (
         "a present writable+dirty leaf SPTE was overwritten for the same pfn with Dirty clear, and no "
         "racing fault, dirty-log clear or untraced kernel path explains it",
         ("kvm_tdp_mmu_spte_changed",),
-        "TDP MMU (5.10+)",
+        "TDP MMU (5.10+); KVM's own D clears (dirty logging) are traced on every release",
     ),
     Check(
         "dirty_bit_race", Severity.INFO,
-        "two vCPUs faulted on the same gfn; the second overwrote W=1,D=1 with W=1,D=0 for the same pfn "
-        "(make_spte before 6.13; the old D bit reaches the folio when the SPTE changes): benign",
+        "two vCPUs faulted on the same gfn; the second, resolving its own fault, rewrote the first one's "
+        "W=1,D=1 SPTE with W=1,D=0 for the same pfn (make_spte() leaves Dirty clear when the old SPTE is "
+        "writable; handle_changed_spte() marks the old pfn dirty, dirty-log clearing flushes TLBs): benign",
         ("kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_requested"),
-        "TDP MMU 5.10-6.12",
+        "TDP MMU 5.10-6.12; from 6.13 (386d69f9f29b) such a fault is spurious and rewrites nothing",
     ),
     Check(
         "stale_mmio_spte", Severity.ERROR,
@@ -110,8 +111,9 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check(
         "fault_in_update_window", Severity.WARNING,
-        "a vCPU faulted on, or got an SPTE for, a gfn of a slot inside that slot's update window "
-        "(DELETE and CREATE are not atomic)",
+        "a vCPU's fault found no memslot between a delete and the re-creation of its range, so the guest's "
+        "RAM access became an MMIO exit to the VMM (DELETE and CREATE are not atomic); or a fault or SPTE "
+        "found a page of a slot the kernel was already removing (KVM_MEMSLOT_INVALID)",
         ("kvm_mmu_set_spte|kvm_tdp_mmu_spte_changed|kvm_mmu_pagetable_walk", "memslot changes"),
         "all",
     ),

@@ -78,7 +78,7 @@ def columns(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, n
 
 
 def fault_columns(data: TraceData) -> dict[str, np.ndarray]:
-    f = columns(data, "kvm_mmu_spte_requested", ("gfn",))
+    f = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
     seq, pid = seq_pid(data, "kvm_mmu_spte_requested")
     f["pid"] = pid
     return f

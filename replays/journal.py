@@ -73,8 +73,9 @@ class Journal:
     obsolete_uses: list[tuple[int, int, int, list[int], str]] = field(default_factory=list)
     #: (seq, gfn, role): kvm_mmu_prepare_zap_page of a page never seen
     unknown_zaps: list[tuple[int, int, int]] = field(default_factory=list)
-    #: (seq, gfn, level, as_id, install seq, old, new): W+D leaf overwritten, same pfn, D clear
-    dirty_clears: list[tuple[int, int, int, int, int, int, int]] = field(default_factory=list)
+    #: (seq, gfn, level, as_id, install seq, old, new, writer pid, installer pid): W+D leaf
+    #: overwritten, same pfn, D clear
+    dirty_clears: list[tuple[int, int, int, int, int, int, int, int, int]] = field(default_factory=list)
     #: (seq, traced gen, pages made obsolete)
     zap_alls: list[tuple[int, int, int]] = field(default_factory=list)
     #: (change index, "start" | "end") -> Snapshot

@@ -24,6 +24,7 @@ from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_ev
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.replays.releases import release_of
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
 from kvmtrace.replays.walk import walk
@@ -66,7 +67,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
-                  zap_all_seqs, zap_all_pids)
+                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel))
     lost = LostWindows(data.gaps, data.events)
     if lost:
         limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
@@ -125,5 +126,7 @@ def _assumptions(mmu: str) -> list[str]:
     ] + (["a kvm_mmu_set_spte into an SPTE page of a zapped page means the page's memory was reused"]
          if mmu != "tdp" else
          ["a TDP change whose old_spte is non-present while the model holds a present copy of that key comes "
-          "from another root (roots are not traced), so both copies are kept",
-          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker"])
+          "from another root (roots are not traced) when more than one valid root exists; with a single valid "
+          "root it contradicts the model and the stale copy is dropped",
+          "Accessed/Dirty bits that appear in an old_spte were set by the CPU's page walker (KVM's own A/D "
+          "clears, for dirty logging and aging, are traced on every release)"])

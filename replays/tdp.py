@@ -8,6 +8,18 @@ which root an entry belongs to. Several roots can map the same key at once (role
 ``kvm_mmu_zap_all_fast`` every old root is invalid and torn down asynchronously while a new one is
 built), so the model keeps every copy of a key and assigns each change to the copy whose value
 its ``old_spte`` matches; copies of invalidated roots are marked as such.
+
+Accessed/Dirty bits set by the CPU's page walker appear in a later ``old_spte`` untraced; that is
+not a contradiction. A/D bits *missing* from an ``old_spte`` are: KVM clears them for dirty logging
+and aging through traced paths on every release. (From 6.4, 1e0f42985ffa and 891f11596068 make
+clear_dirty_pt_masked() and aging bypass handle_changed_spte() with tdp_mmu_clear_spte_bits(), but
+both call trace_kvm_tdp_mmu_spte_changed() themselves; clear_dirty_gfn_range() still goes through
+tdp_mmu_set_spte_atomic().)
+
+A non-present ``old_spte`` for a key the model holds present is ambiguous only while several valid
+roots exist (a guest-mode root, say). With a single valid root for the address space, it is a
+contradiction: the SPTE left without a traced zap. It goes to ``unexplained`` and the model drops
+the stale copy, so one missing zap is one finding, not one per later memslot change.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ class TdpModel:
         self.pages = pages
         self.nonpresent = profile.nonpresent
         self.frozen = profile.nonpresent | FROZEN_LOW
-        #: key -> copies (one per root mapping it): [value, install seq, root invalidated]
+        #: key -> copies (one per root mapping it): [value, install seq, root invalidated, installer pid]
         self.sptes: dict[tuple[int, int, int], list[list]] = {}
         self.splits: dict[tuple[int, int, int], int] = {}  # huge SPTE key -> seq of its split
         self.live_pages: dict[tuple[int, int], list[int]] = {}  # (gfn, role) -> live page ids
@@ -38,6 +50,9 @@ class TdpModel:
         self.pfn_mask = profile.pfn_mask
         self.wd = profile.writable_mask | profile.dirty_mask
         self.hw_ad = profile.accessed_mask | profile.dirty_mask  # set by the CPU's page walker, untraced
+        self.root_level = 0  # highest page-table level seen: roots are the pages at that level
+        smm = profile.role_field("smm")
+        self.smm_shift = smm.shift if smm else None
 
     # -- page tables ----------------------------------------------------------------------------
     def get_page(self, seq: int, pid: int, gfn: int, role: int, gen: int, root_count: int, created: int) -> None:
@@ -45,6 +60,19 @@ class TdpModel:
             self.j.unexplained.append((seq, "kvm_mmu_get_page", "TDP MMU never reuses a page through get_page"))
         p = self.pages.add(gfn, role, gen, seq, False, root_count)
         self.live_pages.setdefault((gfn, role), []).append(p)
+        self.root_level = max(self.root_level, role & 0xF)
+
+    def _valid_roots(self, as_id: int) -> int:
+        """Roots of the address space not invalidated by a zap-all (TDP roots get no prepare_zap;
+        an invalidated root is torn down without one)."""
+        n = 0
+        for (_, role), ids in self.live_pages.items():
+            if role & 0xF != self.root_level:
+                continue
+            if self.smm_shift is not None and (role >> self.smm_shift) & 0xFF != as_id:
+                continue
+            n += sum(1 for p in ids if self.pages.obsolete_seq[p] == NONE)
+        return n
 
     def zap_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int) -> None:
         ids = self.live_pages.get((gfn, role))
@@ -109,12 +137,15 @@ class TdpModel:
                                                f"matches none of the model's {len(copies)} copies (last {e[0]:#x}, "
                                                f"seq {e[1]})"))
             # else: first sight of an entry that predates the trace (or a split child)
+        elif e is None and copies:
+            self._left_untraced(seq, key, copies, old)
         present = self.p.present
         was = present(old) and self._leaf(old, level)
         now = present(new) and self._leaf(new, level)
         same_pfn = was and now and not (old ^ new) & self.pfn_mask
         if same_pfn and old & self.wd == self.wd and not new & self.p.dirty_mask:
-            self.j.dirty_clears.append((seq, gfn, level, as_id, e[1] if e is not None else NONE, old, new))
+            self.j.dirty_clears.append((seq, gfn, level, as_id, e[1] if e is not None else NONE, old, new, pid,
+                                        e[3] if e is not None else NONE))
         invalid = e is not None and e[2]
         if new == self.nonpresent or removed_table:
             if e is not None:
@@ -125,11 +156,12 @@ class TdpModel:
                 return  # a non-present child of a removed table: nothing changes
             state, reason = "zapped", "page table removed" if removed_table else "zapped"
         else:
-            install = e[1] if (same_pfn and e is not None) else seq
             if e is not None:
-                e[0], e[1] = new, install
+                if not same_pfn:
+                    e[1], e[3] = seq, pid
+                e[0] = new
             else:
-                self.sptes.setdefault(key, []).append([new, install, False])
+                self.sptes.setdefault(key, []).append([new, seq, False, pid])
             state = "present" if present(new) else ("mmio" if self.p.mmio(new) else "nonpresent")
             reason = "installed" if nonpresent_old else "updated"
             if now and not same_pfn:
@@ -137,6 +169,25 @@ class TdpModel:
         if invalid:
             reason += " (invalidated root)"
         self.j.change(seq, 0, as_id, gfn, level, old, new, None, state, reason)
+
+    def _left_untraced(self, seq: int, key: tuple[int, int, int], copies: list[list], old: int) -> None:
+        """``old`` is non-present but the model holds present copies. Another root explains it only
+        if another valid root exists; with one, the present copies on it left without a traced zap."""
+        stale = [c for c in copies if not c[2] and self.p.present(c[0])]
+        if not stale or not self.root_level or self._valid_roots(key[0]) != 1:  # no roles (text): no judgement
+            return
+        as_id, level, gfn = key
+        for c in stale:
+            copies.remove(c)
+        if not copies:
+            del self.sptes[key]
+        for c in stale:
+            self.j.change(seq, 0, as_id, gfn, level, c[0], None, None, "zapped_inferred",
+                          "removed without a traced zap (contradicted by old_spte)")
+        self.j.unexplained.append((seq, "kvm_tdp_mmu_spte_changed",
+                                   f"old_spte {old:#x} for as {as_id} level {level} gfn {gfn:#x} is non-present, but "
+                                   f"the only valid root held {stale[0][0]:#x} (installed at seq {stale[0][1]}) and "
+                                   "no traced change removed it"))
 
     def fast_fix(self, seq: int, gpa: int, old: int, new: int) -> None:
         """Replay a lockless ``fast_page_fault`` fix: the entry holding ``old`` for that gfn now holds ``new``."""

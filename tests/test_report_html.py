@@ -21,7 +21,7 @@ from matplotlib.image import imread
 
 from kvmtrace import parsers
 from kvmtrace.replays.replay import replay
-from conftest import SAMPLES
+from conftest import NESTED, SAMPLES
 from kvmtrace.analysis import analysis_report, replay_trace
 from kvmtrace.report import build_report, render
 
@@ -73,8 +73,8 @@ def _replace_strings(table: pa.Table, column: str, value: str) -> pa.Table:
     return table.set_column(i, table.schema.field(i), pa.array([value] * table.num_rows, table.schema.field(i).type))
 
 
-def test_trace_strings_are_escaped_everywhere():
-    real = SAMPLES / "churn-zapslot.dat"
+def test_trace_strings_are_escaped_everywhere(nested_dir):
+    real = NESTED / "tdp-churn-noquirk-small-kt.dat"  # its replay has findings with evidence lines
     data = parsers.read(real)
     # Hand-made from a real recording (no real trace has a script tag for a task name): every
     # event's comm and the first trace_marker line become the probe.

@@ -10,6 +10,7 @@ from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.memslots import MemslotChange, MemslotTimeline
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
+from kvmtrace.replays.releases import Release
 
 
 @dataclass
@@ -22,12 +23,13 @@ class Context:
     journal: Journal
     pages: PageBook
     installs: dict[str, np.ndarray]  # Journal.installs()
-    faults: dict[str, np.ndarray]  # seq, gfn, pid of kvm_mmu_spte_requested
+    faults: dict[str, np.ndarray]  # seq, gfn, pfn, level, pid of kvm_mmu_spte_requested
     mmio_checks: dict[str, np.ndarray]  # seq, kvm_gen, spte_gen of check_mmio_spte
     mmio_marks: dict[str, np.ndarray]  # seq, gfn, gen of mark_mmio_spte
     mmio_faults: dict[str, np.ndarray]  # seq, gfn of handle_mmio_page_fault
     zap_all_seqs: np.ndarray  # seqs of kvm_mmu_zap_all_fast
     zap_all_pids: np.ndarray
+    release: Release | None = None  # (major, minor) of the traced kernel; None: not named
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""

@@ -1,41 +1,141 @@
-"""``dirty_bit_lost``: a writable+dirty leaf overwritten, same pfn, with Dirty clear (seed 001).
+"""Same-pfn Dirty clears on the TDP MMU: ``dirty_bit_lost`` and the known race ``dirty_bit_race``.
 
-Clearing D on a present SPTE is legitimate only as dirty-log harvesting: the slot has
-KVM_MEM_LOG_DIRTY_PAGES, or userspace cleared/fetched its dirty log (``kvm_clear_dirty_log`` /
-lab ``kvmlab_get_dirty_log`` lines) since the SPTE was installed. Anything else loses the fact that
-the guest wrote the page. Only the TDP MMU traces such overwrites.
+The TDP MMU traces every SPTE write it makes through handle_changed_spte(), so a present W=1,D=1
+leaf rewritten for the same pfn with D=0 is visible. Three kernel paths do that on purpose:
+
+* **Dirty logging.** The slot has KVM_MEM_LOG_DIRTY_PAGES, or userspace fetched/cleared its dirty
+  log since the SPTE was installed (``kvm_clear_dirty_log`` / lab ``kvmlab_get_dirty_log`` lines):
+  the D bit was harvested into the bitmap. These clears are traced on every release: from 6.4
+  (1e0f42985ffa) clear_dirty_pt_masked() bypasses handle_changed_spte() but calls the tracepoint
+  itself, and clear_dirty_gfn_range() writes through tdp_mmu_set_spte_atomic().
+* **A racing fault (seed 001).** Two vCPUs fault on the same gfn; the first installs W=1,D=1, the
+  second, which itself requested the gfn (``kvm_mmu_spte_requested`` just before its write), runs
+  make_spte() with the first one's SPTE as ``old_spte``. make_spte() skips setting Dirty when the
+  old SPTE is already writable ("goto out"), so W=1,D=1 becomes W=1,D=0. Upstream judged it benign
+  (handle_changed_spte() marks the old pfn dirty when its SPTE loses D, and dirty-log clearing
+  flushes TLBs) and from 6.13 (386d69f9f29b) treats a fault that the present SPTE already allows
+  as spurious, so the overwrite no longer happens. Kernels 5.10-6.12: the info ``dirty_bit_race``.
+* Anything else loses the fact that the guest wrote the page: ``dirty_bit_lost``.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.releases import SPURIOUS_TDP_FAULTS
+
+
+@dataclass(frozen=True)
+class DirtyClear:
+    """One traced same-pfn W=1,D=1 -> D=0 overwrite (a row of ``Journal.dirty_clears``)."""
+
+    seq: int
+    gfn: int
+    level: int
+    as_id: int
+    installed: int  # seq of the overwritten SPTE's install (-1: it predates the trace)
+    old: int
+    new: int
+    pid: int  # thread that wrote the new value
+    installer: int  # thread that installed the old one (-1: unknown)
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
-    cid = "dirty_bit_lost"
+    lost, race = "dirty_bit_lost", "dirty_bit_race"
     if ctx.mmu != "tdp":
-        return [CheckOutcome.skipped(cid, "only the TDP MMU traces SPTE overwrites; shadow dirty-log changes are "
-                                          "untraced")]
+        why = "only the TDP MMU traces SPTE overwrites; shadow dirty-log changes are untraced"
+        return [CheckOutcome.skipped(lost, why), CheckOutcome.skipped(race, why)]
     tl = ctx.timeline
     if not tl.known:
-        return [CheckOutcome.skipped(cid, "memslot flags unknown (no kvm_set_user_memory lines): cannot tell "
-                                          "dirty logging from a lost dirty bit")]
-    gfn = np.asarray([d[1] for d in ctx.journal.dirty_clears], dtype=np.uint64)
-    seq = np.asarray([d[0] for d in ctx.journal.dirty_clears], dtype=np.int64)
-    slot = tl.slot_at(gfn, seq) if len(gfn) else np.empty(0, np.int64)
-    harvest = [(s, sl) for s, sl, _, _ in tl.clear_dirty] + list(tl.get_dirty)
-    findings = []
-    for (s, g, level, as_id, installed, old, new), sl in zip(ctx.journal.dirty_clears, slot.tolist()):
-        if sl >= 0 and tl.dirty_logging(sl, s):
-            continue
-        if any(installed <= hs <= s and (hsl & 0xFFFF) == (sl & 0xFFFF) for hs, hsl in harvest):
-            continue
-        findings.append(Finding(cid, s, g, sl if sl >= 0 else None,
-                                f"level-{level} SPTE for gfn {g:#x} went {old:#x} -> {new:#x}: same pfn, Dirty "
-                                "cleared with no dirty logging or dirty-log clear since it was installed",
-                                [installed, s]))
-    return [CheckOutcome.of(cid, findings, f"{len(ctx.journal.dirty_clears)} same-pfn Dirty clear(s), all "
-                                           "explained by dirty logging")]
+        why = ("memslot flags unknown (no kvm_set_user_memory lines): cannot tell dirty logging from a lost dirty "
+               "bit")
+        return [CheckOutcome.skipped(lost, why), CheckOutcome.skipped(race, why)]
+    clears = [DirtyClear(*row) for row in ctx.journal.dirty_clears]
+    unlogged = [c for c in clears if not _dirty_logged(ctx, c)]
+    faults = ctx.faults
+    racy = ctx.release is None or ctx.release < SPURIOUS_TDP_FAULTS  # unknown: the race is possible
+    lost_findings, race_findings = [], []
+    unknowable = racy and not len(faults["seq"])  # the race's evidence is not in the input
+    for c in unlogged:
+        req = _own_request(faults, c, ctx.profile.pfn_mask) if c.new & ctx.profile.writable_mask else None
+        if req is not None and racy:
+            race_findings.append(Finding(race, c.seq, c.gfn, _slot(ctx, c), _race_words(ctx, c, req),
+                                         [c.installed, req, c.seq]))
+        elif unknowable and c.new & ctx.profile.writable_mask:
+            lost_findings.append(Finding(lost, c.seq, c.gfn, _slot(ctx, c), _lost_words(ctx, c, None) +
+                                         "; kvm_mmu_spte_requested is not in the trace, so seed 001's racing fault "
+                                         "(make_spte() before 6.13) cannot be ruled out", [c.installed, c.seq],
+                                         severity="warning"))
+        else:
+            lost_findings.append(Finding(lost, c.seq, c.gfn, _slot(ctx, c), _lost_words(ctx, c, req),
+                                         [c.installed, c.seq] if req is None else [c.installed, req, c.seq]))
+    explained = len(clears) - len(unlogged)
+    out = [CheckOutcome.of(lost, lost_findings, f"{len(clears)} same-pfn Dirty clear(s): {explained} by dirty "
+                                                f"logging, {len(race_findings)} by a racing fault")]
+    if not len(faults["seq"]):
+        out.append(CheckOutcome.skipped(race, "kvm_mmu_spte_requested is not in the trace: which vCPU faulted on the "
+                                              "gfn cannot be told"))
+    else:
+        out.append(CheckOutcome.of(race, race_findings, "no same-pfn Dirty clear by a racing fault"))
+    return out
+
+
+def _slot(ctx: Context, c: DirtyClear) -> int | None:
+    sl = int(ctx.timeline.slot_at(np.asarray([c.gfn], np.uint64), np.asarray([c.seq], np.int64))[0])
+    return sl if sl >= 0 else None
+
+
+def _dirty_logged(ctx: Context, c: DirtyClear) -> bool:
+    """The slot logs dirty pages, or its dirty log was fetched or cleared since the install."""
+    tl = ctx.timeline
+    sl = _slot(ctx, c)
+    if sl is None:
+        return False
+    if tl.dirty_logging(sl, c.seq):
+        return True
+    harvests = [(s, h) for s, h, _, _ in tl.clear_dirty] + list(tl.get_dirty)
+    return any(c.installed <= s <= c.seq and (h & 0xFFFF) == (sl & 0xFFFF) for s, h in harvests)
+
+
+def _own_request(faults: dict[str, np.ndarray], c: DirtyClear, pfn_mask: int) -> int | None:
+    """Seq of the writer's own ``kvm_mmu_spte_requested`` for this leaf, if it is that thread's last
+    request before the write: the write was its fault being resolved (tdp_mmu_map_handle_target_level)."""
+    mine = np.flatnonzero((faults["pid"] == c.pid) & (faults["seq"] < c.seq))
+    if not len(mine):
+        return None
+    k = mine[-1]  # fault_columns come in seq order
+    shift = np.uint64(9 * (c.level - 1))
+    pfn = (c.new & pfn_mask) >> 12
+    if faults["gfn"][k] >> shift != np.uint64(c.gfn) >> shift or faults["pfn"][k] >> shift != np.uint64(pfn) >> shift:
+        return None
+    return int(faults["seq"][k])
+
+
+def _race_words(ctx: Context, c: DirtyClear, req: int) -> str:
+    by = f"thread {c.installer}" if c.installer >= 0 else "another vCPU"
+    when = f"seq {c.installed}" if c.installed >= 0 else "before the trace"
+    kernel = ("" if ctx.release is not None else
+              " (the trace does not name its kernel: this holds if it predates 6.13)")
+    return (f"racing faults on gfn {c.gfn:#x}: {by} installed a W=1,D=1 level-{c.level} SPTE ({when}); vCPU thread "
+            f"{c.pid}, which had requested the same gfn itself (kvm_mmu_spte_requested, seq {req}), then rewrote it "
+            f"with W=1,D=0 for the same pfn ({c.old:#x} -> {c.new:#x}). make_spte() does not set Dirty when the old "
+            "SPTE is already writable, and before 6.13 the TDP MMU did not treat a fault the present SPTE already "
+            "allows as spurious (386d69f9f29b). Benign: handle_changed_spte() marks the old pfn dirty when its SPTE "
+            f"loses D, and dirty-log clearing flushes TLBs. TDP MMU, kernels 5.10-6.12{kernel}")
+
+
+def _lost_words(ctx: Context, c: DirtyClear, req: int | None) -> str:
+    why = "with no dirty logging or dirty-log clear since it was installed"
+    if req is not None:
+        why += (f"; the writer had requested the gfn (seq {req}), but from 6.13 such a fault is spurious "
+                "(386d69f9f29b) and must not rewrite the SPTE")
+    elif not c.new & ctx.profile.writable_mask:
+        why += ", and the new SPTE is not writable (not make_spte() on a racing fault)"
+    else:
+        why += ", and the writing thread had not faulted on it (no kvm_mmu_spte_requested for it just before)"
+    return (f"level-{c.level} SPTE for gfn {c.gfn:#x} went {c.old:#x} -> {c.new:#x}: same pfn, Dirty cleared {why}; "
+            "the guest's write to the page is no longer recorded")

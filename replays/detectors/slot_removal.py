@@ -44,6 +44,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no SPTE events to replay")
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
+    reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
     zap_seq = np.asarray(ctx.pages.zap_seq, dtype=np.int64)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
@@ -62,10 +63,16 @@ def _dangling(ctx: Context) -> CheckOutcome:
         checked += 1
         for k in np.flatnonzero(hit)[:64]:
             gfn, level = int(snap.gfn[k]), int(snap.level[k])
+            spte = (int(snap.as_id[k]), level, gfn, int(snap.installed[k]))
+            if spte in reported:
+                continue  # the same stale SPTE, still there at a later delete: one missing zap, one finding
+            reported.add(spte)
             findings.append(Finding(
                 cid, c.seq, gfn, c.slot,
                 f"after {c.kind} of slot {c.slot} (gfns {c.old_base_gfn:#x}+{c.old_npages:#x}) a level-{level} "
-                f"leaf SPTE for gfn {gfn:#x} installed at seq {int(snap.installed[k])} is still present",
+                f"leaf SPTE for gfn {gfn:#x} installed at seq {int(snap.installed[k])} is still present: KVM zaps "
+                "the old range before the delete or move completes (kvm_arch_flush_shadow_memslot), and no "
+                "traced or provable zap removed this SPTE",
                 [int(snap.installed[k]), c.window_start, c.seq]))
     if not checked:
         return CheckOutcome.skipped(cid, "every delete/move ran under the zap-slot policy, whose leaf zaps the "
