@@ -9,12 +9,12 @@ without renderer code of its own.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Union
 
 from kvmtrace.report.grid import Grid, seconds_text
-from kvmtrace.report.model import FINDINGS_IN_FULL, Figure, Report, TraceFacts
+from kvmtrace.report.groups import FindingGroup
+from kvmtrace.report.model import Figure, Finding, Report, TraceFacts
 
 
 @dataclass(frozen=True)
@@ -117,27 +117,62 @@ def checks_grid(report: Report) -> Grid:
     return Grid("checks", ("check", "status", "findings", "why"), tuple((c.id, c.status, c.findings, c.reason) for c in report.checks))
 
 
+def _where(f: Finding) -> Facts:
+    where = [f"seq {f.seq}" if f.seq is not None else None,
+             f"ts {seconds_text(f.ts)}" if f.ts is not None else None,
+             f"cpu {f.cpu}" if f.cpu is not None else None,
+             f"gfn {f.gfn:#x}" if f.gfn is not None else None,
+             f"slot {f.slot}" if f.slot is not None else None]
+    return Facts((("where", ", ".join(w for w in where if w) or "-"),))
+
+
+def _instance(f: Finding) -> list[Block]:
+    return [Para(f.message), _where(f), TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines))]
+
+
+def _span(first: int | None, last: int | None, fmt=str) -> str:
+    if first is None:
+        return "-"
+    return fmt(first) if first == last else f"{fmt(first)} .. {fmt(last)}"
+
+
+def group_facts(g: FindingGroup) -> Facts:
+    """Where a group's findings lie: seqs, times, gfns, slots, CPUs."""
+    gfns = _span(g.gfn_first, g.gfn_last, hex) + (f" ({g.gfns} distinct)" if g.gfns > 1 else "")
+    return Facts((
+        ("findings", str(g.count)),
+        ("seq", _span(g.first_seq, g.last_seq)),
+        ("ts", _span(g.first_ts, g.last_ts, seconds_text)),
+        ("gfn", gfns),
+        ("slots", ", ".join(map(str, g.slots)) or "-"),
+        ("cpus", ", ".join(map(str, g.cpus)) or "-"),
+    ))
+
+
+def groups_grid(report: Report) -> Grid:
+    return Grid("finding groups (errors first)", ("#", "severity", "finding", "count", "cause"),
+                tuple((n, g.severity, g.id, g.count, g.cause) for n, g in enumerate(report.groups, 1)))
+
+
 def finding_blocks(report: Report) -> list[Block]:
+    """One entry per group of findings (id, severity and cause), errors first: a group of
+    hundreds is one entry with its extent and a few examples, so it cannot bury a single error."""
     if not report.findings:
         return [Para("No findings.")]
-    out: list[Block] = []
-    shown: Counter[str] = Counter()
-    for n, f in enumerate(report.findings, 1):
-        shown[f.id] += 1
-        if shown[f.id] > FINDINGS_IN_FULL:
+    out: list[Block] = [Table(groups_grid(report))]
+    for n, g in enumerate(report.groups, 1):
+        if g.count == 1:
+            out.append(Heading(f"{n}. [{g.severity}] {g.id}", 3))
+            out += _instance(report.findings[g.members[0]])
             continue
-        where = [f"seq {f.seq}" if f.seq is not None else None,
-                 f"ts {seconds_text(f.ts)}" if f.ts is not None else None,
-                 f"cpu {f.cpu}" if f.cpu is not None else None,
-                 f"gfn {f.gfn:#x}" if f.gfn is not None else None,
-                 f"slot {f.slot}" if f.slot is not None else None]
-        out.append(Heading(f"{n}. [{f.severity}] {f.id}", 3))
-        out.append(Para(f.message))
-        out.append(Facts((("where", ", ".join(w for w in where if w) or "-"),)))
-        out.append(TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines)))
-    more = [f"{n - FINDINGS_IN_FULL} more {ident}" for ident, n in shown.items() if n > FINDINGS_IN_FULL]
-    if more:
-        out.append(Para(f"Not printed: {', '.join(more)} findings (the JSON report lists every one)."))
+        out.append(Heading(f"{n}. [{g.severity}] {g.id}: {g.count} findings of one cause", 3))
+        out.append(Para(f"Cause (numbers taken out): {g.cause}"))
+        out.append(group_facts(g))
+        for k, i in enumerate(g.examples, 1):
+            out.append(Para(f"Example {k} of {g.count}:"))
+            out += _instance(report.findings[i])
+    if any(g.count > len(g.examples) for g in report.groups):
+        out.append(Para("The JSON report lists every finding, and its groups."))
     return out
 
 

@@ -7,8 +7,7 @@ trace or the replay again. That keeps the four formats in agreement by construct
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -17,15 +16,13 @@ import pyarrow as pa
 
 from kvmtrace.report.evidence import column_ts, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
+from kvmtrace.report.groups import FindingGroup, group_findings
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
 EVIDENCE_SHOWN = 12
-#: Findings of one id printed in full (with evidence lines); the rest are counted, and the JSON
-#: report lists every one. A trace that starts late can have thousands of zap_of_unknown_sp.
-FINDINGS_IN_FULL = 10
 #: Rows of long tables (memslot timeline, unexplained events) shown before "... N more".
 ROWS_SHOWN = 60
 
@@ -91,9 +88,9 @@ class Finding:
     slot: int | None
     message: str
     evidence: tuple[int, ...]
-    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; empty past
-    #: the first :data:`FINDINGS_IN_FULL` findings of an id
-    evidence_lines: tuple[str, ...]
+    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; filled only
+    #: for the examples of each :class:`FindingGroup` (the findings the human formats print)
+    evidence_lines: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,10 @@ class Report:
     trace: TraceFacts
     replay: ReplayFacts
     checks: tuple[Check, ...]
+    #: every finding, in the replay's order (the JSON lists each one)
     findings: tuple[Finding, ...]
+    #: the findings grouped by id, severity and cause, errors first (what people read)
+    groups: tuple[FindingGroup, ...]
     memslot_timeline: Grid
     #: per-memslot activity and zap costs, one grid per replay summary table
     activity: tuple[Grid, ...]
@@ -172,22 +172,21 @@ def _checks(replay: ReplayResult) -> tuple[Check, ...]:
     )
 
 
-def _findings(data: TraceData, replay: ReplayResult) -> tuple[Finding, ...]:
+def _findings(data: TraceData, replay: ReplayResult) -> tuple[tuple[Finding, ...], tuple[FindingGroup, ...]]:
+    """Every finding, and their groups; evidence lines are looked up only for the examples each
+    group prints (a group of thousands costs three lookups, not thousands)."""
     t = replay.findings
     if t.num_rows == 0:
-        return ()
+        return (), ()
     names = ("id", "severity", "seq", "ts", "cpu", "gfn", "slot", "message", "evidence")
-    rows = list(zip(*(t.column(n).to_pylist() for n in names)))
-    rank = Counter()
-    cited: list[tuple[int, ...]] = []  # per finding, the evidence seqs to print
-    for row in rows:
-        rank[row[0]] += 1
-        cited.append(tuple(sorted(row[-1])[:EVIDENCE_SHOWN]) if rank[row[0]] <= FINDINGS_IN_FULL else ())
-    lines = evidence_lines(data, {s for seqs in cited for s in seqs})
-    return tuple(
-        Finding(*head, evidence=tuple(sorted(evidence)), evidence_lines=tuple(lines[s] for s in seqs))
-        for (*head, evidence), seqs in zip(rows, cited)
-    )
+    plain = [Finding(*head, evidence=tuple(sorted(evidence)))
+             for *head, evidence in zip(*(t.column(n).to_pylist() for n in names))]
+    groups = group_findings(plain)
+    cited = {i: plain[i].evidence[:EVIDENCE_SHOWN] for g in groups for i in g.examples}
+    lines = evidence_lines(data, {s for seqs in cited.values() for s in seqs})
+    findings = tuple(replace(f, evidence_lines=tuple(lines[s] for s in cited[i])) if i in cited else f
+                     for i, f in enumerate(plain))
+    return findings, groups
 
 
 #: Titles of the replay summaries a reader meets most; others are shown as "summary: <name>".
@@ -319,12 +318,14 @@ def build_report(
     change what the replay can explain, so the report must say so); ``figures`` are plots drawn
     by :mod:`kvmtrace.plot` for formats that show pictures.
     """
+    findings, groups = _findings(data, replay)
     return Report(
         kvmtrace_version=version,
         trace=trace_facts(data, path),
         replay=_replay_facts(replay),
         checks=_checks(replay),
-        findings=_findings(data, replay),
+        findings=findings,
+        groups=groups,
         memslot_timeline=memslot_grid(data, replay.memslots),
         activity=_activity(replay),
         totals=_totals(replay),
