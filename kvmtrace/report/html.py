@@ -1,16 +1,17 @@
 """HTML rendering: one self-contained file (inline CSS, plots as inline SVG, no scripts).
 
-Every string that came from the trace or the replay goes through :func:`html.escape`: comm
-names and ``trace_marker`` text are written by whoever ran the guest, and the report is opened
-in a browser by someone else.
+Every string that came from the trace or the replay goes through :func:`escape` (control
+characters as ``\x1b``, then :func:`html.escape`): comm names and ``trace_marker`` text are
+written by whoever ran the guest, and the report is opened in a browser by someone else.
 """
 
 from __future__ import annotations
 
-from html import escape
+from html import escape as _html_escape
 
 from kvmtrace.report.blocks import Block, Bullets, Facts, Heading, Para, Plot, Table, TraceLines
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.safe import printable
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -25,6 +26,12 @@ pre { background: #f7f7f7; padding: .6em; overflow-x: auto; font-size: .85em; }
 .passed { color: #1b7f2a; } .not_evaluated { color: #666; }
 figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
 """.strip()
+
+
+def escape(text: str) -> str:
+    """Markup escaped, control characters shown as ``\\x1b`` (a browser would drop them silently,
+    and someone may read the file on a terminal)."""
+    return _html_escape(printable(text))
 
 
 _STATUS = {"passed", "failed", "not_evaluated", "error", "warning", "info"}

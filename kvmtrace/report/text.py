@@ -1,5 +1,8 @@
 """Plain-text rendering: at most 80 columns, ready to paste into a mail to kvm@vger.
 
+Every string is passed through :func:`kvmtrace.report.safe.printable` before it is laid out, so
+a task name or marker line full of escape sequences reaches the terminal as visible ``\x1b``.
+
 Colour only when asked (the CLI asks when stdout is a terminal); a file or a pipe gets text
 without escape codes, so it survives mail clients and bug trackers unchanged.
 """
@@ -10,6 +13,7 @@ import textwrap
 
 from kvmtrace.report.blocks import Block, Bullets, Facts, Heading, Para, Plot, Table, TraceLines
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.safe import printable
 
 WIDTH = 80
 _GAP = "  "
@@ -57,8 +61,8 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
     """Aligned columns if they fit; else the last column (a long reason) wrapped under each row;
     else the columns split into panels that fit, each repeating the key column; else (a column
     wider than the page) every cell on its own wrapped line."""
-    cells = grid.text_rows()
-    head = list(grid.columns)
+    cells = [[printable(c) for c in row] for row in grid.text_rows()]
+    head = [printable(c) for c in grid.columns]
     ws = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
 
     def line(row: list[str], cols: list[int]) -> str:
@@ -95,23 +99,24 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
 
 def _block(block: Block, paint: _Painter) -> list[str]:
     if isinstance(block, Heading):
-        text = block.text if len(block.text) <= WIDTH else block.text[: WIDTH - 3] + "..."
+        text = printable(block.text)
+        text = text if len(text) <= WIDTH else text[: WIDTH - 3] + "..."
         rule = {1: "=", 2: "-"}.get(block.level)
         return ["", paint(text, "bold")] + ([rule * len(text)] if rule else [])
     if isinstance(block, Facts):
         width = max(len(k) for k, _ in block.items) + 2
-        return [ln for k, v in block.items for ln in _wrap(v, " " * width, first=f"{k + ':':<{width}}")]
+        return [ln for k, v in block.items for ln in _wrap(printable(v), " " * width, first=f"{printable(k) + ':':<{width}}")]
     if isinstance(block, Table):
         return _table(block.grid, paint)
     if isinstance(block, Bullets):
-        return [ln for item in block.items for ln in _wrap(item, "  ", first="- ")]
+        return [ln for item in block.items for ln in _wrap(printable(item), "  ", first="- ")]
     if isinstance(block, TraceLines):
-        lines = [ln for t in block.lines for ln in _wrap(t, "      ", first="    ")]
+        lines = [ln for t in block.lines for ln in _wrap(printable(t), "      ", first="    ")]
         return lines + ([f"    ... {block.more} more evidence events"] if block.more else [])
     if isinstance(block, Para):
-        return _wrap(block.text)
+        return _wrap(printable(block.text))
     if isinstance(block, Plot):
-        return _wrap(f"(plot '{block.figure.title}' is in the HTML report)")
+        return _wrap(f"(plot '{printable(block.figure.title)}' is in the HTML report)")
     raise TypeError(f"unknown block {block!r}")
 
 
