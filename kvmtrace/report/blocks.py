@@ -188,6 +188,8 @@ def grid_blocks(grid: Grid) -> list[Block]:
 def report_blocks(report: Report) -> list[Block]:
     """The whole report, top to bottom, in the order a reader of a bug report wants it."""
     blocks: list[Block] = [Heading(report_title(report), 1), Para(verdict(report))]
+    if report.input_warnings:  # before anything is read from the trace: it is incomplete or odd
+        blocks += [Heading("Input warnings"), Bullets(report.input_warnings)]
     blocks += [Heading("Trace"), trace_facts(report.trace)]
     blocks += [Heading("MMU seen"), replay_facts(report)]
     if report.figures:  # near the top: the timeline is the overview a browser reader wants first

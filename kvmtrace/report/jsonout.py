@@ -33,6 +33,7 @@ def report_dict(report: Report) -> dict[str, Any]:
     r = report.replay
     return {
         "kvmtrace_version": report.kvmtrace_version,
+        "input_warnings": list(report.input_warnings),
         "trace": report.trace.info,
         "replay": {
             "mmu": r.mmu,

@@ -124,6 +124,9 @@ class Report:
     assumptions: tuple[str, ...]
     #: what the trace could not show (replay limits, lost events, event filters)
     limits: tuple[str, ...]
+    #: what is wrong with the input itself (cut short, lost events, skipped lines, header
+    #: oddities): printed near the top of every format, not only on stderr
+    input_warnings: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()
 
     def count(self, severity: str) -> int:
@@ -289,6 +292,28 @@ def memslot_grid(data: TraceData, memslots: pa.Table) -> Grid:
     return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note)
 
 
+def input_warnings(data: TraceData) -> tuple[str, ...]:
+    """The reader's warnings about the input, and its lost-event counts in words.
+
+    Both readers put every warning they emit through ``warnings.warn`` into
+    ``TraceInfo.warnings`` as well, so the report reads them from the data it is built from and
+    needs no hook on the warnings module; lost events are counts, not warnings, in ``TraceInfo``.
+    """
+    info = data.info
+    out = list(info.warnings)
+    lost = {c: n for c, n in sorted(info.lost_events.items()) if n}
+    if lost:
+        per_cpu = ", ".join(f"CPU {c}: {n}" for c, n in lost.items())
+        out.append(f"the ring buffer dropped {sum(lost.values())} events ({per_cpu})")
+    gaps = {c: n for c, n in sorted(info.lost_unknown.items()) if n}
+    if gaps:
+        per_cpu = ", ".join(f"CPU {c}: {n}" for c, n in gaps.items())
+        out.append(f"events were dropped at {sum(gaps.values())} places whose count the kernel did not record ({per_cpu})")
+    if info.skipped_lines and not any("skipped" in w for w in info.warnings):
+        out.append(f"{info.skipped_lines} line(s) of the text could not be read and were skipped")
+    return tuple(out)
+
+
 def _limits(data: TraceData, replay: ReplayResult, filters: tuple[str, ...]) -> tuple[str, ...]:
     out = list(replay.limits)
     lost = sum(data.info.lost_events.values())
@@ -337,5 +362,6 @@ def build_report(
         unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),
         assumptions=tuple(replay.assumptions),
         limits=_limits(data, replay, filters),
+        input_warnings=input_warnings(data),
         figures=figures,
     )
