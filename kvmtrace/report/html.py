@@ -47,7 +47,7 @@ def _table(grid: Grid) -> str:
         return "<p><em>(none)</em></p>"
     head = "".join(f"<th>{escape(c)}</th>" for c in grid.columns)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in grid.text_rows())
-    more = f"<p><em>... {grid.omitted} more rows (see the JSON report)</em></p>" if grid.omitted else ""
+    more = f"<p><em>... {grid.hidden} more rows (the JSON report has every row)</em></p>" if grid.hidden else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 

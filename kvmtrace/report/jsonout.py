@@ -18,8 +18,8 @@ from kvmtrace.report.model import Report
 
 
 def grid_dict(grid: Grid) -> dict[str, Any]:
-    return {"title": grid.title, "columns": list(grid.columns), "rows": grid.records(),
-            "omitted": grid.omitted, "note": grid.note}
+    """A table with every row: only the human formats abbreviate long tables."""
+    return {"title": grid.title, "columns": list(grid.columns), "rows": grid.records(), "note": grid.note}
 
 
 def group_dict(g: FindingGroup) -> dict[str, Any]:

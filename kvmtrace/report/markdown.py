@@ -37,8 +37,8 @@ def _table(grid: Grid) -> list[str]:
         "|" + "|".join(" --- " for _ in grid.columns) + "|",
     ]
     out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in grid.text_rows()]
-    if grid.omitted:
-        out += ["", f"*... {grid.omitted} more rows (see the JSON report)*"]
+    if grid.hidden:
+        out += ["", f"*... {grid.hidden} more rows (the JSON report has every row)*"]
     return out
 
 

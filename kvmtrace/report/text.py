@@ -44,23 +44,33 @@ def _fits(widths: list[int]) -> bool:
     return sum(widths) + len(_GAP) * (len(widths) - 1) <= WIDTH
 
 
-def _panels(widths: list[int]) -> list[list[int]]:
-    """Column index groups that each fit :data:`WIDTH`, every group led by column 0 (the key)."""
-    groups: list[list[int]] = []
-    current = [0]
+#: Continuation lines of a wrapped table row are indented this much, so each row's first line
+#: (with its key column) stands out.
+_CONTINUED = "    "
+
+
+def _row_lines(widths: list[int]) -> list[list[int]] | None:
+    """Column indices per printed line of a row too wide for one line: the first line starts
+    with column 0 (the key), later lines are indented by :data:`_CONTINUED`. None when a single
+    column does not fit a line."""
+    lines: list[list[int]] = [[0]]
     for i in range(1, len(widths)):
-        if len(current) > 1 and not _fits([widths[j] for j in current + [i]]):
-            groups.append(current)
-            current = [0]
-        current.append(i)
-    groups.append(current)
-    return groups
+        indent = len(_CONTINUED) if len(lines) > 1 else 0
+        if indent + sum(widths[j] for j in lines[-1] + [i]) + len(_GAP) * len(lines[-1]) <= WIDTH:
+            lines[-1].append(i)
+        else:
+            lines.append([i])
+    if any(len(_CONTINUED) * (n > 0) + sum(widths[j] for j in cols) + len(_GAP) * (len(cols) - 1) > WIDTH
+           for n, cols in enumerate(lines)):
+        return None
+    return lines
 
 
 def _table(grid: Grid, paint: _Painter) -> list[str]:
     """Aligned columns if they fit; else the last column (a long reason) wrapped under each row;
-    else the columns split into panels that fit, each repeating the key column; else (a column
-    wider than the page) every cell on its own wrapped line."""
+    else each row wrapped over several aligned lines, the key column first and the rest on
+    indented continuation lines (one table: no column is separated from its row's key); else (a
+    column wider than the page) every cell on its own wrapped line."""
     cells = [[printable(c) for c in row] for row in grid.text_rows()]
     head = [printable(c) for c in grid.columns]
     ws = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
@@ -71,9 +81,12 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
     def rule(cols: list[int]) -> str:
         return line(["-" * w for w in ws], cols)
 
+    def wrapped(row: list[str], groups: list[list[int]]) -> list[str]:
+        return [(_CONTINUED if n else "") + line(row, cols) for n, cols in enumerate(groups)]
+
     out: list[str] = []
     every = list(range(len(head)))
-    panels = _panels(ws)
+    groups = _row_lines(ws)
     if _fits(ws) or len(head) == 1:
         out += [line(head, every), rule(every)] + [line(r, every) for r in cells]
     elif _fits(ws[:-1]) and ws[-1] >= _LONG_TEXT:
@@ -82,16 +95,17 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
         for r in cells:
             out.append(line(r, lead))
             out += _wrap(r[-1], "    ")
-    elif all(_fits([ws[i] for i in cols]) for cols in panels):
-        for n, cols in enumerate(panels):
-            out += ([""] if n else []) + [line(head, cols), rule(cols)] + [line(r, cols) for r in cells]
+    elif groups is not None:
+        out += wrapped(head, groups) + [rule(groups[0])]
+        for r in cells:
+            out += wrapped(r, groups)
     else:  # a single column wider than the page: one "name: value" line per cell, wrapped
         for r in cells:
             for name, value in zip(head, r):
                 out += _wrap(value, "    ", first=f"  {name}: ")
             out.append("")
-    if grid.omitted:
-        out.append(f"... {grid.omitted} more rows (see the JSON report or the replay tables)")
+    if grid.hidden:
+        out.append(f"... {grid.hidden} more rows (the JSON report has every row)")
     if not cells:
         out.append("(none)")
     return out
