@@ -14,7 +14,7 @@ from typing import Union
 
 from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.groups import FindingGroup
-from kvmtrace.report.model import Figure, Finding, Report, TraceFacts
+from kvmtrace.report.model import Figure, Finding, Removal, Report, TraceFacts
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,68 @@ def finding_blocks(report: Report) -> list[Block]:
     return out
 
 
+#: Removals the human formats describe in full (page by page); the summary table lists all, and
+#: a removal that left a page the rule must zap is always described.
+LEDGER_IN_FULL = 8
+
+
+def _gfns(first: int, count: int) -> str:
+    return f"{first:#x}-{first + count - 1:#x}"
+
+
+def removal_title(r: Removal) -> str:
+    row = r.row
+    moved = f" -> {row['new_base_gfn']:#x}" if row["new_base_gfn"] is not None else ""
+    return f"seq {row['seq']}: {row['kind']} of slot {r.instance}, gfns {_gfns(row['base_gfn'], row['npages'])}{moved}"
+
+
+def ledger_grid(report: Report) -> Grid:
+    """One line per delete/move: the ledger at a glance."""
+    rows = tuple((r.row["seq"], r.instance, r.row["kind"], _gfns(r.row["base_gfn"], r.row["npages"]), r.row["policy"],
+                  r.row["pages_zapped"], r.row["pages_kept"], r.row["kept_missed"], r.row["leaf_sptes_removed"],
+                  f"{r.row['window_ns'] / 1e6:.3f}" if r.row["window_ns"] is not None else "-")
+                 for r in report.removals)
+    return Grid("zap ledger: pages zapped and kept, pages the rule must zap but kept (miss), leaf SPTEs removed, "
+                "window time", ("seq", "slot", "kind", "gfns", "policy", "zap", "kept", "miss", "sptes", "ms"),
+                rows, shown=60)
+
+
+def removal_blocks(r: Removal) -> list[Block]:
+    row = r.row
+    traced = row["leaf_sptes_traced"]
+    window = (f"seq {row['window_start']}..{row['seq']} ({row['anchor']}): {row['window_events']} events"
+              + (f", {row['window_ns'] / 1e6:.3f} ms" if row["window_ns"] is not None else ""))
+    facts = Facts((
+        ("policy", row["policy"] + (f" (kvm_mmu_zap_all_fast at seq {row['zap_all_seq']})" if row["zap_all_seq"] is not None else "")),
+        ("rule", row["rule"]),
+        ("window", window),
+        ("pages", f"{row['pages_zapped']} zapped, {row['pages_kept']} kept"
+                  + (f" ({row['kept_missed']} of them the rule must zap: memslot_zap_miss)" if row["kept_missed"] else "")),
+        ("leaf SPTEs", f"{row['leaf_sptes_removed']} removed ({traced} traced, {row['leaf_sptes_removed'] - traced} inferred)"),
+    ))
+    pages = r.pages
+    shown = Grid("pages zapped and kept", ("page", "gfn", "role_text", "fate", "zap_seq", "reason"),
+                 tuple((*(rec[c] for c in ("page", "gfn", "role_text", "fate", "zap_seq")), rec["reason"])
+                       for rec in pages.records()), shown=pages.shown, hexadecimal=frozenset({"gfn"}))
+    sptes = Grid("leaf SPTEs removed", ("how", "in_range", "sptes", "gfns", "evidence"),
+                 tuple((rec["how"], rec["in_range"], rec["sptes"],
+                        f"{rec['gfn_first']:#x}..{rec['gfn_last']:#x}", rec["evidence"]) for rec in r.sptes.records()))
+    return [Heading(removal_title(r), 3), facts, Table(shown), Table(sptes)]
+
+
+def ledger_blocks(report: Report) -> list[Block]:
+    if not report.removals:
+        return [Para("No memslot delete or move with a position in the trace.")]
+    out: list[Block] = [Table(ledger_grid(report))]
+    full = [r for n, r in enumerate(report.removals) if n < LEDGER_IN_FULL or r.row["kept_missed"]]
+    for r in full:
+        out += removal_blocks(r)
+    if len(full) < len(report.removals):
+        out.append(Para(f"{len(report.removals) - len(full)} more deletes/moves are in the summary table; the JSON "
+                        "report has every one page by page (removals)."))
+    return out
+
+
 def grid_blocks(grid: Grid) -> list[Block]:
     out: list[Block] = [Heading(grid.title, 3)]
     if grid.note:
@@ -196,6 +258,7 @@ def report_blocks(report: Report) -> list[Block]:
         blocks += [Heading("Plots"), *(Plot(f) for f in report.figures)]
     blocks += [Heading("Checks"), Table(checks_grid(report))]
     blocks += [Heading("Findings"), *finding_blocks(report)]
+    blocks += [Heading("Zap ledger"), *ledger_blocks(report)]
     blocks += [Heading("Memslots"), *grid_blocks(report.memslot_timeline)]
     for g in (*report.totals, *report.activity):
         blocks += grid_blocks(g)

@@ -51,6 +51,7 @@ def report_dict(report: Report) -> dict[str, Any]:
             for f in report.findings
         ],
         "groups": [group_dict(g) for g in report.groups],
+        "removals": [r.row | {"pages": r.pages.records(), "sptes": r.sptes.records()} for r in report.removals],
         "memslots": grid_dict(report.memslot_timeline),
         "activity": [grid_dict(g) for g in report.activity],
         "totals": [grid_dict(g) for g in report.totals],

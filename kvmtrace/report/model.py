@@ -19,6 +19,7 @@ from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import ZapLedger, zap_ledger
 from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
@@ -94,6 +95,22 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class Removal:
+    """One memslot delete or move of the zap ledger (:mod:`kvmtrace.replays.ledger`): its row of
+    ``REMOVALS_SCHEMA``, the pages it zapped or kept and why, the leaf SPTEs it removed."""
+
+    row: dict[str, Any]
+    pages: Grid
+    sptes: Grid
+
+    @property
+    def instance(self) -> str:
+        """Slot id and the seq of the create that made it: ``2@11`` (``2@?`` predates the trace)."""
+        made = self.row["slot_created_seq"]
+        return f"{self.row['slot']}@{made if made is not None else '?'}"
+
+
+@dataclass(frozen=True)
 class Figure:
     """A plot already drawn as SVG text, so the HTML renderer only has to embed it."""
 
@@ -128,6 +145,8 @@ class Report:
     #: oddities): printed near the top of every format, not only on stderr
     input_warnings: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()
+    #: the zap ledger: one entry per positioned memslot delete, move or re-create
+    removals: tuple[Removal, ...] = ()
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -204,10 +223,36 @@ SUMMARY_TITLES = {
 IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "mmu_valid_gen"})
 
 
-def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
+#: Rows of one removal's page list the human formats print (JSON has all).
+LEDGER_ROWS_SHOWN = 20
+
+#: What the per-memslot summary's zap columns count (the replay's lifetime ends where the
+#: removing change's window starts, so that change's own zaps are not in ``pages_zapped``).
+MEMSLOT_ZAPS_NOTE = ("pages_zapped counts zaps while the slot instance was in place; zapped_at_removal "
+                     "those inside the update window of the delete or move that ended it (from the zap ledger)")
+
+
+def with_removal_zaps(lifetimes: pa.Table, ledger: ZapLedger) -> pa.Table:
+    """The per-memslot summary plus ``zapped_at_removal``: the ledger's pages zapped by the change
+    whose window ended each lifetime (null where no positioned change ended it)."""
+    if "until_seq" not in lifetimes.column_names:
+        return lifetimes
+    r = ledger.removals
+    ended = dict(zip(zip(r.column("slot").to_pylist(), r.column("window_start").to_pylist()),
+                     r.column("pages_zapped").to_pylist()))
+    keys = zip(lifetimes.column("slot").to_pylist(), lifetimes.column("until_seq").to_pylist())
+    return lifetimes.append_column("zapped_at_removal", pa.array([ended.get(k) for k in keys], pa.int64()))
+
+
+def _summaries(replay: ReplayResult, ledger: ZapLedger) -> dict[str, pa.Table]:
+    return {name: with_removal_zaps(t, ledger) if name == "memslot" else t for name, t in replay.summaries.items()}
+
+
+def _activity(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
     return tuple(
-        grid_from_arrow(SUMMARY_TITLES.get(name, f"summary: {name}"), table, limit=ROWS_SHOWN)
-        for name, table in sorted(replay.summaries.items())
+        grid_from_arrow(SUMMARY_TITLES.get(name, f"summary: {name}"), table, limit=ROWS_SHOWN,
+                        note=MEMSLOT_ZAPS_NOTE if name == "memslot" else "")
+        for name, table in sorted(summaries.items())
     )
 
 
@@ -227,11 +272,24 @@ def totals_grid(title: str, table: pa.Table, key: str = "slot") -> Grid:
     return Grid(title, tuple(agg.columns), tuple(agg.iter_rows()))
 
 
-def _totals(replay: ReplayResult) -> tuple[Grid, ...]:
+def _totals(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
     return tuple(
         totals_grid(f"{SUMMARY_TITLES.get(name, name)}: totals", table)
-        for name, table in sorted(replay.summaries.items())
+        for name, table in sorted(summaries.items())
     )
+
+
+def _removals(ledger: ZapLedger) -> tuple[Removal, ...]:
+    pages = pl.from_arrow(ledger.pages).partition_by("change", as_dict=True)
+    sptes = pl.from_arrow(ledger.sptes).partition_by("change", as_dict=True)
+    out = []
+    for row in ledger.removals.to_pylist():
+        key = (row["change"],)
+        p = pages[key].to_arrow() if key in pages else ledger.pages.schema.empty_table()
+        t = sptes[key].to_arrow() if key in sptes else ledger.sptes.schema.empty_table()
+        out.append(Removal(row, grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
+                           grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"]))))
+    return tuple(out)
 
 
 def sp_birth_death(
@@ -344,6 +402,8 @@ def build_report(
     by :mod:`kvmtrace.plot` for formats that show pictures.
     """
     findings, groups = _findings(data, replay)
+    ledger = zap_ledger(data, replay)
+    summaries = _summaries(replay, ledger)
     return Report(
         kvmtrace_version=version,
         trace=trace_facts(data, path),
@@ -352,8 +412,8 @@ def build_report(
         findings=findings,
         groups=groups,
         memslot_timeline=memslot_grid(data, replay.memslots),
-        activity=_activity(replay),
-        totals=_totals(replay),
+        activity=_activity(summaries),
+        totals=_totals(summaries),
         sp_lifetimes=sp_lifetime_grid(data, replay.shadow_pages),
         whatif=grid_from_arrow("what-if per memslot change", replay.whatif, limit=ROWS_SHOWN,
                                note="" if replay.whatif is not None else "the replay made no what-if comparison"),
@@ -364,4 +424,5 @@ def build_report(
         limits=_limits(data, replay, filters),
         input_warnings=input_warnings(data),
         figures=figures,
+        removals=_removals(ledger),
     )
