@@ -12,8 +12,9 @@ Per change (one row of :data:`REMOVALS_SCHEMA`):
 * the **policy** the kernel ran: ``zap_all`` when the ioctl thread emitted
   ``kvm_mmu_zap_all_fast`` inside the change's window (``KVM_X86_QUIRK_SLOT_ZAP_ALL``, the
   default), else ``zap_slot``; and the **rule** that policy applies;
-* **pages** (:data:`PAGES_SCHEMA`): every page zapped inside the window, and every page alive at
-  the window's start that the change concerns but the kernel kept, with the reason:
+* **pages** (:data:`PAGES_SCHEMA`): every page zapped inside the window, and every page alive when
+  the change took effect (built before its line, not zapped before its window) that the change
+  concerns but the kernel kept, with the reason:
 
   - zap-slot (6.12+, ``kvm_mmu_zap_memslot_pages_and_flush``): only valid pages *with gPTEs*
     (indirect, not passthrough) whose gfn lies in the slot are zapped
@@ -159,9 +160,10 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return np.left_shift(np.uint64(1), np.uint64(9) * level.astype(np.uint64))
 
 
-def _spte_owners_at(changes: pl.DataFrame, tdp: bool, start: int, lo: int, hi: int) -> set[int]:
-    """Pages owning a present leaf SPTE into [lo, hi) just before ``start``."""
-    before = changes.filter(pl.col("seq") < start)
+def _spte_owners_at(changes: pl.DataFrame, tdp: bool, seq: int, lo: int, hi: int) -> set[int]:
+    """Pages owning a present leaf SPTE into [lo, hi) just before ``seq`` (the change's line: the
+    per-slot rmap zap the model infers sits at the line itself)."""
+    before = changes.filter(pl.col("seq") < seq)
     key = ["as_id", "gfn", "level"] if tdp else ["key"]
     last = before.group_by(key).last()
     alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
@@ -210,14 +212,16 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
             "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
             if tdp else RULE_WORDS[profile.slot_zap_rule])
         zapped = (zap >= ws) & (zap <= line)
-        alive = (pg["first_seq"] < ws) & ((zap < 0) | (zap >= ws))
+        # alive when the change took effect: built before its line (a window that starts at the
+        # thread's previous line spans vCPU work too) and not zapped before the window
+        alive = (pg["first_seq"] < line) & ((zap < 0) | (zap >= ws))
         in_range = (pg["gfn"] >= lo) & (pg["gfn"] < hi)
         direct = pg["direct"].astype(bool) if len(pages) else np.zeros(0, bool)
         span = _covers(pg["gfn"], pg["level"])
         covers = direct & (pg["gfn"] < np.uint64(hi)) & (pg["gfn"] + span > np.uint64(lo))
         must = zap_rule_mask(_RuleContext(profile), pg["gfn"].astype(np.uint64), pg["role"].astype(np.uint64),
                              lo, n) if len(pages) and not tdp else np.zeros(len(pages), bool)
-        owners = _spte_owners_at(changes, tdp, ws, lo, hi) if not tdp else set()
+        owners = _spte_owners_at(changes, tdp, line, lo, hi) if not tdp else set()
         fate: dict[int, str] = {}
         for p in np.flatnonzero(zapped):
             if za is not None:

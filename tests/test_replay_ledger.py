@@ -19,7 +19,7 @@ from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
 from kvmtrace.report import build_report, render, report_schema
 from kvmtrace.replays import replay
-from kvmtrace.replays.ledger import KEPT_BY_RULE, KEPT_MISSED, role_text, zap_ledger
+from kvmtrace.replays.ledger import KEPT_BY_RULE, KEPT_MISSED, KEPT_OUTSIDE, role_text, zap_ledger
 from kvmtrace.replays.mutate import without
 from kvmtrace.replays.profiles import decode_role, profile_for
 
@@ -147,3 +147,19 @@ def test_the_ledger_is_in_every_format(fmt):
     for r in report.removals:
         assert f"seq {r.row['seq']}: {r.row['kind']} of slot {r.instance}" in out
     assert "L1 direct q0 wux 8-byte" in out and "L4 indirect q0 wux 8-byte" in out
+
+
+def test_pages_outside_the_range_that_map_into_it_are_kept_with_that_reason():
+    """churn-zapslot: the guest maps its BARs through page tables that live in RAM slots; a BAR
+    delete keeps those shadow pages (their gfn is not in the slot) and drops only their SPTEs."""
+    _, result, ledger = _load(SAMPLES / "churn-zapslot.dat")
+    changes = result.spte_changes.to_pylist()
+    outside = [r for r in ledger.pages.to_pylist() if r["reason"] == KEPT_OUTSIDE]
+    assert outside
+    removals = {r["change"]: r for r in ledger.removals.to_pylist()}
+    for row in outside:
+        c = removals[row["change"]]
+        lo, hi = c["base_gfn"], c["base_gfn"] + c["npages"]
+        assert not lo <= row["gfn"] < hi and row["fate"] == "kept"
+        assert any(x["page"] == row["page"] and lo <= x["gfn"] < hi and x["seq"] < c["seq"]
+                   and x["state"] == "present" for x in changes)

@@ -15,6 +15,7 @@ from typing import Union
 from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.groups import FindingGroup
 from kvmtrace.report.model import Figure, Finding, Removal, Report, TraceFacts
+from kvmtrace.replays.memslots import ANCHOR_ZAPS
 
 
 @dataclass(frozen=True)
@@ -192,21 +193,35 @@ def removal_title(r: Removal) -> str:
 
 
 def ledger_grid(report: Report) -> Grid:
-    """One line per delete/move: the ledger at a glance."""
-    rows = tuple((r.row["seq"], r.instance, r.row["kind"], _gfns(r.row["base_gfn"], r.row["npages"]), r.row["policy"],
+    """One line per delete/move: the ledger at a glance (the policy column only when the trace
+    mixes policies; otherwise :func:`ledger_blocks` says it once)."""
+    mixed = len({r.row["policy"] for r in report.removals}) > 1
+    rows = tuple((r.row["seq"], r.instance, r.row["kind"], _gfns(r.row["base_gfn"], r.row["npages"]),
+                  *((r.row["policy"],) if mixed else ()),
                   r.row["pages_zapped"], r.row["pages_kept"], r.row["kept_missed"], r.row["leaf_sptes_removed"],
-                  f"{r.row['window_ns'] / 1e6:.3f}" if r.row["window_ns"] is not None else "-")
+                  _window_ms(r))
                  for r in report.removals)
+    columns = ("seq", "slot", "kind", "gfns", *(("policy",) if mixed else ()), "zap", "kept", "miss", "sptes", "ms")
     return Grid("zap ledger: pages zapped and kept, pages the rule must zap but kept (miss), leaf SPTEs removed, "
-                "window time", ("seq", "slot", "kind", "gfns", "policy", "zap", "kept", "miss", "sptes", "ms"),
-                rows, shown=60)
+                "window time ('<': an upper bound, the kernel left no event where the change began)",
+                columns, rows, shown=60)
+
+
+def _window_ms(r: Removal) -> str:
+    """The window's length; a bound only, when it starts at the thread's previous line or last
+    vCPU event rather than at the kernel's first zap for the change."""
+    if r.row["window_ns"] is None:
+        return "-"
+    return ("" if r.row["anchor"] == ANCHOR_ZAPS else "<") + f"{r.row['window_ns'] / 1e6:.3f}"
 
 
 def removal_blocks(r: Removal) -> list[Block]:
     row = r.row
     traced = row["leaf_sptes_traced"]
-    window = (f"seq {row['window_start']}..{row['seq']} ({row['anchor']}): {row['window_events']} events"
-              + (f", {row['window_ns'] / 1e6:.3f} ms" if row["window_ns"] is not None else ""))
+    window = (f"seq {row['window_start']}..{row['seq']} (from the {row['anchor']}): {row['window_events']} events"
+              + (f", {row['window_ns'] / 1e6:.3f} ms" if row["window_ns"] is not None else "")
+              + ("" if row["anchor"] == ANCHOR_ZAPS else "; an upper bound of the change's cost: the kernel left "
+                 "no event where it began"))
     facts = Facts((
         ("policy", row["policy"] + (f" (kvm_mmu_zap_all_fast at seq {row['zap_all_seq']})" if row["zap_all_seq"] is not None else "")),
         ("rule", row["rule"]),
@@ -222,13 +237,18 @@ def removal_blocks(r: Removal) -> list[Block]:
     sptes = Grid("leaf SPTEs removed", ("how", "in_range", "sptes", "gfns", "evidence"),
                  tuple((rec["how"], rec["in_range"], rec["sptes"],
                         f"{rec['gfn_first']:#x}..{rec['gfn_last']:#x}", rec["evidence"]) for rec in r.sptes.records()))
-    return [Heading(removal_title(r), 3), facts, Table(shown), Table(sptes)]
+    return [Heading(removal_title(r), 3), facts,
+            Table(shown) if shown.rows else Para("No page was zapped, and no page over the range was kept."),
+            Table(sptes) if sptes.rows else Para("No leaf SPTE was removed inside the window.")]
 
 
 def ledger_blocks(report: Report) -> list[Block]:
     if not report.removals:
         return [Para("No memslot delete or move with a position in the trace.")]
-    out: list[Block] = [Table(ledger_grid(report))]
+    policies = sorted({r.row["policy"] for r in report.removals})
+    out: list[Block] = [] if len(policies) > 1 else [
+        Para(f"All {len(report.removals)} deletes/moves ran under the {policies[0]} policy.")]
+    out.append(Table(ledger_grid(report)))
     full = [r for n, r in enumerate(report.removals) if n < LEDGER_IN_FULL or r.row["kept_missed"]]
     for r in full:
         out += removal_blocks(r)
