@@ -47,7 +47,7 @@ import pyarrow as pa
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.detectors.slot_removal import RULE_WORDS, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
-from kvmtrace.replays.profiles import KernelProfile, profile_for
+from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
 
 REMOVALS_SCHEMA = pa.schema([
@@ -134,10 +134,12 @@ class _RuleContext:
 
 
 def profile_of(replay: ReplayResult) -> KernelProfile:
-    """The era profile the replay used: every profile name starts with the first kernel of its
-    era (``"6.12+ (role F, ...)"``), which :func:`profile_for` maps back to the same era."""
+    """The profile the replay used: every profile name starts with the first kernel of its era
+    (``"6.12+ (role F, ...)"``), which :func:`profile_for` maps back to the same era; the EPT
+    flavour of it ends in ``" EPT"`` (:func:`kvmtrace.replays.profiles.ept`)."""
     m = re.match(r"\d+\.\d+", replay.profile)
-    return profile_for(m.group() if m else None)
+    base = profile_for(m.group() if m else None)
+    return ept(base) if replay.profile.endswith(" EPT") else base
 
 
 def role_text(row: dict) -> str:

@@ -43,10 +43,13 @@ class Bullets:
 
 @dataclass(frozen=True)
 class TraceLines:
-    """Verbatim trace lines (evidence); drawn monospace, never reflowed into prose."""
+    """Verbatim trace lines (evidence); drawn monospace, never reflowed into prose. ``notes``
+    (aligned with ``lines``, "" for none) are decoded words printed under their line, so the
+    line itself stays exactly what the user can grep for."""
 
     lines: tuple[str, ...]
     more: int = 0
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -94,6 +97,7 @@ def trace_facts(t: TraceFacts) -> Facts:
             ("span", span_text(t.first_ts, t.last_ts)),
             ("events", str(t.events)),
             ("lost events", lost),
+            ("vCPUs", t.vcpus.text()),
         )
     )
 
@@ -128,7 +132,8 @@ def _where(f: Finding) -> Facts:
 
 
 def _instance(f: Finding) -> list[Block]:
-    return [Para(f.message), _where(f), TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines))]
+    return [Para(f.message), _where(f),
+            TraceLines(f.evidence_lines, more=len(f.evidence) - len(f.evidence_lines), notes=f.evidence_notes)]
 
 
 def _span(first: int | None, last: int | None, fmt=str) -> str:

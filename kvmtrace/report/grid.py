@@ -24,6 +24,8 @@ class Grid:
     note: str = ""
     #: rows the human formats print (None: all); the JSON report always has every row
     shown: int | None = None
+    #: columns the human formats print (empty: all); the JSON report always has every column
+    brief: tuple[str, ...] = ()
     #: columns holding nanosecond timestamps, shown to people as seconds like trace-cmd does
     seconds: frozenset[str] = frozenset()
     #: columns holding addresses, gfns or SPTE values, shown to people in hex
@@ -38,14 +40,20 @@ class Grid:
         """Rows the human formats leave out (they say so; JSON has them)."""
         return 0 if self.shown is None else max(0, len(self.rows) - self.shown)
 
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The columns a person reads: :attr:`brief` if set, else all."""
+        return self.brief or self.columns
+
     def text_rows(self) -> list[list[str]]:
         """The rows a person reads (text, Markdown and HTML), as strings: the first
-        :attr:`shown` of them."""
+        :attr:`shown` of them, in :attr:`text_columns`."""
+        idx = [self.columns.index(c) for c in self.brief] if self.brief else range(len(self.columns))
         conv = [
             seconds_text if c in self.seconds else _hex if c in self.hexadecimal else cell_text
-            for c in self.columns
+            for c in self.text_columns
         ]
-        return [[f(v) for f, v in zip(conv, row)] for row in self.rows[: self.shown]]
+        return [[f(row[i]) for f, i in zip(conv, idx)] for row in self.rows[: self.shown]]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -63,6 +71,7 @@ def grid_from_arrow(
     columns: Sequence[str] | None = None,
     limit: int | None = None,
     note: str = "",
+    brief: Sequence[str] = (),
 ) -> Grid:
     """A :class:`Grid` from an Arrow table, keeping ``columns`` that exist (all if None); the
     human formats print the first ``limit`` rows, the JSON report every row."""
@@ -77,7 +86,8 @@ def grid_from_arrow(
     hexadecimal = frozenset(
         n for n, t in types.items() if pa.types.is_unsigned_integer(t) and any(h in n for h in HEX_HINTS)
     )
-    return Grid(title, tuple(names), rows, note=note, shown=limit, seconds=seconds, hexadecimal=hexadecimal)
+    return Grid(title, tuple(names), rows, note=note, shown=limit, seconds=seconds, hexadecimal=hexadecimal,
+                brief=tuple(c for c in brief if c in names))
 
 
 def cell_text(value: Any) -> str:

@@ -45,7 +45,7 @@ def _cell(text: str) -> str:
 def _table(grid: Grid) -> str:
     if not grid.rows:
         return "<p><em>(none)</em></p>"
-    head = "".join(f"<th>{escape(c)}</th>" for c in grid.columns)
+    head = "".join(f"<th>{escape(c)}</th>" for c in grid.text_columns)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in grid.text_rows())
     more = f"<p><em>... {grid.hidden} more rows (the JSON report has every row)</em></p>" if grid.hidden else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
@@ -64,7 +64,9 @@ def _block(block: Block) -> str:
         return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block.items) + "</ul>"
     if isinstance(block, TraceLines):
         more = f"<p><em>... {block.more} more evidence events</em></p>" if block.more else ""
-        return "<pre>" + "\n".join(escape(ln) for ln in block.lines) + "</pre>" + more
+        notes = block.notes or ("",) * len(block.lines)
+        shown = [s for ln, note in zip(block.lines, notes) for s in ((ln, f"  = {note}") if note else (ln,))]
+        return "<pre>" + "\n".join(escape(ln) for ln in shown) + "</pre>" + more
     if isinstance(block, Para):
         return f"<p>{escape(block.text)}</p>"
     if isinstance(block, Plot):

@@ -47,7 +47,8 @@ def report_dict(report: Report) -> dict[str, Any]:
         },
         "checks": [{"id": c.id, "status": c.status, "reason": c.reason, "findings": c.findings} for c in report.checks],
         "findings": [
-            {k: v for k, v in asdict(f).items() if k != "evidence_lines"} | {"evidence": list(f.evidence)}
+            {k: v for k, v in asdict(f).items() if k not in ("evidence_lines", "evidence_notes")}
+            | {"evidence": list(f.evidence)}
             for f in report.findings
         ],
         "groups": [group_dict(g) for g in report.groups],

@@ -33,8 +33,8 @@ def _table(grid: Grid) -> list[str]:
     if not grid.rows:
         return ["*(none)*"]
     out = [
-        "| " + " | ".join(md_escape(c) for c in grid.columns) + " |",
-        "|" + "|".join(" --- " for _ in grid.columns) + "|",
+        "| " + " | ".join(md_escape(c) for c in grid.text_columns) + " |",
+        "|" + "|".join(" --- " for _ in grid.text_columns) + "|",
     ]
     out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in grid.text_rows()]
     if grid.hidden:
@@ -52,7 +52,9 @@ def _block(block: Block) -> list[str]:
     if isinstance(block, Bullets):
         return [f"- {md_escape(item)}" for item in block.items] + [""]
     if isinstance(block, TraceLines):
-        lines = tuple(printable(ln) for ln in block.lines)
+        notes = block.notes or ("",) * len(block.lines)
+        lines = tuple(printable(s) for ln, note in zip(block.lines, notes)
+                      for s in ((ln, f"  = {note}") if note else (ln,)))
         fence = _fence(lines)
         more = [f"*... {block.more} more evidence events*", ""] if block.more else []
         return [fence, *lines, fence, ""] + more

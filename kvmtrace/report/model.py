@@ -14,12 +14,13 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from kvmtrace.report.evidence import column_ts, evidence_lines
+from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_threads
+from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.ledger import ZapLedger, zap_ledger
+from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
 from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
@@ -44,6 +45,8 @@ class TraceFacts:
     lost_unknown: int
     #: ``kvmtrace info --json`` of the same trace (the JSON report's ``trace`` object)
     info: dict[str, Any]
+    #: which host thread ran which vCPU, and what says so
+    vcpus: VcpuThreads = VcpuThreads({}, "")
 
     @property
     def span_s(self) -> float:
@@ -92,6 +95,8 @@ class Finding:
     #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; filled only
     #: for the examples of each :class:`FindingGroup` (the findings the human formats print)
     evidence_lines: tuple[str, ...] = ()
+    #: per evidence line, its decoded words (vCPU of the pid, SPTE bits and pfn, role), or ""
+    evidence_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,6 +175,7 @@ def trace_facts(data: TraceData, path: str) -> TraceFacts:
         lost_events=sum(info.lost_events.values()),
         lost_unknown=sum(info.lost_unknown.values()),
         info=info_dict(info),
+        vcpus=vcpu_threads(data),
     )
 
 
@@ -205,10 +211,24 @@ def _findings(data: TraceData, replay: ReplayResult) -> tuple[tuple[Finding, ...
              for *head, evidence in zip(*(t.column(n).to_pylist() for n in names))]
     groups = group_findings(plain)
     cited = {i: plain[i].evidence[:EVIDENCE_SHOWN] for g in groups for i in g.examples}
-    lines = evidence_lines(data, {s for seqs in cited.values() for s in seqs})
-    findings = tuple(replace(f, evidence_lines=tuple(lines[s] for s in cited[i])) if i in cited else f
+    every = {s for seqs in cited.values() for s in seqs}
+    lines = evidence_lines(data, every)
+    notes = _evidence_notes(data, replay, every)
+    findings = tuple(replace(f, evidence_lines=tuple(lines[s] for s in cited[i]),
+                             evidence_notes=tuple(notes.get(s, "") for s in cited[i])) if i in cited else f
                      for i, f in enumerate(plain))
     return findings, groups
+
+
+def _evidence_notes(data: TraceData, replay: ReplayResult, seqs: set[int]) -> dict[int, str]:
+    """What each cited event's raw words mean: the vCPU its thread runs, SPTEs, role words."""
+    profile = profile_of(replay)
+    vcpus = vcpu_threads(data).vcpu_of
+    out = {}
+    for seq, (name, pid, fields) in evidence_fields(data, seqs).items():
+        words = ([f"pid {pid} = vCPU {vcpus[pid]}"] if pid in vcpus else []) + field_notes(name, fields, profile)
+        out[seq] = "; ".join(words)
+    return out
 
 
 #: Titles of the replay summaries a reader meets most; others are shown as "summary: <name>".
@@ -339,15 +359,23 @@ def sp_lifetime_grid(data: TraceData, shadow_pages: pa.Table) -> Grid:
 
 #: Memslot timeline columns a reader needs; the rest (anchors, windows) stay in the JSON-free
 #: replay table for whoever digs deeper.
-TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "base_gfn", "npages", "flags")
+TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "gpa_range", "base_gfn", "npages", "flags")
+#: What the human formats print of it: the range once, as guest-physical addresses.
+TIMELINE_BRIEF = ("seq", "ts", "slot", "kind", "gpa_range", "flags")
 
 
 def memslot_grid(data: TraceData, memslots: pa.Table) -> Grid:
-    """The memslot timeline with each change's time added (the replay cites seqs only)."""
+    """The memslot timeline with each change's time added (the replay cites seqs only) and the
+    guest-physical range it concerns in hex, as QEMU prints it (a delete: the range removed)."""
     ts = column_ts(data, memslots, "seq")
     with_ts = memslots.append_column("ts", pa.array([None if np.isnan(t) else int(t) for t in ts], pa.int64()))
+    ranges = [gpa_range(ob, on or 0) if kind == "delete" and ob is not None else gpa_range(b, n)
+              for kind, b, n, ob, on in zip(*(memslots.column(c).to_pylist() for c in
+                                              ("kind", "base_gfn", "npages", "old_base_gfn", "old_npages")))]
+    with_ts = with_ts.append_column("gpa_range", pa.array(ranges, pa.string()))
     note = "" if memslots.num_rows else "no memslot changes seen (no QEMU kvm_set_user_memory lines, --qemu-log or --memslots)"
-    return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note)
+    return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note,
+                           brief=TIMELINE_BRIEF)
 
 
 def input_warnings(data: TraceData) -> tuple[str, ...]:

@@ -72,7 +72,7 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
     indented continuation lines (one table: no column is separated from its row's key); else (a
     column wider than the page) every cell on its own wrapped line."""
     cells = [[printable(c) for c in row] for row in grid.text_rows()]
-    head = [printable(c) for c in grid.columns]
+    head = [printable(c) for c in grid.text_columns]
     ws = [max(len(r[i]) for r in [head, *cells]) for i in range(len(head))]
 
     def line(row: list[str], cols: list[int]) -> str:
@@ -87,11 +87,12 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
     out: list[str] = []
     every = list(range(len(head)))
     groups = _row_lines(ws)
+    below = f"{_GAP}({head[-1]} below)"
     if _fits(ws) or len(head) == 1:
         out += [line(head, every), rule(every)] + [line(r, every) for r in cells]
-    elif _fits(ws[:-1]) and ws[-1] >= _LONG_TEXT:
+    elif _fits(ws[:-1]) and ws[-1] >= _LONG_TEXT and len(line(head, every[:-1]) + below) <= WIDTH:
         lead = every[:-1]
-        out += [line(head, lead) + f"{_GAP}({head[-1]} below)", rule(lead)]
+        out += [line(head, lead) + below, rule(lead)]
         for r in cells:
             out.append(line(r, lead))
             out += _wrap(r[-1], "    ")
@@ -125,7 +126,10 @@ def _block(block: Block, paint: _Painter) -> list[str]:
     if isinstance(block, Bullets):
         return [ln for item in block.items for ln in _wrap(printable(item), "  ", first="- ")]
     if isinstance(block, TraceLines):
-        lines = [ln for t in block.lines for ln in _wrap(printable(t), "      ", first="    ")]
+        notes = block.notes or ("",) * len(block.lines)
+        lines = [ln for t, note in zip(block.lines, notes)
+                 for ln in _wrap(printable(t), "      ", first="    ")
+                 + (_wrap(printable(note), "        ", first="      = ") if note else [])]
         return lines + ([f"    ... {block.more} more evidence events"] if block.more else [])
     if isinstance(block, Para):
         return _wrap(printable(block.text))
