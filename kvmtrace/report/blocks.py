@@ -281,12 +281,13 @@ def report_blocks(report: Report) -> list[Block]:
     blocks += [Heading("MMU seen"), replay_facts(report)]
     if report.figures:  # near the top: the timeline is the overview a browser reader wants first
         blocks += [Heading("Plots"), *(Plot(f) for f in report.figures)]
-    blocks += [Heading("Checks"), Table(checks_grid(report))]
+    # what went wrong, then what each memslot change did, then the layout; then how each check fared
     blocks += [Heading("Findings"), *finding_blocks(report)]
     blocks += [Heading("Zap ledger"), *ledger_blocks(report)]
     blocks += [Heading("Memslots"), *grid_blocks(report.memslot_timeline)]
     for g in (*report.totals, *report.activity):
         blocks += grid_blocks(g)
+    blocks += [Heading("Checks"), Table(checks_grid(report))]
     blocks += [Heading("Shadow pages"), *grid_blocks(report.sp_lifetimes)]
     blocks += [Heading("What if"), *grid_blocks(report.whatif_totals), *grid_blocks(report.whatif)]
     blocks += [Heading("What the trace could not show")]
