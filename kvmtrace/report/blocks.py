@@ -220,8 +220,12 @@ def _window_ms(r: Removal) -> str:
     return ("" if r.row["anchor"] == ANCHOR_ZAPS else "<") + f"{r.row['window_ns'] / 1e6:.3f}"
 
 
-def removal_blocks(r: Removal) -> list[Block]:
+def removal_blocks(r: Removal, whatif: Grid) -> list[Block]:
     row = r.row
+    own = next((w for w in whatif.records() if w.get("seq") == row["seq"] and w.get("trace_policy")), None)
+    refaulted = "" if own is None else (
+        f"the guest built {own['pages_refaulted']} of the destroyed pages again and refaulted "
+        f"{own['sptes_refaulted']} of the leaf SPTEs (what-if, {'exact' if own['refaults_exact'] else 'a lower bound'})")
     traced = row["leaf_sptes_traced"]
     window = (f"seq {row['window_start']}..{row['seq']} (from the {row['anchor']}): {row['window_events']} events"
               + (f", {row['window_ns'] / 1e6:.3f} ms" if row["window_ns"] is not None else "")
@@ -234,6 +238,7 @@ def removal_blocks(r: Removal) -> list[Block]:
         ("pages", f"{row['pages_zapped']} zapped, {row['pages_kept']} kept"
                   + (f" ({row['kept_missed']} of them the rule must zap: memslot_zap_miss)" if row["kept_missed"] else "")),
         ("leaf SPTEs", f"{row['leaf_sptes_removed']} removed ({traced} traced, {row['leaf_sptes_removed'] - traced} inferred)"),
+        *((("refaulted", refaulted),) if refaulted else ()),
     ))
     pages = r.pages
     shown = Grid("pages zapped and kept", ("page", "gfn", "role_text", "fate", "zap_seq", "reason"),
@@ -256,11 +261,25 @@ def ledger_blocks(report: Report) -> list[Block]:
     out.append(Table(ledger_grid(report)))
     full = [r for n, r in enumerate(report.removals) if n < LEDGER_IN_FULL or r.row["kept_missed"]]
     for r in full:
-        out += removal_blocks(r)
+        out += removal_blocks(r, report.whatif)
     if len(full) < len(report.removals):
         out.append(Para(f"{len(report.removals) - len(full)} more deletes/moves are in the summary table; the JSON "
                         "report has every one page by page (removals)."))
     return out
+
+
+def consequence_blocks(report: Report) -> list[Block]:
+    g = report.consequences
+    if not report.removals:
+        return [Para("No memslot delete or move with a position in the trace.")]
+    if not g.rows:
+        return [Para("No vCPU faulted or exited on a removed range before a slot backed it again.")]
+    return [Para("Per delete/move and vCPU thread, from the moment the change is surely under way (the kernel's "
+                 "first zap for it, else its QEMU line) until a slot backs the range again: mapping faults on the "
+                 "range, how many KVM resolved with no slot (KVM_PFN_NOSLOT: the access became an MMIO exit to the "
+                 "VMM although the range is RAM before and after, seed 003's hazard) or with an error pfn, MMIO "
+                 "exits, the most faults one gfn took (a retry storm shows here), first and last event."),
+            Table(g)]
 
 
 def grid_blocks(grid: Grid) -> list[Block]:
@@ -284,6 +303,7 @@ def report_blocks(report: Report) -> list[Block]:
     # what went wrong, then what each memslot change did, then the layout; then how each check fared
     blocks += [Heading("Findings"), *finding_blocks(report)]
     blocks += [Heading("Zap ledger"), *ledger_blocks(report)]
+    blocks += [Heading("Consequences"), *consequence_blocks(report)]
     blocks += [Heading("Memslots"), *grid_blocks(report.memslot_timeline)]
     for g in (*report.totals, *report.activity):
         blocks += grid_blocks(g)

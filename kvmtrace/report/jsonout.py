@@ -53,6 +53,7 @@ def report_dict(report: Report) -> dict[str, Any]:
         ],
         "groups": [group_dict(g) for g in report.groups],
         "removals": [r.row | {"pages": r.pages.records(), "sptes": r.sptes.records()} for r in report.removals],
+        "consequences": grid_dict(report.consequences),
         "memslots": grid_dict(report.memslot_timeline),
         "activity": [grid_dict(g) for g in report.activity],
         "totals": [grid_dict(g) for g in report.totals],

@@ -14,6 +14,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from kvmtrace.report.consequences import consequences
 from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_threads
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
@@ -152,6 +153,8 @@ class Report:
     figures: tuple[Figure, ...] = ()
     #: the zap ledger: one entry per positioned memslot delete, move or re-create
     removals: tuple[Removal, ...] = ()
+    #: per delete/move and vCPU: faults and MMIO exits on the removed range until it is backed again
+    consequences: Grid = Grid("consequences per delete/move and vCPU", ())
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -242,6 +245,9 @@ SUMMARY_TITLES = {
 #: something; totals never add them up.
 IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "mmu_valid_gen"})
 
+
+#: Consequence columns the human formats print.
+CONSEQUENCE_BRIEF = ("seq", "pid", "vcpu", "faults", "noslot", "error", "mmio", "per_gfn", "first_seq", "last_seq")
 
 #: Rows of one removal's page list the human formats print (JSON has all).
 LEDGER_ROWS_SHOWN = 20
@@ -432,9 +438,10 @@ def build_report(
     findings, groups = _findings(data, replay)
     ledger = zap_ledger(data, replay)
     summaries = _summaries(replay, ledger)
+    facts = trace_facts(data, path)
     return Report(
         kvmtrace_version=version,
-        trace=trace_facts(data, path),
+        trace=facts,
         replay=_replay_facts(replay),
         checks=_checks(replay),
         findings=findings,
@@ -453,4 +460,8 @@ def build_report(
         input_warnings=input_warnings(data),
         figures=figures,
         removals=_removals(ledger),
+        consequences=grid_from_arrow(
+            "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
+            limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,
+            note="faults and MMIO exits on each removed range, from the change's start until a slot backs it again"),
     )
