@@ -173,22 +173,123 @@ def _spte_owners_at(changes: pl.DataFrame, tdp: bool, seq: int, lo: int, hi: int
     return set(alive["page"].to_list())
 
 
+@dataclass(frozen=True)
+class _Pages:
+    """The replay's shadow-page book as arrays (-1: no seq), plus its rows for the ledger's text."""
+
+    rows: list[dict]
+    gfn: np.ndarray
+    role: np.ndarray
+    level: np.ndarray
+    direct: np.ndarray
+    passthrough: np.ndarray
+    first_seq: np.ndarray
+    zap: np.ndarray
+    obsolete: np.ndarray
+
+    @classmethod
+    def of(cls, t: pa.Table) -> "_Pages":
+        def seqs(name: str) -> np.ndarray:
+            return np.asarray(t.column(name).fill_null(-1).to_numpy(), dtype=np.int64)
+
+        def flag(name: str) -> np.ndarray:
+            return t.column(name).fill_null(0).to_numpy().astype(bool) if name in t.column_names \
+                else np.zeros(t.num_rows, bool)
+
+        return cls(t.to_pylist(), t.column("gfn").to_numpy().astype(np.uint64),
+                   t.column("role").to_numpy().astype(np.uint64), t.column("level").to_numpy().astype(np.uint64),
+                   flag("direct"), flag("passthrough"), seqs("first_seq"), seqs("zap_seq"), seqs("obsolete_seq"))
+
+
+def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
+    if za is not None:
+        return ("zap-all (KVM_X86_QUIRK_SLOT_ZAP_ALL): kvm_mmu_zap_all_fast makes every page obsolete, "
+                "kvm_zap_obsolete_pages zaps them")
+    if tdp:
+        return "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
+    return RULE_WORDS[profile.slot_zap_rule]
+
+
+def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfile,
+           owners: set[int]) -> tuple[dict[int, str], np.ndarray]:
+    """page -> reason, for every page zapped in the change's window and every page the change
+    concerns but the kernel kept; and the zapped mask."""
+    ws, line, lo, n = c["window_start"], c["seq"], c["old_base_gfn"], c["old_npages"]
+    hi = lo + n
+    zapped = (pg.zap >= ws) & (pg.zap <= line)
+    # alive when the change took effect: built before its line (a window that starts at the
+    # thread's previous line spans vCPU work too) and not zapped before the window
+    alive = (pg.first_seq < line) & ((pg.zap < 0) | (pg.zap >= ws))
+    in_range = (pg.gfn >= np.uint64(lo)) & (pg.gfn < np.uint64(hi))
+    covers = pg.direct & (pg.gfn < np.uint64(hi)) & (pg.gfn + _covers(pg.gfn, pg.level) > np.uint64(lo))
+    must = zap_rule_mask(_RuleContext(profile), pg.gfn, pg.role, lo, n) if len(pg.rows) and not tdp \
+        else np.zeros(len(pg.rows), bool)
+    fate: dict[int, str] = {}
+    for p in np.flatnonzero(zapped).tolist():
+        if za is not None:
+            why = "zapped after the fast zap made it obsolete"
+        elif must[p]:
+            why = "zapped by the rule: " + ("gfn in the slot, holds guest PTEs" if profile.slot_zap_rule == "gptes"
+                                            else "gfn in the slot's range at its level")
+        else:
+            why = "zapped inside the window, not by the slot rule"
+        if pg.rows[p]["root_count"] > 0:
+            why += "; a root still referenced by a vCPU: marked invalid, freed when the vCPU drops it"
+        fate[p] = why
+    for p in np.flatnonzero(alive & ~zapped).tolist():
+        if za is not None:
+            if pg.obsolete[p] == za:
+                fate[p] = f"obsolete generation: made obsolete at seq {za}, " + (
+                    f"zapped at seq {pg.zap[p]}" if pg.zap[p] >= 0 else KEPT_TDP_ROOT if tdp
+                    else "still alive at the end of the trace")
+        elif tdp:
+            if covers[p]:
+                fate[p] = KEPT_TDP
+        elif 0 <= pg.obsolete[p] < ws and (in_range[p] or covers[p]):
+            fate[p] = KEPT_OBSOLETE
+        elif must[p]:
+            fate[p] = KEPT_MISSED
+        elif covers[p] or (in_range[p] and pg.direct[p]):
+            fate[p] = KEPT_BY_RULE
+        elif in_range[p] and pg.passthrough[p]:
+            fate[p] = KEPT_PASSTHROUGH
+        elif p in owners:
+            fate[p] = KEPT_OUTSIDE
+    return fate, zapped
+
+
+def _removed_leaves(changes: pl.DataFrame, c: dict, za: int | None, tdp: bool) -> pl.DataFrame:
+    """Leaf SPTEs the change removed, grouped by how the replay knows it: under zap-all
+    everything removed in the window; under zap-slot the leaves into the range and those of the
+    pages it zapped (a vCPU replacing an MMIO SPTE elsewhere in the window is not its doing)."""
+    lo, hi = c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]
+    into = (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
+    removed = changes.filter(pl.col("seq").is_between(c["window_start"], c["seq"])
+                             & pl.col("state").is_in(["zapped", "zapped_inferred"])
+                             & ~pl.col("reason").str.starts_with("page table removed")
+                             & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped") | into))
+    how = pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred")) \
+        .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred"))
+    return removed.with_columns(how.alias("how"), into.alias("in_range")).group_by("how", "reason", "in_range").agg(
+        pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last")
+    ).sort("how", "reason", "in_range", descending=[True, False, True])
+
+
+def _append(columns: dict[str, list], values: dict) -> None:
+    for k, v in values.items():
+        columns[k].append(v)
+
+
 def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     """The ledger of every positioned delete, move and re-create of the replay's timeline."""
     profile = profile_of(replay)
+    tdp = replay.mmu == "tdp"
     ev_seq = data.events.column("seq").to_numpy()
     ev_ts = data.events.column("ts").to_numpy()
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
-    pages = replay.shadow_pages.to_pylist()
-    pg = {k: replay.shadow_pages.column(k).to_numpy(zero_copy_only=False)
-          for k in ("gfn", "role", "level", "direct", "first_seq")}
-    zap = np.asarray(replay.shadow_pages.column("zap_seq").fill_null(-1).to_numpy(), dtype=np.int64)
-    obsolete = np.asarray(replay.shadow_pages.column("obsolete_seq").fill_null(-1).to_numpy(), dtype=np.int64)
-    passthrough = replay.shadow_pages.column("passthrough").fill_null(0).to_numpy().astype(bool) \
-        if "passthrough" in replay.shadow_pages.column_names else np.zeros(len(pages), bool)
+    pg = _Pages.of(replay.shadow_pages)
     changes = pl.from_arrow(replay.spte_changes).with_columns(pl.col("state").cast(pl.String),
                                                               pl.col("reason").cast(pl.String))
-    tdp = replay.mmu == "tdp"
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
@@ -204,104 +305,38 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         if c["kind"] not in ("delete", "move", "recreate") or c["seq"] is None or not c["old_npages"] \
                 or c["window_start"] is None:
             continue
-        ws, line, lo, n = c["window_start"], c["seq"], c["old_base_gfn"], c["old_npages"]
-        hi = lo + n
+        ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
         za = int(hits[0]) if len(hits) else None
-        policy = "zap_all" if za is not None else "zap_slot"
-        rule = ("zap-all (KVM_X86_QUIRK_SLOT_ZAP_ALL): kvm_mmu_zap_all_fast makes every page obsolete, "
-                "kvm_zap_obsolete_pages zaps them") if za is not None else (
-            "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
-            if tdp else RULE_WORDS[profile.slot_zap_rule])
-        zapped = (zap >= ws) & (zap <= line)
-        # alive when the change took effect: built before its line (a window that starts at the
-        # thread's previous line spans vCPU work too) and not zapped before the window
-        alive = (pg["first_seq"] < line) & ((zap < 0) | (zap >= ws))
-        in_range = (pg["gfn"] >= lo) & (pg["gfn"] < hi)
-        direct = pg["direct"].astype(bool) if len(pages) else np.zeros(0, bool)
-        span = _covers(pg["gfn"], pg["level"])
-        covers = direct & (pg["gfn"] < np.uint64(hi)) & (pg["gfn"] + span > np.uint64(lo))
-        must = zap_rule_mask(_RuleContext(profile), pg["gfn"].astype(np.uint64), pg["role"].astype(np.uint64),
-                             lo, n) if len(pages) and not tdp else np.zeros(len(pages), bool)
-        owners = _spte_owners_at(changes, tdp, line, lo, hi) if not tdp else set()
-        fate: dict[int, str] = {}
-        for p in np.flatnonzero(zapped):
-            if za is not None:
-                why = "zapped after the fast zap made it obsolete"
-            elif must[p]:
-                why = "zapped by the rule: " + ("gfn in the slot, holds guest PTEs" if profile.slot_zap_rule == "gptes"
-                                                else "gfn in the slot's range at its level")
-            else:
-                why = "zapped inside the window, not by the slot rule"
-            if pages[p]["root_count"] > 0:
-                why += "; a root still referenced by a vCPU: marked invalid, freed when the vCPU drops it"
-            fate[int(p)] = why
-        kept = alive & ~zapped
-        for p in np.flatnonzero(kept):
-            if za is not None:
-                if obsolete[p] == za:
-                    fate[int(p)] = f"obsolete generation: made obsolete at seq {za}, " + (
-                        f"zapped at seq {zap[p]}" if zap[p] >= 0 else KEPT_TDP_ROOT if tdp
-                        else "still alive at the end of the trace")
-                continue
-            if tdp:
-                if covers[p]:
-                    fate[int(p)] = KEPT_TDP
-            elif 0 <= obsolete[p] < ws and (in_range[p] or covers[p]):
-                fate[int(p)] = KEPT_OBSOLETE
-            elif must[p]:
-                fate[int(p)] = KEPT_MISSED
-            elif covers[p] or (in_range[p] and direct[p]):
-                fate[int(p)] = KEPT_BY_RULE
-            elif in_range[p] and passthrough[p]:
-                fate[int(p)] = KEPT_PASSTHROUGH
-            elif int(p) in owners:
-                fate[int(p)] = KEPT_OUTSIDE
-        for p in sorted(fate, key=lambda p: (fate[p].startswith("zapped") is False, pg["gfn"][p], p)):
-            row = pages[p]
-            d = bool(direct[p])
-            for k, v in (("change", i), ("seq", line), ("page", p), ("gfn", row["gfn"]), ("level", row["level"]),
-                         ("role", row["role"]), ("role_text", role_text(row)), ("direct", d),
-                         ("covers_first", row["gfn"] if d else None),
-                         ("covers_last", int(row["gfn"] + span[p] - 1) if d else None),
-                         ("fate", "zapped" if zapped[p] else "kept"), ("reason", fate[p]),
-                         ("zap_seq", int(zap[p]) if zap[p] >= 0 else None)):
-                prow[k].append(v)
-        # the change's own removals: under zap-all everything in the window; under zap-slot the
-        # leaves into the range and those of the pages it zapped (a vCPU replacing an MMIO SPTE
-        # elsewhere in the window is not the change's doing)
-        removed = changes.filter(pl.col("seq").is_between(ws, line)
-                                 & pl.col("state").is_in(["zapped", "zapped_inferred"])
-                                 & ~pl.col("reason").str.starts_with("page table removed")
-                                 & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped")
-                                    | ((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))))
-        removed = removed.with_columns(
-            pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred"))
-            .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred")).alias("how"),
-            ((pl.col("gfn") >= lo) & (pl.col("gfn") < hi)).alias("in_range"))
-        per = removed.group_by("how", "reason", "in_range").agg(
-            pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last")
-        ).sort("how", "reason", "in_range", descending=[True, False, True])
-        for how, why, inr, cnt, g0, g1 in per.iter_rows():
-            for k, v in (("change", i), ("seq", line), ("how", how),
-                         ("evidence", why if how == "traced" or why != "owning page zapped"
-                          else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)"),
-                         ("in_range", inr), ("sptes", cnt), ("gfn_first", g0), ("gfn_last", g1)):
-                srow[k].append(v)
+        owners = set() if tdp else _spte_owners_at(changes, tdp, line, lo, lo + c["old_npages"])
+        fate, zapped = _fates(pg, c, za, tdp, profile, owners)
+        for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
+            row, d = pg.rows[p], bool(pg.direct[p])
+            _append(prow, {"change": i, "seq": line, "page": p, "gfn": row["gfn"], "level": row["level"],
+                           "role": row["role"], "role_text": role_text(row), "direct": d,
+                           "covers_first": row["gfn"] if d else None,
+                           "covers_last": int(pg.gfn[p] + _covers(pg.gfn[p:p + 1], pg.level[p:p + 1])[0] - 1)
+                           if d else None,
+                           "fate": "zapped" if zapped[p] else "kept", "reason": fate[p],
+                           "zap_seq": int(pg.zap[p]) if pg.zap[p] >= 0 else None})
+        leaves = _removed_leaves(changes, c, za, tdp)
+        for how, why, inr, cnt, g0, g1 in leaves.iter_rows():
+            _append(srow, {"change": i, "seq": line, "how": how,
+                           "evidence": why if how == "traced" or why != "owning page zapped"
+                           else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)",
+                           "in_range": inr, "sptes": cnt, "gfn_first": g0, "gfn_last": g1})
         t0, t1 = ts_of(ws), ts_of(line)
-        a, b = np.searchsorted(ev_seq, [ws, line], side="left"), np.searchsorted(ev_seq, line, side="right")
-        reasons = list(fate.values())
-        for k, v in (("change", i), ("seq", line), ("ts", t1), ("window_start", ws), ("anchor", c["anchor"]),
-                     ("pid", c["pid"]), ("slot", c["slot"]), ("slot_created_seq", created.get((c["slot"], ws))),
-                     ("kind", c["kind"]), ("base_gfn", lo), ("npages", n),
-                     ("new_base_gfn", c["base_gfn"] if c["kind"] != "delete" else None),
-                     ("policy", policy), ("zap_all_seq", za), ("rule", rule),
-                     ("pages_zapped", int(zapped.sum())), ("pages_kept", len(reasons) - int(zapped.sum())),
-                     ("kept_missed", reasons.count(KEPT_MISSED)),
-                     ("leaf_sptes_removed", removed.height),
-                     ("leaf_sptes_traced", int((removed["how"] == "traced").sum())),
-                     ("window_events", int(b - a[0])),
-                     ("window_ns", t1 - t0 if t0 is not None and t1 is not None else None)):
-            rows[k].append(v)
+        n_zapped = int(zapped.sum())
+        _append(rows, {"change": i, "seq": line, "ts": t1, "window_start": ws, "anchor": c["anchor"],
+                       "pid": c["pid"], "slot": c["slot"], "slot_created_seq": created.get((c["slot"], ws)),
+                       "kind": c["kind"], "base_gfn": lo, "npages": c["old_npages"],
+                       "new_base_gfn": c["base_gfn"] if c["kind"] != "delete" else None,
+                       "policy": "zap_all" if za is not None else "zap_slot", "zap_all_seq": za,
+                       "rule": _rule(za, tdp, profile), "pages_zapped": n_zapped, "pages_kept": len(fate) - n_zapped,
+                       "kept_missed": sum(1 for why in fate.values() if why == KEPT_MISSED),
+                       "leaf_sptes_removed": int(leaves["sptes"].sum()),
+                       "leaf_sptes_traced": int(leaves.filter(pl.col("how") == "traced")["sptes"].sum()),
+                       "window_events": int(np.searchsorted(ev_seq, line, side="right") - np.searchsorted(ev_seq, ws)),
+                       "window_ns": t1 - t0 if t0 is not None and t1 is not None else None})
     return ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), pa.table(prow, schema=PAGES_SCHEMA),
                      pa.table(srow, schema=SPTES_SCHEMA))

@@ -14,7 +14,8 @@ from typing import Union
 
 from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.groups import FindingGroup
-from kvmtrace.report.model import Figure, Finding, Removal, Report, TraceFacts
+from kvmtrace.report.model import Figure, Finding, Report, TraceFacts
+from kvmtrace.report.removals import Removal
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
 
 

@@ -15,7 +15,8 @@ from typing import Any
 from kvmtrace.report.blocks import Block, Facts, Heading, Para, Table
 from kvmtrace.report.grid import Grid
 from kvmtrace.report.jsonout import grid_dict
-from kvmtrace.report.model import Removal, Report
+from kvmtrace.report.model import Report
+from kvmtrace.report.removals import Removal
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_thr
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
+from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, ledger_removals, with_removal_zaps
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
@@ -98,22 +99,6 @@ class Finding:
     evidence_lines: tuple[str, ...] = ()
     #: per evidence line, its decoded words (vCPU of the pid, SPTE bits and pfn, role), or ""
     evidence_notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Removal:
-    """One memslot delete or move of the zap ledger (:mod:`kvmtrace.replays.ledger`): its row of
-    ``REMOVALS_SCHEMA``, the pages it zapped or kept and why, the leaf SPTEs it removed."""
-
-    row: dict[str, Any]
-    pages: Grid
-    sptes: Grid
-
-    @property
-    def instance(self) -> str:
-        """Slot id and the seq of the create that made it: ``2@11`` (``2@?`` predates the trace)."""
-        made = self.row["slot_created_seq"]
-        return f"{self.row['slot']}@{made if made is not None else '?'}"
 
 
 @dataclass(frozen=True)
@@ -249,27 +234,6 @@ IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_
 #: Consequence columns the human formats print.
 CONSEQUENCE_BRIEF = ("seq", "pid", "vcpu", "faults", "noslot", "error", "mmio", "per_gfn", "first_seq", "last_seq")
 
-#: Rows of one removal's page list the human formats print (JSON has all).
-LEDGER_ROWS_SHOWN = 20
-
-#: What the per-memslot summary's zap columns count (the replay's lifetime ends where the
-#: removing change's window starts, so that change's own zaps are not in ``pages_zapped``).
-MEMSLOT_ZAPS_NOTE = ("pages_zapped counts zaps while the slot instance was in place; zapped_at_removal "
-                     "those inside the update window of the delete or move that ended it (from the zap ledger)")
-
-
-def with_removal_zaps(lifetimes: pa.Table, ledger: ZapLedger) -> pa.Table:
-    """The per-memslot summary plus ``zapped_at_removal``: the ledger's pages zapped by the change
-    whose window ended each lifetime (null where no positioned change ended it)."""
-    if "until_seq" not in lifetimes.column_names:
-        return lifetimes
-    r = ledger.removals
-    ended = dict(zip(zip(r.column("slot").to_pylist(), r.column("window_start").to_pylist()),
-                     r.column("pages_zapped").to_pylist()))
-    keys = zip(lifetimes.column("slot").to_pylist(), lifetimes.column("until_seq").to_pylist())
-    return lifetimes.append_column("zapped_at_removal", pa.array([ended.get(k) for k in keys], pa.int64()))
-
-
 def _summaries(replay: ReplayResult, ledger: ZapLedger) -> dict[str, pa.Table]:
     return {name: with_removal_zaps(t, ledger) if name == "memslot" else t for name, t in replay.summaries.items()}
 
@@ -303,19 +267,6 @@ def _totals(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
         totals_grid(f"{SUMMARY_TITLES.get(name, name)}: totals", table)
         for name, table in sorted(summaries.items())
     )
-
-
-def _removals(ledger: ZapLedger) -> tuple[Removal, ...]:
-    pages = pl.from_arrow(ledger.pages).partition_by("change", as_dict=True)
-    sptes = pl.from_arrow(ledger.sptes).partition_by("change", as_dict=True)
-    out = []
-    for row in ledger.removals.to_pylist():
-        key = (row["change"],)
-        p = pages[key].to_arrow() if key in pages else ledger.pages.schema.empty_table()
-        t = sptes[key].to_arrow() if key in sptes else ledger.sptes.schema.empty_table()
-        out.append(Removal(row, grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
-                           grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"]))))
-    return tuple(out)
 
 
 def sp_birth_death(
@@ -459,7 +410,7 @@ def build_report(
         limits=_limits(data, replay, filters),
         input_warnings=input_warnings(data),
         figures=figures,
-        removals=_removals(ledger),
+        removals=ledger_removals(ledger),
         consequences=grid_from_arrow(
             "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
             limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,
