@@ -188,7 +188,8 @@ def _checks(replay: ReplayResult) -> tuple[Check, ...]:
     )
 
 
-def _findings(data: TraceData, replay: ReplayResult) -> tuple[tuple[Finding, ...], tuple[FindingGroup, ...]]:
+def _findings(data: TraceData, replay: ReplayResult,
+              vcpus: VcpuThreads) -> tuple[tuple[Finding, ...], tuple[FindingGroup, ...]]:
     """Every finding, and their groups; evidence lines are looked up only for the examples each
     group prints (a group of thousands costs three lookups, not thousands)."""
     t = replay.findings
@@ -201,17 +202,16 @@ def _findings(data: TraceData, replay: ReplayResult) -> tuple[tuple[Finding, ...
     cited = {i: plain[i].evidence[:EVIDENCE_SHOWN] for g in groups for i in g.examples}
     every = {s for seqs in cited.values() for s in seqs}
     lines = evidence_lines(data, every)
-    notes = _evidence_notes(data, replay, every)
+    notes = _evidence_notes(data, replay, every, vcpus.vcpu_of)
     findings = tuple(replace(f, evidence_lines=tuple(lines[s] for s in cited[i]),
                              evidence_notes=tuple(notes.get(s, "") for s in cited[i])) if i in cited else f
                      for i, f in enumerate(plain))
     return findings, groups
 
 
-def _evidence_notes(data: TraceData, replay: ReplayResult, seqs: set[int]) -> dict[int, str]:
+def _evidence_notes(data: TraceData, replay: ReplayResult, seqs: set[int], vcpus: dict[int, int]) -> dict[int, str]:
     """What each cited event's raw words mean: the vCPU its thread runs, SPTEs, role words."""
     profile = profile_of(replay)
-    vcpus = vcpu_threads(data).vcpu_of
     out = {}
     for seq, (name, pid, fields) in evidence_fields(data, seqs).items():
         words = ([f"pid {pid} = vCPU {vcpus[pid]}"] if pid in vcpus else []) + field_notes(name, fields, profile)
@@ -386,10 +386,10 @@ def build_report(
     change what the replay can explain, so the report must say so); ``figures`` are plots drawn
     by :mod:`kvmtrace.plot` for formats that show pictures.
     """
-    findings, groups = _findings(data, replay)
+    facts = trace_facts(data, path)
+    findings, groups = _findings(data, replay, facts.vcpus)
     ledger = zap_ledger(data, replay)
     summaries = _summaries(replay, ledger)
-    facts = trace_facts(data, path)
     return Report(
         kvmtrace_version=version,
         trace=facts,
