@@ -162,12 +162,14 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return np.left_shift(np.uint64(1), np.uint64(9) * level.astype(np.uint64))
 
 
-def _spte_owners_at(changes: pl.DataFrame, tdp: bool, seq: int, lo: int, hi: int) -> set[int]:
-    """Pages owning a present leaf SPTE into [lo, hi) just before ``seq`` (the change's line: the
-    per-slot rmap zap the model infers sits at the line itself)."""
-    before = changes.filter(pl.col("seq") < seq)
-    key = ["as_id", "gfn", "level"] if tdp else ["key"]
-    last = before.group_by(key).last()
+def _spte_owners_at(changes: pl.DataFrame, seq: int, lo: int, hi: int) -> set[int]:
+    """Shadow MMU: pages owning a present leaf SPTE into [lo, hi) just before ``seq`` (the
+    change's line: the per-slot rmap zap the model infers sits at the line itself). Only the
+    SPTE addresses that ever mapped the range are looked at (their last change may map another
+    gfn: then the entry was overwritten), so the cost follows the range, not the trace."""
+    before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), seq)))
+    keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
+    last = before.filter(pl.col("key").is_in(keys.implode())).group_by("key").last()
     alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
                         & pl.col("page").is_not_null())
     return set(alive["page"].to_list())
@@ -264,10 +266,12 @@ def _removed_leaves(changes: pl.DataFrame, c: dict, za: int | None, tdp: bool) -
     pages it zapped (a vCPU replacing an MMIO SPTE elsewhere in the window is not its doing)."""
     lo, hi = c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]
     into = (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
-    removed = changes.filter(pl.col("seq").is_between(c["window_start"], c["seq"])
-                             & pl.col("state").is_in(["zapped", "zapped_inferred"])
-                             & ~pl.col("reason").str.starts_with("page table removed")
-                             & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped") | into))
+    seqs = changes["seq"].to_numpy()  # the journal's changes are in seq order: slice the window
+    first = int(np.searchsorted(seqs, c["window_start"], side="left"))
+    window = changes.slice(first, int(np.searchsorted(seqs, c["seq"], side="right")) - first)
+    removed = window.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])
+                            & ~pl.col("reason").str.starts_with("page table removed")
+                            & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped") | into))
     how = pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred")) \
         .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred"))
     return removed.with_columns(how.alias("how"), into.alias("in_range")).group_by("how", "reason", "in_range").agg(
@@ -308,7 +312,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
         za = int(hits[0]) if len(hits) else None
-        owners = set() if tdp else _spte_owners_at(changes, tdp, line, lo, lo + c["old_npages"])
+        owners = set() if tdp else _spte_owners_at(changes, line, lo, lo + c["old_npages"])
         fate, zapped = _fates(pg, c, za, tdp, profile, owners)
         for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
             row, d = pg.rows[p], bool(pg.direct[p])
