@@ -2,6 +2,10 @@
 tests and in notebooks alike) and as SVG text for the self-contained HTML report.
 
 - :func:`timeline` — faults, SPTE installs and zaps per time bin, memslot changes as lines;
+- :func:`layout` — the memslot layout over time: one band per slot instance, update windows,
+  deletes and moves, and the faults that hit a range while no slot backed it;
+- :func:`page_lifetimes` — one bar per shadow page, coloured by how it ended;
+- :func:`spte_rate` — leaf SPTE installs and removals per time bin, memslot changes overlaid;
 - :func:`memslots` — per-memslot activity from the replay's memslot summary;
 - :func:`sp_lifetimes` — shadow pages alive over time.
 """
@@ -17,9 +21,11 @@ import pyarrow as pa
 from matplotlib.figure import Figure as MplFigure
 
 from kvmtrace.api import Trace
-from kvmtrace.report.evidence import column_ts
+from kvmtrace.report.decode import gpa_range
+from kvmtrace.report.evidence import column_ts, seq_ts
 from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import ZapLedger, zap_ledger
 from kvmtrace.replays.results import ReplayResult
 
 #: Event groups drawn on the timeline, in the order of the panels.
@@ -136,6 +142,180 @@ def sp_lifetimes(replay: ReplayResult, trace: Union[Trace, TraceData, None] = No
     return fig
 
 
+def _seconds(data: TraceData, seqs: np.ndarray) -> np.ndarray:
+    """Seconds since the trace's first event of the events with these seqs (NaN: not in it)."""
+    return (seq_ts(data, np.asarray(seqs, dtype=float)) - (data.info.first_ts or 0)) / 1e9
+
+
+def _empty(fig: MplFigure, ax, text: str) -> MplFigure:
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    return fig
+
+
+def _faults(data: TraceData) -> tuple[np.ndarray, np.ndarray]:
+    """(seq, gfn) of every mapping fault: ``kvm_mmu_spte_requested``, which each fault that gets
+    as far as a mapping emits, and ``handle_mmio_page_fault`` (gpa >> 12)."""
+    seqs, gfns = [], []
+    for name, col, shift in (("kvm_mmu_spte_requested", "gfn", 0), ("handle_mmio_page_fault", "addr", 12)):
+        t = data.tables.get(name)
+        if t is not None and t.num_rows and col in t.column_names:
+            seqs.append(t.column("seq").to_numpy())
+            gfns.append(t.column(col).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift))
+    if not seqs:
+        return np.empty(0, np.int64), np.empty(0, np.uint64)
+    return np.concatenate(seqs), np.concatenate(gfns)
+
+
+def layout(trace: Union[Trace, TraceData], replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+    """The memslot layout over time: one lane per guest-physical range (sorted by address, so
+    small BARs stay visible next to gigabytes of RAM), one band per slot instance while it was
+    in place, each delete/move's update window shaded and its line marked, and the faults
+    that hit a range while no slot instance backed it as points."""
+    data = _data(trace)
+    ledger = ledger or zap_ledger(data, replay)
+    lt = replay.summaries.get("memslot")
+    fig = MplFigure(figsize=(10, 5))
+    fig.subplots_adjust(left=0.24, right=0.98, top=0.9, bottom=0.2)
+    ax = fig.subplots()
+    if lt is None or lt.num_rows == 0:
+        return _empty(fig, ax, "no memslot layout in this replay")
+    end = ((data.info.last_ts or 0) - (data.info.first_ts or 0)) / 1e9
+    base = lt.column("base_gfn").to_numpy().astype(np.uint64)
+    size = lt.column("npages").to_numpy().astype(np.uint64)
+    ranges = sorted(set(zip(base.tolist(), size.tolist())))
+    lane = {r: i for i, r in enumerate(ranges)}
+    y = np.array([lane[r] for r in zip(base.tolist(), size.tolist())])
+    t0 = data.info.first_ts or 0
+    start = np.nan_to_num((column_ts(data, lt, "from_seq") - t0) / 1e9, nan=0.0)
+    until = np.nan_to_num((column_ts(data, lt, "until_seq") - t0) / 1e9, nan=end)  # null: in place at the end
+    slots = lt.column("slot").to_pylist()
+    colours = matplotlib.colormaps["tab10"]
+    ax.barh(y, until - start, left=start, height=0.6, color=[colours(s % 10) for s in slots], alpha=0.8,
+            label="slot instance in place")
+    r = ledger.removals
+    if r.num_rows:
+        ws = _seconds(data, r.column("window_start").to_numpy())
+        line = _seconds(data, r.column("seq").to_numpy())
+        ry = np.array([lane.get(k, -1) for k in zip(r.column("base_gfn").to_pylist(), r.column("npages").to_pylist())])
+        ax.barh(ry, line - ws, left=ws, height=0.9, color="none", edgecolor="tab:red", hatch="///",
+                linewidth=0.6, label="update window")
+        ax.scatter(line, ry, marker="x", color="tab:red", s=30, zorder=3, label="delete/move line")
+    seq, gfn = _faults(data)
+    if seq.size:
+        covered = np.zeros(seq.size, bool)
+        for b, n, f, u in zip(base, size, lt.column("from_seq").to_numpy(),
+                              lt.column("until_seq").fill_null(np.iinfo(np.int64).max).to_numpy()):
+            covered |= (gfn >= b) & (gfn < b + n) & (seq >= f) & (seq < u)
+        fy = np.full(seq.size, -1)
+        for (b, n), i in lane.items():
+            fy[(gfn >= np.uint64(b)) & (gfn < np.uint64(b + n))] = i
+        hit = ~covered & (fy >= 0)
+        if hit.any():
+            ax.scatter(_seconds(data, seq[hit]), fy[hit], s=6, color="black", zorder=4,
+                       label=f"fault on a removed range ({int(hit.sum())})")
+    ax.set_yticks(range(len(ranges)), [gpa_range(b, n) for b, n in ranges], fontsize="small")
+    ax.set_ylim(-0.7, len(ranges) - 0.3)
+    ax.set_xlim(0, max(end, 1e-9))
+    ax.set_xlabel(f"seconds since {t0 / 1e9:.6f}")
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=4, fontsize="small", frameon=False)
+    fig.suptitle("memslot layout over time (guest-physical ranges; colour: slot id)")
+    return fig
+
+
+#: How a shadow page ended, in the order the legend lists them, with its colour.
+PAGE_ENDS = {"zap-all": "tab:red", "slot zap": "tab:orange", "root freed": "tab:purple",
+             "other zap": "tab:gray", "obsolete, end not traced": "tab:pink", "alive at end": "tab:green"}
+
+
+def page_ends(replay: ReplayResult, ledger: ZapLedger) -> np.ndarray:
+    """Per shadow page, how it ended: made obsolete by a zap-all and zapped; zapped inside a
+    zap-slot delete/move window; a root (root_count > 0) zapped otherwise; any other zap
+    (MMU notifier, recycling, VM teardown); made obsolete but never seen zapped (the TDP MMU
+    frees invalidated roots without a page-zap tracepoint); or still alive."""
+    sp = replay.shadow_pages
+    zap = sp.column("zap_seq").fill_null(-1).to_numpy()
+    obsolete = sp.column("obsolete_seq").fill_null(-1).to_numpy()
+    roots = sp.column("root_count").to_numpy() > 0
+    in_slot_zap = np.zeros(sp.num_rows, bool)
+    r = ledger.removals
+    for ws, line, policy in zip(*(r.column(c).to_pylist() for c in ("window_start", "seq", "policy"))):
+        if policy == "zap_slot":
+            in_slot_zap |= (zap >= ws) & (zap <= line)
+    return np.select([(zap < 0) & (obsolete >= 0), zap < 0, obsolete >= 0, in_slot_zap, roots],
+                     ["obsolete, end not traced", "alive at end", "zap-all", "slot zap", "root freed"], "other zap")
+
+
+def page_lifetimes(trace: Union[Trace, TraceData], replay: ReplayResult,
+                   ledger: ZapLedger | None = None) -> MplFigure:
+    """One horizontal bar per shadow page from its creation (or the trace start, if it predates
+    the trace) to its zap (or the trace end), pages ordered by creation, coloured by how they
+    ended (:data:`PAGE_ENDS`)."""
+    data = _data(trace)
+    ledger = ledger or zap_ledger(data, replay)
+    sp = replay.shadow_pages
+    fig = MplFigure(figsize=(10, 5))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.11)
+    ax = fig.subplots()
+    if sp.num_rows == 0:
+        return _empty(fig, ax, "no shadow pages in this replay")
+    born, died, _ = sp_birth_death(data, sp)
+    t0, end = data.info.first_ts or 0, (data.info.last_ts or 0)
+    x0 = (np.where(np.isnan(born), t0, born) - t0) / 1e9
+    x1 = (np.where(np.isnan(died), end, died) - t0) / 1e9
+    order = np.argsort(x0, kind="stable")
+    rank = np.empty(sp.num_rows, int)
+    rank[order] = np.arange(sp.num_rows)
+    ends = page_ends(replay, ledger)
+    for how, colour in PAGE_ENDS.items():
+        m = ends == how
+        if m.any():
+            ax.hlines(rank[m], x0[m], x1[m], colors=colour, linewidth=max(0.3, min(3.0, 300 / sp.num_rows)),
+                      label=f"{how} ({int(m.sum())})")
+    ax.set_xlabel(f"seconds since {t0 / 1e9:.6f}")
+    ax.set_ylabel("shadow page (by creation)")
+    ax.set_xlim(0, max((end - t0) / 1e9, 1e-9))
+    ax.legend(loc="lower right", fontsize="small")
+    fig.suptitle(f"shadow-page lifetimes ({sp.num_rows}), coloured by how each page ended")
+    return fig
+
+
+def spte_rate(trace: Union[Trace, TraceData], replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+    """Leaf SPTEs installed and removed (traced or inferred) per time bin, with each memslot
+    delete/move's update window shaded and its line dashed."""
+    data = _data(trace)
+    ledger = ledger or zap_ledger(data, replay)
+    fig = MplFigure(figsize=(10, 4))
+    fig.subplots_adjust(left=0.08, right=0.98, top=0.9, bottom=0.13)
+    ax = fig.subplots()
+    sc = replay.spte_changes
+    if sc.num_rows == 0:
+        return _empty(fig, ax, "no SPTE changes in this replay")
+    span = max(((data.info.last_ts or 0) - (data.info.first_ts or 0)) / 1e9, 1e-9)
+    edges = np.linspace(0, span, BINS + 1)
+    state = np.asarray(sc.column("state").cast(pa.string()).to_pylist())
+    x = _seconds(data, sc.column("seq").to_numpy())
+    for label, mask, colour in (("installed", state == "present", "tab:blue"),
+                                ("removed", np.isin(state, ["zapped", "zapped_inferred"]), "tab:red")):
+        counts, _ = np.histogram(x[mask & ~np.isnan(x)], bins=edges)
+        ax.stairs(counts, edges, label=f"{label} ({int(mask.sum())})", color=colour)
+    r = ledger.removals
+    if r.num_rows:
+        ws = _seconds(data, r.column("window_start").to_numpy())
+        line = _seconds(data, r.column("seq").to_numpy())
+        ax.broken_barh(list(zip(ws, line - ws)), (0, 1), transform=ax.get_xaxis_transform(), color="tab:orange",
+                       alpha=0.25, label="update windows")
+        ax.vlines(line, 0, 1, transform=ax.get_xaxis_transform(), colors="tab:red", linestyles="--",
+                  linewidth=0.6, label="delete/move lines")
+    ax.set_yscale("symlog")
+    ax.set_xlim(0, span)
+    ax.set_xlabel(f"seconds since {(data.info.first_ts or 0) / 1e9:.6f}")
+    ax.set_ylabel(f"leaf SPTEs per {span / BINS * 1e3:.3g} ms")
+    ax.legend(loc="upper right", fontsize="small")
+    fig.suptitle("leaf SPTE installs and removals over time, memslot deletes/moves overlaid")
+    return fig
+
+
 def svg_text(fig: MplFigure) -> str:
     """The figure as an inline ``<svg>`` element (XML prolog and DOCTYPE dropped)."""
     buf = io.StringIO()
@@ -147,9 +327,14 @@ def svg_text(fig: MplFigure) -> str:
 
 
 def report_figures(trace: Union[Trace, TraceData], replay: ReplayResult) -> tuple[Figure, ...]:
-    """The HTML report's plots, drawn once."""
+    """The HTML report's plots, drawn once: the memslot layout, how shadow pages lived and
+    ended, and SPTE churn around memslot changes, then the event timeline."""
+    ledger = zap_ledger(_data(trace), replay)
     return (
+        Figure("memslot layout over time: slot instances, update windows, faults on removed ranges",
+               svg_text(layout(trace, replay, ledger))),
+        Figure("shadow-page lifetimes, coloured by how each page ended", svg_text(page_lifetimes(trace, replay, ledger))),
+        Figure("leaf SPTE installs and removals over time, memslot deletes/moves overlaid",
+               svg_text(spte_rate(trace, replay, ledger))),
         Figure("faults, SPTE installs, zaps and memslot changes over time", svg_text(timeline(trace, replay))),
-        Figure("faults, SPTE installs, pages zapped and rebuilt per memslot", svg_text(memslots(replay))),
-        Figure("shadow pages alive over time", svg_text(sp_lifetimes(replay, trace))),
     )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kvmtrace.report.blocks import Bullets, Facts, Heading, Para, Table, TraceLines
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.safe import printable
 from kvmtrace.report.text import WIDTH, render_text
 
 cell = st.one_of(st.integers(-10**12, 10**12), st.text(alphabet=st.characters(codec="ascii", exclude_characters="\n\r\t\x0b\x0c"), max_size=120), st.none())
@@ -35,8 +36,9 @@ def test_every_line_fits_80_columns(grid, para, line, fact):
               TraceLines((line.replace("\n", " "),))]
     out = render_text(blocks)
     assert all(len(ln) <= WIDTH for ln in out.splitlines())
+    assert not any(c < " " and c != "\n" or c == "\x7f" for c in out)  # control characters shown escaped
     squeezed = "".join(out.split())  # wrapping may break a word anywhere
     for row in grid.text_rows():  # nothing is dropped: every cell's words are still there
         for value in row:
             for word in value.split():
-                assert word in squeezed
+                assert printable(word) in squeezed

@@ -16,6 +16,7 @@ from kvmtrace.report.blocks import Block, Facts, Heading, Para, Table
 from kvmtrace.report.grid import Grid
 from kvmtrace.report.jsonout import grid_dict
 from kvmtrace.report.model import Report
+from kvmtrace.report.removals import Removal
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class DiffReport:
     checks: Grid  # every check, with both statuses; ``changed`` marks the ones that differ
     findings: Grid  # finding counts per id
     activity: tuple[Grid, ...]  # per summary total, per memslot and count: A, B and B - A
+    #: memslot deletes/moves of both runs aligned by range and order, with what each side
+    #: zapped, kept and refaulted
+    operations: Grid = Grid("memslot operations", ())
 
     @property
     def changed_checks(self) -> int:
@@ -95,8 +99,67 @@ def _activity(a: Report, b: Report) -> tuple[Grid, ...]:
     return tuple(activity_delta(g, gb[g.title]) for g in a.totals if g.columns and g.title in gb)
 
 
+def _refaults(r: Report) -> dict[int, tuple[int | None, int | None]]:
+    """seq -> (pages, SPTEs) the guest refaulted after that change, under the run's own policy
+    (the what-if's exact rows)."""
+    return {w["seq"]: (w.get("pages_refaulted"), w.get("sptes_refaulted"))
+            for w in r.whatif.records() if w.get("trace_policy")}
+
+
+def _keyed(r: Report) -> dict[tuple[str, int, int, int], Removal]:
+    """Each removal under (kind, base gfn, size, how many times that key came before): two runs
+    of one scenario do the same operations in the same order, at different seqs and with slot
+    ids QEMU may hand out differently."""
+    seen: Counter[tuple[str, int, int]] = Counter()
+    out = {}
+    for x in r.removals:
+        k = (x.row["kind"], x.row["base_gfn"], x.row["npages"])
+        out[(*k, seen[k])] = x
+        seen[k] += 1
+    return out
+
+
+OPERATION_COLUMNS = ("op", "kind", "gfns", "seq A", "seq B", "policy A", "policy B", "zapped A", "zapped B",
+                     "kept A", "kept B", "refaulted A", "refaulted B", "sptes refaulted A", "sptes refaulted B")
+
+
+def operations_grid(a: Report, b: Report) -> Grid:
+    """Per memslot delete/move present in either run (aligned by range and order, not by seq):
+    each side's seq, policy, pages zapped and kept (the zap ledger) and what the guest refaulted
+    afterwards (the what-if); a side without that operation is null."""
+    ka, kb = _keyed(a), _keyed(b)
+    ra, rb = _refaults(a), _refaults(b)
+    keys = list(ka) + [k for k in kb if k not in ka]
+    rows = []
+    for n, k in enumerate(keys, 1):
+        xa, xb = ka.get(k), kb.get(k)
+
+        def side(x: Removal | None, refaults: dict) -> tuple:
+            if x is None:
+                return None, None, None, None, None, None
+            pages, sptes = refaults.get(x.row["seq"], (None, None))
+            return x.row["seq"], x.row["policy"], x.row["pages_zapped"], x.row["pages_kept"], pages, sptes
+
+        sa, sb = side(xa, ra), side(xb, rb)
+        rows.append((n, k[0], f"{k[1]:#x}+{k[2]:#x}", *(v for pair in zip(sa, sb) for v in pair)))
+    return Grid("memslot operations, aligned by range and order", OPERATION_COLUMNS, tuple(rows))
+
+
+_POLICY_WORD = {"zap_all": "all", "zap_slot": "slot"}
+
+
+def operations_brief(g: Grid) -> Grid:
+    """The operations as people read them: each measure as one ``A/B`` cell, so a row fits a
+    line (the JSON keeps A and B as separate numbers)."""
+    def pair(x, y) -> str:
+        return f"{'-' if x is None else _POLICY_WORD.get(x, x)}/{'-' if y is None else _POLICY_WORD.get(y, y)}"
+
+    rows = tuple((r[0], r[1], r[2], *(pair(r[i], r[i + 1]) for i in range(3, len(r), 2))) for r in g.rows)
+    return Grid(g.title, ("op", "kind", "gfns", "seq", "policy", "zapped", "kept", "refault", "sptes"), rows)
+
+
 def build_diff(a: Report, b: Report) -> DiffReport:
-    return DiffReport(a, b, _overview(a, b), _checks(a, b), _findings(a, b), _activity(a, b))
+    return DiffReport(a, b, _overview(a, b), _checks(a, b), _findings(a, b), _activity(a, b), operations_grid(a, b))
 
 
 def diff_blocks(d: DiffReport) -> list[Block]:
@@ -111,6 +174,12 @@ def diff_blocks(d: DiffReport) -> list[Block]:
         Heading("Checks that changed"),
         Table(changed) if changed.rows else Para("No check changed status or finding count."),
         Heading("Findings"), Table(d.findings) if d.findings.rows else Para("Neither trace has findings."),
+        Heading("Memslot operations"),
+        Para("Each delete or move of run A beside the same operation of run B (same kind and range, same "
+             "place among the operations on that range); every cell is A/B. policy: all = zap-all, slot = "
+             "zap-slot; zapped, kept: shadow pages (the zap ledger); refault: pages the guest built again "
+             "afterwards, sptes: leaf SPTEs it refaulted (the what-if)."),
+        Table(operations_brief(d.operations)) if d.operations.rows else Para("Neither run deletes or moves a memslot."),
         Heading("Activity"),
     ]
     if not d.activity:
@@ -129,4 +198,5 @@ def diff_dict(d: DiffReport) -> dict[str, Any]:
         "checks": grid_dict(d.checks),
         "findings": grid_dict(d.findings),
         "activity": [grid_dict(g) for g in d.activity],
+        "operations": grid_dict(d.operations),
     }

@@ -68,11 +68,11 @@ def column_ts(data: TraceData | None, table: pa.Table, column: str) -> np.ndarra
     return seqs if data is None else seq_ts(data, seqs)
 
 
-def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
-    """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
+def _by_event(data: TraceData, seqs: Iterable[int]) -> tuple[list[int], dict[str, list[int]]]:
+    """The cited seqs not in the trace, and the others grouped by their event's name."""
     wanted = np.unique(np.fromiter((int(s) for s in seqs), dtype=np.int64))
     if wanted.size == 0:
-        return {}
+        return [], {}
     ev_seq = _seq_column(data.events)
     pos = np.searchsorted(ev_seq, wanted)
     found = (pos < ev_seq.size) & (ev_seq[np.minimum(pos, ev_seq.size - 1)] == wanted)
@@ -80,9 +80,28 @@ def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
     by_event: dict[str, list[int]] = defaultdict(list)
     for seq, name in zip(wanted[found].tolist(), names):
         by_event[name].append(seq)
-    out = {int(s): f"(seq {int(s)} is not in this trace)" for s in wanted[~found]}
+    return [int(s) for s in wanted[~found]], by_event
+
+
+def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
+    """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
+    missing, by_event = _by_event(data, seqs)
+    out = {s: f"(seq {s} is not in this trace)" for s in missing}
     for name, event_seqs in by_event.items():
         out.update(_lines_for_event(data.table(name), name, event_seqs))
+    return out
+
+
+def evidence_fields(data: TraceData, seqs: Iterable[int]) -> dict[int, tuple[str, int, dict[str, object]]]:
+    """Each cited ``seq``'s event name, pid and own fields (for decoding beside its line)."""
+    _, by_event = _by_event(data, seqs)
+    out = {}
+    for name, event_seqs in by_event.items():
+        table = data.table(name)
+        rows = table.take(pa.array(np.searchsorted(_seq_column(table), event_seqs)))
+        fields = [f.name for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
+        for row in rows.select(["seq", "pid", *fields]).to_pylist():
+            out[row.pop("seq")] = (name, row.pop("pid"), row)
     return out
 
 

@@ -22,8 +22,10 @@ class Grid:
     columns: tuple[str, ...]
     rows: tuple[tuple[Any, ...], ...] = ()
     note: str = ""
-    #: rows left out to keep the report readable (the full table is in the replay result)
-    omitted: int = 0
+    #: rows the human formats print (None: all); the JSON report always has every row
+    shown: int | None = None
+    #: columns the human formats print (empty: all); the JSON report always has every column
+    brief: tuple[str, ...] = ()
     #: columns holding nanosecond timestamps, shown to people as seconds like trace-cmd does
     seconds: frozenset[str] = frozenset()
     #: columns holding addresses, gfns or SPTE values, shown to people in hex
@@ -33,13 +35,25 @@ class Grid:
         """The rows as column->value dicts (the JSON form: exact integers, no formatting)."""
         return [dict(zip(self.columns, row)) for row in self.rows]
 
+    @property
+    def hidden(self) -> int:
+        """Rows the human formats leave out (they say so; JSON has them)."""
+        return 0 if self.shown is None else max(0, len(self.rows) - self.shown)
+
+    @property
+    def text_columns(self) -> tuple[str, ...]:
+        """The columns a person reads: :attr:`brief` if set, else all."""
+        return self.brief or self.columns
+
     def text_rows(self) -> list[list[str]]:
-        """The rows as the strings a person reads (text, Markdown and HTML)."""
+        """The rows a person reads (text, Markdown and HTML), as strings: the first
+        :attr:`shown` of them, in :attr:`text_columns`."""
+        idx = [self.columns.index(c) for c in self.brief] if self.brief else range(len(self.columns))
         conv = [
             seconds_text if c in self.seconds else _hex if c in self.hexadecimal else cell_text
-            for c in self.columns
+            for c in self.text_columns
         ]
-        return [[f(v) for f, v in zip(conv, row)] for row in self.rows]
+        return [[f(row[i]) for f, i in zip(conv, idx)] for row in self.rows[: self.shown]]
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,24 +71,23 @@ def grid_from_arrow(
     columns: Sequence[str] | None = None,
     limit: int | None = None,
     note: str = "",
+    brief: Sequence[str] = (),
 ) -> Grid:
-    """A :class:`Grid` from an Arrow table, keeping ``columns`` that exist (all if None)."""
+    """A :class:`Grid` from an Arrow table, keeping ``columns`` that exist (all if None); the
+    human formats print the first ``limit`` rows, the JSON report every row."""
     if table is None:
         return Grid(title, (), note=note or "not produced by this replay")
     names = [c for c in (columns or table.column_names) if c in table.column_names]
-    shown = table.select(names)
-    omitted = 0
-    if limit is not None and shown.num_rows > limit:
-        omitted = shown.num_rows - limit
-        shown = shown.slice(0, limit)
-    cols = [shown.column(n).to_pylist() for n in names]
+    picked = table.select(names)
+    cols = [picked.column(n).to_pylist() for n in names]
     rows = tuple(zip(*cols)) if cols else ()
-    types = {n: shown.schema.field(n).type for n in names}
+    types = {n: picked.schema.field(n).type for n in names}
     seconds = frozenset(n for n, t in types.items() if pa.types.is_int64(t) and (n == "ts" or n.endswith("_ts")))
     hexadecimal = frozenset(
         n for n, t in types.items() if pa.types.is_unsigned_integer(t) and any(h in n for h in HEX_HINTS)
     )
-    return Grid(title, tuple(names), rows, note=note, omitted=omitted, seconds=seconds, hexadecimal=hexadecimal)
+    return Grid(title, tuple(names), rows, note=note, shown=limit, seconds=seconds, hexadecimal=hexadecimal,
+                brief=tuple(c for c in brief if c in names))
 
 
 def cell_text(value: Any) -> str:

@@ -1,16 +1,17 @@
 """HTML rendering: one self-contained file (inline CSS, plots as inline SVG, no scripts).
 
-Every string that came from the trace or the replay goes through :func:`html.escape`: comm
-names and ``trace_marker`` text are written by whoever ran the guest, and the report is opened
-in a browser by someone else.
+Every string that came from the trace or the replay goes through :func:`escape` (control
+characters as ``\x1b``, then :func:`html.escape`): comm names and ``trace_marker`` text are
+written by whoever ran the guest, and the report is opened in a browser by someone else.
 """
 
 from __future__ import annotations
 
-from html import escape
+from html import escape as _html_escape
 
 from kvmtrace.report.blocks import Block, Bullets, Facts, Heading, Para, Plot, Table, TraceLines
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.safe import printable
 
 _CSS = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
@@ -27,6 +28,12 @@ figure { margin: 1em 0; } figure svg { max-width: 100%; height: auto; }
 """.strip()
 
 
+def escape(text: str) -> str:
+    """Markup escaped, control characters shown as ``\\x1b`` (a browser would drop them silently,
+    and someone may read the file on a terminal)."""
+    return _html_escape(printable(text))
+
+
 _STATUS = {"passed", "failed", "not_evaluated", "error", "warning", "info"}
 
 
@@ -38,9 +45,9 @@ def _cell(text: str) -> str:
 def _table(grid: Grid) -> str:
     if not grid.rows:
         return "<p><em>(none)</em></p>"
-    head = "".join(f"<th>{escape(c)}</th>" for c in grid.columns)
+    head = "".join(f"<th>{escape(c)}</th>" for c in grid.text_columns)
     body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in grid.text_rows())
-    more = f"<p><em>... {grid.omitted} more rows (see the JSON report)</em></p>" if grid.omitted else ""
+    more = f"<p><em>... {grid.hidden} more rows (the JSON report has every row)</em></p>" if grid.hidden else ""
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{more}"
 
 
@@ -57,7 +64,9 @@ def _block(block: Block) -> str:
         return "<ul>" + "".join(f"<li>{escape(i)}</li>" for i in block.items) + "</ul>"
     if isinstance(block, TraceLines):
         more = f"<p><em>... {block.more} more evidence events</em></p>" if block.more else ""
-        return "<pre>" + "\n".join(escape(ln) for ln in block.lines) + "</pre>" + more
+        notes = block.notes or ("",) * len(block.lines)
+        shown = [s for ln, note in zip(block.lines, notes) for s in ((ln, f"  = {note}") if note else (ln,))]
+        return "<pre>" + "\n".join(escape(ln) for ln in shown) + "</pre>" + more
     if isinstance(block, Para):
         return f"<p>{escape(block.text)}</p>"
     if isinstance(block, Plot):

@@ -13,18 +13,27 @@ from importlib import resources
 from typing import Any
 
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.groups import FindingGroup
 from kvmtrace.report.model import Report
 
 
 def grid_dict(grid: Grid) -> dict[str, Any]:
-    return {"title": grid.title, "columns": list(grid.columns), "rows": grid.records(),
-            "omitted": grid.omitted, "note": grid.note}
+    """A table with every row: only the human formats abbreviate long tables."""
+    return {"title": grid.title, "columns": list(grid.columns), "rows": grid.records(), "note": grid.note}
+
+
+def group_dict(g: FindingGroup) -> dict[str, Any]:
+    return {"id": g.id, "severity": g.severity, "cause": g.cause, "count": g.count,
+            "first_seq": g.first_seq, "last_seq": g.last_seq, "first_ts": g.first_ts, "last_ts": g.last_ts,
+            "gfn_first": g.gfn_first, "gfn_last": g.gfn_last, "gfns": g.gfns, "slots": list(g.slots),
+            "cpus": list(g.cpus), "findings": list(g.members)}
 
 
 def report_dict(report: Report) -> dict[str, Any]:
     r = report.replay
     return {
         "kvmtrace_version": report.kvmtrace_version,
+        "input_warnings": list(report.input_warnings),
         "trace": report.trace.info,
         "replay": {
             "mmu": r.mmu,
@@ -38,9 +47,13 @@ def report_dict(report: Report) -> dict[str, Any]:
         },
         "checks": [{"id": c.id, "status": c.status, "reason": c.reason, "findings": c.findings} for c in report.checks],
         "findings": [
-            {k: v for k, v in asdict(f).items() if k != "evidence_lines"} | {"evidence": list(f.evidence)}
+            {k: v for k, v in asdict(f).items() if k not in ("evidence_lines", "evidence_notes")}
+            | {"evidence": list(f.evidence)}
             for f in report.findings
         ],
+        "groups": [group_dict(g) for g in report.groups],
+        "removals": [r.row | {"pages": r.pages.records(), "sptes": r.sptes.records()} for r in report.removals],
+        "consequences": grid_dict(report.consequences),
         "memslots": grid_dict(report.memslot_timeline),
         "activity": [grid_dict(g) for g in report.activity],
         "totals": [grid_dict(g) for g in report.totals],

@@ -1,7 +1,9 @@
 """Markdown rendering for GitHub, GitLab and bugzilla comments.
 
 Trace-derived strings (comm names, marker text) are escaped outside code blocks: these sites
-render inline HTML, and a table cell must not be split by a ``|`` in a task name.
+render inline HTML, and a table cell must not be split by a ``|`` in a task name. Control
+characters are shown as escapes everywhere, code blocks included (a terminal may display the
+file).
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import re
 
 from kvmtrace.report.blocks import Block, Bullets, Facts, Heading, Para, Plot, Table, TraceLines
 from kvmtrace.report.grid import Grid
+from kvmtrace.report.safe import printable
 
 _SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
 
 
 def md_escape(text: str) -> str:
-    """Make ``text`` literal in Markdown prose and table cells (one line)."""
-    return _SPECIAL.sub(r"\\\1", text.replace("\n", " ")).replace("&", "&amp;")
+    """Make ``text`` literal in Markdown prose and table cells (one line, control characters
+    shown as escapes)."""
+    return _SPECIAL.sub(r"\\\1", printable(text)).replace("&", "&amp;")
 
 
 def _fence(lines: tuple[str, ...]) -> str:
@@ -29,12 +33,12 @@ def _table(grid: Grid) -> list[str]:
     if not grid.rows:
         return ["*(none)*"]
     out = [
-        "| " + " | ".join(md_escape(c) for c in grid.columns) + " |",
-        "|" + "|".join(" --- " for _ in grid.columns) + "|",
+        "| " + " | ".join(md_escape(c) for c in grid.text_columns) + " |",
+        "|" + "|".join(" --- " for _ in grid.text_columns) + "|",
     ]
     out += ["| " + " | ".join(md_escape(v) for v in row) + " |" for row in grid.text_rows()]
-    if grid.omitted:
-        out += ["", f"*... {grid.omitted} more rows (see the JSON report)*"]
+    if grid.hidden:
+        out += ["", f"*... {grid.hidden} more rows (the JSON report has every row)*"]
     return out
 
 
@@ -48,9 +52,12 @@ def _block(block: Block) -> list[str]:
     if isinstance(block, Bullets):
         return [f"- {md_escape(item)}" for item in block.items] + [""]
     if isinstance(block, TraceLines):
-        fence = _fence(block.lines)
+        notes = block.notes or ("",) * len(block.lines)
+        lines = tuple(printable(s) for ln, note in zip(block.lines, notes)
+                      for s in ((ln, f"  = {note}") if note else (ln,)))
+        fence = _fence(lines)
         more = [f"*... {block.more} more evidence events*", ""] if block.more else []
-        return [fence, *block.lines, fence, ""] + more
+        return [fence, *lines, fence, ""] + more
     if isinstance(block, Para):
         return [md_escape(block.text), ""]
     if isinstance(block, Plot):

@@ -7,25 +7,26 @@ trace or the replay again. That keeps the four formats in agreement by construct
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from kvmtrace.report.evidence import column_ts, evidence_lines
+from kvmtrace.report.consequences import consequences
+from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_threads
+from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
+from kvmtrace.report.groups import FindingGroup, group_findings
+from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, ledger_removals, with_removal_zaps
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
 from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
 EVIDENCE_SHOWN = 12
-#: Findings of one id printed in full (with evidence lines); the rest are counted, and the JSON
-#: report lists every one. A trace that starts late can have thousands of zap_of_unknown_sp.
-FINDINGS_IN_FULL = 10
 #: Rows of long tables (memslot timeline, unexplained events) shown before "... N more".
 ROWS_SHOWN = 60
 
@@ -46,6 +47,8 @@ class TraceFacts:
     lost_unknown: int
     #: ``kvmtrace info --json`` of the same trace (the JSON report's ``trace`` object)
     info: dict[str, Any]
+    #: which host thread ran which vCPU, and what says so
+    vcpus: VcpuThreads = VcpuThreads({}, "")
 
     @property
     def span_s(self) -> float:
@@ -91,9 +94,11 @@ class Finding:
     slot: int | None
     message: str
     evidence: tuple[int, ...]
-    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; empty past
-    #: the first :data:`FINDINGS_IN_FULL` findings of an id
-    evidence_lines: tuple[str, ...]
+    #: trace lines of the first :data:`EVIDENCE_SHOWN` evidence seqs, in seq order; filled only
+    #: for the examples of each :class:`FindingGroup` (the findings the human formats print)
+    evidence_lines: tuple[str, ...] = ()
+    #: per evidence line, its decoded words (vCPU of the pid, SPTE bits and pfn, role), or ""
+    evidence_notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -110,7 +115,10 @@ class Report:
     trace: TraceFacts
     replay: ReplayFacts
     checks: tuple[Check, ...]
+    #: every finding, in the replay's order (the JSON lists each one)
     findings: tuple[Finding, ...]
+    #: the findings grouped by id, severity and cause, errors first (what people read)
+    groups: tuple[FindingGroup, ...]
     memslot_timeline: Grid
     #: per-memslot activity and zap costs, one grid per replay summary table
     activity: tuple[Grid, ...]
@@ -124,7 +132,14 @@ class Report:
     assumptions: tuple[str, ...]
     #: what the trace could not show (replay limits, lost events, event filters)
     limits: tuple[str, ...]
+    #: what is wrong with the input itself (cut short, lost events, skipped lines, header
+    #: oddities): printed near the top of every format, not only on stderr
+    input_warnings: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()
+    #: the zap ledger: one entry per positioned memslot delete, move or re-create
+    removals: tuple[Removal, ...] = ()
+    #: per delete/move and vCPU: faults and MMIO exits on the removed range until it is backed again
+    consequences: Grid = Grid("consequences per delete/move and vCPU", ())
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -148,6 +163,7 @@ def trace_facts(data: TraceData, path: str) -> TraceFacts:
         lost_events=sum(info.lost_events.values()),
         lost_unknown=sum(info.lost_unknown.values()),
         info=info_dict(info),
+        vcpus=vcpu_threads(data),
     )
 
 
@@ -172,22 +188,35 @@ def _checks(replay: ReplayResult) -> tuple[Check, ...]:
     )
 
 
-def _findings(data: TraceData, replay: ReplayResult) -> tuple[Finding, ...]:
+def _findings(data: TraceData, replay: ReplayResult,
+              vcpus: VcpuThreads) -> tuple[tuple[Finding, ...], tuple[FindingGroup, ...]]:
+    """Every finding, and their groups; evidence lines are looked up only for the examples each
+    group prints (a group of thousands costs three lookups, not thousands)."""
     t = replay.findings
     if t.num_rows == 0:
-        return ()
+        return (), ()
     names = ("id", "severity", "seq", "ts", "cpu", "gfn", "slot", "message", "evidence")
-    rows = list(zip(*(t.column(n).to_pylist() for n in names)))
-    rank = Counter()
-    cited: list[tuple[int, ...]] = []  # per finding, the evidence seqs to print
-    for row in rows:
-        rank[row[0]] += 1
-        cited.append(tuple(sorted(row[-1])[:EVIDENCE_SHOWN]) if rank[row[0]] <= FINDINGS_IN_FULL else ())
-    lines = evidence_lines(data, {s for seqs in cited for s in seqs})
-    return tuple(
-        Finding(*head, evidence=tuple(sorted(evidence)), evidence_lines=tuple(lines[s] for s in seqs))
-        for (*head, evidence), seqs in zip(rows, cited)
-    )
+    plain = [Finding(*head, evidence=tuple(sorted(evidence)))
+             for *head, evidence in zip(*(t.column(n).to_pylist() for n in names))]
+    groups = group_findings(plain)
+    cited = {i: plain[i].evidence[:EVIDENCE_SHOWN] for g in groups for i in g.examples}
+    every = {s for seqs in cited.values() for s in seqs}
+    lines = evidence_lines(data, every)
+    notes = _evidence_notes(data, replay, every, vcpus.vcpu_of)
+    findings = tuple(replace(f, evidence_lines=tuple(lines[s] for s in cited[i]),
+                             evidence_notes=tuple(notes.get(s, "") for s in cited[i])) if i in cited else f
+                     for i, f in enumerate(plain))
+    return findings, groups
+
+
+def _evidence_notes(data: TraceData, replay: ReplayResult, seqs: set[int], vcpus: dict[int, int]) -> dict[int, str]:
+    """What each cited event's raw words mean: the vCPU its thread runs, SPTEs, role words."""
+    profile = profile_of(replay)
+    out = {}
+    for seq, (name, pid, fields) in evidence_fields(data, seqs).items():
+        words = ([f"pid {pid} = vCPU {vcpus[pid]}"] if pid in vcpus else []) + field_notes(name, fields, profile)
+        out[seq] = "; ".join(words)
+    return out
 
 
 #: Titles of the replay summaries a reader meets most; others are shown as "summary: <name>".
@@ -202,10 +231,18 @@ SUMMARY_TITLES = {
 IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "mmu_valid_gen"})
 
 
-def _activity(replay: ReplayResult) -> tuple[Grid, ...]:
+#: Consequence columns the human formats print.
+CONSEQUENCE_BRIEF = ("seq", "pid", "vcpu", "faults", "noslot", "error", "mmio", "per_gfn", "first_seq", "last_seq")
+
+def _summaries(replay: ReplayResult, ledger: ZapLedger) -> dict[str, pa.Table]:
+    return {name: with_removal_zaps(t, ledger) if name == "memslot" else t for name, t in replay.summaries.items()}
+
+
+def _activity(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
     return tuple(
-        grid_from_arrow(SUMMARY_TITLES.get(name, f"summary: {name}"), table, limit=ROWS_SHOWN)
-        for name, table in sorted(replay.summaries.items())
+        grid_from_arrow(SUMMARY_TITLES.get(name, f"summary: {name}"), table, limit=ROWS_SHOWN,
+                        note=MEMSLOT_ZAPS_NOTE if name == "memslot" else "")
+        for name, table in sorted(summaries.items())
     )
 
 
@@ -225,10 +262,10 @@ def totals_grid(title: str, table: pa.Table, key: str = "slot") -> Grid:
     return Grid(title, tuple(agg.columns), tuple(agg.iter_rows()))
 
 
-def _totals(replay: ReplayResult) -> tuple[Grid, ...]:
+def _totals(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
     return tuple(
         totals_grid(f"{SUMMARY_TITLES.get(name, name)}: totals", table)
-        for name, table in sorted(replay.summaries.items())
+        for name, table in sorted(summaries.items())
     )
 
 
@@ -279,15 +316,45 @@ def sp_lifetime_grid(data: TraceData, shadow_pages: pa.Table) -> Grid:
 
 #: Memslot timeline columns a reader needs; the rest (anchors, windows) stay in the JSON-free
 #: replay table for whoever digs deeper.
-TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "base_gfn", "npages", "flags")
+TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "gpa_range", "base_gfn", "npages", "flags")
+#: What the human formats print of it: the range once, as guest-physical addresses.
+TIMELINE_BRIEF = ("seq", "ts", "slot", "kind", "gpa_range", "flags")
 
 
 def memslot_grid(data: TraceData, memslots: pa.Table) -> Grid:
-    """The memslot timeline with each change's time added (the replay cites seqs only)."""
+    """The memslot timeline with each change's time added (the replay cites seqs only) and the
+    guest-physical range it concerns in hex, as QEMU prints it (a delete: the range removed)."""
     ts = column_ts(data, memslots, "seq")
     with_ts = memslots.append_column("ts", pa.array([None if np.isnan(t) else int(t) for t in ts], pa.int64()))
+    ranges = [gpa_range(ob, on or 0) if kind == "delete" and ob is not None else gpa_range(b, n)
+              for kind, b, n, ob, on in zip(*(memslots.column(c).to_pylist() for c in
+                                              ("kind", "base_gfn", "npages", "old_base_gfn", "old_npages")))]
+    with_ts = with_ts.append_column("gpa_range", pa.array(ranges, pa.string()))
     note = "" if memslots.num_rows else "no memslot changes seen (no QEMU kvm_set_user_memory lines, --qemu-log or --memslots)"
-    return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note)
+    return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note,
+                           brief=TIMELINE_BRIEF)
+
+
+def input_warnings(data: TraceData) -> tuple[str, ...]:
+    """The reader's warnings about the input, and its lost-event counts in words.
+
+    Both readers put every warning they emit through ``warnings.warn`` into
+    ``TraceInfo.warnings`` as well, so the report reads them from the data it is built from and
+    needs no hook on the warnings module; lost events are counts, not warnings, in ``TraceInfo``.
+    """
+    info = data.info
+    out = list(info.warnings)
+    lost = {c: n for c, n in sorted(info.lost_events.items()) if n}
+    if lost:
+        per_cpu = ", ".join(f"CPU {c}: {n}" for c, n in lost.items())
+        out.append(f"the ring buffer dropped {sum(lost.values())} events ({per_cpu})")
+    gaps = {c: n for c, n in sorted(info.lost_unknown.items()) if n}
+    if gaps:
+        per_cpu = ", ".join(f"CPU {c}: {n}" for c, n in gaps.items())
+        out.append(f"events were dropped at {sum(gaps.values())} places whose count the kernel did not record ({per_cpu})")
+    if info.skipped_lines and not any("skipped" in w for w in info.warnings):
+        out.append(f"{info.skipped_lines} line(s) of the text could not be read and were skipped")
+    return tuple(out)
 
 
 def _limits(data: TraceData, replay: ReplayResult, filters: tuple[str, ...]) -> tuple[str, ...]:
@@ -319,15 +386,20 @@ def build_report(
     change what the replay can explain, so the report must say so); ``figures`` are plots drawn
     by :mod:`kvmtrace.plot` for formats that show pictures.
     """
+    facts = trace_facts(data, path)
+    findings, groups = _findings(data, replay, facts.vcpus)
+    ledger = zap_ledger(data, replay)
+    summaries = _summaries(replay, ledger)
     return Report(
         kvmtrace_version=version,
-        trace=trace_facts(data, path),
+        trace=facts,
         replay=_replay_facts(replay),
         checks=_checks(replay),
-        findings=_findings(data, replay),
+        findings=findings,
+        groups=groups,
         memslot_timeline=memslot_grid(data, replay.memslots),
-        activity=_activity(replay),
-        totals=_totals(replay),
+        activity=_activity(summaries),
+        totals=_totals(summaries),
         sp_lifetimes=sp_lifetime_grid(data, replay.shadow_pages),
         whatif=grid_from_arrow("what-if per memslot change", replay.whatif, limit=ROWS_SHOWN,
                                note="" if replay.whatif is not None else "the replay made no what-if comparison"),
@@ -336,5 +408,11 @@ def build_report(
         unexplained=grid_from_arrow("unexplained events", replay.unexplained, limit=ROWS_SHOWN),
         assumptions=tuple(replay.assumptions),
         limits=_limits(data, replay, filters),
+        input_warnings=input_warnings(data),
         figures=figures,
+        removals=ledger_removals(ledger),
+        consequences=grid_from_arrow(
+            "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
+            limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,
+            note="faults and MMIO exits on each removed range, from the change's start until a slot backs it again"),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from kvmtrace.parsers.schema import TraceInfo
+from kvmtrace.report.safe import printable
 
 
 def info_dict(info: TraceInfo) -> dict:
@@ -50,4 +51,5 @@ def render_info(info: TraceInfo) -> str:
     counts = sorted(info.event_counts.items(), key=lambda kv: (-kv[1], kv[0]))
     width = max((len(name) for name, _ in counts), default=0)
     lines += [f"  {name:<{width}}  {n:>10}" for name, n in counts]
-    return "\n".join(lines)
+    # paths, uname and instance names come from the file: no escape sequence reaches the terminal
+    return "\n".join(printable(ln) for ln in lines)

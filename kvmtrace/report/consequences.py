@@ -1,0 +1,113 @@
+"""What the guest ran into after each memslot delete or move, per vCPU.
+
+Seed 003's hazard is not a stale SPTE but a vCPU that touches a range while no slot backs it:
+KVM resolves the fault with no slot (``KVM_PFN_NOSLOT``, bit 63 of the pfn in
+``kvm_mmu_spte_requested``) and the access becomes an MMIO exit to the VMM, even though the
+range is RAM before and after. This table counts, per change and per vCPU thread, from the
+moment the change is surely under way (the kernel's first zap for it, else its QEMU line) until
+a slot backs the range again (``until_seq``: the re-creating QEMU line, or the first fault on
+the range that KVM resolved to a real pfn if earlier, since the kernel commits a create before
+the VMM writes its line; null: never again in the trace):
+
+* ``faults``: mapping faults on the removed range (``kvm_mmu_spte_requested``), of which
+  ``noslot`` were resolved with ``KVM_PFN_NOSLOT`` and ``error`` with an error pfn
+  (``KVM_PFN_ERR_MASK``: the gfn is in a slot but the host could not translate it);
+* ``mmio``: MMIO exits on the range (``kvm_mmio``, and ``handle_mmio_page_fault`` where MMIO
+  SPTEs are cached);
+* ``per_gfn``: the most faults one gfn took (a retry storm shows as a large number);
+* ``first_seq``/``last_seq``: the first and last of those events.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import ZapLedger
+from kvmtrace.replays.memslots import ANCHOR_ZAPS
+from kvmtrace.replays.results import ReplayResult
+
+KVM_PFN_NOSLOT = 1 << 63
+KVM_PFN_ERR_MASK = 0x7FF << 52
+
+CONSEQUENCES_SCHEMA = pa.schema([
+    ("seq", pa.int64()), ("slot", pa.int32()), ("kind", pa.string()), ("pid", pa.int32()), ("vcpu", pa.int32()),
+    ("faults", pa.int64()), ("noslot", pa.int64()), ("error", pa.int64()), ("mmio", pa.int64()),
+    ("per_gfn", pa.int64()), ("first_seq", pa.int64()), ("last_seq", pa.int64()),
+    ("until_seq", pa.int64()),
+])
+
+
+def _columns(data: TraceData, event: str, fields: dict[str, int]) -> dict[str, np.ndarray] | None:
+    """seq, pid and the named fields (shifted right by the given bits) of one event, or None."""
+    t = data.tables.get(event)
+    if t is None or not t.num_rows or any(f not in t.column_names for f in fields):
+        return None
+    out = {k: t.column(k).to_numpy() for k in ("seq", "pid")}
+    for f, shift in fields.items():
+        out[f] = t.column(f).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift)
+    return out
+
+
+def _backed_again(replay: ReplayResult, lo: int, hi: int, after: int) -> int | None:
+    """The seq from which a slot instance covers part of [lo, hi) again, after ``after``."""
+    lt = replay.summaries.get("memslot")
+    if lt is None:
+        return None
+    starts = [f for b, n, f in zip(*(lt.column(c).to_pylist() for c in ("base_gfn", "npages", "from_seq")))
+              if f is not None and f > after and b < hi and lo < b + n]
+    return min(starts) if starts else None
+
+
+def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_of: dict[int, int]) -> pa.Table:
+    """One row per (delete/move, vCPU thread) that faulted or exited on the removed range."""
+    faults = _columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0})
+    mmio = [c for c in (_columns(data, "kvm_mmio", {"gpa": 12}), _columns(data, "handle_mmio_page_fault", {"addr": 12}))
+            if c is not None]
+    rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
+    for r in ledger.removals.to_pylist():
+        lo, hi = r["base_gfn"], r["base_gfn"] + r["npages"]
+        start = r["window_start"] if r["anchor"] == ANCHOR_ZAPS else r["seq"]
+        until = _backed_again(replay, lo, hi, r["seq"])
+        if faults is not None:
+            # the kernel commits a re-create before the VMM writes its line: a fault on the range
+            # that KVM resolved to a real pfn shows a slot backs it again
+            real = (faults["seq"] >= start) & (faults["gfn"] >= np.uint64(lo)) & (faults["gfn"] < np.uint64(hi)) \
+                & ((faults["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0)
+            if real.any():
+                first_real = int(faults["seq"][real].min())
+                until = first_real if until is None else min(until, first_real)
+        end = until if until is not None else np.iinfo(np.int64).max
+
+        def hits(cols: dict[str, np.ndarray], key: str) -> np.ndarray:
+            return (cols["seq"] >= start) & (cols["seq"] < end) & (cols[key] >= np.uint64(lo)) & (cols[key] < np.uint64(hi))
+
+        f_hit = hits(faults, "gfn") if faults is not None else None
+        m_hits = [(c, hits(c, "gpa" if "gpa" in c else "addr")) for c in mmio]
+        pids = set(faults["pid"][f_hit].tolist()) if f_hit is not None else set()
+        for c, m in m_hits:
+            pids |= set(c["pid"][m].tolist())
+        for pid in sorted(pids, key=lambda p: (vcpu_of.get(p, 1 << 30), p)):
+            seqs: list[np.ndarray] = []
+            n_faults = noslot = error = most = 0
+            if f_hit is not None:
+                mine = f_hit & (faults["pid"] == pid)
+                pfn = faults["pfn"][mine]
+                n_faults = int(mine.sum())
+                noslot = int((pfn == np.uint64(KVM_PFN_NOSLOT)).sum())
+                error = int(((pfn & np.uint64(KVM_PFN_ERR_MASK)) != 0).sum())
+                most = int(np.unique(faults["gfn"][mine], return_counts=True)[1].max()) if n_faults else 0
+                seqs.append(faults["seq"][mine])
+            n_mmio = 0
+            for c, m in m_hits:
+                mine = m & (c["pid"] == pid)
+                n_mmio += int(mine.sum())
+                seqs.append(c["seq"][mine])
+            every = np.concatenate(seqs) if seqs else np.empty(0, np.int64)
+            for k, v in (("seq", r["seq"]), ("slot", r["slot"]), ("kind", r["kind"]), ("pid", pid),
+                         ("vcpu", vcpu_of.get(pid)), ("faults", n_faults), ("noslot", noslot), ("error", error),
+                         ("mmio", n_mmio), ("per_gfn", most), ("first_seq", int(every.min())),
+                         ("last_seq", int(every.max())), ("until_seq", until)):
+                rows[k].append(v)
+    return pa.table(rows, schema=CONSEQUENCES_SCHEMA)

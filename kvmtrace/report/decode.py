@@ -1,0 +1,99 @@
+"""Raw words of a trace decoded the way a KVM maintainer reads them.
+
+The trace carries SPTEs, role words and host pids; a reader of a bug report wants ``pfn 0x10ba01
+P W U A D``, ``L2 indirect q0 wux 8-byte`` and ``vCPU 1``. The bit meanings come from the kernel
+profile the replay used (:mod:`kvmtrace.replays.profiles`), so a 6.1 EPT trace and a 6.18
+shadow trace each decode by their own layout. Nothing here changes an evidence line: decoded
+text is printed beside it, so the line itself still greps in the user's copy of the trace.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import role_text
+from kvmtrace.replays.profiles import ROLE_COLUMNS, KernelProfile
+
+#: Bits named in a decoded SPTE, per SPTE flavour: (name, bit). Bit 7 is left out: it is the
+#: page size in a non-leaf or large leaf but PAT in a 4 KiB leaf, and the value alone cannot say.
+_SHADOW_BITS = (("P", 0), ("W", 1), ("U", 2), ("A", 5), ("D", 6), ("NX", 63))
+_EPT_BITS = (("R", 0), ("W", 1), ("X", 2), ("A", 8), ("D", 9))
+
+
+def spte_text(value: int, profile: KernelProfile) -> str:
+    """``pfn 0x10ba01 P W U A D``; ``MMIO gen 0x12`` for an MMIO SPTE; ``non-present``."""
+    if value == profile.nonpresent:
+        return "non-present"
+    arr = np.asarray([value], dtype=np.uint64)
+    if profile.mmio(value):
+        return f"MMIO gen {int(profile.mmio_generation(arr)[0]):#x}"
+    if not profile.present(value):
+        return f"not present ({value:#x})"
+    bits = _EPT_BITS if profile.flavour == "EPT" else _SHADOW_BITS
+    names = [name for name, bit in bits if value >> bit & 1]
+    return f"pfn {int(profile.pfn(arr)[0]):#x} " + " ".join(names)
+
+
+def gpa_range(base_gfn: int, npages: int) -> str:
+    """A gfn range as the guest-physical addresses QEMU prints: ``0xfd000000-0xfdffffff``."""
+    return f"{base_gfn << 12:#x}-{((base_gfn + npages) << 12) - 1:#x}" if npages else "-"
+
+
+def role_word_text(word: int, profile: KernelProfile) -> str:
+    """A role word decoded by the profile's layout (see :func:`kvmtrace.replays.ledger.role_text`)."""
+    fields = {}
+    for name in ROLE_COLUMNS:
+        f = profile.role_field(name)
+        fields[name] = None if f is None else word >> f.shift & ((1 << f.width) - 1)
+    return role_text(fields)
+
+
+@dataclass(frozen=True)
+class VcpuThreads:
+    """Which host thread ran which vCPU, and what says so."""
+
+    vcpu_of: dict[int, int]
+    source: str
+
+    def text(self) -> str:
+        pairs = ", ".join(f"pid {pid} = vCPU {v}" for pid, v in sorted(self.vcpu_of.items(), key=lambda kv: kv[1]))
+        return f"{pairs} (from {self.source})" if pairs else "not in the trace (no kvm_entry, no vCPU thread markers)"
+
+
+_LAB_VCPU = re.compile(r"kvmlab_vcpu_thread vcpu=(\d+) tid=(\d+)")
+
+
+def vcpu_threads(data: TraceData) -> VcpuThreads:
+    """pid -> vCPU id, from ``kvm_entry`` (its ``vcpu_id``, one per thread) when traced, else from
+    the lab's ``kvmlab_vcpu_thread`` markers. A pid seen with two vCPU ids is left out."""
+    entry = data.tables.get("kvm_entry")
+    if entry is not None and entry.num_rows and "vcpu_id" in entry.column_names:
+        pairs = (pl.from_arrow(entry.select(["pid", "vcpu_id"])).unique()
+                 .filter(pl.col("pid").count().over("pid") == 1))
+        return VcpuThreads(dict(zip(pairs["pid"].to_list(), pairs["vcpu_id"].to_list())), "kvm_entry vcpu_id")
+    prints = data.tables.get("print")
+    found: dict[int, int] = {}
+    if prints is not None and prints.num_rows and "buf" in prints.column_names:
+        for buf in prints.column("buf").to_pylist():
+            m = _LAB_VCPU.search(buf or "")
+            if m:
+                found[int(m.group(2))] = int(m.group(1))
+    return VcpuThreads(found, "kvmlab_vcpu_thread markers" if found else "")
+
+
+def field_notes(name: str, fields: dict[str, object], profile: KernelProfile) -> list[str]:
+    """Decoded forms of an event's SPTE and role fields (``old_spte: pfn 0x... P W``)."""
+    out = []
+    for key, value in fields.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            continue
+        if key.endswith("spte") and key != "sptep":
+            out.append(f"{key}: {spte_text(value, profile)}")
+        elif key == "role":
+            out.append(f"role: {role_word_text(value, profile)}")
+    return out

@@ -1,0 +1,346 @@
+"""The zap ledger: for each memslot delete or move, what the kernel zapped, what it kept and why.
+
+This is what a maintainer reconstructs by hand from a trace when a memslot change misbehaves
+(seed 000 took weeks of it). It is computed from a finished replay (its memslot timeline,
+shadow-page book, SPTE journal and memslot summary) plus the trace's seq->ts column and its
+zap-all events; it decides nothing new, it lines the replay's facts up per change.
+
+Per change (one row of :data:`REMOVALS_SCHEMA`):
+
+* the **slot instance**: slot id and the seq of the create that made it (QEMU reuses ids for
+  different BARs, so ``2@11`` and ``2@9443`` are different slots);
+* the **policy** the kernel ran: ``zap_all`` when the ioctl thread emitted
+  ``kvm_mmu_zap_all_fast`` inside the change's window (``KVM_X86_QUIRK_SLOT_ZAP_ALL``, the
+  default), else ``zap_slot``; and the **rule** that policy applies;
+* **pages** (:data:`PAGES_SCHEMA`): every page zapped inside the window, and every page alive when
+  the change took effect (built before its line, not zapped before its window) that the change
+  concerns but the kernel kept, with the reason:
+
+  - zap-slot (6.12+, ``kvm_mmu_zap_memslot_pages_and_flush``): only valid pages *with gPTEs*
+    (indirect, not passthrough) whose gfn lies in the slot are zapped
+    (``for_each_gfn_valid_sp_with_gptes``). A direct or passthrough page over the range holds no
+    guest PTEs and is kept by the rule; its leaf SPTEs into the range are dropped through the
+    rmaps (``kvm_unmap_gfn_range``), which no tracepoint shows. An obsolete page is skipped by
+    the walk (it is already on its way out after a fast zap). A page whose gfn lies outside the
+    slot but whose leaf SPTEs map into it keeps existing; only those SPTEs are dropped. A page
+    the rule names that is still alive at the change's line is the ``memslot_zap_miss`` finding.
+  - zap-all: ``kvm_mmu_zap_all_fast`` makes every page obsolete and ``kvm_zap_obsolete_pages``
+    zaps them; a root that a vCPU still references is zapped but stays allocated (invalid)
+    until the vCPU drops it. A page made obsolete but not zapped before the line is kept with
+    the seq at which it was zapped, if ever.
+
+* **leaf SPTEs removed** (:data:`SPTES_SCHEMA`): per how the replay knows it: traced
+  (``kvm_tdp_mmu_spte_changed``), or inferred, with the evidence the journal names (the traced
+  zap of the owning page, the untraced per-slot rmap zap the rule implies);
+* the **cost**: events and nanoseconds from the window's start to the line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.detectors.slot_removal import RULE_WORDS, zap_rule_mask
+from kvmtrace.replays.inputs import seq_pid, zap_all_event
+from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
+from kvmtrace.replays.results import ReplayResult
+
+REMOVALS_SCHEMA = pa.schema([
+    pa.field("change", pa.int32(), nullable=False),  # row of the memslot timeline
+    pa.field("seq", pa.int64(), nullable=False),  # the QEMU line
+    pa.field("ts", pa.int64()),
+    pa.field("window_start", pa.int64(), nullable=False),
+    pa.field("anchor", pa.string()),  # what window_start rests on (memslots.py)
+    pa.field("pid", pa.int32()),  # the ioctl thread
+    pa.field("slot", pa.int32(), nullable=False),  # as_id << 16 | id
+    pa.field("slot_created_seq", pa.int64()),  # null: the slot predates the trace
+    pa.field("kind", pa.string(), nullable=False),  # delete | move | recreate
+    pa.field("base_gfn", pa.uint64(), nullable=False),  # the removed range
+    pa.field("npages", pa.uint64(), nullable=False),
+    pa.field("new_base_gfn", pa.uint64()),  # move / recreate: where the slot went
+    pa.field("policy", pa.string(), nullable=False),  # zap_all | zap_slot
+    pa.field("zap_all_seq", pa.int64()),
+    pa.field("rule", pa.string(), nullable=False),
+    pa.field("pages_zapped", pa.int64(), nullable=False),
+    pa.field("pages_kept", pa.int64(), nullable=False),
+    pa.field("kept_missed", pa.int64(), nullable=False),  # the rule names them: memslot_zap_miss
+    pa.field("leaf_sptes_removed", pa.int64(), nullable=False),
+    pa.field("leaf_sptes_traced", pa.int64(), nullable=False),
+    pa.field("window_events", pa.int64(), nullable=False),
+    pa.field("window_ns", pa.int64()),
+])
+
+PAGES_SCHEMA = pa.schema([
+    pa.field("change", pa.int32(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),  # the change's line
+    pa.field("page", pa.int64(), nullable=False),  # id in the replay's shadow_pages table
+    pa.field("gfn", pa.uint64(), nullable=False),
+    pa.field("level", pa.int8(), nullable=False),
+    pa.field("role", pa.uint32(), nullable=False),
+    pa.field("role_text", pa.string(), nullable=False),  # e.g. "L1 indirect q0 wux 8-byte"
+    pa.field("direct", pa.bool_(), nullable=False),
+    pa.field("covers_first", pa.uint64()),  # direct pages: the gfns their entries map
+    pa.field("covers_last", pa.uint64()),
+    pa.field("fate", pa.string(), nullable=False),  # zapped | kept
+    pa.field("reason", pa.string(), nullable=False),
+    pa.field("zap_seq", pa.int64()),
+])
+
+SPTES_SCHEMA = pa.schema([
+    pa.field("change", pa.int32(), nullable=False),
+    pa.field("seq", pa.int64(), nullable=False),
+    pa.field("how", pa.string(), nullable=False),  # traced | inferred
+    pa.field("evidence", pa.string(), nullable=False),  # the journal's reason for the removal
+    pa.field("in_range", pa.bool_(), nullable=False),  # maps a gfn of the removed range
+    pa.field("sptes", pa.int64(), nullable=False),
+    pa.field("gfn_first", pa.uint64()),
+    pa.field("gfn_last", pa.uint64()),
+])
+
+#: ``access_str`` of arch/x86/kvm/mmu/mmutrace.h, indexed by the role's 3-bit access field.
+ACCESS = ("---", "--x", "w--", "w-x", "-u-", "-ux", "wu-", "wux")
+
+KEPT_BY_RULE = ("direct: holds no guest PTEs, kept by the zap-slot rule (its leaf SPTEs into the range are "
+                "unmapped through the rmaps, untraced)")
+KEPT_PASSTHROUGH = "passthrough: holds no guest PTEs, kept by the zap-slot rule"
+KEPT_OBSOLETE = "obsolete generation: skipped by the per-slot walk (already on its way out after a fast zap)"
+KEPT_OUTSIDE = ("outside the range: its gfn is not in the slot; only its leaf SPTEs into the slot are dropped "
+                "(rmap, untraced)")
+KEPT_MISSED = "not allowed: the zap-slot rule must zap it (memslot_zap_miss)"
+KEPT_TDP = "TDP page table: direct, kept; its leaf SPTEs in the range are zapped (traced)"
+KEPT_TDP_ROOT = ("the TDP MMU frees an invalidated root without kvm_mmu_prepare_zap_page (the removal of its "
+                 "entries is traced: see the leaf SPTE rows)")
+
+
+@dataclass(frozen=True)
+class ZapLedger:
+    """The three ledger tables; ``change`` links them."""
+
+    removals: pa.Table  # REMOVALS_SCHEMA
+    pages: pa.Table  # PAGES_SCHEMA
+    sptes: pa.Table  # SPTES_SCHEMA
+
+
+@dataclass(frozen=True)
+class _RuleContext:
+    """What :func:`zap_rule_mask` reads from a detector context: only the kernel profile."""
+
+    profile: KernelProfile
+
+
+def profile_of(replay: ReplayResult) -> KernelProfile:
+    """The profile the replay used: every profile name starts with the first kernel of its era
+    (``"6.12+ (role F, ...)"``), which :func:`profile_for` maps back to the same era; the EPT
+    flavour of it ends in ``" EPT"`` (:func:`kvmtrace.replays.profiles.ept`)."""
+    m = re.match(r"\d+\.\d+", replay.profile)
+    base = profile_for(m.group() if m else None)
+    return ept(base) if replay.profile.endswith(" EPT") else base
+
+
+def role_text(row: dict) -> str:
+    """A role word the way a maintainer reads it: ``L1 indirect q0 wux 8-byte`` (level, direct or
+    not, quadrant, access as mmutrace.h prints it, guest PTE size), then any unusual bits."""
+    four = row.get("has_4_byte_gpte")
+    if four is None and row.get("cr4_pae") is not None:
+        four = 0 if row["cr4_pae"] else 1
+    words = [f"L{row['level']}", "direct" if row["direct"] else "indirect", f"q{row.get('quadrant') or 0}",
+             ACCESS[row["access"] & 7] if row.get("access") is not None else "?",
+             "4-byte" if four else "8-byte"]
+    words += [name for name, on in (("passthrough", row.get("passthrough")), ("invalid", row.get("invalid")),
+                                     ("guest_mode", row.get("guest_mode")), ("smm", row.get("smm")),
+                                     ("!cr0_wp", row.get("cr0_wp") == 0)) if on]
+    return " ".join(words)
+
+
+def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """Number of gfns the entries of a direct page at ``level`` map: 512 ** level."""
+    return np.left_shift(np.uint64(1), np.uint64(9) * level.astype(np.uint64))
+
+
+def _spte_owners_at(changes: pl.DataFrame, seq: int, lo: int, hi: int) -> set[int]:
+    """Shadow MMU: pages owning a present leaf SPTE into [lo, hi) just before ``seq`` (the
+    change's line: the per-slot rmap zap the model infers sits at the line itself). Only the
+    SPTE addresses that ever mapped the range are looked at (their last change may map another
+    gfn: then the entry was overwritten), so the cost follows the range, not the trace."""
+    before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), seq)))
+    keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
+    last = before.filter(pl.col("key").is_in(keys.implode())).group_by("key").last()
+    alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
+                        & pl.col("page").is_not_null())
+    return set(alive["page"].to_list())
+
+
+@dataclass(frozen=True)
+class _Pages:
+    """The replay's shadow-page book as arrays (-1: no seq), plus its rows for the ledger's text."""
+
+    rows: list[dict]
+    gfn: np.ndarray
+    role: np.ndarray
+    level: np.ndarray
+    direct: np.ndarray
+    passthrough: np.ndarray
+    first_seq: np.ndarray
+    zap: np.ndarray
+    obsolete: np.ndarray
+
+    @classmethod
+    def of(cls, t: pa.Table) -> "_Pages":
+        def seqs(name: str) -> np.ndarray:
+            return np.asarray(t.column(name).fill_null(-1).to_numpy(), dtype=np.int64)
+
+        def flag(name: str) -> np.ndarray:
+            return t.column(name).fill_null(0).to_numpy().astype(bool) if name in t.column_names \
+                else np.zeros(t.num_rows, bool)
+
+        return cls(t.to_pylist(), t.column("gfn").to_numpy().astype(np.uint64),
+                   t.column("role").to_numpy().astype(np.uint64), t.column("level").to_numpy().astype(np.uint64),
+                   flag("direct"), flag("passthrough"), seqs("first_seq"), seqs("zap_seq"), seqs("obsolete_seq"))
+
+
+def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
+    if za is not None:
+        return ("zap-all (KVM_X86_QUIRK_SLOT_ZAP_ALL): kvm_mmu_zap_all_fast makes every page obsolete, "
+                "kvm_zap_obsolete_pages zaps them")
+    if tdp:
+        return "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
+    return RULE_WORDS[profile.slot_zap_rule]
+
+
+def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfile,
+           owners: set[int]) -> tuple[dict[int, str], np.ndarray]:
+    """page -> reason, for every page zapped in the change's window and every page the change
+    concerns but the kernel kept; and the zapped mask."""
+    ws, line, lo, n = c["window_start"], c["seq"], c["old_base_gfn"], c["old_npages"]
+    hi = lo + n
+    zapped = (pg.zap >= ws) & (pg.zap <= line)
+    # alive when the change took effect: built before its line (a window that starts at the
+    # thread's previous line spans vCPU work too) and not zapped before the window
+    alive = (pg.first_seq < line) & ((pg.zap < 0) | (pg.zap >= ws))
+    in_range = (pg.gfn >= np.uint64(lo)) & (pg.gfn < np.uint64(hi))
+    covers = pg.direct & (pg.gfn < np.uint64(hi)) & (pg.gfn + _covers(pg.gfn, pg.level) > np.uint64(lo))
+    must = zap_rule_mask(_RuleContext(profile), pg.gfn, pg.role, lo, n) if len(pg.rows) and not tdp \
+        else np.zeros(len(pg.rows), bool)
+    fate: dict[int, str] = {}
+    for p in np.flatnonzero(zapped).tolist():
+        if za is not None:
+            why = "zapped after the fast zap made it obsolete"
+        elif must[p]:
+            why = "zapped by the rule: " + ("gfn in the slot, holds guest PTEs" if profile.slot_zap_rule == "gptes"
+                                            else "gfn in the slot's range at its level")
+        else:
+            why = "zapped inside the window, not by the slot rule"
+        if pg.rows[p]["root_count"] > 0:
+            why += "; a root still referenced by a vCPU: marked invalid, freed when the vCPU drops it"
+        fate[p] = why
+    for p in np.flatnonzero(alive & ~zapped).tolist():
+        if za is not None:
+            if pg.obsolete[p] == za:
+                fate[p] = f"obsolete generation: made obsolete at seq {za}, " + (
+                    f"zapped at seq {pg.zap[p]}" if pg.zap[p] >= 0 else KEPT_TDP_ROOT if tdp
+                    else "still alive at the end of the trace")
+        elif tdp:
+            if covers[p]:
+                fate[p] = KEPT_TDP
+        elif 0 <= pg.obsolete[p] < ws and (in_range[p] or covers[p]):
+            fate[p] = KEPT_OBSOLETE
+        elif must[p]:
+            fate[p] = KEPT_MISSED
+        elif covers[p] or (in_range[p] and pg.direct[p]):
+            fate[p] = KEPT_BY_RULE
+        elif in_range[p] and pg.passthrough[p]:
+            fate[p] = KEPT_PASSTHROUGH
+        elif p in owners:
+            fate[p] = KEPT_OUTSIDE
+    return fate, zapped
+
+
+def _removed_leaves(changes: pl.DataFrame, c: dict, za: int | None, tdp: bool) -> pl.DataFrame:
+    """Leaf SPTEs the change removed, grouped by how the replay knows it: under zap-all
+    everything removed in the window; under zap-slot the leaves into the range and those of the
+    pages it zapped (a vCPU replacing an MMIO SPTE elsewhere in the window is not its doing)."""
+    lo, hi = c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]
+    into = (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
+    seqs = changes["seq"].to_numpy()  # the journal's changes are in seq order: slice the window
+    first = int(np.searchsorted(seqs, c["window_start"], side="left"))
+    window = changes.slice(first, int(np.searchsorted(seqs, c["seq"], side="right")) - first)
+    removed = window.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])
+                            & ~pl.col("reason").str.starts_with("page table removed")
+                            & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped") | into))
+    how = pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred")) \
+        .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred"))
+    return removed.with_columns(how.alias("how"), into.alias("in_range")).group_by("how", "reason", "in_range").agg(
+        pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last")
+    ).sort("how", "reason", "in_range", descending=[True, False, True])
+
+
+def _append(columns: dict[str, list], values: dict) -> None:
+    for k, v in values.items():
+        columns[k].append(v)
+
+
+def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
+    """The ledger of every positioned delete, move and re-create of the replay's timeline."""
+    profile = profile_of(replay)
+    tdp = replay.mmu == "tdp"
+    ev_seq = data.events.column("seq").to_numpy()
+    ev_ts = data.events.column("ts").to_numpy()
+    za_seq, za_pid = seq_pid(data, zap_all_event(data))
+    pg = _Pages.of(replay.shadow_pages)
+    changes = pl.from_arrow(replay.spte_changes).with_columns(pl.col("state").cast(pl.String),
+                                                              pl.col("reason").cast(pl.String))
+    lifetimes = replay.summaries.get("memslot")
+    created = {} if lifetimes is None else {
+        (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
+    rows: dict[str, list] = {f.name: [] for f in REMOVALS_SCHEMA}
+    prow: dict[str, list] = {f.name: [] for f in PAGES_SCHEMA}
+    srow: dict[str, list] = {f.name: [] for f in SPTES_SCHEMA}
+
+    def ts_of(seq: int) -> int | None:
+        i = int(np.searchsorted(ev_seq, seq))
+        return int(ev_ts[i]) if i < len(ev_seq) and ev_seq[i] == seq else None
+
+    for i, c in enumerate(replay.memslots.to_pylist()):
+        if c["kind"] not in ("delete", "move", "recreate") or c["seq"] is None or not c["old_npages"] \
+                or c["window_start"] is None:
+            continue
+        ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
+        hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
+        za = int(hits[0]) if len(hits) else None
+        owners = set() if tdp else _spte_owners_at(changes, line, lo, lo + c["old_npages"])
+        fate, zapped = _fates(pg, c, za, tdp, profile, owners)
+        for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
+            row, d = pg.rows[p], bool(pg.direct[p])
+            _append(prow, {"change": i, "seq": line, "page": p, "gfn": row["gfn"], "level": row["level"],
+                           "role": row["role"], "role_text": role_text(row), "direct": d,
+                           "covers_first": row["gfn"] if d else None,
+                           "covers_last": int(pg.gfn[p] + _covers(pg.gfn[p:p + 1], pg.level[p:p + 1])[0] - 1)
+                           if d else None,
+                           "fate": "zapped" if zapped[p] else "kept", "reason": fate[p],
+                           "zap_seq": int(pg.zap[p]) if pg.zap[p] >= 0 else None})
+        leaves = _removed_leaves(changes, c, za, tdp)
+        for how, why, inr, cnt, g0, g1 in leaves.iter_rows():
+            _append(srow, {"change": i, "seq": line, "how": how,
+                           "evidence": why if how == "traced" or why != "owning page zapped"
+                           else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)",
+                           "in_range": inr, "sptes": cnt, "gfn_first": g0, "gfn_last": g1})
+        t0, t1 = ts_of(ws), ts_of(line)
+        n_zapped = int(zapped.sum())
+        _append(rows, {"change": i, "seq": line, "ts": t1, "window_start": ws, "anchor": c["anchor"],
+                       "pid": c["pid"], "slot": c["slot"], "slot_created_seq": created.get((c["slot"], ws)),
+                       "kind": c["kind"], "base_gfn": lo, "npages": c["old_npages"],
+                       "new_base_gfn": c["base_gfn"] if c["kind"] != "delete" else None,
+                       "policy": "zap_all" if za is not None else "zap_slot", "zap_all_seq": za,
+                       "rule": _rule(za, tdp, profile), "pages_zapped": n_zapped, "pages_kept": len(fate) - n_zapped,
+                       "kept_missed": sum(1 for why in fate.values() if why == KEPT_MISSED),
+                       "leaf_sptes_removed": int(leaves["sptes"].sum()),
+                       "leaf_sptes_traced": int(leaves.filter(pl.col("how") == "traced")["sptes"].sum()),
+                       "window_events": int(np.searchsorted(ev_seq, line, side="right") - np.searchsorted(ev_seq, ws)),
+                       "window_ns": t1 - t0 if t0 is not None and t1 is not None else None})
+    return ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), pa.table(prow, schema=PAGES_SCHEMA),
+                     pa.table(srow, schema=SPTES_SCHEMA))

@@ -1,0 +1,68 @@
+"""Consequences of each memslot delete/move, per vCPU, on real upstream-kernel recordings.
+
+Oracle: the trace's own events. In these lab recordings (churn and multi scenarios on 6.1 and
+6.12 TDP hosts) the only guest accesses that reach no slot are those to the BARs while they are
+deleted or moved away, so every fault KVM resolved with ``KVM_PFN_NOSLOT`` and every
+``kvm_mmio`` exit in the whole trace must be attributed to exactly one change, none twice.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import NESTED, SAMPLES
+from kvmtrace.analysis import analysis_report, replay_trace
+from kvmtrace.report import render, report_schema
+from kvmtrace.report.consequences import KVM_PFN_NOSLOT
+
+import jsonschema
+
+RECORDINGS = ["tdp-multi3-kt.dat", "k61tdp-churn-small-kt.dat", "tdp-churn-noquirk-small-kt.dat"]
+
+
+@pytest.fixture(scope="module", params=RECORDINGS)
+def analyzed(request, nested_dir):
+    analysis = replay_trace(nested_dir / request.param)
+    return analysis, analysis_report(analysis)
+
+
+def test_every_noslot_fault_and_mmio_exit_is_attributed_once(analyzed):
+    analysis, report = analyzed
+    doc = json.loads(render(report, "json"))
+    jsonschema.validate(doc, report_schema())
+    rows = doc["consequences"]["rows"]
+    pfn = analysis.data.table("kvm_mmu_spte_requested").column("pfn").to_numpy()
+    noslot = int((pfn == np.uint64(KVM_PFN_NOSLOT)).sum())
+    assert noslot > 0 and sum(r["noslot"] for r in rows) == noslot
+    assert sum(r["mmio"] for r in rows) == analysis.data.info.event_counts["kvm_mmio"]
+
+
+def test_rows_name_the_vcpu_and_stay_inside_their_span(analyzed):
+    analysis, report = analyzed
+    vcpus = report.trace.vcpus.vcpu_of
+    removals = {r.row["seq"]: r.row for r in report.removals}
+    for r in report.consequences.records():
+        assert r["vcpu"] == vcpus.get(r["pid"])
+        change = removals[r["seq"]]
+        assert change["window_start"] <= r["first_seq"] <= r["last_seq"]
+        if r["until_seq"] is not None:
+            assert r["last_seq"] < r["until_seq"]
+        assert r["noslot"] + r["error"] <= r["faults"] and r["per_gfn"] <= r["faults"]
+
+
+def test_consequences_in_the_human_formats(nested_dir):
+    report = analysis_report(replay_trace(nested_dir / "tdp-multi3-kt.dat"))
+    for fmt in ("text", "markdown", "html"):
+        out = render(report, fmt)
+        assert "Consequences" in out and "KVM_PFN_NOSLOT" in out.replace("\\_", "_")
+        first = report.consequences.records()[0]
+        assert str(first["first_seq"]) in out
+
+
+def test_a_trace_without_deletes_says_so():
+    report = analysis_report(replay_trace(SAMPLES / "boot-zapall.dat"))
+    assert not report.consequences.rows
+    assert "No memslot delete or move with a position in the trace." in render(report, "text")

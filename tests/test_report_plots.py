@@ -1,0 +1,76 @@
+"""The pictures a maintainer looks at: memslot layout, page lifetimes, SPTE churn.
+
+Oracles: QEMU's own ``kvm_set_user_memory`` lines in the kernel's text of the recording (the
+layout's lanes), the ``kvm_mmu_prepare_zap_page`` and ``kvm_mmu_zap_all_fast`` events inside each
+delete's window (how pages ended), and headless Chromium (every plot of the HTML report draws
+something: many non-white pixels and colours, each plot on its own).
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+
+import numpy as np
+import pytest
+
+from conftest import SAMPLES
+from kvmtrace import plot
+from kvmtrace.analysis import replay_trace
+from kvmtrace.report.decode import gpa_range
+from kvmtrace.replays.ledger import zap_ledger
+from test_report_html import chromium, distinct_colours, screenshot  # noqa: F401  (fixture)
+
+_LINE = re.compile(r"kvm_set_user_memory AddrSpace#\d+ Slot#\d+ flags=\S+ gpa=(0x[0-9a-f]+) size=(0x[0-9a-f]+)")
+
+
+def test_layout_has_one_lane_per_range_qemu_created():
+    path = SAMPLES / "churn-zapslot.dat"
+    analysis = replay_trace(path)
+    text = gzip.open(path.with_name("churn-zapslot.txt.gz"), "rt").read()
+    created = {(int(g, 16) >> 12, int(n, 16) >> 12) for g, n in _LINE.findall(text) if int(n, 16)}
+    fig = plot.layout(analysis.data, analysis.replay)
+    ax = fig.axes[0]
+    lanes = [t.get_text() for t in ax.get_yticklabels()]
+    assert lanes == [gpa_range(b, n) for b, n in sorted(created)]
+    labels = fig.legends[0].get_texts()
+    assert any(t.get_text().startswith("fault on a removed range (") for t in labels)
+
+
+def test_page_ends_follow_the_zaps_in_each_window():
+    for name, expected in (("ptslot-zapslot", "slot zap"), ("ptslot-zapall", "zap-all")):
+        analysis = replay_trace(SAMPLES / f"{name}.dat")
+        data, result = analysis.data, analysis.replay
+        ends = plot.page_ends(result, zap_ledger(data, result))
+        zaps = data.table("kvm_mmu_prepare_zap_page").column("seq").to_numpy()
+        windows = [(c["window_start"], c["seq"]) for c in result.memslots.to_pylist()
+                   if c["kind"] in ("delete", "move") and c["old_npages"]]
+        in_window = {int(s) for s in zaps for lo, hi in windows if lo <= s <= hi}
+        zap_seq = result.shadow_pages.column("zap_seq").to_pylist()
+        for end, z in zip(ends, zap_seq):
+            if z in in_window:
+                assert end == expected, (name, z)
+            elif z is None:
+                assert end == "alive at end"
+        assert (ends == expected).sum() == len(in_window)
+
+
+def test_every_report_plot_draws_in_chromium(chromium, tmp_path):  # noqa: F811
+    analysis = replay_trace(SAMPLES / "churn-zapslot.dat")
+    figures = plot.report_figures(analysis.data, analysis.replay)
+    assert len(figures) == 4
+    for n, f in enumerate(figures):
+        page = tmp_path / f"plot{n}.html"
+        page.write_text(f"<!DOCTYPE html><html><body style='margin:0'>{f.svg}</body></html>")
+        shot = screenshot(chromium, page, tmp_path)[:480, :960]  # the figure's area (10 x 5 in at 96 px)
+        inked = (shot[..., :3] < 0.9).any(axis=-1).mean()
+        assert inked > 0.03 and distinct_colours(shot) > 30, (f.title, inked, distinct_colours(shot))
+
+
+@pytest.mark.parametrize("fn", [plot.layout, plot.page_lifetimes, plot.spte_rate])
+def test_plots_draw_a_trace_without_deletes_or_moves(fn):
+    """boot-zapall never deletes or moves a memslot: no update windows, no removed ranges; every
+    plot still draws."""
+    analysis = replay_trace(SAMPLES / "boot-zapall.dat")
+    fig = fn(analysis.data, analysis.replay)
+    assert fig.axes and np.isfinite(fig.axes[0].get_xlim()).all()
