@@ -18,6 +18,7 @@ from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
 from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
                             zap_all_event)
@@ -71,7 +72,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     if lost:
         limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
     locate = SeqIndex(data)
-    findings, checks = finalize(run_all(ctx), lost, locate)
+    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu)), lost, locate)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()

@@ -44,7 +44,8 @@ def _dangling(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no SPTE events to replay")
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
-    zap_seq = np.asarray(ctx.pages.zap_seq, dtype=np.int64)
+    # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
+    zap_seq = np.append(np.asarray(ctx.pages.zap_seq, dtype=np.int64), NONE)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None:
@@ -56,7 +57,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
                 continue
             unknown = hit & (snap.owner == NONE)
             unverifiable += int(unknown.sum())
-            owner = snap.owner.clip(0)
+            owner = snap.owner
             alive = (snap.owner != NONE) & ((zap_seq[owner] == NONE) | (zap_seq[owner] > c.seq))
             hit &= alive
         checked += 1
