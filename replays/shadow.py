@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.journal import PREDATES, ROOT_FREED, ROOT_IN_USE, Journal
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.shadow_sptes import Lookups
@@ -35,7 +35,8 @@ class ShadowModel:
         lvl = profile.role_field("level")
         self.level_mask = (1 << lvl.width) - 1
         self.live: dict[tuple[int, int, int], int] = {}  # (gfn, role & ~invalid, gen) -> page
-        self.invalid_roots: dict[tuple[int, int, int], int] = {}  # zapped with root_count > 0
+        #: roots zapped while in use (root_count > 0), oldest first, awaiting their final zap
+        self.invalid_roots: dict[tuple[int, int, int], list[int]] = {}
         self.zapped: dict[tuple[int, int, int], int] = {}  # identity -> its last zapped page
         #: every kvm_mmu_get_page in order: seq, vCPU, level, page (for SPTE owner inference)
         self.look_seq: list[int] = []
@@ -87,21 +88,36 @@ class ShadowModel:
         self.look_page.append(p)
 
     def zap_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int) -> None:
+        """``kvm_mmu_prepare_zap_page``, with the root lifecycle of mmu.c (3.x to 6.x alike).
+
+        ``__kvm_mmu_prepare_zap_page`` emits the event first, then, for a root some vCPU still
+        uses (``root_count > 0``), only takes it off the page list; either way it sets
+        ``role.invalid``. When the last vCPU drops the root, ``mmu_free_root_page`` sees
+        ``!--root_count && role.invalid`` and zaps it again: a second event for the same page,
+        now with the invalid bit and root_count 0. Only such a page carries the invalid bit, and
+        lookups skip it, so that zap belongs to a root waiting for it — never to a valid page of
+        the same identity, which exists again after two fast zaps (``mmu_valid_gen`` is one bit
+        on 5.4+ and wraps)."""
         key = (gfn, role & ~self.inv_mask, gen)
-        p = self.live.pop(key, None)
-        if p is None:
-            if role & self.inv_mask and self.invalid_roots.pop(key, None) is not None:
-                return  # the last reference to an invalidated root went away: its final zap
-            self.j.unknown_zaps.append((seq, gfn, role))
+        if role & self.inv_mask:
+            waiting = self.invalid_roots.get(key)
+            if waiting:
+                if root_count == 0:  # the final free (older kernels may zap an invalid root again before)
+                    waiting.pop(0)
+                return
+            self.j.unknown_zaps.append((seq, gfn, role, ROOT_FREED))
             p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
             self.pages.zap_seq[p] = seq
-            if root_count > 0:
-                self.invalid_roots[key] = p
             return
+        p = self.live.pop(key, None)
+        if p is None:
+            self.j.unknown_zaps.append((seq, gfn, role, ROOT_IN_USE if root_count > 0 else PREDATES))
+            p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
+        else:
+            self.zapped[key] = p
         self.pages.zap_seq[p] = seq
-        self.zapped[key] = p
         if root_count > 0:
-            self.invalid_roots[key] = p
+            self.invalid_roots.setdefault(key, []).append(p)
 
     def sync_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int, unsync: bool) -> None:
         """``kvm_mmu_unsync_page`` / ``kvm_mmu_sync_page``. The kernel traces the latter in
