@@ -46,7 +46,8 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
     else:
         profile = profile_for(kernel or data.info.kernel)
-    mmu = detect_mmu(data, profile)
+    mmu, mmu_evidence = detect_mmu(data, profile)
+    assumptions.append(f"MMU {mmu}, decided from the trace: " + "; ".join(mmu_evidence))
     profile = spte_format(data, profile, mmu)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
@@ -85,6 +86,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         findings=findings, checks=checks, unexplained=unexplained,
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
+        mmu_evidence=mmu_evidence,
     )
 
 
