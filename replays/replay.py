@@ -69,9 +69,14 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
                   zap_all_seqs, zap_all_pids)
-    lost = LostWindows(data.gaps, data.events)
-    if lost:
-        limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
+    lost = LostWindows(data.gaps, data.events, data.info.cut_short, data.info.cpus)
+    if len(lost.lo) > (lost.tail is not None):
+        limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
+                      "are warnings, not errors")
+    if lost.tail is not None:
+        where = f"after seq {lost.tail}" if lost.tail >= 0 else "from the start (a whole CPU stream is gone)"
+        limits.append(f"the file was cut short: {where} some CPU's events are missing, so findings that depend "
+                      "on them are warnings, not errors")
     locate = SeqIndex(data)
     findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu)), lost, locate)
 

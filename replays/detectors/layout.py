@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from kvmtrace.replays.detectors.context import Context
-from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.findings import END, CheckOutcome, Finding
 from kvmtrace.replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange
 
 
@@ -46,11 +46,20 @@ def _unmapped(ctx: Context) -> CheckOutcome:
         Finding(cid, int(s), int(g), None,
                 f"present leaf SPTE installed for gfn {int(g):#x}, which no live memslot covers "
                 f"(layout {'complete' if tl.complete else 'partial: gfn of a removed slot'})",
-                [int(s)])
+                [int(s)], horizon=_next_cover(ctx, int(g), int(s)))
         for s, g in zip(seq[suspect][:256], gfn[suspect][:256])
     ]
     scope = "complete layout" if tl.complete else "partial layout (only gfns of removed slots are judged)"
     return CheckOutcome.of(cid, findings, f"{int(after.sum())} install(s) checked against the {scope}")
+
+
+def _next_cover(ctx: Context, gfn: int, seq: int) -> int:
+    """The verdict on an install at ``seq`` holds only if no later line shows a slot over ``gfn``
+    whose update window began before it (the line comes after its ioctl): up to the first later
+    line covering ``gfn``, or the trace's end when there is none."""
+    later = [c.seq for c in ctx.timeline.changes
+             if c.seq is not None and c.seq > seq and c.npages and c.base_gfn <= gfn < c.base_gfn + c.npages]
+    return min(later, default=END)
 
 
 def _in_window(ctx: Context) -> CheckOutcome:
