@@ -21,7 +21,7 @@ from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.checks import CHECKS, MmuKind
 from kvmtrace.replays.findings import CheckOutcome
 
-#: Registry requirements that are not event names (judged by the detectors themselves).
+#: Registry requirements that are not event names: the layout, known or not.
 NOT_EVENTS = frozenset({"memslot changes"})
 
 #: What the shadow-MMU model needs beyond the registry, per check: SPTE lifetimes end at their
@@ -58,17 +58,28 @@ def _required(check_id: str, registry: tuple[str, ...], mmu: str) -> list[tuple[
     return groups + [(e,) for e in extra]
 
 
-def absent_evidence(data: TraceData, mmu: str) -> dict[str, str]:
-    """Check id -> why it cannot be evaluated, for the checks whose events are not in ``data``."""
+#: Why a check that needs the memslot layout cannot run without one.
+NO_LAYOUT = ("memslot layout unknown: no kvm_set_user_memory lines in the trace (QEMU writes them with "
+             "-trace kvm_set_user_memory); pass --qemu-log or --memslots")
+
+
+def absent_evidence(data: TraceData, mmu: str, layout_known: bool) -> dict[str, str]:
+    """Check id -> why it cannot be evaluated, for the checks whose events are not in ``data``,
+    and (``layout_known`` False) the checks that judge against the memslot layout."""
     where = ("text output lists only events that occurred" if data.info.source == "text"
              else "not recorded, or filtered out")
     out: dict[str, str] = {}
     for check in CHECKS:
+        why = []
         missing = [g for g in _required(check.id, check.requires, mmu) if not any(e in data.tables for e in g)]
         if missing:
             names = "; ".join(" or ".join(g) for g in missing)
             whys = "; ".join(WHY[g[0]] for g in missing if g[0] in WHY)
-            out[check.id] = f"not in this input ({where}): {names}" + (f" ({whys})" if whys else "")
+            why.append(f"not in this input ({where}): {names}" + (f" ({whys})" if whys else ""))
+        if not layout_known and "memslot changes" in check.requires:
+            why.append(NO_LAYOUT)
+        if why:
+            out[check.id] = "; ".join(why)
     return out
 
 

@@ -78,7 +78,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         limits.append(f"the file was cut short: {where} some CPU's events are missing, so findings that depend "
                       "on them are warnings, not errors")
     locate = SeqIndex(data)
-    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu)), lost, locate)
+    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known)), lost, locate)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()
