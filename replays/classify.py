@@ -52,9 +52,9 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     (direct=0, guest_mode=0), maps a guest's huge pages with direct pages carrying the guest
     PTE's access, and, for a guest running without paging (real mode, SeaBIOS), uses direct
     pages under a PAE root (four level-2 pages at 1 GiB steps) with cr0_wp=0 where TDP roles
-    always have cr0_wp=1 (5.14+). "All pages direct" alone does not tell the two apart. Without
-    role words, a guest page-table walk before every fault tells shadow paging, and EPT-format
-    leaf SPTEs tell TDP on Intel."""
+    always have cr0_wp=1 (5.19+; earlier kernels copied the guest's CR0.WP). "All pages direct"
+    alone does not tell the two apart. Without role words, a guest page-table walk before every
+    fault tells shadow paging, and EPT-format leaf SPTEs tell TDP on Intel."""
 
     def rows(event: str) -> int:
         t = data.tables.get(event)
@@ -128,13 +128,13 @@ def _from_roles(data: TraceData, profile: KernelProfile, events: list[str]) -> t
                               "of a guest without paging)"] + nested_note
     wp = _field(profile, role, "cr0_wp")
     pae = {int(g) for g in gfn[d & (level == 2)]} >= PAE_QUADRANT_GFNS
-    wp0 = wp is not None and bool((wp[d] == 0).any())
-    if (wp0 and profile.version >= (5, 14)) or pae:
+    wp0 = wp is not None and profile.version >= (5, 19) and bool((wp[d] == 0).any())
+    if wp0 or pae:
         out = ["only direct pages at levels 1-2: a guest running without paging (real mode, e.g. SeaBIOS) on "
                "shadow paging"]
         if wp0:
-            out.append("direct pages with cr0_wp=0: TDP roles always set cr0_wp=1 (5.14+), a non-paging guest's "
-                       "shadow role leaves it 0")
+            out.append("direct pages with cr0_wp=0: TDP roles always set cr0_wp=1 on 5.19+ kernels, while a "
+                       "non-paging guest's shadow role leaves it 0")
         if pae:
             out.append("level-2 direct pages at gfns 0, 0x40000, 0x80000, 0xc0000: the four quarters of the PAE "
                        "root KVM uses for a guest without paging")

@@ -104,11 +104,16 @@ class LostWindows:
 
     def words(self, first: int, last: int) -> str:
         """Why a finding over ``[first, last]`` is uncertain (the prefix of its message)."""
-        if self.tail is not None and self.tail < last and not np.any((self.lo < last) & (self.hi > first) &
-                                                                     (self.hi != END)):
-            where = f"after seq {self.tail}" if self.tail >= 0 else "from the start (a whole CPU stream is gone)"
-            return f"uncertain, the file was cut short ({where} some CPU's events are missing, and this depends on them): "
+        gap = np.any((self.lo < last) & (self.hi > first) & (self.hi != END))
+        if self.tail is not None and self.tail < last and not gap:
+            return f"uncertain, the file was cut short ({self.tail_words()} some CPU's events are missing, and this " \
+                   "depends on them): "
         return "uncertain, events were lost in between: "
+
+    def tail_words(self) -> str:
+        """Where the cut-short tail starts, in words."""
+        return f"after seq {self.tail}" if self.tail is not None and self.tail >= 0 else \
+            "from the start (a whole CPU stream is gone)"
 
 
 def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
@@ -131,7 +136,8 @@ def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
                          ("gfn", f.gfn), ("slot", f.slot), ("message", f.message), ("evidence", ev)):
                 rows[k].append(v)
         if o.status == "failed" and not any(f.severity == SEVERITY[cid] for f in o.findings):
-            o.status, o.reason = "passed", "findings only where events were lost or the file was cut short (downgraded to warnings)"
+            o.status = "passed"
+            o.reason = "findings only where events were lost or the file was cut short (downgraded to warnings)"
         for k, v in (("id", cid), ("status", o.status), ("reason", o.reason), ("findings", len(o.findings))):
             checks[k].append(v)
     return pa.table(rows, schema=FINDINGS_SCHEMA), pa.table(checks, schema=CHECKS_SCHEMA)

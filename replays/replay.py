@@ -74,9 +74,8 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
                       "are warnings, not errors")
     if lost.tail is not None:
-        where = f"after seq {lost.tail}" if lost.tail >= 0 else "from the start (a whole CPU stream is gone)"
-        limits.append(f"the file was cut short: {where} some CPU's events are missing, so findings that depend "
-                      "on them are warnings, not errors")
+        limits.append(f"the file was cut short: {lost.tail_words()} some CPU's events are missing, so findings "
+                      "that depend on them are warnings, not errors")
     locate = SeqIndex(data)
     findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known)), lost, locate)
 
