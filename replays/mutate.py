@@ -3,6 +3,8 @@
 Mutation tests inject exactly one known bug into a real recording (drop the zap the kernel owed,
 rewrite one field of one event) and check that the detectors name it. Keeping this next to the
 replay makes each mutation a one-liner and guarantees the derived data has the reader's schema.
+The same goes for the inputs users actually send, which the cut properties derive: a recording
+made with fewer events enabled (:func:`keeping`) and two runs in one file (:func:`concatenated`).
 """
 
 from __future__ import annotations
