@@ -87,6 +87,7 @@ class TraceInfo:
     skipped_lines: int = 0  # text readers: lines that could not be recovered exactly
     instances: tuple[str, ...] = ()  # names of other buffer instances in the file
     warnings: tuple[str, ...] = ()
+    cut_short: bool = False  # the file ended early and the reader kept what was complete (see warnings)
 
     @property
     def total_events(self) -> int:

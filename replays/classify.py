@@ -29,22 +29,144 @@ def guess_profile(data: TraceData) -> tuple[KernelProfile, str]:
     return profile_for(None), "assumed the newest layout"
 
 
-def detect_mmu(data: TraceData, profile: KernelProfile) -> str:
-    """``tdp`` when TDP SPTE changes exist; else ``legacy_tdp`` when every page is direct (a TDP
-    MMU of the legacy code maps guest-physical ranges only), ``shadow`` otherwise."""
+#: ``role.access`` of every TDP page: ACC_ALL (exec|write|user), kvm_calc_tdp_mmu_root_page_role
+#: and the direct-map children alike.
+ACC_ALL = 7
+#: The four level-2 pages of the PAE root a shadow-paged guest without paging maps through
+#: (mmu_alloc_direct_roots, root level PT32E: ``mmu_alloc_root(vcpu, i << (30 - PAGE_SHIFT), 0,
+#: PT32_ROOT_LEVEL)`` for i in 0..3).
+PAE_QUADRANT_GFNS = frozenset(i << 18 for i in range(4))
+#: Walk events: FNAME(walk_addr) of the guest page-table walker.
+WALK_EVENTS = ("kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit",
+               "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
+#: Fewest faults for "every fault followed a walk" to count.
+MIN_FAULTS = 16
+
+
+def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]:
+    """Which MMU produced the trace, and the sentences the decision rests on (for the report).
+
+    In order: TDP MMU SPTE changes prove the TDP MMU. Otherwise role bits decide, because the
+    kernel builds them differently (mmu.c): TDP pages are always direct, access ACC_ALL, and
+    rooted at the host's TDP level (4 or 5); shadow paging shadows the guest's own tables
+    (direct=0, guest_mode=0), maps a guest's huge pages with direct pages carrying the guest
+    PTE's access, and, for a guest running without paging (real mode, SeaBIOS), uses direct
+    pages under a PAE root (four level-2 pages at 1 GiB steps) with cr0_wp=0 where TDP roles
+    always have cr0_wp=1 (5.19+; earlier kernels copied the guest's CR0.WP). "All pages direct"
+    alone does not tell the two apart. Without role words, a guest page-table walk before every
+    fault tells shadow paging, and EPT-format leaf SPTEs tell TDP on Intel."""
 
     def rows(event: str) -> int:
         t = data.tables.get(event)
         return 0 if t is None else t.num_rows
 
     if rows("kvm_tdp_mmu_spte_changed"):
-        return "tdp"
-    roles = [numpy_column(data.tables[e], "role") for e in PAGE_EVENTS if rows(e)]
-    if not roles or not roles_known(data):
-        return "shadow" if rows("kvm_mmu_set_spte") else "unknown"
-    role = np.concatenate(roles)
-    direct = (role >> np.uint64(profile.role_field("direct").shift)) & np.uint64(1)
-    return "legacy_tdp" if bool(direct.all()) else "shadow"
+        return "tdp", [f"{rows('kvm_tdp_mmu_spte_changed')} kvm_tdp_mmu_spte_changed event(s): only the TDP MMU "
+                       "(tdp_mmu=Y) emits them"]
+    page_events = [e for e in PAGE_EVENTS if rows(e)]
+    if page_events and roles_known(data):
+        decided = _from_roles(data, profile, page_events)
+        if decided is not None:
+            return decided
+    evidence = []
+    walked = _faults_after_walks(data)
+    if walked is not None:
+        return "shadow", [walked]
+    if "kvm_mmu_set_spte" in data.tables and spte_flavour(numpy_column(data.tables["kvm_mmu_set_spte"], "spte"),
+                                                          profile) == "EPT":
+        return "legacy_tdp", ["leaf SPTEs are EPT entries (memory type in bits 3-5): Intel two-dimensional paging "
+                              "with the legacy MMU"]
+    if page_events and roles_known(data):
+        return "legacy_tdp", ["every page is direct with access ACC_ALL at levels 1-2 only: the legacy TDP MMU "
+                              "or a shadow-paged guest's huge pages; no role bit, walk or SPTE format tells them "
+                              "apart here, legacy TDP assumed"]
+    if rows("kvm_mmu_set_spte") or page_events:
+        evidence.append("kvm_mmu_set_spte or page events without kvm_tdp_mmu_spte_changed: the legacy MMU; without "
+                        "role words shadow paging cannot be told from legacy TDP, shadow paging assumed")
+        return "shadow", evidence
+    return "unknown", ["no page, SPTE or TDP MMU events"]
+
+
+def _field(profile: KernelProfile, role: np.ndarray, name: str) -> np.ndarray | None:
+    f = profile.role_field(name)
+    if f is None:
+        return None
+    return (role >> np.uint64(f.shift)) & np.uint64((1 << f.width) - 1)
+
+
+def _from_roles(data: TraceData, profile: KernelProfile, events: list[str]) -> tuple[str, list[str]] | None:
+    """The decision from page role words, or None when they leave it open."""
+    role = np.concatenate([numpy_column(data.tables[e], "role") for e in events])
+    gfn = np.concatenate([numpy_column(data.tables[e], "gfn") for e in events])
+    direct = _field(profile, role, "direct") == 1
+    level = _field(profile, role, "level")
+    access = _field(profile, role, "access")
+    guest_mode = _field(profile, role, "guest_mode")
+    nested = ~direct & (guest_mode == 1) if guest_mode is not None else np.zeros(len(role), bool)
+    own = ~direct & ~nested
+    if own.any():
+        out = [f"{int(own.sum())} page event(s) of pages that shadow the guest's own page tables (role.direct=0, "
+               "guest_mode=0): shadow paging"]
+        four = _field(profile, role, "has_4_byte_gpte")
+        if four is not None and (four[own] == 1).any():
+            out.append("some have has_4_byte_gpte=1: the guest used 32-bit non-PAE paging")
+        return "shadow", out
+    nested_note = ([f"{int(nested.sum())} page event(s) of pages that shadow a nested guest's EPT/NPT tables "
+                    "(role.direct=0, guest_mode=1): L1 runs an L2 guest on two-dimensional paging"]
+                   if nested.any() else [])
+    d = direct
+    partial = d & (access != ACC_ALL)
+    if partial.any():
+        return "shadow", [f"{int(partial.sum())} direct page event(s) with access "
+                          f"{sorted(set(access[partial].tolist()))} below ACC_ALL ({ACC_ALL}): TDP pages always have "
+                          "ACC_ALL, while shadow paging maps a guest huge page with direct pages that carry the guest "
+                          "PTE's access"]
+    high = d & (level >= 3)
+    if high.any():
+        return "legacy_tdp", [f"direct pages up to level {int(level[high].max())}: the host's TDP root level; shadow "
+                              "paging uses direct pages only at levels 1-2 (a guest's huge pages, or the PAE root "
+                              "of a guest without paging)"] + nested_note
+    wp = _field(profile, role, "cr0_wp")
+    pae = {int(g) for g in gfn[d & (level == 2)]} >= PAE_QUADRANT_GFNS
+    wp0 = wp is not None and profile.version >= (5, 19) and bool((wp[d] == 0).any())
+    if wp0 or pae:
+        out = ["only direct pages at levels 1-2: a guest running without paging (real mode, e.g. SeaBIOS) on "
+               "shadow paging"]
+        if wp0:
+            out.append("direct pages with cr0_wp=0: TDP roles always set cr0_wp=1 on 5.19+ kernels, while a "
+                       "non-paging guest's shadow role leaves it 0")
+        if pae:
+            out.append("level-2 direct pages at gfns 0, 0x40000, 0x80000, 0xc0000: the four quarters of the PAE "
+                       "root KVM uses for a guest without paging")
+        return "shadow", out + nested_note
+    return None
+
+
+def _faults_after_walks(data: TraceData) -> str | None:
+    """The sentence for "every fault followed a guest page-table walk on its vCPU", or None.
+
+    Shadow paging translates every faulting guest-virtual address through the guest's tables
+    (FNAME(page_fault) -> FNAME(walk_addr)) before it requests an SPTE; a TDP fault arrives with
+    the guest-physical address and walks nothing unless it emulates an instruction, so on a TDP
+    trace some faults always come without a walk."""
+    faults = data.tables.get("kvm_mmu_spte_requested")
+    if faults is None or faults.num_rows < MIN_FAULTS:
+        return None
+    walks = [data.tables[e] for e in WALK_EVENTS if e in data.tables and data.tables[e].num_rows]
+    if not walks:
+        return None
+    seq = np.concatenate([numpy_column(t, "seq", np.int64) for t in walks + [faults]])
+    pid = np.concatenate([numpy_column(t, "pid", np.int64) for t in walks + [faults]])
+    is_walk = np.concatenate([np.ones(sum(t.num_rows for t in walks), bool), np.zeros(faults.num_rows, bool)])
+    order = np.lexsort((seq, pid))
+    pid, is_walk = pid[order], is_walk[order]
+    at = np.flatnonzero(~is_walk)
+    before = np.maximum(at - 1, 0)
+    after_walk = (at > 0) & is_walk[before] & (pid[before] == pid[at])
+    if not after_walk.all():
+        return None
+    return (f"each of the {len(at)} faults followed a guest page-table walk on its vCPU: shadow paging walks the "
+            "guest's tables before every fault, a TDP fault carries the guest-physical address")
 
 
 def spte_format(data: TraceData, profile: KernelProfile, mmu: str) -> KernelProfile:

@@ -16,6 +16,10 @@ import pyarrow as pa
 from kvmtrace.replays.results import CHECK_IDS, CHECKS_SCHEMA, FINDINGS_SCHEMA, SEVERITY
 
 
+#: A finding's ``horizon`` when its verdict depends on everything up to the trace's end.
+END = np.iinfo(np.int64).max
+
+
 @dataclass
 class Finding:
     id: str
@@ -25,6 +29,9 @@ class Finding:
     message: str
     evidence: list[int]
     severity: str = ""
+    #: The last seq the verdict depends on beyond the evidence (an event that, had it come before,
+    #: would refute it; END: anything up to the trace's end). None: the evidence alone.
+    horizon: int | None = None
 
     def __post_init__(self) -> None:
         if not self.severity:
@@ -58,24 +65,36 @@ class CheckOutcome:
 
 
 class LostWindows:
-    """Seq intervals in which some CPU dropped events: ``(last seq before, first seq after]``."""
+    """Seq intervals in which some CPU dropped events: ``(last seq before, first seq after]``.
 
-    def __init__(self, gaps: pa.Table, events: pa.Table):
+    A file cut short (the reader salvaged what was complete) also hides the tail: each CPU's
+    stream stops at its own point, so after the earliest of those stops the other CPUs' events
+    go on while that CPU's are missing (a memslot line, a zap). That tail is one more window,
+    ``(earliest last seq, END)``; which CPUs were cut is not known, so the earliest counts. A CPU
+    of the recording (``cpus``) with no event left may have lost its whole stream: then the window
+    is the whole trace."""
+
+    def __init__(self, gaps: pa.Table, events: pa.Table, cut_short: bool = False, cpus: int = 0):
         self.lo = np.empty(0, np.int64)
         self.hi = np.empty(0, np.int64)
-        if gaps is None or gaps.num_rows == 0:
-            return
+        self.tail: int | None = None  # first seq of the cut-short tail window's open interval
         ev_seq = np.asarray(events.column("seq").to_numpy(), dtype=np.int64)
         ev_cpu = np.asarray(events.column("cpu").to_numpy(), dtype=np.int64)
-        g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
-        g_seq = gaps.column("seq").fill_null(np.iinfo(np.int64).max).to_numpy().astype(np.int64)
-        self.hi = g_seq
-        self.lo = np.full(len(g_seq), -1, dtype=np.int64)
-        for cpu in np.unique(g_cpu):  # the events table is in seq order, so each CPU's seqs are sorted
-            mine = ev_seq[ev_cpu == cpu]
-            sel = g_cpu == cpu
-            i = np.searchsorted(mine, g_seq[sel]) - 1  # the CPU's last event before the gap
-            self.lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else -1, -1)
+        if gaps is not None and gaps.num_rows:
+            g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
+            g_seq = gaps.column("seq").fill_null(END).to_numpy().astype(np.int64)
+            self.hi = g_seq
+            self.lo = np.full(len(g_seq), -1, dtype=np.int64)
+            for cpu in np.unique(g_cpu):  # the events table is in seq order, so each CPU's seqs are sorted
+                mine = ev_seq[ev_cpu == cpu]
+                sel = g_cpu == cpu
+                i = np.searchsorted(mine, g_seq[sel]) - 1  # the CPU's last event before the gap
+                self.lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else -1, -1)
+        if cut_short and len(ev_seq):
+            seen, last = np.unique(ev_cpu[::-1], return_index=True)  # each CPU's last event
+            self.tail = int(ev_seq[len(ev_seq) - 1 - last].min()) if len(seen) >= cpus else -1
+            self.lo = np.r_[self.lo, self.tail]
+            self.hi = np.r_[self.hi, END]
 
     def __bool__(self) -> bool:
         return bool(len(self.lo))
@@ -83,10 +102,24 @@ class LostWindows:
     def overlaps(self, first: int, last: int) -> bool:
         return bool(np.any((self.lo < last) & (self.hi > first)))
 
+    def words(self, first: int, last: int) -> str:
+        """Why a finding over ``[first, last]`` is uncertain (the prefix of its message)."""
+        gap = np.any((self.lo < last) & (self.hi > first) & (self.hi != END))
+        if self.tail is not None and self.tail < last and not gap:
+            return f"uncertain, the file was cut short ({self.tail_words()} some CPU's events are missing, and this " \
+                   "depends on them): "
+        return "uncertain, events were lost in between: "
+
+    def tail_words(self) -> str:
+        """Where the cut-short tail starts, in words."""
+        return f"after seq {self.tail}" if self.tail is not None and self.tail >= 0 else \
+            "from the start (a whole CPU stream is gone)"
+
 
 def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
              locate: Callable[[int], tuple[int | None, int | None]]) -> tuple[pa.Table, pa.Table]:
-    """Apply the lost-event rule and build (findings, checks) tables in CHECK_IDS order."""
+    """Apply the lost-event rule (over each finding's evidence and horizon) and build (findings,
+    checks) tables in CHECK_IDS order."""
     by_id = {o.id: o for o in outcomes}
     rows = {f.name: [] for f in FINDINGS_SCHEMA}
     checks = {f.name: [] for f in CHECKS_SCHEMA}
@@ -94,15 +127,20 @@ def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
         o = by_id.get(cid) or CheckOutcome.skipped(cid, "not implemented yet")
         for f in o.findings:
             ev = [s for s in f.evidence if s is not None and s >= 0]
-            if f.severity == "error" and lost and ev and lost.overlaps(min(ev), max(ev)):
+            last = max(ev + [f.horizon]) if ev and f.horizon is not None else (max(ev) if ev else None)
+            # an error check's finding that its detector already judged uncertain (a warning) names
+            # the lost interval too: the reader is owed every reason for the doubt
+            doubtful = f.severity == "error" or (f.severity == "warning" and SEVERITY[cid] == "error")
+            if doubtful and lost and ev and lost.overlaps(min(ev), last):
                 f.severity = "warning"
-                f.message = "uncertain, events were lost in between: " + f.message
+                f.message = lost.words(min(ev), last) + f.message
             ts, cpu = locate(f.seq) if f.seq is not None else (None, None)
             for k, v in (("id", f.id), ("severity", f.severity), ("seq", f.seq), ("ts", ts), ("cpu", cpu),
                          ("gfn", f.gfn), ("slot", f.slot), ("message", f.message), ("evidence", ev)):
                 rows[k].append(v)
         if o.status == "failed" and not any(f.severity == SEVERITY[cid] for f in o.findings):
-            o.status, o.reason = "passed", "findings only where events were lost (downgraded to warnings)"
+            o.status = "passed"
+            o.reason = "findings only where events were lost or the file was cut short (downgraded to warnings)"
         for k, v in (("id", cid), ("status", o.status), ("reason", o.reason), ("findings", len(o.findings))):
             checks[k].append(v)
     return pa.table(rows, schema=FINDINGS_SCHEMA), pa.table(checks, schema=CHECKS_SCHEMA)

@@ -14,6 +14,11 @@ import pyarrow as pa
 
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
+#: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
+#: started; a root still in use (root_count > 0), created before the trace started, which the zap
+#: only marks invalid; the final free of an invalid root whose first zap predates the trace.
+PREDATES, ROOT_IN_USE, ROOT_FREED = "predates", "root_in_use", "root_freed"
+
 SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
     pa.field("key", pa.uint64(), nullable=False),  # shadow: sptep (physical); TDP: 0
@@ -71,8 +76,9 @@ class Journal:
     i_pid: list[int] = field(default_factory=list)
     #: (seq, gfn, page, evidence seqs, message): an obsolete page returned or given SPTEs
     obsolete_uses: list[tuple[int, int, int, list[int], str]] = field(default_factory=list)
-    #: (seq, gfn, role): kvm_mmu_prepare_zap_page of a page never seen
-    unknown_zaps: list[tuple[int, int, int]] = field(default_factory=list)
+    #: (seq, gfn, role, what it was: PREDATES | ROOT_IN_USE | ROOT_FREED): kvm_mmu_prepare_zap_page
+    #: of a page never seen
+    unknown_zaps: list[tuple[int, int, int, str]] = field(default_factory=list)
     #: (seq, gfn, level, as_id, install seq, old, new, writer pid, installer pid): W+D leaf
     #: overwritten, same pfn, D clear
     dirty_clears: list[tuple[int, int, int, int, int, int, int, int, int]] = field(default_factory=list)

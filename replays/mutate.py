@@ -3,6 +3,8 @@
 Mutation tests inject exactly one known bug into a real recording (drop the zap the kernel owed,
 rewrite one field of one event) and check that the detectors name it. Keeping this next to the
 replay makes each mutation a one-liner and guarantees the derived data has the reader's schema.
+The same goes for the inputs users actually send, which the cut properties derive: a recording
+made with fewer events enabled (:func:`keeping`) and two runs in one file (:func:`concatenated`).
 """
 
 from __future__ import annotations
@@ -57,3 +59,53 @@ def seqs_between(data: TraceData, event: str, lo: int, hi: int) -> np.ndarray:
         return np.empty(0, np.int64)
     s = np.asarray(t.column("seq").to_numpy(), dtype=np.int64)
     return s[(s >= lo) & (s <= hi)]
+
+
+def keeping(data: TraceData, events: Iterable[str]) -> TraceData:
+    """A copy of ``data`` with only the named events (a recording made with fewer events enabled).
+
+    Seqs are kept, so evidence still points into the original file; gaps are kept as they were,
+    since a buffer's losses do not depend on which of its events one looks at afterwards."""
+    names = set(events)
+    tables = {name: t for name, t in data.tables.items() if name in names}
+    mask = pc.is_in(data.events.column("event").cast(pa.string()), value_set=pa.array(sorted(names), pa.string()))
+    counts = {name: t.num_rows for name, t in tables.items() if t.num_rows}
+    return replace(data, tables=tables, events=data.events.filter(mask), info=replace(data.info, event_counts=counts))
+
+
+def concatenated(first: TraceData, second: TraceData) -> TraceData:
+    """``second`` appended after ``first``, as one recording of two runs back to back: the second's
+    seqs continue after the first's and its timestamps start one nanosecond after the first's last.
+
+    Tables of one event in both are concatenated (schemas promoted: two kernels may differ in a
+    field); the first recording's info (kernel, clock) describes the whole."""
+    seq_shift = (pc.max(first.events.column("seq")).as_py() or 0) + 1 if first.events.num_rows else 0
+    first_ts = pc.min(second.events.column("ts")).as_py() if second.events.num_rows else 0
+    last_ts = pc.max(first.events.column("ts")).as_py() if first.events.num_rows else 0
+    ts_shift = (last_ts or 0) + 1 - (first_ts or 0)
+
+    def shifted(t: pa.Table) -> pa.Table:
+        for name, by in (("seq", seq_shift), ("ts", ts_shift)):
+            if name in t.column_names and t.num_rows:
+                i = t.schema.get_field_index(name)
+                t = t.set_column(i, t.schema.field(i), pc.add(t.column(name), pa.scalar(by, t.schema.field(i).type)))
+        return t
+
+    def joined(a: pa.Table | None, b: pa.Table) -> pa.Table:
+        b = shifted(b)
+        if a is None:
+            return b
+        return pa.concat_tables([a, b.replace_schema_metadata(a.schema.metadata)], promote_options="permissive")
+
+    tables = dict(first.tables)
+    for name, t in second.tables.items():
+        tables[name] = joined(tables.get(name), t)
+    events = joined(first.events, second.events).unify_dictionaries().combine_chunks()
+    gaps = joined(first.gaps, second.gaps)
+    counts = {name: t.num_rows for name, t in tables.items() if t.num_rows}
+    info = replace(first.info, event_counts=counts, last_ts=(second.info.last_ts + ts_shift)
+                   if second.info.last_ts is not None else first.info.last_ts,
+                   lost_events={c: first.info.lost_events.get(c, 0) + second.info.lost_events.get(c, 0)
+                                for c in set(first.info.lost_events) | set(second.info.lost_events)},
+                   warnings=first.info.warnings + second.info.warnings)
+    return replace(first, tables=tables, events=events, gaps=gaps, info=info)

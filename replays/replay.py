@@ -18,6 +18,7 @@ from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
 from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
                             zap_all_event)
@@ -46,7 +47,8 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
     else:
         profile = profile_for(kernel or data.info.kernel)
-    mmu = detect_mmu(data, profile)
+    mmu, mmu_evidence = detect_mmu(data, profile)
+    assumptions.append(f"MMU {mmu}, decided from the trace: " + "; ".join(mmu_evidence))
     profile = spte_format(data, profile, mmu)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
@@ -68,11 +70,15 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
                   zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel))
-    lost = LostWindows(data.gaps, data.events)
-    if lost:
-        limits.append(f"{len(lost.lo)} lost-event window(s): findings that depend on them are warnings, not errors")
+    lost = LostWindows(data.gaps, data.events, data.info.cut_short, data.info.cpus)
+    if len(lost.lo) > (lost.tail is not None):
+        limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
+                      "are warnings, not errors")
+    if lost.tail is not None:
+        limits.append(f"the file was cut short: {lost.tail_words()} some CPU's events are missing, so findings "
+                      "that depend on them are warnings, not errors")
     locate = SeqIndex(data)
-    findings, checks = finalize(run_all(ctx), lost, locate)
+    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known)), lost, locate)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()
@@ -85,6 +91,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         findings=findings, checks=checks, unexplained=unexplained,
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
+        mmu_evidence=mmu_evidence,
     )
 
 

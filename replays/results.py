@@ -66,6 +66,7 @@ class ReplayResult:
     whatif: pa.Table | None = None  # replays.whatif.WHATIF_SCHEMA, two rows (policies) per delete/move
     assumptions: list[str] = field(default_factory=list)  # what the model assumed, in words
     limits: list[str] = field(default_factory=list)  # what the trace could not show
+    mmu_evidence: list[str] = field(default_factory=list)  # what the ``mmu`` decision rests on, in words
 
     @property
     def explained_share(self) -> float:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.journal import PREDATES, ROOT_FREED, ROOT_IN_USE, Journal
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.shadow_sptes import Lookups
@@ -34,8 +34,11 @@ class ShadowModel:
         self.inv_mask = (1 << inv.shift) if inv else 0
         lvl = profile.role_field("level")
         self.level_mask = (1 << lvl.width) - 1
-        self.live: dict[tuple[int, int, int], int] = {}  # (gfn, role & ~invalid, gen) -> page
-        self.invalid_roots: dict[tuple[int, int, int], int] = {}  # zapped with root_count > 0
+        #: (gfn, role & ~invalid, gen) -> its live page; without role words several pages share a key
+        #: (the levels of one gfn), oldest first
+        self.live: dict[tuple[int, int, int], list[int]] = {}
+        #: roots zapped while in use (root_count > 0), oldest first, awaiting their final zap
+        self.invalid_roots: dict[tuple[int, int, int], list[int]] = {}
         self.zapped: dict[tuple[int, int, int], int] = {}  # identity -> its last zapped page
         #: every kvm_mmu_get_page in order: seq, vCPU, level, page (for SPTE owner inference)
         self.look_seq: list[int] = []
@@ -48,12 +51,31 @@ class ShadowModel:
     # -- pages ----------------------------------------------------------------------------------
     def _page(self, seq: int, gfn: int, role: int, gen: int, root_count: int, predates: bool) -> int:
         p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, predates, root_count)
-        self.live[(gfn, role & ~self.inv_mask, gen)] = p
+        key = (gfn, role & ~self.inv_mask, gen)
+        if self.roles_known:
+            self.live[key] = [p]
+        else:
+            self.live.setdefault(key, []).append(p)
+        return p
+
+    def _alive(self, key: tuple[int, int, int]) -> int | None:
+        """The live page of ``key`` (the newest one, when role words are missing)."""
+        ids = self.live.get(key)
+        return ids[-1] if ids else None
+
+    def _take(self, key: tuple[int, int, int]) -> int | None:
+        """Remove and return the live page of ``key`` (the oldest one, when role words are missing)."""
+        ids = self.live.get(key)
+        if not ids:
+            return None
+        p = ids.pop(0)
+        if not ids:
+            del self.live[key]
         return p
 
     def get_page(self, seq: int, pid: int, gfn: int, role: int, gen: int, root_count: int, created: int) -> None:
         key = (gfn, role & ~self.inv_mask, gen)
-        p = self.live.get(key)
+        p = self._alive(key)
         if created:
             if p is not None and self.roles_known:
                 # Two valid pages never share an identity: the old one left without a traced zap.
@@ -87,28 +109,47 @@ class ShadowModel:
         self.look_page.append(p)
 
     def zap_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int) -> None:
+        """``kvm_mmu_prepare_zap_page``, with the root lifecycle of mmu.c (3.x to 6.x alike).
+
+        ``__kvm_mmu_prepare_zap_page`` emits the event first, then, for a root some vCPU still
+        uses (``root_count > 0``), only takes it off the page list; either way it sets
+        ``role.invalid``. When the last vCPU drops the root, ``mmu_free_root_page`` sees
+        ``!--root_count && role.invalid`` and zaps it again: a second event for the same page,
+        now with the invalid bit and root_count 0. Only such a page carries the invalid bit, and
+        lookups skip it, so that zap belongs to a root waiting for it — never to a valid page of
+        the same identity, which exists again after two fast zaps (``mmu_valid_gen`` is one bit
+        on 5.4+ and wraps)."""
         key = (gfn, role & ~self.inv_mask, gen)
-        p = self.live.pop(key, None)
-        if p is None:
-            if role & self.inv_mask and self.invalid_roots.pop(key, None) is not None:
-                return  # the last reference to an invalidated root went away: its final zap
-            self.j.unknown_zaps.append((seq, gfn, role))
+        waiting = self.invalid_roots.get(key)
+        # Without role words (text input) the invalid bit is not seen: a zap with root_count 0 of
+        # a root waiting for its final zap, while no valid page has that (gfn, generation), is it.
+        final = role & self.inv_mask or (not self.roles_known and root_count == 0 and waiting
+                                  and self._alive(key) is None)
+        if final:
+            if waiting:
+                if root_count == 0:  # the final free (older kernels may zap an invalid root again before)
+                    waiting.pop(0)
+                return
+            self.j.unknown_zaps.append((seq, gfn, role, ROOT_FREED))
             p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
             self.pages.zap_seq[p] = seq
-            if root_count > 0:
-                self.invalid_roots[key] = p
             return
+        p = self._take(key)
+        if p is None:
+            self.j.unknown_zaps.append((seq, gfn, role, ROOT_IN_USE if root_count > 0 else PREDATES))
+            p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
+        else:
+            self.zapped[key] = p
         self.pages.zap_seq[p] = seq
-        self.zapped[key] = p
         if root_count > 0:
-            self.invalid_roots[key] = p
+            self.invalid_roots.setdefault(key, []).append(p)
 
     def sync_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int, unsync: bool) -> None:
         """``kvm_mmu_unsync_page`` / ``kvm_mmu_sync_page``. The kernel traces the latter in
         ``kvm_unlink_unsync_page``, which the zap of an unsync page also calls: a "sync" right after
         the page's zap belongs to the zapped page (mmu.c; tracepoints.md says "resynchronised")."""
         key = (gfn, role & ~self.inv_mask, gen)
-        p = self.live.get(key)
+        p = self._alive(key)
         if p is None and not unsync:
             p = self.zapped.get(key)
         if p is None:
@@ -125,17 +166,18 @@ class ShadowModel:
         n = 0
         obsolete = self.pages.obsolete_seq
         gens = self.pages.gen
-        for p in self.live.values():
-            if gens[p] == gen and obsolete[p] == NONE:
-                obsolete[p] = seq
-                n += 1
+        for ids in self.live.values():
+            for p in ids:
+                if gens[p] == gen and obsolete[p] == NONE:
+                    obsolete[p] = seq
+                    n += 1
         self.vm_gen = (0 if gen else 1) if self.p.gen_toggles else gen + 1
         self.gen_seq = seq
         self.j.zap_alls.append((seq, gen, n))
 
     # -- checkpoints ----------------------------------------------------------------------------
     def live_pages(self) -> np.ndarray:
-        return np.fromiter(self.live.values(), dtype=np.int64, count=len(self.live))
+        return np.fromiter((p for ids in self.live.values() for p in ids), dtype=np.int64)
 
     def lookups(self) -> Lookups:
         return Lookups(np.asarray(self.look_seq, np.int64), np.asarray(self.look_pid, np.int64),

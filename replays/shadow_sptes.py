@@ -54,6 +54,17 @@ class Lookups:
     page: np.ndarray
 
 
+def _followed_by_same(sorted_keys: np.ndarray) -> np.ndarray:
+    """Mask of the positions whose next element has the same key (``False`` at the end).
+
+    Built by slicing into a preallocated array: ``np.r_[a[1:] == a[:-1], False]`` has length 1
+    for an empty input (a trace with no ``kvm_mmu_set_spte`` at all), which broke every index
+    derived from it."""
+    out = np.zeros(len(sorted_keys), dtype=bool)
+    out[:-1] = sorted_keys[1:] == sorted_keys[:-1]
+    return out
+
+
 def _last_before(sorted_seq: np.ndarray, t: int) -> int:
     i = int(np.searchsorted(sorted_seq, t)) - 1
     return int(sorted_seq[i]) if i >= 0 else NONE
@@ -130,7 +141,7 @@ class SpteLifetimes:
         self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
         # next install at the same sptep
         order = np.lexsort((ins.seq, ins.sptep))
-        same = np.r_[ins.sptep[order][1:] == ins.sptep[order][:-1], False]
+        same = _followed_by_same(ins.sptep[order])
         nxt = np.full(n, FOREVER, dtype=np.int64)
         nxt[order[same]] = self.start[order[np.flatnonzero(same) + 1]]
         self.prev = np.full(n, -1, dtype=np.int64)

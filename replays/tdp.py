@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmtrace.replays.journal import Journal, Snapshot
+from kvmtrace.replays.journal import PREDATES, Journal, Snapshot
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 
@@ -77,7 +77,7 @@ class TdpModel:
     def zap_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int) -> None:
         ids = self.live_pages.get((gfn, role))
         if not ids:
-            self.j.unknown_zaps.append((seq, gfn, role))
+            self.j.unknown_zaps.append((seq, gfn, role, PREDATES))
             p = self.pages.add(gfn, role, gen, seq, True, root_count)
         else:
             p = ids.pop(0)  # ambiguous between roots: the oldest is the one being torn down

@@ -107,6 +107,6 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         lost_events=lost, lost_unknown=lost_unknown,
         first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
         last_ts=int(ts.max()) if len(ts) else None,
-        instances=others, warnings=tuple(notes),
+        instances=others, warnings=tuple(notes), cut_short=any("file cut short" in n for n in notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)

@@ -12,7 +12,7 @@ import numpy as np
 
 from kvmtrace.replays import pfns
 from kvmtrace.replays.detectors.context import Context
-from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.findings import END, CheckOutcome, Finding
 from kvmtrace.replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange
 
 
@@ -56,11 +56,21 @@ def _unmapped(ctx: Context) -> CheckOutcome:
         if last_line is not None and s > last_line:
             findings.append(Finding(cid, s, g, None, words + f", after the trace's last memslot line (seq "
                                     f"{last_line}): a create whose line the trace does not hold (cut short?) may "
-                                    "cover it, so this is not certain", [last_line, s], severity="warning"))
+                                    "cover it, so this is not certain", [last_line, s], severity="warning",
+                                    horizon=_next_cover(ctx, g, s)))
         else:
-            findings.append(Finding(cid, s, g, None, words, [s]))
+            findings.append(Finding(cid, s, g, None, words, [s], horizon=_next_cover(ctx, g, s)))
     scope = "complete layout" if tl.complete else "partial layout (only gfns of removed slots are judged)"
     return CheckOutcome.of(cid, findings, f"{int(after.sum())} install(s) checked against the {scope}")
+
+
+def _next_cover(ctx: Context, gfn: int, seq: int) -> int:
+    """The verdict on an install at ``seq`` holds only if no later line shows a slot over ``gfn``
+    whose update window began before it (the line comes after its ioctl): up to the first later
+    line covering ``gfn``, or the trace's end when there is none."""
+    later = [c.seq for c in ctx.timeline.changes
+             if c.seq is not None and c.seq > seq and c.npages and c.base_gfn <= gfn < c.base_gfn + c.npages]
+    return min(later, default=END)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,8 @@ def _dangling(ctx: Context) -> CheckOutcome:
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
     reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
-    zap_seq = np.asarray(ctx.pages.zap_seq, dtype=np.int64)
+    # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
+    zap_seq = np.append(np.asarray(ctx.pages.zap_seq, dtype=np.int64), NONE)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None:
@@ -57,7 +58,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
                 continue
             unknown = hit & (snap.owner == NONE)
             unverifiable += int(unknown.sum())
-            owner = snap.owner.clip(0)
+            owner = snap.owner
             alive = (snap.owner != NONE) & ((zap_seq[owner] == NONE) | (zap_seq[owner] > c.seq))
             hit &= alive
         checked += 1
