@@ -19,7 +19,7 @@ from conftest import NESTED, SAMPLES
 from kvmtrace.parsers.schema import GAPS_SCHEMA
 from kvmtrace.replays import replay
 from kvmtrace.replays.detectors.context import Context
-from kvmtrace.replays.detectors.slot_removal import zap_rule_mask
+from kvmtrace.replays.detectors.zap_rules import zap_rule_mask
 from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import profile_for
 
