@@ -10,10 +10,13 @@ summaries on what the model recorded. Events that change no MMU state (guest pag
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from kvmtrace.replays.detectors import run_all
@@ -23,7 +26,7 @@ from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_ev
                             zap_all_event)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
-from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
 from kvmtrace.replays.walk import walk
@@ -31,11 +34,13 @@ from kvmtrace.replays.whatif import whatif
 
 
 def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,
-           qemu_log_lines: list[str] | None = None) -> ReplayResult:
+           qemu_log_lines: list[str] | None = None, zap_rule: str | None = None) -> ReplayResult:
     """Replay ``data`` against the simulated MMU.
 
     ``kernel`` overrides the trace's kernel release; ``memslots`` is a parsed ``--memslots`` JSON
-    layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file).
+    layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file);
+    ``zap_rule`` names a memslot-removal rule (``eras.RULES``) to check instead of the kernel's own,
+    e.g. the never-merged 2019 proposal ``level_mask_2019``.
     """
     require_events(data)
     assumptions: list[str] = []
@@ -53,6 +58,10 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
+    profile = _with_rule(profile, zap_rule)
+    if profile.slot_zap_rule is not None:
+        chosen = " (chosen by the caller instead of this kernel's)" if profile.zap_rule_chosen else ""
+        assumptions.append(f"per-slot zap rule{chosen}: {eras.rule(profile.slot_zap_rule).label()}")
 
     roles = roles_known(data)
     if not roles:
@@ -85,6 +94,13 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
     )
+
+
+def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:
+    """The profile checked against rule ``name`` (validated), marked when it is not the era's."""
+    if name is None or name == profile.slot_zap_rule:
+        return profile
+    return replace(profile, slot_zap_rule=eras.rule(name).name, zap_rule_chosen=True)
 
 
 def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.Table:
