@@ -52,8 +52,17 @@ TIMELINE_SCHEMA = pa.schema([
     pa.field("old_npages", pa.uint64()),
     pa.field("old_flags", pa.uint32()),
     pa.field("userspace_addr", pa.uint64()),
+    # where the row came from: "trace marker seq N", "QEMU log line N", "layout file slot N"
     pa.field("source", pa.string()),
+    # how it was put on the trace: at its own marker, at the start (layout file), matched to the
+    # kernel's response (QEMU log), or "unplaced: <why>"
+    pa.field("placement", pa.string()),
+    pa.field("confidence", pa.float64()),  # 1.0 for markers and the layout file; null when unplaced
 ])
+
+#: Placement of the trace's own markers and of the layout file's slots.
+AT_MARKER = "at its own trace_marker line"
+AT_START = "start of the trace (layout file: the layout before the first event)"
 
 
 @dataclass
@@ -66,7 +75,7 @@ class MemslotChange:
     pid: int
     as_id: int
     slot: int
-    kind: str  # create | delete | move | flags | recreate
+    kind: str  # create | delete | move | flags | recreate | unchanged
     base_gfn: int
     npages: int
     flags: int
@@ -74,8 +83,10 @@ class MemslotChange:
     old_npages: int | None = None
     old_flags: int | None = None
     ua: int = 0
-    source: str = "ftrace"
+    source: str = ""  # where the line came from (TIMELINE_SCHEMA)
     window_end: int | None = None  # last seq of the window (the line, or the re-create's line)
+    placement: str = AT_MARKER
+    confidence: float | None = 1.0
 
 
 @dataclass
@@ -185,7 +196,7 @@ class MemslotTimeline:
             row = dict(seq=c.seq, window_start=c.window_start, anchor=c.anchor, pid=c.pid, as_id=c.as_id,
                        slot=c.slot, kind=c.kind, base_gfn=c.base_gfn, npages=c.npages, flags=c.flags,
                        old_base_gfn=c.old_base_gfn, old_npages=c.old_npages, old_flags=c.old_flags,
-                       userspace_addr=c.ua, source=c.source)
+                       userspace_addr=c.ua, source=c.source, placement=c.placement, confidence=c.confidence)
             for k, v in row.items():
                 cols[k].append(v)
         return pa.table(cols, schema=TIMELINE_SCHEMA)
@@ -215,7 +226,21 @@ class _Builder:
     def _open(self, slot: int, base: int, n: int, flags: int, start: int, ua: int) -> None:
         self.live[slot] = (base, n, flags, start, ua)
 
-    def add(self, line: SlotLine, window_start: int | None, anchor: str) -> None:
+    def seed(self, slots: Sequence[SlotLine]) -> None:
+        """The starting layout (a layout file): slots live from the first event on; the trace's own
+        lines then apply on top of it."""
+        for s in slots:
+            base, n = s.gpa >> 12, s.size >> 12
+            self._open(s.slot, base, n, s.flags, 0, s.ua)
+            self.tl.changes.append(MemslotChange(None, None, "layout file", 0, s.as_id, s.slot, "create", base, n,
+                                                 s.flags, ua=s.ua, source=f"layout file slot {s.slot}",
+                                                 placement=AT_START))
+        if slots:
+            self.tl.known_from = 0
+            self.tl.complete = True
+
+    def add(self, line: SlotLine, window_start: int | None, anchor: str, source: str = "",
+            placement: str = AT_MARKER, confidence: float | None = 1.0) -> None:
         if line.ret != 0:
             self.tl.notes.append(f"seq {line.seq}: kvm_set_user_memory slot {line.slot} failed (ret={line.ret}); ignored")
             return
@@ -238,17 +263,20 @@ class _Builder:
             self._open(line.slot, base, n, line.flags, seq, line.ua)
         else:
             ob, on, of, _, _ = old
-            if (ob, on) == (base, n) and not ((of ^ line.flags) & KVM_MEM_READONLY):
+            if (ob, on, of) == (base, n, line.flags):
+                kind = "unchanged"  # repeats the live slot (e.g. one the layout file gave): a no-op
+            elif (ob, on) == (base, n) and not ((of ^ line.flags) & KVM_MEM_READONLY):
                 kind = "flags"
             elif on == n and ob != base:
                 kind = "move"
             else:
                 kind = "recreate"  # QEMU: read-only toggle or resize is a delete + create in one line
-            self._close(line.slot, start if kind != "flags" else seq)
+            self._close(line.slot, start if kind not in ("flags", "unchanged") else seq)
             self._open(line.slot, base, n, line.flags, seq, line.ua)
             ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
                                ob, on, of, line.ua)
-        ch.source = self.tl.source
+        ch.source = source or f"trace marker seq {line.seq}"
+        ch.placement, ch.confidence = placement, confidence
         ch.window_end = line.seq
         # Seed 003: a delete followed by a create overlapping its range keeps the window open.
         prev = self.pending_delete.pop(line.as_id, None)
@@ -269,15 +297,18 @@ def _overlap(c: MemslotChange, base: int, n: int) -> bool:
 
 
 def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
-                kvmmmu_zap: np.ndarray | None = None) -> MemslotTimeline:
+                kvmmmu_zap: np.ndarray | None = None, start: Sequence[SlotLine] = ()) -> MemslotTimeline:
     """Build the timeline from ``ftrace:print`` events (``buf`` column) of the trace itself.
 
     ``kvmmmu_seq``/``kvmmmu_pid``/``kvmmmu_zap`` (sorted by seq; ``zap`` marks zap events) anchor
     each change's window on the kernel side, which comes before the line (see _window_start).
+    ``start`` is the layout before the trace (a layout file, :func:`parse_layout`): the lines of the
+    trace apply after it, so a slot the trace moves is not taken to stay where the file put it.
     """
     if kvmmmu_zap is None:
         kvmmmu_zap = np.zeros(len(kvmmmu_seq), dtype=bool)
-    b = _Builder("ftrace")
+    b = _Builder("ftrace+layout" if start else "ftrace")
+    b.seed(start)
     if print_table is None or print_table.num_rows == 0 or "buf" not in print_table.column_names:
         return b.finish()
     seqs = print_table.column("seq").to_pylist()
@@ -334,38 +365,43 @@ def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndar
     return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
 
 
-def from_lines(lines: Iterable[str]) -> MemslotTimeline:
-    """Build the timeline from a QEMU ``-trace`` log. The log has no trace seqs: the layout is
-    known, but not when it changed, so every removing change's window spans the whole trace."""
+def from_lines(lines: Iterable[str], start: Sequence[SlotLine] = ()) -> MemslotTimeline:
+    """Build the timeline from a QEMU ``-trace`` log alone. The log has no trace seqs: the layout
+    is known, but not when it changed, so every removing change's window spans the whole trace."""
     b = _Builder("qemu_log")
-    for text in lines:
+    b.seed(start)
+    for n, text in enumerate(lines, 1):
         line = parse_set_memory(text, None, 0)
         if line is not None:
-            b.add(line, None, "QEMU log (no position in the trace)")
+            b.add(line, None, "QEMU log (no position in the trace)", f"QEMU log line {n}",
+                  "unplaced: the log has no position in the trace", None)
     tl = b.finish()
-    if not tl.changes:
+    if not any(c.source.startswith("QEMU log") for c in tl.changes):
         raise TraceError("the QEMU log has no kvm_set_user_memory lines; run QEMU with -trace kvm_set_user_memory")
     _unposition(tl)
     return tl
 
 
-def from_layout(layout: dict) -> MemslotTimeline:
-    """A static layout (``--memslots`` JSON): ``{"slots": [{"slot", "as_id", "gpa", "size", "flags"}]}``."""
+def parse_layout(layout: dict) -> list[SlotLine]:
+    """The slots of a layout file (``--memslots`` JSON):
+    ``{"slots": [{"slot", "as_id", "gpa", "size", "flags", "userspace_addr"}]}``."""
     try:
-        slots: Sequence[dict] = layout["slots"]
-        tl = MemslotTimeline(source="json", known_from=0, complete=True)
-        for s in slots:
+        out = []
+        for s in layout["slots"]:
             as_id = int(s.get("as_id", 0))
-            slot = (as_id << 16) | int(s["slot"])
-            base, n = int(str(s["gpa"]), 0) >> 12, int(str(s["size"]), 0) >> 12
-            flags = int(str(s.get("flags", 0)), 0)
-            ua = int(str(s.get("userspace_addr", 0)), 0)
-            tl.lifetimes.append(Lifetime(as_id, slot, base, n, flags, 0, np.iinfo(np.int64).max, ua))
-            tl.changes.append(MemslotChange(None, None, "layout file", 0, as_id, slot, "create", base, n, flags,
-                                            source="json"))
+            out.append(SlotLine(None, 0, as_id, (as_id << 16) | int(s["slot"]), int(str(s.get("flags", 0)), 0),
+                                int(str(s["gpa"]), 0), int(str(s["size"]), 0),
+                                int(str(s.get("userspace_addr", 0)), 0), 0))
     except (KeyError, TypeError, ValueError) as e:
         raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} ({e})") from None
-    return tl
+    return out
+
+
+def from_layout(layout: dict) -> MemslotTimeline:
+    """A layout file alone (a trace without memslot lines): the slots stay for the whole trace."""
+    b = _Builder("layout")
+    b.seed(parse_layout(layout))
+    return b.finish()
 
 
 def _unposition(tl: MemslotTimeline) -> None:

@@ -110,11 +110,15 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
 
 def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_seq: np.ndarray,
               kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
-    if layout is not None:
-        return ms.from_layout(layout)
+    """The layout file (if any) is the starting layout; the trace's own lines, or a QEMU log's,
+    apply after it."""
+    start = ms.parse_layout(layout) if layout is not None else []
     if lines is not None:
-        return ms.from_lines(lines)
-    return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap)
+        return ms.from_lines(lines, start)
+    tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start)
+    if layout is not None and len(tl.changes) == len(start):
+        tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")
+    return tl
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:
