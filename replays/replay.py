@@ -26,6 +26,7 @@ from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_ev
                             zap_all_event)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
+from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
@@ -54,7 +55,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     profile = spte_format(data, profile, mmu)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
-    timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
+    timeline = _timeline(data, profile, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
@@ -108,13 +109,13 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
     return decode_role(data.table(event), profile_for(kernel or data.info.kernel))
 
 
-def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_seq: np.ndarray,
-              kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
-    """The layout file (if any) is the starting layout; the trace's own lines, or a QEMU log's,
-    apply after it."""
+def _timeline(data: TraceData, profile: KernelProfile, layout: dict | None, lines: list[str] | None,
+              kv_seq: np.ndarray, kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
+    """The layout file (if any) is the starting layout; the trace's own lines, or a QEMU log's
+    (placed on the trace by the kernel's response to each), apply after it."""
     start = ms.parse_layout(layout) if layout is not None else []
     if lines is not None:
-        return ms.from_lines(lines, start)
+        return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start)
     tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start)
     if layout is not None and len(tl.changes) == len(start):
         tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")

@@ -79,22 +79,14 @@ def test_slot_lookup_is_exclusive_inside_windows(nested_dir):
     assert (tl.window_of(gfn, seq) >= 0).tolist() == [False, True, False]
 
 
-def test_qemu_log_and_layout_inputs(nested_dir):
-    """A QEMU ``-trace`` log carries the same messages, prefixed ``pid@sec.usec:``; take them from a
-    real recording's lines."""
-    data = parsers.read(nested_dir / "tdp-churn-noquirk-small-kt.dat")
-    lines = [f"311@1700000000.{i:06d}:{b}" for i, b in enumerate(data.table("print").column("buf").to_pylist())
-             if b and b.startswith("kvm_set_user_memory")]
-    tl = ms.from_lines(lines)
-    assert len(tl.changes) == len(lines) and tl.known and not tl.complete
-    stable = {lt.slot for lt in tl.lifetimes}
-    assert stable == {0, 1}  # low RAM and RAM never change; the BARs are uncertain throughout
+def test_layout_inputs_and_bad_logs():
     layout = ms.from_layout({"slots": [{"slot": 1, "gpa": "0x100000", "size": "0x4000000"}]})
     assert layout.slot_at(np.array([0x100], np.uint64), np.array([5])).tolist() == [1]
     with pytest.raises(TraceError):
         ms.from_layout({"regions": []})
-    with pytest.raises(TraceError):
-        ms.from_lines(["nothing here"])
+    data = parsers.read(SAMPLES / "ptslot-zapslot.dat")
+    with pytest.raises(TraceError, match="kvm_set_user_memory"):
+        replay(data, qemu_log_lines=["nothing here"])
 
 
 def test_true_moves_and_read_only_toggles():

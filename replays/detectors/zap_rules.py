@@ -23,6 +23,7 @@ from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.detectors.slot_removal import SHADOW_KINDS
 from kvmtrace.replays.eras import RULES, Pages, ZapRule
 from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.memslots import REMOVING_KINDS
 from kvmtrace.replays.pages import NONE
 from kvmtrace.replays.profiles import KernelProfile
 
@@ -84,8 +85,11 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, f"kernel era {p.era} has no per-slot zap: a delete or move zaps every page")
     rule = RULES[p.slot_zap_rule]
     removals = [(i, c) for i, c in ctx.positioned_removals() if not ctx.expects_zap_all(c)]
+    unplaced = sum(c.seq is None and c.kind in REMOVING_KINDS and bool(c.old_npages) for c in ctx.timeline.changes)
+    lost = (f"; {unplaced} delete/move(s) of the QEMU log could not be placed on the trace and are not evaluated "
+            f"(see the memslot timeline's placement)") if unplaced else ""
     if not removals:
-        return CheckOutcome.skipped(cid, "no memslot delete or move under the zap-slot policy in the trace")
+        return CheckOutcome.skipped(cid, "no memslot delete or move under the zap-slot policy in the trace" + lost)
     pages = ctx.pages.arrays()
     nested_only = ctx.mmu == "tdp"
     if nested_only and not np.any(_bits(pages["role"], p, "direct") == 0):
@@ -115,5 +119,6 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
                 f"{rule.words}{'' if own else tag}",
                 [int(pages["first_seq"][k]), c.window_start, c.seq], severity="" if own else "info"))
     what = "indirect (nested guest_mode) pages on a TDP host" if nested_only else "shadow pages"
-    done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}"
-    return CheckOutcome.of(cid, findings, done, f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}")
+    done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}{lost}"
+    return CheckOutcome.of(cid, findings, done,
+                           f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}{lost}")

@@ -1,0 +1,369 @@
+"""Where the lines of a QEMU ``-trace`` log go in the trace: matched to the kernel's response, not
+to the wall clock alone.
+
+A log's timestamps are QEMU's clock (gettimeofday, or nothing at all), never the trace's, so a
+line is placed by what the kernel did for its ioctl, all of which happens before QEMU writes the
+line (kvm-host-notes.md):
+
+* **zap response**: a delete/move/recreate's ``kvm_mmu_zap_all_fast``, or the zaps of pages or
+  leaf SPTEs in the old range, on one thread. The line comes after the burst, and the previous
+  line before its first zap.
+* **memslot generation**: each memslot swap adds 2 to the generation of address space 0 (5.1+;
+  ``kvm_swap_active_memslots``), and ``check_mmio_spte``/``mark_mmio_spte`` print it. An
+  observation of fewer swaps than a line's ioctl makes puts the line after it; one of more swaps
+  puts it before. Used when the log starts with the VM (its first line creates slot 0).
+* **clock**: the responses fix the log clock's offset to the trace clock (drift is negligible
+  over a recording); every line then has a time window, as wide as the spread of the ioctls'
+  return latencies.
+
+A line is placed only where its admissible interval holds no event that touches its gfns (a
+fault, install, page or MMIO SPTE in its old or new range): then every position inside gives the
+same replay. Otherwise before and after such an event fit equally, and the line stays unplaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.inputs import zap_all_event
+from kvmtrace.replays.profiles import KernelProfile
+from kvmtrace.replays.qemu_lines import LogLine
+from kvmtrace.replays.stream import numpy_column
+
+INF = np.iinfo(np.int64).max
+#: least clock tolerance (s): log timestamps have µs resolution and the line follows the ioctl's
+#: return by some µs
+MIN_TOLERANCE = 50e-6
+#: pause (ns) that separates two zap runs of one thread
+RUN_GAP = 50_000
+#: longest time (ns) from an ioctl's last zap to QEMU's line (synchronize_srcu, QEMU's own work)
+LATENCY = 25e6
+#: memslot generation step per swap on x86 (two address spaces; kvm_swap_active_memslots)
+GEN_STEP = 2
+#: MMU-notifier events (include/trace/events/kvm.h): the zaps that follow one on its thread are the
+#: VMM unmapping or aging memory, not a memslot ioctl
+_NOTIFIER_EVENTS = frozenset({"kvm_unmap_hva_range", "kvm_set_spte_hva", "kvm_age_hva", "kvm_test_age_hva",
+                              "kvm_age_gfn", "kvm_test_age_gfn", "kvm_set_spte_gfn"})
+#: events whose gfn says what they touch
+_GFN_EVENTS = ("kvm_mmu_set_spte", "kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_requested", "kvm_mmu_get_page",
+               "kvm_mmu_prepare_zap_page", "mark_mmio_spte")
+
+
+@dataclass
+class TraceFacts:
+    """What placement reads from the trace, as seq-sorted arrays."""
+
+    seq: np.ndarray  # every event
+    ts: np.ndarray
+    pid: np.ndarray
+    zap_seq: np.ndarray  # page zaps, leaf zaps (gfn) and zap-alls (gfn -1)
+    zap_pid: np.ndarray
+    zap_gfn: np.ndarray
+    zap_all: np.ndarray  # bool per zap
+    touch_seq: np.ndarray  # events naming a gfn
+    touch_gfn: np.ndarray
+    gen_seq: np.ndarray  # memslot generation observations
+    gen: np.ndarray
+    notifier_seq: np.ndarray  # MMU-notifier events: zaps right after one are not an ioctl's
+
+
+def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+    return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
+
+
+def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
+    ev = data.events
+    seq = numpy_column(ev, "seq", np.int64)
+    zs, zp, zg, za, ts_, tg, gs, gv = [], [], [], [], [], [], [], []
+    t = data.tables.get("kvm_mmu_prepare_zap_page")
+    if t is not None and t.num_rows:
+        zs.append(numpy_column(t, "seq", np.int64)), zp.append(numpy_column(t, "pid", np.int64))
+        zg.append(numpy_column(t, "gfn", np.int64)), za.append(np.zeros(t.num_rows, bool))
+    t = data.tables.get("kvm_tdp_mmu_spte_changed")
+    if t is not None and t.num_rows:
+        old, new = numpy_column(t, "old_spte"), numpy_column(t, "new_spte")
+        gone = profile.is_present(old) & ~profile.is_present(new)
+        zs.append(numpy_column(t, "seq", np.int64)[gone]), zp.append(numpy_column(t, "pid", np.int64)[gone])
+        zg.append(numpy_column(t, "gfn", np.int64)[gone]), za.append(np.zeros(int(gone.sum()), bool))
+    t = data.tables.get(zap_all_event(data))
+    if t is not None and t.num_rows:
+        zs.append(numpy_column(t, "seq", np.int64)), zp.append(numpy_column(t, "pid", np.int64))
+        zg.append(np.full(t.num_rows, -1, np.int64)), za.append(np.ones(t.num_rows, bool))
+    for name in _GFN_EVENTS:
+        t = data.tables.get(name)
+        if t is not None and t.num_rows and "gfn" in t.column_names:
+            ts_.append(numpy_column(t, "seq", np.int64)), tg.append(numpy_column(t, "gfn", np.int64))
+    if profile.version >= (5, 1):  # the generation counts swaps from 5.1 (u64, update-in-progress bit 63)
+        for name, col in (("check_mmio_spte", "kvm_gen"), ("mark_mmio_spte", "gen")):
+            t = data.tables.get(name)
+            if t is not None and t.num_rows and col in t.column_names:
+                gs.append(numpy_column(t, "seq", np.int64)), gv.append(numpy_column(t, col, np.int64))
+    ns = [numpy_column(t, "seq", np.int64) for name, t in data.tables.items()
+          if name in _NOTIFIER_EVENTS and t.num_rows]
+    zseq = _cat(zs, np.int64)
+    zo = np.argsort(zseq, kind="stable")
+    tseq = _cat(ts_, np.int64)
+    to = np.argsort(tseq, kind="stable")
+    gseq = _cat(gs, np.int64)
+    go = np.argsort(gseq, kind="stable")
+    return TraceFacts(seq, np.maximum.accumulate(numpy_column(ev, "ts", np.int64)) if len(seq) else seq,
+                      numpy_column(ev, "pid", np.int64), zseq[zo], _cat(zp, np.int64)[zo], _cat(zg, np.int64)[zo],
+                      _cat(za, bool)[zo], tseq[to], _cat(tg, np.int64)[to], gseq[go], _cat(gv, np.int64)[go],
+                      np.sort(_cat(ns, np.int64)))
+
+
+@dataclass
+class Placement:
+    """Where one log line went: after event ``after`` (None: unplaced), how, and how sure."""
+
+    after: int | None
+    how: str
+    confidence: float | None
+    pid: int
+    response: int | None = None  # first seq of its zap response, where one was matched
+
+
+@dataclass
+class LineChange:
+    """What a line does, told by replaying the log's lines in order (memslots.change_kind)."""
+
+    kind: str
+    swaps: int
+    as_id: int
+    ranges: list[tuple[int, int]]  # old and new gfn ranges [lo, hi)
+    removes: tuple[int, int] | None  # old range of a delete/move/recreate
+
+
+def _bursts(f: TraceFacts) -> tuple[np.ndarray, np.ndarray]:
+    """(first, last) seq of the zap run each zap belongs to: a run is a thread's consecutive zaps
+    in its own event stream; a non-zap event of the thread ends it, and so does a pause of more
+    than RUN_GAP (one ioctl zaps back to back; the next ioctl comes after QEMU's own work)."""
+    first = np.empty(len(f.zap_seq), np.int64)
+    last = np.empty(len(f.zap_seq), np.int64)
+    for pid in np.unique(f.zap_pid):
+        own = f.seq[f.pid == pid]
+        zi = np.flatnonzero(f.zap_pid == pid)
+        pos = np.searchsorted(own, f.zap_seq[zi])
+        t = f.ts[np.searchsorted(f.seq, f.zap_seq[zi])]
+        new = np.ones(len(zi), bool)
+        new[1:] = (pos[1:] - pos[:-1] > 1) | (t[1:] - t[:-1] > RUN_GAP)
+        run = np.cumsum(new) - 1
+        starts = zi[new]
+        ends = np.append(zi[np.flatnonzero(new)[1:] - 1], zi[-1])
+        first[zi] = f.zap_seq[starts][run]
+        last[zi] = f.zap_seq[ends][run]
+    return first, last
+
+
+@dataclass(frozen=True)
+class Clock:
+    """The log clock on the trace clock: ``trace_ns = log_s * 1e9 + offset``. A line is written
+    after its ioctl returned, so each response gives ``offset >= end_ns - log_ns``; the largest of
+    these (the quickest return) is taken, and the others' spread bounds how much later than the
+    mapped time a line can really be."""
+
+    offset: float
+    spread: float
+
+    def window(self, ts: float) -> tuple[float, float]:
+        t = ts * 1e9 + self.offset
+        return t - MIN_TOLERANCE * 1e9, t + self.spread + MIN_TOLERANCE * 1e9
+
+
+def _match(cands: list[tuple[float, int, int, int, int]], timed: bool,
+           why: list[list[str]]) -> tuple[dict[int, tuple[int, int, int]], Clock | None, str]:
+    """Which zap run answers which line, and the clock. With log timestamps, every (line, run)
+    pair proposes an offset; the true one is shared by all lines up to each ioctl's return latency
+    (below LATENCY), so the window of that width holding pairs of the most lines wins; among such
+    windows the earliest (zaps that follow a line, e.g. of the range it re-creates, give larger
+    offsets), and two that lie more than LATENCY apart fit equally and match nothing. Inside the
+    window the pairs must keep the log's order (later lines, later runs). Without timestamps, the first
+    run after the previous line's, in order."""
+    out: dict[int, tuple[int, int, int]] = {}
+    if not cands:
+        return out, None, ""
+    if not timed:
+        after = -1
+        for off, k, first, last, pid in sorted(cands, key=lambda c: (c[1], c[2])):
+            if k not in out and first > after:
+                out[k] = (first, last, pid)
+                after = last
+        return out, None, ""
+    cands.sort()
+    offs = np.array([c[0] for c in cands])
+
+    windows = []
+    for i in range(len(cands)):
+        j = int(np.searchsorted(offs, offs[i] + LATENCY, "right"))
+        chain = _chain(cands[i:j])
+        windows.append((-len(chain), float(offs[i]), chain))
+    windows.sort(key=lambda w: (w[0], w[1]))
+    best = windows[0]
+    rival = next((w for w in windows[1:] if w[0] == best[0] and w[1] - best[1] > LATENCY), None)
+    if rival is not None:
+        return out, None, ("zap responses fit two clock offsets equally (a workload that repeats itself): no line "
+                           "placed by them")
+    chosen = {c[1]: c for c in best[2]}
+    for k, (off, _, first, last, pid) in chosen.items():
+        out[k] = (first, last, pid)
+    used = [chosen[k][0] for k in out]
+    return out, Clock(max(used), max(used) - min(used)), ""
+
+
+def _chain(pairs: list[tuple[float, int, int, int, int]]) -> list[tuple[float, int, int, int, int]]:
+    """The longest set of (line, run) pairs in which later lines have later runs (one run per
+    line): a consistent assignment, found by patience sorting on the runs' first seqs."""
+    order = sorted(pairs, key=lambda c: (c[1], -c[2]))
+    tails: list[int] = []  # run first seq ending a chain of each length
+    ends: list[int] = []  # index into order of that pair
+    back = [-1] * len(order)
+    for n, c in enumerate(order):
+        i = int(np.searchsorted(tails, c[2]))
+        back[n] = ends[i - 1] if i else -1
+        if i == len(tails):
+            tails.append(c[2]), ends.append(n)
+        else:
+            tails[i], ends[i] = c[2], n
+    out = []
+    n = ends[-1] if ends else -1
+    while n != -1:
+        out.append(order[n])
+        n = back[n]
+    return out[::-1]
+
+
+def _after_notifier(f: TraceFacts, i: int) -> bool:
+    """Whether zap i directly follows an MMU-notifier event of its thread: every event between the
+    two is a zap of that thread (an ioctl's zaps follow the thread's last event from long before)."""
+    z = int(f.zap_seq[i])
+    k = int(np.searchsorted(f.notifier_seq, z)) - 1
+    if k < 0:
+        return False
+    n = int(f.notifier_seq[k])
+    a, b = np.searchsorted(f.seq, [n, z])
+    if f.pid[a] != f.zap_pid[i]:
+        return False
+    between = f.seq[a + 1:b]
+    mine = f.zap_seq[(f.zap_seq > n) & (f.zap_seq < z) & (f.zap_pid == f.zap_pid[i])]
+    return len(between) == len(np.intersect1d(between, mine))
+
+
+def _touches(f: TraceFacts, ranges: list[tuple[int, int]], lo: int, hi: int) -> np.ndarray:
+    i, j = np.searchsorted(f.touch_seq, [lo + 1, hi]) if hi != INF else (np.searchsorted(f.touch_seq, lo + 1),
+                                                                         len(f.touch_seq))
+    g = f.touch_gfn[i:j]
+    m = np.zeros(len(g), bool)
+    for a, b in ranges:
+        m |= (g >= a) & (g < b)
+    return f.touch_seq[i:j][m]
+
+
+def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts,
+          complete: bool) -> tuple[list[Placement], list[str]]:
+    """Place every line; ``complete`` says the log starts with the VM (generations count from 0)."""
+    n = len(lines)
+    lo = np.full(n, -1, np.int64)
+    hi = np.full(n, INF, np.int64)
+    why: list[list[str]] = [[] for _ in range(n)]
+    notes: list[str] = []
+    _generations(changes, f, complete, lo, hi, why, notes)
+    # zap responses on the ioctl thread: the log's pid where the trace has that thread (QEMU's main
+    # thread), else any one thread
+    pids_in_trace = set(np.unique(f.pid).tolist())
+    thread = next((ln.pid for ln in lines if ln.pid is not None and ln.pid in pids_in_trace), None)
+    first_of, last_of = _bursts(f)
+    cands: list[tuple[float, int, int, int, int]] = []  # (offset ns, line, first, last, pid)
+    for k, c in enumerate(changes):
+        if c.removes is None or not len(f.zap_seq):
+            continue
+        a, b = c.removes
+        # (not bounded below by the generations: a delete zaps between its two swaps)
+        cand = (f.zap_seq < hi[k]) & (f.zap_all | ((f.zap_gfn >= a) & (f.zap_gfn < b)))
+        if thread is not None:
+            cand &= f.zap_pid == thread
+        seen: set[int] = set()
+        for i in np.flatnonzero(cand):
+            key = int(first_of[i])
+            if key in seen:
+                continue
+            seen.add(key)
+            if _after_notifier(f, int(np.searchsorted(f.zap_seq, key))):
+                continue
+            end = int(last_of[i])
+            off = float(f.ts[np.searchsorted(f.seq, end)]) - lines[k].ts * 1e9 if lines[k].ts is not None else 0.0
+            cands.append((off, k, key, end, int(f.zap_pid[i])))
+    resp, clock, note = _match(cands, any(ln.ts is not None for ln in lines), why)
+    if note:
+        notes.append(note)
+    for k, (first, last, pid) in resp.items():
+        lo[k] = max(lo[k], last)
+        why[k].append(f"after its kernel response: zaps seq {first}..{last} on thread {pid}")
+        if k:
+            hi[k - 1] = min(hi[k - 1], first)
+    # the log's order: each line after the previous one's evidence, before the next one's
+    lo = np.maximum.accumulate(lo)
+    hi = np.minimum.accumulate(hi[::-1])[::-1]
+    out: list[Placement] = []
+    prev = -1
+    for k, (ln, c) in enumerate(zip(lines, changes)):
+        pid = resp[k][2] if k in resp else (thread if thread is not None else (ln.pid or 0))
+        l, h, used = max(int(lo[k]), prev), int(hi[k]), False
+        if clock is not None and ln.ts is not None:
+            t0, t1 = clock.window(ln.ts)
+            i = int(np.searchsorted(f.ts, t0)) - 1
+            j = int(np.searchsorted(f.ts, t1, "right"))
+            cl = int(f.seq[i]) if i >= 0 else -1
+            ch = int(f.seq[j]) if j < len(f.seq) else INF
+            used = cl > l or ch < h
+            l, h = max(l, cl), min(h, ch)
+            why[k].append(f"log clock: trace ts {t0 / 1e9:.6f}..{t1 / 1e9:.6f} s")
+        if l >= h:
+            out.append(Placement(None, "unplaced: the evidence conflicts (" + "; ".join(why[k]) + ")", None, pid))
+            continue
+        if l == -1 and h == INF:
+            out.append(Placement(None, "unplaced: no kernel response, generation or clock places it", None, pid))
+            continue
+        hits = _touches(f, c.ranges, l, h)
+        if len(hits):
+            out.append(Placement(None, f"unplaced: events touching its gfns (seq {int(hits[0])}"
+                                       f"{'...' if len(hits) > 1 else ''}) lie where it may be; before and after "
+                                       f"them fit equally", None, pid))
+            continue
+        prev = l
+        out.append(Placement(l, f"after seq {l}: " + "; ".join(why[k] or ["the log's order"]),
+                             0.9 if used else 1.0, pid, resp[k][0] if k in resp else None))
+    return out, notes
+
+
+def _generations(changes: Sequence[LineChange], f: TraceFacts, complete: bool, lo: np.ndarray, hi: np.ndarray,
+                 why: list[list[str]], notes: list[str]) -> None:
+    """Bounds from the memslot generations the trace prints: an observation of fewer swaps than
+    line k's ioctl completes puts k after it; one of more swaps puts k before it."""
+    if not len(f.gen):
+        return
+    if not complete:
+        notes.append("the log does not start with the VM (its first line is not the creation of slot 0): memslot "
+                     "generations cannot be counted and are not used for placement")
+        return
+    n = len(changes)
+    cum = np.cumsum([c.swaps if c.as_id == 0 else 0 for c in changes])
+    done = f.gen // GEN_STEP
+    if np.any(np.diff(done) < 0) or done.max() > (cum[-1] if n else 0):
+        notes.append("memslot generations in the trace do not follow the log's changes (a line missing, or "
+                     "another VM): not used for placement")
+        return
+    for k, c in enumerate(changes):
+        if c.as_id != 0 or not c.swaps:
+            continue
+        a = int(np.searchsorted(done, cum[k], "left")) - 1
+        b = int(np.searchsorted(done, cum[k], "right"))
+        if a >= 0:
+            lo[k] = max(lo[k], f.gen_seq[a])
+            why[k].append(f"generation {int(f.gen[a])} at seq {int(f.gen_seq[a])} (its swaps not all done)")
+        if b < len(done):
+            hi[k] = min(hi[k], f.gen_seq[b])
+            why[k].append(f"generation {int(f.gen[b])} at seq {int(f.gen_seq[b])} (the next ioctl had begun)")
