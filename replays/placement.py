@@ -42,6 +42,8 @@ MIN_TOLERANCE = 50e-6
 RUN_GAP = 50_000
 #: longest time (ns) from an ioctl's last zap to QEMU's line (synchronize_srcu, QEMU's own work)
 LATENCY = 25e6
+#: share of the consistent clock-offset range one placement must hold to be taken
+MIN_SHARE = 0.9
 #: memslot generation step per swap on x86 (two address spaces; kvm_swap_active_memslots)
 GEN_STEP = 2
 #: MMU-notifier events (include/trace/events/kvm.h): the zaps that follow one on its thread are the
@@ -69,10 +71,28 @@ class TraceFacts:
     gen_seq: np.ndarray  # memslot generation observations
     gen: np.ndarray
     notifier_seq: np.ndarray  # MMU-notifier events: zaps right after one are not an ioctl's
+    uexit_seq: np.ndarray  # kvm_userspace_exit: a vCPU thread leaves KVM_RUN (and may issue ioctls)
+    entry_seq: np.ndarray  # kvm_entry: it is back in the guest
+    inst_seq: np.ndarray  # present leaf installs (kvm_mmu_set_spte): seq, pid, gfn
+    inst_pid: np.ndarray
+    inst_gfn: np.ndarray
 
 
 def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
+
+
+def _seqs(data: TraceData, event: str) -> np.ndarray:
+    t = data.tables.get(event)
+    return numpy_column(t, "seq", np.int64) if t is not None and t.num_rows else np.empty(0, np.int64)
+
+
+def _installs(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t = data.tables.get("kvm_mmu_set_spte")
+    if t is None or not t.num_rows:
+        e = np.empty(0, np.int64)
+        return e, e, e
+    return (numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64), numpy_column(t, "gfn", np.int64))
 
 
 def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
@@ -113,7 +133,8 @@ def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
     return TraceFacts(seq, np.maximum.accumulate(numpy_column(ev, "ts", np.int64)) if len(seq) else seq,
                       numpy_column(ev, "pid", np.int64), zseq[zo], _cat(zp, np.int64)[zo], _cat(zg, np.int64)[zo],
                       _cat(za, bool)[zo], tseq[to], _cat(tg, np.int64)[to], gseq[go], _cat(gv, np.int64)[go],
-                      np.sort(_cat(ns, np.int64)))
+                      np.sort(_cat(ns, np.int64)), _seqs(data, "kvm_userspace_exit"),
+                      _seqs(data, "kvm_entry"), *_installs(data))
 
 
 @dataclass
@@ -214,6 +235,89 @@ def _match(cands: list[tuple[float, int, int, int, int]], timed: bool,
     return out, Clock(max(used), max(used) - min(used)), ""
 
 
+def _outside_run(f: TraceFacts, thread: int) -> tuple[np.ndarray, np.ndarray]:
+    """(start seq, end seq) of every stretch the vCPU thread spent outside KVM_RUN: from the
+    trace's start to its first kvm_entry, and from each of its kvm_userspace_exit to its next
+    kvm_entry (its next event where kvm_entry is not traced; the last one to the trace's end). A
+    VMM that issues memslot ioctls from a vCPU thread (the lab, single-threaded VMMs) can only do
+    so inside one of these."""
+    own = f.seq[f.pid == thread]
+    ex = np.intersect1d(f.uexit_seq, own)
+    if not len(ex):
+        return ex, ex
+    back = np.intersect1d(f.entry_seq, own)
+    if not len(back):
+        back = own
+    nxt = np.searchsorted(back, ex, "right")
+    last = int(f.seq[-1])
+    end = np.where(nxt < len(back), back[np.minimum(nxt, len(back) - 1)], last)
+    return np.concatenate(([int(f.seq[0])], ex)), np.concatenate(([int(back[0])], end))
+
+
+def _run_clock(lines: Sequence[LogLine], f: TraceFacts, ex: np.ndarray, end: np.ndarray) -> tuple[list[Clock], str]:
+    """The log clock from the stretches outside KVM_RUN: every line must fall in one, so the
+    offset ranges that put every timed line inside one are the candidate clocks."""
+    timed = np.array([ln.ts for ln in lines if ln.ts is not None], dtype=np.float64)
+    if not len(timed) or not len(ex):
+        return [], ""
+    t0 = f.ts[np.searchsorted(f.seq, ex)].astype(np.float64)
+    t1 = f.ts[np.searchsorted(f.seq, end)].astype(np.float64)
+    lo = (t0[None, :] - timed[:, None] * 1e9).ravel()
+    hi = (t1[None, :] - timed[:, None] * 1e9).ravel()
+    xs = np.concatenate((lo, hi))
+    ds = np.concatenate((np.ones(len(lo), np.int64), -np.ones(len(hi), np.int64)))
+    order = np.lexsort((-ds, xs))
+    xs, count = xs[order], np.cumsum(ds[order])
+    full = np.flatnonzero(count == len(timed))
+    if not len(full):
+        return [], (f"no clock offset puts all {len(timed)} timed lines inside the ioctl thread's stretches "
+                      f"outside KVM_RUN: not used")
+    segs = [(xs[i], xs[i + 1]) for i in full if i + 1 < len(xs)]
+    merged = [list(segs[0])]
+    for a, b in segs[1:]:
+        if a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    return [Clock(a, b - a) for a, b in merged], ""
+
+
+def _stretches(clock: Clock, lines: Sequence[LogLine], f: TraceFacts, ex: np.ndarray) -> list[int]:
+    """The start seq of the stretch outside KVM_RUN each timed line falls in under ``clock``."""
+    starts = f.ts[np.searchsorted(f.seq, ex)]
+    out = []
+    for ln in lines:
+        if ln.ts is not None:
+            i = int(np.searchsorted(starts, ln.ts * 1e9 + clock.offset, "right")) - 1
+            out.append(int(ex[max(i, 0)]))
+    return out
+
+
+def _unmapped_installs(clock: Clock, lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts,
+                       ex: np.ndarray, end: np.ndarray, thread: int) -> int:
+    """How many of the ioctl thread's own leaf installs would hit a gfn no slot of the log covers,
+    with the lines at the stretches this clock puts them in. The thread cannot run the guest during
+    its own ioctl, so with the right clock its installs land only where a slot is live."""
+    if any(ln.ts is None for ln in lines):
+        return 0
+    pos = _stretches(clock, lines, f, ex)
+    mine = f.inst_pid == thread
+    seq, gfn = f.inst_seq[mine], f.inst_gfn[mine]
+    covered = np.zeros(len(seq), bool)
+    touched = np.zeros(len(seq), bool)
+    live: dict[int, tuple[int, int, int]] = {}
+    for x, ln in zip(pos + [INF], list(lines) + [None]):
+        for slot, (a, b, since) in list(live.items()):
+            if ln is None or ln.line.slot == slot:
+                covered |= (seq >= since) & (seq < x) & (gfn >= a) & (gfn < b)
+                touched |= (gfn >= a) & (gfn < b)
+                if ln is not None:
+                    del live[slot]
+        if ln is not None and ln.line.size:
+            live[ln.line.slot] = (ln.line.gpa >> 12, (ln.line.gpa + ln.line.size) >> 12, x)
+    return int((touched & ~covered).sum())
+
+
 def _chain(pairs: list[tuple[float, int, int, int, int]]) -> list[tuple[float, int, int, int, int]]:
     """The longest set of (line, run) pairs in which later lines have later runs (one run per
     line): a consistent assignment, found by patience sorting on the runs' first seqs."""
@@ -252,7 +356,7 @@ def _after_notifier(f: TraceFacts, i: int) -> bool:
     return len(between) == len(np.intersect1d(between, mine))
 
 
-def _touches(f: TraceFacts, ranges: list[tuple[int, int]], lo: int, hi: int) -> np.ndarray:
+def touching(f: TraceFacts, ranges: list[tuple[int, int]], lo: int, hi: int) -> np.ndarray:
     i, j = np.searchsorted(f.touch_seq, [lo + 1, hi]) if hi != INF else (np.searchsorted(f.touch_seq, lo + 1),
                                                                          len(f.touch_seq))
     g = f.touch_gfn[i:j]
@@ -299,6 +403,43 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
     resp, clock, note = _match(cands, any(ln.ts is not None for ln in lines), why)
     if note:
         notes.append(note)
+    # a vCPU thread issues its memslot ioctls only while outside KVM_RUN
+    ex, end = _outside_run(f, thread) if thread is not None else (np.empty(0, np.int64), np.empty(0, np.int64))
+    by_installs = 0.0
+    if clock is None and len(ex):
+        fits, note = _run_clock(lines, f, ex, end)
+        if note:
+            notes.append(note)
+        n_fits = len(fits)
+        if n_fits > 1:
+            clean = [c for c in fits if not _unmapped_installs(c, lines, changes, f, ex, end, thread)]
+            # fits that put every line in the same stretch are one placement; with no prior on the
+            # offset, each placement is as likely as the width of its offset range
+            groups: dict[tuple[int, ...], list[Clock]] = {}
+            for c in clean:
+                groups.setdefault(tuple(_stretches(c, lines, f, ex)), []).append(c)
+            weight = {k: sum(c.spread + 1.0 for c in g) for k, g in groups.items()}
+            total = sum(weight.values())
+            best = max(weight, key=weight.get) if weight else None
+            share = weight[best] / total if best is not None else 0.0
+            if share >= MIN_SHARE:
+                g = groups[best]
+                lo_off = min(c.offset for c in g)
+                fits = [Clock(lo_off, max(c.offset + c.spread for c in g) - lo_off)]
+                by_installs = share
+                notes.append(f"the log fits the ioctl thread's stretches outside KVM_RUN at {n_fits} separate "
+                             f"clock offsets; {len(groups)} placement(s) keep every leaf the thread installed inside a live slot "
+                             f"(assuming the kernel did not install into a removed range), and one of them holds "
+                             f"{share:.0%} of their offset range: taken")
+            else:
+                notes.append(f"the log fits the ioctl thread's stretches outside KVM_RUN at {len(clean)} clock offsets "
+                             f"consistent with the thread's own installs, none with {MIN_SHARE:.0%} of the offset "
+                             f"range: not used")
+                fits = []
+        if len(fits) == 1:
+            clock = fits[0]
+            notes.append(f"log clock from the ioctl thread {thread}'s stretches outside KVM_RUN (kvm_userspace_exit "
+                         f"to its next kvm_entry), ± {clock.spread / 1e3:.0f} µs")
     for k, (first, last, pid) in resp.items():
         lo[k] = max(lo[k], last)
         why[k].append(f"after its kernel response: zaps seq {first}..{last} on thread {pid}")
@@ -321,21 +462,29 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
             used = cl > l or ch < h
             l, h = max(l, cl), min(h, ch)
             why[k].append(f"log clock: trace ts {t0 / 1e9:.6f}..{t1 / 1e9:.6f} s")
+        if len(ex):
+            i = int(np.searchsorted(ex, l, "right")) - 1  # the stretch the line can be in, if one
+            if i >= 0 and end[i] >= h:
+                why[k].append(f"thread {thread} outside KVM_RUN from seq {int(ex[i])}")
+            elif i + 1 < len(ex) and end[i + 1] >= h and ex[i + 1] < h:
+                l = max(l, int(ex[i + 1]))
+                why[k].append(f"thread {thread} outside KVM_RUN from seq {int(ex[i + 1])}")
         if l >= h:
             out.append(Placement(None, "unplaced: the evidence conflicts (" + "; ".join(why[k]) + ")", None, pid))
             continue
         if l == -1 and h == INF:
             out.append(Placement(None, "unplaced: no kernel response, generation or clock places it", None, pid))
             continue
-        hits = _touches(f, c.ranges, l, h)
+        hits = touching(f, c.ranges, l, h)
         if len(hits):
             out.append(Placement(None, f"unplaced: events touching its gfns (seq {int(hits[0])}"
                                        f"{'...' if len(hits) > 1 else ''}) lie where it may be; before and after "
                                        f"them fit equally", None, pid))
             continue
         prev = l
-        out.append(Placement(l, f"after seq {l}: " + "; ".join(why[k] or ["the log's order"]),
-                             0.9 if used else 1.0, pid, resp[k][0] if k in resp else None))
+        conf = (round(0.9 * by_installs, 2) if by_installs else 0.9) if used else 1.0
+        out.append(Placement(l, f"after seq {l}: " + "; ".join(why[k] or ["the log's order"]), conf, pid,
+                             resp[k][0] if k in resp else None))
     return out, notes
 
 
