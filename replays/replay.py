@@ -18,6 +18,7 @@ import pyarrow as pa
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
@@ -92,9 +93,17 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         events=len(kv_seq), explained_events=len(kv_seq) - unexplained.num_rows,
         shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
-        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
+        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
+                   "consequences": consequences(ctx, _requested(data))},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
     )
+
+
+def _requested(data: TraceData) -> dict[str, np.ndarray]:
+    """seq, gfn, pfn, level and pid of every kvm_mmu_spte_requested (how each fault was resolved)."""
+    out = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
+    out["pid"] = seq_pid(data, "kvm_mmu_spte_requested")[1]
+    return out
 
 
 def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:
