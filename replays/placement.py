@@ -15,10 +15,19 @@ line (kvm-host-notes.md):
 * **clock**: the responses fix the log clock's offset to the trace clock (drift is negligible
   over a recording); every line then has a time window, as wide as the spread of the ioctls'
   return latencies.
+* **outside KVM_RUN**: where the ioctl thread is a vCPU thread (the lab, single-threaded VMMs),
+  it issues ioctls only between its ``kvm_userspace_exit`` and its next ``kvm_entry``. Without a
+  zap response, the clock offsets that put every timed line in such a stretch are candidates;
+  the thread's own leaf installs must then hit live slots (an assumption that the kernel did not
+  install into a removed range, said in the notes), and a placement is taken only if it holds
+  at least MIN_SHARE of the consistent offset range (a uniform prior on the offset).
 
 A line is placed only where its admissible interval holds no event that touches its gfns (a
 fault, install, page or MMIO SPTE in its old or new range): then every position inside gives the
 same replay. Otherwise before and after such an event fit equally, and the line stays unplaced.
+Confidence: 1.0 when kernel responses, generations and the log's order alone bound the line; 0.9
+when the clock was needed; 0.9 x the offset-range share when the clock came from the stretches
+outside KVM_RUN.
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ RUN_GAP = 50_000
 LATENCY = 25e6
 #: share of the consistent clock-offset range one placement must hold to be taken
 MIN_SHARE = 0.9
-#: memslot generation step per swap on x86 (two address spaces; kvm_swap_active_memslots)
+#: memslot generation step per swap on x86 (two address spaces; kvm_swap_active_memslots adds
+#: the number of address spaces; 2 per swap in the 6.12 recordings)
 GEN_STEP = 2
 #: MMU-notifier events (include/trace/events/kvm.h): the zaps that follow one on its thread are the
 #: VMM unmapping or aging memory, not a memslot ioctl
