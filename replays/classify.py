@@ -197,6 +197,6 @@ def infer_zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndar
         return policy, why
     if hint:
         return hint, "no delete/move in the trace; lab marker kvmlab_start slot_zap_all_quirk"
-    if profile.version < (6, 12) and profile.slot_zap_rule != "range_2019":
-        return "zap_all", f"kernel {profile.version[0]}.{profile.version[1]} has no per-slot zap"
+    if profile.slot_zap_rule is None:
+        return "zap_all", f"kernel era {profile.era} has no per-slot zap"
     return "unknown", "no delete or move in the trace"

@@ -45,7 +45,8 @@ import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.detectors.slot_removal import RULE_WORDS, zap_rule_mask
+from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, zap_rule_mask
+from kvmtrace.replays.eras import RULES
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
@@ -209,7 +210,7 @@ def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
                 "kvm_zap_obsolete_pages zaps them")
     if tdp:
         return "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
-    return RULE_WORDS[profile.slot_zap_rule]
+    return RULES[profile.slot_zap_rule or WHATIF_DEFAULT].label()
 
 
 def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfile,
@@ -231,8 +232,9 @@ def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfil
         if za is not None:
             why = "zapped after the fast zap made it obsolete"
         elif must[p]:
-            why = "zapped by the rule: " + ("gfn in the slot, holds guest PTEs" if profile.slot_zap_rule == "gptes"
-                                            else "gfn in the slot's range at its level")
+            why = "zapped by the rule: " + {"gptes": "gfn in the slot, holds guest PTEs",
+                                            "gfn_2019": "sp->gfn is a gfn of the slot"}.get(
+                profile.slot_zap_rule or WHATIF_DEFAULT, "gfn in the slot's range at its level")
         else:
             why = "zapped inside the window, not by the slot rule"
         if pg.rows[p]["root_count"] > 0:

@@ -3,7 +3,9 @@
 KVM traces nothing about memslots, but QEMU does (kvm-host-notes.md): every
 KVM_SET_USER_MEMORY_REGION is followed by a ``kvm_set_user_memory`` line, written to
 ``trace_marker`` (ftrace backend, so it lands in the trace as a ``print`` event) or to a ``-trace``
-log. Three message formats exist (QEMU <= 7.2, 8.x, >= 9.0). A line is written *after* the ioctl,
+log, whose lines are placed on the trace by the kernel's response to each (:mod:`placement`). A
+layout file (``--memslots``) is the layout at the start; the lines apply after it. Three message
+formats exist (QEMU <= 7.2, 8.x, >= 9.0). A line is written *after* the ioctl,
 so the kernel side of a change (the ``kvm_mmu_zap_all_fast`` of a delete, leaf zaps) comes first;
 the interval from the kernel's first sign of the change to the line is the *update window*, in
 which the layout is ambiguous. A delete followed by a create of an overlapping range (QEMU's way
@@ -25,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.replays.qemu_lines import (SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
-                                parse_lab_quirk, parse_set_memory)
+from kvmtrace.replays.placement import LineChange, TraceFacts, place
+from kvmtrace.replays.qemu_lines import (LogLine, SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
+                                         parse_lab_quirk, parse_log_line, parse_set_memory)
 
 KVM_MEM_LOG_DIRTY_PAGES = 0x1
 KVM_MEM_READONLY = 0x2
@@ -52,8 +55,17 @@ TIMELINE_SCHEMA = pa.schema([
     pa.field("old_npages", pa.uint64()),
     pa.field("old_flags", pa.uint32()),
     pa.field("userspace_addr", pa.uint64()),
+    # where the row came from: "trace marker seq N", "QEMU log line N", "layout file slot N"
     pa.field("source", pa.string()),
+    # how it was put on the trace: at its own marker, at the start (layout file), matched to the
+    # kernel's response (QEMU log), or "unplaced: <why>"
+    pa.field("placement", pa.string()),
+    pa.field("confidence", pa.float64()),  # 1.0 for markers and the layout file; null when unplaced
 ])
+
+#: Placement of the trace's own markers and of the layout file's slots.
+AT_MARKER = "at its own trace_marker line"
+AT_START = "start of the trace (layout file: the layout before the first event)"
 
 
 @dataclass
@@ -66,7 +78,7 @@ class MemslotChange:
     pid: int
     as_id: int
     slot: int
-    kind: str  # create | delete | move | flags | recreate
+    kind: str  # create | delete | move | flags | recreate | unchanged
     base_gfn: int
     npages: int
     flags: int
@@ -74,8 +86,10 @@ class MemslotChange:
     old_npages: int | None = None
     old_flags: int | None = None
     ua: int = 0
-    source: str = "ftrace"
+    source: str = ""  # where the line came from (TIMELINE_SCHEMA)
     window_end: int | None = None  # last seq of the window (the line, or the re-create's line)
+    placement: str = AT_MARKER
+    confidence: float | None = 1.0
 
 
 @dataclass
@@ -185,7 +199,7 @@ class MemslotTimeline:
             row = dict(seq=c.seq, window_start=c.window_start, anchor=c.anchor, pid=c.pid, as_id=c.as_id,
                        slot=c.slot, kind=c.kind, base_gfn=c.base_gfn, npages=c.npages, flags=c.flags,
                        old_base_gfn=c.old_base_gfn, old_npages=c.old_npages, old_flags=c.old_flags,
-                       userspace_addr=c.ua, source=c.source)
+                       userspace_addr=c.ua, source=c.source, placement=c.placement, confidence=c.confidence)
             for k, v in row.items():
                 cols[k].append(v)
         return pa.table(cols, schema=TIMELINE_SCHEMA)
@@ -215,40 +229,52 @@ class _Builder:
     def _open(self, slot: int, base: int, n: int, flags: int, start: int, ua: int) -> None:
         self.live[slot] = (base, n, flags, start, ua)
 
-    def add(self, line: SlotLine, window_start: int | None, anchor: str) -> None:
+    def seed(self, slots: Sequence[SlotLine]) -> None:
+        """The starting layout (a layout file): slots live from the first event on; the trace's own
+        lines then apply on top of it."""
+        for s in slots:
+            base, n = s.gpa >> 12, s.size >> 12
+            self._open(s.slot, base, n, s.flags, 0, s.ua)
+            self.tl.changes.append(MemslotChange(None, None, "layout file", 0, s.as_id, s.slot, "create", base, n,
+                                                 s.flags, ua=s.ua, source=f"layout file slot {s.slot}",
+                                                 placement=AT_START))
+        if slots:
+            self.tl.known_from = 0
+            self.tl.complete = True
+
+    def add(self, line: SlotLine, window_start: int | None, anchor: str, source: str = "",
+            placement: str = AT_MARKER, confidence: float | None = 1.0, opens_at: int | None = None) -> None:
+        """Apply one line. ``opens_at`` is the first seq the new range certainly covers: the line's
+        own seq for a marker; for a QEMU log line placed after event X, X + 1."""
         if line.ret != 0:
-            self.tl.notes.append(f"seq {line.seq}: kvm_set_user_memory slot {line.slot} failed (ret={line.ret}); ignored")
+            self.tl.notes.append(f"{source or f'seq {line.seq}'}: kvm_set_user_memory slot {line.slot} failed "
+                                 f"(ret={line.ret}); ignored")
             return
         seq = line.seq if line.seq is not None else -1
+        opens = seq if opens_at is None else opens_at
         start = window_start if window_start is not None else seq
         base, n = line.gpa >> 12, line.size >> 12
         old = self.live.get(line.slot)
         if self.tl.known_from is None:
             self.tl.known_from = seq
-        if line.size == 0:
-            kind = "delete"
+        kind = change_kind(old[:3] if old else None, line)
+        if kind == "delete":
             ob, on, of = (old[0], old[1], old[2]) if old else (base, None, None)
             if old:
                 self._close(line.slot, start)
             ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, ob, 0, 0, ob, on, of, line.ua)
-        elif old is None:
-            kind = "create"
+        elif kind == "create":
             ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
                                ua=line.ua)
-            self._open(line.slot, base, n, line.flags, seq, line.ua)
+            self._open(line.slot, base, n, line.flags, opens, line.ua)
         else:
             ob, on, of, _, _ = old
-            if (ob, on) == (base, n) and not ((of ^ line.flags) & KVM_MEM_READONLY):
-                kind = "flags"
-            elif on == n and ob != base:
-                kind = "move"
-            else:
-                kind = "recreate"  # QEMU: read-only toggle or resize is a delete + create in one line
-            self._close(line.slot, start if kind != "flags" else seq)
-            self._open(line.slot, base, n, line.flags, seq, line.ua)
+            self._close(line.slot, start if kind not in ("flags", "unchanged") else opens)
+            self._open(line.slot, base, n, line.flags, opens, line.ua)
             ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
                                ob, on, of, line.ua)
-        ch.source = self.tl.source
+        ch.source = source or f"trace marker seq {line.seq}"
+        ch.placement, ch.confidence = placement, confidence
         ch.window_end = line.seq
         # Seed 003: a delete followed by a create overlapping its range keeps the window open.
         prev = self.pending_delete.pop(line.as_id, None)
@@ -264,20 +290,46 @@ class _Builder:
         return self.tl
 
 
+def change_kind(old: tuple[int, int, int] | None, line: SlotLine) -> str:
+    """What a line does to its slot, given the slot's live (base_gfn, npages, flags) or None."""
+    base, n = line.gpa >> 12, line.size >> 12
+    if line.size == 0:
+        return "delete"
+    if old is None:
+        return "create"
+    ob, on, of = old
+    if (ob, on, of) == (base, n, line.flags):
+        return "unchanged"  # repeats the live slot (e.g. one the layout file gave): a no-op
+    if (ob, on) == (base, n) and not ((of ^ line.flags) & KVM_MEM_READONLY):
+        return "flags"
+    if on == n and ob != base:
+        return "move"
+    return "recreate"  # QEMU: read-only toggle or resize is a delete + create in one line
+
+
+#: memslot swaps (generation bumps) one ioctl of each kind makes: DELETE and MOVE first install an
+#: invalid copy of the slot, then the final layout (kvm_set_memslot); QEMU's one-line recreate is
+#: a DELETE and a CREATE; a line repeating the live slot changes nothing (no swap).
+SWAPS = {"create": 1, "flags": 1, "unchanged": 0, "delete": 2, "move": 2, "recreate": 3}
+
+
 def _overlap(c: MemslotChange, base: int, n: int) -> bool:
     return c.old_base_gfn is not None and c.old_base_gfn < base + n and base < c.old_base_gfn + (c.old_npages or 0)
 
 
 def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
-                kvmmmu_zap: np.ndarray | None = None) -> MemslotTimeline:
+                kvmmmu_zap: np.ndarray | None = None, start: Sequence[SlotLine] = ()) -> MemslotTimeline:
     """Build the timeline from ``ftrace:print`` events (``buf`` column) of the trace itself.
 
     ``kvmmmu_seq``/``kvmmmu_pid``/``kvmmmu_zap`` (sorted by seq; ``zap`` marks zap events) anchor
     each change's window on the kernel side, which comes before the line (see _window_start).
+    ``start`` is the layout before the trace (a layout file, :func:`parse_layout`): the lines of the
+    trace apply after it, so a slot the trace moves is not taken to stay where the file put it.
     """
     if kvmmmu_zap is None:
         kvmmmu_zap = np.zeros(len(kvmmmu_seq), dtype=bool)
-    b = _Builder("ftrace")
+    b = _Builder("ftrace+layout" if start else "ftrace")
+    b.seed(start)
     if print_table is None or print_table.num_rows == 0 or "buf" not in print_table.column_names:
         return b.finish()
     seqs = print_table.column("seq").to_pylist()
@@ -334,48 +386,89 @@ def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndar
     return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
 
 
-def from_lines(lines: Iterable[str]) -> MemslotTimeline:
-    """Build the timeline from a QEMU ``-trace`` log. The log has no trace seqs: the layout is
-    known, but not when it changed, so every removing change's window spans the whole trace."""
-    b = _Builder("qemu_log")
-    for text in lines:
-        line = parse_set_memory(text, None, 0)
-        if line is not None:
-            b.add(line, None, "QEMU log (no position in the trace)")
-    tl = b.finish()
-    if not tl.changes:
+def log_changes(lines: Sequence[LogLine], start: Sequence[SlotLine] = ()) -> list[LineChange]:
+    """What each log line does (kind, swaps, gfn ranges), replaying the lines on ``start``."""
+    live = {s.slot: (s.gpa >> 12, s.size >> 12, s.flags) for s in start}
+    out = []
+    for ln in lines:
+        s = ln.line
+        old = live.get(s.slot)
+        kind = change_kind(old, s)
+        new = (s.gpa >> 12, (s.gpa + s.size) >> 12)
+        ranges = [r for r in ((old[0], old[0] + old[1]) if old else None, new if s.size else None) if r]
+        removes = (old[0], old[0] + old[1]) if old and kind in REMOVING_KINDS else None
+        out.append(LineChange(kind, SWAPS[kind] if (kind != "delete" or old) else 0, s.as_id, ranges, removes))
+        if s.size:
+            live[s.slot] = (s.gpa >> 12, s.size >> 12, s.flags)
+        else:
+            live.pop(s.slot, None)
+    return out
+
+
+def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
+             kvmmmu_zap: np.ndarray, start: Sequence[SlotLine] = ()) -> MemslotTimeline:
+    """Build the timeline from a QEMU ``-trace`` log, each line placed on the trace by the kernel's
+    response to it (:mod:`placement`). A line that cannot be placed keeps no position: its slot is
+    uncertain for the whole trace, and checks that need the position skip it."""
+    lines = [ln for n, t in enumerate(texts, 1) if (ln := parse_log_line(t, n)) is not None]
+    if not lines:
         raise TraceError("the QEMU log has no kvm_set_user_memory lines; run QEMU with -trace kvm_set_user_memory")
-    _unposition(tl)
+    failed = [ln for ln in lines if ln.line.ret != 0]
+    lines = [ln for ln in lines if ln.line.ret == 0]
+    changes = log_changes(lines, start)
+    complete = not start and bool(lines) and changes[0].kind == "create" and lines[0].line.slot == 0
+    placed, notes = place(lines, changes, facts, complete)
+    b = _Builder("qemu_log")
+    b.seed(start)
+    b.tl.notes.extend(notes)
+    b.tl.notes.extend(f"QEMU log line {ln.lineno}: slot {ln.line.slot} failed (ret={ln.line.ret}); ignored"
+                      for ln in failed)
+    last: dict[int, int] = {}
+    unplaced: set[int] = set()
+    for ln, pl in zip(lines, placed):
+        src = f"QEMU log line {ln.lineno}"
+        if pl.after is None:
+            ln.line.seq, ln.line.pid = None, pl.pid
+            b.add(ln.line, None, "QEMU log (unplaced)", src, pl.how, None)
+            unplaced.add(ln.line.slot)
+            b.tl.notes.append(f"{src} (slot {ln.line.slot}) {pl.how}; checks that need its position skip it")
+            continue
+        ln.line.seq, ln.line.pid = pl.after, pl.pid
+        if pl.response is not None:
+            ws, anchor = pl.response, ANCHOR_ZAPS
+        else:
+            ws, anchor = _window_start(pl.after + 1, pl.pid, last.get(pl.pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
+        b.add(ln.line, ws, anchor, src, pl.how, pl.confidence, opens_at=pl.after + 1)
+        last[pl.pid] = pl.after
+    tl = b.finish()
+    if not start:
+        tl.complete = complete and not unplaced
+    if unplaced:
+        inf = np.iinfo(np.int64).max
+        tl.lifetimes = [lt for lt in tl.lifetimes if lt.slot not in unplaced]
+        for c in tl.changes:
+            if c.seq is None and c.source.startswith("QEMU log"):
+                c.window_start, c.window_end = (0, inf) if c.kind in REMOVING_KINDS else (None, None)
     return tl
+
+
+def parse_layout(layout: dict) -> list[SlotLine]:
+    """The slots of a layout file (``--memslots`` JSON):
+    ``{"slots": [{"slot", "as_id", "gpa", "size", "flags", "userspace_addr"}]}``."""
+    try:
+        out = []
+        for s in layout["slots"]:
+            as_id = int(s.get("as_id", 0))
+            out.append(SlotLine(None, 0, as_id, (as_id << 16) | int(s["slot"]), int(str(s.get("flags", 0)), 0),
+                                int(str(s["gpa"]), 0), int(str(s["size"]), 0),
+                                int(str(s.get("userspace_addr", 0)), 0), 0))
+    except (KeyError, TypeError, ValueError) as e:
+        raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} ({e})") from None
+    return out
 
 
 def from_layout(layout: dict) -> MemslotTimeline:
-    """A static layout (``--memslots`` JSON): ``{"slots": [{"slot", "as_id", "gpa", "size", "flags"}]}``."""
-    try:
-        slots: Sequence[dict] = layout["slots"]
-        tl = MemslotTimeline(source="json", known_from=0, complete=True)
-        for s in slots:
-            as_id = int(s.get("as_id", 0))
-            slot = (as_id << 16) | int(s["slot"])
-            base, n = int(str(s["gpa"]), 0) >> 12, int(str(s["size"]), 0) >> 12
-            flags = int(str(s.get("flags", 0)), 0)
-            ua = int(str(s.get("userspace_addr", 0)), 0)
-            tl.lifetimes.append(Lifetime(as_id, slot, base, n, flags, 0, np.iinfo(np.int64).max, ua))
-            tl.changes.append(MemslotChange(None, None, "layout file", 0, as_id, slot, "create", base, n, flags,
-                                            source="json"))
-    except (KeyError, TypeError, ValueError) as e:
-        raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} ({e})") from None
-    return tl
-
-
-def _unposition(tl: MemslotTimeline) -> None:
-    """Without positions, a slot is certain only if it never changed; changes span everything."""
-    inf = np.iinfo(np.int64).max
-    changed = {c.slot for c in tl.changes if c.kind != "create"}
-    tl.lifetimes = [Lifetime(lt.as_id, lt.slot, lt.base_gfn, lt.npages, lt.flags, 0, inf)
-                    for lt in tl.lifetimes if lt.slot not in changed]
-    for c in tl.changes:
-        c.window_start, c.window_end = (0, inf) if c.kind in REMOVING_KINDS else (None, None)
-    tl.known_from = 0
-    tl.complete = False
-    tl.notes.append("QEMU log lines carry no trace position: changed slots are uncertain for the whole trace")
+    """A layout file alone (a trace without memslot lines): the slots stay for the whole trace."""
+    b = _Builder("layout")
+    b.seed(parse_layout(layout))
+    return b.finish()

@@ -8,13 +8,13 @@ Everything version-dependent lives here; the models and detectors ask a :class:`
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.replays.eras import era_for, release
 
 
 @dataclass(frozen=True)
@@ -68,10 +68,15 @@ class KernelProfile:
     pfn_mask: int = ((1 << 52) - 1) & ~0xFFF
     #: MMIO generation bit ranges in the SPTE: ((spte_lo, spte_hi, gen_shift), ...).
     mmio_gen: tuple[tuple[int, int, int], ...] = ()
-    #: Which shadow pages a per-memslot zap must destroy: "gptes" (upstream 6.12+: indirect,
-    #: non-passthrough pages whose gfn lies in the slot) or "range_2019" (seed 000: every page that
-    #: can hold SPTEs into the slot, by level-above alignment).
-    slot_zap_rule: str = "gptes"
+    #: The rule (eras.RULES key) a per-memslot zap follows on this kernel: "gptes" (6.12+ with the
+    #: zap-all quirk off), "gfn_2019" (5.1-5.2.10, 4e103134b862), None where deletes always zap all.
+    #: Set from the release's era by profile_for; replay(zap_rule=...) may substitute another rule.
+    slot_zap_rule: str | None = None
+    #: The era (eras.Era.name) the release belongs to: which memslot-removal rule and tracepoints.
+    era: str = ""
+    #: True when replay(zap_rule=...) substituted a rule other than the era's: findings then test
+    #: a hypothesis ("would this rule have zapped what survived?"), not this kernel's behaviour.
+    zap_rule_chosen: bool = False
     #: The zap_all_fast generation is a u8 toggling 0/1 (5.4+) rather than a counter.
     gen_toggles: bool = True
 
@@ -142,23 +147,20 @@ _GEN_501 = ((3, 11, 0), (52, 61, 9))
 # <= its own. Names say what changed, so a report can show why a layout was chosen.
 _ERAS: tuple[KernelProfile, ...] = (
     KernelProfile("6.12+ (role F, nonpresent BIT63, per-slot zap by gptes)", (6, 12), _ROLE_F, 1 << 63, 11,
-                  mmio_gen=_GEN_513, slot_zap_rule="gptes"),
+                  mmio_gen=_GEN_513),
     KernelProfile("6.10-6.11 (role F, nonpresent BIT63)", (6, 10), _ROLE_F, 1 << 63, 11, mmio_gen=_GEN_513),
     KernelProfile("5.19-6.9 (role F, passthrough)", (5, 19), _ROLE_F, 0, 11, mmio_gen=_GEN_513),
     KernelProfile("5.17-5.18 (role E, has_4_byte_gpte)", (5, 17), _ROLE_E17, 0, 11, mmio_gen=_GEN_513),
     KernelProfile("5.13-5.16 (role E, MMU-present bit 11)", (5, 13), _ROLE_E, 0, 11, mmio_gen=_GEN_513),
     KernelProfile("5.6-5.12 (role E)", (5, 6), _ROLE_E, 0, None, mmio_gen=_GEN_506),
     KernelProfile("5.4-5.5 (role E, u8 generation)", (5, 4), _ROLE_E, 0, None, mmio_gen=_GEN_501),
-    KernelProfile("5.1-5.3 (role E, 2019 per-memslot range zap)", (5, 1), _ROLE_E, 0, None, mmio_gen=_GEN_501,
-                  slot_zap_rule="range_2019", gen_toggles=False),
+    KernelProfile("5.1-5.3 (role E, no mmu_valid_gen in the page events)", (5, 1), _ROLE_E, 0, None,
+                  mmio_gen=_GEN_501, gen_toggles=False),
     KernelProfile("4.20-5.0 (role E)", (4, 20), _ROLE_E, 0, None, gen_toggles=False),
     KernelProfile("4.13-4.19 (role D, ad_disabled)", (4, 13), _ROLE_D, 0, None, gen_toggles=False),
     KernelProfile("4.2-4.12 (role C, smm)", (4, 2), _ROLE_C, 0, None, gen_toggles=False),
     KernelProfile("2.6.35-4.1 (role B, padded)", (2, 6), _ROLE_B, 0, None, gen_toggles=False),
 )
-
-_RELEASE = re.compile(r"^\s*(\d+)\.(\d+)")
-
 
 def profile_for(kernel: str | None) -> KernelProfile:
     """Pick the profile for a kernel release string (``"6.18.0"``, ``"6.12.107+deb12-amd64"``).
@@ -166,15 +168,16 @@ def profile_for(kernel: str | None) -> KernelProfile:
     ``None`` (a trace without a uname option and no ``--kernel``) gets the newest profile: the
     replay then says so in its assumptions.
     """
-    if kernel is None:
-        return _ERAS[0]
-    m = _RELEASE.match(kernel)
-    if not m:
-        raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12")
-    version = (int(m.group(1)), int(m.group(2)))
+    full = None
+    if kernel is not None:
+        full = release(kernel)
+        if full is None:
+            raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12")
+    era = era_for(full)
+    version = full[:2] if full else _ERAS[0].version
     for prof in _ERAS:
         if version >= prof.version:
-            return prof
+            return replace(prof, slot_zap_rule=era.zap_slot, era=era.name)
     raise TraceError(f"kernel {kernel} predates the kvmmmu layouts kvmtrace knows (2.6.35+)")
 
 

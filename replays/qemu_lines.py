@@ -53,7 +53,7 @@ def parse_set_memory(text: str, seq: int | None, pid: int) -> SlotLine | None:
                     int(m["ua"], 16), int(m["ret"]))
 
 
-def parse_lab_move(text: str, seq: int, pid: int) -> SlotLine | None:
+def parse_lab_move(text: str, seq: int | None, pid: int) -> SlotLine | None:
     m = _LAB_MOVE.search(text)
     if m is None:
         return None
@@ -78,3 +78,54 @@ def parse_lab_quirk(text: str) -> int | None:
     """``slot_zap_all_quirk=N`` of a ``kvmlab_start`` line."""
     m = _LAB_QUIRK.search(text)
     return int(m["q"]) if m else None
+
+
+# A QEMU -trace log line, in the forms users attach (kvm-host-notes.md): the log backend
+# ("PID@SEC.USEC:event msg", the prefix only with timestamps on), the kernel's text of QEMU's
+# ftrace backend ("comm-PID [CPU] flags TS: tracing_mark_write: event msg"), simpletrace.py's
+# "event DELTA pid=PID name=value..." and the bare message.
+_LOG_PREFIX = re.compile(r"^\s*(?P<pid>\d+)@(?P<sec>\d+)\.(?P<usec>\d+):")
+_FTRACE_PREFIX = re.compile(r"^\s*\S.*?-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[\d+\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):")
+_SIMPLE = re.compile(r"kvm_set_user_memory\s+(?P<ts>\d+(?:\.\d+)?)\s+pid=(?P<pid>\d+)\s+(?P<args>.*)")
+_SIMPLE_NAMES = {"as": "as", "as_id": "as", "slot": "slot", "flags": "flags", "gpa": "gpa", "guest_phys_addr": "gpa",
+                 "start_addr": "gpa", "size": "size", "memory_size": "size", "ua": "ua", "userspace_addr": "ua",
+                 "ret": "ret"}
+
+
+@dataclass
+class LogLine:
+    """One ``kvm_set_user_memory`` line of a QEMU log: where it is in the file, its own clock."""
+
+    lineno: int  # 1-based line number in the log
+    pid: int | None  # QEMU's process id (log backend, simpletrace) or thread id (ftrace text)
+    ts: float | None  # seconds on the log's own clock (gettimeofday, trace clock, or since start)
+    line: SlotLine
+
+
+def parse_log_line(text: str, lineno: int) -> LogLine | None:
+    """A ``kvm_set_user_memory`` line in any of the forms above, or None."""
+    if "kvm_set_user_memory" not in text and "kvmlab_memslot_move" not in text:
+        return None
+    m = _SIMPLE.search(text)
+    if m is not None and "Slot#" not in text:
+        args = dict(kv.split("=", 1) for kv in m["args"].split() if "=" in kv)
+        f = {_SIMPLE_NAMES[k]: v for k, v in args.items() if k in _SIMPLE_NAMES}
+        try:
+            as_id = int(f.get("as", "0"), 0)
+            line = SlotLine(None, int(m["pid"]), as_id, (as_id << 16) | (int(f["slot"], 0) & 0xFFFF),
+                            int(f.get("flags", "0"), 0), int(f["gpa"], 0), int(f["size"], 0), int(f.get("ua", "0"), 0),
+                            int(f.get("ret", "0"), 0))
+        except (KeyError, ValueError):
+            return None
+        return LogLine(lineno, int(m["pid"]), float(m["ts"]) / 1e6, line)
+    line = parse_set_memory(text, None, 0) if "kvm_set_user_memory" in text else parse_lab_move(text, None, 0)
+    if line is None:
+        return None
+    pid: int | None = None
+    ts: float | None = None
+    if (m := _LOG_PREFIX.match(text)) is not None:
+        pid, ts = int(m["pid"]), int(m["sec"]) + int(m["usec"]) / 10 ** len(m["usec"])
+    elif (m := _FTRACE_PREFIX.match(text)) is not None:
+        pid, ts = int(m["pid"]), float(m["ts"])
+    line.pid = pid if pid is not None else 0
+    return LogLine(lineno, pid, ts, line)

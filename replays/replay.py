@@ -10,11 +10,15 @@ summaries on what the model recorded. Events that change no MMU state (guest pag
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
@@ -24,7 +28,8 @@ from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_ev
                             zap_all_event)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
-from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.replays.placement import facts_from
+from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
 from kvmtrace.replays.releases import release_of
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
@@ -33,11 +38,13 @@ from kvmtrace.replays.whatif import whatif
 
 
 def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,
-           qemu_log_lines: list[str] | None = None) -> ReplayResult:
+           qemu_log_lines: list[str] | None = None, zap_rule: str | None = None) -> ReplayResult:
     """Replay ``data`` against the simulated MMU.
 
     ``kernel`` overrides the trace's kernel release; ``memslots`` is a parsed ``--memslots`` JSON
-    layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file).
+    layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file);
+    ``zap_rule`` names a memslot-removal rule (``eras.RULES``) to check instead of the kernel's own,
+    e.g. the never-merged 2019 proposal ``level_mask_2019``.
     """
     require_events(data)
     assumptions: list[str] = []
@@ -52,10 +59,14 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
     profile = spte_format(data, profile, mmu)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
-    timeline = _timeline(data, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
+    timeline = _timeline(data, profile, memslots, qemu_log_lines, kv_seq, kv_pid, kv_zap)
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
+    profile = _with_rule(profile, zap_rule)
+    if profile.slot_zap_rule is not None:
+        chosen = " (chosen by the caller instead of this kernel's)" if profile.zap_rule_chosen else ""
+        assumptions.append(f"per-slot zap rule{chosen}: {eras.rule(profile.slot_zap_rule).label()}")
 
     roles = roles_known(data)
     if not roles:
@@ -89,10 +100,25 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         events=len(kv_seq), explained_events=len(kv_seq) - unexplained.num_rows,
         shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
-        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate)},
+        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
+                   "consequences": consequences(ctx, _requested(data))},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
         mmu_evidence=mmu_evidence,
     )
+
+
+def _requested(data: TraceData) -> dict[str, np.ndarray]:
+    """seq, gfn, pfn, level and pid of every kvm_mmu_spte_requested (how each fault was resolved)."""
+    out = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
+    out["pid"] = seq_pid(data, "kvm_mmu_spte_requested")[1]
+    return out
+
+
+def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:
+    """The profile checked against rule ``name`` (validated), marked when it is not the era's."""
+    if name is None or name == profile.slot_zap_rule:
+        return profile
+    return replace(profile, slot_zap_rule=eras.rule(name).name, zap_rule_chosen=True)
 
 
 def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.Table:
@@ -100,13 +126,17 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
     return decode_role(data.table(event), profile_for(kernel or data.info.kernel))
 
 
-def _timeline(data: TraceData, layout: dict | None, lines: list[str] | None, kv_seq: np.ndarray,
-              kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
-    if layout is not None:
-        return ms.from_layout(layout)
+def _timeline(data: TraceData, profile: KernelProfile, layout: dict | None, lines: list[str] | None,
+              kv_seq: np.ndarray, kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
+    """The layout file (if any) is the starting layout; the trace's own lines, or a QEMU log's
+    (placed on the trace by the kernel's response to each), apply after it."""
+    start = ms.parse_layout(layout) if layout is not None else []
     if lines is not None:
-        return ms.from_lines(lines)
-    return ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap)
+        return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start)
+    tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start)
+    if layout is not None and len(tl.changes) == len(start):
+        tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")
+    return tl
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:

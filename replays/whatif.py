@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kvmtrace.replays.detectors.context import Context, span
-from kvmtrace.replays.detectors.slot_removal import zap_rule_mask
+from kvmtrace.replays.detectors.zap_rules import zap_rule_mask
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
 from kvmtrace.replays.summaries import next_creation, recreations
 

@@ -1,16 +1,14 @@
-"""Detectors beyond the mutation list: MMIO staleness, zaps of unknown pages, the lost-event rule,
-and the 2019 range rule of the per-slot zap (which no recording here can exercise).
+"""Detectors beyond the mutation list: MMIO staleness, zaps of unknown pages, the lost-event rule
+(the per-slot zap rules of each kernel era are in test_zap_rules.py).
 
 Injected changes are made on real recordings with :mod:`kvmtrace.replays.mutate`; the expected finding is
-what was injected. The range-rule test is hand-made data (a 2019 kernel recording does not exist
-here), checked against the alignment arithmetic of seed 000 done by hand.
+what was injected.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
@@ -18,8 +16,6 @@ from kvmtrace import parsers
 from conftest import NESTED, SAMPLES
 from kvmtrace.parsers.schema import GAPS_SCHEMA
 from kvmtrace.replays import replay
-from kvmtrace.replays.detectors.context import Context
-from kvmtrace.replays.detectors.slot_removal import zap_rule_mask
 from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import profile_for
 
@@ -95,25 +91,3 @@ def test_lost_events_turn_errors_into_warnings(tdp_churn):
     mine = [f for f in result.findings.to_pylist() if f["id"] == "dangling_spte" and f["seq"] == c["seq"]]
     assert mine and all(f["severity"] == "warning" and "lost" in f["message"] for f in mine)
     assert any("lost-event" in limit for limit in result.limits)
-
-
-def test_range_2019_rule_by_hand():
-    """Seed 000: a per-memslot zap must find pages by gfn aligned to the level above. Slot gfns
-    [0x20200, 0x20400) (a 2 MiB slot at gpa 0x20200000). Hand arithmetic: level 1 pages cover 512
-    gfns, so gfn in [0x20200, 0x20200] ... [0x20200 & ~0x1ff, 0x203ff & ~0x1ff] = [0x20200, 0x20200];
-    level 2 (512**2 = 0x40000): [0x0, 0x0]; level 3 (0x8000000): [0x0, 0x0]."""
-    prof = profile_for("5.2.0")
-    assert prof.slot_zap_rule == "range_2019"
-    ctx = Context.__new__(Context)
-    ctx.profile = prof
-    level_shift = prof.role_field("level").shift
-    gfns = np.array([0x20200, 0x20201, 0x20000, 0x0, 0x0, 0x40000, 0x0], dtype=np.uint64)
-    levels = np.array([1, 1, 1, 2, 3, 2, 1], dtype=np.uint64)
-    must = zap_rule_mask(ctx, gfns, levels << np.uint64(level_shift), 0x20200, 0x200)
-    assert must.tolist() == [True, False, False, True, True, False, False]
-    # the upstream rule on the same pages: indirect pages whose gfn lies in the slot
-    up = profile_for("6.12.0")
-    ctx.profile = up
-    direct = np.uint64(1 << up.role_field("direct").shift)
-    roles = (levels << np.uint64(level_shift)) | np.array([0, 0, 0, 0, 0, 0, 1], dtype=np.uint64) * direct
-    assert zap_rule_mask(ctx, gfns, roles, 0x20200, 0x200).tolist() == [True, True, False, False, False, False, False]

@@ -79,22 +79,14 @@ def test_slot_lookup_is_exclusive_inside_windows(nested_dir):
     assert (tl.window_of(gfn, seq) >= 0).tolist() == [False, True, False]
 
 
-def test_qemu_log_and_layout_inputs(nested_dir):
-    """A QEMU ``-trace`` log carries the same messages, prefixed ``pid@sec.usec:``; take them from a
-    real recording's lines."""
-    data = parsers.read(nested_dir / "tdp-churn-noquirk-small-kt.dat")
-    lines = [f"311@1700000000.{i:06d}:{b}" for i, b in enumerate(data.table("print").column("buf").to_pylist())
-             if b and b.startswith("kvm_set_user_memory")]
-    tl = ms.from_lines(lines)
-    assert len(tl.changes) == len(lines) and tl.known and not tl.complete
-    stable = {lt.slot for lt in tl.lifetimes}
-    assert stable == {0, 1}  # low RAM and RAM never change; the BARs are uncertain throughout
+def test_layout_inputs_and_bad_logs():
     layout = ms.from_layout({"slots": [{"slot": 1, "gpa": "0x100000", "size": "0x4000000"}]})
     assert layout.slot_at(np.array([0x100], np.uint64), np.array([5])).tolist() == [1]
     with pytest.raises(TraceError):
         ms.from_layout({"regions": []})
-    with pytest.raises(TraceError):
-        ms.from_lines(["nothing here"])
+    data = parsers.read(SAMPLES / "ptslot-zapslot.dat")
+    with pytest.raises(TraceError, match="kvm_set_user_memory"):
+        replay(data, qemu_log_lines=["nothing here"])
 
 
 def test_true_moves_and_read_only_toggles():
@@ -118,3 +110,49 @@ def test_true_moves_and_read_only_toggles():
                 assert c.seq == seq and c.base_gfn == gpa >> 12 and c.old_base_gfn != c.base_gfn
         else:
             assert all((c.flags ^ c.old_flags) & ms.KVM_MEM_READONLY for c in got)
+
+
+def _layout_from_first_lines(result):
+    """A layout file as a user would write it from the VM's first memslot lines: every slot the
+    trace creates before its first delete/move."""
+    rows = result.memslots.to_pylist()
+    first = next(i for i, c in enumerate(rows) if c["kind"] in ms.REMOVING_KINDS)
+    return {"slots": [{"slot": c["slot"] & 0xFFFF, "as_id": c["as_id"], "gpa": hex(c["base_gfn"] << 12),
+                       "size": hex(c["npages"] << 12), "flags": c["flags"], "userspace_addr": hex(c["userspace_addr"])}
+                      for c in rows[:first] if c["kind"] == "create"]}
+
+
+def test_layout_file_is_the_starting_layout():
+    """churn-zapslot moves and deletes BAR slots. A layout file built from its first lines is the
+    layout at the start; the trace's own lines still apply, so the replay must give exactly the
+    findings and checks of the trace alone, and every row says where it came from."""
+    path = SAMPLES / "churn-zapslot.dat"
+    if not path.exists():
+        pytest.fail("churn-zapslot is missing (lab/record-samples.sh records it)")
+    data = parsers.read(path)
+    plain = replay(data)
+    layout = _layout_from_first_lines(plain)
+    with_file = replay(data, memslots=layout)
+
+    def findings(r):
+        return sorted((f["id"], f["severity"], f["seq"], f["gfn"], f["message"]) for f in r.findings.to_pylist())
+
+    assert findings(with_file) == findings(plain)
+    assert with_file.checks.to_pylist() == plain.checks.to_pylist()
+    rows = with_file.memslots.to_pylist()
+    seeded = rows[:len(layout["slots"])]
+    assert all(r["source"] == f"layout file slot {r['slot']}" and r["placement"] == ms.AT_START and r["seq"] is None
+               for r in seeded)
+    traced = rows[len(seeded):]
+    lines = {s for s, b in zip(data.table("print").column("seq").to_pylist(), data.table("print").column("buf").to_pylist())
+             if b and ("kvm_set_user_memory" in b or "kvmlab_memslot_move" in b)}
+    assert {r["seq"] for r in traced} == lines
+    assert all(r["source"] == f"trace marker seq {r['seq']}" and r["placement"] == ms.AT_MARKER and r["confidence"] == 1
+               for r in traced)
+    # the first lines repeat what the file said (no-ops); later moves still move the slots
+    assert [r["kind"] for r in traced[:len(seeded)]] == ["unchanged"] * len(seeded)
+    assert [r["kind"] for r in traced[len(seeded):]] == [r["kind"] for r in plain.memslots.to_pylist()[len(seeded):]]
+    assert any(r["kind"] == "move" for r in traced)
+    # the file alone (a trace without lines) keeps its slots for the whole trace, and says so
+    alone = ms.from_layout(layout)
+    assert [lt.until_seq for lt in alone.lifetimes] == [np.iinfo(np.int64).max] * len(layout["slots"])

@@ -63,7 +63,7 @@ def test_profile_by_release():
     assert p618.role_field("passthrough").shift == 18 and p54.role_field("passthrough") is None
     assert p618.role_field("has_4_byte_gpte") and p54.role_field("cr4_pae")  # bit 4 flips in 5.17
     assert profile_for("4.1.0").role_field("direct").shift == 13  # padded era B
-    assert profile_for("5.2.0").slot_zap_rule == "range_2019"
+    assert profile_for("5.2.0").slot_zap_rule == "gfn_2019"  # 4e103134b862 (test_zap_rules: the eras)
     assert p618.mmu_present_bit == 11 and profile_for("5.12.0").mmu_present_bit is None
 
 

@@ -6,11 +6,11 @@ order. A detector that cannot decide from the trace says ``not_evaluated`` and w
 
 from __future__ import annotations
 
-from kvmtrace.replays.detectors import dirty, generations, layout, mmio, slot_removal
+from kvmtrace.replays.detectors import dirty, generations, layout, mmio, slot_removal, zap_rules
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.findings import CheckOutcome
 
-DETECTORS = (slot_removal, layout, generations, dirty, mmio)
+DETECTORS = (slot_removal, zap_rules, layout, generations, dirty, mmio)
 
 
 def run_all(ctx: Context) -> list[CheckOutcome]:

@@ -1,0 +1,130 @@
+"""What a memslot delete or move visibly led to, where the kernel's own zaps are untraced.
+
+On the legacy MMU (shadow paging, or EPT/NPT with ``tdp_mmu=0``, the 2019 reporter's setup) the
+per-slot zap removes leaf SPTEs through the rmaps without an event, so nothing says "this leaf
+went away". The trace still shows the consequences, and this table lists them per delete/move
+(the ``consequences`` table; ``dangling_spte`` can read it):
+
+* ``page_survived``: a live page over the old range after the change (a direct page whose range
+  overlaps it, or a page whose gfn lies in it), and whether the era's rule let it stay
+  (``allowed``), with the rule's words.
+* ``fault_after``: each vCPU's first fault (``kvm_mmu_spte_requested``) on the old range after
+  the change, and how KVM resolved it: a new pfn (the range is backed again), no slot
+  (``KVM_PFN_NOSLOT``: the access became an MMIO exit to the VMM), or an error pfn.
+* ``reinstall``: a leaf installed after the change for a gfn and level that had a present leaf
+  before it: a fault happened there, so the old leaf had been removed (by the untraced zap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from kvmtrace.replays.detectors.context import Context, span
+from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, rule_mask
+from kvmtrace.replays.eras import RULES
+from kvmtrace.replays.pages import NONE
+
+CONSEQUENCES_SCHEMA = pa.schema([
+    pa.field("change_seq", pa.int64(), nullable=False),  # the delete/move line (timeline seq)
+    pa.field("slot", pa.int32(), nullable=False),
+    pa.field("change", pa.string(), nullable=False),  # delete | move | recreate
+    pa.field("what", pa.string(), nullable=False),  # page_survived | fault_after | reinstall
+    pa.field("seq", pa.int64(), nullable=False),  # the event that shows it
+    pa.field("gfn", pa.uint64(), nullable=False),
+    pa.field("level", pa.int8()),
+    pa.field("pid", pa.int32()),  # vCPU thread (faults, installs)
+    pa.field("page", pa.int64()),  # shadow page id (page_survived)
+    pa.field("allowed", pa.bool_()),  # page_survived: the rule let it stay
+    pa.field("detail", pa.string(), nullable=False),  # why / how KVM resolved it, in words
+    pa.field("evidence", pa.list_(pa.int64()), nullable=False),
+])
+
+#: KVM_PFN_NOSLOT (include/linux/kvm_host.h): the gfn has no memslot; KVM installs an MMIO SPTE
+#: (or emulates) and the access exits to the VMM.
+PFN_NOSLOT = 1 << 63
+#: KVM_PFN_ERR_MASK: error pfns (fault, hwpoison, read-only fault, signal pending)
+PFN_ERR_MASK = 0x7FF << 52
+
+
+def pfn_words(pfn: int) -> str:
+    """How KVM resolved a fault, from the pfn ``kvm_mmu_spte_requested`` printed."""
+    if pfn == PFN_NOSLOT:
+        return "no memslot (KVM_PFN_NOSLOT): the access became an MMIO exit to the VMM"
+    if pfn & PFN_ERR_MASK:
+        return f"error pfn {pfn:#x} (KVM_PFN_ERR_*): the fault failed"
+    return f"backed again: pfn {pfn:#x}"
+
+
+def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
+    """One row per consequence of each positioned delete/move. ``requested`` holds seq, gfn, pfn,
+    level and pid of ``kvm_mmu_spte_requested``."""
+    rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
+
+    def add(c, what, seq, gfn, level, pid, page, allowed, detail, evidence):
+        for k, v in (("change_seq", c.seq), ("slot", c.slot), ("change", c.kind), ("what", what), ("seq", seq),
+                     ("gfn", gfn), ("level", level), ("pid", pid), ("page", page), ("allowed", allowed),
+                     ("detail", detail), ("evidence", evidence)):
+            rows[k].append(v)
+
+    rule = RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT]
+    pages = ctx.pages.arrays()
+    ins = ctx.installs
+    changes = ctx.positioned_removals()
+    for n, (i, c) in enumerate(changes):
+        lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
+        until = _back_or_next(ctx, n, changes, lo, hi)
+        end = ctx.journal.snapshots.get((i, "end"))
+        if end is not None and len(end.pages):
+            ids = end.pages
+            g = pages["gfn"][ids]
+            role = pages["role"][ids]
+            level = ((role >> np.uint64(ctx.profile.role_field("level").shift)) & np.uint64(0xF)).astype(np.int64)
+            over = (g < np.uint64(hi)) & (g + span(level) > np.uint64(lo)) & (pages["obsolete_seq"][ids] == NONE)
+            must = rule_mask(rule, ctx.profile, g, role, lo, c.old_npages)
+            direct = (role >> np.uint64(ctx.profile.role_field("direct").shift)) & np.uint64(1)
+            for k in np.flatnonzero(over)[:256]:
+                p, ok = int(ids[k]), not bool(must[k])
+                kind = (f"direct level-{int(level[k])} page (maps guest-physical memory, shadows no guest PTE)"
+                        if direct[k] else f"indirect level-{int(level[k])} page (shadows a guest page table)")
+                why = (f"{kind}: the {rule.name} rule does not zap it ({rule.words})" if ok
+                       else f"{kind}: the {rule.name} rule must zap it ({rule.words})")
+                add(c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None, p, ok, why,
+                    [int(pages["first_seq"][p]), c.seq])
+        # faults on the old range after the change, first per vCPU, until the range comes back
+        m = (requested["seq"] > c.seq) & (requested["seq"] < until) & \
+            (requested["gfn"] >= np.uint64(lo)) & (requested["gfn"] < np.uint64(hi))
+        seen: set[int] = set()
+        for k in np.flatnonzero(m):
+            pid = int(requested["pid"][k])
+            if pid in seen:
+                continue
+            seen.add(pid)
+            add(c, "fault_after", int(requested["seq"][k]), int(requested["gfn"][k]), int(requested["level"][k]), pid,
+                None, None, pfn_words(int(requested["pfn"][k])), [c.seq, int(requested["seq"][k])])
+        # leaves installed again where the model had a present one before the change
+        start = ctx.journal.snapshots.get((i, "start")) or end
+        if start is None:
+            continue
+        had = set(zip(start.gfn.tolist(), start.level.tolist()))
+        m = (ins["seq"] > c.seq) & (ins["gfn"] >= np.uint64(lo)) & (ins["gfn"] < np.uint64(hi))
+        done: set[tuple[int, int]] = set()
+        for k in np.flatnonzero(m):
+            key = (int(ins["gfn"][k]), int(ins["level"][k]))
+            if key in had and key not in done:
+                done.add(key)
+                add(c, "reinstall", int(ins["seq"][k]), key[0], key[1], int(ins["pid"][k]), None, None,
+                    f"a level-{key[1]} leaf for gfn {key[0]:#x} was present before the {c.kind} and is installed "
+                    f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
+    return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
+
+
+def _back_or_next(ctx: Context, n: int, changes: list, lo: int, hi: int) -> int:
+    """Seq until which faults on [lo, hi) still show this change: the next line that maps part
+    of the range again (a create, the move back), or the next removal of it."""
+    for c in ctx.timeline.changes:
+        if c.seq is None or c.seq <= changes[n][1].seq:
+            continue
+        if c.npages and c.base_gfn < hi and lo < c.base_gfn + c.npages:
+            return c.window_start if c.window_start is not None else c.seq
+    return np.iinfo(np.int64).max

@@ -1,0 +1,124 @@
+"""``memslot_zap_miss``: shadow pages a per-slot zap left alive that the kernel's rule must zap.
+
+Reads the model's snapshot taken just after the change's QEMU line (by then the ioctl has
+returned, so every zap the kernel owed is done). Under the zap-slot policy (no zap-all in the
+window), a live, valid page the rule names is a miss. The rules are data (:mod:`eras`, with their
+kernel sources): ``gptes`` (6.12+ with KVM_X86_QUIRK_SLOT_ZAP_ALL off), ``gfn_2019`` (what
+4e103134b862 shipped in 5.1-5.2.10) and the never-merged ``level_mask_2019`` proposal of seed 000.
+
+Which rule: the trace kernel's own (findings are errors), or one the caller names with
+``replay(zap_rule=...)``; a rule that is not this kernel's answers "would this rule have zapped
+the pages that survived?", so its findings are ``info`` and say which rule and whether it shipped.
+
+Nested guests on a TDP host: the TDP MMU's own pages are direct and not in the shadow-page hash,
+but L2's shadow pages (indirect, ``guest_mode``) are, and the per-slot zap must destroy them, so
+the check runs on a TDP trace over its indirect pages instead of being skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.detectors.slot_removal import SHADOW_KINDS
+from kvmtrace.replays.eras import RULES, Pages, ZapRule
+from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.memslots import REMOVING_KINDS
+from kvmtrace.replays.pages import NONE
+from kvmtrace.replays.profiles import KernelProfile
+
+#: The what-if's zap-slot side on kernels that never zap per slot: the current upstream rule.
+WHATIF_DEFAULT = "gptes"
+#: x86's largest huge-page level with 1 GiB pages (PT_PDPE_LEVEL), where the proposal starts.
+_MAX_HUGE_LEVEL = 3
+
+
+def detect(ctx: Context) -> list[CheckOutcome]:
+    return [_zap_miss(ctx)]
+
+
+def _bits(role: np.ndarray, profile: KernelProfile, name: str, width: int = 1) -> np.ndarray:
+    f = profile.role_field(name)
+    if f is None:
+        return np.zeros(len(role), dtype=np.uint64)
+    return (role >> np.uint64(f.shift)) & np.uint64((1 << width) - 1)
+
+
+def rule_mask(rule: ZapRule, profile: KernelProfile, gfn: np.ndarray, role: np.ndarray, base: int,
+              npages: int) -> np.ndarray:
+    """Pages ``rule`` destroys when the range ``[base, base+npages)`` is removed (validity by
+    generation is the caller's: the pages here are live ones). Pages with ``role.invalid`` (roots
+    waiting for their last reference) are never found by the hash walks (``for_each_valid_sp``)."""
+    gfn = gfn.astype(np.uint64)
+    valid = _bits(role, profile, "invalid") == 0
+    in_slot = (gfn >= np.uint64(base)) & (gfn < np.uint64(base + npages))
+    if rule.pages is Pages.ALL:
+        return valid
+    if rule.pages is Pages.GFN_MATCH:
+        return valid & in_slot
+    if rule.pages is Pages.GPTES:
+        return valid & in_slot & (_bits(role, profile, "direct") == 0) & (_bits(role, profile, "passthrough") == 0)
+    # The proposal: skip levels above the slot's largest possible page, then the level+1 mask.
+    level = _bits(role, profile, "level", 4)
+    max_level = _MAX_HUGE_LEVEL
+    while max_level > 1 and npages < 512 ** (max_level - 1):
+        max_level -= 1
+    mask = ~(np.left_shift(np.uint64(1), np.uint64(9) * level) - np.uint64(1))
+    last = np.uint64(base + npages - 1)
+    return valid & (level <= np.uint64(max_level)) & (gfn >= (np.uint64(base) & mask)) & (gfn <= (last & mask))
+
+
+def zap_rule_mask(ctx: Context, gfn: np.ndarray, role: np.ndarray, base: int, npages: int) -> np.ndarray:
+    """The what-if's zap-slot: the profile's rule, or the upstream one where the kernel has none."""
+    return rule_mask(RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT], ctx.profile, gfn, role, base, npages)
+
+
+def _zap_miss(ctx: Context) -> CheckOutcome:
+    cid = "memslot_zap_miss"
+    p = ctx.profile
+    if ctx.mmu not in SHADOW_KINDS + ("tdp",):
+        return CheckOutcome.skipped(cid, "no shadow-page events")
+    if not ctx.roles_known:
+        return CheckOutcome.skipped(cid, "role words are not in this input (text output): which pages are indirect "
+                                         "cannot be told")
+    if p.slot_zap_rule is None:
+        return CheckOutcome.skipped(cid, f"kernel era {p.era} has no per-slot zap: a delete or move zaps every page")
+    rule = RULES[p.slot_zap_rule]
+    removals = [(i, c) for i, c in ctx.positioned_removals() if not ctx.expects_zap_all(c)]
+    unplaced = sum(c.seq is None and c.kind in REMOVING_KINDS and bool(c.old_npages) for c in ctx.timeline.changes)
+    lost = (f"; {unplaced} delete/move(s) of the QEMU log could not be placed on the trace and are not evaluated "
+            f"(see the memslot timeline's placement)") if unplaced else ""
+    if not removals:
+        return CheckOutcome.skipped(cid, "no memslot delete or move under the zap-slot policy in the trace" + lost)
+    pages = ctx.pages.arrays()
+    nested_only = ctx.mmu == "tdp"
+    if nested_only and not np.any(_bits(pages["role"], p, "direct") == 0):
+        return CheckOutcome.skipped(cid, "TDP MMU pages are direct and not in the shadow-page hash, and the trace has "
+                                         "no indirect (nested guest_mode) shadow page the per-slot zap must destroy")
+    own = not p.zap_rule_chosen
+    applied = rule.label() if own else f"{rule.label()}; not this kernel's rule ({p.era}), so findings are info"
+    shipped = f"rule of {rule.kernels}" if rule.shipped else "hypothesis, never shipped"
+    tag = f" [{shipped}; this kernel did not have to zap it]"
+    findings: list[Finding] = []
+    for i, c in removals:
+        snap = ctx.journal.snapshots.get((i, "end"))
+        if snap is None or not len(snap.pages):
+            continue
+        ids = snap.pages
+        role = pages["role"][ids]
+        keep = (pages["obsolete_seq"][ids] == NONE) & (pages["first_seq"][ids] < c.seq)
+        keep &= rule_mask(rule, p, pages["gfn"][ids], role, c.old_base_gfn, c.old_npages)
+        if nested_only:
+            keep &= _bits(role, p, "direct") == 0
+        for k in ids[keep][:64]:
+            k = int(k)
+            findings.append(Finding(
+                cid, c.seq, int(pages["gfn"][k]), c.slot,
+                f"{c.kind} of slot {c.slot} (gfns {c.old_base_gfn:#x}+{c.old_npages:#x}) left shadow page {k} "
+                f"(gfn {int(pages['gfn'][k]):#x} role {int(pages['role'][k]):#x}) alive; rule {rule.name}: "
+                f"{rule.words}{'' if own else tag}",
+                [int(pages["first_seq"][k]), c.window_start, c.seq], severity="" if own else "info"))
+    what = "indirect (nested guest_mode) pages on a TDP host" if nested_only else "shadow pages"
+    done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}{lost}"
+    return CheckOutcome.of(cid, findings, done,
+                           f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}{lost}")
