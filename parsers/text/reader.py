@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -121,24 +122,35 @@ def _process_chunk(acc: Collected, chunk: Chunk, skipped: list[tuple[int, str]])
     return split.filter(pl.col("kind") == "header").select("line")
 
 
-def read_text(path: str | os.PathLike[str], compression: str = "none", strict: bool = False) -> TraceData:
+def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "none", strict: bool = False,
+              name: str | None = None) -> TraceData:
     """Read ftrace text (tracefs ``trace``/``trace_pipe``, ``trace-cmd report`` [-R]) into TraceData.
 
+    ``source`` is a path or a binary stream read once from its current position (a pipe is
+    fine); ``name`` is what messages and ``TraceInfo.path`` call it (default: the path).
     Lines that cannot be recovered exactly are skipped and listed (``TraceData.skipped``); with
     ``strict`` the first such line is an error instead.
     """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")
+        except OSError as err:
+            raise TraceError(f"{os.fspath(source)}: cannot open ({err.strerror})") from None
+        with f:
+            return read_text(f, compression, strict, os.fspath(source) if name is None else name)
+    path = name if name is not None else str(getattr(source, "name", "<text>"))
     acc = Collected()
     skipped: list[tuple[int, str]] = []
     headers: list[pl.DataFrame] = []
-    for chunk in read_chunks(path, compression):
+    for chunk in read_chunks(source, compression, path):
         headers.append(_process_chunk(acc, chunk, skipped))
         if strict and skipped:
             line_no, reason = min(skipped)
-            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
+            raise TraceError(f"{path}: line {line_no}: {reason} (run without --strict to skip such lines)")
     common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
-        raise TraceError(f"{os.fspath(path)}: no trace events found; is this ftrace text or trace-cmd report output?")
+        raise TraceError(f"{path}: no trace events found; is this ftrace text or trace-cmd report output?")
     ordered = order(common)
     del common
     specs = catalog()
@@ -159,7 +171,7 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
     unknown = gap_df.filter(pl.col("lost").is_null()).group_by("cpu").len()
     warn = (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",) if skipped else ()
     info = TraceInfo(
-        path=os.fspath(path),
+        path=path,
         source="text",
         compression=compression,
         cpus=cpus,
@@ -172,5 +184,5 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
         warnings=warn,
     )
     if skipped:
-        warnings.warn(f"{os.fspath(path)}: {warn[0]}", TraceWarning, stacklevel=2)
+        warnings.warn(f"{path}: {warn[0]}", TraceWarning, stacklevel=2)
     return TraceData(info=info, events=events, tables=tables, gaps=gaps, skipped=skipped)

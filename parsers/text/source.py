@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Iterator
@@ -43,8 +42,8 @@ class Chunk:
         return pl.DataFrame({"line_no": pl.int_range(self.first_line, self.first_line + n, eager=True), "line": self.lines})
 
 
-def _open(path: str | os.PathLike[str], compression: str) -> BinaryIO:
-    raw = open(path, "rb")
+def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO:
+    """The text stream of ``raw`` (which stays open: its owner closes it)."""
     if compression == "none":
         return raw
     if compression == "gzip":
@@ -52,9 +51,8 @@ def _open(path: str | os.PathLike[str], compression: str) -> BinaryIO:
     if compression == "xz":
         return lzma.LZMAFile(raw)
     if compression == "zstd":
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    raw.close()
-    raise TraceError(f"{os.fspath(path)}: unknown text compression {compression!r}; use none, gzip, xz or zstd")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+    raise TraceError(f"{name}: unknown text compression {compression!r}; use none, gzip, xz or zstd")
 
 
 def _valid_utf8(data: bytes) -> bytes:
@@ -98,26 +96,32 @@ def _split(data: bytes) -> pl.Series:
     return lines.str.strip_suffix("\r") if b"\r" in data else lines
 
 
-def read_chunks(path: str | os.PathLike[str], compression: str = "none", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-    """Yield the file's lines chunk by chunk; a chunk never splits a line."""
+def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """Yield the stream's lines chunk by chunk; a chunk never splits a line.
+
+    ``raw`` is read sequentially, once (it may be a pipe); ``name`` is what messages call it.
+    """
     line_no = 1
     rest = b""
+    f = _decompressed(raw, compression, name)
     try:
-        with _open(path, compression) as f:
-            while True:
-                block = f.read(chunk_bytes)
-                if not block:
-                    break
-                data = rest + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
-                    continue
-                rest = data[cut + 1 :]
-                chunk = Chunk(line_no, _buffer(data[:cut]))
-                yield chunk
-                line_no += len(chunk.buffer.starts)
+        while True:
+            block = f.read(chunk_bytes)
+            if not block:
+                break
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                continue
+            rest = data[cut + 1 :]
+            chunk = Chunk(line_no, _buffer(data[:cut]))
+            yield chunk
+            line_no += len(chunk.buffer.starts)
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as err:
-        raise TraceError(f"{os.fspath(path)}: cannot read {compression} text ({err}); is the file complete?") from None
+        raise TraceError(f"{name}: cannot read {compression} text ({err}); is the file complete?") from None
+    finally:
+        if f is not raw:
+            f.close()  # the decompressor only: raw belongs to the caller
     if rest:
         yield Chunk(line_no, _buffer(rest))
