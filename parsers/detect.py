@@ -120,7 +120,7 @@ def open_input(path: str | os.PathLike[str]) -> Iterator[Input]:
         except OSError as err:
             raise TraceError(f"{name}: cannot read ({err.strerror})") from None
         if not head:
-            raise TraceError(f"{name}: empty input, not a trace")
+            raise TraceError(f"{name}: empty {'file' if regular else 'input'}, not a trace")
         if regular:
             raw.seek(0)
             stream: BinaryIO = io.BufferedReader(raw) if isinstance(raw, io.RawIOBase) else raw

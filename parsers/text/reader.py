@@ -22,7 +22,11 @@ from kvmtrace.parsers.text.assemble import Collected, event_table, events_table,
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.text.decode import Decoded, decode_event, decode_unknown
 from kvmtrace.parsers.text.scan import Buffer, scan
-from kvmtrace.parsers.text.source import Chunk, read_chunks
+from kvmtrace.parsers.text.probe import WANTED, text_kind
+from kvmtrace.parsers.text.source import MAX_LINE, Chunk, read_chunks
+
+
+OVERLONG = f"longer than {MAX_LINE >> 10} KiB: not a trace line (dropped unread)"
 
 
 def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
@@ -52,6 +56,8 @@ def _may_be_damaged(buffer: Buffer) -> bool:
     """Any byte-level sign of mail quoting or quoted-printable (what :func:`repair.unquote` looks
     for: a '>', a line ending in '=', a '=3D'); vectorised, as bytes.find on '=3D' costs more."""
     data = buffer.data
+    if not data:
+        return False
     if b">" in data:
         return True
     raw = np.frombuffer(data, dtype=np.uint8)
@@ -143,7 +149,11 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     skipped: list[tuple[int, str]] = []
     headers: list[pl.DataFrame] = []
     for chunk in read_chunks(source, compression, path):
+        skipped.extend((n, OVERLONG) for n in chunk.overlong)
         headers.append(_process_chunk(acc, chunk, skipped))
+        if chunk.first_line == 1 and not any(df.height for df in (*acc.common, *acc.gaps)):
+            # The probe chunk holds no trace line: refuse before reading on (bounded work on junk).
+            raise TraceError(f"{path}: no trace events found: the input looks like {text_kind(chunk.lines)}; {WANTED}")
         if strict and skipped:
             line_no, reason = min(skipped)
             raise TraceError(f"{path}: line {line_no}: {reason} (run without --strict to skip such lines)")

@@ -4,6 +4,12 @@ Why chunks: a tracefs dump can be several GB; holding it whole would cost severa
 size in memory. Each chunk is handed on as bytes with its line bounds (the byte-level prefix
 split reads those) and the number of its first line, so skipped lines can be reported by line
 number; the lines as strings are built only when the string path needs them.
+
+Why a probe and a line bound: the input may be anything (a syslog, a core file, ``/dev/zero``).
+The first chunk is small (:data:`PROBE_BYTES`) and is refused at once when it is binary; the
+reader refuses it too when it holds no trace line, so junk costs a bounded amount of work. A
+line never grows past :data:`MAX_LINE` bytes: a longer one is dropped (an empty line keeps its
+number) and reported, so a stream without line breaks cannot grow in memory.
 """
 
 from __future__ import annotations
@@ -21,15 +27,20 @@ import pyarrow as pa
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.text.probe import WANTED, binary_kind
 from kvmtrace.parsers.text.scan import Buffer
 
 CHUNK_BYTES = 8 << 20
-
-
+#: The first chunk: what decides whether the input is ftrace text at all.
+PROBE_BYTES = 256 << 10
+#: No trace line comes near this (a trace_marker write is at most a page); longer lines are dropped.
+MAX_LINE = 64 << 10
 @dataclass
 class Chunk:
     first_line: int  # 1-based number of the chunk's first line
     buffer: Buffer  # the bytes (valid UTF-8) and each line's bounds
+    #: Lines longer than MAX_LINE, dropped: each is an empty line in ``buffer`` under its number.
+    overlong: tuple[int, ...] = ()
 
     @cached_property
     def lines(self) -> pl.Series:
@@ -100,22 +111,43 @@ def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", 
     """Yield the stream's lines chunk by chunk; a chunk never splits a line.
 
     ``raw`` is read sequentially, once (it may be a pipe); ``name`` is what messages call it.
+    The first chunk is at most :data:`PROBE_BYTES`; binary input is refused before any is yielded.
     """
     line_no = 1
     rest = b""
+    overlong: list[int] = []
+    dropping = False  # inside a line longer than MAX_LINE: discard up to its end
+    size = min(PROBE_BYTES, chunk_bytes)
     f = _decompressed(raw, compression, name)
     try:
         while True:
-            block = f.read(chunk_bytes)
+            block = f.read(size)
             if not block:
                 break
+            if size != chunk_bytes:
+                what = binary_kind(block)
+                if what is not None:
+                    raise TraceError(f"{name}: not ftrace text: the input looks like {what}; {WANTED}")
+                size = chunk_bytes
+            if dropping:
+                end = block.find(b"\n")
+                if end < 0:
+                    continue
+                block, dropping = block[end:], False  # the '\n' ends the dropped line's empty stand-in
             data = rest + block
             cut = data.rfind(b"\n")
             if cut < 0:
                 rest = data
+                if len(rest) > MAX_LINE:
+                    if line_no == 1 and not overlong:
+                        raise TraceError(f"{name}: not ftrace text: no line break in the first {MAX_LINE >> 10} KiB; {WANTED}")
+                    first = line_no  # the pending line's number: every earlier line was yielded
+                    overlong.append(first)
+                    rest, dropping = b"", True
                 continue
             rest = data[cut + 1 :]
-            chunk = Chunk(line_no, _buffer(data[:cut]))
+            chunk = Chunk(line_no, _buffer(data[:cut]), tuple(overlong))
+            overlong = []
             yield chunk
             line_no += len(chunk.buffer.starts)
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as err:
@@ -123,5 +155,5 @@ def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", 
     finally:
         if f is not raw:
             f.close()  # the decompressor only: raw belongs to the caller
-    if rest:
-        yield Chunk(line_no, _buffer(rest))
+    if rest or overlong:
+        yield Chunk(line_no, _buffer(rest), tuple(overlong))
