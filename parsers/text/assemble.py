@@ -26,6 +26,10 @@ from kvmtrace.parsers.text.catalog import RAW_FORM, EventSpec
 #: Which printed forms (kernel eras, ``plugin``) the event's lines matched, e.g. ``5.4+``: the
 #: text's own evidence of the kernel era, for a reader that has no uname.
 META_TEXT_FORMS = b"kvmtrace.text_forms"
+#: The ``system`` of an event without a decoder: text prints no system (tracefs and trace-cmd
+#: report show the bare event name), so it is said to be unknown rather than left null (a null
+#: in the dictionary also cannot be written to Parquet).
+UNKNOWN_SYSTEM = "unknown"
 UNKNOWN_TEXT = b"kvmtrace has no decoder for this event's text; its printed arguments are kept verbatim"
 #: The format files' common fields after ``common_pid``; text carries the preempt count only.
 TEXT_COMMON = (pa.field("common_flags", pa.uint8()), pa.field("common_preempt_count", pa.uint8()))
@@ -57,7 +61,7 @@ def order(common: pl.DataFrame) -> pl.DataFrame:
     return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
 
 
-def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Table:
+def events_table(ordered: pl.DataFrame, systems: dict[str, str]) -> pa.Table:
     """The ``events`` table; ``system`` shares the event column's dictionary indices.
 
     The dictionary lists the names in order of first appearance (as ``dictionary_encode``
@@ -73,7 +77,7 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     index_array = pa.Array.from_buffers(pa.int32(), len(indices), [None, pa.py_buffer(indices)])
     event = pa.DictionaryArray.from_arrays(index_array, names.to_arrow().cast(pa.string()))
     # Through polars: pa.array on a list imports pandas (0.3 s) to check for pandas objects.
-    labels = pl.Series([systems.get(n) for n in names.to_list()], dtype=pl.String).to_arrow().cast(pa.string())
+    labels = pl.Series([systems[n] for n in names.to_list()], dtype=pl.String).to_arrow().cast(pa.string())
     system = pa.DictionaryArray.from_arrays(index_array, labels)
     columns = [t.column(n).cast(EVENTS_SCHEMA.field(n).type) for n in COMMON_NAMES] + [event, system]
     return pa.table(columns, schema=EVENTS_SCHEMA)
@@ -119,6 +123,7 @@ def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame
     if spec is None:
         fields = [pa.field("text", pa.string())]
         meta[META_NULL_PREFIX + b"text"] = UNKNOWN_TEXT
+        meta[META_SYSTEM] = UNKNOWN_SYSTEM.encode()
     else:
         fields = spec.schema_fields()
         meta[META_SYSTEM] = spec.system.encode()

@@ -18,7 +18,7 @@ from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.parsers.text import lines as prefix
 from kvmtrace.parsers.text import repair
-from kvmtrace.parsers.text.assemble import Collected, event_table, events_table, gaps_table, line_seqs, order
+from kvmtrace.parsers.text.assemble import UNKNOWN_SYSTEM, Collected, event_table, events_table, gaps_table, line_seqs, order
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.text.decode import Decoded, decode_event, decode_unknown
 from kvmtrace.parsers.text.scan import Buffer, scan
@@ -170,7 +170,7 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     for (name,) in list(by_event):
         rows = pl.concat(acc.rows.pop(name), how="vertical_relaxed")
         tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()), seqs)
-    systems = {name: (specs[name].system if name in specs else None) for name in tables}
+    systems = {name: (specs[name].system if name in specs else UNKNOWN_SYSTEM) for name in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
     skipped.sort()
