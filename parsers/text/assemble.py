@@ -1,7 +1,7 @@
 """Put decoded text rows together into the reader contract: seq order, tables, gaps, TraceInfo.
 
-``seq`` follows the schema's definition (timestamp, then CPU, stable in file order), so a text
-trace and its trace.dat agree on order except where the text's µs timestamps tie.
+``seq`` is the file's order (the kernel's merge order, the trace.dat's), so a text trace and
+its trace.dat agree on order even where the text's µs timestamps tie (see :func:`order`).
 """
 
 from __future__ import annotations
@@ -48,17 +48,27 @@ class Collected:
     gaps: list[pl.DataFrame] = field(default_factory=list)  # line_no, cpu, lost
 
 
-def order(common: pl.DataFrame) -> pl.DataFrame:
-    """Assign ``seq``: by timestamp, then CPU, then line (stable within a CPU).
+def order(common: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
+    """Assign ``seq``: the file's own order, unless the file is not in time order.
 
-    tracefs text is already in that order (the kernel merges CPUs by timestamp, lower CPU
-    first on ties), so the sort is skipped when one linear check says so.
+    Why not sort by (ts, CPU) as the schema's definition says: the kernel prints tracefs text
+    (and trace-cmd report its output) in its merge order, which is by nanosecond timestamp,
+    lower CPU first on ties: the trace.dat order. The text prints µs, so lines of two CPUs
+    tie, and only the file's order still says which came first (interleaved vCPUs, exactly
+    where races live). Input that goes back in time (text pasted together from several
+    captures) is sorted by timestamp, stably; the returned note says so.
     """
-    ts, cpu, line = pl.col("ts"), pl.col("cpu"), pl.col("line_no")
-    ordered = ((ts.diff() > 0) | ((ts.diff() == 0) & (cpu.diff() >= 0))) & (line.diff() > 0)
-    if not common.select(ordered.fill_null(True).all()).item():
-        common = common.sort(["ts", "cpu", "line_no"])
-    return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
+    line_no, ts = pl.col("line_no"), pl.col("ts")
+    if not common.select((line_no.diff() > 0).fill_null(True).all()).item():
+        common = common.sort("line_no")  # rejoined lines are collected after their chunk
+    back = common.filter((ts.diff() < 0).fill_null(False))
+    note = None
+    if back.height:
+        note = (f"the text is not in time order ({back.height} line(s) go back in time, the first at line "
+                f"{back['line_no'][0]}); its events were sorted by timestamp, lines with equal timestamps "
+                f"keeping their order in the file")
+        common = common.sort(["ts", "line_no"])
+    return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64)), note
 
 
 def events_table(ordered: pl.DataFrame, systems: dict[str, str]) -> pa.Table:

@@ -161,7 +161,7 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
         raise TraceError(f"{path}: no trace events found; is this ftrace text or trace-cmd report output?")
-    ordered = order(common)
+    ordered, order_note = order(common)
     del common
     specs = catalog()
     seqs = line_seqs(ordered)
@@ -180,6 +180,7 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     known = gap_df.filter(pl.col("lost").is_not_null()).group_by("cpu").agg(pl.col("lost").sum())
     unknown = gap_df.filter(pl.col("lost").is_null()).group_by("cpu").len()
     warn = (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",) if skipped else ()
+    warn += (order_note,) if order_note else ()
     info = TraceInfo(
         path=path,
         source="text",
@@ -193,6 +194,6 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
         skipped_lines=len(skipped),
         warnings=warn,
     )
-    if skipped:
-        warnings.warn(f"{path}: {warn[0]}", TraceWarning, stacklevel=2)
+    for note in warn:
+        warnings.warn(f"{path}: {note}", TraceWarning, stacklevel=2)
     return TraceData(info=info, events=events, tables=tables, gaps=gaps, skipped=skipped)
