@@ -139,6 +139,9 @@ def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame
         meta[META_SYSTEM] = spec.system.encode()
         labels = [f.era for f in spec.forms if f.era in forms] + [RAW_FORM] * (RAW_FORM in forms)
         meta[META_TEXT_FORMS] = ", ".join(labels).encode()
+        for key, note in spec.form_notes.items():
+            if text := note(forms):
+                meta[key] = text.encode()
         for f in fields:
             if df[f.name].null_count() and f.name in spec.null_reasons:
                 meta[META_NULL_PREFIX + f.name.encode()] = spec.null_reasons[f.name].encode()
