@@ -132,15 +132,6 @@ def open_input(path: str | os.PathLike[str]) -> Iterator[Input]:
             raw.close()
 
 
-def sniff(path: str | os.PathLike[str]) -> str:
-    """Return ``"tracedat"``, or the text compression (``"none"``, ``"gzip"``, ``"xz"``, ``"zstd"``).
-
-    Only for inputs that can be read twice (regular files): a pipe's bytes are gone once read.
-    """
-    with open_input(path) as src:
-        return src.kind
-
-
 def _renamed(data: TraceData, spool: str, name: str) -> TraceData:
     """``data`` as if read from ``name``: the spool file's path never reaches the user."""
     info = data.info

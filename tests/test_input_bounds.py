@@ -165,3 +165,15 @@ def test_cli_refuses_junk_in_one_line_exit_2(tmp_path):
     assert done.returncode == 2
     err = done.stderr.decode().strip()
     assert len(err.splitlines()) == 1 and "an ELF binary or core dump" in err
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_compressed_tracedat_refused_with_what_to_do(tmp_path, kind):
+    """trace-cmd never writes a compressed trace.dat; one compressed by hand is named as such."""
+    import zstandard
+
+    raw = (SAMPLES / "mmio-zapslot.dat").read_bytes()
+    path = tmp_path / "trace.dat.x"
+    path.write_bytes(gzip.compress(raw) if kind == "gzip" else zstandard.ZstdCompressor().compress(raw))
+    with pytest.raises(TraceError, match=r"looks like a compressed trace\.dat \(decompress it first\)"):
+        read(path)
