@@ -187,17 +187,20 @@ def _partial(form: RoleForm) -> pl.Expr:
 def add_role(df: pl.DataFrame) -> pl.DataFrame:
     """``role`` where the print covers the whole word, and ``role_partial``/``role_mask`` for every row.
 
-    ``_form`` is the era label of the form each row matched (set by the decoder).
+    ``_form`` is the era label of the form each row matched (set by the decoder). Only the
+    forms present are built (a file has one, so one pass over its columns).
     """
+    present = set(df["_form"].unique().to_list())
+    forms = {era: f for era, f in ROLE_FORMS.items() if era in present and f.mask}
     df = df.with_columns(_gpte4=pl.col("_bytes") == 4, _gpte8=pl.col("_bytes") == 8)
     form = pl.col("_form")
-    full = {era: f for era, f in ROLE_FORMS.items() if f.whole}
-    role = pl.coalesce([pl.when(form == era).then(_partial(f)) for era, f in full.items()] + [pl.col("role")])
+    role = pl.coalesce([pl.when(form == era).then(_partial(f)) for era, f in forms.items() if f.whole] + [pl.col("role")])
     partial = pl.coalesce([pl.when(form.is_in(WORD_FORMS)).then(pl.col("role"))]
-                          + [pl.when(form == era).then(_partial(f)) for era, f in ROLE_FORMS.items() if f.mask]
+                          + [pl.when(form == era).then(_partial(f)) for era, f in forms.items()]
                           + [pl.lit(0, pl.UInt32)])
-    mask = (pl.when(form.is_in([*WORD_FORMS, *full])).then(pl.lit(FULL))
-            .otherwise(form.replace_strict({era: f.mask for era, f in ROLE_FORMS.items()}, default=0, return_dtype=pl.Int64)))
+    masks = {era: f.mask for era, f in ROLE_FORMS.items()} | {era: FULL for era in WORD_FORMS}
+    masks |= {era: FULL for era, f in ROLE_FORMS.items() if f.whole}
+    mask = form.replace_strict(masks, default=0, return_dtype=pl.Int64)
     return df.with_columns(role=role.cast(pl.UInt32), role_partial=partial.cast(pl.UInt32), role_mask=mask.cast(pl.UInt32))
 
 
