@@ -41,6 +41,8 @@ HEAD = 16
 #: The path that means standard input, and the name messages give it.
 STDIN = "-"
 STDIN_NAME = "<stdin>"
+#: Disk space a spooled trace.dat must leave free in the temporary directory.
+SPOOL_RESERVE = 1 << 30
 
 
 def kind_of(head: bytes) -> str:
@@ -147,9 +149,17 @@ def _read_spooled(src: Input, instance: str | None) -> TraceData:
 
     fd, spool = tempfile.mkstemp(prefix="kvmtrace-", suffix=".dat")
     try:
+        # Never fill the disk: an endless stream that starts like a trace.dat stops here.
+        room = shutil.disk_usage(os.path.dirname(spool)).free - SPOOL_RESERVE
         with os.fdopen(fd, "wb") as out:
             try:
-                shutil.copyfileobj(src.stream, out, 1 << 20)
+                while block := src.stream.read(1 << 20):
+                    room -= len(block)
+                    if room < 0:
+                        raise TraceError(f"{src.name}: the trace.dat on this pipe does not fit in the free space of "
+                                         f"{os.path.dirname(spool)} (less than {SPOOL_RESERVE >> 20} MiB would be "
+                                         f"left); give the file's path, or set TMPDIR to a larger disk")
+                    out.write(block)
             except OSError as err:
                 raise TraceError(f"{src.name}: cannot copy the trace.dat from the pipe to a temporary file "
                                  f"({err.strerror}); give the file's path instead") from None

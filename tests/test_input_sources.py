@@ -160,3 +160,26 @@ def test_cli_process_substitution_and_dev_stdin(file_counts):
 def test_empty_pipe_is_refused_in_one_line():
     with pytest.raises(TraceError, match=r"^/dev/fd/\d+: empty input, not a trace$"):
         _read_pipe(b"")
+
+
+def test_endless_tracedat_stream_never_fills_the_disk(spool_dir, monkeypatch):
+    """A stream that starts like a trace.dat and never ends is refused once the spool would leave
+    less than the reserve free (the reserve is raised here to just below the free space)."""
+    import shutil
+
+    from kvmtrace.parsers import detect
+
+    free = shutil.disk_usage(spool_dir).free
+    monkeypatch.setattr(detect, "SPOOL_RESERVE", free - (8 << 20))
+    head = (SAMPLES / f"{SAMPLE}.dat").read_bytes()[:4096]
+    endless = subprocess.Popen(["bash", "-c", "cat \"$0\"; cat /dev/zero", "/dev/stdin"], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
+    endless.stdin.write(head)
+    endless.stdin.close()
+    try:
+        with pytest.raises(TraceError, match="does not fit in the free space"):
+            read(f"/dev/fd/{endless.stdout.fileno()}")
+    finally:
+        endless.kill()
+        endless.wait()
+    assert list(spool_dir.iterdir()) == []
