@@ -110,12 +110,19 @@ def test_report_without_plugin_prints_the_word(reports, form):
             assert text.tables[name].column("role").null_count == 0
 
 
-def test_pre_2015_plugin_carries_no_role_bits(tmp_path):
-    """The pre-2015 plugin's fields are not taken (their order is unverified): mask 0, and it says so."""
+def test_pre_2015_plugin_gives_the_word_bits_of_layout_a():
+    """trace-cmd's first kvm plugin prints ``role.level, role.glevels, ...`` of the 2.6.3x union
+    (plugin_kvm.c before 2015) whatever the kernel: those are the word's bits 0-9 and 16-22.
+    Read by the layout of 4.20+ kernels, the 2019 report's ``1/4 q3 direct --x`` is level 4,
+    8-byte gptes, access w-x, ad_disabled and guest_mode: an indirect page of a nested guest."""
     data = read(Path(__file__).parent / "data" / "text" / "mail-2019-kiszka-report-quoted.txt")
     t = data.tables["kvm_mmu_get_page"]
-    assert pl.from_arrow(t)["role_mask"].unique().to_list() == [0]
-    assert pl.from_arrow(t)["role_partial"].unique().to_list() == [0]
+    got = pl.from_arrow(t)
+    assert got["role_mask"].unique().to_list() == [0x3FF | 0x7F << 16]
+    assert got["role"].null_count() == got.height
+    # "1/4 q3 direct --x !pge !nxe": glevels 4 (bits 0-3), level 1 (4-7), quadrant 3 (8-9),
+    # direct (16), access --x = 1 (17-19), invalid/pge/nxe 0.
+    assert got["role_partial"].unique().to_list() == [4 | 1 << 4 | 3 << 8 | 1 << 16 | 1 << 17]
     assert b"plugin before 2015: " in t.schema.metadata[META_ROLE_UNPRINTED]
 
 

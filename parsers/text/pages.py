@@ -22,7 +22,7 @@ from typing import Mapping
 
 import polars as pl
 
-from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Skip
+from kvmtrace.parsers.text.printf import RAW_FORM, Choice
 
 PAGE_EVENTS = (
     "kvm_mmu_get_page",
@@ -85,12 +85,14 @@ PLUGIN_ROLE = (
      Choice("_smm", {" smm": 1, "": 0}), "root_count", _SYNC),
 )
 
-#: The plugin's first role printer (trace-cmd before 2015, layout A); ``trace-cmd`` builds of
-#: that age were still used on much newer kernels, so its fields say nothing exact about the word.
+#: The plugin's first role printer (trace-cmd before 2015): ``role.level, role.glevels, ...`` of
+#: the layout A union, whatever the kernel. ``trace-cmd`` builds of that age were still used on
+#: much newer kernels: the names are then wrong, but the values are the word's bits at layout A
+#: positions (0-9 and 16-22).
 PLUGIN_ROLE_A = (
     "%u/%u q%u%s %s%s %spge %snxe root %u %s",
-    (Skip(r"\d+"), Skip(r"\d+"), Skip(r"\d+"), Skip("| direct"), Skip("|".join(ACCESS)), Skip("| invalid"),
-     Skip("!?"), Skip("!?"), "root_count", _SYNC),
+    ("_level", "_glevels", "_quadrant", _DIRECT, Choice("_access", ACCESS), _INVALID, Choice("_cr4_pge", _NOT),
+     Choice("_nxe", _NOT), "root_count", _SYNC),
 )
 
 #: The plugin prints the word itself when the file's byte order is not the host's.
@@ -142,6 +144,9 @@ class RoleForm:
 
 
 _MODERN = {"_level": 0, "_quadrant": 5, "_direct": 7, "_access": 8, "_invalid": 11, "_nxe": 12, "_ad_disabled": 16}
+#: Layout A (2.6.3x): printed field -> bit; the pre-2015 plugin prints the same fields.
+_LAYOUT_A = {"_glevels": 0, "_level": 4, "_quadrant": 8, "_direct": 16, "_access": 17, "_invalid": 20, "_cr4_pge": 21,
+             "_nxe": 22}
 _PLUGIN = {"_level": 0, "_pae": 4, "_quadrant": 5, "_direct": 7, "_access": 8, "_invalid": 11, "_nxe": 12,
            "_cr0_wp": 13, "_smep": 14, "_smap": 15, "_smm": 24}
 
@@ -164,17 +169,16 @@ ROLE_FORMS: Mapping[str, RoleForm] = {
     "2.6.35-3.10": RoleForm(
         {"_level": 0, "_pae": 4, "_quadrant": 5, "_direct": 13, "_access": 14, "_invalid": 17, "_nxe": 18},
         "layout B; not printed: cr0_wp (bit 19), smep_andnot_wp (20)"),
-    "2.6.3x": RoleForm(
-        {"_glevels": 0, "_level": 4, "_quadrant": 8, "_direct": 16, "_access": 17, "_invalid": 20, "_cr4_pge": 21,
-         "_nxe": 22},
-        "layout A: every bit is printed (bits 10-15 and 23-31 are padding)", whole=True),
+    "2.6.3x": RoleForm(_LAYOUT_A, "layout A: every bit is printed (bits 10-15 and 23-31 are padding)", whole=True),
     "plugin": RoleForm(
         _PLUGIN,
         "the kvm plugin decodes the word by the 4.2 layout whatever the kernel, so its fields are the word's bits "
         "0-15 and the smm byte even where their names are wrong (pae is has_4_byte_gpte on 5.17+); not printed: "
         "bits 16-23 (ad_disabled, guest_mode, passthrough, is_mirror)"),
     "plugin before 2015": RoleForm(
-        {}, "the pre-2015 kvm plugin's level/glevels order is not verified: no role bit is taken from it"),
+        _LAYOUT_A,
+        "the pre-2015 kvm plugin decodes the word by the 2.6.3x layout whatever the kernel, so its fields are the "
+        "word's bits 0-9 and 16-22 (on later kernels under wrong names); not printed: bits 10-15 and 23-31"),
 }
 #: Forms that print the whole word (``role`` column parsed as is).
 WORD_FORMS = ("plugin, other byte order", RAW_FORM)
