@@ -81,9 +81,9 @@ class Input:
     name: str
     stream: BinaryIO
     kind: str
-    #: A regular file (it has a size and can be mapped); otherwise a pipe, FIFO, socket or tty.
-    regular: bool
-    path: str | None  # the file's path when it can be reopened by name (a regular file)
+    #: The path of a regular file (it can be reopened and mapped); None for a pipe, FIFO, socket,
+    #: tty or standard input, which can be read only once, from the stream.
+    path: str | None
 
 
 def _read_head(raw: BinaryIO) -> bytes:
@@ -125,10 +125,10 @@ def open_input(path: str | os.PathLike[str]) -> Iterator[Input]:
             raise TraceError(f"{name}: empty {'file' if regular else 'input'}, not a trace")
         if regular:
             raw.seek(0)
-            stream: BinaryIO = io.BufferedReader(raw) if isinstance(raw, io.RawIOBase) else raw
+            stream: BinaryIO = io.BufferedReader(raw)  # a file opened above: never standard input
         else:
             stream = io.BufferedReader(_Replayed(head, raw))
-        yield Input(name, stream, kind_of(head), regular, spath if regular else None)
+        yield Input(name, stream, kind_of(head), spath if regular else None)
     finally:
         if owned:
             raw.close()

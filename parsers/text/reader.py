@@ -167,10 +167,10 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     seqs = line_seqs(ordered)
     by_event = ordered.partition_by("event", as_dict=True)
     tables = {}
-    for (name,) in list(by_event):
-        rows = pl.concat(acc.rows.pop(name), how="vertical_relaxed")
-        tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()), seqs)
-    systems = {name: (specs[name].system if name in specs else UNKNOWN_SYSTEM) for name in tables}
+    for (event,) in list(by_event):
+        rows = pl.concat(acc.rows.pop(event), how="vertical_relaxed")
+        tables[event] = event_table(specs.get(event), by_event.pop((event,)), rows, acc.forms.get(event, set()), seqs)
+    systems = {event: (specs[event].system if event in specs else UNKNOWN_SYSTEM) for event in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
     skipped.sort()
