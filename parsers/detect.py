@@ -1,12 +1,29 @@
-"""Input-format detection by content.
+"""Input-format detection by content, on any input: a file, a pipe, a FIFO or standard input.
 
 A user hands us whatever they have: ``trace.dat``, ``trace.dat.zst``, a ``trace`` file copied off
-a host, a mail with a pasted excerpt. File names lie; the first bytes do not.
+a host, a mail with a pasted excerpt, ``<(zcat t.txt.gz)`` or ``-``. File names lie; the first
+bytes do not.
+
+Why the care with pipes: a pipe cannot be re-read, so the bytes read to decide the format must
+be handed on to the reader, never dropped (reopening ``/dev/stdin`` after a buffered peek used
+to lose its first 8 KiB). Text is read as a stream (its reader is sequential); a trace.dat is
+read through a memory map, so a trace.dat that is not a regular file is first spooled to a
+temporary file, which is removed whatever happens.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import os
+import shutil
+import stat
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from typing import BinaryIO, Iterator
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
@@ -19,21 +36,17 @@ COMPRESSED_MAGICS = {
     b"\xfd7zXZ\x00": "xz",
     b"\x28\xb5\x2f\xfd": "zstd",
 }
+#: Bytes needed to tell the formats apart (the longest magic).
+HEAD = 16
+#: The path that means standard input, and the name messages give it.
+STDIN = "-"
+STDIN_NAME = "<stdin>"
+#: Disk space a spooled trace.dat must leave free in the temporary directory.
+SPOOL_RESERVE = 1 << 30
 
 
-def sniff(path: str | os.PathLike[str]) -> str:
-    """Return ``"tracedat"``, or the text compression (``"none"``, ``"gzip"``, ``"xz"``, ``"zstd"``)."""
-    try:
-        with open(path, "rb") as f:
-            head = f.read(16)
-    except FileNotFoundError:
-        raise TraceError(f"{os.fspath(path)}: no such file") from None
-    except IsADirectoryError:
-        raise TraceError(f"{os.fspath(path)}: is a directory, not a trace") from None
-    except PermissionError:
-        raise TraceError(f"{os.fspath(path)}: permission denied") from None
-    if not head:
-        raise TraceError(f"{os.fspath(path)}: empty file, not a trace")
+def kind_of(head: bytes) -> str:
+    """``"tracedat"``, or the text compression (``"none"``, ``"gzip"``, ``"xz"``, ``"zstd"``)."""
     if head.startswith(TRACEDAT_MAGIC):
         return "tracedat"
     for magic, name in COMPRESSED_MAGICS.items():
@@ -42,17 +55,141 @@ def sniff(path: str | os.PathLike[str]) -> str:
     return "none"
 
 
+class _Replayed(io.RawIOBase):
+    """A non-seekable stream whose first bytes were already read: they are served again first."""
+
+    def __init__(self, head: bytes, raw: BinaryIO) -> None:
+        self._head = memoryview(head)
+        self._raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        if self._head:
+            n = min(len(b), len(self._head))
+            b[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._raw.readinto(b)
+
+
+@dataclass
+class Input:
+    """An opened input: its name for messages, a stream at its first byte, and what it holds."""
+
+    name: str
+    stream: BinaryIO
+    kind: str
+    #: The path of a regular file (it can be reopened and mapped); None for a pipe, FIFO, socket,
+    #: tty or standard input, which can be read only once, from the stream.
+    path: str | None
+
+
+def _read_head(raw: BinaryIO) -> bytes:
+    """Up to :data:`HEAD` bytes; a pipe may deliver fewer per read, so read until EOF or enough."""
+    head = b""
+    while len(head) < HEAD:
+        more = raw.read(HEAD - len(head))
+        if not more:
+            break
+        head += more
+    return head
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike[str]) -> Iterator[Input]:
+    """Open ``path`` (``"-"``: standard input) and decide its format without losing a byte."""
+    spath = os.fspath(path)
+    if spath == STDIN:
+        name, raw, owned = STDIN_NAME, sys.stdin.buffer, False
+    else:
+        name, owned = spath, True
+        try:
+            raw = open(spath, "rb", buffering=0)
+        except FileNotFoundError:
+            raise TraceError(f"{spath}: no such file") from None
+        except IsADirectoryError:
+            raise TraceError(f"{spath}: is a directory, not a trace") from None
+        except PermissionError:
+            raise TraceError(f"{spath}: permission denied") from None
+        except OSError as err:
+            raise TraceError(f"{spath}: cannot open ({err.strerror})") from None
+    try:
+        regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode) and spath != STDIN
+        try:
+            head = _read_head(raw)
+        except OSError as err:
+            raise TraceError(f"{name}: cannot read ({err.strerror})") from None
+        if not head:
+            raise TraceError(f"{name}: empty {'file' if regular else 'input'}, not a trace")
+        if regular:
+            raw.seek(0)
+            stream: BinaryIO = io.BufferedReader(raw)  # a file opened above: never standard input
+        else:
+            stream = io.BufferedReader(_Replayed(head, raw))
+        yield Input(name, stream, kind_of(head), spath if regular else None)
+    finally:
+        if owned:
+            raw.close()
+
+
+def _renamed(data: TraceData, spool: str, name: str) -> TraceData:
+    """``data`` as if read from ``name``: the spool file's path never reaches the user."""
+    info = data.info
+    data.info = dataclasses.replace(info, path=name, warnings=tuple(w.replace(spool, name) for w in info.warnings))
+    for sub in data.instances.values():
+        _renamed(sub, spool, name)
+    return data
+
+
+def _read_spooled(src: Input, instance: str | None) -> TraceData:
+    """Copy a non-seekable trace.dat to a temporary file, read it there, and always remove it."""
+    from kvmtrace.parsers.tracedat import read_tracedat
+
+    fd, spool = tempfile.mkstemp(prefix="kvmtrace-", suffix=".dat")
+    try:
+        # Never fill the disk: an endless stream that starts like a trace.dat stops here.
+        room = shutil.disk_usage(os.path.dirname(spool)).free - SPOOL_RESERVE
+        with os.fdopen(fd, "wb") as out:
+            try:
+                while block := src.stream.read(1 << 20):
+                    room -= len(block)
+                    if room < 0:
+                        raise TraceError(f"{src.name}: the trace.dat on this pipe does not fit in the free space of "
+                                         f"{os.path.dirname(spool)} (less than {SPOOL_RESERVE >> 20} MiB would be "
+                                         f"left); give the file's path, or set TMPDIR to a larger disk")
+                    out.write(block)
+            except OSError as err:
+                raise TraceError(f"{src.name}: cannot copy the trace.dat from the pipe to a temporary file "
+                                 f"({err.strerror}); give the file's path instead") from None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                data = read_tracedat(spool, instance=instance)
+            except TraceError as err:
+                raise TraceError(str(err).replace(spool, src.name)) from None
+    finally:
+        os.unlink(spool)
+    for w in caught:
+        message = str(w.message).replace(spool, src.name)
+        warnings.warn(message, w.category, stacklevel=3)
+    return _renamed(data, spool, src.name)
+
+
 def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> TraceData:
-    """Read a trace.dat or ftrace text file into a :class:`TraceData`.
+    """Read a trace.dat or ftrace text into a :class:`TraceData`; ``"-"`` reads standard input.
 
     ``instance`` picks a trace.dat buffer instance by name (default: the top buffer);
     ``strict`` makes the text reader fail on lines it would otherwise skip.
     """
-    kind = sniff(path)
-    if kind == "tracedat":
-        from kvmtrace.parsers.tracedat import read_tracedat
+    with open_input(path) as src:
+        if src.kind == "tracedat":
+            if src.path is None:
+                return _read_spooled(src, instance)
+            from kvmtrace.parsers.tracedat import read_tracedat
 
-        return read_tracedat(path, instance=instance)
-    from kvmtrace.parsers.text import read_text
+            return read_tracedat(src.path, instance=instance)
+        from kvmtrace.parsers.text import read_text
 
-    return read_text(path, compression=kind, strict=strict)
+        return read_text(src.stream, compression=src.kind, strict=strict, name=src.name)

@@ -123,7 +123,7 @@ def test_counter_clock_timestamps(twin_lines, tmp_path):
 
 def test_only_prose_is_an_error(tmp_path):
     p = _write(tmp_path, ["Hello,", "here is what I saw yesterday.", "Thanks"])
-    with pytest.raises(TraceError, match="no trace events"):
+    with pytest.raises(TraceError, match="no trace events found: the input looks like text without any trace line"):
         read_text(p)
 
 

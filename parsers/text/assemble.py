@@ -1,7 +1,7 @@
 """Put decoded text rows together into the reader contract: seq order, tables, gaps, TraceInfo.
 
-``seq`` follows the schema's definition (timestamp, then CPU, stable in file order), so a text
-trace and its trace.dat agree on order except where the text's µs timestamps tie.
+``seq`` is the file's order (the kernel's merge order, the trace.dat's), so a text trace and
+its trace.dat agree on order even where the text's µs timestamps tie (see :func:`order`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,10 @@ from kvmtrace.parsers.text.catalog import RAW_FORM, EventSpec
 #: Which printed forms (kernel eras, ``plugin``) the event's lines matched, e.g. ``5.4+``: the
 #: text's own evidence of the kernel era, for a reader that has no uname.
 META_TEXT_FORMS = b"kvmtrace.text_forms"
+#: The ``system`` of an event without a decoder: text prints no system (tracefs and trace-cmd
+#: report show the bare event name), so it is said to be unknown rather than left null (a null
+#: in the dictionary also cannot be written to Parquet).
+UNKNOWN_SYSTEM = "unknown"
 UNKNOWN_TEXT = b"kvmtrace has no decoder for this event's text; its printed arguments are kept verbatim"
 #: The format files' common fields after ``common_pid``; text carries the preempt count only.
 TEXT_COMMON = (pa.field("common_flags", pa.uint8()), pa.field("common_preempt_count", pa.uint8()))
@@ -44,20 +48,30 @@ class Collected:
     gaps: list[pl.DataFrame] = field(default_factory=list)  # line_no, cpu, lost
 
 
-def order(common: pl.DataFrame) -> pl.DataFrame:
-    """Assign ``seq``: by timestamp, then CPU, then line (stable within a CPU).
+def order(common: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
+    """Assign ``seq``: the file's own order, unless the file is not in time order.
 
-    tracefs text is already in that order (the kernel merges CPUs by timestamp, lower CPU
-    first on ties), so the sort is skipped when one linear check says so.
+    Why not sort by (ts, CPU) as the schema's definition says: the kernel prints tracefs text
+    (and trace-cmd report its output) in its merge order, which is by nanosecond timestamp,
+    lower CPU first on ties: the trace.dat order. The text prints µs, so lines of two CPUs
+    tie, and only the file's order still says which came first (interleaved vCPUs, exactly
+    where races live). Input that goes back in time (text pasted together from several
+    captures) is sorted by timestamp, stably; the returned note says so.
     """
-    ts, cpu, line = pl.col("ts"), pl.col("cpu"), pl.col("line_no")
-    ordered = ((ts.diff() > 0) | ((ts.diff() == 0) & (cpu.diff() >= 0))) & (line.diff() > 0)
-    if not common.select(ordered.fill_null(True).all()).item():
-        common = common.sort(["ts", "cpu", "line_no"])
-    return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64))
+    line_no, ts = pl.col("line_no"), pl.col("ts")
+    if not common.select((line_no.diff() > 0).fill_null(True).all()).item():
+        common = common.sort("line_no")  # rejoined lines are collected after their chunk
+    back = common.filter((ts.diff() < 0).fill_null(False))
+    note = None
+    if back.height:
+        note = (f"the text is not in time order ({back.height} line(s) go back in time, the first at line "
+                f"{back['line_no'][0]}); its events were sorted by timestamp, lines with equal timestamps "
+                f"keeping their order in the file")
+        common = common.sort(["ts", "line_no"])
+    return common.with_row_index("seq").with_columns(pl.col("seq").cast(pl.Int64)), note
 
 
-def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Table:
+def events_table(ordered: pl.DataFrame, systems: dict[str, str]) -> pa.Table:
     """The ``events`` table; ``system`` shares the event column's dictionary indices.
 
     The dictionary lists the names in order of first appearance (as ``dictionary_encode``
@@ -73,7 +87,7 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str | None]) -> pa.Ta
     index_array = pa.Array.from_buffers(pa.int32(), len(indices), [None, pa.py_buffer(indices)])
     event = pa.DictionaryArray.from_arrays(index_array, names.to_arrow().cast(pa.string()))
     # Through polars: pa.array on a list imports pandas (0.3 s) to check for pandas objects.
-    labels = pl.Series([systems.get(n) for n in names.to_list()], dtype=pl.String).to_arrow().cast(pa.string())
+    labels = pl.Series([systems[n] for n in names.to_list()], dtype=pl.String).to_arrow().cast(pa.string())
     system = pa.DictionaryArray.from_arrays(index_array, labels)
     columns = [t.column(n).cast(EVENTS_SCHEMA.field(n).type) for n in COMMON_NAMES] + [event, system]
     return pa.table(columns, schema=EVENTS_SCHEMA)
@@ -119,11 +133,15 @@ def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame
     if spec is None:
         fields = [pa.field("text", pa.string())]
         meta[META_NULL_PREFIX + b"text"] = UNKNOWN_TEXT
+        meta[META_SYSTEM] = UNKNOWN_SYSTEM.encode()
     else:
         fields = spec.schema_fields()
         meta[META_SYSTEM] = spec.system.encode()
         labels = [f.era for f in spec.forms if f.era in forms] + [RAW_FORM] * (RAW_FORM in forms)
         meta[META_TEXT_FORMS] = ", ".join(labels).encode()
+        for key, note in spec.form_notes.items():
+            if text := note(forms):
+                meta[key] = text.encode()
         for f in fields:
             if df[f.name].null_count() and f.name in spec.null_reasons:
                 meta[META_NULL_PREFIX + f.name.encode()] = spec.null_reasons[f.name].encode()

@@ -20,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.text import pages
-from kvmtrace.parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
+from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
 
 #: C type of a format-file field -> Arrow type (by size and signedness, as the format file says).
 ARROW_TYPES: Mapping[str, pa.DataType] = {
@@ -41,8 +41,9 @@ POLARS_TYPES: Mapping[str, pl.DataType] = {
     "s64": pl.Int64, "bool": pl.Boolean, "str": pl.String,
 }
 
-#: The label of ``trace-cmd report -R`` lines (``field=value``), tried after every printed form.
-RAW_FORM = "trace-cmd report -R"
+
+#: Page-class tables: per printed form seen, the role layout assumed and the bits text does not carry.
+META_ROLE_UNPRINTED = b"kvmtrace.role_unprinted"
 
 PFERR = {"P": 1, "W": 2, "U": 4, "RSVD": 8, "F": 16}
 PTR_REASON = "pointers are hashed in tracefs text (%p, Linux 4.15+ with hash-ptr); only unhashed values are kept"
@@ -71,9 +72,13 @@ class EventSpec:
     #: ``trace-cmd report -R`` prints a number in the base its print fmt uses; when libtraceevent
     #: cannot parse the print fmt (page-class statement expressions) every number is decimal.
     raw_decimal: bool = False
+    #: Columns text adds after the format file's fields (built by ``finish``), e.g. the partial role.
+    derived: tuple[tuple[str, str], ...] = ()
+    #: Table metadata built from the printed forms seen: key -> (forms -> value); empty value: no key.
+    form_notes: Mapping[bytes, Callable[[set[str]], str]] = field(default_factory=dict)
 
     def schema_fields(self) -> list[pa.Field]:
-        return [pa.field(n, ARROW_TYPES[t]) for n, t in self.fields]
+        return [pa.field(n, ARROW_TYPES[t]) for n, t in (*self.fields, *self.derived)]
 
 
 def _spec(name: str, system: str, fields: str, forms: list[tuple], **kw) -> EventSpec:
@@ -147,7 +152,8 @@ def _page_spec(name: str) -> EventSpec:
     if name == "kvm_mmu_get_page":
         fields += " created:bool"
     return _spec(name, "kvmmmu", fields, pages.variants(name), null_reasons=pages.NULL_REASONS,
-                 finish=pages.add_role, raw_decimal=True)
+                 finish=pages.add_role, raw_decimal=True, derived=pages.ROLE_COLUMNS,
+                 form_notes={META_ROLE_UNPRINTED: pages.unprinted_notes})
 
 
 def _specs() -> list[EventSpec]:

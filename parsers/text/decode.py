@@ -57,7 +57,9 @@ def _raw_regex(spec: EventSpec) -> str:
     for name, t in spec.fields:
         value = ".*" if t == "str" else r"\S*"
         parts.append(f"{name}=(?P<{name}>{value})")
-    return "^" + " ".join(parts) + "$"
+    # Without plugins, trace-cmd report prints an event whose print fmt libtraceevent cannot
+    # parse (the page-class statement expressions) the same way, after this marker.
+    return r"^(?:\[FAILED TO PARSE\] )?" + " ".join(parts) + "$"
 
 
 def _raw_exprs(spec: EventSpec) -> list[pl.Expr]:
@@ -130,16 +132,17 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) 
             break
         got, rest = _apply(rest, regex, exprs)
         if got.height:
-            pieces.append(got)
+            pieces.append(got.with_columns(_form=pl.lit(era)))  # which form each row matched
             seen.append(era)
     types = _types(spec)
-    scratch = _scratch(spec)
+    scratch = {**_scratch(spec), "_form": pl.String}
     full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in {**types, **scratch}.items() if c not in p.columns])
             .select("line_no", *types, *scratch) for p in pieces]
     df = pl.concat(full, how="vertical_relaxed") if full else pl.DataFrame(schema={"line_no": pl.Int64, **types, **scratch})
     if spec.finish is not None and df.height:
         df = spec.finish(df)
-    df = df.select("line_no", *[pl.col(n).cast(t) for n, t in types.items()])
+    out = {**types, **_field_types(spec.derived)}
+    df = df.select("line_no", *[(pl.col(n) if n in df.columns else pl.lit(None)).cast(t).alias(n) for n, t in out.items()])
     return Decoded(df, rest["line_no"], tuple(seen))
 
 

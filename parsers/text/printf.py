@@ -19,6 +19,9 @@ from typing import Mapping, Union
 import polars as pl
 
 HEX = r"[0-9a-fA-F]+"
+#: The label of ``trace-cmd report -R`` lines (``field=value``), tried after every printed form;
+#: also how ``trace-cmd report`` without plugins prints an event whose print fmt it cannot parse.
+RAW_FORM = "trace-cmd report -R"
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -17,11 +18,15 @@ from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.parsers.text import lines as prefix
 from kvmtrace.parsers.text import repair
-from kvmtrace.parsers.text.assemble import Collected, event_table, events_table, gaps_table, line_seqs, order
+from kvmtrace.parsers.text.assemble import UNKNOWN_SYSTEM, Collected, event_table, events_table, gaps_table, line_seqs, order
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.text.decode import Decoded, decode_event, decode_unknown
 from kvmtrace.parsers.text.scan import Buffer, scan
-from kvmtrace.parsers.text.source import Chunk, read_chunks
+from kvmtrace.parsers.text.probe import WANTED, text_kind
+from kvmtrace.parsers.text.source import MAX_LINE, Chunk, read_chunks
+
+
+OVERLONG = f"longer than {MAX_LINE >> 10} KiB: not a trace line (dropped unread)"
 
 
 def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
@@ -51,6 +56,8 @@ def _may_be_damaged(buffer: Buffer) -> bool:
     """Any byte-level sign of mail quoting or quoted-printable (what :func:`repair.unquote` looks
     for: a '>', a line ending in '=', a '=3D'); vectorised, as bytes.find on '=3D' costs more."""
     data = buffer.data
+    if not data:
+        return False
     if b">" in data:
         return True
     raw = np.frombuffer(data, dtype=np.uint8)
@@ -121,34 +128,49 @@ def _process_chunk(acc: Collected, chunk: Chunk, skipped: list[tuple[int, str]])
     return split.filter(pl.col("kind") == "header").select("line")
 
 
-def read_text(path: str | os.PathLike[str], compression: str = "none", strict: bool = False) -> TraceData:
+def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "none", strict: bool = False,
+              name: str | None = None) -> TraceData:
     """Read ftrace text (tracefs ``trace``/``trace_pipe``, ``trace-cmd report`` [-R]) into TraceData.
 
+    ``source`` is a path or a binary stream read once from its current position (a pipe is
+    fine); ``name`` is what messages and ``TraceInfo.path`` call it (default: the path).
     Lines that cannot be recovered exactly are skipped and listed (``TraceData.skipped``); with
     ``strict`` the first such line is an error instead.
     """
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            f = open(source, "rb")
+        except OSError as err:
+            raise TraceError(f"{os.fspath(source)}: cannot open ({err.strerror})") from None
+        with f:
+            return read_text(f, compression, strict, os.fspath(source) if name is None else name)
+    path = name if name is not None else str(getattr(source, "name", "<text>"))
     acc = Collected()
     skipped: list[tuple[int, str]] = []
     headers: list[pl.DataFrame] = []
-    for chunk in read_chunks(path, compression):
+    for chunk in read_chunks(source, compression, path):
+        skipped.extend((n, OVERLONG) for n in chunk.overlong)
         headers.append(_process_chunk(acc, chunk, skipped))
+        if chunk.first_line == 1 and not any(df.height for df in (*acc.common, *acc.gaps)):
+            # The probe chunk holds no trace line: refuse before reading on (bounded work on junk).
+            raise TraceError(f"{path}: no trace events found: the input looks like {text_kind(chunk.lines)}; {WANTED}")
         if strict and skipped:
             line_no, reason = min(skipped)
-            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
+            raise TraceError(f"{path}: line {line_no}: {reason} (run without --strict to skip such lines)")
     common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
-        raise TraceError(f"{os.fspath(path)}: no trace events found; is this ftrace text or trace-cmd report output?")
-    ordered = order(common)
+        raise TraceError(f"{path}: no trace events found; is this ftrace text or trace-cmd report output?")
+    ordered, order_note = order(common)
     del common
     specs = catalog()
     seqs = line_seqs(ordered)
     by_event = ordered.partition_by("event", as_dict=True)
     tables = {}
-    for (name,) in list(by_event):
-        rows = pl.concat(acc.rows.pop(name), how="vertical_relaxed")
-        tables[name] = event_table(specs.get(name), by_event.pop((name,)), rows, acc.forms.get(name, set()), seqs)
-    systems = {name: (specs[name].system if name in specs else None) for name in tables}
+    for (event,) in list(by_event):
+        rows = pl.concat(acc.rows.pop(event), how="vertical_relaxed")
+        tables[event] = event_table(specs.get(event), by_event.pop((event,)), rows, acc.forms.get(event, set()), seqs)
+    systems = {event: (specs[event].system if event in specs else UNKNOWN_SYSTEM) for event in tables}
     events = events_table(ordered, systems)
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
     skipped.sort()
@@ -158,8 +180,9 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
     known = gap_df.filter(pl.col("lost").is_not_null()).group_by("cpu").agg(pl.col("lost").sum())
     unknown = gap_df.filter(pl.col("lost").is_null()).group_by("cpu").len()
     warn = (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",) if skipped else ()
+    warn += (order_note,) if order_note else ()
     info = TraceInfo(
-        path=os.fspath(path),
+        path=path,
         source="text",
         compression=compression,
         cpus=cpus,
@@ -171,6 +194,6 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
         skipped_lines=len(skipped),
         warnings=warn,
     )
-    if skipped:
-        warnings.warn(f"{os.fspath(path)}: {warn[0]}", TraceWarning, stacklevel=2)
+    for note in warn:
+        warnings.warn(f"{path}: {note}", TraceWarning, stacklevel=2)
     return TraceData(info=info, events=events, tables=tables, gaps=gaps, skipped=skipped)

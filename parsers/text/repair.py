@@ -90,6 +90,10 @@ class Fixes:
 
 #: The start of a record: a task-pid and a bracketed CPU.
 RECORD_START = r"^\s*[^\s>|].*-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?\[\d+\]"
+#: The start of a record in any layout: a bracketed CPU, or the latency layout's CPU and flags.
+WRAPPED_START = r"^\s*[^\s>|].*-\d+\s+(?:\(\s*(?:\d+|-+)\)\s+)?(?:\[\d+\]|\d+[^\s\d]\S{3,4}\s)"
+#: The longest piece of a wrapped line: mail lines end by 998 characters (RFC 5322).
+WRAPPED_MAX = 998
 AMBIGUOUS = "decodes alone and joined with the next line too (wrapped?); cannot tell which is exact"
 
 
@@ -149,8 +153,13 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
     events = set(split.filter(pl.col("kind") == "event")["line_no"].to_list())
     # A line that begins like a record ("task-pid [cpu]") starts one; it never continues another.
     heads = set(split.filter((pl.col("kind") == "bad") & pl.col("line").str.contains(RECORD_START))["line_no"].to_list())
-    tails = bad - heads
-    starts = [n for n in order if (n in bad or n in events) and follow.get(n) in tails]
+    # Only a line that begins like a record can have been wrapped (mail and terminals wrap
+    # after the prefix), and only short pieces are pieces of a wrapped line: prose and junk
+    # then cost nothing here, where every line used to start a dozen trial joins.
+    short = set(split.filter(pl.col("line").str.len_bytes() <= WRAPPED_MAX)["line_no"].to_list())
+    tails = (bad - heads) & short
+    wrapped = set(split.filter((pl.col("kind") == "bad") & pl.col("line").str.contains(WRAPPED_START))["line_no"].to_list())
+    starts = [n for n in order if (n in wrapped or n in events) and n in short and follow.get(n) in tails]
     text = dict(split.select("line_no", "line").iter_rows())
     cands = [c for s in starts for c in _candidates(s, follow, text, tails)]
     if not cands:

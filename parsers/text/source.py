@@ -4,6 +4,12 @@ Why chunks: a tracefs dump can be several GB; holding it whole would cost severa
 size in memory. Each chunk is handed on as bytes with its line bounds (the byte-level prefix
 split reads those) and the number of its first line, so skipped lines can be reported by line
 number; the lines as strings are built only when the string path needs them.
+
+Why a probe and a line bound: the input may be anything (a syslog, a core file, ``/dev/zero``).
+The first chunk is small (:data:`PROBE_BYTES`) and is refused at once when it is binary; the
+reader refuses it too when it holds no trace line, so junk costs a bounded amount of work. A
+line never grows past :data:`MAX_LINE` bytes: a longer one is dropped (an empty line keeps its
+number) and reported, so a stream without line breaks cannot grow in memory.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
-import os
 from dataclasses import dataclass
 from functools import cached_property
 from typing import BinaryIO, Iterator
@@ -22,15 +27,20 @@ import pyarrow as pa
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.text.probe import WANTED, binary_kind
 from kvmtrace.parsers.text.scan import Buffer
 
 CHUNK_BYTES = 8 << 20
-
-
+#: The first chunk: what decides whether the input is ftrace text at all.
+PROBE_BYTES = 256 << 10
+#: No trace line comes near this (a trace_marker write is at most a page); longer lines are dropped.
+MAX_LINE = 64 << 10
 @dataclass
 class Chunk:
     first_line: int  # 1-based number of the chunk's first line
     buffer: Buffer  # the bytes (valid UTF-8) and each line's bounds
+    #: Lines longer than MAX_LINE, dropped: each is an empty line in ``buffer`` under its number.
+    overlong: tuple[int, ...] = ()
 
     @cached_property
     def lines(self) -> pl.Series:
@@ -43,8 +53,8 @@ class Chunk:
         return pl.DataFrame({"line_no": pl.int_range(self.first_line, self.first_line + n, eager=True), "line": self.lines})
 
 
-def _open(path: str | os.PathLike[str], compression: str) -> BinaryIO:
-    raw = open(path, "rb")
+def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO:
+    """The text stream of ``raw`` (which stays open: its owner closes it)."""
     if compression == "none":
         return raw
     if compression == "gzip":
@@ -52,9 +62,8 @@ def _open(path: str | os.PathLike[str], compression: str) -> BinaryIO:
     if compression == "xz":
         return lzma.LZMAFile(raw)
     if compression == "zstd":
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    raw.close()
-    raise TraceError(f"{os.fspath(path)}: unknown text compression {compression!r}; use none, gzip, xz or zstd")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=False))
+    raise TraceError(f"{name}: unknown text compression {compression!r}; use none, gzip, xz or zstd")
 
 
 def _valid_utf8(data: bytes) -> bytes:
@@ -98,26 +107,53 @@ def _split(data: bytes) -> pl.Series:
     return lines.str.strip_suffix("\r") if b"\r" in data else lines
 
 
-def read_chunks(path: str | os.PathLike[str], compression: str = "none", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-    """Yield the file's lines chunk by chunk; a chunk never splits a line."""
+def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+    """Yield the stream's lines chunk by chunk; a chunk never splits a line.
+
+    ``raw`` is read sequentially, once (it may be a pipe); ``name`` is what messages call it.
+    The first chunk is at most :data:`PROBE_BYTES`; binary input is refused before any is yielded.
+    """
     line_no = 1
     rest = b""
+    overlong: list[int] = []
+    dropping = False  # inside a line longer than MAX_LINE: discard up to its end
+    size = min(PROBE_BYTES, chunk_bytes)
+    f = _decompressed(raw, compression, name)
     try:
-        with _open(path, compression) as f:
-            while True:
-                block = f.read(chunk_bytes)
-                if not block:
-                    break
-                data = rest + block
-                cut = data.rfind(b"\n")
-                if cut < 0:
-                    rest = data
+        while True:
+            block = f.read(size)
+            if not block:
+                break
+            if size != chunk_bytes:
+                what = binary_kind(block)
+                if what is not None:
+                    raise TraceError(f"{name}: not ftrace text: the input looks like {what}; {WANTED}")
+                size = chunk_bytes
+            if dropping:
+                end = block.find(b"\n")
+                if end < 0:
                     continue
-                rest = data[cut + 1 :]
-                chunk = Chunk(line_no, _buffer(data[:cut]))
-                yield chunk
-                line_no += len(chunk.buffer.starts)
+                block, dropping = block[end:], False  # the '\n' ends the dropped line's empty stand-in
+            data = rest + block
+            cut = data.rfind(b"\n")
+            if cut < 0:
+                rest = data
+                if len(rest) > MAX_LINE:
+                    if line_no == 1 and not overlong:
+                        raise TraceError(f"{name}: not ftrace text: no line break in the first {MAX_LINE >> 10} KiB; {WANTED}")
+                    first = line_no  # the pending line's number: every earlier line was yielded
+                    overlong.append(first)
+                    rest, dropping = b"", True
+                continue
+            rest = data[cut + 1 :]
+            chunk = Chunk(line_no, _buffer(data[:cut]), tuple(overlong))
+            overlong = []
+            yield chunk
+            line_no += len(chunk.buffer.starts)
     except (OSError, EOFError, lzma.LZMAError, zstandard.ZstdError) as err:
-        raise TraceError(f"{os.fspath(path)}: cannot read {compression} text ({err}); is the file complete?") from None
-    if rest:
-        yield Chunk(line_no, _buffer(rest))
+        raise TraceError(f"{name}: cannot read {compression} text ({err}); is the file complete?") from None
+    finally:
+        if f is not raw:
+            f.close()  # the decompressor only: raw belongs to the caller
+    if rest or overlong:
+        yield Chunk(line_no, _buffer(rest), tuple(overlong))
