@@ -7,19 +7,17 @@ here knows the command line, so importing it never imports the CLI.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.console import Console
 
 import kvmtrace
-from kvmtrace.report import Report, build_report, write_atomic
+from kvmtrace.commands.common import Steps
+from kvmtrace.report import Report, build_report
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.replay import replay
@@ -27,22 +25,6 @@ from kvmtrace.replays.results import ReplayResult
 
 #: --fail-on threshold -> severities that meet it
 FAIL_ON: dict[str, tuple[str, ...]] = {"error": ("error",), "warning": ("error", "warning")}
-
-
-class Steps:
-    """A spinner on stderr naming the current step, shown only when stderr is a terminal, so
-    redirected output and CI logs stay clean."""
-
-    def __init__(self) -> None:
-        self.console = Console(stderr=True)
-
-    @contextlib.contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        if not self.console.is_terminal:
-            yield
-            return
-        with self.console.status(what):
-            yield
 
 
 def read_qemu_log(path: Path) -> list[str]:
@@ -183,19 +165,3 @@ def analysis_report(analysis: Analysis, *, with_plots: bool = False, steps: Step
         analysis.data, analysis.replay, path=str(analysis.path), version=kvmtrace.__version__,
         filters=analysis.filters, figures=figures,
     )
-
-
-def emit(text: str, output: Path | None) -> None:
-    """Print to stdout, or write ``output`` atomically."""
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_atomic(output, text)
-
-
-def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
-    if fmt not in allowed:
-        raise TraceError(f"--format {fmt}: unknown; choose one of {', '.join(allowed)}")
-
-

@@ -1,19 +1,48 @@
-"""The ``kvmtrace`` command line.
+"""The ``kvmtrace`` command line and its exit-status contract.
 
-Each subcommand lives in its own module under :mod:`kvmtrace.commands` and registers itself on
-:data:`app`. This module owns only what is common to all of them: the one-line error contract
-(a :class:`kvmtrace.parsers.TraceError` becomes ``kvmtrace: <message>`` on stderr and exit status 2, never a
-traceback) and the entry point.
+Each subcommand is a plain function in :mod:`kvmtrace.commands`; this module registers them on
+:data:`app` (the commands never import this module, so there is no import cycle) and owns what is
+common to all of them — how a run ends:
+
+====  ==========================================================================================
+0     the command did its job (``analyze`` found nothing at or above ``--fail-on``)
+1     only ``analyze --fail-on`` met: a CI gate may read 1 as "the trace shows a bug"
+2     unusable input or usage: a file that cannot be read as a trace, a bad option, an output
+      that would overwrite an input — one line on stderr saying what and what to do
+3     an internal error (a bug in kvmtrace): one line naming the exception; ``--debug`` shows the
+      traceback. Never 1, so that a crash is not mistaken for a finding
+130   interrupted (Ctrl-C)
+====  ==========================================================================================
+
+``record`` is the exception by design: it exits with the recorded command's status.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
+import traceback
 import warnings
+from typing import Annotated, NoReturn, Sequence
 
 import typer
 
+import kvmtrace
+from kvmtrace.commands import analyze, convert, diff, info, record
+from kvmtrace.commands.common import cli_message
 from kvmtrace.parsers.errors import TraceError, TraceWarning
+
+EXIT_OK = 0
+EXIT_FAIL_ON = 1
+EXIT_INPUT = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+#: 128 + SIGPIPE: what a shell reports for a program whose reader went away (``| head``).
+EXIT_PIPE = 141
+
+#: click's base of every usage error. Recent typer releases carry their own copy of click, so the
+#: class is taken from typer's exceptions rather than imported from the ``click`` package.
+_UsageErrors: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 app = typer.Typer(
     name="kvmtrace",
@@ -23,12 +52,36 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.command()(info.info)
+app.command()(convert.convert)
+app.command()(analyze.analyze)
+app.command()(diff.diff)
+app.command(context_settings={"allow_interspersed_args": False})(record.record)
 
-# Subcommand modules; importing one registers its command on ``app``.
-from kvmtrace.commands import info, convert, analyze, diff, record  # noqa: E402,F401
+
+class _Run:
+    """What the root options asked for, read by :func:`run` after the command has ended."""
+
+    debug = False
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"kvmtrace {kvmtrace.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="On an internal error, show the traceback.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    _Run.debug = debug
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
     """Reader warnings (cut-short file, skipped lines) are for the user: one line, no source."""
     if issubclass(category, TraceWarning):
         print(f"kvmtrace: warning: {message}", file=sys.stderr)
@@ -36,15 +89,50 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
         print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
 
 
-def main() -> None:
-    """Entry point: click handles usage errors itself (exit 2); reader errors become one line."""
+def _show_usage_error(err: Exception) -> None:
+    try:
+        from typer import rich_utils  # typer's own rendering of usage errors, when rich is there
+
+        rich_utils.rich_format_error(err)
+    except ImportError:
+        err.show()  # type: ignore[attr-defined]
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    _Run.debug = False
     warnings.showwarning = _show_warning
     try:
-        app()
+        status = app(args=argv, standalone_mode=False, prog_name="kvmtrace")
     except TraceError as err:
-        print(f"kvmtrace: {err}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as err:  # an output folder we cannot write, a disk that filled up
+        print(f"kvmtrace: {cli_message(err)}", file=sys.stderr)
+        return EXIT_INPUT
+    except typer.Abort:
+        return EXIT_INTERRUPTED
+    except _UsageErrors as err:
+        _show_usage_error(err)
+        return EXIT_INPUT
+    except OSError as err:
+        if err.errno == errno.EPIPE:
+            return EXIT_PIPE
+        # an output folder we cannot write, a disk that filled up, a file that vanished
         where = f"{err.filename}: " if err.filename else ""
         print(f"kvmtrace: {where}{err.strerror or err}", file=sys.stderr)
-        sys.exit(2)
+        return EXIT_INPUT
+    except Exception as err:  # noqa: BLE001 - the contract: a bug is exit 3 and one line
+        if _Run.debug:
+            traceback.print_exc()
+        where = "" if _Run.debug else "; rerun as 'kvmtrace --debug ...' to see the traceback"
+        print(f"kvmtrace: internal error: {type(err).__name__}: {_one_line(err)}{where}", file=sys.stderr)
+        return EXIT_INTERNAL
+    return status if isinstance(status, int) else EXIT_OK
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:300] + ("..." if len(text) > 300 else "")
+
+
+def main() -> NoReturn:
+    """Entry point of the ``kvmtrace`` command."""
+    sys.exit(run())

@@ -8,13 +8,12 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.analysis import FAIL_ON, Steps, analysis_report, check_format, emit, replay_trace
-from kvmtrace.cli import app
+from kvmtrace.analysis import FAIL_ON, analysis_report, replay_trace
+from kvmtrace.commands.common import Steps, check_format, emit
 from kvmtrace.report import FORMATS, render
 from kvmtrace.parsers.errors import TraceError
 
 
-@app.command()
 def analyze(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",

@@ -8,10 +8,8 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.cli import app
 
 
-@app.command()
 def convert(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
     outdir: Annotated[Path, typer.Argument(help="Folder to write <event>.parquet and events.parquet into")],

@@ -9,12 +9,11 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.cli import app
-from kvmtrace.analysis import Steps, analysis_report, check_format, emit, replay_trace
+from kvmtrace.analysis import analysis_report, replay_trace
+from kvmtrace.commands.common import Steps, check_format, emit
 from kvmtrace.report import DIFF_FORMATS, build_diff, render_diff
 
 
-@app.command()
 def diff(
     a: Annotated[Path, typer.Argument(help="The reference trace (e.g. the good run).")],
     b: Annotated[Path, typer.Argument(help="The trace to compare with it.")],

@@ -9,11 +9,9 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.cli import app
 from kvmtrace.report.traceinfo import info_dict, render_info
 
 
-@app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,

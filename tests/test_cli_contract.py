@@ -1,0 +1,77 @@
+"""The exit-status contract of the ``kvmtrace`` command (0 clean, 1 only for ``--fail-on``,
+2 unusable input or usage, 3 internal error in one line), ``--version`` and ``--debug``.
+
+Internal errors are provoked in-process: pytest's monkeypatch makes one step of a real analysis
+raise, and :func:`kvmtrace.cli.run` is called the way ``main`` calls it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import kvmtrace
+from conftest import SAMPLES
+from kvmtrace import cli
+from kvmtrace.parsers.errors import TraceError
+
+CHURN = SAMPLES / "churn-zapslot.dat"
+
+
+def _boom(*args: object, **kwargs: object) -> None:
+    raise IndexError("index 0 is out of bounds for axis 0 with size 0")
+
+
+@pytest.fixture
+def crashing_replay(monkeypatch):
+    """The replay step of ``analyze`` fails the way a bug in it would."""
+    import kvmtrace.commands.analyze as analyze
+
+    monkeypatch.setattr(analyze, "replay_trace", _boom)
+
+
+def test_internal_error_is_exit_3_and_one_line_naming_the_exception(crashing_replay, capsys):
+    assert cli.run(["analyze", str(CHURN), "--fail-on", "error"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "internal error: IndexError: index 0 is out of bounds" in err and "--debug" in err
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(crashing_replay, capsys):
+    assert cli.run(["--debug", "analyze", str(CHURN)]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):") and "_boom" in err
+    assert err.rstrip().splitlines()[-1].startswith("kvmtrace: internal error: IndexError")
+
+
+def test_version(capsys):
+    assert cli.run(["--version"]) == 0
+    assert capsys.readouterr().out == f"kvmtrace {kvmtrace.__version__}\n"
+
+
+@pytest.mark.parametrize("argv", [["analyze"], ["analyze", str(CHURN), "--no-such-option"], ["frobnicate"], []],
+                         ids=["missing-path", "unknown-option", "unknown-command", "no-command"])
+def test_usage_errors_are_exit_2(argv, capsys):
+    assert cli.run(argv) == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_unreadable_input_is_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(b"hello, this is not a trace\n")
+    assert cli.run(["analyze", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kvmtrace: {bad}: no trace events found") and err.count("\n") == 1
+
+
+def test_clean_run_is_exit_0_even_with_fail_on(capsys):
+    """mmio-zapall has no error finding: --fail-on error is not met."""
+    assert cli.run(["analyze", str(SAMPLES / "mmio-zapall.dat"), "--fail-on", "error", "--format", "json"]) == 0
+
+
+def test_hints_name_flags_on_the_command_line_and_keywords_in_python(capsys):
+    err = TraceError("kernel release 'x' is not of the form MAJOR.MINOR", hint="pass e.g. {kernel} 6.12")
+    assert str(err) == "kernel release 'x' is not of the form MAJOR.MINOR; pass e.g. kernel 6.12"
+    from kvmtrace.commands.common import cli_message
+
+    assert cli_message(err).endswith("; pass e.g. --kernel 6.12")
