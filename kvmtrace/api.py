@@ -8,8 +8,6 @@ tables when exactness matters, and Parquet export.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import polars as pl
@@ -19,6 +17,7 @@ import pyarrow.parquet as pq
 from kvmtrace import parsers
 from kvmtrace import replays
 from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.report.output import atomic_dir, refuse_inputs
 from kvmtrace.replays.results import ReplayResult
 
 
@@ -74,28 +73,21 @@ class Trace:
         """Replay this trace against the simulated MMU (see :func:`kvmtrace.replays.replay`)."""
         return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
 
-    def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:
+    def to_parquet(self, outdir: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
         """Write ``<event>.parquet`` per event that occurs, plus ``events.parquet``, into ``outdir``.
 
-        Written to a temporary folder beside ``outdir`` and moved into place at the end, so an
-        error half-way leaves nothing behind.
+        The dataset is built in a temporary folder beside ``outdir`` and renamed into place at
+        the end, so an error half-way leaves ``outdir`` as it was. A folder that is not empty is
+        refused unless ``force``, which replaces the whole dataset (two traces never mix).
         """
         out = Path(outdir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            for name in self.event_names:
-                pq.write_table(self._data.tables[name], tmp / f"{name.replace(':', '.')}.parquet")
+        refuse_inputs(out, [self.path], param="outdir")
+        with atomic_dir(out, force=force) as tmp:
+            names = [f"{name.replace(':', '.')}.parquet" for name in self.event_names]
+            for name, file in zip(self.event_names, names):
+                pq.write_table(self._data.tables[name], tmp / file)
             pq.write_table(self._data.events, tmp / "events.parquet")
-            out.mkdir(exist_ok=True)
-            written = []
-            for f in sorted(tmp.iterdir()):
-                target = out / f.name
-                os.replace(f, target)
-                written.append(target)
-            return written
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return sorted(out / f for f in [*names, "events.parquet"])
 
     def _repr_html_(self) -> str:
         """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""

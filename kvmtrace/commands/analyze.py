@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 
 from kvmtrace.analysis import FAIL_ON, analysis_report, replay_trace
-from kvmtrace.commands.common import Steps, check_format, emit
+from kvmtrace.commands.common import Steps, check_format, emit, to_stdout
+from kvmtrace.report.output import refuse_inputs
 from kvmtrace.report import FORMATS, render
 from kvmtrace.parsers.errors import TraceError
 
@@ -17,7 +18,7 @@ from kvmtrace.parsers.errors import TraceError
 def analyze(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
     fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here (atomically).")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report to this file (whole or not at all; - is standard output).")] = None,
     qemu_log: Annotated[Path | None, typer.Option(help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
     memslots: Annotated[Path | None, typer.Option(help='Memslot layout (JSON): {"slots": [{"slot", "gpa", "size", "flags", "as_id"}]}.')] = None,
     kernel: Annotated[str | None, typer.Option(help="Kernel version to assume (default: from the trace).")] = None,
@@ -32,6 +33,8 @@ def analyze(
     outside the selection look like they predate the trace); the report says so.
     """
     check_format(fmt, FORMATS)
+    if not to_stdout(output):
+        refuse_inputs(output, [p for p in (path, qemu_log, memslots) if p is not None])
     if fail_on is not None and fail_on not in FAIL_ON:
         raise TraceError(f"--fail-on {fail_on}: unknown; choose error or warning")
     steps = Steps()
@@ -40,7 +43,7 @@ def analyze(
         cpu=cpu, steps=steps,
     )
     report = analysis_report(analysis, with_plots=fmt == "html", steps=steps)
-    color = output is None and fmt == "text" and sys.stdout.isatty()
+    color = to_stdout(output) and fmt == "text" and sys.stdout.isatty()
     emit(render(report, fmt, color=color), output)
     if fail_on is not None and any(f.severity in FAIL_ON[fail_on] for f in report.findings):
         raise typer.Exit(1)

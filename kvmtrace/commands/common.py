@@ -13,8 +13,9 @@ from rich.console import Console
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import write_atomic
 
-#: Parameters whose flag is not ``--`` + the keyword with dashes.
-_FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o"}
+#: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` + the keyword with dashes.
+_FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o", "outdir": "OUTDIR",
+          "command": "COMMAND after '--' (kvmtrace record -o x.dat -- ./workload)"}
 
 
 def flag(param: str) -> str:
@@ -48,9 +49,14 @@ def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
         raise TraceError(f"--format {fmt}: unknown", hint=f"choose one of {', '.join(allowed)}")
 
 
+def to_stdout(output: Path | None) -> bool:
+    """``-o -`` (or no ``-o``) is standard output, as in every other Unix tool."""
+    return output is None or str(output) == "-"
+
+
 def emit(text: str, output: Path | None) -> None:
     """Print to stdout, or write ``output`` atomically."""
-    if output is None:
+    if to_stdout(output):
         sys.stdout.write(text)
         sys.stdout.flush()
     else:
