@@ -170,7 +170,7 @@ def profile_for(kernel: str | None) -> KernelProfile:
         return _ERAS[0]
     m = _RELEASE.match(kernel)
     if not m:
-        raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12")
+        raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]", hint="pass e.g. {kernel} 6.12")
     version = (int(m.group(1)), int(m.group(2)))
     for prof in _ERAS:
         if version >= prof.version:

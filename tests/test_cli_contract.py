@@ -75,3 +75,11 @@ def test_hints_name_flags_on_the_command_line_and_keywords_in_python(capsys):
     from kvmtrace.commands.common import cli_message
 
     assert cli_message(err).endswith("; pass e.g. --kernel 6.12")
+
+
+def test_a_library_error_names_the_keyword_in_python_and_the_flag_on_the_command_line(capsys):
+    with pytest.raises(TraceError) as err:
+        kvmtrace.open(CHURN).replay(kernel="banana")
+    assert str(err.value).endswith("pass e.g. kernel 6.12") and "--" not in str(err.value)
+    assert cli.run(["analyze", str(CHURN), "--kernel", "banana"]) == 2
+    assert capsys.readouterr().err == "kvmtrace: kernel release 'banana' is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12\n"

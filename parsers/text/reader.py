@@ -134,7 +134,7 @@ def read_text(path: str | os.PathLike[str], compression: str = "none", strict: b
         headers.append(_process_chunk(acc, chunk, skipped))
         if strict and skipped:
             line_no, reason = min(skipped)
-            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason} (run without --strict to skip such lines)")
+            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}", hint="run without {strict} to skip such lines")
     common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
