@@ -1,24 +1,29 @@
 """The Python face: ``kvmtrace.open(path)`` and the :class:`Trace` object.
 
 A ``Trace`` wraps the reader's :class:`kvmtrace.parsers.schema.TraceData` and presents it the way a
-notebook user wants it: polars DataFrames (``.to_pandas()`` is one call away), the raw Arrow
-tables when exactness matters, and Parquet export.
+notebook user wants it: polars DataFrames (pandas through ``to_pandas``), the raw Arrow tables
+when exactness matters, and Parquet export. ``Trace.analyze()`` replays it and returns a
+:class:`kvmtrace.Analysis`.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kvmtrace import parsers
-from kvmtrace import replays
+from kvmtrace.analysis import Analysis, analyze, convert_table
+from kvmtrace.parsers import read as read_trace
 from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.report import trace_html
 from kvmtrace.report.output import atomic_dir, refuse_inputs
-from kvmtrace.replays.results import ReplayResult
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Trace:
@@ -68,10 +73,38 @@ class Trace:
         except KeyError:
             raise KeyError(f"no buffer instance {name!r}; this file has {sorted(self._data.instances)}") from None
 
-    def replay(self, *, kernel: str | None = None, memslots: dict | None = None,
-               qemu_log_lines: list[str] | None = None) -> ReplayResult:
-        """Replay this trace against the simulated MMU (see :func:`kvmtrace.replays.replay`)."""
-        return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
+    def analyze(
+        self,
+        *,
+        kernel: str | None = None,
+        qemu_log: str | os.PathLike[str] | Sequence[str] | None = None,
+        memslots: str | os.PathLike[str] | dict[str, Any] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cpus: int | Iterable[int] | None = None,
+        zap_rule: str | None = None,
+    ) -> Analysis:
+        """Replay this trace against the simulated KVM MMU: everything ``kvmtrace analyze`` does.
+
+        - ``kernel``: the kernel release to assume (default: the trace's own, e.g. ``"6.12"``).
+        - ``qemu_log``: QEMU's ``-trace`` log with ``kvm_set_user_memory`` lines (a file, or its
+          lines): the memslot history when the trace has no markers for it.
+        - ``memslots``: the starting memslot layout (a JSON file, or ``{"slots": [...]}``); the
+          trace's own memslot changes still apply after it.
+        - ``since``, ``until`` (seconds, as the reports print timestamps) and ``cpus``: what to
+          *report*. The replay always runs over the whole trace.
+        - ``zap_rule``: the per-slot zap rule to assume, by name (see ``kvmtrace.replays``).
+        """
+        return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
+                       cpus=cpus, zap_rule=zap_rule)
+
+    def to_pandas(self, name: str | None = None) -> "pd.DataFrame":
+        """One event's rows (or, without ``name``, the ``events`` table) as a pandas DataFrame.
+
+        Converted through Arrow with Arrow-backed dtypes: no copy where the types allow, and a
+        u64 SPTE stays a u64 (numpy-backed pandas would make it a float when nulls appear).
+        """
+        return convert_table(self._data.events if name is None else self._data.table(name), "pandas")
 
     def to_parquet(self, outdir: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
         """Write ``<event>.parquet`` per event that occurs, plus ``events.parquet``, into ``outdir``.
@@ -91,8 +124,6 @@ class Trace:
 
     def _repr_html_(self) -> str:
         """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""
-        from kvmtrace.report import trace_html  # the report package imports this module
-
         return trace_html(self._data, self.path)
 
     def __repr__(self) -> str:
@@ -102,5 +133,5 @@ class Trace:
 
 def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:  # noqa: A001
     """Open a trace.dat or ftrace text file (format decided by content)."""
-    data = parsers.read(path, instance=instance, strict=strict)
+    data = read_trace(path, instance=instance, strict=strict)
     return Trace(data, os.fspath(path))

@@ -27,10 +27,10 @@ from typing import Annotated, NoReturn, Sequence
 
 import typer
 
-import kvmtrace
 from kvmtrace.commands import analyze, convert, diff, info, record
 from kvmtrace.commands.common import cli_message
 from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.version import __version__
 
 EXIT_OK = 0
 EXIT_FAIL_ON = 1
@@ -44,7 +44,59 @@ EXIT_PIPE = 141
 #: class is taken from typer's exceptions rather than imported from the ``click`` package.
 _UsageErrors: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
+class _ClassicHelp:
+    """``--help`` as typer users know it: ``PATH`` (not ``{path}``) in the usage line, the metavar
+    (``FILE``, ``SECONDS``) or click's type name (``TEXT``, ``INTEGER``) for an option's value,
+    and nothing for flags (not ``<bool>``). Recent typer releases changed these; the commands are
+    written against the classic look, which the README and users' scripts quote."""
+
+    @staticmethod
+    def adopt(params: list) -> list:
+        for p in params:
+            if isinstance(p, typer.core.TyperArgument):
+                p.__class__ = _Argument
+                p.metavar = p.metavar or (p.name or "").upper()
+            elif isinstance(p, typer.core.TyperOption):
+                p.__class__ = _Option
+        return params
+
+
+#: typer's ``<type>`` labels as click names them.
+_CLICK_TYPES = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH", "list[str]": "TEXT"}
+
+
+class _Argument(typer.core.TyperArgument):
+    def get_usage_pieces(self, ctx) -> list[str]:  # type: ignore[no-untyped-def]
+        name = (self.metavar or "") + ("..." if self.nargs != 1 else "")
+        return [name if self.required else f"[{name}]"]
+
+    def display_type_rich(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+class _Option(typer.core.TyperOption):
+    def display_type_rich(self, ctx):  # type: ignore[no-untyped-def]
+        if self.is_flag:
+            return None
+        if self.metavar:
+            return str(self.metavar)
+        shown = str(super().display_type_rich(ctx) or "").strip("<>")
+        return _CLICK_TYPES.get(shown, shown.upper())
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _ClassicHelp.adopt(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _ClassicHelp.adopt(super().get_params(ctx))
+
+
 app = typer.Typer(
+    cls=_Group,
+    rich_markup_mode="markdown",
     name="kvmtrace",
     help="Trace-replay analyzer for the Linux KVM x86 MMU: read kvmmmu traces, replay them "
     "against a simulated MMU, and report anomalies.",
@@ -52,11 +104,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-app.command()(info.info)
-app.command()(convert.convert)
-app.command()(analyze.analyze)
-app.command()(diff.diff)
-app.command(context_settings={"allow_interspersed_args": False})(record.record)
+app.command(cls=_Command)(info.info)
+app.command(cls=_Command)(convert.convert)
+app.command(cls=_Command)(analyze.analyze)
+app.command(cls=_Command)(diff.diff)
+app.command(cls=_Command, context_settings={"allow_interspersed_args": False})(record.record)
 
 
 class _Run:
@@ -67,7 +119,7 @@ class _Run:
 
 def _print_version(value: bool) -> None:
     if value:
-        typer.echo(f"kvmtrace {kvmtrace.__version__}")
+        typer.echo(f"kvmtrace {__version__}")
         raise typer.Exit()
 
 

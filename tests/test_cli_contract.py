@@ -24,9 +24,9 @@ def _boom(*args: object, **kwargs: object) -> None:
 @pytest.fixture
 def crashing_replay(monkeypatch):
     """The replay step of ``analyze`` fails the way a bug in it would."""
-    import kvmtrace.commands.analyze as analyze
+    import kvmtrace.analysis
 
-    monkeypatch.setattr(analyze, "replay_trace", _boom)
+    monkeypatch.setattr(kvmtrace.analysis, "run_replay", _boom)
 
 
 def test_internal_error_is_exit_3_and_one_line_naming_the_exception(crashing_replay, capsys):
@@ -79,7 +79,19 @@ def test_hints_name_flags_on_the_command_line_and_keywords_in_python(capsys):
 
 def test_a_library_error_names_the_keyword_in_python_and_the_flag_on_the_command_line(capsys):
     with pytest.raises(TraceError) as err:
-        kvmtrace.open(CHURN).replay(kernel="banana")
+        kvmtrace.open(CHURN).analyze(kernel="banana")
     assert str(err.value).endswith("pass e.g. kernel 6.12") and "--" not in str(err.value)
     assert cli.run(["analyze", str(CHURN), "--kernel", "banana"]) == 2
     assert capsys.readouterr().err == "kvmtrace: kernel release 'banana' is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12\n"
+
+
+@pytest.mark.parametrize("command, usage", [
+    ("analyze", "Usage: kvmtrace analyze [OPTIONS] PATH"), ("diff", "Usage: kvmtrace diff [OPTIONS] A B"),
+    ("convert", "Usage: kvmtrace convert [OPTIONS] PATH OUTDIR"), ("record", "Usage: kvmtrace record [OPTIONS] COMMAND..."),
+    ("info", "Usage: kvmtrace info [OPTIONS] PATH"),
+])
+def test_help_reads_as_typer_users_expect(command, usage, capsys):
+    assert cli.run([command, "--help"]) == 0
+    out = capsys.readouterr().out
+    assert usage in out
+    assert "<bool>" not in out and "<str>" not in out and "<path>" not in out and "{" not in out.split("Options")[0]

@@ -13,7 +13,7 @@ from kvmtrace.report.output import refuse_inputs
 
 def convert(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
-    outdir: Annotated[Path, typer.Argument(help="Folder to write <event>.parquet and events.parquet into")],
+    outdir: Annotated[Path, typer.Argument(help="Folder to write EVENT.parquet per event and events.parquet into.")],
     instance: Annotated[str | None, typer.Option(help="Buffer instance of a trace.dat (default: top).")] = None,
     strict: Annotated[bool, typer.Option(help="Text input: fail on lines that cannot be parsed.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace the Parquet dataset already in OUTDIR.")] = False,

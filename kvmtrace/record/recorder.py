@@ -144,7 +144,7 @@ def _extract_trace_cmd(opts: RecordOptions) -> None:
 def _write_native(tfs: Tracefs, opts: RecordOptions, drain: PageDrain, stats: dict[int, bytes]) -> dict[int, int]:
     """Write OUT.dat with our writer from the drained pages; return pages flagged with missed
     events per CPU."""
-    from kvmtrace import __version__
+    from kvmtrace.version import __version__
 
     drain.drain()  # what is left after tracing stopped, including partly filled pages
     cpu_data = drain.data()
