@@ -95,3 +95,21 @@ def test_help_reads_as_typer_users_expect(command, usage, capsys):
     out = capsys.readouterr().out
     assert usage in out
     assert "<bool>" not in out and "<str>" not in out and "<path>" not in out and "{" not in out.split("Options")[0]
+
+
+def test_zap_rule_is_passed_to_the_replay_only_when_given(monkeypatch, capsys):
+    """``--zap-rule NAME`` reaches ``replays.replay(zap_rule=NAME)``; without it the replay is
+    called exactly as before (so the option works with replays that predate the parameter)."""
+    import kvmtrace.analysis
+
+    seen: list[dict] = []
+    real = kvmtrace.analysis.run_replay
+
+    def spy(data, **kwargs):
+        seen.append(kwargs)
+        return real(data, **{k: v for k, v in kwargs.items() if k != "zap_rule"})
+
+    monkeypatch.setattr(kvmtrace.analysis, "run_replay", spy)
+    assert cli.run(["analyze", str(CHURN), "--format", "json"]) == 0
+    assert cli.run(["analyze", str(CHURN), "--format", "json", "--zap-rule", "gptes_6_12"]) == 0
+    assert "zap_rule" not in seen[0] and seen[1]["zap_rule"] == "gptes_6_12"
