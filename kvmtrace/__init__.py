@@ -10,4 +10,4 @@ from kvmtrace.api import Trace, open
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.version import __version__
 
-__all__ = ["open", "Trace", "Analysis", "TraceError", "__version__"]
+__all__ = ["Analysis", "Trace", "TraceError", "__version__", "open"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import polars as pl
@@ -31,7 +32,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.select import Selection, select
 from kvmtrace.replays import replay as run_replay
 from kvmtrace.replays.checks import Severity, Status
@@ -97,7 +97,7 @@ def read_memslots(source: PathLike | dict[str, Any]) -> dict[str, Any]:
 
 
 def _ns(seconds: float | None) -> int | None:
-    return None if seconds is None else int(round(seconds * 1e9))
+    return None if seconds is None else round(seconds * 1e9)
 
 
 def _selection(since: float | None, until: float | None, cpus: int | Iterable[int] | None) -> Selection:
@@ -165,11 +165,11 @@ class Analysis:
     as the selection shows it).
     """
 
-    def __init__(self, trace: Trace, replay: ReplayResult, selection: Selection = Selection()) -> None:
+    def __init__(self, trace: Trace, replay: ReplayResult, selection: Selection | None = None) -> None:
         self.trace = trace
         self.path = Path(trace.path)
         self.replay = replay
-        self.selection = selection
+        self.selection = selection = selection or Selection()
         self._shown_data = select(trace.data, selection)
         if not selection.everything and self._shown_data.events.num_rows == 0:
             raise TraceError(f"the selection ({_selection_words(selection)}) holds no event of this trace",
@@ -213,12 +213,12 @@ class Analysis:
     def findings(self) -> pl.DataFrame:
         """One row per finding in the selection: id, severity, seq, ts, cpu, gfn, slot, message,
         evidence (the seqs that prove it)."""
-        return pl.from_arrow(self.shown.findings)  # type: ignore[return-value]
+        return convert_table(self.shown.findings, "polars")
 
     @property
     def checks(self) -> pl.DataFrame:
         """One row per check: id, status (passed | failed | not_evaluated), reason, findings."""
-        return pl.from_arrow(self.shown.checks)  # type: ignore[return-value]
+        return convert_table(self.shown.checks, "polars")
 
     @property
     def table_names(self) -> list[str]:
@@ -253,8 +253,8 @@ class Analysis:
         if not words:
             return ()
         n, total = self._shown_data.info.total_events, self.trace.data.info.total_events
-        return (f"reported: {words} ({n} of {total} events); the replay ran over the whole trace, "
-                "so objects and memslot changes outside the selection still count",)
+        return ((f"reported: {words} ({n} of {total} events); the replay ran over the whole trace, "
+                 "so objects and memslot changes outside the selection still count"),)
 
     @cached_property
     def model(self) -> Report:
@@ -264,7 +264,7 @@ class Analysis:
     def _model(self, *, with_figures: bool) -> Report:
         figures: tuple = ()
         if with_figures:
-            import kvmtrace.plot as plot  # matplotlib costs ~0.5 s to import; only HTML needs it
+            from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it
 
             figures = plot.report_figures(self._shown_data, self.shown)
         return build_report(self.trace.data, self.shown, path=self.trace.path, version=__version__,
@@ -280,7 +280,7 @@ class Analysis:
 
     def figures(self) -> tuple[MplFigure, ...]:
         """The plots of the selection: activity over time, per memslot, shadow pages alive."""
-        import kvmtrace.plot as plot
+        from kvmtrace import plot
 
         return (plot.timeline(self._shown_data, self.shown), plot.memslots(self.shown),
                 plot.sp_lifetimes(self.shown, self._shown_data))
@@ -305,7 +305,7 @@ class Analysis:
 def convert_table(table: pa.Table, backend: str) -> Any:
     """An Arrow table as polars, pandas (Arrow-backed dtypes) or itself."""
     if backend == "polars":
-        return pl.from_arrow(table)
+        return pl.DataFrame(table)  # from_arrow, typed as a DataFrame
     if backend == "pandas":
         import pandas as pd
 
@@ -335,4 +335,4 @@ def analyze(
     return Analysis(trace, result, selection)
 
 
-__all__ = ["Analysis", "analyze", "read_qemu_log", "read_memslots", "convert_table", "REPLAY_TABLES"]
+__all__ = ["REPLAY_TABLES", "Analysis", "analyze", "convert_table", "read_memslots", "read_qemu_log"]

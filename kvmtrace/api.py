@@ -9,8 +9,9 @@ when exactness matters, and Parquet export. ``Trace.analyze()`` replays it and r
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
@@ -51,7 +52,7 @@ class Trace:
     @property
     def events(self) -> pl.DataFrame:
         """Every event in global ``seq`` order: common columns plus ``event`` and ``system``."""
-        return pl.from_arrow(self._data.events)
+        return convert_table(self._data.events, "polars")
 
     def arrow(self, name: str) -> pa.Table:
         """The Arrow table of one event (exact types, schema metadata with the print fmt)."""
@@ -59,14 +60,14 @@ class Trace:
 
     def table(self, name: str) -> pl.DataFrame:
         """One event's rows as a polars DataFrame."""
-        return pl.from_arrow(self._data.table(name))
+        return convert_table(self._data.table(name), "polars")
 
     @property
     def gaps(self) -> pl.DataFrame:
         """Lost-event windows, one row per CPU page that reported dropped events."""
-        return pl.from_arrow(self._data.gaps)
+        return convert_table(self._data.gaps, "polars")
 
-    def instance(self, name: str) -> "Trace":
+    def instance(self, name: str) -> Trace:
         """Another buffer instance of the same file (trace-cmd ``-B NAME``)."""
         try:
             return Trace(self._data.instances[name], self.path)
@@ -98,7 +99,7 @@ class Trace:
         return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                        cpus=cpus, zap_rule=zap_rule)
 
-    def to_pandas(self, name: str | None = None) -> "pd.DataFrame":
+    def to_pandas(self, name: str | None = None) -> pd.DataFrame:
         """One event's rows (or, without ``name``, the ``events`` table) as a pandas DataFrame.
 
         Converted through Arrow with Arrow-backed dtypes: no copy where the types allow, and a
@@ -131,7 +132,7 @@ class Trace:
         return f"<Trace {self.path!r} {i.source} v{i.version} kernel={i.kernel} events={i.total_events}>"
 
 
-def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:  # noqa: A001
+def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:
     """Open a trace.dat or ftrace text file (format decided by content)."""
     data = read_trace(path, instance=instance, strict=strict)
     return Trace(data, os.fspath(path))

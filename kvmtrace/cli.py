@@ -23,7 +23,8 @@ import errno
 import sys
 import traceback
 import warnings
-from typing import Annotated, NoReturn, Sequence
+from collections.abc import Sequence
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -145,7 +146,7 @@ def _show_usage_error(err: Exception) -> None:
     try:
         from typer import rich_utils  # typer's own rendering of usage errors, when rich is there
 
-        rich_utils.rich_format_error(err)
+        rich_utils.rich_format_error(err)  # type: ignore[arg-type]
     except ImportError:
         err.show()  # type: ignore[attr-defined]
 

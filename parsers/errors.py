@@ -13,7 +13,7 @@ shows them as its flags (see ``kvmtrace.commands.common.cli_message``).
 from __future__ import annotations
 
 import re
-from typing import Callable
+from collections.abc import Callable
 
 _PLACEHOLDER = re.compile(r"\{([a-z_]+)\}")
 

@@ -8,11 +8,11 @@ raise, and :func:`kvmtrace.cli.run` is called the way ``main`` calls it.
 from __future__ import annotations
 
 import pytest
+from conftest import SAMPLES
+from kvmtrace.parsers.errors import TraceError
 
 import kvmtrace
-from conftest import SAMPLES
 from kvmtrace import cli
-from kvmtrace.parsers.errors import TraceError
 
 CHURN = SAMPLES / "churn-zapslot.dat"
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from conftest import SAMPLES
+from kvmtrace.parsers.errors import TraceError
 
 import kvmtrace
-from conftest import SAMPLES
 from kvmtrace import cli
-from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import atomic_dir, write_atomic
 
 MMIO = SAMPLES / "mmio-zapall.dat"
@@ -125,10 +125,9 @@ def test_convert_that_fails_midway_leaves_the_old_dataset(tmp_path, monkeypatch,
 
 def test_atomic_outputs_in_python(tmp_path):
     target = tmp_path / "r.txt"
-    with pytest.raises(RuntimeError):
-        with atomic_dir(tmp_path / "d") as d:
-            (d / "a.parquet").write_bytes(b"x")
-            raise RuntimeError("stop")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "d") as d:
+        (d / "a.parquet").write_bytes(b"x")
+        raise RuntimeError("stop")
     write_atomic(target, "whole\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.txt"]
     with pytest.raises(TraceError) as err:

@@ -7,10 +7,10 @@ churn-lost-zapall, which dropped events on one CPU) and the events table itself.
 from __future__ import annotations
 
 import pyarrow.compute as pc
-
-import kvmtrace
 from conftest import SAMPLES
 from kvmtrace.parsers.select import keep_rows, without_seqs
+
+import kvmtrace
 
 
 def _consistent(data) -> None:

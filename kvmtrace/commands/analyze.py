@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.commands.common import Steps, check_format, emit, to_stdout
+from kvmtrace.commands.common import Steps, check_format, emit, output_file
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report import FORMATS
 from kvmtrace.report.output import refuse_inputs
@@ -50,8 +50,9 @@ def analyze(
     check_format(fmt, FORMATS)
     if fail_on is not None and fail_on not in FAIL_ON:
         raise TraceError(f"--fail-on {fail_on}: unknown", hint="choose error or warning")
-    if not to_stdout(output):
-        refuse_inputs(output, [p for p in (path, qemu_log, memslots) if p is not None])
+    target = output_file(output)
+    if target is not None:
+        refuse_inputs(target, [p for p in (path, qemu_log, memslots) if p is not None])
     steps = Steps()
     with steps.step(f"reading {path}"):
         trace = kvmtrace.open(path)
@@ -59,7 +60,7 @@ def analyze(
         analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                                  cpus=cpu, zap_rule=zap_rule)
     with steps.step("writing the report"):
-        text = analysis.report(fmt, color=to_stdout(output) and fmt == "text" and sys.stdout.isatty())
-    emit(text, output)
+        text = analysis.report(fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
+    emit(text, target)
     if fail_on is not None and analysis.failed(fail_on):
         raise typer.Exit(1)

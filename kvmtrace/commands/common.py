@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from rich.console import Console
 
@@ -49,14 +49,15 @@ def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
         raise TraceError(f"--format {fmt}: unknown", hint=f"choose one of {', '.join(allowed)}")
 
 
-def to_stdout(output: Path | None) -> bool:
-    """``-o -`` (or no ``-o``) is standard output, as in every other Unix tool."""
-    return output is None or str(output) == "-"
+def output_file(output: Path | None) -> Path | None:
+    """The file ``-o`` names, or None for standard output (no ``-o``, or ``-o -`` as in every
+    other Unix tool)."""
+    return None if output is None or str(output) == "-" else output
 
 
 def emit(text: str, output: Path | None) -> None:
-    """Print to stdout, or write ``output`` atomically."""
-    if to_stdout(output):
+    """Print to standard output, or write the file ``output`` whole or not at all."""
+    if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
     else:

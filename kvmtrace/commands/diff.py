@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.commands.common import Steps, check_format, emit, to_stdout
+from kvmtrace.commands.common import Steps, check_format, emit, output_file
 from kvmtrace.report import DIFF_FORMATS
 from kvmtrace.report.output import refuse_inputs
 
@@ -27,12 +27,13 @@ def diff(
 ) -> None:
     """Compare the analyses of two traces."""
     check_format(fmt, DIFF_FORMATS)
-    if not to_stdout(output):
-        refuse_inputs(output, [a, b])
+    target = output_file(output)
+    if target is not None:
+        refuse_inputs(target, [a, b])
     steps = Steps()
     analyses = []
     for path in (a, b):
         with steps.step(f"analysing {path}"):
             analyses.append(kvmtrace.open(path).analyze(kernel=kernel))
-    text = analyses[0].diff(analyses[1], fmt, color=to_stdout(output) and fmt == "text" and sys.stdout.isatty())
-    emit(text, output)
+    text = analyses[0].diff(analyses[1], fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
+    emit(text, target)

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.record.recorder import DEFAULT_EVENTS, RecordOptions, RecordResult, record as run_record
+from kvmtrace.record.recorder import DEFAULT_EVENTS, RecordOptions, RecordResult
+from kvmtrace.record.recorder import record as run_record
 
 
 def _report_loss(result: RecordResult) -> None:

@@ -17,8 +17,9 @@ import contextlib
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO
 
 from kvmtrace.parsers.errors import TraceError
 
@@ -85,7 +86,7 @@ def atomic_path(target: PathLike, *, param: str = "output") -> Iterator[Path]:
 @contextlib.contextmanager
 def atomic_file(target: PathLike, mode: str = "wb", *, param: str = "output") -> Iterator[IO]:
     """An open file that becomes ``target`` when the block ends without an error."""
-    with atomic_path(target, param=param) as tmp, open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+    with atomic_path(target, param=param) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
         yield f
 
 
