@@ -12,6 +12,7 @@ common to all of them — how a run ends:
 3     an internal error (a bug in kvmtrace): one line naming the exception; ``--debug`` shows the
       traceback. Never 1, so that a crash is not mistaken for a finding
 130   interrupted (Ctrl-C)
+141   the reader of standard output went away (``| head``), as a shell reports SIGPIPE
 ====  ==========================================================================================
 
 ``record`` is the exception by design: it exits with the recorded command's status.
@@ -29,7 +30,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from kvmtrace.commands import analyze, convert, diff, info, record
-from kvmtrace.commands.common import cli_message
+from kvmtrace.commands.common import EXIT_PIPE, cli_message
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.version import __version__
 
@@ -38,12 +39,11 @@ EXIT_FAIL_ON = 1
 EXIT_INPUT = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
-#: 128 + SIGPIPE: what a shell reports for a program whose reader went away (``| head``).
-EXIT_PIPE = 141
 
 #: click's base of every usage error. Recent typer releases carry their own copy of click, so the
 #: class is taken from typer's exceptions rather than imported from the ``click`` package.
 _UsageErrors: type[Exception] = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
 
 class _ClassicHelp:
     """``--help`` as typer users know it: ``PATH`` (not ``{path}``) in the usage line, the metavar

@@ -7,6 +7,9 @@ raise, and :func:`kvmtrace.cli.run` is called the way ``main`` calls it.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 from conftest import SAMPLES
 from kvmtrace.parsers.errors import TraceError
@@ -113,3 +116,13 @@ def test_zap_rule_is_passed_to_the_replay_only_when_given(monkeypatch, capsys):
     assert cli.run(["analyze", str(CHURN), "--format", "json"]) == 0
     assert cli.run(["analyze", str(CHURN), "--format", "json", "--zap-rule", "gptes_6_12"]) == 0
     assert "zap_rule" not in seen[0] and seen[1]["zap_rule"] == "gptes_6_12"
+
+
+def test_a_reader_that_goes_away_is_not_exit_1():
+    """``kvmtrace analyze t.dat | head``: click would exit 1 on the broken pipe, which a CI gate
+    reads as --fail-on met. The HTML report (with its plots) is larger than a pipe's buffer."""
+    proc = subprocess.Popen([sys.executable, "-m", "kvmtrace", "analyze", str(CHURN), "--format", "html"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # the reader is gone before the report is written
+    assert proc.wait(timeout=600) == 141
+    assert proc.stderr.read() == b""

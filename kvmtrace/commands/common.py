@@ -4,10 +4,12 @@ terminal, where a command's text goes."""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import typer
 from rich.console import Console
 
 from kvmtrace.parsers.errors import TraceError
@@ -55,10 +57,24 @@ def output_file(output: Path | None) -> Path | None:
     return None if output is None or str(output) == "-" else output
 
 
+#: 128 + SIGPIPE: what a shell reports for a program whose reader went away (``| head``).
+EXIT_PIPE = 141
+
+
 def emit(text: str, output: Path | None) -> None:
-    """Print to standard output, or write the file ``output`` whole or not at all."""
-    if output is None:
+    """Print to standard output, or write the file ``output`` whole or not at all.
+
+    A reader that went away (``kvmtrace analyze t.dat | head``) is not an error of ours and
+    not a finding: the exit status is :data:`EXIT_PIPE`, never click's 1, which ``--fail-on``
+    owns.
+    """
+    if output is not None:
+        write_atomic(output, text)
+        return
+    try:
         sys.stdout.write(text)
         sys.stdout.flush()
-    else:
-        write_atomic(output, text)
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit: point it at /dev/null so that is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_PIPE) from None
