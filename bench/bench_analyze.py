@@ -35,8 +35,7 @@ def stages(trace: Path, fmt: str) -> dict[str, float]:
     """One in-process run split into stages, to show where the end-to-end time goes."""
     t0 = time.perf_counter()
     import kvmtrace
-    from kvmtrace.analysis import Analysis, analysis_report
-    from kvmtrace.report import render
+    from kvmtrace.analysis import Analysis
     from kvmtrace.replays import replay
 
     t1 = time.perf_counter()
@@ -44,8 +43,7 @@ def stages(trace: Path, fmt: str) -> dict[str, float]:
     t2 = time.perf_counter()
     result = replay(opened.data)
     t3 = time.perf_counter()
-    report = analysis_report(Analysis(trace, opened.data, result, ()), with_plots=fmt == "html")
-    render(report, fmt)
+    Analysis(opened, result).report(fmt)
     t4 = time.perf_counter()
     return {"imports": t1 - t0, "read": t2 - t1, "replay": t3 - t2, "report": t4 - t3}
 

@@ -16,7 +16,6 @@ import os
 import platform
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -31,10 +30,8 @@ from kvmtrace.replays import replay  # noqa: E402
 
 def head(data: TraceData, fraction: float) -> TraceData:
     """The first ``fraction`` of the trace's events, by seq."""
-    seq = data.events.column("seq")
-    cut = int(pc.max(seq).as_py() * fraction) + 1
-    keep = {name: t.filter(pc.less(t.column("seq"), cut)) for name, t in data.tables.items()}
-    return replace(data, tables=keep, events=data.events.filter(pc.less(seq, cut)))
+    cut = int(pc.max(data.events.column("seq")).as_py() * fraction)
+    return data.select(last_seq=cut)
 
 
 def best_of(data: TraceData, runs: int) -> tuple[float, object]:

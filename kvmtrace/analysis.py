@@ -1,201 +1,338 @@
-"""Parse, select, replay, build the report model: what ``analyze``, ``diff`` and notebooks share.
+"""``kvmtrace.Analysis``: one trace, its replay, and what of it is reported.
 
-The user-supplied side files (``--qemu-log``, ``--memslots``) are read here, in the kvmtrace
-layer, and handed to the replay as lines and objects: ``kvmtrace.replays`` never opens a file. Nothing
-here knows the command line, so importing it never imports the CLI.
+Everything the ``analyze`` and ``diff`` commands print is one call here, so a notebook gets the
+same answers as the command line: ``kvmtrace.open(p).analyze(...)`` returns an :class:`Analysis`
+with the findings and checks as DataFrames, every replay table, the report in any format, the
+plots, and the comparison with another analysis.
+
+Selection (``since``/``until``/``cpus``) chooses what is *reported*, never what is replayed: the
+replay always runs over the whole trace, because a memslot delete, a shadow page or a zap
+outside the window still decides what happens inside it (a windowed replay invented findings
+that the whole trace does not have, and hid ones it does). Findings and the rows of the replay
+tables are then kept by the position (``seq``) of their event; the report says which selection
+was applied.
+
+Nothing here knows the command line: the spinner, flag names and exit statuses are
+:mod:`kvmtrace.cli`'s.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import sys
+import os
+from collections.abc import Iterable, Sequence
+from functools import cached_property
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Literal
 
+import numpy as np
+import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
-from rich.console import Console
 
-import kvmtrace
-from kvmtrace.report import Report, build_report, write_atomic
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.replay import replay
+from kvmtrace.parsers.select import Selection, select
+from kvmtrace.replays import replay as run_replay
+from kvmtrace.replays.checks import Severity, Status
 from kvmtrace.replays.results import ReplayResult
+from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, render_diff
+from kvmtrace.report.blocks import report_blocks
+from kvmtrace.report.html import render_html_fragment
+from kvmtrace.version import __version__
 
-#: --fail-on threshold -> severities that meet it
-FAIL_ON: dict[str, tuple[str, ...]] = {"error": ("error",), "warning": ("error", "warning")}
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure as MplFigure
+
+    from kvmtrace.api import Trace
+
+#: The replay's tables by name (``Analysis.table``); summaries are added under their own names.
+REPLAY_TABLES: tuple[str, ...] = ("shadow_pages", "spte_changes", "memslots", "unexplained", "whatif")
+
+#: Columns that give a row's lifetime as a ``seq`` range (first, last); such a row is reported
+#: when its lifetime overlaps the selection.
+_LIFETIMES: tuple[tuple[str, str], ...] = (("first_seq", "zap_seq"), ("from_seq", "until_seq"))
+
+#: ``fail_on`` threshold -> the severities that meet it.
+_AT_LEAST: dict[str, frozenset[str]] = {
+    Severity.ERROR: frozenset({Severity.ERROR}),
+    Severity.WARNING: frozenset({Severity.ERROR, Severity.WARNING}),
+    Severity.INFO: frozenset(Severity),
+}
+
+PathLike = str | os.PathLike[str]
 
 
-class Steps:
-    """A spinner on stderr naming the current step, shown only when stderr is a terminal, so
-    redirected output and CI logs stay clean."""
-
-    def __init__(self) -> None:
-        self.console = Console(stderr=True)
-
-    @contextlib.contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        if not self.console.is_terminal:
-            yield
-            return
-        with self.console.status(what):
-            yield
+# ---- the side inputs: read here, handed to the replay as lines and objects ---------------------
 
 
-def read_qemu_log(path: Path) -> list[str]:
-    """A QEMU ``-trace`` log (``kvm_set_user_memory`` lines) as lines for the replay."""
+def read_qemu_log(source: PathLike | Sequence[str]) -> list[str]:
+    """A QEMU ``-trace`` log (``kvm_set_user_memory`` lines): a file, or its lines."""
+    if not isinstance(source, (str, os.PathLike)):
+        return list(source)
     try:
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+        return Path(source).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError as err:
-        raise TraceError(f"--qemu-log {path}: {err.strerror.lower()}") from None
+        raise TraceError(f"{os.fspath(source)}: {(err.strerror or str(err)).lower()}",
+                         hint="give the QEMU -trace log as {qemu_log}") from None
 
 
-def read_memslots(path: Path) -> Any:
-    """A memslot layout file (JSON) as objects for the replay."""
+def read_memslots(source: PathLike | dict[str, Any]) -> dict[str, Any]:
+    """A memslot layout: a JSON file, or the object it holds."""
+    if isinstance(source, dict):
+        return source
+    path = os.fspath(source)
+    hint = 'give the JSON memslot layout ({"slots": [...]}) as {memslots}'
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise TraceError(f"--memslots {path}: {err.strerror.lower()}") from None
+        raise TraceError(f"{path}: {(err.strerror or str(err)).lower()}", hint=hint) from None
     except UnicodeDecodeError:
-        raise TraceError(f"--memslots {path}: not a text file; give the JSON memslot layout") from None
+        raise TraceError(f"{path}: not a text file", hint=hint) from None
     except json.JSONDecodeError as err:
-        raise TraceError(f"--memslots {path}: not JSON ({err.msg} at line {err.lineno}); give the JSON memslot layout") from None
+        raise TraceError(f"{path}: not JSON ({err.msg} at line {err.lineno})", hint=hint) from None
 
 
-def _keep(table: pa.Table, since: int | None, until: int | None, cpu: int | None) -> pa.Table:
-    mask = None
-    for cond in (
-        pc.greater_equal(table["ts"], since) if since is not None else None,
-        pc.less_equal(table["ts"], until) if until is not None else None,
-        pc.equal(table["cpu"], cpu) if cpu is not None else None,
-    ):
-        if cond is not None:
-            mask = cond if mask is None else pc.and_(mask, cond)
-    return table if mask is None else table.filter(mask)
+# ---- selection --------------------------------------------------------------------------------
 
 
-def select_events(data: TraceData, since: int | None, until: int | None, cpu: int | None) -> TraceData:
-    """The events with ``since <= ts <= until`` (ns) on ``cpu``; seq numbers are kept as they
-    were so evidence still points into the original file."""
-    if since is None and until is None and cpu is None:
-        return data
-    tables = {n: _keep(t, since, until, cpu) for n, t in data.tables.items()}
-    tables = {n: t for n, t in tables.items() if t.num_rows}
-    events = _keep(data.events, since, until, cpu)
-    gaps = data.gaps
-    if cpu is not None:
-        gaps = gaps.filter(pc.equal(gaps["cpu"], cpu))
-    ts = events["ts"]
-    info = dataclasses.replace(
-        data.info,
-        event_counts={n: t.num_rows for n, t in tables.items()},
-        first_ts=pc.min(ts).as_py() if len(ts) else None,
-        last_ts=pc.max(ts).as_py() if len(ts) else None,
-        lost_events={c: n for c, n in data.info.lost_events.items() if cpu is None or c == cpu},
-        lost_unknown={c: n for c, n in data.info.lost_unknown.items() if cpu is None or c == cpu},
-    )
-    return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps)
+def _ns(seconds: float | None) -> int | None:
+    return None if seconds is None else round(seconds * 1e9)
 
 
-def selection_text(since: float | None, until: float | None, cpu: int | None) -> str:
-    """The event selection in words ("" when everything is kept)."""
+def _selection(since: float | None, until: float | None, cpus: int | Iterable[int] | None) -> Selection:
+    if since is not None and until is not None and since > until:
+        raise TraceError(f"since ({since} s) is after until ({until} s)", hint="swap {since} and {until}")
+    chosen = None if cpus is None else frozenset([cpus] if isinstance(cpus, int) else cpus)
+    return Selection(since=_ns(since), until=_ns(until), cpus=chosen)
+
+
+def _selection_words(sel: Selection) -> str:
+    """The selection in words ("" when everything is reported)."""
     parts = []
-    if since is not None or until is not None:
-        lo = f"{since:.6f}" if since is not None else "start"
-        hi = f"{until:.6f}" if until is not None else "end"
+    if sel.since is not None or sel.until is not None:
+        lo = f"{sel.since / 1e9:.6f}" if sel.since is not None else "start"
+        hi = f"{sel.until / 1e9:.6f}" if sel.until is not None else "end"
         parts.append(f"only events from {lo} to {hi} s")
-    if cpu is not None:
-        parts.append(f"only events on CPU {cpu}")
+    if sel.cpus is not None:
+        which = ", ".join(map(str, sorted(sel.cpus)))
+        parts.append(f"only events on CPU {which}")
     return " and ".join(parts)
 
 
-def filter_notes(since: float | None, until: float | None, cpu: int | None) -> tuple[str, ...]:
-    """The report's words for an event selection: it changes what the replay can explain."""
-    selected = selection_text(since, until, cpu)
-    if not selected:
-        return ()
-    return (
-        f"the replay saw {selected}: objects created outside the selection look like "
-        "they predate the trace, and zaps outside it are missing, so findings and explained "
-        "share differ from an unfiltered run",
-    )
+def _seq_filter(table: pa.Table, keep: np.ndarray, first: int, last: int) -> pa.Table:
+    """The rows of a replay table that belong to the selection (see the module docstring).
+
+    Rows without a position (a memslot from a layout file or QEMU log) are always reported."""
+    names = table.column_names
+    if "seq" in names:
+        seq = table["seq"]
+        at = np.clip(pc.fill_null(seq, 0).to_numpy(zero_copy_only=False).astype(np.int64), 0, len(keep) - 1)
+        return table.filter(pc.or_(pc.is_null(seq), pa.array(keep[at])))
+    for lo_col, hi_col in _LIFETIMES:
+        if lo_col in names and hi_col in names:
+            lo = pc.fill_null(table[lo_col], -1)
+            hi = pc.fill_null(table[hi_col], np.iinfo(np.int64).max)
+            return table.filter(pc.and_(pc.less_equal(lo, last), pc.greater_equal(hi, first)))
+    return table
 
 
-def _seconds_to_ns(value: float | None) -> int | None:
-    return None if value is None else int(round(value * 1e9))
+def _recount(checks: pa.Table, findings: pa.Table, whole: pa.Table) -> pa.Table:
+    """The checks as the selection shows them: finding counts of the selection, and a failed
+    check without a finding in it reported as passed there, saying how many lie outside."""
+    shown = pc.value_counts(findings["id"]).to_pylist() if findings.num_rows else []
+    inside = {v["values"]: v["counts"] for v in shown}
+    total = {v["values"]: v["counts"] for v in (pc.value_counts(whole["id"]).to_pylist() if whole.num_rows else [])}
+    rows = []
+    for row in checks.to_pylist():
+        n = inside.get(row["id"], 0)
+        if row["status"] == Status.FAILED and n == 0:
+            row = {**row, "status": str(Status.PASSED),
+                   "reason": f"no finding in the selection ({total.get(row['id'], 0)} outside it)"}
+        rows.append({**row, "findings": n})
+    return pa.Table.from_pylist(rows, schema=checks.schema)
 
 
-@dataclasses.dataclass
+# ---- the analysis -----------------------------------------------------------------------------
+
+
 class Analysis:
-    """A trace (after any event selection) and its replay: what every report is built from."""
+    """A trace replayed against the simulated KVM MMU, and what of it is reported.
 
-    path: Path
-    data: TraceData
-    replay: ReplayResult
-    filters: tuple[str, ...]
+    ``replay`` is the replay of the whole trace (the exact Arrow tables of
+    :class:`kvmtrace.replays.results.ReplayResult`); ``findings``, ``checks``, ``table()``,
+    ``report()`` and ``figures()`` show the selection, if one was given (``shown`` is the replay
+    as the selection shows it).
+    """
+
+    def __init__(self, trace: Trace, replay: ReplayResult, selection: Selection | None = None) -> None:
+        self.trace = trace
+        self.path = Path(trace.path)
+        self.replay = replay
+        self.selection = selection = selection or Selection()
+        self._shown_data = select(trace.data, selection)
+        if not selection.everything and self._shown_data.events.num_rows == 0:
+            raise TraceError(f"the selection ({_selection_words(selection)}) holds no event of this trace",
+                             hint="widen {since}/{until} or pick another of {cpus}")
+        self.shown = self._select_result()
+
+    def _select_result(self) -> ReplayResult:
+        if self.selection.everything:
+            return self.replay
+        data = self.trace.data
+        seqs = self._shown_data.events["seq"].to_numpy()
+        keep = np.zeros(int(pc.max(data.events["seq"]).as_py()) + 1, dtype=bool)
+        keep[seqs] = True
+        first, last = int(seqs.min()), int(seqs.max())
+        r = self.replay
+
+        def cut(t: pa.Table) -> pa.Table:
+            return _seq_filter(t, keep, first, last)
+
+        findings = cut(r.findings)
+        return dataclasses.replace(
+            r,
+            findings=findings,
+            checks=_recount(r.checks, findings, r.findings),
+            shadow_pages=cut(r.shadow_pages),
+            spte_changes=cut(r.spte_changes),
+            memslots=cut(r.memslots),
+            unexplained=cut(r.unexplained),
+            summaries={name: cut(t) for name, t in r.summaries.items()},
+            whatif=None if r.whatif is None else cut(r.whatif),
+        )
+
+    # -- what a notebook looks at --------------------------------------------------------------
+
+    @property
+    def selection_text(self) -> str:
+        """The selection in words, "" when the whole trace is reported."""
+        return _selection_words(self.selection)
+
+    @property
+    def findings(self) -> pl.DataFrame:
+        """One row per finding in the selection: id, severity, seq, ts, cpu, gfn, slot, message,
+        evidence (the seqs that prove it)."""
+        return convert_table(self.shown.findings, "polars")
+
+    @property
+    def checks(self) -> pl.DataFrame:
+        """One row per check: id, status (passed | failed | not_evaluated), reason, findings."""
+        return convert_table(self.shown.checks, "polars")
+
+    @property
+    def table_names(self) -> list[str]:
+        """What :meth:`table` accepts: the replay's object tables and its summaries."""
+        names = [n for n in REPLAY_TABLES if getattr(self.shown, n) is not None]
+        return names + sorted(self.shown.summaries)
+
+    def table(self, name: str, *, backend: Literal["polars", "pandas", "arrow"] = "polars") -> Any:
+        """A replay table (the selection's rows) by name: ``shadow_pages``, ``spte_changes``,
+        ``memslots``, ``unexplained``, ``whatif``, or a summary (``memslot``, ``zap_all``).
+
+        ``backend="pandas"`` converts through Arrow (pyarrow-backed columns: no copy where the
+        types allow, and a u64 SPTE stays a u64); ``"arrow"`` returns the table itself.
+        """
+        table = getattr(self.shown, name) if name in REPLAY_TABLES else self.shown.summaries.get(name)
+        if table is None:
+            raise KeyError(f"no replay table {name!r}; this analysis has {self.table_names}")
+        return convert_table(table, backend)
+
+    def failed(self, at_least: str = Severity.ERROR) -> bool:
+        """Whether a reported finding has severity ``at_least`` (error | warning | info) or worse."""
+        if at_least not in _AT_LEAST:
+            raise TraceError(f"unknown severity {at_least!r}", hint="choose error, warning or info")
+        return bool(self.shown.findings.num_rows) and bool(
+            pc.any(pc.is_in(self.shown.findings["severity"], value_set=pa.array(sorted(_AT_LEAST[at_least])))).as_py()
+        )
+
+    # -- reports -------------------------------------------------------------------------------
+
+    def _limits(self) -> tuple[str, ...]:
+        words = self.selection_text
+        if not words:
+            return ()
+        n, total = self._shown_data.info.total_events, self.trace.data.info.total_events
+        return ((f"reported: {words} ({n} of {total} events); the replay ran over the whole trace, "
+                 "so objects and memslot changes outside the selection still count"),)
+
+    @cached_property
+    def model(self) -> Report:
+        """The report model (no figures): what every format and :meth:`diff` are built from."""
+        return self._model(with_figures=False)
+
+    def _model(self, *, with_figures: bool) -> Report:
+        figures: tuple = ()
+        if with_figures:
+            from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it
+
+            figures = plot.report_figures(self._shown_data, self.shown)
+        return build_report(self.trace.data, self.shown, path=self.trace.path, version=__version__,
+                            filters=self._limits(), figures=figures)
+
+    def report(self, fmt: str = "text", *, color: bool = False, figures: bool | None = None) -> str:
+        """The report as ``text``, ``markdown``, ``html`` or ``json``. ``figures`` (default: for
+        HTML only) embeds the plots; ``color`` applies to text (ANSI colours for a terminal)."""
+        if fmt not in FORMATS:
+            raise TraceError(f"unknown report format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)} as {{fmt}}")
+        draw = fmt == "html" if figures is None else figures
+        return render(self._model(with_figures=True) if draw else self.model, fmt, color=color)
+
+    def figures(self) -> tuple[MplFigure, ...]:
+        """The plots of the selection: activity over time, per memslot, shadow pages alive."""
+        from kvmtrace import plot
+
+        return (plot.timeline(self._shown_data, self.shown), plot.memslots(self.shown),
+                plot.sp_lifetimes(self.shown, self._shown_data))
+
+    def diff(self, other: Analysis, fmt: str = "text", *, color: bool = False) -> str:
+        """This analysis (A) against ``other`` (B): checks that changed, finding counts, activity
+        and zap-cost deltas, in ``text``, ``markdown``, ``html`` or ``json``."""
+        if fmt not in FORMATS:
+            raise TraceError(f"unknown report format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)} as {{fmt}}")
+        return render_diff(build_diff(self.model, other.model), fmt, color=color)
+
+    def _repr_html_(self) -> str:
+        return render_html_fragment(report_blocks(self.model))
+
+    def __repr__(self) -> str:
+        counts = self.findings.group_by("severity").len().sort("severity").rows()
+        found = ", ".join(f"{n} {sev}" for sev, n in counts) or "no findings"
+        chosen = f" ({self.selection_text})" if self.selection_text else ""
+        return f"<Analysis {self.trace.path!r} {self.replay.mmu} MMU: {found}{chosen}>"
 
 
-def replay_trace(
-    path: Path,
+def convert_table(table: pa.Table, backend: str) -> Any:
+    """An Arrow table as polars, pandas (Arrow-backed dtypes) or itself."""
+    if backend == "polars":
+        return pl.DataFrame(table)  # from_arrow, typed as a DataFrame
+    if backend == "pandas":
+        import pandas as pd
+
+        return table.to_pandas(types_mapper=pd.ArrowDtype)
+    if backend == "arrow":
+        return table
+    raise ValueError(f"unknown backend {backend!r}; choose polars, pandas or arrow")
+
+
+def analyze(
+    trace: Trace,
     *,
-    qemu_log: Path | None = None,
-    memslots: Path | None = None,
     kernel: str | None = None,
+    qemu_log: PathLike | Sequence[str] | None = None,
+    memslots: PathLike | dict[str, Any] | None = None,
     since: float | None = None,
     until: float | None = None,
-    cpu: int | None = None,
-    steps: Steps | None = None,
+    cpus: int | Iterable[int] | None = None,
+    zap_rule: str | None = None,
 ) -> Analysis:
-    """Read the side files and the trace, select events, replay."""
-    steps = steps or Steps()
-    if since is not None and until is not None and since > until:
-        raise TraceError(f"--since {since} is after --until {until}; swap them")
-    qemu_lines = read_qemu_log(qemu_log) if qemu_log else None
-    layout = read_memslots(memslots) if memslots else None
-    with steps.step(f"reading {path}"):
-        trace = kvmtrace.open(path)
-    data = select_events(trace.data, _seconds_to_ns(since), _seconds_to_ns(until), cpu)
-    with steps.step("replaying the MMU"):
-        try:
-            result = replay(data, kernel=kernel, memslots=layout, qemu_log_lines=qemu_lines)
-        except TraceError as err:
-            selected = selection_text(since, until, cpu)
-            if not selected:
-                raise
-            # the selection, not the recording, may be what left the replay nothing to work on
-            raise TraceError(f"{err} (with {selected}; widen --since/--until or pick another --cpu)") from None
-    return Analysis(path, data, result, filter_notes(since, until, cpu))
+    """Replay ``trace`` and select what to report (see :meth:`kvmtrace.api.Trace.analyze`)."""
+    selection = _selection(since, until, cpus)
+    lines = read_qemu_log(qemu_log) if qemu_log is not None else None
+    layout = read_memslots(memslots) if memslots is not None else None
+    extra: dict[str, Any] = {} if zap_rule is None else {"zap_rule": zap_rule}
+    result = run_replay(trace.data, kernel=kernel, memslots=layout, qemu_log_lines=lines, **extra)
+    return Analysis(trace, result, selection)
 
 
-def analysis_report(analysis: Analysis, *, with_plots: bool = False, steps: Steps | None = None) -> Report:
-    """The report model of an analysis; ``with_plots`` draws the figures (HTML shows them)."""
-    steps = steps or Steps()
-    figures: tuple = ()
-    if with_plots:
-        from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it
-
-        with steps.step("drawing plots"):
-            figures = plot.report_figures(analysis.data, analysis.replay)
-    return build_report(
-        analysis.data, analysis.replay, path=str(analysis.path), version=kvmtrace.__version__,
-        filters=analysis.filters, figures=figures,
-    )
-
-
-def emit(text: str, output: Path | None) -> None:
-    """Print to stdout, or write ``output`` atomically."""
-    if output is None:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        write_atomic(output, text)
-
-
-def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
-    if fmt not in allowed:
-        raise TraceError(f"--format {fmt}: unknown; choose one of {', '.join(allowed)}")
-
-
+__all__ = ["REPLAY_TABLES", "Analysis", "analyze", "convert_table", "read_memslots", "read_qemu_log"]

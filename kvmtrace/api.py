@@ -1,25 +1,30 @@
 """The Python face: ``kvmtrace.open(path)`` and the :class:`Trace` object.
 
 A ``Trace`` wraps the reader's :class:`kvmtrace.parsers.schema.TraceData` and presents it the way a
-notebook user wants it: polars DataFrames (``.to_pandas()`` is one call away), the raw Arrow
-tables when exactness matters, and Parquet export.
+notebook user wants it: polars DataFrames (pandas through ``to_pandas``), the raw Arrow tables
+when exactness matters, and Parquet export. ``Trace.analyze()`` replays it and returns a
+:class:`kvmtrace.Analysis`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from kvmtrace import parsers
-from kvmtrace import replays
+from kvmtrace.analysis import Analysis, analyze, convert_table
+from kvmtrace.parsers import read as read_trace
 from kvmtrace.parsers.schema import TraceData, TraceInfo
-from kvmtrace.replays.results import ReplayResult
+from kvmtrace.report import trace_html
+from kvmtrace.report.output import atomic_dir, refuse_inputs
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 class Trace:
@@ -47,7 +52,7 @@ class Trace:
     @property
     def events(self) -> pl.DataFrame:
         """Every event in global ``seq`` order: common columns plus ``event`` and ``system``."""
-        return pl.from_arrow(self._data.events)
+        return convert_table(self._data.events, "polars")
 
     def arrow(self, name: str) -> pa.Table:
         """The Arrow table of one event (exact types, schema metadata with the print fmt)."""
@@ -55,52 +60,71 @@ class Trace:
 
     def table(self, name: str) -> pl.DataFrame:
         """One event's rows as a polars DataFrame."""
-        return pl.from_arrow(self._data.table(name))
+        return convert_table(self._data.table(name), "polars")
 
     @property
     def gaps(self) -> pl.DataFrame:
         """Lost-event windows, one row per CPU page that reported dropped events."""
-        return pl.from_arrow(self._data.gaps)
+        return convert_table(self._data.gaps, "polars")
 
-    def instance(self, name: str) -> "Trace":
+    def instance(self, name: str) -> Trace:
         """Another buffer instance of the same file (trace-cmd ``-B NAME``)."""
         try:
             return Trace(self._data.instances[name], self.path)
         except KeyError:
             raise KeyError(f"no buffer instance {name!r}; this file has {sorted(self._data.instances)}") from None
 
-    def replay(self, *, kernel: str | None = None, memslots: dict | None = None,
-               qemu_log_lines: list[str] | None = None) -> ReplayResult:
-        """Replay this trace against the simulated MMU (see :func:`kvmtrace.replays.replay`)."""
-        return replays.replay(self._data, kernel=kernel, memslots=memslots, qemu_log_lines=qemu_log_lines)
+    def analyze(
+        self,
+        *,
+        kernel: str | None = None,
+        qemu_log: str | os.PathLike[str] | Sequence[str] | None = None,
+        memslots: str | os.PathLike[str] | dict[str, Any] | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        cpus: int | Iterable[int] | None = None,
+        zap_rule: str | None = None,
+    ) -> Analysis:
+        """Replay this trace against the simulated KVM MMU: everything ``kvmtrace analyze`` does.
 
-    def to_parquet(self, outdir: str | os.PathLike[str]) -> list[Path]:
+        - ``kernel``: the kernel release to assume (default: the trace's own, e.g. ``"6.12"``).
+        - ``qemu_log``: QEMU's ``-trace`` log with ``kvm_set_user_memory`` lines (a file, or its
+          lines): the memslot history when the trace has no markers for it.
+        - ``memslots``: the starting memslot layout (a JSON file, or ``{"slots": [...]}``); the
+          trace's own memslot changes still apply after it.
+        - ``since``, ``until`` (seconds, as the reports print timestamps) and ``cpus``: what to
+          *report*. The replay always runs over the whole trace.
+        - ``zap_rule``: the per-slot zap rule to assume, by name (see ``kvmtrace.replays``).
+        """
+        return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
+                       cpus=cpus, zap_rule=zap_rule)
+
+    def to_pandas(self, name: str | None = None) -> pd.DataFrame:
+        """One event's rows (or, without ``name``, the ``events`` table) as a pandas DataFrame.
+
+        Converted through Arrow with Arrow-backed dtypes: no copy where the types allow, and a
+        u64 SPTE stays a u64 (numpy-backed pandas would make it a float when nulls appear).
+        """
+        return convert_table(self._data.events if name is None else self._data.table(name), "pandas")
+
+    def to_parquet(self, outdir: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
         """Write ``<event>.parquet`` per event that occurs, plus ``events.parquet``, into ``outdir``.
 
-        Written to a temporary folder beside ``outdir`` and moved into place at the end, so an
-        error half-way leaves nothing behind.
+        The dataset is built in a temporary folder beside ``outdir`` and renamed into place at
+        the end, so an error half-way leaves ``outdir`` as it was. A folder that is not empty is
+        refused unless ``force``, which replaces the whole dataset (two traces never mix).
         """
         out = Path(outdir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
-            for name in self.event_names:
-                pq.write_table(self._data.tables[name], tmp / f"{name.replace(':', '.')}.parquet")
+        refuse_inputs(out, [self.path], param="outdir")
+        with atomic_dir(out, force=force) as tmp:
+            names = [f"{name.replace(':', '.')}.parquet" for name in self.event_names]
+            for name, file in zip(self.event_names, names):
+                pq.write_table(self._data.tables[name], tmp / file)
             pq.write_table(self._data.events, tmp / "events.parquet")
-            out.mkdir(exist_ok=True)
-            written = []
-            for f in sorted(tmp.iterdir()):
-                target = out / f.name
-                os.replace(f, target)
-                written.append(target)
-            return written
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        return sorted(out / f for f in [*names, "events.parquet"])
 
     def _repr_html_(self) -> str:
         """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""
-        from kvmtrace.report import trace_html  # the report package imports this module
-
         return trace_html(self._data, self.path)
 
     def __repr__(self) -> str:
@@ -108,7 +132,7 @@ class Trace:
         return f"<Trace {self.path!r} {i.source} v{i.version} kernel={i.kernel} events={i.total_events}>"
 
 
-def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:  # noqa: A001
+def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:
     """Open a trace.dat or ftrace text file (format decided by content)."""
-    data = parsers.read(path, instance=instance, strict=strict)
+    data = read_trace(path, instance=instance, strict=strict)
     return Trace(data, os.fspath(path))

@@ -13,20 +13,22 @@ tests and in notebooks alike) and as SVG text for the self-contained HTML report
 from __future__ import annotations
 
 import io
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import matplotlib
 import numpy as np
 import pyarrow as pa
 from matplotlib.figure import Figure as MplFigure
 
-from kvmtrace.api import Trace
 from kvmtrace.report.decode import gpa_range
 from kvmtrace.report.evidence import column_ts, seq_ts
 from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import ZapLedger, zap_ledger
 from kvmtrace.replays.results import ReplayResult
+
+if TYPE_CHECKING:  # the API imports this module (lazily); a runtime import would close a cycle
+    from kvmtrace.api import Trace
 
 #: Event groups drawn on the timeline, in the order of the panels.
 TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -39,8 +41,8 @@ TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
 BINS = 200
 
 
-def _data(trace: Union[Trace, TraceData]) -> TraceData:
-    return trace.data if isinstance(trace, Trace) else trace
+def _data(trace: Union["Trace", TraceData]) -> TraceData:
+    return trace if isinstance(trace, TraceData) else trace.data
 
 
 def _ts(table: pa.Table | None) -> np.ndarray:

@@ -14,7 +14,7 @@ to tell "not in this trace" (null, with a reason in the metadata) from "zero".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import pyarrow as pa
 
@@ -119,3 +119,12 @@ class TraceData:
             return self.tables[bare]
         except KeyError:
             raise KeyError(f"no event {name!r} in this trace") from None
+
+    def select(self, *, since: int | None = None, until: int | None = None, cpus: Iterable[int] | None = None,
+               first_seq: int | None = None, last_seq: int | None = None) -> "TraceData":
+        """The events with ``since <= ts <= until`` (ns) on ``cpus`` within a ``seq`` window, every
+        table and count cut alike (:mod:`kvmtrace.parsers.select`); seq numbers are kept."""
+        from kvmtrace.parsers.select import Selection, select  # the one place that cuts a trace
+
+        chosen = frozenset(cpus) if cpus is not None else None
+        return select(self, Selection(since, until, chosen, first_seq, last_seq))

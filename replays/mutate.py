@@ -17,18 +17,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from kvmtrace.parsers.schema import TraceData
-
-
-def _keep(table: pa.Table, drop: pa.Array) -> pa.Table:
-    return table.filter(pc.invert(pc.is_in(table.column("seq"), value_set=drop)))
+from kvmtrace.parsers.select import keep_rows, without_seqs
 
 
 def without(data: TraceData, seqs: Iterable[int]) -> TraceData:
     """A copy of ``data`` without the events of ``seqs`` (from every table and from ``events``)."""
-    drop = pa.array(sorted({int(s) for s in seqs}), pa.int64())
-    tables = {name: _keep(t, drop) for name, t in data.tables.items()}
-    counts = {name: t.num_rows for name, t in tables.items() if t.num_rows}
-    return replace(data, tables=tables, events=_keep(data.events, drop), info=replace(data.info, event_counts=counts))
+    return keep_rows(data, without_seqs(seqs))
 
 
 def altered(data: TraceData, event: str, seq: int, **fields: object) -> TraceData:

@@ -172,7 +172,7 @@ def profile_for(kernel: str | None) -> KernelProfile:
     if kernel is not None:
         full = release(kernel)
         if full is None:
-            raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12")
+            raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]", hint="pass e.g. {kernel} 6.12")
     era = era_for(full)
     version = full[:2] if full else _ERAS[0].version
     for prof in _ERAS:

@@ -50,6 +50,11 @@ def text_twin_events(dat: Path) -> list[tuple[int, int]]:
     return [(int(c), int(s) * 10**6 + int(us)) for c, s, us in _TEXT_EVENT.findall(text)]
 
 
+def _reported_events(doc: dict, words: str) -> int:
+    note = next(limit for limit in doc["limits"] if limit.startswith("reported:") and words in limit)
+    return int(re.search(r"\((\d+) of (\d+) events\)", note)[1])
+
+
 def test_since_until_cpu_select_what_the_kernel_text_says(churn):
     events = text_twin_events(churn)
     us = sorted({t for _, t in events})
@@ -57,13 +62,28 @@ def test_since_until_cpu_select_what_the_kernel_text_says(churn):
     lo = next(a + 1 for a, b in zip(us[len(us) // 4:], us[len(us) // 4 + 1:]) if b - a >= 2)
     hi = next(a + 1 for a, b in zip(us[3 * len(us) // 4:], us[3 * len(us) // 4 + 1:]) if b - a >= 2)
     doc = analyze_json(churn, "--since", f"{lo / 1e6:.6f}", "--until", f"{hi / 1e6:.6f}")
-    assert doc["trace"]["total_events"] == sum(1 for _, t in events if lo <= t < hi)
-    assert any("only events from" in limit for limit in doc["limits"])
+    assert _reported_events(doc, "only events from") == sum(1 for _, t in events if lo <= t < hi)
+    assert doc["trace"]["total_events"] == len(events)  # the replay saw the whole trace
+    assert all(lo * 1000 <= f["ts"] <= hi * 1000 for f in doc["findings"])
     per_cpu = Counter(c for c, _ in events)
     busiest = per_cpu.most_common(1)[0][0]  # the vCPU thread's CPU: kvmmmu events are there
     doc = analyze_json(churn, "--cpu", str(busiest))
-    assert doc["trace"]["total_events"] == per_cpu[busiest]
-    assert any(f"only events on CPU {busiest}" in limit for limit in doc["limits"])
+    assert _reported_events(doc, f"only events on CPU {busiest}") == per_cpu[busiest]
+    assert all(f["cpu"] == busiest for f in doc["findings"])
+
+
+def test_selection_reports_what_the_whole_replay_found_there():
+    """A window around each finding shows that finding exactly as the whole trace does (the
+    replay runs over everything: the memslot delete before the window still counts), and
+    nothing else than the whole run's findings inside the window."""
+    churn = NESTED / "tdp-churn-noquirk-small-kt.dat"
+    whole = analyze_json(churn)["findings"]
+    assert whole, "the upstream 6.12 TDP churn has fault_in_update_window findings"
+    for f in whole:
+        lo, hi = f"{(f['ts'] - 1000) / 1e9:.6f}", f"{(f['ts'] + 1000) / 1e9:.6f}"
+        doc = analyze_json(churn, "--since", lo, "--until", hi)
+        inside = [g for g in whole if round(float(lo) * 1e9) <= g["ts"] <= round(float(hi) * 1e9)]
+        assert doc["findings"] == inside and f in doc["findings"]
 
 
 def test_selection_that_leaves_nothing_says_so(churn):

@@ -1,5 +1,5 @@
 """The example notebook runs top to bottom on a real recording and shows what it promises:
-the trace's facts, DataFrames, the replay report as HTML, three plots and a diff."""
+the trace's facts, DataFrames, the analysis as HTML, a reported window, three plots and a diff."""
 
 from __future__ import annotations
 
@@ -30,3 +30,4 @@ def test_deep_dive_notebook_runs_on_a_real_trace():
     assert len(images) >= 3
     printed = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "kvmtrace diff:" in printed and "churn-zapall.dat" in printed  # the policy comparison
+    assert "only events from" in printed  # the window's selection, in words

@@ -69,14 +69,14 @@ def test_lost_events_never_error():
 
 
 def test_trace_replay_method(nested_dir):
-    """``kvmtrace.open(p).replay()`` is the notebook entry point: the same result as replays.replay."""
+    """``kvmtrace.open(p).analyze()`` is the notebook entry point: the same result as replays.replay."""
     import kvmtrace
 
     trace = kvmtrace.open(nested_dir / "tdp-churn-noquirk-small-kt.dat")
-    result = trace.replay()
+    result = trace.analyze().replay
     direct = replay(trace.data)
     assert result.checks.equals(direct.checks) and result.findings.equals(direct.findings)
-    assert trace.replay(kernel="6.12").profile == direct.profile
+    assert trace.analyze(kernel="6.12").replay.profile == direct.profile
 
 
 def test_trace_without_kvmmmu_events_is_a_trace_error(public_dir):

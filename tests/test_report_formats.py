@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import NESTED, SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.markdown import md_escape
 from kvmtrace.report.text import WIDTH
@@ -44,8 +44,8 @@ def trace_cmd_counts(path: Path) -> tuple[int, dict[str, int]]:
 
 @pytest.fixture(scope="module", params=TRACES, ids=lambda p: p.name)
 def analyzed(request):
-    analysis = replay_trace(request.param)
-    report = analysis_report(analysis)
+    analysis = kvmtrace.open(request.param).analyze()
+    report = analysis.model
     rendered = {fmt: render(report, fmt) for fmt in ("text", "markdown", "json", "html")}
     return analysis, report, rendered
 
@@ -177,6 +177,6 @@ def test_html_is_one_file_without_scripts(analyzed):
 
 def test_limits_say_when_events_were_lost(analyzed):
     analysis, report, rendered = analyzed
-    lost = sum(analysis.data.info.lost_events.values()) + sum(analysis.data.info.lost_unknown.values())
+    lost = sum(analysis.trace.data.info.lost_events.values()) + sum(analysis.trace.data.info.lost_unknown.values())
     said = any("lost" in limit for limit in report.limits)
     assert said == bool(lost)

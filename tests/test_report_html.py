@@ -22,7 +22,7 @@ from matplotlib.image import imread
 from kvmtrace import parsers
 from kvmtrace.replays.replay import replay
 from conftest import NESTED, SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import build_report, render
 
 PROBE = "<script>alert(1)</script>"
@@ -55,11 +55,11 @@ def distinct_colours(img: np.ndarray) -> int:
 
 
 def test_html_report_renders_its_plots_in_chromium(chromium, tmp_path):
-    analysis = replay_trace(SAMPLES / "churn-zapslot.dat")
+    analysis = kvmtrace.open(SAMPLES / "churn-zapslot.dat").analyze()
     with_plots = tmp_path / "with.html"
     without = tmp_path / "without.html"
-    with_plots.write_text(render(analysis_report(analysis, with_plots=True), "html"))
-    without.write_text(render(analysis_report(analysis), "html"))
+    with_plots.write_text(analysis.report("html"))
+    without.write_text(analysis.report("html", figures=False))
     shot, plain = screenshot(chromium, with_plots, tmp_path), screenshot(chromium, without, tmp_path)
     assert shot.shape[:2] == (2000, 1200)
     # the plots sit below the trace and MMU facts: the lower half of the first screen

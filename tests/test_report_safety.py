@@ -1,8 +1,8 @@
 """Terminal and markup safety: control characters from a trace never reach a report raw.
 
 Hand-made from a real recording (no real trace names a task with escape sequences): every
-event's task name, the trace's path and the tail of every ``trace_marker`` line of churn-zapslot
-(whose findings cite QEMU's memslot lines as evidence) become a sequence that would retitle a
+event's task name, the trace's path and the tail of every ```trace_marker`` line of the upstream
+6.12 TDP churn recording (whose fault_in_update_window findings cite QEMU's memslot lines) become a sequence that would retitle a
 terminal and clear its screen.
 """
 
@@ -16,7 +16,7 @@ import re
 import pyarrow as pa
 import pytest
 
-from conftest import SAMPLES
+from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
 from kvmtrace.report import build_report, render
 from kvmtrace.report.markdown import md_escape
@@ -24,6 +24,7 @@ from kvmtrace.report.safe import printable
 from kvmtrace.report.traceinfo import render_info
 from kvmtrace.replays import replay
 
+REAL = NESTED / "tdp-churn-noquirk-small-kt.dat"
 PROBE = "\x1b]0;pwned\x07\x1b[2J"
 SHOWN = r"\x1b]0;pwned\x07\x1b[2J"
 #: any control character but the newline that ends each line of a report
@@ -37,7 +38,7 @@ def _with_comm(table: pa.Table, value: str) -> pa.Table:
 
 @pytest.fixture(scope="module")
 def probed():
-    data = parsers.read(SAMPLES / "churn-zapslot.dat")
+    data = parsers.read(REAL)
     tables = {n: _with_comm(t, PROBE) for n, t in data.tables.items()}
     prints = tables["print"]
     bufs = [b.rstrip("\n") + " " + PROBE for b in prints.column("buf").to_pylist()]
@@ -46,7 +47,7 @@ def probed():
     info = dataclasses.replace(data.info, path=f"{PROBE}.dat")
     data = dataclasses.replace(data, info=info, tables=tables, events=_with_comm(data.events, PROBE))
     result = replay(data)
-    assert result.memslots.num_rows == replay(parsers.read(SAMPLES / "churn-zapslot.dat")).memslots.num_rows
+    assert result.memslots.num_rows == replay(parsers.read(REAL)).memslots.num_rows
     report = build_report(data, result, path=f"{PROBE}.dat", version="test")
     assert report.findings and any("print:" in ln for f in report.findings for ln in f.evidence_lines)
     return report, {fmt: render(report, fmt) for fmt in ("text", "markdown", "html", "json")}

@@ -1,1 +1,2 @@
-"""One module per ``kvmtrace`` subcommand; each registers itself on :data:`kvmtrace.cli.app`."""
+"""One module per ``kvmtrace`` subcommand: plain typer functions that :mod:`kvmtrace.cli` registers
+(they never import it), plus :mod:`.common`, what they share."""

@@ -1,4 +1,4 @@
-"""``kvmtrace analyze PATH``: parse, replay, detect, render — the command a bug report starts with."""
+"""``kvmtrace analyze PATH``: the report a bug report starts with — one call on :class:`kvmtrace.Analysis`."""
 
 from __future__ import annotations
 
@@ -8,40 +8,59 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.analysis import FAIL_ON, Steps, analysis_report, check_format, emit, replay_trace
-from kvmtrace.cli import app
-from kvmtrace.report import FORMATS, render
+import kvmtrace
+from kvmtrace.commands.common import Steps, check_format, emit, output_file
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.report import FORMATS
+from kvmtrace.report.output import refuse_inputs
+
+FAIL_ON = ("error", "warning")
 
 
-@app.command()
 def analyze(
-    path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the report here (atomically).")] = None,
-    qemu_log: Annotated[Path | None, typer.Option(help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
-    memslots: Annotated[Path | None, typer.Option(help='Memslot layout (JSON): {"slots": [{"slot", "gpa", "size", "flags", "as_id"}]}.')] = None,
-    kernel: Annotated[str | None, typer.Option(help="Kernel version to assume (default: from the trace).")] = None,
-    fail_on: Annotated[str | None, typer.Option(help="Exit 1 if a finding of this severity (error|warning) or worse exists.")] = None,
-    since: Annotated[float | None, typer.Option(help="Replay only events at or after this timestamp (s, as printed).")] = None,
-    until: Annotated[float | None, typer.Option(help="Replay only events at or before this timestamp (s).")] = None,
-    cpu: Annotated[int | None, typer.Option(help="Replay only events of this CPU.")] = None,
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="trace.dat, or ftrace text (plain or compressed).")],
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Write the report to FILE (whole or not at all; - is standard output).")] = None,
+    qemu_log: Annotated[Path | None, typer.Option(
+        metavar="FILE", help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
+    memslots: Annotated[Path | None, typer.Option(
+        metavar="FILE",
+        help='Starting memslot layout (JSON): {"slots": [{"slot", "gpa", "size", "flags", "as_id"}]}; '
+        "the trace's own memslot changes still apply.")] = None,
+    kernel: Annotated[str | None, typer.Option(
+        metavar="RELEASE", help="Kernel release to assume, e.g. 6.12 (default: from the trace).")] = None,
+    zap_rule: Annotated[str | None, typer.Option(
+        metavar="NAME", help="Per-slot zap rule to assume, by name (default: the kernel's).")] = None,
+    fail_on: Annotated[str | None, typer.Option(
+        metavar="SEVERITY", help="Exit 1 if a reported finding is this severe (error|warning) or worse.")] = None,
+    since: Annotated[float | None, typer.Option(
+        metavar="SECONDS", help="Report only events at or after this timestamp (s, as printed).")] = None,
+    until: Annotated[float | None, typer.Option(
+        metavar="SECONDS", help="Report only events at or before this timestamp (s, as printed).")] = None,
+    cpu: Annotated[list[int] | None, typer.Option(
+        metavar="CPU", help="Report only events of this CPU (repeat for several).")] = None,
 ) -> None:
     """Replay a trace against a simulated KVM MMU and report checks and findings.
 
-    Filtering with --since/--until/--cpu changes what the replay can explain (objects made
-    outside the selection look like they predate the trace); the report says so.
+    --since, --until and --cpu choose what is reported; the replay always runs over the whole
+    trace, so a memslot change or shadow page outside the selection still counts.
     """
     check_format(fmt, FORMATS)
     if fail_on is not None and fail_on not in FAIL_ON:
-        raise TraceError(f"--fail-on {fail_on}: unknown; choose error or warning")
+        raise TraceError(f"--fail-on {fail_on}: unknown", hint="choose error or warning")
+    target = output_file(output)
+    if target is not None:
+        refuse_inputs(target, [p for p in (path, qemu_log, memslots) if p is not None])
     steps = Steps()
-    analysis = replay_trace(
-        path, qemu_log=qemu_log, memslots=memslots, kernel=kernel, since=since, until=until,
-        cpu=cpu, steps=steps,
-    )
-    report = analysis_report(analysis, with_plots=fmt == "html", steps=steps)
-    color = output is None and fmt == "text" and sys.stdout.isatty()
-    emit(render(report, fmt, color=color), output)
-    if fail_on is not None and any(f.severity in FAIL_ON[fail_on] for f in report.findings):
+    with steps.step(f"reading {path}"):
+        trace = kvmtrace.open(path)
+    with steps.step("replaying the MMU"):
+        analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
+                                 cpus=cpu, zap_rule=zap_rule)
+    with steps.step("writing the report"):
+        text = analysis.report(fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
+    emit(text, target)
+    if fail_on is not None and analysis.failed(fail_on):
         raise typer.Exit(1)

@@ -9,23 +9,31 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.cli import app
-from kvmtrace.analysis import Steps, analysis_report, check_format, emit, replay_trace
-from kvmtrace.report import DIFF_FORMATS, build_diff, render_diff
+import kvmtrace
+from kvmtrace.commands.common import Steps, check_format, emit, output_file
+from kvmtrace.report import DIFF_FORMATS
+from kvmtrace.report.output import refuse_inputs
 
 
-@app.command()
 def diff(
-    a: Annotated[Path, typer.Argument(help="The reference trace (e.g. the good run).")],
-    b: Annotated[Path, typer.Argument(help="The trace to compare with it.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", help="text, markdown, html or json")] = "text",
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write the diff here (atomically).")] = None,
-    kernel: Annotated[str | None, typer.Option(help="Kernel version to assume for both traces.")] = None,
+    a: Annotated[Path, typer.Argument(metavar="A", help="The reference trace (e.g. the good run).")],
+    b: Annotated[Path, typer.Argument(metavar="B", help="The trace to compare with it.")],
+    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", metavar="FILE",
+        help="Write the diff to FILE (whole or not at all; - is standard output).")] = None,
+    kernel: Annotated[str | None, typer.Option(
+        metavar="RELEASE", help="Kernel release to assume for both traces.")] = None,
 ) -> None:
     """Compare the analyses of two traces."""
     check_format(fmt, DIFF_FORMATS)
+    target = output_file(output)
+    if target is not None:
+        refuse_inputs(target, [a, b])
     steps = Steps()
-    ra = analysis_report(replay_trace(a, kernel=kernel, steps=steps), steps=steps)
-    rb = analysis_report(replay_trace(b, kernel=kernel, steps=steps), steps=steps)
-    color = output is None and fmt == "text" and sys.stdout.isatty()
-    emit(render_diff(build_diff(ra, rb), fmt, color=color), output)
+    analyses = []
+    for path in (a, b):
+        with steps.step(f"analysing {path}"):
+            analyses.append(kvmtrace.open(path).analyze(kernel=kernel))
+    text = analyses[0].diff(analyses[1], fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
+    emit(text, target)

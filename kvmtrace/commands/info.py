@@ -9,11 +9,10 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.cli import app
+from kvmtrace.commands.common import emit
 from kvmtrace.report.traceinfo import info_dict, render_info
 
 
-@app.command()
 def info(
     path: Annotated[Path, typer.Argument(help="trace.dat, or ftrace text (plain or compressed)")],
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of text.")] = False,
@@ -23,6 +22,6 @@ def info(
     """Show what a trace holds: format, kernel, CPUs, clock, span, lost events, event counts."""
     trace = kvmtrace.open(path, instance=instance, strict=strict)
     if json_out:
-        typer.echo(json.dumps(info_dict(trace.info), indent=2))
+        emit(json.dumps(info_dict(trace.info), indent=2) + "\n", None)
     else:
-        typer.echo(render_info(trace.info))
+        emit(render_info(trace.info) + "\n", None)

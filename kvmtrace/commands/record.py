@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from kvmtrace.cli import app
-from kvmtrace.record.recorder import DEFAULT_EVENTS, RecordOptions, RecordResult, record as run_record
+from kvmtrace.record.recorder import DEFAULT_EVENTS, RecordOptions, RecordResult
+from kvmtrace.record.recorder import record as run_record
 
 
 def _report_loss(result: RecordResult) -> None:
@@ -24,7 +24,6 @@ def _report_loss(result: RecordResult) -> None:
             )
 
 
-@app.command(context_settings={"allow_interspersed_args": False})
 def record(
     command: Annotated[list[str], typer.Argument(help="The command to trace (after '--').", show_default=False)],
     output: Annotated[Path, typer.Option("-o", "--output", help="trace.dat to write.")] = Path("trace.dat"),

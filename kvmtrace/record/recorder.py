@@ -20,6 +20,7 @@ import os
 import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from kvmtrace.record.tracedat_writer import write_tracedat
 from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD
+from kvmtrace.report.output import atomic_file, atomic_path
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm")
 KVM_DEVICE = Path("/dev/kvm")
@@ -85,7 +87,7 @@ def pick_backend(name: str) -> str:
     if name == "auto":
         return "trace-cmd" if shutil.which("trace-cmd") else "native"
     if name == "trace-cmd" and shutil.which("trace-cmd") is None:
-        raise TraceError("trace-cmd is not installed: install it or use --backend native")
+        raise TraceError("trace-cmd is not installed", hint="install it or pass {backend} native")
     return name
 
 
@@ -114,14 +116,8 @@ def _start(tfs: Tracefs, opts: RecordOptions, events: list[EventId]) -> None:
 
 
 def _save_text(tfs: Tracefs, dest: Path) -> None:
-    tmp = dest.with_name(f"{dest.name}.tmp{os.getpid()}")
-    try:
-        with open(tfs.path("trace"), "rb") as src, gzip.open(tmp, "wb", compresslevel=6) as out:
-            shutil.copyfileobj(src, out, 1 << 20)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with open(tfs.path("trace"), "rb") as src, atomic_file(dest) as raw, gzip.open(raw, "wb", compresslevel=6) as out:
+        shutil.copyfileobj(src, out, 1 << 20)
 
 
 def _run_trace_cmd(argv: list[str]) -> None:
@@ -134,24 +130,21 @@ def _run_trace_cmd(argv: list[str]) -> None:
 
 def _extract_trace_cmd(opts: RecordOptions) -> None:
     """Let trace-cmd drain the buffer into a file (always v7 + zstd), converted if asked otherwise."""
-    tmp = opts.output.with_name(f"{opts.output.name}.tmp{os.getpid()}")
-    converted = opts.output.with_name(f"{opts.output.name}.conv{os.getpid()}")
-    try:
-        _run_trace_cmd(["extract", "-o", str(tmp)])
-        if (opts.file_version, opts.compression) != (7, COMPRESSION_ZSTD):
+    with atomic_path(opts.output) as out:
+        if (opts.file_version, opts.compression) == (7, COMPRESSION_ZSTD):
+            _run_trace_cmd(["extract", "-o", str(out)])
+            return
+        with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
+            raw = Path(scratch) / "extract.dat"
+            _run_trace_cmd(["extract", "-o", str(raw)])
             version = ["--file-version", str(opts.file_version), "--compression", opts.compression]
-            _run_trace_cmd(["convert", *version, "-i", str(tmp), "-o", str(converted)])
-            os.replace(converted, tmp)
-        os.replace(tmp, opts.output)
-    finally:
-        tmp.unlink(missing_ok=True)
-        converted.unlink(missing_ok=True)
+            _run_trace_cmd(["convert", *version, "-i", str(raw), "-o", str(out)])
 
 
 def _write_native(tfs: Tracefs, opts: RecordOptions, drain: PageDrain, stats: dict[int, bytes]) -> dict[int, int]:
     """Write OUT.dat with our writer from the drained pages; return pages flagged with missed
     events per CPU."""
-    from kvmtrace import __version__
+    from kvmtrace.version import __version__
 
     drain.drain()  # what is left after tracing stopped, including partly filled pages
     cpu_data = drain.data()
@@ -183,9 +176,9 @@ def _terminate_as_interrupt() -> Iterator[None]:
 def record(opts: RecordOptions) -> RecordResult:
     """Record ``opts.command``; tracefs is left exactly as found (see module docstring)."""
     if not opts.command:
-        raise TraceError("no command to record: give it after '--', e.g. kvmtrace record -o x.dat -- ./workload")
+        raise TraceError("no command to record", hint="give the command to trace as {command}")
     if opts.file_version == 6 and opts.compression != "none":
-        raise TraceError("trace.dat version 6 has no compression: add --compression none")
+        raise TraceError("trace.dat version 6 has no compression", hint="pass {compression} none")
     if shutil.which(opts.command[0]) is None:
         raise TraceError(f"command not found: {opts.command[0]}")
     backend = pick_backend(opts.backend)

@@ -25,6 +25,7 @@ from typing import BinaryIO, Callable
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.report.output import atomic_file
 from kvmtrace.parsers.tracedat.constants import (
     COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
@@ -327,18 +328,10 @@ def write_tracedat(
     if compression not in COMPRESSIONS:
         raise TraceError(f"unknown compression {compression!r}: use one of {', '.join(COMPRESSIONS)}")
     if version == 6 and compression != COMPRESSION_NONE:
-        raise TraceError("trace.dat version 6 has no compression: use --compression none or version 7")
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
+        raise TraceError("trace.dat version 6 has no compression", hint="pass {compression} none, or version 7")
     packer = _Packer(big_endian)
-    try:
-        with open(tmp, "w+b") as f:
-            if version == 6:
-                _write_v6(f, content, packer)
-            else:
-                _write_v7(f, content, packer, compression)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w+b") as f:
+        if version == 6:
+            _write_v6(f, content, packer)
+        else:
+            _write_v7(f, content, packer, compression)

@@ -156,7 +156,7 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
             raise TraceError(f"{path}: no trace events found: the input looks like {text_kind(chunk.lines)}; {WANTED}")
         if strict and skipped:
             line_no, reason = min(skipped)
-            raise TraceError(f"{path}: line {line_no}: {reason} (run without --strict to skip such lines)")
+            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}", hint="run without {strict} to skip such lines")
     common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:

@@ -1,0 +1,80 @@
+"""What the subcommands share and the library must not know: flag spellings, progress on the
+terminal, where a command's text goes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.report.output import write_atomic
+
+#: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` + the keyword with dashes.
+_FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o", "outdir": "OUTDIR",
+          "command": "COMMAND after '--' (kvmtrace record -o x.dat -- ./workload)"}
+
+
+def flag(param: str) -> str:
+    """The command-line spelling of an API keyword (``qemu_log`` -> ``--qemu-log``)."""
+    return _FLAGS.get(param, "--" + param.replace("_", "-"))
+
+
+def cli_message(err: TraceError) -> str:
+    """A library error as the shell user reads it: the hint's parameters as flags."""
+    return err.render(flag)
+
+
+class Steps:
+    """A spinner on stderr naming the current step, shown only when stderr is a terminal, so
+    redirected output and CI logs stay clean."""
+
+    def __init__(self) -> None:
+        self.console = Console(stderr=True)
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        if not self.console.is_terminal:
+            yield
+            return
+        with self.console.status(what):
+            yield
+
+
+def check_format(fmt: str, allowed: tuple[str, ...]) -> None:
+    if fmt not in allowed:
+        raise TraceError(f"--format {fmt}: unknown", hint=f"choose one of {', '.join(allowed)}")
+
+
+def output_file(output: Path | None) -> Path | None:
+    """The file ``-o`` names, or None for standard output (no ``-o``, or ``-o -`` as in every
+    other Unix tool)."""
+    return None if output is None or str(output) == "-" else output
+
+
+#: 128 + SIGPIPE: what a shell reports for a program whose reader went away (``| head``).
+EXIT_PIPE = 141
+
+
+def emit(text: str, output: Path | None) -> None:
+    """Print to standard output, or write the file ``output`` whole or not at all.
+
+    A reader that went away (``kvmtrace analyze t.dat | head``) is not an error of ours and
+    not a finding: the exit status is :data:`EXIT_PIPE`, never click's 1, which ``--fail-on``
+    owns.
+    """
+    if output is not None:
+        write_atomic(output, text)
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the interpreter flushes stdout again at exit: point it at /dev/null so that is silent
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(EXIT_PIPE) from None
