@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from kvmtrace.parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
+from kvmtrace.parsers.schema import (
+    COMMON_FIELDS,
+    EVENTS_SCHEMA,
+    META_EVENT_ID,
+    META_FIELD_NAME,
+    META_PRINT_FMT,
+    META_SOURCE,
+    META_SYSTEM,
+    field_columns,
+)
 from kvmtrace.parsers.tracedat.arrow import empty_table, numeric, strings
 from kvmtrace.parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
@@ -46,14 +55,18 @@ def arrow_type(field: FieldSpec) -> pa.DataType:
 
 
 def event_schema(fmt: EventFormat) -> pa.Schema:
-    fields = list(COMMON_FIELDS)
+    """The common columns, then the format's fields named by :func:`field_columns`."""
+    own: list[tuple[str, pa.DataType]] = []
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
         if _is_bprint_fmt(fmt, f):
-            fields += [pa.field("fmt", pa.string()), pa.field("fmt_addr", pa.uint64())]
+            own += [("fmt", pa.string()), ("fmt_addr", pa.uint64())]
             continue
-        fields.append(pa.field(f.name, arrow_type(f)))
+        own.append((f.name, arrow_type(f)))
+    fields = list(COMMON_FIELDS)
+    for (name, typ), column in zip(own, field_columns([name for name, _ in own])):
+        fields.append(pa.field(column, typ, metadata=None if column == name else {META_FIELD_NAME: name.encode()}))
     meta = {META_SYSTEM: fmt.system.encode(), META_EVENT_ID: str(fmt.id).encode(),
             META_PRINT_FMT: fmt.print_fmt.encode(), META_SOURCE: b"tracedat"}
     return pa.schema(fields, metadata=meta)
