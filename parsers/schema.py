@@ -95,6 +95,33 @@ META_NULL_PREFIX = b"kvmtrace.null."
 
 
 @dataclass(frozen=True)
+class CpuStats:
+    """One CPU's ring-buffer statistics at the end of the recording (trace.dat CPUSTAT option).
+
+    The kernel's ``per_cpu/cpuN/stats``: ``entries`` still in the buffer (not in the file; trace-cmd
+    says they should be zero), events ``overrun`` (overwritten), ``commit_overrun`` (lost to a
+    nested writer wrapping the buffer), ``dropped_events`` (buffer full, non-overwrite mode) and
+    ``read_events``. Timestamps are kept as the kernel printed them (``sec.usec`` for ns clocks,
+    raw counts for others). ``None``: the kernel did not print that key.
+    """
+
+    cpu: int
+    entries: int | None = None
+    overrun: int | None = None
+    commit_overrun: int | None = None
+    bytes: int | None = None
+    oldest_event_ts: str | None = None
+    now_ts: str | None = None
+    dropped_events: int | None = None
+    read_events: int | None = None
+
+    @property
+    def lost(self) -> int:
+        """Events this CPU's buffer discarded: overrun + commit overrun + dropped events."""
+        return (self.overrun or 0) + (self.commit_overrun or 0) + (self.dropped_events or 0)
+
+
+@dataclass(frozen=True)
 class TraceInfo:
     """What a reader learnt about the recording, independent of the events themselves."""
 
@@ -111,13 +138,16 @@ class TraceInfo:
     page_size: int | None = None
     big_endian: bool = False
     event_counts: Mapping[str, int] = field(default_factory=dict)
-    lost_events: Mapping[int, int] = field(default_factory=dict)  # cpu -> known dropped count
+    #: cpu -> known dropped count: the pages' stored counts, or the CPU's stats (CpuStats.lost)
+    #: where those count more (they then also cover the CPU's gaps of unknown size).
+    lost_events: Mapping[int, int] = field(default_factory=dict)
     lost_unknown: Mapping[int, int] = field(default_factory=dict)  # cpu -> gaps of unknown size
     first_ts: int | None = None
     last_ts: int | None = None
     skipped_lines: int = 0  # text readers: lines that could not be recovered exactly
     instances: tuple[str, ...] = ()  # names of other buffer instances in the file
     warnings: tuple[str, ...] = ()
+    cpu_stats: tuple[CpuStats, ...] = ()  # trace.dat CPUSTAT, by CPU; empty when not recorded
 
     @property
     def total_events(self) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from kvmtrace.parsers.schema import TraceInfo
+from kvmtrace.parsers.schema import CpuStats, TraceInfo
 
 
 def info_dict(info: TraceInfo) -> dict:
@@ -19,6 +19,7 @@ def info_dict(info: TraceInfo) -> dict:
     d["lost_events"] = {str(k): v for k, v in info.lost_events.items()}
     d["lost_unknown"] = {str(k): v for k, v in info.lost_unknown.items()}
     d["instances"] = list(info.instances)
+    d["cpu_stats"] = [asdict(s) | {"lost": s.lost} for s in info.cpu_stats]
     d["warnings"] = list(info.warnings)
     return d
 
@@ -42,6 +43,7 @@ def render_info(info: TraceInfo) -> str:
         per_cpu = ", ".join(f"cpu{c}: {n}" for c, n in sorted(info.lost_events.items()) if n)
         lost_txt += f"  [{per_cpu}]" if per_cpu else ""
     lines.append(f"lost events:  {lost_txt}")
+    lines += _cpu_stats_lines(info.cpu_stats)
     if info.source == "text":
         lines.append(f"skipped lines: {info.skipped_lines}")
     if info.instances:
@@ -51,3 +53,20 @@ def render_info(info: TraceInfo) -> str:
     width = max((len(name) for name, _ in counts), default=0)
     lines += [f"  {name:<{width}}  {n:>10}" for name, n in counts]
     return "\n".join(lines)
+
+
+#: CPUSTAT columns shown by ``kvmtrace info``: (header, CpuStats attribute).
+_STAT_COLUMNS = (("read events", "read_events"), ("entries", "entries"), ("overrun", "overrun"),
+                 ("commit overrun", "commit_overrun"), ("dropped", "dropped_events"))
+
+
+def _cpu_stats_lines(stats: tuple[CpuStats, ...]) -> list[str]:
+    """The kernel's per-CPU buffer statistics as a small table (``-``: not printed by the kernel)."""
+    if not stats:
+        return []
+    lines = ["cpu stats:    (the kernel's ring-buffer counters at the end of the recording)",
+             "  cpu  " + "  ".join(f"{h:>14}" for h, _ in _STAT_COLUMNS)]
+    for s in stats:
+        cells = ["-" if getattr(s, a) is None else str(getattr(s, a)) for _, a in _STAT_COLUMNS]
+        lines.append(f"  {s.cpu:>3}  " + "  ".join(f"{c:>14}" for c in cells))
+    return lines

@@ -12,9 +12,11 @@ import warnings as _warnings
 from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError, TraceWarning
-from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.parsers.schema import CpuStats, TraceData, TraceInfo
 from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.constants import Option
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer, merge_lost
 from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.formats import PageHeader, parse_header_page
 from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
@@ -64,12 +66,13 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
         wanted = "" if instance is None else instance
         if wanted not in names:
             raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
+        stats = cpu_stats_by_buffer([o.payload for o in box.options if o.id == Option.CPUSTAT])
         results: dict[str, TraceData] = {}
         for spec in box.buffers:
             if instance is None or spec.name == instance:
                 others = tuple(n for n in names if n and n != spec.name)
                 results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
-                                                  others)
+                                                  others, stats.get(spec.name, ()))
     main = results.pop(wanted)
     main.instances = results  # the other buffers, when the top one was asked for
     return main
@@ -77,7 +80,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
 
 def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
-                 others: tuple[str, ...]) -> TraceData:
+                 others: tuple[str, ...], stats: tuple[CpuStats, ...]) -> TraceData:
     notes: list[str] = list(box.warnings)
     pages = load_pages(f, size, box, spec, header, notes)
     try:
@@ -87,6 +90,7 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     reader = FieldReader(pages.buf, box.big_endian)
     merged, order = merge_records(records, pages, reader, catalog, opts)
     gaps, lost, lost_unknown = gap_table(records, flags, pages, order, opts)
+    lost, lost_unknown = merge_lost(lost, lost_unknown, stats)
     # Peak memory: free each intermediate as soon as its last user is done (records and order
     # now; the page buffer and payload offsets once the per-event tables are decoded).
     del records, order
@@ -107,6 +111,6 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         lost_events=lost, lost_unknown=lost_unknown,
         first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
         last_ts=int(ts.max()) if len(ts) else None,
-        instances=others, warnings=tuple(notes),
+        instances=others, warnings=tuple(notes), cpu_stats=stats,
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)
