@@ -69,7 +69,8 @@ def test_no_stats_in_old_files(public_dir: Path) -> None:
 def test_overrun_counts_as_lost(trace_cmd: str) -> None:
     """CPU 1 of the 64 KiB recording: the kernel overwrote 63617 events."""
     info = read_tracedat(LOST_SAMPLE).info
-    assert [(s.cpu, s.overrun, s.read_events, s.lost) for s in info.cpu_stats] == [(0, 0, 0, 0), (1, 63617, 2163, 63617)]
+    assert [(s.cpu, s.overrun, s.read_events, s.lost) for s in info.cpu_stats] == [
+        (0, 0, 0, 0), (1, 63617, 2163, 63617)]
     assert dict(info.lost_events) == {1: 63617} and dict(info.lost_unknown) == {}
     assert info.total_events == 2163 == len(run_report(trace_cmd, LOST_SAMPLE).events)
 

@@ -163,11 +163,13 @@ class PageHeader:
     data_size: int
 
 
-def parse_header_page(text: str, path: str) -> PageHeader:
+def parse_header_page(text: str, path: str, page_size: int) -> PageHeader:
     """Parse header_page: where the commit word and the records are in every page.
 
     Kernels before 2.6.31 wrote no header_page and used an older record encoding (libtraceevent
     keeps a separate "old format" walker for it); such files are refused rather than misread.
+    The page it describes (header plus data) is the file's page size in every file trace-cmd
+    writes; a file where they differ would be read at the wrong stride, so it is refused.
     """
     found: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
@@ -180,4 +182,8 @@ def parse_header_page(text: str, path: str) -> PageHeader:
                          f"kernel's format, which is not supported")
     if found["commit"][1] not in (4, 8):
         raise TraceError(f"{path}: corrupt header_page (commit field of {found['commit'][1]} bytes)")
-    return PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])
+    header = PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])
+    if header.data_offset + header.data_size != page_size:
+        raise TraceError(f"{path}: corrupt trace.dat: the file header's page size {page_size} disagrees with "
+                         f"header_page (pages of {header.data_offset} + {header.data_size} bytes)")
+    return header

@@ -55,7 +55,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
             raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
                              f"supported; run 'trace-cmd report' on it and read the text instead")
         opts = decode_options(box.options, box.big_endian)
-        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath)
+        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath, box.page_size)
         catalog = FormatCatalog(box, header.commit_size)
         cmdlines = parse_cmdlines(box.cmdlines)
         printk = parse_printk(box.printk)
@@ -83,10 +83,11 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
                  others: tuple[str, ...], stats: tuple[CpuStats, ...]) -> TraceData:
     notes: list[str] = list(box.warnings)
     pages = load_pages(f, size, box, spec, header, notes)
-    try:
-        records, flags = walk(pages)
-    except TraceError as err:
-        raise TraceError(f"{box.path}: {err}") from None
+    records, flags, corrupt = walk(pages)
+    if corrupt:
+        notes.append(f"{box.path}: corrupt trace.dat: {sum(n for n, _ in corrupt)} corrupt page(s) read in part or "
+                     f"not at all (first: {corrupt[0][1]}); their events are lost, counted as gaps of "
+                     f"unknown size")
     reader = FieldReader(pages.buf, box.big_endian)
     merged, order = merge_records(records, pages, reader, catalog, opts)
     gaps, lost, lost_unknown = gap_table(records, flags, pages, order, opts)
@@ -104,9 +105,10 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         _warnings.warn(note, TraceWarning, stacklevel=3)
     info = TraceInfo(
         path=box.path, source="tracedat", version=box.version, compression=box.compression,
-        cpus=box.cpus or len(spec.cpus), clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
+        cpus=max(box.cpus, 1 + max((s.cpu for s in spec.cpus), default=-1)),
+        clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
         kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
-        long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
+        long_size=header.commit_size, page_size=spec.page_size, big_endian=box.big_endian,
         event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         lost_events=lost, lost_unknown=lost_unknown,
         first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
