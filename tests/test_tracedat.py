@@ -30,7 +30,7 @@ from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.salvage import cpus_with_events
-from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent
+from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent
 from tracedat_builder import (
     Data,
     Padding,

@@ -5,7 +5,7 @@ absolute time stamps at chosen places; the reader still has to get them right. T
 builds kernel-format ring-buffer pages from a list of records (the encoding of
 ``kernel/trace/ring_buffer.c``: small and large data records, TIME_EXTEND, absolute TIME_STAMP,
 padding, missed-events flags, either byte order) and writes them with the project writer
-(:func:`kvmtrace.record.tracedat_writer.write_tracedat`) into a file whose metadata (event
+(:func:`kvmtrace.parsers.tracedat.writer.write_tracedat`) into a file whose metadata (event
 formats, header_page, ...) comes from a REAL recording — see :func:`content_of`.
 
 Typical use::
@@ -22,7 +22,7 @@ import os
 import struct
 from dataclasses import dataclass
 
-from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
+from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
