@@ -10,6 +10,7 @@ whole file for one bad page.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import struct
 import tracemalloc
 import warnings
@@ -25,7 +26,8 @@ from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import MAGIC, SECTION_FLAG_COMPRESSED, TAIL_FLYRECORD, TAIL_OPTIONS, Option
 from kvmtrace.parsers.tracedat.container import parse_container
-from tracedat_builder import PlacedOption, append_options, patched, v7_options
+from kvmtrace.parsers.tracedat.writer import EventSystem, write_tracedat
+from tracedat_builder import PlacedOption, append_options, content_of, patched, v7_options
 from tracedat_oracle import run_report
 
 V6 = "sched_load.dat"
@@ -322,3 +324,54 @@ def test_corrupt_chunk_keeps_the_rest(v7_raw: bytes, public_dir: Path, tmp_path:
     assert_lost_one_run(cpu_rows(data, 3), cpu_rows(whole, 3))
     assert dict(data.info.lost_unknown) == {3: 1}
     assert [(g["cpu"], g["lost"]) for g in data.gaps.to_pylist()] == [(3, None)]
+
+
+# ---------------------------------------------------------------- corrupt format files
+
+
+def _with_format(public_dir: Path, tmp_path: Path, event: bytes, old: bytes, new: bytes) -> Path:
+    """sched_load.dat rewritten (v6) with one line of one event's format file replaced."""
+    content = content_of(public_dir / V6)
+    done = []
+
+    def edit(texts: tuple[bytes, ...]) -> tuple[bytes, ...]:
+        out = []
+        for text in texts:
+            if b"name: " + event + b"\n" in text:
+                assert old in text
+                text = text.replace(old, new)
+                done.append(event)
+            out.append(text)
+        return tuple(out)
+
+    content = dataclasses.replace(content, ftrace_formats=edit(content.ftrace_formats),
+                                  systems=tuple(EventSystem(s.name, edit(s.formats)) for s in content.systems))
+    assert done == [event]
+    out = tmp_path / "format.dat"
+    write_tracedat(out, content, version=6, compression="none")
+    return out
+
+
+def test_field_beyond_any_record(public_dir: Path, tmp_path: Path) -> None:
+    """A field at offset 2^32-1: was a 1.56 TiB allocation (numpy MemoryError)."""
+    out = _with_format(public_dir, tmp_path, b"sched_switch", b"offset:8;\tsize:16;", b"offset:4294967295;\tsize:16;")
+    data, _, peak, err = read_bounded(out)
+    assert err is not None and "corrupt event format sched_switch: field prev_comm at offset 4294967295" in str(err)
+    assert peak < PEAK_LIMIT
+
+
+def test_common_type_outside_the_common_header(public_dir: Path, tmp_path: Path) -> None:
+    """common_type read at offset 4000 of every record: was an IndexError past the page buffer."""
+    out = _with_format(public_dir, tmp_path, b"wakeup", b"common_type;\toffset:0;", b"common_type;\toffset:4000;")
+    with pytest.raises(TraceError, match="common_type at offset 4000 \\(2 bytes\\), outside the records' 8-byte"):
+        read_tracedat(out)
+
+
+def test_array_whose_elements_do_not_tile_it(public_dir: Path, v6_whole: TraceData, tmp_path: Path) -> None:
+    """``u8 prev_comm[32]`` in 16 bytes: was an Arrow error (16 values per row for lists of 32);
+    now the 16 bytes, as bytes."""
+    out = _with_format(public_dir, tmp_path, b"sched_switch", b"char prev_comm[16];", b"u8 prev_comm[32];")
+    table = read_tracedat(out).table("sched_switch")
+    assert table.schema.field("prev_comm").type == pa.binary()
+    names = v6_whole.table("sched_switch")["prev_comm"].to_pylist()
+    assert [b.split(b"\0", 1)[0].decode() for b in table["prev_comm"].to_pylist()] == names

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import zstandard
 
@@ -18,15 +19,17 @@ from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.limits import MAX_CHUNK, MAX_METADATA, MAX_SECTION, mib
 
 SUPPORTED = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
+#: Metadata blocks are decompressed this much at a time.
+_STEP = 1 << 20
 
 
 class Decompressor:
     """Decompresses blocks with the file's algorithm; one zstd context is reused for speed.
 
     Output never exceeds the size the file declares for the block (checked against the caps of
-    :mod:`kvmtrace.parsers.tracedat.limits` before anything is allocated): a zstd frame carries
-    its own content size and ``ZstdDecompressor.decompress`` would allocate that, whatever
-    ``max_output_size`` says, so every block goes through a bounded stream instead.
+    :mod:`kvmtrace.parsers.tracedat.limits` first): a zstd frame carries its own content size and
+    ``ZstdDecompressor.decompress`` would allocate that, whatever ``max_output_size`` says, so
+    every block goes through a bounded stream instead.
     """
 
     def __init__(self, algorithm: str, path: str):
@@ -48,9 +51,36 @@ class Decompressor:
             raise TraceError(f"{self.path}: corrupt trace.dat: the {what} section at byte {where} declares "
                              f"{mib(size)} uncompressed, more than the {mib(cap)} metadata may take "
                              f"(at most {mib(MAX_SECTION)} a section, {mib(MAX_METADATA)} in all)")
-        out = bytearray(size)
-        self.into(memoryview(cur.take(csize)), memoryview(out), where)
-        return bytes(out)
+        out = b"".join(self._pieces(memoryview(cur.take(csize)), size, where))
+        if len(out) != size:
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} "
+                             f"(expected {size} bytes, got {'more' if len(out) > size else len(out)})")
+        return out
+
+    def _pieces(self, data: memoryview, size: int, where: int) -> Iterator[bytes]:
+        """The block's output in pieces of at most :data:`_STEP` bytes, ending one byte past
+        ``size``: memory follows what the data really holds, not what its header claims."""
+        left = size + 1
+        try:
+            if self._zstd is None:
+                z = zlib.decompressobj()
+                while left > 0:
+                    piece = z.decompress(data, min(_STEP, left))
+                    data = z.unconsumed_tail
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+            else:
+                with self._zstd.stream_reader(data) as reader:
+                    while left > 0:
+                        piece = reader.read(min(_STEP, left))
+                        if not piece:
+                            return
+                        left -= len(piece)
+                        yield piece
+        except (zstandard.ZstdError, zlib.error) as err:
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} ({err})") from None
 
     def into(self, data: memoryview, out: memoryview, where: int) -> None:
         """Decompress one block straight into ``out``, which must be exactly its size."""

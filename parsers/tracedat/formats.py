@@ -118,7 +118,7 @@ def parse_format(text: str, system: str, long_size: int) -> EventFormat:
     for line in text.splitlines():
         if line.startswith("name:"):
             name = line[5:].strip()
-        elif line.startswith("ID:"):
+        elif line.startswith("ID:") and line[3:].strip().isdigit():
             event_id = int(line[3:].strip())
         elif line.startswith("format:"):
             in_format = True
@@ -137,14 +137,15 @@ def parse_format(text: str, system: str, long_size: int) -> EventFormat:
             if array_len < 0:  # "[TASK_COMM_LEN]": a length we cannot read; bytes then
                 array_len = 0 if trailing else size
             is_signed = bool(int(signed)) if signed is not None else False
+            offset = int(m.group("offset"))
             if dynamic:  # the format's size/signed describe the 32-bit location word
                 element = _element(ctype, long_size)
-            elif array_len:
-                element = (max(size // array_len, 1), is_signed)
+            elif array_len:  # elements that do not tile the field exactly: kept as bytes
+                element = (size // array_len if size % array_len == 0 else 0, is_signed)
             else:
                 element = (size, is_signed)
             fields.append(FieldSpec(
-                name=fname, type=ctype, offset=int(m.group("offset")), size=size, signed=is_signed,
+                name=fname, type=ctype, offset=offset, size=size, signed=is_signed,
                 array_len=array_len, dynamic=dynamic, relative=relative, trailing=trailing,
                 element_size=element[0], element_signed=element[1],
             ))

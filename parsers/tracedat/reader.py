@@ -95,7 +95,7 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
     # Peak memory: free each intermediate as soon as its last user is done (records and order
     # now; the page buffer and payload offsets once the per-event tables are decoded).
     del records, order
-    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk)
+    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk, header.data_size)
     ts, cpu, pid, event_id = merged.ts, merged.cpu, merged.pid, merged.event_id
     del merged, reader, pages
     events = events_table(ts, cpu, pid, event_id, catalog, cmdlines)
