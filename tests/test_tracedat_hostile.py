@@ -239,8 +239,8 @@ def test_v7_cpucount_option_beyond_any_linux(v7_raw: bytes, public_dir: Path, tm
 def test_section_offset_past_the_end(v7_raw: bytes, tmp_path: Path) -> None:
     out = tmp_path / "offset.dat"
     out.write_bytes(patched(v7_raw, _option(v7_raw, Option.CMDLINES).at, struct.pack("<Q", len(v7_raw) + 10)))
-    with pytest.raises(TraceError, match=f"the CMDLINES section should be at byte {len(v7_raw) + 10}, past the end "
-                                         f"of the file \\({len(v7_raw)} bytes\\)"):
+    with pytest.raises(TraceError, match=f"truncated at byte {len(v7_raw)}: the CMDLINES section should be at byte "
+                                         f"{len(v7_raw) + 10}, past the end of the file"):
         read_tracedat(out)
 
 

@@ -186,8 +186,9 @@ def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int
     """Read the section header at ``offset``; return (id, cursor over the (decompressed) payload)."""
     what = "options" if expect in (None, SECTION_OPTIONS) else _name(expect)
     if offset + SECTION_HEADER_SIZE > len(cur.buf):
-        raise TraceError(f"{box.path}: corrupt trace.dat: the {what} section should be at byte {offset}, past the "
-                         f"end of the file ({len(cur.buf)} bytes)")
+        raise TraceError(f"{box.path}: truncated at byte {len(cur.buf)}: the {what} section should be at byte "
+                         f"{offset}, past the end of the file; it was cut short (or that offset is corrupt), "
+                         f"re-copy or re-record it")
     head = cur.at(offset)
     sec_id, flags = head.u16(), head.u16()
     head.u32()  # description: an id into the STRINGS sections, informational only
