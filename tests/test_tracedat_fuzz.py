@@ -45,7 +45,7 @@ from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import MAGIC, TAIL_FLYRECORD, TAIL_OPTIONS, Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.limits import MAX_CHUNK
-from tracedat_builder import _options_chain
+from tracedat_builder import options_chain
 from tracedat_oracle import run_report
 
 SOURCES = {"v6": "sched_load.dat", "v7": "sched_load.v7zstd.dat"}
@@ -124,7 +124,7 @@ def _chunks(raw: bytes, spans: tuple[Span, ...]) -> list[Field]:
 def _v7_regions(raw: bytes) -> dict[str, Region]:
     box = parse_container(raw, "v7")
     header_end, header_fields = _initial_header(raw, 7)
-    chain = _options_chain(raw)
+    chain = options_chain(raw)
     options = tuple(Span(o.at - 6, o.at + len(o.payload)) for o in chain)
     option_fields = [f for o in chain for f in (Field(o.at - 6, 2), Field(o.at - 4, 4))]
     option_fields += [Field(o.at, 8 if len(o.payload) >= 8 else 4) for o in chain if len(o.payload) >= 4]
@@ -148,8 +148,9 @@ def _v6_regions(raw: bytes) -> dict[str, Region]:
     cpus_at = raw.index(TAIL_OPTIONS) - 4
     table = raw.index(TAIL_FLYRECORD) + len(TAIL_FLYRECORD)
     # Metadata: every length word (u64 before each header and format blob, u32 counts).
-    lengths = [Field(m.start() + len(m.group()), 8) for m in re.finditer(rb"header_page\0|header_event\0", raw[:cpus_at])]
-    lengths += [Field(m.start() - 8, 8) for m in re.finditer(rb"name: ", raw[:cpus_at])]
+    meta = raw[:cpus_at]
+    lengths = [Field(m.start() + len(m.group()), 8) for m in re.finditer(rb"header_page\0|header_event\0", meta)]
+    lengths += [Field(m.start() - 8, 8) for m in re.finditer(rb"name: ", meta)]
     pages = tuple(Span(s.offset, s.offset + s.size, s.cpu) for s in box.buffers[0].cpus)
     return {"header": Region((Span(0, header_end),), tuple(header_fields)),
             "sections": Region((Span(header_end, cpus_at),), tuple(lengths)),

@@ -323,7 +323,7 @@ def test_corrupt_chunk_keeps_the_rest(v7_raw: bytes, public_dir: Path, tmp_path:
         assert cpu_rows(data, cpu) == cpu_rows(whole, cpu)
     assert_lost_one_run(cpu_rows(data, 3), cpu_rows(whole, 3))
     assert dict(data.info.lost_unknown) == {3: 1}
-    assert [(g["cpu"], g["lost"]) for g in data.gaps.to_pylist()] == [(3, None)]
+    assert [(g["cpu"], g["ts"], g["lost"]) for g in data.gaps.to_pylist()] == [(3, None, None)]
 
 
 # ---------------------------------------------------------------- corrupt format files

@@ -218,7 +218,7 @@ class PlacedOption:
     payload: bytes
 
 
-def _options_chain(raw: bytes) -> list[PlacedOption]:
+def options_chain(raw: bytes) -> list[PlacedOption]:
     """Every option of a little-endian v7 file, DONE options included, following the options
     chain (as trace-cmd writes them, options sections are not compressed)."""
     cur = Cursor(raw, len(MAGIC))
@@ -242,13 +242,13 @@ def _options_chain(raw: bytes) -> list[PlacedOption]:
 
 def v7_options(raw: bytes) -> list[PlacedOption]:
     """Every option of a little-endian v7 file with the file offset of its payload."""
-    return [o for o in _options_chain(raw) if o.id != Option.DONE]
+    return [o for o in options_chain(raw) if o.id != Option.DONE]
 
 
 def append_options(raw: bytes, options: list[tuple[int, bytes]]) -> bytes:
     """``raw`` (little-endian v7) with ``options`` in an options section appended at the end
     and chained from its last DONE option, as trace-cmd itself chains them."""
-    done = [o for o in _options_chain(raw) if o.id == Option.DONE][-1]
+    done = [o for o in options_chain(raw) if o.id == Option.DONE][-1]
     body = b"".join(struct.pack("<HI", i, len(p)) + p for i, p in options) + struct.pack("<HIQ", Option.DONE, 8, 0)
     return (patched(raw, done.at, struct.pack("<Q", len(raw)))
             + struct.pack("<HHIQ", Option.DONE, 0, 0, len(body)) + body)

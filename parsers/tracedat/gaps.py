@@ -37,10 +37,13 @@ def gap_table(records: Records, flags: PageFlags, pages: PageData, order: np.nda
     at_seq = np.flatnonzero(wanted[order])
     seq_of_first = dict(zip(order[at_seq].tolist(), at_seq.tolist()))
     seq = np.array([seq_of_first.get(f, 0) for f in first.tolist()], np.int64)
-    lost = np.where(pages.damaged[missed], -1, flags.lost[missed])
+    damaged = pages.damaged[missed]
+    lost = np.where(damaged, -1, flags.lost[missed])
     cpu = pages.cpu[missed]
+    raw_ts = flags.ts[missed]
+    no_ts = damaged & (raw_ts == 0)  # a page read as zeros (its chunk did not decompress) has no time
     table = pa.Table.from_arrays(
-        [numeric(cpu), numeric(to_ns(flags.ts[missed], cpu, opts)), numeric(seq, mask=~have),
+        [numeric(cpu), numeric(to_ns(raw_ts, cpu, opts), mask=no_ts), numeric(seq, mask=~have),
          numeric(lost, mask=lost < 0)],
         schema=GAPS_SCHEMA,
     )
