@@ -42,7 +42,7 @@ from tracedat_builder import (
     content_of,
     v7_options,
 )
-from tracedat_oracle import assert_matches, run_report
+from tracedat_oracle import assert_matches, cpu_rows, run_report
 
 NESTED_FILE = "tdp-boot-small-kt.dat"  # v7 zstd, 6.12 kernel, kvmmmu + kvm events
 V6_FILE = "sched_load.dat"  # v6 without options (old trace-cmd)
@@ -308,7 +308,7 @@ def test_cut_short_v7_zstd_salvages_the_streams(cut: int, nested_dir: Path, tmp_
     full = read_tracedat(src)
     assert 0 < data.info.total_events < full.info.total_events
     for cpu in (0, 1):
-        part, whole = _cpu_rows(data, cpu), _cpu_rows(full, cpu)
+        part, whole = cpu_rows(data, cpu), cpu_rows(full, cpu)
         assert part == whole[: len(part)]
         spte = data.table("kvm_tdp_mmu_spte_changed")
         spte_full = full.table("kvm_tdp_mmu_spte_changed")
@@ -324,12 +324,6 @@ def test_salvage_cpu_numbers_from_cpustat(nested_dir: Path) -> None:
     stats = [o.payload for o in box.options if o.id == Option.CPUSTAT]
     assert cpus_with_events(stats) == [0, 1]
     assert cpus_with_events([stats[0].replace(b"read events: 11", b"read events: 0"), stats[1]]) == [1]
-
-
-def _cpu_rows(data: TraceData, cpu: int) -> list[tuple]:
-    ev = data.events.filter(pa.compute.equal(data.events["cpu"], cpu))
-    return list(zip(ev["ts"].to_pylist(), ev["pid"].to_pylist(), ev["comm"].to_pylist(),
-                    ev["event"].cast(pa.string()).to_pylist()))
 
 
 def test_cut_short_v7_uncompressed_is_an_error(nested_dir: Path, tmp_path: Path, trace_cmd: str) -> None:

@@ -28,7 +28,7 @@ from kvmtrace.parsers.tracedat.constants import MAGIC, SECTION_FLAG_COMPRESSED, 
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.writer import EventSystem, write_tracedat
 from tracedat_builder import PlacedOption, append_options, content_of, patched, v7_options
-from tracedat_oracle import run_report
+from tracedat_oracle import cpu_rows, run_report
 
 V6 = "sched_load.dat"
 V7Z = "sched_load.v7zstd.dat"
@@ -59,11 +59,6 @@ def zeros_frame(size: int) -> bytes:
     block = bytes(1 << 20)
     out = [obj.compress(block) for _ in range(size >> 20)]
     return b"".join(out) + obj.compress(bytes(size & ((1 << 20) - 1))) + obj.flush()
-
-
-def cpu_rows(data: TraceData, cpu: int) -> list[tuple]:
-    ev = data.events.filter(pa.compute.equal(data.events["cpu"], cpu))
-    return list(zip(ev["ts"].to_pylist(), ev["pid"].to_pylist(), ev["event"].cast(pa.string()).to_pylist()))
 
 
 def assert_lost_one_run(damaged: list[tuple], whole: list[tuple]) -> tuple[int, int]:

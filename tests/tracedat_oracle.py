@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from kvmtrace.parsers.schema import COMMON_NAMES, META_FIELD_NAME, META_PRINT_FMT, TraceData
 
@@ -231,3 +232,10 @@ def assert_matches(data: TraceData, report: OracleReport, field_limit: int = 10*
         checked += _compare_fields(table, bodies, stride)
     assert checked > 0 or all(t.num_columns == len(COMMON_NAMES) for t in data.tables.values())
     return checked
+
+
+def cpu_rows(data: TraceData, cpu: int) -> list[tuple]:
+    """One CPU's events in order as (ts, pid, comm, event): what damage elsewhere must not change."""
+    ev = data.events.filter(pc.equal(data.events["cpu"], cpu))
+    return list(zip(ev["ts"].to_pylist(), ev["pid"].to_pylist(), ev["comm"].to_pylist(),
+                    ev["event"].cast(pa.string()).to_pylist()))
