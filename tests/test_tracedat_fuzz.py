@@ -5,8 +5,8 @@ table, raw pages) and as ``trace-cmd convert`` made it v7/zstd (options chain, c
 metadata sections, compressed chunks per CPU). Each example damages one region of one source
 (the initial header, the options / CPU table, the metadata sections, the pages or chunks) with
 one to three mutations: a number the reader interprets (a size, an offset, a count, a page's
-timestamp or commit word, a record header) set to a boundary value, a byte anywhere in the
-region set to any value, or a cut. Hypothesis runs derandomized (the same examples every run)
+timestamp or commit word, a record header) set to a boundary value, a digit of a format file's
+offset, size or array length changed, a byte anywhere in the region set to any value, or a cut. Hypothesis runs derandomized (the same examples every run)
 with a bounded number of examples: deterministic, well under a minute.
 
 What is asserted, for every example:
@@ -78,6 +78,7 @@ class Field:
 class Region:
     spans: tuple[Span, ...]  # for byte flips and cuts
     fields: tuple[Field, ...]  # for boundary values
+    digits: tuple[int, ...] = ()  # format files' numbers (offset, size, array length) as text
 
 
 @dataclass(frozen=True)
@@ -151,9 +152,10 @@ def _v6_regions(raw: bytes) -> dict[str, Region]:
     meta = raw[:cpus_at]
     lengths = [Field(m.start() + len(m.group()), 8) for m in re.finditer(rb"header_page\0|header_event\0", meta)]
     lengths += [Field(m.start() - 8, 8) for m in re.finditer(rb"name: ", meta)]
+    digits = tuple(m.start(1) for m in re.finditer(rb"(?:offset:|size:|signed:|\[)(\d)", meta))
     pages = tuple(Span(s.offset, s.offset + s.size, s.cpu) for s in box.buffers[0].cpus)
     return {"header": Region((Span(0, header_end),), tuple(header_fields)),
-            "sections": Region((Span(header_end, cpus_at),), tuple(lengths)),
+            "sections": Region((Span(header_end, cpus_at),), tuple(lengths), digits),
             # the CPU count, the options list and the table of CPU data (offset, size per CPU)
             "options": Region((Span(cpus_at, table + 16 * box.cpus),),
                               (Field(cpus_at, 4), *(Field(table + 8 * i, 8) for i in range(2 * box.cpus)))),
@@ -209,6 +211,7 @@ _mutation = st.tuples(
     st.floats(0, 1, exclude_max=True),
     st.one_of(
         st.tuples(st.just("field"), st.sampled_from(U64)),  # reduced to the field's width
+        st.tuples(st.just("digit"), st.integers(0, 9)),  # a format file's number, one digit changed
         st.tuples(st.just("byte"), st.integers(0, 255)),
         st.tuples(st.just("cut"), st.just(0)),
     ),
@@ -221,6 +224,9 @@ def _damage(src: Source, region: str, mutations: list) -> tuple[bytes, set[int |
     raw = bytearray(src.raw)
     touched: set[int | None] = set()
     for which, where, (kind, value) in mutations:
+        if kind == "digit" and reg.digits:
+            raw[reg.digits[int(which * len(reg.digits))]] = ord(str(value))
+            continue
         if kind == "field" and reg.fields:
             f = reg.fields[int(which * len(reg.fields))]
             raw[f.at : f.at + f.width] = (value % (1 << (8 * f.width))).to_bytes(f.width, "little")

@@ -249,6 +249,19 @@ def test_overlapping_cpu_streams(v6_raw: bytes, tmp_path: Path) -> None:
         read_tracedat(out)
 
 
+def test_cpu_size_inside_a_page(v6_raw: bytes, tmp_path: Path, trace_cmd: str) -> None:
+    """CPU 2's size set to 1 byte (found by the fuzz harness): was 0 of its events, silently;
+    trace-cmd reads that size as the whole page (78 events). Now: as trace-cmd, with a warning."""
+    table = v6_raw.index(TAIL_FLYRECORD) + len(TAIL_FLYRECORD)
+    out = tmp_path / "size1.dat"
+    out.write_bytes(patched(v6_raw, table + 16 * 2 + 8, struct.pack("<Q", 1)))
+    with pytest.warns(TraceWarning, match="CPU 2's data is 1 bytes, not a whole number of 4096-byte pages; read as "
+                                          "1 page\\(s\\), as trace-cmd reads it"):
+        data = read_tracedat(out)
+    theirs = collections.Counter(e.cpu for e in run_report(trace_cmd, out).events)
+    assert collections.Counter(data.events["cpu"].to_pylist()) == theirs and theirs[2] == 78
+
+
 def test_short_option_payload(v7_raw: bytes, tmp_path: Path) -> None:
     """An option too short for its number (a CPUCOUNT of 2 bytes): was a struct.error traceback."""
     out = tmp_path / "short.dat"

@@ -75,15 +75,25 @@ def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: i
                     f"{box.path}: file cut short: CPU {stream.cpu} lost {lost} compressed chunk(s) "
                     f"(up to {lost * PAGES_IN_CHUNK} pages); kept {size // page} complete pages"
                 )
+            if size % page and not (corrupt or lost):
+                warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu}'s chunks hold {size} bytes, not "
+                                f"a whole number of {page}-byte pages; the last {size % page} bytes are dropped")
             plans.append(_Plan(stream, size - size % page, raw, tuple(chunks)))
         else:
             avail = max(0, min(stream.size, file_size - stream.offset))
+            whole = avail - avail % page
             if avail < stream.size:
                 warnings.append(
                     f"{box.path}: file cut short: CPU {stream.cpu} lost {stream.size - avail} of "
                     f"{stream.size} bytes (about {(stream.size - avail + page - 1) // page} pages)"
                 )
-            plans.append(_Plan(stream, avail - avail % page))
+            elif avail % page:
+                # trace-cmd reads a size that ends inside a page as that whole page.
+                whole += page if stream.offset + whole + page <= file_size else 0
+                warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu}'s data is {stream.size} bytes, "
+                                f"not a whole number of {page}-byte pages; read as {whole // page} page(s)"
+                                f"{', as trace-cmd reads it' if whole > avail else ''}")
+            plans.append(_Plan(stream, whole))
     total = sum(p.size for p in plans)
     if spec.compressed and total > page_data_cap(file_size):
         raise TraceError(f"{box.path}: corrupt trace.dat: the CPU data declares {mib(total)} uncompressed, more "
