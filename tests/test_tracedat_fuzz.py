@@ -6,8 +6,9 @@ metadata sections, compressed chunks per CPU). Each example damages one region o
 (the initial header, the options / CPU table, the metadata sections, the pages or chunks) with
 one to three mutations: a number the reader interprets (a size, an offset, a count, a page's
 timestamp or commit word, a record header) set to a boundary value, a digit of a format file's
-offset, size or array length changed, a byte anywhere in the region set to any value, or a cut. Hypothesis runs derandomized (the same examples every run)
-with a bounded number of examples: deterministic, well under a minute.
+offset, size or array length changed, a byte anywhere in the region set to any value, or a cut.
+Hypothesis runs derandomized (the same examples every run) with a bounded number of examples:
+deterministic, well under a minute.
 
 What is asserted, for every example:
 
