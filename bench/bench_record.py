@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kvmtrace.record.tracedat_writer import write_tracedat  # noqa: E402
+from kvmtrace.parsers.tracedat.writer import write_tracedat  # noqa: E402
 from tracedat_builder import content_of  # noqa: E402
 
 

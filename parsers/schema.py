@@ -6,6 +6,16 @@ followed by the event's own fields under their format-file names; an ``events`` 
 common columns and the event name in global order; a ``gaps`` table of lost-event windows; and a
 :class:`TraceInfo` describing the recording.
 
+Column names never collide. Some formats have a field named like a common column
+(``sched:sched_wakeup`` has ``comm`` and ``pid``, ``sched_load_se`` has ``cpu``, ``comm`` and ``pid``);
+Arrow allows duplicate names but polars, pandas and Parquet readers do not. The rule, applied by
+every reader through :func:`field_columns`: the common columns (:data:`COMMON_NAMES`) keep their
+names, and a format field that shares one gets a trailing underscore (``pid_``, ``comm_``,
+``cpu_``), as Python does for keywords; should that name be another field of the same event,
+underscores are added until it is free. Every other field keeps its format-file name. A renamed
+column carries its format-file name in its field metadata (:data:`META_FIELD_NAME`), so nothing
+is lost: ``trace-cmd report -R`` prints that field as ``pid=``.
+
 Why Arrow with explicit schemas: downstream code (the replay, polars/pandas users in notebooks,
 Parquet export) needs exact integer widths (an SPTE is a u64, a role word a u32) and must be able
 to tell "not in this trace" (null, with a reason in the metadata) from "zero".
@@ -14,7 +24,7 @@ to tell "not in this trace" (null, with a reason in the metadata) from "zero".
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -31,6 +41,27 @@ COMMON_FIELDS: tuple[pa.Field, ...] = (
     pa.field("comm", pa.dictionary(pa.int32(), pa.string())),
 )
 COMMON_NAMES: tuple[str, ...] = tuple(f.name for f in COMMON_FIELDS)
+
+#: Field-metadata key on a column that :func:`field_columns` renamed: the format-file name.
+META_FIELD_NAME = b"kvmtrace.field"
+
+
+def field_columns(names: Sequence[str]) -> list[str]:
+    """Column names for an event's own fields (format-file names, in order): the rule above.
+
+    ``["cpu", "path", "comm", "pid", "load"]`` → ``["cpu_", "path", "comm_", "pid_", "load"]``.
+    A field is renamed only when it collides, so every other column keeps the name users know.
+    """
+    own = set(names)
+    taken = set(COMMON_NAMES)
+    out = []
+    for name in names:
+        column = name
+        while column in taken or (column != name and column in own):
+            column += "_"
+        taken.add(column)
+        out.append(column)
+    return out
 
 #: The ``events`` table: the common columns plus the event's name and system.
 EVENTS_SCHEMA = pa.schema(
@@ -64,6 +95,33 @@ META_NULL_PREFIX = b"kvmtrace.null."
 
 
 @dataclass(frozen=True)
+class CpuStats:
+    """One CPU's ring-buffer statistics at the end of the recording (trace.dat CPUSTAT option).
+
+    The kernel's ``per_cpu/cpuN/stats``: ``entries`` still in the buffer (not in the file; trace-cmd
+    says they should be zero), events ``overrun`` (overwritten), ``commit_overrun`` (lost to a
+    nested writer wrapping the buffer), ``dropped_events`` (buffer full, non-overwrite mode) and
+    ``read_events``. Timestamps are kept as the kernel printed them (``sec.usec`` for ns clocks,
+    raw counts for others). ``None``: the kernel did not print that key.
+    """
+
+    cpu: int
+    entries: int | None = None
+    overrun: int | None = None
+    commit_overrun: int | None = None
+    bytes: int | None = None
+    oldest_event_ts: str | None = None
+    now_ts: str | None = None
+    dropped_events: int | None = None
+    read_events: int | None = None
+
+    @property
+    def lost(self) -> int:
+        """Events this CPU's buffer discarded: overrun + commit overrun + dropped events."""
+        return (self.overrun or 0) + (self.commit_overrun or 0) + (self.dropped_events or 0)
+
+
+@dataclass(frozen=True)
 class TraceInfo:
     """What a reader learnt about the recording, independent of the events themselves."""
 
@@ -80,7 +138,9 @@ class TraceInfo:
     page_size: int | None = None
     big_endian: bool = False
     event_counts: Mapping[str, int] = field(default_factory=dict)
-    lost_events: Mapping[int, int] = field(default_factory=dict)  # cpu -> known dropped count
+    #: cpu -> known dropped count: the pages' stored counts, or the CPU's stats (CpuStats.lost)
+    #: where those count more (they then also cover the CPU's gaps of unknown size).
+    lost_events: Mapping[int, int] = field(default_factory=dict)
     lost_unknown: Mapping[int, int] = field(default_factory=dict)  # cpu -> gaps of unknown size
     first_ts: int | None = None
     last_ts: int | None = None
@@ -88,6 +148,7 @@ class TraceInfo:
     instances: tuple[str, ...] = ()  # names of other buffer instances in the file
     warnings: tuple[str, ...] = ()
     cut_short: bool = False  # the file ended early and the reader kept what was complete (see warnings)
+    cpu_stats: tuple[CpuStats, ...] = ()  # trace.dat CPUSTAT, by CPU; empty when not recorded
 
     @property
     def total_events(self) -> int:

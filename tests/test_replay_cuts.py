@@ -26,7 +26,6 @@ from hypothesis import strategies as st
 
 from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
-from kvmtrace.analysis import select_events
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import replay
@@ -111,7 +110,7 @@ def test_any_contiguous_seq_window(stem: str, data: st.DataObject, nested_dir) -
     ts = np.asarray(trace.events["ts"].to_numpy())
     first = data.draw(st.integers(0, len(ts) - 1), label="first event")
     last = data.draw(st.integers(first, len(ts) - 1), label="last event")
-    cut = select_events(trace, int(ts[first]), int(ts[last]), None)  # seqs are ordered by ts
+    cut = trace.select(since=int(ts[first]), until=int(ts[last]))  # seqs are ordered by ts
     _assert_contract(cut, _replay(cut))
 
 
@@ -120,7 +119,7 @@ def test_any_contiguous_seq_window(stem: str, data: st.DataObject, nested_dir) -
 def test_any_single_cpu(stem: str, data: st.DataObject, nested_dir) -> None:
     trace = _read(stem)
     cpu = data.draw(st.sampled_from(sorted(set(trace.events["cpu"].to_pylist()))), label="cpu")
-    cut = select_events(trace, None, None, cpu)
+    cut = trace.select(cpus=[cpu])
     _assert_contract(cut, _replay(cut))
 
 
@@ -161,9 +160,9 @@ def test_text_twins_cut_any_way(stem: str, data: st.DataObject, nested_dir) -> N
         ts = np.asarray(trace.events["ts"].to_numpy())
         first = data.draw(st.integers(0, len(ts) - 1), label="first event")
         last = data.draw(st.integers(first, len(ts) - 1), label="last event")
-        cut = select_events(trace, int(ts[first]), int(ts[last]), None)
+        cut = trace.select(since=int(ts[first]), until=int(ts[last]))
     else:
-        cut = select_events(trace, None, None, data.draw(st.sampled_from(sorted(set(trace.events["cpu"].to_pylist())))))
+        cut = trace.select(cpus=[data.draw(st.sampled_from(sorted(set(trace.events["cpu"].to_pylist()))))])
     _assert_contract(cut, _replay(cut))
 
 
@@ -221,7 +220,7 @@ def test_any_prefix_read_as_cut_short_invents_no_error(stem: str, data: st.DataO
     trace = _read(stem)
     ts = np.asarray(trace.events["ts"].to_numpy())
     last = data.draw(st.integers(0, len(ts) - 1), label="last event")
-    cut = select_events(trace, None, int(ts[last]), None)
+    cut = trace.select(since=None, until=int(ts[last]))
     cut = replace(cut, info=replace(cut.info, cut_short=True))
     result = _replay(cut)
     _assert_contract(cut, result)

@@ -20,7 +20,6 @@ import pytest
 
 from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
-from kvmtrace.analysis import select_events
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import seqs_between, without
 from kvmtrace.replays.profiles import profile_for
@@ -70,7 +69,7 @@ def test_late_start_says_which_zap_it_is(nested_dir) -> None:
     zap in the trace, and the note says so; pages created before the cut say that instead."""
     data = parsers.read(SAMPLES / "multi-zapall.dat")
     ts = np.asarray(data.events["ts"].to_numpy())
-    late = select_events(data, int(ts[len(ts) // 4]), None, None)
+    late = data.select(since=int(ts[len(ts) // 4]))
     notes = _unknown(replay(late))
     zaps = late.table("kvm_mmu_prepare_zap_page")
     inv = _invalid_bit(data)

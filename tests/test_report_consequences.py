@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import NESTED, SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.consequences import KVM_PFN_NOSLOT
 
@@ -25,8 +25,8 @@ RECORDINGS = ["tdp-multi3-kt.dat", "k61tdp-churn-small-kt.dat", "tdp-churn-noqui
 
 @pytest.fixture(scope="module", params=RECORDINGS)
 def analyzed(request, nested_dir):
-    analysis = replay_trace(nested_dir / request.param)
-    return analysis, analysis_report(analysis)
+    analysis = kvmtrace.open(nested_dir / request.param).analyze()
+    return analysis, analysis.model
 
 
 def test_every_noslot_fault_and_mmio_exit_is_attributed_once(analyzed):
@@ -34,10 +34,10 @@ def test_every_noslot_fault_and_mmio_exit_is_attributed_once(analyzed):
     doc = json.loads(render(report, "json"))
     jsonschema.validate(doc, report_schema())
     rows = doc["consequences"]["rows"]
-    pfn = analysis.data.table("kvm_mmu_spte_requested").column("pfn").to_numpy()
+    pfn = analysis.trace.data.table("kvm_mmu_spte_requested").column("pfn").to_numpy()
     noslot = int((pfn == np.uint64(KVM_PFN_NOSLOT)).sum())
     assert noslot > 0 and sum(r["noslot"] for r in rows) == noslot
-    assert sum(r["mmio"] for r in rows) == analysis.data.info.event_counts["kvm_mmio"]
+    assert sum(r["mmio"] for r in rows) == analysis.trace.data.info.event_counts["kvm_mmio"]
 
 
 def test_rows_name_the_vcpu_and_stay_inside_their_span(analyzed):
@@ -54,7 +54,7 @@ def test_rows_name_the_vcpu_and_stay_inside_their_span(analyzed):
 
 
 def test_consequences_in_the_human_formats(nested_dir):
-    report = analysis_report(replay_trace(nested_dir / "tdp-multi3-kt.dat"))
+    report = kvmtrace.open(nested_dir / "tdp-multi3-kt.dat").analyze().model
     for fmt in ("text", "markdown", "html"):
         out = render(report, fmt)
         assert "Consequences" in out and "KVM_PFN_NOSLOT" in out.replace("\\_", "_")
@@ -63,6 +63,6 @@ def test_consequences_in_the_human_formats(nested_dir):
 
 
 def test_a_trace_without_deletes_says_so():
-    report = analysis_report(replay_trace(SAMPLES / "boot-zapall.dat"))
+    report = kvmtrace.open(SAMPLES / "boot-zapall.dat").analyze().model
     assert not report.consequences.rows
     assert "No memslot delete or move with a position in the trace." in render(report, "text")

@@ -14,7 +14,7 @@ from collections import Counter
 
 from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import render
 from kvmtrace.report.decode import gpa_range, role_word_text, spte_text, vcpu_threads
 from kvmtrace.replays.ledger import profile_of
@@ -29,7 +29,7 @@ def _kernel_text(path):
 
 def test_spte_bits_match_the_kernels_flags():
     path = SAMPLES / "ptslot-zapslot.dat"
-    analysis = replay_trace(path)
+    analysis = kvmtrace.open(path).analyze()
     profile = profile_of(analysis.replay)
     seen = 0
     for m in _SET_SPTE.finditer(_kernel_text(path)):
@@ -40,16 +40,16 @@ def test_spte_bits_match_the_kernels_flags():
         assert ("NX" not in words) == (m[4] == "x")
         assert ("U" in words) == (m[5] == "u")
         seen += 1
-    assert seen == analysis.data.info.event_counts["kvm_mmu_set_spte"]
+    assert seen == analysis.trace.data.info.event_counts["kvm_mmu_set_spte"]
 
 
 def test_role_text_matches_the_kernels_get_page_lines():
     path = SAMPLES / "boot-zapall.dat"
-    analysis = replay_trace(path)
+    analysis = kvmtrace.open(path).analyze()
     profile = profile_of(analysis.replay)
     kernel = Counter((int(m[1], 16), f"L{m[2]} {'direct' if m[5] else 'indirect'} q{m[4]} {m[6]} {m[3]}-byte")
                      for m in _GET_PAGE.finditer(_kernel_text(path)))
-    t = analysis.data.table("kvm_mmu_get_page")
+    t = analysis.trace.data.table("kvm_mmu_get_page")
     ours = Counter((gfn, " ".join(role_word_text(role, profile).split()[:5]))
                    for gfn, role in zip(t.column("gfn").to_pylist(), t.column("role").to_pylist()))
     assert sum(kernel.values()) == t.num_rows > 0
@@ -66,8 +66,8 @@ def test_vcpu_threads_from_kvm_entry_agree_with_the_lab_markers(nested_dir):
 
 
 def test_text_report_shows_vcpus_spte_bits_and_gpa_ranges(nested_dir):
-    analysis = replay_trace(NESTED / "tdp-multi3-kt.dat")
-    text = render(analysis_report(analysis), "text")
+    analysis = kvmtrace.open(NESTED / "tdp-multi3-kt.dat").analyze()
+    text = render(analysis.model, "text")
     assert "pid 273 = vCPU 0" in text
     # every decoded evidence note sits right under its line
     notes = [ln for ln in text.splitlines() if ln.startswith("      = ")]

@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pytest
 
 from conftest import SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import build_diff, render_diff
 from kvmtrace.report.text import WIDTH
 
@@ -24,9 +24,9 @@ def _removals(replay):
 
 @pytest.mark.parametrize("scenario", ["ptslot", "churn"])
 def test_operations_align_by_range_and_order(scenario):
-    a = replay_trace(SAMPLES / f"{scenario}-zapall.dat")
-    b = replay_trace(SAMPLES / f"{scenario}-zapslot.dat")
-    diff = build_diff(analysis_report(a), analysis_report(b))
+    a = kvmtrace.open(SAMPLES / f"{scenario}-zapall.dat").analyze()
+    b = kvmtrace.open(SAMPLES / f"{scenario}-zapslot.dat").analyze()
+    diff = build_diff(a.model, b.model)
     ops = json.loads(render_diff(diff, "json"))["operations"]["rows"]
     ra, rb = _removals(a.replay), _removals(b.replay)
     assert [(c["kind"], c["old_base_gfn"], c["old_npages"]) for c in ra] == \
@@ -48,8 +48,8 @@ def test_operations_align_by_range_and_order(scenario):
 
 
 def test_operations_in_the_human_formats():
-    a = analysis_report(replay_trace(SAMPLES / "ptslot-zapall.dat"))
-    b = analysis_report(replay_trace(SAMPLES / "ptslot-zapslot.dat"))
+    a = kvmtrace.open(SAMPLES / "ptslot-zapall.dat").analyze().model
+    b = kvmtrace.open(SAMPLES / "ptslot-zapslot.dat").analyze().model
     diff = build_diff(a, b)
     text = render_diff(diff, "text")
     assert all(len(ln) <= WIDTH for ln in text.splitlines())

@@ -14,7 +14,7 @@ import jsonschema
 import pytest
 
 from conftest import SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.parsers.errors import TraceWarning
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.markdown import md_escape
@@ -36,10 +36,10 @@ def cut_short(tmp_path_factory):
     path = _cut(tmp_path_factory.mktemp("cut"), "ptslot-zapslot.dat", 0.97)
     with warnings.catch_warnings(record=True) as heard:
         warnings.simplefilter("always")
-        analysis = replay_trace(path)
+        analysis = kvmtrace.open(path).analyze()
     stderr = [str(w.message) for w in heard if issubclass(w.category, TraceWarning)]
     assert any("cut short" in m for m in stderr), stderr
-    return stderr, analysis_report(analysis)
+    return stderr, analysis.model
 
 
 def _near_top(out: str, fmt: str, sentence: str) -> bool:
@@ -66,10 +66,10 @@ def test_json_lists_the_reader_warnings(cut_short):
 
 @pytest.mark.parametrize("fmt", ["text", "markdown", "html", "json"])
 def test_lost_events_are_an_input_warning(fmt):
-    analysis = replay_trace(SAMPLES / "churn-lost-zapall.dat")
-    lost = analysis.data.info.lost_events
+    analysis = kvmtrace.open(SAMPLES / "churn-lost-zapall.dat").analyze()
+    lost = analysis.trace.data.info.lost_events
     assert sum(lost.values()) > 0
-    report = analysis_report(analysis)
+    report = analysis.model
     sentence = next(w for w in report.input_warnings if "dropped" in w)
     for cpu, n in lost.items():
         if n:
@@ -82,6 +82,6 @@ def test_lost_events_are_an_input_warning(fmt):
 
 
 def test_a_complete_recording_has_no_input_warnings():
-    report = analysis_report(replay_trace(SAMPLES / "mmio-zapslot.dat"))
+    report = kvmtrace.open(SAMPLES / "mmio-zapslot.dat").analyze().model
     assert report.input_warnings == ()
     assert "Input warnings" not in render(report, "text")

@@ -16,7 +16,7 @@ import pytest
 
 from conftest import SAMPLES
 from kvmtrace import plot
-from kvmtrace.analysis import replay_trace
+import kvmtrace
 from kvmtrace.report.decode import gpa_range
 from kvmtrace.replays.ledger import zap_ledger
 from test_report_html import chromium, distinct_colours, screenshot  # noqa: F401  (fixture)
@@ -26,10 +26,10 @@ _LINE = re.compile(r"kvm_set_user_memory AddrSpace#\d+ Slot#\d+ flags=\S+ gpa=(0
 
 def test_layout_has_one_lane_per_range_qemu_created():
     path = SAMPLES / "churn-zapslot.dat"
-    analysis = replay_trace(path)
+    analysis = kvmtrace.open(path).analyze()
     text = gzip.open(path.with_name("churn-zapslot.txt.gz"), "rt").read()
     created = {(int(g, 16) >> 12, int(n, 16) >> 12) for g, n in _LINE.findall(text) if int(n, 16)}
-    fig = plot.layout(analysis.data, analysis.replay)
+    fig = plot.layout(analysis.trace.data, analysis.replay)
     ax = fig.axes[0]
     lanes = [t.get_text() for t in ax.get_yticklabels()]
     assert lanes == [gpa_range(b, n) for b, n in sorted(created)]
@@ -39,8 +39,8 @@ def test_layout_has_one_lane_per_range_qemu_created():
 
 def test_page_ends_follow_the_zaps_in_each_window():
     for name, expected in (("ptslot-zapslot", "slot zap"), ("ptslot-zapall", "zap-all")):
-        analysis = replay_trace(SAMPLES / f"{name}.dat")
-        data, result = analysis.data, analysis.replay
+        analysis = kvmtrace.open(SAMPLES / f"{name}.dat").analyze()
+        data, result = analysis.trace.data, analysis.replay
         ends = plot.page_ends(result, zap_ledger(data, result))
         zaps = data.table("kvm_mmu_prepare_zap_page").column("seq").to_numpy()
         windows = [(c["window_start"], c["seq"]) for c in result.memslots.to_pylist()
@@ -56,8 +56,8 @@ def test_page_ends_follow_the_zaps_in_each_window():
 
 
 def test_every_report_plot_draws_in_chromium(chromium, tmp_path):  # noqa: F811
-    analysis = replay_trace(SAMPLES / "churn-zapslot.dat")
-    figures = plot.report_figures(analysis.data, analysis.replay)
+    analysis = kvmtrace.open(SAMPLES / "churn-zapslot.dat").analyze()
+    figures = plot.report_figures(analysis.trace.data, analysis.replay)
     assert len(figures) == 4
     for n, f in enumerate(figures):
         page = tmp_path / f"plot{n}.html"
@@ -71,6 +71,6 @@ def test_every_report_plot_draws_in_chromium(chromium, tmp_path):  # noqa: F811
 def test_plots_draw_a_trace_without_deletes_or_moves(fn):
     """boot-zapall never deletes or moves a memslot: no update windows, no removed ranges; every
     plot still draws."""
-    analysis = replay_trace(SAMPLES / "boot-zapall.dat")
-    fig = fn(analysis.data, analysis.replay)
+    analysis = kvmtrace.open(SAMPLES / "boot-zapall.dat").analyze()
+    fig = fn(analysis.trace.data, analysis.replay)
     assert fig.axes and np.isfinite(fig.axes[0].get_xlim()).all()

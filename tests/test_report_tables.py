@@ -13,7 +13,7 @@ import json
 import pytest
 
 from conftest import SAMPLES
-from kvmtrace.analysis import analysis_report, replay_trace
+import kvmtrace
 from kvmtrace.report import render
 from kvmtrace.report.blocks import Table
 from kvmtrace.report.model import ROWS_SHOWN
@@ -22,8 +22,8 @@ from kvmtrace.report.text import WIDTH, render_text
 
 @pytest.fixture(scope="module")
 def long_tables(nested_dir):
-    analysis = replay_trace(nested_dir / "tdp-churn-noquirk-small-kt.dat")
-    return analysis, analysis_report(analysis)
+    analysis = kvmtrace.open(nested_dir / "tdp-churn-noquirk-small-kt.dat").analyze()
+    return analysis, analysis.model
 
 
 def test_json_has_every_row_of_every_table(long_tables):
@@ -57,7 +57,7 @@ def _wide(report, title: str):
 def test_wide_table_rows_keep_their_key(title):
     """Each row starts on an unindented line with its key cell; its other cells follow on
     indented lines before the next row starts; no second table repeats the key column."""
-    report = analysis_report(replay_trace(SAMPLES / "ptslot-zapslot.dat"))
+    report = kvmtrace.open(SAMPLES / "ptslot-zapslot.dat").analyze().model
     grid = _wide(report, title)
     lines = render_text([Table(grid)]).splitlines()
     assert all(len(ln) <= WIDTH for ln in lines)

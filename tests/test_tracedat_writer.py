@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from kvmtrace.record.tracedat_writer import write_tracedat
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat.writer import write_tracedat
 from tracedat_builder import (
     Data,
     Padding,

@@ -5,7 +5,7 @@ absolute time stamps at chosen places; the reader still has to get them right. T
 builds kernel-format ring-buffer pages from a list of records (the encoding of
 ``kernel/trace/ring_buffer.c``: small and large data records, TIME_EXTEND, absolute TIME_STAMP,
 padding, missed-events flags, either byte order) and writes them with the project writer
-(:func:`kvmtrace.record.tracedat_writer.write_tracedat`) into a file whose metadata (event
+(:func:`kvmtrace.parsers.tracedat.writer.write_tracedat`) into a file whose metadata (event
 formats, header_page, ...) comes from a REAL recording — see :func:`content_of`.
 
 Typical use::
@@ -22,11 +22,12 @@ import os
 import struct
 from dataclasses import dataclass
 
-from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
+from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
     COMPRESSION_NONE,
+    MAGIC,
     RB_ALIGNMENT,
     TS_DELTA_MASK,
     TS_SHIFT,
@@ -37,6 +38,7 @@ from kvmtrace.parsers.tracedat.constants import (
     Option,
 )
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.cursor import Cursor
 
 # ---- records -----------------------------------------------------------------------------------
 
@@ -202,3 +204,58 @@ def content_of(path: str | os.PathLike[str]) -> TraceDatContent:
         cpu_stats=tuple(s.rstrip(b"\0") for s in opts.get(Option.CPUSTAT, [])),
         user_long_size=box.user_long_size,
     )
+
+
+# ---- damaging real files ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlacedOption:
+    """A v7 option as found in an (uncompressed) options section: where its payload is."""
+
+    id: int
+    at: int  # file offset of the payload
+    payload: bytes
+
+
+def options_chain(raw: bytes) -> list[PlacedOption]:
+    """Every option of a little-endian v7 file, DONE options included, following the options
+    chain (as trace-cmd writes them, options sections are not compressed)."""
+    cur = Cursor(raw, len(MAGIC))
+    cur.cstr(), cur.u8(), cur.u8(), cur.u32(), cur.cstr(), cur.cstr()
+    offset, found = cur.u64(), []
+    while offset:
+        sec = cur.at(offset)
+        sec_id, flags = sec.u16(), sec.u16()
+        sec.u32()
+        end = sec.u64() + sec.pos
+        assert sec_id == Option.DONE and not flags, "not an uncompressed options section"
+        offset = 0
+        while sec.pos < end:
+            opt_id, size = sec.u16(), sec.u32()
+            found.append(PlacedOption(opt_id, sec.pos, sec.take(size)))
+            if opt_id == Option.DONE:
+                offset = struct.unpack("<Q", found[-1].payload)[0]
+                break
+    return found
+
+
+def v7_options(raw: bytes) -> list[PlacedOption]:
+    """Every option of a little-endian v7 file with the file offset of its payload."""
+    return [o for o in options_chain(raw) if o.id != Option.DONE]
+
+
+def append_options(raw: bytes, options: list[tuple[int, bytes]]) -> bytes:
+    """``raw`` (little-endian v7) with ``options`` in an options section appended at the end
+    and chained from its last DONE option, as trace-cmd itself chains them."""
+    done = [o for o in options_chain(raw) if o.id == Option.DONE][-1]
+    body = b"".join(struct.pack("<HI", i, len(p)) + p for i, p in options) + struct.pack("<HIQ", Option.DONE, 8, 0)
+    return (patched(raw, done.at, struct.pack("<Q", len(raw)))
+            + struct.pack("<HHIQ", Option.DONE, 0, 0, len(body)) + body)
+
+
+def patched(raw: bytes, offset: int, new: bytes) -> bytes:
+    """``raw`` with ``new`` written over the bytes at ``offset``."""
+    out = bytearray(raw)
+    out[offset : offset + len(new)] = new
+    return bytes(out)

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from kvmtrace.parsers.schema import COMMON_NAMES, META_PRINT_FMT, TraceData
+from kvmtrace.parsers.schema import COMMON_NAMES, META_FIELD_NAME, META_PRINT_FMT, TraceData
 
 _HEAD_RE = re.compile(
     r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"
@@ -152,19 +153,34 @@ def _is_byte_list(typ: pa.DataType) -> bool:
     return (pa.types.is_list(typ) or pa.types.is_fixed_size_list(typ)) and typ.value_type.bit_width == 8
 
 
-def _compare_fields(table: pa.Table, bodies: list[str], printed_names: list[str], stride: int) -> int:
+def printed_names(table: pa.Table) -> dict[str, str]:
+    """Field name as ``trace-cmd report -R`` prints it → the column holding it, in format order.
+
+    A column renamed because it shares a common column's name (``pid_``) keeps its format-file
+    name in its field metadata; bprint's ``fmt`` is printed as the address (``fmt_addr``).
+    """
+    out = {}
+    for f in table.schema:
+        if f.name in COMMON_NAMES or f.name.startswith("common_") or f.name == "fmt_addr":
+            continue
+        name = (f.metadata or {}).get(META_FIELD_NAME, f.name.encode()).decode()
+        out[name] = "fmt_addr" if name == "fmt" and "fmt_addr" in table.column_names else f.name
+    return out
+
+
+def _compare_fields(table: pa.Table, bodies: list[str], stride: int) -> int:
     """Compare every comparable column of ``table`` with the oracle's printed values."""
     convs = field_conversions(table.schema.metadata.get(META_PRINT_FMT, b"").decode())
+    names = printed_names(table)
     columns = {}
-    for name in printed_names:
-        col_name = "fmt_addr" if name == "fmt" and "fmt_addr" in table.column_names else name
+    for name, col_name in names.items():
         col = table.column(col_name)
         if (pa.types.is_integer(col.type) or pa.types.is_boolean(col.type) or pa.types.is_string(col.type)
                 or _is_byte_list(col.type)):
             columns[name] = (col.type, col.to_pylist())
     checked = 0
     for i in range(0, table.num_rows, stride):
-        printed = split_fields(bodies[i], printed_names)
+        printed = split_fields(bodies[i], list(names))
         for name, (typ, values) in columns.items():
             if name not in printed:
                 continue
@@ -213,8 +229,13 @@ def assert_matches(data: TraceData, report: OracleReport, field_limit: int = 10*
         if table.num_rows == 0:
             continue
         bodies = [report.events[s].body for s in table["seq"].to_numpy()]
-        printed = [c for c in table.column_names
-                   if c not in COMMON_NAMES and not c.startswith("common_") and c != "fmt_addr"]
-        checked += _compare_fields(table, bodies, printed, stride)
+        checked += _compare_fields(table, bodies, stride)
     assert checked > 0 or all(t.num_columns == len(COMMON_NAMES) for t in data.tables.values())
     return checked
+
+
+def cpu_rows(data: TraceData, cpu: int) -> list[tuple]:
+    """One CPU's events in order as (ts, pid, comm, event): what damage elsewhere must not change."""
+    ev = data.events.filter(pc.equal(data.events["cpu"], cpu))
+    return list(zip(ev["ts"].to_pylist(), ev["pid"].to_pylist(), ev["comm"].to_pylist(),
+                    ev["event"].cast(pa.string()).to_pylist()))

@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 import numpy as np
 
-from kvmtrace.record.tracedat_writer import EventSystem, PageBytes, TraceDatContent
+from kvmtrace.parsers.tracedat.writer import EventSystem, PageBytes, TraceDatContent
 from kvmtrace.record.tracefs import Tracefs
 from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 

@@ -35,7 +35,7 @@ from kvmtrace.record.capture import (
 )
 from kvmtrace.record.child import CommandResult, run_command
 from kvmtrace.record.lock import recording_lock
-from kvmtrace.record.tracedat_writer import write_tracedat
+from kvmtrace.parsers.tracedat.writer import write_tracedat
 from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from kvmtrace.parsers.schema import TraceInfo
+from kvmtrace.parsers.schema import CpuStats, TraceInfo
 from kvmtrace.report.safe import printable
 
 
@@ -20,6 +20,7 @@ def info_dict(info: TraceInfo) -> dict:
     d["lost_events"] = {str(k): v for k, v in info.lost_events.items()}
     d["lost_unknown"] = {str(k): v for k, v in info.lost_unknown.items()}
     d["instances"] = list(info.instances)
+    d["cpu_stats"] = [asdict(s) | {"lost": s.lost} for s in info.cpu_stats]
     d["warnings"] = list(info.warnings)
     return d
 
@@ -43,6 +44,7 @@ def render_info(info: TraceInfo) -> str:
         per_cpu = ", ".join(f"cpu{c}: {n}" for c, n in sorted(info.lost_events.items()) if n)
         lost_txt += f"  [{per_cpu}]" if per_cpu else ""
     lines.append(f"lost events:  {lost_txt}")
+    lines += _cpu_stats_lines(info.cpu_stats)
     if info.source == "text":
         lines.append(f"skipped lines: {info.skipped_lines}")
     if info.instances:
@@ -53,3 +55,21 @@ def render_info(info: TraceInfo) -> str:
     lines += [f"  {name:<{width}}  {n:>10}" for name, n in counts]
     # paths, uname and instance names come from the file: no escape sequence reaches the terminal
     return "\n".join(printable(ln) for ln in lines)
+
+
+
+#: CPUSTAT columns shown by ``kvmtrace info``: (header, CpuStats attribute).
+_STAT_COLUMNS = (("read events", "read_events"), ("entries", "entries"), ("overrun", "overrun"),
+                 ("commit overrun", "commit_overrun"), ("dropped", "dropped_events"))
+
+
+def _cpu_stats_lines(stats: tuple[CpuStats, ...]) -> list[str]:
+    """The kernel's per-CPU buffer statistics as a small table (``-``: not printed by the kernel)."""
+    if not stats:
+        return []
+    lines = ["cpu stats:    (the kernel's ring-buffer counters at the end of the recording)",
+             "  cpu  " + "  ".join(f"{h:>14}" for h, _ in _STAT_COLUMNS)]
+    for s in stats:
+        cells = ["-" if getattr(s, a) is None else str(getattr(s, a)) for _, a in _STAT_COLUMNS]
+        lines.append(f"  {s.cpu:>3}  " + "  ".join(f"{c:>14}" for c in cells))
+    return lines

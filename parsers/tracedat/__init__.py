@@ -21,8 +21,9 @@ beyond :mod:`kvmtrace.parsers.schema`:
 - Records whose event id has no format file appear in ``events`` as ``<unknown>`` (null system)
   and in no table; a TraceWarning counts them.
 
-The format constants live in :mod:`kvmtrace.parsers.tracedat.constants` so that writers of test files
-import them from here.
+The format constants live in :mod:`kvmtrace.parsers.tracedat.constants`; the reader's twin,
+:mod:`kvmtrace.parsers.tracedat.writer`, writes v6/v7 files from the same constants (the recorder
+uses it, and the tests build hand-made and damaged files with it).
 """
 
 from kvmtrace.parsers.tracedat.reader import read_tracedat

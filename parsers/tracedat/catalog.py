@@ -17,6 +17,8 @@ from kvmtrace.parsers.tracedat.layout import Container
 _NAME_RE = re.compile(rb"^name:\s*(\S+)\s*$", re.M)
 _ID_RE = re.compile(rb"^ID:\s*(\d+)\s*$", re.M)
 FTRACE_SYSTEM = "ftrace"
+#: Bytes every data record starts with: common_type, common_flags, common_preempt_count, common_pid.
+COMMON_HEADER_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class FormatCatalog:
             self.entries.append(FormatEntry(int(event_id.group(1)), system, name.group(1).decode("utf-8", "replace"), text))
         self._by_id = {e.id: e for e in self.entries}
         self._long_size = long_size
+        self.path = box.path
         self._parsed: dict[int, EventFormat] = {}
         self.table_names = self._table_names()
 
@@ -63,16 +66,27 @@ class FormatCatalog:
         fmt = self._parsed.get(event_id)
         if fmt is None:
             e = self._by_id[event_id]
-            fmt = self._parsed[event_id] = parse_format(e.text.decode("utf-8", "replace"), e.system, self._long_size)
+            try:
+                fmt = parse_format(e.text.decode("utf-8", "replace"), e.system, self._long_size)
+            except TraceError as err:
+                raise TraceError(f"{self.path}: {err}") from None
+            self._parsed[event_id] = fmt
         return fmt
 
     def ids_of_systems(self, systems: set[str]) -> list[int]:
         return [e.id for e in self.entries if e.system in systems]
 
     def common_field(self, name: str) -> tuple[int, int]:
-        """(offset, size) of a common field, from the first format (as libtraceevent does)."""
+        """(offset, size) of a common field, from the first format (as libtraceevent does).
+
+        Every kernel since 2.6.31 puts ``common_type`` and ``common_pid`` in a record's first
+        8 bytes, the least any data record holds; anything else is a corrupt format.
+        """
         for e in self.entries:
             f = self.format(e.id).field(name)
             if f is not None:
+                if f.offset + f.size > COMMON_HEADER_SIZE or f.size not in (1, 2, 4, 8):
+                    raise TraceError(f"{self.path}: corrupt event format {e.name}: {name} at offset {f.offset} "
+                                     f"({f.size} bytes), outside the records' {COMMON_HEADER_SIZE}-byte common header")
                 return f.offset, f.size
         raise TraceError(f"no event format defines {name}; the trace.dat metadata is incomplete")

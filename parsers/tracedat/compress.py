@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from typing import Iterator
 
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.tracedat.constants import COMPRESSION_NONE, COMPRESSION_ZLIB, COMPRESSION_ZSTD
 from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.limits import MAX_CHUNK, MAX_METADATA, MAX_SECTION, mib
 
 SUPPORTED = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
-#: Largest uncompressed chunk believed (trace-cmd writes 10 pages; sub-buffers are <= 1 MiB).
-MAX_CHUNK = 1 << 26
+#: Metadata blocks are decompressed this much at a time.
+_STEP = 1 << 20
 
 
 class Decompressor:
-    """Decompresses blocks with the file's algorithm; one zstd context is reused for speed."""
+    """Decompresses blocks with the file's algorithm; one zstd context is reused for speed.
+
+    Output never exceeds the size the file declares for the block (checked against the caps of
+    :mod:`kvmtrace.parsers.tracedat.limits` first): a zstd frame carries its own content size and
+    ``ZstdDecompressor.decompress`` would allocate that, whatever ``max_output_size`` says, so
+    every block goes through a bounded stream instead.
+    """
 
     def __init__(self, algorithm: str, path: str):
         if algorithm not in SUPPORTED:
@@ -34,45 +42,68 @@ class Decompressor:
         self.path = path
         self._zstd = zstandard.ZstdDecompressor() if algorithm == COMPRESSION_ZSTD else None
 
-    def _one(self, data: bytes, size: int, where: int) -> bytes:
-        try:
-            if self._zstd is not None:
-                out = self._zstd.decompress(data, max_output_size=size)
-            else:
-                out = zlib.decompress(data)
-        except (zstandard.ZstdError, zlib.error) as err:
-            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} ({err})") from None
-        if len(out) != size:
-            raise TraceError(
-                f"{self.path}: corrupt {self.algorithm} data at byte {where} "
-                f"(expected {size} bytes, got {len(out)})"
-            )
-        return out
-
-    def block(self, cur: Cursor) -> bytes:
-        """One compressed section payload: u32 compressed size, u32 size, data."""
+    def block(self, cur: Cursor, what: str, cap: int) -> bytes:
+        """One compressed section payload (u32 compressed size, u32 size, data) of section ``what``,
+        refused if it declares more than ``cap`` bytes."""
         where = cur.base + cur.pos
         csize, size = cur.u32(), cur.u32()
-        return self._one(cur.take(csize), size, where)
+        if size > cap:
+            raise TraceError(f"{self.path}: corrupt trace.dat: the {what} section at byte {where} declares "
+                             f"{mib(size)} uncompressed, more than the {mib(cap)} metadata may take "
+                             f"(at most {mib(MAX_SECTION)} a section, {mib(MAX_METADATA)} in all)")
+        out = b"".join(self._pieces(memoryview(cur.take(csize)), size, where))
+        if len(out) != size:
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} "
+                             f"(expected {size} bytes, got {'more' if len(out) > size else len(out)})")
+        return out
+
+    def _pieces(self, data: memoryview, size: int, where: int) -> Iterator[bytes]:
+        """The block's output in pieces of at most :data:`_STEP` bytes, ending one byte past
+        ``size``: memory follows what the data really holds, not what its header claims."""
+        left = size + 1
+        try:
+            if self._zstd is None:
+                z = zlib.decompressobj()
+                while left > 0:
+                    piece = z.decompress(data, min(_STEP, left))
+                    data = z.unconsumed_tail
+                    if not piece:
+                        return
+                    left -= len(piece)
+                    yield piece
+            else:
+                with self._zstd.stream_reader(data) as reader:
+                    while left > 0:
+                        piece = reader.read(min(_STEP, left))
+                        if not piece:
+                            return
+                        left -= len(piece)
+                        yield piece
+        except (zstandard.ZstdError, zlib.error) as err:
+            raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} ({err})") from None
 
     def into(self, data: memoryview, out: memoryview, where: int) -> None:
-        """Decompress one chunk straight into ``out`` (exactly its uncompressed size)."""
-        if self._zstd is None:
-            out[:] = self._one(bytes(data), len(out), where)
-            return
+        """Decompress one block straight into ``out``, which must be exactly its size."""
+        done = 0
         try:
-            with self._zstd.stream_reader(data) as reader:
-                done = 0
-                while done < len(out):
-                    n = reader.readinto(out[done:])
-                    if n == 0:
-                        break
-                    done += n
-        except zstandard.ZstdError as err:
+            if self._zstd is None:
+                got = zlib.decompressobj().decompress(data, len(out) + 1)
+                done = len(got)
+                if done == len(out):
+                    out[:] = got
+            else:
+                with self._zstd.stream_reader(data) as reader:
+                    while done < len(out):
+                        n = reader.readinto(out[done:])
+                        if n == 0:
+                            break
+                        done += n
+                    done += len(reader.read(1))  # more than declared: as corrupt as less
+        except (zstandard.ZstdError, zlib.error) as err:
             raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} ({err})") from None
         if done != len(out):
             raise TraceError(f"{self.path}: corrupt {self.algorithm} data at byte {where} "
-                             f"(expected {len(out)} bytes, got {done})")
+                             f"(expected {len(out)} bytes, got {'more' if done > len(out) else done})")
 
 
 @dataclass(frozen=True)
@@ -84,24 +115,27 @@ class Chunk:
     size: int
 
 
-def chunk_table(cur: Cursor, end: int) -> tuple[list[Chunk], int]:
-    """The chunks of a chunked stream ending before ``end``: (complete chunks, chunks lost).
+def chunk_table(cur: Cursor, end: int) -> tuple[list[Chunk], int, str | None]:
+    """The chunks of a chunked stream ending before ``end``: (complete chunks, chunks lost, why).
 
     A file cut inside the stream keeps every complete chunk (the caller warns); chunks hold
-    whole pages, so what survives is still decodable.
+    whole pages, so what survives is still decodable. A chunk that declares more than
+    :data:`MAX_CHUNK` is corrupt; its size cannot be believed, so nothing after it can be placed
+    and the rest of the stream is lost with it (``why`` says so; None for a cut).
     """
     count = cur.u32()
     chunks: list[Chunk] = []
     limit = min(end, len(cur.buf))
     for i in range(count):
         if cur.pos + 8 > limit:
-            return chunks, count - i
+            return chunks, count - i, None
         where = cur.base + cur.pos
         csize, size = cur.u32(), cur.u32()
         if size > MAX_CHUNK:
-            raise TraceError(f"{cur.path}: corrupt compressed chunk at byte {where} (claims {size} bytes)")
+            return chunks, count - i, (f"its compressed chunk at byte {where} declares {mib(size)} uncompressed "
+                                       f"(a chunk may hold {mib(MAX_CHUNK)})")
         if cur.pos + csize > limit:
-            return chunks, count - i
+            return chunks, count - i, None
         chunks.append(Chunk(cur.pos, csize, size))
         cur.pos += csize
-    return chunks, 0
+    return chunks, 0, None

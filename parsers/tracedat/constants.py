@@ -1,6 +1,6 @@
 """Every number of the trace.dat format, in one place.
 
-The reader (this package) and the hand-made-file writer (``kvmtrace.record``) must agree on each
+The reader and the writer (:mod:`kvmtrace.parsers.tracedat.writer`) must agree on each
 byte; defining the constants once keeps a typo on one side from being "confirmed" by the other.
 Values are trace-cmd's (``trace-cmd-private.h``, ``trace-cmd.h``) and the kernel ring buffer's
 (``ring_buffer.h``, libtraceevent ``kbuffer-parse.c``).

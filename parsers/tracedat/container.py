@@ -34,11 +34,8 @@ from kvmtrace.parsers.tracedat.constants import (
 )
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream, RawOption
+from kvmtrace.parsers.tracedat.limits import MAX_CPUS, MAX_METADATA, MAX_SECTION, mib, page_size_problem
 from kvmtrace.parsers.tracedat.salvage import cpus_with_events, salvage_top_buffer
-
-
-#: Largest CPU number believed (the ``cpu`` column is int16).
-MAX_CPU = 32767
 
 
 def parse_container(buf: bytes | mmap.mmap, path: str) -> Container:
@@ -58,8 +55,9 @@ def parse_container(buf: bytes | mmap.mmap, path: str) -> Container:
     cur.set_byte_order(endian == ENDIAN_BIG)
     long_size = cur.u8()
     page_size = cur.u32()
-    if page_size == 0 or page_size & 3:
-        raise TraceError(f"{path}: corrupt trace.dat header (page size {page_size})")
+    problem = page_size_problem(page_size)
+    if problem:
+        raise TraceError(f"{path}: corrupt trace.dat header: {problem}")
     box = Container(path=path, version=int(raw_version), big_endian=cur.big_endian,
                     user_long_size=long_size, page_size=page_size)
     if box.version < VERSION_SECTIONS:
@@ -126,6 +124,13 @@ def _clock_from_text(text: str) -> str | None:
     return text or None
 
 
+def _cpu_count(n: int, box: Container) -> int:
+    """A v6 CPU count: it sizes the table of CPU data that follows, so it must be believable."""
+    if n > MAX_CPUS:
+        raise TraceError(f"{box.path}: corrupt trace.dat: {n} CPUs (more than the {MAX_CPUS} any Linux build has)")
+    return n
+
+
 # ---------------------------------------------------------------- v6
 
 
@@ -136,7 +141,7 @@ def _read_v6(cur: Cursor, box: Container) -> None:
     _read_kallsyms(cur, box)
     _read_printk(cur, box)
     _read_cmdlines(cur, box)
-    box.cpus = cur.u32()
+    box.cpus = _cpu_count(cur.u32(), box)
     tail = cur.take(TAIL_SIZE)
     if tail == TAIL_OPTIONS:
         while (opt_id := cur.u16()) != 0:
@@ -144,7 +149,7 @@ def _read_v6(cur: Cursor, box: Container) -> None:
         tail = cur.take(TAIL_SIZE)
     opts = {o.id: o for o in box.options}
     if Option.CPUCOUNT in opts:
-        box.cpus = cur.number(opts[Option.CPUCOUNT].payload, "I")
+        box.cpus = _cpu_count(cur.number(opts[Option.CPUCOUNT].payload, "I"), box)
     if tail == TAIL_LATENCY:
         box.latency = True
         return
@@ -179,6 +184,11 @@ def _read_v6_flyrecord(cur: Cursor, box: Container, name: str, cpus: int, has_cl
 def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int,
                      expect: int | None = None) -> tuple[int, Cursor]:
     """Read the section header at ``offset``; return (id, cursor over the (decompressed) payload)."""
+    what = "options" if expect in (None, SECTION_OPTIONS) else _name(expect)
+    if offset + SECTION_HEADER_SIZE > len(cur.buf):
+        raise TraceError(f"{box.path}: truncated at byte {len(cur.buf)}: the {what} section should be at byte "
+                         f"{offset}, past the end of the file; it was cut short (or that offset is corrupt), "
+                         f"re-copy or re-record it")
     head = cur.at(offset)
     sec_id, flags = head.u16(), head.u16()
     head.u32()  # description: an id into the STRINGS sections, informational only
@@ -186,10 +196,27 @@ def _section_payload(cur: Cursor, box: Container, dec: Decompressor, offset: int
     if expect is not None and sec_id != expect:
         raise TraceError(f"{box.path}: corrupt trace.dat: expected section {expect} at byte {offset}, found {sec_id}")
     start = head.pos
+    if start + size > len(cur.buf):  # the whole section must be in the file
+        raise head.truncated(size)
+    section = Cursor(cur.buf[start : start + size], big_endian=box.big_endian, path=box.path, base=start)
     if flags & SECTION_FLAG_COMPRESSED and size:
-        return sec_id, Cursor(dec.block(head), big_endian=box.big_endian, path=box.path, base=start)
-    head.take(size)  # bounds check: the whole section must be in the file
-    return sec_id, Cursor(cur.buf[start : start + size], big_endian=box.big_endian, path=box.path, base=start)
+        # Every metadata byte counts, so that many options naming one section cannot multiply it.
+        payload = dec.block(section, what, max(0, min(MAX_SECTION, MAX_METADATA - box.metadata_bytes)))
+        box.metadata_bytes += len(payload)
+        return sec_id, Cursor(payload, big_endian=box.big_endian, path=box.path, base=start)
+    box.metadata_bytes += size
+    if box.metadata_bytes > MAX_METADATA:
+        raise TraceError(f"{box.path}: corrupt trace.dat: its metadata sections hold more than "
+                         f"{mib(MAX_METADATA)} in all")
+    return sec_id, section
+
+
+def _name(section_id: int) -> str:
+    """A section's name for messages (``CMDLINES``), or its number if unknown."""
+    try:
+        return Option(section_id).name
+    except ValueError:
+        return str(section_id)
 
 
 def _section_fits(cur: Cursor, offset: int) -> bool:
@@ -232,6 +259,10 @@ def _read_v7(cur: Cursor, box: Container) -> None:
             _METADATA_READERS[Option(opt.id)](sec, box)
         elif opt.id == Option.CPUCOUNT:
             box.cpus = cur.number(opt.payload, "I")
+            if box.cpus > MAX_CPUS:  # informational in v7: each BUFFER option lists its CPUs
+                box.warnings.append(f"{box.path}: corrupt CPUCOUNT option ({box.cpus} CPUs, more than the "
+                                    f"{MAX_CPUS} any Linux build has); the CPUs are taken from the data")
+                box.cpus = 0
         elif opt.id == Option.BUFFER:
             box.buffers.append(_read_v7_buffer(cur, box, opt.payload))
         elif opt.id == Option.BUFFER_TEXT:
@@ -248,11 +279,30 @@ def _read_v7(cur: Cursor, box: Container) -> None:
             f"were lost; recovered {len(top.cpus)} CPU stream(s) from the buffer section, {rule}"
         )
         box.buffers.append(top)
-    box.buffers.sort(key=lambda b: b.name != "")
+    box.buffers = sorted((_with_page_size(b, box) for b in box.buffers), key=lambda b: b.name != "")
     if box.buffers and box.clock is None:
         box.clock = box.buffers[0].clock
     if box.compression == COMPRESSION_NONE:
         box.buffers = [BufferSpec(b.name, b.clock, b.page_size, b.cpus, False) for b in box.buffers]
+
+
+def _with_page_size(spec: BufferSpec, box: Container) -> BufferSpec:
+    """The page size a buffer is read with, as trace-cmd reads it.
+
+    trace-cmd reads the top buffer with the file header's page size and ignores the one in its
+    BUFFER option; other instances use their own (``trace-input.c``). A value that cannot be a
+    page size is not used: the header's is, and a warning says so.
+    """
+    if spec.page_size == box.page_size:
+        return spec
+    label = "the top buffer" if not spec.name else f"buffer {spec.name!r}"
+    problem = page_size_problem(spec.page_size)
+    if spec.name and problem is None:
+        return spec
+    box.warnings.append(f"{box.path}: the BUFFER option of {label} says page size {spec.page_size}"
+                        f"{f' ({problem})' if problem else ''}; read with the file header's {box.page_size}, "
+                        f"as trace-cmd does")
+    return BufferSpec(spec.name, spec.clock, box.page_size, spec.cpus, spec.compressed)
 
 
 def _read_v7_buffer(cur: Cursor, box: Container, payload: bytes) -> BufferSpec:
@@ -263,7 +313,7 @@ def _read_v7_buffer(cur: Cursor, box: Container, payload: bytes) -> BufferSpec:
     page_size = opt.u32()
     streams = tuple(CpuStream(opt.u32(), opt.u64(), opt.u64()) for _ in range(opt.u32()))
     cpus = [s.cpu for s in streams]
-    if len(set(cpus)) != len(cpus) or any(c > MAX_CPU for c in cpus):
+    if len(set(cpus)) != len(cpus) or any(c >= MAX_CPUS for c in cpus):
         raise TraceError(f"{box.path}: corrupt trace.dat: buffer {name!r} lists CPUs {cpus[:8]}")
     head = cur.at(sec_offset)
     if head.u16() != Option.BUFFER:

@@ -35,7 +35,11 @@ class Cursor:
 
     def number(self, payload: bytes, code: str) -> int:
         """One number (struct ``code``: I, Q, ...) at the start of an option payload."""
-        return struct.unpack_from(self._e + code, payload)[0]
+        try:
+            return struct.unpack_from(self._e + code, payload)[0]
+        except struct.error:
+            raise TraceError(f"{self.path}: corrupt trace.dat: an option of {len(payload)} bytes is too short "
+                             f"for its value") from None
 
     def at(self, pos: int) -> "Cursor":
         """A new cursor over the same buffer (same byte order) at ``pos``."""

@@ -118,7 +118,7 @@ def parse_format(text: str, system: str, long_size: int) -> EventFormat:
     for line in text.splitlines():
         if line.startswith("name:"):
             name = line[5:].strip()
-        elif line.startswith("ID:"):
+        elif line.startswith("ID:") and line[3:].strip().isdigit():
             event_id = int(line[3:].strip())
         elif line.startswith("format:"):
             in_format = True
@@ -137,14 +137,15 @@ def parse_format(text: str, system: str, long_size: int) -> EventFormat:
             if array_len < 0:  # "[TASK_COMM_LEN]": a length we cannot read; bytes then
                 array_len = 0 if trailing else size
             is_signed = bool(int(signed)) if signed is not None else False
+            offset = int(m.group("offset"))
             if dynamic:  # the format's size/signed describe the 32-bit location word
                 element = _element(ctype, long_size)
-            elif array_len:
-                element = (max(size // array_len, 1), is_signed)
+            elif array_len:  # elements that do not tile the field exactly: kept as bytes
+                element = (size // array_len if size % array_len == 0 else 0, is_signed)
             else:
                 element = (size, is_signed)
             fields.append(FieldSpec(
-                name=fname, type=ctype, offset=int(m.group("offset")), size=size, signed=is_signed,
+                name=fname, type=ctype, offset=offset, size=size, signed=is_signed,
                 array_len=array_len, dynamic=dynamic, relative=relative, trailing=trailing,
                 element_size=element[0], element_signed=element[1],
             ))
@@ -163,11 +164,13 @@ class PageHeader:
     data_size: int
 
 
-def parse_header_page(text: str, path: str) -> PageHeader:
+def parse_header_page(text: str, path: str, page_size: int) -> PageHeader:
     """Parse header_page: where the commit word and the records are in every page.
 
     Kernels before 2.6.31 wrote no header_page and used an older record encoding (libtraceevent
     keeps a separate "old format" walker for it); such files are refused rather than misread.
+    The page it describes (header plus data) is the file's page size in every file trace-cmd
+    writes; a file where they differ would be read at the wrong stride, so it is refused.
     """
     found: dict[str, tuple[int, int]] = {}
     for line in text.splitlines():
@@ -180,4 +183,8 @@ def parse_header_page(text: str, path: str) -> PageHeader:
                          f"kernel's format, which is not supported")
     if found["commit"][1] not in (4, 8):
         raise TraceError(f"{path}: corrupt header_page (commit field of {found['commit'][1]} bytes)")
-    return PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])
+    header = PageHeader(found["commit"][0], found["commit"][1], found["data"][0], found["data"][1])
+    if header.data_offset + header.data_size != page_size:
+        raise TraceError(f"{path}: corrupt trace.dat: the file header's page size {page_size} disagrees with "
+                         f"header_page (pages of {header.data_offset} + {header.data_size} bytes)")
+    return header

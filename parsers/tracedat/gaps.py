@@ -20,8 +20,10 @@ from kvmtrace.parsers.tracedat.pages import PageData, PageFlags, Records
 
 def gap_table(records: Records, flags: PageFlags, pages: PageData, order: np.ndarray, opts: Options
           ) -> tuple[pa.Table, dict[int, int], dict[int, int]]:
-    """One row per page whose header says events were dropped before it."""
-    missed = np.flatnonzero(flags.missed)
+    """One row per page whose header says events were dropped before it, or that damage in
+    the file cost events (:attr:`PageData.damaged`)."""
+    # A page the file's damage cost events counts as a gap of unknown size, like a kernel report.
+    missed = np.flatnonzero(flags.missed | pages.damaged)
     if not missed.size:
         return empty_table(GAPS_SCHEMA), {}, {}
     # The first record (file index) on or after each flagged page, if it is on the same CPU ...
@@ -35,10 +37,13 @@ def gap_table(records: Records, flags: PageFlags, pages: PageData, order: np.nda
     at_seq = np.flatnonzero(wanted[order])
     seq_of_first = dict(zip(order[at_seq].tolist(), at_seq.tolist()))
     seq = np.array([seq_of_first.get(f, 0) for f in first.tolist()], np.int64)
-    lost = flags.lost[missed]
+    damaged = pages.damaged[missed]
+    lost = np.where(damaged, -1, flags.lost[missed])
     cpu = pages.cpu[missed]
+    raw_ts = flags.ts[missed]
+    no_ts = damaged & (raw_ts == 0)  # a page read as zeros (its chunk did not decompress) has no time
     table = pa.Table.from_arrays(
-        [numeric(cpu), numeric(to_ns(flags.ts[missed], cpu, opts)), numeric(seq, mask=~have),
+        [numeric(cpu), numeric(to_ns(raw_ts, cpu, opts), mask=no_ts), numeric(seq, mask=~have),
          numeric(lost, mask=lost < 0)],
         schema=GAPS_SCHEMA,
     )

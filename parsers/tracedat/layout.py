@@ -61,3 +61,4 @@ class Container:
     clock: str | None = None  # TRACECLOCK option / v6 clock trailer
     latency: bool = False  # a text ("latency") buffer instead of ring-buffer pages
     warnings: list[str] = field(default_factory=list)
+    metadata_bytes: int = 0  # metadata read so far (v7), against the cap of tracedat.limits

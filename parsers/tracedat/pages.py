@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
@@ -50,6 +49,9 @@ class PageData:
     #: Where each page came from, for error messages: its file offset, or for compressed data its
     #: offset in the CPU's decompressed stream.
     origin: np.ndarray
+    #: Per page (bool): events were lost to damage in the file just before or on this page (a chunk
+    #: that did not decompress, a corrupt page); set by the loader and the page walk, read by the gaps.
+    damaged: np.ndarray
     compressed: bool = False
 
     def where(self, page: int) -> str:
@@ -107,19 +109,25 @@ def _read_long(w32: np.ndarray, byte_pos: np.ndarray, long_size: int, big_endian
     return w32[byte_pos >> 2].astype(np.uint64)
 
 
-def page_flags(pages: PageData, w32: np.ndarray) -> tuple[PageFlags, np.ndarray, np.ndarray]:
-    """Page timestamps and missed-events flags, plus each page's data start and end."""
+def page_flags(pages: PageData, w32: np.ndarray,
+               problems: list[tuple[int, str]]) -> tuple[PageFlags, np.ndarray, np.ndarray]:
+    """Page timestamps and missed-events flags, plus each page's data start and end.
+
+    A page whose commit size exceeds its data area is corrupt: it is read as empty, marked
+    damaged and described in ``problems`` (how many pages, the first one's description).
+    """
     hdr = pages.header
     ts = read_u64(w32, pages.starts, pages.big_endian)
     commit = _read_long(w32, pages.starts + hdr.commit_offset, hdr.commit_size, pages.big_endian)
     size = (commit & np.uint64(COMMIT_SIZE_MASK)).astype(np.int64)
-    bad = np.flatnonzero(size > hdr.data_size)
-    if bad.size:
-        p = int(bad[0])
-        raise TraceError(
-            f"corrupt page on {pages.where(p)}: "
-            f"commit size {int(size[p])} exceeds the page's {hdr.data_size} data bytes"
-        )
+    bad = size > hdr.data_size
+    if bad.any():
+        p = int(np.flatnonzero(bad)[0])
+        problems.append((int(bad.sum()), f"page on {pages.where(p)}: commit size {int(size[p])} exceeds the "
+                                         f"page's {hdr.data_size} data bytes"))
+        size[bad] = 0
+        commit[bad] = 0
+        pages.damaged[bad] = True
     start = pages.starts + hdr.data_offset
     end = start + size
     missed = (commit & np.uint64(COMMIT_MISSING_EVENTS)) != 0
@@ -131,15 +139,28 @@ def page_flags(pages: PageData, w32: np.ndarray) -> tuple[PageFlags, np.ndarray,
     return PageFlags(ts=ts, missed=missed, lost=lost), start, end
 
 
-def walk(pages: PageData) -> tuple[Records, PageFlags]:
-    """Decode every record header of every page; return data records and page flags.
+def _mark_cut(pages: PageData, cut: np.ndarray) -> None:
+    """Pages whose walk stopped at a corrupt record lost their later records: the loss sits
+    before the CPU's next page (or, on its last page, on the page itself)."""
+    nxt = cut + 1
+    same_cpu = nxt < len(pages.cpu)
+    same_cpu[same_cpu] = pages.cpu[nxt[same_cpu]] == pages.cpu[cut[same_cpu]]
+    pages.damaged[np.where(same_cpu, nxt, cut)] = True
+
+
+def walk(pages: PageData) -> tuple[Records, PageFlags, list[tuple[int, str]]]:
+    """Decode every record header of every page; return data records, page flags and the
+    corrupt pages found (per kind of damage: how many pages, the first one's description).
 
     Each page keeps a running timestamp that advances with every record, exactly as kbuffer
     does, so a data record's timestamp is known at the step that reads it. Only data records are
-    kept, each with its rank among its page's data records (to restore file order later).
+    kept, each with its rank among its page's data records (to restore file order later). A
+    record that runs past its page's committed data ends the page's walk: it and what follows
+    are dropped, and the page is marked damaged, as a cut-short file keeps its complete pages.
     """
+    problems: list[tuple[int, str]] = []
     w32 = word_view(pages.buf, pages.big_endian)
-    flags, start, end = page_flags(pages, w32)
+    flags, start, end = page_flags(pages, w32, problems)
     pos = start.copy()
     clock = flags.ts.copy()  # per page: the running timestamp
     taken = np.zeros(len(start), np.int64)  # per page: data records seen so far
@@ -171,16 +192,17 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
             now = np.where(stamp, (extend + delta) | (clock[active] & np.uint64(TS_MSB)), now)
         else:
             nxt = payload + length
-        bad = ~meta & ((nxt > end[active]) | (length < 0))
+        data = ~meta
+        bad = data & ((nxt > end[active]) | (length < 0))
         if bad.any():
             k = int(np.flatnonzero(bad)[0])
-            pg = int(active[k])
-            raise TraceError(
-                f"corrupt page on {pages.where(pg)}: "
-                f"record at byte {int(p[k] - pages.starts[pg])} of the page runs past its committed data"
-            )
+            at = int(p[k] - pages.starts[active[k]])
+            problems.append((int(bad.sum()), f"page on {pages.where(int(active[k]))}: record at byte {at} "
+                                             f"runs past the page's committed data"))
+            _mark_cut(pages, active[bad])
+            nxt = np.where(bad, end[active], nxt)
+            data &= ~bad
         clock[active] = now
-        data = ~meta
         if not data.all():
             page_d, now, payload, length = active[data], now[data], payload[data], length[data]
         else:
@@ -191,7 +213,7 @@ def walk(pages: PageData) -> tuple[Records, PageFlags]:
         taken[page_d] += 1
         pos[active] = nxt
         active = active[nxt < end[active]]
-    return _file_order(steps, taken), flags
+    return _file_order(steps, taken), flags, problems
 
 
 def _file_order(steps: list[tuple[np.ndarray, ...]], per_page: np.ndarray) -> Records:

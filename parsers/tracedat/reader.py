@@ -12,9 +12,11 @@ import warnings as _warnings
 from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError, TraceWarning
-from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.parsers.schema import CpuStats, TraceData, TraceInfo
 from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.constants import Option
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer, merge_lost
 from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.formats import PageHeader, parse_header_page
 from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
@@ -53,7 +55,7 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
             raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
                              f"supported; run 'trace-cmd report' on it and read the text instead")
         opts = decode_options(box.options, box.big_endian)
-        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath)
+        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath, box.page_size)
         catalog = FormatCatalog(box, header.commit_size)
         cmdlines = parse_cmdlines(box.cmdlines)
         printk = parse_printk(box.printk)
@@ -64,12 +66,13 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
         wanted = "" if instance is None else instance
         if wanted not in names:
             raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
+        stats = cpu_stats_by_buffer([o.payload for o in box.options if o.id == Option.CPUSTAT])
         results: dict[str, TraceData] = {}
         for spec in box.buffers:
             if instance is None or spec.name == instance:
                 others = tuple(n for n in names if n and n != spec.name)
                 results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
-                                                  others)
+                                                  others, stats.get(spec.name, ()))
     main = results.pop(wanted)
     main.instances = results  # the other buffers, when the top one was asked for
     return main
@@ -77,20 +80,22 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
 
 def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
                  header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
-                 others: tuple[str, ...]) -> TraceData:
+                 others: tuple[str, ...], stats: tuple[CpuStats, ...]) -> TraceData:
     notes: list[str] = list(box.warnings)
     pages = load_pages(f, size, box, spec, header, notes)
-    try:
-        records, flags = walk(pages)
-    except TraceError as err:
-        raise TraceError(f"{box.path}: {err}") from None
+    records, flags, corrupt = walk(pages)
+    if corrupt:
+        notes.append(f"{box.path}: corrupt trace.dat: {sum(n for n, _ in corrupt)} corrupt page(s) read in part or "
+                     f"not at all (first: {corrupt[0][1]}); their events are lost, counted as gaps of "
+                     f"unknown size")
     reader = FieldReader(pages.buf, box.big_endian)
     merged, order = merge_records(records, pages, reader, catalog, opts)
     gaps, lost, lost_unknown = gap_table(records, flags, pages, order, opts)
+    lost, lost_unknown = merge_lost(lost, lost_unknown, stats)
     # Peak memory: free each intermediate as soon as its last user is done (records and order
     # now; the page buffer and payload offsets once the per-event tables are decoded).
     del records, order
-    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk)
+    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk, header.data_size)
     ts, cpu, pid, event_id = merged.ts, merged.cpu, merged.pid, merged.event_id
     del merged, reader, pages
     events = events_table(ts, cpu, pid, event_id, catalog, cmdlines)
@@ -100,13 +105,15 @@ def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts:
         _warnings.warn(note, TraceWarning, stacklevel=3)
     info = TraceInfo(
         path=box.path, source="tracedat", version=box.version, compression=box.compression,
-        cpus=box.cpus or len(spec.cpus), clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
+        cpus=max(box.cpus, 1 + max((s.cpu for s in spec.cpus), default=-1)),
+        clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
         kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
-        long_size=header.commit_size, page_size=spec.page_size or box.page_size, big_endian=box.big_endian,
+        long_size=header.commit_size, page_size=spec.page_size, big_endian=box.big_endian,
         event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
         lost_events=lost, lost_unknown=lost_unknown,
         first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
         last_ts=int(ts.max()) if len(ts) else None,
-        instances=others, warnings=tuple(notes), cut_short=any("file cut short" in n for n in notes),
+        instances=others, warnings=tuple(notes), cpu_stats=stats,
+        cut_short=any("file cut short" in n or "was cut short" in n for n in notes),
     )
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)

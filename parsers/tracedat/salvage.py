@@ -18,6 +18,7 @@ from __future__ import annotations
 import struct
 
 from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, SECTION_FLAG_COMPRESSED, SECTION_HEADER_SIZE, Option
+from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream
 
@@ -38,17 +39,8 @@ def _sections(cur: Cursor, start: int) -> list[tuple[int, int, int, int]]:
 
 def cpus_with_events(cpustat: list[bytes]) -> list[int]:
     """CPUs whose CPUSTAT text reports read events, ascending (top buffer's stats only)."""
-    cpus = []
-    for text in cpustat:
-        fields = dict(line.split(":", 1) for line in text.decode("utf-8", "replace").splitlines() if ":" in line)
-        if "Buffer" in fields:  # an instance's stats follow: not the top buffer's
-            break
-        try:
-            if int(fields.get("read events", "0")) > 0:
-                cpus.append(int(fields["CPU"]))
-        except (KeyError, ValueError):
-            return []
-    return sorted(cpus)
+    top = cpu_stats_by_buffer(cpustat).get("", ())
+    return [s.cpu for s in top if s.read_events]
 
 
 def salvage_top_buffer(cur: Cursor, box: Container, first_section: int,

@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from kvmtrace.parsers.schema import COMMON_FIELDS, EVENTS_SCHEMA, META_EVENT_ID, META_PRINT_FMT, META_SOURCE, META_SYSTEM
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.schema import (
+    COMMON_FIELDS,
+    EVENTS_SCHEMA,
+    META_EVENT_ID,
+    META_FIELD_NAME,
+    META_PRINT_FMT,
+    META_SOURCE,
+    META_SYSTEM,
+    field_columns,
+)
 from kvmtrace.parsers.tracedat.arrow import empty_table, numeric, strings
 from kvmtrace.parsers.tracedat.catalog import FTRACE_SYSTEM, FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
@@ -46,22 +56,29 @@ def arrow_type(field: FieldSpec) -> pa.DataType:
 
 
 def event_schema(fmt: EventFormat) -> pa.Schema:
-    fields = list(COMMON_FIELDS)
+    """The common columns, then the format's fields named by :func:`field_columns`."""
+    own: list[tuple[str, pa.DataType]] = []
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
         if _is_bprint_fmt(fmt, f):
-            fields += [pa.field("fmt", pa.string()), pa.field("fmt_addr", pa.uint64())]
+            own += [("fmt", pa.string()), ("fmt_addr", pa.uint64())]
             continue
-        fields.append(pa.field(f.name, arrow_type(f)))
+        own.append((f.name, arrow_type(f)))
+    fields = list(COMMON_FIELDS)
+    for (name, typ), column in zip(own, field_columns([name for name, _ in own])):
+        fields.append(pa.field(column, typ, metadata=None if column == name else {META_FIELD_NAME: name.encode()}))
     meta = {META_SYSTEM: fmt.system.encode(), META_EVENT_ID: str(fmt.id).encode(),
             META_PRINT_FMT: fmt.print_fmt.encode(), META_SOURCE: b"tracedat"}
     return pa.schema(fields, metadata=meta)
 
 
 def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cmdlines: dict[int, str],
-                 printk: dict[int, str]) -> tuple[dict[str, pa.Table], dict[str, int], int]:
-    """Return (tables by name, counts by name, records of unknown event ids)."""
+                 printk: dict[int, str], record_limit: int) -> tuple[dict[str, pa.Table], dict[str, int], int]:
+    """Return (tables by name, counts by name, records of unknown event ids).
+
+    ``record_limit``: a page's data area, which no record exceeds (see :func:`_event_table`).
+    """
     # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort. Its output, split
     # per event, is each table's rows in global order: their indices ARE the seq column.
     order = np.argsort(merged.event_id, kind="stable")
@@ -81,7 +98,7 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
         fmt = catalog.format(event_id)
         present_systems.add(fmt.system)
         name = catalog.table_names[event_id]
-        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk)
+        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk, record_limit, catalog.path)
         counts[name] = len(rows)
     for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
         name = catalog.table_names[event_id]
@@ -91,13 +108,23 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
 
 
 def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: FieldReader,
-                 cmdlines: dict[int, str], printk: dict[int, str]) -> pa.Table:
-    """One event's rows (``rows``: their seq, ascending) decoded field by field."""
+                 cmdlines: dict[int, str], printk: dict[int, str], record_limit: int, path: str) -> pa.Table:
+    """One event's rows (``rows``: their seq, ascending) decoded field by field.
+
+    The fixed fields are gathered as one (rows x width) block; a field placed beyond any record
+    (past a page's data area) can only come from a corrupt format and would make that block
+    as large as its offset claims, so it is refused.
+    """
+    width = max((f.offset + f.size for f in fmt.fields if not f.trailing), default=0)
+    if width > record_limit:
+        far = max((f for f in fmt.fields if not f.trailing), key=lambda f: f.offset + f.size)
+        raise TraceError(f"{path}: corrupt event format {fmt.name}: field {far.name} at offset {far.offset} "
+                         f"({far.size} bytes) lies beyond any record ({record_limit} bytes)")
     pid = merged.pid[rows]
     cols = [numeric(rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]), numeric(pid),
             comm_column(pid, cmdlines)]
     pos, length = merged.pos[rows], merged.length[rows]
-    block = reader.block(pos, max((f.offset + f.size for f in fmt.fields if not f.trailing), default=0))
+    block = reader.block(pos, width)
     for f in fmt.fields:
         if f.name in _DROPPED_COMMON:
             continue
