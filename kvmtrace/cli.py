@@ -25,7 +25,7 @@ app = typer.Typer(
 )
 
 # Subcommand modules; importing one registers its command on ``app``.
-from kvmtrace.commands import info, convert, analyze, diff, record  # noqa: E402,F401
+from kvmtrace.commands import info, convert, analyze, diff, record, batch  # noqa: E402,F401
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
