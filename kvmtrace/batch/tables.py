@@ -36,7 +36,7 @@ FINDINGS_SCHEMA = pa.schema(TRACE_FIELDS + [
     pa.field("gfn", pa.uint64()),
     pa.field("slot", pa.int32()),
     pa.field("message", pa.string(), nullable=False),
-    pa.field("evidence", pa.list_(pa.int64()), nullable=False),
+    pa.field("evidence", pa.list_(pa.int64()), nullable=False),  # in seq order, as the reports list it
 ])
 
 #: Every check of every analysed trace (passed, failed or not_evaluated, with the reason).
