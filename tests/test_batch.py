@@ -6,7 +6,7 @@ folder whole and refuses to overwrite one."""
 from __future__ import annotations
 
 import json
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +16,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import kvmtrace
-from kvmtrace.batch import BatchResult, run
+from kvmtrace.batch import BatchResult, engines, run
 from kvmtrace.batch.inputs import expand, trace_id
 from kvmtrace.batch.summary import findings_by_kernel, render_summary
+from kvmtrace.batch.worker import run_one
 from kvmtrace.replays import replay
 from kvmtrace.report import build_report, render
 
@@ -195,3 +196,31 @@ def test_cli_usage_errors_exit_2_and_write_nothing(tmp_path):
     r = run_cli("batch", str(empty), "-o", str(out))
     assert r.returncode == 2 and "no traces found" in r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty"]
+
+
+def _dies_on_cut_trace(trace, kernel=None, formats=()):
+    """``run_one``, except that the process analysing the damaged file dies as an OOM kill would
+    end it: no exception, no outcome, a broken process pool."""
+    if trace.path.endswith("cut.dat"):
+        os._exit(137)
+    return run_one(trace, kernel, formats)
+
+
+def test_a_worker_process_that_dies_costs_only_its_trace(monkeypatch, damaged, alone):
+    picks = [SAMPLES / "rom-zapall.dat", damaged, SAMPLES / "churn-zapall.dat"]
+    monkeypatch.setattr(engines, "run_one", _dies_on_cut_trace)
+    result = run(picks, engine="local", workers=2)
+    assert result.summary["status"].to_list() == ["ok", "error", "ok"]
+    assert "worker process analysing this trace died" in result.failed["error"][0]
+    tid = trace_id(SAMPLES / "churn-zapall.dat")
+    assert result.findings.filter(pl.col("trace_id") == tid).height == alone[tid][1].findings.num_rows > 0
+
+
+def test_kernel_option_reaches_every_trace(alone):
+    path = SAMPLES / "churn-zapslot.dat"
+    result = run([path], workers=1, kernel="6.1")
+    trace = kvmtrace.open(path)
+    want = replay(trace.data, kernel="6.1")
+    assert result.summary["profile"].to_list() == [want.profile]
+    assert want.profile != alone[trace_id(path)][1].profile, "6.1 must pick another profile than the trace's 6.18"
+    assert result.findings.height == want.findings.num_rows

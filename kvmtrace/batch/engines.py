@@ -65,6 +65,14 @@ def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Ou
                 yield _died(trace, err)
 
 
+def require_distributed() -> None:
+    """Fail early, in words, when the Dask engine is asked for without its extra installed."""
+    try:
+        import distributed  # noqa: F401
+    except ImportError:
+        raise ImportError("the dask engine needs dask.distributed: pip install 'kvmtrace[batch]'") from None
+
+
 def local_cluster(workers: int) -> Any:
     """A Dask ``LocalCluster`` of ``workers`` single-threaded processes (the replay holds the GIL
     for much of its work, so threads would not add throughput), without a dashboard: several

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator
 
 import polars as pl
 
-from kvmtrace.batch.engines import ENGINES, Work, default_workers, local_cluster, run_dask, run_local
+from kvmtrace.batch.engines import ENGINES, Work, default_workers, local_cluster, require_distributed, run_dask, run_local
 from kvmtrace.batch.inputs import TraceInput, expand
 from kvmtrace.batch.tables import as_frames
 from kvmtrace.batch.worker import REPORT_FORMATS, Outcome
@@ -102,6 +102,8 @@ def run(
     unknown = set(formats) - set(REPORT_FORMATS)
     if unknown:
         raise ValueError(f"report formats {sorted(unknown)}: unknown; choose from {', '.join(REPORT_FORMATS)}")
+    if engine == "dask":
+        require_distributed()
     traces = expand(paths)
     done: dict[str, Outcome] = {}
     for outcome in _outcomes(traces, Work(kernel, tuple(formats)), engine, client, scheduler, workers):

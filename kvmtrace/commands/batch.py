@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from kvmtrace.batch.engines import ENGINES
+from kvmtrace.batch.engines import ENGINES, require_distributed
 from kvmtrace.batch.fleet import FAIL_ON, run
 from kvmtrace.batch.inputs import expand
 from kvmtrace.batch.output import OutputFolder, TABLES, check_outdir
@@ -72,6 +72,11 @@ def batch(
         raise typer.BadParameter("needs --engine dask", param_hint="--scheduler")
     if scheduler is not None and workers is not None:
         raise typer.BadParameter("a running scheduler has its own workers; drop --workers", param_hint="--workers")
+    if engine == "dask":
+        try:
+            require_distributed()
+        except ImportError as err:
+            raise typer.BadParameter(str(err), param_hint="--engine") from None
     check_outdir(output, force)
     traces = expand(paths)
     if not traces:
