@@ -224,3 +224,20 @@ def test_kernel_option_reaches_every_trace(alone):
     assert result.summary["profile"].to_list() == [want.profile]
     assert want.profile != alone[trace_id(path)][1].profile, "6.1 must pick another profile than the trace's 6.18"
     assert result.findings.height == want.findings.num_rows
+
+
+def test_cli_on_a_running_dask_scheduler_with_html_reports(tmp_path, local):
+    distributed = pytest.importorskip("distributed", reason="the Dask engine needs the batch extra (in the test extra)")
+    picks = [SAMPLES / "churn-zapslot.dat", SAMPLES / "mmio-zapall.dat"]
+    out = tmp_path / "out"
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        r = run_cli("batch", *map(str, picks), "-o", str(out), "--engine", "dask",
+                    "--scheduler", cluster.scheduler_address, "--html")
+    assert r.returncode == 0, r.stderr
+    ids = [trace_id(p) for p in picks]
+    assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(f"{i}.{x}" for i in ids for x in ("html", "json"))
+    html = (out / "reports" / f"{ids[0]}.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<svg" in html  # the report's plots are drawn
+    got = _sorted(pl.read_parquet(out / "findings.parquet"), FINDING_ORDER)
+    want = _sorted(local.findings.filter(pl.col("trace_id").is_in(ids)), FINDING_ORDER)
+    assert got.height > 0 and got.equals(want)

@@ -83,11 +83,16 @@ _WHATIF_NOTE = (
 )
 
 
+def _title(result: BatchResult) -> str:
+    n = result.summary.height
+    return f"kvmtrace batch: {n} trace{'' if n == 1 else 's'}"
+
+
 def summary_blocks(result: BatchResult) -> list[Block]:
     by_kernel = findings_by_kernel(result)
     whatif = whatif_by_policy(result)
     return [
-        Heading(f"kvmtrace batch: {result.summary.height} traces", 1),
+        Heading(_title(result), 1),
         _facts(result),
         *([Heading("traces that could not be analysed"), Table(_grid("failed traces", failed_table(result)))]
           if result.failed.height else []),
@@ -107,5 +112,5 @@ def render_summary(result: BatchResult, fmt: str) -> str:
     if fmt == "text":
         return render_text(blocks)
     if fmt == "html":
-        return render_html(blocks, title=f"kvmtrace batch: {result.summary.height} traces")
+        return render_html(blocks, title=_title(result))
     raise ValueError(f"unknown summary format {fmt!r}; choose one of {', '.join(SUMMARY_FORMATS)}")
