@@ -47,7 +47,8 @@ def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Ou
     Python breaks the whole pool; the traces it had not finished are then rerun one pool each,
     so only the trace that kills its process ends as an error."""
     retry: list[TraceInput] = []
-    with _pool(workers) as pool:
+    pool = _pool(workers)
+    try:
         pending: dict[Future, TraceInput] = {pool.submit(run_one, t, work.kernel, work.formats): t for t in traces}
         while pending:
             done, _ = wait(pending, return_when=FIRST_COMPLETED)
@@ -57,6 +58,9 @@ def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Ou
                     yield fut.result()
                 except BrokenProcessPool:
                     retry.append(trace)
+    finally:
+        # on Ctrl-C (or a caller that stops early) do not start the traces still queued
+        pool.shutdown(wait=True, cancel_futures=True)
     for trace in sorted(retry, key=traces.index):
         with _pool(1) as alone:
             try:
