@@ -207,13 +207,17 @@ def _dies_on_cut_trace(trace, kernel=None, formats=()):
 
 
 def test_a_worker_process_that_dies_costs_only_its_trace(monkeypatch, damaged, alone):
-    picks = [SAMPLES / "rom-zapall.dat", damaged, SAMPLES / "churn-zapall.dat"]
+    """The dying process breaks the whole pool and every queued trace with it; those are rerun."""
+    names = ["rom-zapall", "churn-zapall", "mmio-zapslot", "dirty-zapall", "churn-thp-zapslot"]
+    picks = [SAMPLES / f"{names[0]}.dat", damaged, *(SAMPLES / f"{n}.dat" for n in names[1:])]
     monkeypatch.setattr(engines, "run_one", _dies_on_cut_trace)
     result = run(picks, engine="local", workers=2)
-    assert result.summary["status"].to_list() == ["ok", "error", "ok"]
+    assert result.summary["status"].to_list() == ["ok", "error", "ok", "ok", "ok", "ok"]
     assert "worker process analysing this trace died" in result.failed["error"][0]
-    tid = trace_id(SAMPLES / "churn-zapall.dat")
-    assert result.findings.filter(pl.col("trace_id") == tid).height == alone[tid][1].findings.num_rows > 0
+    for path in picks[:1] + picks[2:]:
+        tid = trace_id(path)
+        assert result.findings.filter(pl.col("trace_id") == tid).height == alone[tid][1].findings.num_rows
+        assert result.checks.filter(pl.col("trace_id") == tid).height == alone[tid][1].checks.num_rows > 0
 
 
 def test_kernel_option_reaches_every_trace(alone):

@@ -38,15 +38,9 @@ def _pool(workers: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
 
 
-def _died(trace: TraceInput, err: BaseException) -> Outcome:
-    return failed(trace, f"the worker process analysing this trace died ({type(err).__name__}: {err})")
-
-
-def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Outcome]:
-    """A process pool of ``workers``. When a worker process dies (a crash, the OOM killer),
-    Python breaks the whole pool; the traces it had not finished are then rerun one pool each,
-    so only the trace that kills its process ends as an error."""
-    retry: list[TraceInput] = []
+def _round(traces: list[TraceInput], work: Work, workers: int, broken: list[TraceInput]) -> Iterator[Outcome]:
+    """One process pool over ``traces``; the traces lost when a worker process died (which
+    breaks the whole pool) are appended to ``broken``."""
     pool = _pool(workers)
     try:
         pending: dict[Future, TraceInput] = {pool.submit(run_one, t, work.kernel, work.formats): t for t in traces}
@@ -57,16 +51,36 @@ def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Ou
                 try:
                     yield fut.result()
                 except BrokenProcessPool:
-                    retry.append(trace)
+                    broken.append(trace)
     finally:
         # on Ctrl-C (or a caller that stops early) do not start the traces still queued
         pool.shutdown(wait=True, cancel_futures=True)
-    for trace in sorted(retry, key=traces.index):
-        with _pool(1) as alone:
-            try:
-                yield alone.submit(run_one, trace, work.kernel, work.formats).result()
-            except BrokenProcessPool as err:
-                yield _died(trace, err)
+
+
+def run_local(traces: list[TraceInput], work: Work, workers: int) -> Iterator[Outcome]:
+    """A process pool of ``workers``.
+
+    When a worker process dies (a crash, the OOM killer) Python breaks the whole pool and every
+    unfinished trace with it, without saying which one was to blame. The lost traces go to a
+    fresh pool; a round in which none gets through runs the first of them alone, so each
+    round makes progress and only a trace that kills its own process ends as an error.
+    """
+    order = {t: i for i, t in enumerate(traces)}
+    remaining = traces
+    while remaining:
+        broken: list[TraceInput] = []
+        finished = 0
+        for outcome in _round(remaining, work, workers, broken):
+            finished += 1
+            yield outcome
+        broken.sort(key=order.__getitem__)
+        if broken and not finished:
+            first, broken = broken[0], broken[1:]
+            lost: list[TraceInput] = []
+            yield from _round([first], work, 1, lost)
+            if lost:
+                yield failed(first, "the worker process analysing this trace died (a crash, or killed: out of memory?)")
+        remaining = broken
 
 
 def require_distributed() -> None:
