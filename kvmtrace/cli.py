@@ -29,7 +29,7 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from kvmtrace.commands import analyze, convert, diff, info, record
+from kvmtrace.commands import analyze, batch, convert, diff, info, record
 from kvmtrace.commands.common import EXIT_PIPE, cli_message
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.version import __version__
@@ -110,6 +110,7 @@ app.command(cls=_Command)(convert.convert)
 app.command(cls=_Command)(analyze.analyze)
 app.command(cls=_Command)(diff.diff)
 app.command(cls=_Command, context_settings={"allow_interspersed_args": False})(record.record)
+app.command(cls=_Command)(batch.batch)
 
 
 class _Run:
