@@ -7,10 +7,15 @@ here once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import META_SYSTEM, TraceData
+from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.stream import numpy_column
 from kvmtrace.replays.tdp import FROZEN_LOW
@@ -100,13 +105,86 @@ class SeqIndex:
 
 
 PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page")
+#: Every bit of a role word.
+WHOLE = 0xFFFFFFFF
 
 
-def roles_known(data: TraceData) -> bool:
-    """Whether the page events carry their role words. Text output prints only some role bits, so
-    the text reader leaves ``role`` null (with a note in the table's metadata)."""
-    return not any(e in data.tables and data.tables[e].num_rows and data.tables[e].column("role").null_count
-                   for e in PAGE_EVENTS)
+@dataclass(frozen=True)
+class RoleWords:
+    """Which bits of the page events' role words the input carries.
+
+    A trace.dat stores the word; text prints some of its fields (which ones depends on the kernel
+    era and on the printer), and its reader gives ``role_partial`` (the printed bits in place,
+    every other bit 0) and ``role_mask`` (the printed bits) with ``role`` null. Page identities
+    and every role predicate then work on ``role & mask``: :meth:`applied` puts that word in
+    ``role`` so the models and detectors read one column whatever the input."""
+
+    mask: int  # bits carried by every page-event row
+    unprinted: str = ""  # the reader's note of what its forms leave out (text), "" for whole words
+
+    def complete(self, profile: KernelProfile) -> bool:
+        """Every field of this era's role word is carried: two pages share an identity only if
+        they are one page."""
+        return not profile.uncarried(self.mask)
+
+    def missing(self, profile: KernelProfile) -> str:
+        """The era's fields not carried, as ``cr0_wp (bit 13), smm (bits 24-31)``."""
+        return ", ".join(f.words() for f in profile.uncarried(self.mask))
+
+    def limit(self, profile: KernelProfile) -> str:
+        """The report's limit: which role bits the input lacks and what each costs the replay."""
+        gone = {f.name for f in profile.uncarried(self.mask)}
+        costs = ["pages that differ only in these bits share one identity: the model keeps them as separate "
+                 "lifetimes (a zap ends the oldest) and flags neither a page created while another of its identity "
+                 "is alive nor an 'existing' lookup of a zapped identity", "the shadow_pages table leaves these "
+                 "fields null"]
+        if "smm" in gone:
+            costs.append("SPTEs of SMM pages count in address space 0")
+        if "guest_mode" in gone:
+            costs.append("a nested guest's indirect pages are told from the guest's own only by direct pages at a "
+                         "TDP root level (MMU evidence)")
+        if "passthrough" in gone:
+            costs.append("memslot_zap_miss takes every indirect page for one with guest PTEs except an indirect "
+                         "level-5 root, the only page passthrough marks, which it does not judge")
+        if "invalid" in gone:
+            costs.append("the final zap of an invalid root is recognised by root_count 0 alone")
+        note = f" (the text reader: {self.unprinted})" if self.unprinted else ""
+        return f"role bits not in this input: {self.missing(profile)}{note}. What that costs: " + "; ".join(costs)
+
+    def applied(self, data: TraceData) -> TraceData:
+        """``data`` with ``role`` of every page event replaced by the carried bits: the word where
+        it is known, else ``role_partial``, masked alike so that identities compare."""
+        if self.mask == WHOLE:
+            return data
+        tables = dict(data.tables)
+        for name in PAGE_EVENTS:
+            t = tables.get(name)
+            if t is None or not t.num_rows:
+                continue
+            role = t.column("role")
+            if "role_partial" in t.column_names:
+                role = pc.coalesce(role, t.column("role_partial"))
+            word = pc.bit_wise_and(role.fill_null(0), pa.scalar(self.mask, role.type))
+            tables[name] = t.set_column(t.schema.get_field_index("role"), t.schema.field("role"), word)
+        return replace(data, tables=tables)
+
+
+def role_words(data: TraceData) -> RoleWords:
+    """The role bits every page-event row carries: all where ``role`` is set, ``role_mask`` where
+    the text reader left it null, none where a reader left it null without saying more."""
+    mask, notes = WHOLE, []
+    for name in PAGE_EVENTS:
+        t = data.tables.get(name)
+        if t is None or not t.num_rows or not t.column("role").null_count:
+            continue
+        if "role_mask" not in t.column_names:
+            return RoleWords(0, f"{name}: role words are null")
+        unknown = pc.is_null(t.column("role")).to_numpy(zero_copy_only=False)
+        mask &= int(np.bitwise_and.reduce(numpy_column(t, "role_mask", np.uint64)[unknown]))
+        note = (t.schema.metadata or {}).get(META_ROLE_UNPRINTED, b"").decode()
+        if note and note not in notes:
+            notes.append(note)
+    return RoleWords(mask, "; ".join(notes))
 
 
 def require_events(data: TraceData) -> None:

@@ -1,8 +1,10 @@
 """The book of shadow pages (and TDP page tables): one row per lifetime.
 
 A page's identity in a trace is ``(gfn, role word, mmu_valid_gen)`` (tracepoints.md §1.2); no
-pointer is traced. Both models keep their pages here so the ``shadow_pages`` table, the zap-miss
-rule and the what-if all read one structure. Plain lists: the replay loop appends, numpy reads.
+pointer is traced. Text prints only some role bits: there ``role`` is the carried bits and
+``role_mask`` says which, so two pages that differ only in unprinted bits share an identity.
+Both models keep their pages here so the ``shadow_pages`` table, the zap-miss rule and the
+what-if all read one structure. Plain lists: the replay loop appends, numpy reads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ NONE = -1  # "no seq": never zapped / never obsolete
 PAGES_SCHEMA = pa.schema([
     pa.field("page", pa.int64(), nullable=False),
     pa.field("gfn", pa.uint64(), nullable=False),
-    pa.field("role", pa.uint32(), nullable=False),
+    pa.field("role", pa.uint32(), nullable=False),  # the carried bits (role_mask) of the role word
+    pa.field("role_mask", pa.uint32(), nullable=False),  # 0xffffffff, or the bits text printed
     pa.field("mmu_valid_gen", pa.int64(), nullable=False),
     pa.field("first_seq", pa.int64(), nullable=False),  # created, or first seen
     pa.field("predates_trace", pa.bool_(), nullable=False),
@@ -34,7 +37,9 @@ PAGES_SCHEMA = pa.schema([
 class PageBook:
     """Append-only page lifetimes; the models index them by integer id."""
 
-    def __init__(self) -> None:
+    def __init__(self, role_mask: int = 0xFFFFFFFF) -> None:
+        #: the role bits the input carries (every page's ``role`` has only these)
+        self.role_mask = role_mask
         self.gfn: list[int] = []
         self.role: list[int] = []
         self.gen: list[int] = []
@@ -89,6 +94,7 @@ class PageBook:
             "page": pa.array(np.arange(n, dtype=np.int64)),
             "gfn": pa.array(self.gfn, pa.uint64()),
             "role": pa.array(self.role, pa.uint32()),
+            "role_mask": pa.array(np.full(n, self.role_mask, np.uint32)),
             "mmu_valid_gen": pa.array(self.gen, pa.int64()),
             "first_seq": pa.array(self.first_seq, pa.int64()),
             "predates_trace": pa.array(self.predates, pa.bool_()),
@@ -100,4 +106,4 @@ class PageBook:
             "uses": pa.array(self.uses, pa.int64()),
             "spte_page": pa.array(sp.astype(np.uint64), mask=sp == NONE),
         }, schema=PAGES_SCHEMA)
-        return decode_role(t, profile)
+        return decode_role(t, profile, mask=self.role_mask)

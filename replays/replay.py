@@ -24,7 +24,7 @@ from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
-from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
+from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, role_words, seq_pid,
                             zap_all_event)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
@@ -68,14 +68,13 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         chosen = " (chosen by the caller instead of this kernel's)" if profile.zap_rule_chosen else ""
         assumptions.append(f"per-slot zap rule{chosen}: {eras.rule(profile.slot_zap_rule).label()}")
 
-    roles = roles_known(data)
+    words = role_words(data)
+    roles = words.complete(profile)
     if not roles:
-        limits.append("role words are not in this input (text output prints only some role bits): page "
-                      "identities are ambiguous, SPTE owners and the per-slot zap rule cannot be evaluated, and "
-                      "shadow vs legacy TDP MMU cannot be told apart")
+        limits.append(words.limit(profile))
     journal = Journal()
-    pages = PageBook()
-    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles)
+    pages = PageBook(words.mask)
+    walk(words.applied(data), profile, mmu, zap_policy, timeline, journal, pages, roles)
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
