@@ -134,10 +134,11 @@ class RoleWords:
     def limit(self, profile: KernelProfile) -> str:
         """The report's limit: which role bits the input lacks and what each costs the replay."""
         gone = {f.name for f in profile.uncarried(self.mask)}
-        costs = ["pages that differ only in these bits share one identity: the model keeps them as separate "
-                 "lifetimes (a zap ends the oldest) and flags neither a page created while another of its identity "
-                 "is alive nor an 'existing' lookup of a zapped identity", "the shadow_pages table leaves these "
-                 "fields null"]
+        costs = ["pages that differ only in these bits share one identity: a page created while another of its "
+                 "identity lives is not flagged (the two may differ in these bits); the model keeps both, a zap ends "
+                 "the newest, and the older one's liveness is unknown from then on (shadow_pages.shared_seq; "
+                 "memslot_zap_miss does not judge it); an 'existing' lookup of a zapped identity is not flagged",
+                 "the shadow_pages table leaves these fields null"]
         if "smm" in gone:
             costs.append("SPTEs of SMM pages count in address space 0")
         if "guest_mode" in gone:

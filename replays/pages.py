@@ -31,6 +31,10 @@ PAGES_SCHEMA = pa.schema([
     pa.field("sync_seqs", pa.int64(), nullable=False),
     pa.field("uses", pa.int64(), nullable=False),  # kvm_mmu_get_page "existing" hits
     pa.field("spte_page", pa.uint64()),  # inferred physical page of its SPTEs (sptep & ~0xfff)
+    #: text only: seq at which another page of the same printed identity was created while this one
+    #: lived; from then on whether this page still lives is unknown (its zap may have gone
+    #: untraced, or the two differ in unprinted role bits)
+    pa.field("shared_seq", pa.int64()),
 ])
 
 
@@ -52,6 +56,7 @@ class PageBook:
         self.sync: list[int] = []
         self.uses: list[int] = []
         self.spte_page: list[int] = []
+        self.shared_seq: list[int] = []
 
     def __len__(self) -> int:
         return len(self.gfn)
@@ -69,6 +74,7 @@ class PageBook:
         self.sync.append(0)
         self.uses.append(0)
         self.spte_page.append(NONE)
+        self.shared_seq.append(NONE)
         return len(self.gfn) - 1
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -80,6 +86,7 @@ class PageBook:
             "first_seq": np.asarray(self.first_seq, dtype=np.int64),
             "zap_seq": np.asarray(self.zap_seq, dtype=np.int64),
             "obsolete_seq": np.asarray(self.obsolete_seq, dtype=np.int64),
+            "shared_seq": np.asarray(self.shared_seq, dtype=np.int64),
         }
 
     def table(self, profile: KernelProfile) -> pa.Table:
@@ -105,5 +112,6 @@ class PageBook:
             "sync_seqs": pa.array(self.sync, pa.int64()),
             "uses": pa.array(self.uses, pa.int64()),
             "spte_page": pa.array(sp.astype(np.uint64), mask=sp == NONE),
+            "shared_seq": opt(self.shared_seq),
         }, schema=PAGES_SCHEMA)
         return decode_role(t, profile, mask=self.role_mask)

@@ -59,6 +59,12 @@ class ShadowModel:
         if self.roles_known:
             self.live[key] = [p]
         else:
+            # A page of this printed identity still lives: its zap went untraced, or the two differ
+            # in unprinted bits (e.g. smm). The new page certainly lives; the older ones may not.
+            shared = self.pages.shared_seq
+            for q in self.live.get(key, ()):
+                if shared[q] == NONE:
+                    shared[q] = seq
             self.live.setdefault(key, []).append(p)
         return p
 
@@ -68,11 +74,12 @@ class ShadowModel:
         return ids[-1] if ids else None
 
     def _take(self, key: tuple[int, int, int]) -> int | None:
-        """Remove and return the live page of ``key`` (the oldest one, when role bits are missing)."""
+        """Remove and return the live page of ``key``: the newest one when role bits are missing,
+        the only one of them known to be alive (older ones may have gone without a traced zap)."""
         ids = self.live.get(key)
         if not ids:
             return None
-        p = ids.pop(0)
+        p = ids.pop()
         if not ids:
             del self.live[key]
         return p

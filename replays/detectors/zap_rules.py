@@ -118,7 +118,8 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     shipped = f"rule of {rule.kernels}" if rule.shipped else "hypothesis, never shipped"
     tag = f" [{shipped}; this kernel did not have to zap it]"
     findings: list[Finding] = []
-    unjudged: list[tuple[int, int]] = []  # (change seq, page) of indirect level-5 roots (passthrough unprinted)
+    roots: set[int] = set()  # indirect level-5 roots left alive (could be passthrough, which is not printed)
+    shared: set[int] = set()  # pages whose printed identity another page took while they lived (text)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None or not len(snap.pages):
@@ -131,8 +132,11 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
             keep &= _bits(role, p, "direct") == 0
         if doubt_passthrough:
             maybe = keep & (_bits(role, p, "direct") == 0) & (_bits(role, p, "level", 4) == _PASSTHROUGH_LEVEL)
-            unjudged += [(c.seq, int(k)) for k in ids[maybe]]
+            roots.update(ids[maybe].tolist())
             keep &= ~maybe
+        gone = keep & (pages["shared_seq"][ids] != NONE) & (pages["shared_seq"][ids] < c.seq)
+        shared.update(ids[gone].tolist())
+        keep &= ~gone
         for k in ids[keep][:64]:
             k = int(k)
             findings.append(Finding(
@@ -147,11 +151,15 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     if doubt_passthrough:
         bit = unknown["passthrough"].words()
         text = (f"; {bit} is not printed and only an indirect level-5 root can have it: " +
-                (f"{len(unjudged)} such root(s) left alive (page(s) {sorted({k for _, k in unjudged})[:8]}) are not "
-                 "judged, since with passthrough set they hold no guest PTEs and the rule spares them"
-                 if unjudged else "no such root was alive after a delete/move, so the outcome is the same"))
+                (f"{len(roots)} such root(s) left alive (page(s) {sorted(roots)[:8]}) are not judged, since with "
+                 "passthrough set they hold no guest PTEs and the rule spares them"
+                 if roots else "no such root was alive after a delete/move, so the outcome is the same"))
+    if shared:
+        text += (f"; {len(shared)} page(s) left alive (page(s) {sorted(shared)[:8]}) are not judged: a page of the "
+                 "same gfn and printed role bits was created while they lived, so each was either zapped without "
+                 "a trace or differs in role bits the text does not print")
     done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}{lost}{text}"
-    if unjudged and not findings:
+    if (roots or shared) and not findings:
         return CheckOutcome.skipped(cid, f"no page left alive that the rule certainly zaps; {done}")
     return CheckOutcome.of(cid, findings, done,
                            f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}{lost}{text}")
