@@ -10,19 +10,35 @@ from __future__ import annotations
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, role_words
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
 
+#: Page-event print forms of older kernels (the text reader's era labels) -> the release whose
+#: role layout the reader placed the printed bits in (parsers/text/pages.py, ROLE_FORMS). Where
+#: the form spans releases with different memslot-removal rules, the latest is taken: it zaps all
+#: on a delete, so no per-slot rule is checked on a guess.
+_FORM_RELEASE = {"5.1-5.3": "5.3", "3.11-5.0": "5.0", "2.6.35-3.10": "3.10"}
+
+
 def guess_profile(data: TraceData) -> tuple[KernelProfile, str]:
-    """A profile for a trace without a kernel release (text input): the TDP MMU's non-present value
-    (``old_spte`` of installs) tells 6.10+ (BIT(63)) from older (0); otherwise the newest."""
+    """A profile for a trace without a kernel release (text input): an older kernel's page-event
+    print form names its era (and where the reader put the role bits); the TDP MMU's non-present
+    value (``old_spte`` of installs) tells 6.10+ (BIT(63)) from older (0); otherwise the newest."""
+    forms = {f.strip() for e in PAGE_EVENTS if e in data.tables
+             for f in (data.tables[e].schema.metadata or {}).get(META_TEXT_FORMS, b"").decode().split(",")}
+    old = sorted(f for f in forms if f in _FORM_RELEASE)
+    if len(old) == 1 and not forms & {"5.4+"}:
+        kernel = _FORM_RELEASE[old[0]]
+        return profile_for(kernel), (f"the page events print the {old[0]} form, so a {kernel} kernel (its role "
+                                     "layout) was assumed; pass --kernel to name the release and its removal rule")
     t = data.tables.get("kvm_tdp_mmu_spte_changed")
     if t is not None and t.num_rows:
-        old = numpy_column(t, "old_spte")
-        zeros, bit63 = int((old == 0).sum()), int((old == np.uint64(1 << 63)).sum())
+        old_spte = numpy_column(t, "old_spte")
+        zeros, bit63 = int((old_spte == 0).sum()), int((old_spte == np.uint64(1 << 63)).sum())
         if zeros > bit63:
             return profile_for("6.9"), "TDP non-present SPTEs are 0, so a kernel before 6.10 was assumed"
         return profile_for("6.12"), "TDP non-present SPTEs are BIT(63), so a 6.10+ kernel was assumed"

@@ -18,6 +18,7 @@ import pytest
 from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
 from kvmtrace.replays import replay
+from kvmtrace.replays.mutate import keeping
 
 TWINS = sorted(p for d in (SAMPLES, NESTED) for p in d.glob("*.txt.gz"))
 #: The fields of the 6.12 role word (kvm_host.h, union kvm_mmu_page_role) that KVM_MMU_PAGE_PRINTK
@@ -107,3 +108,42 @@ def test_shadow_pages_carry_the_printed_role_fields(name):
         assert t[col].null_count == t.num_rows, col
     assert set(t["role_mask"].to_pylist()) == {0x1FFF | 1 << 16}
     assert set(b["role_mask"].to_pylist()) == {0xFFFFFFFF}
+
+
+@pytest.mark.parametrize("era, profile", [("5.1-5.3", "5.1-5.3 (role E"), ("3.11-5.0", "4.20-5.0 (role E)"),
+                                          ("2.6.35-3.10", "2.6.35-4.1 (role B")])
+def test_older_kernel_text_replays_by_its_own_layout(era, profile, tmp_path):
+    """Real page events (ptslot-zapslot, shadow paging) printed the way an older kernel prints
+    them (tests/test_text_roles.py builds the lines): the replay must read the printed bits by
+    that era's layout (on 2.6.35-3.10 direct is bit 13, not 7), so its pages' level, direct,
+    access and quadrant are the binary's."""
+    from test_text_roles import ACCESS_STR, OLD_FORMS
+
+    binary = parsers.read(SAMPLES / "ptslot-zapslot.dat")
+    fmt = OLD_FORMS[era][0]
+    rows = sorted([(r, "kvm_mmu_get_page") for r in binary.table("kvm_mmu_get_page").to_pylist()]
+                  + [(r, "kvm_mmu_prepare_zap_page") for r in binary.table("kvm_mmu_prepare_zap_page").to_pylist()],
+                  key=lambda x: x[0]["seq"])
+    lines = []
+    for i, (r, event) in enumerate(rows):
+        w = r["role"]
+        args = fmt.format(gfn=r["gfn"], gen=r["mmu_valid_gen"], level=w & 15, bytes=4 if w >> 4 & 1 else 8,
+                          pae="" if w >> 4 & 1 else " pae", quadrant=w >> 5 & 3, direct=" direct" if w >> 7 & 1 else "",
+                          access=ACCESS_STR[w >> 8 & 7], invalid=" invalid" if w >> 11 & 1 else "",
+                          nxe="" if w >> 12 & 1 else "!", ad="!" if w >> 16 & 1 else "", root=r["root_count"],
+                          sync="unsync" if r["unsync"] else "sync")
+        if event == "kvm_mmu_get_page":
+            args += " new" if r["created"] else " existing"
+        lines.append(f"          kvmlab-324   [000] ....  {30 + i // 1000}.{i % 1000:06d}: {event}: {args}")
+    path = tmp_path / f"{era}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    rt = replay(parsers.read(path))
+    rd = replay(keeping(binary, ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page")))
+    assert rt.profile.startswith(profile)
+    assert any(f"print the {era} form" in a for a in rt.assumptions)
+    assert rt.mmu == rd.mmu == "shadow"
+    t, b = rt.shadow_pages, rd.shadow_pages
+    assert t.num_rows == b.num_rows > 0
+    for col in ("gfn", "level", "direct", "access", "invalid", "quadrant"):
+        assert t[col].equals(b[col]), col
+    assert 0 < sum(t["direct"].to_pylist()) < t.num_rows
