@@ -170,6 +170,69 @@ class RoleWords:
         return replace(data, tables=tables)
 
 
+#: Why a page event whose lines lack the gfn cannot serve the page model.
+NO_GFN = ("its lines here carry no gfn (trace-cmd report's kvm plugin prints the gfn only for kvm_mmu_get_page), "
+          "so it cannot be matched to its page")
+
+
+def without_gfn(data: TraceData) -> dict[str, int]:
+    """Page events -> how many of their rows lack the gfn: the page model cannot use those rows."""
+    out = {}
+    for name in PAGE_EVENTS:
+        t = data.tables.get(name)
+        if t is not None and t.num_rows and t.column("gfn").null_count:
+            out[name] = t.column("gfn").null_count
+    return out
+
+
+def unusable_events(data: TraceData) -> dict[str, str]:
+    """Event -> why it is in the input but cannot be evidence (for the evidence gate)."""
+    return {name: NO_GFN for name in without_gfn(data)}
+
+
+def page_limits(data: TraceData, words: RoleWords, profile: KernelProfile) -> list[str]:
+    """The report's limits of the page events: role bits not carried, rows without a gfn."""
+    out = [] if words.complete(profile) else [words.limit(profile)]
+    lacking = without_gfn(data)
+    if lacking:
+        rows = ", ".join(f"{n} {name}" for name, n in lacking.items())
+        out.append(f"page events without a gfn ({rows}): {NO_GFN}; the page model leaves them out, so pages end "
+                   "only by generation, and the checks that need page zaps are not evaluated")
+    return out
+
+
+def model_input(data: TraceData, words: RoleWords, profile: KernelProfile) -> TraceData:
+    """The page events as the models read them: role words reduced to the carried bits; rows
+    without a gfn left out (no page can be named from them; :func:`unusable_events` makes the
+    checks that need them not_evaluated); a generation that is not printed (the kvm plugin, 5.1-5.3
+    and pre-3.11 kernels) taken from the fast zap-alls around each row. A lookup finds only pages of
+    the current generation (is_obsolete_sp), and each zap-all names the generation it ends, so a
+    row's generation is that of the first zap-all after it, or the one after the last."""
+    data = words.applied(data)
+    tables = dict(data.tables)
+    za = tables.get(zap_all_event(data))
+    za_seq = numpy_column(za, "seq", np.int64) if za is not None and za.num_rows else np.empty(0, np.int64)
+    za_gen = numpy_column(za, "mmu_valid_gen", np.int64) if len(za_seq) else np.empty(0, np.int64)
+    for name in PAGE_EVENTS:
+        t = tables.get(name)
+        if t is None or not t.num_rows:
+            continue
+        if t.column("gfn").null_count:
+            t = t.filter(pc.is_valid(t.column("gfn")))
+        gen = t.column("mmu_valid_gen")
+        if gen.null_count and len(za_seq):
+            seq = numpy_column(t, "seq", np.int64)
+            i = np.searchsorted(za_seq, seq)
+            after = 1 - za_gen[-1] if profile.gen_toggles else za_gen[-1] + 1
+            derived = np.where(i < len(za_gen), za_gen[np.minimum(i, len(za_gen) - 1)], after)
+            known = pc.is_valid(gen).to_numpy(zero_copy_only=False)
+            filled = np.where(known, numpy_column(t, "mmu_valid_gen", np.int64), derived)
+            t = t.set_column(t.schema.get_field_index("mmu_valid_gen"), t.schema.field("mmu_valid_gen"),
+                             pa.array(filled).cast(gen.type))
+        tables[name] = t
+    return replace(data, tables=tables)
+
+
 def role_words(data: TraceData) -> RoleWords:
     """The role bits every page-event row carries: all where ``role`` is set, ``role_mask`` where
     the text reader left it null, none where a reader left it null without saying more."""
