@@ -12,7 +12,7 @@ import numpy as np
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.replays import memslots as ms
-from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, role_words
+from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, model_input, role_words
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
@@ -69,10 +69,10 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     PTE's access, and, for a guest running without paging (real mode, SeaBIOS), uses direct
     pages under a PAE root (four level-2 pages at 1 GiB steps) with cr0_wp=0 where TDP roles
     always have cr0_wp=1 (5.19+; earlier kernels copied the guest's CR0.WP). "All pages direct"
-    alone does not tell the two apart. Text prints only some role bits: the decision then uses the
-    carried ones (it needs ``direct``, ``level`` and ``access``) and its evidence names the others. Without
-    them, a guest page-table walk before every fault tells shadow paging, and EPT-format leaf
-    SPTEs tell TDP on Intel."""
+    alone does not tell the two apart. Text prints only some role bits: the decision then uses
+    the carried ones (it needs ``direct``, ``level`` and ``access``) and its evidence names the
+    others. Without them, a guest page-table walk before every fault tells shadow paging, and
+    EPT-format leaf SPTEs tell TDP on Intel."""
 
     def rows(event: str) -> int:
         t = data.tables.get(event)
@@ -85,7 +85,7 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     words = role_words(data)
     by_roles = bool(page_events) and not {f.name for f in profile.uncarried(words.mask)} & set(_NEEDED)
     if by_roles:
-        decided = _from_roles(words.applied(data), profile, page_events, words)
+        decided = _from_roles(model_input(data, words, profile), profile, page_events, words)
         if decided is not None:
             return decided[0], decided[1] + _unprinted(words, profile)
     evidence = []
@@ -102,7 +102,7 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
                               "apart here, legacy TDP assumed"] + _unprinted(words, profile)
     if rows("kvm_mmu_set_spte") or page_events:
         evidence.append("kvm_mmu_set_spte or page events without kvm_tdp_mmu_spte_changed: the legacy MMU; without "
-                        "the direct and level role bits shadow paging cannot be told from legacy TDP, shadow paging "
+                        "the direct, level and access role bits shadow paging cannot be told from legacy TDP, shadow paging "
                         "assumed")
         return "shadow", evidence
     return "unknown", ["no page, SPTE or TDP MMU events"]
