@@ -15,6 +15,7 @@ import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import META_SYSTEM, TraceData
+from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.stream import numpy_column
@@ -121,6 +122,8 @@ class RoleWords:
 
     mask: int  # bits carried by every page-event row
     unprinted: str = ""  # the reader's note of what its forms leave out (text), "" for whole words
+    #: the text forms of the rows without a word (the reader's era labels, e.g. "5.4+")
+    forms: frozenset[str] = frozenset()
 
     def complete(self, profile: KernelProfile) -> bool:
         """Every field of this era's role word is carried: two pages share an identity only if
@@ -150,13 +153,24 @@ class RoleWords:
         if "invalid" in gone:
             costs.append("the final zap of an invalid root is recognised by root_count 0 alone")
         note = f" (the text reader: {self.unprinted})" if self.unprinted else ""
+        if self.flipped(profile):
+            note += "; for this kernel bit 4 is gpte_is_8_bytes, set where the text prints '8-byte'"
         return f"role bits not in this input: {self.missing(profile)}{note}. What that costs: " + "; ".join(costs)
 
-    def applied(self, data: TraceData) -> TraceData:
+    def flipped(self, profile: KernelProfile) -> int:
+        """Bits the replay must invert in ``role_partial``: the reader puts the 5.4+ print's
+        "4-byte" in bit 4 as 5.17+ has it (has_4_byte_gpte); on 5.4-5.16 that bit is
+        gpte_is_8_bytes (named cr4_pae here), the inverse."""
+        bit4 = profile.role_field("cr4_pae")
+        return bit4.bits if self.forms == {"5.4+"} and bit4 is not None and bit4.bits & self.mask else 0
+
+    def applied(self, data: TraceData, profile: KernelProfile) -> TraceData:
         """``data`` with ``role`` of every page event replaced by the carried bits: the word where
-        it is known, else ``role_partial``, masked alike so that identities compare."""
+        it is known, else ``role_partial`` (in ``profile``'s sense), masked alike so that
+        identities compare."""
         if self.mask == WHOLE:
             return data
+        flip = self.flipped(profile)
         tables = dict(data.tables)
         for name in PAGE_EVENTS:
             t = tables.get(name)
@@ -164,7 +178,10 @@ class RoleWords:
                 continue
             role = t.column("role")
             if "role_partial" in t.column_names:
-                role = pc.coalesce(role, t.column("role_partial"))
+                partial = t.column("role_partial")
+                if flip:
+                    partial = pc.bit_wise_xor(partial, pa.scalar(flip, partial.type))
+                role = pc.coalesce(role, partial)
             word = pc.bit_wise_and(role.fill_null(0), pa.scalar(self.mask, role.type))
             tables[name] = t.set_column(t.schema.get_field_index("role"), t.schema.field("role"), word)
         return replace(data, tables=tables)
@@ -208,7 +225,7 @@ def model_input(data: TraceData, words: RoleWords, profile: KernelProfile) -> Tr
     and pre-3.11 kernels) taken from the fast zap-alls around each row. A lookup finds only pages of
     the current generation (is_obsolete_sp), and each zap-all names the generation it ends, so a
     row's generation is that of the first zap-all after it, or the one after the last."""
-    data = words.applied(data)
+    data = words.applied(data, profile)
     tables = dict(data.tables)
     za = tables.get(zap_all_event(data))
     za_seq = numpy_column(za, "seq", np.int64) if za is not None and za.num_rows else np.empty(0, np.int64)
@@ -236,7 +253,7 @@ def model_input(data: TraceData, words: RoleWords, profile: KernelProfile) -> Tr
 def role_words(data: TraceData) -> RoleWords:
     """The role bits every page-event row carries: all where ``role`` is set, ``role_mask`` where
     the text reader left it null, none where a reader left it null without saying more."""
-    mask, notes = WHOLE, []
+    mask, notes, forms = WHOLE, [], set()
     for name in PAGE_EVENTS:
         t = data.tables.get(name)
         if t is None or not t.num_rows or not t.column("role").null_count:
@@ -245,10 +262,12 @@ def role_words(data: TraceData) -> RoleWords:
             return RoleWords(0, f"{name}: role words are null")
         unknown = pc.is_null(t.column("role")).to_numpy(zero_copy_only=False)
         mask &= int(np.bitwise_and.reduce(numpy_column(t, "role_mask", np.uint64)[unknown]))
-        note = (t.schema.metadata or {}).get(META_ROLE_UNPRINTED, b"").decode()
+        meta = t.schema.metadata or {}
+        note = meta.get(META_ROLE_UNPRINTED, b"").decode()
         if note and note not in notes:
             notes.append(note)
-    return RoleWords(mask, "; ".join(notes))
+        forms.update(f.strip() for f in meta.get(META_TEXT_FORMS, b"").decode().split(",") if f.strip())
+    return RoleWords(mask, "; ".join(notes), frozenset(forms))
 
 
 def require_events(data: TraceData) -> None:

@@ -208,3 +208,18 @@ def test_trace_cmd_report_with_kvm_plugin(reports):
     assert limit.startswith("role bits not in this input: ad_disabled (bit 16), guest_mode (bit 17), passthrough (bit 18)")
     assert any(x.startswith("page events without a gfn") for x in rt.limits)
     assert rt.unexplained.num_rows == 0
+
+
+def test_gpte_size_bit_follows_the_kernel_named(nested_dir):
+    """The 5.4+ print says ``4-byte``/``8-byte``; the role bit behind it is has_4_byte_gpte on
+    5.17+ and gpte_is_8_bytes (cr4_pae here) on 5.4-5.16 (kvm_host.h of each; tracepoints.md §3).
+    Oracle: the binary word decoded by its own 6.12 layout, i.e. what the kernel printed."""
+    txt = SAMPLES / "ptslot-zapslot.txt.gz"
+    rd, rt = _pair(txt)
+    four = rd.shadow_pages["has_4_byte_gpte"].to_pylist()
+    assert rt.shadow_pages["has_4_byte_gpte"].to_pylist() == four
+    old = replay(parsers.read(txt), kernel="5.10")
+    assert old.shadow_pages["cr4_pae"].to_pylist() == [1 - x for x in four]
+    assert old.shadow_pages["has_4_byte_gpte"].null_count == old.shadow_pages.num_rows
+    assert any("bit 4 is gpte_is_8_bytes" in x for x in old.limits)
+    assert not any("bit 4 is gpte_is_8_bytes" in x for x in rt.limits)
