@@ -10,19 +10,35 @@ from __future__ import annotations
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.replays import memslots as ms
-from kvmtrace.replays.inputs import PAGE_EVENTS, roles_known
+from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, model_input, role_words
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
 
+#: Page-event print forms of older kernels (the text reader's era labels) -> the release whose
+#: role layout the reader placed the printed bits in (parsers/text/pages.py, ROLE_FORMS). Where
+#: the form spans releases with different memslot-removal rules, the latest is taken: it zaps all
+#: on a delete, so no per-slot rule is checked on a guess.
+_FORM_RELEASE = {"5.1-5.3": "5.3", "3.11-5.0": "5.0", "2.6.35-3.10": "3.10"}
+
+
 def guess_profile(data: TraceData) -> tuple[KernelProfile, str]:
-    """A profile for a trace without a kernel release (text input): the TDP MMU's non-present value
-    (``old_spte`` of installs) tells 6.10+ (BIT(63)) from older (0); otherwise the newest."""
+    """A profile for a trace without a kernel release (text input): an older kernel's page-event
+    print form names its era (and where the reader put the role bits); the TDP MMU's non-present
+    value (``old_spte`` of installs) tells 6.10+ (BIT(63)) from older (0); otherwise the newest."""
+    forms = {f.strip() for e in PAGE_EVENTS if e in data.tables
+             for f in (data.tables[e].schema.metadata or {}).get(META_TEXT_FORMS, b"").decode().split(",")}
+    old = sorted(f for f in forms if f in _FORM_RELEASE)
+    if len(old) == 1 and not forms & {"5.4+"}:
+        kernel = _FORM_RELEASE[old[0]]
+        return profile_for(kernel), (f"the page events print the {old[0]} form, so a {kernel} kernel (its role "
+                                     "layout) was assumed; pass --kernel to name the release and its removal rule")
     t = data.tables.get("kvm_tdp_mmu_spte_changed")
     if t is not None and t.num_rows:
-        old = numpy_column(t, "old_spte")
-        zeros, bit63 = int((old == 0).sum()), int((old == np.uint64(1 << 63)).sum())
+        old_spte = numpy_column(t, "old_spte")
+        zeros, bit63 = int((old_spte == 0).sum()), int((old_spte == np.uint64(1 << 63)).sum())
         if zeros > bit63:
             return profile_for("6.9"), "TDP non-present SPTEs are 0, so a kernel before 6.10 was assumed"
         return profile_for("6.12"), "TDP non-present SPTEs are BIT(63), so a 6.10+ kernel was assumed"
@@ -53,8 +69,10 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     PTE's access, and, for a guest running without paging (real mode, SeaBIOS), uses direct
     pages under a PAE root (four level-2 pages at 1 GiB steps) with cr0_wp=0 where TDP roles
     always have cr0_wp=1 (5.19+; earlier kernels copied the guest's CR0.WP). "All pages direct"
-    alone does not tell the two apart. Without role words, a guest page-table walk before every
-    fault tells shadow paging, and EPT-format leaf SPTEs tell TDP on Intel."""
+    alone does not tell the two apart. Text prints only some role bits: the decision then uses
+    the carried ones (it needs ``direct``, ``level`` and ``access``) and its evidence names the
+    others. Without them, a guest page-table walk before every fault tells shadow paging, and
+    EPT-format leaf SPTEs tell TDP on Intel."""
 
     def rows(event: str) -> int:
         t = data.tables.get(event)
@@ -64,10 +82,12 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
         return "tdp", [f"{rows('kvm_tdp_mmu_spte_changed')} kvm_tdp_mmu_spte_changed event(s): only the TDP MMU "
                        "(tdp_mmu=Y) emits them"]
     page_events = [e for e in PAGE_EVENTS if rows(e)]
-    if page_events and roles_known(data):
-        decided = _from_roles(data, profile, page_events)
+    words = role_words(data)
+    by_roles = bool(page_events) and not {f.name for f in profile.uncarried(words.mask)} & set(_NEEDED)
+    if by_roles:
+        decided = _from_roles(model_input(data, words, profile), profile, page_events, words)
         if decided is not None:
-            return decided
+            return decided[0], decided[1] + _unprinted(words, profile)
     evidence = []
     walked = _faults_after_walks(data)
     if walked is not None:
@@ -76,57 +96,89 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
                                                           profile) == "EPT":
         return "legacy_tdp", ["leaf SPTEs are EPT entries (memory type in bits 3-5): Intel two-dimensional paging "
                               "with the legacy MMU"]
-    if page_events and roles_known(data):
+    if by_roles:
         return "legacy_tdp", ["every page is direct with access ACC_ALL at levels 1-2 only: the legacy TDP MMU "
                               "or a shadow-paged guest's huge pages; no role bit, walk or SPTE format tells them "
-                              "apart here, legacy TDP assumed"]
+                              "apart here, legacy TDP assumed"] + _unprinted(words, profile)
     if rows("kvm_mmu_set_spte") or page_events:
         evidence.append("kvm_mmu_set_spte or page events without kvm_tdp_mmu_spte_changed: the legacy MMU; without "
-                        "role words shadow paging cannot be told from legacy TDP, shadow paging assumed")
+                        "the direct, level and access role bits shadow paging cannot be told from legacy TDP, shadow paging "
+                        "assumed")
         return "shadow", evidence
     return "unknown", ["no page, SPTE or TDP MMU events"]
 
 
-def _field(profile: KernelProfile, role: np.ndarray, name: str) -> np.ndarray | None:
+#: Role fields the decision from roles cannot do without.
+_NEEDED = ("direct", "level", "access")
+
+
+def _unprinted(words: RoleWords, profile: KernelProfile) -> list[str]:
+    """The evidence's note of the role bits the input did not carry (nothing for whole words)."""
+    if words.complete(profile):
+        return []
+    return [f"decided from the role bits the text prints; not printed: {words.missing(profile)}"]
+
+
+def _field(profile: KernelProfile, role: np.ndarray, name: str, mask: int = 0xFFFFFFFF) -> np.ndarray | None:
+    """The field's values, or None when the era has no such field or the input does not carry it."""
     f = profile.role_field(name)
-    if f is None:
+    if f is None or f.bits & ~mask:
         return None
     return (role >> np.uint64(f.shift)) & np.uint64((1 << f.width) - 1)
 
 
-def _from_roles(data: TraceData, profile: KernelProfile, events: list[str]) -> tuple[str, list[str]] | None:
-    """The decision from page role words, or None when they leave it open."""
+def _from_roles(data: TraceData, profile: KernelProfile, events: list[str],
+                words: RoleWords) -> tuple[str, list[str]] | None:
+    """The decision from page role words (their carried bits), or None when they leave it open."""
     role = np.concatenate([numpy_column(data.tables[e], "role") for e in events])
     gfn = np.concatenate([numpy_column(data.tables[e], "gfn") for e in events])
-    direct = _field(profile, role, "direct") == 1
-    level = _field(profile, role, "level")
-    access = _field(profile, role, "access")
-    guest_mode = _field(profile, role, "guest_mode")
+
+    def field(name: str) -> np.ndarray | None:
+        return _field(profile, role, name, words.mask)
+
+    direct = field("direct") == 1
+    level = field("level")
+    guest_mode = field("guest_mode")
     nested = ~direct & (guest_mode == 1) if guest_mode is not None else np.zeros(len(role), bool)
-    own = ~direct & ~nested
+    # guest_mode not printed: an indirect page shadows the guest's own tables (shadow paging) or a
+    # nested guest's (on a TDP host); direct pages at the TDP root level tell which.
+    unsure = ~direct if guest_mode is None and profile.role_field("guest_mode") is not None \
+        else np.zeros(len(role), bool)
+    own = ~direct & ~nested & ~unsure
     if own.any():
         out = [f"{int(own.sum())} page event(s) of pages that shadow the guest's own page tables (role.direct=0, "
                "guest_mode=0): shadow paging"]
-        four = _field(profile, role, "has_4_byte_gpte")
+        four = field("has_4_byte_gpte")
         if four is not None and (four[own] == 1).any():
             out.append("some have has_4_byte_gpte=1: the guest used 32-bit non-PAE paging")
         return "shadow", out
+    d = direct
+    high = d & (level >= 3)
+    if unsure.any():
+        if high.any():
+            return "legacy_tdp", [
+                f"direct pages up to level {int(level[high].max())}: the host's TDP root level; shadow paging uses "
+                "direct pages only at levels 1-2",
+                f"{int(unsure.sum())} page event(s) of indirect pages (role.direct=0): on a TDP host these shadow a "
+                "nested guest's EPT/NPT tables (guest_mode is not printed)"]
+        return "shadow", [f"{int(unsure.sum())} page event(s) of indirect pages (role.direct=0) and no direct page "
+                          "at a TDP root level (3+): shadow paging; guest_mode is not printed, so a nested guest's "
+                          "pages on a legacy TDP host whose roots the trace never shows would look the same"]
     nested_note = ([f"{int(nested.sum())} page event(s) of pages that shadow a nested guest's EPT/NPT tables "
                     "(role.direct=0, guest_mode=1): L1 runs an L2 guest on two-dimensional paging"]
                    if nested.any() else [])
-    d = direct
+    access = field("access")
     partial = d & (access != ACC_ALL)
     if partial.any():
         return "shadow", [f"{int(partial.sum())} direct page event(s) with access "
                           f"{sorted(set(access[partial].tolist()))} below ACC_ALL ({ACC_ALL}): TDP pages always have "
                           "ACC_ALL, while shadow paging maps a guest huge page with direct pages that carry the guest "
                           "PTE's access"]
-    high = d & (level >= 3)
     if high.any():
         return "legacy_tdp", [f"direct pages up to level {int(level[high].max())}: the host's TDP root level; shadow "
                               "paging uses direct pages only at levels 1-2 (a guest's huge pages, or the PAE root "
                               "of a guest without paging)"] + nested_note
-    wp = _field(profile, role, "cr0_wp")
+    wp = field("cr0_wp")
     pae = {int(g) for g in gfn[d & (level == 2)]} >= PAE_QUADRANT_GFNS
     wp0 = wp is not None and profile.version >= (5, 19) and bool((wp[d] == 0).any())
     if wp0 or pae:

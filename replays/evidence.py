@@ -17,6 +17,8 @@ event that never fired cannot be told from one that was not recorded, and the ch
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.checks import CHECKS, MmuKind
 from kvmtrace.replays.findings import CheckOutcome
@@ -63,19 +65,26 @@ NO_LAYOUT = ("memslot layout unknown: no kvm_set_user_memory lines in the trace 
              "-trace kvm_set_user_memory); pass --qemu-log or --memslots")
 
 
-def absent_evidence(data: TraceData, mmu: str, layout_known: bool) -> dict[str, str]:
-    """Check id -> why it cannot be evaluated, for the checks whose events are not in ``data``,
-    and (``layout_known`` False) the checks that judge against the memslot layout."""
+def absent_evidence(data: TraceData, mmu: str, layout_known: bool,
+                    unusable: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Check id -> why it cannot be evaluated, for the checks whose events are not in ``data``
+    or are there but ``unusable`` (event -> why, e.g. page zaps printed without their gfn), and
+    (``layout_known`` False) the checks that judge against the memslot layout."""
     where = ("text output lists only events that occurred" if data.info.source == "text"
              else "not recorded, or filtered out")
+    unusable = unusable or {}
     out: dict[str, str] = {}
     for check in CHECKS:
         why = []
-        missing = [g for g in _required(check.id, check.requires, mmu) if not any(e in data.tables for e in g)]
+        groups = _required(check.id, check.requires, mmu)
+        missing = [g for g in groups if not any(e in data.tables for e in g)]
         if missing:
             names = "; ".join(" or ".join(g) for g in missing)
             whys = "; ".join(WHY[g[0]] for g in missing if g[0] in WHY)
             why.append(f"not in this input ({where}): {names}" + (f" ({whys})" if whys else ""))
+        for g in groups:
+            if g not in missing and all(e in unusable for e in g if e in data.tables):
+                why += [f"{e} {unusable[e]}" for e in g if e in data.tables]
         if not layout_known and "memslot changes" in check.requires:
             why.append(NO_LAYOUT)
         if why:

@@ -7,10 +7,16 @@ here once.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import META_SYSTEM, TraceData
+from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
+from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.stream import numpy_column
 from kvmtrace.replays.tdp import FROZEN_LOW
@@ -100,13 +106,168 @@ class SeqIndex:
 
 
 PAGE_EVENTS = ("kvm_mmu_get_page", "kvm_mmu_prepare_zap_page", "kvm_mmu_sync_page", "kvm_mmu_unsync_page")
+#: Every bit of a role word.
+WHOLE = 0xFFFFFFFF
 
 
-def roles_known(data: TraceData) -> bool:
-    """Whether the page events carry their role words. Text output prints only some role bits, so
-    the text reader leaves ``role`` null (with a note in the table's metadata)."""
-    return not any(e in data.tables and data.tables[e].num_rows and data.tables[e].column("role").null_count
-                   for e in PAGE_EVENTS)
+@dataclass(frozen=True)
+class RoleWords:
+    """Which bits of the page events' role words the input carries.
+
+    A trace.dat stores the word; text prints some of its fields (which ones depends on the kernel
+    era and on the printer), and its reader gives ``role_partial`` (the printed bits in place,
+    every other bit 0) and ``role_mask`` (the printed bits) with ``role`` null. Page identities
+    and every role predicate then work on ``role & mask``: :meth:`applied` puts that word in
+    ``role`` so the models and detectors read one column whatever the input."""
+
+    mask: int  # bits carried by every page-event row
+    unprinted: str = ""  # the reader's note of what its forms leave out (text), "" for whole words
+    #: the text forms of the rows without a word (the reader's era labels, e.g. "5.4+")
+    forms: frozenset[str] = frozenset()
+
+    def complete(self, profile: KernelProfile) -> bool:
+        """Every field of this era's role word is carried: two pages share an identity only if
+        they are one page."""
+        return not profile.uncarried(self.mask)
+
+    def missing(self, profile: KernelProfile) -> str:
+        """The era's fields not carried, as ``cr0_wp (bit 13), smm (bits 24-31)``."""
+        return ", ".join(f.words() for f in profile.uncarried(self.mask))
+
+    def limit(self, profile: KernelProfile) -> str:
+        """The report's limit: which role bits the input lacks and what each costs the replay."""
+        gone = {f.name for f in profile.uncarried(self.mask)}
+        costs = ["pages that differ only in these bits share one identity: a page created while another of its "
+                 "identity lives is not flagged (the two may differ in these bits); the model keeps both, a zap ends "
+                 "the newest, and the older one's liveness is unknown from then on (shadow_pages.shared_seq; "
+                 "memslot_zap_miss does not judge it); an 'existing' lookup of a zapped identity is not flagged",
+                 "the shadow_pages table leaves these fields null"]
+        if "smm" in gone:
+            costs.append("SPTEs of SMM pages count in address space 0")
+        if "guest_mode" in gone:
+            costs.append("a nested guest's indirect pages are told from the guest's own only by direct pages at a "
+                         "TDP root level (MMU evidence)")
+        if "passthrough" in gone:
+            costs.append("memslot_zap_miss takes every indirect page for one with guest PTEs except an indirect "
+                         "level-5 root, the only page passthrough marks, which it does not judge")
+        if "invalid" in gone:
+            costs.append("the final zap of an invalid root is recognised by root_count 0 alone")
+        note = f" (the text reader: {self.unprinted})" if self.unprinted else ""
+        if self.flipped(profile):
+            note += "; for this kernel bit 4 is gpte_is_8_bytes, set where the text prints '8-byte'"
+        return f"role bits not in this input: {self.missing(profile)}{note}. What that costs: " + "; ".join(costs)
+
+    def flipped(self, profile: KernelProfile) -> int:
+        """Bits the replay must invert in ``role_partial``: the reader puts the 5.4+ print's
+        "4-byte" in bit 4 as 5.17+ has it (has_4_byte_gpte); on 5.4-5.16 that bit is
+        gpte_is_8_bytes (named cr4_pae here), the inverse."""
+        bit4 = profile.role_field("cr4_pae")
+        return bit4.bits if self.forms == {"5.4+"} and bit4 is not None and bit4.bits & self.mask else 0
+
+    def applied(self, data: TraceData, profile: KernelProfile) -> TraceData:
+        """``data`` with ``role`` of every page event replaced by the carried bits: the word where
+        it is known, else ``role_partial`` (in ``profile``'s sense), masked alike so that
+        identities compare."""
+        if self.mask == WHOLE:
+            return data
+        flip = self.flipped(profile)
+        tables = dict(data.tables)
+        for name in PAGE_EVENTS:
+            t = tables.get(name)
+            if t is None or not t.num_rows:
+                continue
+            role = t.column("role")
+            if "role_partial" in t.column_names:
+                partial = t.column("role_partial")
+                if flip:
+                    partial = pc.bit_wise_xor(partial, pa.scalar(flip, partial.type))
+                role = pc.coalesce(role, partial)
+            word = pc.bit_wise_and(role.fill_null(0), pa.scalar(self.mask, role.type))
+            tables[name] = t.set_column(t.schema.get_field_index("role"), t.schema.field("role"), word)
+        return replace(data, tables=tables)
+
+
+#: Why a page event whose lines lack the gfn cannot serve the page model.
+NO_GFN = ("its lines here carry no gfn (trace-cmd report's kvm plugin prints the gfn only for kvm_mmu_get_page), "
+          "so it cannot be matched to its page")
+
+
+def without_gfn(data: TraceData) -> dict[str, int]:
+    """Page events -> how many of their rows lack the gfn: the page model cannot use those rows."""
+    out = {}
+    for name in PAGE_EVENTS:
+        t = data.tables.get(name)
+        if t is not None and t.num_rows and t.column("gfn").null_count:
+            out[name] = t.column("gfn").null_count
+    return out
+
+
+def unusable_events(data: TraceData) -> dict[str, str]:
+    """Event -> why it is in the input but cannot be evidence (for the evidence gate)."""
+    return {name: NO_GFN for name in without_gfn(data)}
+
+
+def page_limits(data: TraceData, words: RoleWords, profile: KernelProfile) -> list[str]:
+    """The report's limits of the page events: role bits not carried, rows without a gfn."""
+    out = [] if words.complete(profile) else [words.limit(profile)]
+    lacking = without_gfn(data)
+    if lacking:
+        rows = ", ".join(f"{n} {name}" for name, n in lacking.items())
+        out.append(f"page events without a gfn ({rows}): {NO_GFN}; the page model leaves them out, so pages end "
+                   "only by generation, and the checks that need page zaps are not evaluated")
+    return out
+
+
+def model_input(data: TraceData, words: RoleWords, profile: KernelProfile) -> TraceData:
+    """The page events as the models read them: role words reduced to the carried bits; rows
+    without a gfn left out (no page can be named from them; :func:`unusable_events` makes the
+    checks that need them not_evaluated); a generation that is not printed (the kvm plugin, 5.1-5.3
+    and pre-3.11 kernels) taken from the fast zap-alls around each row. A lookup finds only pages of
+    the current generation (is_obsolete_sp), and each zap-all names the generation it ends, so a
+    row's generation is that of the first zap-all after it, or the one after the last."""
+    data = words.applied(data, profile)
+    tables = dict(data.tables)
+    za = tables.get(zap_all_event(data))
+    za_seq = numpy_column(za, "seq", np.int64) if za is not None and za.num_rows else np.empty(0, np.int64)
+    za_gen = numpy_column(za, "mmu_valid_gen", np.int64) if len(za_seq) else np.empty(0, np.int64)
+    for name in PAGE_EVENTS:
+        t = tables.get(name)
+        if t is None or not t.num_rows:
+            continue
+        if t.column("gfn").null_count:
+            t = t.filter(pc.is_valid(t.column("gfn")))
+        gen = t.column("mmu_valid_gen")
+        if gen.null_count and len(za_seq):
+            seq = numpy_column(t, "seq", np.int64)
+            i = np.searchsorted(za_seq, seq)
+            after = 1 - za_gen[-1] if profile.gen_toggles else za_gen[-1] + 1
+            derived = np.where(i < len(za_gen), za_gen[np.minimum(i, len(za_gen) - 1)], after)
+            known = pc.is_valid(gen).to_numpy(zero_copy_only=False)
+            filled = np.where(known, numpy_column(t, "mmu_valid_gen", np.int64), derived)
+            t = t.set_column(t.schema.get_field_index("mmu_valid_gen"), t.schema.field("mmu_valid_gen"),
+                             pa.array(filled).cast(gen.type))
+        tables[name] = t
+    return replace(data, tables=tables)
+
+
+def role_words(data: TraceData) -> RoleWords:
+    """The role bits every page-event row carries: all where ``role`` is set, ``role_mask`` where
+    the text reader left it null, none where a reader left it null without saying more."""
+    mask, notes, forms = WHOLE, [], set()
+    for name in PAGE_EVENTS:
+        t = data.tables.get(name)
+        if t is None or not t.num_rows or not t.column("role").null_count:
+            continue
+        if "role_mask" not in t.column_names:
+            return RoleWords(0, f"{name}: role words are null")
+        unknown = pc.is_null(t.column("role")).to_numpy(zero_copy_only=False)
+        mask &= int(np.bitwise_and.reduce(numpy_column(t, "role_mask", np.uint64)[unknown]))
+        meta = t.schema.metadata or {}
+        note = meta.get(META_ROLE_UNPRINTED, b"").decode()
+        if note and note not in notes:
+            notes.append(note)
+        forms.update(f.strip() for f in meta.get(META_TEXT_FORMS, b"").decode().split(",") if f.strip())
+    return RoleWords(mask, "; ".join(notes), frozenset(forms))
 
 
 def require_events(data: TraceData) -> None:

@@ -1,8 +1,10 @@
 """The book of shadow pages (and TDP page tables): one row per lifetime.
 
 A page's identity in a trace is ``(gfn, role word, mmu_valid_gen)`` (tracepoints.md §1.2); no
-pointer is traced. Both models keep their pages here so the ``shadow_pages`` table, the zap-miss
-rule and the what-if all read one structure. Plain lists: the replay loop appends, numpy reads.
+pointer is traced. Text prints only some role bits: there ``role`` is the carried bits and
+``role_mask`` says which, so two pages that differ only in unprinted bits share an identity.
+Both models keep their pages here so the ``shadow_pages`` table, the zap-miss rule and the
+what-if all read one structure. Plain lists: the replay loop appends, numpy reads.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ NONE = -1  # "no seq": never zapped / never obsolete
 PAGES_SCHEMA = pa.schema([
     pa.field("page", pa.int64(), nullable=False),
     pa.field("gfn", pa.uint64(), nullable=False),
-    pa.field("role", pa.uint32(), nullable=False),
+    pa.field("role", pa.uint32(), nullable=False),  # the carried bits (role_mask) of the role word
+    pa.field("role_mask", pa.uint32(), nullable=False),  # 0xffffffff, or the bits text printed
     pa.field("mmu_valid_gen", pa.int64(), nullable=False),
     pa.field("first_seq", pa.int64(), nullable=False),  # created, or first seen
     pa.field("predates_trace", pa.bool_(), nullable=False),
@@ -28,13 +31,19 @@ PAGES_SCHEMA = pa.schema([
     pa.field("sync_seqs", pa.int64(), nullable=False),
     pa.field("uses", pa.int64(), nullable=False),  # kvm_mmu_get_page "existing" hits
     pa.field("spte_page", pa.uint64()),  # inferred physical page of its SPTEs (sptep & ~0xfff)
+    #: text only: seq at which another page of the same printed identity was created while this one
+    #: lived; from then on whether this page still lives is unknown (its zap may have gone
+    #: untraced, or the two differ in unprinted role bits)
+    pa.field("shared_seq", pa.int64()),
 ])
 
 
 class PageBook:
     """Append-only page lifetimes; the models index them by integer id."""
 
-    def __init__(self) -> None:
+    def __init__(self, role_mask: int = 0xFFFFFFFF) -> None:
+        #: the role bits the input carries (every page's ``role`` has only these)
+        self.role_mask = role_mask
         self.gfn: list[int] = []
         self.role: list[int] = []
         self.gen: list[int] = []
@@ -47,6 +56,7 @@ class PageBook:
         self.sync: list[int] = []
         self.uses: list[int] = []
         self.spte_page: list[int] = []
+        self.shared_seq: list[int] = []
 
     def __len__(self) -> int:
         return len(self.gfn)
@@ -64,6 +74,7 @@ class PageBook:
         self.sync.append(0)
         self.uses.append(0)
         self.spte_page.append(NONE)
+        self.shared_seq.append(NONE)
         return len(self.gfn) - 1
 
     def arrays(self) -> dict[str, np.ndarray]:
@@ -75,6 +86,7 @@ class PageBook:
             "first_seq": np.asarray(self.first_seq, dtype=np.int64),
             "zap_seq": np.asarray(self.zap_seq, dtype=np.int64),
             "obsolete_seq": np.asarray(self.obsolete_seq, dtype=np.int64),
+            "shared_seq": np.asarray(self.shared_seq, dtype=np.int64),
         }
 
     def table(self, profile: KernelProfile) -> pa.Table:
@@ -89,6 +101,7 @@ class PageBook:
             "page": pa.array(np.arange(n, dtype=np.int64)),
             "gfn": pa.array(self.gfn, pa.uint64()),
             "role": pa.array(self.role, pa.uint32()),
+            "role_mask": pa.array(np.full(n, self.role_mask, np.uint32)),
             "mmu_valid_gen": pa.array(self.gen, pa.int64()),
             "first_seq": pa.array(self.first_seq, pa.int64()),
             "predates_trace": pa.array(self.predates, pa.bool_()),
@@ -99,5 +112,6 @@ class PageBook:
             "sync_seqs": pa.array(self.sync, pa.int64()),
             "uses": pa.array(self.uses, pa.int64()),
             "spte_page": pa.array(sp.astype(np.uint64), mask=sp == NONE),
+            "shared_seq": opt(self.shared_seq),
         }, schema=PAGES_SCHEMA)
-        return decode_role(t, profile)
+        return decode_role(t, profile, mask=self.role_mask)

@@ -25,6 +25,15 @@ class RoleField:
     shift: int
     width: int
 
+    @property
+    def bits(self) -> int:
+        return ((1 << self.width) - 1) << self.shift
+
+    def words(self) -> str:
+        """``name (bit 13)`` / ``name (bits 24-31)``: how limits and evidence name the field."""
+        hi = self.shift + self.width - 1
+        return f"{self.name} (bit {self.shift})" if self.width == 1 else f"{self.name} (bits {self.shift}-{hi})"
+
 
 def _layout(*spec: tuple[str, int, int]) -> tuple[RoleField, ...]:
     return tuple(RoleField(n, s, w) for n, s, w in spec)
@@ -85,6 +94,15 @@ class KernelProfile:
             if f.name == name:
                 return f
         return None
+
+    def role_bits(self, names: tuple[str, ...] | None = None) -> int:
+        """The bits of the named role fields (every field of the era when ``names`` is None)."""
+        return sum(f.bits for f in self.role if names is None or f.name in names)
+
+    def uncarried(self, mask: int) -> tuple[RoleField, ...]:
+        """The era's role fields not wholly inside ``mask`` (the bits an input carries): text
+        prints only some fields, and a field with one bit missing is unknown as a whole."""
+        return tuple(sorted((f for f in self.role if f.bits & ~mask), key=lambda f: f.shift))
 
     # -- vectorised SPTE predicates (numpy uint64 arrays in, bool arrays out) --------------------
     def is_mmio(self, spte: np.ndarray) -> np.ndarray:
@@ -181,10 +199,11 @@ def profile_for(kernel: str | None) -> KernelProfile:
     raise TraceError(f"kernel {kernel} predates the kvmmmu layouts kvmtrace knows (2.6.35+)")
 
 
-def decode_role(table: pa.Table, profile: KernelProfile, column: str = "role") -> pa.Table:
+def decode_role(table: pa.Table, profile: KernelProfile, column: str = "role", mask: int = 0xFFFFFFFF) -> pa.Table:
     """Append one column per role bitfield of ``profile`` (uint8), extracted vectorised.
 
-    Fields the era does not have are added as nulls so that tables of every era share a schema.
+    Fields the era does not have, and fields not wholly inside ``mask`` (the role bits the input
+    carries: text prints only some), are added as nulls so that tables of every era share a schema.
     """
     if column not in table.column_names:
         return table
@@ -193,7 +212,7 @@ def decode_role(table: pa.Table, profile: KernelProfile, column: str = "role") -
         if name in table.column_names:
             continue
         f = profile.role_field(name)
-        if f is None:
+        if f is None or f.bits & ~mask:
             arr = pa.nulls(len(word), pa.uint8())
         else:
             arr = pa.array(((word >> np.uint64(f.shift)) & np.uint64((1 << f.width) - 1)).astype(np.uint8))

@@ -24,8 +24,8 @@ from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
-from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
-                            zap_all_event)
+from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, model_input, page_limits,
+                                     require_events, role_words, seq_pid, unusable_events, zap_all_event)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.placement import facts_from
@@ -68,14 +68,12 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         chosen = " (chosen by the caller instead of this kernel's)" if profile.zap_rule_chosen else ""
         assumptions.append(f"per-slot zap rule{chosen}: {eras.rule(profile.slot_zap_rule).label()}")
 
-    roles = roles_known(data)
-    if not roles:
-        limits.append("role words are not in this input (text output prints only some role bits): page "
-                      "identities are ambiguous, SPTE owners and the per-slot zap rule cannot be evaluated, and "
-                      "shadow vs legacy TDP MMU cannot be told apart")
+    words = role_words(data)
+    roles = words.complete(profile)
+    limits.extend(page_limits(data, words, profile))
     journal = Journal()
-    pages = PageBook()
-    walk(data, profile, mmu, zap_policy, timeline, journal, pages, roles)
+    pages = PageBook(words.mask)
+    walk(model_input(data, words, profile), profile, mmu, zap_policy, timeline, journal, pages, roles)
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
@@ -89,7 +87,8 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None 
         limits.append(f"the file was cut short: {lost.tail_words()} some CPU's events are missing, so findings "
                       "that depend on them are warnings, not errors")
     locate = SeqIndex(data)
-    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known)), lost, locate)
+    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known, unusable_events(data))),
+                                lost, locate)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()

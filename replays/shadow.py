@@ -7,7 +7,7 @@ child page into its parent, clearing a zapped page's SPTEs, and every rmap-based
 notifier unmaps, the per-slot zap of leaf SPTEs, dirty-log write protection).
 
 This state machine walks the page events only: pages by identity ``(gfn, role without the invalid
-bit, generation)``, their zaps, unsync/sync and generations. It records every lookup so that
+bit, generation)`` (on text, the role's printed bits), their zaps, unsync/sync and generations. It records every lookup so that
 :mod:`kvmtrace.replays.shadow_sptes` can afterwards settle the (far more numerous) SPTE installs with
 array operations: nothing about a page depends on its SPTEs.
 """
@@ -27,15 +27,19 @@ class ShadowModel:
 
     def __init__(self, profile: KernelProfile, journal: Journal, pages: PageBook, roles_known: bool = True):
         self.p = profile
-        self.roles_known = roles_known  # False: identities lack the role, so collisions prove nothing
+        #: False: identities lack some role bits (text), so pages that differ only in those share
+        #: a key, and a key's collisions prove nothing
+        self.roles_known = roles_known
         self.j = journal
         self.pages = pages
         inv = profile.role_field("invalid")
         self.inv_mask = (1 << inv.shift) if inv else 0
+        #: whether the input carries the invalid bit (every text form prints " invalid")
+        self.inv_carried = bool(self.inv_mask & pages.role_mask)
         lvl = profile.role_field("level")
         self.level_mask = (1 << lvl.width) - 1
-        #: (gfn, role & ~invalid, gen) -> its live page; without role words several pages share a key
-        #: (the levels of one gfn), oldest first
+        #: (gfn, role & ~invalid, gen) -> its live page; without every role bit several pages may
+        #: share a key (e.g. one gfn's pages of two SMM address spaces when smm is not printed), oldest first
         self.live: dict[tuple[int, int, int], list[int]] = {}
         #: roots zapped while in use (root_count > 0), oldest first, awaiting their final zap
         self.invalid_roots: dict[tuple[int, int, int], list[int]] = {}
@@ -55,20 +59,27 @@ class ShadowModel:
         if self.roles_known:
             self.live[key] = [p]
         else:
+            # A page of this printed identity still lives: its zap went untraced, or the two differ
+            # in unprinted bits (e.g. smm). The new page certainly lives; the older ones may not.
+            shared = self.pages.shared_seq
+            for q in self.live.get(key, ()):
+                if shared[q] == NONE:
+                    shared[q] = seq
             self.live.setdefault(key, []).append(p)
         return p
 
     def _alive(self, key: tuple[int, int, int]) -> int | None:
-        """The live page of ``key`` (the newest one, when role words are missing)."""
+        """The live page of ``key`` (the newest one, when role bits are missing)."""
         ids = self.live.get(key)
         return ids[-1] if ids else None
 
     def _take(self, key: tuple[int, int, int]) -> int | None:
-        """Remove and return the live page of ``key`` (the oldest one, when role words are missing)."""
+        """Remove and return the live page of ``key``: the newest one when role bits are missing,
+        the only one of them known to be alive (older ones may have gone without a traced zap)."""
         ids = self.live.get(key)
         if not ids:
             return None
-        p = ids.pop(0)
+        p = ids.pop()
         if not ids:
             del self.live[key]
         return p
@@ -121,10 +132,10 @@ class ShadowModel:
         on 5.4+ and wraps)."""
         key = (gfn, role & ~self.inv_mask, gen)
         waiting = self.invalid_roots.get(key)
-        # Without role words (text input) the invalid bit is not seen: a zap with root_count 0 of
-        # a root waiting for its final zap, while no valid page has that (gfn, generation), is it.
-        final = role & self.inv_mask or (not self.roles_known and root_count == 0 and waiting
-                                  and self._alive(key) is None)
+        # Where the input does not carry the invalid bit, a zap with root_count 0 of a root waiting
+        # for its final zap, while no valid page has that identity, is it.
+        final = role & self.inv_mask or (not self.inv_carried and root_count == 0 and waiting
+                                         and self._alive(key) is None)
         if final:
             if waiting:
                 if root_count == 0:  # the final free (older kernels may zap an invalid root again before)

@@ -18,7 +18,7 @@ class Context:
     profile: KernelProfile
     mmu: str  # shadow | tdp | legacy_tdp | unknown
     zap_policy: str  # zap_all | zap_slot | unknown
-    roles_known: bool  # False for text input: page role words are null
+    roles_known: bool  # False when the input lacks some role bits (text): pages.role_mask says which
     timeline: MemslotTimeline
     journal: Journal
     pages: PageBook

@@ -10,6 +10,13 @@ Which rule: the trace kernel's own (findings are errors), or one the caller name
 ``replay(zap_rule=...)``; a rule that is not this kernel's answers "would this rule have zapped
 the pages that survived?", so its findings are ``info`` and say which rule and whether it shipped.
 
+Text input carries only the printed role bits (``PageBook.role_mask``): the rule is evaluated
+when the bits it reads are printed. ``passthrough`` (5.19+) never is; only an indirect level-5
+root can have it (kvm_init_shadow_npt_mmu sets it on the root of a 5-level host shadowing L1's
+4-level NPT; mmu_alloc_root clears it at or below the guest's level, kvm_mmu_child_role for every
+child), so the rule's outcome differs from "indirect" on no other page, and such a root that
+survives a delete is left unjudged and named.
+
 Nested guests on a TDP host: the TDP MMU's own pages are direct and not in the shadow-page hash,
 but L2's shadow pages (indirect, ``guest_mode``) are, and the per-slot zap must destroy them, so
 the check runs on a TDP trace over its indirect pages instead of being skipped.
@@ -31,6 +38,11 @@ from kvmtrace.replays.profiles import KernelProfile
 WHATIF_DEFAULT = "gptes"
 #: x86's largest huge-page level with 1 GiB pages (PT_PDPE_LEVEL), where the proposal starts.
 _MAX_HUGE_LEVEL = 3
+#: The role fields each rule reads.
+_READS = {Pages.ALL: ("invalid",), Pages.GFN_MATCH: ("invalid",), Pages.GPTES: ("invalid", "direct", "passthrough"),
+          Pages.LEVEL_MASK: ("invalid", "level")}
+#: The only level a passthrough page has: a 5-level root over L1's 4-level NPT (PT64_ROOT_5LEVEL).
+_PASSTHROUGH_LEVEL = 5
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
@@ -78,12 +90,18 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     p = ctx.profile
     if ctx.mmu not in SHADOW_KINDS + ("tdp",):
         return CheckOutcome.skipped(cid, "no shadow-page events")
-    if not ctx.roles_known:
-        return CheckOutcome.skipped(cid, "role words are not in this input (text output): which pages are indirect "
-                                         "cannot be told")
     if p.slot_zap_rule is None:
         return CheckOutcome.skipped(cid, f"kernel era {p.era} has no per-slot zap: a delete or move zaps every page")
     rule = RULES[p.slot_zap_rule]
+    unknown = {f.name: f for f in p.uncarried(ctx.pages.role_mask)}
+    reads = _READS[rule.pages] + (("direct",) if ctx.mmu == "tdp" else ())
+    # passthrough can be settled from level and direct (module docstring); any other unprinted bit cannot
+    doubt_passthrough = "passthrough" in unknown and "passthrough" in reads
+    lacking = [unknown[n].words() for n in reads + (("level", "direct") if doubt_passthrough else ())
+               if n in unknown and n != "passthrough"]
+    if lacking:
+        return CheckOutcome.skipped(cid, f"rule {rule.name} reads role bits this input does not carry: "
+                                         f"{', '.join(dict.fromkeys(lacking))}")
     removals = [(i, c) for i, c in ctx.positioned_removals() if not ctx.expects_zap_all(c)]
     unplaced = sum(c.seq is None and c.kind in REMOVING_KINDS and bool(c.old_npages) for c in ctx.timeline.changes)
     lost = (f"; {unplaced} delete/move(s) of the QEMU log could not be placed on the trace and are not evaluated "
@@ -100,6 +118,8 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     shipped = f"rule of {rule.kernels}" if rule.shipped else "hypothesis, never shipped"
     tag = f" [{shipped}; this kernel did not have to zap it]"
     findings: list[Finding] = []
+    roots: set[int] = set()  # indirect level-5 roots left alive (could be passthrough, which is not printed)
+    shared: set[int] = set()  # pages whose printed identity another page took while they lived (text)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None or not len(snap.pages):
@@ -110,15 +130,41 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
         keep &= rule_mask(rule, p, pages["gfn"][ids], role, c.old_base_gfn, c.old_npages)
         if nested_only:
             keep &= _bits(role, p, "direct") == 0
+        if doubt_passthrough:
+            maybe = keep & (_bits(role, p, "direct") == 0) & (_bits(role, p, "level", 4) == _PASSTHROUGH_LEVEL)
+            roots.update(ids[maybe].tolist())
+            keep &= ~maybe
+        gone = keep & (pages["shared_seq"][ids] != NONE) & (pages["shared_seq"][ids] < c.seq)
+        shared.update(ids[gone].tolist())
+        keep &= ~gone
         for k in ids[keep][:64]:
             k = int(k)
             findings.append(Finding(
                 cid, c.seq, int(pages["gfn"][k]), c.slot,
                 f"{c.kind} of slot {c.slot} (gfns {c.old_base_gfn:#x}+{c.old_npages:#x}) left shadow page {k} "
-                f"(gfn {int(pages['gfn'][k]):#x} role {int(pages['role'][k]):#x}) alive; rule {rule.name}: "
+                f"(gfn {int(pages['gfn'][k]):#x} role {_role_words(int(pages['role'][k]), ctx.pages.role_mask)}) "
+                f"alive; rule {rule.name}: "
                 f"{rule.words}{'' if own else tag}",
                 [int(pages["first_seq"][k]), c.window_start, c.seq], severity="" if own else "info"))
     what = "indirect (nested guest_mode) pages on a TDP host" if nested_only else "shadow pages"
-    done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}{lost}"
+    text = ""
+    if doubt_passthrough:
+        bit = unknown["passthrough"].words()
+        text = (f"; {bit} is not printed and only an indirect level-5 root can have it: " +
+                (f"{len(roots)} such root(s) left alive (page(s) {sorted(roots)[:8]}) are not judged, since with "
+                 "passthrough set they hold no guest PTEs and the rule spares them"
+                 if roots else "no such root was alive after a delete/move, so the outcome is the same"))
+    if shared:
+        text += (f"; {len(shared)} page(s) left alive (page(s) {sorted(shared)[:8]}) are not judged: a page of the "
+                 "same gfn and printed role bits was created while they lived, so each was either zapped without "
+                 "a trace or differs in role bits the text does not print")
+    done = f"{len(removals)} zap-slot delete/move(s) checked over {what}; rule applied: {applied}{lost}{text}"
+    if (roots or shared) and not findings:
+        return CheckOutcome.skipped(cid, f"no page left alive that the rule certainly zaps; {done}")
     return CheckOutcome.of(cid, findings, done,
-                           f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}{lost}")
+                           f"{len(findings)} page(s) left alive among {what}; rule applied: {applied}{lost}{text}")
+
+
+def _role_words(role: int, mask: int) -> str:
+    """A page's role as findings show it: the word, or on text its printed bits and which they are."""
+    return f"{role:#x}" if mask == 0xFFFFFFFF else f"{role:#x}, printed bits {mask:#x}"
