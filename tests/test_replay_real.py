@@ -22,6 +22,16 @@ NESTED_MMU = {  # nested/README.md table
     "k61tdp-churn-small-kt": ("tdp", "zap_all"),
     "tdpmmu0-boot-small-kt": ("legacy_tdp", None),
     "shadow-churn-noquirk-small-kt": ("shadow", "zap_slot"),
+    "tdp-multi3-kt": ("tdp", None),
+    "tdp-multi4-kt": ("tdp", None),
+    "k61tdp-multi4-kt": ("tdp", None),
+    "tdpmmu0-ptslot-noquirk-qlog-kt": ("legacy_tdp", None),  # memslot lines only in its QEMU log
+    "tdpmmu0-churn-noquirk-qlog-kt": ("legacy_tdp", None),
+}
+#: tests/data/host/README.md: recorded on this project's shadow-MMU host
+HOST_MMU = {
+    "seabios-boot": ("shadow", None),  # real mode, no paging: direct roles, PAE roots, no SPTE
+    "churn-sched-zapall": ("shadow", "zap_all"),  # sched events beside kvmmmu
 }
 #: Files whose explained share is below 0.999, with the bound and the reason (none so far).
 EXPLAINED_FLOOR: dict[str, tuple[float, str]] = {}
@@ -29,6 +39,7 @@ EXPLAINED_FLOOR: dict[str, tuple[float, str]] = {}
 
 def _recordings():
     out = [pytest.param(NESTED / f"{n}.dat", mmu, pol, id=n) for n, (mmu, pol) in NESTED_MMU.items()]
+    out += [pytest.param(NESTED.parent / "host" / f"{n}.dat", mmu, pol, id=n) for n, (mmu, pol) in HOST_MMU.items()]
     for path in sorted(SAMPLES.glob("*.dat")):
         # sample_traces/README.md: this host runs the shadow MMU; the suffix names the policy
         policy = "zap_slot" if path.stem.endswith("zapslot") else "zap_all"
@@ -106,3 +117,9 @@ def test_trace_that_starts_late_is_still_clean(path, nested_dir):
     assert not [f for f in result.findings.to_pylist() if f["severity"] == "error"]
     assert result.explained_share >= 0.999
     assert any("partial" in limit for limit in result.limits)
+
+
+def test_every_recording_is_in_the_clean_list():
+    """A recording added to tests/data must be named above with its MMU, so it is replayed too."""
+    assert {p.stem for p in NESTED.glob("*.dat")} == set(NESTED_MMU)
+    assert {p.stem for p in (NESTED.parent / "host").glob("*.dat")} == set(HOST_MMU)
