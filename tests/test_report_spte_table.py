@@ -8,17 +8,17 @@ import re
 
 import numpy as np
 import pyarrow.compute as pc
-
 from conftest import SAMPLES
-from kvmtrace.analysis import replay_trace
+from kvmtrace.replays.ledger import profile_of
+
+import kvmtrace
 from kvmtrace.report.decode import spte_text
 from kvmtrace.report.tables import spte_changes
-from kvmtrace.replays.ledger import profile_of
 
 
 def test_rows_gain_time_thread_and_decoded_bits():
-    analysis = replay_trace(SAMPLES / "multi-zapslot.dat")
-    data, result = analysis.data, analysis.replay
+    analysis = kvmtrace.open(SAMPLES / "multi-zapslot.dat").analyze()
+    data, result = analysis.trace.data, analysis.replay
     t = spte_changes(data, result)
     assert t.num_rows == result.spte_changes.num_rows
     events = {s: (ts, pid) for s, ts, pid in zip(*(data.events.column(c).to_pylist() for c in ("seq", "ts", "pid")))}
@@ -38,8 +38,8 @@ def test_rows_gain_time_thread_and_decoded_bits():
 
 
 def test_slot_instance_is_the_create_line_that_covers_the_gfn():
-    analysis = replay_trace(SAMPLES / "churn-zapslot.dat")
-    t = spte_changes(analysis.data, analysis.replay)
+    analysis = kvmtrace.open(SAMPLES / "churn-zapslot.dat").analyze()
+    t = spte_changes(analysis.trace.data, analysis.replay)
     creates = {c["seq"]: c for c in analysis.replay.memslots.to_pylist() if c["kind"] in ("create", "move", "recreate")}
     named = t.filter(pc.is_valid(t["slot_instance"])).to_pylist()
     assert len(named) > t.num_rows // 2
