@@ -111,6 +111,8 @@ def test_cpu_selection_reports_only_that_cpu_of_the_whole_replay(trace, analysis
         seqs = set(trace.events.filter(pl.col("cpu") == chosen)["seq"])
         assert set(picked.table("spte_changes")["seq"]) <= seqs
         assert f"only events on CPU {chosen}" in picked.selection_text
+        assert (picked.selection.cpus, picked.selection.events) == ((chosen,), len(seqs))
+        assert (picked.selection.since, picked.selection.until) == (None, None) and not picked.selection.everything
 
 
 def test_a_failed_check_with_no_finding_in_the_window_says_where_they_are(trace, analysis):
