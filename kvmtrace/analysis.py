@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -34,11 +34,13 @@ import pyarrow.compute as pc
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.select import Selection, select
 from kvmtrace.replays import replay as run_replay
-from kvmtrace.replays.checks import Severity, Status
+from kvmtrace.replays.checks import Severity
+from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.replays.results import ReplayResult
-from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, render_diff
+from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, render_diff, tables
 from kvmtrace.report.blocks import report_blocks
 from kvmtrace.report.html import render_html_fragment
+from kvmtrace.selection import ReportedSelection, recount, reported, selection_of, seq_filter
 from kvmtrace.version import __version__
 
 if TYPE_CHECKING:
@@ -49,9 +51,8 @@ if TYPE_CHECKING:
 #: The replay's tables by name (``Analysis.table``); summaries are added under their own names.
 REPLAY_TABLES: tuple[str, ...] = ("shadow_pages", "spte_changes", "memslots", "unexplained", "whatif")
 
-#: Columns that give a row's lifetime as a ``seq`` range (first, last); such a row is reported
-#: when its lifetime overlaps the selection.
-_LIFETIMES: tuple[tuple[str, str], ...] = (("first_seq", "zap_seq"), ("from_seq", "until_seq"))
+#: The zap ledger's tables (:mod:`kvmtrace.replays.ledger`), linked by their ``change`` column.
+LEDGER_TABLES: tuple[str, ...] = ("ledger", "ledger_pages", "ledger_sptes")
 
 #: ``fail_on`` threshold -> the severities that meet it.
 _AT_LEAST: dict[str, frozenset[str]] = {
@@ -93,66 +94,6 @@ def read_memslots(source: PathLike | dict[str, Any]) -> dict[str, Any]:
         raise TraceError(f"{path}: not JSON ({err.msg} at line {err.lineno})", hint=hint) from None
 
 
-# ---- selection --------------------------------------------------------------------------------
-
-
-def _ns(seconds: float | None) -> int | None:
-    return None if seconds is None else round(seconds * 1e9)
-
-
-def _selection(since: float | None, until: float | None, cpus: int | Iterable[int] | None) -> Selection:
-    if since is not None and until is not None and since > until:
-        raise TraceError(f"since ({since} s) is after until ({until} s)", hint="swap {since} and {until}")
-    chosen = None if cpus is None else frozenset([cpus] if isinstance(cpus, int) else cpus)
-    return Selection(since=_ns(since), until=_ns(until), cpus=chosen)
-
-
-def _selection_words(sel: Selection) -> str:
-    """The selection in words ("" when everything is reported)."""
-    parts = []
-    if sel.since is not None or sel.until is not None:
-        lo = f"{sel.since / 1e9:.6f}" if sel.since is not None else "start"
-        hi = f"{sel.until / 1e9:.6f}" if sel.until is not None else "end"
-        parts.append(f"only events from {lo} to {hi} s")
-    if sel.cpus is not None:
-        which = ", ".join(map(str, sorted(sel.cpus)))
-        parts.append(f"only events on CPU {which}")
-    return " and ".join(parts)
-
-
-def _seq_filter(table: pa.Table, keep: np.ndarray, first: int, last: int) -> pa.Table:
-    """The rows of a replay table that belong to the selection (see the module docstring).
-
-    Rows without a position (a memslot from a layout file or QEMU log) are always reported."""
-    names = table.column_names
-    if "seq" in names:
-        seq = table["seq"]
-        at = np.clip(pc.fill_null(seq, 0).to_numpy(zero_copy_only=False).astype(np.int64), 0, len(keep) - 1)
-        return table.filter(pc.or_(pc.is_null(seq), pa.array(keep[at])))
-    for lo_col, hi_col in _LIFETIMES:
-        if lo_col in names and hi_col in names:
-            lo = pc.fill_null(table[lo_col], -1)
-            hi = pc.fill_null(table[hi_col], np.iinfo(np.int64).max)
-            return table.filter(pc.and_(pc.less_equal(lo, last), pc.greater_equal(hi, first)))
-    return table
-
-
-def _recount(checks: pa.Table, findings: pa.Table, whole: pa.Table) -> pa.Table:
-    """The checks as the selection shows them: finding counts of the selection, and a failed
-    check without a finding in it reported as passed there, saying how many lie outside."""
-    shown = pc.value_counts(findings["id"]).to_pylist() if findings.num_rows else []
-    inside = {v["values"]: v["counts"] for v in shown}
-    total = {v["values"]: v["counts"] for v in (pc.value_counts(whole["id"]).to_pylist() if whole.num_rows else [])}
-    rows = []
-    for row in checks.to_pylist():
-        n = inside.get(row["id"], 0)
-        if row["status"] == Status.FAILED and n == 0:
-            row = {**row, "status": str(Status.PASSED),
-                   "reason": f"no finding in the selection ({total.get(row['id'], 0)} outside it)"}
-        rows.append({**row, "findings": n})
-    return pa.Table.from_pylist(rows, schema=checks.schema)
-
-
 # ---- the analysis -----------------------------------------------------------------------------
 
 
@@ -169,31 +110,37 @@ class Analysis:
         self.trace = trace
         self.path = Path(trace.path)
         self.replay = replay
-        self.selection = selection = selection or Selection()
-        self._shown_data = select(trace.data, selection)
-        if not selection.everything and self._shown_data.events.num_rows == 0:
-            raise TraceError(f"the selection ({_selection_words(selection)}) holds no event of this trace",
+        chosen = selection or Selection()
+        self._shown_data = select(trace.data, chosen)
+        #: what is reported (:class:`ReportedSelection`): the bounds given and the events they keep
+        self.selection = reported(chosen, self._shown_data.events, trace.data.events)
+        if not self.selection.everything and self.selection.events == 0:
+            raise TraceError(f"the selection ({self.selection.text}) holds no event of this trace",
                              hint="widen {since}/{until} or pick another of {cpus}")
+        self._cut = self._seq_cut()
+        self._tables: dict[str, pa.Table] = {}
         self.shown = self._select_result()
 
-    def _select_result(self) -> ReplayResult:
+    def _seq_cut(self) -> Callable[[pa.Table], pa.Table] | None:
+        """The row filter of the selection for the replay's tables (None: everything)."""
         if self.selection.everything:
-            return self.replay
-        data = self.trace.data
+            return None
         seqs = self._shown_data.events["seq"].to_numpy()
-        keep = np.zeros(int(pc.max(data.events["seq"]).as_py()) + 1, dtype=bool)
+        keep = np.zeros(int(pc.max(self.trace.data.events["seq"]).as_py()) + 1, dtype=bool)
         keep[seqs] = True
         first, last = int(seqs.min()), int(seqs.max())
+        return lambda t: seq_filter(t, keep, first, last)
+
+    def _select_result(self) -> ReplayResult:
+        cut = self._cut
+        if cut is None:
+            return self.replay
         r = self.replay
-
-        def cut(t: pa.Table) -> pa.Table:
-            return _seq_filter(t, keep, first, last)
-
         findings = cut(r.findings)
         return dataclasses.replace(
             r,
             findings=findings,
-            checks=_recount(r.checks, findings, r.findings),
+            checks=recount(r.checks, findings, r.findings),
             shadow_pages=cut(r.shadow_pages),
             spte_changes=cut(r.spte_changes),
             memslots=cut(r.memslots),
@@ -207,7 +154,7 @@ class Analysis:
     @property
     def selection_text(self) -> str:
         """The selection in words, "" when the whole trace is reported."""
-        return _selection_words(self.selection)
+        return self.selection.text
 
     @property
     def findings(self) -> pl.DataFrame:
@@ -222,21 +169,65 @@ class Analysis:
 
     @property
     def table_names(self) -> list[str]:
-        """What :meth:`table` accepts: the replay's object tables and its summaries."""
-        names = [n for n in REPLAY_TABLES if getattr(self.shown, n) is not None]
-        return names + sorted(self.shown.summaries)
+        """What :meth:`table` accepts: the replay's object tables, the zap ledger's and the summaries."""
+        names = [n for n in REPLAY_TABLES if getattr(self.replay, n) is not None]
+        return names + list(LEDGER_TABLES) + sorted(self.replay.summaries)
 
     def table(self, name: str, *, backend: Literal["polars", "pandas", "arrow"] = "polars") -> Any:
-        """A replay table (the selection's rows) by name: ``shadow_pages``, ``spte_changes``,
-        ``memslots``, ``unexplained``, ``whatif``, or a summary (``memslot``, ``zap_all``).
+        """A table of the replay (the selection's rows) by name, as ``table_names`` lists them.
+
+        Where a notebook wants more than the replay keeps, the replay's columns come first and
+        unchanged (``analysis.replay`` holds the bare tables) and joined columns follow
+        (:mod:`kvmtrace.report.tables`):
+
+        - ``spte_changes``: one row per SPTE change (seq, sptep, gfn, level, old/new SPTE, state,
+          reason, page), plus ``ts``, ``pid``, ``vcpu``, ``slot_instance`` (``slot@created_seq``:
+          ids are reused for different BARs) and, for the old and the new value, ``pfn`` and the
+          W/A/D and NX (or EPT X) bits, null where the SPTE is not present.
+        - ``memslots``: one row per memslot change; its update window runs from ``window_start``
+          (the kernel's first sign of the change, ``anchor`` says which) to ``window_end`` (the QEMU
+          line, or for a delete the re-create that follows it), with ``window_start_ts`` and
+          ``window_end_ts``; ``removes`` marks deletes, moves and re-creates.
+        - ``ledger``: the zap ledger, one row per positioned delete, move or re-create: slot
+          instance, policy and rule, pages zapped and kept, leaf SPTEs removed, window cost.
+          ``ledger_pages`` (each page zapped or kept, with its decoded role and the reason) and
+          ``ledger_sptes`` (leaf SPTEs removed, traced or inferred, with the evidence) share its
+          ``change`` column.
+        - ``consequences``: per delete/move, a row per ``page_survived``, ``fault_after`` (each
+          vCPU's first fault on the old range, and how KVM resolved it) and ``reinstall``, plus
+          ``ts`` and ``vcpu``.
+        - ``shadow_pages``, ``unexplained``, ``whatif`` and the summaries ``memslot`` and
+          ``zap_all`` as the replay made them.
 
         ``backend="pandas"`` converts through Arrow (pyarrow-backed columns: no copy where the
-        types allow, and a u64 SPTE stays a u64); ``"arrow"`` returns the table itself.
+        types allow, and a u64 SPTE stays a u64); ``"arrow"`` returns the Arrow table.
         """
-        table = getattr(self.shown, name) if name in REPLAY_TABLES else self.shown.summaries.get(name)
-        if table is None:
+        if name not in self.table_names:
             raise KeyError(f"no replay table {name!r}; this analysis has {self.table_names}")
-        return convert_table(table, backend)
+        if name not in self._tables:
+            whole = self._whole(name)
+            self._tables[name] = whole if self._cut is None else self._cut(whole)
+        return convert_table(self._tables[name], backend)
+
+    @cached_property
+    def _ledger(self) -> ZapLedger:
+        return tables.ledger(self.trace.data, self.replay)
+
+    def _whole(self, name: str) -> pa.Table:
+        """Table ``name`` over the whole replay; joins need it whole (a slot created before the
+        selection still names the rows inside it)."""
+        data, r = self.trace.data, self.replay
+        joined: dict[str, Callable[[], pa.Table]] = {
+            "spte_changes": lambda: tables.spte_changes(data, r),
+            "memslots": lambda: tables.memslot_windows(data, r),
+            "consequences": lambda: tables.consequences(data, r),
+            "ledger": lambda: self._ledger.removals,
+            "ledger_pages": lambda: self._ledger.pages,
+            "ledger_sptes": lambda: self._ledger.sptes,
+        }
+        if name in joined:
+            return joined[name]()
+        return getattr(r, name) if name in REPLAY_TABLES else r.summaries[name]
 
     def failed(self, at_least: str = Severity.ERROR) -> bool:
         """Whether a reported finding has severity ``at_least`` (error | warning | info) or worse."""
@@ -252,7 +243,7 @@ class Analysis:
         words = self.selection_text
         if not words:
             return ()
-        n, total = self._shown_data.info.total_events, self.trace.data.info.total_events
+        n, total = self.selection.events, self.selection.total_events
         return ((f"reported: {words} ({n} of {total} events); the replay ran over the whole trace, "
                  "so objects and memslot changes outside the selection still count"),)
 
@@ -327,7 +318,7 @@ def analyze(
     zap_rule: str | None = None,
 ) -> Analysis:
     """Replay ``trace`` and select what to report (see :meth:`kvmtrace.api.Trace.analyze`)."""
-    selection = _selection(since, until, cpus)
+    selection = selection_of(since, until, cpus)
     lines = read_qemu_log(qemu_log) if qemu_log is not None else None
     layout = read_memslots(memslots) if memslots is not None else None
     extra: dict[str, Any] = {} if zap_rule is None else {"zap_rule": zap_rule}
@@ -335,4 +326,4 @@ def analyze(
     return Analysis(trace, result, selection)
 
 
-__all__ = ["REPLAY_TABLES", "Analysis", "analyze", "convert_table", "read_memslots", "read_qemu_log"]
+__all__ = ["LEDGER_TABLES", "REPLAY_TABLES", "Analysis", "ReportedSelection", "analyze", "convert_table", "read_memslots", "read_qemu_log"]

@@ -30,8 +30,9 @@ from typing import Annotated, NoReturn
 import typer
 
 from kvmtrace.commands import analyze, batch, convert, diff, info, record
-from kvmtrace.commands.common import EXIT_PIPE, cli_message
+from kvmtrace.commands.common import EXIT_PIPE, cli_message, say
 from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.report.safe import printable
 from kvmtrace.version import __version__
 
 EXIT_OK = 0
@@ -136,11 +137,13 @@ def _root(
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # type: ignore[no-untyped-def]
-    """Reader warnings (cut-short file, skipped lines) are for the user: one line, no source."""
+    """Reader warnings (cut-short file, skipped lines) are for the user: one line, no source.
+    Any warning may quote a path or a trace's text: each line goes through :func:`printable`."""
     if issubclass(category, TraceWarning):
-        print(f"kvmtrace: warning: {message}", file=sys.stderr)
+        say(f"warning: {message}")
     else:
-        print(warnings.formatwarning(message, category, filename, lineno, line), end="", file=sys.stderr)
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        print("\n".join(map(printable, text.splitlines())), file=sys.stderr)
 
 
 def _show_usage_error(err: Exception) -> None:
@@ -159,7 +162,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         status = app(args=argv, standalone_mode=False, prog_name="kvmtrace")
     except TraceError as err:
-        print(f"kvmtrace: {cli_message(err)}", file=sys.stderr)
+        say(cli_message(err))
         return EXIT_INPUT
     except typer.Abort:
         return EXIT_INTERRUPTED
@@ -171,13 +174,13 @@ def run(argv: Sequence[str] | None = None) -> int:
             return EXIT_PIPE
         # an output folder we cannot write, a disk that filled up, a file that vanished
         where = f"{err.filename}: " if err.filename else ""
-        print(f"kvmtrace: {where}{err.strerror or err}", file=sys.stderr)
+        say(f"{where}{err.strerror or err}")
         return EXIT_INPUT
     except Exception as err:  # noqa: BLE001 - the contract: a bug is exit 3 and one line
         if _Run.debug:
             traceback.print_exc()
         where = "" if _Run.debug else "; rerun as 'kvmtrace --debug ...' to see the traceback"
-        print(f"kvmtrace: internal error: {type(err).__name__}: {_one_line(err)}{where}", file=sys.stderr)
+        say(f"internal error: {type(err).__name__}: {_one_line(err)}{where}")
         return EXIT_INTERNAL
     return status if isinstance(status, int) else EXIT_OK
 

@@ -16,6 +16,7 @@ from kvmtrace.batch.inputs import expand
 from kvmtrace.batch.output import OutputFolder, TABLES, check_outdir
 from kvmtrace.batch.summary import SUMMARY_FORMATS, render_summary
 from kvmtrace.batch.worker import Outcome
+from kvmtrace.commands.common import say
 from kvmtrace.parsers.errors import TraceError
 
 
@@ -96,7 +97,6 @@ def batch(
         sys.stdout.flush()
     failed = result.failed.height
     if failed:
-        print(f"kvmtrace: warning: {failed} of {len(traces)} traces could not be analysed; "
-              f"see {output / 'summary.parquet'}", file=sys.stderr)
+        say(f"warning: {failed} of {len(traces)} traces could not be analysed; see {output / 'summary.parquet'}")
     if fail_on is not None and result.meets(fail_on):
         raise typer.Exit(1)

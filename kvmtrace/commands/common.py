@@ -11,9 +11,11 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import write_atomic
+from kvmtrace.report.safe import printable
 
 #: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` + the keyword with dashes.
 _FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o", "outdir": "OUTDIR",
@@ -30,6 +32,14 @@ def cli_message(err: TraceError) -> str:
     return err.render(flag)
 
 
+def say(text: str) -> None:
+    """One line for the user on stderr, after ``kvmtrace: ``. Paths, QEMU and marker lines and
+    task names in it come from whoever named the file or ran the guest: :func:`printable` shows
+    their control characters as escapes, so none reaches the terminal (a file named
+    ``\\x1b]0;x\\x07`` would retitle it)."""
+    print(f"kvmtrace: {printable(text)}", file=sys.stderr)
+
+
 class Steps:
     """A spinner on stderr naming the current step, shown only when stderr is a terminal, so
     redirected output and CI logs stay clean."""
@@ -42,7 +52,7 @@ class Steps:
         if not self.console.is_terminal:
             yield
             return
-        with self.console.status(what):
+        with self.console.status(Text(printable(what))):  # Text: a path's "[...]" is not rich markup
             yield
 
 

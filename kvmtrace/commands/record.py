@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from kvmtrace.commands.common import say
 from kvmtrace.record.recorder import DEFAULT_EVENTS, RecordOptions, RecordResult
 from kvmtrace.record.recorder import record as run_record
 
@@ -16,12 +16,9 @@ def _report_loss(result: RecordResult) -> None:
     """Lost events make a replay unsound across the gap: say so, per CPU, on stderr."""
     for loss in result.loss:
         if loss.any:
-            print(
-                f"kvmtrace: warning: CPU {loss.cpu} lost events (overrun {loss.overrun}, commit overrun "
+            say(f"warning: CPU {loss.cpu} lost events (overrun {loss.overrun}, commit overrun "
                 f"{loss.commit_overrun}, dropped {loss.dropped}, pages flagged {loss.flagged_pages}); "
-                "record again with a larger --buffer-kb",
-                file=sys.stderr,
-            )
+                "record again with a larger --buffer-kb")
 
 
 def record(
@@ -66,5 +63,5 @@ def record(
     )
     _report_loss(result)
     written = f"{result.output}" + (f" and {result.text_output}" if result.text_output else "")
-    print(f"kvmtrace: wrote {written} ({result.backend})", file=sys.stderr)
+    say(f"wrote {written} ({result.backend})")
     raise typer.Exit(result.command.status)
