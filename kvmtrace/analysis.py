@@ -259,7 +259,8 @@ class Analysis:
 
             figures = plot.report_figures(self._shown_data, self.shown)
         return build_report(self.trace.data, self.shown, path=self.trace.path, version=__version__,
-                            filters=self._limits(), figures=figures)
+                            filters=self._limits(), figures=figures,
+                            selection=None if self.selection.everything else self.selection.as_dict())
 
     def report(self, fmt: str = "text", *, color: bool = False, figures: bool | None = None) -> str:
         """The report as ``text``, ``markdown``, ``html`` or ``json``. ``figures`` (default: for

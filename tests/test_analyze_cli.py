@@ -64,6 +64,10 @@ def test_since_until_cpu_select_what_the_kernel_text_says(churn):
     doc = analyze_json(churn, "--since", f"{lo / 1e6:.6f}", "--until", f"{hi / 1e6:.6f}")
     assert _reported_events(doc, "only events from") == sum(1 for _, t in events if lo <= t < hi)
     assert doc["trace"]["total_events"] == len(events)  # the replay saw the whole trace
+    sel = doc["selection"]
+    assert sel["since"] == round(lo / 1e6, 6) and sel["until"] == round(hi / 1e6, 6) and sel["cpus"] is None
+    assert sel["events"] == _reported_events(doc, "only events from") and sel["total_events"] == len(events)
+    assert analyze_json(churn)["selection"] is None
     assert all(lo * 1000 <= f["ts"] <= hi * 1000 for f in doc["findings"])
     per_cpu = Counter(c for c, _ in events)
     busiest = per_cpu.most_common(1)[0][0]  # the vCPU thread's CPU: kvmmmu events are there

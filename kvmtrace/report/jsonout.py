@@ -34,6 +34,7 @@ def report_dict(report: Report) -> dict[str, Any]:
     return {
         "kvmtrace_version": report.kvmtrace_version,
         "input_warnings": list(report.input_warnings),
+        "selection": report.selection,
         "trace": report.trace.info,
         "replay": {
             "mmu": r.mmu,

@@ -140,6 +140,9 @@ class Report:
     removals: tuple[Removal, ...] = ()
     #: per delete/move and vCPU: faults and MMIO exits on the removed range until it is backed again
     consequences: Grid = Grid("consequences per delete/move and vCPU", ())
+    #: what since/until/cpus chose to report (``kvmtrace.selection.ReportedSelection.as_dict``);
+    #: None when the whole trace is reported
+    selection: dict[str, Any] | None = None
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)
@@ -379,6 +382,7 @@ def build_report(
     version: str,
     filters: tuple[str, ...] = (),
     figures: tuple[Figure, ...] = (),
+    selection: dict[str, Any] | None = None,
 ) -> Report:
     """Build the report of one replayed trace.
 
@@ -391,6 +395,7 @@ def build_report(
     ledger = zap_ledger(data, replay)
     summaries = _summaries(replay, ledger)
     return Report(
+        selection=selection,
         kvmtrace_version=version,
         trace=facts,
         replay=_replay_facts(replay),
