@@ -22,8 +22,9 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Callable, Mapping
 
 import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.text import pages
-from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
+from kvmtrace.parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
 
 #: C type of a format-file field -> Arrow type (by size and signedness, as the format file says).
 ARROW_TYPES: Mapping[str, pa.DataType] = {

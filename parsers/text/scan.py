@@ -70,7 +70,8 @@ class Scanned:
 
 def _rows(padded: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
     """``width`` bytes from each chunk position (one row each), copied out of the padded buffer."""
-    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1), writeable=False)
+    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1),
+                                           writeable=False)
     return view[np.clip(pos + PAD, 0, len(view) - 1)]  # lines being rejected may point anywhere
 
 
@@ -145,8 +146,6 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     raw = np.frombuffer(buf.data, dtype=np.uint8)
     padded = np.concatenate((np.zeros(PAD, np.uint8), raw, np.zeros(PAD, np.uint8)))
     starts, ends = buf.starts, buf.ends
-    n = len(starts)
-    rows = np.arange(n)
     ok = ends - starts >= 40
     high = np.flatnonzero(raw >= 0x80) if len(raw) and raw.max() >= 0x80 else ()
     if len(high):
@@ -170,7 +169,8 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     # [ccc] then ' ', 4 or 5 flags characters, ' '.
     cpu_digits = np.stack([_at(head, lb + k) for k in (1, 2, 3)])
     ok &= _is_digit(cpu_digits).all(axis=0) & (_at(head, lb + 4) == ord("]")) & (_at(head, lb + 5) == ord(" "))
-    cpu = ((cpu_digits.astype(np.int16) - 48) * np.array([[100], [10], [1]], dtype=np.int16)).sum(axis=0, dtype=np.int16)
+    place = np.array([[100], [10], [1]], dtype=np.int16)
+    cpu = ((cpu_digits.astype(np.int16) - 48) * place).sum(axis=0, dtype=np.int16)
     f0 = lb + 6
     flags = np.stack([_at(head, f0 + k) for k in range(6)])
     # No blank, bracket or ':' (a ': ' there would end the timestamp for the string path).
@@ -198,7 +198,8 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     words = np.where(inside, whole_part, np.uint8(0)).view("<u8")
     whole = _eight(words[:, 0]) * np.uint64(100_000_000) + _eight(words[:, 1])
     frac_len = colon - dot - 1
-    ts = whole.astype(np.int64) * 1_000_000_000 + _digits8(padded, starts + colon, frac_len) * _POW10[np.clip(9 - frac_len, 0, 9)]
+    frac_ns = _digits8(padded, starts + colon, frac_len) * _POW10[np.clip(9 - frac_len, 0, 9)]
+    ts = whole.astype(np.int64) * 1_000_000_000 + frac_ns
     # event: the text up to the next ':' (checked to be a word below); one blank, then arguments.
     e0 = starts + colon + 2
     name = _rows(padded, e0, NAME) == ord(":")
