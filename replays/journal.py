@@ -135,13 +135,16 @@ class Journal:
 
     def installs(self) -> dict[str, np.ndarray]:
         """Present leaf installs, in seq order."""
-        parts = [{
-            "seq": np.asarray(self.i_seq, dtype=np.int64),
-            "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
-            "level": np.asarray(self.i_level, dtype=np.int64),
-            "as_id": np.asarray(self.i_as, dtype=np.int64),
-            "pid": np.asarray(self.i_pid, dtype=np.int64),
-        }] + self.install_chunks
+        parts = [
+            {
+                "seq": np.asarray(self.i_seq, dtype=np.int64),
+                "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
+                "level": np.asarray(self.i_level, dtype=np.int64),
+                "as_id": np.asarray(self.i_as, dtype=np.int64),
+                "pid": np.asarray(self.i_pid, dtype=np.int64),
+            },
+            *self.install_chunks,
+        ]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         order = np.argsort(out["seq"], kind="stable")
         return {k: v[order] for k, v in out.items()}
@@ -151,7 +154,7 @@ class Journal:
         rows = self._row_changes()
         if not self.change_chunks:
             return rows
-        t = pa.concat_tables([rows] + self.change_chunks).unify_dictionaries().combine_chunks()
+        t = pa.concat_tables([rows, *self.change_chunks]).unify_dictionaries().combine_chunks()
         return t.take(pa.array(np.argsort(np.asarray(t.column("seq").to_numpy()), kind="stable")))
 
     def _row_changes(self) -> pa.Table:
@@ -164,7 +167,8 @@ class Journal:
             "old_spte": pa.array(self.c_old, pa.uint64()),
             "new_spte": pa.array(self.c_new, pa.uint64()),
             "page": pa.array(self.c_page, pa.int64()),
-            "state": pa.array(self.c_state, pa.string()).dictionary_encode().cast(SPTE_CHANGES_SCHEMA.field("state").type),
+            "state": pa.array(self.c_state, pa.string()).dictionary_encode().cast(
+                SPTE_CHANGES_SCHEMA.field("state").type),
             "reason": pa.array(self.c_reason, pa.string()).dictionary_encode().cast(
                 SPTE_CHANGES_SCHEMA.field("reason").type),
         }, schema=SPTE_CHANGES_SCHEMA)

@@ -9,8 +9,8 @@ made with fewer events enabled (:func:`keeping`) and two runs in one file (:func
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
 
 import numpy as np
 import pyarrow as pa

@@ -18,14 +18,22 @@ import pyarrow as pa
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
-from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
+from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
-from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, require_events, roles_known, seq_pid,
-                            zap_all_event)
+from kvmtrace.replays.inputs import (
+    SeqIndex,
+    columns,
+    fault_columns,
+    kvmmmu_events,
+    require_events,
+    roles_known,
+    seq_pid,
+    zap_all_event,
+)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.placement import facts_from

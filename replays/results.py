@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 # The check registry is replays/checks.py; these names are kept here for the readers of results.
-from kvmtrace.replays.checks import CHECK_IDS, SEVERITY  # noqa: E402,F401
+from kvmtrace.replays.checks import CHECK_IDS, SEVERITY  # noqa: F401
 
 FINDINGS_SCHEMA = pa.schema(
     [

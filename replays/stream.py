@@ -42,7 +42,7 @@ def extract(data: TraceData, event: str, fields: tuple[str, ...]) -> Columns | N
     n = table.num_rows
     out: dict[str, list] = {}
     missing = []
-    for f in ("pid",) + fields:
+    for f in ("pid", *fields):
         if f in table.column_names:
             col = table.column(f)
             out[f] = (col.fill_null(0) if col.null_count else col).to_pylist()

@@ -8,7 +8,7 @@ re-creation before the next zap-all.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa

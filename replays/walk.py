@@ -33,7 +33,7 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     operations (:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them."""
     tdp = mmu == "tdp"
     streams: list[Columns | None] = [
-        extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),
+        extract(data, "kvm_mmu_get_page", (*PAGE_FIELDS, "created")),
         extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),

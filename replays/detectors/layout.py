@@ -25,7 +25,8 @@ def _known_holes(ctx: Context, gfn: np.ndarray, seq: np.ndarray) -> np.ndarray:
     out = np.zeros(len(gfn), dtype=bool)
     for c in ctx.timeline.changes:
         if c.kind in REMOVING_KINDS and c.old_npages and c.window_end is not None:
-            out |= (seq > c.window_end) & (gfn >= np.uint64(c.old_base_gfn)) & (gfn < np.uint64(c.old_base_gfn + c.old_npages))
+            in_old = (gfn >= np.uint64(c.old_base_gfn)) & (gfn < np.uint64(c.old_base_gfn + c.old_npages))
+            out |= (seq > c.window_end) & in_old
     return out
 
 
@@ -187,10 +188,10 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
     else:
         what = pfns.name(h.pfn) if h.pfn else "an SPTE install"
         msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) inside the update window of its "
-               f"{c.kind} (seq {start}..{c.window_end}), where no committed slot covered the gfn: KVM retries faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) "
-               "and resolves a gfn no slot covers as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a "
-               "page of the old range here")
-        evidence = list(h.seqs[:32]) + [start, c.seq]
+               f"{c.kind} (seq {start}..{c.window_end}), where no committed slot covered the gfn: KVM retries "
+               "faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) and resolves a gfn no slot covers "
+               "as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a page of the old range here")
+        evidence = [*h.seqs[:32], start, c.seq]
     return Finding("fault_in_update_window", h.seqs[0], h.gfn, c.slot, msg, evidence)
 
 
