@@ -22,9 +22,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 from kvmtrace.record.tracedat_writer import EventSystem, PageBytes, TraceDatContent
 from kvmtrace.record.tracefs import Tracefs
-from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 
 KALLSYMS = "/proc/kallsyms"
 
@@ -144,7 +144,8 @@ def _formats_by_system(tfs: Tracefs) -> tuple[EventSystem, ...]:
 
 def _ftrace_formats(tfs: Tracefs) -> tuple[bytes, ...]:
     ftrace = tfs.path("events/ftrace")
-    return tuple(tfs.read_bytes(f"events/ftrace/{d.name}/format") for d in sorted(ftrace.iterdir()) if (d / "format").is_file())
+    return tuple(tfs.read_bytes(f"events/ftrace/{d.name}/format")
+                 for d in sorted(ftrace.iterdir()) if (d / "format").is_file())
 
 
 def collect_content(

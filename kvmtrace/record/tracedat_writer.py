@@ -19,13 +19,13 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import BinaryIO
 
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.report.output import atomic_file
 from kvmtrace.parsers.tracedat.constants import (
     COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
@@ -44,6 +44,7 @@ from kvmtrace.parsers.tracedat.constants import (
     TAIL_OPTIONS,
     Option,
 )
+from kvmtrace.report.output import atomic_file
 
 COMPRESSIONS = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
 #: Raw pages: bytes, or a read-only map of a file holding them (long recordings stay on disk).

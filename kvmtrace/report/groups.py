@@ -12,8 +12,9 @@ places; a different anchor, kind of change or explanation changes the words and 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 #: Human formats print this many findings of a group in full, with their evidence lines.
 EXAMPLES_PER_GROUP = 3

@@ -12,10 +12,10 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.report.decode import vcpu_threads
 from kvmtrace.replays.ledger import profile_of
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.results import ReplayResult
+from kvmtrace.report.decode import vcpu_threads
 
 
 def _bits(values: np.ndarray, valid: np.ndarray, profile: KernelProfile) -> dict[str, pa.Array]:
