@@ -9,9 +9,9 @@ else must agree with the binary replay: MMU family, zap policy, check outcomes, 
 from __future__ import annotations
 
 import pytest
+from conftest import NESTED, SAMPLES
 
 from kvmtrace import parsers
-from conftest import NESTED, SAMPLES
 from kvmtrace.replays import replay
 
 NEEDS_ROLES = {"memslot_zap_miss"}

@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
-from conftest import NESTED, SAMPLES
 from kvmtrace.analysis import analysis_report, replay_trace
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.consequences import KVM_PFN_NOSLOT
-
-import jsonschema
 
 RECORDINGS = ["tdp-multi3-kt.dat", "k61tdp-churn-small-kt.dat", "tdp-churn-noquirk-small-kt.dat"]
 
@@ -41,7 +40,7 @@ def test_every_noslot_fault_and_mmio_exit_is_attributed_once(analyzed):
 
 
 def test_rows_name_the_vcpu_and_stay_inside_their_span(analyzed):
-    analysis, report = analyzed
+    _analysis, report = analyzed
     vcpus = report.trace.vcpus.vcpu_of
     removals = {r.row["seq"]: r.row for r in report.removals}
     for r in report.consequences.records():

@@ -8,12 +8,12 @@ import re
 
 import numpy as np
 import pyarrow.compute as pc
-
 from conftest import SAMPLES
+
 from kvmtrace.analysis import replay_trace
+from kvmtrace.replays.ledger import profile_of
 from kvmtrace.report.decode import spte_text
 from kvmtrace.report.tables import spte_changes
-from kvmtrace.replays.ledger import profile_of
 
 
 def test_rows_gain_time_thread_and_decoded_bits():

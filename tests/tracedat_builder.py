@@ -22,7 +22,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
 from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
@@ -37,6 +36,7 @@ from kvmtrace.parsers.tracedat.constants import (
     Option,
 )
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.record.tracedat_writer import EventSystem, TraceDatContent, write_tracedat
 
 # ---- records -----------------------------------------------------------------------------------
 
