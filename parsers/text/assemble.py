@@ -81,7 +81,9 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str]) -> pa.Table:
     t = ordered.select(*COMMON_NAMES).to_arrow()
     codes = ordered["event"].cast(pl.Categorical).to_physical()
     first = pl.DataFrame({"code": codes}).with_row_index("row").group_by("code").agg(pl.col("row").min()).sort("row")
-    lookup = np.zeros(int(first["code"].max()) + 1, dtype=np.int32)
+    top = first["code"].max()
+    assert isinstance(top, int)  # integer codes of a frame with events
+    lookup = np.zeros(top + 1, dtype=np.int32)
     lookup[first["code"].to_numpy()] = np.arange(first.height, dtype=np.int32)
     indices = np.ascontiguousarray(lookup[codes.to_numpy()])
     names = ordered["event"].gather(first["row"]).cast(pl.String)

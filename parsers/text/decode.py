@@ -27,7 +27,7 @@ from kvmtrace.parsers.text.printf import (
     pointer_expr,
 )
 
-_SCRATCH = pl.Int64
+_SCRATCH = pl.Int64()
 
 
 @dataclass
@@ -97,7 +97,7 @@ def _scratch(spec: EventSpec) -> dict[str, pl.DataType]:
     for form in spec.forms:
         c = form.compiled
         out.update({g: _SCRATCH for g in (*c.numbers, *c.choices, *c.flags) if g.startswith("_")})
-        out.update({g: pl.String for g in c.texts if g.startswith("_")})
+        out.update({g: pl.String() for g in c.texts if g.startswith("_")})
     return out
 
 
@@ -143,7 +143,7 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) 
             pieces.append(got.with_columns(_form=pl.lit(era)))  # which form each row matched
             seen.append(era)
     types = _types(spec)
-    scratch = {**_scratch(spec), "_form": pl.String}
+    scratch = {**_scratch(spec), "_form": pl.String()}
     columns = {**types, **scratch}
     full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in columns.items() if c not in p.columns])
             .select("line_no", *types, *scratch) for p in pieces]

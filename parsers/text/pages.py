@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import polars as pl
 
-from kvmtrace.parsers.text.printf import RAW_FORM, Choice
+from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Slot
 
 PAGE_EVENTS = (
     "kvm_mmu_get_page",
@@ -44,7 +44,7 @@ _PAE = Choice("_pae", {" pae": 1, "": 0})
 _AD_DISABLED = Choice("_ad_disabled", {"!": 1, "": 0})
 
 #: Kernel ``KVM_MMU_PAGE_PRINTK`` forms, newest first: (era, format, slots).
-KERNEL_FORMS: tuple[tuple[str, str, tuple], ...] = (
+KERNEL_FORMS: tuple[tuple[str, str, tuple[Slot, ...]], ...] = (
     (
         "5.4+",
         "sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s",
@@ -107,7 +107,7 @@ NULL_REASONS = {
 }
 
 
-def variants(event: str) -> list[tuple[str, str, tuple]]:
+def variants(event: str) -> list[tuple[str, str, tuple[Slot, ...]]]:
     """Every printed form of one page-class event: kernel forms, then the kvm plugin's."""
     created = event == "kvm_mmu_get_page"
     out = []

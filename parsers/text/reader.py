@@ -187,12 +187,17 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
     skipped.sort()
     header_text = pl.concat(headers)["line"] if headers else pl.Series([], dtype=pl.String)
-    cpus = prefix.header_cpus(header_text) or int(ordered["cpu"].max()) + 1
+    # integer columns of a frame with events (checked above): their min and max are ints
+    last_cpu, first_ts, last_ts = ordered["cpu"].max(), ordered["ts"].min(), ordered["ts"].max()
+    assert isinstance(last_cpu, int) and isinstance(first_ts, int) and isinstance(last_ts, int)
+    cpus = prefix.header_cpus(header_text) or last_cpu + 1
     gap_df = pl.from_arrow(gaps)
+    assert isinstance(gap_df, pl.DataFrame)  # a Table converts to a DataFrame
     known = gap_df.filter(pl.col("lost").is_not_null()).group_by("cpu").agg(pl.col("lost").sum())
     unknown = gap_df.filter(pl.col("lost").is_null()).group_by("cpu").len()
-    warn = ((f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",)
-            if skipped else ())
+    warn: tuple[str, ...] = (
+        (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",)
+        if skipped else ())
     warn += (order_note,) if order_note else ()
     info = TraceInfo(
         path=path,
@@ -202,8 +207,8 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
         event_counts={name: t.num_rows for name, t in tables.items()},
         lost_events={int(c): int(n) for c, n in known.iter_rows()},
         lost_unknown={int(c): int(n) for c, n in unknown.iter_rows()},
-        first_ts=int(ordered["ts"].min()),
-        last_ts=int(ordered["ts"].max()),
+        first_ts=first_ts,
+        last_ts=last_ts,
         skipped_lines=len(skipped),
         warnings=warn,
     )

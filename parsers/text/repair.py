@@ -19,6 +19,7 @@ from itertools import pairwise, product
 
 import polars as pl
 
+from kvmtrace.parsers.text.decode import Decoded
 from kvmtrace.parsers.text.lines import PREFIX
 
 _QUOTE = r"^\s*(?:>\s?)+"
@@ -87,7 +88,7 @@ class Fixes:
     lines that had to be given up because they may continue on the next line."""
 
     split: pl.DataFrame | None = None
-    decoded: dict = field(default_factory=dict)
+    decoded: dict[str, Decoded] = field(default_factory=dict)
     consumed: set[int] = field(default_factory=set)
     ambiguous: set[int] = field(default_factory=set)
 
@@ -101,10 +102,12 @@ WRAPPED_MAX = 998
 AMBIGUOUS = "decodes alone and joined with the next line too (wrapped?); cannot tell which is exact"
 
 
-Decoder = Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]]
+Decoder = Callable[[pl.DataFrame], tuple[pl.DataFrame, dict[str, Decoded]]]
+#: What a candidate decodes to: its prefix fields and arguments.
+Key = tuple[object, ...]
 
 
-def _good_keys(split: pl.DataFrame, decoded: dict) -> dict[int, tuple]:
+def _good_keys(split: pl.DataFrame, decoded: dict[str, Decoded]) -> dict[int, Key]:
     """Candidate index -> what it decodes to (prefix fields and arguments), for the ones that decode.
 
     Two joins that differ only where the reader ignores whitespace decode to the same key and
@@ -174,7 +177,7 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
     trial = pl.DataFrame({"line_no": list(range(len(cands))), "line": [c[1] for c in cands]},
                          schema={"line_no": pl.Int64, "line": pl.String})
     keys = _good_keys(*decode(trial))
-    by_start: dict[int, dict[tuple[int, ...], dict[tuple, str]]] = {}
+    by_start: dict[int, dict[tuple[int, ...], dict[Key, str]]] = {}
     for i, (chain, joined) in enumerate(cands):
         if i in keys:
             by_start.setdefault(chain[0], {}).setdefault(chain, {}).setdefault(keys[i], joined)

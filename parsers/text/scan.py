@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from kvmtrace.parsers.text.lines import PRINT_CALLERS
 
@@ -68,11 +69,12 @@ class Scanned:
     rejected: np.ndarray
 
 
-def _rows(padded: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+def _rows(padded: NDArray[np.uint8], pos: np.ndarray, width: int) -> NDArray[np.uint8]:
     """``width`` bytes from each chunk position (one row each), copied out of the padded buffer."""
     view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1),
                                            writeable=False)
-    return view[np.clip(pos + PAD, 0, len(view) - 1)]  # lines being rejected may point anywhere
+    rows: NDArray[np.uint8] = view[np.clip(pos + PAD, 0, len(view) - 1)]  # rejected lines may point anywhere
+    return rows
 
 
 def _word(padded: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
@@ -80,10 +82,11 @@ def _word(padded: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
     byte-row gather costs several times more."""
     size = np.dtype(dtype).itemsize
     view = np.ndarray((len(padded) - size + 1,), dtype=dtype, buffer=padded, strides=(1,))
-    return view[np.clip(pos + PAD, 0, len(view) - 1)]
+    words: np.ndarray = view[np.clip(pos + PAD, 0, len(view) - 1)]
+    return words
 
 
-def _any(mask: np.ndarray) -> np.ndarray:
+def _any(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """Row-wise ``any`` of a narrow bool matrix, eight columns per uint64 (numpy's axis-1
     reductions loop per row: 40x slower on 16 columns)."""
     n, width = mask.shape
@@ -91,7 +94,7 @@ def _any(mask: np.ndarray) -> np.ndarray:
     packed = np.zeros((n, 8 * words), dtype=bool)
     packed[:, :width] = mask
     wide = packed.view("<u8")
-    out = wide[:, 0] != 0
+    out: NDArray[np.bool_] = wide[:, 0] != 0
     for k in range(1, words):
         out |= wide[:, k] != 0
     return out
@@ -103,16 +106,18 @@ def _all(mask: np.ndarray) -> np.ndarray:
 
 def _at(block: np.ndarray, col: np.ndarray) -> np.ndarray:
     """``block[i, col[i]]`` for every row (a flat take: faster than 2-D fancy indexing)."""
-    return block.reshape(-1)[np.arange(len(block)) * block.shape[1] + col]
+    picked: np.ndarray = block.reshape(-1)[np.arange(len(block)) * block.shape[1] + col]
+    return picked
 
 
 def _is_digit(b: np.ndarray) -> np.ndarray:
     return (b - np.uint8(48)) < 10
 
 
-def _is_space(b: np.ndarray) -> np.ndarray:
+def _is_space(b: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """ASCII whitespace, what ``str.strip_chars`` removes."""
-    return (b == 32) | ((b - np.uint8(9)) < 5)
+    space: NDArray[np.bool_] = (b == 32) | ((b - np.uint8(9)) < 5)
+    return space
 
 
 def _eight(x: np.ndarray) -> np.ndarray:

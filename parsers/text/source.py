@@ -55,7 +55,7 @@ class Chunk:
         return pl.DataFrame({"line_no": line_no, "line": self.lines})
 
 
-def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO:
+def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO | io.BufferedIOBase:
     """The text stream of ``raw`` (which stays open: its owner closes it)."""
     if compression == "none":
         return raw
