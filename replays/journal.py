@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import ArrayLike
 
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
@@ -110,11 +111,12 @@ class Journal:
         self.i_as.append(as_id)
         self.i_pid.append(pid)
 
-    def add_changes(self, *, seq, key, as_id, gfn, level, old, old_valid, new, new_valid, page, state,
-                    reason) -> None:
+    def add_changes(self, *, seq: ArrayLike, key: ArrayLike, as_id: ArrayLike, gfn: ArrayLike, level: ArrayLike,
+                    old: ArrayLike, old_valid: ArrayLike, new: ArrayLike, new_valid: ArrayLike, page: ArrayLike,
+                    state: pa.DictionaryArray, reason: pa.DictionaryArray) -> None:
         """Many transitions at once (numpy arrays; ``*_valid`` False makes the value null; ``state`` and
         ``reason`` are :func:`coded` arrays)."""
-        page = np.asarray(page, dtype=np.int64)
+        page_ids = np.asarray(page, dtype=np.int64)
         self.change_chunks.append(pa.table({
             "seq": pa.array(np.asarray(seq, np.int64)),
             "key": pa.array(np.asarray(key, np.uint64)),
@@ -123,12 +125,12 @@ class Journal:
             "level": pa.array(np.asarray(level).astype(np.int8)),
             "old_spte": pa.array(np.asarray(old, np.uint64), mask=~np.asarray(old_valid, bool)),
             "new_spte": pa.array(np.asarray(new, np.uint64), mask=~np.asarray(new_valid, bool)),
-            "page": pa.array(page, mask=page < 0),
+            "page": pa.array(page_ids, mask=page_ids < 0),
             "state": state,
             "reason": reason,
         }, schema=SPTE_CHANGES_SCHEMA))
 
-    def add_installs(self, seq, gfn, level, as_id, pid) -> None:
+    def add_installs(self, seq: ArrayLike, gfn: ArrayLike, level: ArrayLike, as_id: ArrayLike, pid: ArrayLike) -> None:
         self.install_chunks.append({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
                                     "level": np.asarray(level, np.int64), "as_id": np.asarray(as_id, np.int64),
                                     "pid": np.asarray(pid, np.int64)})
