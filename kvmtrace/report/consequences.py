@@ -88,13 +88,13 @@ def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_
 
         f_hit = _hits(faults, "gfn", start, end, lo, hi) if faults is not None else None
         m_hits = [(c, _hits(c, "gpa" if "gpa" in c else "addr", start, end, lo, hi)) for c in mmio]
-        pids = set(faults["pid"][f_hit].tolist()) if f_hit is not None else set()
+        pids = set(faults["pid"][f_hit].tolist()) if faults is not None and f_hit is not None else set()
         for c, m in m_hits:
             pids |= set(c["pid"][m].tolist())
         for pid in sorted(pids, key=lambda p: (vcpu_of.get(p, 1 << 30), p)):
             seqs: list[np.ndarray] = []
             n_faults = noslot = error = most = 0
-            if f_hit is not None:
+            if faults is not None and f_hit is not None:
                 mine = f_hit & (faults["pid"] == pid)
                 pfn = faults["pfn"][mine]
                 n_faults = int(mine.sum())

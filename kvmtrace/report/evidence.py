@@ -26,7 +26,7 @@ def _field_text(value: object, typ: pa.DataType) -> str:
         return "?"
     if isinstance(value, bool):  # one-bit fields (r, x, ...) read as the kernel prints them
         return str(int(value))
-    if pa.types.is_unsigned_integer(typ) and typ.bit_width >= 32:
+    if pa.types.is_unsigned_integer(typ) and typ.bit_width >= 32 and isinstance(value, int):
         return hex(value)
     if isinstance(value, str):
         return value.rstrip("\n")
