@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from kvmtrace.parsers.tracedat.writer import write_tracedat  # noqa: E402
-from tracedat_builder import content_of  # noqa: E402
+from tracedat_builder import content_of
+
+from kvmtrace.parsers.tracedat.writer import write_tracedat
 
 
 def best_of(n: int, fn) -> float:

@@ -98,15 +98,18 @@ def main() -> None:
             shutil.copyfileobj(src, dst)
         lines = sum(1 for _ in open(plain, "rb"))
         size_mb = plain.stat().st_size / 1e6
-        rows = [run(reader, path, args.runs, args.threads) for reader, path in (("text", plain), ("text.gz", twin), ("tracedat", dat))]
+        inputs = (("text", plain), ("text.gz", twin), ("tracedat", dat))
+        rows = [run(reader, path, args.runs, args.threads) for reader, path in inputs]
     ref = rows[-1]
     print(f"`python bench/bench_text.py {dat.relative_to(REPO) if dat.is_relative_to(REPO) else dat.name} "
-          f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}` -- {lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
+          f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}` -- "
+          f"{lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
           f"Machine: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}.\n")
     print("| reader | wall (best) | CPU (best) | lines/s (wall) | lines/s (CPU) | peak RSS | events | skipped |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
-        print(f"| {r.reader} | {r.wall:.2f} s | {r.cpu:.2f} s | {lines / r.wall / 1e6:.2f} M | {lines / r.cpu / 1e6:.2f} M "
+        print(f"| {r.reader} | {r.wall:.2f} s | {r.cpu:.2f} s "
+              f"| {lines / r.wall / 1e6:.2f} M | {lines / r.cpu / 1e6:.2f} M "
               f"| {r.rss_mb:.0f} MB | {r.events:,} | {r.skipped} |")
     text = rows[0]
     print(f"\nRatio: the text reader takes {text.wall / ref.wall:.1f}x the trace.dat reader's wall time "

@@ -176,7 +176,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         where = f"{err.filename}: " if err.filename else ""
         say(f"{where}{err.strerror or err}")
         return EXIT_INPUT
-    except Exception as err:  # noqa: BLE001 - the contract: a bug is exit 3 and one line
+    except Exception as err:
         if _Run.debug:
             traceback.print_exc()
         where = "" if _Run.debug else "; rerun as 'kvmtrace --debug ...' to see the traceback"

@@ -13,19 +13,19 @@ tests and in notebooks alike) and as SVG text for the self-contained HTML report
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
 import pyarrow as pa
 from matplotlib.figure import Figure as MplFigure
 
-from kvmtrace.report.decode import gpa_range
-from kvmtrace.report.evidence import column_ts, seq_ts
-from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import ZapLedger, zap_ledger
 from kvmtrace.replays.results import ReplayResult
+from kvmtrace.report.decode import gpa_range
+from kvmtrace.report.evidence import column_ts, seq_ts
+from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
 
 if TYPE_CHECKING:  # the API imports this module (lazily); a runtime import would close a cycle
     from kvmtrace.api import Trace
@@ -41,7 +41,7 @@ TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
 BINS = 200
 
 
-def _data(trace: Union["Trace", TraceData]) -> TraceData:
+def _data(trace: Trace | TraceData) -> TraceData:
     return trace if isinstance(trace, TraceData) else trace.data
 
 
@@ -51,7 +51,7 @@ def _ts(table: pa.Table | None) -> np.ndarray:
     return table.column("ts").to_numpy(zero_copy_only=False)
 
 
-def timeline(trace: Union[Trace, TraceData], replay: ReplayResult) -> MplFigure:
+def timeline(trace: Trace | TraceData, replay: ReplayResult) -> MplFigure:
     """Events per time bin for each group of :data:`TIMELINE_GROUPS`; memslot changes dashed."""
     data = _data(trace)
     t0 = data.info.first_ts or 0
@@ -109,7 +109,7 @@ def memslots(replay: ReplayResult) -> MplFigure:
     return fig
 
 
-def sp_lifetimes(replay: ReplayResult, trace: Union[Trace, TraceData, None] = None) -> MplFigure:
+def sp_lifetimes(replay: ReplayResult, trace: Trace | TraceData | None = None) -> MplFigure:
     """Shadow pages alive over the trace (pages that predate it count from its start).
 
     The replay cites events by seq; with ``trace`` the x axis is time, without it the x axis
@@ -169,7 +169,7 @@ def _faults(data: TraceData) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(seqs), np.concatenate(gfns)
 
 
-def layout(trace: Union[Trace, TraceData], replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+def layout(trace: Trace | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
     """The memslot layout over time: one lane per guest-physical range (sorted by address, so
     small BARs stay visible next to gigabytes of RAM), one band per slot instance while it was
     in place, each delete/move's update window shaded and its line marked, and the faults
@@ -248,7 +248,7 @@ def page_ends(replay: ReplayResult, ledger: ZapLedger) -> np.ndarray:
                      ["obsolete, end not traced", "alive at end", "zap-all", "slot zap", "root freed"], "other zap")
 
 
-def page_lifetimes(trace: Union[Trace, TraceData], replay: ReplayResult,
+def page_lifetimes(trace: Trace | TraceData, replay: ReplayResult,
                    ledger: ZapLedger | None = None) -> MplFigure:
     """One horizontal bar per shadow page from its creation (or the trace start, if it predates
     the trace) to its zap (or the trace end), pages ordered by creation, coloured by how they
@@ -282,7 +282,7 @@ def page_lifetimes(trace: Union[Trace, TraceData], replay: ReplayResult,
     return fig
 
 
-def spte_rate(trace: Union[Trace, TraceData], replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+def spte_rate(trace: Trace | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
     """Leaf SPTEs installed and removed (traced or inferred) per time bin, with each memslot
     delete/move's update window shaded and its line dashed."""
     data = _data(trace)
@@ -328,14 +328,15 @@ def svg_text(fig: MplFigure) -> str:
     return text[text.index("<svg"):]
 
 
-def report_figures(trace: Union[Trace, TraceData], replay: ReplayResult) -> tuple[Figure, ...]:
+def report_figures(trace: Trace | TraceData, replay: ReplayResult) -> tuple[Figure, ...]:
     """The HTML report's plots, drawn once: the memslot layout, how shadow pages lived and
     ended, and SPTE churn around memslot changes, then the event timeline."""
     ledger = zap_ledger(_data(trace), replay)
     return (
         Figure("memslot layout over time: slot instances, update windows, faults on removed ranges",
                svg_text(layout(trace, replay, ledger))),
-        Figure("shadow-page lifetimes, coloured by how each page ended", svg_text(page_lifetimes(trace, replay, ledger))),
+        Figure("shadow-page lifetimes, coloured by how each page ended",
+               svg_text(page_lifetimes(trace, replay, ledger))),
         Figure("leaf SPTE installs and removals over time, memslot deletes/moves overlaid",
                svg_text(spte_rate(trace, replay, ledger))),
         Figure("faults, SPTE installs, zaps and memslot changes over time", svg_text(timeline(trace, replay))),

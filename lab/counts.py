@@ -20,7 +20,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 # "comm-pid [cpu] (flags) ts: event: ..." -- flags only in the kernel text.
-EVENT = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?(?P<ts>\d+\.\d+):\s+(?P<name>[\w]+):\s?(?P<rest>.*)$")
+EVENT = re.compile(
+    r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?:\S+\s+)?"
+    r"(?P<ts>\d+\.\d+):\s+(?P<name>[\w]+):\s?(?P<rest>.*)$"
+)
 LOST = re.compile(r"LOST (\d+) EVENTS|(\d+) EVENTS DROPPED|\[(?:LOST )?EVENTS(?: DROPPED)?\]")
 
 

@@ -5,8 +5,8 @@
 reader. Both readers return the same :class:`kvmtrace.parsers.schema.TraceData`.
 """
 
+from kvmtrace.parsers.detect import read
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData, TraceInfo
-from kvmtrace.parsers.detect import read
 
-__all__ = ["read", "TraceData", "TraceInfo", "TraceError", "TraceWarning"]
+__all__ = ["TraceData", "TraceError", "TraceInfo", "TraceWarning", "read"]

@@ -22,8 +22,9 @@ import stat
 import sys
 import tempfile
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
@@ -65,13 +66,17 @@ class _Replayed(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:  # type: ignore[override]
+    # io hands a raw reader a memoryview, which typeshed's WriteableBuffer does not describe
+    def readinto(self, b: memoryview) -> int | None:  # type: ignore[override]
         if self._head:
             n = min(len(b), len(self._head))
             b[:n] = self._head[:n]
             self._head = self._head[n:]
             return n
-        return self._raw.readinto(b)
+        # typeshed's BinaryIO (the type of sys.stdin.buffer) has no readinto; every reader
+        # handed to us at run time (BufferedReader, FileIO) does
+        read: int | None = self._raw.readinto(b)  # type: ignore[attr-defined]
+        return read
 
 
 @dataclass
@@ -124,8 +129,9 @@ def open_input(path: str | os.PathLike[str]) -> Iterator[Input]:
         if not head:
             raise TraceError(f"{name}: empty {'file' if regular else 'input'}, not a trace")
         if regular:
+            assert isinstance(raw, io.FileIO)  # a file opened above: never standard input
             raw.seek(0)
-            stream: BinaryIO = io.BufferedReader(raw)  # a file opened above: never standard input
+            stream: BinaryIO = io.BufferedReader(raw)
         else:
             stream = io.BufferedReader(_Replayed(head, raw))
         yield Input(name, stream, kind_of(head), spath if regular else None)

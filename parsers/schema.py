@@ -23,8 +23,8 @@ to tell "not in this trace" (null, with a reason in the metadata) from "zero".
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -65,8 +65,8 @@ def field_columns(names: Sequence[str]) -> list[str]:
 
 #: The ``events`` table: the common columns plus the event's name and system.
 EVENTS_SCHEMA = pa.schema(
-    list(COMMON_FIELDS)
-    + [
+    [
+        *COMMON_FIELDS,
         pa.field("event", pa.dictionary(pa.int32(), pa.string()), nullable=False),
         pa.field("system", pa.dictionary(pa.int32(), pa.string())),
     ]
@@ -163,7 +163,7 @@ class TraceData:
     events: pa.Table  # EVENTS_SCHEMA, ordered by seq
     tables: dict[str, pa.Table]  # event name -> COMMON_FIELDS + the event's fields, by seq
     gaps: pa.Table  # GAPS_SCHEMA
-    instances: dict[str, "TraceData"] = field(default_factory=dict)  # other buffers, by name
+    instances: dict[str, TraceData] = field(default_factory=dict)  # other buffers, by name
     #: Text readers: (line number, reason) for every line skipped; empty for binary input.
     skipped: list[tuple[int, str]] = field(default_factory=list)
 
@@ -182,7 +182,7 @@ class TraceData:
             raise KeyError(f"no event {name!r} in this trace") from None
 
     def select(self, *, since: int | None = None, until: int | None = None, cpus: Iterable[int] | None = None,
-               first_seq: int | None = None, last_seq: int | None = None) -> "TraceData":
+               first_seq: int | None = None, last_seq: int | None = None) -> TraceData:
         """The events with ``since <= ts <= until`` (ns) on ``cpus`` within a ``seq`` window, every
         table and count cut alike (:mod:`kvmtrace.parsers.select`); seq numbers are kept."""
         from kvmtrace.parsers.select import Selection, select  # the one place that cuts a trace

@@ -73,7 +73,8 @@ def keep_rows(data: TraceData, mask: RowMask) -> TraceData:
     events = data.events.filter(mask(data.events))
     cpus = set(pc.unique(events["cpu"]).to_pylist())
     every_cpu = cpus == set(pc.unique(data.events["cpu"]).to_pylist())
-    gaps = data.gaps if every_cpu else data.gaps.filter(pc.is_in(data.gaps["cpu"], value_set=pa.array(sorted(cpus), pa.int16())))
+    kept = pa.array(sorted(cpus), pa.int16())
+    gaps = data.gaps if every_cpu else data.gaps.filter(pc.is_in(data.gaps["cpu"], value_set=kept))
     info = dataclasses.replace(
         data.info,
         event_counts={n: t.num_rows for n, t in tables.items() if t.num_rows},

@@ -6,4 +6,4 @@ Consumes :class:`kvmtrace.parsers.schema.TraceData`; never opens a file. The ent
 
 from kvmtrace.replays.replay import decoded_table, replay
 
-__all__ = ["replay", "decoded_table"]
+__all__ = ["decoded_table", "replay"]

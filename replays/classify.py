@@ -16,7 +16,6 @@ from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, model_input, role_wo
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
-
 #: Page-event print forms of older kernels (the text reader's era labels) -> the release whose
 #: role layout the reader placed the printed bits in (parsers/text/pages.py, ROLE_FORMS). Where
 #: the form spans releases with different memslot-removal rules, the latest is taken: it zaps all

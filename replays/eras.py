@@ -149,7 +149,8 @@ _E51 = replace(_E420, first=(5, 1, 0), name="5.1-5.2.10 (per-memslot zap of 4e10
 _E5211 = replace(_E51, first=(5, 2, 11), name="5.2.11-5.2.15 (revert to kvm_mmu_zap_all)", removal="zap_all",
                  zap_slot=None)
 _E5216 = replace(_E5211, first=(5, 2, 16), name="5.2.16-5.3 (fast zap back, untraced)", removal="zap_all_fast")
-_E54 = replace(_E5216, first=(5, 4, 0), name="5.4-5.5 (kvm_mmu_zap_all_fast)", zap_events=("kvm_mmu_zap_all_fast", _PAGE))
+_E54 = replace(_E5216, first=(5, 4, 0), name="5.4-5.5 (kvm_mmu_zap_all_fast)",
+               zap_events=("kvm_mmu_zap_all_fast", _PAGE))
 _E56 = replace(_E54, first=(5, 6, 0), name="5.6-5.9",
                spte="present: spte != 0 and not MMIO; MMIO: bits 52-53 == 3 (SPTE_SPECIAL_MASK)",
                spte_cite=Cite("arch/x86/kvm/mmu/mmu.c", "is_mmio_spte(), SPTE_SPECIAL_MASK",

@@ -17,7 +17,7 @@ event that never fired cannot be told from one that was not recorded, and the ch
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.checks import CHECKS, MmuKind

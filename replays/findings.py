@@ -7,14 +7,14 @@ on the missing interval becomes an error) and turns everything into the contract
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 
-from kvmtrace.replays.results import CHECK_IDS, CHECKS_SCHEMA, FINDINGS_SCHEMA, SEVERITY
-
+from kvmtrace.replays.checks import CHECK_IDS, SEVERITY
+from kvmtrace.replays.results import CHECKS_SCHEMA, FINDINGS_SCHEMA
 
 #: A finding's ``horizon`` when its verdict depends on everything up to the trace's end.
 END = np.iinfo(np.int64).max
@@ -48,7 +48,7 @@ class CheckOutcome:
     findings: list[Finding] = field(default_factory=list)
 
     @classmethod
-    def of(cls, check: str, findings: list[Finding], passed_reason: str, evaluated_reason: str = "") -> "CheckOutcome":
+    def of(cls, check: str, findings: list[Finding], passed_reason: str, evaluated_reason: str = "") -> CheckOutcome:
         """``failed`` when any finding is at the check's own severity, else ``passed``.
 
         An ``info`` check (a normal consequence of where the trace starts) never fails."""
@@ -60,7 +60,7 @@ class CheckOutcome:
         return cls(check, "passed", passed_reason, findings)
 
     @classmethod
-    def skipped(cls, check: str, reason: str) -> "CheckOutcome":
+    def skipped(cls, check: str, reason: str) -> CheckOutcome:
         return cls(check, "not_evaluated", reason)
 
 
@@ -121,19 +121,20 @@ def finalize(outcomes: list[CheckOutcome], lost: LostWindows,
     """Apply the lost-event rule (over each finding's evidence and horizon) and build (findings,
     checks) tables in CHECK_IDS order."""
     by_id = {o.id: o for o in outcomes}
-    rows = {f.name: [] for f in FINDINGS_SCHEMA}
-    checks = {f.name: [] for f in CHECKS_SCHEMA}
+    rows: dict[str, list[object]] = {f.name: [] for f in FINDINGS_SCHEMA}
+    checks: dict[str, list[object]] = {f.name: [] for f in CHECKS_SCHEMA}
     for cid in CHECK_IDS:
         o = by_id.get(cid) or CheckOutcome.skipped(cid, "not implemented yet")
         for f in o.findings:
             ev = [s for s in f.evidence if s is not None and s >= 0]
-            last = max(ev + [f.horizon]) if ev and f.horizon is not None else (max(ev) if ev else None)
             # an error check's finding that its detector already judged uncertain (a warning) names
             # the lost interval too: the reader is owed every reason for the doubt
             doubtful = f.severity == "error" or (f.severity == "warning" and SEVERITY[cid] == "error")
-            if doubtful and lost and ev and lost.overlaps(min(ev), last):
-                f.severity = "warning"
-                f.message = lost.words(min(ev), last) + f.message
+            if doubtful and lost and ev:
+                last = max([*ev, f.horizon]) if f.horizon is not None else max(ev)
+                if lost.overlaps(min(ev), last):
+                    f.severity = "warning"
+                    f.message = lost.words(min(ev), last) + f.message
             ts, cpu = locate(f.seq) if f.seq is not None else (None, None)
             for k, v in (("id", f.id), ("severity", f.severity), ("seq", f.seq), ("ts", ts), ("cpu", cpu),
                          ("gfn", f.gfn), ("slot", f.slot), ("message", f.message), ("evidence", ev)):

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import ArrayLike
 
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
@@ -110,11 +111,12 @@ class Journal:
         self.i_as.append(as_id)
         self.i_pid.append(pid)
 
-    def add_changes(self, *, seq, key, as_id, gfn, level, old, old_valid, new, new_valid, page, state,
-                    reason) -> None:
+    def add_changes(self, *, seq: ArrayLike, key: ArrayLike, as_id: ArrayLike, gfn: ArrayLike, level: ArrayLike,
+                    old: ArrayLike, old_valid: ArrayLike, new: ArrayLike, new_valid: ArrayLike, page: ArrayLike,
+                    state: pa.DictionaryArray, reason: pa.DictionaryArray) -> None:
         """Many transitions at once (numpy arrays; ``*_valid`` False makes the value null; ``state`` and
         ``reason`` are :func:`coded` arrays)."""
-        page = np.asarray(page, dtype=np.int64)
+        page_ids = np.asarray(page, dtype=np.int64)
         self.change_chunks.append(pa.table({
             "seq": pa.array(np.asarray(seq, np.int64)),
             "key": pa.array(np.asarray(key, np.uint64)),
@@ -123,25 +125,28 @@ class Journal:
             "level": pa.array(np.asarray(level).astype(np.int8)),
             "old_spte": pa.array(np.asarray(old, np.uint64), mask=~np.asarray(old_valid, bool)),
             "new_spte": pa.array(np.asarray(new, np.uint64), mask=~np.asarray(new_valid, bool)),
-            "page": pa.array(page, mask=page < 0),
+            "page": pa.array(page_ids, mask=page_ids < 0),
             "state": state,
             "reason": reason,
         }, schema=SPTE_CHANGES_SCHEMA))
 
-    def add_installs(self, seq, gfn, level, as_id, pid) -> None:
+    def add_installs(self, seq: ArrayLike, gfn: ArrayLike, level: ArrayLike, as_id: ArrayLike, pid: ArrayLike) -> None:
         self.install_chunks.append({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
                                     "level": np.asarray(level, np.int64), "as_id": np.asarray(as_id, np.int64),
                                     "pid": np.asarray(pid, np.int64)})
 
     def installs(self) -> dict[str, np.ndarray]:
         """Present leaf installs, in seq order."""
-        parts = [{
-            "seq": np.asarray(self.i_seq, dtype=np.int64),
-            "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
-            "level": np.asarray(self.i_level, dtype=np.int64),
-            "as_id": np.asarray(self.i_as, dtype=np.int64),
-            "pid": np.asarray(self.i_pid, dtype=np.int64),
-        }] + self.install_chunks
+        parts = [
+            {
+                "seq": np.asarray(self.i_seq, dtype=np.int64),
+                "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
+                "level": np.asarray(self.i_level, dtype=np.int64),
+                "as_id": np.asarray(self.i_as, dtype=np.int64),
+                "pid": np.asarray(self.i_pid, dtype=np.int64),
+            },
+            *self.install_chunks,
+        ]
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         order = np.argsort(out["seq"], kind="stable")
         return {k: v[order] for k, v in out.items()}
@@ -151,7 +156,7 @@ class Journal:
         rows = self._row_changes()
         if not self.change_chunks:
             return rows
-        t = pa.concat_tables([rows] + self.change_chunks).unify_dictionaries().combine_chunks()
+        t = pa.concat_tables([rows, *self.change_chunks]).unify_dictionaries().combine_chunks()
         return t.take(pa.array(np.argsort(np.asarray(t.column("seq").to_numpy()), kind="stable")))
 
     def _row_changes(self) -> pa.Table:
@@ -164,7 +169,8 @@ class Journal:
             "old_spte": pa.array(self.c_old, pa.uint64()),
             "new_spte": pa.array(self.c_new, pa.uint64()),
             "page": pa.array(self.c_page, pa.int64()),
-            "state": pa.array(self.c_state, pa.string()).dictionary_encode().cast(SPTE_CHANGES_SCHEMA.field("state").type),
+            "state": pa.array(self.c_state, pa.string()).dictionary_encode().cast(
+                SPTE_CHANGES_SCHEMA.field("state").type),
             "reason": pa.array(self.c_reason, pa.string()).dictionary_encode().cast(
                 SPTE_CHANGES_SCHEMA.field("reason").type),
         }, schema=SPTE_CHANGES_SCHEMA)

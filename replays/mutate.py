@@ -9,8 +9,9 @@ made with fewer events enabled (:func:`keeping`) and two runs in one file (:func
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -38,12 +39,13 @@ def altered(data: TraceData, event: str, seq: int, **fields: object) -> TraceDat
     return replace(data, tables={**data.tables, event: table})
 
 
-def rows(data: TraceData, event: str, where: pa.Array | None = None) -> list[dict]:
+def rows(data: TraceData, event: str, where: pa.Array | None = None) -> list[dict[str, Any]]:
     """The rows of one event (optionally filtered by a boolean mask) as dicts: for picking targets."""
     t = data.tables.get(event)
     if t is None:
         return []
-    return (t.filter(where) if where is not None else t).to_pylist()
+    out: list[dict[str, Any]] = (t.filter(where) if where is not None else t).to_pylist()
+    return out
 
 
 def seqs_between(data: TraceData, event: str, lo: int, hi: int) -> np.ndarray:

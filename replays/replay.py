@@ -11,6 +11,7 @@ summaries on what the model recorded. Events that change no MMU state (guest pag
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -18,14 +19,25 @@ import pyarrow as pa
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
-from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
+from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
-from kvmtrace.replays.inputs import (SeqIndex, columns, fault_columns, kvmmmu_events, model_input, page_limits,
-                                     require_events, role_words, seq_pid, unusable_events, zap_all_event)
+from kvmtrace.replays.inputs import (
+    SeqIndex,
+    columns,
+    fault_columns,
+    kvmmmu_events,
+    model_input,
+    page_limits,
+    require_events,
+    role_words,
+    seq_pid,
+    unusable_events,
+    zap_all_event,
+)
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.placement import facts_from
@@ -37,7 +49,7 @@ from kvmtrace.replays.walk import walk
 from kvmtrace.replays.whatif import whatif
 
 
-def replay(data: TraceData, *, kernel: str | None = None, memslots: dict | None = None,
+def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, Any] | None = None,
            qemu_log_lines: list[str] | None = None, zap_rule: str | None = None) -> ReplayResult:
     """Replay ``data`` against the simulated MMU.
 
@@ -125,7 +137,7 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
     return decode_role(data.table(event), profile_for(kernel or data.info.kernel))
 
 
-def _timeline(data: TraceData, profile: KernelProfile, layout: dict | None, lines: list[str] | None,
+def _timeline(data: TraceData, profile: KernelProfile, layout: dict[str, Any] | None, lines: list[str] | None,
               kv_seq: np.ndarray, kv_pid: np.ndarray, kv_zap: np.ndarray) -> ms.MemslotTimeline:
     """The layout file (if any) is the starting layout; the trace's own lines, or a QEMU log's
     (placed on the trace by the kernel's response to each), apply after it."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
 
@@ -22,11 +23,11 @@ class Columns:
 
     name: str
     seq: np.ndarray
-    fields: dict[str, list]
+    fields: dict[str, list[int]]  # integer fields (nulls read as 0)
     missing: tuple[str, ...] = ()  # requested fields the trace's format does not have
 
 
-def numpy_column(table: pa.Table, name: str, dtype=np.uint64) -> np.ndarray:
+def numpy_column(table: pa.Table, name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
     """A column as numpy; nulls (e.g. text readers' hashed pointers) become 0."""
     col = table.column(name)
     if col.null_count:
@@ -40,9 +41,9 @@ def extract(data: TraceData, event: str, fields: tuple[str, ...]) -> Columns | N
     if table is None or table.num_rows == 0:
         return None
     n = table.num_rows
-    out: dict[str, list] = {}
+    out: dict[str, list[int]] = {}
     missing = []
-    for f in ("pid",) + fields:
+    for f in ("pid", *fields):
         if f in table.column_names:
             col = table.column(f)
             out[f] = (col.fill_null(0) if col.null_count else col).to_pylist()

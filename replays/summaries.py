@@ -8,7 +8,7 @@ re-creation before the next zap-all.
 from __future__ import annotations
 
 from bisect import bisect_right
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -38,8 +38,8 @@ def memslot_summary(ctx: Context) -> pa.Table:
     index = recreations(ctx)
     pg = ctx.pages.arrays()
     f, ins = ctx.faults, ctx.installs
-    rows: dict[str, list] = {k: [] for k in ("slot", "as_id", "base_gfn", "npages", "from_seq", "until_seq", "faults",
-                                             "sptes_installed", "pages_zapped", "pages_rebuilt")}
+    rows: dict[str, list[object]] = {k: [] for k in ("slot", "as_id", "base_gfn", "npages", "from_seq", "until_seq",
+                                                     "faults", "sptes_installed", "pages_zapped", "pages_rebuilt")}
     tl = ctx.timeline
     n = len(tl.lifetimes)
     faults = np.bincount(tl.lifetime_at(f["gfn"], f["seq"]) + 1, minlength=n + 1)[1:]
@@ -67,13 +67,13 @@ def zap_all_summary(ctx: Context, locate: Callable[[int], tuple[int | None, int 
     index = recreations(ctx)
     pg = ctx.pages.arrays()
     zap_alls = ctx.journal.zap_alls
-    rows: dict[str, list] = {k: [] for k in ("seq", "ts", "mmu_valid_gen", "obsoleted", "pages_zapped",
+    rows: dict[str, list[object]] = {k: [] for k in ("seq", "ts", "mmu_valid_gen", "obsoleted", "pages_zapped",
                                              "pages_rebuilt", "rebuild_ns")}
     for n, (seq, gen, obsoleted) in enumerate(zap_alls):
         until = zap_alls[n + 1][0] if n + 1 < len(zap_alls) else np.iinfo(np.int64).max
         ids = np.flatnonzero(pg["obsolete_seq"] == seq)
-        again = [next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), seq) for p in ids]
-        again = [s for s in again if s is not None and s < until]
+        created = [next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), seq) for p in ids]
+        again = [s for s in created if s is not None and s < until]
         ts = locate(seq)[0]
         last_ts = locate(max(again))[0] if again else None
         for k, v in (("seq", seq), ("ts", ts), ("mmu_valid_gen", gen), ("obsoleted", obsoleted),

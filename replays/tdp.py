@@ -32,6 +32,9 @@ from kvmtrace.replays.profiles import KernelProfile
 
 FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (tracepoints.md §4.3)
 
+#: One root's copy of an SPTE, updated in place: [value, install seq, root invalidated (0/1), installer pid]
+Copy = list[int]
+
 
 class TdpModel:
     """State machine over TDP-MMU events; feed it events in seq order."""
@@ -42,8 +45,8 @@ class TdpModel:
         self.pages = pages
         self.nonpresent = profile.nonpresent
         self.frozen = profile.nonpresent | FROZEN_LOW
-        #: key -> copies (one per root mapping it): [value, install seq, root invalidated, installer pid]
-        self.sptes: dict[tuple[int, int, int], list[list]] = {}
+        #: key -> copies (one per root mapping it)
+        self.sptes: dict[tuple[int, int, int], list[Copy]] = {}
         self.splits: dict[tuple[int, int, int], int] = {}  # huge SPTE key -> seq of its split
         self.live_pages: dict[tuple[int, int], list[int]] = {}  # (gfn, role) -> live page ids
         self.large = profile.large_mask
@@ -111,7 +114,7 @@ class TdpModel:
     def _leaf(self, spte: int, level: int) -> bool:
         return level == 1 or bool(spte & self.large)
 
-    def _match(self, copies: list[list], old: int, prefer_invalid: bool) -> list | None:
+    def _match(self, copies: list[Copy], old: int, prefer_invalid: bool) -> Copy | None:
         """The copy holding ``old`` (exactly, else with A/D set by hardware since), preferring an
         invalidated root's copy for a table teardown and a live root's copy otherwise."""
         exact = [c for c in copies if c[0] == old] or [c for c in copies if (c[0] | (old & self.hw_ad)) == old]
@@ -148,7 +151,7 @@ class TdpModel:
                                         e[3] if e is not None else NONE))
         invalid = e is not None and e[2]
         if new == self.nonpresent or removed_table:
-            if e is not None:
+            if e is not None and copies is not None:  # a matched copy came from ``copies``
                 copies.remove(e)
                 if not copies:
                     del self.sptes[key]
@@ -170,7 +173,7 @@ class TdpModel:
             reason += " (invalidated root)"
         self.j.change(seq, 0, as_id, gfn, level, old, new, None, state, reason)
 
-    def _left_untraced(self, seq: int, key: tuple[int, int, int], copies: list[list], old: int) -> None:
+    def _left_untraced(self, seq: int, key: tuple[int, int, int], copies: list[Copy], old: int) -> None:
         """``old`` is non-present but the model holds present copies. Another root explains it only
         if another valid root exists; with one, the present copies on it left without a traced zap."""
         stale = [c for c in copies if not c[2] and self.p.present(c[0])]

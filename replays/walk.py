@@ -7,6 +7,8 @@ The shadow MMU's SPTE installs stay out of it and are settled afterwards with ar
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
@@ -25,6 +27,28 @@ PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 # Loop stream numbers (index into the list handed to merge_order).
 GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
 
+
+@dataclass(frozen=True)
+class _Removal:
+    """A delete/move the trace positions: ``tl.changes[index]`` with the fields the replay needs."""
+
+    index: int
+    seq: int
+    window_start: int
+    old_base_gfn: int
+    old_npages: int
+
+
+def _removals(tl: ms.MemslotTimeline) -> list[_Removal]:
+    out = []
+    for i, c in enumerate(tl.changes):
+        if c.kind in ms.REMOVING_KINDS and c.seq is not None and c.old_npages:
+            # a positioned removal always has its window and the range it removed
+            assert c.window_start is not None and c.old_base_gfn is not None
+            out.append(_Removal(i, c.seq, c.window_start, c.old_base_gfn, c.old_npages))
+    return out
+
+
 def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl: ms.MemslotTimeline,
           journal: Journal, pages: PageBook, roles_known: bool) -> None:
     """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
@@ -33,7 +57,7 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     operations (:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them."""
     tdp = mmu == "tdp"
     streams: list[Columns | None] = [
-        extract(data, "kvm_mmu_get_page", PAGE_FIELDS + ("created",)),
+        extract(data, "kvm_mmu_get_page", (*PAGE_FIELDS, "created")),
         extract(data, "kvm_mmu_prepare_zap_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_sync_page", PAGE_FIELDS),
         extract(data, "kvm_mmu_unsync_page", PAGE_FIELDS),
@@ -42,24 +66,27 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         extract(data, "fast_page_fault", ("cr2_or_gpa", "old_spte", "new_spte")) if tdp else None,
         extract(data, "kvm_mmu_split_huge_page", ("gfn", "level")) if tdp else None,
     ]
-    removals = [(i, c) for i, c in enumerate(tl.changes)
-                if c.kind in ms.REMOVING_KINDS and c.seq is not None and c.old_npages]
-    cp_keys, cp_what = [], []
-    for i, c in removals:
-        cp_keys += [2 * c.window_start - 1, 2 * c.seq + 1]
-        cp_what += [(i, "start"), (i, "end")]
-    if streams[TDP_CHANGE] is not None:
-        streams[TDP_CHANGE] = _drop_nonpresent_churn(data, streams[TDP_CHANGE], profile)
+    removals = _removals(tl)
+    cp_keys: list[int] = []
+    cp_what: list[tuple[int, str]] = []
+    for rm in removals:
+        cp_keys += [2 * rm.window_start - 1, 2 * rm.seq + 1]
+        cp_what += [(rm.index, "start"), (rm.index, "end")]
+    changed = streams[TDP_CHANGE]
+    if changed is not None:
+        streams[TDP_CHANGE] = _drop_nonpresent_churn(data, changed, profile)
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
     model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
         ShadowModel(profile, journal, pages, roles_known)
     seqs = [s.seq.tolist() if s is not None else [] for s in streams]
+    names = [s.name if s is not None else "" for s in streams]
     get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]
     page_sets: dict[tuple[int, str], np.ndarray] = {}
     CHECK = len(streams)
     for kind, r in zip(kinds.tolist(), rows.tolist()):
         if kind == TDP_CHANGE:
+            assert isinstance(model, TdpModel)  # TDP_CHANGE, FAST_PF and SPLIT are read only for the TDP MMU
             model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
                          tc["old_spte"][r], tc["new_spte"][r])
         elif kind == GET:
@@ -68,24 +95,26 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         elif kind == ZAP:
             model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r], zap["root_count"][r])
         elif kind == SYNC or kind == UNSYNC:
-            c = syn if kind == SYNC else uns
-            if tdp:
-                journal.unexplained.append((seqs[kind][r], streams[kind].name, "the TDP MMU never syncs pages"))
+            cols = syn if kind == SYNC else uns
+            if isinstance(model, TdpModel):
+                journal.unexplained.append((seqs[kind][r], names[kind], "the TDP MMU never syncs pages"))
             else:
-                model.sync_page(seqs[kind][r], c["gfn"][r], c["role"][r], c["mmu_valid_gen"][r], c["root_count"][r],
-                                kind == UNSYNC)
+                model.sync_page(seqs[kind][r], cols["gfn"][r], cols["role"][r], cols["mmu_valid_gen"][r],
+                                cols["root_count"][r], kind == UNSYNC)
         elif kind == ZAP_ALL:
             model.zap_all(seqs[kind][r], za["mmu_valid_gen"][r])
         elif kind == FAST_PF:
+            assert isinstance(model, TdpModel)
             model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
         elif kind == SPLIT:
+            assert isinstance(model, TdpModel)
             model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
         elif kind == CHECK:
-            if tdp:
+            if isinstance(model, TdpModel):
                 journal.snapshots[cp_what[r]] = model.snapshot()
             else:
                 page_sets[cp_what[r]] = model.live_pages()
-    if not tdp:
+    if isinstance(model, ShadowModel):
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
 
 
@@ -117,7 +146,7 @@ def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfil
 
 def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
                          journal: Journal, pages: PageBook, model: ShadowModel,
-                         removals: list[tuple[int, ms.MemslotChange]],
+                         removals: list[_Removal],
                          page_sets: dict[tuple[int, str], np.ndarray]) -> None:
     """Owners, lifetimes and snapshots of every shadow SPTE, after the page walk."""
     t = data.tables.get("kvm_mmu_set_spte")
@@ -136,19 +165,20 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
             rmap_zaps += [(2 * seq, lo, hi, "MMU-notifier unmap (rmap zap, untraced)")
                           for lo, hi in tl.hva_to_gfns(start, end, seq)]
     if zap_policy != "zap_all":
-        rmap_zaps += [(2 * c.seq + 1, c.old_base_gfn, c.old_base_gfn + c.old_npages,
-                       "per-slot zap of leaf SPTEs (rmap, untraced)") for _, c in removals]
+        rmap_zaps += [(2 * rm.seq + 1, rm.old_base_gfn, rm.old_base_gfn + rm.old_npages,
+                       "per-slot zap of leaf SPTEs (rmap, untraced)") for rm in removals]
     rmap_zaps.sort()
     life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
     life.to_journal(journal)
     _mmio_marks(data, journal)
     journal.obsolete_uses.extend(life.obsolete_uses(pages))
     journal.obsolete_uses.sort()
+    by_index = {rm.index: rm for rm in removals}
     for (i, when), live_pages in page_sets.items():
-        c = tl.changes[i]
+        rm = by_index[i]
         # "end": everything traced up to the change's line, but before the untraced per-slot rmap
-        # zap the model applies at 2 * c.seq + 1 (the what-if counts what that zap destroys)
-        key = 2 * c.window_start - 1 if when == "start" else 2 * c.seq
+        # zap the model applies at 2 * rm.seq + 1 (the what-if counts what that zap destroys)
+        key = 2 * rm.window_start - 1 if when == "start" else 2 * rm.seq
         alive = life.alive_at(key)
         journal.snapshots[(i, when)] = Snapshot(
             pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],

@@ -17,6 +17,8 @@ the trace does show use (a later SPTE install into a page counts that page as re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -33,7 +35,7 @@ WHATIF_SCHEMA = pa.schema([
 ])
 
 
-def _last_install(ins: dict[str, np.ndarray]):
+def _last_install(ins: dict[str, np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
     """``refaulted(gfns, seq)``: which of ``gfns`` got a leaf SPTE installed after ``seq``."""
     uniq, inverse = np.unique(ins["gfn"], return_inverse=True)
     last = np.full(len(uniq), -1, dtype=np.int64)
@@ -58,8 +60,10 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
     pg = ctx.pages.arrays()
     refaulted = _last_install(ctx.installs)
     ins_seq, ins_page = _installs_into_pages(spte_changes)
-    rows: dict[str, list] = {f.name: [] for f in WHATIF_SCHEMA}
+    rows: dict[str, list[object]] = {f.name: [] for f in WHATIF_SCHEMA}
     for i, c in ctx.positioned_removals():
+        # positioned: a seq, and the range the change removed
+        assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
         # the model applies the untraced per-slot rmap zap).
         when = "start" if c.anchor == ANCHOR_ZAPS else "end"

@@ -19,11 +19,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 from conftest import NESTED
-from kvmtrace.parsers.errors import TraceError
-from kvmtrace.replays import replay
 from matplotlib.figure import Figure
 
 import kvmtrace
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.replays import replay
 
 CHURN = NESTED / "tdp-churn-noquirk-small-kt.dat"  # upstream 6.12 TDP churn: its replay has warnings
 

@@ -8,11 +8,11 @@ import numpy as np
 import polars as pl
 import pytest
 from conftest import NESTED, SAMPLES
+
+import kvmtrace
 from kvmtrace.replays.inputs import kvmmmu_events
 from kvmtrace.replays.ledger import KEPT_BY_RULE, profile_of
 from kvmtrace.replays.replay import _timeline
-
-import kvmtrace
 
 PTSLOT = SAMPLES / "ptslot-zapslot.dat"  # slot 2 (gfn 0x20000, holding guest page tables) deleted and moved
 QLOG = NESTED / "tdpmmu0-churn-noquirk-qlog-kt.dat"  # memslots from a QEMU -trace log, some lines unplaced

@@ -15,7 +15,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import NESTED, SAMPLES
 
 CLI = [sys.executable, "-c", "from kvmtrace.cli import main; main()"]
@@ -217,7 +216,8 @@ def _qemu_lines(dat: Path) -> list[str]:
     """QEMU's own kvm_set_user_memory lines, taken from the kernel text of a real recording (the
     lab wrote them to trace_marker exactly as QEMU >= 9.0 prints them), in QEMU -trace log form."""
     text = gzip.open(dat.with_suffix(".txt.gz"), "rt", errors="replace").read()
-    found = re.findall(r"-(\d+)\s+\[\d{3}\].*?\s(\d+\.\d{6}): tracing_mark_write: (kvm_set_user_memory .*)$", text, re.M)
+    found = re.findall(r"-(\d+)\s+\[\d{3}\].*?\s(\d+\.\d{6}): tracing_mark_write: (kvm_set_user_memory .*)$",
+                       text, re.M)
     return [f"{pid}@{ts}:{line}" for pid, ts, line in found]
 
 

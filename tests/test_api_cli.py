@@ -16,9 +16,9 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from conftest import SAMPLES
 
 import kvmtrace
-from conftest import SAMPLES
 from kvmtrace.parsers.schema import COMMON_NAMES
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.dat"))

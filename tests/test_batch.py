@@ -14,6 +14,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from conftest import NESTED, SAMPLES
 
 import kvmtrace
 from kvmtrace.batch import BatchResult, engines, run
@@ -23,7 +24,6 @@ from kvmtrace.batch.worker import run_one
 from kvmtrace.replays import replay
 from kvmtrace.report import build_report, render
 
-from conftest import NESTED, SAMPLES
 SAMPLE_FILES = sorted(SAMPLES.glob("*.dat"))
 #: the batch also holds an upstream 6.12 TDP recording whose replay has findings (the samples give
 #: only informational ones), so "the same findings" compares rows, not two empty tables

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.checks import CHECK_IDS, CHECKS, MmuKind, Severity, Status, ZapPolicy, markdown_table

@@ -12,10 +12,10 @@ import sys
 
 import pytest
 from conftest import SAMPLES
-from kvmtrace.parsers.errors import TraceError
 
 import kvmtrace
 from kvmtrace import cli
+from kvmtrace.parsers.errors import TraceError
 
 CHURN = SAMPLES / "churn-zapslot.dat"
 
@@ -85,12 +85,14 @@ def test_a_library_error_names_the_keyword_in_python_and_the_flag_on_the_command
         kvmtrace.open(CHURN).analyze(kernel="banana")
     assert str(err.value).endswith("pass e.g. kernel 6.12") and "--" not in str(err.value)
     assert cli.run(["analyze", str(CHURN), "--kernel", "banana"]) == 2
-    assert capsys.readouterr().err == "kvmtrace: kernel release 'banana' is not of the form MAJOR.MINOR[...]; pass e.g. --kernel 6.12\n"
+    assert capsys.readouterr().err == ("kvmtrace: kernel release 'banana' is not of the form MAJOR.MINOR[...]; "
+                                       "pass e.g. --kernel 6.12\n")
 
 
 @pytest.mark.parametrize("command, usage", [
     ("analyze", "Usage: kvmtrace analyze [OPTIONS] PATH"), ("diff", "Usage: kvmtrace diff [OPTIONS] A B"),
-    ("convert", "Usage: kvmtrace convert [OPTIONS] PATH OUTDIR"), ("record", "Usage: kvmtrace record [OPTIONS] COMMAND..."),
+    ("convert", "Usage: kvmtrace convert [OPTIONS] PATH OUTDIR"),
+    ("record", "Usage: kvmtrace record [OPTIONS] COMMAND..."),
     ("info", "Usage: kvmtrace info [OPTIONS] PATH"),
 ])
 def test_help_reads_as_typer_users_expect(command, usage, capsys):

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 from conftest import SAMPLES
-from kvmtrace.parsers.errors import TraceWarning
 
 from kvmtrace import cli, parsers
+from kvmtrace.parsers.errors import TraceWarning
 
 PROBE = "\x1b]0;pwned\x07\x1b[2J"
 SHOWN = r"\x1b]0;pwned\x07\x1b[2J"

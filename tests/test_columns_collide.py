@@ -13,13 +13,13 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
+from conftest import PUBLIC, SAMPLES
+from tracedat_oracle import printed_names, run_report, split_fields
 
 import kvmtrace
-from conftest import PUBLIC, SAMPLES
 from kvmtrace.parsers.schema import COMMON_NAMES, META_FIELD_NAME, field_columns
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.tracedat import read_tracedat
-from tracedat_oracle import printed_names, run_report, split_fields
 
 SCHED_LOAD = "sched_load.dat"
 

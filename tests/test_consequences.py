@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import collections
 
-from kvmtrace import parsers
 from conftest import SAMPLES
+
+from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.consequences import PFN_NOSLOT, pfn_words
 

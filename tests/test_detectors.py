@@ -11,9 +11,9 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pytest
+from conftest import NESTED, SAMPLES
 
 from kvmtrace import parsers
-from conftest import NESTED, SAMPLES
 from kvmtrace.parsers.schema import GAPS_SCHEMA
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import altered, without
@@ -35,7 +35,7 @@ def _errors(result):
 def test_mmio_fault_for_a_gfn_a_slot_covers(tdp_churn):
     """An MMIO fault emulated for RAM (slot 1 covers 0x100..0x40ff): the MMIO SPTE that sent it there
     must have been stale."""
-    data, clean = tdp_churn
+    data, _clean = tdp_churn
     fault = data.table("handle_mmio_page_fault").to_pylist()[0]
     result = replay(altered(data, "handle_mmio_page_fault", fault["seq"], gfn=0x200))
     assert [(e["id"], e["seq"], e["gfn"], e["slot"]) for e in _errors(result)] == \
@@ -49,7 +49,8 @@ def test_mmio_generation_going_back(tdp_churn):
     checks = data.table("check_mmio_spte").to_pylist()
     lines = sorted(c["seq"] for c in clean.memslots.to_pylist())
     first = checks[0]
-    later = next(c for c in checks if any(first["seq"] < s < c["seq"] for s in lines) and c["kvm_gen"] > first["kvm_gen"])
+    later = next(c for c in checks
+                 if any(first["seq"] < s < c["seq"] for s in lines) and c["kvm_gen"] > first["kvm_gen"])
     old = first["kvm_gen"]
     result = replay(altered(data, "check_mmio_spte", later["seq"], kvm_gen=old, spte_gen=old))
     errors = _errors(result)
@@ -80,7 +81,8 @@ def test_lost_events_turn_errors_into_warnings(tdp_churn):
     memslot lines left to test this on) and it must become a warning that says why."""
     data, clean = tdp_churn
     p = profile_for(data.info.kernel)
-    changes = [c for c in clean.memslots.to_pylist() if c["kind"] == "delete" and c["anchor"] == "zaps of the ioctl thread"]
+    changes = [c for c in clean.memslots.to_pylist()
+               if c["kind"] == "delete" and c["anchor"] == "zaps of the ioctl thread"]
     c = changes[0]
     zap = next(e for e in data.table("kvm_tdp_mmu_spte_changed").to_pylist()
                if c["window_start"] <= e["seq"] <= c["seq"] and p.present(e["old_spte"]) and e["level"] == 1)

@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SAMPLES
+
 from kvmtrace.parsers import TraceError, read
 from kvmtrace.parsers.text.source import MAX_LINE
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
 from conftest import REPO, SAMPLES
+
 from kvmtrace.parsers import TraceError, read
 
 #: A small recording (2 884 events, 320 KB of text: far more than one pipe buffer).
@@ -131,7 +131,7 @@ def _cli(args: list[str], stdin: bytes | None = None, shell: str | None = None) 
 
 
 def _events_line(stdout: bytes) -> int:
-    line = next(l for l in stdout.decode().splitlines() if l.startswith("events:"))
+    line = next(ln for ln in stdout.decode().splitlines() if ln.startswith("events:"))
     return int(line.split()[1])
 
 

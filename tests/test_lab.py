@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import itertools
 import os
 import re
 import shutil
@@ -26,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import REPO, SAMPLES
 
 LAB = REPO / "lab"
@@ -113,10 +113,10 @@ def removals(lines: list[Line]) -> Iterator[Removal]:
 
 
 def check_start_marker(lines: list[Line], zap_all: bool) -> None:
-    starts = [fields(l.marker) for l in lines if l.marker and l.marker.startswith("kvmlab_start ")]
+    starts = [fields(ln.marker) for ln in lines if ln.marker and ln.marker.startswith("kvmlab_start ")]
     assert len(starts) == 1
     assert starts[0]["slot_zap_all_quirk"] == ("1" if zap_all else "0")
-    configs = [l for l in lines if l.marker and l.marker.startswith("kvmlab_config ")]
+    configs = [ln for ln in lines if ln.marker and ln.marker.startswith("kvmlab_config ")]
     assert len(configs) == (0 if zap_all else 1)
 
 
@@ -160,14 +160,14 @@ def check_zap_all(lines: list[Line]) -> None:
     assert found
     for r in found:
         assert "kvm_mmu_zap_all_fast" in [e.name for e in r.events], r.marker
-    gens = [int(l.rest.split()[1]) for l in lines if l.name == "kvm_mmu_zap_all_fast"]
-    assert all(a != b for a, b in zip(gens, gens[1:]))
+    gens = [int(ln.rest.split()[1]) for ln in lines if ln.name == "kvm_mmu_zap_all_fast"]
+    assert all(a != b for a, b in itertools.pairwise(gens))
 
 
 def check_zap_slot(lines: list[Line]) -> None:
     """Without the quirk nothing is zapped wholesale, and a removal zaps only shadow pages whose
     gfn lies in the removed range."""
-    assert "kvm_mmu_zap_all_fast" not in {l.name for l in lines}
+    assert "kvm_mmu_zap_all_fast" not in {ln.name for ln in lines}
     for r in removals(lines):
         for e in r.events:
             if e.name == "kvm_mmu_prepare_zap_page":
@@ -175,9 +175,9 @@ def check_zap_slot(lines: list[Line]) -> None:
 
 
 def check_vcpu_threads(lines: list[Line], vcpus: int) -> None:
-    tids = [int(fields(l.marker)["tid"]) for l in lines if l.marker and l.marker.startswith("kvmlab_vcpu_thread ")]
+    tids = [int(fields(ln.marker)["tid"]) for ln in lines if ln.marker and ln.marker.startswith("kvmlab_vcpu_thread ")]
     assert len(tids) == vcpus
-    spte_pids = {l.pid for l in lines if l.name == "kvm_mmu_set_spte"}
+    spte_pids = {ln.pid for ln in lines if ln.name == "kvm_mmu_set_spte"}
     assert set(tids) <= spte_pids
 
 
@@ -218,7 +218,7 @@ def test_sample_counts_agree_and_lose_only_when_meant(name: str) -> None:
 def test_sample_markers_match_kernel_events(name: str) -> None:
     lines = read_text(SAMPLES / f"{name}.txt.gz")
     zap_all = name.endswith("-zapall")
-    assert {"kvm_mmu_set_spte", "kvm_mmu_pagetable_walk"} <= {l.name for l in lines}
+    assert {"kvm_mmu_set_spte", "kvm_mmu_pagetable_walk"} <= {ln.name for ln in lines}
     check_start_marker(lines, zap_all)
     check_qemu_lines(lines)
     if not name.startswith("boot"):
@@ -247,9 +247,9 @@ def test_thp_samples_have_2mib_sptes_for_2mib_guest_pages(name: str) -> None:
     pages KVM installs level-2 SPTEs for it; without --thp the same run has none."""
     def levels(sample: str) -> set[int]:
         return {
-            int(l.rest.split(" level ")[1].split()[0])
-            for l in read_text(SAMPLES / f"{sample}.txt.gz")
-            if l.name == "kvm_mmu_set_spte" and 0xFD000 <= int(l.rest.split()[1], 16) < 0xFE000
+            int(ln.rest.split(" level ")[1].split()[0])
+            for ln in read_text(SAMPLES / f"{sample}.txt.gz")
+            if ln.name == "kvm_mmu_set_spte" and 0xFD000 <= int(ln.rest.split()[1], 16) < 0xFE000
         }
 
     assert levels(name) >= {2}
@@ -357,7 +357,7 @@ def test_qemu_log_replaces_trace_marker(kvmlab: Path, tmp_path: Path) -> None:
 def test_short_churn_recording_zaps_all_on_delete(kvmlab: Path, tmp_path: Path) -> None:
     _require_tracefs()
     lines = record(tmp_path / "churn", "churn", "--rounds", "1", "--pages", "32")
-    assert "kvm_mmu_set_spte" in {l.name for l in lines}
+    assert "kvm_mmu_set_spte" in {ln.name for ln in lines}
     check_start_marker(lines, zap_all=True)
     check_qemu_lines(lines)
     check_zap_all(lines)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import NESTED, SAMPLES
 
 from kvmtrace import parsers
-from conftest import NESTED, SAMPLES
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import altered, rows, seqs_between, without
 from kvmtrace.replays.profiles import decode_role, profile_for
@@ -73,7 +73,7 @@ def test_dropped_zap_all_leaves_dangling_sptes():
             break
     else:
         pytest.fail("no delete with SPTEs in its range under zap-all")
-    dropped = [zap_all[0]] + seqs_between(data, "kvm_mmu_prepare_zap_page", zap_all[0], c["seq"]).tolist()
+    dropped = [zap_all[0], *seqs_between(data, "kvm_mmu_prepare_zap_page", zap_all[0], c["seq"]).tolist()]
     result = replay(without(data, dropped))
     errors = _errors(result)
     assert errors and {e["id"] for e in errors} == {"dangling_spte"}
@@ -110,7 +110,7 @@ def test_spte_installed_for_a_removed_gfn():
 def test_existing_lookup_of_an_obsolete_page():
     """churn-zapall: after a kvm_mmu_zap_all_fast, rewrite a vCPU's next kvm_mmu_get_page to return
     (created=0) a page of the generation that zap made obsolete."""
-    data, clean = _load(SAMPLES / "churn-zapall.dat")
+    data, _clean = _load(SAMPLES / "churn-zapall.dat")
     gets = data.table("kvm_mmu_get_page").to_pylist()
     za = data.table("kvm_mmu_zap_all_fast").to_pylist()
     z = za[0]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+from conftest import NESTED
 
 from kvmtrace import parsers
-from conftest import NESTED
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import profile_for
@@ -115,7 +115,7 @@ def test_race_without_the_writers_own_fault_is_dirty_bit_lost(nested_dir):
     dirty_bit_race becomes one dirty_bit_lost, and nothing else changes."""
     data, clean = _load("tdp-multi3-kt")
     race = next(f for f in clean.findings.to_pylist() if f["id"] == "dirty_bit_race")
-    installed, requested, seq = race["evidence"]
+    _installed, requested, seq = race["evidence"]
     result = replay(without(data, [requested]))
     added, gone = _diff(clean, result)
     assert added == Counter({("dirty_bit_lost", "error", seq, race["gfn"]): 1})

@@ -7,9 +7,8 @@ from __future__ import annotations
 import os
 
 import nbformat
-from nbclient import NotebookClient
-
 from conftest import REPO, SAMPLES
+from nbclient import NotebookClient
 
 import kvmtrace
 
@@ -21,7 +20,8 @@ def test_deep_dive_notebook_runs_on_a_real_trace():
     trace = SAMPLES / "churn-zapslot.dat"
     os.environ["KVMTRACE_TRACE"] = str(trace)  # the kernel inherits it
     try:
-        NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+        resources = {"metadata": {"path": str(NOTEBOOK.parent)}}
+        NotebookClient(nb, timeout=600, kernel_name="python3", resources=resources).execute()
     finally:
         del os.environ["KVMTRACE_TRACE"]
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]

@@ -14,10 +14,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 from conftest import SAMPLES
-from kvmtrace.parsers.errors import TraceError
 
 import kvmtrace
 from kvmtrace import cli
+from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import atomic_dir, write_atomic
 
 MMIO = SAMPLES / "mmio-zapall.dat"

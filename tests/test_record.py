@@ -1,11 +1,12 @@
 """``kvmtrace record`` on the real kernel: a tiny KVM guest is traced, decoded two ways, and
 tracefs must be exactly as before afterwards — after success, a failing command and Ctrl-C.
 
-The traced command is this file run as a script: it writes a trace_marker line, creates a VM with 64 KiB of memory and one
-vCPU in real mode, and runs a loop of N ``out 0x10, al`` (al = N, N-1, ... 1), a store and
-``hlt``. So the trace must show exactly N port writes with those values, N userspace exits
-KVM_EXIT_IO (2) and one KVM_EXIT_HLT (5) — facts of the guest program, not of our code. Oracles: ``trace-cmd report -R``
-and the kernel's own text (``--text``) of the same records.
+The traced command is this file run as a script: it writes a trace_marker line, creates a VM
+with 64 KiB of memory and one vCPU in real mode, and runs a loop of N ``out 0x10, al``
+(al = N, N-1, ... 1), a store and ``hlt``. So the trace must show exactly N port writes with
+those values, N userspace exits KVM_EXIT_IO (2) and one KVM_EXIT_HLT (5) — facts of the guest
+program, not of our code. Oracles: ``trace-cmd report -R`` and the kernel's own text
+(``--text``) of the same records.
 
 Every recording test holds the machine-wide recording lock, so no other recording can change tracefs
 between the before and after snapshots (the recorder, a child of the lock holder, proceeds).
@@ -244,19 +245,19 @@ def test_auto_backend_without_trace_cmd_is_native(tmp_path: Path) -> None:
 
 def test_not_root_is_refused_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hand-made condition (the tests run as root here): a non-root user gets told to use sudo."""
-    from kvmtrace.record.recorder import RecordOptions, record
     from kvmtrace.parsers.errors import TraceError
+    from kvmtrace.record.recorder import RecordOptions, record
 
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with pytest.raises(TraceError, match="recording needs root .*: run kvmtrace record with sudo"):
+    with pytest.raises(TraceError, match=r"recording needs root .*: run kvmtrace record with sudo"):
         record(RecordOptions(output=tmp_path / "x.dat", command=("true",)))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
 def test_tracefs_without_kvmmmu_says_load_kvm(tmp_path: Path) -> None:
     """Hand-made tracefs folder (no real host lacks only the kvm module here)."""
-    from kvmtrace.record.recorder import RecordOptions, record
     from kvmtrace.parsers.errors import TraceError
+    from kvmtrace.record.recorder import RecordOptions, record
 
     (tmp_path / "tracing_on").write_text("1\n")
     with pytest.raises(TraceError, match="no kvmmmu events in tracefs: the kvm module is not loaded"):
@@ -265,8 +266,8 @@ def test_tracefs_without_kvmmmu_says_load_kvm(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the root check comes first")
 def test_missing_tracefs_says_how_to_mount(tmp_path: Path) -> None:
-    from kvmtrace.record.recorder import RecordOptions, record
     from kvmtrace.parsers.errors import TraceError
+    from kvmtrace.record.recorder import RecordOptions, record
 
     with pytest.raises(TraceError, match=f"mount -t tracefs nodev {tmp_path}"):
         record(RecordOptions(output=tmp_path / "x.dat", command=("true",), tracefs=tmp_path))
@@ -341,7 +342,8 @@ def test_lock_waits_for_another_holder(tmp_path: Path, capfd: pytest.CaptureFixt
     from kvmtrace.record.lock import recording_lock
 
     lock = tmp_path / "rec.lock"
-    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo locked; exec sleep 1"], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(["flock", str(lock), "sh", "-c", "echo locked; exec sleep 1"],
+                              stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
     started = time.monotonic()
     with recording_lock(lock):

@@ -15,8 +15,8 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-
 from conftest import DATA
+
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 
@@ -41,7 +41,8 @@ QEMU_LOG_SET_MEMORY = re.compile(
 )
 QEMU_LOG_LINE = re.compile(r"^(?P<tid>\d+)@(?P<sec>\d+)\.(?P<usec>\d{6}):(?P<event>\w+) ")
 #: "comm-pid [cpu] flags ts: event: rest" in the kernel's text
-TEXT_EVENT = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+): (?P<name>\w+): ?(?P<rest>.*)$")
+TEXT_EVENT = re.compile(
+    r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[\d+\]\s+\S+\s+(?P<ts>\d+\.\d+): (?P<name>\w+): ?(?P<rest>.*)$")
 
 
 def _path(name: str, suffix: str) -> Path:
@@ -116,7 +117,8 @@ def test_ptslot_leaf_removals_are_seen_only_through_reinstalls() -> None:
         if m["name"] == "kvm_mmu_set_spte" and m["rest"].split()[1] in ("20000", "20400") and " level 2 " in m["rest"]
     )
     assert leaf == {0x20000: 4, 0x20400: 3}
-    zapped = [int(m["rest"].split(" gfn ")[1].split()[0], 16) for m in events if m["name"] == "kvm_mmu_prepare_zap_page"]
+    zapped = [int(m["rest"].split(" gfn ")[1].split()[0], 16)
+              for m in events if m["name"] == "kvm_mmu_prepare_zap_page"]
     assert zapped and not [g for g in zapped if 0x20000 <= g < 0x20600]
     deletes = [line for line in _path(name, ".qemu.log").read_text().splitlines()
                if ":kvm_set_user_memory " in line and " size=0x0 " in line and " gpa=0x20000000 " in line]
@@ -148,7 +150,9 @@ def test_seabios_boot_has_pages_but_no_spte_installs() -> None:
     assert "kvm_mmu_set_spte" not in counts
     # Real mode runs without paging: every page KVM builds is direct (no guest table to shadow).
     assert all(" direct " in m["rest"] for m in _text_events(name) if m["name"] == "kvm_mmu_get_page")
-    assert counts["kvm_mmu_get_page"] > 0 and counts["kvm_mmu_zap_all_fast"] > 0 and counts["kvm_mmu_prepare_zap_page"] > 0
+    assert counts["kvm_mmu_get_page"] > 0
+    assert counts["kvm_mmu_zap_all_fast"] > 0
+    assert counts["kvm_mmu_prepare_zap_page"] > 0
     assert {m["comm"] for m in _text_events(name)} >= {"qemu-system-x86"}
     assert "SeaBIOS (version" in _path(name, ".console.txt").read_text()
 

@@ -21,10 +21,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import NESTED, SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData

@@ -14,14 +14,14 @@ import json
 import jsonschema
 import pyarrow.compute as pc
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
-from kvmtrace.report import build_report, render, report_schema
 from kvmtrace.replays import replay
 from kvmtrace.replays.ledger import KEPT_BY_RULE, KEPT_MISSED, KEPT_OUTSIDE, role_text, zap_ledger
 from kvmtrace.replays.mutate import without
 from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.report import build_report, render, report_schema
 
 _CACHE: dict = {}
 
@@ -105,7 +105,7 @@ def test_tdp_ledger_counts_the_traced_leaf_zaps(nested_dir):
     """TDP MMU, zap-slot: every level-1 SPTE of the removed range that a traced
     kvm_tdp_mmu_spte_changed took from present to non-present inside the window is in the
     ledger, as traced; nothing is inferred."""
-    data, result, ledger = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
+    data, _result, ledger = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
     changed = data.table("kvm_tdp_mmu_spte_changed").to_pylist()
     profile = profile_for(data.info.kernel)
     total = 0

@@ -5,13 +5,14 @@ from the two older QEMU formats, which no recording here has (hand-made from QEM
 from __future__ import annotations
 
 import collections
+import itertools
 import re
 
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from kvmtrace import parsers
-from conftest import SAMPLES
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
@@ -35,7 +36,8 @@ def test_three_qemu_formats_parse_alike():
     assert (lines[0].as_id, lines[0].slot, lines[0].gpa, lines[0].size) == (1, (1 << 16) | 2, 0xC0000, 0x20000)
 
 
-@pytest.mark.parametrize("name", ["tdp-churn-noquirk-small-kt", "shadow-churn-noquirk-small-kt", "k61tdp-churn-small-kt"])
+@pytest.mark.parametrize(
+    "name", ["tdp-churn-noquirk-small-kt", "shadow-churn-noquirk-small-kt", "k61tdp-churn-small-kt"])
 def test_changes_match_lab_kinds(nested_dir, name):
     """Oracle: the lab's own ``kvmlab_memslot_ioctl kind=...`` marker beside every QEMU line, and the
     counts file's number of ``kvm_set_user_memory`` lines."""
@@ -58,7 +60,7 @@ def test_window_anchor_on_traced_leaf_zaps(nested_dir):
     changes = replay(data).memslots.to_pylist()
     changed = data.table("kvm_tdp_mmu_spte_changed").to_pydict()
     anchored = 0
-    for prev, c in zip(changes, changes[1:]):
+    for prev, c in itertools.pairwise(changes):
         if c["kind"] != "delete":
             continue
         own = [s for s, p in zip(changed["seq"], changed["pid"]) if p == c["pid"] and prev["seq"] < s < c["seq"]]
@@ -144,7 +146,8 @@ def test_layout_file_is_the_starting_layout():
     assert all(r["source"] == f"layout file slot {r['slot']}" and r["placement"] == ms.AT_START and r["seq"] is None
                for r in seeded)
     traced = rows[len(seeded):]
-    lines = {s for s, b in zip(data.table("print").column("seq").to_pylist(), data.table("print").column("buf").to_pylist())
+    prints = data.table("print")
+    lines = {s for s, b in zip(prints.column("seq").to_pylist(), prints.column("buf").to_pylist())
              if b and ("kvm_set_user_memory" in b or "kvmlab_memslot_move" in b)}
     assert {r["seq"] for r in traced} == lines
     assert all(r["source"] == f"trace marker seq {r['seq']}" and r["placement"] == ms.AT_MARKER and r["confidence"] == 1

@@ -8,12 +8,13 @@ without paging (real mode) has nothing but direct pages.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pyarrow as pa
 import pytest
-from dataclasses import replace
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import replay

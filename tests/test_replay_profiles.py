@@ -42,7 +42,7 @@ def test_role_decode_matches_kernel_text(nested_dir, name, event):
     text = _text_pages(nested_dir / f"{name}.txt.gz", event)
     assert table.num_rows == len(text) > 0
     got = table.to_pydict()
-    for i, (gen, gfn, level, nbytes, q, direct, acc, invalid, nxe, ad, root, sync) in enumerate(text):
+    for i, (gen, gfn, level, nbytes, q, direct, acc, invalid, nxe, ad, root, _sync) in enumerate(text):
         assert got["gfn"][i] == int(gfn, 16)
         assert got["mmu_valid_gen"][i] == int(gen)
         assert got["level"][i] == int(level)
@@ -68,7 +68,7 @@ def test_profile_by_release():
 
 
 def test_profile_rejects_garbage():
-    with pytest.raises(TraceError, match="pass e.g. kernel 6.12$"):
+    with pytest.raises(TraceError, match=r"pass e\.g\. kernel 6\.12$"):
         profile_for("linux")
 
 

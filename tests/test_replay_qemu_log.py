@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
 from kvmtrace import parsers
-from conftest import SAMPLES
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import without

@@ -9,9 +9,9 @@ independent of the replay's own inference.
 from __future__ import annotations
 
 import pytest
+from conftest import NESTED, SAMPLES
 
 from kvmtrace import parsers
-from conftest import NESTED, SAMPLES
 from kvmtrace.replays import replay
 from kvmtrace.replays.results import CHECK_IDS
 
@@ -94,7 +94,7 @@ def test_trace_without_kvmmmu_events_is_a_trace_error(public_dir):
     """A real scheduler trace from another project: a one-line TraceError that says what to record."""
     from kvmtrace.parsers.errors import TraceError
 
-    with pytest.raises(TraceError, match="no kvmmmu events.*-e kvmmmu"):
+    with pytest.raises(TraceError, match=r"no kvmmmu events.*-e kvmmmu"):
         replay(parsers.read(public_dir / "sched_load.v7zstd.dat"))
 
 

@@ -17,8 +17,8 @@ from dataclasses import replace
 import numpy as np
 import pyarrow.compute as pc
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import seqs_between, without

@@ -7,9 +7,9 @@ overwrites are the make_spte() race of seed 001, which faults KVM resolved with 
 from __future__ import annotations
 
 import pytest
+from conftest import NESTED
 
 from kvmtrace import parsers
-from conftest import NESTED
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import altered
 from kvmtrace.replays.profiles import profile_for
@@ -125,7 +125,8 @@ def test_noslot_pfn_means_an_mmio_spte(nested_dir, name):
     """pfns.kinds() against the kernel's own behaviour: on the TDP MMU with MMIO caching, every fault
     whose pfn decodes as KVM_PFN_NOSLOT is followed, on the same thread, by a mark_mmio_spte for
     that gfn, and no RAM pfn is; error pfns do not occur in these healthy runs."""
-    from kvmtrace.replays.pfns import PfnKind, kinds, name as pfn_name
+    from kvmtrace.replays.pfns import PfnKind, kinds
+    from kvmtrace.replays.pfns import name as pfn_name
 
     data = _data(name)
     req = data.table("kvm_mmu_spte_requested").to_pylist()
@@ -274,6 +275,7 @@ def test_trace_cut_before_a_re_creating_line_has_no_error(nested_dir, name):
     re-created range but not the line. Those installs may belong to the created slot, so they are
     warnings that say so, never errors; the same installs in the whole recording are no finding."""
     import numpy as np
+
     from kvmtrace.replays.mutate import without
 
     data = _data(name)

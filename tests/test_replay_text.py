@@ -14,8 +14,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import keeping

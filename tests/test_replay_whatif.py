@@ -9,9 +9,9 @@ Those counts come straight from the events, not from the model.
 from __future__ import annotations
 
 import pytest
+from conftest import NESTED, SAMPLES
 
 from kvmtrace import parsers
-from conftest import NESTED, SAMPLES
 from kvmtrace.replays import replay
 from kvmtrace.replays.profiles import profile_for
 

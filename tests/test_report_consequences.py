@@ -10,15 +10,14 @@ from __future__ import annotations
 
 import json
 
+import jsonschema
 import numpy as np
 import pytest
+from conftest import SAMPLES
 
-from conftest import NESTED, SAMPLES
 import kvmtrace
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.consequences import KVM_PFN_NOSLOT
-
-import jsonschema
 
 RECORDINGS = ["tdp-multi3-kt.dat", "k61tdp-churn-small-kt.dat", "tdp-churn-noquirk-small-kt.dat"]
 

@@ -13,11 +13,12 @@ import re
 from collections import Counter
 
 from conftest import NESTED, SAMPLES
-from kvmtrace import parsers
+
 import kvmtrace
+from kvmtrace import parsers
+from kvmtrace.replays.ledger import profile_of
 from kvmtrace.report import render
 from kvmtrace.report.decode import gpa_range, role_word_text, spte_text, vcpu_threads
-from kvmtrace.replays.ledger import profile_of
 
 _SET_SPTE = re.compile(r"kvm_mmu_set_spte: gfn [0-9a-f]+ spte ([0-9a-f]+) \((.)(.)(.)(.?)\) level")
 _GET_PAGE = re.compile(r"kvm_mmu_get_page: sp gen \d+ gfn ([0-9a-f]+) l(\d) (\d)-byte q(\d)( direct)? (\S{3})")

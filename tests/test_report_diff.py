@@ -11,8 +11,8 @@ import json
 
 import pyarrow.compute as pc
 import pytest
-
 from conftest import SAMPLES
+
 import kvmtrace
 from kvmtrace.report import build_diff, render_diff
 from kvmtrace.report.text import WIDTH

@@ -19,8 +19,10 @@ from kvmtrace.report.evidence import evidence_lines
 TRACES = ["tdp-churn-noquirk-small-kt.dat", "shadow-churn-noquirk-small-kt.dat"]
 CITED_EVENTS = ("kvm_mmu_set_spte", "kvm_mmu_get_page", "kvm_tdp_mmu_spte_changed", "print")
 
-_ORACLE = re.compile(r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<s>\d+)\.(?P<ns>\d{9}):\s+(?P<event>\w+):\s*(?P<body>.*)$")
-_OURS = re.compile(r"^(?P<comm>.+?)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] (?P<s>\d+)\.(?P<us>\d{6}): (?P<event>\w+): ?(?P<body>.*)$")
+_ORACLE = re.compile(
+    r"^\s*(?P<comm>.+?)-(?P<pid>\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<s>\d+)\.(?P<ns>\d{9}):\s+(?P<event>\w+):\s*(?P<body>.*)$")
+_OURS = re.compile(
+    r"^(?P<comm>.+?)-(?P<pid>\d+) \[(?P<cpu>\d{3})\] (?P<s>\d+)\.(?P<us>\d{6}): (?P<event>\w+): ?(?P<body>.*)$")
 
 
 def _fields(body: str) -> dict[str, str]:
@@ -44,7 +46,8 @@ def _same_number(ours: str, theirs: str) -> bool:
 def test_evidence_lines_match_trace_cmd_raw(name, nested_dir, trace_cmd):
     path = nested_dir / name
     data = parsers.read(path)
-    out = subprocess.run([trace_cmd, "report", "-R", "-t", str(path)], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([trace_cmd, "report", "-R", "-t", str(path)],
+                         capture_output=True, text=True, check=True).stdout
     # the same report with the microsecond times users see (same lines, same order)
     out_us = subprocess.run([trace_cmd, "report", "-R", str(path)], capture_output=True, text=True, check=True).stdout
     oracle = defaultdict(list)

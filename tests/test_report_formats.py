@@ -14,8 +14,8 @@ from pathlib import Path
 import jsonschema
 import pyarrow.compute as pc
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 import kvmtrace
 from kvmtrace.report import render, report_schema
 from kvmtrace.report.markdown import md_escape
@@ -99,7 +99,8 @@ def test_memslot_changes_sit_at_the_qemu_lines_of_the_kernel_text(analyzed):
     if not twin.exists() or not rows:
         pytest.skip("no text twin or no positioned memslot changes")
     marks: dict[int, list[str]] = {}
-    for m in re.finditer(r"\s(\d+)\.(\d{6}): tracing_mark_write: ((?:kvm_set_user_memory|kvmlab_memslot_move) .*)$", gzip.open(twin, "rt").read(), re.M):
+    memslot_line = r"\s(\d+)\.(\d{6}): tracing_mark_write: ((?:kvm_set_user_memory|kvmlab_memslot_move) .*)$"
+    for m in re.finditer(memslot_line, gzip.open(twin, "rt").read(), re.M):
         marks.setdefault(int(m[1]) * 10**6 + int(m[2]), []).append(m[3])
     for r in rows:
         lines = marks.get((r["ts"] + 500) // 1000, [])  # the kernel rounds to the nearest µs
@@ -176,7 +177,7 @@ def test_html_is_one_file_without_scripts(analyzed):
 
 
 def test_limits_say_when_events_were_lost(analyzed):
-    analysis, report, rendered = analyzed
+    analysis, report, _rendered = analyzed
     lost = sum(analysis.trace.data.info.lost_events.values()) + sum(analysis.trace.data.info.lost_unknown.values())
     said = any("lost" in limit for limit in report.limits)
     assert said == bool(lost)

@@ -14,15 +14,15 @@ import re
 
 import jsonschema
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
-from kvmtrace.report import build_report, render, report_schema
-from kvmtrace.report.groups import EXAMPLES_PER_GROUP, SEVERITY_RANK, cause_of
-from kvmtrace.report.markdown import md_escape
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import without
 from kvmtrace.replays.profiles import decode_role, profile_for
+from kvmtrace.report import build_report, render, report_schema
+from kvmtrace.report.groups import EXAMPLES_PER_GROUP, SEVERITY_RANK, cause_of
+from kvmtrace.report.markdown import md_escape
 
 _HEADING = re.compile(r"^\d+\. \[(error|warning|info)\] (\w+)", re.M)
 
@@ -51,7 +51,8 @@ def test_groups_partition_the_findings_by_id_severity_and_cause(real):
     assert len(doc["groups"]) == len(keys)
     for g in doc["groups"]:
         mine = [findings[i] for i in g["findings"]]
-        assert {(f["id"], f["severity"], cause_of(f["message"])) for f in mine} == {(g["id"], g["severity"], g["cause"])}
+        got = {(f["id"], f["severity"], cause_of(f["message"])) for f in mine}
+        assert got == {(g["id"], g["severity"], g["cause"])}
         assert g["count"] == len(mine)
         seqs = [f["seq"] for f in mine if f["seq"] is not None]
         assert (g["first_seq"], g["last_seq"]) == (min(seqs), max(seqs))
@@ -102,7 +103,7 @@ def test_one_error_comes_before_many_notes():
                   and z["level"] == 1 and last["old_base_gfn"] <= z["gfn"] < last["old_base_gfn"] + last["old_npages"])
     creations = [g["seq"] for g in data.table("kvm_mmu_get_page").to_pylist()
                  if g["created"] and g["seq"] < removals[-2]["window_start"]]
-    mutated = without(data, creations + [target["seq"]])
+    mutated = without(data, [*creations, target["seq"]])
     report = _report(mutated, replay(mutated), "ptslot-zapslot (mutated)")
     errors = [f for f in report.findings if f.severity == "error"]
     notes = [f for f in report.findings if f.severity == "info"]

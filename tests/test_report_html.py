@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
+from conftest import NESTED, SAMPLES
 from matplotlib.image import imread
 
+import kvmtrace
 from kvmtrace import parsers
 from kvmtrace.replays.replay import replay
-from conftest import NESTED, SAMPLES
-import kvmtrace
 from kvmtrace.report import build_report, render
 
 PROBE = "<script>alert(1)</script>"
@@ -82,7 +82,8 @@ def test_trace_strings_are_escaped_everywhere(nested_dir):
     prints = tables["print"]
     bufs = prints.column("buf").to_pylist()
     bufs[0] = PROBE
-    tables["print"] = prints.set_column(prints.schema.get_field_index("buf"), "buf", pa.array(bufs, prints.schema.field("buf").type))
+    buf = pa.array(bufs, prints.schema.field("buf").type)
+    tables["print"] = prints.set_column(prints.schema.get_field_index("buf"), "buf", buf)
     probed = dataclasses.replace(data, tables=tables, events=_replace_strings(data.events, "comm", PROBE))
     result = replay(probed)
     report = build_report(probed, result, path=f"{PROBE}.dat", version="test")

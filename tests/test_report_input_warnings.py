@@ -12,8 +12,8 @@ import warnings
 
 import jsonschema
 import pytest
-
 from conftest import SAMPLES
+
 import kvmtrace
 from kvmtrace.parsers.errors import TraceWarning
 from kvmtrace.report import render, report_schema

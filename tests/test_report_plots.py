@@ -13,13 +13,13 @@ import re
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLES
-from kvmtrace import plot
-import kvmtrace
-from kvmtrace.report.decode import gpa_range
-from kvmtrace.replays.ledger import zap_ledger
 from test_report_html import chromium, distinct_colours, screenshot  # noqa: F401  (fixture)
+
+import kvmtrace
+from kvmtrace import plot
+from kvmtrace.replays.ledger import zap_ledger
+from kvmtrace.report.decode import gpa_range
 
 _LINE = re.compile(r"kvm_set_user_memory AddrSpace#\d+ Slot#\d+ flags=\S+ gpa=(0x[0-9a-f]+) size=(0x[0-9a-f]+)")
 

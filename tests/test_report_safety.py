@@ -2,8 +2,8 @@
 
 Hand-made from a real recording (no real trace names a task with escape sequences): every
 event's task name, the trace's path and the tail of every ```trace_marker`` line of the upstream
-6.12 TDP churn recording (whose fault_in_update_window findings cite QEMU's memslot lines) become a sequence that would retitle a
-terminal and clear its screen.
+6.12 TDP churn recording (whose fault_in_update_window findings cite QEMU's memslot lines)
+become a sequence that would retitle a terminal and clear its screen.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import re
 
 import pyarrow as pa
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace import parsers
+from kvmtrace.replays import replay
 from kvmtrace.report import build_report, render
 from kvmtrace.report.markdown import md_escape
 from kvmtrace.report.safe import printable
 from kvmtrace.report.traceinfo import render_info
-from kvmtrace.replays import replay
 
 REAL = NESTED / "tdp-churn-noquirk-small-kt.dat"
 PROBE = "\x1b]0;pwned\x07\x1b[2J"

@@ -9,9 +9,9 @@ import re
 import numpy as np
 import pyarrow.compute as pc
 from conftest import SAMPLES
-from kvmtrace.replays.ledger import profile_of
 
 import kvmtrace
+from kvmtrace.replays.ledger import profile_of
 from kvmtrace.report.decode import spte_text
 from kvmtrace.report.tables import spte_changes
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import SAMPLES
+
 import kvmtrace
 from kvmtrace.report import render
 from kvmtrace.report.blocks import Table

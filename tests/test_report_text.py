@@ -15,13 +15,18 @@ from kvmtrace.report.grid import Grid
 from kvmtrace.report.safe import printable
 from kvmtrace.report.text import WIDTH, render_text
 
-cell = st.one_of(st.integers(-10**12, 10**12), st.text(alphabet=st.characters(codec="ascii", exclude_characters="\n\r\t\x0b\x0c"), max_size=120), st.none())
+cell = st.one_of(
+    st.integers(-10**12, 10**12),
+    st.text(alphabet=st.characters(codec="ascii", exclude_characters="\n\r\t\x0b\x0c"), max_size=120),
+    st.none(),
+)
 
 
 @st.composite
 def grids(draw):
     ncols = draw(st.integers(1, 12))
-    names = tuple(draw(st.lists(st.text(alphabet="abcdefghij_", min_size=1, max_size=20), min_size=ncols, max_size=ncols)))
+    name = st.text(alphabet="abcdefghij_", min_size=1, max_size=20)
+    names = tuple(draw(st.lists(name, min_size=ncols, max_size=ncols)))
     rows = draw(st.lists(st.tuples(*[cell] * ncols), max_size=6))
     return Grid("t", names, tuple(rows))
 
@@ -36,7 +41,7 @@ def test_every_line_fits_80_columns(grid, para, line, fact):
               TraceLines((line.replace("\n", " "),))]
     out = render_text(blocks)
     assert all(len(ln) <= WIDTH for ln in out.splitlines())
-    assert not any(c < " " and c != "\n" or c == "\x7f" for c in out)  # control characters shown escaped
+    assert not any((c < " " and c != "\n") or c == "\x7f" for c in out)  # control characters shown escaped
     squeezed = "".join(out.split())  # wrapping may break a word anywhere
     for row in grid.text_rows():  # nothing is dropped: every cell's words are still there
         for value in row:

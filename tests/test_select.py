@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pyarrow.compute as pc
 from conftest import SAMPLES
-from kvmtrace.parsers.select import keep_rows, without_seqs
 
 import kvmtrace
+from kvmtrace.parsers.select import keep_rows, without_seqs
 
 
 def _consistent(data) -> None:
@@ -18,7 +18,8 @@ def _consistent(data) -> None:
     names = pc.value_counts(data.events["event"].cast("string")).to_pylist()
     assert {v["values"]: v["counts"] for v in names} == {k.split(":")[-1]: n for k, n in data.info.event_counts.items()}
     if data.events.num_rows:
-        assert (data.info.first_ts, data.info.last_ts) == (pc.min(data.events["ts"]).as_py(), pc.max(data.events["ts"]).as_py())
+        ts = data.events["ts"]
+        assert (data.info.first_ts, data.info.last_ts) == (pc.min(ts).as_py(), pc.max(ts).as_py())
 
 
 def test_cpu_and_time_selection_keep_counts_and_losses_consistent():

@@ -58,7 +58,7 @@ def test_header_is_read(twin_lines, tmp_path):
 
 def test_trace_pipe_without_header_gives_same_tables(twin_lines, tmp_path):
     full = read_text(_write(tmp_path, twin_lines, "trace"))
-    pipe = read_text(_write(tmp_path, [l for l in twin_lines if not l.startswith("#")], "trace_pipe"))
+    pipe = read_text(_write(tmp_path, [ln for ln in twin_lines if not ln.startswith("#")], "trace_pipe"))
     _same_tables(full, pipe)
 
 
@@ -75,7 +75,8 @@ def test_compressed_text_is_detected_and_read(twin_lines, tmp_path, kind):
 
 def test_tgid_column(twin_lines, tmp_path):
     """Constructed: tracefs with ``record-tgid`` prints ``(tgid)`` after the task; none of our recordings has it."""
-    with_tgid = [re.sub(r"^(\s*\S+-\d+)(\s+)\[", r"\1 (    268)\2[", l) if not l.startswith("#") else l for l in twin_lines]
+    with_tgid = [re.sub(r"^(\s*\S+-\d+)(\s+)\[", r"\1 (    268)\2[", ln) if not ln.startswith("#") else ln
+                 for ln in twin_lines]
     assert with_tgid != twin_lines
     _same_tables(read_text(_write(tmp_path, with_tgid, "a")), read_text(_write(tmp_path, twin_lines, "b")))
 
@@ -83,7 +84,7 @@ def test_tgid_column(twin_lines, tmp_path):
 def test_hyphenated_task_names(twin_lines, tmp_path):
     """Constructed: task names like ``tdxvm-13694`` (pid 13714) or ``CPU 0/KVM`` in place of ``kvmlab``."""
     for comm in ("tdxvm-13694", "CPU 0/KVM", "qemu-system-x86"):
-        edited = [l.replace("kvmlab-", f"{comm}-", 1) for l in twin_lines]
+        edited = [ln.replace("kvmlab-", f"{comm}-", 1) for ln in twin_lines]
         data = read_text(_write(tmp_path, edited))
         assert data.skipped == []
         comms = set(pl.from_arrow(data.events)["comm"].to_list())
@@ -92,9 +93,9 @@ def test_hyphenated_task_names(twin_lines, tmp_path):
 
 def test_lost_events_lines(twin_lines, tmp_path):
     """Constructed: tracefs prints ``CPU:N [LOST n EVENTS]`` before the next event of that CPU."""
-    body = [l for l in twin_lines if not l.startswith("#")]
-    at = next(i for i, l in enumerate(body) if "[001]" in l and i > 100)
-    lost = body[:at] + ["CPU:1 [LOST 1234 EVENTS]"] + body[at:]
+    body = [ln for ln in twin_lines if not ln.startswith("#")]
+    at = next(i for i, ln in enumerate(body) if "[001]" in ln and i > 100)
+    lost = [*body[:at], "CPU:1 [LOST 1234 EVENTS]", *body[at:]]
     data = read_text(_write(tmp_path, lost))
     gaps = pl.from_arrow(data.gaps)
     assert gaps.select("cpu", "lost").rows() == [(1, 1234)]
@@ -115,7 +116,7 @@ def test_trace_cmd_events_dropped_line():
 
 def test_counter_clock_timestamps(twin_lines, tmp_path):
     """Constructed: with ``trace_clock`` counter/x86-tsc the timestamp is printed as an integer."""
-    edited = [re.sub(r"(\s)(\d+)\.(\d{6}):", r"\1\2\3:", l, count=1) for l in twin_lines]
+    edited = [re.sub(r"(\s)(\d+)\.(\d{6}):", r"\1\2\3:", ln, count=1) for ln in twin_lines]
     ref = read_text(_write(tmp_path, twin_lines, "a"))
     got = read_text(_write(tmp_path, edited, "b"))
     assert (pl.from_arrow(got.events)["ts"] * 1000 == pl.from_arrow(ref.events)["ts"]).all()

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import SAMPLES
+
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.mutate import altered, without

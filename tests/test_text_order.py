@@ -10,14 +10,14 @@ import gzip
 
 import polars as pl
 import pytest
-
 from conftest import SAMPLES
+
 from kvmtrace.parsers import TraceWarning, read
 
 
 def test_pasted_out_of_order_is_sorted_and_reported(tmp_path):
     lines = gzip.decompress((SAMPLES / "multi-zapall.txt.gz").read_bytes()).decode().splitlines()
-    body = [l for l in lines if not l.startswith("#")]
+    body = [ln for ln in lines if not ln.startswith("#")]
     half = len(body) // 2
     ordered, swapped = tmp_path / "ordered.txt", tmp_path / "swapped.txt"
     ordered.write_text("\n".join(body) + "\n")

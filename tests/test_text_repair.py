@@ -26,7 +26,7 @@ FREE_TEXT = {"print"}  # plus every event without a decoder: their last field ta
 @pytest.fixture(scope="module")
 def lines(nested_dir) -> list[str]:
     with gzip.open(nested_dir / "tdp-churn-noquirk-small-kt.txt.gz", "rt") as f:
-        out = [l.rstrip("\n") for l in f if not l.startswith("#")]
+        out = [ln.rstrip("\n") for ln in f if not ln.startswith("#")]
     return out[:1500]
 
 
@@ -85,13 +85,14 @@ def _no_wrong_values(clean, damaged) -> dict[str, int]:
             lost[name] = a.height
             continue
         b = pl.from_arrow(damaged.tables[name]).drop("seq")
-        assert b.join(a, on=b.columns, how="anti", nulls_equal=True).height == 0, f"{name}: values not in the clean text"
+        missing = b.join(a, on=b.columns, how="anti", nulls_equal=True)
+        assert missing.height == 0, f"{name}: values not in the clean text"
         lost[name] = a.height - b.height
     return lost
 
 
 def test_mail_client_word_wrap(lines, clean, tmp_path):
-    text, lost = _wrapped(lines, lambda l: textwrap.wrap(l, 72, break_long_words=False, break_on_hyphens=False))
+    text, lost = _wrapped(lines, lambda ln: textwrap.wrap(ln, 72, break_long_words=False, break_on_hyphens=False))
     damaged = _parse(tmp_path, text)
     _no_wrong_values(clean, damaged)
     _assert_decoded_tables_equal(clean, damaged)
@@ -101,7 +102,7 @@ def test_mail_client_word_wrap(lines, clean, tmp_path):
 def test_terminal_hard_wrap(lines, clean, tmp_path):
     """A break inside a number can leave a first half that decodes alone (``rip 0x1000`` + ``00``):
     such a record is given up with a reason, never decoded to the wrong value."""
-    text, _ = _wrapped(lines, lambda l: [l[i : i + 80] for i in range(0, len(l), 80)])
+    text, _ = _wrapped(lines, lambda ln: [ln[i : i + 80] for i in range(0, len(ln), 80)])
     damaged = _parse(tmp_path, text)
     missing = _no_wrong_values(clean, damaged)
     physical = text.split("\n")
@@ -110,7 +111,7 @@ def test_terminal_hard_wrap(lines, clean, tmp_path):
         assert len(physical[n - 1]) == 80, "only a full-width first half can be mistaken for a whole record"
     assert sum(missing.values()) == len(given_up)
     # Records longer than 80 columns were rejoined, not only the short ones kept.
-    long_records = sum(1 for l in lines if len(l) > 80)
+    long_records = sum(1 for ln in lines if len(ln) > 80)
     assert damaged.info.total_events > clean.info.total_events - long_records
 
 
@@ -118,7 +119,7 @@ def test_quoted_printable_and_quoting(lines, clean, tmp_path):
     """QP soft breaks at 76 columns and ``=3D`` for ``=``, then ``> `` quoting of the mail reply."""
     qp = quopri.encodestring(("\n".join(lines) + "\n").encode()).decode()
     assert "=3D" in qp and "=\n" in qp
-    quoted = "".join("> " + l + "\n" for l in qp.splitlines())
+    quoted = "".join("> " + ln + "\n" for ln in qp.splitlines())
     damaged = _parse(tmp_path, quoted)
     assert damaged.skipped == []
     assert damaged.tables.keys() == clean.tables.keys()
@@ -131,7 +132,8 @@ def test_prose_prompts_and_elisions_are_skipped(lines, clean, tmp_path):
     text = "\n".join(noise[:3] + head + noise[3:6] + tail + noise[6:]) + "\n"
     damaged = _parse(tmp_path, text)
     n_head = 3 + len(head)
-    expected = {1: "not a trace line", 3: "shell prompt", n_head + 1: "elided", n_head + 2: "elided", n_head + 3: "elided",
+    expected = {1: "not a trace line", 3: "shell prompt",
+                n_head + 1: "elided", n_head + 2: "elided", n_head + 3: "elided",
                 n_head + 3 + len(tail) + 1: "not a trace line"}
     got = dict(damaged.skipped)
     assert got.keys() == expected.keys()

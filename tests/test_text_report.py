@@ -10,11 +10,11 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from conftest import NESTED
-from kvmtrace.parsers.tracedat import read_tracedat
-from kvmtrace.parsers.text import read_text
 from test_text_twins import assert_same_as_binary
+
+from kvmtrace.parsers.text import read_text
+from kvmtrace.parsers.tracedat import read_tracedat
 
 RECORDINGS = ["k61tdp-churn-small-kt", "shadow-churn-noquirk-small-kt", "tdpx-dirty-prefault-kt"]
 SHAPES = {"plain": [], "raw": ["-R"], "ns": ["-t"], "raw-ns": ["-R", "-t"], "latency": ["-l"], "ts-diff": ["--ts-diff"]}
@@ -31,7 +31,8 @@ def test_report_shape_matches_binary(binary, shape, trace_cmd, tmp_path):
     dat, data = binary
     out = tmp_path / "report.txt"
     with open(out, "wb") as f:
-        subprocess.run([trace_cmd, "report", *SHAPES[shape], "-i", str(dat)], stdout=f, stderr=subprocess.DEVNULL, check=True)
+        subprocess.run([trace_cmd, "report", *SHAPES[shape], "-i", str(dat)],
+                       stdout=f, stderr=subprocess.DEVNULL, check=True)
     text = read_text(out)
     assert text.skipped == []
     assert text.info.cpus == data.info.cpus

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace.parsers import read
 from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.parsers.text.pages import FULL, PAGE_EVENTS
@@ -129,9 +129,12 @@ def test_pre_2015_plugin_gives_the_word_bits_of_layout_a():
 #: Older kernels' page prints (tracepoints.md §1.2, verbatim) and where their role word keeps
 #: each printed field (§3: layout E for 5.1-5.3, C for 4.2-5.0, B for 2.6.35-4.1).
 OLD_FORMS = {
-    "5.1-5.3": ("sp gfn {gfn:x} l{level} {bytes}-byte q{quadrant}{direct} {access}{invalid} {nxe}nxe {ad}ad root {root} {sync}",
-                {"level": 0, "gpte8": 4, "quadrant": 5, "direct": 7, "access": 8, "invalid": 11, "nxe": 12, "ad_disabled": 16}),
-    "3.11-5.0": ("sp gen {gen:x} gfn {gfn:x} {level}{pae} q{quadrant}{direct} {access}{invalid} {nxe}nxe root {root} {sync}",
+    "5.1-5.3": ("sp gfn {gfn:x} l{level} {bytes}-byte q{quadrant}{direct} {access}{invalid} {nxe}nxe "
+                "{ad}ad root {root} {sync}",
+                {"level": 0, "gpte8": 4, "quadrant": 5, "direct": 7, "access": 8, "invalid": 11, "nxe": 12,
+                 "ad_disabled": 16}),
+    "3.11-5.0": ("sp gen {gen:x} gfn {gfn:x} {level}{pae} q{quadrant}{direct} {access}{invalid} {nxe}nxe "
+                 "root {root} {sync}",
                  {"level": 0, "gpte8": 4, "quadrant": 5, "direct": 7, "access": 8, "invalid": 11, "nxe": 12}),
     "2.6.35-3.10": ("sp gfn {gfn:x} {level}{pae} q{quadrant}{direct} {access}{invalid} {nxe}nxe root {root} {sync}",
                     {"level": 0, "gpte8": 4, "quadrant": 5, "direct": 13, "access": 14, "invalid": 17, "nxe": 18}),
@@ -147,15 +150,18 @@ def test_older_kernel_prints_place_bits_by_their_layout(era, tmp_path):
     rows = pl.from_arrow(read(_dat("shadow-churn-noquirk-small-kt")).tables["kvm_mmu_prepare_zap_page"])
     lines, expected = [], []
     for i, r in enumerate(rows.iter_rows(named=True)):
-        w = r["role"]  # 6.12 layout: bit 4 has_4_byte_gpte, 7 direct, 8-10 access, 11 invalid, 12 efer_nx, 16 ad_disabled
+        # 6.12 layout: bit 4 has_4_byte_gpte, 7 direct, 8-10 access, 11 invalid, 12 efer_nx, 16 ad_disabled
+        w = r["role"]
         f = {"level": w & 15, "gpte8": 0 if w >> 4 & 1 else 1, "quadrant": w >> 5 & 3, "direct": w >> 7 & 1,
              "access": w >> 8 & 7, "invalid": w >> 11 & 1, "nxe": w >> 12 & 1, "ad_disabled": w >> 16 & 1}
         args = fmt.format(gfn=r["gfn"], gen=r["mmu_valid_gen"], level=f["level"], bytes=8 if f["gpte8"] else 4,
-                          pae=" pae" if f["gpte8"] else "", quadrant=f["quadrant"], direct=" direct" if f["direct"] else "",
+                          pae=" pae" if f["gpte8"] else "", quadrant=f["quadrant"],
+                          direct=" direct" if f["direct"] else "",
                           access=ACCESS_STR[f["access"]], invalid=" invalid" if f["invalid"] else "",
                           nxe="" if f["nxe"] else "!", ad="!" if f["ad_disabled"] else "", root=r["root_count"],
                           sync="unsync" if r["unsync"] else "sync")
-        lines.append(f"          kvmlab-324   [000] ....  {30 + i // 1000}.{i % 1000:06d}: kvm_mmu_prepare_zap_page: {args}")
+        ts = f"{30 + i // 1000}.{i % 1000:06d}"
+        lines.append(f"          kvmlab-324   [000] ....  {ts}: kvm_mmu_prepare_zap_page: {args}")
         expected.append(sum(f[k] << bit for k, bit in layout.items()))
     path = tmp_path / f"{era}.txt"
     path.write_text("\n".join(lines) + "\n")

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace.parsers.text import lines as prefix
 from kvmtrace.parsers.text.scan import scan
 from kvmtrace.parsers.text.source import Chunk, _buffer

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-
 from conftest import NESTED, SAMPLES
+
 from kvmtrace.parsers.schema import META_NULL_PREFIX
-from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.text import read_text
 from kvmtrace.parsers.text.pages import ROLE_COLUMNS
+from kvmtrace.parsers.tracedat import read_tracedat
 
 #: Columns text adds beyond the format file's (checked against the binary in test_text_roles.py).
 DERIVED = {name for name, _ in ROLE_COLUMNS}
@@ -76,7 +76,7 @@ def test_twins_exist():
 
 
 def test_counts_match_counts_file(twin):
-    txt, text, binary = twin
+    txt, text, _binary = twin
     assert text.skipped == []
     counts_file = txt.with_name(txt.name[:-7] + ".counts.txt")
     if counts_file.exists():
@@ -94,7 +94,8 @@ def test_fields_equal_binary(twin):
 def test_order_matches_binary_up_to_us_ties(twin):
     _, text, binary = twin
     t = pl.from_arrow(text.events).select("ts", "cpu", pl.col("event").cast(pl.String))
-    b = pl.from_arrow(binary.events).select(((pl.col("ts") + 500) // 1000 * 1000).alias("ts"), "cpu", pl.col("event").cast(pl.String))
+    ts_us = ((pl.col("ts") + 500) // 1000 * 1000).alias("ts")  # the text prints microseconds
+    b = pl.from_arrow(binary.events).select(ts_us, "cpu", pl.col("event").cast(pl.String))
     assert t.height == b.height
     # Same multiset of events per (µs, CPU), and the same sequence within each CPU.
     for cpu in t["cpu"].unique().to_list():
@@ -113,7 +114,8 @@ def test_gaps_match_what_the_text_shows(twin):
     counts_file = txt.with_name(txt.name[:-7] + ".counts.txt")
     if counts_file.exists():
         section = counts_file.read_text().split("## ftrace text", 1)[1]
-        markers, reported = map(int, re.search(r"lost_event_markers (\d+) lost_events_reported (\d+)", section).groups())
+        counts = re.search(r"lost_event_markers (\d+) lost_events_reported (\d+)", section)
+        markers, reported = map(int, counts.groups())
         assert tg.height == markers
         assert sum(text.info.lost_events.values()) == reported
     bg = pl.from_arrow(binary.gaps).select("cpu", "lost")

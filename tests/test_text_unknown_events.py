@@ -14,8 +14,8 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow.parquet as pq
-
 from conftest import REPO, SAMPLES
+
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import META_SYSTEM
 from kvmtrace.parsers.text.assemble import UNKNOWN_SYSTEM
@@ -28,7 +28,7 @@ SCHED = ("          <idle>-0       [001] d..2.  1530.393600: sched_switch: prev_
 def _with_sched_switch(tmp_path: Path) -> Path:
     lines = gzip.decompress((SAMPLES / "mmio-zapslot.txt.gz").read_bytes()).decode().splitlines()
     path = tmp_path / "mixed.txt"
-    path.write_text("\n".join(lines + [SCHED]) + "\n")
+    path.write_text("\n".join([*lines, SCHED]) + "\n")
     return path
 
 

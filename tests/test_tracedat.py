@@ -15,22 +15,14 @@ from __future__ import annotations
 
 import dataclasses
 import struct
-import warnings
 import subprocess
+import warnings
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from kvmtrace.parsers.errors import TraceError, TraceWarning
-from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.tracedat import read_tracedat
-from kvmtrace.parsers.tracedat.constants import Option
-from kvmtrace.parsers.tracedat.container import parse_container
-from kvmtrace.parsers.tracedat.salvage import cpus_with_events
-from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent
 from tracedat_builder import (
     Data,
     Padding,
@@ -43,6 +35,14 @@ from tracedat_builder import (
     v7_options,
 )
 from tracedat_oracle import assert_matches, cpu_rows, run_report
+
+from kvmtrace.parsers.errors import TraceError, TraceWarning
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat.constants import Option
+from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.salvage import cpus_with_events
+from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent
 
 NESTED_FILE = "tdp-boot-small-kt.dat"  # v7 zstd, 6.12 kernel, kvmmmu + kvm events
 V6_FILE = "sched_load.dat"  # v6 without options (old trace-cmd)
@@ -188,7 +188,7 @@ def test_merge_when_a_cpu_goes_back_in_time(v6_nested: Path, tmp_path: Path, tra
     assert_matches(data, run_report(trace_cmd, out))
 
 
-def test_array_fields(small_template: "Template", tmp_path: Path, trace_cmd: str) -> None:
+def test_array_fields(small_template: Template, tmp_path: Path, trace_cmd: str) -> None:
     """Arrays no real recording here has, laid out by hand from the 6.12 format files:
     dma_unmap_sg (ID 368): __data_loc char[] device @8, __data_loc u64[] addrs @12, enum dir @16,
     unsigned long attrs @24; ipi_raise (ID 289): __data_loc unsigned long[] target_cpus @8,
@@ -213,7 +213,7 @@ def test_array_fields(small_template: "Template", tmp_path: Path, trace_cmd: str
     assert_matches(data, run_report(trace_cmd, out))
 
 
-def test_event_name_shared_by_two_systems(small_template: "Template", tmp_path: Path, trace_cmd: str) -> None:
+def test_event_name_shared_by_two_systems(small_template: Template, tmp_path: Path, trace_cmd: str) -> None:
     """Hand-made: a second system ("zsys", after the real ones) with its own event of the same
     name (ID 60000). The later one's table is qualified as ``system:name``."""
     text = next(t for system in small_template.content.systems for t in system.formats if b"ID: 1588\n" in t)
@@ -233,7 +233,7 @@ def test_event_name_shared_by_two_systems(small_template: "Template", tmp_path: 
     assert_matches(data, run_report(trace_cmd, out))
 
 
-def test_event_id_without_format(small_template: "Template", tmp_path: Path) -> None:
+def test_event_id_without_format(small_template: Template, tmp_path: Path) -> None:
     """Hand-made: a record whose common_type has no format file (65000)."""
     stray = struct.pack("<H", 65000) + spte_payload(1, 2, 0, 0, 1)[2:]
     page = build_page(1000, [Data(spte_payload(1, 1, 0, 0, 1)), Data(stray, delta=1)])

@@ -20,16 +20,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import NESTED, PUBLIC, SAMPLES
+from tracedat_builder import content_of
+from tracedat_oracle import run_report
+
 from kvmtrace.parsers.schema import CpuStats
 from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer
 from kvmtrace.parsers.tracedat.writer import write_tracedat
 from kvmtrace.report.traceinfo import info_dict, render_info
-from tracedat_builder import content_of
-from tracedat_oracle import run_report
 
 LOST_SAMPLE = SAMPLES / "churn-lost-zapall.dat"
 WITH_STATS = [PUBLIC / "example_rtapp.dat", PUBLIC / "trace.dat", PUBLIC / "raw_trace.dat",

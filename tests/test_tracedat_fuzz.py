@@ -39,6 +39,8 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
+from tracedat_builder import options_chain
+from tracedat_oracle import run_report
 
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData
@@ -46,8 +48,6 @@ from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import MAGIC, TAIL_FLYRECORD, TAIL_OPTIONS, Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.limits import MAX_CHUNK
-from tracedat_builder import options_chain
-from tracedat_oracle import run_report
 
 SOURCES = {"v6": "sched_load.dat", "v7": "sched_load.v7zstd.dat"}
 REGIONS = ("header", "options", "sections", "pages")
@@ -191,7 +191,7 @@ def _read(path: Path) -> tuple[TraceData | None, list[str], int]:
 class Corpus(dict):
     """The undamaged sources by name (printed short in hypothesis' falsifying examples)."""
 
-    def _repr_pretty_(self, printer, cycle) -> None:  # noqa: ANN001 - IPython's printer protocol
+    def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(f"<sources {sorted(self)}>")
 
 

@@ -19,16 +19,16 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import zstandard
-
 from conftest import SAMPLES
+from tracedat_builder import PlacedOption, append_options, content_of, patched, v7_options
+from tracedat_oracle import cpu_rows, run_report
+
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import MAGIC, SECTION_FLAG_COMPRESSED, TAIL_FLYRECORD, TAIL_OPTIONS, Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.writer import EventSystem, write_tracedat
-from tracedat_builder import PlacedOption, append_options, content_of, patched, v7_options
-from tracedat_oracle import cpu_rows, run_report
 
 V6 = "sched_load.dat"
 V7Z = "sched_load.v7zstd.dat"

@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import NESTED, PUBLIC, SAMPLES
+from tracedat_oracle import OracleReport, assert_matches, run_report
+
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat import read_tracedat
-from tracedat_oracle import OracleReport, assert_matches, run_report
 
 #: Above this many events, fields are compared on every k-th event only (all counts and all
 #: common columns are still compared) to keep the suite within its time budget.

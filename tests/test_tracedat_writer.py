@@ -16,10 +16,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.tracedat import read_tracedat
-from kvmtrace.parsers.tracedat.writer import write_tracedat
 from tracedat_builder import (
     Data,
     Padding,
@@ -29,6 +25,10 @@ from tracedat_builder import (
     build_tracedat,
     content_of,
 )
+
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat import read_tracedat
+from kvmtrace.parsers.tracedat.writer import write_tracedat
 
 #: Real recordings: 6.12 TDP MMU, 6.1 TDP MMU (200k events, 2 CPUs), 6.12 shadow paging.
 RECORDINGS = ["tdp-boot-small-kt", "k61tdp-churn-small-kt", "shadow-churn-noquirk-small-kt"]

@@ -22,7 +22,6 @@ import os
 import struct
 from dataclasses import dataclass
 
-from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 from kvmtrace.parsers.tracedat.constants import (
     COMMIT_MISSING_EVENTS,
     COMMIT_MISSING_STORED,
@@ -39,6 +38,7 @@ from kvmtrace.parsers.tracedat.constants import (
 )
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.cursor import Cursor
+from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 
 # ---- records -----------------------------------------------------------------------------------
 

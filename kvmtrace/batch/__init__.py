@@ -8,4 +8,4 @@ the command, Parquet files, per-trace reports and a fleet summary).
 
 from kvmtrace.batch.fleet import BatchResult, run
 
-__all__ = ["run", "BatchResult"]
+__all__ = ["BatchResult", "run"]

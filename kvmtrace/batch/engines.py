@@ -11,10 +11,11 @@ from __future__ import annotations
 import multiprocessing
 import os
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 from kvmtrace.batch.inputs import TraceInput
 from kvmtrace.batch.worker import Outcome, failed, run_one
@@ -119,7 +120,7 @@ def run_dask(traces: list[TraceInput], work: Work, client: Any) -> Iterator[Outc
         trace = by_key[fut.key]
         try:
             yield fut.result()
-        except Exception as err:  # noqa: BLE001 - KilledWorker, a lost connection: this trace only
+        except Exception as err:
             yield failed(trace, f"the Dask worker analysing this trace failed ({type(err).__name__}: {err})")
         fut.release()
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import polars as pl
 
-from kvmtrace.batch.engines import ENGINES, Work, default_workers, local_cluster, require_distributed, run_dask, run_local
+from kvmtrace.batch.engines import (
+    ENGINES,
+    Work,
+    default_workers,
+    local_cluster,
+    require_distributed,
+    run_dask,
+    run_local,
+)
 from kvmtrace.batch.inputs import TraceInput, expand
 from kvmtrace.batch.tables import as_frames
 from kvmtrace.batch.worker import REPORT_FORMATS, Outcome

@@ -45,7 +45,7 @@ class OutputFolder:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         (self.tmp / REPORTS).mkdir()
 
-    def __enter__(self) -> "OutputFolder":
+    def __enter__(self) -> OutputFolder:
         return self
 
     def write_reports(self, outcome: Outcome) -> None:

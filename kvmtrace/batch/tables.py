@@ -7,7 +7,7 @@ from every batch a CI produces.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import polars as pl
 import pyarrow as pa

@@ -120,7 +120,7 @@ def run_one(trace: TraceInput, kernel: str | None = None, formats: tuple[str, ..
             error = str(err)
         except MemoryError:
             error = "out of memory while analysing this trace"
-        except Exception as err:  # noqa: BLE001 - a bug of ours must cost one row, not the batch
+        except Exception as err:
             error = f"internal error: {type(err).__name__}: {err}"
         else:
             error = None

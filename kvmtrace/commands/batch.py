@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from kvmtrace.batch.engines import ENGINES, require_distributed
 from kvmtrace.batch.fleet import FAIL_ON, run
 from kvmtrace.batch.inputs import expand
-from kvmtrace.batch.output import OutputFolder, TABLES, check_outdir
+from kvmtrace.batch.output import TABLES, OutputFolder, check_outdir
 from kvmtrace.batch.summary import SUMMARY_FORMATS, render_summary
 from kvmtrace.batch.worker import Outcome
 from kvmtrace.commands.common import say

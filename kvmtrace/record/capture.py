@@ -22,9 +22,9 @@ from typing import BinaryIO
 
 import numpy as np
 
+from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 from kvmtrace.parsers.tracedat.writer import EventSystem, PageBytes, TraceDatContent
 from kvmtrace.record.tracefs import Tracefs
-from kvmtrace.parsers.tracedat.constants import COMMIT_MISSING_EVENTS, PAGE_COMMIT_OFFSET
 
 KALLSYMS = "/proc/kallsyms"
 

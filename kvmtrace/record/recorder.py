@@ -25,20 +25,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD
+from kvmtrace.parsers.tracedat.writer import write_tracedat
 from kvmtrace.record.capture import (
     CpuLoss,
-    collect_content,
     PageDrain,
+    collect_content,
     flagged_pages,
     loss_from_stats,
     read_cpu_stats,
 )
 from kvmtrace.record.child import CommandResult, run_command
 from kvmtrace.record.lock import recording_lock
-from kvmtrace.parsers.tracedat.writer import write_tracedat
 from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
-from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD
 from kvmtrace.report.output import atomic_file, atomic_path
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm")
@@ -216,6 +216,7 @@ def record(opts: RecordOptions) -> RecordResult:
             if failed:
                 raise TraceError(f"could not restore tracefs: {', '.join(failed)}")
     loss = tuple(
-        dataclasses.replace(loss_from_stats(cpu, text), flagged_pages=flagged.get(cpu, 0)) for cpu, text in stats.items()
+        dataclasses.replace(loss_from_stats(cpu, text), flagged_pages=flagged.get(cpu, 0))
+        for cpu, text in stats.items()
     )
     return RecordResult(result, opts.output, backend, text_out, loss)

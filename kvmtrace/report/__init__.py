@@ -6,6 +6,7 @@ drawn by four renderers (text, Markdown, HTML, JSON).
 
 from __future__ import annotations
 
+from kvmtrace.parsers.schema import TraceData
 from kvmtrace.report.blocks import report_blocks, report_title, trace_blocks
 from kvmtrace.report.diff import DiffReport, build_diff, diff_blocks, diff_dict
 from kvmtrace.report.html import render_html, render_html_fragment
@@ -14,7 +15,6 @@ from kvmtrace.report.markdown import render_markdown
 from kvmtrace.report.model import Figure, Report, build_report, trace_facts
 from kvmtrace.report.output import write_atomic
 from kvmtrace.report.text import render_text
-from kvmtrace.parsers.schema import TraceData
 
 FORMATS: tuple[str, ...] = ("text", "markdown", "html", "json")
 DIFF_FORMATS: tuple[str, ...] = FORMATS
@@ -50,6 +50,17 @@ def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:
 
 
 __all__ = [
-    "FORMATS", "DIFF_FORMATS", "Report", "DiffReport", "Figure", "build_report", "build_diff",
-    "render", "render_diff", "trace_html", "report_dict", "report_schema", "write_atomic",
+    "DIFF_FORMATS",
+    "FORMATS",
+    "DiffReport",
+    "Figure",
+    "Report",
+    "build_diff",
+    "build_report",
+    "render",
+    "render_diff",
+    "report_dict",
+    "report_schema",
+    "trace_html",
+    "write_atomic",
 ]

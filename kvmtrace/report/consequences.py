@@ -60,6 +60,12 @@ def _backed_again(replay: ReplayResult, lo: int, hi: int, after: int) -> int | N
     return min(starts) if starts else None
 
 
+def _hits(cols: dict[str, np.ndarray], key: str, start: int, end: int, lo: int, hi: int) -> np.ndarray:
+    """Rows of ``cols`` in seq ``[start, end)`` whose ``key`` address lies in ``[lo, hi)``."""
+    in_window = (cols["seq"] >= start) & (cols["seq"] < end)
+    return in_window & (cols[key] >= np.uint64(lo)) & (cols[key] < np.uint64(hi))
+
+
 def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_of: dict[int, int]) -> pa.Table:
     """One row per (delete/move, vCPU thread) that faulted or exited on the removed range."""
     faults = _columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0})
@@ -80,18 +86,15 @@ def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_
                 until = first_real if until is None else min(until, first_real)
         end = until if until is not None else np.iinfo(np.int64).max
 
-        def hits(cols: dict[str, np.ndarray], key: str) -> np.ndarray:
-            return (cols["seq"] >= start) & (cols["seq"] < end) & (cols[key] >= np.uint64(lo)) & (cols[key] < np.uint64(hi))
-
-        f_hit = hits(faults, "gfn") if faults is not None else None
-        m_hits = [(c, hits(c, "gpa" if "gpa" in c else "addr")) for c in mmio]
-        pids = set(faults["pid"][f_hit].tolist()) if f_hit is not None else set()
+        f_hit = _hits(faults, "gfn", start, end, lo, hi) if faults is not None else None
+        m_hits = [(c, _hits(c, "gpa" if "gpa" in c else "addr", start, end, lo, hi)) for c in mmio]
+        pids = set(faults["pid"][f_hit].tolist()) if faults is not None and f_hit is not None else set()
         for c, m in m_hits:
             pids |= set(c["pid"][m].tolist())
         for pid in sorted(pids, key=lambda p: (vcpu_of.get(p, 1 << 30), p)):
             seqs: list[np.ndarray] = []
             n_faults = noslot = error = most = 0
-            if f_hit is not None:
+            if faults is not None and f_hit is not None:
                 mine = f_hit & (faults["pid"] == pid)
                 pfn = faults["pfn"][mine]
                 n_faults = int(mine.sum())

@@ -73,8 +73,9 @@ def vcpu_threads(data: TraceData) -> VcpuThreads:
     the lab's ``kvmlab_vcpu_thread`` markers. A pid seen with two vCPU ids is left out."""
     entry = data.tables.get("kvm_entry")
     if entry is not None and entry.num_rows and "vcpu_id" in entry.column_names:
-        pairs = (pl.from_arrow(entry.select(["pid", "vcpu_id"])).unique()
-                 .filter(pl.col("pid").count().over("pid") == 1))
+        frame = pl.from_arrow(entry.select(["pid", "vcpu_id"]))
+        assert isinstance(frame, pl.DataFrame)  # a Table converts to a DataFrame
+        pairs = frame.unique().filter(pl.col("pid").count().over("pid") == 1)
         return VcpuThreads(dict(zip(pairs["pid"].to_list(), pairs["vcpu_id"].to_list())), "kvm_entry vcpu_id")
     prints = data.tables.get("print")
     found: dict[int, int] = {}

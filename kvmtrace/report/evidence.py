@@ -10,14 +10,14 @@ events and not with the trace.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kvmtrace.report.grid import seconds_text
 from kvmtrace.parsers.schema import COMMON_NAMES, TraceData
+from kvmtrace.report.grid import seconds_text
 
 
 def _field_text(value: object, typ: pa.DataType) -> str:
@@ -26,7 +26,7 @@ def _field_text(value: object, typ: pa.DataType) -> str:
         return "?"
     if isinstance(value, bool):  # one-bit fields (r, x, ...) read as the kernel prints them
         return str(int(value))
-    if pa.types.is_unsigned_integer(typ) and typ.bit_width >= 32:
+    if pa.types.is_unsigned_integer(typ) and typ.bit_width >= 32 and isinstance(value, int):
         return hex(value)
     if isinstance(value, str):
         return value.rstrip("\n")

@@ -12,8 +12,9 @@ places; a different anchor, kind of change or explanation changes the words and 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Protocol
 
 #: Human formats print this many findings of a group in full, with their evidence lines.
 EXAMPLES_PER_GROUP = 3
@@ -84,12 +85,12 @@ def group_findings(findings: Sequence[_Row]) -> tuple[FindingGroup, ...]:
 def _group(key: tuple[str, str, str], idx: list[int], findings: Sequence[_Row]) -> FindingGroup:
     members = sorted(idx, key=lambda i: (findings[i].seq is None, findings[i].seq or 0, i))
     seqs = [(findings[i].seq, findings[i].ts) for i in members if findings[i].seq is not None]
-    gfns = sorted({findings[i].gfn for i in members if findings[i].gfn is not None})
+    gfns = sorted({g for i in members if (g := findings[i].gfn) is not None})
     return FindingGroup(
         id=key[0], severity=key[1], cause=key[2], members=tuple(members),
         first_seq=seqs[0][0] if seqs else None, last_seq=seqs[-1][0] if seqs else None,
         first_ts=seqs[0][1] if seqs else None, last_ts=seqs[-1][1] if seqs else None,
         gfn_first=gfns[0] if gfns else None, gfn_last=gfns[-1] if gfns else None, gfns=len(gfns),
-        slots=tuple(sorted({findings[i].slot for i in members if findings[i].slot is not None})),
-        cpus=tuple(sorted({findings[i].cpu for i in members if findings[i].cpu is not None})),
+        slots=tuple(sorted({s for i in members if (s := findings[i].slot) is not None})),
+        cpus=tuple(sorted({c for i in members if (c := findings[i].cpu) is not None})),
     )

@@ -48,7 +48,7 @@ def _block(block: Block) -> list[str]:
     if isinstance(block, Facts):
         return [f"- **{md_escape(k)}:** {md_escape(v)}" for k, v in block.items] + [""]
     if isinstance(block, Table):
-        return _table(block.grid) + [""]
+        return [*_table(block.grid), ""]
     if isinstance(block, Bullets):
         return [f"- {md_escape(item)}" for item in block.items] + [""]
     if isinstance(block, TraceLines):
@@ -57,7 +57,7 @@ def _block(block: Block) -> list[str]:
                       for s in ((ln, f"  = {note}") if note else (ln,)))
         fence = _fence(lines)
         more = [f"*... {block.more} more evidence events*", ""] if block.more else []
-        return [fence, *lines, fence, ""] + more
+        return [fence, *lines, fence, "", *more]
     if isinstance(block, Para):
         return [md_escape(block.text), ""]
     if isinstance(block, Plot):

@@ -97,7 +97,7 @@ def _table(grid: Grid, paint: _Painter) -> list[str]:
             out.append(line(r, lead))
             out += _wrap(r[-1], "    ")
     elif groups is not None:
-        out += wrapped(head, groups) + [rule(groups[0])]
+        out += [*wrapped(head, groups), rule(groups[0])]
         for r in cells:
             out += wrapped(r, groups)
     else:  # a single column wider than the page: one "name: value" line per cell, wrapped
@@ -120,7 +120,9 @@ def _block(block: Block, paint: _Painter) -> list[str]:
         return ["", paint(text, "bold")] + ([rule * len(text)] if rule else [])
     if isinstance(block, Facts):
         width = max(len(k) for k, _ in block.items) + 2
-        return [ln for k, v in block.items for ln in _wrap(printable(v), " " * width, first=f"{printable(k) + ':':<{width}}")]
+        indent = " " * width
+        return [ln for k, v in block.items
+                for ln in _wrap(printable(v), indent, first=f"{printable(k) + ':':<{width}}")]
     if isinstance(block, Table):
         return _table(block.grid, paint)
     if isinstance(block, Bullets):

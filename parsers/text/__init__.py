@@ -13,9 +13,10 @@ gaps, info), ``reader`` (the chunk loop).
 What text cannot carry is null, and the table's schema metadata (``kvmtrace.null.<column>``)
 says why: hashed ``%p`` pointers, the kvm plugin's missing gfn/generation, role words printed
 by their fields, ``common_flags``. Page-class tables add ``role_partial`` and ``role_mask``: the
-role bits the text prints and which they are (``kvmtrace.role_unprinted`` names the rest). Events without a decoder keep their arguments in a ``text``
-column. ``kvmtrace.text_forms`` lists the printed forms (kernel eras) an event's lines
-matched, the text's own evidence of the kernel era.
+role bits the text prints and which they are (``kvmtrace.role_unprinted`` names the rest).
+Events without a decoder keep their arguments in a ``text`` column. ``kvmtrace.text_forms``
+lists the printed forms (kernel eras) an event's lines matched, the text's own evidence of the
+kernel era.
 """
 
 from kvmtrace.parsers.text.reader import read_text

@@ -21,7 +21,8 @@ from kvmtrace.parsers.schema import (
     META_SOURCE,
     META_SYSTEM,
 )
-from kvmtrace.parsers.text.catalog import RAW_FORM, EventSpec
+from kvmtrace.parsers.text.catalog import EventSpec
+from kvmtrace.parsers.text.printf import RAW_FORM
 
 #: Which printed forms (kernel eras, ``plugin``) the event's lines matched, e.g. ``5.4+``: the
 #: text's own evidence of the kernel era, for a reader that has no uname.
@@ -80,7 +81,9 @@ def events_table(ordered: pl.DataFrame, systems: dict[str, str]) -> pa.Table:
     t = ordered.select(*COMMON_NAMES).to_arrow()
     codes = ordered["event"].cast(pl.Categorical).to_physical()
     first = pl.DataFrame({"code": codes}).with_row_index("row").group_by("code").agg(pl.col("row").min()).sort("row")
-    lookup = np.zeros(int(first["code"].max()) + 1, dtype=np.int32)
+    top = first["code"].max()
+    assert isinstance(top, int)  # integer codes of a frame with events
+    lookup = np.zeros(top + 1, dtype=np.int32)
     lookup[first["code"].to_numpy()] = np.arange(first.height, dtype=np.int32)
     indices = np.ascontiguousarray(lookup[codes.to_numpy()])
     names = ordered["event"].gather(first["row"]).cast(pl.String)
@@ -117,7 +120,9 @@ def _by_seq(common: pl.DataFrame, rows: pl.DataFrame, seqs: np.ndarray) -> pl.Da
     return common.join(rows, on="line_no", how="left").sort("seq").drop("line_no")
 
 
-def event_table(spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame, forms: set[str], seqs: np.ndarray) -> pa.Table:
+def event_table(
+    spec: EventSpec | None, common: pl.DataFrame, rows: pl.DataFrame, forms: set[str], seqs: np.ndarray
+) -> pa.Table:
     """One event's table from its rows of ``ordered`` (``common``, in seq order), its decoded
     fields and the line -> seq map (:func:`line_seqs`).
 

@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Callable, Mapping
+from typing import Any
 
 import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.text import pages
-from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Compiled, Flags, Pointer, Skip, Text, compile_format
+from kvmtrace.parsers.text.printf import Choice, Compiled, Flags, Pointer, Skip, Slot, Text, compile_format
 
 #: C type of a format-file field -> Arrow type (by size and signedness, as the format file says).
 ARROW_TYPES: Mapping[str, pa.DataType] = {
@@ -37,8 +38,8 @@ ARROW_TYPES: Mapping[str, pa.DataType] = {
 
 #: The same types for polars (the decoders build columns in polars, then hand Arrow out).
 POLARS_TYPES: Mapping[str, pl.DataType] = {
-    "u8": pl.UInt8, "u16": pl.UInt16, "u32": pl.UInt32, "u64": pl.UInt64, "s8": pl.Int8, "s32": pl.Int32,
-    "s64": pl.Int64, "bool": pl.Boolean, "str": pl.String,
+    "u8": pl.UInt8(), "u16": pl.UInt16(), "u32": pl.UInt32(), "u64": pl.UInt64(), "s8": pl.Int8(), "s32": pl.Int32(),
+    "s64": pl.Int64(), "bool": pl.Boolean(), "str": pl.String(),
 }
 
 
@@ -55,7 +56,7 @@ class Form:
 
     era: str
     fmt: str
-    slots: tuple
+    slots: tuple[Slot, ...]
     compiled: Compiled
 
 
@@ -81,8 +82,8 @@ class EventSpec:
         return [pa.field(n, ARROW_TYPES[t]) for n, t in (*self.fields, *self.derived)]
 
 
-def _spec(name: str, system: str, fields: str, forms: list[tuple], **kw) -> EventSpec:
-    parsed = tuple(tuple(f.split(":")) for f in fields.split())
+def _spec(name: str, system: str, fields: str, forms: list[tuple[str, str, tuple[Slot, ...]]], **kw: Any) -> EventSpec:
+    parsed = tuple((n, t) for n, _, t in (f.partition(":") for f in fields.split()))
     compiled = tuple(Form(era, fmt, tuple(slots), compile_format(fmt, tuple(slots))) for era, fmt, slots in forms)
     return EventSpec(name, system, parsed, compiled, **kw)
 

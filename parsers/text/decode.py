@@ -16,10 +16,18 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from kvmtrace.parsers.text.catalog import POLARS_TYPES, RAW_FORM, EventSpec
-from kvmtrace.parsers.text.printf import Compiled, ascii_classes, choice_expr, flags_expr, number_expr, pointer_expr
+from kvmtrace.parsers.text.catalog import POLARS_TYPES, EventSpec
+from kvmtrace.parsers.text.printf import (
+    RAW_FORM,
+    Compiled,
+    ascii_classes,
+    choice_expr,
+    flags_expr,
+    number_expr,
+    pointer_expr,
+)
 
-_SCRATCH = pl.Int64
+_SCRATCH = pl.Int64()
 
 
 @dataclass
@@ -89,7 +97,7 @@ def _scratch(spec: EventSpec) -> dict[str, pl.DataType]:
     for form in spec.forms:
         c = form.compiled
         out.update({g: _SCRATCH for g in (*c.numbers, *c.choices, *c.flags) if g.startswith("_")})
-        out.update({g: pl.String for g in c.texts if g.startswith("_")})
+        out.update({g: pl.String() for g in c.texts if g.startswith("_")})
     return out
 
 
@@ -135,14 +143,16 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) 
             pieces.append(got.with_columns(_form=pl.lit(era)))  # which form each row matched
             seen.append(era)
     types = _types(spec)
-    scratch = {**_scratch(spec), "_form": pl.String}
-    full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in {**types, **scratch}.items() if c not in p.columns])
+    scratch = {**_scratch(spec), "_form": pl.String()}
+    columns = {**types, **scratch}
+    full = [p.with_columns([pl.lit(None, dtype=dt).alias(c) for c, dt in columns.items() if c not in p.columns])
             .select("line_no", *types, *scratch) for p in pieces]
-    df = pl.concat(full, how="vertical_relaxed") if full else pl.DataFrame(schema={"line_no": pl.Int64, **types, **scratch})
+    df = pl.concat(full, how="vertical_relaxed") if full else pl.DataFrame(schema={"line_no": pl.Int64, **columns})
     if spec.finish is not None and df.height:
         df = spec.finish(df)
     out = {**types, **_field_types(spec.derived)}
-    df = df.select("line_no", *[(pl.col(n) if n in df.columns else pl.lit(None)).cast(t).alias(n) for n, t in out.items()])
+    df = df.select("line_no",
+                   *[(pl.col(n) if n in df.columns else pl.lit(None)).cast(t).alias(n) for n, t in out.items()])
     return Decoded(df, rest["line_no"], tuple(seen))
 
 

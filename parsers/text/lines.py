@@ -52,7 +52,8 @@ def _fast(df: pl.DataFrame) -> pl.DataFrame:
     # A TGID column or --ts-diff deltas make the pieces fail the checks in split(): slow path.
     head = pl.col("_head")
     tail = pl.col("_tail")
-    lf = lf.with_columns(_dash=head.str.find(r"-\d+$"), _c=tail.str.find(": ", literal=True), _rb=tail.str.find("]", literal=True))
+    lf = lf.with_columns(_dash=head.str.find(r"-\d+$"), _c=tail.str.find(": ", literal=True),
+                         _rb=tail.str.find("]", literal=True))
     lf = lf.with_columns(
         _pre=tail.str.slice(pl.col("_rb") + 1, pl.col("_c") - pl.col("_rb") - 1).str.strip_chars(),
         _rest=tail.str.slice(pl.col("_c") + 2),
@@ -97,7 +98,8 @@ def _slow(df: pl.DataFrame) -> pl.DataFrame:
         "args", pl.lit(None, pl.String).alias("lost"),
     )
     other = other.select(
-        "line_no", "line", kind.alias("kind"), pl.lit(None, pl.String).alias("comm"), pl.lit(None, pl.String).alias("pid"),
+        "line_no", "line", kind.alias("kind"),
+        pl.lit(None, pl.String).alias("comm"), pl.lit(None, pl.String).alias("pid"),
         pl.col("gcpu").alias("cpu"), pl.lit(None, pl.String).alias("flags"), pl.lit(None, pl.String).alias("ts"),
         pl.lit(None, pl.String).alias("event"), pl.lit(None, pl.String).alias("args"),
         pl.coalesce("lost1", "lost2").alias("lost"),

@@ -17,12 +17,12 @@ that form's era has them; every other bit 0) and ``role_mask`` (the bits that ar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import polars as pl
 
-from kvmtrace.parsers.text.printf import RAW_FORM, Choice
+from kvmtrace.parsers.text.printf import RAW_FORM, Choice, Slot
 
 PAGE_EVENTS = (
     "kvm_mmu_get_page",
@@ -44,7 +44,7 @@ _PAE = Choice("_pae", {" pae": 1, "": 0})
 _AD_DISABLED = Choice("_ad_disabled", {"!": 1, "": 0})
 
 #: Kernel ``KVM_MMU_PAGE_PRINTK`` forms, newest first: (era, format, slots).
-KERNEL_FORMS: tuple[tuple[str, str, tuple], ...] = (
+KERNEL_FORMS: tuple[tuple[str, str, tuple[Slot, ...]], ...] = (
     (
         "5.4+",
         "sp gen %u gfn %llx l%u %u-byte q%u%s %s%s %snxe %sad root %u %s",
@@ -107,15 +107,18 @@ NULL_REASONS = {
 }
 
 
-def variants(event: str) -> list[tuple[str, str, tuple]]:
+def variants(event: str) -> list[tuple[str, str, tuple[Slot, ...]]]:
     """Every printed form of one page-class event: kernel forms, then the kvm plugin's."""
     created = event == "kvm_mmu_get_page"
     out = []
     for era, fmt, slots in KERNEL_FORMS:
-        out.append((era, fmt + " %s", slots + (_CREATED,)) if created else (era, fmt, slots))
-    for era, (fmt, slots) in (("plugin", PLUGIN_ROLE), ("plugin before 2015", PLUGIN_ROLE_A), ("plugin, other byte order", PLUGIN_WORD)):
+        out.append((era, fmt + " %s", (*slots, _CREATED)) if created else (era, fmt, slots))
+    plugin_forms = (
+        ("plugin", PLUGIN_ROLE), ("plugin before 2015", PLUGIN_ROLE_A), ("plugin, other byte order", PLUGIN_WORD),
+    )
+    for era, (fmt, slots) in plugin_forms:
         if created:
-            out.append((era, "%s sp gfn %llx " + fmt, (_CREATED, "gfn") + slots))
+            out.append((era, "%s sp gfn %llx " + fmt, (_CREATED, "gfn", *slots)))
         else:
             out.append((era, fmt, slots))
     return out
@@ -198,14 +201,16 @@ def add_role(df: pl.DataFrame) -> pl.DataFrame:
     forms = {era: f for era, f in ROLE_FORMS.items() if era in present and f.mask}
     df = df.with_columns(_gpte4=pl.col("_bytes") == 4, _gpte8=pl.col("_bytes") == 8)
     form = pl.col("_form")
-    role = pl.coalesce([pl.when(form == era).then(_partial(f)) for era, f in forms.items() if f.whole] + [pl.col("role")])
+    whole = [pl.when(form == era).then(_partial(f)) for era, f in forms.items() if f.whole]
+    role = pl.coalesce([*whole, pl.col("role")])
     partial = pl.coalesce([pl.when(form.is_in(WORD_FORMS)).then(pl.col("role"))]
                           + [pl.when(form == era).then(_partial(f)) for era, f in forms.items()]
                           + [pl.lit(0, pl.UInt32)])
     masks = {era: f.mask for era, f in ROLE_FORMS.items()} | {era: FULL for era in WORD_FORMS}
     masks |= {era: FULL for era, f in ROLE_FORMS.items() if f.whole}
     mask = form.replace_strict(masks, default=0, return_dtype=pl.Int64)
-    return df.with_columns(role=role.cast(pl.UInt32), role_partial=partial.cast(pl.UInt32), role_mask=mask.cast(pl.UInt32))
+    return df.with_columns(role=role.cast(pl.UInt32), role_partial=partial.cast(pl.UInt32),
+                           role_mask=mask.cast(pl.UInt32))
 
 
 def unprinted_notes(forms: set[str]) -> str:

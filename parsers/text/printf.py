@@ -13,8 +13,8 @@ arguments and printed values that are derived from other fields.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
 
 import polars as pl
 
@@ -62,7 +62,7 @@ class Skip:
     pattern: str
 
 
-Slot = Union[str, Choice, Flags, Text, Pointer, Skip]
+Slot = str | Choice | Flags | Text | Pointer | Skip
 
 #: One printf conversion: flags, width, length modifier, conversion character (and %pK).
 CONVERSION = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z)?(?P<conv>[diuxXpsc%])(?P<ext>K)?")

@@ -64,6 +64,7 @@ def text_kind(lines: pl.Series) -> str:
     if lines.len() == 0:
         return "text without any trace line (only headers or blank lines)"
     for regex, what in TEXT_SHAPES:
-        if lines.str.contains(regex).mean() >= 0.5:
+        share = lines.str.contains(regex).mean()  # of a non-empty boolean column: a float
+        if isinstance(share, float) and share >= 0.5:
             return what
     return f"text without any trace line in its first {lines.len()} lines"

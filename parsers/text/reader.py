@@ -18,13 +18,20 @@ from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.parsers.text import lines as prefix
 from kvmtrace.parsers.text import repair
-from kvmtrace.parsers.text.assemble import UNKNOWN_SYSTEM, Collected, event_table, events_table, gaps_table, line_seqs, order
+from kvmtrace.parsers.text.assemble import (
+    UNKNOWN_SYSTEM,
+    Collected,
+    event_table,
+    events_table,
+    gaps_table,
+    line_seqs,
+    order,
+)
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.text.decode import Decoded, decode_event, decode_unknown
-from kvmtrace.parsers.text.scan import Buffer, scan
 from kvmtrace.parsers.text.probe import WANTED, text_kind
+from kvmtrace.parsers.text.scan import Buffer, scan
 from kvmtrace.parsers.text.source import MAX_LINE, Chunk, read_chunks
-
 
 OVERLONG = f"longer than {MAX_LINE >> 10} KiB: not a trace line (dropped unread)"
 
@@ -46,7 +53,8 @@ def decode_split(split: pl.DataFrame, ascii_only: bool = False) -> dict[str, Dec
             # tracefs prints the caller where the event name goes ("tracing_mark_write: buf"),
             # trace-cmd report prints "print: tracing_mark_write: buf": one form for both.
             caller = pl.col("caller")
-            rows = rows.with_columns(args=pl.when(caller.is_null()).then("args").otherwise(pl.concat_str(caller, pl.lit(": "), "args")))
+            with_caller = pl.concat_str(caller, pl.lit(": "), "args")
+            rows = rows.with_columns(args=pl.when(caller.is_null()).then("args").otherwise(with_caller))
         spec = specs.get(name)
         decoded[name] = decode_event(spec, rows, ascii_only) if spec else decode_unknown(rows)
     return decoded
@@ -74,7 +82,8 @@ def _split_clean(chunk: Chunk) -> pl.DataFrame | None:
     if len(scanned.rejected) == 0:
         return scanned.events
     lines = chunk.lines.gather(scanned.rejected)
-    rest = prefix.split(pl.DataFrame({"line_no": pl.Series(scanned.rejected + chunk.first_line, dtype=pl.Int64), "line": lines}))
+    line_no = pl.Series(scanned.rejected + chunk.first_line, dtype=pl.Int64)
+    rest = prefix.split(pl.DataFrame({"line_no": line_no, "line": lines}))
     if (rest["kind"] == "bad").any():
         return None
     split = pl.concat([scanned.events, rest], how="vertical_relaxed")
@@ -90,7 +99,8 @@ def _collect(acc: Collected, split: pl.DataFrame, decoded: dict[str, Decoded], d
     # comm and event as categories: the split's strings may be views into the chunk's bytes,
     # which must not outlive the chunk.
     names = [pl.col(c).cast(pl.Categorical) for c in ("comm", "event")]
-    acc.common.append(split.filter((pl.col("kind") == "event") & keep).select("line_no", "ts", "cpu", "pid", *names, "common_preempt_count"))
+    events = split.filter((pl.col("kind") == "event") & keep)
+    acc.common.append(events.select("line_no", "ts", "cpu", "pid", *names, "common_preempt_count"))
     acc.gaps.append(split.filter(pl.col("kind") == "gap").select("line_no", "cpu", "lost"))
     for name, d in decoded.items():
         acc.rows.setdefault(name, []).append(d.rows.filter(keep))
@@ -118,7 +128,8 @@ def _process_chunk(acc: Collected, chunk: Chunk, skipped: list[tuple[int, str]])
         if fixes.split is not None:
             _collect(acc, fixes.split, fixes.decoded, set())
         consumed, ambiguous = fixes.consumed, fixes.ambiguous
-    skipped.extend((n, repair.why_bad(line)) for n, line in bad.select("line_no", "line").iter_rows() if n not in consumed)
+    skipped.extend((n, repair.why_bad(line))
+                   for n, line in bad.select("line_no", "line").iter_rows() if n not in consumed)
     skipped.extend((n, repair.AMBIGUOUS) for n in ambiguous)
     left = failed - consumed
     if left:
@@ -156,7 +167,8 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
             raise TraceError(f"{path}: no trace events found: the input looks like {text_kind(chunk.lines)}; {WANTED}")
         if strict and skipped:
             line_no, reason = min(skipped)
-            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}", hint="run without {strict} to skip such lines")
+            raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}",
+                             hint="run without {strict} to skip such lines")
     common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
@@ -175,11 +187,17 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     gaps = gaps_table(pl.concat(acc.gaps), ordered)
     skipped.sort()
     header_text = pl.concat(headers)["line"] if headers else pl.Series([], dtype=pl.String)
-    cpus = prefix.header_cpus(header_text) or int(ordered["cpu"].max()) + 1
+    # integer columns of a frame with events (checked above): their min and max are ints
+    last_cpu, first_ts, last_ts = ordered["cpu"].max(), ordered["ts"].min(), ordered["ts"].max()
+    assert isinstance(last_cpu, int) and isinstance(first_ts, int) and isinstance(last_ts, int)
+    cpus = prefix.header_cpus(header_text) or last_cpu + 1
     gap_df = pl.from_arrow(gaps)
+    assert isinstance(gap_df, pl.DataFrame)  # a Table converts to a DataFrame
     known = gap_df.filter(pl.col("lost").is_not_null()).group_by("cpu").agg(pl.col("lost").sum())
     unknown = gap_df.filter(pl.col("lost").is_null()).group_by("cpu").len()
-    warn = (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",) if skipped else ()
+    warn: tuple[str, ...] = (
+        (f"{len(skipped)} line(s) could not be read exactly and were skipped (first: line {skipped[0][0]})",)
+        if skipped else ())
     warn += (order_note,) if order_note else ()
     info = TraceInfo(
         path=path,
@@ -189,8 +207,8 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
         event_counts={name: t.num_rows for name, t in tables.items()},
         lost_events={int(c): int(n) for c, n in known.iter_rows()},
         lost_unknown={int(c): int(n) for c, n in unknown.iter_rows()},
-        first_ts=int(ordered["ts"].min()),
-        last_ts=int(ordered["ts"].max()),
+        first_ts=first_ts,
+        last_ts=last_ts,
         skipped_lines=len(skipped),
         warnings=warn,
     )

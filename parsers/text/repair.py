@@ -13,17 +13,22 @@ whether there is any evidence of damage, and the Python loops run only over dama
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from itertools import product
-from typing import Callable
+from itertools import pairwise, product
 
 import polars as pl
 
+from kvmtrace.parsers.text.decode import Decoded
 from kvmtrace.parsers.text.lines import PREFIX
 
 _QUOTE = r"^\s*(?:>\s?)+"
 _QP_ESCAPE = re.compile(r"=([0-9A-F]{2})")
-_ELISION = re.compile(r"^\s*(?:\.{3,}|…|\[\s*\.\.\.\s*\]|<\s*snip\s*>|\[\s*snip\s*\]|-+\s*snip\s*-+|\(\s*snip\s*\))\s*$", re.I)
+_ELISION = re.compile(
+    r"^\s*(?:\.{3,}|…|\[\s*\.\.\.\s*\]|<\s*snip\s*>"
+    r"|\[\s*snip\s*\]|-+\s*snip\s*-+|\(\s*snip\s*\))\s*$",
+    re.I,
+)
 _PROMPT = re.compile(r"^\s*(?:\$|[\w.@:~/-]+[$#%]\s|\[[^\]]*\][$#]\s|\(.*\)\s*[\w.@:~/-]*[$#]\s)")
 
 
@@ -83,7 +88,7 @@ class Fixes:
     lines that had to be given up because they may continue on the next line."""
 
     split: pl.DataFrame | None = None
-    decoded: dict = field(default_factory=dict)
+    decoded: dict[str, Decoded] = field(default_factory=dict)
     consumed: set[int] = field(default_factory=set)
     ambiguous: set[int] = field(default_factory=set)
 
@@ -97,10 +102,12 @@ WRAPPED_MAX = 998
 AMBIGUOUS = "decodes alone and joined with the next line too (wrapped?); cannot tell which is exact"
 
 
-Decoder = Callable[[pl.DataFrame], tuple[pl.DataFrame, dict]]
+Decoder = Callable[[pl.DataFrame], tuple[pl.DataFrame, dict[str, Decoded]]]
+#: What a candidate decodes to: its prefix fields and arguments.
+Key = tuple[object, ...]
 
 
-def _good_keys(split: pl.DataFrame, decoded: dict) -> dict[int, tuple]:
+def _good_keys(split: pl.DataFrame, decoded: dict[str, Decoded]) -> dict[int, Key]:
     """Candidate index -> what it decodes to (prefix fields and arguments), for the ones that decode.
 
     Two joins that differ only where the reader ignores whitespace decode to the same key and
@@ -115,7 +122,9 @@ def _good_keys(split: pl.DataFrame, decoded: dict) -> dict[int, tuple]:
 MAX_CONTINUATIONS = 3
 
 
-def _candidates(start: int, follow: dict[int, int], text: dict[int, str], bad: set[int]) -> list[tuple[tuple[int, ...], str]]:
+def _candidates(
+    start: int, follow: dict[int, int], text: dict[int, str], bad: set[int]
+) -> list[tuple[tuple[int, ...], str]]:
     """Every way of joining ``start`` with 1..MAX_CONTINUATIONS following non-trace lines.
 
     ``follow`` maps a line number to the next line's: after a quoted-printable join the
@@ -149,16 +158,17 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
     if not bad:
         return Fixes()
     order = split["line_no"].to_list()
-    follow = dict(zip(order, order[1:]))
+    follow = dict(pairwise(order))
     events = set(split.filter(pl.col("kind") == "event")["line_no"].to_list())
     # A line that begins like a record ("task-pid [cpu]") starts one; it never continues another.
-    heads = set(split.filter((pl.col("kind") == "bad") & pl.col("line").str.contains(RECORD_START))["line_no"].to_list())
+    is_bad = pl.col("kind") == "bad"
+    heads = set(split.filter(is_bad & pl.col("line").str.contains(RECORD_START))["line_no"].to_list())
     # Only a line that begins like a record can have been wrapped (mail and terminals wrap
     # after the prefix), and only short pieces are pieces of a wrapped line: prose and junk
     # then cost nothing here, where every line used to start a dozen trial joins.
     short = set(split.filter(pl.col("line").str.len_bytes() <= WRAPPED_MAX)["line_no"].to_list())
     tails = (bad - heads) & short
-    wrapped = set(split.filter((pl.col("kind") == "bad") & pl.col("line").str.contains(WRAPPED_START))["line_no"].to_list())
+    wrapped = set(split.filter(is_bad & pl.col("line").str.contains(WRAPPED_START))["line_no"].to_list())
     starts = [n for n in order if (n in wrapped or n in events) and n in short and follow.get(n) in tails]
     text = dict(split.select("line_no", "line").iter_rows())
     cands = [c for s in starts for c in _candidates(s, follow, text, tails)]
@@ -167,7 +177,7 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
     trial = pl.DataFrame({"line_no": list(range(len(cands))), "line": [c[1] for c in cands]},
                          schema={"line_no": pl.Int64, "line": pl.String})
     keys = _good_keys(*decode(trial))
-    by_start: dict[int, dict[tuple[int, ...], dict[tuple, str]]] = {}
+    by_start: dict[int, dict[tuple[int, ...], dict[Key, str]]] = {}
     for i, (chain, joined) in enumerate(cands):
         if i in keys:
             by_start.setdefault(chain[0], {}).setdefault(chain, {}).setdefault(keys[i], joined)
@@ -186,5 +196,6 @@ def rejoin(split: pl.DataFrame, failed: set[int], decode: Decoder) -> Fixes:
             consumed |= set(chain)
     if not picked:
         return Fixes(ambiguous=ambiguous)
-    split_fixed, decoded_fixed = decode(pl.DataFrame(picked, schema={"line_no": pl.Int64, "line": pl.String}, orient="row"))
+    fixed_lines = pl.DataFrame(picked, schema={"line_no": pl.Int64, "line": pl.String}, orient="row")
+    split_fixed, decoded_fixed = decode(fixed_lines)
     return Fixes(split_fixed, decoded_fixed, consumed, ambiguous)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numpy.typing import NDArray
 
 from kvmtrace.parsers.text.lines import PRINT_CALLERS
 
@@ -68,10 +69,12 @@ class Scanned:
     rejected: np.ndarray
 
 
-def _rows(padded: np.ndarray, pos: np.ndarray, width: int) -> np.ndarray:
+def _rows(padded: NDArray[np.uint8], pos: np.ndarray, width: int) -> NDArray[np.uint8]:
     """``width`` bytes from each chunk position (one row each), copied out of the padded buffer."""
-    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1), writeable=False)
-    return view[np.clip(pos + PAD, 0, len(view) - 1)]  # lines being rejected may point anywhere
+    view = np.lib.stride_tricks.as_strided(padded, shape=(len(padded) - width + 1, width), strides=(1, 1),
+                                           writeable=False)
+    rows: NDArray[np.uint8] = view[np.clip(pos + PAD, 0, len(view) - 1)]  # rejected lines may point anywhere
+    return rows
 
 
 def _word(padded: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
@@ -79,10 +82,11 @@ def _word(padded: np.ndarray, pos: np.ndarray, dtype: str) -> np.ndarray:
     byte-row gather costs several times more."""
     size = np.dtype(dtype).itemsize
     view = np.ndarray((len(padded) - size + 1,), dtype=dtype, buffer=padded, strides=(1,))
-    return view[np.clip(pos + PAD, 0, len(view) - 1)]
+    words: np.ndarray = view[np.clip(pos + PAD, 0, len(view) - 1)]
+    return words
 
 
-def _any(mask: np.ndarray) -> np.ndarray:
+def _any(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
     """Row-wise ``any`` of a narrow bool matrix, eight columns per uint64 (numpy's axis-1
     reductions loop per row: 40x slower on 16 columns)."""
     n, width = mask.shape
@@ -90,7 +94,7 @@ def _any(mask: np.ndarray) -> np.ndarray:
     packed = np.zeros((n, 8 * words), dtype=bool)
     packed[:, :width] = mask
     wide = packed.view("<u8")
-    out = wide[:, 0] != 0
+    out: NDArray[np.bool_] = wide[:, 0] != 0
     for k in range(1, words):
         out |= wide[:, k] != 0
     return out
@@ -102,16 +106,18 @@ def _all(mask: np.ndarray) -> np.ndarray:
 
 def _at(block: np.ndarray, col: np.ndarray) -> np.ndarray:
     """``block[i, col[i]]`` for every row (a flat take: faster than 2-D fancy indexing)."""
-    return block.reshape(-1)[np.arange(len(block)) * block.shape[1] + col]
+    picked: np.ndarray = block.reshape(-1)[np.arange(len(block)) * block.shape[1] + col]
+    return picked
 
 
 def _is_digit(b: np.ndarray) -> np.ndarray:
     return (b - np.uint8(48)) < 10
 
 
-def _is_space(b: np.ndarray) -> np.ndarray:
+def _is_space(b: NDArray[np.uint8]) -> NDArray[np.bool_]:
     """ASCII whitespace, what ``str.strip_chars`` removes."""
-    return (b == 32) | ((b - np.uint8(9)) < 5)
+    space: NDArray[np.bool_] = (b == 32) | ((b - np.uint8(9)) < 5)
+    return space
 
 
 def _eight(x: np.ndarray) -> np.ndarray:
@@ -145,8 +151,6 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     raw = np.frombuffer(buf.data, dtype=np.uint8)
     padded = np.concatenate((np.zeros(PAD, np.uint8), raw, np.zeros(PAD, np.uint8)))
     starts, ends = buf.starts, buf.ends
-    n = len(starts)
-    rows = np.arange(n)
     ok = ends - starts >= 40
     high = np.flatnonzero(raw >= 0x80) if len(raw) and raw.max() >= 0x80 else ()
     if len(high):
@@ -170,7 +174,8 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     # [ccc] then ' ', 4 or 5 flags characters, ' '.
     cpu_digits = np.stack([_at(head, lb + k) for k in (1, 2, 3)])
     ok &= _is_digit(cpu_digits).all(axis=0) & (_at(head, lb + 4) == ord("]")) & (_at(head, lb + 5) == ord(" "))
-    cpu = ((cpu_digits.astype(np.int16) - 48) * np.array([[100], [10], [1]], dtype=np.int16)).sum(axis=0, dtype=np.int16)
+    place = np.array([[100], [10], [1]], dtype=np.int16)
+    cpu = ((cpu_digits.astype(np.int16) - 48) * place).sum(axis=0, dtype=np.int16)
     f0 = lb + 6
     flags = np.stack([_at(head, f0 + k) for k in range(6)])
     # No blank, bracket or ':' (a ': ' there would end the timestamp for the string path).
@@ -198,7 +203,8 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     words = np.where(inside, whole_part, np.uint8(0)).view("<u8")
     whole = _eight(words[:, 0]) * np.uint64(100_000_000) + _eight(words[:, 1])
     frac_len = colon - dot - 1
-    ts = whole.astype(np.int64) * 1_000_000_000 + _digits8(padded, starts + colon, frac_len) * _POW10[np.clip(9 - frac_len, 0, 9)]
+    frac_ns = _digits8(padded, starts + colon, frac_len) * _POW10[np.clip(9 - frac_len, 0, 9)]
+    ts = whole.astype(np.int64) * 1_000_000_000 + frac_ns
     # event: the text up to the next ':' (checked to be a word below); one blank, then arguments.
     e0 = starts + colon + 2
     name = _rows(padded, e0, NAME) == ord(":")

@@ -17,9 +17,10 @@ from __future__ import annotations
 import gzip
 import io
 import lzma
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 import polars as pl
@@ -50,10 +51,11 @@ class Chunk:
     def frame(self) -> pl.DataFrame:
         """``line_no`` and ``line``: what the string path reads."""
         n = len(self.buffer.starts)
-        return pl.DataFrame({"line_no": pl.int_range(self.first_line, self.first_line + n, eager=True), "line": self.lines})
+        line_no = pl.int_range(self.first_line, self.first_line + n, eager=True)
+        return pl.DataFrame({"line_no": line_no, "line": self.lines})
 
 
-def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO:
+def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO | io.BufferedIOBase:
     """The text stream of ``raw`` (which stays open: its owner closes it)."""
     if compression == "none":
         return raw
@@ -107,7 +109,9 @@ def _split(data: bytes) -> pl.Series:
     return lines.str.strip_suffix("\r") if b"\r" in data else lines
 
 
-def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
+def read_chunks(
+    raw: BinaryIO, compression: str = "none", name: str = "<text>", chunk_bytes: int = CHUNK_BYTES
+) -> Iterator[Chunk]:
     """Yield the stream's lines chunk by chunk; a chunk never splits a line.
 
     ``raw`` is read sequentially, once (it may be a pipe); ``name`` is what messages call it.
@@ -140,7 +144,8 @@ def read_chunks(raw: BinaryIO, compression: str = "none", name: str = "<text>", 
                 rest = data
                 if len(rest) > MAX_LINE:
                     if line_no == 1 and not overlong:
-                        raise TraceError(f"{name}: not ftrace text: no line break in the first {MAX_LINE >> 10} KiB; {WANTED}")
+                        raise TraceError(
+                            f"{name}: not ftrace text: no line break in the first {MAX_LINE >> 10} KiB; {WANTED}")
                     first = line_no  # the pending line's number: every earlier line was yielded
                     overlong.append(first)
                     rest, dropping = b"", True

@@ -19,13 +19,13 @@ import mmap
 import os
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable
+from typing import IO
 
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.report.output import atomic_file
 from kvmtrace.parsers.tracedat.constants import (
     COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
@@ -44,6 +44,7 @@ from kvmtrace.parsers.tracedat.constants import (
     TAIL_OPTIONS,
     Option,
 )
+from kvmtrace.report.output import atomic_file
 
 COMPRESSIONS = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
 #: Raw pages: bytes, or a read-only map of a file holding them (long recordings stay on disk).
@@ -184,7 +185,7 @@ def _initial_header(version: int, c: TraceDatContent, p: _Packer) -> bytes:
     )
 
 
-def _pad_to_page(f: BinaryIO, page_size: int) -> None:
+def _pad_to_page(f: IO[bytes], page_size: int) -> None:
     pos = f.tell()
     f.write(b"\0" * (-pos % page_size))
 
@@ -192,7 +193,7 @@ def _pad_to_page(f: BinaryIO, page_size: int) -> None:
 # ---- v6 ---------------------------------------------------------------------------------------
 
 
-def _write_v6(f: BinaryIO, c: TraceDatContent, p: _Packer) -> None:
+def _write_v6(f: IO[bytes], c: TraceDatContent, p: _Packer) -> None:
     f.write(_initial_header(6, c, p))
     for _, _, payload in _metadata(c, p):
         f.write(payload)
@@ -230,7 +231,7 @@ class _StringTable:
         return offset
 
 
-def _write_v7(f: BinaryIO, c: TraceDatContent, p: _Packer, compression: str) -> None:
+def _write_v7(f: IO[bytes], c: TraceDatContent, p: _Packer, compression: str) -> None:
     compress, comp_version = (None, "") if compression == COMPRESSION_NONE else _compressor(compression)
     strings = _StringTable()
 
@@ -263,7 +264,7 @@ def _write_v7(f: BinaryIO, c: TraceDatContent, p: _Packer, compression: str) -> 
     f.write(p.u64(options_at))
 
 
-def _write_chunk_stream(f: BinaryIO, data: PageBytes, page_size: int, compress: Callable[[bytes], bytes],
+def _write_chunk_stream(f: IO[bytes], data: PageBytes, page_size: int, compress: Callable[[bytes], bytes],
                         p: _Packer) -> int:
     """Write a per-CPU chunk stream (u32 count, then {u32 compressed, u32 uncompressed, data}),
     one chunk in memory at a time; return its size as trace-cmd stores it (without the count)."""
@@ -279,7 +280,7 @@ def _write_chunk_stream(f: BinaryIO, data: PageBytes, page_size: int, compress: 
 
 
 def _write_buffer_section(
-    f: BinaryIO, c: TraceDatContent, p: _Packer, compress: Callable[[bytes], bytes] | None, desc_id: int
+    f: IO[bytes], c: TraceDatContent, p: _Packer, compress: Callable[[bytes], bytes] | None, desc_id: int
 ) -> bytes:
     """Write the top instance's BUFFER section; return the BUFFER option payload that locates it."""
     section_at = f.tell()

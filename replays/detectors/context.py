@@ -51,4 +51,5 @@ class Context:
 
 def span(level: np.ndarray) -> np.ndarray:
     """Number of gfns a leaf at ``level`` maps (1, 512, 512**2...)."""
-    return np.left_shift(np.uint64(1), (9 * (level.astype(np.uint64) - np.uint64(1))))
+    gfns: np.ndarray = np.left_shift(np.uint64(1), (9 * (level.astype(np.uint64) - np.uint64(1))))
+    return gfns

@@ -24,8 +24,9 @@ def _known_holes(ctx: Context, gfn: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """gfns known to have lost their slot: inside a removed range, after that removal's window."""
     out = np.zeros(len(gfn), dtype=bool)
     for c in ctx.timeline.changes:
-        if c.kind in REMOVING_KINDS and c.old_npages and c.window_end is not None:
-            out |= (seq > c.window_end) & (gfn >= np.uint64(c.old_base_gfn)) & (gfn < np.uint64(c.old_base_gfn + c.old_npages))
+        if c.kind in REMOVING_KINDS and c.old_npages and c.old_base_gfn is not None and c.window_end is not None:
+            in_old = (gfn >= np.uint64(c.old_base_gfn)) & (gfn < np.uint64(c.old_base_gfn + c.old_npages))
+            out |= (seq > c.window_end) & in_old
     return out
 
 
@@ -136,7 +137,9 @@ def _covers(c: MemslotChange, g: int) -> bool:
 
 
 def _on_old(c: MemslotChange, g: int) -> bool:
-    return bool(c.old_npages) and c.old_base_gfn <= g < c.old_base_gfn + c.old_npages
+    if not c.old_npages or c.old_base_gfn is None:
+        return False
+    return c.old_base_gfn <= g < c.old_base_gfn + c.old_npages
 
 
 def recreation(changes: list[MemslotChange], w: int, g: int) -> MemslotChange | None:
@@ -155,7 +158,8 @@ def _meaning(changes: list[MemslotChange], w: int, g: int, s: int, kind: int) ->
         if _covers(c, g) and c.kind != "delete":
             return "committed"  # a page of the new range: the kernel had committed the change
         back = recreation(changes, w, g)
-        if s > c.seq and back is not None and back.window_start is not None and back.window_start <= s <= back.seq:
+        if (c.seq is not None and s > c.seq and back is not None and back.window_start is not None
+                and back.seq is not None and back.window_start <= s <= back.seq):
             return "committed"  # after the delete, on the re-created slot, inside the re-creation's window
         return "invalid_slot_fault"
     if not _on_old(c, g) or c.kind == "move":
@@ -166,10 +170,12 @@ def _meaning(changes: list[MemslotChange], w: int, g: int, s: int, kind: int) ->
 def _window_finding(ctx: Context, h: WindowHit) -> Finding:
     c = ctx.timeline.changes[h.change]
     start = c.window_start if c.anchor == ANCHOR_ZAPS else c.seq
+    assert c.seq is not None and start is not None  # the change of a window hit has its line and window
     who = f"vCPU thread{'s' if len(h.pids) > 1 else ''} {', '.join(map(str, h.pids))}"
     n = f"{len(h.seqs)} time{'s' if len(h.seqs) > 1 else ''}"
     if h.what == "mmio_exit":
         back = recreation(ctx.timeline.changes, h.change, h.gfn)
+        assert back is not None and back.seq is not None  # "mmio_exit": a later change brings the gfn back
         mark = _mmio_mark(ctx, h.gfn, h.seqs[0], back.seq)
         spte = f" and installed an MMIO SPTE (mark_mmio_spte, seq {mark})" if mark is not None else ""
         if c.kind == "recreate":
@@ -187,10 +193,10 @@ def _window_finding(ctx: Context, h: WindowHit) -> Finding:
     else:
         what = pfns.name(h.pfn) if h.pfn else "an SPTE install"
         msg = (f"{who} got {what} for gfn {h.gfn:#x} of slot {c.slot} ({n}) inside the update window of its "
-               f"{c.kind} (seq {start}..{c.window_end}), where no committed slot covered the gfn: KVM retries faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) "
-               "and resolves a gfn no slot covers as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a "
-               "page of the old range here")
-        evidence = list(h.seqs[:32]) + [start, c.seq]
+               f"{c.kind} (seq {start}..{c.window_end}), where no committed slot covered the gfn: KVM retries "
+               "faults on a slot being deleted or moved (KVM_MEMSLOT_INVALID) and resolves a gfn no slot covers "
+               "as KVM_PFN_NOSLOT, so no fault may find, and no SPTE may map, a page of the old range here")
+        evidence = [*h.seqs[:32], start, c.seq]
     return Finding("fault_in_update_window", h.seqs[0], h.gfn, c.slot, msg, evidence)
 
 

@@ -56,7 +56,8 @@ def detect(ctx: Context) -> list[CheckOutcome]:
             first = int(seq[np.argmax(gen == floor[k])])
             findings.append(Finding(cid, int(seq[k]), None, None,
                                     f"MMIO generation {int(gen[k]) % (1 << GEN_BITS):#x} used as current after "
-                                    f"generation {int(floor[k]) % (1 << GEN_BITS):#x} was published (seen at seq {first}, memslot line at seq {line})",
+                                    f"generation {int(floor[k]) % (1 << GEN_BITS):#x} was published "
+                                    f"(seen at seq {first}, memslot line at seq {line})",
                                     [first, line, int(seq[k])]))
     return [CheckOutcome.of(cid, findings, f"{len(checks['seq'])} MMIO check(s) and {len(faults['seq'])} MMIO "
                                            "fault(s) consistent with the memslot generation")]
