@@ -9,6 +9,8 @@ it is, so the reader refuses early, in one line, and names what to give instead.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import polars as pl
 
@@ -31,17 +33,20 @@ FOREIGN_MAGICS = {
 def binary_kind(probe: bytes) -> str | None:
     """What a probe that is not text looks like, or None when it is text.
 
-    Text traces hold no NUL byte and almost no control bytes besides tab/CR/FF/ESC; random
-    or compressed bytes have one in eight below 0x20.
+    Text traces hold almost no control bytes besides tab/CR/FF/ESC; random or compressed bytes
+    have one in eight below 0x20. A few NULs inside otherwise good text (a log file whose last
+    blocks were zero-filled by a crash, a damaged paste) do not make it binary: the lines around
+    them are still events, and the damaged ones are listed as skipped.
     """
     for magic, what in FOREIGN_MAGICS.items():
         if probe.startswith(magic):
             return what
     if probe.startswith(b"\0" * min(len(probe), 64)):
         return "a stream of NUL bytes"
-    raw = np.frombuffer(probe, dtype=np.uint8)
+    # zero-filled blocks (runs of NULs) are damage inside text, not what the bytes are made of
+    raw = np.frombuffer(re.sub(rb"\0{16,}", b"", probe), dtype=np.uint8)
     control = (raw < 0x20) & (raw != 9) & (raw != 10) & (raw != 12) & (raw != 13) & (raw != 27)
-    if b"\0" in probe or control.sum() > max(8, len(raw) // 100):
+    if control.sum() > max(8, len(raw) // 100):
         return "binary data"
     return None
 
