@@ -13,10 +13,10 @@ from __future__ import annotations
 import gzip
 import warnings
 
+from conftest import SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import SAMPLES
 from kvmtrace import parsers
 from kvmtrace.parsers.errors import TraceError
 
