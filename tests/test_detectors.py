@@ -1,7 +1,7 @@
 """Detectors beyond the mutation list: MMIO staleness, zaps of unknown pages, the lost-event rule
 (the per-slot zap rules of each kernel era are in test_zap_rules.py).
 
-Injected changes are made on real recordings with :mod:`kvmtrace.replays.mutate`; the expected finding is
+Injected changes are made on real recordings with :mod:`mutate` (tests/mutate.py); the expected finding is
 what was injected.
 """
 
@@ -12,11 +12,11 @@ from dataclasses import replace
 import pyarrow as pa
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import altered, without
 
 from kvmtrace import parsers
 from kvmtrace.parsers.schema import GAPS_SCHEMA
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import profile_for
 
 TDP_CHURN = NESTED / "tdp-churn-noquirk-small-kt.dat"

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import altered, rows, seqs_between, without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import altered, rows, seqs_between, without
 from kvmtrace.replays.profiles import decode_role, profile_for
 
 _CACHE: dict = {}

@@ -13,10 +13,10 @@ from collections import Counter
 
 import pytest
 from conftest import NESTED
+from mutate import altered, without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import profile_for
 
 _CACHE: dict = {}

@@ -24,13 +24,13 @@ import pytest
 from conftest import NESTED, SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from mutate import concatenated, keeping, without
 
 from kvmtrace import parsers
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import replay
 from kvmtrace.replays.checks import CHECKS
-from kvmtrace.replays.mutate import concatenated, keeping, without
 from kvmtrace.replays.results import CHECK_IDS, ReplayResult
 
 TEXT = Path(__file__).parent / "data" / "text"

@@ -15,11 +15,11 @@ import jsonschema
 import pyarrow.compute as pc
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
 from kvmtrace.replays.ledger import KEPT_BY_RULE, KEPT_MISSED, KEPT_OUTSIDE, role_text, zap_ledger
-from kvmtrace.replays.mutate import without
 from kvmtrace.replays.profiles import decode_role, profile_for
 from kvmtrace.report import build_report, render, report_schema
 

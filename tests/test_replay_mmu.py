@@ -14,13 +14,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import keeping
 
 from kvmtrace import parsers
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import replay
 from kvmtrace.replays.classify import detect_mmu
 from kvmtrace.replays.inputs import PAGE_EVENTS
-from kvmtrace.replays.mutate import keeping
 from kvmtrace.replays.profiles import profile_for
 
 NESTED_MMU = {  # nested/README.md

@@ -13,11 +13,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SAMPLES
+from mutate import without
 
 from kvmtrace import parsers
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import without
 from kvmtrace.replays.placement import facts_from, touching
 from kvmtrace.replays.profiles import profile_for
 from kvmtrace.replays.qemu_lines import parse_log_line, parse_set_memory

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import seqs_between, without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import seqs_between, without
 from kvmtrace.replays.profiles import profile_for
 
 RECORDINGS = sorted(SAMPLES.glob("*.dat")) + sorted(NESTED.glob("*.dat"))

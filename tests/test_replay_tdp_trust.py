@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pytest
 from conftest import NESTED
+from mutate import altered
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import altered
 from kvmtrace.replays.profiles import profile_for
 
 _CACHE: dict = {}
@@ -275,8 +275,7 @@ def test_trace_cut_before_a_re_creating_line_has_no_error(nested_dir, name):
     re-created range but not the line. Those installs may belong to the created slot, so they are
     warnings that say so, never errors; the same installs in the whole recording are no finding."""
     import numpy as np
-
-    from kvmtrace.replays.mutate import without
+    from mutate import without
 
     data = _data(name)
     whole = replay(data)
@@ -296,7 +295,7 @@ def test_race_without_kvm_mmu_spte_requested_is_never_an_error(nested_dir):
     """tdp-multi3 with every kvm_mmu_spte_requested left out (recorded without that event): the
     race cannot be told from a lost dirty bit, so the overwrites are warnings that say why, and
     dirty_bit_race is not_evaluated."""
-    from kvmtrace.replays.mutate import without
+    from mutate import without
 
     data = _data("tdp-multi3-kt")
     oracle = _races(data)

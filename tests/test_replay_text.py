@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import keeping
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import keeping
 
 TWINS = sorted(p for d in (SAMPLES, NESTED) for p in d.glob("*.txt.gz"))
 #: The fields of the 6.12 role word (kvm_host.h, union kvm_mmu_page_role) that KVM_MMU_PAGE_PRINTK

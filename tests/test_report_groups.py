@@ -15,10 +15,10 @@ import re
 import jsonschema
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import without
 from kvmtrace.replays.profiles import decode_role, profile_for
 from kvmtrace.report import build_report, render, report_schema
 from kvmtrace.report.groups import EXAMPLES_PER_GROUP, SEVERITY_RANK, cause_of

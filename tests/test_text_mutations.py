@@ -15,10 +15,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SAMPLES
+from mutate import altered, without
 
 from kvmtrace import parsers
 from kvmtrace.replays import replay
-from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import decode_role, profile_for
 
 #: 6.12 layout (kvm_host.h): level in bits 0-3, direct bit 7.

@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SAMPLES
+from mutate import altered, without
 
 from kvmtrace import parsers
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.replays import replay
 from kvmtrace.replays.detectors.zap_rules import rule_mask
 from kvmtrace.replays.eras import ERAS, RULES, era_for, release
-from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.profiles import decode_role, profile_for
 
 ZAPSLOT = ["ptslot-zapslot", "churn-zapslot", "nested/shadow-churn-noquirk-small-kt"]
