@@ -18,6 +18,7 @@ import argparse
 import os
 import platform
 import time
+from functools import partial
 from pathlib import Path
 
 from kvmtrace.batch import run
@@ -68,7 +69,7 @@ def main() -> None:
     rows.append(("in-process", "1", secs, events))
     for engine in args.engines.split(","):
         for workers in (1, 2):
-            secs, result = best_of(args.runs, lambda: run(paths, engine=engine, workers=workers, formats=("json",)))
+            secs, result = best_of(args.runs, partial(run, paths, engine=engine, workers=workers, formats=("json",)))
             if result.failed.height:
                 raise SystemExit(f"{result.failed.height} traces failed under {engine}; fix that before timing")
             rows.append((engine, str(workers), secs, int(result.summary["events"].sum())))
@@ -80,9 +81,9 @@ def main() -> None:
         "",
         f"`python bench/bench_batch.py --runs {args.runs}` — {n} traces ({rows[0][3]:,} events), "
         f"JSON reports rendered, best of {args.runs}; `local` and `dask` include starting the pool or the "
-        f"LocalCluster, `dask (running)` submits to one started beforehand. Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python "
-        f"{platform.python_version()}), load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-        "while running (other work shares the cores).",
+        f"LocalCluster, `dask (running)` submits to one started beforehand. Machine: {os.cpu_count()} CPUs "
+        f"({platform.machine()}, Python {platform.python_version()}), "
+        f"load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} while running (other work shares the cores).",
         "",
         "| engine | workers | wall s | traces/s | events/s |",
         "| --- | ---: | ---: | ---: | ---: |",

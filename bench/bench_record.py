@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -45,14 +46,15 @@ def bench_writer(recording: Path) -> None:
         print(f"input: {recording.name}: {pages / 1e6:.1f} MB pages, {len(content.kallsyms) / 1e6:.1f} MB kallsyms")
         out = Path(tmp) / "out.dat"
         for version, compression in [(6, "none"), (7, "none"), (7, "zstd"), (7, "zlib")]:
-            secs = best_of(3, lambda: write_tracedat(out, content, version=version, compression=compression))
+            secs = best_of(3, partial(write_tracedat, out, content, version=version, compression=compression))
             print(f"writer v{version} {compression:5s}: {secs:6.3f} s  {total / secs / 1e6:7.1f} MB/s  "
                   f"-> {out.stat().st_size / 1e6:.1f} MB")
         conv = Path(tmp) / "conv.dat"
         secs = best_of(3, lambda: subprocess.run(
             ["trace-cmd", "convert", "--file-version", "7", "--compression", "zstd", "-i", str(v6), "-o", str(conv)],
             check=True, capture_output=True))
-        print(f"trace-cmd convert v7 zstd: {secs:6.3f} s  {total / secs / 1e6:7.1f} MB/s  -> {conv.stat().st_size / 1e6:.1f} MB")
+        print(f"trace-cmd convert v7 zstd: {secs:6.3f} s  {total / secs / 1e6:7.1f} MB/s  "
+              f"-> {conv.stat().st_size / 1e6:.1f} MB")
 
 
 def bench_record(command: list[str]) -> None:
@@ -62,7 +64,8 @@ def bench_record(command: list[str]) -> None:
             argv = [sys.executable, "-c", "from kvmtrace.cli import main; main()", "record", "--backend", backend,
                     "-o", str(out), "--", *command]
             runs: list[subprocess.CompletedProcess[str]] = []
-            secs = best_of(5, lambda: runs.append(subprocess.run(argv, check=True, capture_output=True, text=True)))
+            secs = best_of(5, lambda runs=runs, argv=argv: runs.append(
+                subprocess.run(argv, check=True, capture_output=True, text=True)))
             lost = sum("lost events" in run.stderr for run in runs)
             print(f"record --backend {backend:9s}: {secs:6.3f} s  -> {out.stat().st_size / 1e6:.1f} MB, "
                   f"{lost}/{len(runs)} runs lost events")

@@ -327,4 +327,5 @@ def analyze(
     return Analysis(trace, result, selection)
 
 
-__all__ = ["LEDGER_TABLES", "REPLAY_TABLES", "Analysis", "ReportedSelection", "analyze", "convert_table", "read_memslots", "read_qemu_log"]
+__all__ = ["LEDGER_TABLES", "REPLAY_TABLES", "Analysis", "ReportedSelection", "analyze", "convert_table",
+           "read_memslots", "read_qemu_log"]

@@ -98,11 +98,11 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     if by_roles:
         return "legacy_tdp", ["every page is direct with access ACC_ALL at levels 1-2 only: the legacy TDP MMU "
                               "or a shadow-paged guest's huge pages; no role bit, walk or SPTE format tells them "
-                              "apart here, legacy TDP assumed"] + _unprinted(words, profile)
+                              "apart here, legacy TDP assumed", *_unprinted(words, profile)]
     if rows("kvm_mmu_set_spte") or page_events:
         evidence.append("kvm_mmu_set_spte or page events without kvm_tdp_mmu_spte_changed: the legacy MMU; without "
-                        "the direct, level and access role bits shadow paging cannot be told from legacy TDP, shadow paging "
-                        "assumed")
+                        "the direct, level and access role bits shadow paging cannot be told from legacy TDP, "
+                        "shadow paging assumed")
         return "shadow", evidence
     return "unknown", ["no page, SPTE or TDP MMU events"]
 
@@ -135,8 +135,14 @@ def _from_roles(data: TraceData, profile: KernelProfile, events: list[str],
     def field(name: str) -> np.ndarray | None:
         return _field(profile, role, name, words.mask)
 
-    direct = field("direct") == 1
-    level = field("level")
+    def needed(name: str) -> np.ndarray:
+        values = field(name)
+        # detect_mmu decides from roles only when the words carry every field of _NEEDED
+        assert values is not None, f"role field {name} is not carried"
+        return values
+
+    direct = needed("direct") == 1
+    level = needed("level")
     guest_mode = field("guest_mode")
     nested = ~direct & (guest_mode == 1) if guest_mode is not None else np.zeros(len(role), bool)
     # guest_mode not printed: an indirect page shadows the guest's own tables (shadow paging) or a
@@ -166,7 +172,7 @@ def _from_roles(data: TraceData, profile: KernelProfile, events: list[str],
     nested_note = ([f"{int(nested.sum())} page event(s) of pages that shadow a nested guest's EPT/NPT tables "
                     "(role.direct=0, guest_mode=1): L1 runs an L2 guest on two-dimensional paging"]
                    if nested.any() else [])
-    access = field("access")
+    access = needed("access")
     partial = d & (access != ACC_ALL)
     if partial.any():
         return "shadow", [f"{int(partial.sum())} direct page event(s) with access "
@@ -176,7 +182,7 @@ def _from_roles(data: TraceData, profile: KernelProfile, events: list[str],
     if high.any():
         return "legacy_tdp", [f"direct pages up to level {int(level[high].max())}: the host's TDP root level; shadow "
                               "paging uses direct pages only at levels 1-2 (a guest's huge pages, or the PAE root "
-                              "of a guest without paging)"] + nested_note
+                              "of a guest without paging)", *nested_note]
     wp = field("cr0_wp")
     pae = {int(g) for g in gfn[d & (level == 2)]} >= PAE_QUADRANT_GFNS
     wp0 = wp is not None and profile.version >= (5, 19) and bool((wp[d] == 0).any())
@@ -206,8 +212,8 @@ def _faults_after_walks(data: TraceData) -> str | None:
     walks = [data.tables[e] for e in WALK_EVENTS if e in data.tables and data.tables[e].num_rows]
     if not walks:
         return None
-    seq = np.concatenate([numpy_column(t, "seq", np.int64) for t in walks + [faults]])
-    pid = np.concatenate([numpy_column(t, "pid", np.int64) for t in walks + [faults]])
+    seq = np.concatenate([numpy_column(t, "seq", np.int64) for t in [*walks, faults]])
+    pid = np.concatenate([numpy_column(t, "pid", np.int64) for t in [*walks, faults]])
     is_walk = np.concatenate([np.ones(sum(t.num_rows for t in walks), bool), np.zeros(faults.num_rows, bool)])
     order = np.lexsort((seq, pid))
     pid, is_walk = pid[order], is_walk[order]

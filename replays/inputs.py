@@ -52,7 +52,8 @@ def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, 
             pids.append(numpy_column(t, "pid", np.int64))
             if name == "kvm_tdp_mmu_spte_changed":
                 new = numpy_column(t, "new_spte")
-                zaps.append((new == np.uint64(profile.nonpresent)) | (new == np.uint64(profile.nonpresent | FROZEN_LOW)))
+                zaps.append((new == np.uint64(profile.nonpresent))
+                            | (new == np.uint64(profile.nonpresent | FROZEN_LOW)))
             else:
                 zaps.append(np.full(t.num_rows, name in ZAP_EVENTS))
     if not seqs:
@@ -85,7 +86,7 @@ def columns(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, n
 
 def fault_columns(data: TraceData) -> dict[str, np.ndarray]:
     f = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
-    seq, pid = seq_pid(data, "kvm_mmu_spte_requested")
+    _seq, pid = seq_pid(data, "kvm_mmu_spte_requested")
     f["pid"] = pid
     return f
 
@@ -253,7 +254,9 @@ def model_input(data: TraceData, words: RoleWords, profile: KernelProfile) -> Tr
 def role_words(data: TraceData) -> RoleWords:
     """The role bits every page-event row carries: all where ``role`` is set, ``role_mask`` where
     the text reader left it null, none where a reader left it null without saying more."""
-    mask, notes, forms = WHOLE, [], set()
+    mask = WHOLE
+    notes: list[str] = []
+    forms: set[str] = set()
     for name in PAGE_EVENTS:
         t = data.tables.get(name)
         if t is None or not t.num_rows or not t.column("role").null_count:

@@ -95,6 +95,14 @@ class KernelProfile:
                 return f
         return None
 
+    def required_field(self, name: str) -> RoleField:
+        """A role field every era has (``level``, ``direct``, ``access``...): its absence is a
+        profile table error, not a property of the trace."""
+        f = self.role_field(name)
+        if f is None:
+            raise KeyError(f"kernel era {self.era!r} has no role field {name!r}")
+        return f
+
     def role_bits(self, names: tuple[str, ...] | None = None) -> int:
         """The bits of the named role fields (every field of the era when ``names`` is None)."""
         return sum(f.bits for f in self.role if names is None or f.name in names)
@@ -106,12 +114,16 @@ class KernelProfile:
 
     # -- vectorised SPTE predicates (numpy uint64 arrays in, bool arrays out) --------------------
     def is_mmio(self, spte: np.ndarray) -> np.ndarray:
-        return (spte & np.uint64(self.mmio_mask)) == np.uint64(self.mmio_value)
+        mmio: np.ndarray = (spte & np.uint64(self.mmio_mask)) == np.uint64(self.mmio_value)
+        return mmio
 
     def is_present(self, spte: np.ndarray) -> np.ndarray:
+        present: np.ndarray
         if self.mmu_present_bit is not None:
-            return (spte & np.uint64(1 << self.mmu_present_bit)) != 0
-        return (spte != np.uint64(self.nonpresent)) & ~self.is_mmio(spte)
+            present = (spte & np.uint64(1 << self.mmu_present_bit)) != 0
+        else:
+            present = (spte != np.uint64(self.nonpresent)) & ~self.is_mmio(spte)
+        return present
 
     def pfn(self, spte: np.ndarray) -> np.ndarray:
         return (spte & np.uint64(self.pfn_mask)) >> np.uint64(12)
@@ -190,7 +202,8 @@ def profile_for(kernel: str | None) -> KernelProfile:
     if kernel is not None:
         full = release(kernel)
         if full is None:
-            raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]", hint="pass e.g. {kernel} 6.12")
+            raise TraceError(f"kernel release {kernel!r} is not of the form MAJOR.MINOR[...]",
+                             hint="pass e.g. {kernel} 6.12")
     era = era_for(full)
     version = full[:2] if full else _ERAS[0].version
     for prof in _ERAS:

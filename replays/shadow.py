@@ -7,9 +7,9 @@ child page into its parent, clearing a zapped page's SPTEs, and every rmap-based
 notifier unmaps, the per-slot zap of leaf SPTEs, dirty-log write protection).
 
 This state machine walks the page events only: pages by identity ``(gfn, role without the invalid
-bit, generation)`` (on text, the role's printed bits), their zaps, unsync/sync and generations. It records every lookup so that
-:mod:`kvmtrace.replays.shadow_sptes` can afterwards settle the (far more numerous) SPTE installs with
-array operations: nothing about a page depends on its SPTEs.
+bit, generation)`` (on text, the role's printed bits), their zaps, unsync/sync and generations. It
+records every lookup so that :mod:`kvmtrace.replays.shadow_sptes` can afterwards settle the (far
+more numerous) SPTE installs with array operations: nothing about a page depends on its SPTEs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ class ShadowModel:
         self.inv_mask = (1 << inv.shift) if inv else 0
         #: whether the input carries the invalid bit (every text form prints " invalid")
         self.inv_carried = bool(self.inv_mask & pages.role_mask)
-        lvl = profile.role_field("level")
+        lvl = profile.required_field("level")
         self.level_mask = (1 << lvl.width) - 1
         #: (gfn, role & ~invalid, gen) -> its live page; without every role bit several pages may
         #: share a key (e.g. one gfn's pages of two SMM address spaces when smm is not printed), oldest first
@@ -142,8 +142,8 @@ class ShadowModel:
                     waiting.pop(0)
                 return
             self.j.unknown_zaps.append((seq, gfn, role, ROOT_FREED))
-            p = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
-            self.pages.zap_seq[p] = seq
+            freed = self.pages.add(gfn, role & ~self.inv_mask, gen, seq, True, root_count)
+            self.pages.zap_seq[freed] = seq
             return
         p = self._take(key)
         if p is None:

@@ -83,8 +83,8 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     ends = np.r_[starts[1:], n]
     zap = np.asarray(pages.zap_seq, dtype=np.int64)
     zap = np.where(zap == NONE, FOREVER, zap)
-    level_mask = (1 << profile.role_field("level").width) - 1
-    direct_shift = profile.role_field("direct").shift
+    level_mask = (1 << profile.required_field("level").width) - 1
+    direct_shift = profile.required_field("direct").shift
     role, pgfn, linked = pages.role, pages.gfn, pages.spte_page
     # per vCPU: install seqs; per (vCPU, level): lookups
     set_by_pid = {int(p): ins.seq[ins.pid == p] for p in np.unique(ins.pid)}
@@ -195,13 +195,13 @@ class SpteLifetimes:
         removed = ((self.how == END_PAGE_ZAP) | (self.how == END_RMAP)) & self.present
         idx = np.flatnonzero(removed)
         rmap = self.how[idx] == END_RMAP
-        words, which = np.unique(np.asarray(self.reasons + [""], dtype=object).astype(str), return_inverse=True)
+        words, which = np.unique(np.asarray([*self.reasons, ""], dtype=object).astype(str), return_inverse=True)
         why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)
         j.add_changes(seq=self.end[idx] // 2, key=ins.sptep[idx], as_id=self.as_id[idx], gfn=ins.gfn[idx],
                       level=ins.level[idx], old=ins.spte[idx], old_valid=np.ones(len(idx), bool),
                       new=np.zeros(len(idx), np.uint64), new_valid=np.zeros(len(idx), bool), page=owner[idx],
                       state=coded(rmap.astype(np.int8), ["zapped", "zapped_inferred"]),
-                      reason=coded(why, ["owning page zapped"] + words.tolist()))
+                      reason=coded(why, ["owning page zapped", *words.tolist()]))
         m = self.is_install
         j.add_installs(ins.seq[m], ins.gfn[m], ins.level[m], self.as_id[m], ins.pid[m])
 
@@ -212,7 +212,8 @@ class SpteLifetimes:
         obs = np.asarray(pages.obsolete_seq, dtype=np.int64)
         zap = np.asarray(pages.zap_seq, dtype=np.int64)
         o = self.owner.clip(0)
-        hit = (self.owner != NONE) & (obs[o] != NONE) & (obs[o] < self.ins.seq) & ((zap[o] == NONE) | (zap[o] > self.ins.seq))
+        hit = ((self.owner != NONE) & (obs[o] != NONE) & (obs[o] < self.ins.seq)
+               & ((zap[o] == NONE) | (zap[o] > self.ins.seq)))
         out = []
         for i in np.flatnonzero(hit):
             p, seq, gfn = int(self.owner[i]), int(self.ins.seq[i]), int(self.ins.gfn[i])

@@ -89,7 +89,8 @@ def test_pandas_through_arrow_keeps_u64_and_shares_buffers(trace, analysis):
     assert shared.chunks[0].buffers()[1].address == arrow["spte"].chunks[0].buffers()[1].address  # no copy
     assert len(trace.to_pandas()) == trace.info.total_events
     changes = analysis.table("spte_changes", backend="pandas")
-    assert changes["new_spte"].dtype == pd.ArrowDtype(pa.uint64()) and len(changes) == analysis.table("spte_changes").height
+    assert changes["new_spte"].dtype == pd.ArrowDtype(pa.uint64())
+    assert len(changes) == analysis.table("spte_changes").height
 
 
 def _busiest_cpu(trace) -> int:
@@ -120,7 +121,8 @@ def test_a_failed_check_with_no_finding_in_the_window_says_where_they_are(trace,
     before = trace.analyze(until=(first - 1000) / 1e9)
     assert before.findings.height == 0
     row = before.checks.filter(pl.col("id") == "fault_in_update_window").row(0, named=True)
-    assert row["status"] == "passed" and row["reason"] == f"no finding in the selection ({analysis.findings.height} outside it)"
+    assert row["status"] == "passed"
+    assert row["reason"] == f"no finding in the selection ({analysis.findings.height} outside it)"
     assert any(limit.startswith("reported: only events from start to") for limit in before.model.limits)
 
 
@@ -149,7 +151,8 @@ def _qemu_lines(dat) -> list[str]:
     """QEMU's kvm_set_user_memory lines as the lab wrote them to trace_marker, in -trace log form."""
     with gzip.open(dat.with_suffix(".txt.gz"), "rt", errors="replace") as f:
         text = f.read()
-    found = re.findall(r"-(\d+)\s+\[\d{3}\].*?\s(\d+\.\d{6}): tracing_mark_write: (kvm_set_user_memory .*)$", text, re.MULTILINE)
+    found = re.findall(r"-(\d+)\s+\[\d{3}\].*?\s(\d+\.\d{6}): tracing_mark_write: (kvm_set_user_memory .*)$", text,
+                       re.MULTILINE)
     return [f"{pid}@{ts}:{line}" for pid, ts, line in found]
 
 

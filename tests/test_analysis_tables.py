@@ -29,7 +29,8 @@ def _ts(analysis: kvmtrace.Analysis) -> dict[int, int]:
 
 
 def test_names_and_backends(ptslot):
-    assert {"ledger", "ledger_pages", "ledger_sptes", "consequences", "spte_changes", "memslots"} <= set(ptslot.table_names)
+    assert ({"ledger", "ledger_pages", "ledger_sptes", "consequences", "spte_changes", "memslots"}
+            <= set(ptslot.table_names))
     for name in ptslot.table_names:
         polars, pandas = ptslot.table(name), ptslot.table(name, backend="pandas")
         assert list(pandas.columns) == polars.columns and len(pandas) == polars.height
@@ -59,7 +60,8 @@ def test_ledger_zaps_are_the_prepare_zap_events_of_each_window(ptslot):
     for row in ledger.iter_rows(named=True):
         traced = zaps.filter(pl.col("seq").is_between(row["window_start"], row["seq"]))
         zapped = pages.filter((pl.col("change") == row["change"]) & (pl.col("fate") == "zapped"))
-        assert sorted(zapped["gfn"]) == sorted(traced["gfn"]) and zapped["zap_seq"].sort().to_list() == traced["seq"].to_list()
+        assert sorted(zapped["gfn"]) == sorted(traced["gfn"])
+        assert zapped["zap_seq"].sort().to_list() == traced["seq"].to_list()
         lo = row["base_gfn"]  # each delete removes 0x20000; each move takes the slot back from 0x20400
         assert lo == (0x20000 if row["kind"] == "delete" else 0x20400)
         assert {lo, lo + 1} <= set(zapped["gfn"]) and row["pages_zapped"] == zapped.height

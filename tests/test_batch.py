@@ -48,7 +48,7 @@ def damaged(tmp_path_factory) -> Path:
 def batch_paths(damaged: Path) -> list[Path]:
     """Every sample, with the damaged file in the middle of the batch."""
     half = len(BATCH_FILES) // 2
-    return BATCH_FILES[:half] + [damaged] + BATCH_FILES[half:]
+    return [*BATCH_FILES[:half], damaged, *BATCH_FILES[half:]]
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +125,8 @@ def test_damaged_trace_is_a_row_and_the_rest_complete(engine, request, damaged, 
         assert row["events"] == info.total_events and row["replayed_events"] == res.events
         assert row["explained_share"] == pytest.approx(res.explained_share)
         sev = res.findings["severity"].to_pylist()
-        assert (row["errors"], row["warnings"], row["infos"]) == (sev.count("error"), sev.count("warning"), sev.count("info"))
+        assert (row["errors"], row["warnings"], row["infos"]) == (
+            sev.count("error"), sev.count("warning"), sev.count("info"))
     assert not result.findings.filter(pl.col("path") == str(damaged)).height
 
 
@@ -169,7 +170,8 @@ def test_cli_writes_outdir_and_refuses_a_non_empty_one(tmp_path, damaged):
     assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(f"{i}.json" for i in ids[:2])
     # the per-trace report is the one `kvmtrace analyze --format json` writes for that trace
     trace = kvmtrace.open(str(picks[0]))
-    want = render(build_report(trace.data, replay(trace.data), path=str(picks[0]), version=kvmtrace.__version__), "json")
+    report = build_report(trace.data, replay(trace.data), path=str(picks[0]), version=kvmtrace.__version__)
+    want = render(report, "json")
     assert (out / "reports" / f"{ids[0]}.json").read_text() == want
     findings = pq.read_table(out / "findings.parquet")
     assert findings.num_rows == len(json.loads(want)["findings"]) > 0
@@ -241,7 +243,8 @@ def test_cli_on_a_running_dask_scheduler_with_html_reports(tmp_path, local):
                     "--scheduler", cluster.scheduler_address, "--html")
     assert r.returncode == 0, r.stderr
     ids = [trace_id(p) for p in picks]
-    assert sorted(p.name for p in (out / "reports").iterdir()) == sorted(f"{i}.{x}" for i in ids for x in ("html", "json"))
+    assert (sorted(p.name for p in (out / "reports").iterdir())
+            == sorted(f"{i}.{x}" for i in ids for x in ("html", "json")))
     html = (out / "reports" / f"{ids[0]}.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "<svg" in html  # the report's plots are drawn
     got = _sorted(pl.read_parquet(out / "findings.parquet"), FINDING_ORDER)

@@ -41,5 +41,6 @@ def test_every_replay_reports_every_registered_check(path):
     assert not any("not implemented" in c["reason"] for c in checks)
     severity = {c.id: c.severity for c in CHECKS}
     for f in result.findings.to_pylist():  # a finding is at its check's severity, or a doubtful error's warning
-        assert f["severity"] == severity[f["id"]] or (severity[f["id"]] == Severity.ERROR and f["severity"] == "warning")
+        assert (f["severity"] == severity[f["id"]]
+                or (severity[f["id"]] == Severity.ERROR and f["severity"] == "warning"))
     assert result.mmu in set(MmuKind) and result.zap_policy in set(ZapPolicy)

@@ -47,7 +47,8 @@ def test_a_warning_about_a_file_with_an_escape_in_its_name(probed_text, command)
     run = _kvmtrace(command, name, cwd=folder)
     assert run.returncode == 0, run.stderr
     warning = [ln for ln in run.stderr.splitlines() if ln.startswith("kvmtrace: warning:")]
-    expected = f"kvmtrace: warning: trace{SHOWN}.txt: 1 line(s) could not be read exactly and were skipped (first: line 401)"
+    expected = (f"kvmtrace: warning: trace{SHOWN}.txt: 1 line(s) could not be read exactly and were skipped "
+                "(first: line 401)")
     assert warning == [expected]
     assert not RAW_CONTROL.search(run.stderr)
 

@@ -99,7 +99,7 @@ def test_shadow_pages_carry_the_printed_role_fields(name):
     rd, rt = _pair(SAMPLES / f"{name}.txt.gz")
     b, t = rd.shadow_pages, rt.shadow_pages
     assert t.num_rows == b.num_rows > 0
-    for col in ("gfn", "mmu_valid_gen", "predates_trace", "zap_seq", "root_count", "uses") + PRINTED_FIELDS:
+    for col in ("gfn", "mmu_valid_gen", "predates_trace", "zap_seq", "root_count", "uses", *PRINTED_FIELDS):
         if col == "zap_seq":  # seqs differ between the forms: compare which pages were zapped
             assert t[col].is_null().equals(b[col].is_null())
         else:
@@ -205,7 +205,8 @@ def test_trace_cmd_report_with_kvm_plugin(reports):
     assert {c: s for c, s in text.items() if c not in gated} == {c: s for c, s in binary.items() if c not in gated}
     assert _findings(rt, ns=False) == [f for f in _findings(rd, ns=True) if f[0] not in gated]
     limit = next(x for x in rt.limits if x.startswith("role bits not in this input"))
-    assert limit.startswith("role bits not in this input: ad_disabled (bit 16), guest_mode (bit 17), passthrough (bit 18)")
+    assert limit.startswith("role bits not in this input: "
+                            "ad_disabled (bit 16), guest_mode (bit 17), passthrough (bit 18)")
     assert any(x.startswith("page events without a gfn") for x in rt.limits)
     assert rt.unexplained.num_rows == 0
 

@@ -40,7 +40,7 @@ def test_every_noslot_fault_and_mmio_exit_is_attributed_once(analyzed):
 
 
 def test_rows_name_the_vcpu_and_stay_inside_their_span(analyzed):
-    analysis, report = analyzed
+    _analysis, report = analyzed
     vcpus = report.trace.vcpus.vcpu_of
     removals = {r.row["seq"]: r.row for r in report.removals}
     for r in report.consequences.records():

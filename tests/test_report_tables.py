@@ -62,7 +62,7 @@ def test_wide_table_rows_keep_their_key(title):
     lines = render_text([Table(grid)]).splitlines()
     assert all(len(ln) <= WIDTH for ln in lines)
     starts = [n for n, ln in enumerate(lines) if ln and not ln.startswith(" ")]
-    header, rule, *rows = starts
+    _header, rule, *rows = starts
     assert lines[rule].startswith("---") and len(rows) == len(grid.rows)
     assert sum(1 for ln in lines if ln.split()[:1] == [grid.columns[0]]) == 1  # one header only
     for n, cells in zip(rows, grid.text_rows()):

@@ -49,7 +49,7 @@ def _targets():
 
 
 def test_ptslot_has_indirect_zaps_to_drop():
-    binary, text, rows = _targets()
+    _binary, text, rows = _targets()
     assert len(rows) == 10  # the parametrized drops below
     assert _status(replay(text))[0] == "passed"
 

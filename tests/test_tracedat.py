@@ -129,7 +129,10 @@ def _timing_pages(big_endian: bool) -> tuple[list[list[bytes]], list[int]]:
     """Two CPUs; every record kind; returns pages and the expected timestamps in file order."""
     t0, abs_ts = 5_000_000_000, 7_000_000_000
     ext = (1 << 30) + 17
-    p = lambda gfn: spte_payload(100 + gfn, gfn, 1 << 63, 0x1000 | gfn, 1 + gfn % 4, big_endian=big_endian)
+
+    def p(gfn: int) -> bytes:
+        return spte_payload(100 + gfn, gfn, 1 << 63, 0x1000 | gfn, 1 + gfn % 4, big_endian=big_endian)
+
     cpu0 = build_page(t0, [
         Data(p(1)),                                 # t0
         TimeExtend(ext), Data(p(2), delta=5),       # t0 + ext + 5
@@ -177,7 +180,10 @@ def test_merge_when_a_cpu_goes_back_in_time(v6_nested: Path, tmp_path: Path, tra
     """trace-cmd merges CPUs by their *next* record, so a CPU whose clock steps back (a later page
     with an earlier time stamp) is not sorted globally. Hand-worked order: heads 1000|700 → 700;
     1000|1005 → 1000; 1010|1005 → 1005; then CPU 0's 1010 and its stepped-back 500."""
-    p = lambda gfn: spte_payload(1, gfn, 0, 0, 1)
+
+    def p(gfn: int) -> bytes:
+        return spte_payload(1, gfn, 0, 0, 1)
+
     cpu0 = [build_page(1000, [Data(p(1)), Data(p(2), delta=10)]), build_page(500, [Data(p(3))])]
     cpu1 = [build_page(700, [Data(p(4))]), build_page(1005, [Data(p(5))])]
     out = tmp_path / "back.dat"
@@ -218,7 +224,7 @@ def test_event_name_shared_by_two_systems(small_template: Template, tmp_path: Pa
     name (ID 60000). The later one's table is qualified as ``system:name``."""
     text = next(t for system in small_template.content.systems for t in system.formats if b"ID: 1588\n" in t)
     twin = EventSystem("zsys", (text.replace(b"ID: 1588\n", b"ID: 60000\n"),))
-    content = dataclasses.replace(small_template.content, systems=small_template.content.systems + (twin,))
+    content = dataclasses.replace(small_template.content, systems=(*small_template.content.systems, twin))
     other = struct.pack("<H", 60000) + spte_payload(1, 2, 0, 0, 1)[2:]
     page = build_page(1000, [Data(spte_payload(1, 1, 0, 0, 1)), Data(other, delta=1)])
     out = tmp_path / "twins.dat"
@@ -365,7 +371,7 @@ def test_pre_2631_kernel_is_refused(v6_nested: Path, tmp_path: Path) -> None:
     content = content_of(v6_nested)
     build_tracedat(out, dataclasses.replace(content, header_page=b""), [[c] for c in content.cpu_data],
                    version=6, compression="none")
-    with pytest.raises(TraceError, match="pre-2.6.31 kernel"):
+    with pytest.raises(TraceError, match=r"pre-2\.6\.31 kernel"):
         read_tracedat(out)
 
 
@@ -547,7 +553,8 @@ def test_damaged_files_fail_cleanly(damage: list, cut: float | None, zstd_small:
 @pytest.fixture(scope="module")
 def zstd_small(tmp_path_factory: pytest.TempPathFactory, public_dir: Path, trace_cmd: str) -> bytes:
     """A small real recording as v7 zstd (sections, options chain, chunks: most to damage)."""
-    return convert(trace_cmd, public_dir / V6_32BIT_FILE, tmp_path_factory.mktemp("z") / "z.dat", 7, "zstd").read_bytes()
+    out = tmp_path_factory.mktemp("z") / "z.dat"
+    return convert(trace_cmd, public_dir / V6_32BIT_FILE, out, 7, "zstd").read_bytes()
 
 
 @pytest.mark.parametrize("interpolate", [True, False])

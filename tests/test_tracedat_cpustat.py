@@ -76,8 +76,10 @@ def test_overrun_counts_as_lost(trace_cmd: str) -> None:
 
 
 def test_info_shows_per_cpu_stats() -> None:
-    run = lambda *a: subprocess.run([sys.executable, "-m", "kvmtrace", "info", *a, str(LOST_SAMPLE)],
-                                    capture_output=True, text=True, timeout=300, check=True).stdout
+    def run(*a: str) -> str:
+        return subprocess.run([sys.executable, "-m", "kvmtrace", "info", *a, str(LOST_SAMPLE)],
+                              capture_output=True, text=True, timeout=300, check=True).stdout
+
     text = run()
     assert re.search(r"^lost events:\s+63617\b", text, re.M)
     assert re.search(r"^\s+1\s+2163\s+0\s+63617\s+0\s+0$", text, re.M), text

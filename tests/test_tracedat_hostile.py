@@ -120,7 +120,7 @@ def test_frame_larger_than_its_declared_size(v7_raw: bytes, frame_512m: bytes, t
     binding sizes its output from the frame header, whatever limit it is given)."""
     out = tmp_path / "liar.dat"
     out.write_bytes(_cmdlines_section(v7_raw, 4096, frame_512m))
-    data, _, peak, err = read_bounded(out)
+    _data, _, peak, err = read_bounded(out)
     assert err is not None and "(expected 4096 bytes, got more)" in str(err)
     assert peak < PEAK_LIMIT, peak
 
@@ -164,7 +164,7 @@ def test_cpu_data_beyond_the_total_cap(v7_raw: bytes, tmp_path: Path) -> None:
     before anything is allocated (was: allocated and decompressed)."""
     out = tmp_path / "total.dat"
     out.write_bytes(_cpu_stream(v7_raw, 5, [(zeros_frame(16 << 20), 16 << 20)] * 70))
-    data, _, peak, err = read_bounded(out)
+    _data, _, peak, err = read_bounded(out)
     assert err is not None and "the CPU data declares 1" in str(err) and "(at most 1024 MiB)" in str(err)
     assert peak < PEAK_LIMIT, peak
 
@@ -245,7 +245,7 @@ def test_overlapping_cpu_streams(v6_raw: bytes, tmp_path: Path) -> None:
     cpu0 = v6_raw[table : table + 8]
     out = tmp_path / "overlap.dat"
     out.write_bytes(patched(v6_raw, table + 16, cpu0))
-    with pytest.raises(TraceError, match="the data of CPU 1 \\(from byte \\d+\\) overlaps that of CPU 0"):
+    with pytest.raises(TraceError, match=r"the data of CPU 1 \(from byte \d+\) overlaps that of CPU 0"):
         read_tracedat(out)
 
 
@@ -363,7 +363,7 @@ def _with_format(public_dir: Path, tmp_path: Path, event: bytes, old: bytes, new
 def test_field_beyond_any_record(public_dir: Path, tmp_path: Path) -> None:
     """A field at offset 2^32-1: was a 1.56 TiB allocation (numpy MemoryError)."""
     out = _with_format(public_dir, tmp_path, b"sched_switch", b"offset:8;\tsize:16;", b"offset:4294967295;\tsize:16;")
-    data, _, peak, err = read_bounded(out)
+    _data, _, peak, err = read_bounded(out)
     assert err is not None and "corrupt event format sched_switch: field prev_comm at offset 4294967295" in str(err)
     assert peak < PEAK_LIMIT
 

@@ -16,6 +16,7 @@ import io
 import lzma
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,7 +95,7 @@ def _folder(folder: Path) -> list[Path]:
     return [p for p in files if p.suffix == ".dat" or is_text_trace(p)]
 
 
-def expand(paths: list[str | os.PathLike[str]]) -> list[TraceInput]:
+def expand(paths: Sequence[str | os.PathLike[str]]) -> list[TraceInput]:
     """Files as given, folders as their traces (sorted); each resolved file once, in order.
 
     A path that does not exist stays in the batch: it becomes a row with its error, like any

@@ -91,11 +91,13 @@ def _title(result: BatchResult) -> str:
 def summary_blocks(result: BatchResult) -> list[Block]:
     by_kernel = findings_by_kernel(result)
     whatif = whatif_by_policy(result)
+    failures: list[Block] = ([Heading("traces that could not be analysed"),
+                              Table(_grid("failed traces", failed_table(result)))]
+                             if result.failed.height else [])
     return [
         Heading(_title(result), 1),
         _facts(result),
-        *([Heading("traces that could not be analysed"), Table(_grid("failed traces", failed_table(result)))]
-          if result.failed.height else []),
+        *failures,
         Heading("findings by id and kernel"),
         Table(_grid("findings by id and kernel", by_kernel)),
         Heading("traces analysed (most error and warning findings first)"),

@@ -27,7 +27,8 @@ TRACE_FIELDS = [
 ]
 
 #: Every finding of every trace; the finding columns are the replay's findings table.
-FINDINGS_SCHEMA = pa.schema(TRACE_FIELDS + [
+FINDINGS_SCHEMA = pa.schema([
+    *TRACE_FIELDS,
     pa.field("id", pa.string(), nullable=False),
     pa.field("severity", pa.string(), nullable=False),
     pa.field("seq", pa.int64()),
@@ -40,7 +41,8 @@ FINDINGS_SCHEMA = pa.schema(TRACE_FIELDS + [
 ])
 
 #: Every check of every analysed trace (passed, failed or not_evaluated, with the reason).
-CHECKS_SCHEMA = pa.schema(TRACE_FIELDS + [
+CHECKS_SCHEMA = pa.schema([
+    *TRACE_FIELDS,
     pa.field("id", pa.string(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("reason", pa.string(), nullable=False),
@@ -50,7 +52,8 @@ CHECKS_SCHEMA = pa.schema(TRACE_FIELDS + [
 SEVERITIES = ("error", "warning", "info")
 
 #: One row per trace, analysed or not.
-SUMMARY_SCHEMA = pa.schema(TRACE_FIELDS + [
+SUMMARY_SCHEMA = pa.schema([
+    *TRACE_FIELDS,
     pa.field("status", pa.string(), nullable=False),  # ok | error
     pa.field("error", pa.string()),
     pa.field("events", pa.int64()),
@@ -127,7 +130,9 @@ def whatif_table(outcomes: list[Outcome]) -> pa.Table:
 
 
 def frame(table: pa.Table) -> pl.DataFrame:
-    return pl.from_arrow(table)
+    df = pl.from_arrow(table)
+    assert isinstance(df, pl.DataFrame)  # a Table always converts to a DataFrame (a Series comes from an Array)
+    return df
 
 
 def as_frames(outcomes: Iterable[Outcome]) -> dict[str, pl.DataFrame]:

@@ -111,6 +111,7 @@ def run_one(trace: TraceInput, kernel: str | None = None, formats: tuple[str, ..
     printed by a worker process nobody watches.
     """
     started = time.perf_counter()
+    error: str | None
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
         try:

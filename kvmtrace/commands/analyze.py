@@ -19,7 +19,8 @@ FAIL_ON = ("error", "warning")
 
 def analyze(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="trace.dat, or ftrace text (plain or compressed).")],
-    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE",
         help="Write the report to FILE (whole or not at all; - is standard output).")] = None,

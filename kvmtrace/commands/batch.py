@@ -36,11 +36,12 @@ class _Progress:
         self.total = total
 
     def __enter__(self) -> Callable[[], None]:
-        if self.bar is None:
+        bar = self.bar
+        if bar is None:
             return lambda: None
-        self.bar.start()
-        task = self.bar.add_task("traces", total=self.total)
-        return lambda: self.bar.advance(task)
+        bar.start()
+        task = bar.add_task("traces", total=self.total)
+        return lambda: bar.advance(task)
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:
@@ -51,13 +52,18 @@ def batch(
     paths: Annotated[list[Path], typer.Argument(help="Traces (trace.dat or ftrace text), or folders of them.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder (created whole, atomically).")],
     engine: Annotated[str, typer.Option(help="local (a process pool) or dask (dask.distributed).")] = "local",
-    scheduler: Annotated[str | None, typer.Option(help="Address of a running Dask scheduler (--engine dask); default: a LocalCluster.")] = None,
-    workers: Annotated[int | None, typer.Option(min=1, help="Worker processes (local pool or LocalCluster); default: one per CPU.")] = None,
-    kernel: Annotated[str | None, typer.Option(help="Kernel version to assume for every trace (default: from each trace).")] = None,
-    html: Annotated[bool, typer.Option("--html", help="Also write each trace's HTML report (with plots; slower).")] = False,
+    scheduler: Annotated[str | None, typer.Option(
+        help="Address of a running Dask scheduler (--engine dask); default: a LocalCluster.")] = None,
+    workers: Annotated[int | None, typer.Option(
+        min=1, help="Worker processes (local pool or LocalCluster); default: one per CPU.")] = None,
+    kernel: Annotated[str | None, typer.Option(
+        help="Kernel version to assume for every trace (default: from each trace).")] = None,
+    html: Annotated[bool, typer.Option(
+        "--html", help="Also write each trace's HTML report (with plots; slower).")] = False,
     fmt: Annotated[str, typer.Option("--format", "-f", help="Fleet summary: text (also printed) or html.")] = "text",
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty output folder.")] = False,
-    fail_on: Annotated[str | None, typer.Option(help="Exit 1 if any trace has a finding of this severity (error|warning) or worse.")] = None,
+    fail_on: Annotated[str | None, typer.Option(
+        help="Exit 1 if any trace has a finding of this severity (error|warning) or worse.")] = None,
 ) -> None:
     """Analyse many traces, each exactly as `kvmtrace analyze` would, on a process pool or Dask.
 

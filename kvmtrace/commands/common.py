@@ -17,7 +17,8 @@ from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import write_atomic
 from kvmtrace.report.safe import printable
 
-#: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` + the keyword with dashes.
+#: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` +
+#: the keyword with dashes.
 _FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o", "outdir": "OUTDIR",
           "command": "COMMAND after '--' (kvmtrace record -o x.dat -- ./workload)"}
 

@@ -18,7 +18,8 @@ from kvmtrace.report.output import refuse_inputs
 def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The reference trace (e.g. the good run).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The trace to compare with it.")],
-    fmt: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
+    fmt: Annotated[str, typer.Option(
+        "--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", metavar="FILE",
         help="Write the diff to FILE (whole or not at all; - is standard output).")] = None,

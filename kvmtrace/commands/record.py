@@ -26,7 +26,8 @@ def record(
     output: Annotated[Path, typer.Option("-o", "--output", help="trace.dat to write.")] = Path("trace.dat"),
     events: Annotated[
         list[str] | None,
-        typer.Option("-e", "--events", help="Event system or system:event; repeat or comma-separate. Default: kvmmmu, kvm."),
+        typer.Option("-e", "--events",
+                     help="Event system or system:event; repeat or comma-separate. Default: kvmmmu, kvm."),
     ] = None,
     buffer_kb: Annotated[int, typer.Option(help="Per-CPU ring buffer size in KiB (0 keeps the current size).")] = 8192,
     clock: Annotated[str, typer.Option(help="Trace clock (see tracefs trace_clock).")] = "global",

@@ -144,7 +144,8 @@ def _formats_by_system(tfs: Tracefs) -> tuple[EventSystem, ...]:
 
 def _ftrace_formats(tfs: Tracefs) -> tuple[bytes, ...]:
     ftrace = tfs.path("events/ftrace")
-    return tuple(tfs.read_bytes(f"events/ftrace/{d.name}/format") for d in sorted(ftrace.iterdir()) if (d / "format").is_file())
+    return tuple(tfs.read_bytes(f"events/ftrace/{d.name}/format")
+                 for d in sorted(ftrace.iterdir()) if (d / "format").is_file())
 
 
 def collect_content(

@@ -62,14 +62,16 @@ def rule_mask(rule: ZapRule, profile: KernelProfile, gfn: np.ndarray, role: np.n
     generation is the caller's: the pages here are live ones). Pages with ``role.invalid`` (roots
     waiting for their last reference) are never found by the hash walks (``for_each_valid_sp``)."""
     gfn = gfn.astype(np.uint64)
-    valid = _bits(role, profile, "invalid") == 0
-    in_slot = (gfn >= np.uint64(base)) & (gfn < np.uint64(base + npages))
+    valid: np.ndarray = _bits(role, profile, "invalid") == 0
+    in_slot: np.ndarray = (gfn >= np.uint64(base)) & (gfn < np.uint64(base + npages))
     if rule.pages is Pages.ALL:
         return valid
+    matched: np.ndarray = valid & in_slot
     if rule.pages is Pages.GFN_MATCH:
-        return valid & in_slot
+        return matched
     if rule.pages is Pages.GPTES:
-        return valid & in_slot & (_bits(role, profile, "direct") == 0) & (_bits(role, profile, "passthrough") == 0)
+        gptes: np.ndarray = matched & (_bits(role, profile, "direct") == 0) & (_bits(role, profile, "passthrough") == 0)
+        return gptes
     # The proposal: skip levels above the slot's largest possible page, then the level+1 mask.
     level = _bits(role, profile, "level", 4)
     max_level = _MAX_HUGE_LEVEL
@@ -88,7 +90,7 @@ def zap_rule_mask(ctx: Context, gfn: np.ndarray, role: np.ndarray, base: int, np
 def _zap_miss(ctx: Context) -> CheckOutcome:
     cid = "memslot_zap_miss"
     p = ctx.profile
-    if ctx.mmu not in SHADOW_KINDS + ("tdp",):
+    if ctx.mmu not in (*SHADOW_KINDS, "tdp"):
         return CheckOutcome.skipped(cid, "no shadow-page events")
     if p.slot_zap_rule is None:
         return CheckOutcome.skipped(cid, f"kernel era {p.era} has no per-slot zap: a delete or move zaps every page")
@@ -121,6 +123,9 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
     roots: set[int] = set()  # indirect level-5 roots left alive (could be passthrough, which is not printed)
     shared: set[int] = set()  # pages whose printed identity another page took while they lived (text)
     for i, c in removals:
+        # positioned: a seq, its window (every placed change has one) and the range it removed
+        assert c.seq is not None and c.window_start is not None
+        assert c.old_base_gfn is not None and c.old_npages is not None
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None or not len(snap.pages):
             continue
