@@ -7,6 +7,8 @@ buffers directly (``from_buffers``), which also guarantees no copy.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pyarrow as pa
 
@@ -39,7 +41,7 @@ def strings_from_buffers(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
         arr.validate(full=True)
     except pa.ArrowInvalid:
         raw = data.tobytes()
-        return strings([raw[a:b].decode("utf-8", "replace") for a, b in zip(offsets[:-1], offsets[1:])])
+        return strings([raw[a:b].decode("utf-8", "replace") for a, b in itertools.pairwise(offsets)])
     return arr.cast(pa.string())
 
 

@@ -39,7 +39,8 @@ class FormatCatalog:
             name, event_id = _NAME_RE.search(text), _ID_RE.search(text)
             if name is None or event_id is None:
                 raise TraceError(f"{box.path}: corrupt event format in system {system!r} (no name or ID)")
-            self.entries.append(FormatEntry(int(event_id.group(1)), system, name.group(1).decode("utf-8", "replace"), text))
+            event = name.group(1).decode("utf-8", "replace")
+            self.entries.append(FormatEntry(int(event_id.group(1)), system, event, text))
         self._by_id = {e.id: e for e in self.entries}
         self._long_size = long_size
         self.path = box.path

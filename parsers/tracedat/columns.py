@@ -35,7 +35,7 @@ class FieldReader:
         at a fixed offset of 4-aligned record payloads); otherwise it is checked here.
         """
         if size == 1:
-            return self.buf[addr]
+            return np.asarray(self.buf[addr])
         if size not in (2, 4, 8):
             raise ValueError(f"integer size {size}")
         if misalign is None:
@@ -43,15 +43,15 @@ class FieldReader:
             misalign = int(low[0]) if len(low) and not (low != low[0]).any() else -1
         native = np.dtype(f"u{size}")
         if size in (2, 4) and misalign >= 0 and misalign % size == 0:
-            return self._views[size][addr // size].astype(native, copy=False)
+            return np.asarray(self._views[size][addr // size].astype(native, copy=False))
         if size == 8 and misalign == 0:
             w = self._views[4]
             i = addr >> 2
             if not self.big_endian:  # the two words are the u64's bytes in file order
-                return w[i[:, None] + np.arange(2)].view("<u8").ravel().astype(native, copy=False)
-            return (w[i].astype(np.uint64) << np.uint64(32)) | w[i + 1].astype(np.uint64)
+                return np.asarray(w[i[:, None] + np.arange(2)].view("<u8").ravel().astype(native, copy=False))
+            return np.asarray((w[i].astype(np.uint64) << np.uint64(32)) | w[i + 1].astype(np.uint64))
         idx = addr[:, None] + np.arange(size)
-        return self.buf[idx].view(f"{self._e}u{size}").ravel().astype(native, copy=False)
+        return np.asarray(self.buf[idx].view(f"{self._e}u{size}").ravel().astype(native, copy=False))
 
     def integers(self, addr: np.ndarray, size: int, signed: bool, misalign: int | None = None) -> np.ndarray:
         out = self.uint(addr, size, misalign)
@@ -116,7 +116,7 @@ class FieldReader:
             buf = np.concatenate([buf, np.zeros(width, np.uint8)])
         windows = np.lib.stride_tricks.as_strided(buf, shape=(len(buf) - width + 1, width),
                                                   strides=(1, 1), writeable=False)
-        return windows[pos]
+        return np.asarray(windows[pos])
 
     def _ints(self, raw: np.ndarray, size: int, signed: bool) -> np.ndarray:
         """Integers from a contiguous array of their bytes (file byte order → native)."""

@@ -8,8 +8,8 @@ standard Python decoders read them.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import zstandard
 
@@ -57,7 +57,7 @@ class Decompressor:
                              f"(expected {size} bytes, got {'more' if len(out) > size else len(out)})")
         return out
 
-    def _pieces(self, data: memoryview, size: int, where: int) -> Iterator[bytes]:
+    def _pieces(self, data: memoryview | bytes, size: int, where: int) -> Iterator[bytes]:
         """The block's output in pieces of at most :data:`_STEP` bytes, ending one byte past
         ``size``: memory follows what the data really holds, not what its header claims."""
         left = size + 1

@@ -36,12 +36,13 @@ class Cursor:
     def number(self, payload: bytes, code: str) -> int:
         """One number (struct ``code``: I, Q, ...) at the start of an option payload."""
         try:
-            return struct.unpack_from(self._e + code, payload)[0]
+            value: int = struct.unpack_from(self._e + code, payload)[0]
+            return value
         except struct.error:
             raise TraceError(f"{self.path}: corrupt trace.dat: an option of {len(payload)} bytes is too short "
                              f"for its value") from None
 
-    def at(self, pos: int) -> "Cursor":
+    def at(self, pos: int) -> Cursor:
         """A new cursor over the same buffer (same byte order) at ``pos``."""
         return Cursor(self.buf, pos, big_endian=self.big_endian, path=self.path, base=self.base)
 
@@ -64,7 +65,7 @@ class Cursor:
     def _unpack(self, code: str, n: int) -> int:
         if self.pos + n > len(self.buf):
             raise self.truncated(n)
-        (value,) = struct.unpack_from(self._e + code, self.buf, self.pos)
+        value: int = struct.unpack_from(self._e + code, self.buf, self.pos)[0]
         self.pos += n
         return value
 

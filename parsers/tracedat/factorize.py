@@ -8,7 +8,7 @@ ranges (kernel addresses) fall back to ``np.unique``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa

@@ -100,13 +100,15 @@ def read_u64(w32: np.ndarray, byte_pos: np.ndarray, big_endian: bool) -> np.ndar
     """u64 values at 4-aligned byte offsets, from two u32 words."""
     i = byte_pos >> 2
     first, second = w32[i].astype(np.uint64), w32[i + 1].astype(np.uint64)
-    return (first << np.uint64(32)) | second if big_endian else (second << np.uint64(32)) | first
+    out: np.ndarray = (first << np.uint64(32)) | second if big_endian else (second << np.uint64(32)) | first
+    return out
 
 
 def _read_long(w32: np.ndarray, byte_pos: np.ndarray, long_size: int, big_endian: bool) -> np.ndarray:
     if long_size == 8:
         return read_u64(w32, byte_pos, big_endian)
-    return w32[byte_pos >> 2].astype(np.uint64)
+    out: np.ndarray = w32[byte_pos >> 2].astype(np.uint64)
+    return out
 
 
 def page_flags(pages: PageData, w32: np.ndarray,

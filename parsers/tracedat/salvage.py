@@ -17,7 +17,12 @@ from __future__ import annotations
 
 import struct
 
-from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, SECTION_FLAG_COMPRESSED, SECTION_HEADER_SIZE, Option
+from kvmtrace.parsers.tracedat.constants import (
+    COMPRESS_CHUNK_COUNT_SIZE,
+    SECTION_FLAG_COMPRESSED,
+    SECTION_HEADER_SIZE,
+    Option,
+)
 from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.layout import BufferSpec, Container, CpuStream

@@ -74,7 +74,8 @@ def parse_time_shift(payload: bytes, big_endian: bool) -> TimeShift | None:
 def _c_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """C's signed division: truncate toward zero."""
     q = np.abs(a) // np.abs(b)
-    return np.where((a < 0) != (b < 0), -q, q)
+    out: np.ndarray = np.where((a < 0) != (b < 0), -q, q)
+    return out
 
 
 def host_time(ts: np.ndarray, cpu: np.ndarray, shift: TimeShift) -> np.ndarray:
