@@ -13,6 +13,9 @@ went away". The trace still shows the consequences, and this table lists them pe
   (``KVM_PFN_NOSLOT``: the access became an MMIO exit to the VMM), or an error pfn.
 * ``reinstall``: a leaf installed after the change for a gfn and level that had a present leaf
   before it: a fault happened there, so the old leaf had been removed (by the untraced zap).
+* ``leaf_removed`` / ``leaf_not_provable`` / ``dangling_spte`` (legacy MMU in TDP mode, zap-slot):
+  per leaf the change had to remove, what the guest's next accesses prove (:mod:`leaf_proof`, the
+  ``dangling_spte`` check's own verdicts).
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context, span
+from kvmtrace.replays.detectors.slot_removal import untraced_leaf_fates
 from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, rule_mask
 from kvmtrace.replays.eras import RULES
+from kvmtrace.replays.leaf_proof import DANGLING, PROVED
 from kvmtrace.replays.pages import NONE
 
 CONSEQUENCES_SCHEMA = pa.schema([
     pa.field("change_seq", pa.int64(), nullable=False),  # the delete/move line (timeline seq)
     pa.field("slot", pa.int32(), nullable=False),
     pa.field("change", pa.string(), nullable=False),  # delete | move | recreate
-    pa.field("what", pa.string(), nullable=False),  # page_survived | fault_after | reinstall
+    # page_survived | fault_after | reinstall | leaf_removed | leaf_not_provable | dangling_spte
+    pa.field("what", pa.string(), nullable=False),
     pa.field("seq", pa.int64(), nullable=False),  # the event that shows it
     pa.field("gfn", pa.uint64(), nullable=False),
     pa.field("level", pa.int8()),
@@ -116,6 +122,11 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
                 add(c, "reinstall", int(ins["seq"][k]), key[0], key[1], int(ins["pid"][k]), None, None,
                     f"a level-{key[1]} leaf for gfn {key[0]:#x} was present before the {c.kind} and is installed "
                     f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
+    by_change = {c.seq: c for _, c in changes}
+    for f in untraced_leaf_fates(ctx):
+        what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
+        add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
+            list(f.evidence))
     return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
 
 

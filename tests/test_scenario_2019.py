@@ -18,6 +18,7 @@ from kvmtrace import parsers
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
 from kvmtrace.replays.inputs import kvmmmu_events
+from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import profile_for
 
@@ -84,3 +85,75 @@ def test_quirk_hint_and_dirty_log_lines_of_the_lab():
         ev = dirty.events
         tl = ms.from_prints(dirty.tables.get("print"), ev.column("seq").to_numpy(), ev.column("pid").to_numpy())
         assert marked and tl.get_dirty == marked
+
+
+# -- step 2: dangling_spte where the leaf zaps are untraced ------------------------------------------
+
+def _fault_rows(data) -> list[dict]:
+    return data.table("kvm_page_fault").to_pylist()
+
+
+def _oracle_proofs(data, removals) -> dict[int, tuple[int | None, int | None]]:
+    """Per delete/move of the pt-slot: the first not-present NPF on the old 2 MiB range after its
+    line (SVM exit_info_1: P bit 0 and RSVD bit 3 clear) and the first level-2 re-install of the
+    range's base gfn, straight from the events."""
+    installs = data.table("kvm_mmu_set_spte").to_pylist()
+    out = {}
+    for r in removals:
+        lo, hi = r["old_base_gfn"], r["old_base_gfn"] + 512
+        nf = next((f["seq"] for f in _fault_rows(data) if f["seq"] > r["seq"]
+                   and lo <= f["fault_address"] >> 12 < hi and not f["error_code"] & 0x9), None)
+        ri = next((i["seq"] for i in installs if i["seq"] > r["seq"] and i["gfn"] == lo and i["level"] == 2), None)
+        out[r["seq"]] = (nf, ri)
+    return out
+
+
+def test_dangling_spte_judged_from_what_the_guest_did_next():
+    """Legacy MMU in TDP mode, zap-slot: the one level-2 leaf over the pt-slot leaves untraced at
+    each delete/move. A later not-present fault or a re-install of that leaf proves it went; after
+    the last move and the last delete the guest never touches the range again, and the check says
+    that it cannot tell there instead of passing it silently."""
+    data = parsers.read(PTSLOT.with_suffix(".dat"))
+    result = _replay(PTSLOT)
+    removals = [r for r in result.memslots.to_pylist() if r["kind"] in ("delete", "move")]
+    oracle = _oracle_proofs(data, removals)
+    rows = [r for r in result.summaries["consequences"].to_pylist()
+            if r["what"] in ("leaf_removed", "leaf_not_provable", "dangling_spte")]
+    assert [r["change_seq"] for r in rows] == [r["seq"] for r in removals]  # one leaf per change
+    for r in rows:
+        nf, ri = oracle[r["change_seq"]]
+        if nf is None and ri is None:
+            assert r["what"] == "leaf_not_provable" and "cannot show" in r["detail"]
+        else:
+            assert r["what"] == "leaf_removed" and r["seq"] == min(s for s in (nf, ri) if s is not None)
+            assert {s for s in (nf, ri) if s is not None} <= set(r["evidence"])
+            assert (f"fault with no entry present at seq {nf}" in r["detail"]) == (nf is not None)
+            assert (f"installed again at seq {ri}" in r["detail"]) == (ri is not None)
+    assert [r["what"] for r in rows].count("leaf_removed") == 5
+    check = next(c for c in result.checks.to_pylist() if c["id"] == "dangling_spte")
+    assert check["status"] == "passed" and check["findings"] == 0
+    assert "5 of 7 leaf removal(s) proved, 0 dangling, 2 not provable" in check["reason"]
+    for seq in (1761, 1790):  # the last move and delete: never touched again
+        assert re.search(rf"{seq} \((move|delete)\): 1 not provable: level-2 leaf", check["reason"])
+
+
+def test_a_leaf_the_delete_left_is_a_dangling_spte():
+    """Mutation: the first access after the first delete finds the old entry present (a protection
+    fault, as a leaf the rmap zap missed would give): dangling_spte names that delete and leaf. Drop
+    the guest's later touches of the range instead and the delete is not provable: never guessed."""
+    data = parsers.read(PTSLOT.with_suffix(".dat"))
+    log = _log(PTSLOT)
+    first = next(f for f in _fault_rows(data) if f["seq"] > 1612 and f["fault_address"] >> 12 == 0x20000)
+    bad = replay(altered(data, "kvm_page_fault", first["seq"], error_code=first["error_code"] | 1),
+                 qemu_log_lines=log)
+    found = bad.findings.to_pylist()
+    assert [(f["id"], f["severity"], f["seq"], f["gfn"]) for f in found] == [("dangling_spte", "error", 1612, 0x20000)]
+    assert first["seq"] in found[0]["evidence"] and "protection fault" in found[0]["message"]
+    assert next(c for c in bad.checks.to_pylist() if c["id"] == "dangling_spte")["status"] == "failed"
+    touches = [r["seq"] for name in ("kvm_page_fault", "kvm_mmu_spte_requested", "kvm_mmu_set_spte")
+               for r in data.table(name).to_pylist() if 1612 < r["seq"] < 1672
+               and 0x20000 <= (r.get("gfn") if "gfn" in r else r["fault_address"] >> 12) < 0x20200]
+    blind = replay(without(data, touches), qemu_log_lines=log)
+    row = next(r for r in blind.summaries["consequences"].to_pylist() if r["change_seq"] == 1612
+               and r["what"].startswith("leaf"))
+    assert row["what"] == "leaf_not_provable" and not blind.findings.num_rows
