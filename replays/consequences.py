@@ -5,8 +5,8 @@ per-slot zap removes leaf SPTEs through the rmaps without an event, so nothing s
 went away". The trace still shows the consequences, and this table lists them per delete/move
 (the ``consequences`` table; ``dangling_spte`` can read it):
 
-* ``page_survived``: a live page over the old range after the change (a direct page whose range
-  overlaps it, or a page whose gfn lies in it), and whether the era's rule let it stay
+* ``page_survived``: a live page over the old range after the change (a direct page whose
+  entries map part of it, or an indirect page whose gfn lies in it), and whether the era's rule let it stay
   (``allowed``), with the rule's words.
 * ``fault_after``: each vCPU's first fault (``kvm_mmu_spte_requested``) on the old range after
   the change, and how KVM resolved it: a new pfn (the range is backed again), no slot
@@ -86,9 +86,12 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
             g = pages["gfn"][ids]
             role = pages["role"][ids]
             level = ((role >> np.uint64(ctx.profile.role_field("level").shift)) & np.uint64(0xF)).astype(np.int64)
-            over = (g < np.uint64(hi)) & (g + span(level) > np.uint64(lo)) & (pages["obsolete_seq"][ids] == NONE)
-            must = rule_mask(rule, ctx.profile, g, role, lo, c.old_npages)
             direct = (role >> np.uint64(ctx.profile.role_field("direct").shift)) & np.uint64(1)
+            # a direct page at level L maps 512**L gfns from its gfn (span of a leaf one level up);
+            # an indirect page concerns the slot when the guest page table it shadows lies in it
+            over = np.where(direct == 1, (g < np.uint64(hi)) & (g + span(level + 1) > np.uint64(lo)),
+                            (g >= np.uint64(lo)) & (g < np.uint64(hi))) & (pages["obsolete_seq"][ids] == NONE)
+            must = rule_mask(rule, ctx.profile, g, role, lo, c.old_npages)
             for k in np.flatnonzero(over)[:256]:
                 p, ok = int(ids[k]), not bool(must[k])
                 kind = (f"direct level-{int(level[k])} page (maps guest-physical memory, shadows no guest PTE)"

@@ -11,7 +11,14 @@ leaf installed again: gfn 0x20000 four times, 0x20400 three times).
 
 from __future__ import annotations
 
+import collections
+import json
 import re
+import subprocess
+import sys
+
+import jsonschema
+import pytest
 
 from conftest import NESTED, SAMPLES
 from kvmtrace import parsers
@@ -21,6 +28,7 @@ from kvmtrace.replays.inputs import kvmmmu_events
 from kvmtrace.replays.mutate import altered, without
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import profile_for
+from kvmtrace.report import report_schema
 
 PTSLOT = NESTED / "tdpmmu0-ptslot-noquirk-qlog-kt"
 CHURN = NESTED / "tdpmmu0-churn-noquirk-qlog-kt"
@@ -157,3 +165,181 @@ def test_a_leaf_the_delete_left_is_a_dangling_spte():
     row = next(r for r in blind.summaries["consequences"].to_pylist() if r["change_seq"] == 1612
                and r["what"].startswith("leaf"))
     assert row["what"] == "leaf_not_provable" and not blind.findings.num_rows
+
+
+# -- step 3: the report answers the maintainer's questions, with evidence lines ------------------------
+
+CLI = [sys.executable, "-c", "from kvmtrace.cli import main; main()"]
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, timeout=600)
+
+
+def _lab_removals(lines: list[str]) -> list[tuple[int, str, int]]:
+    """(log line number, kind, old gfn) of every delete and move the lab made, in order: QEMU's
+    ``size=0x0`` lines and the lab's ``kvmlab_memslot_move`` lines."""
+    out = []
+    for n, t in enumerate(lines, 1):
+        if "kvm_set_user_memory" in t and " size=0x0 " in t:
+            out.append((n, "delete", int(re.search(r"gpa=(0x[0-9a-f]+)", t)[1], 16) >> 12))
+        elif (m := MOVE.search(t)):
+            out.append((n, "move", int(m[2], 16) >> 12))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ptslot_json() -> dict:
+    run = _cli("analyze", PTSLOT.with_suffix(".dat"), "--qemu-log", PTSLOT.with_suffix(".qemu.log"), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_each_delete_placed_from_the_log_with_its_confidence(ptslot_json):
+    doc = ptslot_json
+    jsonschema.validate(doc, report_schema())
+    assert (doc["replay"]["mmu"], doc["replay"]["zap_policy"]) == ("legacy_tdp", "zap_slot")
+    assert not doc["findings"] and all(c["status"] != "failed" for c in doc["checks"])
+    lab = _lab_removals(_log(PTSLOT))
+    removals = doc["removals"]
+    assert [(r["source"], r["kind"], r["base_gfn"]) for r in removals] == \
+        [(f"QEMU log line {n}", kind, gfn) for n, kind, gfn in lab]
+    for r in removals:  # placed by the ioctl thread's stretches outside KVM_RUN, on the log clock
+        assert r["policy"] == "zap_slot" and 0.5 < r["confidence"] < 1
+        assert r["placement"].startswith(f"after seq {r['seq']}: ") and "log clock" in r["placement"]
+    # the JSON timeline says where each line came from and how it was placed
+    timeline = {row["source"]: row for row in doc["memslots"]["rows"]}
+    assert all(timeline[r["source"]]["confidence"] == r["confidence"] for r in removals)
+
+
+def test_which_pages_survived_each_delete_and_whether_the_rule_allowed_it(ptslot_json):
+    """6.12's rule (gptes): only pages with guest PTEs in the slot are zapped; the legacy TDP
+    MMU's pages are all direct, so the root (L4), L3 and L2 pages whose entries map the slot
+    survive every delete and move, allowed, each cited with its kvm_mmu_get_page line."""
+    data = parsers.read(PTSLOT.with_suffix(".dat"))
+    created = {r["seq"]: r for r in data.table("kvm_mmu_get_page").to_pylist() if r["created"]}
+    for r in ptslot_json["removals"]:
+        survived = [a for a in r["after"] if a["what"] == "page_survived"]
+        assert sorted(a["level"] for a in survived) == [2, 3, 4]
+        lines = {e["seq"]: e["line"] for e in r["evidence_lines"]}
+        for a in survived:
+            assert a["allowed"] is True and "gptes rule does not zap it" in a["detail"]
+            assert a["detail"].startswith(f"direct level-{a['level']} page")
+            assert created[a["seq"]]["gfn"] == a["gfn"] == 0  # the kernel's own creation of that page
+            assert "kvm_mmu_get_page" in lines[a["seq"]] and "created=1" in lines[a["seq"]]
+        assert all(p["fate"] == "kept" and p["direct"] for p in r["pages"])
+
+
+def test_what_vcpus_did_on_the_range_afterwards(ptslot_json):
+    """The README's count: gfn 0x20000's leaf installed 4 times, 0x20400's 3 times, so 3 and 2
+    re-installs prove the untraced removals; each one's fault and install are evidence lines."""
+    data = parsers.read(PTSLOT.with_suffix(".dat"))
+    installs = {r["seq"]: r for r in data.table("kvm_mmu_set_spte").to_pylist()}
+    faults = {r["seq"]: r for r in data.table("kvm_page_fault").to_pylist()}
+    again = collections.Counter()
+    for r in ptslot_json["removals"]:
+        lines = {e["seq"]: e["line"] for e in r["evidence_lines"]}
+        assert f"{r['seq']}" and r["seq"] in lines  # the event the change is placed after
+        for a in r["after"]:
+            if a["what"] == "reinstall":
+                again[a["gfn"]] += 1
+                ev = installs[a["seq"]]
+                assert (ev["gfn"], ev["level"], ev["pid"]) == (a["gfn"], a["level"], a["pid"]) == (a["gfn"], 2, 262)
+                assert f"kvm_mmu_set_spte: gfn={a['gfn']:#x}" in lines[a["seq"]]
+            if a["what"] == "leaf_removed":
+                nf = next(s for s in a["evidence"] if s in faults)
+                assert not faults[nf]["error_code"] & 1 and "kvm_page_fault" in lines[nf]
+    assert again == {0x20000: 3, 0x20400: 2}
+    whats = [[a["what"] for a in r["after"] if not a["what"] == "page_survived"] for r in ptslot_json["removals"]]
+    assert whats == [["reinstall", "leaf_removed"]] * 5 + [["leaf_not_provable"]] * 2
+
+
+def test_the_text_report_says_it_too():
+    run = _cli("analyze", PTSLOT.with_suffix(".dat"), "--qemu-log", PTSLOT.with_suffix(".qemu.log"))
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "0 errors, 0 warnings, 0 notes; 0 of 9 checks failed" in text
+    assert text.count("Evidence (seq: trace line):") == 7
+    for n, kind, _ in _lab_removals(_log(PTSLOT)):
+        assert f"the {kind}'s line (QEMU log line {n}) is placed right after this event" in text
+    assert text.count("page_survived") == 21 and text.count("leaf_not_provable") == 2
+    flat = " ".join(text.split())
+    assert "fault with no entry present at seq 1647 (vCPU thread 262, gfn 0x20000); installed again at seq 1649" in flat
+    assert "summary: consequences" not in text  # shown per change, not as a generic table
+    assert max(map(len, text.splitlines())) <= 80
+
+
+def test_the_python_api_gives_the_same_report():
+    import kvmtrace
+    from kvmtrace.report.model import build_report
+
+    trace = kvmtrace.open(PTSLOT.with_suffix(".dat"))
+    result = trace.replay(qemu_log_lines=_log(PTSLOT))
+    report = build_report(trace.data, result, path="ptslot", version=kvmtrace.__version__)
+    assert [r.row["source"] for r in report.removals] == [f"QEMU log line {n}" for n, _, _ in _lab_removals(_log(PTSLOT))]
+    reinstalls = collections.Counter(rec["gfn"] for r in report.removals for rec in r.after.records()
+                                     if rec["what"] == "reinstall")
+    assert reinstalls == {0x20000: 3, 0x20400: 2}
+
+
+def test_the_churn_recording():
+    """churn: BAR slots deleted, re-created and moved; the ioctl thread is not the vCPU thread, so
+    only the lines the MMIO generations bound are placed, the others say why they are not; the
+    report still has no error and evaluates dangling_spte on what it could place."""
+    run = _cli("analyze", CHURN.with_suffix(".dat"), "--qemu-log", CHURN.with_suffix(".qemu.log"), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    jsonschema.validate(doc, report_schema())
+    assert doc["replay"]["mmu"] == "legacy_tdp" and not doc["findings"]
+    rows = doc["memslots"]["rows"]
+    assert len(rows) == sum("kvm_set_user_memory" in t for t in _log(CHURN)) + 2
+    for row in rows:
+        assert (row["seq"] is None) == (row["confidence"] is None) == row["placement"].startswith("unplaced: ")
+    placed = [r for r in doc["removals"]]
+    assert placed and all(r["confidence"] == 1.0 and "generation" in r["placement"] for r in placed)
+    check = next(c for c in doc["checks"] if c["id"] == "dangling_spte")
+    assert check["status"] == "passed" and "leaf removal(s) proved" in check["reason"]
+
+
+@pytest.fixture(scope="module")
+def ptslot_text_json() -> dict:
+    run = _cli("analyze", PTSLOT.with_suffix(".txt.gz"), "--qemu-log", PTSLOT.with_suffix(".qemu.log"),
+               "--format", "json")
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def test_text_twin_places_each_delete_and_shows_the_reinstalls_alike(ptslot_json, ptslot_text_json):
+    """The kernel's own text of the same records, with the same log: the same deletes and moves at
+    the same places with the same confidence, the same re-installs, no finding."""
+    text, dat = ptslot_text_json, ptslot_json
+    jsonschema.validate(text, report_schema())
+    assert not text["findings"]
+
+    def placed(doc):
+        return [(r["source"], r["seq"], r["kind"], r["base_gfn"], r["confidence"]) for r in doc["removals"]]
+
+    def again(doc):
+        return [(r["seq"], a["seq"], a["gfn"], a["level"]) for r in doc["removals"] for a in r["after"]
+                if a["what"] == "reinstall"]
+
+    assert placed(text) == placed(dat) and len(placed(text)) == 7
+    assert again(text) == again(dat) and len(again(text)) == 5
+
+
+@pytest.mark.xfail(strict=False, reason="the text twin's MMU is told as shadow (text prints no role word; the MMU "
+                                         "classification of text input is being reworked), so the legacy-TDP "
+                                         "judgement of the leaves and the surviving pages is not made on text yet")
+def test_text_twin_judges_leaves_and_pages_alike(ptslot_json, ptslot_text_json):
+    text, dat = ptslot_text_json, ptslot_json
+    assert text["replay"]["mmu"] == dat["replay"]["mmu"] == "legacy_tdp"
+
+    def after(doc):
+        return [(r["seq"], a["what"], a["seq"], a["gfn"], a["level"], a["allowed"]) for r in doc["removals"]
+                for a in r["after"]]
+
+    def dangling(doc):
+        return next((c["status"], c["reason"]) for c in doc["checks"] if c["id"] == "dangling_spte")
+
+    assert after(text) == after(dat)
+    assert dangling(text) == dangling(dat)
