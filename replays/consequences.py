@@ -74,6 +74,10 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
             rows[k].append(v)
 
     rule = RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT]
+    # a rule the caller chose answers "would it have zapped this?": say whose rule it is
+    chosen = "" if not ctx.profile.zap_rule_chosen else (
+        f" [{'rule of ' + rule.kernels if rule.shipped else 'a hypothesis that never shipped'}, not this kernel's "
+        "rule: 'allowed' says what that rule would have done]")
     pages = ctx.pages.arrays()
     ins = ctx.installs
     changes = ctx.positioned_removals()
@@ -97,7 +101,7 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
                 kind = (f"direct level-{int(level[k])} page (maps guest-physical memory, shadows no guest PTE)"
                         if direct[k] else f"indirect level-{int(level[k])} page (shadows a guest page table)")
                 why = (f"{kind}: the {rule.name} rule does not zap it ({rule.words})" if ok
-                       else f"{kind}: the {rule.name} rule must zap it ({rule.words})")
+                       else f"{kind}: the {rule.name} rule must zap it ({rule.words})") + chosen
                 add(c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None, p, ok, why,
                     [int(pages["first_seq"][p]), c.seq])
         # faults on the old range after the change, first per vCPU, until the range comes back

@@ -343,3 +343,58 @@ def test_text_twin_judges_leaves_and_pages_alike(ptslot_json, ptslot_text_json):
 
     assert after(text) == after(dat)
     assert dangling(text) == dangling(dat)
+
+
+# -- step 4: would the 2019 rules have zapped the pages that survived? ---------------------------------
+
+def _rule_report(rule: str) -> tuple[dict, str]:
+    import kvmtrace
+    from kvmtrace.report import render
+    from kvmtrace.report.model import build_report
+
+    data = parsers.read(PTSLOT.with_suffix(".dat"))
+    result = replay(data, qemu_log_lines=_log(PTSLOT), zap_rule=rule)
+    report = build_report(data, result, path=str(PTSLOT.with_suffix(".dat")), version=kvmtrace.__version__)
+    doc = json.loads(render(report, "json"))
+    jsonschema.validate(doc, report_schema())
+    return doc, render(report, "text")
+
+
+def _survivors(doc: dict) -> dict[int, set[tuple[int, bool]]]:
+    return {r["seq"]: {(a["level"], a["allowed"]) for a in r["after"] if a["what"] == "page_survived"}
+            for r in doc["removals"]}
+
+
+def test_the_51_rule_would_have_kept_them_too():
+    """gfn_2019 (4e103134b862, 5.1-5.2.10): after the untraced rmap zap of the leaves, pages with
+    sp->gfn equal to a gfn of the slot are zapped, whatever their role. The survivors (direct
+    L4, L3, L2 pages at gfn 0) have sp->gfn 0, outside the slot: that rule keeps them as well, so
+    nothing is flagged, and the report names the rule as the caller's choice, shipped in 5.1."""
+    doc, text = _rule_report("gfn_2019")
+    assert set(map(frozenset, _survivors(doc).values())) == {frozenset({(4, True), (3, True), (2, True)})}
+    assert not doc["findings"]
+    assert next(c for c in doc["checks"] if c["id"] == "memslot_zap_miss")["status"] == "passed"
+    assert any("chosen by the caller instead of this kernel's): gfn_2019" in a for a in doc["assumptions"])
+    detail = next(a["detail"] for r in doc["removals"] for a in r["after"] if a["what"] == "page_survived")
+    assert "the gfn_2019 rule does not zap it" in detail and "[rule of 5.1.x, 5.2.0-5.2.10, not this kernel's" in detail
+
+
+def test_the_never_shipped_proposal_would_have_zapped_the_l2_page():
+    """level_mask_2019 (seed 000's proposal, never merged): pages up to the slot's largest page
+    level whose gfn lies in the slot's range aligned to 512**level. The direct L2 page at gfn 0
+    maps gfns 0-0x3ffff, the aligned range of both slot positions: that rule must zap it at every
+    delete and move, and the report says so as info (a hypothesis, not this kernel's rule), while
+    the L4 and L3 pages stay allowed. The check does not fail and no error is raised."""
+    doc, text = _rule_report("level_mask_2019")
+    assert set(map(frozenset, _survivors(doc).values())) == {frozenset({(4, True), (3, True), (2, False)})}
+    found = doc["findings"]
+    removals = [r["seq"] for r in doc["removals"]]
+    assert [(f["id"], f["severity"], f["seq"], f["gfn"]) for f in found] == \
+        [("memslot_zap_miss", "info", s, 0) for s in removals]
+    assert all("level_mask_2019" in f["message"] and "hypothesis, never shipped" in f["message"] for f in found)
+    assert next(c for c in doc["checks"] if c["id"] == "memslot_zap_miss")["status"] == "passed"
+    detail = next(a["detail"] for r in doc["removals"] for a in r["after"]
+                  if a["what"] == "page_survived" and a["level"] == 2)
+    assert detail.startswith("direct level-2 page") and "level_mask_2019 rule must zap it" in detail
+    assert "a hypothesis that never shipped" in detail
+    assert "0 errors, 0 warnings, 7 notes" in text
