@@ -273,19 +273,28 @@ def after_blocks(r: Removal) -> list[Block]:
     if not g.rows:
         return [Para("Afterwards: no page over the range survived, and no vCPU touched the range again before a "
                      "slot backed it.")]
-    shown = Grid(g.title, AFTER_BRIEF, tuple(tuple(rec[c] for c in AFTER_BRIEF) for rec in g.records()),
-                 hexadecimal=frozenset({"gfn"}))
-    cited = r.after_lines[:AFTER_LINES_SHOWN]
+    # what matters most first: proven stale leaves, pages the rule must zap, then what the guest did
+    recs = sorted(g.records(), key=lambda rec: (AFTER_ORDER.get(rec["what"], 9), rec["allowed"] is not False,
+                                                rec["seq"]))
+    shown = Grid(g.title, AFTER_BRIEF, tuple(tuple(rec[c] for c in AFTER_BRIEF) for rec in recs),
+                 shown=AFTER_ROWS_SHOWN, hexadecimal=frozenset({"gfn"}))
+    wanted = {s for rec in recs[:AFTER_ROWS_SHOWN] for s in rec["evidence"]}
+    lines = [(seq, line) for seq, line in r.after_lines if seq in wanted]
+    cited = lines[:AFTER_LINES_SHOWN]
     row = r.row
     here = f"the {row['kind']}'s line ({row.get('source') or 'its marker'}) is placed right after this event"
     return [Table(shown), Para("Evidence (seq: trace line):"),
             TraceLines(tuple(f"{seq}: {line}" for seq, line in cited),
-                       more=max(0, len(r.after_lines) - AFTER_LINES_SHOWN),
+                       more=len(r.after_lines) - len(cited),
                        notes=tuple(here if seq == row["seq"] else "" for seq, _ in cited))]
 
 
-#: Evidence lines printed per change (the JSON report has every one).
-AFTER_LINES_SHOWN = 16
+#: Evidence lines and consequence rows printed per change (the JSON report has every one).
+AFTER_LINES_SHOWN = 12
+AFTER_ROWS_SHOWN = 8
+#: Order of consequence rows in the human formats.
+AFTER_ORDER = {"dangling_spte": 0, "page_survived": 1, "fault_after": 2, "reinstall": 3, "leaf_removed": 4,
+               "leaf_not_provable": 5}
 
 
 def ledger_blocks(report: Report) -> list[Block]:
