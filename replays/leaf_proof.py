@@ -15,7 +15,11 @@ Only what happened next can tell whether a leaf went away, and only two kinds of
   proves the leaf was gone; a fault on a present entry that nothing re-installed since the change
   is the old leaf itself, still mapping a removed range: a dangling SPTE.
 
-Either proves a removal somewhere between the change and the event, so it is the change's only if
+A leaf the model still holds under a larger leaf installed after it is unreachable: installing a
+huge leaf over a page-table pointer unlinks that table (``mmu_set_spte`` -> ``drop_parent_pte``,
+untraced), so no access can show its fate either.
+
+Either proof shows a removal somewhere between the change and the event, so it is the change's only if
 nothing else could have removed the leaf in between: no other delete/move of a range covering it,
 no traced zap of the page holding it, no MMU-notifier unmap (``kvm_unmap_hva_range``). Everything
 else is "not provable": the guest never touched the range again, so the trace cannot tell.
@@ -123,12 +127,12 @@ def leaf_fates(changes: list, snapshots: dict, installs: dict[str, np.ndarray], 
             a, b = _covers(g, lvl)
             if not (a < hi and lo < b):
                 continue
-            out.append(_fate(i, c, n, changes, g, lvl, int(snap.installed[k]), int(snap.owner[k]), installs, ev,
-                             page_zap_seq))
+            out.append(_fate(i, c, n, changes, snap, int(snap.as_id[k]), g, lvl, int(snap.installed[k]),
+                             int(snap.owner[k]), installs, ev, page_zap_seq))
     return out
 
 
-def _fate(i: int, c, n: int, changes: list, g: int, lvl: int, installed: int, owner: int,
+def _fate(i: int, c, n: int, changes: list, snap, as_id: int, g: int, lvl: int, installed: int, owner: int,
           installs: dict[str, np.ndarray], ev: LeafEvidence, page_zap_seq: np.ndarray) -> LeafFate:
     a, b = _covers(g, lvl)
 
@@ -158,6 +162,12 @@ def _fate(i: int, c, n: int, changes: list, g: int, lvl: int, installed: int, ow
     if reinstall is not None:
         proofs.append((reinstall, f"installed again at seq {reinstall}"))
     if not proofs:
+        above = _replaced_by(snap, as_id, g, lvl, installed)
+        if above is not None:
+            return fate(UNPROVABLE, c.seq, f"unreachable since seq {above[0]}, when a level-{above[1]} leaf over it "
+                                           "replaced its page table (drop_parent_pte): it stays in the rmaps until the "
+                                           "zap, but no access can reach it, so nothing the guest does can show "
+                                           "whether it was removed", above[0])
         why = f"; {ev.faults_unread}" if ev.faults_unread else ""
         return fate(UNPROVABLE, c.seq, f"the guest never touched gfns {a:#x}-{b - 1:#x} again (no fault or install "
                                        f"there afterwards{why}): the trace cannot show whether it was removed")
@@ -168,6 +178,19 @@ def _fate(i: int, c, n: int, changes: list, g: int, lvl: int, installed: int, ow
         return fate(UNPROVABLE, first, f"gone by seq {first} ({said}), but {other} could also have removed it",
                     first)
     return fate(PROVED, first, f"{said}; nothing else removed it in between", *sorted(s for s, _ in proofs))
+
+
+def _replaced_by(snap, as_id: int, g: int, lvl: int, since: int) -> tuple[int, int] | None:
+    """(install seq, level) of a larger leaf the model holds over gfn ``g``, installed after the
+    leaf itself: the legacy MMU unlinked the page table the leaf is in when it installed that one."""
+    lo = snap.gfn
+    hi = lo + (np.uint64(1) << (np.uint64(9) * (snap.level.astype(np.uint64) - np.uint64(1))))
+    m = (snap.level > lvl) & (lo <= np.uint64(g)) & (hi > np.uint64(g)) & (snap.installed > since) & \
+        (snap.as_id == as_id)
+    if not m.any():
+        return None
+    k = int(np.flatnonzero(m)[0])
+    return int(snap.installed[k]), int(snap.level[k])
 
 
 def _other_removal(c, n: int, changes: list, a: int, b: int, until: int, owner: int, page_zap_seq: np.ndarray,
