@@ -30,7 +30,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.stream import numpy_column
 

@@ -6,7 +6,7 @@ lifetime's removal zaps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -26,7 +26,7 @@ class Removal:
     sptes: Grid
     #: the replay's consequences of this change (pages that survived and whether the rule allowed
     #: it, faults on the range and how KVM resolved them, re-installs, leaf proofs)
-    after: Grid = Grid("what the trace shows afterwards", ())
+    after: Grid = field(default_factory=lambda: Grid("what the trace shows afterwards", ()))
     #: (seq, trace line) of every event ``after`` cites, in seq order
     after_lines: tuple[tuple[int, str], ...] = ()
 
