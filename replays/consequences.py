@@ -5,14 +5,17 @@ per-slot zap removes leaf SPTEs through the rmaps without an event, so nothing s
 went away". The trace still shows the consequences, and this table lists them per delete/move
 (the ``consequences`` table; ``dangling_spte`` can read it):
 
-* ``page_survived``: a live page over the old range after the change (a direct page whose range
-  overlaps it, or a page whose gfn lies in it), and whether the era's rule let it stay
+* ``page_survived``: a live page over the old range after the change (a direct page whose
+  entries map part of it, or an indirect page whose gfn lies in it), and whether the era's rule let it stay
   (``allowed``), with the rule's words.
 * ``fault_after``: each vCPU's first fault (``kvm_mmu_spte_requested``) on the old range after
   the change, and how KVM resolved it: a new pfn (the range is backed again), no slot
   (``KVM_PFN_NOSLOT``: the access became an MMIO exit to the VMM), or an error pfn.
 * ``reinstall``: a leaf installed after the change for a gfn and level that had a present leaf
   before it: a fault happened there, so the old leaf had been removed (by the untraced zap).
+* ``leaf_removed`` / ``leaf_not_provable`` / ``dangling_spte`` (legacy MMU in TDP mode, zap-slot):
+  per leaf the change had to remove, what the guest's next accesses prove (:mod:`leaf_proof`, the
+  ``dangling_spte`` check's own verdicts).
 """
 
 from __future__ import annotations
@@ -21,15 +24,18 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context, span
+from kvmtrace.replays.detectors.slot_removal import untraced_leaf_fates
 from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, rule_mask
 from kvmtrace.replays.eras import RULES
+from kvmtrace.replays.leaf_proof import DANGLING, PROVED
 from kvmtrace.replays.pages import NONE
 
 CONSEQUENCES_SCHEMA = pa.schema([
     pa.field("change_seq", pa.int64(), nullable=False),  # the delete/move line (timeline seq)
     pa.field("slot", pa.int32(), nullable=False),
     pa.field("change", pa.string(), nullable=False),  # delete | move | recreate
-    pa.field("what", pa.string(), nullable=False),  # page_survived | fault_after | reinstall
+    # page_survived | fault_after | reinstall | leaf_removed | leaf_not_provable | dangling_spte
+    pa.field("what", pa.string(), nullable=False),
     pa.field("seq", pa.int64(), nullable=False),  # the event that shows it
     pa.field("gfn", pa.uint64(), nullable=False),
     pa.field("level", pa.int8()),
@@ -68,6 +74,10 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
             rows[k].append(v)
 
     rule = RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT]
+    # a rule the caller chose answers "would it have zapped this?": say whose rule it is
+    chosen = "" if not ctx.profile.zap_rule_chosen else (
+        f" [{'rule of ' + rule.kernels if rule.shipped else 'a hypothesis that never shipped'}, not this kernel's "
+        "rule: 'allowed' says what that rule would have done]")
     pages = ctx.pages.arrays()
     ins = ctx.installs
     changes = ctx.positioned_removals()
@@ -80,15 +90,18 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
             g = pages["gfn"][ids]
             role = pages["role"][ids]
             level = ((role >> np.uint64(ctx.profile.role_field("level").shift)) & np.uint64(0xF)).astype(np.int64)
-            over = (g < np.uint64(hi)) & (g + span(level) > np.uint64(lo)) & (pages["obsolete_seq"][ids] == NONE)
-            must = rule_mask(rule, ctx.profile, g, role, lo, c.old_npages)
             direct = (role >> np.uint64(ctx.profile.role_field("direct").shift)) & np.uint64(1)
+            # a direct page at level L maps 512**L gfns from its gfn (span of a leaf one level up);
+            # an indirect page concerns the slot when the guest page table it shadows lies in it
+            over = np.where(direct == 1, (g < np.uint64(hi)) & (g + span(level + 1) > np.uint64(lo)),
+                            (g >= np.uint64(lo)) & (g < np.uint64(hi))) & (pages["obsolete_seq"][ids] == NONE)
+            must = rule_mask(rule, ctx.profile, g, role, lo, c.old_npages)
             for k in np.flatnonzero(over)[:256]:
                 p, ok = int(ids[k]), not bool(must[k])
                 kind = (f"direct level-{int(level[k])} page (maps guest-physical memory, shadows no guest PTE)"
                         if direct[k] else f"indirect level-{int(level[k])} page (shadows a guest page table)")
                 why = (f"{kind}: the {rule.name} rule does not zap it ({rule.words})" if ok
-                       else f"{kind}: the {rule.name} rule must zap it ({rule.words})")
+                       else f"{kind}: the {rule.name} rule must zap it ({rule.words})") + chosen
                 add(c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None, p, ok, why,
                     [int(pages["first_seq"][p]), c.seq])
         # faults on the old range after the change, first per vCPU, until the range comes back
@@ -116,6 +129,11 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
                 add(c, "reinstall", int(ins["seq"][k]), key[0], key[1], int(ins["pid"][k]), None, None,
                     f"a level-{key[1]} leaf for gfn {key[0]:#x} was present before the {c.kind} and is installed "
                     f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
+    by_change = {c.seq: c for _, c in changes}
+    for f in untraced_leaf_fates(ctx):
+        what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
+        add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
+            list(f.evidence))
     return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
 
 

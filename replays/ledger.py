@@ -32,7 +32,9 @@ Per change (one row of :data:`REMOVALS_SCHEMA`):
 * **leaf SPTEs removed** (:data:`SPTES_SCHEMA`): per how the replay knows it: traced
   (``kvm_tdp_mmu_spte_changed``), or inferred, with the evidence the journal names (the traced
   zap of the owning page, the untraced per-slot rmap zap the rule implies);
-* the **cost**: events and nanoseconds from the window's start to the line.
+* the **cost**: events and nanoseconds from the window's start to the line;
+* **where the line came from** (trace marker, QEMU log line N) and how it was placed, with the
+  placement's confidence (a QEMU log's lines are matched to the kernel's response).
 """
 
 from __future__ import annotations
@@ -74,6 +76,10 @@ REMOVALS_SCHEMA = pa.schema([
     pa.field("leaf_sptes_traced", pa.int64(), nullable=False),
     pa.field("window_events", pa.int64(), nullable=False),
     pa.field("window_ns", pa.int64()),
+    # where the change's line came from and how it was put on the trace (the memslot timeline's)
+    pa.field("source", pa.string()),
+    pa.field("placement", pa.string()),
+    pa.field("confidence", pa.float64()),
 ])
 
 PAGES_SCHEMA = pa.schema([
@@ -343,6 +349,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                        "leaf_sptes_removed": int(leaves["sptes"].sum()),
                        "leaf_sptes_traced": int(leaves.filter(pl.col("how") == "traced")["sptes"].sum()),
                        "window_events": int(np.searchsorted(ev_seq, line, side="right") - np.searchsorted(ev_seq, ws)),
-                       "window_ns": t1 - t0 if t0 is not None and t1 is not None else None})
+                       "window_ns": t1 - t0 if t0 is not None and t1 is not None else None,
+                       "source": c.get("source"), "placement": c.get("placement"), "confidence": c.get("confidence")})
     return ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), pa.table(prow, schema=PAGES_SCHEMA),
                      pa.table(srow, schema=SPTES_SCHEMA))

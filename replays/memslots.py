@@ -350,7 +350,7 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             cleared = parse_clear_dirty(buf)
             if cleared:
                 b.tl.clear_dirty.append((seq, *cleared))
-        elif "kvmlab_get_dirty_log" in buf:
+        elif "dirty_log" in buf and "kvmlab_" in buf:
             slot = parse_lab_get_dirty(buf)
             if slot is not None:
                 b.tl.get_dirty.append((seq, slot))
@@ -410,6 +410,7 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
     """Build the timeline from a QEMU ``-trace`` log, each line placed on the trace by the kernel's
     response to it (:mod:`placement`). A line that cannot be placed keeps no position: its slot is
     uncertain for the whole trace, and checks that need the position skip it."""
+    texts = list(texts)
     lines = [ln for n, t in enumerate(texts, 1) if (ln := parse_log_line(t, n)) is not None]
     if not lines:
         raise TraceError("the QEMU log has no kvm_set_user_memory lines; run QEMU with -trace kvm_set_user_memory")
@@ -420,6 +421,7 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
     placed, notes = place(lines, changes, facts, complete)
     b = _Builder("qemu_log")
     b.seed(start)
+    b.tl.quirk_hint = next((q for t in texts if (q := parse_lab_quirk(t)) is not None), None)
     b.tl.notes.extend(notes)
     b.tl.notes.extend(f"QEMU log line {ln.lineno}: slot {ln.line.slot} failed (ret={ln.line.ret}); ignored"
                       for ln in failed)

@@ -23,7 +23,8 @@ _LAB_MOVE = re.compile(
     r"old_gpa=0x[0-9a-fA-F]+\s+gpa=(?P<gpa>0x[0-9a-fA-F]+)\s+size=(?P<size>0x[0-9a-fA-F]+)\s+"
     r"ua=(?P<ua>0x[0-9a-fA-F]+).*?\sret=(?P<ret>-?\d+)")
 _LAB_QUIRK = re.compile(r"kvmlab_start\b.*\bslot_zap_all_quirk=(?P<q>[01])")
-_LAB_GET_DIRTY = re.compile(r"kvmlab_get_dirty_log\s+AddrSpace#(?P<as>\d+)\s+Slot#(?P<slot>\d+)")
+#: the lab prints ``kvmlab_dirty_log Slot#N dirty_pages=D`` after each KVM_GET_DIRTY_LOG (lab/README.md)
+_LAB_GET_DIRTY = re.compile(r"kvmlab_(?:get_)?dirty_log\s+(?:AddrSpace#(?P<as>\d+)\s+)?Slot#(?P<slot>\d+)")
 
 
 @dataclass
@@ -69,9 +70,9 @@ def parse_clear_dirty(text: str) -> tuple[int, int, int] | None:
 
 
 def parse_lab_get_dirty(text: str) -> int | None:
-    """The slot (as << 16 | id) of a ``kvmlab_get_dirty_log`` line."""
+    """The slot (as << 16 | id) of a ``kvmlab_dirty_log`` line (address space 0 unless named)."""
     m = _LAB_GET_DIRTY.search(text)
-    return (int(m["as"]) << 16) | int(m["slot"]) if m else None
+    return (int(m["as"] or 0) << 16) | int(m["slot"]) if m else None
 
 
 def parse_lab_quirk(text: str) -> int | None:

@@ -39,6 +39,7 @@ from kvmtrace.replays.inputs import (
     zap_all_event,
 )
 from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.leaf_proof import leaf_evidence
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
@@ -90,7 +91,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
-                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel))
+                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data))
     lost = LostWindows(data.gaps, data.events, data.info.cut_short, data.info.cpus)
     if len(lost.lo) > (lost.tail is not None):
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "

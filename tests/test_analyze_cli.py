@@ -178,6 +178,13 @@ def _run_with_pty(args: list[str], *, stdout_tty: bool) -> tuple[bytes, bytes, i
     proc = subprocess.Popen([*CLI, *args], stdin=subprocess.DEVNULL, stderr=slave,
                             stdout=slave if stdout_tty else subprocess.PIPE)
     os.close(slave)
+    # drain the stdout pipe meanwhile: a report longer than the pipe's buffer would block the child
+    # before it closes the terminal
+    import threading
+    piped: list[bytes] = []
+    reader = threading.Thread(target=lambda: piped.append(proc.stdout.read())) if proc.stdout else None
+    if reader:
+        reader.start()
     tty_bytes = b""
     while True:
         try:
@@ -187,7 +194,9 @@ def _run_with_pty(args: list[str], *, stdout_tty: bool) -> tuple[bytes, bytes, i
         if not chunk:
             break
         tty_bytes += chunk
-    out = proc.stdout.read() if proc.stdout else b""
+    if reader:
+        reader.join()
+    out = piped[0] if piped else b""
     os.close(master)
     return out, tty_bytes, proc.wait(timeout=600)
 

@@ -240,6 +240,7 @@ def removal_blocks(r: Removal, whatif: Grid) -> list[Block]:
                   + (f" ({row['kept_missed']} of them the rule must zap: memslot_zap_miss)" if row["kept_missed"] else "")),
         ("leaf SPTEs", f"{row['leaf_sptes_removed']} removed ({traced} traced, {row['leaf_sptes_removed'] - traced} inferred)"),
         *((("refaulted", refaulted),) if refaulted else ()),
+        *((("placed", placed_text(row)),) if row.get("source") else ()),
     ))
     pages = r.pages
     shown = Grid("pages zapped and kept", ("page", "gfn", "role_text", "fate", "zap_seq", "reason"),
@@ -250,7 +251,50 @@ def removal_blocks(r: Removal, whatif: Grid) -> list[Block]:
                         f"{rec['gfn_first']:#x}..{rec['gfn_last']:#x}", rec["evidence"]) for rec in r.sptes.records()))
     return [Heading(removal_title(r), 3), facts,
             Table(shown) if shown.rows else Para("No page was zapped, and no page over the range was kept."),
-            Table(sptes) if sptes.rows else Para("No leaf SPTE was removed inside the window.")]
+            Table(sptes) if sptes.rows else Para("No leaf SPTE was removed inside the window."),
+            *after_blocks(r)]
+
+
+def placed_text(row: dict) -> str:
+    """Where the change's line came from and how sure its position is."""
+    conf = row.get("confidence")
+    return f"{row['source']}; {row['placement']}" + (f" (confidence {conf:.2f})" if conf is not None else "")
+
+
+#: The consequence columns the human formats print (evidence seqs are printed as trace lines below).
+AFTER_BRIEF = ("what", "seq", "gfn", "level", "pid", "allowed", "detail")
+
+
+def after_blocks(r: Removal) -> list[Block]:
+    """What the trace shows after the change: pages that survived it and whether the kernel's
+    rule allowed that, what vCPUs did on the range and how KVM resolved it, leaves proven removed
+    or not provable; then the trace lines all of it rests on."""
+    g = r.after
+    if not g.rows:
+        return [Para("Afterwards: no page over the range survived, and no vCPU touched the range again before a "
+                     "slot backed it.")]
+    # what matters most first: proven stale leaves, pages the rule must zap, then what the guest did
+    recs = sorted(g.records(), key=lambda rec: (AFTER_ORDER.get(rec["what"], 9), rec["allowed"] is not False,
+                                                rec["seq"]))
+    shown = Grid(g.title, AFTER_BRIEF, tuple(tuple(rec[c] for c in AFTER_BRIEF) for rec in recs),
+                 shown=AFTER_ROWS_SHOWN, hexadecimal=frozenset({"gfn"}))
+    wanted = {s for rec in recs[:AFTER_ROWS_SHOWN] for s in rec["evidence"]}
+    lines = [(seq, line) for seq, line in r.after_lines if seq in wanted]
+    cited = lines[:AFTER_LINES_SHOWN]
+    row = r.row
+    here = f"the {row['kind']}'s line ({row.get('source') or 'its marker'}) is placed right after this event"
+    return [Table(shown), Para("Evidence (seq: trace line):"),
+            TraceLines(tuple(f"{seq}: {line}" for seq, line in cited),
+                       more=len(r.after_lines) - len(cited),
+                       notes=tuple(here if seq == row["seq"] else "" for seq, _ in cited))]
+
+
+#: Evidence lines and consequence rows printed per change (the JSON report has every one).
+AFTER_LINES_SHOWN = 12
+AFTER_ROWS_SHOWN = 8
+#: Order of consequence rows in the human formats.
+AFTER_ORDER = {"dangling_spte": 0, "page_survived": 1, "fault_after": 2, "reinstall": 3, "leaf_removed": 4,
+               "leaf_not_provable": 5}
 
 
 def ledger_blocks(report: Report) -> list[Block]:
@@ -274,7 +318,9 @@ def consequence_blocks(report: Report) -> list[Block]:
     if not report.removals:
         return [Para("No memslot delete or move with a position in the trace.")]
     if not g.rows:
-        return [Para("No vCPU faulted or exited on a removed range before a slot backed it again.")]
+        return [Para("No vCPU faulted or exited on a removed range before a slot backed it again (what the trace "
+                     "shows after each change, pages that survived it included, is under the change in the zap "
+                     "ledger).")]
     return [Para("Per delete/move and vCPU thread, from the moment the change is surely under way (the kernel's "
                  "first zap for it, else its QEMU line) until a slot backs the range again: mapping faults on the "
                  "range, how many KVM resolved with no slot (KVM_PFN_NOSLOT: the access became an MMIO exit to the "

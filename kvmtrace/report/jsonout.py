@@ -53,7 +53,9 @@ def report_dict(report: Report) -> dict[str, Any]:
             for f in report.findings
         ],
         "groups": [group_dict(g) for g in report.groups],
-        "removals": [r.row | {"pages": r.pages.records(), "sptes": r.sptes.records()} for r in report.removals],
+        "removals": [r.row | {"pages": r.pages.records(), "sptes": r.sptes.records(), "after": r.after.records(),
+                              "evidence_lines": [{"seq": s, "line": line} for s, line in r.after_lines]}
+                     for r in report.removals],
         "consequences": grid_dict(report.consequences),
         "memslots": grid_dict(report.memslot_timeline),
         "activity": [grid_dict(g) for g in report.activity],

@@ -19,7 +19,7 @@ from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_thr
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
-from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, ledger_removals, with_removal_zaps
+from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, cited_seqs, ledger_removals, with_removal_zaps
 from kvmtrace.report.traceinfo import info_dict
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
@@ -237,8 +237,13 @@ IDENTITY_COLUMNS = frozenset({"seq", "ts", "as_id", "base_gfn", "npages", "from_
 #: Consequence columns the human formats print.
 CONSEQUENCE_BRIEF = ("seq", "pid", "vcpu", "faults", "noslot", "error", "mmio", "per_gfn", "first_seq", "last_seq")
 
+#: Replay summaries the report shows inside the zap ledger, not as activity tables of their own.
+IN_LEDGER = frozenset({"consequences"})
+
+
 def _summaries(replay: ReplayResult, ledger: ZapLedger) -> dict[str, pa.Table]:
-    return {name: with_removal_zaps(t, ledger) if name == "memslot" else t for name, t in replay.summaries.items()}
+    return {name: with_removal_zaps(t, ledger) if name == "memslot" else t for name, t in replay.summaries.items()
+            if name not in IN_LEDGER}
 
 
 def _activity(summaries: dict[str, pa.Table]) -> tuple[Grid, ...]:
@@ -317,9 +322,11 @@ def sp_lifetime_grid(data: TraceData, shadow_pages: pa.Table) -> Grid:
     return Grid("shadow-page lifetimes", ("measure", "value"), tuple(rows))
 
 
-#: Memslot timeline columns a reader needs; the rest (anchors, windows) stay in the JSON-free
-#: replay table for whoever digs deeper.
-TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "gpa_range", "base_gfn", "npages", "flags")
+#: Memslot timeline columns a reader needs, with where each line came from and how it was placed
+#: (a QEMU log's lines are matched to the kernel's response, with a confidence); the rest
+#: (anchors, windows) stay in the replay table for whoever digs deeper.
+TIMELINE_COLUMNS = ("seq", "ts", "slot", "kind", "gpa_range", "base_gfn", "npages", "flags", "source", "placement",
+                    "confidence")
 #: What the human formats print of it: the range once, as guest-physical addresses.
 TIMELINE_BRIEF = ("seq", "ts", "slot", "kind", "gpa_range", "flags")
 
@@ -394,6 +401,7 @@ def build_report(
     findings, groups = _findings(data, replay, facts.vcpus)
     ledger = zap_ledger(data, replay)
     summaries = _summaries(replay, ledger)
+    after = replay.summaries.get("consequences")
     return Report(
         selection=selection,
         kvmtrace_version=version,
@@ -415,7 +423,7 @@ def build_report(
         limits=_limits(data, replay, filters),
         input_warnings=input_warnings(data),
         figures=figures,
-        removals=ledger_removals(ledger),
+        removals=ledger_removals(ledger, after, evidence_lines(data, cited_seqs(after))),
         consequences=grid_from_arrow(
             "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
             limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,

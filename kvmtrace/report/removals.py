@@ -1,10 +1,12 @@
 """The zap ledger (:mod:`kvmtrace.replays.ledger`) as the report holds it: one :class:`Removal`
-per memslot delete or move, and the per-memslot summary with each lifetime's removal zaps.
+per memslot delete or move, with what the trace shows afterwards (the replay's ``consequences``
+rows of that change, each with its evidence lines), and the per-memslot summary with each
+lifetime's removal zaps.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import polars as pl
@@ -22,6 +24,11 @@ class Removal:
     row: dict[str, Any]
     pages: Grid
     sptes: Grid
+    #: the replay's consequences of this change (pages that survived and whether the rule allowed
+    #: it, faults on the range and how KVM resolved them, re-installs, leaf proofs)
+    after: Grid = field(default_factory=lambda: Grid("what the trace shows afterwards", ()))
+    #: (seq, trace line) of every event ``after`` cites, in seq order
+    after_lines: tuple[tuple[int, str], ...] = ()
 
     @property
     def instance(self) -> str:
@@ -32,6 +39,8 @@ class Removal:
 
 #: Rows of one removal's page list the human formats print (JSON has all).
 LEDGER_ROWS_SHOWN = 20
+#: The replay's consequence columns the report keeps (``change_seq``, ``slot``, ``change`` are the removal's own).
+AFTER_COLUMNS = ("what", "seq", "gfn", "level", "pid", "page", "allowed", "detail", "evidence")
 
 #: What the per-memslot summary's zap columns count (the replay's lifetime ends where the
 #: removing change's window starts, so that change's own zaps are not in ``pages_zapped``).
@@ -51,15 +60,32 @@ def with_removal_zaps(lifetimes: pa.Table, ledger: ZapLedger) -> pa.Table:
     return lifetimes.append_column("zapped_at_removal", pa.array([ended.get(k) for k in keys], pa.int64()))
 
 
-def ledger_removals(ledger: ZapLedger) -> tuple[Removal, ...]:
-    """The ledger split per change, as the report shows it."""
+def ledger_removals(ledger: ZapLedger, after: pa.Table | None = None,
+                    lines: dict[int, str] | None = None) -> tuple[Removal, ...]:
+    """The ledger split per change, as the report shows it, each with its consequence rows
+    (``after``: the replay's ``consequences`` table) and the trace lines they cite (``lines``)."""
     pages = pl.from_arrow(ledger.pages).partition_by("change", as_dict=True)
     sptes = pl.from_arrow(ledger.sptes).partition_by("change", as_dict=True)
+    later = pl.from_arrow(after).partition_by("change_seq", as_dict=True) if after is not None and after.num_rows \
+        else {}
+    lines = lines or {}
     out = []
     for row in ledger.removals.to_pylist():
         key = (row["change"],)
         p = pages[key].to_arrow() if key in pages else ledger.pages.schema.empty_table()
         t = sptes[key].to_arrow() if key in sptes else ledger.sptes.schema.empty_table()
+        a = later[(row["seq"],)].to_arrow() if (row["seq"],) in later else None
+        cited = sorted({s for ev in (a.column("evidence").to_pylist() if a is not None else ()) for s in ev})
         out.append(Removal(row, grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
-                           grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"]))))
+                           grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"])),
+                           grid_from_arrow("what the trace shows afterwards", a, columns=AFTER_COLUMNS)
+                           if a is not None else Grid("what the trace shows afterwards", AFTER_COLUMNS),
+                           tuple((s, lines[s]) for s in cited if s in lines)))
     return tuple(out)
+
+
+def cited_seqs(after: pa.Table | None) -> set[int]:
+    """Every seq the consequences table cites (to look their trace lines up once)."""
+    if after is None or not after.num_rows:
+        return set()
+    return {s for ev in after.column("evidence").to_pylist() for s in ev}

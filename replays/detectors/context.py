@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvmtrace.replays.journal import Journal
+from kvmtrace.replays.leaf_proof import LeafEvidence
 from kvmtrace.replays.memslots import MemslotChange, MemslotTimeline
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
@@ -30,6 +31,7 @@ class Context:
     zap_all_seqs: np.ndarray  # seqs of kvm_mmu_zap_all_fast
     zap_all_pids: np.ndarray
     release: Release | None = None  # (major, minor) of the traced kernel; None: not named
+    leaf_evidence: LeafEvidence = field(default_factory=LeafEvidence)  # hardware faults, notifier unmaps
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""

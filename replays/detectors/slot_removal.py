@@ -8,7 +8,10 @@ returned, so every zap the kernel owed is done).
   (every leaf zap is traced; entries of roots invalidated by a zap-all are unreachable and not
   counted). On the shadow MMU only where a zap-all was owed (the VM's policy is zap-all), since
   then every page of the old generation must be zapped, and only for SPTEs whose owning page the
-  model could infer.
+  model could infer. On the legacy MMU in TDP mode under zap-slot the leaf zaps are untraced; what
+  the guest did next proves or disproves each removal (:mod:`leaf_proof`): a re-install or a
+  not-present fault proves it, a fault on a present entry nothing re-installed is a dangling leaf,
+  and a range the guest never touched again is named as not provable.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import numpy as np
 
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.leaf_proof import DANGLING, PROVED, UNPROVABLE, LeafFate, leaf_fates
 from kvmtrace.replays.pages import NONE
 
 SHADOW_KINDS = ("shadow", "legacy_tdp")
+#: leaves named per fate and change in the check's reason
+SHOWN = 3
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
@@ -41,6 +47,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no SPTE events to replay")
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
+    slot_fates = untraced_leaf_fates(ctx)
     reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
     # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
     zap_seq = np.append(np.asarray(ctx.pages.zap_seq, dtype=np.int64), NONE)
@@ -51,7 +58,9 @@ def _dangling(ctx: Context) -> CheckOutcome:
         hit = _overlapping(snap, c.old_base_gfn, c.old_npages) & ~snap.obsolete_root
         if ctx.mmu in SHADOW_KINDS:
             if not ctx.expects_zap_all(c):
-                skipped_slot += 1  # zap-slot: leaf SPTEs leave through untraced rmap zaps
+                # zap-slot: leaf SPTEs leave through untraced rmap zaps; on legacy TDP the guest's
+                # next accesses judge them (slot_fates)
+                skipped_slot += ctx.mmu != "legacy_tdp"
                 continue
             unknown = hit & (snap.owner == NONE)
             unverifiable += int(unknown.sum())
@@ -72,12 +81,64 @@ def _dangling(ctx: Context) -> CheckOutcome:
                 "the old range before the delete or move completes (kvm_arch_flush_shadow_memslot), and no "
                 "traced or provable zap removed this SPTE",
                 [int(snap.installed[k]), c.window_start, c.seq]))
-    if not checked:
+    proved = _judge_untraced(slot_fates, findings, reported)
+    if not checked and not proved:
+        if slot_fates:
+            return CheckOutcome.skipped(cid, "zap-slot on the legacy MMU (leaf zaps untraced): " + _per_change(slot_fates))
         return CheckOutcome.skipped(cid, "every delete/move ran under the zap-slot policy, whose leaf zaps the "
                                          "shadow MMU does not trace")
     note = f"{checked} delete/move(s) checked"
+    if slot_fates:
+        note = (f"{note}; " if checked else "") + "zap-slot on the legacy MMU (leaf zaps untraced), from what the " \
+            "guest did next: " + _per_change(slot_fates)
     if skipped_slot:
         note += f"; {skipped_slot} under zap-slot not checkable (untraced rmap zaps)"
     if unverifiable:
         note += f"; {unverifiable} SPTE(s) in range with no inferable owner page not judged"
-    return CheckOutcome.of(cid, findings, note + ", no SPTE left in a removed range", note)
+    return CheckOutcome.of(cid, findings, note + (", no SPTE left in a removed range" if checked else ""), note)
+
+
+def untraced_leaf_fates(ctx: Context) -> list[LeafFate]:
+    """Legacy MMU in TDP mode: the fate of every leaf a zap-slot delete/move had to remove, as
+    the guest's next accesses show it (:mod:`leaf_proof`); empty on other MMUs and under zap-all
+    (whose zaps are traced)."""
+    if ctx.mmu != "legacy_tdp":
+        return []
+    removals = ctx.positioned_removals()
+    slot = {i for i, c in removals if not ctx.expects_zap_all(c)}
+    if not slot:
+        return []
+    return [f for f in leaf_fates(removals, ctx.journal.snapshots, ctx.installs, ctx.leaf_evidence,
+                                  np.asarray(ctx.pages.zap_seq, dtype=np.int64)) if f.change in slot]
+
+
+def _judge_untraced(fates: list[LeafFate], findings: list[Finding], reported: set) -> int:
+    """Findings for proven dangling leaves; returns how many leaves were judged either way."""
+    judged = 0
+    for f in fates:
+        if f.fate == DANGLING and (0, f.level, f.gfn, f.installed) not in reported:
+            reported.add((0, f.level, f.gfn, f.installed))
+            findings.append(Finding("dangling_spte", f.change_seq, f.gfn, f.slot, f.detail, list(f.evidence)))
+        judged += f.fate in (DANGLING, PROVED)
+    return judged
+
+
+def _per_change(fates: list[LeafFate]) -> str:
+    """Per delete/move, which leaves the trace proves removed and which it cannot judge, and why
+    (the first few of each; every leaf is a row of the consequences table)."""
+    by: dict[int, list[LeafFate]] = {}
+    for f in fates:
+        by.setdefault(f.change_seq, []).append(f)
+    parts = []
+    for seq, fs in sorted(by.items()):
+        words = []
+        for kind, label in ((PROVED, "proved removed"), (DANGLING, "dangling"), (UNPROVABLE, "not provable")):
+            mine = [f for f in fs if f.fate == kind]
+            if mine:
+                more = f" (+{len(mine) - SHOWN} more)" if len(mine) > SHOWN else ""
+                words.append(f"{len(mine)} {label}: " + "; ".join(f"{f.leaf}: {f.detail}" for f in mine[:SHOWN]) + more)
+        parts.append(f"{seq} ({fs[0].change_kind}): " + " / ".join(words))
+    proved = sum(f.fate == PROVED for f in fates)
+    dangling = sum(f.fate == DANGLING for f in fates)
+    return (f"{proved} of {len(fates)} leaf removal(s) proved, {dangling} dangling, "
+            f"{len(fates) - proved - dangling} not provable; per change seq: " + " | ".join(parts))
