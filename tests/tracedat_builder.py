@@ -38,6 +38,8 @@ from kvmtrace.parsers.tracedat.constants import (
     Option,
 )
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.formats import parse_header_page
+from kvmtrace.parsers.tracedat.streams import load_pages
 from kvmtrace.parsers.tracedat.cursor import Cursor
 
 # ---- records -----------------------------------------------------------------------------------
@@ -160,21 +162,31 @@ def build_tracedat(
 # ---- metadata of a real recording --------------------------------------------------------------
 
 
-def content_of(path: str | os.PathLike[str]) -> TraceDatContent:
+def content_of(path: str | os.PathLike[str], *, decompress: bool = False) -> TraceDatContent:
     """Everything in an *uncompressed* trace.dat (e.g. ``trace-cmd convert --file-version 6
     --compression none`` of a real recording), read with the project's container parser.
 
     The pages are sliced straight out of the file, so the writer under test gets exactly the
-    kernel's bytes; its output is then judged by trace-cmd, not by this reader.
+    kernel's bytes; its output is then judged by trace-cmd, not by this reader. ``decompress``
+    also accepts a compressed v7 file, whose pages are then decompressed by the reader's loader
+    (for tests that need many pages of a real recording, not a judge of the loader).
     """
     data = open(path, "rb").read()
     box = parse_container(data, os.fspath(path))
-    if box.compression != COMPRESSION_NONE:
-        raise ValueError(f"{path}: compressed ({box.compression}); convert it with --compression none")
     top = box.buffers[0]
     cpu_data = [b""] * box.cpus
-    for stream in top.cpus:
-        cpu_data[stream.cpu] = data[stream.offset : stream.offset + stream.size]
+    if box.compression != COMPRESSION_NONE:
+        if not decompress:
+            raise ValueError(f"{path}: compressed ({box.compression}); convert it with --compression none")
+        header = parse_header_page(box.header_page.decode(), os.fspath(path), box.page_size)
+        with open(path, "rb") as f:
+            pages = load_pages(f, len(data), box, top, header, [])
+        for cpu in sorted(set(pages.cpu.tolist())):
+            starts = pages.starts[pages.cpu == cpu]
+            cpu_data[cpu] = pages.buf[int(starts[0]) : int(starts[-1]) + top.page_size].tobytes()
+    else:
+        for stream in top.cpus:
+            cpu_data[stream.cpu] = data[stream.offset : stream.offset + stream.size]
     systems: dict[str, list[bytes]] = {}
     for system, text in box.event_formats:
         systems.setdefault(system, []).append(text)

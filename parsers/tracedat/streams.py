@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor, chunk_table
+from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor, chunk_table, chunk_table_in_file
 from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, PAGES_IN_CHUNK
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.formats import PageHeader
@@ -49,9 +49,13 @@ def _check_overlap(box: Container, spec: BufferSpec, file_size: int) -> None:
 
 
 def plan_streams(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: int,
-                 warnings: list[str]) -> list[StreamPlan]:
+                 warnings: list[str], *, keep_raw: bool = True) -> list[StreamPlan]:
     """Per CPU with data (ascending CPU): how many whole-page bytes it holds and, for compressed
-    streams, its chunks; what a cut or damaged file lost is appended to ``warnings``."""
+    streams, its chunks; what a cut or damaged file lost is appended to ``warnings``.
+
+    ``keep_raw``: hold each compressed stream's bytes in its plan (the whole-file read
+    decompresses them all at once); without it only the chunk headers are read, and the
+    windowed read fetches each run's chunks from the file when it needs them."""
     _check_overlap(box, spec, file_size)
     plans = []
     for stream in sorted(spec.cpus, key=lambda s: s.cpu):
@@ -64,15 +68,20 @@ def plan_streams(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, 
         if spec.compressed:
             # The stored size does not count the leading u32 chunk count (trace-cmd 3.1 writer).
             expected = stream.size + COMPRESS_CHUNK_COUNT_SIZE
-            f.seek(stream.offset)
-            raw = f.read(min(expected, file_size - stream.offset))
-            chunks, lost, corrupt = chunk_table(Cursor(raw, big_endian=box.big_endian, path=box.path,
-                                                       base=stream.offset), len(raw))
+            stored = min(expected, file_size - stream.offset)
+            if keep_raw:
+                f.seek(stream.offset)
+                raw = f.read(stored)
+                chunks, lost, corrupt = chunk_table(Cursor(raw, big_endian=box.big_endian, path=box.path,
+                                                           base=stream.offset), len(raw))
+            else:
+                raw = b""
+                chunks, lost, corrupt = chunk_table_in_file(f, stream.offset, stored, box.big_endian, box.path)
             size = sum(c.size for c in chunks)
             if corrupt:
                 warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu} lost {lost} compressed chunk(s) "
                                 f"(up to {lost * PAGES_IN_CHUNK} pages): {corrupt}; kept {size // page} pages")
-            elif lost or len(raw) < expected:
+            elif lost or stored < expected:
                 warnings.append(
                     f"{box.path}: file cut short: CPU {stream.cpu} lost {lost} compressed chunk(s) "
                     f"(up to {lost * PAGES_IN_CHUNK} pages); kept {size // page} complete pages"

@@ -89,7 +89,6 @@ class _CpuPages:
         self.done_bytes = 0  # of this CPU's (decompressed) page data
         self.next_chunk = 0
         self.chunks = plan.chunks
-        plan.raw = b""  # the chunks are read again from the file, one run at a time
 
     @property
     def finished(self) -> bool:
@@ -204,7 +203,7 @@ class _WindowReader:
         self.notes: list[str] = list(box.warnings)
         page = spec.page_size
         self.page = page
-        plans = plan_streams(f, size, box, spec, page, self.notes)
+        plans = plan_streams(f, size, box, spec, page, self.notes, keep_raw=False)
         run_pages = pages_per_run or default_run_pages(len(plans), page)
         dec = Decompressor(box.compression, box.path) if spec.compressed else None
         self.sources = {p.stream.cpu: _CpuPages(f, p, page, run_pages, dec, box.path, self.notes) for p in plans}
