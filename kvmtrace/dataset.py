@@ -60,7 +60,7 @@ PARTITION = "event"
 META_TRACE = "kvmtrace.trace"
 META_VERSION = "kvmtrace.version"
 #: Rows an event's row group holds at most (the last one: what is left).
-ROW_GROUP_ROWS = 1 << 20
+ROW_GROUP_ROWS = 1 << 17
 
 
 def partition_dir(name: str) -> str:

@@ -271,3 +271,56 @@ def patched(raw: bytes, offset: int, new: bytes) -> bytes:
     out = bytearray(raw)
     out[offset : offset + len(new)] = new
     return bytes(out)
+
+
+# ---- long traces from a real recording -----------------------------------------------------------
+
+
+def repeated_tracedat(src: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
+                      **writer_options: object) -> None:
+    """Write ``out``: ``src``'s pages repeated ``copies`` times per CPU, each copy's page time
+    stamps moved past the previous copy (by twice the recording's span plus one second), so the
+    result reads as one long recording of the same workload. Hand-made, not recorded: a stand-in
+    for a long trace where none can be recorded. The pages are assembled in temporary files next
+    to ``out`` and mapped, so memory stays small however long the result.
+
+    Records with an absolute TIME_STAMP (rare: the kernel writes them after long idle periods
+    on some kernels) keep their original time; the reader's merge orders them as trace-cmd would.
+    """
+    import mmap
+    import tempfile
+
+    import numpy as np
+
+    content = content_of(src, decompress=True)
+    page = content.page_size
+    order = "<u8"  # the page header's u64 time stamp; every recording here is little-endian
+    stamps = [np.frombuffer(d, np.uint8).reshape(-1, page)[:, :8].copy().view(order).ravel()
+              for d in content.cpu_data if len(d)]
+    first = min(int(s.min()) for s in stamps)
+    last = max(int(s.max()) for s in stamps)
+    span = 2 * (last - first) + 1_000_000_000
+    folder = os.path.dirname(os.path.abspath(out))
+    mapped: list[mmap.mmap | bytes] = []
+    files = []
+    try:
+        for data in content.cpu_data:
+            if not len(data):
+                mapped.append(b"")
+                continue
+            tmp = tempfile.TemporaryFile(dir=folder)
+            files.append(tmp)
+            pages = np.frombuffer(data, np.uint8).reshape(-1, page).copy()
+            ts = pages[:, :8].copy().view(order).ravel()
+            for k in range(copies):
+                pages[:, :8] = (ts + np.uint64(k * span)).astype(order).view(np.uint8).reshape(-1, 8)
+                tmp.write(pages.tobytes())
+            tmp.flush()
+            mapped.append(mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_READ))
+        write_tracedat(out, dataclasses.replace(content, cpu_data=tuple(mapped)), **writer_options)  # type: ignore[arg-type]
+    finally:
+        for m in mapped:
+            if isinstance(m, mmap.mmap):
+                m.close()
+        for tmp in files:
+            tmp.close()
