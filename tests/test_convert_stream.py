@@ -34,7 +34,8 @@ LOST = SAMPLES / "churn-lost-zapall.dat"  # a lost-events gap and CPU stats
 
 
 def _plain(table: pa.Table) -> pa.Table:
-    cols = [c.cast(f.type.value_type) if pa.types.is_dictionary(f.type) else c for f, c in zip(table.schema, table.columns)]
+    cols = [c.cast(f.type.value_type) if pa.types.is_dictionary(f.type) else c
+            for f, c in zip(table.schema, table.columns)]
     return pa.table(cols, names=table.column_names)
 
 

@@ -34,7 +34,8 @@ TEMPLATE = NESTED / "tdp-boot-small-kt.dat"  # kvm_tdp_mmu_spte_changed: 36-byte
 
 def _plain(table: pa.Table) -> pa.Table:
     """Dictionary columns decoded: each window has its own dictionaries (comm, event, system)."""
-    cols = [c.cast(f.type.value_type) if pa.types.is_dictionary(f.type) else c for f, c in zip(table.schema, table.columns)]
+    cols = [c.cast(f.type.value_type) if pa.types.is_dictionary(f.type) else c
+            for f, c in zip(table.schema, table.columns)]
     return pa.table(cols, names=table.column_names)
 
 
