@@ -105,8 +105,10 @@ def test_convert_writes_parquet(tmp_path: Path):
     r = run_cli("convert", str(SAMPLES / "mmio-zapslot.dat"), str(tmp_path / "out"))
     assert r.returncode == 0, r.stderr
     counts, _ = report_counts(SAMPLES / "mmio-zapslot.dat")
-    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == sorted([*counts, "events"])
-    assert pq.read_table(tmp_path / "out" / "kvm_mmu_set_spte.parquet").num_rows == counts["kvm_mmu_set_spte"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [*(f"event={name}" for name in counts), "events.parquet", "gaps.parquet"])  # layout: kvmtrace.dataset
+    set_spte = tmp_path / "out" / "event=kvm_mmu_set_spte" / "part-0.parquet"
+    assert pq.read_table(set_spte).num_rows == counts["kvm_mmu_set_spte"]
 
 
 @pytest.mark.parametrize("content,message", [

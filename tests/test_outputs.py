@@ -17,6 +17,7 @@ from conftest import SAMPLES
 
 import kvmtrace
 from kvmtrace import cli
+from kvmtrace.dataset import PART_FILE, partition_dir
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report.output import atomic_dir, write_atomic
 
@@ -77,7 +78,8 @@ def test_convert_into_an_input_folder_is_refused(trace, capsys):
 
 
 def _dataset(folder: Path) -> dict[str, int]:
-    return {p.name: pq.read_table(p).num_rows for p in folder.iterdir()}
+    """Rows of every Parquet file of a dataset, by path relative to it (``event=NAME/part-0.parquet``)."""
+    return {p.relative_to(folder).as_posix(): pq.read_table(p).num_rows for p in folder.rglob("*.parquet")}
 
 
 def test_convert_into_another_dataset_is_refused_and_force_replaces_it_whole(tmp_path, capsys):
@@ -89,8 +91,9 @@ def test_convert_into_another_dataset_is_refused_and_force_replaces_it_whole(tmp
     assert _dataset(out) == first
     assert cli.run(["convert", str(MMIO), str(out), "--force"]) == 0
     t = kvmtrace.open(MMIO)
-    expected = {f"{n}.parquet": t.info.event_counts[n] for n in t.event_names}
-    assert _dataset(out) == {**expected, "events.parquet": t.info.total_events}  # nothing of the first trace
+    expected = {f"{partition_dir(n)}/{PART_FILE}": t.info.event_counts[n] for n in t.event_names}
+    assert _dataset(out) == {**expected, "events.parquet": t.info.total_events,  # nothing of the first trace
+                             "gaps.parquet": t.data.gaps.num_rows}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pq"]  # no temporary left
 
 
@@ -108,15 +111,16 @@ def test_convert_that_fails_midway_leaves_the_old_dataset(tmp_path, monkeypatch,
     assert cli.run(["convert", str(OTHER), str(out)]) == 0
     first = _dataset(out)
     written = []
-    real = pq.write_table
+    real = pq.ParquetWriter.write_table
 
-    def disk_full_after_two(table, where, **kwargs):
+    # convert streams row groups through ParquetWriter (not pq.write_table): the disk fills there.
+    def disk_full_after_two(self, table, *args, **kwargs):
         if len(written) == 2:
-            raise OSError(28, "No space left on device", str(where))
-        written.append(where)
-        real(table, where, **kwargs)
+            raise OSError(28, "No space left on device", self.where)
+        written.append(self.where)
+        real(self, table, *args, **kwargs)
 
-    monkeypatch.setattr(pq, "write_table", disk_full_after_two)
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", disk_full_after_two)
     assert cli.run(["convert", str(MMIO), str(out), "--force"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     assert _dataset(out) == first

@@ -23,7 +23,7 @@ from conftest import NESTED, SAMPLES
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
 from kvmtrace.replays.inputs import kvmmmu_events
-from kvmtrace.replays.mutate import altered, without
+from mutate import altered, without
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import profile_for
 

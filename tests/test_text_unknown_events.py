@@ -52,7 +52,7 @@ def test_convert_writes_unknown_events(tmp_path):
     done = subprocess.run([sys.executable, "-m", "kvmtrace", "convert", str(src), str(out)], capture_output=True,
                           cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
-    assert pq.read_table(out / "sched_switch.parquet").num_rows == 1
+    assert pq.read_table(out / "event=sched_switch" / "part-0.parquet").num_rows == 1  # layout: kvmtrace.dataset
     events = pl.read_parquet(out / "events.parquet")
     assert events.filter(pl.col("event") == "sched_switch")["system"].to_list() == [UNKNOWN_SYSTEM]
     assert events.height == read(src).info.total_events

@@ -37,6 +37,8 @@ from kvmtrace.parsers.tracedat.constants import (
     Option,
 )
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.formats import parse_header_page
+from kvmtrace.parsers.tracedat.streams import load_pages
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 
@@ -160,21 +162,31 @@ def build_tracedat(
 # ---- metadata of a real recording --------------------------------------------------------------
 
 
-def content_of(path: str | os.PathLike[str]) -> TraceDatContent:
+def content_of(path: str | os.PathLike[str], *, decompress: bool = False) -> TraceDatContent:
     """Everything in an *uncompressed* trace.dat (e.g. ``trace-cmd convert --file-version 6
     --compression none`` of a real recording), read with the project's container parser.
 
     The pages are sliced straight out of the file, so the writer under test gets exactly the
-    kernel's bytes; its output is then judged by trace-cmd, not by this reader.
+    kernel's bytes; its output is then judged by trace-cmd, not by this reader. ``decompress``
+    also accepts a compressed v7 file, whose pages are then decompressed by the reader's loader
+    (for tests that need many pages of a real recording, not a judge of the loader).
     """
     data = open(path, "rb").read()
     box = parse_container(data, os.fspath(path))
-    if box.compression != COMPRESSION_NONE:
-        raise ValueError(f"{path}: compressed ({box.compression}); convert it with --compression none")
     top = box.buffers[0]
     cpu_data = [b""] * box.cpus
-    for stream in top.cpus:
-        cpu_data[stream.cpu] = data[stream.offset : stream.offset + stream.size]
+    if box.compression != COMPRESSION_NONE:
+        if not decompress:
+            raise ValueError(f"{path}: compressed ({box.compression}); convert it with --compression none")
+        header = parse_header_page(box.header_page.decode(), os.fspath(path), box.page_size)
+        with open(path, "rb") as f:
+            pages = load_pages(f, len(data), box, top, header, [])
+        for cpu in sorted(set(pages.cpu.tolist())):
+            starts = pages.starts[pages.cpu == cpu]
+            cpu_data[cpu] = pages.buf[int(starts[0]) : int(starts[-1]) + top.page_size].tobytes()
+    else:
+        for stream in top.cpus:
+            cpu_data[stream.cpu] = data[stream.offset : stream.offset + stream.size]
     systems: dict[str, list[bytes]] = {}
     for system, text in box.event_formats:
         systems.setdefault(system, []).append(text)
@@ -259,3 +271,56 @@ def patched(raw: bytes, offset: int, new: bytes) -> bytes:
     out = bytearray(raw)
     out[offset : offset + len(new)] = new
     return bytes(out)
+
+
+# ---- long traces from a real recording -----------------------------------------------------------
+
+
+def repeated_tracedat(src: str | os.PathLike[str], out: str | os.PathLike[str], copies: int,
+                      **writer_options: object) -> None:
+    """Write ``out``: ``src``'s pages repeated ``copies`` times per CPU, each copy's page time
+    stamps moved past the previous copy (by twice the recording's span plus one second), so the
+    result reads as one long recording of the same workload. Hand-made, not recorded: a stand-in
+    for a long trace where none can be recorded. The pages are assembled in temporary files next
+    to ``out`` and mapped, so memory stays small however long the result.
+
+    Records with an absolute TIME_STAMP (rare: the kernel writes them after long idle periods
+    on some kernels) keep their original time; the reader's merge orders them as trace-cmd would.
+    """
+    import mmap
+    import tempfile
+
+    import numpy as np
+
+    content = content_of(src, decompress=True)
+    page = content.page_size
+    order = "<u8"  # the page header's u64 time stamp; every recording here is little-endian
+    stamps = [np.frombuffer(d, np.uint8).reshape(-1, page)[:, :8].copy().view(order).ravel()
+              for d in content.cpu_data if len(d)]
+    first = min(int(s.min()) for s in stamps)
+    last = max(int(s.max()) for s in stamps)
+    span = 2 * (last - first) + 1_000_000_000
+    folder = os.path.dirname(os.path.abspath(out))
+    mapped: list[mmap.mmap | bytes] = []
+    files = []
+    try:
+        for data in content.cpu_data:
+            if not len(data):
+                mapped.append(b"")
+                continue
+            tmp = tempfile.TemporaryFile(dir=folder)
+            files.append(tmp)
+            pages = np.frombuffer(data, np.uint8).reshape(-1, page).copy()
+            ts = pages[:, :8].copy().view(order).ravel()
+            for k in range(copies):
+                pages[:, :8] = (ts + np.uint64(k * span)).astype(order).view(np.uint8).reshape(-1, 8)
+                tmp.write(pages.tobytes())
+            tmp.flush()
+            mapped.append(mmap.mmap(tmp.fileno(), 0, access=mmap.ACCESS_READ))
+        write_tracedat(out, dataclasses.replace(content, cpu_data=tuple(mapped)), **writer_options)  # type: ignore[arg-type]
+    finally:
+        for m in mapped:
+            if isinstance(m, mmap.mmap):
+                m.close()
+        for tmp in files:
+            tmp.close()

@@ -7,9 +7,11 @@ standard Python decoders read them.
 
 from __future__ import annotations
 
+import struct
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from typing import BinaryIO
 
 import zstandard
 
@@ -124,18 +126,44 @@ def chunk_table(cur: Cursor, end: int) -> tuple[list[Chunk], int, str | None]:
     and the rest of the stream is lost with it (``why`` says so; None for a cut).
     """
     count = cur.u32()
-    chunks: list[Chunk] = []
     limit = min(end, len(cur.buf))
+    return _chunks(count, cur.pos, limit, cur.base, lambda pos: bytes(cur.buf[pos : pos + 8]), cur.big_endian)
+
+
+def chunk_table_in_file(f: BinaryIO, offset: int, end: int, big_endian: bool, path: str
+                        ) -> tuple[list[Chunk], int, str | None]:
+    """:func:`chunk_table` of the stream at ``offset`` of file ``f`` (``end`` bytes long at most,
+    cut by the file's end), reading only the chunk headers: a windowed read plans a stream
+    without holding its compressed bytes."""
+    f.seek(offset)
+    head = f.read(min(4, end))
+    cur = Cursor(head, big_endian=big_endian, path=path, base=offset)
+    count = cur.u32()
+
+    def header_at(pos: int) -> bytes:
+        f.seek(offset + pos)
+        return f.read(8)
+
+    return _chunks(count, 4, end, offset, header_at, big_endian)
+
+
+def _chunks(count: int, pos: int, limit: int, base: int, header_at: Callable[[int], bytes], big_endian: bool
+            ) -> tuple[list[Chunk], int, str | None]:
+    """The walk of :func:`chunk_table` from the first chunk header at ``pos`` (relative to the
+    stream start ``base``), reading each 8-byte header with ``header_at``."""
+    chunks: list[Chunk] = []
+    order = ">II" if big_endian else "<II"
     for i in range(count):
-        if cur.pos + 8 > limit:
+        if pos + 8 > limit:
             return chunks, count - i, None
-        where = cur.base + cur.pos
-        csize, size = cur.u32(), cur.u32()
+        where = base + pos
+        csize, size = struct.unpack(order, header_at(pos))
+        pos += 8
         if size > MAX_CHUNK:
             return chunks, count - i, (f"its compressed chunk at byte {where} declares {mib(size)} uncompressed "
                                        f"(a chunk may hold {mib(MAX_CHUNK)})")
-        if cur.pos + csize > limit:
+        if pos + csize > limit:
             return chunks, count - i, None
-        chunks.append(Chunk(cur.pos, csize, size))
-        cur.pos += csize
+        chunks.append(Chunk(pos, csize, size))
+        pos += csize
     return chunks, 0, None

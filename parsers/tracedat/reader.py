@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import warnings as _warnings
+from dataclasses import dataclass
 from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError, TraceWarning
@@ -34,6 +35,83 @@ from kvmtrace.parsers.tracedat.tables import event_tables, events_table
 DEFAULT_CLOCK = "local"
 
 
+@dataclass(frozen=True)
+class FileMeta:
+    """What a trace.dat says before its first page: the container and everything decoded from
+    it that every buffer instance shares. The whole-file read and the windowed read
+    (:mod:`kvmtrace.parsers.tracedat.windows`) both start here, so they agree on every fact."""
+
+    box: Container
+    opts: Options
+    header: PageHeader
+    catalog: FormatCatalog
+    cmdlines: dict[int, str]
+    printk: dict[int, str]
+    stats: dict[str, tuple[CpuStats, ...]]  # CPUSTAT by buffer name
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(b.name for b in self.box.buffers)
+
+    def spec(self, instance: str | None) -> BufferSpec:
+        """The buffer instance asked for (None: the top buffer); a missing one is a TraceError."""
+        names = self.names
+        if instance is not None and instance not in names:
+            raise TraceError(f"{self.box.path}: no buffer instance {instance!r}; this file has "
+                             f"{[n for n in names if n] or 'only the top buffer'}")
+        wanted = "" if instance is None else instance
+        if wanted not in names:
+            raise TraceError(f"{self.box.path}: no top-level buffer in this trace.dat")
+        return next(b for b in self.box.buffers if b.name == wanted)
+
+    def others(self, spec: BufferSpec) -> tuple[str, ...]:
+        """The names of the file's other buffer instances."""
+        return tuple(n for n in self.names if n and n != spec.name)
+
+    def info(self, spec: BufferSpec, counts: dict[str, int], lost: dict[int, int], lost_unknown: dict[int, int],
+             first_ts: int | None, last_ts: int | None, notes: list[str]) -> TraceInfo:
+        """The :class:`TraceInfo` of buffer ``spec`` given what its pages held."""
+        box, opts, header = self.box, self.opts, self.header
+        lost, lost_unknown = merge_lost(lost, lost_unknown, self.stats.get(spec.name, ()))
+        return TraceInfo(
+            path=box.path, source="tracedat", version=box.version, compression=box.compression,
+            cpus=max(box.cpus, 1 + max((s.cpu for s in spec.cpus), default=-1)),
+            clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
+            kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
+            long_size=header.commit_size, page_size=spec.page_size, big_endian=box.big_endian,
+            event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+            lost_events=lost, lost_unknown=lost_unknown, first_ts=first_ts, last_ts=last_ts,
+            instances=self.others(spec), warnings=tuple(notes), cpu_stats=self.stats.get(spec.name, ()),
+            cut_short=any("file cut short" in n or "was cut short" in n for n in notes),
+        )
+
+
+def open_meta(f: BinaryIO, spath: str) -> tuple[FileMeta, int]:
+    """Parse the container of the open file ``f`` (named ``spath``); returns it with the file size."""
+    size = os.fstat(f.fileno()).st_size
+    if size == 0:
+        raise TraceError(f"{spath}: empty file, not a trace.dat")
+    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        box = parse_container(mm, spath)
+    if box.latency:
+        raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
+                         f"supported; run 'trace-cmd report' on it and read the text instead")
+    opts = decode_options(box.options, box.big_endian)
+    header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath, box.page_size)
+    meta = FileMeta(box=box, opts=opts, header=header, catalog=FormatCatalog(box, header.commit_size),
+                    cmdlines=parse_cmdlines(box.cmdlines), printk=parse_printk(box.printk),
+                    stats=cpu_stats_by_buffer([o.payload for o in box.options if o.id == Option.CPUSTAT]))
+    return meta, size
+
+
+def open_file(spath: str) -> BinaryIO:
+    """Open a trace.dat for reading; a failure is a one-line TraceError."""
+    try:
+        return open(spath, "rb")
+    except OSError as err:
+        raise TraceError(f"{spath}: cannot open ({err.strerror})") from None
+
+
 def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> TraceData:
     """Read a trace-cmd trace.dat (v6 or v7).
 
@@ -41,79 +119,52 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
     others are in ``.instances``.
     """
     spath = os.fspath(path)
-    try:
-        f = open(spath, "rb")
-    except OSError as err:
-        raise TraceError(f"{spath}: cannot open ({err.strerror})") from None
-    with f:
-        size = os.fstat(f.fileno()).st_size
-        if size == 0:
-            raise TraceError(f"{spath}: empty file, not a trace.dat")
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            box = parse_container(mm, spath)
-        if box.latency:
-            raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
-                             f"supported; run 'trace-cmd report' on it and read the text instead")
-        opts = decode_options(box.options, box.big_endian)
-        header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath, box.page_size)
-        catalog = FormatCatalog(box, header.commit_size)
-        cmdlines = parse_cmdlines(box.cmdlines)
-        printk = parse_printk(box.printk)
-        names = tuple(b.name for b in box.buffers)
-        if instance is not None and instance not in names:
-            raise TraceError(f"{spath}: no buffer instance {instance!r}; this file has "
-                             f"{[n for n in names if n] or 'only the top buffer'}")
-        wanted = "" if instance is None else instance
-        if wanted not in names:
-            raise TraceError(f"{spath}: no top-level buffer in this trace.dat")
-        stats = cpu_stats_by_buffer([o.payload for o in box.options if o.id == Option.CPUSTAT])
+    with open_file(spath) as f:
+        meta, size = open_meta(f, spath)
+        wanted = meta.spec(instance)
         results: dict[str, TraceData] = {}
-        for spec in box.buffers:
+        for spec in meta.box.buffers:
             if instance is None or spec.name == instance:
-                others = tuple(n for n in names if n and n != spec.name)
-                results[spec.name] = _read_buffer(f, size, box, spec, opts, catalog, header, cmdlines, printk,
-                                                  others, stats.get(spec.name, ()))
-    main = results.pop(wanted)
+                results[spec.name] = _read_buffer(f, size, meta, spec)
+    main = results.pop(wanted.name)
     main.instances = results  # the other buffers, when the top one was asked for
     return main
 
 
-def _read_buffer(f: BinaryIO, size: int, box: Container, spec: BufferSpec, opts: Options, catalog: FormatCatalog,
-                 header: PageHeader, cmdlines: dict[int, str], printk: dict[int, str],
-                 others: tuple[str, ...], stats: tuple[CpuStats, ...]) -> TraceData:
+def corrupt_note(path: str, corrupt: list[tuple[int, str]]) -> str:
+    """The warning for pages the walk found corrupt (per kind: how many, the first one)."""
+    return (f"{path}: corrupt trace.dat: {sum(n for n, _ in corrupt)} corrupt page(s) read in part or "
+            f"not at all (first: {corrupt[0][1]}); their events are lost, counted as gaps of unknown size")
+
+
+def unknown_note(path: str, unknown: int) -> str:
+    """The warning for records whose event id has no format file."""
+    return f"{path}: {unknown} records with an event id that has no format file were skipped"
+
+
+def _read_buffer(f: BinaryIO, size: int, meta: FileMeta, spec: BufferSpec) -> TraceData:
+    box, opts, catalog = meta.box, meta.opts, meta.catalog
     notes: list[str] = list(box.warnings)
-    pages = load_pages(f, size, box, spec, header, notes)
+    pages = load_pages(f, size, box, spec, meta.header, notes)
     records, flags, corrupt = walk(pages)
     if corrupt:
-        notes.append(f"{box.path}: corrupt trace.dat: {sum(n for n, _ in corrupt)} corrupt page(s) read in part or "
-                     f"not at all (first: {corrupt[0][1]}); their events are lost, counted as gaps of "
-                     f"unknown size")
+        notes.append(corrupt_note(box.path, corrupt))
     reader = FieldReader(pages.buf, box.big_endian)
     merged, order = merge_records(records, pages, reader, catalog, opts)
     gaps, lost, lost_unknown = gap_table(records, flags, pages, order, opts)
-    lost, lost_unknown = merge_lost(lost, lost_unknown, stats)
     # Peak memory: free each intermediate as soon as its last user is done (records and order
     # now; the page buffer and payload offsets once the per-event tables are decoded).
     del records, order
-    tables, counts, unknown = event_tables(merged, catalog, reader, cmdlines, printk, header.data_size)
+    tables, counts, unknown = event_tables(merged, catalog, reader, meta.cmdlines, meta.printk,
+                                           meta.header.data_size)
     ts, cpu, pid, event_id = merged.ts, merged.cpu, merged.pid, merged.event_id
     del merged, reader, pages
-    events = events_table(ts, cpu, pid, event_id, catalog, cmdlines)
+    events = events_table(ts, cpu, pid, event_id, catalog, meta.cmdlines)
     if unknown:
-        notes.append(f"{box.path}: {unknown} records with an event id that has no format file were skipped")
+        notes.append(unknown_note(box.path, unknown))
     for note in notes:
         _warnings.warn(note, TraceWarning, stacklevel=3)
-    info = TraceInfo(
-        path=box.path, source="tracedat", version=box.version, compression=box.compression,
-        cpus=max(box.cpus, 1 + max((s.cpu for s in spec.cpus), default=-1)),
-        clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
-        kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
-        long_size=header.commit_size, page_size=spec.page_size, big_endian=box.big_endian,
-        event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-        lost_events=lost, lost_unknown=lost_unknown,
-        first_ts=int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
-        last_ts=int(ts.max()) if len(ts) else None,
-        instances=others, warnings=tuple(notes), cpu_stats=stats,
-        cut_short=any("file cut short" in n or "was cut short" in n for n in notes),
-    )
+    info = meta.info(spec, counts, lost, lost_unknown,
+                     int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
+                     int(ts.max()) if len(ts) else None, notes)
     return TraceData(info=info, events=events, tables=tables, gaps=gaps)

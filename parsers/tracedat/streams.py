@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor, chunk_table
+from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor, chunk_table, chunk_table_in_file
 from kvmtrace.parsers.tracedat.constants import COMPRESS_CHUNK_COUNT_SIZE, PAGES_IN_CHUNK
 from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.formats import PageHeader
@@ -24,11 +24,11 @@ from kvmtrace.parsers.tracedat.limits import mib, page_data_cap
 from kvmtrace.parsers.tracedat.pages import PageData
 
 #: Spare bytes after the last page: lets word views read one word past any record.
-_PAD = 16
+PAD = 16
 
 
 @dataclass
-class _Plan:
+class StreamPlan:
     """How one CPU's bytes get into the page buffer."""
 
     stream: CpuStream
@@ -48,8 +48,14 @@ def _check_overlap(box: Container, spec: BufferSpec, file_size: int) -> None:
                              f"that of CPU {cpu} (bytes {start}..{end})")
 
 
-def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: int,
-          warnings: list[str]) -> list[_Plan]:
+def plan_streams(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: int,
+                 warnings: list[str], *, keep_raw: bool = True) -> list[StreamPlan]:
+    """Per CPU with data (ascending CPU): how many whole-page bytes it holds and, for compressed
+    streams, its chunks; what a cut or damaged file lost is appended to ``warnings``.
+
+    ``keep_raw``: hold each compressed stream's bytes in its plan (the whole-file read
+    decompresses them all at once); without it only the chunk headers are read, and the
+    windowed read fetches each run's chunks from the file when it needs them."""
     _check_overlap(box, spec, file_size)
     plans = []
     for stream in sorted(spec.cpus, key=lambda s: s.cpu):
@@ -62,15 +68,20 @@ def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: i
         if spec.compressed:
             # The stored size does not count the leading u32 chunk count (trace-cmd 3.1 writer).
             expected = stream.size + COMPRESS_CHUNK_COUNT_SIZE
-            f.seek(stream.offset)
-            raw = f.read(min(expected, file_size - stream.offset))
-            chunks, lost, corrupt = chunk_table(Cursor(raw, big_endian=box.big_endian, path=box.path,
-                                                       base=stream.offset), len(raw))
+            stored = min(expected, file_size - stream.offset)
+            if keep_raw:
+                f.seek(stream.offset)
+                raw = f.read(stored)
+                chunks, lost, corrupt = chunk_table(Cursor(raw, big_endian=box.big_endian, path=box.path,
+                                                           base=stream.offset), len(raw))
+            else:
+                raw = b""
+                chunks, lost, corrupt = chunk_table_in_file(f, stream.offset, stored, box.big_endian, box.path)
             size = sum(c.size for c in chunks)
             if corrupt:
                 warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu} lost {lost} compressed chunk(s) "
                                 f"(up to {lost * PAGES_IN_CHUNK} pages): {corrupt}; kept {size // page} pages")
-            elif lost or len(raw) < expected:
+            elif lost or stored < expected:
                 warnings.append(
                     f"{box.path}: file cut short: CPU {stream.cpu} lost {lost} compressed chunk(s) "
                     f"(up to {lost * PAGES_IN_CHUNK} pages); kept {size // page} complete pages"
@@ -78,7 +89,7 @@ def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: i
             if size % page and not (corrupt or lost):
                 warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu}'s chunks hold {size} bytes, not "
                                 f"a whole number of {page}-byte pages; the last {size % page} bytes are dropped")
-            plans.append(_Plan(stream, size - size % page, raw, tuple(chunks)))
+            plans.append(StreamPlan(stream, size - size % page, raw, tuple(chunks)))
         else:
             avail = max(0, min(stream.size, file_size - stream.offset))
             whole = avail - avail % page
@@ -93,7 +104,7 @@ def _plan(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: i
                 warnings.append(f"{box.path}: corrupt trace.dat: CPU {stream.cpu}'s data is {stream.size} bytes, "
                                 f"not a whole number of {page}-byte pages; read as {whole // page} page(s)"
                                 f"{', as trace-cmd reads it' if whole > avail else ''}")
-            plans.append(_Plan(stream, whole))
+            plans.append(StreamPlan(stream, whole))
     total = sum(p.size for p in plans)
     if spec.compressed and total > page_data_cap(file_size):
         raise TraceError(f"{box.path}: corrupt trace.dat: the CPU data declares {mib(total)} uncompressed, more "
@@ -105,8 +116,8 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
                warnings: list[str]) -> PageData:
     """Every whole page of every CPU of ``spec``; damaged chunks read as empty pages (and warn)."""
     page = spec.page_size
-    plans = _plan(f, file_size, box, spec, page, warnings)
-    buf = np.zeros(sum(p.size for p in plans) + _PAD, np.uint8)
+    plans = plan_streams(f, file_size, box, spec, page, warnings)
+    buf = np.zeros(sum(p.size for p in plans) + PAD, np.uint8)
     out = memoryview(buf)
     dec = Decompressor(box.compression, box.path) if spec.compressed else None
     starts, cpus, origins = [], [], []
@@ -114,7 +125,7 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
     at = 0
     for plan in plans:
         if dec is not None:
-            _decompress_stream(dec, plan, out[at : at + plan.size], damaged_at, at, warnings, box.path)
+            decompress_stream(dec, plan, out[at : at + plan.size], damaged_at, at, warnings, box.path)
         else:
             f.seek(plan.stream.offset)
             f.readinto(out[at : at + plan.size])
@@ -140,7 +151,7 @@ def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, he
     )
 
 
-def _decompress_stream(dec: Decompressor, plan: _Plan, out: memoryview, damaged_at: list[int], base: int,
+def decompress_stream(dec: Decompressor, plan: StreamPlan, out: memoryview, damaged_at: list[int], base: int,
                        warnings: list[str], path: str) -> None:
     """Decompress one CPU's chunks into ``out``; a chunk that fails is left as zeros (empty pages)."""
     raw = memoryview(plan.raw)

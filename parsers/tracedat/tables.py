@@ -74,10 +74,12 @@ def event_schema(fmt: EventFormat) -> pa.Schema:
 
 
 def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cmdlines: dict[int, str],
-                 printk: dict[int, str], record_limit: int) -> tuple[dict[str, pa.Table], dict[str, int], int]:
+                 printk: dict[int, str], record_limit: int, first_seq: int = 0
+                 ) -> tuple[dict[str, pa.Table], dict[str, int], int]:
     """Return (tables by name, counts by name, records of unknown event ids).
 
     ``record_limit``: a page's data area, which no record exceeds (see :func:`_event_table`).
+    ``first_seq``: the seq of ``merged``'s first record (non-zero for a window of a trace).
     """
     # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort. Its output, split
     # per event, is each table's rows in global order: their indices ARE the seq column.
@@ -98,7 +100,8 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
         fmt = catalog.format(event_id)
         present_systems.add(fmt.system)
         name = catalog.table_names[event_id]
-        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk, record_limit, catalog.path)
+        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk, record_limit, catalog.path,
+                                    first_seq)
         counts[name] = len(rows)
     for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
         name = catalog.table_names[event_id]
@@ -108,8 +111,10 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
 
 
 def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: FieldReader,
-                 cmdlines: dict[int, str], printk: dict[int, str], record_limit: int, path: str) -> pa.Table:
-    """One event's rows (``rows``: their seq, ascending) decoded field by field.
+                 cmdlines: dict[int, str], printk: dict[int, str], record_limit: int, path: str,
+                 first_seq: int) -> pa.Table:
+    """One event's rows (``rows``: their index in ``merged``, ascending; seq is ``first_seq`` + index)
+    decoded field by field.
 
     The fixed fields are gathered as one (rows x width) block; a field placed beyond any record
     (past a page's data area) can only come from a corrupt format and would make that block
@@ -121,7 +126,7 @@ def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: Fie
         raise TraceError(f"{path}: corrupt event format {fmt.name}: field {far.name} at offset {far.offset} "
                          f"({far.size} bytes) lies beyond any record ({record_limit} bytes)")
     pid = merged.pid[rows]
-    cols = [numeric(rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]), numeric(pid),
+    cols = [numeric(rows + first_seq if first_seq else rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]), numeric(pid),
             comm_column(pid, cmdlines)]
     pos, length = merged.pos[rows], merged.length[rows]
     block = reader.block(pos, width)
@@ -146,8 +151,9 @@ def _printk_strings(addr: np.ndarray, printk: dict[int, str]) -> pa.Array:
 
 
 def events_table(ts: np.ndarray, cpu: np.ndarray, pid: np.ndarray, event_id: np.ndarray,
-                 catalog: FormatCatalog, cmdlines: dict[int, str]) -> pa.Table:
-    """The ``events`` table; an id without a format file shows as ``<unknown>`` (null system)."""
+                 catalog: FormatCatalog, cmdlines: dict[int, str], first_seq: int = 0) -> pa.Table:
+    """The ``events`` table (its first row has seq ``first_seq``); an id without a format file
+    shows as ``<unknown>`` (null system)."""
     ids, codes = factorize(event_id)
     names = [catalog.table_names.get(i, UNKNOWN_EVENT) for i in ids]
     systems = [catalog.system(i) if i in catalog else None for i in ids]
@@ -155,7 +161,7 @@ def events_table(ts: np.ndarray, cpu: np.ndarray, pid: np.ndarray, event_id: np.
     sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
     row_sys = sys_index[codes]
     return pa.Table.from_arrays(
-        [numeric(np.arange(len(ts), dtype=np.int64)), numeric(ts), numeric(cpu), numeric(pid),
+        [numeric(np.arange(first_seq, first_seq + len(ts), dtype=np.int64)), numeric(ts), numeric(cpu), numeric(pid),
          comm_column(pid, cmdlines),
          pa.DictionaryArray.from_arrays(numeric(codes), strings(names)),
          pa.DictionaryArray.from_arrays(numeric(np.maximum(row_sys, 0), mask=row_sys < 0), strings(system_names))],

@@ -1,0 +1,445 @@
+"""A trace.dat decoded in windows of merged events, in memory bounded by the window, not the trace.
+
+:func:`kvmtrace.parsers.tracedat.read_tracedat` holds every page and every record of a buffer at
+once (about 160 bytes per event at its peak). :func:`iter_windows` yields the same trace as a
+sequence of :class:`TraceData` windows of ``events_per_window`` events each, so that a trace of
+any length can be converted (and, later, replayed) in constant memory. Concatenating the
+windows gives exactly what the whole-file read gives: the same per-event Arrow schemas, the same
+``seq`` numbers, the same global order, the same gaps.
+
+How the global order survives the cut. The whole-file merge is a stable sort of all records by
+(running maximum of the CPU's timestamps, CPU, file order) (:func:`merge.merge_order`). Within
+one CPU that key never decreases, so the merge is a k-way merge of per-CPU streams: each CPU's
+pages are read and walked a *run* (up to ``pages_per_run`` pages) at a time, and a record may
+leave the merge once no CPU can still produce a record that sorts before it. The CPU whose last
+loaded key is smallest (ties: lowest CPU) bounds what every later record can be, so everything up
+to that bound is emitted and that CPU's next run is loaded. Each CPU then holds at most one run
+not yet emitted, whatever the trace's length.
+
+Gaps (pages flagged with lost events, or damaged) point at the seq of their CPU's next record,
+which may only be merged several runs later; they stay open until it is, and each window carries
+the gap rows whose seq falls in it (the last window also those no record followed, seq null).
+
+What a window holds: ``events``, ``tables`` (one per event name of its records, plus the empty
+tables of the other events of their systems, as the whole-file read does) and ``gaps``, each in
+seq order. ``info`` is the trace's :class:`TraceInfo` as of the end of that window (event counts,
+lost events, first/last timestamps so far); the last window's ``info`` is the whole trace's and
+equals the whole-file read's. Warnings are issued once, after the last window is built.
+
+Limits of the equivalence, all on damaged files only: a record cut short on the last page of a
+run marks that page (rather than the CPU's next page) as the gap; the warning about corrupt
+pages names the first such page in run order; a chunk that fails to decompress is reported per
+run, not per CPU. Fields that reach past the end of their record (only a corrupt format asks for
+them) read the next bytes of the same page, as the whole-file read does, but past the end of
+the page they read another page of the window.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings as _warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+import numpy as np
+import pyarrow as pa
+
+from kvmtrace.parsers.errors import TraceWarning
+from kvmtrace.parsers.schema import GAPS_SCHEMA, TraceData
+from kvmtrace.parsers.tracedat.arrow import empty_table, numeric
+from kvmtrace.parsers.tracedat.columns import FieldReader
+from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor
+from kvmtrace.parsers.tracedat.layout import BufferSpec
+from kvmtrace.parsers.tracedat.merge import Merged, to_ns
+from kvmtrace.parsers.tracedat.pages import PageData, walk
+from kvmtrace.parsers.tracedat.reader import FileMeta, corrupt_note, open_file, open_meta, unknown_note
+from kvmtrace.parsers.tracedat.streams import PAD, StreamPlan, decompress_stream, plan_streams
+from kvmtrace.parsers.tracedat.tables import event_tables, events_table
+
+#: Events per window by default: about 40 MB of decoded window at the whole-file read's 160 bytes an event.
+DEFAULT_WINDOW = 1 << 18
+#: Page bytes all CPUs' runs may hold together; a run is at most :data:`MAX_RUN_PAGES` pages. Large
+#: runs amortise the page walk's per-step cost (one numpy step per record rank, for all pages).
+RUN_BUDGET = 256 << 20
+MAX_RUN_PAGES = 1024
+
+
+def default_run_pages(cpus: int, page_size: int) -> int:
+    """Pages per run: :data:`RUN_BUDGET` shared by the CPUs, between 16 and :data:`MAX_RUN_PAGES`."""
+    return min(MAX_RUN_PAGES, max(16, RUN_BUDGET // page_size // max(cpus, 1)))
+
+
+@dataclass
+class _Run:
+    """One CPU's run of whole pages, kept until its last record is in a window."""
+
+    buf: np.ndarray  # uint8, the pages back to back (+ PAD)
+    pages: int
+    left: int  # records not yet in a window
+
+
+class _CpuPages:
+    """One CPU's pages, read (or decompressed) a run at a time from the file."""
+
+    def __init__(self, f: BinaryIO, plan: StreamPlan, page: int, run_pages: int, dec: Decompressor | None,
+                 path: str, notes: list[str]):
+        self.f, self.plan, self.page, self.run_pages, self.dec = f, plan, page, run_pages, dec
+        self.path, self.notes = path, notes
+        self.done_bytes = 0  # of this CPU's (decompressed) page data
+        self.next_chunk = 0
+        self.chunks = plan.chunks
+
+    @property
+    def finished(self) -> bool:
+        return self.done_bytes >= self.plan.size
+
+    def read(self) -> tuple[np.ndarray, int, np.ndarray, np.ndarray]:
+        """The next run: (buffer, pages, origin of each page, damaged flag of each page)."""
+        if self.dec is None:
+            size = min(self.run_pages * self.page, self.plan.size - self.done_bytes)
+            buf = np.zeros(size + PAD, np.uint8)
+            self.f.seek(self.plan.stream.offset + self.done_bytes)
+            self.f.readinto(memoryview(buf)[:size])
+            origin_base = self.plan.stream.offset + self.done_bytes
+            damaged_at: list[int] = []
+        else:
+            buf, size, damaged_at = self._decompress_run()
+            origin_base = self.done_bytes
+        n = size // self.page
+        origin = origin_base + np.arange(n, dtype=np.int64) * self.page
+        damaged = np.zeros(n, bool)
+        if damaged_at and n:
+            damaged[np.minimum(np.array(damaged_at, np.int64) // self.page, n - 1)] = True
+        self.done_bytes += size
+        return buf, n, origin, damaged
+
+    def _decompress_run(self) -> tuple[np.ndarray, int, list[int]]:
+        """Chunks up to about ``run_pages`` pages (ending on a page boundary), decompressed."""
+        first = self.next_chunk
+        total = 0
+        last = first
+        while last < len(self.chunks) and (total < self.run_pages * self.page or total % self.page):
+            total += self.chunks[last].size
+            last += 1
+        self.next_chunk = last
+        picked = self.chunks[first:last]
+        size = min(total, self.plan.size - self.done_bytes)
+        size -= size % self.page
+        if not picked:
+            self.done_bytes = self.plan.size  # nothing left that holds a whole page
+            return np.zeros(PAD, np.uint8), 0, []
+        start = picked[0].offset
+        self.f.seek(self.plan.stream.offset + start)
+        raw = self.f.read(picked[-1].offset + picked[-1].csize - start)
+        sub = StreamPlan(self.plan.stream, size, raw,
+                         tuple(Chunk(c.offset - start, c.csize, c.size) for c in picked))
+        buf = np.zeros(size + PAD, np.uint8)
+        damaged_at: list[int] = []
+        assert self.dec is not None
+        decompress_stream(self.dec, sub, memoryview(buf)[:size], damaged_at, 0, self.notes, self.path)
+        return buf, size, damaged_at
+
+
+@dataclass
+class _Pending:
+    """Records of one CPU walked but not yet merged (file order; keys never decrease)."""
+
+    key: np.ndarray  # int64 running maximum of ts
+    ts: np.ndarray  # int64 ns
+    pos: np.ndarray  # payload offset in its run's buffer
+    length: np.ndarray  # int32
+    run: np.ndarray  # int32 run id
+    first_ordinal: int  # this CPU's ordinal (file-order index) of the first pending record
+
+    def take(self, k: int) -> "_Pending":
+        """Remove and return the first ``k`` records."""
+        head = _Pending(self.key[:k], self.ts[:k], self.pos[:k], self.length[:k], self.run[:k], self.first_ordinal)
+        self.key, self.ts, self.pos = self.key[k:], self.ts[k:], self.pos[k:]
+        self.length, self.run = self.length[k:], self.run[k:]
+        self.first_ordinal += k
+        return head
+
+
+@dataclass
+class _Gap:
+    """A gap row waiting for the seq of its CPU's record ``ordinal``."""
+
+    cpu: int
+    ts: int | None
+    lost: int | None
+    ordinal: int
+    seq: int | None = None
+
+
+@dataclass
+class _Out:
+    """Merged records not yet in a window, in pieces (concatenated when a window is cut)."""
+
+    pieces: list[tuple[np.ndarray, ...]] = field(default_factory=list)
+    count: int = 0
+
+    def add(self, arrays: tuple[np.ndarray, ...]) -> None:
+        self.pieces.append(arrays)
+        self.count += len(arrays[0])
+
+    def cut(self, n: int) -> tuple[np.ndarray, ...]:
+        """The first ``n`` records (ts, cpu, pos, length, run)."""
+        whole = tuple(np.concatenate(cols) for cols in zip(*self.pieces))
+        head = tuple(a[:n] for a in whole)
+        rest = tuple(a[n:] for a in whole)
+        self.pieces = [rest] if len(rest[0]) else []
+        self.count -= n
+        return head
+
+
+class _WindowReader:
+    """The state of one windowed read: per-CPU sources, pending records, open gaps, totals."""
+
+    def __init__(self, f: BinaryIO, size: int, meta: FileMeta, spec: BufferSpec, events_per_window: int,
+                 pages_per_run: int | None):
+        box = meta.box
+        self.meta, self.spec = meta, spec
+        self.notes: list[str] = list(box.warnings)
+        page = spec.page_size
+        self.page = page
+        plans = plan_streams(f, size, box, spec, page, self.notes, keep_raw=False)
+        run_pages = pages_per_run or default_run_pages(len(plans), page)
+        dec = Decompressor(box.compression, box.path) if spec.compressed else None
+        self.sources = {p.stream.cpu: _CpuPages(f, p, page, run_pages, dec, box.path, self.notes) for p in plans}
+        self.window = events_per_window
+        self.pending: dict[int, _Pending] = {}
+        self.last_key: dict[int, int | None] = {c: None for c in self.sources}  # None: nothing loaded yet
+        self.carry: dict[int, int | None] = {c: None for c in self.sources}  # running max so far
+        self.ordinals: dict[int, int] = {c: 0 for c in self.sources}  # records walked per CPU
+        self.runs: dict[int, _Run] = {}
+        self.next_run = 0
+        self.gaps: dict[int, list[_Gap]] = {c: [] for c in self.sources}  # open, by CPU, in file order
+        self.resolved: list[_Gap] = []
+        self.out = _Out()
+        self.merged = 0  # records merged (the next one's seq)
+        self.seq = 0  # first seq of the next window
+        self.corrupt: list[tuple[int, str]] = []
+        self.counts: dict[str, int] = {}
+        self.unknown = 0
+        self.lost: dict[int, int] = {}
+        self.lost_unknown: dict[int, int] = {}
+        self.first_ts: int | None = None
+        self.last_ts: int | None = None
+        self.type_field = meta.catalog.common_field("common_type")
+        self.pid_field = meta.catalog.common_field("common_pid")
+
+    # ------------------------------------------------------------------ the merge
+
+    def windows(self) -> Iterator[TraceData]:
+        yielded = False
+        while True:
+            live = [c for c, s in self.sources.items() if not s.finished]
+            limiting = min(live, key=lambda c: (self.last_key[c] is not None, self.last_key[c] or 0, c)) \
+                if live else None
+            if limiting is None:
+                self._emit(None)
+            elif self.last_key[limiting] is not None:
+                self._emit((self.last_key[limiting], limiting))
+            # Keep one record back until the end: the last window must be cut after every
+            # page is read, so that it carries the whole trace's info and the gaps left open.
+            while self.out.count > self.window:
+                yield self._window(self.window, last=False)
+                yielded = True
+            if limiting is None:
+                break
+            self._load(limiting)
+        if self.out.count or not yielded or self.resolved or any(self.gaps.values()):
+            yield self._window(self.out.count, last=True)
+
+    def _load(self, cpu: int) -> None:
+        """Read and walk the next run of ``cpu``; its records become pending, its flagged pages gaps."""
+        src = self.sources[cpu]
+        buf, n, origin, damaged = src.read()
+        starts = np.arange(n, dtype=np.int64) * self.page
+        pages = PageData(buf=buf, starts=starts, cpu=np.full(n, cpu, np.int16), big_endian=self.meta.box.big_endian,
+                         header=self.meta.header, origin=origin, compressed=src.dec is not None, damaged=damaged)
+        records, flags, corrupt = walk(pages)
+        self.corrupt += corrupt
+        count = len(records.pos)
+        ts = to_ns(records.ts, np.full(count, cpu, np.int16), self.meta.opts)
+        # The CPU's running maximum carries over from its previous run: the keys (and so the
+        # bound the merge waits for) are exactly the whole-file merge's.
+        key = np.maximum.accumulate(ts) if count else ts.copy()
+        if count and self.carry[cpu] is not None:
+            np.maximum(key, self.carry[cpu], out=key)
+        if count:
+            self.carry[cpu] = self.last_key[cpu] = int(key[-1])
+        run_id = self.next_run
+        self.next_run += 1
+        if count:
+            self.runs[run_id] = _Run(buf, n, count)
+        base = self.ordinals[cpu]
+        missed = np.flatnonzero(flags.missed | pages.damaged)
+        if missed.size:
+            first = records.first_of_page()[missed] + base
+            page_damaged = pages.damaged[missed]
+            raw = flags.ts[missed]
+            no_ts = page_damaged & (raw == 0)
+            at = to_ns(raw, np.full(len(missed), cpu, np.int16), self.meta.opts)
+            lost = np.where(page_damaged, -1, flags.lost[missed])
+            for o, t, nt, lo in zip(first.tolist(), at.tolist(), no_ts.tolist(), lost.tolist()):
+                self.gaps[cpu].append(_Gap(cpu, None if nt else t, lo if lo >= 0 else None, o))
+        # Only the limiting CPU is loaded, and the merge just emitted all of its records.
+        assert cpu not in self.pending or not len(self.pending[cpu].key)
+        self.pending[cpu] = _Pending(key, ts, records.pos, records.length, np.full(count, run_id, np.int32), base)
+        self.ordinals[cpu] = base + count
+
+    def _emit(self, bound: tuple[int, int] | None) -> None:
+        """Merge every pending record that sorts at or before ``bound`` (None: all of them)."""
+        heads: list[tuple[int, _Pending]] = []
+        for cpu in sorted(self.pending):
+            p = self.pending[cpu]
+            if bound is None:
+                k = len(p.key)
+            else:
+                k = int(np.searchsorted(p.key, bound[0], side="right" if cpu <= bound[1] else "left"))
+            if k:
+                heads.append((cpu, p.take(k)))
+        if not heads:
+            return
+        key = np.concatenate([h.key for _, h in heads])
+        order = np.argsort(key, kind="stable")  # CPU-ordered concatenation: ties go to the lower CPU
+        rank = np.empty(len(order), np.int64)
+        rank[order] = np.arange(len(order))
+        at = 0
+        for cpu, h in heads:
+            k = len(h.key)
+            open_gaps = self.gaps[cpu]
+            while open_gaps and open_gaps[0].ordinal < h.first_ordinal + k:
+                g = open_gaps.pop(0)
+                g.seq = self.merged + int(rank[at + g.ordinal - h.first_ordinal])
+                self.resolved.append(g)
+            at += k
+        cpu_col = np.concatenate([np.full(len(h.key), cpu, np.int16) for cpu, h in heads])
+        self.out.add(tuple(np.concatenate([getattr(h, name) for _, h in heads])[order]
+                           for name in ("ts", "pos", "length", "run")) + (cpu_col[order],))
+        self.merged += len(order)
+
+    # ------------------------------------------------------------------ one window
+
+    def _window(self, n: int, last: bool) -> TraceData:
+        ts, pos, length, run, cpu = self.out.cut(n) if n else (np.empty(0, np.int64), np.empty(0, np.int32),
+                                                               np.empty(0, np.int32), np.empty(0, np.int32),
+                                                               np.empty(0, np.int16))
+        first_seq = self.seq
+        self.seq += n
+        buf, wpos = self._gather(pos, run)
+        meta, catalog = self.meta, self.meta.catalog
+        reader = FieldReader(buf, meta.box.big_endian)
+        (type_off, type_size), (pid_off, pid_size) = self.type_field, self.pid_field
+        merged = Merged(
+            pos=wpos, length=length, ts=ts, cpu=cpu,
+            event_id=reader.uint(wpos + type_off, type_size, type_off & 3).astype(np.uint16),
+            pid=reader.integers(wpos + pid_off, pid_size, True, pid_off & 3).astype(np.int32, copy=False),
+        )
+        tables, counts, unknown = event_tables(merged, catalog, reader, meta.cmdlines, meta.printk,
+                                               meta.header.data_size, first_seq)
+        events = events_table(ts, cpu, merged.pid, merged.event_id, catalog, meta.cmdlines, first_seq)
+        for name, c in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + c
+        self.unknown += unknown
+        if n:
+            lo, hi = int(ts.min()), int(ts.max())
+            self.first_ts = lo if self.first_ts is None else min(self.first_ts, lo)
+            self.last_ts = hi if self.last_ts is None else max(self.last_ts, hi)
+        gaps = self._gap_rows(self.seq, last)
+        notes = list(self.notes)
+        if last:
+            if self.corrupt:
+                notes.append(corrupt_note(meta.box.path, self.corrupt))
+            if self.unknown:
+                notes.append(unknown_note(meta.box.path, self.unknown))
+            for note in notes:
+                _warnings.warn(note, TraceWarning, stacklevel=4)
+        info = meta.info(self.spec, self.counts, self.lost, self.lost_unknown, self.first_ts, self.last_ts, notes)
+        return TraceData(info=info, events=events, tables=tables, gaps=gaps)
+
+    def _gather(self, pos: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The pages the window's records lie on, copied back to back, and the records' offsets
+        in that copy. Whole pages (not just the records' bytes) so that every field reads what
+        it reads in the whole-file buffer; runs whose records are all in windows are freed.
+
+        A run is one CPU's pages and a CPU's records are merged in file order, so the pages a
+        window needs from a run are one contiguous range: one slice copy per run."""
+        page = self.page
+        if not len(pos):
+            return np.zeros(PAD, np.uint8), pos
+        lo = int(run.min())
+        rid = (run - lo).astype(np.intp)
+        nruns = int(rid.max()) + 1
+        first = np.full(nruns, np.iinfo(np.int64).max, np.int64)
+        last = np.full(nruns, -1, np.int64)
+        pos64 = pos.astype(np.int64)
+        np.minimum.at(first, rid, pos64)
+        np.maximum.at(last, rid, pos64)
+        used = np.flatnonzero(last >= 0)
+        first_page, end_page = first[used] // page, last[used] // page + 1
+        sizes = (end_page - first_page) * page
+        base = np.zeros(nruns, np.int64)  # where each run's range starts in the copy, minus its first byte
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+        base[used] = starts - first_page * page
+        total = int(sizes.sum())
+        buf = np.empty(total + PAD, np.uint8)
+        buf[total:] = 0
+        counts = np.bincount(rid, minlength=nruns)
+        for r, a, b, at in zip(used.tolist(), first_page.tolist(), end_page.tolist(), starts.tolist()):
+            held = self.runs[lo + r]
+            buf[at : at + (b - a) * page] = held.buf[a * page : b * page]
+            held.left -= int(counts[r])
+            if held.left == 0:
+                del self.runs[lo + r]
+        new_pos = base[rid] + pos64
+        return buf, new_pos.astype(np.int32 if len(buf) < 2**31 else np.int64)
+
+    def _gap_rows(self, end_seq: int, last: bool) -> pa.Table:
+        """The resolved gaps whose seq is before ``end_seq`` (the last window: every gap left)."""
+        rows = [g for g in self.resolved if last or (g.seq is not None and g.seq < end_seq)]
+        self.resolved = [g for g in self.resolved if not (last or (g.seq is not None and g.seq < end_seq))]
+        if last:
+            for cpu in sorted(self.gaps):
+                rows += self.gaps[cpu]
+                self.gaps[cpu] = []
+        rows.sort(key=lambda g: (g.seq is None, g.seq if g.seq is not None else 0, g.cpu))
+        for g in rows:
+            if g.lost is None:
+                self.lost_unknown[g.cpu] = self.lost_unknown.get(g.cpu, 0) + 1
+            else:
+                self.lost[g.cpu] = self.lost.get(g.cpu, 0) + g.lost
+        if not rows:
+            return empty_table(GAPS_SCHEMA)
+        cpu = np.array([g.cpu for g in rows], np.int16)
+        ts = np.array([g.ts or 0 for g in rows], np.int64)
+        seq = np.array([g.seq or 0 for g in rows], np.int64)
+        lost = np.array([g.lost or 0 for g in rows], np.int64)
+        return pa.Table.from_arrays(
+            [numeric(cpu), numeric(ts, mask=np.array([g.ts is None for g in rows])),
+             numeric(seq, mask=np.array([g.seq is None for g in rows])),
+             numeric(lost, mask=np.array([g.lost is None for g in rows]))],
+            schema=GAPS_SCHEMA,
+        )
+
+
+def iter_windows(path: str | os.PathLike[str], *, instance: str | None = None,
+                 events_per_window: int = DEFAULT_WINDOW, pages_per_run: int | None = None) -> Iterator[TraceData]:
+    """Yield one buffer instance of a trace.dat (default: the top buffer) as windows of
+    ``events_per_window`` merged events (the last may be shorter; a trace without events gives
+    one empty window). ``pages_per_run``: pages read per CPU at a time (default: see
+    :func:`default_run_pages`); tests force it small so that run boundaries fall everywhere.
+
+    Memory: the decoded window, plus at most one run per CPU, plus the pages the window's records
+    lie on. The file stays open while the windows are consumed.
+    """
+    if events_per_window < 1:
+        raise ValueError("events_per_window must be at least 1")
+    spath = os.fspath(path)
+    with open_file(spath) as f:
+        meta, size = open_meta(f, spath)
+        spec = meta.spec(instance)
+        yield from _WindowReader(f, size, meta, spec, events_per_window, pages_per_run).windows()
+
