@@ -8,7 +8,8 @@ pages repeated per CPU with their time stamps moved past the previous copy
 the native recorder writes. Each conversion runs in a fresh process (so its peak RSS, from
 ``getrusage``, is its own):
 
-- before: ``kvmtrace.open(path).to_parquet(out)``: the whole-file read, then one file per event;
+- before: ``kvmtrace.open(path).to_parquet(out)``: the whole-file read, then the same dataset
+  (when these results were taken it wrote one flat file per event);
 - after: what ``kvmtrace convert`` now runs: ``write_dataset(trace_windows(path), out)``.
 
 "before" is skipped above ``--before-max`` events (it needs ~160 bytes an event). Prints a

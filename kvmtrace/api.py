@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from kvmtrace.analysis import Analysis, analyze, convert_table
+from kvmtrace.dataset import write_dataset
 from kvmtrace.parsers import read as read_trace
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.report import trace_html
@@ -108,7 +108,8 @@ class Trace:
         return convert_table(self._data.events if name is None else self._data.table(name), "pandas")
 
     def to_parquet(self, outdir: str | os.PathLike[str], *, force: bool = False) -> list[Path]:
-        """Write ``<event>.parquet`` per event that occurs, plus ``events.parquet``, into ``outdir``.
+        """Write the trace into ``outdir`` as ``kvmtrace convert`` does (layout:
+        :mod:`kvmtrace.dataset`); return the files written.
 
         The dataset is built in a temporary folder beside ``outdir`` and renamed into place at
         the end, so an error half-way leaves ``outdir`` as it was. A folder that is not empty is
@@ -117,11 +118,9 @@ class Trace:
         out = Path(outdir)
         refuse_inputs(out, [self.path], param="outdir")
         with atomic_dir(out, force=force) as tmp:
-            names = [f"{name.replace(':', '.')}.parquet" for name in self.event_names]
-            for name, file in zip(self.event_names, names):
-                pq.write_table(self._data.tables[name], tmp / file)
-            pq.write_table(self._data.events, tmp / "events.parquet")
-        return sorted(out / f for f in [*names, "events.parquet"])
+            write_dataset([self._data], tmp)
+            written = sorted(p.relative_to(tmp) for p in tmp.rglob("*.parquet"))
+        return [out / p for p in written]
 
     def _repr_html_(self) -> str:
         """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""

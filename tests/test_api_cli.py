@@ -19,6 +19,7 @@ import pytest
 from conftest import SAMPLES
 
 import kvmtrace
+from kvmtrace.dataset import EVENTS_FILE, GAPS_FILE, PART_FILE, partition_dir, read_metadata
 from kvmtrace.parsers.schema import COMMON_NAMES
 
 SAMPLE_FILES = sorted(SAMPLES.glob("*.dat"))
@@ -72,13 +73,17 @@ def test_tables_of_events_that_never_fired_keep_their_schema():
 
 
 def test_to_parquet_round_trips(tmp_path: Path):
+    """The API writes the layout convert writes (kvmtrace.dataset), and every table reads back equal."""
     t = kvmtrace.open(SAMPLES / "rom-zapslot.dat")
     out = tmp_path / "parquet"
     written = t.to_parquet(out)
-    assert sorted(p.name for p in written) == sorted([f"{n}.parquet" for n in t.event_names] + ["events.parquet"])
+    want = [Path(partition_dir(n)) / PART_FILE for n in t.event_names if t.arrow(n).num_rows]
+    assert sorted(p.relative_to(out) for p in written) == sorted([*want, Path(EVENTS_FILE), Path(GAPS_FILE)])
     for name in t.event_names:
-        assert pq.read_table(out / f"{name}.parquet").equals(t.arrow(name))
-    assert pq.read_table(out / "events.parquet").num_rows == t.info.total_events
+        if t.arrow(name).num_rows:
+            assert pq.read_table(out / partition_dir(name) / PART_FILE).equals(t.arrow(name))
+    assert pq.read_table(out / EVENTS_FILE).equals(t.data.events)
+    assert sum(read_metadata(out / EVENTS_FILE)["event_counts"].values()) == t.info.total_events
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary folder left behind"
 
 

@@ -9,6 +9,7 @@ empty tables of ``sched_wakeup`` & co. The renamed columns must hold exactly wha
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import unquote
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -17,6 +18,7 @@ from conftest import PUBLIC, SAMPLES
 from tracedat_oracle import printed_names, run_report, split_fields
 
 import kvmtrace
+from kvmtrace.dataset import EVENTS_FILE, GAPS_FILE, PART_FILE, partition_dir
 from kvmtrace.parsers.schema import COMMON_NAMES, META_FIELD_NAME, field_columns
 from kvmtrace.parsers.text.catalog import catalog
 from kvmtrace.parsers.tracedat import read_tracedat
@@ -73,16 +75,20 @@ def test_renamed_columns_hold_what_trace_cmd_prints(event: str, sched_load: kvmt
 def test_polars_and_parquet_round_trip(sched_load: kvmtrace.Trace, tmp_path: Path) -> None:
     df = sched_load.table("sched_load_se")  # polars raised DuplicateError here
     assert df.columns[-6:] == ["cpu_", "path", "comm_", "pid_", "load", "util"]
-    written = sched_load.to_parquet(tmp_path / "pq")
-    assert (tmp_path / "pq" / "sched_load_se.parquet") in written
+    out = tmp_path / "pq"
+    written = sched_load.to_parquet(out)
+    part = out / partition_dir("sched_load_se") / PART_FILE
+    assert part in written
     for path in written:
         back = pq.read_table(path)
-        name = path.stem
-        original = sched_load.data.events if name == "events" else sched_load.arrow(name)
+        name = path.name if path.parent == out else unquote(path.parent.name.split("=", 1)[1])
+        original = {EVENTS_FILE: sched_load.data.events, GAPS_FILE: sched_load.data.gaps}.get(name)
+        if original is None:
+            original = sched_load.arrow(name)
         assert back.column_names == original.column_names
         assert back.cast(original.schema).equals(original)
         assert pl.read_parquet(path).height == original.num_rows
-    back = pq.read_table(tmp_path / "pq" / "sched_load_se.parquet")
+    back = pq.read_table(part)
     assert back.schema.field("pid_").metadata == {META_FIELD_NAME: b"pid"}
 
 
