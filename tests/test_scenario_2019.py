@@ -20,14 +20,14 @@ import sys
 import jsonschema
 import pytest
 from conftest import NESTED, SAMPLES
+from mutate import altered, without
+
+from kvmtrace import parsers
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import replay
 from kvmtrace.replays.inputs import kvmmmu_events
-from mutate import altered, without
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import profile_for
-
-from kvmtrace import parsers
 from kvmtrace.report import report_schema
 
 PTSLOT = NESTED / "tdpmmu0-ptslot-noquirk-qlog-kt"
@@ -271,12 +271,10 @@ def test_the_text_report_says_it_too():
 
 def test_the_python_api_gives_the_same_report():
     import kvmtrace
-    from kvmtrace.report.model import build_report
 
-    trace = kvmtrace.open(PTSLOT.with_suffix(".dat"))
-    result = trace.replay(qemu_log_lines=_log(PTSLOT))
-    report = build_report(trace.data, result, path="ptslot", version=kvmtrace.__version__)
-    assert [r.row["source"] for r in report.removals] == [f"QEMU log line {n}" for n, _, _ in _lab_removals(_log(PTSLOT))]
+    report = kvmtrace.open(PTSLOT.with_suffix(".dat")).analyze(qemu_log=_log(PTSLOT)).model
+    want_sources = [f"QEMU log line {n}" for n, _, _ in _lab_removals(_log(PTSLOT))]
+    assert [r.row["source"] for r in report.removals] == want_sources
     reinstalls = collections.Counter(rec["gfn"] for r in report.removals for rec in r.after.records()
                                      if rec["what"] == "reinstall")
     assert reinstalls == {0x20000: 3, 0x20400: 2}
@@ -327,9 +325,6 @@ def test_text_twin_places_each_delete_and_shows_the_reinstalls_alike(ptslot_json
     assert again(text) == again(dat) and len(again(text)) == 5
 
 
-@pytest.mark.xfail(strict=False, reason="the text twin's MMU is told as shadow (text prints no role word; the MMU "
-                                         "classification of text input is being reworked), so the legacy-TDP "
-                                         "judgement of the leaves and the surviving pages is not made on text yet")
 def test_text_twin_judges_leaves_and_pages_alike(ptslot_json, ptslot_text_json):
     text, dat = ptslot_text_json, ptslot_json
     assert text["replay"]["mmu"] == dat["replay"]["mmu"] == "legacy_tdp"

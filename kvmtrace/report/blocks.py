@@ -10,13 +10,12 @@ without renderer code of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Union
 
+from kvmtrace.replays.memslots import ANCHOR_ZAPS
 from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.groups import FindingGroup
 from kvmtrace.report.model import Figure, Finding, Report, TraceFacts
 from kvmtrace.report.removals import Removal
-from kvmtrace.replays.memslots import ANCHOR_ZAPS
 
 
 @dataclass(frozen=True)
@@ -63,7 +62,7 @@ class Plot:
     figure: Figure
 
 
-Block = Union[Heading, Facts, Table, Bullets, TraceLines, Para, Plot]
+Block = Heading | Facts | Table | Bullets | TraceLines | Para | Plot
 
 
 def span_text(first_ts: int | None, last_ts: int | None) -> str:
@@ -120,7 +119,8 @@ def replay_facts(report: Report) -> Facts:
 
 
 def checks_grid(report: Report) -> Grid:
-    return Grid("checks", ("check", "status", "findings", "why"), tuple((c.id, c.status, c.findings, c.reason) for c in report.checks))
+    return Grid("checks", ("check", "status", "findings", "why"),
+                tuple((c.id, c.status, c.findings, c.reason) for c in report.checks))
 
 
 def _where(f: Finding) -> Facts:
@@ -226,19 +226,23 @@ def removal_blocks(r: Removal, whatif: Grid) -> list[Block]:
     own = next((w for w in whatif.records() if w.get("seq") == row["seq"] and w.get("trace_policy")), None)
     refaulted = "" if own is None else (
         f"the guest built {own['pages_refaulted']} of the destroyed pages again and refaulted "
-        f"{own['sptes_refaulted']} of the leaf SPTEs (what-if, {'exact' if own['refaults_exact'] else 'a lower bound'})")
+        f"{own['sptes_refaulted']} of the leaf SPTEs "
+        f"(what-if, {'exact' if own['refaults_exact'] else 'a lower bound'})")
     traced = row["leaf_sptes_traced"]
     window = (f"seq {row['window_start']}..{row['seq']} (from the {row['anchor']}): {row['window_events']} events"
               + (f", {row['window_ns'] / 1e6:.3f} ms" if row["window_ns"] is not None else "")
               + ("" if row["anchor"] == ANCHOR_ZAPS else "; an upper bound of the change's cost: the kernel left "
                  "no event where it began"))
     facts = Facts((
-        ("policy", row["policy"] + (f" (kvm_mmu_zap_all_fast at seq {row['zap_all_seq']})" if row["zap_all_seq"] is not None else "")),
+        ("policy", row["policy"] + (f" (kvm_mmu_zap_all_fast at seq {row['zap_all_seq']})"
+                                    if row["zap_all_seq"] is not None else "")),
         ("rule", row["rule"]),
         ("window", window),
         ("pages", f"{row['pages_zapped']} zapped, {row['pages_kept']} kept"
-                  + (f" ({row['kept_missed']} of them the rule must zap: memslot_zap_miss)" if row["kept_missed"] else "")),
-        ("leaf SPTEs", f"{row['leaf_sptes_removed']} removed ({traced} traced, {row['leaf_sptes_removed'] - traced} inferred)"),
+                  + (f" ({row['kept_missed']} of them the rule must zap: memslot_zap_miss)"
+                     if row["kept_missed"] else "")),
+        ("leaf SPTEs", f"{row['leaf_sptes_removed']} removed "
+                       f"({traced} traced, {row['leaf_sptes_removed'] - traced} inferred)"),
         *((("refaulted", refaulted),) if refaulted else ()),
         *((("placed", placed_text(row)),) if row.get("source") else ()),
     ))

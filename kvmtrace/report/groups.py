@@ -59,16 +59,24 @@ class FindingGroup:
 
 
 class _Row(Protocol):
-    """The fields of one finding a group needs."""
+    """The fields of one finding a group needs (read-only: findings are frozen)."""
 
-    id: str
-    severity: str
-    message: str
-    seq: int | None
-    ts: int | None
-    gfn: int | None
-    slot: int | None
-    cpu: int | None
+    @property
+    def id(self) -> str: ...
+    @property
+    def severity(self) -> str: ...
+    @property
+    def message(self) -> str: ...
+    @property
+    def seq(self) -> int | None: ...
+    @property
+    def ts(self) -> int | None: ...
+    @property
+    def gfn(self) -> int | None: ...
+    @property
+    def slot(self) -> int | None: ...
+    @property
+    def cpu(self) -> int | None: ...
 
 
 def group_findings(findings: Sequence[_Row]) -> tuple[FindingGroup, ...]:

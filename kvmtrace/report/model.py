@@ -14,6 +14,9 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
+from kvmtrace.replays.results import ReplayResult
 from kvmtrace.report.consequences import consequences
 from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_threads
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
@@ -21,9 +24,6 @@ from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
 from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, cited_seqs, ledger_removals, with_removal_zaps
 from kvmtrace.report.traceinfo import info_dict
-from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
-from kvmtrace.replays.results import ReplayResult
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
 EVIDENCE_SHOWN = 12
@@ -199,8 +199,9 @@ def _findings(data: TraceData, replay: ReplayResult,
     if t.num_rows == 0:
         return (), ()
     names = ("id", "severity", "seq", "ts", "cpu", "gfn", "slot", "message", "evidence")
-    plain = [Finding(*head, evidence=tuple(sorted(evidence)))
-             for *head, evidence in zip(*(t.column(n).to_pylist() for n in names))]
+    plain = [Finding(fid, severity, seq, ts, cpu, gfn, slot, message, evidence=tuple(sorted(evidence)))
+             for fid, severity, seq, ts, cpu, gfn, slot, message, evidence
+             in zip(*(t.column(n).to_pylist() for n in names))]
     groups = group_findings(plain)
     cited = {i: plain[i].evidence[:EVIDENCE_SHOWN] for g in groups for i in g.examples}
     every = {s for seqs in cited.values() for s in seqs}
@@ -261,7 +262,7 @@ def totals_grid(title: str, table: pa.Table, key: str = "slot") -> Grid:
     true totals."""
     measures = [f.name for f in table.schema if pa.types.is_integer(f.type)
                 and f.name not in IDENTITY_COLUMNS and f.name not in ("slot", key)]
-    df = pl.from_arrow(table) if table.num_rows else pl.from_arrow(table.schema.empty_table())
+    df = pl.DataFrame(table if table.num_rows else table.schema.empty_table())  # typed as a frame, no copy
     sums = [pl.len().alias("rows"), *(pl.col(m).sum() for m in measures)]
     if key in table.column_names:
         agg = df.group_by(key).agg(sums).sort(key)
@@ -340,7 +341,8 @@ def memslot_grid(data: TraceData, memslots: pa.Table) -> Grid:
               for kind, b, n, ob, on in zip(*(memslots.column(c).to_pylist() for c in
                                               ("kind", "base_gfn", "npages", "old_base_gfn", "old_npages")))]
     with_ts = with_ts.append_column("gpa_range", pa.array(ranges, pa.string()))
-    note = "" if memslots.num_rows else "no memslot changes seen (no QEMU kvm_set_user_memory lines, --qemu-log or --memslots)"
+    note = "" if memslots.num_rows else \
+        "no memslot changes seen (no QEMU kvm_set_user_memory lines, --qemu-log or --memslots)"
     return grid_from_arrow("memslot timeline", with_ts, columns=TIMELINE_COLUMNS, limit=ROWS_SHOWN, note=note,
                            brief=TIMELINE_BRIEF)
 
@@ -361,7 +363,8 @@ def input_warnings(data: TraceData) -> tuple[str, ...]:
     gaps = {c: n for c, n in sorted(info.lost_unknown.items()) if n}
     if gaps:
         per_cpu = ", ".join(f"CPU {c}: {n}" for c, n in gaps.items())
-        out.append(f"events were dropped at {sum(gaps.values())} places whose count the kernel did not record ({per_cpu})")
+        out.append(f"events were dropped at {sum(gaps.values())} places whose count the kernel did not record "
+                   f"({per_cpu})")
     if info.skipped_lines and not any("skipped" in w for w in info.warnings):
         out.append(f"{info.skipped_lines} line(s) of the text could not be read and were skipped")
     return tuple(out)

@@ -98,7 +98,7 @@ def write_atomic(target: PathLike, text: str, *, param: str = "output") -> None:
 
 def _is_dataset(folder: Path) -> bool:
     """Parquet files, and hive partition folders (``key=value``) of Parquet files."""
-    return all(p.is_file() and p.suffix == ".parquet" or p.is_dir() and "=" in p.name and _is_dataset(p)
+    return all((p.is_file() and p.suffix == ".parquet") or (p.is_dir() and "=" in p.name and _is_dataset(p))
                for p in folder.iterdir())
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.replays.ledger import ZapLedger
+from kvmtrace.report.grid import Grid, grid_from_arrow
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,10 @@ def ledger_removals(ledger: ZapLedger, after: pa.Table | None = None,
                     lines: dict[int, str] | None = None) -> tuple[Removal, ...]:
     """The ledger split per change, as the report shows it, each with its consequence rows
     (``after``: the replay's ``consequences`` table) and the trace lines they cite (``lines``)."""
-    pages = pl.from_arrow(ledger.pages).partition_by("change", as_dict=True)
-    sptes = pl.from_arrow(ledger.sptes).partition_by("change", as_dict=True)
-    later = pl.from_arrow(after).partition_by("change_seq", as_dict=True) if after is not None and after.num_rows \
+    # pl.DataFrame(table) converts like pl.from_arrow without copying, and is typed as a frame
+    pages = pl.DataFrame(ledger.pages).partition_by("change", as_dict=True)
+    sptes = pl.DataFrame(ledger.sptes).partition_by("change", as_dict=True)
+    later = pl.DataFrame(after).partition_by("change_seq", as_dict=True) if after is not None and after.num_rows \
         else {}
     lines = lines or {}
     out = []
@@ -76,7 +77,8 @@ def ledger_removals(ledger: ZapLedger, after: pa.Table | None = None,
         t = sptes[key].to_arrow() if key in sptes else ledger.sptes.schema.empty_table()
         a = later[(row["seq"],)].to_arrow() if (row["seq"],) in later else None
         cited = sorted({s for ev in (a.column("evidence").to_pylist() if a is not None else ()) for s in ev})
-        out.append(Removal(row, grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
+        out.append(Removal(row,
+                           grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
                            grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"])),
                            grid_from_arrow("what the trace shows afterwards", a, columns=AFTER_COLUMNS)
                            if a is not None else Grid("what the trace shows afterwards", AFTER_COLUMNS),

@@ -6,6 +6,7 @@ over pages) → timestamps in ns → merge CPUs → columnar field decode → Ar
 
 from __future__ import annotations
 
+import io
 import mmap
 import os
 import warnings as _warnings
@@ -14,21 +15,20 @@ from typing import BinaryIO
 
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import CpuStats, TraceData, TraceInfo
+from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
 from kvmtrace.parsers.tracedat.constants import Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer, merge_lost
-from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.formats import PageHeader, parse_header_page
-from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
 from kvmtrace.parsers.tracedat.gaps import gap_table
+from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
 from kvmtrace.parsers.tracedat.merge import merge_records
 from kvmtrace.parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
 from kvmtrace.parsers.tracedat.options import Options, decode_options
 from kvmtrace.parsers.tracedat.pages import walk
 from kvmtrace.parsers.tracedat.streams import load_pages
 from kvmtrace.parsers.tracedat.tables import event_tables, events_table
-
 
 #: Files from trace-cmd versions that did not store the clock were recorded with the kernel's
 #: default clock; ``trace-cmd convert`` writes "local" for them too.
@@ -104,7 +104,7 @@ def open_meta(f: BinaryIO, spath: str) -> tuple[FileMeta, int]:
     return meta, size
 
 
-def open_file(spath: str) -> BinaryIO:
+def open_file(spath: str) -> io.BufferedReader:
     """Open a trace.dat for reading; a failure is a one-line TraceError."""
     try:
         return open(spath, "rb")
@@ -142,7 +142,7 @@ def unknown_note(path: str, unknown: int) -> str:
     return f"{path}: {unknown} records with an event id that has no format file were skipped"
 
 
-def _read_buffer(f: BinaryIO, size: int, meta: FileMeta, spec: BufferSpec) -> TraceData:
+def _read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec) -> TraceData:
     box, opts, catalog = meta.box, meta.opts, meta.catalog
     notes: list[str] = list(box.warnings)
     pages = load_pages(f, size, box, spec, meta.header, notes)

@@ -9,8 +9,9 @@ every complete page and reports what was lost.
 
 from __future__ import annotations
 
+import io
+import itertools
 from dataclasses import dataclass
-from typing import BinaryIO
 
 import numpy as np
 
@@ -42,13 +43,13 @@ def _check_overlap(box: Container, spec: BufferSpec, file_size: int) -> None:
     would decode the same pages twice (and cost their size once per CPU that claims them)."""
     extra = COMPRESS_CHUNK_COUNT_SIZE if spec.compressed else 0
     spans = sorted((s.offset, s.cpu, min(s.offset + s.size + extra, file_size)) for s in spec.cpus if s.size)
-    for (start, cpu, end), (nstart, ncpu, _) in zip(spans, spans[1:]):
+    for (start, cpu, end), (nstart, ncpu, _) in itertools.pairwise(spans):
         if nstart < end:
             raise TraceError(f"{box.path}: corrupt trace.dat: the data of CPU {ncpu} (from byte {nstart}) overlaps "
                              f"that of CPU {cpu} (bytes {start}..{end})")
 
 
-def plan_streams(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, page: int,
+def plan_streams(f: io.BufferedReader, file_size: int, box: Container, spec: BufferSpec, page: int,
                  warnings: list[str], *, keep_raw: bool = True) -> list[StreamPlan]:
     """Per CPU with data (ascending CPU): how many whole-page bytes it holds and, for compressed
     streams, its chunks; what a cut or damaged file lost is appended to ``warnings``.
@@ -112,13 +113,13 @@ def plan_streams(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, 
     return plans
 
 
-def load_pages(f: BinaryIO, file_size: int, box: Container, spec: BufferSpec, header: PageHeader,
+def load_pages(f: io.BufferedReader, file_size: int, box: Container, spec: BufferSpec, header: PageHeader,
                warnings: list[str]) -> PageData:
     """Every whole page of every CPU of ``spec``; damaged chunks read as empty pages (and warn)."""
     page = spec.page_size
     plans = plan_streams(f, file_size, box, spec, page, warnings)
     buf = np.zeros(sum(p.size for p in plans) + PAD, np.uint8)
-    out = memoryview(buf)
+    out = buf.data
     dec = Decompressor(box.compression, box.path) if spec.compressed else None
     starts, cpus, origins = [], [], []
     damaged_at: list[int] = []  # buffer offsets of chunks that failed to decompress

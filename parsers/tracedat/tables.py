@@ -126,8 +126,8 @@ def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: Fie
         raise TraceError(f"{path}: corrupt event format {fmt.name}: field {far.name} at offset {far.offset} "
                          f"({far.size} bytes) lies beyond any record ({record_limit} bytes)")
     pid = merged.pid[rows]
-    cols = [numeric(rows + first_seq if first_seq else rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]), numeric(pid),
-            comm_column(pid, cmdlines)]
+    cols = [numeric(rows + first_seq if first_seq else rows), numeric(merged.ts[rows]), numeric(merged.cpu[rows]),
+            numeric(pid), comm_column(pid, cmdlines)]
     pos, length = merged.pos[rows], merged.length[rows]
     block = reader.block(pos, width)
     for f in fmt.fields:

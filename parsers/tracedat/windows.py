@@ -36,11 +36,11 @@ the page they read another page of the window.
 
 from __future__ import annotations
 
+import io
 import os
 import warnings as _warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -82,7 +82,7 @@ class _Run:
 class _CpuPages:
     """One CPU's pages, read (or decompressed) a run at a time from the file."""
 
-    def __init__(self, f: BinaryIO, plan: StreamPlan, page: int, run_pages: int, dec: Decompressor | None,
+    def __init__(self, f: io.BufferedReader, plan: StreamPlan, page: int, run_pages: int, dec: Decompressor | None,
                  path: str, notes: list[str]):
         self.f, self.plan, self.page, self.run_pages, self.dec = f, plan, page, run_pages, dec
         self.path, self.notes = path, notes
@@ -100,7 +100,7 @@ class _CpuPages:
             size = min(self.run_pages * self.page, self.plan.size - self.done_bytes)
             buf = np.zeros(size + PAD, np.uint8)
             self.f.seek(self.plan.stream.offset + self.done_bytes)
-            self.f.readinto(memoryview(buf)[:size])
+            self.f.readinto(buf.data[:size])
             origin_base = self.plan.stream.offset + self.done_bytes
             damaged_at: list[int] = []
         else:
@@ -137,7 +137,7 @@ class _CpuPages:
         buf = np.zeros(size + PAD, np.uint8)
         damaged_at: list[int] = []
         assert self.dec is not None
-        decompress_stream(self.dec, sub, memoryview(buf)[:size], damaged_at, 0, self.notes, self.path)
+        decompress_stream(self.dec, sub, buf.data[:size], damaged_at, 0, self.notes, self.path)
         return buf, size, damaged_at
 
 
@@ -152,7 +152,7 @@ class _Pending:
     run: np.ndarray  # int32 run id
     first_ordinal: int  # this CPU's ordinal (file-order index) of the first pending record
 
-    def take(self, k: int) -> "_Pending":
+    def take(self, k: int) -> _Pending:
         """Remove and return the first ``k`` records."""
         head = _Pending(self.key[:k], self.ts[:k], self.pos[:k], self.length[:k], self.run[:k], self.first_ordinal)
         self.key, self.ts, self.pos = self.key[k:], self.ts[k:], self.pos[k:]
@@ -196,7 +196,7 @@ class _Out:
 class _WindowReader:
     """The state of one windowed read: per-CPU sources, pending records, open gaps, totals."""
 
-    def __init__(self, f: BinaryIO, size: int, meta: FileMeta, spec: BufferSpec, events_per_window: int,
+    def __init__(self, f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec, events_per_window: int,
                  pages_per_run: int | None):
         box = meta.box
         self.meta, self.spec = meta, spec
@@ -239,8 +239,8 @@ class _WindowReader:
                 if live else None
             if limiting is None:
                 self._emit(None)
-            elif self.last_key[limiting] is not None:
-                self._emit((self.last_key[limiting], limiting))
+            elif (bound := self.last_key[limiting]) is not None:
+                self._emit((bound, limiting))
             # Keep one record back until the end: the last window must be cut after every
             # page is read, so that it carries the whole trace's info and the gaps left open.
             while self.out.count > self.window:
@@ -266,8 +266,8 @@ class _WindowReader:
         # The CPU's running maximum carries over from its previous run: the keys (and so the
         # bound the merge waits for) are exactly the whole-file merge's.
         key = np.maximum.accumulate(ts) if count else ts.copy()
-        if count and self.carry[cpu] is not None:
-            np.maximum(key, self.carry[cpu], out=key)
+        if count and (carried := self.carry[cpu]) is not None:
+            np.maximum(key, carried, out=key)
         if count:
             self.carry[cpu] = self.last_key[cpu] = int(key[-1])
         run_id = self.next_run
@@ -317,8 +317,8 @@ class _WindowReader:
                 self.resolved.append(g)
             at += k
         cpu_col = np.concatenate([np.full(len(h.key), cpu, np.int16) for cpu, h in heads])
-        self.out.add(tuple(np.concatenate([getattr(h, name) for _, h in heads])[order]
-                           for name in ("ts", "pos", "length", "run")) + (cpu_col[order],))
+        self.out.add((*(np.concatenate([getattr(h, name) for _, h in heads])[order]
+                        for name in ("ts", "pos", "length", "run")), cpu_col[order]))
         self.merged += len(order)
 
     # ------------------------------------------------------------------ one window
@@ -413,12 +413,12 @@ class _WindowReader:
                 self.lost[g.cpu] = self.lost.get(g.cpu, 0) + g.lost
         if not rows:
             return empty_table(GAPS_SCHEMA)
-        cpu = np.array([g.cpu for g in rows], np.int16)
+        cpus = np.array([g.cpu for g in rows], np.int16)
         ts = np.array([g.ts or 0 for g in rows], np.int64)
         seq = np.array([g.seq or 0 for g in rows], np.int64)
         lost = np.array([g.lost or 0 for g in rows], np.int64)
         return pa.Table.from_arrays(
-            [numeric(cpu), numeric(ts, mask=np.array([g.ts is None for g in rows])),
+            [numeric(cpus), numeric(ts, mask=np.array([g.ts is None for g in rows])),
              numeric(seq, mask=np.array([g.seq is None for g in rows])),
              numeric(lost, mask=np.array([g.lost is None for g in rows]))],
             schema=GAPS_SCHEMA,
