@@ -24,8 +24,15 @@ from conftest import NESTED, REPO, SAMPLES
 from tracedat_builder import repeated_tracedat
 
 from kvmtrace import cli
-from kvmtrace.dataset import (EVENTS_FILE, GAPS_FILE, PART_FILE, partition_dir, read_metadata, trace_windows,
-                              write_dataset)
+from kvmtrace.dataset import (
+    EVENTS_FILE,
+    GAPS_FILE,
+    PART_FILE,
+    partition_dir,
+    read_metadata,
+    trace_windows,
+    write_dataset,
+)
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import COMMON_FIELDS
 from kvmtrace.version import __version__

@@ -18,11 +18,19 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from conftest import NESTED, PUBLIC, SAMPLES, DATA
+from conftest import DATA, NESTED, PUBLIC, SAMPLES
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tracedat_builder import (Data, Padding, TimeExtend, TimeStamp, build_page, build_tracedat, content_of,
-                              repeated_tracedat)
+from tracedat_builder import (
+    Data,
+    Padding,
+    TimeExtend,
+    TimeStamp,
+    build_page,
+    build_tracedat,
+    content_of,
+    repeated_tracedat,
+)
 
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import TraceData
@@ -76,7 +84,7 @@ def test_windows_concatenate_to_the_whole_read(path: Path, window: int, run: int
     windows, whole = _read_both(path, events_per_window=window, pages_per_run=run)
     assert_windows_equal_whole(windows, whole)
     sizes = [w.events.num_rows for w in windows]
-    assert all(n == window for n in sizes[:-1]) and 0 < sizes[-1] <= window or sizes == [0]
+    assert (all(n == window for n in sizes[:-1]) and 0 < sizes[-1] <= window) or sizes == [0]
     assert len(windows) == max(1, -(-whole.info.total_events // window))
 
 

@@ -37,9 +37,9 @@ from kvmtrace.parsers.tracedat.constants import (
     Option,
 )
 from kvmtrace.parsers.tracedat.container import parse_container
+from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.formats import parse_header_page
 from kvmtrace.parsers.tracedat.streams import load_pages
-from kvmtrace.parsers.tracedat.cursor import Cursor
 from kvmtrace.parsers.tracedat.writer import EventSystem, TraceDatContent, write_tracedat
 
 # ---- records -----------------------------------------------------------------------------------
