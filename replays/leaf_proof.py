@@ -30,7 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.journal import Snapshot
+from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.stream import numpy_column
 
 #: ``kvm_exit``'s isa field (arch/x86/kvm/trace.h: KVM_ISA_VMX, KVM_ISA_SVM)
@@ -111,8 +114,8 @@ def _covers(gfn: int, level: int) -> tuple[int, int]:
     return gfn, gfn + n
 
 
-def leaf_fates(changes: list, snapshots: dict, installs: dict[str, np.ndarray], ev: LeafEvidence,
-               page_zap_seq: np.ndarray) -> list[LeafFate]:
+def leaf_fates(changes: list[tuple[int, MemslotChange]], snapshots: dict[tuple[int, str], Snapshot],
+               installs: dict[str, np.ndarray], ev: LeafEvidence, page_zap_seq: np.ndarray) -> list[LeafFate]:
     """Per positioned removal ``(index, MemslotChange)``, the fate of every leaf the model held in
     its old range just before its window (``snapshots[(i, "start")]``)."""
     out: list[LeafFate] = []
@@ -120,6 +123,7 @@ def leaf_fates(changes: list, snapshots: dict, installs: dict[str, np.ndarray], 
         snap = snapshots.get((i, "start"))
         if snap is None:
             continue
+        assert c.old_base_gfn is not None and c.old_npages is not None  # a positioned removal
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
         for k in range(len(snap.gfn)):
             g, lvl = int(snap.gfn[k]), int(snap.level[k])
@@ -131,12 +135,16 @@ def leaf_fates(changes: list, snapshots: dict, installs: dict[str, np.ndarray], 
     return out
 
 
-def _fate(i: int, c, n: int, changes: list, snap, as_id: int, g: int, lvl: int, installed: int, owner: int,
-          installs: dict[str, np.ndarray], ev: LeafEvidence, page_zap_seq: np.ndarray) -> LeafFate:
+def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], snap: Snapshot, as_id: int,
+          g: int, lvl: int, installed: int, owner: int, installs: dict[str, np.ndarray], ev: LeafEvidence,
+          page_zap_seq: np.ndarray) -> LeafFate:
     a, b = _covers(g, lvl)
+    assert c.seq is not None  # a positioned removal
+    change_seq = c.seq  # the narrowed type, for fate() below
 
     def fate(kind: str, seq: int, detail: str, *evidence: int) -> LeafFate:
-        return LeafFate(i, c.seq, c.kind, c.slot, g, lvl, installed, kind, seq, detail, (installed, c.seq, *evidence))
+        return LeafFate(i, change_seq, c.kind, c.slot, g, lvl, installed, kind, seq, detail,
+                        (installed, change_seq, *evidence))
 
     # the first re-install of the same gfn and level, and the first hardware fault on gfns it covers
     ins = installs["seq"]
@@ -149,14 +157,16 @@ def _fate(i: int, c, n: int, changes: list, snap, as_id: int, g: int, lvl: int, 
     k = int(np.flatnonzero(fm)[0]) if fm.any() else None
     fs = int(ev.fault_seq[k]) if k is not None else None
     who = f"vCPU thread {int(ev.fault_pid[k])}, gfn {int(ev.fault_gfn[k]):#x}" if k is not None else ""
-    if k is not None and ev.fault_present[k] == 1 and (first_install is None or first_install > fs):
+    # fs is not None exactly when k is not None (spelled out for the type checker)
+    if k is not None and fs is not None and ev.fault_present[k] == 1 and \
+            (first_install is None or first_install > fs):
         other = _other_removal(c, n, changes, a, b, fs, owner, page_zap_seq, ev)
         if not other:
             return fate(DANGLING, fs, f"fault on a present entry at seq {fs} ({who}; a protection fault) with "
                                       f"nothing installed there since the {c.kind}: the old leaf still mapped the "
                                       f"removed range", fs)
     proofs: list[tuple[int, str]] = []
-    if k is not None and ev.fault_present[k] == 0:
+    if k is not None and fs is not None and ev.fault_present[k] == 0:
         proofs.append((fs, f"fault with no entry present at seq {fs} ({who})"))
     if reinstall is not None:
         proofs.append((reinstall, f"installed again at seq {reinstall}"))
@@ -179,7 +189,7 @@ def _fate(i: int, c, n: int, changes: list, snap, as_id: int, g: int, lvl: int, 
     return fate(PROVED, first, f"{said}; nothing else removed it in between", *sorted(s for s, _ in proofs))
 
 
-def _replaced_by(snap, as_id: int, g: int, lvl: int, since: int) -> tuple[int, int] | None:
+def _replaced_by(snap: Snapshot, as_id: int, g: int, lvl: int, since: int) -> tuple[int, int] | None:
     """(install seq, level) of a larger leaf the model holds over gfn ``g``, installed after the
     leaf itself: the legacy MMU unlinked the page table the leaf is in when it installed that one."""
     lo = snap.gfn
@@ -192,12 +202,15 @@ def _replaced_by(snap, as_id: int, g: int, lvl: int, since: int) -> tuple[int, i
     return int(snap.installed[k]), int(snap.level[k])
 
 
-def _other_removal(c, n: int, changes: list, a: int, b: int, until: int, owner: int, page_zap_seq: np.ndarray,
-                   ev: LeafEvidence) -> str:
+def _other_removal(c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], a: int, b: int, until: int,
+                   owner: int, page_zap_seq: np.ndarray, ev: LeafEvidence) -> str:
     """Something other than change ``c`` that may have removed a leaf over [a, b) before ``until``."""
+    assert c.seq is not None  # a positioned removal
     for _, d in changes[n + 1:]:
-        if d.window_start is not None and d.window_start < until and d.old_base_gfn < b and \
-                a < d.old_base_gfn + d.old_npages:
+        if d.window_start is None or d.window_start >= until:
+            continue
+        assert d.old_base_gfn is not None and d.old_npages is not None  # a positioned removal
+        if d.old_base_gfn < b and a < d.old_base_gfn + d.old_npages:
             return f"the {d.kind} at seq {d.seq}"
     if owner >= 0 and owner < len(page_zap_seq) and c.seq < page_zap_seq[owner] < until:
         return f"the traced zap of its page at seq {int(page_zap_seq[owner])}"

@@ -41,14 +41,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, zap_rule_mask
-from kvmtrace.replays.eras import RULES
+from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
@@ -133,13 +133,6 @@ class ZapLedger:
     sptes: pa.Table  # SPTES_SCHEMA
 
 
-@dataclass(frozen=True)
-class _RuleContext:
-    """What :func:`zap_rule_mask` reads from a detector context: only the kernel profile."""
-
-    profile: KernelProfile
-
-
 def profile_of(replay: ReplayResult) -> KernelProfile:
     """The profile the replay used: every profile name starts with the first kernel of its era
     (``"6.12+ (role F, ...)"``), which :func:`profile_for` maps back to the same era; the EPT
@@ -149,7 +142,7 @@ def profile_of(replay: ReplayResult) -> KernelProfile:
     return ept(base) if replay.profile.endswith(" EPT") else base
 
 
-def role_text(row: dict) -> str:
+def role_text(row: dict[str, Any]) -> str:
     """A role word the way a maintainer reads it: ``L1 indirect q0 wux 8-byte`` (level, direct or
     not, quadrant, access as mmutrace.h prints it, guest PTE size), then any unusual bits."""
     four = row.get("has_4_byte_gpte")
@@ -166,7 +159,8 @@ def role_text(row: dict) -> str:
 
 def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     """Number of gfns the entries of a direct page at ``level`` map: 512 ** level."""
-    return np.left_shift(np.uint64(1), np.uint64(9) * level.astype(np.uint64))
+    n: np.ndarray = np.left_shift(np.uint64(1), np.uint64(9) * level.astype(np.uint64))
+    return n
 
 
 def _spte_owners_at(changes: pl.DataFrame, seq: int, lo: int, hi: int) -> set[int]:
@@ -186,7 +180,7 @@ def _spte_owners_at(changes: pl.DataFrame, seq: int, lo: int, hi: int) -> set[in
 class _Pages:
     """The replay's shadow-page book as arrays (-1: no seq), plus its rows for the ledger's text."""
 
-    rows: list[dict]
+    rows: list[dict[str, Any]]
     gfn: np.ndarray
     role: np.ndarray
     level: np.ndarray
@@ -197,7 +191,7 @@ class _Pages:
     obsolete: np.ndarray
 
     @classmethod
-    def of(cls, t: pa.Table) -> "_Pages":
+    def of(cls, t: pa.Table) -> _Pages:
         def seqs(name: str) -> np.ndarray:
             return np.asarray(t.column(name).fill_null(-1).to_numpy(), dtype=np.int64)
 
@@ -216,10 +210,10 @@ def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
                 "kvm_zap_obsolete_pages zaps them")
     if tdp:
         return "TDP MMU: leaf SPTEs of the slot zapped (kvm_tdp_mmu_unmap_gfn_range); page tables kept"
-    return RULES[profile.slot_zap_rule or WHATIF_DEFAULT].label()
+    return whatif_rule(profile).label()
 
 
-def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfile,
+def _fates(pg: _Pages, c: dict[str, Any], za: int | None, tdp: bool, profile: KernelProfile,
            owners: set[int]) -> tuple[dict[int, str], np.ndarray]:
     """page -> reason, for every page zapped in the change's window and every page the change
     concerns but the kernel kept; and the zapped mask."""
@@ -231,8 +225,8 @@ def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfil
     alive = (pg.first_seq < line) & ((pg.zap < 0) | (pg.zap >= ws))
     in_range = (pg.gfn >= np.uint64(lo)) & (pg.gfn < np.uint64(hi))
     covers = pg.direct & (pg.gfn < np.uint64(hi)) & (pg.gfn + _covers(pg.gfn, pg.level) > np.uint64(lo))
-    must = zap_rule_mask(_RuleContext(profile), pg.gfn, pg.role, lo, n) if len(pg.rows) and not tdp \
-        else np.zeros(len(pg.rows), bool)
+    must = zap_rule_mask(profile, pg.gfn, pg.role, lo, n) \
+        if len(pg.rows) and not tdp else np.zeros(len(pg.rows), bool)
     fate: dict[int, str] = {}
     for p in np.flatnonzero(zapped).tolist():
         if za is not None:
@@ -240,7 +234,7 @@ def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfil
         elif must[p]:
             why = "zapped by the rule: " + {"gptes": "gfn in the slot, holds guest PTEs",
                                             "gfn_2019": "sp->gfn is a gfn of the slot"}.get(
-                profile.slot_zap_rule or WHATIF_DEFAULT, "gfn in the slot's range at its level")
+                whatif_rule(profile).name, "gfn in the slot's range at its level")
         else:
             why = "zapped inside the window, not by the slot rule"
         if pg.rows[p]["root_count"] > 0:
@@ -268,7 +262,7 @@ def _fates(pg: _Pages, c: dict, za: int | None, tdp: bool, profile: KernelProfil
     return fate, zapped
 
 
-def _removed_leaves(changes: pl.DataFrame, c: dict, za: int | None, tdp: bool) -> pl.DataFrame:
+def _removed_leaves(changes: pl.DataFrame, c: dict[str, Any], za: int | None, tdp: bool) -> pl.DataFrame:
     """Leaf SPTEs the change removed, grouped by how the replay knows it: under zap-all
     everything removed in the window; under zap-slot the leaves into the range and those of the
     pages it zapped (a vCPU replacing an MMIO SPTE elsewhere in the window is not its doing)."""
@@ -287,7 +281,7 @@ def _removed_leaves(changes: pl.DataFrame, c: dict, za: int | None, tdp: bool) -
     ).sort("how", "reason", "in_range", descending=[True, False, True])
 
 
-def _append(columns: dict[str, list], values: dict) -> None:
+def _append(columns: dict[str, list[Any]], values: dict[str, Any]) -> None:
     for k, v in values.items():
         columns[k].append(v)
 
@@ -300,14 +294,15 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     ev_ts = data.events.column("ts").to_numpy()
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
     pg = _Pages.of(replay.shadow_pages)
-    changes = pl.from_arrow(replay.spte_changes).with_columns(pl.col("state").cast(pl.String),
-                                                              pl.col("reason").cast(pl.String))
+    journal = pl.from_arrow(replay.spte_changes)
+    assert isinstance(journal, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
+    changes = journal.with_columns(pl.col("state").cast(pl.String), pl.col("reason").cast(pl.String))
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
-    rows: dict[str, list] = {f.name: [] for f in REMOVALS_SCHEMA}
-    prow: dict[str, list] = {f.name: [] for f in PAGES_SCHEMA}
-    srow: dict[str, list] = {f.name: [] for f in SPTES_SCHEMA}
+    rows: dict[str, list[Any]] = {f.name: [] for f in REMOVALS_SCHEMA}
+    prow: dict[str, list[Any]] = {f.name: [] for f in PAGES_SCHEMA}
+    srow: dict[str, list[Any]] = {f.name: [] for f in SPTES_SCHEMA}
 
     def ts_of(seq: int) -> int | None:
         i = int(np.searchsorted(ev_seq, seq))

@@ -20,16 +20,25 @@ told from the QEMU lines themselves, never from the lab's ``kvmlab_memslot_ioctl
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.replays.placement import LineChange, TraceFacts, place
-from kvmtrace.replays.qemu_lines import (LogLine, SlotLine, parse_clear_dirty, parse_lab_get_dirty, parse_lab_move,
-                                         parse_lab_quirk, parse_log_line, parse_set_memory)
+from kvmtrace.replays.qemu_lines import (
+    LogLine,
+    SlotLine,
+    parse_clear_dirty,
+    parse_lab_get_dirty,
+    parse_lab_move,
+    parse_lab_quirk,
+    parse_log_line,
+    parse_set_memory,
+)
 
 KVM_MEM_LOG_DIRTY_PAGES = 0x1
 KVM_MEM_READONLY = 0x2
@@ -146,7 +155,8 @@ class MemslotTimeline:
         """Slot (as<<16|id) that certainly covered each (gfn, seq), or -1."""
         idx = self.lifetime_at(gfn, seq, as_id)
         slots = np.asarray([lt.slot for lt in self.lifetimes] + [-1], dtype=np.int64)
-        return slots[idx]
+        out: np.ndarray = slots[idx]
+        return out
 
     def window_of(self, gfn: np.ndarray, seq: np.ndarray, kinds: frozenset[str] | None = None,
                   positioned: bool = False, certain: bool = False) -> np.ndarray:
@@ -194,7 +204,7 @@ class MemslotTimeline:
         return False
 
     def table(self) -> pa.Table:
-        cols = {f.name: [] for f in TIMELINE_SCHEMA}
+        cols: dict[str, list[Any]] = {f.name: [] for f in TIMELINE_SCHEMA}
         for c in self.changes:
             row = dict(seq=c.seq, window_start=c.window_start, anchor=c.anchor, pid=c.pid, as_id=c.as_id,
                        slot=c.slot, kind=c.kind, base_gfn=c.base_gfn, npages=c.npages, flags=c.flags,
@@ -262,12 +272,14 @@ class _Builder:
             ob, on, of = (old[0], old[1], old[2]) if old else (base, None, None)
             if old:
                 self._close(line.slot, start)
-            ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, ob, 0, 0, ob, on, of, line.ua)
+            ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, ob, 0, 0, ob, on, of,
+                               line.ua)
         elif kind == "create":
             ch = MemslotChange(line.seq, start, anchor, line.pid, line.as_id, line.slot, kind, base, n, line.flags,
                                ua=line.ua)
             self._open(line.slot, base, n, line.flags, opens, line.ua)
         else:
+            assert old is not None  # flags, unchanged, move and recreate all need a live slot
             ob, on, of, _, _ = old
             self._close(line.slot, start if kind not in ("flags", "unchanged") else opens)
             self._open(line.slot, base, n, line.flags, opens, line.ua)
@@ -343,8 +355,8 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else parse_lab_move(buf, seq, pid)
             if line is None:
                 continue
-            start, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
-            b.add(line, start, anchor)
+            ws, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
+            b.add(line, ws, anchor)
             last_line[pid] = seq
         elif "kvm_clear_dirty_log" in buf:
             cleared = parse_clear_dirty(buf)
@@ -454,7 +466,7 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
     return tl
 
 
-def parse_layout(layout: dict) -> list[SlotLine]:
+def parse_layout(layout: dict[str, Any]) -> list[SlotLine]:
     """The slots of a layout file (``--memslots`` JSON):
     ``{"slots": [{"slot", "as_id", "gpa", "size", "flags", "userspace_addr"}]}``."""
     try:
@@ -465,11 +477,12 @@ def parse_layout(layout: dict) -> list[SlotLine]:
                                 int(str(s["gpa"]), 0), int(str(s["size"]), 0),
                                 int(str(s.get("userspace_addr", 0)), 0), 0))
     except (KeyError, TypeError, ValueError) as e:
-        raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} ({e})") from None
+        raise TraceError(f"memslot layout: expected {{\"slots\": [{{\"slot\", \"gpa\", \"size\"}}...]}} "
+                         f"({e})") from None
     return out
 
 
-def from_layout(layout: dict) -> MemslotTimeline:
+def from_layout(layout: dict[str, Any]) -> MemslotTimeline:
     """A layout file alone (a trace without memslot lines): the slots stay for the whole trace."""
     b = _Builder("layout")
     b.seed(parse_layout(layout))

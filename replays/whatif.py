@@ -78,7 +78,7 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
         if ctx.mmu == "tdp":
             slot_pages = ids[:0]
         else:
-            slot_pages = ids[zap_rule_mask(ctx, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
+            slot_pages = ids[zap_rule_mask(ctx.profile, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
         installed_into_later = np.isin(ids, ins_page[ins_seq > c.seq])
         for policy, pages, sptes in (("zap_all", ids, live), ("zap_slot", slot_pages, in_range)):
             exact = policy == own or (policy == "zap_slot" and own == "zap_all")

@@ -20,6 +20,7 @@ import numpy as np
 
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.findings import CheckOutcome, Finding
+from kvmtrace.replays.journal import Snapshot
 from kvmtrace.replays.leaf_proof import DANGLING, PROVED, UNPROVABLE, LeafFate, leaf_fates
 from kvmtrace.replays.pages import NONE
 
@@ -32,10 +33,11 @@ def detect(ctx: Context) -> list[CheckOutcome]:
     return [_dangling(ctx)]
 
 
-def _overlapping(snap, base: int, npages: int) -> np.ndarray:
+def _overlapping(snap: Snapshot, base: int, npages: int) -> np.ndarray:
     lo = snap.gfn
     hi = lo + span(snap.level)
-    return (lo < np.uint64(base + npages)) & (hi > np.uint64(base))
+    hit: np.ndarray = (lo < np.uint64(base + npages)) & (hi > np.uint64(base))
+    return hit
 
 
 def _dangling(ctx: Context) -> CheckOutcome:
@@ -43,7 +45,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
     removals = ctx.positioned_removals()
     if not removals:
         return CheckOutcome.skipped(cid, "no memslot delete or move with a position in the trace")
-    if ctx.mmu not in ("tdp",) + SHADOW_KINDS:
+    if ctx.mmu not in ("tdp", *SHADOW_KINDS):
         return CheckOutcome.skipped(cid, "no SPTE events to replay")
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
@@ -55,6 +57,9 @@ def _dangling(ctx: Context) -> CheckOutcome:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None:
             continue
+        # a positioned removal: its line, window and old range are known
+        assert c.seq is not None and c.window_start is not None
+        assert c.old_base_gfn is not None and c.old_npages is not None
         hit = _overlapping(snap, c.old_base_gfn, c.old_npages) & ~snap.obsolete_root
         if ctx.mmu in SHADOW_KINDS:
             if not ctx.expects_zap_all(c):
@@ -84,7 +89,8 @@ def _dangling(ctx: Context) -> CheckOutcome:
     proved = _judge_untraced(slot_fates, findings, reported)
     if not checked and not proved:
         if slot_fates:
-            return CheckOutcome.skipped(cid, "zap-slot on the legacy MMU (leaf zaps untraced): " + _per_change(slot_fates))
+            return CheckOutcome.skipped(cid, "zap-slot on the legacy MMU (leaf zaps untraced): "
+                                        + _per_change(slot_fates))
         return CheckOutcome.skipped(cid, "every delete/move ran under the zap-slot policy, whose leaf zaps the "
                                          "shadow MMU does not trace")
     note = f"{checked} delete/move(s) checked"
@@ -112,7 +118,7 @@ def untraced_leaf_fates(ctx: Context) -> list[LeafFate]:
                                   np.asarray(ctx.pages.zap_seq, dtype=np.int64)) if f.change in slot]
 
 
-def _judge_untraced(fates: list[LeafFate], findings: list[Finding], reported: set) -> int:
+def _judge_untraced(fates: list[LeafFate], findings: list[Finding], reported: set[tuple[int, int, int, int]]) -> int:
     """Findings for proven dangling leaves; returns how many leaves were judged either way."""
     judged = 0
     for f in fates:

@@ -82,9 +82,15 @@ def rule_mask(rule: ZapRule, profile: KernelProfile, gfn: np.ndarray, role: np.n
     return valid & (level <= np.uint64(max_level)) & (gfn >= (np.uint64(base) & mask)) & (gfn <= (last & mask))
 
 
-def zap_rule_mask(ctx: Context, gfn: np.ndarray, role: np.ndarray, base: int, npages: int) -> np.ndarray:
-    """The what-if's zap-slot: the profile's rule, or the upstream one where the kernel has none."""
-    return rule_mask(RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT], ctx.profile, gfn, role, base, npages)
+def whatif_rule(profile: KernelProfile) -> ZapRule:
+    """The zap-slot rule the what-if, the zap ledger and the consequences apply: the profile's, or
+    the upstream one where the kernel has none (so every era can be asked what zap-slot would do)."""
+    return RULES[profile.slot_zap_rule or WHATIF_DEFAULT]
+
+
+def zap_rule_mask(profile: KernelProfile, gfn: np.ndarray, role: np.ndarray, base: int, npages: int) -> np.ndarray:
+    """The pages (by ``gfn`` and ``role``) the what-if's zap-slot removes for the slot ``base``..+``npages``."""
+    return rule_mask(whatif_rule(profile), profile, gfn, role, base, npages)
 
 
 def _zap_miss(ctx: Context) -> CheckOutcome:
