@@ -25,9 +25,9 @@ import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.detectors.slot_removal import untraced_leaf_fates
-from kvmtrace.replays.detectors.zap_rules import WHATIF_DEFAULT, rule_mask
-from kvmtrace.replays.eras import RULES
+from kvmtrace.replays.detectors.zap_rules import rule_mask, whatif_rule
 from kvmtrace.replays.leaf_proof import DANGLING, PROVED
+from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.pages import NONE
 
 CONSEQUENCES_SCHEMA = pa.schema([
@@ -65,15 +65,16 @@ def pfn_words(pfn: int) -> str:
 def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
     """One row per consequence of each positioned delete/move. ``requested`` holds seq, gfn, pfn,
     level and pid of ``kvm_mmu_spte_requested``."""
-    rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
+    rows: dict[str, list[object]] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
 
-    def add(c, what, seq, gfn, level, pid, page, allowed, detail, evidence):
+    def add(c: MemslotChange, what: str, seq: int, gfn: int, level: int, pid: int | None, page: int | None,
+            allowed: bool | None, detail: str, evidence: list[int]) -> None:
         for k, v in (("change_seq", c.seq), ("slot", c.slot), ("change", c.kind), ("what", what), ("seq", seq),
                      ("gfn", gfn), ("level", level), ("pid", pid), ("page", page), ("allowed", allowed),
                      ("detail", detail), ("evidence", evidence)):
             rows[k].append(v)
 
-    rule = RULES[ctx.profile.slot_zap_rule or WHATIF_DEFAULT]
+    rule = whatif_rule(ctx.profile)
     # a rule the caller chose answers "would it have zapped this?": say whose rule it is
     chosen = "" if not ctx.profile.zap_rule_chosen else (
         f" [{'rule of ' + rule.kernels if rule.shipped else 'a hypothesis that never shipped'}, not this kernel's "
@@ -82,6 +83,8 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
     ins = ctx.installs
     changes = ctx.positioned_removals()
     for n, (i, c) in enumerate(changes):
+        # positioned_removals keeps only changes with a seq and an old range
+        assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
         until = _back_or_next(ctx, n, changes, lo, hi)
         end = ctx.journal.snapshots.get((i, "end"))
@@ -89,8 +92,8 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
             ids = end.pages
             g = pages["gfn"][ids]
             role = pages["role"][ids]
-            level = ((role >> np.uint64(ctx.profile.role_field("level").shift)) & np.uint64(0xF)).astype(np.int64)
-            direct = (role >> np.uint64(ctx.profile.role_field("direct").shift)) & np.uint64(1)
+            level = ((role >> np.uint64(ctx.profile.required_field("level").shift)) & np.uint64(0xF)).astype(np.int64)
+            direct = (role >> np.uint64(ctx.profile.required_field("direct").shift)) & np.uint64(1)
             # a direct page at level L maps 512**L gfns from its gfn (span of a leaf one level up);
             # an indirect page concerns the slot when the guest page table it shadows lies in it
             over = np.where(direct == 1, (g < np.uint64(hi)) & (g + span(level + 1) > np.uint64(lo)),
@@ -137,11 +140,13 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
     return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
 
 
-def _back_or_next(ctx: Context, n: int, changes: list, lo: int, hi: int) -> int:
+def _back_or_next(ctx: Context, n: int, changes: list[tuple[int, MemslotChange]], lo: int, hi: int) -> int:
     """Seq until which faults on [lo, hi) still show this change: the next line that maps part
     of the range again (a create, the move back), or the next removal of it."""
+    since = changes[n][1].seq
+    assert since is not None  # positioned_removals keeps only changes with a seq
     for c in ctx.timeline.changes:
-        if c.seq is None or c.seq <= changes[n][1].seq:
+        if c.seq is None or c.seq <= since:
             continue
         if c.npages and c.base_gfn < hi and lo < c.base_gfn + c.npages:
             return c.window_start if c.window_start is not None else c.seq

@@ -32,10 +32,11 @@ outside KVM_RUN.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.inputs import zap_all_event
@@ -88,7 +89,7 @@ class TraceFacts:
     inst_gfn: np.ndarray
 
 
-def _cat(parts: list[np.ndarray], dtype) -> np.ndarray:
+def _cat(parts: list[np.ndarray], dtype: DTypeLike) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
 
 
@@ -108,30 +109,45 @@ def _installs(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
     ev = data.events
     seq = numpy_column(ev, "seq", np.int64)
-    zs, zp, zg, za, ts_, tg, gs, gv = [], [], [], [], [], [], [], []
+    zs: list[np.ndarray] = []
+    zp: list[np.ndarray] = []
+    zg: list[np.ndarray] = []
+    za: list[np.ndarray] = []
+    ts_: list[np.ndarray] = []
+    tg: list[np.ndarray] = []
+    gs: list[np.ndarray] = []
+    gv: list[np.ndarray] = []
     t = data.tables.get("kvm_mmu_prepare_zap_page")
     if t is not None and t.num_rows:
-        zs.append(numpy_column(t, "seq", np.int64)), zp.append(numpy_column(t, "pid", np.int64))
-        zg.append(numpy_column(t, "gfn", np.int64)), za.append(np.zeros(t.num_rows, bool))
+        zs.append(numpy_column(t, "seq", np.int64))
+        zp.append(numpy_column(t, "pid", np.int64))
+        zg.append(numpy_column(t, "gfn", np.int64))
+        za.append(np.zeros(t.num_rows, bool))
     t = data.tables.get("kvm_tdp_mmu_spte_changed")
     if t is not None and t.num_rows:
         old, new = numpy_column(t, "old_spte"), numpy_column(t, "new_spte")
         gone = profile.is_present(old) & ~profile.is_present(new)
-        zs.append(numpy_column(t, "seq", np.int64)[gone]), zp.append(numpy_column(t, "pid", np.int64)[gone])
-        zg.append(numpy_column(t, "gfn", np.int64)[gone]), za.append(np.zeros(int(gone.sum()), bool))
+        zs.append(numpy_column(t, "seq", np.int64)[gone])
+        zp.append(numpy_column(t, "pid", np.int64)[gone])
+        zg.append(numpy_column(t, "gfn", np.int64)[gone])
+        za.append(np.zeros(int(gone.sum()), bool))
     t = data.tables.get(zap_all_event(data))
     if t is not None and t.num_rows:
-        zs.append(numpy_column(t, "seq", np.int64)), zp.append(numpy_column(t, "pid", np.int64))
-        zg.append(np.full(t.num_rows, -1, np.int64)), za.append(np.ones(t.num_rows, bool))
+        zs.append(numpy_column(t, "seq", np.int64))
+        zp.append(numpy_column(t, "pid", np.int64))
+        zg.append(np.full(t.num_rows, -1, np.int64))
+        za.append(np.ones(t.num_rows, bool))
     for name in _GFN_EVENTS:
         t = data.tables.get(name)
         if t is not None and t.num_rows and "gfn" in t.column_names:
-            ts_.append(numpy_column(t, "seq", np.int64)), tg.append(numpy_column(t, "gfn", np.int64))
+            ts_.append(numpy_column(t, "seq", np.int64))
+            tg.append(numpy_column(t, "gfn", np.int64))
     if profile.version >= (5, 1):  # the generation counts swaps from 5.1 (u64, update-in-progress bit 63)
         for name, col in (("check_mmio_spte", "kvm_gen"), ("mark_mmio_spte", "gen")):
             t = data.tables.get(name)
             if t is not None and t.num_rows and col in t.column_names:
-                gs.append(numpy_column(t, "seq", np.int64)), gv.append(numpy_column(t, col, np.int64))
+                gs.append(numpy_column(t, "seq", np.int64))
+                gv.append(numpy_column(t, col, np.int64))
     ns = [numpy_column(t, "seq", np.int64) for name, t in data.tables.items()
           if name in _NOTIFIER_EVENTS and t.num_rows]
     zseq = _cat(zs, np.int64)
@@ -219,7 +235,7 @@ def _match(cands: list[tuple[float, int, int, int, int]], timed: bool,
         return out, None, ""
     if not timed:
         after = -1
-        for off, k, first, last, pid in sorted(cands, key=lambda c: (c[1], c[2])):
+        for _off, k, first, last, pid in sorted(cands, key=lambda c: (c[1], c[2])):
             if k not in out and first > after:
                 out[k] = (first, last, pid)
                 after = last
@@ -239,7 +255,7 @@ def _match(cands: list[tuple[float, int, int, int, int]], timed: bool,
         return out, None, ("zap responses fit two clock offsets equally (a workload that repeats itself): no line "
                            "placed by them")
     chosen = {c[1]: c for c in best[2]}
-    for k, (off, _, first, last, pid) in chosen.items():
+    for k, (_off, _, first, last, pid) in chosen.items():
         out[k] = (first, last, pid)
     used = [chosen[k][0] for k in out]
     return out, Clock(max(used), max(used) - min(used)), ""
@@ -316,7 +332,7 @@ def _unmapped_installs(clock: Clock, lines: Sequence[LogLine], changes: Sequence
     covered = np.zeros(len(seq), bool)
     touched = np.zeros(len(seq), bool)
     live: dict[int, tuple[int, int, int]] = {}
-    for x, ln in zip(pos + [INF], list(lines) + [None]):
+    for x, ln in zip([*pos, INF], [*lines, None]):
         for slot, (a, b, since) in list(live.items()):
             if ln is None or ln.line.slot == slot:
                 covered |= (seq >= since) & (seq < x) & (gfn >= a) & (gfn < b)
@@ -339,7 +355,8 @@ def _chain(pairs: list[tuple[float, int, int, int, int]]) -> list[tuple[float, i
         i = int(np.searchsorted(tails, c[2]))
         back[n] = ends[i - 1] if i else -1
         if i == len(tails):
-            tails.append(c[2]), ends.append(n)
+            tails.append(c[2])
+            ends.append(n)
         else:
             tails[i], ends[i] = c[2], n
     out = []
@@ -400,16 +417,17 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
         if thread is not None:
             cand &= f.zap_pid == thread
         seen: set[int] = set()
-        for i in np.flatnonzero(cand):
-            key = int(first_of[i])
+        line_ts = lines[k].ts
+        for zi in np.flatnonzero(cand):
+            key = int(first_of[zi])
             if key in seen:
                 continue
             seen.add(key)
             if _after_notifier(f, int(np.searchsorted(f.zap_seq, key))):
                 continue
-            end = int(last_of[i])
-            off = float(f.ts[np.searchsorted(f.seq, end)]) - lines[k].ts * 1e9 if lines[k].ts is not None else 0.0
-            cands.append((off, k, key, end, int(f.zap_pid[i])))
+            run_last = int(last_of[zi])
+            off = float(f.ts[np.searchsorted(f.seq, run_last)]) - line_ts * 1e9 if line_ts is not None else 0.0
+            cands.append((off, k, key, run_last, int(f.zap_pid[zi])))
     resp, clock, note = _match(cands, any(ln.ts is not None for ln in lines), why)
     if note:
         notes.append(note)
@@ -422,25 +440,27 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
             notes.append(note)
         n_fits = len(fits)
         if n_fits > 1:
+            assert thread is not None  # ex is empty without a thread
             clean = [c for c in fits if not _unmapped_installs(c, lines, changes, f, ex, end, thread)]
             # fits that put every line in the same stretch are one placement; with no prior on the
             # offset, each placement is as likely as the width of its offset range
             groups: dict[tuple[int, ...], list[Clock]] = {}
-            for c in clean:
-                groups.setdefault(tuple(_stretches(c, lines, f, ex)), []).append(c)
+            for fit in clean:
+                groups.setdefault(tuple(_stretches(fit, lines, f, ex)), []).append(fit)
             weight = {k: sum(c.spread + 1.0 for c in g) for k, g in groups.items()}
             total = sum(weight.values())
-            best = max(weight, key=weight.get) if weight else None
+            best = max(weight, key=lambda s: weight[s]) if weight else None
             share = weight[best] / total if best is not None else 0.0
             if share >= MIN_SHARE:
+                assert best is not None  # share is 0.0 without one
                 g = groups[best]
                 lo_off = min(c.offset for c in g)
                 fits = [Clock(lo_off, max(c.offset + c.spread for c in g) - lo_off)]
                 by_installs = share
                 notes.append(f"the log fits the ioctl thread's stretches outside KVM_RUN at {n_fits} separate "
-                             f"clock offsets; {len(groups)} placement(s) keep every leaf the thread installed inside a live slot "
-                             f"(assuming the kernel did not install into a removed range), and one of them holds "
-                             f"{share:.0%} of their offset range: taken")
+                             f"clock offsets; {len(groups)} placement(s) keep every leaf the thread installed inside "
+                             f"a live slot (assuming the kernel did not install into a removed range), and one of "
+                             f"them holds {share:.0%} of their offset range: taken")
             else:
                 notes.append(f"the log fits the ioctl thread's stretches outside KVM_RUN at {len(clean)} clock offsets "
                              f"consistent with the thread's own installs, none with {MIN_SHARE:.0%} of the offset "
@@ -462,38 +482,38 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
     prev = -1
     for k, (ln, c) in enumerate(zip(lines, changes)):
         pid = resp[k][2] if k in resp else (thread if thread is not None else (ln.pid or 0))
-        l, h, used = max(int(lo[k]), prev), int(hi[k]), False
+        low, high, used = max(int(lo[k]), prev), int(hi[k]), False
         if clock is not None and ln.ts is not None:
             t0, t1 = clock.window(ln.ts)
             i = int(np.searchsorted(f.ts, t0)) - 1
             j = int(np.searchsorted(f.ts, t1, "right"))
             cl = int(f.seq[i]) if i >= 0 else -1
             ch = int(f.seq[j]) if j < len(f.seq) else INF
-            used = cl > l or ch < h
-            l, h = max(l, cl), min(h, ch)
+            used = cl > low or ch < high
+            low, high = max(low, cl), min(high, ch)
             why[k].append(f"log clock: trace ts {t0 / 1e9:.6f}..{t1 / 1e9:.6f} s")
         if len(ex):
-            i = int(np.searchsorted(ex, l, "right")) - 1  # the stretch the line can be in, if one
-            if i >= 0 and end[i] >= h:
+            i = int(np.searchsorted(ex, low, "right")) - 1  # the stretch the line can be in, if one
+            if i >= 0 and end[i] >= high:
                 why[k].append(f"thread {thread} outside KVM_RUN from seq {int(ex[i])}")
-            elif i + 1 < len(ex) and end[i + 1] >= h and ex[i + 1] < h:
-                l = max(l, int(ex[i + 1]))
+            elif i + 1 < len(ex) and end[i + 1] >= high and ex[i + 1] < high:
+                low = max(low, int(ex[i + 1]))
                 why[k].append(f"thread {thread} outside KVM_RUN from seq {int(ex[i + 1])}")
-        if l >= h:
+        if low >= high:
             out.append(Placement(None, "unplaced: the evidence conflicts (" + "; ".join(why[k]) + ")", None, pid))
             continue
-        if l == -1 and h == INF:
+        if low == -1 and high == INF:
             out.append(Placement(None, "unplaced: no kernel response, generation or clock places it", None, pid))
             continue
-        hits = touching(f, c.ranges, l, h)
+        hits = touching(f, c.ranges, low, high)
         if len(hits):
             out.append(Placement(None, f"unplaced: events touching its gfns (seq {int(hits[0])}"
                                        f"{'...' if len(hits) > 1 else ''}) lie where it may be; before and after "
                                        f"them fit equally", None, pid))
             continue
-        prev = l
+        prev = low
         conf = (round(0.9 * by_installs, 2) if by_installs else 0.9) if used else 1.0
-        out.append(Placement(l, f"after seq {l}: " + "; ".join(why[k] or ["the log's order"]), conf, pid,
+        out.append(Placement(low, f"after seq {low}: " + "; ".join(why[k] or ["the log's order"]), conf, pid,
                              resp[k][0] if k in resp else None))
     return out, notes
 

@@ -113,12 +113,12 @@ def parse_log_line(text: str, lineno: int) -> LogLine | None:
         f = {_SIMPLE_NAMES[k]: v for k, v in args.items() if k in _SIMPLE_NAMES}
         try:
             as_id = int(f.get("as", "0"), 0)
-            line = SlotLine(None, int(m["pid"]), as_id, (as_id << 16) | (int(f["slot"], 0) & 0xFFFF),
-                            int(f.get("flags", "0"), 0), int(f["gpa"], 0), int(f["size"], 0), int(f.get("ua", "0"), 0),
-                            int(f.get("ret", "0"), 0))
+            simple = SlotLine(None, int(m["pid"]), as_id, (as_id << 16) | (int(f["slot"], 0) & 0xFFFF),
+                              int(f.get("flags", "0"), 0), int(f["gpa"], 0), int(f["size"], 0),
+                              int(f.get("ua", "0"), 0), int(f.get("ret", "0"), 0))
         except (KeyError, ValueError):
             return None
-        return LogLine(lineno, int(m["pid"]), float(m["ts"]) / 1e6, line)
+        return LogLine(lineno, int(m["pid"]), float(m["ts"]) / 1e6, simple)
     line = parse_set_memory(text, None, 0) if "kvm_set_user_memory" in text else parse_lab_move(text, None, 0)
     if line is None:
         return None
