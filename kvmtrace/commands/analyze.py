@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.commands.common import Steps, check_format, emit, output_file
+from kvmtrace.commands.common import ReportFormat, ReportOutput, Steps, check_format, emit, output_file
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.report import FORMATS
 from kvmtrace.report.output import refuse_inputs
@@ -19,11 +19,8 @@ FAIL_ON = ("error", "warning")
 
 def analyze(
     path: Annotated[Path, typer.Argument(metavar="PATH", help="trace.dat, or ftrace text (plain or compressed).")],
-    fmt: Annotated[str, typer.Option(
-        "--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", metavar="FILE",
-        help="Write the report to FILE (whole or not at all; - is standard output).")] = None,
+    fmt: ReportFormat = "text",
+    output: ReportOutput = None,
     qemu_log: Annotated[Path | None, typer.Option(
         metavar="FILE", help="QEMU -trace log with kvm_set_user_memory lines.")] = None,
     memslots: Annotated[Path | None, typer.Option(

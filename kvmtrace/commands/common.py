@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -21,6 +22,13 @@ from kvmtrace.report.safe import printable
 #: the keyword with dashes.
 _FLAGS = {"fmt": "--format", "cpus": "--cpu", "output": "-o", "outdir": "OUTDIR",
           "command": "COMMAND after '--' (kvmtrace record -o x.dat -- ./workload)"}
+
+
+#: ``--format``/``-f`` of the commands that render a report (analyze, diff).
+ReportFormat = Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")]
+#: ``--output``/``-o`` of the commands that print one document (written by :func:`emit`).
+ReportOutput = Annotated[Path | None, typer.Option(
+    "--output", "-o", metavar="FILE", help="Write the output to FILE (whole or not at all; - is standard output).")]
 
 
 def flag(param: str) -> str:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 import kvmtrace
-from kvmtrace.commands.common import Steps, check_format, emit, output_file
+from kvmtrace.commands.common import ReportFormat, ReportOutput, Steps, check_format, emit, output_file
 from kvmtrace.report import DIFF_FORMATS
 from kvmtrace.report.output import refuse_inputs
 
@@ -18,11 +18,8 @@ from kvmtrace.report.output import refuse_inputs
 def diff(
     a: Annotated[Path, typer.Argument(metavar="A", help="The reference trace (e.g. the good run).")],
     b: Annotated[Path, typer.Argument(metavar="B", help="The trace to compare with it.")],
-    fmt: Annotated[str, typer.Option(
-        "--format", "-f", metavar="FORMAT", help="text, markdown, html or json.")] = "text",
-    output: Annotated[Path | None, typer.Option(
-        "--output", "-o", metavar="FILE",
-        help="Write the diff to FILE (whole or not at all; - is standard output).")] = None,
+    fmt: ReportFormat = "text",
+    output: ReportOutput = None,
     kernel: Annotated[str | None, typer.Option(
         metavar="RELEASE", help="Kernel release to assume for both traces.")] = None,
 ) -> None:
