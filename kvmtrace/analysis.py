@@ -41,12 +41,12 @@ from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, r
 from kvmtrace.report.blocks import report_blocks
 from kvmtrace.report.html import render_html_fragment
 from kvmtrace.selection import ReportedSelection, recount, reported, selection_of, seq_filter
+from kvmtrace.traced import Traced
 from kvmtrace.version import __version__
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure as MplFigure
 
-    from kvmtrace.api import Trace
 
 #: The replay's tables by name (``Analysis.table``); summaries are added under their own names.
 REPLAY_TABLES: tuple[str, ...] = ("shadow_pages", "spte_changes", "memslots", "unexplained", "whatif")
@@ -106,7 +106,7 @@ class Analysis:
     as the selection shows it).
     """
 
-    def __init__(self, trace: Trace, replay: ReplayResult, selection: Selection | None = None) -> None:
+    def __init__(self, trace: Traced, replay: ReplayResult, selection: Selection | None = None) -> None:
         self.trace = trace
         self.path = Path(trace.path)
         self.replay = replay
@@ -308,7 +308,7 @@ def convert_table(table: pa.Table, backend: str) -> Any:
 
 
 def analyze(
-    trace: Trace,
+    trace: Traced,
     *,
     kernel: str | None = None,
     qemu_log: PathLike | Sequence[str] | None = None,

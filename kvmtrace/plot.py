@@ -13,7 +13,6 @@ tests and in notebooks alike) and as SVG text for the self-contained HTML report
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
 
 import matplotlib
 import numpy as np
@@ -26,9 +25,7 @@ from kvmtrace.replays.results import ReplayResult
 from kvmtrace.report.decode import gpa_range
 from kvmtrace.report.evidence import column_ts, seq_ts
 from kvmtrace.report.model import Figure, sp_birth_death, totals_grid
-
-if TYPE_CHECKING:  # the API imports this module (lazily); a runtime import would close a cycle
-    from kvmtrace.api import Trace
+from kvmtrace.traced import Traced
 
 #: Event groups drawn on the timeline, in the order of the panels.
 TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -41,7 +38,7 @@ TIMELINE_GROUPS: dict[str, tuple[str, ...]] = {
 BINS = 200
 
 
-def _data(trace: Trace | TraceData) -> TraceData:
+def _data(trace: Traced | TraceData) -> TraceData:
     return trace if isinstance(trace, TraceData) else trace.data
 
 
@@ -51,7 +48,7 @@ def _ts(table: pa.Table | None) -> np.ndarray:
     return table.column("ts").to_numpy(zero_copy_only=False)
 
 
-def timeline(trace: Trace | TraceData, replay: ReplayResult) -> MplFigure:
+def timeline(trace: Traced | TraceData, replay: ReplayResult) -> MplFigure:
     """Events per time bin for each group of :data:`TIMELINE_GROUPS`; memslot changes dashed."""
     data = _data(trace)
     t0 = data.info.first_ts or 0
@@ -109,7 +106,7 @@ def memslots(replay: ReplayResult) -> MplFigure:
     return fig
 
 
-def sp_lifetimes(replay: ReplayResult, trace: Trace | TraceData | None = None) -> MplFigure:
+def sp_lifetimes(replay: ReplayResult, trace: Traced | TraceData | None = None) -> MplFigure:
     """Shadow pages alive over the trace (pages that predate it count from its start).
 
     The replay cites events by seq; with ``trace`` the x axis is time, without it the x axis
@@ -169,7 +166,7 @@ def _faults(data: TraceData) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(seqs), np.concatenate(gfns)
 
 
-def layout(trace: Trace | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+def layout(trace: Traced | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
     """The memslot layout over time: one lane per guest-physical range (sorted by address, so
     small BARs stay visible next to gigabytes of RAM), one band per slot instance while it was
     in place, each delete/move's update window shaded and its line marked, and the faults
@@ -248,7 +245,7 @@ def page_ends(replay: ReplayResult, ledger: ZapLedger) -> np.ndarray:
                      ["obsolete, end not traced", "alive at end", "zap-all", "slot zap", "root freed"], "other zap")
 
 
-def page_lifetimes(trace: Trace | TraceData, replay: ReplayResult,
+def page_lifetimes(trace: Traced | TraceData, replay: ReplayResult,
                    ledger: ZapLedger | None = None) -> MplFigure:
     """One horizontal bar per shadow page from its creation (or the trace start, if it predates
     the trace) to its zap (or the trace end), pages ordered by creation, coloured by how they
@@ -282,7 +279,7 @@ def page_lifetimes(trace: Trace | TraceData, replay: ReplayResult,
     return fig
 
 
-def spte_rate(trace: Trace | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
+def spte_rate(trace: Traced | TraceData, replay: ReplayResult, ledger: ZapLedger | None = None) -> MplFigure:
     """Leaf SPTEs installed and removed (traced or inferred) per time bin, with each memslot
     delete/move's update window shaded and its line dashed."""
     data = _data(trace)
@@ -328,7 +325,7 @@ def svg_text(fig: MplFigure) -> str:
     return text[text.index("<svg"):]
 
 
-def report_figures(trace: Trace | TraceData, replay: ReplayResult) -> tuple[Figure, ...]:
+def report_figures(trace: Traced | TraceData, replay: ReplayResult) -> tuple[Figure, ...]:
     """The HTML report's plots, drawn once: the memslot layout, how shadow pages lived and
     ended, and SPTE churn around memslot changes, then the event timeline."""
     ledger = zap_ledger(_data(trace), replay)

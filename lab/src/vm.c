@@ -6,7 +6,6 @@
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,20 +13,6 @@
 #include <sys/mman.h>
 #include <unistd.h>
 #include "kvmlab.h"
-
-void die(const char *fmt, ...)
-{
-	va_list ap;
-
-	fprintf(stderr, "kvmlab: ");
-	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
-	va_end(ap);
-	if (errno)
-		fprintf(stderr, " (%s)", strerror(errno));
-	fputc('\n', stderr);
-	exit(1);
-}
 
 void vm_create(struct vm *vm, bool zap_all_quirk, bool thp)
 {
