@@ -1,11 +1,12 @@
 """Kernel eras as data: what each x86 KVM release does when a memslot is deleted or moved, which
 zap tracepoints it has, and which role / SPTE / MMIO layouts it uses, each fact with its source.
 
-Why a table: the 2019 per-memslot zap was first modelled from a *proposal* in the seed-000 thread
-(the level+1 alignment mask) instead of from the code that shipped, and nothing said so. Here each
-rule names the kernel file and function it comes from, the releases it applies to, whether it ever
-shipped, and how the fact was checked (:class:`Checked`), so a report can say which rule it applied
-and why. :mod:`profiles` keeps the bit layouts themselves; this module says where they come from.
+Why a table: the 2019 per-memslot zap was first modelled from a *proposal* in its mailing-list
+thread (the level+1 alignment mask; docs/threads.md §1) instead of from the code that shipped, and
+nothing said so. Here each rule names the kernel file and function it comes from, the releases it
+applies to, whether it ever shipped, and how the fact was checked (:class:`Checked`), so a report
+can say which rule it applied and why. :mod:`profiles` keeps the bit layouts themselves; this
+module says where they come from.
 
 Release boundaries below the minor version matter once: 4e103134b862 (per-memslot zap, 5.1) was
 reverted in 5.2.11 stable (d012a06ab1d2, back to ``kvm_mmu_zap_all``) and fast invalidation came
@@ -26,7 +27,7 @@ class Checked(StrEnum):
 
     SOURCE = "read in the kernel source at that release"
     PATCH = "read in the posted patch or stable-queue mail"
-    REFERENCE = "taken from the project's tracepoint reference, not re-read"
+    REFERENCE = "taken from the project's tracepoint reference (docs/tracepoints.md), not re-read"
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class ZapRule:
         return f"{self.name} ({self.kernels}: {self.words})"
 
 
-_SEED = "seed 000 (kvm@vger, 2019-08-20)"
+_THREAD_2019 = "the 2019 'Zap only the relevant pages when removing a memslot' thread (kvm@vger; docs/threads.md §1)"
 RULES: dict[str, ZapRule] = {r.name: r for r in (
     ZapRule("zap_all", Pages.ALL, "with their pages (each page zap is traced)", "2.6.x-3.10, 5.2.11-5.2.15", True,
             "every shadow page is zapped, one kvm_mmu_prepare_zap_page each",
@@ -84,7 +85,7 @@ RULES: dict[str, ZapRule] = {r.name: r for r in (
             "leaf SPTEs leave through the rmaps (untraced); then, for each gfn of the slot, every valid page in "
             "the hash bucket with sp->gfn == gfn is zapped, whatever its role (direct or indirect)",
             Cite("arch/x86/kvm/mmu.c", "kvm_mmu_invalidate_zap_pages_in_memslot() of 4e103134b862",
-                 f"5.1; the removed lines of the 2019-08-20 rewrite in {_SEED}, and the 2024-09-27 "
+                 f"5.1; the removed lines of the 2019-08-20 rewrite in {_THREAD_2019}, and the 2024-09-27 "
                  "'fix KVM_X86_QUIRK_SLOT_ZAP_ALL for shadow MMU' mail that reintroduces it", Checked.PATCH)),
     ZapRule("gptes", Pages.GPTES, "through the rmaps on the shadow MMU (untraced); the TDP MMU's leaf zap is traced",
             "6.12+ with KVM_X86_QUIRK_SLOT_ZAP_ALL disabled", True,
@@ -96,7 +97,7 @@ RULES: dict[str, ZapRule] = {r.name: r for r in (
             "pages of level <= the slot's largest page level whose gfn lies in the slot's range aligned to "
             "512**level (the level+1 mask of the proposed rewrite)",
             Cite("arch/x86/kvm/mmu.c", "proposed kvm_mmu_invalidate_zap_pages_in_memslot() rewrite",
-                 f"{_SEED}; never merged (the fix was the revert to zap-all)", Checked.PATCH)),
+                 f"{_THREAD_2019}; never merged (the fix was the revert to zap-all)", Checked.PATCH)),
 )}
 
 

@@ -1,9 +1,9 @@
 """The zap ledger: for each memslot delete or move, what the kernel zapped, what it kept and why.
 
 This is what a maintainer reconstructs by hand from a trace when a memslot change misbehaves
-(seed 000 took weeks of it). It is computed from a finished replay (its memslot timeline,
-shadow-page book, SPTE journal and memslot summary) plus the trace's seq->ts column and its
-zap-all events; it decides nothing new, it lines the replay's facts up per change.
+(the 2019 per-memslot zap thread took weeks of it, docs/threads.md §1). It is computed from a
+finished replay (its memslot timeline, shadow-page book, SPTE journal and memslot summary) plus
+the trace's seq->ts column and its zap-all events; it decides nothing new, it lines the replay's facts up per change.
 
 Per change (one row of :data:`REMOVALS_SCHEMA`):
 

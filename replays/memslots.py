@@ -1,6 +1,6 @@
 """The memslot timeline: which gfns were backed by which slot, when, and when that was in flux.
 
-KVM traces nothing about memslots, but QEMU does (kvm-host-notes.md): every
+KVM traces nothing about memslots, but QEMU does (docs/qemu-memslot-lines.md): every
 KVM_SET_USER_MEMORY_REGION is followed by a ``kvm_set_user_memory`` line, written to
 ``trace_marker`` (ftrace backend, so it lands in the trace as a ``print`` event) or to a ``-trace``
 log, whose lines are placed on the trace by the kernel's response to each (:mod:`placement`). A
@@ -9,8 +9,8 @@ formats exist (QEMU <= 7.2, 8.x, >= 9.0). A line is written *after* the ioctl,
 so the kernel side of a change (the ``kvm_mmu_zap_all_fast`` of a delete, leaf zaps) comes first;
 the interval from the kernel's first sign of the change to the line is the *update window*, in
 which the layout is ambiguous. A delete followed by a create of an overlapping range (QEMU's way
-to resize or to toggle read-only) keeps the window open until the create: seed 003's non-atomic
-DELETE+CREATE.
+to resize or to toggle read-only) keeps the window open until the create: the non-atomic
+DELETE+CREATE of the 2022 "API to block and resume all running vcpus" thread (docs/threads.md §3).
 
 Lab markers are hints only, never required (lab/README.md): ``kvmlab_memslot_move`` announces a
 true KVM_MR_MOVE, for which QEMU would write no line at all; ``kvmlab_start ...
@@ -288,7 +288,8 @@ class _Builder:
         ch.source = source or f"trace marker seq {line.seq}"
         ch.placement, ch.confidence = placement, confidence
         ch.window_end = line.seq
-        # Seed 003: a delete followed by a create overlapping its range keeps the window open.
+        # DELETE+CREATE is not atomic (docs/threads.md §3): a delete followed by a create overlapping
+        # its range keeps the window open.
         prev = self.pending_delete.pop(line.as_id, None)
         if kind == "create" and prev is not None and prev.old_npages and _overlap(prev, base, n):
             prev.window_end = line.seq

@@ -1,6 +1,6 @@
 """The book of shadow pages (and TDP page tables): one row per lifetime.
 
-A page's identity in a trace is ``(gfn, role word, mmu_valid_gen)`` (tracepoints.md §1.2); no
+A page's identity in a trace is ``(gfn, role word, mmu_valid_gen)`` (docs/tracepoints.md §1.2); no
 pointer is traced. Text prints only some role bits: there ``role`` is the carried bits and
 ``role_mask`` says which, so two pages that differ only in unprinted bits share an identity.
 Both models keep their pages here so the ``shadow_pages`` table, the zap-miss rule and the

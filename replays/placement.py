@@ -3,7 +3,7 @@ to the wall clock alone.
 
 A log's timestamps are QEMU's clock (gettimeofday, or nothing at all), never the trace's, so a
 line is placed by what the kernel did for its ioctl, all of which happens before QEMU writes the
-line (kvm-host-notes.md):
+line (docs/qemu-memslot-lines.md §3):
 
 * **zap response**: a delete/move/recreate's ``kvm_mmu_zap_all_fast``, or the zaps of pages or
   leaf SPTEs in the old range, on one thread. The line comes after the burst, and the previous

@@ -1,6 +1,6 @@
 """Kernel profiles: what the bits of a role word and of an SPTE mean on one kernel era.
 
-The trace carries raw integers; their meaning moved between releases (tracepoints.md §3-§5):
+The trace carries raw integers; their meaning moved between releases (docs/tracepoints.md §3-§5):
 role bit 4 flipped sense in 5.17, bits 7-12 were padding before 4.2, the non-present SPTE value
 became ``BIT(63)`` in 6.10, the MMU-present bit appeared in 5.13, the MMIO generation moved twice.
 Everything version-dependent lives here; the models and detectors ask a :class:`KernelProfile`.
@@ -39,7 +39,7 @@ def _layout(*spec: tuple[str, int, int]) -> tuple[RoleField, ...]:
     return tuple(RoleField(n, s, w) for n, s, w in spec)
 
 
-# Role layouts per era (tracepoints.md §3). Only named fields; padding is left out.
+# Role layouts per era (docs/tracepoints.md §3). Only named fields; padding is left out.
 _ROLE_B = _layout(("level", 0, 4), ("cr4_pae", 4, 1), ("quadrant", 5, 2), ("direct", 13, 1), ("access", 14, 3),
                   ("invalid", 17, 1), ("efer_nx", 18, 1), ("cr0_wp", 19, 1), ("smep_andnot_wp", 20, 1))
 _ROLE_C = _layout(("level", 0, 4), ("cr4_pae", 4, 1), ("quadrant", 5, 2), ("direct", 7, 1), ("access", 8, 3),
@@ -129,7 +129,7 @@ class KernelProfile:
         return (spte & np.uint64(self.pfn_mask)) >> np.uint64(12)
 
     def mmio_generation(self, spte: np.ndarray) -> np.ndarray:
-        """The memslot generation stored in MMIO SPTEs (tracepoints.md §5.2), for decoding SPTE values."""
+        """The memslot generation stored in MMIO SPTEs (docs/tracepoints.md §5.2), for decoding SPTE values."""
         gen = np.zeros(len(spte), dtype=np.uint64)
         for lo, hi, shift in self.mmio_gen:
             field = (spte >> np.uint64(lo)) & np.uint64((1 << (hi - lo + 1)) - 1)
@@ -149,7 +149,7 @@ class KernelProfile:
 def ept(profile: KernelProfile) -> KernelProfile:
     """The same era with Intel EPT SPTEs (TDP on VMX): Accessed/Dirty at bits 8/9 when EPT A/D bits
     are on, and MMIO SPTEs marked by the W|X misconfiguration (plus suppress-#VE from 6.10)
-    (tracepoints.md §4.1-§4.2)."""
+    (docs/tracepoints.md §4.1-§4.2)."""
     ve = 1 << 63 if profile.nonpresent == 1 << 63 else 0
     return replace(profile, name=profile.name + " EPT", accessed_mask=1 << 8, dirty_mask=1 << 9,
                    mmio_mask=0x7 | ve, mmio_value=0x6 | ve, flavour="EPT")

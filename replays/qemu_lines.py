@@ -1,9 +1,10 @@
 """QEMU's and the lab's memslot lines, parsed: the only place that knows their text.
 
-QEMU writes ``kvm_set_user_memory`` after every KVM_SET_USER_MEMORY_REGION (three formats: QEMU
-<= 7.2 folds the address space into ``Slot#``, 8.x adds ``AddrSpace#``, >= 9.0 adds guest_memfd
-fields) and ``kvm_clear_dirty_log`` after every KVM_CLEAR_DIRTY_LOG (kvm-host-notes.md). The lab
-adds ``kvmlab_*`` lines (lab/README.md), used only as hints.
+QEMU writes ``kvm_set_user_memory`` after every KVM_SET_USER_MEMORY_REGION (three formats:
+QEMU <= 7.2 folds the address space into ``Slot#``, 8.x adds ``AddrSpace#``, >= 9.0 adds
+guest_memfd fields) and ``kvm_clear_dirty_log`` after every KVM_CLEAR_DIRTY_LOG
+(docs/qemu-memslot-lines.md §2, §4). The lab adds ``kvmlab_*`` lines (lab/README.md), used only as
+hints.
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def parse_lab_quirk(text: str) -> int | None:
     return int(m["q"]) if m else None
 
 
-# A QEMU -trace log line, in the forms users attach (kvm-host-notes.md): the log backend
+# A QEMU -trace log line, in the forms users attach (docs/qemu-memslot-lines.md §1): the log backend
 # ("PID@SEC.USEC:event msg", the prefix only with timestamps on), the kernel's text of QEMU's
 # ftrace backend ("comm-PID [CPU] flags TS: tracing_mark_write: event msg"), simpletrace.py's
 # "event DELTA pid=PID name=value..." and the bare message.

@@ -158,7 +158,8 @@ class ShadowModel:
     def sync_page(self, seq: int, gfn: int, role: int, gen: int, root_count: int, unsync: bool) -> None:
         """``kvm_mmu_unsync_page`` / ``kvm_mmu_sync_page``. The kernel traces the latter in
         ``kvm_unlink_unsync_page``, which the zap of an unsync page also calls: a "sync" right after
-        the page's zap belongs to the zapped page (mmu.c; tracepoints.md says "resynchronised")."""
+        the page's zap belongs to the zapped page (mmu.c ``__kvm_mmu_prepare_zap_page``;
+        docs/tracepoints.md §1.2)."""
         key = (gfn, role & ~self.inv_mask, gen)
         p = self._alive(key)
         if p is None and not unsync:

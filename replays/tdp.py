@@ -1,13 +1,14 @@
 """The TDP MMU model: SPTEs keyed by (as_id, level, gfn) from ``kvm_tdp_mmu_spte_changed``.
 
 The TDP MMU traces nearly every SPTE write with its old and new value, so the model can check each
-``old_spte`` against what it holds. Untraced (nested/README.md, tracepoints.md §1.7): Accessed and
-Dirty set by the CPU's page walker, ``fast_page_fault`` fixes (replayed from that event), the
-children of a huge-page split (the next change of a child carries the huge SPTE's values), and
-which root an entry belongs to. Several roots can map the same key at once (roles, SMM, and after
-``kvm_mmu_zap_all_fast`` every old root is invalid and torn down asynchronously while a new one is
-built), so the model keeps every copy of a key and assigns each change to the copy whose value
-its ``old_spte`` matches; copies of invalidated roots are marked as such.
+``old_spte`` against what it holds. Untraced (tests/data/nested/README.md,
+docs/tracepoints.md §1.7): Accessed and Dirty set by the CPU's page walker, ``fast_page_fault``
+fixes (replayed from that event), the children of a huge-page split (the next change of a child
+carries the huge SPTE's values), and which root an entry belongs to. Several roots can map the same
+key at once (roles, SMM, and after ``kvm_mmu_zap_all_fast`` every old root is invalid and torn down
+asynchronously while a new one is built), so the model keeps every copy of a key and assigns each
+change to the copy whose value its ``old_spte`` matches; copies of invalidated roots are marked as
+such.
 
 Accessed/Dirty bits set by the CPU's page walker appear in a later ``old_spte`` untraced; that is
 not a contradiction. A/D bits *missing* from an ``old_spte`` are: KVM clears them for dirty logging
@@ -30,7 +31,7 @@ from kvmtrace.replays.journal import PREDATES, Journal, Snapshot
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 
-FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (tracepoints.md §4.3)
+FROZEN_LOW = 0x5A0  # REMOVED_SPTE / FROZEN_SPTE low bits (docs/tracepoints.md §1.7, §4.3)
 
 #: One root's copy of an SPTE, updated in place: [value, install seq, root invalidated (0/1), installer pid]
 Copy = list[int]

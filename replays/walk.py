@@ -134,7 +134,8 @@ def _mmio_marks(data: TraceData, journal: Journal) -> None:
 
 def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfile) -> Columns:
     """Leave out TDP changes from one non-present value to another: removing a page table traces
-    all 512 children, most of them never present (nested/README.md). They change nothing."""
+    all 512 children, most of them never present (tests/data/nested/README.md;
+    docs/tracepoints.md §1.7). They change nothing."""
     t = data.table("kvm_tdp_mmu_spte_changed")
     quiet = np.asarray([profile.nonpresent, profile.nonpresent | FROZEN_LOW], dtype=np.uint64)
     keep = ~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet))

@@ -4,8 +4,9 @@ From the model's snapshot just before the change's window: zap-all destroys ever
 every present leaf SPTE; zap-slot destroys the pages the profile's per-slot rule names (for the
 TDP MMU: none, its pages are direct) and the leaf SPTEs mapping the old range. "Refaulted" counts
 what the guest built again after the change: pages of the same ``(gfn, role)`` created later, and
-destroyed SPTE gfns installed again later. This is the seed-000 trade-off in numbers: zap-all is
-simple and always safe, zap-slot is cheap if its rule is right.
+destroyed SPTE gfns installed again later. This is the trade-off of the 2019 per-memslot zap thread
+(docs/threads.md §1) in numbers: zap-all is simple and always safe, zap-slot is cheap if its rule
+is right.
 
 The refault counts are exact only where the trace itself destroyed what the policy destroys: for
 the trace's own policy, and for zap-slot in a zap-all trace (a subset). For a policy that would

@@ -328,7 +328,8 @@ def consequence_blocks(report: Report) -> list[Block]:
     return [Para("Per delete/move and vCPU thread, from the moment the change is surely under way (the kernel's "
                  "first zap for it, else its QEMU line) until a slot backs the range again: mapping faults on the "
                  "range, how many KVM resolved with no slot (KVM_PFN_NOSLOT: the access became an MMIO exit to the "
-                 "VMM although the range is RAM before and after, seed 003's hazard) or with an error pfn, MMIO "
+                 "VMM although the range is RAM before and after: DELETE and CREATE are not atomic) or with an error "
+                 "pfn, MMIO "
                  "exits, the most faults one gfn took (a retry storm shows here), first and last event."),
             Table(g)]
 

@@ -1,13 +1,13 @@
 """What the guest ran into after each memslot delete or move, per vCPU.
 
-Seed 003's hazard is not a stale SPTE but a vCPU that touches a range while no slot backs it:
-KVM resolves the fault with no slot (``KVM_PFN_NOSLOT``, bit 63 of the pfn in
-``kvm_mmu_spte_requested``) and the access becomes an MMIO exit to the VMM, even though the
-range is RAM before and after. This table counts, per change and per vCPU thread, from the
-moment the change is surely under way (the kernel's first zap for it, else its QEMU line) until
-a slot backs the range again (``until_seq``: the re-creating QEMU line, or the first fault on
-the range that KVM resolved to a real pfn if earlier, since the kernel commits a create before
-the VMM writes its line; null: never again in the trace):
+The hazard of a non-atomic DELETE+CREATE (docs/threads.md §3) is not a stale SPTE but a vCPU that
+touches a range while no slot backs it: KVM resolves the fault with no slot (``KVM_PFN_NOSLOT``,
+bit 63 of the pfn in ``kvm_mmu_spte_requested``) and the access becomes an MMIO exit to the VMM,
+even though the range is RAM before and after. This table counts, per change and per vCPU thread,
+from the moment the change is surely under way (the kernel's first zap for it, else its QEMU line)
+until a slot backs the range again (``until_seq``: the re-creating QEMU line, or the first fault on
+the range that KVM resolved to a real pfn if earlier, since the kernel commits a create before the
+VMM writes its line; null: never again in the trace):
 
 * ``faults``: mapping faults on the removed range (``kvm_mmu_spte_requested``), of which
   ``noslot`` were resolved with ``KVM_PFN_NOSLOT`` and ``error`` with an error pfn

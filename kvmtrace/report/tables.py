@@ -114,9 +114,9 @@ def window_ends(memslots: pa.Table) -> pa.Array:
     """The last seq of each change's update window, as :mod:`kvmtrace.replays.memslots` defines it
     (the timeline keeps it on its change objects, not in its table): the change's own QEMU line,
     except for a delete whose range the same address space's *next* line re-creates (QEMU's
-    non-atomic DELETE+CREATE of a resize or a read-only toggle, seed 003): the window stays open
-    until that create's line (null if that line could not be placed). Null where the change has
-    no position (a layout file slot; an unplaced QEMU log line, whose window the replay takes to
+    non-atomic DELETE+CREATE of a resize or a read-only toggle, docs/threads.md §3): the window stays
+    open until that create's line (null if that line could not be placed). Null where the change
+    has no position (a layout file slot; an unplaced QEMU log line, whose window the replay takes to
     span the whole trace from ``window_start`` 0)."""
     rows = memslots.select(["seq", "as_id", "kind", "base_gfn", "npages", "old_base_gfn", "old_npages",
                             "placement"]).to_pylist()

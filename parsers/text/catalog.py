@@ -3,7 +3,7 @@
 Each :class:`EventSpec` lists the event's fields exactly as the current format file names and
 types them (so a text trace yields the same columns as a trace.dat), and its printed forms
 newest first, each the kernel's ``TP_printk`` format verbatim with one slot per conversion
-(tracepoints.md §1, §2, §7). A line is decoded by the first form that matches it whole.
+(docs/tracepoints.md §1, §2, §7). A line is decoded by the first form that matches it whole.
 Events not listed here are kept with their raw argument text (see ``decode.py``).
 """
 

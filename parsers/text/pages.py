@@ -3,7 +3,7 @@
 ``kvm_mmu_get_page``, ``kvm_mmu_sync_page``, ``kvm_mmu_unsync_page``,
 ``kvm_mmu_prepare_zap_page`` (``kvm_mmu_zap_page`` before ~2.6.35) print ``sp->role`` by its
 bit fields, never as the word, and the printed set changed with the kernel era
-(reference: tracepoints.md §1.2, §3, §7). This module is the ONE place in the text reader that
+(docs/tracepoints.md §1.2, §3, §7). This module is the ONE place in the text reader that
 knows the role bit layout, because it is only needed to put a printed role back together.
 
 ``role`` (the whole word) is rebuilt only where the print covers every bit: 2.6.3x kernels
@@ -153,7 +153,7 @@ _LAYOUT_A = {"_glevels": 0, "_level": 4, "_quadrant": 8, "_direct": 16, "_access
 _PLUGIN = {"_level": 0, "_pae": 4, "_quadrant": 5, "_direct": 7, "_access": 8, "_invalid": 11, "_nxe": 12,
            "_cr0_wp": 13, "_smep": 14, "_smap": 15, "_smm": 24}
 
-#: Printed form (era label) -> how it carries the role (tracepoints.md §3 layouts A-G, §7).
+#: Printed form (era label) -> how it carries the role (docs/tracepoints.md §3 layouts A-G, §7).
 ROLE_FORMS: Mapping[str, RoleForm] = {
     "5.4+": RoleForm(
         {**_MODERN, "_gpte4": 4},

@@ -8,13 +8,14 @@ leaf rewritten for the same pfn with D=0 is visible. Three kernel paths do that 
   the D bit was harvested into the bitmap. These clears are traced on every release: from 6.4
   (1e0f42985ffa) clear_dirty_pt_masked() bypasses handle_changed_spte() but calls the tracepoint
   itself, and clear_dirty_gfn_range() writes through tdp_mmu_set_spte_atomic().
-* **A racing fault (seed 001).** Two vCPUs fault on the same gfn; the first installs W=1,D=1, the
-  second, which itself requested the gfn (``kvm_mmu_spte_requested`` just before its write), runs
-  make_spte() with the first one's SPTE as ``old_spte``. make_spte() skips setting Dirty when the
-  old SPTE is already writable ("goto out"), so W=1,D=1 becomes W=1,D=0. Upstream judged it benign
-  (handle_changed_spte() marks the old pfn dirty when its SPTE loses D, and dirty-log clearing
-  flushes TLBs) and from 6.13 (386d69f9f29b) treats a fault that the present SPTE already allows
-  as spurious, so the overwrite no longer happens. Kernels 5.10-6.12: the info ``dirty_bit_race``.
+* **A racing fault (the 2024 make_spte() thread, docs/threads.md §2).** Two vCPUs fault on the
+  same gfn; the first installs W=1,D=1, the second, which itself requested the gfn
+  (``kvm_mmu_spte_requested`` just before its write), runs make_spte() with the first one's SPTE
+  as ``old_spte``. make_spte() skips setting Dirty when the old SPTE is already writable
+  ("goto out"), so W=1,D=1 becomes W=1,D=0. Upstream judged it benign (handle_changed_spte()
+  marks the old pfn dirty when its SPTE loses D, and dirty-log clearing flushes TLBs) and from
+  6.13 (386d69f9f29b) treats a fault that the present SPTE already allows as spurious, so the
+  overwrite no longer happens. Kernels 5.10-6.12: the info ``dirty_bit_race``.
 * Anything else loses the fact that the guest wrote the page: ``dirty_bit_lost``.
 """
 
@@ -67,7 +68,7 @@ def detect(ctx: Context) -> list[CheckOutcome]:
                                          [c.installed, req, c.seq]))
         elif unknowable and c.new & ctx.profile.writable_mask:
             lost_findings.append(Finding(lost, c.seq, c.gfn, _slot(ctx, c), _lost_words(ctx, c, None) +
-                                         "; kvm_mmu_spte_requested is not in the trace, so seed 001's racing fault "
+                                         "; kvm_mmu_spte_requested is not in the trace, so the two-vCPU racing fault "
                                          "(make_spte() before 6.13) cannot be ruled out", [c.installed, c.seq],
                                          severity="warning"))
         else:

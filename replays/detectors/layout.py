@@ -80,7 +80,7 @@ class WindowHit:
 
     change: int  # index into timeline.changes
     gfn: int
-    what: str  # "mmio_exit" (seed 003's hazard) | "invalid_slot_fault" (a page of a slot being removed)
+    what: str  # "mmio_exit" (DELETE+CREATE, docs/threads.md §3) | "invalid_slot_fault" (a slot being removed)
     seqs: tuple[int, ...]
     pids: tuple[int, ...]
     pfn: int
@@ -95,9 +95,10 @@ def _in_window(ctx: Context) -> CheckOutcome:
     kvm_mmu_spte_requested. So inside the window a fault either finds no slot (``KVM_PFN_NOSLOT``:
     the change was committed and the gfn is MMIO now), or finds a page of a slot that the kernel
     had already committed (the new range of a move, or a re-creation whose line comes later): not
-    a finding. A NOSLOT fault on a range the VMM re-creates afterwards is seed 003's hazard: the
-    guest's RAM access became an MMIO exit. A fault or install that finds a page of the old range
-    after the kernel began zapping it contradicts the invalid-slot retry.
+    a finding. A NOSLOT fault on a range the VMM re-creates afterwards is the hazard of the 2022
+    DELETE+CREATE thread (docs/threads.md §3): the guest's RAM access became an MMIO exit. A fault or
+    install that finds a page of the old range after the kernel began zapping it contradicts the
+    invalid-slot retry.
     """
     cid = "fault_in_update_window"
     tl = ctx.timeline

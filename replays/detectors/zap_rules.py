@@ -4,7 +4,8 @@ Reads the model's snapshot taken just after the change's QEMU line (by then the 
 returned, so every zap the kernel owed is done). Under the zap-slot policy (no zap-all in the
 window), a live, valid page the rule names is a miss. The rules are data (:mod:`eras`, with their
 kernel sources): ``gptes`` (6.12+ with KVM_X86_QUIRK_SLOT_ZAP_ALL off), ``gfn_2019`` (what
-4e103134b862 shipped in 5.1-5.2.10) and the never-merged ``level_mask_2019`` proposal of seed 000.
+4e103134b862 shipped in 5.1-5.2.10) and the never-merged ``level_mask_2019`` proposal of the
+2019 'Zap only the relevant pages when removing a memslot' thread (docs/threads.md §1).
 
 Which rule: the trace kernel's own (findings are errors), or one the caller names with
 ``replay(zap_rule=...)``; a rule that is not this kernel's answers "would this rule have zapped
