@@ -2,10 +2,11 @@
 
 Usage: python bench/whatif_samples.py [TRACE ...] > bench/WHATIF.md
 
-Seed 000's question (and seed 003's): at a memslot delete or move, how much does each zap policy
-destroy, and how much of it does the guest fault back in? For every recording (default: all of
+The question of the 2019 per-memslot zap thread (and of the 2022 memslot-update thread;
+docs/threads.md): at a memslot delete or move, how much does each zap policy destroy, and how
+much of it does the guest fault back in? For every recording (default: all of
 ``sample_traces/*.dat`` and, when present, the upstream-kernel recordings in
-``shared/testdata/nested``) the replay's what-if table is added up per policy. The trace's own
+``tests/data/nested``) the replay's what-if table is added up per policy. The trace's own
 policy is measured; the other one is predicted from the model's state at each change. Refault
 counts marked with ``>=`` are lower bounds (see ``replays/whatif.py``). Run by hand; the output is
 committed as ``bench/WHATIF.md``.
@@ -13,7 +14,6 @@ committed as ``bench/WHATIF.md``.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -25,12 +25,10 @@ sys.path.insert(0, str(HERE.parent))
 from kvmtrace import parsers  # noqa: E402
 from kvmtrace.replays import replay  # noqa: E402
 
-SHARED = Path(os.environ.get("KVMTRACE_SHARED", HERE.parent.parent / "shared"))
-
 
 def default_traces() -> list[Path]:
     return sorted((HERE.parent / "sample_traces").glob("*.dat")) + sorted(
-        (SHARED / "testdata" / "nested").glob("*.dat"))
+        (HERE.parent / "tests" / "data" / "nested").glob("*.dat"))
 
 
 def rows(path: Path) -> list[str]:

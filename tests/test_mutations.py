@@ -147,7 +147,7 @@ def test_tdp_dropped_leaf_zap_is_dangling(nested_dir):
 
 def test_tdp_dirty_bit_cleared_on_same_pfn(nested_dir):
     """TDP MMU (tdp-churn-noquirk, no dirty logging): turn one zap of a writable+dirty leaf into an
-    overwrite with the same pfn and Dirty clear (seed 001's lost dirty bit)."""
+    overwrite with the same pfn and Dirty clear (the make_spte() lost Dirty bit, docs/threads.md)."""
     data, clean = _load(NESTED / "tdp-churn-noquirk-small-kt.dat")
     p = profile_for(data.info.kernel)
     wd = p.writable_mask | p.dirty_mask

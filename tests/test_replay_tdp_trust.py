@@ -1,7 +1,7 @@
 """TDP-MMU findings a KVM maintainer would accept, on the upstream recordings (nested/README.md).
 
 Each oracle is computed here from the raw events, independently of the detectors: which SPTE
-overwrites are the make_spte() race of seed 001, which faults KVM resolved with no memslot.
+overwrites are the make_spte() race (docs/threads.md, 2024), which faults KVM resolved with no memslot.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def _status(result):
 
 
 def _races(data):
-    """Raw-event oracle for seed 001: a same-pfn W=1,D=1 -> W=1,D=0 leaf rewrite whose writer's last
+    """Raw-event oracle for the make_spte() race: a same-pfn W=1,D=1 -> W=1,D=0 leaf rewrite whose writer's last
     kvm_mmu_spte_requested before it was for that gfn and pfn."""
     p = profile_for(data.info.kernel)
     wd = p.writable_mask | p.dirty_mask

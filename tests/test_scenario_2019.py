@@ -1,4 +1,5 @@
-"""The 2019 scenario (seed 000), reproduced on real recordings: 6.12, the legacy MMU in TDP mode
+"""The 2019 scenario (the per-memslot zap thread, docs/threads.md), reproduced on real recordings:
+6.12, the legacy MMU in TDP mode
 (``kvm.tdp_mmu=0``, NPT), the lab's ``ptslot`` and ``churn`` with ``--no-zap-all-quirk`` (the
 per-slot zap), memslot lines only in a QEMU-style log on its own clock (tests/data/nested/README.md).
 
@@ -375,7 +376,7 @@ def test_the_51_rule_would_have_kept_them_too():
 
 
 def test_the_never_shipped_proposal_would_have_zapped_the_l2_page():
-    """level_mask_2019 (seed 000's proposal, never merged): pages up to the slot's largest page
+    """level_mask_2019 (the 2019 thread's proposal, never merged): pages up to the slot's largest page
     level whose gfn lies in the slot's range aligned to 512**level. The direct L2 page at gfn 0
     maps gfns 0-0x3ffff, the aligned range of both slot positions: that rule must zap it at every
     delete and move, and the report says so as info (a hypothesis, not this kernel's rule), while

@@ -73,7 +73,7 @@ def test_eras_are_cited_and_ordered():
 
 
 def test_level_mask_proposal_by_hand():
-    """Seed 000's proposed rewrite (never merged). Slot gfns [0x20200, 0x20400): 512 pages, so the
+    """The 2019 thread's proposed rewrite (never merged). Slot gfns [0x20200, 0x20400): 512 pages, so the
     largest level it can hold is 2 (512 < 512**2 drops level 3). Level-1 pages: mask ~0x1ff, range
     [0x20200, 0x20200]; level 2: mask ~0x3ffff, range [0x0, 0x0]; level 3: skipped."""
     p = profile_for("5.2.0")
