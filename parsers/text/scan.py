@@ -37,13 +37,13 @@ from kvmtrace.parsers.text.words import (
     all_rows,
     any_rows,
     at,
+    column,
     digits8,
     eight,
     is_digit,
     is_space,
     padded,
     rows,
-    word,
 )
 
 #: Bytes gathered from each line's start: task (16), '-', pid, CPU, flags, and a timestamp
@@ -51,6 +51,8 @@ from kvmtrace.parsers.text.words import (
 HEAD = 64
 #: Bytes after the timestamp's ``": "`` searched for the ``':'`` that ends the event name.
 NAME = 48
+#: Masks keeping the first k bytes of a uint32, k = 0..4.
+_LOW4 = LOW[:5].astype(np.uint32)
 #: Lines of each chunk whose layouts are counted to pick the one the fast split checks.
 SAMPLE = 256
 
@@ -151,15 +153,15 @@ def _prefix(buf: np.ndarray, starts: np.ndarray, ok: np.ndarray) -> Prefix:
 
 def _views(data: pa.Buffer, buf: np.ndarray, start: np.ndarray, end: np.ndarray) -> pl.Series:
     """The byte ranges as a string column of Arrow views into ``data`` (12-byte strings inline)."""
-    length = (end - start).astype(np.int32)
+    length = end - start
     short = length <= 12
-    first = word(buf, start, "<u8") & np.where(short, LOW[np.minimum(length, 8)], LOW[8])
+    first = column(buf, start, 0) & LOW[np.minimum(length, 8)]  # the 8 bytes whole for a long string
     views = np.empty((len(start), 4), dtype=np.uint32)
     views[:, 0] = length
     views[:, 1] = first  # the low half: the first four bytes, the prefix of a long string
     views[:, 2] = np.where(short, first >> np.uint64(32), 0)
-    tail = word(buf, start + 8, "<u4") & LOW[np.clip(length - 8, 0, 4)].astype(np.uint32)
-    views[:, 3] = np.where(short, tail, start.astype(np.uint32))
+    tail = column(buf, start, 8, "<u4") & _LOW4[np.clip(length - 8, 0, 4)]
+    views[:, 3] = np.where(short, tail, start)
     return pl.Series(pa.Array.from_buffers(pa.string_view(), len(start), [None, pa.py_buffer(views), data]))
 
 
