@@ -32,8 +32,7 @@ def _splits(data: bytes, lay: layout.Layout | None = None) -> tuple[layout.Prefi
     ok = (buffer.ends - buffer.starts >= 40) & np.array([max(line, default=0) < 0x80 for line in data.split(b"\n")])
     general, keys = split_general(buf, buffer.starts, ok.copy())
     if lay is None:
-        taken = np.flatnonzero(general.ok)
-        lay = layout.common(layout.Keys(*(getattr(keys, k)[taken] for k in ("bracket", "flags", "dot", "colon"))))
+        lay = layout.common(keys, general.ok)
         assert lay is not None
     return general, layout.split(buf, buffer.starts, ok.copy(), lay), lay
 

@@ -115,11 +115,12 @@ class Layout:
                 and self.seconds + frac >= 8 and 40 <= self.colon <= 62)
 
 
-def common(keys: Keys) -> Layout | None:
-    """The most common layout of the sampled lines the general split took, if usable."""
-    if not len(keys.bracket):
+def common(keys: Keys, taken: np.ndarray) -> Layout | None:
+    """The most common layout of the lines the general split took (``taken``), if usable."""
+    if not taken.any():
         return None
-    counts = Counter(zip(keys.bracket.tolist(), keys.flags.tolist(), keys.dot.tolist(), keys.colon.tolist()))
+    columns = (keys.bracket, keys.flags, keys.dot, keys.colon)
+    counts = Counter(zip(*(c[taken].tolist() for c in columns)))
     best = Layout(*counts.most_common(1)[0][0])
     return best if best.usable else None
 

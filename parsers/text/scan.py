@@ -141,7 +141,8 @@ def _prefix(buf: np.ndarray, starts: np.ndarray, ok: np.ndarray) -> Prefix:
     """Every line's prefix: the common layout's lines by :func:`layout.split`, the rest by
     :func:`split_general`."""
     sample = np.flatnonzero(ok[:SAMPLE])
-    common = layout.common(split_general(buf, starts[sample], ok[sample].copy())[1]) if len(sample) else None
+    sampled, keys = split_general(buf, starts[sample], ok[sample].copy())
+    common = layout.common(keys, sampled.ok)
     if common is None:
         return split_general(buf, starts, ok)[0]
     out = layout.split(buf, starts, ok.copy(), common)
