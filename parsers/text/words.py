@@ -1,4 +1,4 @@
-"""Byte-level helpers for splitting text lines from a chunk's bytes with numpy (no strings).
+"""Byte-level functions for splitting text lines from a chunk's bytes with numpy (no strings).
 
 Why a module of its own: the general prefix split (:mod:`kvmtrace.parsers.text.scan`) and the
 fixed-column one (:mod:`kvmtrace.parsers.text.layout`) read the same padded buffer the same way:
