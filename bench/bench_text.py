@@ -1,10 +1,10 @@
 """Benchmark: the ftrace text reader against the trace.dat reader on the same recording.
 
-Usage: python bench/bench_text.py [TRACE.dat] [--runs N]
+Usage: python bench/bench_text.py [TRACE.dat] [--runs N] [--threads N] [--repeat N]
 
 TRACE defaults to the largest ``bench/out/*.dat`` that has a kernel text twin
-(``NAME.txt.gz``: ``cat trace`` of the same records), else the largest in ``sample_traces/``.
-Three readers run, each in a fresh process so its peak RSS is its own, best of N:
+(``NAME.txt.gz``: ``cat trace`` of the same records), else the largest in ``sample_traces/``
+or ``tests/data/*/``. Three readers run, each in a fresh process so its peak RSS is its own, best of N:
 
 * ``text``      -- ``read_text`` on the twin decompressed to a plain file (the parser alone);
 * ``text.gz``   -- ``read_text`` on the gzip twin as shipped (adds decompression);
@@ -13,6 +13,10 @@ Three readers run, each in a fresh process so its peak RSS is its own, best of N
 Wall clock and CPU seconds (user + system, the whole process's threads) are both reported: on
 a shared machine wall time includes waiting for a core, CPU time does not. ``--threads N`` sets
 ``POLARS_MAX_THREADS`` in the children (1 = the single-core figure the target is stated in).
+``--repeat N`` reads a longer text instead: the twin's lines N times over, each copy's
+timestamps shifted past the previous copy's (the repository's twins are 0.2 M lines, where
+fixed costs weigh more than on a real capture); only the ``text`` reader runs then, as there
+is no trace.dat of that text.
 Prints a table to paste into bench/RESULTS.md under "## text reader".
 """
 
@@ -23,6 +27,7 @@ import gzip
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -63,11 +68,39 @@ class Best:
 
 
 def default_trace() -> Path:
-    for folder in (REPO / "bench" / "out", REPO / "sample_traces"):
-        twins = [p for p in folder.glob("*.dat") if p.with_suffix(".txt.gz").exists()]
+    for folders in ([REPO / "bench" / "out"], [REPO / "sample_traces", *sorted((REPO / "tests" / "data").glob("*"))]):
+        twins = [p for folder in folders for p in folder.glob("*.dat") if p.with_suffix(".txt.gz").exists()]
         if twins:
             return max(twins, key=lambda p: p.stat().st_size)
-    sys.exit("no trace.dat with a .txt.gz text twin in bench/out/ or sample_traces/")
+    sys.exit("no trace.dat with a .txt.gz text twin in bench/out/, sample_traces/ or tests/data/")
+
+
+#: A tracefs line's prefix up to the seconds of its timestamp, the seconds, the fraction.
+_TS = re.compile(rb"^(.{16}-\d+ +\[\d+\] \S+ +)(\d+)\.(\d+): ")
+
+
+def write_repeated(twin: Path, times: int, out: Path) -> None:
+    """``twin``'s lines ``times`` over (its ``#`` header once), each copy shifted past the last
+    one's seconds; a seconds field keeps its column width while its blanks allow."""
+    with gzip.open(twin, "rb") as f:
+        lines = f.read().splitlines(keepends=True)
+    header = [line for line in lines if line.startswith(b"#")]
+    body = [line for line in lines if not line.startswith(b"#")]
+    span = 1 + max((int(m[2]) for m in map(_TS.match, body) if m), default=0)
+    with open(out, "wb") as f:
+        f.writelines(header)
+        for k in range(times):
+            for line in body:
+                m = _TS.match(line) if k else None
+                if m is None:
+                    f.write(line)
+                    continue
+                seconds = str(int(m[2]) + k * span).encode()
+                prefix = m[1]
+                grown = len(seconds) - len(m[2])
+                if grown > 0 and prefix.endswith(b" " * (grown + 1)):
+                    prefix = prefix[:-grown]
+                f.write(prefix + seconds + b"." + m[3] + b": " + line[m.end():])
 
 
 def run(reader: str, path: Path, runs: int, threads: int | None) -> Best:
@@ -89,20 +122,25 @@ def main() -> None:
     ap.add_argument("trace", nargs="?", type=Path, help="trace.dat with a NAME.txt.gz twin beside it")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, help="POLARS_MAX_THREADS for the readers (default: polars decides)")
+    ap.add_argument("--repeat", type=int, default=1, help="read the twin's lines N times over (text reader only)")
     args = ap.parse_args()
     dat = args.trace or default_trace()
     twin = dat.with_suffix(".txt.gz")
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / (dat.stem + ".txt")
-        with gzip.open(twin, "rb") as src, open(plain, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        if args.repeat > 1:
+            write_repeated(twin, args.repeat, plain)
+        else:
+            with gzip.open(twin, "rb") as src, open(plain, "wb") as dst:
+                shutil.copyfileobj(src, dst)
         lines = sum(1 for _ in open(plain, "rb"))
         size_mb = plain.stat().st_size / 1e6
-        inputs = (("text", plain), ("text.gz", twin), ("tracedat", dat))
+        inputs = (("text", plain), ("text.gz", twin), ("tracedat", dat))[: 1 if args.repeat > 1 else 3]
         rows = [run(reader, path, args.runs, args.threads) for reader, path in inputs]
     ref = rows[-1]
     print(f"`python bench/bench_text.py {dat.relative_to(REPO) if dat.is_relative_to(REPO) else dat.name} "
-          f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}` -- "
+          f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}"
+          f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}` -- "
           f"{lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
           f"Machine: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}.\n")
     print("| reader | wall (best) | CPU (best) | lines/s (wall) | lines/s (CPU) | peak RSS | events | skipped |")
@@ -112,6 +150,8 @@ def main() -> None:
               f"| {lines / r.wall / 1e6:.2f} M | {lines / r.cpu / 1e6:.2f} M "
               f"| {r.rss_mb:.0f} MB | {r.events:,} | {r.skipped} |")
     text = rows[0]
+    if len(rows) == 1:
+        return
     print(f"\nRatio: the text reader takes {text.wall / ref.wall:.1f}x the trace.dat reader's wall time "
           f"({text.cpu / ref.cpu:.1f}x its CPU time) for the same events.")
 

@@ -5,7 +5,8 @@ Inputs: tracefs ``trace`` (with its ``# tracer:`` header) and ``trace_pipe`` tex
 excerpts survive mail damage (quoting, quoted-printable, wrapped lines) where the repair is
 exact. Modules: ``probe`` (is this text a trace at all? refusals that say what it is),
 ``source`` (chunks of lines, from any stream), ``scan`` (the common prefix of tracefs-layout
-lines, from the bytes), ``lines`` (the common prefix of any line, from strings), ``catalog`` and
+lines, from the bytes; ``layout`` splits a chunk's most common column layout, ``words`` holds
+the byte arithmetic both use), ``lines`` (the common prefix of any line, from strings), ``catalog`` and
 ``pages`` (every printed form of the decoded events), ``printf`` (format string -> regex),
 ``decode`` (vectorised field extraction), ``repair`` (damaged text), ``assemble`` (seq, tables,
 gaps, info), ``reader`` (the chunk loop).
