@@ -23,9 +23,19 @@ Only events that occur get a folder; the empty tables of the other events of the
 not written.
 
 Row groups follow the read windows: each window of the trace adds one row group to
-``events.parquet``; an event's rows are buffered until :data:`ROW_GROUP_ROWS` of them (or the end),
-so a rare event does not become thousands of one-row groups. Memory is the window plus those
-buffers, never the trace.
+``events.parquet`` (split at :data:`ROW_GROUP_ROWS`); an event's rows are buffered until
+:data:`ROW_GROUP_ROWS` of them (or the end) and written as one row group, so a rare event does not
+become thousands of one-row groups. A buffer of many windows' slivers is merged into one table
+every :data:`HELD_TABLES` windows: each held table costs a few hundred bytes of Arrow and numpy
+objects per column however few its rows, and an event rarer than one in
+:data:`ROW_GROUP_ROWS` would otherwise hold one table per window of the whole trace. Memory is
+the window plus those buffers (at most :data:`ROW_GROUP_ROWS` rows per event), and the Parquet
+footers (under 1 kB per column chunk), never the trace.
+
+Only columns that repeat are dictionary-encoded (:func:`dictionary_columns`): Parquet's default
+tries a dictionary on every column and falls back to plain encoding on the ones that do not
+repeat (``seq``, ``ts``, addresses, SPTEs), which tripled the writing time and made the files
+larger.
 
 Every file carries the trace's facts in its Parquet key-value metadata (:data:`META_TRACE`: a
 JSON object of the reader's :class:`TraceInfo`: kernel, clock, CPUs, lost events per CPU, CPU
@@ -59,8 +69,10 @@ PART_FILE = "part-0.parquet"
 PARTITION = "event"
 META_TRACE = "kvmtrace.trace"
 META_VERSION = "kvmtrace.version"
-#: Rows an event's row group holds at most (the last one: what is left).
+#: Rows an event's buffer holds before it is written as one row group (the last one: what is left).
 ROW_GROUP_ROWS = 1 << 17
+#: Tables an event's buffer may hold before they are merged into one.
+HELD_TABLES = 16
 
 
 def partition_dir(name: str) -> str:
@@ -101,12 +113,34 @@ def trace_windows(path: str | os.PathLike[str], *, instance: str | None = None, 
     yield read(spath, instance=instance, strict=strict)
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth a Parquet dictionary: Arrow dictionary columns (``comm``, ``event``,
+    ``system``) and strings. Every other column is numeric and mostly distinct per row (``seq``,
+    ``ts``, addresses) or small enough that plain encoding and compression do as well."""
+    return [f.name for f in schema
+            if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def row_group_size(rows: int, row_group_rows: int) -> int:
+    """Rows per row group when ``rows`` are written at once: as even as possible and none below
+    ``row_group_rows`` (unless ``rows`` is), so that a buffer just past the mark is one row group
+    rather than a full one and a sliver (each row group costs footer metadata, kept in memory
+    until the file is closed)."""
+    groups = max(1, rows // row_group_rows)
+    return max(1, -(-rows // groups))
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A writer for one file of the dataset (dictionary pages only where they pay, see above)."""
+    return pq.ParquetWriter(path, schema, use_dictionary=dictionary_columns(schema))
+
+
 class _EventFile:
-    """One event's part file: rows buffered up to a row group, then written."""
+    """One event's part file: rows buffered up to a row group, then written as one."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         path.parent.mkdir()
-        self.writer = pq.ParquetWriter(path, schema)
+        self.writer = parquet_writer(path, schema)
         self.path = path
         self.held: list[pa.Table] = []
         self.rows = 0
@@ -116,10 +150,13 @@ class _EventFile:
         self.rows += table.num_rows
         if self.rows >= row_group_rows:
             self.flush(row_group_rows)
+        elif len(self.held) >= HELD_TABLES:
+            self.held = [pa.concat_tables(self.held).combine_chunks()]
 
     def flush(self, row_group_rows: int) -> None:
         if self.held:
-            self.writer.write_table(pa.concat_tables(self.held), row_group_size=row_group_rows)
+            table = pa.concat_tables(self.held)
+            self.writer.write_table(table, row_group_size=row_group_size(self.rows, row_group_rows))
         self.held, self.rows = [], 0
 
 
@@ -138,10 +175,10 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
         for window in windows:
             info = window.info
             if events is None:
-                events = pq.ParquetWriter(folder / EVENTS_FILE, window.events.schema)
-                gaps = pq.ParquetWriter(folder / GAPS_FILE, window.gaps.schema)
+                events = parquet_writer(folder / EVENTS_FILE, window.events.schema)
+                gaps = parquet_writer(folder / GAPS_FILE, window.gaps.schema)
             if window.events.num_rows:
-                events.write_table(window.events, row_group_size=row_group_rows)
+                events.write_table(window.events, row_group_size=row_group_size(window.events.num_rows, row_group_rows))
             if window.gaps.num_rows:
                 assert gaps is not None
                 gaps.write_table(window.gaps)
