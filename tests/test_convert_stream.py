@@ -13,6 +13,7 @@ import math
 import subprocess
 import sys
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import polars as pl
@@ -27,7 +28,11 @@ from kvmtrace import cli
 from kvmtrace.dataset import (
     EVENTS_FILE,
     GAPS_FILE,
+    HELD_TABLES,
     PART_FILE,
+    ROW_GROUP_ROWS,
+    _EventFile,
+    dictionary_columns,
     partition_dir,
     read_metadata,
     trace_windows,
@@ -122,7 +127,39 @@ def test_row_groups_follow_the_windows(tmp_path: Path) -> None:
     biggest = max(info.event_counts, key=info.event_counts.get)
     part = pq.read_metadata(tmp_path / "ds" / partition_dir(biggest) / PART_FILE)
     assert part.num_rows == info.event_counts[biggest] > 20_000
-    assert max(part.row_group(i).num_rows for i in range(part.num_row_groups)) <= 20_000 + 10_000
+    sizes = [part.row_group(i).num_rows for i in range(part.num_row_groups)]
+    assert all(20_000 <= n < 20_000 + 10_000 for n in sizes[:-1]) and 0 < sizes[-1] < 20_000 + 10_000, sizes
+
+
+def test_a_rare_event_is_buffered_in_few_tables(tmp_path: Path) -> None:
+    """An event with far fewer rows than a row group is held until the end; its windows' slivers
+    are merged as they come, so the buffer is a handful of tables, not one per window."""
+    path = SAMPLES / "churn-thp-zapall.dat"
+    windows = list(trace_windows(path, events_per_window=400))
+    seen = Counter(name for w in windows for name, t in w.tables.items() if t.num_rows)
+    name = max(seen, key=lambda n: (seen[n], -sum(w.tables[n].num_rows for w in windows if n in w.tables)))
+    assert seen[name] > 4 * HELD_TABLES
+    part = _EventFile(tmp_path / partition_dir(name) / PART_FILE, windows[0].tables[name].schema)
+    for w in windows:
+        if name in w.tables and w.tables[name].num_rows:
+            part.add(w.tables[name], ROW_GROUP_ROWS)
+            assert len(part.held) <= HELD_TABLES
+    part.flush(ROW_GROUP_ROWS)
+    part.writer.close()
+    whole = _quiet_read(path).tables[name]
+    assert pq.read_metadata(part.path).num_row_groups == 1
+    assert _plain(pq.read_table(part.path).cast(whole.schema)).equals(_plain(whole))
+
+
+def test_only_repeating_columns_get_a_parquet_dictionary(tmp_path: Path) -> None:
+    out = tmp_path / "ds"
+    assert cli.run(["convert", str(SAMPLES / "churn-zapslot.dat"), str(out)]) == 0
+    for f in [out / EVENTS_FILE, out / partition_dir("kvm_mmu_set_spte") / PART_FILE]:
+        meta = pq.read_metadata(f)
+        chunks = [meta.row_group(0).column(i) for i in range(meta.num_columns)]
+        with_dict = {c.path_in_schema for c in chunks if c.has_dictionary_page}
+        assert "comm" in with_dict and not {"seq", "ts"} & with_dict, (f, with_dict)
+        assert with_dict == set(dictionary_columns(pq.read_schema(f)))
 
 
 def test_a_name_of_a_second_system_is_percent_encoded() -> None:

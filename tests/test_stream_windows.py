@@ -34,7 +34,9 @@ from tracedat_builder import (
 
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.tracedat.windows import iter_windows
+from kvmtrace.parsers.tracedat.reader import open_file, open_meta
+from kvmtrace.parsers.tracedat.streams import PAD
+from kvmtrace.parsers.tracedat.windows import _WindowReader, iter_windows
 
 REAL = sorted([*SAMPLES.glob("*.dat"), *NESTED.glob("*.dat"), *(DATA / "host").glob("*.dat"), *PUBLIC.glob("*.dat")])
 TEMPLATE = NESTED / "tdp-boot-small-kt.dat"  # kvm_tdp_mmu_spte_changed: 36-byte records laid out below
@@ -177,3 +179,40 @@ def test_hand_made_pages_merge_and_lose_events_alike(cpus: list, window: int, ru
                    compression="zstd" if compressed else "none")
     windows, whole = _read_both(out, events_per_window=window, pages_per_run=run)
     assert_windows_equal_whole(windows, whole)
+
+
+# ---------------------------------------------------------------- bounded state
+
+
+@pytest.mark.parametrize("src,copies,window,run", [(SAMPLES / "churn-thp-zapall.dat", 6, 5000, 8),
+                                                   (SAMPLES / "churn-lost-zapall.dat", 16, 700, 2)],
+                         ids=["thp-x6", "lost-x16"])
+@pytest.mark.parametrize("compressed", [True, False], ids=["zstd", "plain"])
+def test_the_state_held_between_windows_is_bounded(src: Path, copies: int, window: int, run: int, compressed: bool,
+                                                   tmp_path: Path) -> None:
+    """After every window of a long trace (a real recording's pages repeated; the lost-events one
+    has a gap per copy), the reader holds at most one run of pages per CPU, every record it holds
+    belongs to one of those runs, and the open gaps are no more than their pages: a bound set by
+    the run size and the CPUs, whatever the trace's length. A run kept after its last record
+    was windowed, or a gap never emitted, would break it within a few windows."""
+    long = tmp_path / "long.dat"
+    repeated_tracedat(src, long, copies, **({} if compressed else {"version": 6, "compression": "none"}))
+    with open_file(str(long)) as f:
+        meta, size = open_meta(f, str(long))
+        reader = _WindowReader(f, size, meta, meta.spec(None), window, run)
+        cpus = len(reader.sources)
+        chunk = max((c.size for s in reader.sources.values() for c in s.chunks), default=0)
+        run_bytes = run * meta.spec(None).page_size + chunk + PAD
+        windows = gaps = 0
+        for w in reader.windows():
+            windows += 1
+            gaps += w.gaps.num_rows
+            held = sum(len(p.key) for p in reader.pending.values()) + reader.out.count
+            assert len(reader.runs) <= cpus
+            assert sum(r.left for r in reader.runs.values()) == held
+            assert sum(r.buf.nbytes for r in reader.runs.values()) <= cpus * run_bytes
+            open_gaps = sum(map(len, reader.gaps.values())) + len(reader.resolved)
+            assert open_gaps <= sum(r.pages for r in reader.runs.values())
+    total = w.info.total_events
+    assert windows == -(-total // window) and total == copies * read(src).info.total_events
+    assert gaps == copies * read(src).gaps.num_rows
