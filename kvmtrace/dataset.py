@@ -29,8 +29,9 @@ become thousands of one-row groups. A buffer of many windows' slivers is merged 
 every :data:`HELD_TABLES` windows: each held table costs a few hundred bytes of Arrow and numpy
 objects per column however few its rows, and an event rarer than one in
 :data:`ROW_GROUP_ROWS` would otherwise hold one table per window of the whole trace. Memory is
-the window plus those buffers (at most :data:`ROW_GROUP_ROWS` rows per event), and the Parquet
-footers (under 1 kB per column chunk), never the trace.
+the window plus those buffers (at most :data:`ROW_GROUP_ROWS` rows per event and
+:data:`HELD_BYTES` in all: past it the largest buffers are written early, as smaller row groups),
+and the Parquet footers (under 1 kB per column chunk), never the trace.
 
 Only columns that repeat are dictionary-encoded (:func:`dictionary_columns`): Parquet's default
 tries a dictionary on every column and falls back to plain encoding on the ones that do not
@@ -73,6 +74,8 @@ META_VERSION = "kvmtrace.version"
 ROW_GROUP_ROWS = 1 << 17
 #: Tables an event's buffer may hold before they are merged into one.
 HELD_TABLES = 16
+#: Bytes all events' buffers may hold together; past it the largest buffers are written early.
+HELD_BYTES = 32 << 20
 
 
 def partition_dir(name: str) -> str:
@@ -143,24 +146,40 @@ class _EventFile:
         self.writer = parquet_writer(path, schema)
         self.path = path
         self.held: list[pa.Table] = []
-        self.rows = 0
+        self.rows = self.nbytes = 0
 
     def add(self, table: pa.Table, row_group_rows: int) -> None:
         self.held.append(table)
         self.rows += table.num_rows
+        self.nbytes += table.nbytes
         if self.rows >= row_group_rows:
             self.flush(row_group_rows)
         elif len(self.held) >= HELD_TABLES:
             self.held = [pa.concat_tables(self.held).combine_chunks()]
+            self.nbytes = self.held[0].nbytes
 
     def flush(self, row_group_rows: int) -> None:
         if self.held:
             table = pa.concat_tables(self.held)
             self.writer.write_table(table, row_group_size=row_group_size(self.rows, row_group_rows))
-        self.held, self.rows = [], 0
+        self.held, self.rows, self.nbytes = [], 0, 0
 
 
-def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows: int = ROW_GROUP_ROWS) -> TraceInfo:
+def spill(parts: Iterable[_EventFile], held_bytes: int, row_group_rows: int) -> None:
+    """Write the largest buffers until all of them hold at most ``held_bytes``: each event's buffer
+    is bounded by a row group, but a trace of many events (or many events that stay under a row
+    group until the end) would otherwise hold up to a row group of each."""
+    by_size = sorted(parts, key=lambda p: p.nbytes, reverse=True)
+    total = sum(p.nbytes for p in by_size)
+    for part in by_size:
+        if total <= held_bytes:
+            break
+        total -= part.nbytes
+        part.flush(row_group_rows)
+
+
+def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows: int = ROW_GROUP_ROWS,
+                  held_bytes: int = HELD_BYTES) -> TraceInfo:
     """Write ``windows`` (consecutive windows of one trace, or one whole trace) into the empty
     folder ``folder`` in the layout above; return the trace's info (the last window's).
 
@@ -188,6 +207,7 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
                 if name not in parts:
                     parts[name] = _EventFile(folder / partition_dir(name) / PART_FILE, table.schema)
                 parts[name].add(table, row_group_rows)
+            spill(parts.values(), held_bytes, row_group_rows)
         if info is None or events is None or gaps is None:
             raise ValueError("write_dataset needs at least one window")
         meta = info_metadata(info)

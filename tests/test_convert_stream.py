@@ -35,6 +35,7 @@ from kvmtrace.dataset import (
     dictionary_columns,
     partition_dir,
     read_metadata,
+    spill,
     trace_windows,
     write_dataset,
 )
@@ -149,6 +150,37 @@ def test_a_rare_event_is_buffered_in_few_tables(tmp_path: Path) -> None:
     whole = _quiet_read(path).tables[name]
     assert pq.read_metadata(part.path).num_row_groups == 1
     assert _plain(pq.read_table(part.path).cast(whole.schema)).equals(_plain(whole))
+
+
+def test_buffers_past_the_byte_budget_are_written_early(tmp_path: Path) -> None:
+    """With a small budget for all events' buffers the largest are written before they reach a
+    row group: more, smaller row groups, and the same rows."""
+    path = SAMPLES / "churn-thp-zapall.dat"
+    out = tmp_path / "ds"
+    out.mkdir()
+    budget = 256 << 10
+    info = write_dataset(trace_windows(path, events_per_window=2000), out, held_bytes=budget)
+    whole = _quiet_read(path)
+    early = 0
+    for name, table in whole.tables.items():
+        if not table.num_rows:
+            continue
+        meta = pq.read_metadata(out / partition_dir(name) / PART_FILE)
+        early += meta.num_row_groups > 1 and table.num_rows < ROW_GROUP_ROWS
+        back = pq.read_table(out / partition_dir(name) / PART_FILE).cast(table.schema)
+        assert _plain(back).equals(_plain(table)), name
+    assert early >= 3 and info.total_events == whole.info.total_events
+    # spill() itself: the largest buffers go first, until the rest fit.
+    names = ("kvm_mmu_paging_element", "kvm_mmu_set_spte", "kvm_fpu")
+    (tmp_path / "spill").mkdir()
+    parts = [_EventFile(tmp_path / "spill" / partition_dir(n) / PART_FILE, whole.tables[n].schema) for n in names]
+    for part, n in zip(parts, names):
+        part.add(whole.tables[n].slice(0, 5000), ROW_GROUP_ROWS)
+    sizes = sorted(p.nbytes for p in parts)
+    spill(parts, sizes[0] + sizes[1], ROW_GROUP_ROWS)
+    assert sorted(p.nbytes for p in parts) == [0, sizes[0], sizes[1]]
+    for part in parts:
+        part.writer.close()
 
 
 def test_only_repeating_columns_get_a_parquet_dictionary(tmp_path: Path) -> None:
