@@ -6,8 +6,10 @@ Usage: python bench/bench_stream.py [--source TRACE] [--events N ...] [--whole-m
 No recording: the long traces are HAND-MADE from a real one (default: the largest sample), its
 pages repeated per CPU with their time stamps moved past the previous copy
 (``tests/tracedat_builder.repeated_tracedat``), and written as trace.dat v7 with zstd chunks, as
-the native recorder writes. Each conversion runs in a fresh process (so its peak RSS, from
-``getrusage``, is its own):
+the native recorder writes. Each conversion runs in a fresh process, and its peak RSS is that
+process's own high-water mark (``VmHWM`` in ``/proc/self/status``; not ``getrusage``'s
+``ru_maxrss``, which in a child starts from the parent's peak: building a 50 M-event trace here
+peaks at ~1.5 GiB, and an earlier version of this script reported that as the conversion's):
 
 - whole: ``kvmtrace.open(path).to_parquet(out)``: the whole-file read, then the same dataset;
 - stream: what ``kvmtrace convert`` runs: ``write_dataset(trace_windows(path), out)``;
@@ -41,7 +43,7 @@ sys.path.insert(0, str(REPO / "tests"))
 from tracedat_builder import repeated_tracedat  # noqa: E402
 
 _CHILD = """
-import json, pathlib, resource, sys, time, warnings
+import json, pathlib, sys, time, warnings
 warnings.simplefilter("ignore")
 mode, src, out = sys.argv[1:4]
 import kvmtrace, kvmtrace.dataset
@@ -56,7 +58,8 @@ else:
     with atomic_dir(pathlib.Path(out)) as tmp:
         write_dataset(trace_windows(src), tmp)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+with open("/proc/self/status") as f:
+    peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
 print(json.dumps({"wall": wall, "cpu": cpu, "rss_peak_kb": peak, "rss_imported_kb": imported,
                   "code": kvmtrace.dataset.__file__}))
 """
