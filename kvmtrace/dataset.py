@@ -188,6 +188,9 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
     """Write ``windows`` (consecutive windows of one trace, or one whole trace) into the empty
     folder ``folder`` in the layout above; return the trace's info (the last window's).
 
+    ``row_group_rows`` and ``held_bytes``: an event's row group and all buffers' budget (module
+    docstring); tests make them small to reach the steady state on short traces.
+
     The caller makes it atomic (:func:`kvmtrace.report.output.atomic_dir`): on an error the
     files written so far are incomplete and the folder must be discarded.
     """
