@@ -35,6 +35,7 @@ from tracedat_builder import (
 
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.tracedat.compress import chunk_table_in_file
 from kvmtrace.parsers.tracedat.reader import open_file, open_meta
 from kvmtrace.parsers.tracedat.streams import PAD
 from kvmtrace.parsers.tracedat.windows import _WindowReader, iter_windows
@@ -217,3 +218,33 @@ def test_the_state_held_between_windows_is_bounded(src: Path, copies: int, windo
     total = w.info.total_events
     assert windows == -(-total // window) and total == copies * read(src).info.total_events
     assert gaps == copies * read(src).gaps.num_rows
+
+
+@pytest.mark.parametrize("run", [None, 2], ids=["default-runs", "2-page-runs"])
+def test_chunks_that_do_not_decompress_read_alike(run: int | None, tmp_path: Path) -> None:
+    """Two zstd chunks of one CPU damaged: their pages read as empty pages (gaps of unknown size)
+    in windows as in the whole read, and the (first) warning names the same first bad byte. With
+    runs smaller than the stream the damage is reported per run (a documented limit), so only the
+    warnings may differ."""
+    good = tmp_path / "good.dat"
+    repeated_tracedat(SAMPLES / "churn-lost-zapall.dat", good, 3)
+    with open_file(str(good)) as f:
+        meta, _ = open_meta(f, str(good))
+        stream = max(meta.spec(None).cpus, key=lambda s: s.size)
+        chunks, _, _ = chunk_table_in_file(f, stream.offset, stream.size + 4, meta.box.big_endian, str(good))
+    raw = bytearray(good.read_bytes())
+    for c in (chunks[1], chunks[len(chunks) // 2]):
+        at = stream.offset + c.offset + 20  # inside the compressed frame
+        raw[at : at + 16] = b"\xff" * 16
+    bad = tmp_path / "bad.dat"
+    bad.write_bytes(bytes(raw))
+    windows, whole = _read_both(bad, events_per_window=700, pages_per_run=run)
+    (note,) = [w for w in whole.info.warnings if "do not decompress" in w]
+    got = [w for w in windows[-1].info.warnings if "do not decompress" in w]
+    assert got[0].split("(first: ")[1] == note.split("(first: ")[1]
+    assert whole.gaps["lost"].null_count >= 2
+    if run is not None:
+        assert len(got) == 2
+        info = dataclasses.replace(windows[-1].info, warnings=whole.info.warnings)
+        windows[-1] = dataclasses.replace(windows[-1], info=info)
+    assert_windows_equal_whole(windows, whole)

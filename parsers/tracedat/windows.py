@@ -142,7 +142,10 @@ class _CpuPages:
         raw = self.f.read(int(offset[-1] + csize[-1]) - start)
         sizes = np.diff(end[first:last], prepend=base)
         chunks = zip(offset.tolist(), csize.tolist(), sizes.tolist())
-        sub = StreamPlan(self.plan.stream, size, raw, tuple(Chunk(o - start, c, z) for o, c, z in chunks))
+        # The run's chunks are relative to its first; so is the stream, so that a chunk that fails
+        # to decompress is named by its byte in the file.
+        stream = dataclasses.replace(self.plan.stream, offset=self.plan.stream.offset + start)
+        sub = StreamPlan(stream, size, raw, tuple(Chunk(o - start, c, z) for o, c, z in chunks))
         buf = np.zeros(size + PAD, np.uint8)
         damaged_at: list[int] = []
         assert self.dec is not None
