@@ -23,9 +23,23 @@ Only events that occur get a folder; the empty tables of the other events of the
 not written.
 
 Row groups follow the read windows: each window of the trace adds one row group to
-``events.parquet``; an event's rows are buffered until :data:`ROW_GROUP_ROWS` of them (or the end),
-so a rare event does not become thousands of one-row groups. Memory is the window plus those
-buffers, never the trace.
+``events.parquet`` (a window longer than twice :data:`EVENTS_ROW_GROUP_ROWS`, such as a whole
+trace read at once, is split evenly); an event's rows are buffered until
+:data:`ROW_GROUP_ROWS` of them (or the end) and written as one row group, so a rare event does not
+become thousands of one-row groups. A buffer of many windows' slivers is merged into one table
+every :data:`HELD_TABLES` windows: each held table costs a few hundred bytes of Arrow and numpy
+objects per column however few its rows, and an event rarer than one in
+:data:`ROW_GROUP_ROWS` would otherwise hold one table per window of the whole trace. Memory is
+the window plus those buffers (at most :data:`ROW_GROUP_ROWS` rows per event and
+:data:`HELD_BYTES` in all: past it the largest buffers are written early, as smaller row groups),
+never the trace. The one part that does grow is each writer's footer, kept until the file is
+closed: about 870 bytes per column chunk, which these row group sizes make ~0.1 byte per event
+(10 MB per 100 M events).
+
+Only columns that repeat are dictionary-encoded (:func:`dictionary_columns`): Parquet's default
+tries a dictionary on every column and falls back to plain encoding on the ones that do not
+repeat (``seq``, ``ts``, addresses, SPTEs), which tripled the writing time and made the files
+larger.
 
 Every file carries the trace's facts in its Parquet key-value metadata (:data:`META_TRACE`: a
 JSON object of the reader's :class:`TraceInfo`: kernel, clock, CPUs, lost events per CPU, CPU
@@ -59,8 +73,14 @@ PART_FILE = "part-0.parquet"
 PARTITION = "event"
 META_TRACE = "kvmtrace.trace"
 META_VERSION = "kvmtrace.version"
-#: Rows an event's row group holds at most (the last one: what is left).
+#: Rows an event's buffer holds before it is written as one row group (the last one: what is left).
 ROW_GROUP_ROWS = 1 << 17
+#: Rows of an ``events.parquet`` row group at least (narrow rows: 7 columns): a default window is one.
+EVENTS_ROW_GROUP_ROWS = DEFAULT_WINDOW
+#: Tables an event's buffer may hold before they are merged into one.
+HELD_TABLES = 16
+#: Bytes all events' buffers may hold together; past it the largest buffers are written early.
+HELD_BYTES = 32 << 20
 
 
 def partition_dir(name: str) -> str:
@@ -101,31 +121,75 @@ def trace_windows(path: str | os.PathLike[str], *, instance: str | None = None, 
     yield read(spath, instance=instance, strict=strict)
 
 
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """The columns worth a Parquet dictionary: Arrow dictionary columns (``comm``, ``event``,
+    ``system``) and strings. Every other column is numeric and mostly distinct per row (``seq``,
+    ``ts``, addresses) or small enough that plain encoding and compression do as well."""
+    return [f.name for f in schema
+            if pa.types.is_dictionary(f.type) or pa.types.is_string(f.type) or pa.types.is_large_string(f.type)]
+
+
+def row_group_size(rows: int, row_group_rows: int) -> int:
+    """Rows per row group when ``rows`` are written at once: as even as possible and none below
+    ``row_group_rows`` (unless ``rows`` is), so that a buffer just past the mark is one row group
+    rather than a full one and a sliver (each row group costs footer metadata, kept in memory
+    until the file is closed)."""
+    groups = max(1, rows // row_group_rows)
+    return max(1, -(-rows // groups))
+
+
+def parquet_writer(path: Path, schema: pa.Schema) -> pq.ParquetWriter:
+    """A writer for one file of the dataset (dictionary pages only where they pay, see above)."""
+    return pq.ParquetWriter(path, schema, use_dictionary=dictionary_columns(schema))
+
+
 class _EventFile:
-    """One event's part file: rows buffered up to a row group, then written."""
+    """One event's part file: rows buffered up to a row group, then written as one."""
 
     def __init__(self, path: Path, schema: pa.Schema):
         path.parent.mkdir()
-        self.writer = pq.ParquetWriter(path, schema)
+        self.writer = parquet_writer(path, schema)
         self.path = path
         self.held: list[pa.Table] = []
-        self.rows = 0
+        self.rows = self.nbytes = 0
 
     def add(self, table: pa.Table, row_group_rows: int) -> None:
         self.held.append(table)
         self.rows += table.num_rows
+        self.nbytes += table.nbytes
         if self.rows >= row_group_rows:
             self.flush(row_group_rows)
+        elif len(self.held) >= HELD_TABLES:
+            self.held = [pa.concat_tables(self.held).combine_chunks()]
+            self.nbytes = self.held[0].nbytes
 
     def flush(self, row_group_rows: int) -> None:
         if self.held:
-            self.writer.write_table(pa.concat_tables(self.held), row_group_size=row_group_rows)
-        self.held, self.rows = [], 0
+            table = pa.concat_tables(self.held)
+            self.writer.write_table(table, row_group_size=row_group_size(self.rows, row_group_rows))
+        self.held, self.rows, self.nbytes = [], 0, 0
 
 
-def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows: int = ROW_GROUP_ROWS) -> TraceInfo:
+def spill(parts: Iterable[_EventFile], held_bytes: int, row_group_rows: int) -> None:
+    """Write the largest buffers until all of them hold at most ``held_bytes``: each event's buffer
+    is bounded by a row group, but a trace of many events (or many events that stay under a row
+    group until the end) would otherwise hold up to a row group of each."""
+    by_size = sorted(parts, key=lambda p: p.nbytes, reverse=True)
+    total = sum(p.nbytes for p in by_size)
+    for part in by_size:
+        if total <= held_bytes:
+            break
+        total -= part.nbytes
+        part.flush(row_group_rows)
+
+
+def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows: int = ROW_GROUP_ROWS,
+                  held_bytes: int = HELD_BYTES) -> TraceInfo:
     """Write ``windows`` (consecutive windows of one trace, or one whole trace) into the empty
     folder ``folder`` in the layout above; return the trace's info (the last window's).
+
+    ``row_group_rows`` and ``held_bytes``: an event's row group and all buffers' budget (module
+    docstring); tests make them small to reach the steady state on short traces.
 
     The caller makes it atomic (:func:`kvmtrace.report.output.atomic_dir`): on an error the
     files written so far are incomplete and the folder must be discarded.
@@ -138,10 +202,11 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
         for window in windows:
             info = window.info
             if events is None:
-                events = pq.ParquetWriter(folder / EVENTS_FILE, window.events.schema)
-                gaps = pq.ParquetWriter(folder / GAPS_FILE, window.gaps.schema)
+                events = parquet_writer(folder / EVENTS_FILE, window.events.schema)
+                gaps = parquet_writer(folder / GAPS_FILE, window.gaps.schema)
             if window.events.num_rows:
-                events.write_table(window.events, row_group_size=row_group_rows)
+                rows = row_group_size(window.events.num_rows, max(row_group_rows, EVENTS_ROW_GROUP_ROWS))
+                events.write_table(window.events, row_group_size=rows)
             if window.gaps.num_rows:
                 assert gaps is not None
                 gaps.write_table(window.gaps)
@@ -151,6 +216,7 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
                 if name not in parts:
                     parts[name] = _EventFile(folder / partition_dir(name) / PART_FILE, table.schema)
                 parts[name].add(table, row_group_rows)
+            spill(parts.values(), held_bytes, row_group_rows)
         if info is None or events is None or gaps is None:
             raise ValueError("write_dataset needs at least one window")
         meta = info_metadata(info)

@@ -36,6 +36,7 @@ the page they read another page of the window.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
 import warnings as _warnings
@@ -88,7 +89,12 @@ class _CpuPages:
         self.path, self.notes = path, notes
         self.done_bytes = 0  # of this CPU's (decompressed) page data
         self.next_chunk = 0
-        self.chunks = plan.chunks
+        # The chunk table as three arrays: one Chunk object per 10 pages (~180 bytes with its
+        # ints) would be the one part of the read that grows with the trace.
+        table = np.array([(c.offset, c.csize, c.size) for c in plan.chunks], np.int64).reshape(-1, 3)
+        self.chunk_offset, self.chunk_csize = table[:, 0].copy(), table[:, 1].copy()
+        self.chunk_end = np.cumsum(table[:, 2])  # decompressed bytes up to the end of each chunk
+        self.plan = dataclasses.replace(plan, chunks=())
 
     @property
     def finished(self) -> bool:
@@ -116,24 +122,30 @@ class _CpuPages:
 
     def _decompress_run(self) -> tuple[np.ndarray, int, list[int]]:
         """Chunks up to about ``run_pages`` pages (ending on a page boundary), decompressed."""
+        end, n, page = self.chunk_end, len(self.chunk_end), self.page
         first = self.next_chunk
-        total = 0
-        last = first
-        while last < len(self.chunks) and (total < self.run_pages * self.page or total % self.page):
-            total += self.chunks[last].size
+        base = int(end[first - 1]) if first else 0
+        # The fewest chunks that reach run_pages pages, then up to the next page boundary.
+        last = min(int(np.searchsorted(end, base + self.run_pages * page)) + 1, n)
+        while last < n and (int(end[last - 1]) - base) % page:
             last += 1
         self.next_chunk = last
-        picked = self.chunks[first:last]
+        total = int(end[last - 1]) - base if last > first else 0
         size = min(total, self.plan.size - self.done_bytes)
-        size -= size % self.page
-        if not picked:
+        size -= size % page
+        if last == first:
             self.done_bytes = self.plan.size  # nothing left that holds a whole page
             return np.zeros(PAD, np.uint8), 0, []
-        start = picked[0].offset
+        offset, csize = self.chunk_offset[first:last], self.chunk_csize[first:last]
+        start = int(offset[0])
         self.f.seek(self.plan.stream.offset + start)
-        raw = self.f.read(picked[-1].offset + picked[-1].csize - start)
-        sub = StreamPlan(self.plan.stream, size, raw,
-                         tuple(Chunk(c.offset - start, c.csize, c.size) for c in picked))
+        raw = self.f.read(int(offset[-1] + csize[-1]) - start)
+        sizes = np.diff(end[first:last], prepend=base)
+        chunks = zip(offset.tolist(), csize.tolist(), sizes.tolist())
+        # The run's chunks are relative to its first; so is the stream, so that a chunk that fails
+        # to decompress is named by its byte in the file.
+        stream = dataclasses.replace(self.plan.stream, offset=self.plan.stream.offset + start)
+        sub = StreamPlan(stream, size, raw, tuple(Chunk(o - start, c, z) for o, c, z in chunks))
         buf = np.zeros(size + PAD, np.uint8)
         damaged_at: list[int] = []
         assert self.dec is not None
