@@ -27,14 +27,17 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 _CHILD = """
-import json, resource, sys, time, warnings
+import json, sys, time, warnings
 warnings.simplefilter("ignore")
+def hwm_kb():  # the process's own peak: ru_maxrss is kept across fork and exec (the parent's peak)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
 from kvmtrace.parsers.tracedat import read_tracedat
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = hwm_kb()
 t0, c0 = time.perf_counter(), time.process_time()
 data = read_tracedat(sys.argv[1])
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak = hwm_kb()
 print(json.dumps({"wall": wall, "cpu": cpu, "events": data.info.total_events,
                   "rss_base_kb": base, "rss_peak_kb": peak}))
 """
