@@ -30,21 +30,18 @@ import collections
 import re
 import struct
 import subprocess
-import tracemalloc
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from bounded_read import read_bounded
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from tracedat_builder import options_chain
 from tracedat_oracle import run_report
 
-from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.tracedat import read_tracedat
 from kvmtrace.parsers.tracedat.constants import MAGIC, TAIL_FLYRECORD, TAIL_OPTIONS, Option
 from kvmtrace.parsers.tracedat.container import parse_container
 from kvmtrace.parsers.tracedat.limits import MAX_CHUNK
@@ -173,19 +170,10 @@ def _per_cpu(data: TraceData) -> dict[int, list[tuple]]:
 
 
 def _read(path: Path) -> tuple[TraceData | None, list[str], int]:
-    """Read under tracemalloc: (data, or None after a TraceError; warnings; peak bytes)."""
-    tracemalloc.start()
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", TraceWarning)
-            try:
-                data = read_tracedat(path)
-            except TraceError as err:
-                assert "\n" not in str(err), str(err)
-                data = None
-        return data, [str(w.message) for w in caught], tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    """(data, or None after a TraceError, which must be one line; warnings; peak bytes)."""
+    data, said, peak, err = read_bounded(path)
+    assert err is None or "\n" not in str(err), str(err)
+    return data, said, peak
 
 
 class Corpus(dict):

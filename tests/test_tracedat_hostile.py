@@ -12,13 +12,12 @@ from __future__ import annotations
 import collections
 import dataclasses
 import struct
-import tracemalloc
-import warnings
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import zstandard
+from bounded_read import read_bounded
 from conftest import SAMPLES
 from tracedat_builder import PlacedOption, append_options, content_of, patched, v7_options
 from tracedat_oracle import cpu_rows, run_report
@@ -34,23 +33,6 @@ V6 = "sched_load.dat"
 V7Z = "sched_load.v7zstd.dat"
 #: A peak far below every bomb here (the smallest expands to 512 MiB) and above a normal read.
 PEAK_LIMIT = 96 << 20
-
-
-def read_bounded(path: Path) -> tuple[TraceData | None, list[str], int, TraceError | None]:
-    """Read ``path`` under tracemalloc: (data or None, warnings, peak bytes, error or None)."""
-    tracemalloc.start()
-    data = err = None
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", TraceWarning)
-            try:
-                data = read_tracedat(path)
-            except TraceError as e:
-                err = e
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-    return data, [str(w.message) for w in caught], peak, err
 
 
 def zeros_frame(size: int) -> bytes:
