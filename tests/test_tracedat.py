@@ -431,7 +431,7 @@ def test_buffer_instances(version: int, public_dir: Path, tmp_path: Path, trace_
     if version == 6:
         out = convert(trace_cmd, out, tmp_path / "inst6.dat", 6, "none")
     report = run_report(trace_cmd, out)
-    assert list(report.instances) == ["second"]
+    assert list(report.instances) == ["second"], report.describe()
     top = read_tracedat(out)
     assert top.info.version == version
     assert top.info.instances == ("second",) and list(top.instances) == ["second"]

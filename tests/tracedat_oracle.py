@@ -46,16 +46,27 @@ class OracleReport:
     instances: dict[str, list[OracleEvent]] = field(default_factory=dict)
     #: (cpu, count or None) for every "CPU:N [EVENTS DROPPED]" line, in order.
     dropped: list[tuple[int, int | None]] = field(default_factory=list)
+    #: What a failing comparison should show: trace-cmd's stderr, how many lines it printed and
+    #: how many of those came before the first event without being one (a header or an error).
+    stderr: str = ""
+    lines: int = 0
+    unparsed: int = 0
+
+    def describe(self) -> str:
+        err = self.stderr.strip().replace("\n", " | ")[:400]
+        return (f"trace-cmd printed {self.lines} lines, {len(self.events)} events, {self.unparsed} unparsed line(s) "
+                f"before the first event; stderr: {err or '(empty)'}")
 
 
 def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
     """Run ``trace-cmd report -R -t`` and parse every event (continuation lines join the body)."""
-    out = subprocess.run([trace_cmd, "report", "-R", "-t", *extra, "-i", str(path)],
-                         capture_output=True, check=True).stdout.decode("utf-8", "replace")
-    report = OracleReport()
+    done = subprocess.run([trace_cmd, "report", "-R", "-t", *extra, "-i", str(path)], capture_output=True, check=True)
+    out = done.stdout.decode("utf-8", "replace")
+    report = OracleReport(stderr=done.stderr.decode("utf-8", "replace"))
     lines = out.split("\n")
     if lines and lines[-1] == "":
         lines.pop()  # the newline ending the last line, not an empty line of an event body
+    report.lines = len(lines)
     last: OracleEvent | None = None
     for line in lines:
         m = _HEAD_RE.match(line)
@@ -73,6 +84,8 @@ def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
             report.dropped.append((int(d["cpu"]), int(d["n"]) if d["n"] else None))
         elif last is not None:  # a field value with embedded newlines (print buf, bprint)
             last.body += "\n" + line
+        else:
+            report.unparsed += 1
     return report
 
 
@@ -213,7 +226,7 @@ def assert_matches(data: TraceData, report: OracleReport, field_limit: int = 10*
     above ``field_limit`` events).
     """
     ev = data.events
-    assert ev.num_rows == len(report.events), "event count differs from trace-cmd report"
+    assert ev.num_rows == len(report.events), f"event count differs from trace-cmd report: {report.describe()}"
     assert sum(data.info.event_counts.values()) == ev.num_rows
     if ev.num_rows == 0:
         return 0
