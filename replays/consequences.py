@@ -62,9 +62,8 @@ def pfn_words(pfn: int) -> str:
     return f"backed again: pfn {pfn:#x}"
 
 
-def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
-    """One row per consequence of each positioned delete/move. ``requested`` holds seq, gfn, pfn,
-    level and pid of ``kvm_mmu_spte_requested``."""
+def consequences(ctx: Context) -> pa.Table:
+    """One row per consequence of each positioned delete/move."""
     rows: dict[str, list[object]] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
 
     def add(c: MemslotChange, what: str, seq: int, gfn: int, level: int, pid: int | None, page: int | None,
@@ -108,36 +107,39 @@ def consequences(ctx: Context, requested: dict[str, np.ndarray]) -> pa.Table:
                 add(c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None, p, ok, why,
                     [int(pages["first_seq"][p]), c.seq])
         # faults on the old range after the change, first per vCPU, until the range comes back
-        m = (requested["seq"] > c.seq) & (requested["seq"] < until) & \
-            (requested["gfn"] >= np.uint64(lo)) & (requested["gfn"] < np.uint64(hi))
-        seen: set[int] = set()
-        for k in np.flatnonzero(m):
-            pid = int(requested["pid"][k])
-            if pid in seen:
-                continue
-            seen.add(pid)
-            add(c, "fault_after", int(requested["seq"][k]), int(requested["gfn"][k]), int(requested["level"][k]), pid,
-                None, None, pfn_words(int(requested["pfn"][k])), [c.seq, int(requested["seq"][k])])
+        req = ctx.faults
+        hit = ctx.faults_by_gfn.rows_in(lo, hi)
+        hit = hit[(req["seq"][hit] > c.seq) & (req["seq"][hit] < until)]
+        _pids, first = np.unique(req["pid"][hit], return_index=True)
+        for k in hit[np.sort(first)].tolist():
+            add(c, "fault_after", int(req["seq"][k]), int(req["gfn"][k]), int(req["level"][k]), int(req["pid"][k]),
+                None, None, pfn_words(int(req["pfn"][k])), [c.seq, int(req["seq"][k])])
         # leaves installed again where the model had a present one before the change
         start = ctx.journal.snapshots.get((i, "start")) or end
         if start is None:
             continue
-        had = set(zip(start.gfn.tolist(), start.level.tolist()))
-        m = (ins["seq"] > c.seq) & (ins["gfn"] >= np.uint64(lo)) & (ins["gfn"] < np.uint64(hi))
-        done: set[tuple[int, int]] = set()
-        for k in np.flatnonzero(m):
-            key = (int(ins["gfn"][k]), int(ins["level"][k]))
-            if key in had and key not in done:
-                done.add(key)
-                add(c, "reinstall", int(ins["seq"][k]), key[0], key[1], int(ins["pid"][k]), None, None,
-                    f"a level-{key[1]} leaf for gfn {key[0]:#x} was present before the {c.kind} and is installed "
-                    f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
+        hit = ctx.installs_by_gfn.rows_in(lo, hi)
+        hit = hit[ins["seq"][hit] > c.seq]
+        keys = _leaf_keys(ins["gfn"][hit], ins["level"][hit])
+        had = np.isin(keys, _leaf_keys(start.gfn, start.level))
+        hit, keys = hit[had], keys[had]
+        _keys, first = np.unique(keys, return_index=True)  # the first install of each leaf
+        for k in hit[np.sort(first)].tolist():
+            gfn, level = int(ins["gfn"][k]), int(ins["level"][k])
+            add(c, "reinstall", int(ins["seq"][k]), gfn, level, int(ins["pid"][k]), None, None,
+                f"a level-{level} leaf for gfn {gfn:#x} was present before the {c.kind} and is installed "
+                f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
     by_change = {c.seq: c for _, c in changes}
     for f in untraced_leaf_fates(ctx):
         what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
         add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
             list(f.evidence))
     return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
+
+
+def _leaf_keys(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """One integer per (gfn, level): gfns are below 2**52, levels below 16."""
+    return (gfn.astype(np.uint64) << np.uint64(4)) | level.astype(np.uint64)
 
 
 def _back_or_next(ctx: Context, n: int, changes: list[tuple[int, MemslotChange]], lo: int, hi: int) -> int:

@@ -49,6 +49,7 @@ import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
+from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
@@ -163,17 +164,31 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return n
 
 
-def _spte_owners_at(changes: pl.DataFrame, seq: int, lo: int, hi: int) -> set[int]:
-    """Shadow MMU: pages owning a present leaf SPTE into [lo, hi) just before ``seq`` (the
-    change's line: the per-slot rmap zap the model infers sits at the line itself). Only the
-    SPTE addresses that ever mapped the range are looked at (their last change may map another
-    gfn: then the entry was overwritten), so the cost follows the range, not the trace."""
-    before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), seq)))
-    keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
-    last = before.filter(pl.col("key").is_in(keys.implode())).group_by("key").last()
-    alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
-                        & pl.col("page").is_not_null())
-    return set(alive["page"].to_list())
+class _LeafOwners:
+    """Shadow MMU: pages owning a present leaf SPTE into a gfn range just before a seq (the
+    change's line: the per-slot rmap zap the model infers sits at the line itself).
+
+    A change row is the SPTE's state from its seq until the next change of the same SPTE
+    address (``key``); its last change may map another gfn: then the entry was overwritten.
+    Rows are found through the gfn index, so each question costs the rows that ever mapped the
+    range, not the trace."""
+
+    def __init__(self, changes: pl.DataFrame) -> None:
+        self.seq = changes["seq"].to_numpy()
+        key = changes["key"].to_numpy()
+        by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
+        same = key[by_key[1:]] == key[by_key[:-1]]
+        self.until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
+        self.until[by_key[:-1][same]] = self.seq[by_key[1:][same]]
+        page = changes["page"]
+        self.owned = ((changes["state"] == "present") & page.is_not_null()).to_numpy()
+        self.page = page.fill_null(-1).to_numpy()
+        self.by_gfn = GfnIndex(changes["gfn"].to_numpy())
+
+    def at(self, seq: int, lo: int, hi: int) -> set[int]:
+        rows = self.by_gfn.rows_in(lo, hi)
+        rows = rows[self.owned[rows] & (self.seq[rows] < seq) & (self.until[rows] >= seq)]
+        return set(self.page[rows].tolist())
 
 
 @dataclass(frozen=True)
@@ -297,6 +312,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     journal = pl.from_arrow(replay.spte_changes)
     assert isinstance(journal, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     changes = journal.with_columns(pl.col("state").cast(pl.String), pl.col("reason").cast(pl.String))
+    leaf_owners = None if tdp else _LeafOwners(changes)
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
@@ -315,7 +331,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
         za = int(hits[0]) if len(hits) else None
-        owners = set() if tdp else _spte_owners_at(changes, line, lo, lo + c["old_npages"])
+        owners = set() if leaf_owners is None else leaf_owners.at(line, lo, lo + c["old_npages"])
         fate, zapped = _fates(pg, c, za, tdp, profile, owners)
         for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
             row, d = pg.rows[p], bool(pg.direct[p])

@@ -113,17 +113,10 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
-                   "consequences": consequences(ctx, _requested(data))},
+                   "consequences": consequences(ctx)},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
         mmu_evidence=mmu_evidence,
     )
-
-
-def _requested(data: TraceData) -> dict[str, np.ndarray]:
-    """seq, gfn, pfn, level and pid of every kvm_mmu_spte_requested (how each fault was resolved)."""
-    out = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
-    out["pid"] = seq_pid(data, "kvm_mmu_spte_requested")[1]
-    return out
 
 
 def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:

@@ -49,18 +49,21 @@ def _last_install(ins: dict[str, np.ndarray]) -> Callable[[np.ndarray, int], np.
     return refaulted
 
 
-def _installs_into_pages(spte_changes: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """(seq, owning page) of every SPTE install whose owner page the model inferred."""
+def _last_install_into(spte_changes: pa.Table, pages: int) -> np.ndarray:
+    """Per page id, the seq of the last SPTE install whose owner page the model inferred (-1: none)."""
     keep = pc.and_(pc.is_valid(spte_changes["page"]), pc.equal(spte_changes["state"].cast(pa.string()), "present"))
     t = spte_changes.filter(keep)
-    return t["seq"].to_numpy(), t["page"].to_numpy()
+    page = t["page"].to_numpy()
+    last = np.full(max(pages, int(page.max()) + 1 if len(page) else 0), -1, dtype=np.int64)
+    np.maximum.at(last, page, t["seq"].to_numpy())
+    return last
 
 
 def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
     index = recreations(ctx)
     pg = ctx.pages.arrays()
     refaulted = _last_install(ctx.installs)
-    ins_seq, ins_page = _installs_into_pages(spte_changes)
+    last_into = _last_install_into(spte_changes, len(pg["gfn"]))
     rows: dict[str, list[object]] = {f.name: [] for f in WHATIF_SCHEMA}
     for i, c in ctx.positioned_removals():
         # positioned: a seq, and the range the change removed
@@ -80,7 +83,7 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
             slot_pages = ids[:0]
         else:
             slot_pages = ids[zap_rule_mask(ctx.profile, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
-        installed_into_later = np.isin(ids, ins_page[ins_seq > c.seq])
+        installed_into_later = last_into[ids] > c.seq
         for policy, pages, sptes in (("zap_all", ids, live), ("zap_slot", slot_pages, in_range)):
             exact = policy == own or (policy == "zap_slot" and own == "zap_all")
             used_later = set() if exact else set(ids[installed_into_later].tolist())

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
+from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.leaf_proof import LeafEvidence
 from kvmtrace.replays.memslots import MemslotChange, MemslotTimeline
@@ -32,6 +34,14 @@ class Context:
     zap_all_pids: np.ndarray
     release: Release | None = None  # (major, minor) of the traced kernel; None: not named
     leaf_evidence: LeafEvidence = field(default_factory=LeafEvidence)  # hardware faults, notifier unmaps
+
+    @cached_property
+    def installs_by_gfn(self) -> GfnIndex:
+        return GfnIndex(self.installs["gfn"])
+
+    @cached_property
+    def faults_by_gfn(self) -> GfnIndex:
+        return GfnIndex(self.faults["gfn"])
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""
