@@ -80,6 +80,7 @@ def consequences(ctx: Context) -> pa.Table:
         "rule: 'allowed' says what that rule would have done]")
     pages = ctx.pages.arrays()
     ins = ctx.installs
+    reinstalls = _FirstInstall(ins)
     changes = ctx.positioned_removals()
     for n, (i, c) in enumerate(changes):
         # positioned_removals keeps only changes with a seq and an old range
@@ -108,8 +109,7 @@ def consequences(ctx: Context) -> pa.Table:
                     [int(pages["first_seq"][p]), c.seq])
         # faults on the old range after the change, first per vCPU, until the range comes back
         req = ctx.faults
-        hit = ctx.faults_by_gfn.rows_in(lo, hi)
-        hit = hit[(req["seq"][hit] > c.seq) & (req["seq"][hit] < until)]
+        hit = ctx.faults_by_gfn.rows_in(lo, hi, since=c.seq + 1, until=until)
         _pids, first = np.unique(req["pid"][hit], return_index=True)
         for k in hit[np.sort(first)].tolist():
             add(c, "fault_after", int(req["seq"][k]), int(req["gfn"][k]), int(req["level"][k]), int(req["pid"][k]),
@@ -118,13 +118,8 @@ def consequences(ctx: Context) -> pa.Table:
         start = ctx.journal.snapshots.get((i, "start")) or end
         if start is None:
             continue
-        hit = ctx.installs_by_gfn.rows_in(lo, hi)
-        hit = hit[ins["seq"][hit] > c.seq]
-        keys = _leaf_keys(ins["gfn"][hit], ins["level"][hit])
-        had = np.isin(keys, _leaf_keys(start.gfn, start.level))
-        hit, keys = hit[had], keys[had]
-        _keys, first = np.unique(keys, return_index=True)  # the first install of each leaf
-        for k in hit[np.sort(first)].tolist():
+        in_range = (start.gfn >= np.uint64(lo)) & (start.gfn < np.uint64(hi))
+        for k in reinstalls.after(c.seq, _leaf_keys(start.gfn[in_range], start.level[in_range])).tolist():
             gfn, level = int(ins["gfn"][k]), int(ins["level"][k])
             add(c, "reinstall", int(ins["seq"][k]), gfn, level, int(ins["pid"][k]), None, None,
                 f"a level-{level} leaf for gfn {gfn:#x} was present before the {c.kind} and is installed "
@@ -140,6 +135,30 @@ def consequences(ctx: Context) -> pa.Table:
 def _leaf_keys(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     """One integer per (gfn, level): gfns are below 2**52, levels below 16."""
     return (gfn.astype(np.uint64) << np.uint64(4)) | level.astype(np.uint64)
+
+
+class _FirstInstall:
+    """The first install of given leaves (gfn, level) after a seq, by binary search: installs
+    sorted by (leaf rank, row) as one integer ``rank * n + row`` (rows are in seq order)."""
+
+    def __init__(self, ins: dict[str, np.ndarray]) -> None:
+        self.seq = ins["seq"]
+        self.n = len(self.seq)
+        self.leaves, rank = np.unique(_leaf_keys(ins["gfn"], ins["level"]), return_inverse=True)
+        self.sorted = np.sort(rank.astype(np.int64) * self.n + np.arange(self.n, dtype=np.int64))
+
+    def after(self, seq: int, leaves: np.ndarray) -> np.ndarray:
+        """Rows (ascending) of the first install after ``seq`` of each of ``leaves`` that has one."""
+        if not self.n or not len(leaves):
+            return np.empty(0, np.int64)
+        leaves = np.unique(leaves)
+        at = np.searchsorted(self.leaves, leaves).clip(0, len(self.leaves) - 1)
+        rank = at[self.leaves[at] == leaves].astype(np.int64)
+        pos = np.searchsorted(self.sorted, rank * self.n + int(np.searchsorted(self.seq, seq, side="right")))
+        found = pos < len(self.sorted)
+        pos, rank = pos[found], rank[found]
+        got = self.sorted[pos]
+        return np.sort(got[got // self.n == rank] % self.n)
 
 
 def _back_or_next(ctx: Context, n: int, changes: list[tuple[int, MemslotChange]], lo: int, hi: int) -> int:

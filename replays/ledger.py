@@ -49,7 +49,6 @@ import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
-from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
@@ -164,31 +163,37 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return n
 
 
-class _LeafOwners:
-    """Shadow MMU: pages owning a present leaf SPTE into a gfn range just before a seq (the
-    change's line: the per-slot rmap zap the model infers sits at the line itself).
+def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]]) -> dict[tuple[int, int, int], set[int]]:
+    """Shadow MMU: for each ``(seq, lo, hi)``, the pages owning a present leaf SPTE into
+    [lo, hi) just before ``seq`` (the change's line: the per-slot rmap zap the model infers sits
+    at the line itself).
 
-    A change row is the SPTE's state from its seq until the next change of the same SPTE
+    A change row is its SPTE's state from its seq until the next change of the same SPTE
     address (``key``); its last change may map another gfn: then the entry was overwritten.
-    Rows are found through the gfn index, so each question costs the rows that ever mapped the
-    range, not the trace."""
-
-    def __init__(self, changes: pl.DataFrame) -> None:
-        self.seq = changes["seq"].to_numpy()
-        key = changes["key"].to_numpy()
-        by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
-        same = key[by_key[1:]] == key[by_key[:-1]]
-        self.until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
-        self.until[by_key[:-1][same]] = self.seq[by_key[1:][same]]
-        page = changes["page"]
-        self.owned = ((changes["state"] == "present") & page.is_not_null()).to_numpy()
-        self.page = page.fill_null(-1).to_numpy()
-        self.by_gfn = GfnIndex(changes["gfn"].to_numpy())
-
-    def at(self, seq: int, lo: int, hi: int) -> set[int]:
-        rows = self.by_gfn.rows_in(lo, hi)
-        rows = rows[self.owned[rows] & (self.seq[rows] < seq) & (self.until[rows] >= seq)]
-        return set(self.page[rows].tolist())
+    One sweep in seq order keeps the rows that are still an SPTE's state, so each question
+    costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic)."""
+    seq = changes["seq"].to_numpy()
+    key = changes["key"].to_numpy()
+    gfn = changes["gfn"].to_numpy()
+    by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
+    same = key[by_key[1:]] == key[by_key[:-1]]
+    until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
+    until[by_key[:-1][same]] = seq[by_key[1:][same]]
+    page = changes["page"]
+    owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
+    pages = page.fill_null(-1).to_numpy()
+    out: dict[tuple[int, int, int], set[int]] = {}
+    active = np.empty(0, dtype=np.int64)
+    added = 0
+    for q in sorted(set(questions)):
+        at, lo, hi = q
+        k = int(np.searchsorted(owned, np.searchsorted(seq, at)))  # owned rows before the line
+        active = np.concatenate((active, owned[added:k]))
+        added = max(added, k)
+        active = active[until[active] >= at]
+        rows = active[(gfn[active] >= lo) & (gfn[active] < hi)]
+        out[q] = set(pages[rows].tolist())
+    return out
 
 
 @dataclass(frozen=True)
@@ -296,6 +301,12 @@ def _removed_leaves(changes: pl.DataFrame, c: dict[str, Any], za: int | None, td
     ).sort("how", "reason", "in_range", descending=[True, False, True])
 
 
+def _positioned(c: dict[str, Any]) -> bool:
+    """A delete, move or re-create the trace positions, with the range it removed."""
+    return c["kind"] in ("delete", "move", "recreate") and c["seq"] is not None and bool(c["old_npages"]) \
+        and c["window_start"] is not None
+
+
 def _append(columns: dict[str, list[Any]], values: dict[str, Any]) -> None:
     for k, v in values.items():
         columns[k].append(v)
@@ -312,7 +323,9 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     journal = pl.from_arrow(replay.spte_changes)
     assert isinstance(journal, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     changes = journal.with_columns(pl.col("state").cast(pl.String), pl.col("reason").cast(pl.String))
-    leaf_owners = None if tdp else _LeafOwners(changes)
+    timeline = replay.memslots.to_pylist()
+    questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]
+    owners_at = {} if tdp else _leaf_owners(changes, questions)
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
@@ -324,14 +337,13 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         i = int(np.searchsorted(ev_seq, seq))
         return int(ev_ts[i]) if i < len(ev_seq) and ev_seq[i] == seq else None
 
-    for i, c in enumerate(replay.memslots.to_pylist()):
-        if c["kind"] not in ("delete", "move", "recreate") or c["seq"] is None or not c["old_npages"] \
-                or c["window_start"] is None:
+    for i, c in enumerate(timeline):
+        if not _positioned(c):
             continue
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
         za = int(hits[0]) if len(hits) else None
-        owners = set() if leaf_owners is None else leaf_owners.at(line, lo, lo + c["old_npages"])
+        owners = owners_at.get((line, lo, lo + c["old_npages"]), set())
         fate, zapped = _fates(pg, c, za, tdp, profile, owners)
         for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
             row, d = pg.rows[p], bool(pg.direct[p])

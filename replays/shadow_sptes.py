@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
@@ -130,6 +131,30 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     return owner
 
 
+def _first_rmap_zaps(zaps: list[tuple[int, int, int, str]], gfn: np.ndarray, start: np.ndarray,
+                     end: np.ndarray, reason: np.ndarray) -> None:
+    """Per install, the first untraced rmap zap (``zaps`` sorted by time key) after it started
+    whose range holds its gfn: its key into ``end``, its index into ``reason``. Zaps of the
+    same range are taken together, so each range costs its installs once (not once per zap:
+    a range deleted and re-created over and over made the per-zap masks quadratic)."""
+    if not zaps:
+        return
+    by_range: dict[tuple[int, int], list[int]] = {}
+    for k, (_key, lo, hi, _why) in enumerate(zaps):
+        by_range.setdefault((lo, hi), []).append(k)
+    by_gfn = GfnIndex(gfn, np.arange(len(gfn)))
+    for (lo, hi), ks in by_range.items():
+        which = np.asarray(ks, dtype=np.int64)
+        keys = np.asarray([zaps[k][0] for k in ks], dtype=np.int64)  # ascending, as zaps are
+        rows = by_gfn.rows_in(lo, hi)
+        j = np.searchsorted(keys, start[rows], side="right")  # the first of these zaps after the start
+        rows, j = rows[j < len(keys)], j[j < len(keys)]
+        key, k = keys[j], which[j]
+        first = (key < end[rows]) | ((key == end[rows]) & (k < reason[rows]))
+        end[rows[first]] = key[first]
+        reason[rows[first]] = k[first]
+
+
 class SpteLifetimes:
     """Every install's lifetime and what ended it; feeds the journal, snapshots and detectors."""
 
@@ -153,10 +178,7 @@ class SpteLifetimes:
         rmap_end = np.full(n, FOREVER, dtype=np.int64)
         self.rmap_reason = np.full(n, -1, dtype=np.int64)
         self.reasons = [r for *_, r in rmap_zaps]
-        for k, (key, lo, hi, _) in enumerate(rmap_zaps):
-            hit = (self.start < key) & (key < rmap_end) & (ins.gfn >= np.uint64(lo)) & (ins.gfn < np.uint64(hi))
-            rmap_end[hit] = key
-            self.rmap_reason[hit] = k
+        _first_rmap_zaps(rmap_zaps, ins.gfn, self.start, rmap_end, self.rmap_reason)
         self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
         self.end[~self.present] = self.start[~self.present]
         self.how = np.select([self.end == FOREVER, self.end == nxt, self.end == page_end],
@@ -176,12 +198,21 @@ class SpteLifetimes:
         else:
             self.as_id = np.zeros(n, dtype=np.int64)
 
-    def alive_at(self, key: int) -> np.ndarray:
-        """Mask of the installs alive at time ``key`` (installs are in seq order: only the prefix
-        that started before ``key`` is examined)."""
-        out = np.zeros(len(self.start), dtype=bool)
-        k = int(np.searchsorted(self.start, key))
-        out[:k] = self.present[:k] & (self.end[:k] > key)
+    def alive_at(self, keys: list[int]) -> dict[int, np.ndarray]:
+        """Indices (ascending) of the installs alive at each time key. One sweep in key order
+        keeps only the installs still alive, so each key costs the live set, not the trace (a
+        mask over every install per key was quadratic in trace length)."""
+        out: dict[int, np.ndarray] = {}
+        active = np.empty(0, dtype=np.int64)
+        added = 0
+        for key in sorted(set(keys)):
+            k = int(np.searchsorted(self.start, key))  # installs are in seq order: these started before key
+            if k > added:
+                new = np.arange(added, k)
+                active = np.concatenate((active, new[self.present[new]]))
+                added = k
+            active = active[self.end[active] > key]
+            out[key] = active
         return out
 
     def to_journal(self, j: Journal) -> None:

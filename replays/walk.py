@@ -175,12 +175,13 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     journal.obsolete_uses.extend(life.obsolete_uses(pages))
     journal.obsolete_uses.sort()
     by_index = {rm.index: rm for rm in removals}
+    # "end": everything traced up to the change's line, but before the untraced per-slot rmap
+    # zap the model applies at 2 * rm.seq + 1 (the what-if counts what that zap destroys)
+    keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
+            for i, when in page_sets}
+    alive_at = life.alive_at(list(keys.values()))
     for (i, when), live_pages in page_sets.items():
-        rm = by_index[i]
-        # "end": everything traced up to the change's line, but before the untraced per-slot rmap
-        # zap the model applies at 2 * rm.seq + 1 (the what-if counts what that zap destroys)
-        key = 2 * rm.window_start - 1 if when == "start" else 2 * rm.seq
-        alive = life.alive_at(key)
+        alive = alive_at[keys[(i, when)]]
         journal.snapshots[(i, when)] = Snapshot(
             pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],
-            owner=owner[alive], installed=ins.seq[alive], obsolete_root=np.zeros(int(alive.sum()), bool))
+            owner=owner[alive], installed=ins.seq[alive], obsolete_root=np.zeros(len(alive), bool))

@@ -20,10 +20,13 @@ VMM writes its line; null: never again in the trace):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
 from kvmtrace.replays.results import ReplayResult
@@ -60,52 +63,65 @@ def _backed_again(replay: ReplayResult, lo: int, hi: int, after: int) -> int | N
     return min(starts) if starts else None
 
 
-def _hits(cols: dict[str, np.ndarray], key: str, start: int, end: int, lo: int, hi: int) -> np.ndarray:
-    """Rows of ``cols`` in seq ``[start, end)`` whose ``key`` address lies in ``[lo, hi)``."""
-    in_window = (cols["seq"] >= start) & (cols["seq"] < end)
-    return in_window & (cols[key] >= np.uint64(lo)) & (cols[key] < np.uint64(hi))
+@dataclass(frozen=True)
+class _Events:
+    """One event's columns (:func:`_columns`) with an index on the gfn column ``key``."""
+
+    cols: dict[str, np.ndarray]
+    by_gfn: GfnIndex
+
+    @classmethod
+    def of(cls, cols: dict[str, np.ndarray] | None, key: str) -> _Events | None:
+        return None if cols is None else cls(cols, GfnIndex(cols[key], cols["seq"]))
+
+    def hits(self, start: int, end: int, lo: int, hi: int) -> np.ndarray:
+        """Rows (ascending) in seq ``[start, end)`` whose gfn lies in ``[lo, hi)``: through the
+        index, as a mask over every row per delete was quadratic in trace length."""
+        return self.by_gfn.rows_in(lo, hi, since=start, until=end)
 
 
 def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_of: dict[int, int]) -> pa.Table:
     """One row per (delete/move, vCPU thread) that faulted or exited on the removed range."""
-    faults = _columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0})
-    mmio = [c for c in (_columns(data, "kvm_mmio", {"gpa": 12}), _columns(data, "handle_mmio_page_fault", {"addr": 12}))
-            if c is not None]
+    fault_events = _Events.of(_columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0}), "gfn")
+    mmio = [e for e in (_Events.of(_columns(data, "kvm_mmio", {"gpa": 12}), "gpa"),
+                        _Events.of(_columns(data, "handle_mmio_page_fault", {"addr": 12}), "addr")) if e is not None]
+    backed = None if fault_events is None else \
+        (fault_events.cols["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0
     rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
     for r in ledger.removals.to_pylist():
         lo, hi = r["base_gfn"], r["base_gfn"] + r["npages"]
         start = r["window_start"] if r["anchor"] == ANCHOR_ZAPS else r["seq"]
         until = _backed_again(replay, lo, hi, r["seq"])
-        if faults is not None:
+        if fault_events is not None:
             # the kernel commits a re-create before the VMM writes its line: a fault on the range
             # that KVM resolved to a real pfn shows a slot backs it again
-            real = (faults["seq"] >= start) & (faults["gfn"] >= np.uint64(lo)) & (faults["gfn"] < np.uint64(hi)) \
-                & ((faults["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0)
-            if real.any():
-                first_real = int(faults["seq"][real].min())
+            faults = fault_events.cols
+            real = fault_events.by_gfn.first_in(lo, hi, start, keep=backed)
+            if real is not None:
+                first_real = int(faults["seq"][real])
                 until = first_real if until is None else min(until, first_real)
         end = until if until is not None else np.iinfo(np.int64).max
 
-        f_hit = _hits(faults, "gfn", start, end, lo, hi) if faults is not None else None
-        m_hits = [(c, _hits(c, "gpa" if "gpa" in c else "addr", start, end, lo, hi)) for c in mmio]
-        pids = set(faults["pid"][f_hit].tolist()) if faults is not None and f_hit is not None else set()
+        f_hit = fault_events.hits(start, end, lo, hi) if fault_events is not None else None
+        m_hits = [(e.cols, e.hits(start, end, lo, hi)) for e in mmio]
+        pids = set(faults["pid"][f_hit].tolist()) if fault_events is not None and f_hit is not None else set()
         for c, m in m_hits:
             pids |= set(c["pid"][m].tolist())
         for pid in sorted(pids, key=lambda p: (vcpu_of.get(p, 1 << 30), p)):
             seqs: list[np.ndarray] = []
             n_faults = noslot = error = most = 0
-            if faults is not None and f_hit is not None:
-                mine = f_hit & (faults["pid"] == pid)
+            if fault_events is not None and f_hit is not None:
+                mine = f_hit[faults["pid"][f_hit] == pid]
                 pfn = faults["pfn"][mine]
-                n_faults = int(mine.sum())
+                n_faults = len(mine)
                 noslot = int((pfn == np.uint64(KVM_PFN_NOSLOT)).sum())
                 error = int(((pfn & np.uint64(KVM_PFN_ERR_MASK)) != 0).sum())
                 most = int(np.unique(faults["gfn"][mine], return_counts=True)[1].max()) if n_faults else 0
                 seqs.append(faults["seq"][mine])
             n_mmio = 0
             for c, m in m_hits:
-                mine = m & (c["pid"] == pid)
-                n_mmio += int(mine.sum())
+                mine = m[c["pid"][m] == pid]
+                n_mmio += len(mine)
                 seqs.append(c["seq"][mine])
             every = np.concatenate(seqs) if seqs else np.empty(0, np.int64)
             for k, v in (("seq", r["seq"]), ("slot", r["slot"]), ("kind", r["kind"]), ("pid", pid),

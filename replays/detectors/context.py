@@ -36,12 +36,8 @@ class Context:
     leaf_evidence: LeafEvidence = field(default_factory=LeafEvidence)  # hardware faults, notifier unmaps
 
     @cached_property
-    def installs_by_gfn(self) -> GfnIndex:
-        return GfnIndex(self.installs["gfn"])
-
-    @cached_property
     def faults_by_gfn(self) -> GfnIndex:
-        return GfnIndex(self.faults["gfn"])
+        return GfnIndex(self.faults["gfn"], self.faults["seq"])
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""

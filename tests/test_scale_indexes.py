@@ -1,0 +1,134 @@
+"""The indexes that keep the per-change analyses linear in trace length give exactly what the
+plain whole-table masks they replaced gave (those masks are the reference implementations here).
+
+On real data the replay tables of every sample and recording were compared before and after the
+change (bench/RESULTS.md, "analyze by trace length"); these tests pin the edge cases: empty
+tables, windows outside the trace, ranges past 2**52 and values no gfn can have.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
+from kvmtrace.replays.gfn_index import GfnIndex
+from kvmtrace.replays.ledger import _leaf_owners
+from kvmtrace.replays.shadow_sptes import _first_rmap_zaps
+
+WIDE = (1 << 60) + 7  # not a gfn: a damaged or hand-made input
+
+
+@st.composite
+def tables(draw: st.DrawFn, max_rows: int = 3000) -> tuple[np.ndarray, np.ndarray]:
+    """gfns (a few wide ones) and strictly increasing seqs, as a replay table has them."""
+    n = draw(st.integers(0, max_rows))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    gfn = rng.integers(0, 48, n).astype(np.uint64)
+    if n and draw(st.booleans()):
+        gfn[rng.integers(0, n, 3)] = np.uint64(WIDE)
+    seq = np.cumsum(rng.integers(1, 4, n)).astype(np.int64)
+    return gfn, seq
+
+
+bounds = st.one_of(st.none(), st.integers(-5, 12_000))
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables(), st.integers(0, 60), st.integers(0, 30), st.booleans(), bounds, bounds)
+def test_rows_in_equals_the_mask(t: tuple[np.ndarray, np.ndarray], lo: int, width: int, to_top: bool,
+                                 since: int | None, until: int | None) -> None:
+    gfn, seq = t
+    hi = (1 << 62) if to_top else lo + width
+    ix = GfnIndex(gfn, seq)
+    mask = (gfn >= np.uint64(lo)) & (gfn < np.uint64(hi))
+    if since is not None:
+        mask &= seq >= since
+    if until is not None:
+        mask &= seq < until
+    assert np.array_equal(ix.rows_in(lo, hi, since, until), np.flatnonzero(mask))
+
+
+@settings(max_examples=150, deadline=None)
+@given(tables(), st.integers(0, 60), st.integers(0, 30), st.integers(-5, 12_000), st.integers(0, 2**32 - 1))
+def test_first_in_equals_the_mask(t: tuple[np.ndarray, np.ndarray], lo: int, width: int, since: int,
+                                  seed: int) -> None:
+    gfn, seq = t
+    keep = np.random.default_rng(seed).random(len(gfn)) < 0.3
+    mask = (gfn >= np.uint64(lo)) & (gfn < np.uint64(lo + width)) & (seq >= since) & keep
+    expected = int(np.flatnonzero(mask)[0]) if mask.any() else None
+    assert GfnIndex(gfn, seq).first_in(lo, lo + width, since, keep) == expected
+
+
+def test_blocks_are_crossed() -> None:
+    """More rows than one block (4096): answers span blocks, in seq order."""
+    n = 50_000
+    gfn = (np.arange(n, dtype=np.uint64) * np.uint64(7919)) % np.uint64(1000)
+    seq = np.arange(n, dtype=np.int64) * 2
+    ix = GfnIndex(gfn, seq)
+    assert ix.blocks > 10
+    mask = (gfn >= 100) & (gfn < 200) & (seq >= 5000) & (seq < 90_000)
+    assert np.array_equal(ix.rows_in(100, 200, 5000, 90_000), np.flatnonzero(mask))
+    assert ix.first_in(999, 1000, 60_000) == int(np.flatnonzero((gfn == 999) & (seq >= 60_000))[0])
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.integers(-2, 900))
+def test_first_install_after(n: int, seed: int, at: int) -> None:
+    """The first install after a seq of each leaf asked for, as the scan over later installs gave it."""
+    rng = np.random.default_rng(seed)
+    ins = {"seq": np.cumsum(rng.integers(1, 3, n)).astype(np.int64), "gfn": rng.integers(0, 12, n).astype(np.uint64),
+           "level": rng.integers(1, 3, n).astype(np.int64)}
+    asked = _leaf_keys(rng.integers(0, 14, 8).astype(np.uint64), rng.integers(1, 3, 8).astype(np.int64))
+    expected, done = [], set()
+    for k in np.flatnonzero(ins["seq"] > at):
+        key = int(_leaf_keys(ins["gfn"][k:k + 1], ins["level"][k:k + 1])[0])
+        if key in set(asked.tolist()) and key not in done:
+            done.add(key)
+            expected.append(int(k))
+    assert _FirstInstall(ins).after(at, asked).tolist() == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 700), st.integers(0, 10),
+                                                                           st.integers(0, 6)), max_size=12))
+def test_first_rmap_zaps(n: int, seed: int, zaps: list[tuple[int, int, int]]) -> None:
+    """Per install, the first rmap zap after it over its gfn: as the loop over zaps in key order set it."""
+    rng = np.random.default_rng(seed)
+    gfn = rng.integers(0, 16, n).astype(np.uint64)
+    start = 2 * np.cumsum(rng.integers(1, 3, n)).astype(np.int64)
+    listed = sorted((key, lo, lo + width, f"zap {i}") for i, (key, lo, width) in enumerate(zaps))
+    forever = np.iinfo(np.int64).max
+    end, reason = np.full(n, forever, np.int64), np.full(n, -1, np.int64)
+    want_end, want_reason = end.copy(), reason.copy()
+    for k, (key, lo, hi, _) in enumerate(listed):
+        hit = (start < key) & (key < want_end) & (gfn >= np.uint64(lo)) & (gfn < np.uint64(hi))
+        want_end[hit], want_reason[hit] = key, k
+    _first_rmap_zaps(listed, gfn, start, end, reason)
+    assert np.array_equal(end, want_end) and np.array_equal(reason, want_reason)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 2**32 - 1),
+       st.lists(st.tuples(st.integers(0, 700), st.integers(0, 12), st.integers(0, 6)), max_size=10))
+def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -> None:
+    """Owners of present leaves into a range just before a seq: as the journal scan per change gave them."""
+    rng = np.random.default_rng(seed)
+    changes = pl.DataFrame({
+        "seq": np.sort(rng.integers(0, 700, n)).astype(np.int64),
+        "key": rng.integers(0, 20, n).astype(np.uint64),
+        "gfn": rng.integers(0, 16, n).astype(np.uint64),
+        "page": pl.Series(rng.integers(0, 9, n), dtype=pl.Int64).set(pl.Series(rng.random(n) < 0.2), None),
+        "state": rng.choice(["present", "zapped", "nonpresent"], n),
+    })
+    asked = [(at, lo, lo + width) for at, lo, width in questions]
+    got = _leaf_owners(changes, asked)
+    for at, lo, hi in asked:
+        before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), at)))
+        keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
+        last = before.filter(pl.col("key").is_in(keys.implode())).group_by("key").last()
+        alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
+                            & pl.col("page").is_not_null())
+        assert got[(at, lo, hi)] == set(alive["page"].to_list())
