@@ -1,0 +1,100 @@
+"""Benchmark: ``analyze`` by trace length: is the time linear, and what does memory do?
+
+Usage: python bench/bench_scale.py [--source TRACE] [--copies N ...] [--baseline COMMIT] [--runs R]
+
+No recording: the long traces are HAND-MADE from a real one (default: ``bench/out/bench-multi.dat``
+if it was recorded, else the largest sample), its pages repeated per CPU with their time stamps
+moved past the previous copy (``tests/tracedat_builder.repeated_tracedat``): N copies read as N
+runs of the same workload back to back, with every memslot change N times. Each analysis runs in
+a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, text report);
+its peak RSS is the process's own ``VmHWM``. With ``--baseline COMMIT`` the same runs use the
+code of an earlier commit too (``bench_stream.checkout``), interleaved with the current code.
+Prints a Markdown table for bench/RESULTS.md ("## analyze by trace length").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench_stream import checkout  # noqa: E402
+from tracedat_builder import repeated_tracedat  # noqa: E402
+
+_CHILD = """
+import json, sys, time, warnings
+warnings.simplefilter("ignore")
+import kvmtrace
+t0, c0 = time.perf_counter(), time.process_time()
+a = kvmtrace.open(sys.argv[1]).analyze()
+text = a.report("text")
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+with open("/proc/self/status") as f:
+    peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
+print(json.dumps({"wall": wall, "cpu": cpu, "rss_peak_kb": peak, "events": a.trace.info.total_events,
+                  "code": kvmtrace.__file__}))
+"""
+
+
+def _source() -> Path:
+    bench = REPO / "bench" / "out" / "bench-multi.dat"
+    return bench if bench.exists() else max((REPO / "sample_traces").glob("*.dat"), key=lambda p: p.stat().st_size)
+
+
+def run(trace: Path, pythonpath: Path | None) -> dict:
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    # cwd: not the repository, whose kvmtrace/ would come first on the child's path
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(trace)], capture_output=True, text=True, env=env,
+                          cwd=trace.parent)
+    if done.returncode:
+        raise SystemExit(f"analyze {trace} failed:\n{done.stderr[-3000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    if pythonpath is not None and not result["code"].startswith(str(pythonpath)):
+        raise SystemExit(f"ran {result['code']}, not the code in {pythonpath}")
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--source", type=Path, default=None, help="real trace.dat whose pages are repeated")
+    ap.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--baseline", default=None, help="also run the code of this commit")
+    ap.add_argument("--runs", type=int, default=1)
+    args = ap.parse_args()
+    source = args.source or _source()
+    with tempfile.TemporaryDirectory(prefix="kvmtrace-scale-") as tmp:
+        codes: dict[str, Path | None] = {"now": None}
+        if args.baseline:
+            codes[f"@{args.baseline}"] = checkout(args.baseline, Path(tmp) / "baseline")
+        load = os.getloadavg()[0]
+        print(f"# source {source.name}; {platform.python_version()}, {os.cpu_count()} CPUs, load {load:.1f}")
+        print("| code | copies | events | wall | CPU | events/s (CPU) | peak RSS | bytes/event |")
+        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+        for copies in args.copies:
+            trace = Path(tmp) / f"x{copies}.dat"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                repeated_tracedat(source, trace, copies, compression="zstd")
+            for name, code in codes.items():
+                best = min((run(trace, code) for _ in range(args.runs)), key=lambda r: r["cpu"])
+                ev = best["events"]
+                print(f"| {name} | {copies} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "
+                      f"{ev / best['cpu'] / 1e6:.2f} M | {best['rss_peak_kb'] / 1024:.0f} MiB | "
+                      f"{best['rss_peak_kb'] * 1024 / ev:.0f} |", flush=True)
+            trace.unlink()
+
+
+if __name__ == "__main__":
+    main()
