@@ -81,12 +81,13 @@ def consequences(ctx: Context) -> pa.Table:
     pages = ctx.pages.arrays()
     ins = ctx.installs
     reinstalls = _FirstInstall(ins)
+    back_again = _BackAgain(ctx.timeline.changes)
     changes = ctx.positioned_removals()
-    for n, (i, c) in enumerate(changes):
+    for i, c in changes:
         # positioned_removals keeps only changes with a seq and an old range
         assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
-        until = _back_or_next(ctx, n, changes, lo, hi)
+        until = back_again.after(c.seq, lo, hi)
         end = ctx.journal.snapshots.get((i, "end"))
         if end is not None and len(end.pages):
             ids = end.pages
@@ -161,14 +162,21 @@ class _FirstInstall:
         return np.sort(got[got // self.n == rank] % self.n)
 
 
-def _back_or_next(ctx: Context, n: int, changes: list[tuple[int, MemslotChange]], lo: int, hi: int) -> int:
-    """Seq until which faults on [lo, hi) still show this change: the next line that maps part
-    of the range again (a create, the move back), or the next removal of it."""
-    since = changes[n][1].seq
-    assert since is not None  # positioned_removals keeps only changes with a seq
-    for c in ctx.timeline.changes:
-        if c.seq is None or c.seq <= since:
-            continue
-        if c.npages and c.base_gfn < hi and lo < c.base_gfn + c.npages:
-            return c.window_start if c.window_start is not None else c.seq
-    return np.iinfo(np.int64).max
+class _BackAgain:
+    """Seq until which faults on a removed range still show the change: the next line that maps
+    part of the range again (a create, the move back), or the next removal of it. The timeline's
+    changes as arrays, in its order, so each question is one vectorised scan (a Python loop over
+    the timeline per change was quadratic in the number of changes)."""
+
+    def __init__(self, tl: list[MemslotChange]) -> None:
+        positioned = [c.seq is not None and bool(c.npages) for c in tl]
+        self.seq = np.asarray([c.seq if p else 0 for c, p in zip(tl, positioned)], dtype=np.int64)
+        self.base = np.asarray([c.base_gfn if p else 0 for c, p in zip(tl, positioned)], dtype=np.uint64)
+        self.end = self.base + np.asarray([c.npages if p else 0 for c, p in zip(tl, positioned)], dtype=np.uint64)
+        self.until = np.asarray([(c.window_start if c.window_start is not None else c.seq) if p else 0
+                                 for c, p in zip(tl, positioned)], dtype=np.int64)
+        self.positioned = np.asarray(positioned, dtype=bool)
+
+    def after(self, since: int, lo: int, hi: int) -> int:
+        hit = self.positioned & (self.seq > since) & (self.base < np.uint64(hi)) & (np.uint64(lo) < self.end)
+        return int(self.until[int(np.argmax(hit))]) if hit.any() else int(np.iinfo(np.int64).max)

@@ -48,6 +48,7 @@ import polars as pl
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays import sweep
 from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
@@ -182,19 +183,12 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]]) -
     page = changes["page"]
     owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
     pages = page.fill_null(-1).to_numpy()
+    alive = sweep.alive_at(seq[owned], until[owned], [at for at, _lo, _hi in questions])
     out: dict[tuple[int, int, int], set[int]] = {}
-    active = np.empty(0, dtype=np.int64)
-    added = 0
-    for q in sorted(set(questions)):
-        at, lo, hi = q
-        k = int(np.searchsorted(owned, np.searchsorted(seq, at)))  # owned rows before the line
-        active = np.concatenate((active, owned[added:k]))
-        added = max(added, k)
-        active = active[until[active] >= at]
-        rows = active[(gfn[active] >= lo) & (gfn[active] < hi)]
-        out[q] = set(pages[rows].tolist())
+    for at, lo, hi in questions:
+        rows = owned[alive[at]]
+        out[(at, lo, hi)] = set(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]].tolist())
     return out
-
 
 @dataclass(frozen=True)
 class _Pages:
@@ -234,24 +228,27 @@ def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
 
 
 def _fates(pg: _Pages, c: dict[str, Any], za: int | None, tdp: bool, profile: KernelProfile,
-           owners: set[int]) -> tuple[dict[int, str], np.ndarray]:
+           owners: set[int], pages: np.ndarray) -> tuple[dict[int, str], set[int]]:
     """page -> reason, for every page zapped in the change's window and every page the change
-    concerns but the kernel kept; and the zapped mask."""
+    concerns but the kernel kept; and the zapped pages. ``pages`` (ascending ids) holds at least
+    every page zapped in the window or alive when the change took effect (:func:`_candidates`)."""
     ws, line, lo, n = c["window_start"], c["seq"], c["old_base_gfn"], c["old_npages"]
     hi = lo + n
-    zapped = (pg.zap >= ws) & (pg.zap <= line)
+    gfn, zap = pg.gfn[pages], pg.zap[pages]
+    zapped = (zap >= ws) & (zap <= line)
     # alive when the change took effect: built before its line (a window that starts at the
     # thread's previous line spans vCPU work too) and not zapped before the window
-    alive = (pg.first_seq < line) & ((pg.zap < 0) | (pg.zap >= ws))
-    in_range = (pg.gfn >= np.uint64(lo)) & (pg.gfn < np.uint64(hi))
-    covers = pg.direct & (pg.gfn < np.uint64(hi)) & (pg.gfn + _covers(pg.gfn, pg.level) > np.uint64(lo))
-    must = zap_rule_mask(profile, pg.gfn, pg.role, lo, n) \
-        if len(pg.rows) and not tdp else np.zeros(len(pg.rows), bool)
+    alive = (pg.first_seq[pages] < line) & ((zap < 0) | (zap >= ws))
+    in_range = (gfn >= np.uint64(lo)) & (gfn < np.uint64(hi))
+    direct = pg.direct[pages]
+    covers = direct & (gfn < np.uint64(hi)) & (gfn + _covers(gfn, pg.level[pages]) > np.uint64(lo))
+    must = zap_rule_mask(profile, gfn, pg.role[pages], lo, n) if len(pages) and not tdp else np.zeros(len(pages), bool)
     fate: dict[int, str] = {}
-    for p in np.flatnonzero(zapped).tolist():
+    for j in np.flatnonzero(zapped).tolist():
+        p = int(pages[j])
         if za is not None:
             why = "zapped after the fast zap made it obsolete"
-        elif must[p]:
+        elif must[j]:
             why = "zapped by the rule: " + {"gptes": "gfn in the slot, holds guest PTEs",
                                             "gfn_2019": "sp->gfn is a gfn of the slot"}.get(
                 whatif_rule(profile).name, "gfn in the slot's range at its level")
@@ -260,26 +257,45 @@ def _fates(pg: _Pages, c: dict[str, Any], za: int | None, tdp: bool, profile: Ke
         if pg.rows[p]["root_count"] > 0:
             why += "; a root still referenced by a vCPU: marked invalid, freed when the vCPU drops it"
         fate[p] = why
-    for p in np.flatnonzero(alive & ~zapped).tolist():
+    for j in np.flatnonzero(alive & ~zapped).tolist():
+        p = int(pages[j])
         if za is not None:
             if pg.obsolete[p] == za:
                 fate[p] = f"obsolete generation: made obsolete at seq {za}, " + (
                     f"zapped at seq {pg.zap[p]}" if pg.zap[p] >= 0 else KEPT_TDP_ROOT if tdp
                     else "still alive at the end of the trace")
         elif tdp:
-            if covers[p]:
+            if covers[j]:
                 fate[p] = KEPT_TDP
-        elif 0 <= pg.obsolete[p] < ws and (in_range[p] or covers[p]):
+        elif 0 <= pg.obsolete[p] < ws and (in_range[j] or covers[j]):
             fate[p] = KEPT_OBSOLETE
-        elif must[p]:
+        elif must[j]:
             fate[p] = KEPT_MISSED
-        elif covers[p] or (in_range[p] and pg.direct[p]):
+        elif covers[j] or (in_range[j] and direct[j]):
             fate[p] = KEPT_BY_RULE
-        elif in_range[p] and pg.passthrough[p]:
+        elif in_range[j] and pg.passthrough[p]:
             fate[p] = KEPT_PASSTHROUGH
         elif p in owners:
             fate[p] = KEPT_OUTSIDE
-    return fate, zapped
+    return fate, {int(p) for p in pages[zapped]}
+
+
+def _candidates(pg: _Pages, windows: list[tuple[int, int]]) -> dict[tuple[int, int], np.ndarray]:
+    """For each window ``(start, line)``: the pages (ascending ids) alive at its start, built
+    inside it, or zapped inside it; one sweep over time instead of a mask over every page per
+    change (the page book grows with the trace: every zap-all rebuilds the VM's pages)."""
+    forever = np.iinfo(np.int64).max
+    alive = sweep.alive_at(pg.first_seq, np.where(pg.zap < 0, forever, pg.zap), [ws for ws, _ in windows])
+    by_first = np.argsort(pg.first_seq, kind="stable")
+    first = pg.first_seq[by_first]
+    by_zap = np.argsort(pg.zap, kind="stable")
+    zaps = pg.zap[by_zap]
+    out = {}
+    for ws, line in windows:
+        built = by_first[np.searchsorted(first, ws, side="left"):np.searchsorted(first, line, side="left")]
+        zapped = by_zap[np.searchsorted(zaps, ws, side="left"):np.searchsorted(zaps, line, side="right")]
+        out[(ws, line)] = np.unique(np.concatenate((alive[ws], built, zapped)))
+    return out
 
 
 def _removed_leaves(changes: pl.DataFrame, c: dict[str, Any], za: int | None, tdp: bool) -> pl.DataFrame:
@@ -326,6 +342,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     timeline = replay.memslots.to_pylist()
     questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]
     owners_at = {} if tdp else _leaf_owners(changes, questions)
+    candidates = _candidates(pg, [(c["window_start"], c["seq"]) for c in timeline if _positioned(c)])
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
@@ -344,15 +361,15 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
         za = int(hits[0]) if len(hits) else None
         owners = owners_at.get((line, lo, lo + c["old_npages"]), set())
-        fate, zapped = _fates(pg, c, za, tdp, profile, owners)
-        for p in sorted(fate, key=lambda p: (not zapped[p], pg.gfn[p], p)):
+        fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])
+        for p in sorted(fate, key=lambda p: (p not in zapped, pg.gfn[p], p)):
             row, d = pg.rows[p], bool(pg.direct[p])
             _append(prow, {"change": i, "seq": line, "page": p, "gfn": row["gfn"], "level": row["level"],
                            "role": row["role"], "role_text": role_text(row), "direct": d,
                            "covers_first": row["gfn"] if d else None,
                            "covers_last": int(pg.gfn[p] + _covers(pg.gfn[p:p + 1], pg.level[p:p + 1])[0] - 1)
                            if d else None,
-                           "fate": "zapped" if zapped[p] else "kept", "reason": fate[p],
+                           "fate": "zapped" if p in zapped else "kept", "reason": fate[p],
                            "zap_seq": int(pg.zap[p]) if pg.zap[p] >= 0 else None})
         leaves = _removed_leaves(changes, c, za, tdp)
         for how, why, inr, cnt, g0, g1 in leaves.iter_rows():
@@ -361,7 +378,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                            else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)",
                            "in_range": inr, "sptes": cnt, "gfn_first": g0, "gfn_last": g1})
         t0, t1 = ts_of(ws), ts_of(line)
-        n_zapped = int(zapped.sum())
+        n_zapped = len(zapped)
         _append(rows, {"change": i, "seq": line, "ts": t1, "window_start": ws, "anchor": c["anchor"],
                        "pid": c["pid"], "slot": c["slot"], "slot_created_seq": created.get((c["slot"], ws)),
                        "kind": c["kind"], "base_gfn": lo, "npages": c["old_npages"],

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
 from kvmtrace.replays.pages import NONE, PageBook
@@ -199,21 +200,11 @@ class SpteLifetimes:
             self.as_id = np.zeros(n, dtype=np.int64)
 
     def alive_at(self, keys: list[int]) -> dict[int, np.ndarray]:
-        """Indices (ascending) of the installs alive at each time key. One sweep in key order
-        keeps only the installs still alive, so each key costs the live set, not the trace (a
-        mask over every install per key was quadratic in trace length)."""
-        out: dict[int, np.ndarray] = {}
-        active = np.empty(0, dtype=np.int64)
-        added = 0
-        for key in sorted(set(keys)):
-            k = int(np.searchsorted(self.start, key))  # installs are in seq order: these started before key
-            if k > added:
-                new = np.arange(added, k)
-                active = np.concatenate((active, new[self.present[new]]))
-                added = k
-            active = active[self.end[active] > key]
-            out[key] = active
-        return out
+        """Indices (ascending) of the present installs alive at each time key (started before
+        it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`)."""
+        present = np.flatnonzero(self.present)
+        alive = sweep.alive_at(self.start[present], self.end[present] - 1, keys)
+        return {key: present[rows] for key, rows in alive.items()}
 
     def to_journal(self, j: Journal) -> None:
         ins, n = self.ins, len(self.ins.seq)

@@ -13,9 +13,10 @@ import polars as pl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvmtrace.replays import sweep
 from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
 from kvmtrace.replays.gfn_index import GfnIndex
-from kvmtrace.replays.ledger import _leaf_owners
+from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
 from kvmtrace.replays.shadow_sptes import _first_rmap_zaps
 
 WIDE = (1 << 60) + 7  # not a gfn: a damaged or hand-made input
@@ -132,3 +133,36 @@ def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -
         alive = last.filter((pl.col("state") == "present") & (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
                             & pl.col("page").is_not_null())
         assert got[(at, lo, hi)] == set(alive["page"].to_list())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.booleans(), st.lists(st.integers(-3, 900), max_size=12))
+def test_alive_at(n: int, seed: int, in_order: bool, times: list[int]) -> None:
+    """Rows with begin < t <= end at each t, ascending, whether or not the rows are in begin order."""
+    rng = np.random.default_rng(seed)
+    begin = rng.integers(-1, 800, n).astype(np.int64)
+    if in_order:
+        begin.sort()
+    end = begin + rng.integers(0, 300, n)
+    got = sweep.alive_at(begin, end, times)
+    for t in times:
+        assert np.array_equal(got[t], np.flatnonzero((begin < t) & (t <= end)))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 300), st.integers(0, 2**32 - 1), st.lists(st.tuples(st.integers(0, 600), st.integers(0, 80)),
+                                                                 max_size=10))
+def test_ledger_candidates_hold_every_page_a_change_concerns(n: int, seed: int, windows: list[tuple[int, int]]) -> None:
+    """Each window's candidates are exactly the pages zapped in it or alive when its change took
+    effect (built before the line, not zapped before the window): no page the ledger reads is left out."""
+    rng = np.random.default_rng(seed)
+    first = np.sort(rng.integers(-1, 600, n)).astype(np.int64)
+    zap = np.where(rng.random(n) < 0.3, -1, first + rng.integers(0, 200, n))
+    empty = np.zeros(n, np.uint64)
+    pg = _Pages([], empty, empty, empty, np.zeros(n, bool), np.zeros(n, bool), first, zap, np.full(n, -1))
+    asked = [(ws, ws + width) for ws, width in windows]
+    got = _candidates(pg, asked)
+    for ws, line in asked:
+        zapped = (zap >= ws) & (zap <= line)
+        alive = (first < line) & ((zap < 0) | (zap >= ws))
+        assert np.array_equal(got[(ws, line)], np.flatnonzero(zapped | alive))

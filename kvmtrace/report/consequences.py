@@ -20,6 +20,7 @@ VMM writes its line; null: never again in the trace):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -53,14 +54,25 @@ def _columns(data: TraceData, event: str, fields: dict[str, int]) -> dict[str, n
     return out
 
 
-def _backed_again(replay: ReplayResult, lo: int, hi: int, after: int) -> int | None:
-    """The seq from which a slot instance covers part of [lo, hi) again, after ``after``."""
+def _backed_again(replay: ReplayResult) -> Callable[[int, int, int], int | None]:
+    """``backed(lo, hi, after)``: the seq from which a slot instance covers part of [lo, hi)
+    again, after ``after`` (the memslot summary read once into arrays, not once per change)."""
     lt = replay.summaries.get("memslot")
     if lt is None:
-        return None
-    starts = [f for b, n, f in zip(*(lt.column(c).to_pylist() for c in ("base_gfn", "npages", "from_seq")))
-              if f is not None and f > after and b < hi and lo < b + n]
-    return min(starts) if starts else None
+        return lambda lo, hi, after: None
+    cols = lt.select(["base_gfn", "npages", "from_seq"]).to_pydict()
+    known = [f is not None and b is not None and n is not None
+             for b, n, f in zip(cols["base_gfn"], cols["npages"], cols["from_seq"])]
+    base = np.asarray([b if k else 0 for b, k in zip(cols["base_gfn"], known)], dtype=np.uint64)
+    end = base + np.asarray([n if k else 0 for n, k in zip(cols["npages"], known)], dtype=np.uint64)
+    since = np.asarray([f if k else 0 for f, k in zip(cols["from_seq"], known)], dtype=np.int64)
+    ok = np.asarray(known, dtype=bool)
+
+    def backed(lo: int, hi: int, after: int) -> int | None:
+        hit = ok & (since > after) & (base < np.uint64(hi)) & (np.uint64(lo) < end)
+        return int(since[hit].min()) if hit.any() else None
+
+    return backed
 
 
 @dataclass(frozen=True)
@@ -87,11 +99,12 @@ def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_
                         _Events.of(_columns(data, "handle_mmio_page_fault", {"addr": 12}), "addr")) if e is not None]
     backed = None if fault_events is None else \
         (fault_events.cols["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0
+    backed_again = _backed_again(replay)
     rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
     for r in ledger.removals.to_pylist():
         lo, hi = r["base_gfn"], r["base_gfn"] + r["npages"]
         start = r["window_start"] if r["anchor"] == ANCHOR_ZAPS else r["seq"]
-        until = _backed_again(replay, lo, hi, r["seq"])
+        until = backed_again(lo, hi, r["seq"])
         if fault_events is not None:
             # the kernel commits a re-create before the VMM writes its line: a fault on the range
             # that KVM resolved to a real pfn shows a slot backs it again
