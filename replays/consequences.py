@@ -119,8 +119,9 @@ def consequences(ctx: Context) -> pa.Table:
         start = ctx.journal.snapshots.get((i, "start")) or end
         if start is None:
             continue
-        in_range = (start.gfn >= np.uint64(lo)) & (start.gfn < np.uint64(hi))
-        for k in reinstalls.after(c.seq, _leaf_keys(start.gfn[in_range], start.level[in_range])).tolist():
+        had = start.leaves()
+        in_range = (had.gfn >= np.uint64(lo)) & (had.gfn < np.uint64(hi))
+        for k in reinstalls.after(c.seq, _leaf_keys(had.gfn[in_range], had.level[in_range])).tolist():
             gfn, level = int(ins["gfn"][k]), int(ins["level"][k])
             add(c, "reinstall", int(ins["seq"][k]), gfn, level, int(ins["pid"][k]), None, None,
                 f"a level-{level} leaf for gfn {gfn:#x} was present before the {c.kind} and is installed "

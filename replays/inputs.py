@@ -44,23 +44,25 @@ def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, 
     """Seqs, pids and "is a zap" of every kvmmmu event, in seq order, from the per-event tables
     (their schema metadata names the system; the name list covers readers that leave it out).
     Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what a memslot ioctl emits."""
-    seqs, pids, zaps = [], [], []
-    for name, t in data.tables.items():
-        meta = t.schema.metadata or {}
-        if t.num_rows and (name in KVMMMU_EVENTS or meta.get(META_SYSTEM) == b"kvmmmu"):
-            seqs.append(numpy_column(t, "seq", np.int64))
-            pids.append(numpy_column(t, "pid", np.int64))
-            if name == "kvm_tdp_mmu_spte_changed":
-                new = numpy_column(t, "new_spte")
-                zaps.append((new == np.uint64(profile.nonpresent))
-                            | (new == np.uint64(profile.nonpresent | FROZEN_LOW)))
-            else:
-                zaps.append(np.full(t.num_rows, name in ZAP_EVENTS))
-    if not seqs:
-        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, bool)
-    seq, pid, zap = np.concatenate(seqs), np.concatenate(pids), np.concatenate(zaps)
+    names = [name for name, t in data.tables.items()
+             if t.num_rows and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
+    if not names:
+        return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)
+    # one column at a time, each let go once merged: this runs over most of a trace's events
+    seq = np.concatenate([numpy_column(data.tables[name], "seq", np.int64) for name in names])
     order = np.argsort(seq, kind="stable")
-    return seq[order], pid[order], zap[order]
+    seq = seq[order]
+    pid = np.concatenate([numpy_column(data.tables[name], "pid", np.int32) for name in names])[order]
+    zap = np.concatenate([_zaps(name, data.tables[name], profile) for name in names])[order]
+    return seq, pid, zap
+
+
+def _zaps(name: str, t: pa.Table, profile: KernelProfile) -> np.ndarray:
+    if name != "kvm_tdp_mmu_spte_changed":
+        return np.full(t.num_rows, name in ZAP_EVENTS)
+    new = numpy_column(t, "new_spte")
+    zap: np.ndarray = (new == np.uint64(profile.nonpresent)) | (new == np.uint64(profile.nonpresent | FROZEN_LOW))
+    return zap
 
 
 def seq_pid(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:

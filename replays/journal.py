@@ -40,17 +40,36 @@ def coded(codes: np.ndarray, vocabulary: list[str]) -> pa.DictionaryArray:
     return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int8)), pa.array(vocabulary, pa.string()))
 
 
-@dataclass
-class Snapshot:
-    """Live state just before (``start``) or just after (``end``) a memslot change's window."""
+@dataclass(frozen=True)
+class Leaves:
+    """Present leaf SPTEs, one row each."""
 
-    pages: np.ndarray  # live page ids
-    gfn: np.ndarray  # live present leaf SPTEs ...
+    gfn: np.ndarray
     level: np.ndarray
     as_id: np.ndarray
     owner: np.ndarray  # page id or -1
     installed: np.ndarray  # seq of the install
     obsolete_root: np.ndarray  # TDP: entry belongs to an invalidated root (bool)
+
+    def take(self, rows: np.ndarray) -> Leaves:
+        return Leaves(self.gfn[rows], self.level[rows], self.as_id[rows], self.owner[rows], self.installed[rows],
+                      self.obsolete_root[rows])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Live state just before (``start``) or just after (``end``) a memslot change's window: the
+    live page ids, and the live present leaf SPTEs as rows of a table the snapshots share (the
+    shadow MMU's installs), so that a long trace's thousands of snapshots hold 4 bytes per live
+    leaf instead of a copy of six columns (506 MB of 1.8 GB on a 10 M-event recording)."""
+
+    pages: np.ndarray  # live page ids
+    source: Leaves
+    rows: np.ndarray | None = None  # the live leaves' rows of ``source``; None: all of it
+
+    def leaves(self) -> Leaves:
+        """The live leaves' columns (built on each call: take it once per use)."""
+        return self.source if self.rows is None else self.source.take(self.rows)
 
 
 @dataclass

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.journal import Snapshot
+from kvmtrace.replays.journal import Leaves, Snapshot
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.stream import numpy_column
 
@@ -125,17 +125,18 @@ def leaf_fates(changes: list[tuple[int, MemslotChange]], snapshots: dict[tuple[i
             continue
         assert c.old_base_gfn is not None and c.old_npages is not None  # a positioned removal
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
-        for k in range(len(snap.gfn)):
-            g, lvl = int(snap.gfn[k]), int(snap.level[k])
+        leaves = snap.leaves()
+        for k in range(len(leaves.gfn)):
+            g, lvl = int(leaves.gfn[k]), int(leaves.level[k])
             a, b = _covers(g, lvl)
             if not (a < hi and lo < b):
                 continue
-            out.append(_fate(i, c, n, changes, snap, int(snap.as_id[k]), g, lvl, int(snap.installed[k]),
-                             int(snap.owner[k]), installs, ev, page_zap_seq))
+            out.append(_fate(i, c, n, changes, leaves, int(leaves.as_id[k]), g, lvl, int(leaves.installed[k]),
+                             int(leaves.owner[k]), installs, ev, page_zap_seq))
     return out
 
 
-def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], snap: Snapshot, as_id: int,
+def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], leaves: Leaves, as_id: int,
           g: int, lvl: int, installed: int, owner: int, installs: dict[str, np.ndarray], ev: LeafEvidence,
           page_zap_seq: np.ndarray) -> LeafFate:
     a, b = _covers(g, lvl)
@@ -171,7 +172,7 @@ def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChan
     if reinstall is not None:
         proofs.append((reinstall, f"installed again at seq {reinstall}"))
     if not proofs:
-        above = _replaced_by(snap, as_id, g, lvl, installed)
+        above = _replaced_by(leaves, as_id, g, lvl, installed)
         if above is not None:
             return fate(UNPROVABLE, c.seq, f"unreachable since seq {above[0]}, when a level-{above[1]} leaf over it "
                                            "replaced its page table (drop_parent_pte): it stays in the rmaps until the "
@@ -189,17 +190,17 @@ def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChan
     return fate(PROVED, first, f"{said}; nothing else removed it in between", *sorted(s for s, _ in proofs))
 
 
-def _replaced_by(snap: Snapshot, as_id: int, g: int, lvl: int, since: int) -> tuple[int, int] | None:
+def _replaced_by(leaves: Leaves, as_id: int, g: int, lvl: int, since: int) -> tuple[int, int] | None:
     """(install seq, level) of a larger leaf the model holds over gfn ``g``, installed after the
     leaf itself: the legacy MMU unlinked the page table the leaf is in when it installed that one."""
-    lo = snap.gfn
-    hi = lo + (np.uint64(1) << (np.uint64(9) * (snap.level.astype(np.uint64) - np.uint64(1))))
-    m = (snap.level > lvl) & (lo <= np.uint64(g)) & (hi > np.uint64(g)) & (snap.installed > since) & \
-        (snap.as_id == as_id)
+    lo = leaves.gfn
+    hi = lo + (np.uint64(1) << (np.uint64(9) * (leaves.level.astype(np.uint64) - np.uint64(1))))
+    m = (leaves.level > lvl) & (lo <= np.uint64(g)) & (hi > np.uint64(g)) & (leaves.installed > since) & \
+        (leaves.as_id == as_id)
     if not m.any():
         return None
     k = int(np.flatnonzero(m)[0])
-    return int(snap.installed[k]), int(snap.level[k])
+    return int(leaves.installed[k]), int(leaves.level[k])
 
 
 def _other_removal(c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], a: int, b: int, until: int,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kvmtrace.replays.journal import PREDATES, Journal, Snapshot
+from kvmtrace.replays.journal import PREDATES, Journal, Leaves, Snapshot
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 
@@ -213,12 +213,11 @@ class TdpModel:
                 if present(c[0]) and self._leaf(c[0], k[1])]
         n = len(rows)
         live = [p for ids in self.live_pages.values() for p in ids]
-        return Snapshot(
-            pages=np.asarray(live, dtype=np.int64),
+        return Snapshot(pages=np.asarray(live, dtype=np.int64), source=Leaves(
             gfn=np.fromiter((k[2] for k, _ in rows), dtype=np.uint64, count=n),
             level=np.fromiter((k[1] for k, _ in rows), dtype=np.int64, count=n),
             as_id=np.fromiter((k[0] for k, _ in rows), dtype=np.int64, count=n),
             owner=np.full(n, NONE, dtype=np.int64),
             installed=np.fromiter((c[1] for _, c in rows), dtype=np.int64, count=n),
             obsolete_root=np.fromiter((c[2] for _, c in rows), dtype=bool, count=n),
-        )
+        ))

@@ -14,7 +14,7 @@ import numpy as np
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.inputs import zap_all_event
-from kvmtrace.replays.journal import Journal, Snapshot, coded
+from kvmtrace.replays.journal import Journal, Leaves, Snapshot, coded
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.shadow import ShadowModel
@@ -180,8 +180,8 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
             for i, when in page_sets}
     alive_at = life.alive_at(list(keys.values()))
+    leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id, owner=owner, installed=ins.seq,
+                    obsolete_root=np.zeros(len(ins.seq), bool))
+    narrow = np.int32 if len(ins.seq) < 2**31 else np.int64
     for (i, when), live_pages in page_sets.items():
-        alive = alive_at[keys[(i, when)]]
-        journal.snapshots[(i, when)] = Snapshot(
-            pages=live_pages, gfn=ins.gfn[alive], level=ins.level[alive], as_id=life.as_id[alive],
-            owner=owner[alive], installed=ins.seq[alive], obsolete_root=np.zeros(len(alive), bool))
+        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at[keys[(i, when)]].astype(narrow))

@@ -75,9 +75,10 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
         if snap is None:
             continue
         own = "zap_all" if ctx.zapped_all_in(c) is not None else "zap_slot"
-        live = ~snap.obsolete_root
-        in_range = live & (snap.gfn < np.uint64(c.old_base_gfn + c.old_npages)) & \
-            (snap.gfn + span(snap.level) > np.uint64(c.old_base_gfn))
+        leaves = snap.leaves()
+        live = ~leaves.obsolete_root
+        in_range = live & (leaves.gfn < np.uint64(c.old_base_gfn + c.old_npages)) & \
+            (leaves.gfn + span(leaves.level) > np.uint64(c.old_base_gfn))
         ids = snap.pages
         if ctx.mmu == "tdp":
             slot_pages = ids[:0]
@@ -93,7 +94,7 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
             for k, v in (("seq", c.seq), ("slot", c.slot), ("kind", c.kind), ("policy", policy),
                          ("trace_policy", policy == own), ("pages_destroyed", len(pages)),
                          ("sptes_destroyed", int(sptes.sum())), ("pages_refaulted", refaulted_pages),
-                         ("sptes_refaulted", int(refaulted(snap.gfn[sptes], c.seq).sum())),
+                         ("sptes_refaulted", int(refaulted(leaves.gfn[sptes], c.seq).sum())),
                          ("refaults_exact", exact)):
                 rows[k].append(v)
     return pa.table(rows, schema=WHATIF_SCHEMA)

@@ -20,7 +20,7 @@ import numpy as np
 
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.findings import CheckOutcome, Finding
-from kvmtrace.replays.journal import Snapshot
+from kvmtrace.replays.journal import Leaves
 from kvmtrace.replays.leaf_proof import DANGLING, PROVED, UNPROVABLE, LeafFate, leaf_fates
 from kvmtrace.replays.pages import NONE
 
@@ -33,9 +33,9 @@ def detect(ctx: Context) -> list[CheckOutcome]:
     return [_dangling(ctx)]
 
 
-def _overlapping(snap: Snapshot, base: int, npages: int) -> np.ndarray:
-    lo = snap.gfn
-    hi = lo + span(snap.level)
+def _overlapping(leaves: Leaves, base: int, npages: int) -> np.ndarray:
+    lo = leaves.gfn
+    hi = lo + span(leaves.level)
     hit: np.ndarray = (lo < np.uint64(base + npages)) & (hi > np.uint64(base))
     return hit
 
@@ -60,32 +60,33 @@ def _dangling(ctx: Context) -> CheckOutcome:
         # a positioned removal: its line, window and old range are known
         assert c.seq is not None and c.window_start is not None
         assert c.old_base_gfn is not None and c.old_npages is not None
-        hit = _overlapping(snap, c.old_base_gfn, c.old_npages) & ~snap.obsolete_root
+        leaves = snap.leaves()
+        hit = _overlapping(leaves, c.old_base_gfn, c.old_npages) & ~leaves.obsolete_root
         if ctx.mmu in SHADOW_KINDS:
             if not ctx.expects_zap_all(c):
                 # zap-slot: leaf SPTEs leave through untraced rmap zaps; on legacy TDP the guest's
                 # next accesses judge them (slot_fates)
                 skipped_slot += ctx.mmu != "legacy_tdp"
                 continue
-            unknown = hit & (snap.owner == NONE)
+            unknown = hit & (leaves.owner == NONE)
             unverifiable += int(unknown.sum())
-            owner = snap.owner
-            alive = (snap.owner != NONE) & ((zap_seq[owner] == NONE) | (zap_seq[owner] > c.seq))
+            owner = leaves.owner
+            alive = (leaves.owner != NONE) & ((zap_seq[owner] == NONE) | (zap_seq[owner] > c.seq))
             hit &= alive
         checked += 1
         for k in np.flatnonzero(hit)[:64]:
-            gfn, level = int(snap.gfn[k]), int(snap.level[k])
-            spte = (int(snap.as_id[k]), level, gfn, int(snap.installed[k]))
+            gfn, level = int(leaves.gfn[k]), int(leaves.level[k])
+            spte = (int(leaves.as_id[k]), level, gfn, int(leaves.installed[k]))
             if spte in reported:
                 continue  # the same stale SPTE, still there at a later delete: one missing zap, one finding
             reported.add(spte)
             findings.append(Finding(
                 cid, c.seq, gfn, c.slot,
                 f"after {c.kind} of slot {c.slot} (gfns {c.old_base_gfn:#x}+{c.old_npages:#x}) a level-{level} "
-                f"leaf SPTE for gfn {gfn:#x} installed at seq {int(snap.installed[k])} is still present: KVM zaps "
+                f"leaf SPTE for gfn {gfn:#x} installed at seq {int(leaves.installed[k])} is still present: KVM zaps "
                 "the old range before the delete or move completes (kvm_arch_flush_shadow_memslot), and no "
                 "traced or provable zap removed this SPTE",
-                [int(snap.installed[k]), c.window_start, c.seq]))
+                [int(leaves.installed[k]), c.window_start, c.seq]))
     proved = _judge_untraced(slot_fates, findings, reported)
     if not checked and not proved:
         if slot_fates:
