@@ -298,23 +298,45 @@ def _candidates(pg: _Pages, windows: list[tuple[int, int]]) -> dict[tuple[int, i
     return out
 
 
-def _removed_leaves(changes: pl.DataFrame, c: dict[str, Any], za: int | None, tdp: bool) -> pl.DataFrame:
-    """Leaf SPTEs the change removed, grouped by how the replay knows it: under zap-all
-    everything removed in the window; under zap-slot the leaves into the range and those of the
-    pages it zapped (a vCPU replacing an MMIO SPTE elsewhere in the window is not its doing)."""
-    lo, hi = c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]
-    into = (pl.col("gfn") >= lo) & (pl.col("gfn") < hi)
-    seqs = changes["seq"].to_numpy()  # the journal's changes are in seq order: slice the window
-    first = int(np.searchsorted(seqs, c["window_start"], side="left"))
-    window = changes.slice(first, int(np.searchsorted(seqs, c["seq"], side="right")) - first)
-    removed = window.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])
-                            & ~pl.col("reason").str.starts_with("page table removed")
-                            & (pl.lit(za is not None) | (pl.col("reason") == "owning page zapped") | into))
+#: One group of leaf SPTEs a change removed: how the replay knows it, the reason, whether they map
+#: the removed range, their count and first and last gfn.
+_Removed = tuple[str, str, bool, int, int, int]
+
+
+def _removed_leaves(changes: pl.DataFrame, asked: list[tuple[int, int, int, int, bool]],
+                    tdp: bool) -> list[list[_Removed]]:
+    """Per change ``(window start, line, lo, hi, zap-all)``, the leaf SPTEs it removed, grouped by
+    how the replay knows it: under zap-all everything removed in the window; under zap-slot the
+    leaves into the range and those of the pages it zapped (a vCPU replacing an MMIO SPTE
+    elsewhere in the window is not its doing). Every change's window rows are cut from the
+    journal (in seq order) and grouped in one pass: a few polars calls per change cost more than
+    the rows on a long trace with thousands of deletes."""
+    removed = changes.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])
+                             & ~pl.col("reason").str.starts_with("page table removed"))
+    out: list[list[_Removed]] = [[] for _ in asked]
+    if not asked or removed.height == 0:
+        return out
+    seq = removed["seq"].to_numpy()
+    ws, line, lo, hi, zap_all = (np.asarray(col) for col in zip(*asked))
+    first = np.searchsorted(seq, ws.astype(np.int64), side="left")
+    counts = np.maximum(np.searchsorted(seq, line.astype(np.int64), side="right") - first, 0)
+    total = int(counts.sum())
+    rows = np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(total)
+    change = np.repeat(np.arange(len(asked)), counts)
+    gfn = pl.col("gfn")
+    into = (gfn >= pl.col("_lo")) & (gfn < pl.col("_hi"))
     how = pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred")) \
         .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred"))
-    return removed.with_columns(how.alias("how"), into.alias("in_range")).group_by("how", "reason", "in_range").agg(
-        pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last")
-    ).sort("how", "reason", "in_range", descending=[True, False, True])
+    window = removed[rows].with_columns(_k=pl.Series(change), _lo=pl.Series(lo.astype(np.uint64)[change]),
+                                        _hi=pl.Series(hi.astype(np.uint64)[change]),
+                                        _za=pl.Series(zap_all.astype(bool)[change]))
+    groups = window.filter(pl.col("_za") | (pl.col("reason") == "owning page zapped") | into).with_columns(
+        how.alias("how"), into.alias("in_range")).group_by("_k", "how", "reason", "in_range").agg(
+        pl.len().alias("sptes"), gfn.min().alias("gfn_first"), gfn.max().alias("gfn_last")
+    ).sort("_k", "how", "reason", "in_range", descending=[False, True, False, True])
+    for k, *group in groups.iter_rows():
+        out[k].append(tuple(group))
+    return out
 
 
 def _positioned(c: dict[str, Any]) -> bool:
@@ -354,12 +376,16 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         i = int(np.searchsorted(ev_seq, seq))
         return int(ev_ts[i]) if i < len(ev_seq) and ev_seq[i] == seq else None
 
-    for i, c in enumerate(timeline):
-        if not _positioned(c):
-            continue
+    positioned = [(i, c) for i, c in enumerate(timeline) if _positioned(c)]
+    zap_alls: list[int | None] = []
+    for _i, c in positioned:
+        hits = za_seq[(za_seq >= c["window_start"]) & (za_seq <= c["seq"]) & (za_pid == c["pid"])]
+        zap_alls.append(int(hits[0]) if len(hits) else None)
+    removed = _removed_leaves(changes, [(c["window_start"], c["seq"], c["old_base_gfn"],
+                                         c["old_base_gfn"] + c["old_npages"], za is not None)
+                                        for (_i, c), za in zip(positioned, zap_alls)], tdp)
+    for (i, c), za, leaves in zip(positioned, zap_alls, removed):
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
-        hits = za_seq[(za_seq >= ws) & (za_seq <= line) & (za_pid == c["pid"])]
-        za = int(hits[0]) if len(hits) else None
         owners = owners_at.get((line, lo, lo + c["old_npages"]), set())
         fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])
         for p in sorted(fate, key=lambda p: (p not in zapped, pg.gfn[p], p)):
@@ -371,8 +397,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                            if d else None,
                            "fate": "zapped" if p in zapped else "kept", "reason": fate[p],
                            "zap_seq": int(pg.zap[p]) if pg.zap[p] >= 0 else None})
-        leaves = _removed_leaves(changes, c, za, tdp)
-        for how, why, inr, cnt, g0, g1 in leaves.iter_rows():
+        for how, why, inr, cnt, g0, g1 in leaves:
             _append(srow, {"change": i, "seq": line, "how": how,
                            "evidence": why if how == "traced" or why != "owning page zapped"
                            else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)",
@@ -386,8 +411,8 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                        "policy": "zap_all" if za is not None else "zap_slot", "zap_all_seq": za,
                        "rule": _rule(za, tdp, profile), "pages_zapped": n_zapped, "pages_kept": len(fate) - n_zapped,
                        "kept_missed": sum(1 for why in fate.values() if why == KEPT_MISSED),
-                       "leaf_sptes_removed": int(leaves["sptes"].sum()),
-                       "leaf_sptes_traced": int(leaves.filter(pl.col("how") == "traced")["sptes"].sum()),
+                       "leaf_sptes_removed": sum(group[3] for group in leaves),
+                       "leaf_sptes_traced": sum(group[3] for group in leaves if group[0] == "traced"),
                        "window_events": int(np.searchsorted(ev_seq, line, side="right") - np.searchsorted(ev_seq, ws)),
                        "window_ns": t1 - t0 if t0 is not None and t1 is not None else None,
                        "source": c.get("source"), "placement": c.get("placement"), "confidence": c.get("confidence")})
