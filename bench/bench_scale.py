@@ -1,6 +1,7 @@
 """Benchmark: ``analyze`` by trace length: is the time linear, and what does memory do?
 
 Usage: python bench/bench_scale.py [--source TRACE] [--copies N ...] [--baseline COMMIT] [--runs R]
+       python bench/bench_scale.py --trace TRACE... [--baseline COMMIT] [--runs R]
 
 No recording: the long traces are HAND-MADE from a real one (default: ``bench/out/bench-multi.dat``
 if it was recorded, else the largest sample), its pages repeated per CPU with their time stamps
@@ -9,7 +10,9 @@ runs of the same workload back to back, with every memslot change N times. Each 
 a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, text report);
 its peak RSS is the process's own ``VmHWM``. With ``--baseline COMMIT`` the same runs use the
 code of an earlier commit too (``bench_stream.checkout``), interleaved with the current code.
-Prints a Markdown table for bench/RESULTS.md ("## analyze by trace length").
+``--trace`` measures the given traces as they are instead (real long recordings:
+``lab/record-samples.sh long`` makes them). Prints a Markdown table for bench/RESULTS.md
+("## analyze by trace length").
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ def main() -> None:
     ap.add_argument("--copies", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--baseline", default=None, help="also run the code of this commit")
     ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--trace", type=Path, nargs="+", default=None, help="measure these traces, no repetition")
     args = ap.parse_args()
     source = args.source or _source()
     with tempfile.TemporaryDirectory(prefix="kvmtrace-scale-") as tmp:
@@ -80,21 +84,23 @@ def main() -> None:
             codes[f"@{args.baseline}"] = checkout(args.baseline, Path(tmp) / "baseline")
         load = os.getloadavg()[0]
         print(f"# source {source.name}; {platform.python_version()}, {os.cpu_count()} CPUs, load {load:.1f}")
-        print("| code | copies | events | wall | CPU | events/s (CPU) | peak RSS | bytes/event |")
+        print("| code | copies or trace | events | wall | CPU | events/s (CPU) | peak RSS | bytes/event |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for copies in args.copies:
-            trace = Path(tmp) / f"x{copies}.dat"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                repeated_tracedat(source, trace, copies, compression="zstd")
-            for name, code in codes.items():
-                best = min((run(trace, code) for _ in range(args.runs)), key=lambda r: r["cpu"])
-                ev = best["events"]
-                print(f"| {name} | {copies} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "
-                      f"{ev / best['cpu'] / 1e6:.2f} M | {best['rss_peak_kb'] / 1024:.0f} MiB | "
-                      f"{best['rss_peak_kb'] * 1024 / ev:.0f} |", flush=True)
-            trace.unlink()
-
+        for copies in ([None] if args.trace else args.copies):
+            traces = args.trace or [Path(tmp) / f"x{copies}.dat"]
+            if copies is not None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    repeated_tracedat(source, traces[0], copies, compression="zstd")
+            for trace in traces:
+                for name, code in codes.items():
+                    best = min((run(trace.resolve(), code) for _ in range(args.runs)), key=lambda r: r["cpu"])
+                    ev = best["events"]
+                    print(f"| {name} | {copies or trace.name} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "
+                          f"{ev / best['cpu'] / 1e6:.2f} M | {best['rss_peak_kb'] / 1024:.0f} MiB | "
+                          f"{best['rss_peak_kb'] * 1024 / ev:.0f} |", flush=True)
+            if copies is not None:
+                traces[0].unlink()
 
 if __name__ == "__main__":
     main()

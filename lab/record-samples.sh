@@ -1,7 +1,9 @@
 #!/bin/bash
 # Re-record every sample trace in sample_traces/ (one line per sample; lab/README.md lists the
 # same commands).  `lab/record-samples.sh NAME...` re-records only those samples;
-# `lab/record-samples.sh bench` makes the large benchmark recording in bench/out/ (not in git).
+# `lab/record-samples.sh bench` makes the large benchmark recording in bench/out/ (not in git);
+# `lab/record-samples.sh long` the long ones (10 M and 56 M events, zap-slot, native recorder:
+# no text twin, the buffer is drained during the run) for bench/bench_scale.py --trace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=sample_traces
@@ -16,6 +18,15 @@ sample() {  # NAME BUFFER_KB -- kvmlab args
 wanted=("$@")
 if [ "${1:-}" = bench ]; then
     lab/record.sh --buffer-kb 262144 bench/out/bench-multi -- multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 96
+    exit
+fi
+if [ "${1:-}" = long ]; then
+    mkdir -p bench/out
+    for spec in "10m 1550" "50m 8500"; do
+        set -- $spec
+        "${KVMTRACE:-kvmtrace}" record --backend native -o "bench/out/long-$1.dat" -- \
+            lab/build/kvmlab multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds "$2" --no-zap-all-quirk
+    done
     exit
 fi
 
