@@ -36,7 +36,8 @@ from tracedat_builder import (
 from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat.compress import chunk_table_in_file
-from kvmtrace.parsers.tracedat.reader import open_file, open_meta
+from kvmtrace.parsers.tracedat.meta import open_file, open_meta
+from kvmtrace.parsers.tracedat.reader import WHOLE_READ_WINDOW, read_all_pages
 from kvmtrace.parsers.tracedat.streams import PAD
 from kvmtrace.parsers.tracedat.windows import _WindowReader, iter_windows
 
@@ -76,10 +77,17 @@ def assert_windows_equal_whole(windows: list[TraceData], whole: TraceData) -> No
     assert windows[-1].info == whole.info
 
 
+def read_whole(path: Path) -> TraceData:
+    """The top buffer decoded at once (every page in one buffer), whatever its size."""
+    with open_file(str(path)) as f:
+        meta, size = open_meta(f, str(path))
+        return read_all_pages(f, size, meta, meta.spec(None))
+
+
 def _read_both(path: Path, **kw) -> tuple[list[TraceData], TraceData]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return list(iter_windows(path, **kw)), read(path)
+        return list(iter_windows(path, **kw)), read_whole(path)
 
 
 @pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
@@ -90,6 +98,27 @@ def test_windows_concatenate_to_the_whole_read(path: Path, window: int, run: int
     sizes = [w.events.num_rows for w in windows]
     assert (all(n == window for n in sizes[:-1]) and 0 < sizes[-1] <= window) or sizes == [0]
     assert len(windows) == max(1, -(-whole.info.total_events // window))
+
+
+@pytest.mark.parametrize("path", REAL, ids=lambda p: p.name)
+@pytest.mark.parametrize("window,run", [(1000, 2), (WHOLE_READ_WINDOW, None)], ids=["1000-events-2-pages", "read"])
+def test_the_whole_read_joins_its_windows_into_the_whole_file_decode(path: Path, window: int,
+                                                                      run: int | None) -> None:
+    """The reader's whole read (windows joined, comm dictionaries rebuilt) equals the whole-file
+    decode exactly: values, dictionaries, table order, gap order, info."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = read_whole(path)
+        with open_file(str(path)) as f:
+            meta, size = open_meta(f, str(path))
+            joined = _WindowReader(f, size, meta, meta.spec(None), window, run).whole()
+    assert list(joined.tables) == list(reference.tables)
+    for name, table in reference.tables.items():
+        assert joined.tables[name].schema.equals(table.schema, check_metadata=True), name
+        assert joined.tables[name].equals(table), name
+    assert joined.events.equals(reference.events) and joined.events.column("seq").num_chunks == 1
+    assert joined.gaps.equals(reference.gaps)
+    assert joined.info == reference.info
 
 
 def test_a_window_info_counts_what_came_so_far() -> None:
@@ -107,7 +136,7 @@ def test_warnings_are_issued_once_after_the_last_window(tmp_path: Path) -> None:
     cut = tmp_path / "cut.dat"
     cut.write_bytes(raw[: len(raw) - 5 * 4096 - 100])  # the last CPU loses its last pages
     with pytest.warns(Warning) as caught:
-        whole = read(cut)
+        whole = read_whole(cut)
     expected = [str(w.message) for w in caught]
     with warnings.catch_warnings(record=True) as got:
         warnings.simplefilter("always")

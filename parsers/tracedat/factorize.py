@@ -8,7 +8,7 @@ ranges (kernel addresses) fall back to ``np.unique``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -21,17 +21,26 @@ _TABLE_RANGE = 1 << 24
 
 def factorize(values: np.ndarray) -> tuple[list[int], np.ndarray]:
     """Return (distinct values ascending, int32 code of each row into them)."""
-    if len(values) == 0:
-        return [], np.empty(0, np.int32)
-    lo, hi = int(values.min()), int(values.max())
+    uniques, (codes,) = factorize_chunks([values])
+    return uniques, codes
+
+
+def factorize_chunks(chunks: Sequence[np.ndarray]) -> tuple[list[int], list[np.ndarray]]:
+    """:func:`factorize` over the chunks of one column: the distinct values of all of them, and
+    each chunk's codes into that one list (so that the chunks share one dictionary)."""
+    filled = [c for c in chunks if len(c)]
+    if not filled:
+        return [], [np.empty(0, np.int32) for _ in chunks]
+    lo, hi = min(int(c.min()) for c in filled), max(int(c.max()) for c in filled)
     if hi - lo < _TABLE_RANGE:
-        shifted = (values - values.dtype.type(lo)).astype(np.int64)
         present = np.zeros(hi - lo + 1, bool)
-        present[shifted] = True
+        for c in filled:
+            present[(c - c.dtype.type(lo)).astype(np.int64)] = True
         code_of = np.cumsum(present, dtype=np.int32) - 1
-        return [v + lo for v in np.flatnonzero(present).tolist()], code_of[shifted]
-    uniques, codes = np.unique(values, return_inverse=True)
-    return uniques.tolist(), codes.ravel().astype(np.int32)
+        codes = [code_of[(c - c.dtype.type(lo)).astype(np.int64)] for c in chunks]
+        return [v + lo for v in np.flatnonzero(present).tolist()], codes
+    uniques = np.unique(np.concatenate([np.unique(c) for c in filled]))
+    return uniques.tolist(), [np.searchsorted(uniques, c).astype(np.int32) for c in chunks]
 
 
 def lookup(values: np.ndarray, name_of: Callable[[int], str]) -> pa.Array:

@@ -8,12 +8,13 @@ markers rather than nulls so a row's ``comm`` matches what ``trace-cmd report`` 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.tracedat.arrow import numeric, strings
-from kvmtrace.parsers.tracedat.factorize import factorize
+from kvmtrace.parsers.tracedat.factorize import factorize_chunks
 
 IDLE_COMM = "<idle>"
 UNKNOWN_COMM = "<...>"
@@ -33,9 +34,15 @@ def parse_cmdlines(blob: bytes) -> dict[int, str]:
 
 def comm_column(pids: np.ndarray, cmdlines: dict[int, str]) -> pa.Array:
     """The ``comm`` of every row, looked up once per distinct pid (dictionary-encoded by pid)."""
-    uniques, codes = factorize(pids)
-    names = [IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM) for p in uniques]
-    return pa.DictionaryArray.from_arrays(numeric(codes), strings(names))
+    return comm_chunks([pids], cmdlines)[0]
+
+
+def comm_chunks(pids: Sequence[np.ndarray], cmdlines: dict[int, str]) -> list[pa.DictionaryArray]:
+    """:func:`comm_column` of each chunk of a ``pid`` column, all with one dictionary: the comms
+    of the column's distinct pids, ascending (what one chunk of the whole column would have)."""
+    uniques, codes = factorize_chunks(pids)
+    names = strings([IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM) for p in uniques])
+    return [pa.DictionaryArray.from_arrays(numeric(c), names) for c in codes]
 
 
 def parse_printk(blob: bytes) -> dict[int, str]:

@@ -1,115 +1,43 @@
 """``read_tracedat``: a trace.dat file → :class:`kvmtrace.parsers.schema.TraceData` per buffer instance.
 
-Pipeline: container (v6/v7) → format files → per instance: load pages → page walk (vectorised
-over pages) → timestamps in ns → merge CPUs → columnar field decode → Arrow tables.
+Pipeline: container (v6/v7) and format files (:mod:`kvmtrace.parsers.tracedat.meta`) → per
+instance: pages → page walk (vectorised over pages) → timestamps in ns → merge of the CPUs →
+columnar field decode → Arrow tables.
+
+Two ways through it, with the same result (``tests/test_stream_windows.py``): a buffer whose
+pages fit in :data:`WHOLE_PAGES_LIMIT` is decoded at once (every page in one buffer, one stable
+sort for the order: the fastest for the traces most users send); a larger one a window at a time
+(:mod:`kvmtrace.parsers.tracedat.windows`), its windows joined at the end, so that the pages,
+records and merge arrays held are one window's, not the trace's (1.6 GB beside a 56 M-event
+trace), and the arrays are small enough to be refilled rather than faulted in afresh.
 """
 
 from __future__ import annotations
 
 import io
-import mmap
 import os
 import warnings as _warnings
-from dataclasses import dataclass
-from typing import BinaryIO
 
-from kvmtrace.parsers.errors import TraceError, TraceWarning
-from kvmtrace.parsers.schema import CpuStats, TraceData, TraceInfo
-from kvmtrace.parsers.tracedat.catalog import FormatCatalog
+from kvmtrace.parsers.errors import TraceWarning
+from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat.columns import FieldReader
-from kvmtrace.parsers.tracedat.constants import Option
-from kvmtrace.parsers.tracedat.container import parse_container
-from kvmtrace.parsers.tracedat.cpustat import cpu_stats_by_buffer, merge_lost
-from kvmtrace.parsers.tracedat.formats import PageHeader, parse_header_page
 from kvmtrace.parsers.tracedat.gaps import gap_table
-from kvmtrace.parsers.tracedat.layout import BufferSpec, Container
+from kvmtrace.parsers.tracedat.layout import BufferSpec
 from kvmtrace.parsers.tracedat.merge import merge_records
-from kvmtrace.parsers.tracedat.metadata import kernel_release, parse_cmdlines, parse_printk
-from kvmtrace.parsers.tracedat.options import Options, decode_options
+from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, open_meta, unknown_note
 from kvmtrace.parsers.tracedat.pages import walk
-from kvmtrace.parsers.tracedat.streams import load_pages
+from kvmtrace.parsers.tracedat.streams import load_pages, plan_streams
 from kvmtrace.parsers.tracedat.tables import event_tables, events_table
+from kvmtrace.parsers.tracedat.windows import RUN_BUDGET, _WindowReader
 
-#: Files from trace-cmd versions that did not store the clock were recorded with the kernel's
-#: default clock; ``trace-cmd convert`` writes "local" for them too.
-DEFAULT_CLOCK = "local"
-
-
-@dataclass(frozen=True)
-class FileMeta:
-    """What a trace.dat says before its first page: the container and everything decoded from
-    it that every buffer instance shares. The whole-file read and the windowed read
-    (:mod:`kvmtrace.parsers.tracedat.windows`) both start here, so they agree on every fact."""
-
-    box: Container
-    opts: Options
-    header: PageHeader
-    catalog: FormatCatalog
-    cmdlines: dict[int, str]
-    printk: dict[int, str]
-    stats: dict[str, tuple[CpuStats, ...]]  # CPUSTAT by buffer name
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(b.name for b in self.box.buffers)
-
-    def spec(self, instance: str | None) -> BufferSpec:
-        """The buffer instance asked for (None: the top buffer); a missing one is a TraceError."""
-        names = self.names
-        if instance is not None and instance not in names:
-            raise TraceError(f"{self.box.path}: no buffer instance {instance!r}; this file has "
-                             f"{[n for n in names if n] or 'only the top buffer'}")
-        wanted = "" if instance is None else instance
-        if wanted not in names:
-            raise TraceError(f"{self.box.path}: no top-level buffer in this trace.dat")
-        return next(b for b in self.box.buffers if b.name == wanted)
-
-    def others(self, spec: BufferSpec) -> tuple[str, ...]:
-        """The names of the file's other buffer instances."""
-        return tuple(n for n in self.names if n and n != spec.name)
-
-    def info(self, spec: BufferSpec, counts: dict[str, int], lost: dict[int, int], lost_unknown: dict[int, int],
-             first_ts: int | None, last_ts: int | None, notes: list[str]) -> TraceInfo:
-        """The :class:`TraceInfo` of buffer ``spec`` given what its pages held."""
-        box, opts, header = self.box, self.opts, self.header
-        lost, lost_unknown = merge_lost(lost, lost_unknown, self.stats.get(spec.name, ()))
-        return TraceInfo(
-            path=box.path, source="tracedat", version=box.version, compression=box.compression,
-            cpus=max(box.cpus, 1 + max((s.cpu for s in spec.cpus), default=-1)),
-            clock=opts.clock or box.clock or spec.clock or DEFAULT_CLOCK,
-            kernel=kernel_release(opts.uname), uname=opts.uname, tracer_version=opts.version,
-            long_size=header.commit_size, page_size=spec.page_size, big_endian=box.big_endian,
-            event_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            lost_events=lost, lost_unknown=lost_unknown, first_ts=first_ts, last_ts=last_ts,
-            instances=self.others(spec), warnings=tuple(notes), cpu_stats=self.stats.get(spec.name, ()),
-            cut_short=any("file cut short" in n or "was cut short" in n for n in notes),
-        )
-
-
-def open_meta(f: BinaryIO, spath: str) -> tuple[FileMeta, int]:
-    """Parse the container of the open file ``f`` (named ``spath``); returns it with the file size."""
-    size = os.fstat(f.fileno()).st_size
-    if size == 0:
-        raise TraceError(f"{spath}: empty file, not a trace.dat")
-    with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        box = parse_container(mm, spath)
-    if box.latency:
-        raise TraceError(f"{spath}: a latency-format trace.dat (text, no ring-buffer pages) is not "
-                         f"supported; run 'trace-cmd report' on it and read the text instead")
-    opts = decode_options(box.options, box.big_endian)
-    header = parse_header_page(box.header_page.decode("utf-8", "replace"), spath, box.page_size)
-    meta = FileMeta(box=box, opts=opts, header=header, catalog=FormatCatalog(box, header.commit_size),
-                    cmdlines=parse_cmdlines(box.cmdlines), printk=parse_printk(box.printk),
-                    stats=cpu_stats_by_buffer([o.payload for o in box.options if o.id == Option.CPUSTAT]))
-    return meta, size
-
-
-def open_file(spath: str) -> io.BufferedReader:
-    """Open a trace.dat for reading; a failure is a one-line TraceError."""
-    try:
-        return open(spath, "rb")
-    except OSError as err:
-        raise TraceError(f"{spath}: cannot open ({err.strerror})") from None
+#: Page bytes (uncompressed) up to which a buffer is decoded at once. Measured in
+#: bench/RESULTS.md: below it the windows' extra steps (runs, the gather of each window's pages,
+#: the join) cost more than they save; above it the whole-page decode's page faults and
+#: trace-sized temporaries do.
+WHOLE_PAGES_LIMIT = RUN_BUDGET
+#: Events per window of a larger buffer: larger than a streaming window (its pieces are kept
+#: anyway), so that numpy's arrays reach the 4 MB from which it asks for transparent huge pages.
+WHOLE_READ_WINDOW = 1 << 21
 
 
 def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> TraceData:
@@ -125,24 +53,24 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
         results: dict[str, TraceData] = {}
         for spec in meta.box.buffers:
             if instance is None or spec.name == instance:
-                results[spec.name] = _read_buffer(f, size, meta, spec)
+                results[spec.name] = read_buffer(f, size, meta, spec)
     main = results.pop(wanted.name)
     main.instances = results  # the other buffers, when the top one was asked for
     return main
 
 
-def corrupt_note(path: str, corrupt: list[tuple[int, str]]) -> str:
-    """The warning for pages the walk found corrupt (per kind: how many, the first one)."""
-    return (f"{path}: corrupt trace.dat: {sum(n for n, _ in corrupt)} corrupt page(s) read in part or "
-            f"not at all (first: {corrupt[0][1]}); their events are lost, counted as gaps of unknown size")
+def read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec,
+                whole_pages_limit: int = WHOLE_PAGES_LIMIT) -> TraceData:
+    """One buffer instance, decoded at once or in joined windows (module docstring)."""
+    plans = plan_streams(f, size, meta.box, spec, spec.page_size, [], keep_raw=False)  # notes: the read's own
+    if sum(p.size for p in plans) <= whole_pages_limit:
+        return read_all_pages(f, size, meta, spec)
+    return _WindowReader(f, size, meta, spec, WHOLE_READ_WINDOW, None).whole()
 
 
-def unknown_note(path: str, unknown: int) -> str:
-    """The warning for records whose event id has no format file."""
-    return f"{path}: {unknown} records with an event id that has no format file were skipped"
-
-
-def _read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec) -> TraceData:
+def read_all_pages(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec) -> TraceData:
+    """One buffer instance decoded at once: every page in one buffer, one stable sort by each
+    CPU's running maximum timestamp for trace-cmd's order (:func:`merge_records`)."""
     box, opts, catalog = meta.box, meta.opts, meta.catalog
     notes: list[str] = list(box.warnings)
     pages = load_pages(f, size, box, spec, meta.header, notes)
@@ -163,7 +91,7 @@ def _read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSp
     if unknown:
         notes.append(unknown_note(box.path, unknown))
     for note in notes:
-        _warnings.warn(note, TraceWarning, stacklevel=3)
+        _warnings.warn(note, TraceWarning, stacklevel=4)
     info = meta.info(spec, counts, lost, lost_unknown,
                      int(ts.min()) if len(ts) else None,  # min/max: a CPU clock may step back
                      int(ts.max()) if len(ts) else None, notes)

@@ -90,24 +90,30 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
     tables: dict[str, pa.Table] = {}
     counts: dict[str, int] = {}
     unknown = 0
-    present_systems = set()
     while groups:
         rows = groups.pop(0)
         event_id = int(merged.event_id[rows[0]])
         if event_id not in catalog:
             unknown += len(rows)
             continue
-        fmt = catalog.format(event_id)
-        present_systems.add(fmt.system)
         name = catalog.table_names[event_id]
-        tables[name] = _event_table(fmt, merged, rows, reader, cmdlines, printk, record_limit, catalog.path,
-                                    first_seq)
+        tables[name] = _event_table(catalog.format(event_id), merged, rows, reader, cmdlines, printk, record_limit,
+                                    catalog.path, first_seq)
         counts[name] = len(rows)
-    for event_id in catalog.ids_of_systems(present_systems):  # the other events of those systems
+    return with_system_tables(tables, catalog), counts, unknown
+
+
+def with_system_tables(present: dict[str, pa.Table], catalog: FormatCatalog) -> dict[str, pa.Table]:
+    """The tables of the events that occur, by event id, then an empty table for every other event
+    of their systems (so ``table("kvm_mmu_zap_page")`` exists, with 0 rows, when kvmmmu was on)."""
+    id_of = {name: event_id for event_id, name in catalog.table_names.items()}
+    tables = {name: present[name] for name in sorted(present, key=id_of.__getitem__)}
+    systems = {catalog.system(id_of[name]) for name in tables}
+    for event_id in catalog.ids_of_systems(systems):
         name = catalog.table_names[event_id]
         if name not in tables:
             tables[name] = empty_table(event_schema(catalog.format(event_id)))
-    return tables, counts, unknown
+    return tables
 
 
 def _event_table(fmt: EventFormat, merged: Merged, rows: np.ndarray, reader: FieldReader,

@@ -1,14 +1,15 @@
 """A trace.dat decoded in windows of merged events, in memory bounded by the window, not the trace.
 
-:func:`kvmtrace.parsers.tracedat.read_tracedat` holds every page and every record of a buffer at
-once (about 160 bytes per event at its peak). :func:`iter_windows` yields the same trace as a
-sequence of :class:`TraceData` windows of ``events_per_window`` events each, so that a trace of
-any length can be converted (and, later, replayed) in constant memory. Concatenating the
-windows gives exactly what the whole-file read gives: the same per-event Arrow schemas, the same
-``seq`` numbers, the same global order, the same gaps.
+:func:`iter_windows` yields a buffer instance as a sequence of :class:`TraceData` windows of
+``events_per_window`` events each, so that a trace of any length can be converted (and, later,
+replayed) in constant memory. :func:`kvmtrace.parsers.tracedat.read_tracedat` reads a large buffer
+as windows joined at the end (:meth:`_WindowReader.whole`). Concatenating the windows gives
+exactly what a decode of every page at once gives
+(:func:`kvmtrace.parsers.tracedat.reader.read_all_pages`): the same per-event Arrow schemas, the
+same ``seq`` numbers, the same global order, the same gaps.
 
-How the global order survives the cut. The whole-file merge is a stable sort of all records by
-(running maximum of the CPU's timestamps, CPU, file order) (:func:`merge.merge_order`). Within
+How the global order survives the cut. trace-cmd's order is a stable sort of all records by
+(running maximum of the CPU's timestamps, CPU, file order) (:mod:`.merge`). Within
 one CPU that key never decreases, so the merge is a k-way merge of per-CPU streams: each CPU's
 pages are read and walked a *run* (up to ``pages_per_run`` pages) at a time, and a record may
 leave the merge once no CPU can still produce a record that sorts before it. The CPU whose last
@@ -21,17 +22,18 @@ which may only be merged several runs later; they stay open until it is, and eac
 the gap rows whose seq falls in it (the last window also those no record followed, seq null).
 
 What a window holds: ``events``, ``tables`` (one per event name of its records, plus the empty
-tables of the other events of their systems, as the whole-file read does) and ``gaps``, each in
+tables of the other events of their systems, as the whole read has) and ``gaps``, each in
 seq order. ``info`` is the trace's :class:`TraceInfo` as of the end of that window (event counts,
 lost events, first/last timestamps so far); the last window's ``info`` is the whole trace's and
-equals the whole-file read's. Warnings are issued once, after the last window is built.
+equals the whole read's. Warnings are issued once, after the last window is built.
 
-Limits of the equivalence, all on damaged files only: a record cut short on the last page of a
-run marks that page (rather than the CPU's next page) as the gap; the warning about corrupt
-pages names the first such page in run order; a chunk that fails to decompress is reported per
-run, not per CPU. Fields that reach past the end of their record (only a corrupt format asks for
-them) read the next bytes of the same page, as the whole-file read does, but past the end of
-the page they read another page of the window.
+Limits of the equivalence with a decode of every page at once, all on damaged files whose CPUs
+span more than one run (by default a run is up to 256 MB of pages over all CPUs): a record cut
+short on the last page of a run marks that page (rather than the CPU's next page) as the gap;
+the warning about corrupt pages names the first such page in run order; a chunk that fails to
+decompress is reported per run, not per CPU. Fields that reach past the end of their record
+(only a corrupt format asks for them) read the next bytes of the same page, as a decode of every
+page at once does, but past the end of the page they read another page of the window.
 """
 
 from __future__ import annotations
@@ -47,18 +49,21 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceWarning
-from kvmtrace.parsers.schema import GAPS_SCHEMA, TraceData
+from kvmtrace.parsers.schema import COMMON_NAMES, GAPS_SCHEMA, TraceData, TraceInfo
 from kvmtrace.parsers.tracedat.arrow import empty_table, numeric
+from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
 from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor
 from kvmtrace.parsers.tracedat.layout import BufferSpec
+from kvmtrace.parsers.tracedat.memory import release_freed_memory
 from kvmtrace.parsers.tracedat.merge import Merged, to_ns
+from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, open_meta, unknown_note
+from kvmtrace.parsers.tracedat.metadata import comm_chunks
 from kvmtrace.parsers.tracedat.pages import PageData, walk
-from kvmtrace.parsers.tracedat.reader import FileMeta, corrupt_note, open_file, open_meta, unknown_note
 from kvmtrace.parsers.tracedat.streams import PAD, StreamPlan, decompress_stream, plan_streams
-from kvmtrace.parsers.tracedat.tables import event_tables, events_table
+from kvmtrace.parsers.tracedat.tables import event_tables, events_table, with_system_tables
 
-#: Events per window by default: about 40 MB of decoded window at the whole-file read's 160 bytes an event.
+#: Events per streamed window by default: about 40 MB of decoded window (~160 bytes an event at its peak).
 DEFAULT_WINDOW = 1 << 18
 #: Page bytes all CPUs' runs may hold together; a run is at most :data:`MAX_RUN_PAGES` pages. Large
 #: runs amortise the page walk's per-step cost (one numpy step per record rank, for all pages).
@@ -196,13 +201,94 @@ class _Out:
         self.count += len(arrays[0])
 
     def cut(self, n: int) -> tuple[np.ndarray, ...]:
-        """The first ``n`` records (ts, cpu, pos, length, run)."""
-        whole = tuple(np.concatenate(cols) for cols in zip(*self.pieces))
-        head = tuple(a[:n] for a in whole)
-        rest = tuple(a[n:] for a in whole)
-        self.pieces = [rest] if len(rest[0]) else []
+        """The first ``n`` records (ts, pos, length, run, cpu), as new arrays.
+
+        Only the pieces the window takes are copied: a run's merge can leave many windows'
+        records at once, and copying the rest at every cut (or returning views into it) made
+        the cost and the memory of a run grow with the square of its windows."""
+        taken: list[tuple[np.ndarray, ...]] = []
+        need = n
+        while need:
+            piece = self.pieces[0]
+            if len(piece[0]) <= need:
+                taken.append(self.pieces.pop(0))
+                need -= len(piece[0])
+            else:
+                taken.append(tuple(a[:need] for a in piece))
+                self.pieces[0] = tuple(a[need:] for a in piece)
+                need = 0
         self.count -= n
-        return head
+        return tuple(np.concatenate(cols) for cols in zip(*taken))
+
+
+@dataclass
+class _Part:
+    """One window decoded: its tables, the columns of its ``events`` rows (first seq, ts, cpu,
+    pid, event id), the gaps that point into it, and the trace's info as of its end."""
+
+    tables: dict[str, pa.Table]
+    first_seq: int
+    records: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+    gaps: pa.Table
+    info: TraceInfo
+
+
+_COMM = COMMON_NAMES.index("comm")
+_PID = COMMON_NAMES.index("pid")
+
+
+class _Joined:
+    """The windows of one buffer, held as decoded, until they are joined into one read.
+
+    A per-event table's columns are its windows' pieces as they are (Arrow chunks: no copy).
+    Two things are rebuilt: ``comm``, so that every chunk shares the one dictionary the
+    whole-file read gives the column (the comms of its distinct pids, ascending), and the
+    ``events`` table, built once from the records' joined columns: consumers look seqs up in
+    it and read its columns as numpy arrays, which only one chunk gives without a copy."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, list[pa.Table]] = {}
+        self.records: tuple[list[np.ndarray], ...] = ([], [], [], [])  # ts, cpu, pid, event_id
+        self.gap_parts: list[pa.Table] = []
+
+    def add(self, part: _Part) -> None:
+        for name, table in part.tables.items():
+            held = self.parts.setdefault(name, [])
+            if table.num_rows:
+                held.append(table)
+        for held_records, array in zip(self.records, part.records):
+            held_records.append(array)
+        if part.gaps.num_rows:
+            self.gap_parts.append(part.gaps)
+
+    def tables(self, catalog: FormatCatalog, cmdlines: dict[int, str]) -> dict[str, pa.Table]:
+        """One table per event, in the whole-file read's order (:func:`with_system_tables`)."""
+        present = {}
+        for name in [n for n, held in self.parts.items() if held]:
+            held = self.parts.pop(name)
+            field = held[0].schema.field(_COMM)
+            comms = comm_chunks([t.column(_PID).chunk(0).to_numpy() for t in held], cmdlines)
+            present[name] = pa.concat_tables([t.set_column(_COMM, field, c) for t, c in zip(held, comms)])
+        return with_system_tables(present, catalog)
+
+    def joined_records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``ts, cpu, pid, event_id`` of every record, each joined and its pieces let go."""
+        ts, cpu, pid, event_id = (self._join_records(i) for i in range(4))
+        return ts, cpu, pid, event_id
+
+    def _join_records(self, i: int) -> np.ndarray:
+        held = self.records[i]
+        joined = np.concatenate(held) if len(held) != 1 else held[0]
+        held.clear()
+        release_freed_memory()
+        return joined
+
+    def gaps(self) -> pa.Table:
+        """The gap rows in the whole-file read's order: by CPU, then page (their seqs ascend
+        within a CPU; one no record followed has no seq and is that CPU's last)."""
+        if not self.gap_parts:
+            return empty_table(GAPS_SCHEMA)
+        return pa.concat_tables(self.gap_parts).sort_by([("cpu", "ascending"), ("seq", "ascending")])
 
 
 class _WindowReader:
@@ -244,6 +330,27 @@ class _WindowReader:
     # ------------------------------------------------------------------ the merge
 
     def windows(self) -> Iterator[TraceData]:
+        for part in self._parts():
+            yield self._window(part)
+
+    def whole(self) -> TraceData:
+        """The whole buffer as one :class:`TraceData`: the windows joined (:class:`_Joined`).
+
+        Why (for a large buffer, :mod:`kvmtrace.parsers.tracedat.reader`): decoding a window at a
+        time bounds the pages, records and merge arrays held to one window's.
+        """
+        joined = _Joined()
+        info: TraceInfo | None = None
+        for part in self._parts():
+            joined.add(part)
+            info = part.info
+        assert info is not None  # _parts yields at least the last window
+        meta = self.meta
+        tables = joined.tables(meta.catalog, meta.cmdlines)
+        events = events_table(*joined.joined_records(), meta.catalog, meta.cmdlines)
+        return TraceData(info=info, events=events, tables=tables, gaps=joined.gaps())
+
+    def _parts(self) -> Iterator[_Part]:
         yielded = False
         while True:
             live = [c for c, s in self.sources.items() if not s.finished]
@@ -256,13 +363,13 @@ class _WindowReader:
             # Keep one record back until the end: the last window must be cut after every
             # page is read, so that it carries the whole trace's info and the gaps left open.
             while self.out.count > self.window:
-                yield self._window(self.window, last=False)
+                yield self._decode(self.window, last=False)
                 yielded = True
             if limiting is None:
                 break
             self._load(limiting)
         if self.out.count or not yielded or self.resolved or any(self.gaps.values()):
-            yield self._window(self.out.count, last=True)
+            yield self._decode(self.out.count, last=True)
 
     def _load(self, cpu: int) -> None:
         """Read and walk the next run of ``cpu``; its records become pending, its flagged pages gaps."""
@@ -335,7 +442,13 @@ class _WindowReader:
 
     # ------------------------------------------------------------------ one window
 
-    def _window(self, n: int, last: bool) -> TraceData:
+    def _window(self, part: _Part) -> TraceData:
+        events = events_table(*part.records, self.meta.catalog, self.meta.cmdlines, part.first_seq)
+        return TraceData(info=part.info, events=events, tables=part.tables, gaps=part.gaps)
+
+    def _decode(self, n: int, last: bool) -> _Part:
+        """The next ``n`` merged records decoded: their tables, the columns of their ``events`` rows,
+        the gaps that point into them and the info so far."""
         ts, pos, length, run, cpu = self.out.cut(n) if n else (np.empty(0, np.int64), np.empty(0, np.int32),
                                                                np.empty(0, np.int32), np.empty(0, np.int32),
                                                                np.empty(0, np.int16))
@@ -352,7 +465,6 @@ class _WindowReader:
         )
         tables, counts, unknown = event_tables(merged, catalog, reader, meta.cmdlines, meta.printk,
                                                meta.header.data_size, first_seq)
-        events = events_table(ts, cpu, merged.pid, merged.event_id, catalog, meta.cmdlines, first_seq)
         for name, c in counts.items():
             self.counts[name] = self.counts.get(name, 0) + c
         self.unknown += unknown
@@ -368,9 +480,9 @@ class _WindowReader:
             if self.unknown:
                 notes.append(unknown_note(meta.box.path, self.unknown))
             for note in notes:
-                _warnings.warn(note, TraceWarning, stacklevel=4)
+                _warnings.warn(note, TraceWarning, stacklevel=5)
         info = meta.info(self.spec, self.counts, self.lost, self.lost_unknown, self.first_ts, self.last_ts, notes)
-        return TraceData(info=info, events=events, tables=tables, gaps=gaps)
+        return _Part(tables, first_seq, (ts, cpu, merged.pid, merged.event_id), gaps, info)
 
     def _gather(self, pos: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pages the window's records lie on, copied back to back, and the records' offsets
