@@ -79,7 +79,7 @@ class LostWindows:
         self.hi = np.empty(0, np.int64)
         self.tail: int | None = None  # first seq of the cut-short tail window's open interval
         ev_seq = np.asarray(events.column("seq").to_numpy(), dtype=np.int64)
-        ev_cpu = np.asarray(events.column("cpu").to_numpy(), dtype=np.int64)
+        ev_cpu = events.column("cpu").to_numpy()
         if gaps is not None and gaps.num_rows:
             g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
             g_seq = gaps.column("seq").fill_null(END).to_numpy().astype(np.int64)

@@ -27,7 +27,7 @@ class Columns:
     missing: tuple[str, ...] = ()  # requested fields the trace's format does not have
 
 
-def numpy_column(table: pa.Table, name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
+def numpy_column(table: pa.Table | pa.RecordBatch, name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
     """A column as numpy; nulls (e.g. text readers' hashed pointers) become 0."""
     col = table.column(name)
     if col.null_count:

@@ -182,6 +182,5 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     alive_at = life.alive_at(list(keys.values()))
     leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id, owner=owner, installed=ins.seq,
                     obsolete_root=np.zeros(len(ins.seq), bool))
-    narrow = np.int32 if len(ins.seq) < 2**31 else np.int64
     for (i, when), live_pages in page_sets.items():
-        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at[keys[(i, when)]].astype(narrow))
+        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at[keys[(i, when)]])

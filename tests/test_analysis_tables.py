@@ -10,7 +10,6 @@ import pytest
 from conftest import NESTED, SAMPLES
 
 import kvmtrace
-from kvmtrace.replays.inputs import kvmmmu_events
 from kvmtrace.replays.ledger import KEPT_BY_RULE, profile_of
 from kvmtrace.replays.replay import _timeline
 
@@ -81,7 +80,7 @@ def test_memslot_window_end_is_the_timelines(path, qemu_log):
     analysis = kvmtrace.open(path).analyze(qemu_log=qemu_log)
     data, profile = analysis.trace.data, profile_of(analysis.replay)
     lines = None if qemu_log is None else qemu_log.read_text().splitlines()
-    timeline = _timeline(data, profile, None, lines, *kvmmmu_events(data, profile))
+    timeline, _ = _timeline(data, profile, None, lines)
     assert timeline.table().equals(analysis.replay.memslots)
     unbounded = np.iinfo(np.int64).max  # an unplaced line's window: the whole trace
     expected = [None if c.window_end == unbounded else c.window_end for c in timeline.changes]

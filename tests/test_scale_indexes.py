@@ -1,5 +1,6 @@
-"""The indexes that keep the per-change analyses linear in trace length give exactly what the
-plain whole-table masks they replaced gave (those masks are the reference implementations here).
+"""The indexes that keep the per-change analyses linear in trace length (and the merges that keep
+their memory small) give exactly what the plain whole-table masks and sorts they replaced gave
+(those are the reference implementations here).
 
 On real data the replay tables of every sample and recording were compared before and after the
 change (bench/RESULTS.md, "analyze by trace length"); these tests pin the edge cases: empty
@@ -8,15 +9,24 @@ tables, windows outside the trace, ranges past 2**52 and values no gfn can have.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import polars as pl
+import pytest
+from conftest import NESTED, SAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvmtrace.parsers import read
+from kvmtrace.parsers.tracedat.meta import open_file, open_meta
+from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import sweep
 from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
 from kvmtrace.replays.gfn_index import GfnIndex
+from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
 from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
+from kvmtrace.replays.profiles import profile_for
 from kvmtrace.replays.shadow_sptes import _first_rmap_zaps
 
 WIDE = (1 << 60) + 7  # not a gfn: a damaged or hand-made input
@@ -166,3 +176,27 @@ def test_ledger_candidates_hold_every_page_a_change_concerns(n: int, seed: int, 
         zapped = (zap >= ws) & (zap <= line)
         alive = (first < line) & ((zap < 0) | (zap >= ws))
         assert np.array_equal(got[(ws, line)], np.flatnonzero(zapped | alive))
+
+
+@pytest.mark.parametrize("path", [SAMPLES / "multi-zapslot.dat", SAMPLES / "churn-thp-zapslot.dat",
+                                  NESTED / "tdp-multi3-kt.dat", NESTED / "k61tdp-churn-small-kt.dat"],
+                         ids=lambda p: p.name)
+def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
+    """The bitmap-and-place merge of the kvmmmu events equals concatenating every kvmmmu table's
+    columns and sorting them by seq, on tables read whole and read as 1000-event chunks (a long
+    trace's tables come in chunks, which the merge walks one at a time)."""
+    whole = read(path)
+    with open_file(str(path)) as f:
+        meta, size = open_meta(f, str(path))
+        chunked = _WindowReader(f, size, meta, meta.spec(None), 1000, 2).whole()
+    assert max(t.column("seq").num_chunks for t in chunked.tables.values()) > 1
+    profile = profile_for(whole.info.kernel)
+    names = [n for n, t in whole.tables.items() if t.num_rows and n in KVMMMU_EVENTS]
+    seq = np.concatenate([whole.tables[n]["seq"].to_numpy() for n in names])
+    order = np.argsort(seq, kind="stable")
+    pid = np.concatenate([whole.tables[n]["pid"].to_numpy() for n in names])[order]
+    zap = np.concatenate([_zaps(n, whole.tables[n], profile) for n in names])[order]
+    for data in (whole, chunked):
+        got = kvmmmu_events(data, profile)
+        assert np.array_equal(got[0], seq[order]) and np.array_equal(got[1], pid) and np.array_equal(got[2], zap)
+        assert got[2].any() and len(set(got[1].tolist())) > 1
