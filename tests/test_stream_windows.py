@@ -37,7 +37,7 @@ from kvmtrace.parsers import read
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat.compress import chunk_table_in_file
 from kvmtrace.parsers.tracedat.meta import open_file, open_meta
-from kvmtrace.parsers.tracedat.reader import WHOLE_READ_WINDOW, read_all_pages
+from kvmtrace.parsers.tracedat.reader import WHOLE_PAGES_LIMIT, WHOLE_READ_WINDOW, read_all_pages, read_buffer
 from kvmtrace.parsers.tracedat.streams import PAD
 from kvmtrace.parsers.tracedat.windows import _WindowReader, iter_windows
 
@@ -119,6 +119,22 @@ def test_the_whole_read_joins_its_windows_into_the_whole_file_decode(path: Path,
     assert joined.events.equals(reference.events) and joined.events.column("seq").num_chunks == 1
     assert joined.gaps.equals(reference.gaps)
     assert joined.info == reference.info
+
+
+@pytest.mark.parametrize("limit", [0, WHOLE_PAGES_LIMIT], ids=["windows", "all-pages"])
+def test_read_tracedat_gives_the_same_trace_either_way(limit: int) -> None:
+    """Above the page limit the reader joins windows, below it decodes every page at once: the
+    same trace either way."""
+    path = SAMPLES / "multi-zapslot.dat"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reference = read_whole(path)
+        with open_file(str(path)) as f:
+            meta, size = open_meta(f, str(path))
+            got = read_buffer(f, size, meta, meta.spec(None), limit)
+    assert list(got.tables) == list(reference.tables)
+    assert all(got.tables[n].equals(t) for n, t in reference.tables.items())
+    assert got.events.equals(reference.events) and got.gaps.equals(reference.gaps) and got.info == reference.info
 
 
 def test_a_window_info_counts_what_came_so_far() -> None:

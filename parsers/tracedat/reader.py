@@ -28,13 +28,14 @@ from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, op
 from kvmtrace.parsers.tracedat.pages import walk
 from kvmtrace.parsers.tracedat.streams import load_pages, plan_streams
 from kvmtrace.parsers.tracedat.tables import event_tables, events_table
-from kvmtrace.parsers.tracedat.windows import RUN_BUDGET, _WindowReader
+from kvmtrace.parsers.tracedat.windows import _WindowReader
 
-#: Page bytes (uncompressed) up to which a buffer is decoded at once. Measured in
-#: bench/RESULTS.md: below it the windows' extra steps (runs, the gather of each window's pages,
-#: the join) cost more than they save; above it the whole-page decode's page faults and
-#: trace-sized temporaries do.
-WHOLE_PAGES_LIMIT = RUN_BUDGET
+#: Page bytes (uncompressed) up to which a buffer is decoded at once. Measured (bench/RESULTS.md,
+#: "trace.dat reader: windows for large buffers"): up to ~20 M events (570 MB of pages) the
+#: decode at once is as fast and ``analyze`` peaks lower with it (its single-chunk tables are read
+#: as numpy without copies); at 56 M events (1.6 GB) the windows read in 24 s instead of 36 s
+#: and 4.8 GB instead of 5.8 GB, and ``analyze`` is faster and peaks lower with them.
+WHOLE_PAGES_LIMIT = 1 << 30
 #: Events per window of a larger buffer: larger than a streaming window (its pieces are kept
 #: anyway), so that numpy's arrays reach the 4 MB from which it asks for transparent huge pages.
 WHOLE_READ_WINDOW = 1 << 21
