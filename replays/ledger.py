@@ -311,8 +311,9 @@ def _removed_leaves(changes: pl.DataFrame, asked: list[tuple[int, int, int, int,
     elsewhere in the window is not its doing). Every change's window rows are cut from the
     journal (in seq order) and grouped in one pass: a few polars calls per change cost more than
     the rows on a long trace with thousands of deletes."""
-    removed = changes.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])
-                             & ~pl.col("reason").str.starts_with("page table removed"))
+    removed = changes.filter(pl.col("state").is_in(["zapped", "zapped_inferred"])).with_columns(
+        pl.col("state").cast(pl.String), pl.col("reason").cast(pl.String)
+    ).filter(~pl.col("reason").str.starts_with("page table removed"))
     out: list[list[_Removed]] = [[] for _ in asked]
     if not asked or removed.height == 0:
         return out
@@ -327,9 +328,9 @@ def _removed_leaves(changes: pl.DataFrame, asked: list[tuple[int, int, int, int,
     into = (gfn >= pl.col("_lo")) & (gfn < pl.col("_hi"))
     how = pl.when(pl.col("state") == "zapped_inferred").then(pl.lit("inferred")) \
         .when(pl.lit(tdp)).then(pl.lit("traced")).otherwise(pl.lit("inferred"))
-    window = removed[rows].with_columns(_k=pl.Series(change), _lo=pl.Series(lo.astype(np.uint64)[change]),
-                                        _hi=pl.Series(hi.astype(np.uint64)[change]),
-                                        _za=pl.Series(zap_all.astype(bool)[change]))
+    window = removed.select("state", "reason", "gfn")[rows].with_columns(
+        _k=pl.Series(change), _lo=pl.Series(lo.astype(np.uint64)[change]), _hi=pl.Series(hi.astype(np.uint64)[change]),
+        _za=pl.Series(zap_all.astype(bool)[change]))
     groups = window.filter(pl.col("_za") | (pl.col("reason") == "owning page zapped") | into).with_columns(
         how.alias("how"), into.alias("in_range")).group_by("_k", "how", "reason", "in_range").agg(
         pl.len().alias("sptes"), gfn.min().alias("gfn_first"), gfn.max().alias("gfn_last")
@@ -358,9 +359,9 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     ev_ts = data.events.column("ts").to_numpy()
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
     pg = _Pages.of(replay.shadow_pages)
-    journal = pl.from_arrow(replay.spte_changes)
-    assert isinstance(journal, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
-    changes = journal.with_columns(pl.col("state").cast(pl.String), pl.col("reason").cast(pl.String))
+    # state and reason stay categorical: as strings they were a column of every SPTE change each
+    changes = pl.from_arrow(replay.spte_changes)
+    assert isinstance(changes, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     timeline = replay.memslots.to_pylist()
     questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]
     owners_at = {} if tdp else _leaf_owners(changes, questions)
