@@ -48,7 +48,8 @@ def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, 
     Most of a trace's events are kvmmmu events (the guest walker's above all), so this is built
     without a sort and a chunk of a table at a time: the seqs are marked in a bitmap (one byte
     an event of the trace) and read back in order, and each chunk's pids and zap flags are put
-    at their seqs' places. A concatenate-and-argsort held three seq-sized arrays at once."""
+    at their seqs' places (a running count of the bitmap, four bytes an event). A
+    concatenate-and-argsort held three seq-sized arrays at once (1.2 GB at 56 M events)."""
     names = [name for name, t in data.tables.items()
              if t.num_rows and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
     if not names:
@@ -58,12 +59,13 @@ def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, 
         for chunk in data.tables[name].column("seq").chunks:
             marked[chunk.to_numpy()] = True
     seq = np.flatnonzero(marked)
+    place = np.cumsum(marked, dtype=np.int32 if len(seq) < 2**31 else np.int64)  # a seq's place is place[seq] - 1
     del marked
     pid = np.empty(len(seq), np.int32)
     zap = np.empty(len(seq), bool)
     for name in names:
         for batch in data.tables[name].to_batches():
-            at = np.searchsorted(seq, numpy_column(batch, "seq", np.int64))
+            at = place[numpy_column(batch, "seq", np.int64)] - 1
             pid[at] = numpy_column(batch, "pid", np.int32)
             zap[at] = _zaps(name, batch, profile)
     return seq, pid, zap
