@@ -22,7 +22,7 @@ import stat
 import sys
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -149,10 +149,8 @@ def _renamed(data: TraceData, spool: str, name: str) -> TraceData:
     return data
 
 
-def _read_spooled(src: Input, instance: str | None) -> TraceData:
+def _read_spooled(src: Input, read_file: Callable[[str], TraceData]) -> TraceData:
     """Copy a non-seekable trace.dat to a temporary file, read it there, and always remove it."""
-    from kvmtrace.parsers.tracedat import read_tracedat
-
     fd, spool = tempfile.mkstemp(prefix="kvmtrace-", suffix=".dat")
     try:
         # Never fill the disk: an endless stream that starts like a trace.dat stops here.
@@ -172,7 +170,7 @@ def _read_spooled(src: Input, instance: str | None) -> TraceData:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                data = read_tracedat(spool, instance=instance)
+                data = read_file(spool)
             except TraceError as err:
                 raise TraceError(str(err).replace(spool, src.name)) from None
     finally:
@@ -183,19 +181,34 @@ def _read_spooled(src: Input, instance: str | None) -> TraceData:
     return _renamed(data, spool, src.name)
 
 
-def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> TraceData:
+def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False,
+         keep: Callable[[str, str | None], bool] | None = None,
+         observe: Callable[[TraceData], None] | None = None) -> TraceData:
     """Read a trace.dat or ftrace text into a :class:`TraceData`; ``"-"`` reads standard input.
 
     ``instance`` picks a trace.dat buffer instance by name (default: the top buffer);
     ``strict`` makes the text reader fail on lines it would otherwise skip.
+    ``keep`` and ``observe``, given together: a read for one analysis. ``observe`` sees every
+    event once, in windows in seq order; a trace.dat then holds only the rows of the events
+    ``keep(name, system)`` accepts (:func:`kvmtrace.parsers.tracedat.reader.read_kept`), while
+    text, small next to what a trace.dat holds, is read whole and shown as one window.
     """
+    if (keep is None) != (observe is None):
+        raise ValueError("keep and observe go together")
+
+    def read_file(file: str) -> TraceData:
+        from kvmtrace.parsers.tracedat.reader import read_kept, read_tracedat
+
+        if keep is None or observe is None:
+            return read_tracedat(file, instance=instance)
+        return read_kept(file, keep, observe, instance=instance)
+
     with open_input(path) as src:
         if src.kind == "tracedat":
-            if src.path is None:
-                return _read_spooled(src, instance)
-            from kvmtrace.parsers.tracedat import read_tracedat
-
-            return read_tracedat(src.path, instance=instance)
+            return read_file(src.path) if src.path is not None else _read_spooled(src, read_file)
         from kvmtrace.parsers.text import read_text
 
-        return read_text(src.stream, compression=src.kind, strict=strict, name=src.name)
+        data = read_text(src.stream, compression=src.kind, strict=strict, name=src.name)
+    if observe is not None:
+        observe(data)
+    return data

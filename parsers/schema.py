@@ -23,9 +23,10 @@ to tell "not in this trace" (null, with a reason in the metadata) from "zero".
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 #: Columns every per-event table and the ``events`` table start with, in this order.
@@ -166,6 +167,48 @@ class TraceData:
     instances: dict[str, TraceData] = field(default_factory=dict)  # other buffers, by name
     #: Text readers: (line number, reason) for every line skipped; empty for binary input.
     skipped: list[tuple[int, str]] = field(default_factory=list)
+    #: Events that occur but whose rows this read left out (their tables are empty, ``info`` and
+    #: the gaps still count them, ``events`` has no row of them): a read for one analysis
+    #: (:func:`kvmtrace.parsers.tracedat.reader.read_kept`). Empty for a full read.
+    left_out: frozenset[str] = frozenset()
+    #: Reads the rows of given seqs of an ``events`` table kept on disk (the same read), for
+    #: :meth:`events_at`; None: the table is in memory.
+    spilled_rows: Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]] | None = None
+
+    def events_at(self, seqs: np.ndarray, columns: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Whether each of ``seqs`` is an event of this trace, and the ``events`` table's
+        ``columns`` there (any value where it is not; a dictionary column's values, e.g. event
+        names, as an object array).
+
+        Why a method: where the table is kept on disk and mapped (a read for one analysis), a
+        lookup of many rows through the map would bring the pages it touches into the process
+        for good; reading them back with plain reads does not."""
+        seqs = np.asarray(seqs, np.int64)
+        n = self.events.num_rows
+        if self.spilled_rows is not None:  # its seqs are its row numbers
+            return (seqs >= 0) & (seqs < n), self.spilled_rows(np.clip(seqs, 0, max(n - 1, 0)), columns)
+        if not n:
+            return np.zeros(len(seqs), bool), {c: np.zeros(len(seqs), np.int64) for c in columns}
+        ev_seq = self.events.column("seq").to_numpy()
+        pos = np.clip(np.searchsorted(ev_seq, seqs), 0, n - 1)
+        out = {}
+        for c in columns:
+            col = self.events.column(c)
+            out[c] = col.take(pa.array(pos)).to_numpy(zero_copy_only=False) if pa.types.is_dictionary(col.type) \
+                else col.to_numpy()[pos]
+        return ev_seq[pos] == seqs, out
+
+    def events_in(self, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+        """How many events each seq range ``[first, last]`` holds (see :meth:`events_at`)."""
+        first, last = np.asarray(first, np.int64), np.asarray(last, np.int64)
+        counts: np.ndarray
+        if self.spilled_rows is not None:
+            n = self.events.num_rows
+            counts = np.maximum(np.clip(last + 1, 0, n) - np.clip(first, 0, n), 0)
+            return counts
+        ev_seq = self.events.column("seq").to_numpy()
+        counts = np.searchsorted(ev_seq, last, side="right") - np.searchsorted(ev_seq, first)
+        return counts
 
     def table(self, name: str) -> pa.Table:
         """The table of one event, by bare name (``kvm_mmu_set_spte``) or ``system:name``.
@@ -173,6 +216,9 @@ class TraceData:
         A name two systems share is stored bare for the first and as ``system:name`` for the
         later one, so an exact key wins before the bare-name fallback.
         """
+        if name in self.left_out or name.split(":", 1)[-1] in self.left_out:
+            raise KeyError(f"{name!r} occurs in this trace but this read kept only the events an analysis reads; "
+                           "read the file again with kvmtrace.open(path) for every event")
         if name in self.tables:
             return self.tables[name]
         bare = name.split(":", 1)[-1]

@@ -41,8 +41,13 @@ def comm_chunks(pids: Sequence[np.ndarray], cmdlines: dict[int, str]) -> list[pa
     """:func:`comm_column` of each chunk of a ``pid`` column, all with one dictionary: the comms
     of the column's distinct pids, ascending (what one chunk of the whole column would have)."""
     uniques, codes = factorize_chunks(pids)
-    names = strings([IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM) for p in uniques])
+    names = comm_names(uniques, cmdlines)
     return [pa.DictionaryArray.from_arrays(numeric(c), names) for c in codes]
+
+
+def comm_names(pids: list[int], cmdlines: dict[int, str]) -> pa.Array:
+    """The comm of each pid (a ``comm`` column's dictionary, one entry per distinct pid)."""
+    return strings([IDLE_COMM if p == 0 else cmdlines.get(p, UNKNOWN_COMM) for p in pids])
 
 
 def parse_printk(blob: bytes) -> dict[int, str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import os
 import warnings as _warnings
+from collections.abc import Callable
 
 from kvmtrace.parsers.errors import TraceWarning
 from kvmtrace.parsers.schema import TraceData
@@ -58,6 +59,26 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
     main = results.pop(wanted.name)
     main.instances = results  # the other buffers, when the top one was asked for
     return main
+
+
+def read_kept(path: str | os.PathLike[str], keep: Callable[[str, str | None], bool],
+              observe: Callable[[TraceData], None], *, instance: str | None = None,
+              events_per_window: int = WHOLE_READ_WINDOW, pages_per_run: int | None = None) -> TraceData:
+    """One buffer instance with only the rows of the events ``keep(name, system)`` accepts.
+
+    Each window is first shown whole to ``observe`` (an analysis gathers there what it needs of
+    the other events), then only its kept rows are held. The result is what :func:`read_tracedat`
+    gives, less the other events' rows: their tables are empty (``TraceData.left_out`` names them;
+    ``info`` still counts them), the ``events`` table has the kept rows with their own seqs.
+    Memory: the kept rows, plus one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
+    """
+    if events_per_window < 1:
+        raise ValueError("events_per_window must be at least 1")
+    spath = os.fspath(path)
+    with open_file(spath) as f:
+        meta, size = open_meta(f, spath)
+        spec = meta.spec(instance)
+        return _WindowReader(f, size, meta, spec, events_per_window, pages_per_run).kept(keep, observe)
 
 
 def read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec,

@@ -103,11 +103,15 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
     return with_system_tables(tables, catalog), counts, unknown
 
 
-def with_system_tables(present: dict[str, pa.Table], catalog: FormatCatalog) -> dict[str, pa.Table]:
+def with_system_tables(present: dict[str, pa.Table], catalog: FormatCatalog,
+                       left_out: frozenset[str] = frozenset()) -> dict[str, pa.Table]:
     """The tables of the events that occur, by event id, then an empty table for every other event
-    of their systems (so ``table("kvm_mmu_zap_page")`` exists, with 0 rows, when kvmmmu was on)."""
+    of their systems (so ``table("kvm_mmu_zap_page")`` exists, with 0 rows, when kvmmmu was on).
+    ``left_out``: events that occur but whose rows a read did not keep (empty tables; their
+    systems count too)."""
     id_of = {name: event_id for event_id, name in catalog.table_names.items()}
-    tables = {name: present[name] for name in sorted(present, key=id_of.__getitem__)}
+    tables = {name: present[name] if name in present else empty_table(event_schema(catalog.format(id_of[name])))
+              for name in sorted({*present, *left_out}, key=id_of.__getitem__)}
     systems = {catalog.system(id_of[name]) for name in tables}
     for event_id in catalog.ids_of_systems(systems):
         name = catalog.table_names[event_id]
@@ -161,15 +165,23 @@ def events_table(ts: np.ndarray, cpu: np.ndarray, pid: np.ndarray, event_id: np.
     """The ``events`` table (its first row has seq ``first_seq``); an id without a format file
     shows as ``<unknown>`` (null system)."""
     ids, codes = factorize(event_id)
-    names = [catalog.table_names.get(i, UNKNOWN_EVENT) for i in ids]
-    systems = [catalog.system(i) if i in catalog else None for i in ids]
-    system_names = sorted({s for s in systems if s is not None})
-    sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
+    names, system_names, sys_index = event_dictionaries(ids, catalog)
     row_sys = sys_index[codes]
     return pa.Table.from_arrays(
         [numeric(np.arange(first_seq, first_seq + len(ts), dtype=np.int64)), numeric(ts), numeric(cpu), numeric(pid),
          comm_column(pid, cmdlines),
-         pa.DictionaryArray.from_arrays(numeric(codes), strings(names)),
-         pa.DictionaryArray.from_arrays(numeric(np.maximum(row_sys, 0), mask=row_sys < 0), strings(system_names))],
+         pa.DictionaryArray.from_arrays(numeric(codes), names),
+         pa.DictionaryArray.from_arrays(numeric(np.maximum(row_sys, 0), mask=row_sys < 0), system_names)],
         schema=EVENTS_SCHEMA,
     )
+
+
+def event_dictionaries(ids: list[int], catalog: FormatCatalog) -> tuple[pa.Array, pa.Array, np.ndarray]:
+    """For the distinct event ids of an ``events`` table (ascending): the ``event`` column's
+    dictionary, the ``system`` column's (its systems, sorted), and each id's code in the latter
+    (-1: no format file, a null system)."""
+    names = [catalog.table_names.get(i, UNKNOWN_EVENT) for i in ids]
+    systems = [catalog.system(i) if i in catalog else None for i in ids]
+    system_names = sorted({s for s in systems if s is not None})
+    sys_index = np.array([system_names.index(s) if s is not None else -1 for s in systems] or [0], np.int32)
+    return strings(names), strings(system_names), sys_index

@@ -42,7 +42,7 @@ import dataclasses
 import io
 import os
 import warnings as _warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,6 +60,7 @@ from kvmtrace.parsers.tracedat.merge import Merged, to_ns
 from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, open_meta, unknown_note
 from kvmtrace.parsers.tracedat.metadata import comm_chunks
 from kvmtrace.parsers.tracedat.pages import PageData, walk
+from kvmtrace.parsers.tracedat.spill import SpilledEvents
 from kvmtrace.parsers.tracedat.streams import PAD, StreamPlan, decompress_stream, plan_streams
 from kvmtrace.parsers.tracedat.tables import event_tables, events_table, with_system_tables
 
@@ -244,20 +245,36 @@ class _Joined:
     Two things are rebuilt: ``comm``, so that every chunk shares the one dictionary the
     whole-file read gives the column (the comms of its distinct pids, ascending), and the
     ``events`` table, built once from the records' joined columns: consumers look seqs up in
-    it and read its columns as numpy arrays, which only one chunk gives without a copy."""
+    it and read its columns as numpy arrays, which only one chunk gives without a copy.
 
-    def __init__(self) -> None:
+    With ``keep`` (a read for one analysis), only the tables of those events are held, the
+    others are named in ``left_out``, and the records go to disk as they come
+    (:class:`kvmtrace.parsers.tracedat.spill.SpilledEvents`), from where the ``events`` table is
+    mapped back whole."""
+
+    def __init__(self, keep: frozenset[str] | None = None) -> None:
+        self.keep = keep
         self.parts: dict[str, list[pa.Table]] = {}
         self.records: tuple[list[np.ndarray], ...] = ([], [], [], [])  # ts, cpu, pid, event_id
+        #: where only some events' rows are kept, every record still has its ``events`` row: on disk
+        self.spilled = SpilledEvents() if keep is not None else None
+        self.left_out: set[str] = set()  # events that occur but whose rows are not kept
         self.gap_parts: list[pa.Table] = []
 
     def add(self, part: _Part) -> None:
-        for name, table in part.tables.items():
+        tables = part.tables
+        if self.keep is not None:
+            self.left_out.update(n for n, t in tables.items() if t.num_rows and n not in self.keep)
+            tables = {n: t for n, t in tables.items() if n in self.keep}
+        for name, table in tables.items():
             held = self.parts.setdefault(name, [])
             if table.num_rows:
                 held.append(table)
-        for held_records, array in zip(self.records, part.records):
-            held_records.append(array)
+        if self.spilled is not None:
+            self.spilled.add(part.first_seq, *part.records)
+        else:
+            for held_records, array in zip(self.records, part.records):
+                held_records.append(array)
         if part.gaps.num_rows:
             self.gap_parts.append(part.gaps)
 
@@ -269,12 +286,18 @@ class _Joined:
             field = held[0].schema.field(_COMM)
             comms = comm_chunks([t.column(_PID).chunk(0).to_numpy() for t in held], cmdlines)
             present[name] = pa.concat_tables([t.set_column(_COMM, field, c) for t, c in zip(held, comms)])
-        return with_system_tables(present, catalog)
+        return with_system_tables(present, catalog, frozenset(self.left_out))
 
     def joined_records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``ts, cpu, pid, event_id`` of every record, each joined and its pieces let go."""
         ts, cpu, pid, event_id = (self._join_records(i) for i in range(4))
         return ts, cpu, pid, event_id
+
+    def events(self, catalog: FormatCatalog, cmdlines: dict[int, str]) -> pa.Table:
+        """The ``events`` table, built once from the records' joined columns (or the spilled ones)."""
+        if self.spilled is not None:
+            return self.spilled.table(catalog, cmdlines)
+        return events_table(*self.joined_records(), catalog, cmdlines)
 
     def _join_records(self, i: int) -> np.ndarray:
         held = self.records[i]
@@ -339,16 +362,31 @@ class _WindowReader:
         Why (for a large buffer, :mod:`kvmtrace.parsers.tracedat.reader`): decoding a window at a
         time bounds the pages, records and merge arrays held to one window's.
         """
-        joined = _Joined()
+        return self._join(_Joined())
+
+    def kept(self, keep: Callable[[str, str | None], bool], observe: Callable[[TraceData], None]) -> TraceData:
+        """The buffer with only the rows of the events ``keep(name, system)`` accepts, joined
+        from windows each of which ``observe`` sees whole first
+        (:func:`kvmtrace.parsers.tracedat.reader.read_kept`)."""
+        catalog = self.meta.catalog
+        return self._join(_Joined(frozenset(name for i, name in catalog.table_names.items()
+                                            if keep(name, catalog.system(i)))), observe)
+
+    def _join(self, joined: _Joined, observe: Callable[[TraceData], None] | None = None) -> TraceData:
         info: TraceInfo | None = None
         for part in self._parts():
+            if observe is not None:
+                observe(self._window(part))
             joined.add(part)
             info = part.info
+        release_freed_memory()  # the windows' decode buffers: Arrow's allocations will not reuse them
         assert info is not None  # _parts yields at least the last window
         meta = self.meta
         tables = joined.tables(meta.catalog, meta.cmdlines)
-        events = events_table(*joined.joined_records(), meta.catalog, meta.cmdlines)
-        return TraceData(info=info, events=events, tables=tables, gaps=joined.gaps())
+        events = joined.events(meta.catalog, meta.cmdlines)
+        return TraceData(info=info, events=events, tables=tables, gaps=joined.gaps(),
+                         left_out=frozenset(joined.left_out),
+                         spilled_rows=joined.spilled.rows_at if joined.spilled is not None else None)
 
     def _parts(self) -> Iterator[_Part]:
         yielded = False
