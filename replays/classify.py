@@ -12,7 +12,9 @@ import numpy as np
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.replays import memslots as ms
+from kvmtrace.replays.digest import Digest, digest_of
 from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, model_input, role_words
+from kvmtrace.replays.needs import FAULT_EVENT
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
@@ -51,14 +53,11 @@ ACC_ALL = 7
 #: (mmu_alloc_direct_roots, root level PT32E: ``mmu_alloc_root(vcpu, i << (30 - PAGE_SHIFT), 0,
 #: PT32_ROOT_LEVEL)`` for i in 0..3).
 PAE_QUADRANT_GFNS = frozenset(i << 18 for i in range(4))
-#: Walk events: FNAME(walk_addr) of the guest page-table walker.
-WALK_EVENTS = ("kvm_mmu_pagetable_walk", "kvm_mmu_paging_element", "kvm_mmu_set_accessed_bit",
-               "kvm_mmu_set_dirty_bit", "kvm_mmu_walker_error")
 #: Fewest faults for "every fault followed a walk" to count.
 MIN_FAULTS = 16
 
 
-def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]:
+def detect_mmu(data: TraceData, profile: KernelProfile, digest: Digest | None = None) -> tuple[str, list[str]]:
     """Which MMU produced the trace, and the sentences the decision rests on (for the report).
 
     In order: TDP MMU SPTE changes prove the TDP MMU. Otherwise role bits decide, because the
@@ -71,7 +70,8 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
     alone does not tell the two apart. Text prints only some role bits: the decision then uses
     the carried ones (it needs ``direct``, ``level`` and ``access``) and its evidence names the
     others. Without them, a guest page-table walk before every fault tells shadow paging, and
-    EPT-format leaf SPTEs tell TDP on Intel."""
+    EPT-format leaf SPTEs tell TDP on Intel. ``digest``: the trace's walker digest (computed from
+    ``data`` when not given)."""
 
     def rows(event: str) -> int:
         t = data.tables.get(event)
@@ -88,7 +88,7 @@ def detect_mmu(data: TraceData, profile: KernelProfile) -> tuple[str, list[str]]
         if decided is not None:
             return decided[0], decided[1] + _unprinted(words, profile)
     evidence = []
-    walked = _faults_after_walks(data)
+    walked = _faults_after_walks(data, digest if digest is not None else digest_of(data))
     if walked is not None:
         return "shadow", [walked]
     if "kvm_mmu_set_spte" in data.tables and spte_flavour(numpy_column(data.tables["kvm_mmu_set_spte"], "spte"),
@@ -199,31 +199,20 @@ def _from_roles(data: TraceData, profile: KernelProfile, events: list[str],
     return None
 
 
-def _faults_after_walks(data: TraceData) -> str | None:
+def _faults_after_walks(data: TraceData, digest: Digest) -> str | None:
     """The sentence for "every fault followed a guest page-table walk on its vCPU", or None.
 
     Shadow paging translates every faulting guest-virtual address through the guest's tables
     (FNAME(page_fault) -> FNAME(walk_addr)) before it requests an SPTE; a TDP fault arrives with
     the guest-physical address and walks nothing unless it emulates an instruction, so on a TDP
-    trace some faults always come without a walk."""
-    faults = data.tables.get("kvm_mmu_spte_requested")
-    if faults is None or faults.num_rows < MIN_FAULTS:
+    trace some faults always come without a walk. The walks are counted by the digest."""
+    faults = data.tables.get(FAULT_EVENT)
+    if faults is None or faults.num_rows < MIN_FAULTS or not digest.walker_events:
         return None
-    walks = [data.tables[e] for e in WALK_EVENTS if e in data.tables and data.tables[e].num_rows]
-    if not walks:
+    if digest.faults_after_walks != digest.faults:
         return None
-    seq = np.concatenate([numpy_column(t, "seq", np.int64) for t in [*walks, faults]])
-    pid = np.concatenate([numpy_column(t, "pid", np.int64) for t in [*walks, faults]])
-    is_walk = np.concatenate([np.ones(sum(t.num_rows for t in walks), bool), np.zeros(faults.num_rows, bool)])
-    order = np.lexsort((seq, pid))
-    pid, is_walk = pid[order], is_walk[order]
-    at = np.flatnonzero(~is_walk)
-    before = np.maximum(at - 1, 0)
-    after_walk = (at > 0) & is_walk[before] & (pid[before] == pid[at])
-    if not after_walk.all():
-        return None
-    return (f"each of the {len(at)} faults followed a guest page-table walk on its vCPU: shadow paging walks the "
-            "guest's tables before every fault, a TDP fault carries the guest-physical address")
+    return (f"each of the {digest.faults} faults followed a guest page-table walk on its vCPU: shadow paging walks "
+            "the guest's tables before every fault, a TDP fault carries the guest-physical address")
 
 
 def spte_format(data: TraceData, profile: KernelProfile, mmu: str) -> KernelProfile:

@@ -14,10 +14,13 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.checks import CHECK_IDS, SEVERITY
+from kvmtrace.replays.digest import END as DIGEST_END
+from kvmtrace.replays.digest import Digest
 from kvmtrace.replays.results import CHECKS_SCHEMA, FINDINGS_SCHEMA
 
-#: A finding's ``horizon`` when its verdict depends on everything up to the trace's end.
-END = np.iinfo(np.int64).max
+#: A finding's ``horizon`` when its verdict depends on everything up to the trace's end (also the
+#: far side of a gap no record followed).
+END = DIGEST_END
 
 
 @dataclass
@@ -74,25 +77,12 @@ class LostWindows:
     of the recording (``cpus``) with no event left may have lost its whole stream: then the window
     is the whole trace."""
 
-    def __init__(self, gaps: pa.Table, events: pa.Table, cut_short: bool = False, cpus: int = 0):
-        self.lo = np.empty(0, np.int64)
-        self.hi = np.empty(0, np.int64)
+    def __init__(self, digest: Digest, cut_short: bool = False, cpus: int = 0):
+        self.lo = digest.gap_lo  # each gap's CPU's last event before it (:mod:`kvmtrace.replays.digest`)
+        self.hi = digest.gap_hi
         self.tail: int | None = None  # first seq of the cut-short tail window's open interval
-        ev_seq = np.asarray(events.column("seq").to_numpy(), dtype=np.int64)
-        ev_cpu = events.column("cpu").to_numpy()
-        if gaps is not None and gaps.num_rows:
-            g_cpu = np.asarray(gaps.column("cpu").to_numpy(), dtype=np.int64)
-            g_seq = gaps.column("seq").fill_null(END).to_numpy().astype(np.int64)
-            self.hi = g_seq
-            self.lo = np.full(len(g_seq), -1, dtype=np.int64)
-            for cpu in np.unique(g_cpu):  # the events table is in seq order, so each CPU's seqs are sorted
-                mine = ev_seq[ev_cpu == cpu]
-                sel = g_cpu == cpu
-                i = np.searchsorted(mine, g_seq[sel]) - 1  # the CPU's last event before the gap
-                self.lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else -1, -1)
-        if cut_short and len(ev_seq):
-            seen, last = np.unique(ev_cpu[::-1], return_index=True)  # each CPU's last event
-            self.tail = int(ev_seq[len(ev_seq) - 1 - last].min()) if len(seen) >= cpus else -1
+        if cut_short and digest.cpu_last:
+            self.tail = min(digest.cpu_last.values()) if len(digest.cpu_last) >= cpus else -1
             self.lo = np.r_[self.lo, self.tail]
             self.hi = np.r_[self.hi, END]
 

@@ -40,18 +40,20 @@ def zap_all_event(data: TraceData) -> str:
     return "kvm_mmu_invalidate_zap_all_pages" if old is not None and old.num_rows else "kvm_mmu_zap_all_fast"
 
 
-def kvmmmu_events(data: TraceData, profile: KernelProfile) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seqs, pids and "is a zap" of every kvmmmu event, in seq order, from the per-event tables
-    (their schema metadata names the system; the name list covers readers that leave it out).
-    Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what a memslot ioctl emits.
+def kvmmmu_events(data: TraceData, profile: KernelProfile,
+                  leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seqs, pids and "is a zap" of every kvmmmu event (but those of ``leave_out``), in seq order,
+    from the per-event tables (their schema metadata names the system; the name list covers
+    readers that leave it out). Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what
+    a memslot ioctl emits.
 
     Most of a trace's events are kvmmmu events (the guest walker's above all), so this is built
     without a sort and a chunk of a table at a time: the seqs are marked in a bitmap (one byte
     an event of the trace) and read back in order, and each chunk's pids and zap flags are put
     at their seqs' places (a running count of the bitmap, four bytes an event). A
     concatenate-and-argsort held three seq-sized arrays at once (1.2 GB at 56 M events)."""
-    names = [name for name, t in data.tables.items()
-             if t.num_rows and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
+    names = [name for name, t in data.tables.items() if t.num_rows and name not in leave_out
+             and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
     if not names:
         return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)
     marked = np.zeros(max(int(pc.max(data.tables[name]["seq"]).as_py()) for name in names) + 1, bool)
@@ -289,7 +291,8 @@ def role_words(data: TraceData) -> RoleWords:
     return RoleWords(mask, "; ".join(notes), frozenset(forms))
 
 
-def require_events(data: TraceData) -> None:
-    """Raise a one-line TraceError when the trace has no kvmmmu events at all."""
-    if not any(t.num_rows for name, t in data.tables.items() if name in KVMMMU_EVENTS):
+def require_events(data: TraceData, walker_events: int = 0) -> None:
+    """Raise a one-line TraceError when the trace has no kvmmmu events at all (``walker_events``:
+    the guest walker's, where ``data`` does not hold their rows)."""
+    if not walker_events and not any(t.num_rows for name, t in data.tables.items() if name in KVMMMU_EVENTS):
         raise TraceError(f"{data.info.path}: no kvmmmu events in this trace; record with -e kvmmmu")

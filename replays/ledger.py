@@ -355,8 +355,6 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     """The ledger of every positioned delete, move and re-create of the replay's timeline."""
     profile = profile_of(replay)
     tdp = replay.mmu == "tdp"
-    ev_seq = data.events.column("seq").to_numpy()
-    ev_ts = data.events.column("ts").to_numpy()
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
     pg = _Pages.of(replay.shadow_pages)
     # state and reason stay categorical: as strings they were a column of every SPTE change each
@@ -373,11 +371,12 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     prow: dict[str, list[Any]] = {f.name: [] for f in PAGES_SCHEMA}
     srow: dict[str, list[Any]] = {f.name: [] for f in SPTES_SCHEMA}
 
-    def ts_of(seq: int) -> int | None:
-        i = int(np.searchsorted(ev_seq, seq))
-        return int(ev_ts[i]) if i < len(ev_seq) and ev_seq[i] == seq else None
-
     positioned = [(i, c) for i, c in enumerate(timeline) if _positioned(c)]
+    starts = np.array([c["window_start"] for _i, c in positioned], np.int64)
+    lines = np.array([c["seq"] for _i, c in positioned], np.int64)
+    start_found, start_at = data.events_at(starts, ("ts",))
+    line_found, line_at = data.events_at(lines, ("ts",))
+    window_events = data.events_in(starts, lines)
     zap_alls: list[int | None] = []
     for _i, c in positioned:
         hits = za_seq[(za_seq >= c["window_start"]) & (za_seq <= c["seq"]) & (za_pid == c["pid"])]
@@ -385,7 +384,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     removed = _removed_leaves(changes, [(c["window_start"], c["seq"], c["old_base_gfn"],
                                          c["old_base_gfn"] + c["old_npages"], za is not None)
                                         for (_i, c), za in zip(positioned, zap_alls)], tdp)
-    for (i, c), za, leaves in zip(positioned, zap_alls, removed):
+    for k, ((i, c), za, leaves) in enumerate(zip(positioned, zap_alls, removed)):
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         owners = owners_at.get((line, lo, lo + c["old_npages"]), set())
         fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])
@@ -403,7 +402,8 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                            "evidence": why if how == "traced" or why != "owning page zapped"
                            else "owning page zapped (its kvm_mmu_prepare_zap_page is traced)",
                            "in_range": inr, "sptes": cnt, "gfn_first": g0, "gfn_last": g1})
-        t0, t1 = ts_of(ws), ts_of(line)
+        t0 = int(start_at["ts"][k]) if start_found[k] else None
+        t1 = int(line_at["ts"][k]) if line_found[k] else None
         n_zapped = len(zapped)
         _append(rows, {"change": i, "seq": line, "ts": t1, "window_start": ws, "anchor": c["anchor"],
                        "pid": c["pid"], "slot": c["slot"], "slot_created_seq": created.get((c["slot"], ws)),
@@ -414,7 +414,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                        "kept_missed": sum(1 for why in fate.values() if why == KEPT_MISSED),
                        "leaf_sptes_removed": sum(group[3] for group in leaves),
                        "leaf_sptes_traced": sum(group[3] for group in leaves if group[0] == "traced"),
-                       "window_events": int(np.searchsorted(ev_seq, line, side="right") - np.searchsorted(ev_seq, ws)),
+                       "window_events": int(window_events[k]),
                        "window_ns": t1 - t0 if t0 is not None and t1 is not None else None,
                        "source": c.get("source"), "placement": c.get("placement"), "confidence": c.get("confidence")})
     return ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), pa.table(prow, schema=PAGES_SCHEMA),

@@ -20,7 +20,7 @@ told from the QEMU lines themselves, never from the lab's ``kvmlab_memslot_ioctl
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -331,13 +331,17 @@ def _overlap(c: MemslotChange, base: int, n: int) -> bool:
 
 
 def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
-                kvmmmu_zap: np.ndarray | None = None, start: Sequence[SlotLine] = ()) -> MemslotTimeline:
+                kvmmmu_zap: np.ndarray | None = None, start: Sequence[SlotLine] = (),
+                walked: Callable[[int], int] | None = None) -> MemslotTimeline:
     """Build the timeline from ``ftrace:print`` events (``buf`` column) of the trace itself.
 
     ``kvmmmu_seq``/``kvmmmu_pid``/``kvmmmu_zap`` (sorted by seq; ``zap`` marks zap events) anchor
     each change's window on the kernel side, which comes before the line (see _window_start).
     ``start`` is the layout before the trace (a layout file, :func:`parse_layout`): the lines of the
     trace apply after it, so a slot the trace moves is not taken to stay where the file put it.
+    ``walked``, where the kvmmmu arrays leave out the guest walker's events (never zaps), gives for
+    a line's seq the seq of its thread's last walker event before it (-1: none;
+    :meth:`kvmtrace.replays.digest.Digest.walked_before`).
     """
     if kvmmmu_zap is None:
         kvmmmu_zap = np.zeros(len(kvmmmu_seq), dtype=bool)
@@ -356,7 +360,8 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
             line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else parse_lab_move(buf, seq, pid)
             if line is None:
                 continue
-            ws, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
+            ws, anchor = _window_start(seq, pid, last_line.get(pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap,
+                                       walked(seq) if walked is not None else -1)
             b.add(line, ws, anchor)
             last_line[pid] = seq
         elif "kvm_clear_dirty_log" in buf:
@@ -381,22 +386,25 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
 
 
 def _window_start(seq: int, pid: int, prev_line: int | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
-                  kvmmmu_zap: np.ndarray) -> tuple[int, str]:
+                  kvmmmu_zap: np.ndarray, walked: int = -1) -> tuple[int, str]:
     """Where a change may have started. The ioctl thread is inside KVM_SET_USER_MEMORY_REGION from
     some point after its previous line until this one, and emits nothing but zaps while there; a
     single-threaded VMM's thread is also a vCPU, whose last fault bounds the ioctl's start. So:
     the first of the zaps that end the thread's events before the line, else just after the
-    thread's last other kernel event, else just after its previous line."""
+    thread's last other kernel event, else just after its previous line. ``walked``: the thread's
+    last guest-walker event before the line where the arrays leave the walker's events out."""
     lo = prev_line + 1 if prev_line is not None else 0
     i, j = np.searchsorted(kvmmmu_seq, [lo, seq])
     own = i + np.flatnonzero(kvmmmu_pid[i:j] == pid)
-    if not len(own):
+    walk = walked if walked >= lo else -1
+    if not len(own) and walk < 0:
         return lo, "previous memslot line of the same thread"
-    not_zap = np.flatnonzero(~kvmmmu_zap[own])
-    tail = own[not_zap[-1] + 1:] if len(not_zap) else own
+    not_zap = own[~kvmmmu_zap[own]]
+    last_other = max(int(kvmmmu_seq[not_zap[-1]]) if len(not_zap) else -1, walk)
+    tail = own[kvmmmu_seq[own] > last_other]
     if len(tail):
         return int(kvmmmu_seq[tail[0]]), ANCHOR_ZAPS
-    return int(kvmmmu_seq[own[-1]]) + 1, "after the ioctl thread's last vCPU event"
+    return last_other + 1, "after the ioctl thread's last vCPU event"
 
 
 def log_changes(lines: Sequence[LogLine], start: Sequence[SlotLine] = ()) -> list[LineChange]:

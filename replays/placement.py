@@ -40,6 +40,7 @@ from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.inputs import zap_all_event
+from kvmtrace.replays.needs import NOTIFIER_EVENTS
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.qemu_lines import LogLine
 from kvmtrace.replays.stream import numpy_column
@@ -57,10 +58,6 @@ MIN_SHARE = 0.9
 #: memslot generation step per swap on x86 (two address spaces; kvm_swap_active_memslots adds
 #: the number of address spaces; 2 per swap in the 6.12 recordings)
 GEN_STEP = 2
-#: MMU-notifier events (include/trace/events/kvm.h): the zaps that follow one on its thread are the
-#: VMM unmapping or aging memory, not a memslot ioctl
-_NOTIFIER_EVENTS = frozenset({"kvm_unmap_hva_range", "kvm_set_spte_hva", "kvm_age_hva", "kvm_test_age_hva",
-                              "kvm_age_gfn", "kvm_test_age_gfn", "kvm_set_spte_gfn"})
 #: events whose gfn says what they touch
 _GFN_EVENTS = ("kvm_mmu_set_spte", "kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_requested", "kvm_mmu_get_page",
                "kvm_mmu_prepare_zap_page", "mark_mmio_spte")
@@ -149,7 +146,7 @@ def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
                 gs.append(numpy_column(t, "seq", np.int64))
                 gv.append(numpy_column(t, col, np.int64))
     ns = [numpy_column(t, "seq", np.int64) for name, t in data.tables.items()
-          if name in _NOTIFIER_EVENTS and t.num_rows]
+          if name in NOTIFIER_EVENTS and t.num_rows]  # the VMM unmapping or aging memory
     zseq = _cat(zs, np.int64)
     zo = np.argsort(zseq, kind="stable")
     tseq = _cat(ts_, np.int64)

@@ -22,6 +22,7 @@ from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_polic
 from kvmtrace.replays.consequences import consequences
 from kvmtrace.replays.detectors import run_all
 from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.digest import Digest, digest_of
 from kvmtrace.replays.evidence import absent_evidence, gate
 from kvmtrace.replays.findings import LostWindows, finalize
 from kvmtrace.replays.inputs import (
@@ -39,6 +40,7 @@ from kvmtrace.replays.inputs import (
 )
 from kvmtrace.replays.journal import Journal
 from kvmtrace.replays.leaf_proof import leaf_evidence
+from kvmtrace.replays.needs import WALK_EVENTS
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.placement import facts_from
 from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
@@ -50,15 +52,19 @@ from kvmtrace.replays.whatif import whatif
 
 
 def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, Any] | None = None,
-           qemu_log_lines: list[str] | None = None, zap_rule: str | None = None) -> ReplayResult:
+           qemu_log_lines: list[str] | None = None, zap_rule: str | None = None,
+           digest: Digest | None = None) -> ReplayResult:
     """Replay ``data`` against the simulated MMU.
 
     ``kernel`` overrides the trace's kernel release; ``memslots`` is a parsed ``--memslots`` JSON
     layout; ``qemu_log_lines`` the lines of a QEMU ``-trace`` log (the caller reads the file);
     ``zap_rule`` names a memslot-removal rule (``eras.RULES``) to check instead of the kernel's own,
-    e.g. the never-merged 2019 proposal ``level_mask_2019``.
+    e.g. the never-merged 2019 proposal ``level_mask_2019``. ``digest``: what the replay needs of
+    the events ``data`` may leave out (:mod:`kvmtrace.replays.digest`), where the trace was read in
+    windows keeping only :mod:`kvmtrace.replays.needs`' events; computed from ``data`` otherwise.
     """
-    require_events(data)
+    digest = digest if digest is not None else digest_of(data)
+    require_events(data, digest.walker_events)
     assumptions: list[str] = []
     limits: list[str] = []
     if kernel is None and data.info.kernel is None:
@@ -66,11 +72,11 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         assumptions.append(f"the trace names no kernel (pass --kernel to say it); {why}: {profile.name}")
     else:
         profile = profile_for(kernel or data.info.kernel)
-    mmu, mmu_evidence = detect_mmu(data, profile)
+    mmu, mmu_evidence = detect_mmu(data, profile, digest)
     assumptions.append(f"MMU {mmu}, decided from the trace: " + "; ".join(mmu_evidence))
     profile = spte_format(data, profile, mmu)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
-    timeline, kvmmmu_count = _timeline(data, profile, memslots, qemu_log_lines)
+    timeline, kvmmmu_count = _timeline(data, profile, memslots, qemu_log_lines, digest)
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
@@ -90,7 +96,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
                   zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data))
-    lost = LostWindows(data.gaps, data.events, data.info.cut_short, data.info.cpus)
+    lost = LostWindows(digest, data.info.cut_short, data.info.cpus)
     if len(lost.lo) > (lost.tail is not None):
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
                       "are warnings, not errors")
@@ -130,22 +136,24 @@ def decoded_table(data: TraceData, event: str, kernel: str | None = None) -> pa.
 
 
 def _timeline(data: TraceData, profile: KernelProfile, layout: dict[str, Any] | None,
-              lines: list[str] | None) -> tuple[ms.MemslotTimeline, int]:
+              lines: list[str] | None, digest: Digest) -> tuple[ms.MemslotTimeline, int]:
     """The memslot timeline, and how many kvmmmu events the trace has. The layout file (if any)
     is the starting layout; the trace's own lines, or a QEMU log's (placed on the trace by the
     kernel's response to each), apply after it.
 
-    The kvmmmu events' seqs, pids and zap flags (13 bytes an event, most of a trace's events)
-    only anchor the memslot lines, so they are let go here rather than held through the model
-    run (0.5 GB of a 56 M-event recording's peak)."""
-    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
+    The kvmmmu events' seqs, pids and zap flags only anchor the memslot lines, so they are let go
+    here rather than held through the model run. The trace's own lines need of the guest
+    walker's events (never zaps; most of a trace) only each line's thread's last one, which the
+    digest has; a QEMU log's lines are placed anywhere, so that path takes them all."""
     start = ms.parse_layout(layout) if layout is not None else []
     if lines is not None:
+        kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
         return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start), len(kv_seq)
-    tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start)
+    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, frozenset(WALK_EVENTS))
+    tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start, digest.walked_before)
     if layout is not None and len(tl.changes) == len(start):
         tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")
-    return tl, len(kv_seq)
+    return tl, len(kv_seq) + digest.walker_events
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:

@@ -10,6 +10,7 @@ import pytest
 from conftest import NESTED, SAMPLES
 
 import kvmtrace
+from kvmtrace.replays.digest import digest_of
 from kvmtrace.replays.ledger import KEPT_BY_RULE, profile_of
 from kvmtrace.replays.replay import _timeline
 
@@ -80,7 +81,7 @@ def test_memslot_window_end_is_the_timelines(path, qemu_log):
     analysis = kvmtrace.open(path).analyze(qemu_log=qemu_log)
     data, profile = analysis.trace.data, profile_of(analysis.replay)
     lines = None if qemu_log is None else qemu_log.read_text().splitlines()
-    timeline, _ = _timeline(data, profile, None, lines)
+    timeline, _ = _timeline(data, profile, None, lines, digest_of(data))
     assert timeline.table().equals(analysis.replay.memslots)
     unbounded = np.iinfo(np.int64).max  # an unplaced line's window: the whole trace
     expected = [None if c.window_end == unbounded else c.window_end for c in timeline.changes]

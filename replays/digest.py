@@ -1,0 +1,192 @@
+"""What the replay reads from every event of a trace, gathered a window at a time.
+
+Most of a long trace's events are the guest page-table walker's (35 M of the 56 M events of the
+lab's long recording) and every event has a row in the ``events`` table, yet the replay asks
+those rows only a few questions, each answered by a scan in ``seq`` order with a little state
+carried per thread or CPU:
+
+- for each ``print`` row (a memslot line), the seq of its thread's last walker event before it:
+  the memslot update window starts after the thread's last non-zap kvmmmu event
+  (:func:`kvmtrace.replays.memslots.from_prints`), and walker events are never zaps;
+- how many ``kvm_mmu_spte_requested`` faults followed a guest page-table walk on their thread
+  (the shadow-paging sign of :func:`kvmtrace.replays.classify.detect_mmu`);
+- for each lost-event gap, its CPU's last event before it, and each CPU's last event
+  (:class:`kvmtrace.replays.findings.LostWindows`);
+- how many walker events there are (they count as kvmmmu events explained without a model step).
+
+So a trace read in windows keeps only the tables the replay and report read in full
+(:mod:`kvmtrace.replays.needs`), and :class:`DigestBuilder` sees every window once. A trace in
+memory is one window (:func:`digest_of`): both paths answer through the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.needs import FAULT_EVENT, PRINT_EVENT, WALK_EVENTS
+from kvmtrace.replays.stream import numpy_column
+
+#: The gap side of a window that no record followed (a CPU's stream ended in lost events).
+END = np.iinfo(np.int64).max
+#: Events per window of :func:`digest_of` (as a long trace.dat's windowed read).
+WINDOW = 1 << 21
+
+_WALK, _FAULT, _PRINT = 0, 1, 2
+
+
+@dataclass
+class Digest:
+    """The answers (module docstring). Seqs are the trace's; -1 means "none"."""
+
+    walker_events: int = 0
+    #: ``print`` seqs (ascending) and, for each, its thread's last walker event before it
+    print_seq: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    walk_before_print: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    faults: int = 0
+    faults_after_walks: int = 0
+    #: per lost-event gap: its CPU's last event before it (``lo``) and the first seq after it
+    #: (``hi``; END where no record followed)
+    gap_lo: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    gap_hi: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    #: CPU -> its last event's seq; ``events``: every event seen
+    cpu_last: dict[int, int] = field(default_factory=dict)
+    events: int = 0
+
+    def walked_before(self, print_seq: int) -> int:
+        """The seq of the last walker event of ``print_seq``'s thread before it (-1: none)."""
+        i = int(np.searchsorted(self.print_seq, print_seq))
+        if i < len(self.print_seq) and self.print_seq[i] == print_seq:
+            return int(self.walk_before_print[i])
+        return -1
+
+
+class DigestBuilder:
+    """Builds a :class:`Digest` from windows given in seq order, carrying per thread its last
+    walker event and whether its last walk-or-fault was a walk, and per CPU its last event."""
+
+    def __init__(self) -> None:
+        self.digest = Digest()
+        self._last_walk: dict[int, int] = {}  # pid -> seq of its last walker event
+        self._walked: dict[int, bool] = {}  # pid -> its last walk-or-fault was a walk
+        self._prints: list[tuple[np.ndarray, np.ndarray]] = []
+        self._gaps: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def add(self, window: TraceData) -> None:
+        d = self.digest
+        walks = [window.tables[e] for e in WALK_EVENTS if e in window.tables and window.tables[e].num_rows]
+        d.walker_events += sum(t.num_rows for t in walks)
+        faults = window.tables.get(FAULT_EVENT)
+        prints = window.tables.get(PRINT_EVENT)
+        self._threads(walks, faults if faults is not None and faults.num_rows else None,
+                      prints if prints is not None and prints.num_rows else None)
+        self._cpus(window.events, window.gaps)
+
+    def _threads(self, walks: list[pa.Table], faults: pa.Table | None, prints: pa.Table | None) -> None:
+        """Walks, faults and prints of one window, in (thread, seq) order."""
+        parts = [(t, _WALK) for t in walks] + [(t, k) for t, k in ((faults, _FAULT), (prints, _PRINT)) if t is not None]
+        if not parts:
+            return
+        seq = np.concatenate([numpy_column(t, "seq", np.int64) for t, _ in parts])
+        pid = np.concatenate([numpy_column(t, "pid", np.int64) for t, _ in parts])
+        kind = np.concatenate([np.full(t.num_rows, k, np.int8) for t, k in parts])
+        order = np.lexsort((seq, pid))
+        seq, pid, kind = seq[order], pid[order], kind[order]
+        del order
+        starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
+        group = np.cumsum(np.r_[False, pid[1:] != pid[:-1]])
+        carried = np.array([self._last_walk.get(p, -1) for p in pid[starts].tolist()], np.int64)
+        # each row's thread's last walk up to it: a running maximum that restarts at each thread
+        # (offset by thread so that one thread's walks never reach the next one's rows)
+        span = int(seq.max()) + 2
+        walk_key = np.where(kind == _WALK, seq, -1) + group * span
+        last_walk = np.maximum.accumulate(np.maximum(walk_key, carried[group] + group * span)) - group * span
+        if prints is not None:
+            at = kind == _PRINT
+            self._prints.append((seq[at], last_walk[at]))
+        ends = np.r_[starts[1:], len(seq)] - 1
+        for p, w in zip(pid[starts].tolist(), last_walk[ends].tolist()):
+            if w >= 0:
+                self._last_walk[p] = w
+        if faults is not None or walks:
+            self._faults_after_walks(pid, kind)
+
+    def _faults_after_walks(self, pid: np.ndarray, kind: np.ndarray) -> None:
+        """Count faults whose thread's previous walk-or-fault (prints aside) was a walk."""
+        keep = kind != _PRINT
+        pid, walk = pid[keep], kind[keep] == _WALK
+        if not len(pid):
+            return
+        first = np.r_[True, pid[1:] != pid[:-1]]
+        prev_walk = np.r_[False, walk[:-1]]
+        starts = np.flatnonzero(first)
+        prev_walk[starts] = [self._walked.get(p, False) for p in pid[starts].tolist()]
+        fault = ~walk
+        self.digest.faults += int(fault.sum())
+        self.digest.faults_after_walks += int((fault & prev_walk).sum())
+        ends = np.r_[starts[1:], len(pid)] - 1
+        for p, w in zip(pid[starts].tolist(), walk[ends].tolist()):
+            self._walked[p] = bool(w)
+
+    def _cpus(self, events: pa.Table, gaps: pa.Table) -> None:
+        """Each gap's CPU's last event before it, and each CPU's last event so far."""
+        d = self.digest
+        ev_seq = numpy_column(events, "seq", np.int64)
+        ev_cpu = numpy_column(events, "cpu", np.int16)
+        d.events += len(ev_seq)
+        if gaps is not None and gaps.num_rows:
+            g_cpu = numpy_column(gaps, "cpu", np.int64)
+            g_seq = gaps.column("seq").fill_null(END).to_numpy().astype(np.int64)
+            lo = np.full(len(g_seq), -1, np.int64)
+            for cpu in np.unique(g_cpu).tolist():
+                mine = ev_seq[ev_cpu == cpu]  # events are in seq order, so each CPU's seqs are sorted
+                sel = g_cpu == cpu
+                i = np.searchsorted(mine, g_seq[sel]) - 1  # the CPU's last event before the gap
+                before = d.cpu_last.get(cpu, -1)
+                lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else before, before)
+            self._gaps.append((lo, g_seq))
+        if len(ev_seq):
+            rev_cpu, last = np.unique(ev_cpu[::-1], return_index=True)
+            for cpu, s in zip(rev_cpu.tolist(), ev_seq[len(ev_seq) - 1 - last].tolist()):
+                d.cpu_last[cpu] = s
+
+    def finish(self) -> Digest:
+        d = self.digest
+        if self._prints:
+            d.print_seq = np.concatenate([s for s, _ in self._prints])
+            d.walk_before_print = np.concatenate([w for _, w in self._prints])
+            order = np.argsort(d.print_seq, kind="stable")
+            d.print_seq, d.walk_before_print = d.print_seq[order], d.walk_before_print[order]
+        if self._gaps:
+            d.gap_lo = np.concatenate([lo for lo, _ in self._gaps])
+            d.gap_hi = np.concatenate([hi for _, hi in self._gaps])
+        self._prints, self._gaps = [], []
+        return d
+
+
+def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
+    """The digest of a trace held in memory, taken a seq range at a time (the same windows a
+    windowed read gives), so that its merges hold one window's arrays, not the trace's."""
+    b = DigestBuilder()
+    names = [e for e in (*WALK_EVENTS, FAULT_EVENT, PRINT_EVENT) if e in data.tables]
+    seqs = {name: numpy_column(data.tables[name], "seq", np.int64) for name in names}
+    ev_seq = numpy_column(data.events, "seq", np.int64)
+    gap_seq = data.gaps.column("seq").fill_null(END).to_numpy().astype(np.int64) if data.gaps.num_rows \
+        else np.empty(0, np.int64)
+    last = int(ev_seq[-1]) + 1 if len(ev_seq) else 0
+    for lo in range(0, max(last, 1), events_per_window):
+        hi = lo + events_per_window if lo + events_per_window < last else END  # the last takes the open gaps
+        in_window = (gap_seq >= lo) & ((gap_seq < hi) | (hi == END))
+        b.add(TraceData(info=data.info, events=_rows(data.events, ev_seq, lo, hi),
+                        tables={name: _rows(data.tables[name], seqs[name], lo, hi) for name in names},
+                        gaps=data.gaps.filter(pa.array(in_window)) if len(gap_seq) else data.gaps))
+    return b.finish()
+
+
+def _rows(table: pa.Table, seq: np.ndarray, lo: int, hi: int) -> pa.Table:
+    """The rows of a table in seq order with ``lo <= seq < hi`` (a slice: no copy)."""
+    a, z = np.searchsorted(seq, [lo, hi])
+    return table.slice(int(a), int(z - a))
