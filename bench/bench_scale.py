@@ -7,7 +7,8 @@ No recording: the long traces are HAND-MADE from a real one (default: ``bench/ou
 if it was recorded, else the largest sample), its pages repeated per CPU with their time stamps
 moved past the previous copy (``tests/tracedat_builder.repeated_tracedat``): N copies read as N
 runs of the same workload back to back, with every memslot change N times. Each analysis runs in
-a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, text report);
+a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, text report;
+``--keep all`` reads every event instead of what the analysis reads, ``kvmtrace.open``'s ``keep``);
 its peak RSS is the process's own ``VmHWM``. With ``--baseline COMMIT`` the same runs use the
 code of an earlier commit too (``bench_stream.checkout``), interleaved with the current code.
 ``--trace`` measures the given traces as they are instead (real long recordings:
@@ -39,7 +40,11 @@ import json, sys, time, warnings
 warnings.simplefilter("ignore")
 import kvmtrace
 t0, c0 = time.perf_counter(), time.process_time()
-a = kvmtrace.open(sys.argv[1]).analyze()
+try:  # what `kvmtrace analyze` reads; code older than keep= (a --baseline commit) reads everything
+    t = kvmtrace.open(sys.argv[1], keep=sys.argv[2])
+except TypeError:
+    t = kvmtrace.open(sys.argv[1])
+a = t.analyze()
 text = a.report("text")
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 with open("/proc/self/status") as f:
@@ -54,12 +59,12 @@ def _source() -> Path:
     return bench if bench.exists() else max((REPO / "sample_traces").glob("*.dat"), key=lambda p: p.stat().st_size)
 
 
-def run(trace: Path, pythonpath: Path | None) -> dict:
+def run(trace: Path, pythonpath: Path | None, keep: str = "analysis") -> dict:
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     # cwd: not the repository, whose kvmtrace/ would come first on the child's path
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(trace)], capture_output=True, text=True, env=env,
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep], capture_output=True, text=True, env=env,
                           cwd=trace.parent)
     if done.returncode:
         raise SystemExit(f"analyze {trace} failed:\n{done.stderr[-3000:]}")
@@ -76,6 +81,8 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="also run the code of this commit")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--trace", type=Path, nargs="+", default=None, help="measure these traces, no repetition")
+    ap.add_argument("--keep", choices=("analysis", "all"), default="analysis",
+                    help="what the analysis reads: what `kvmtrace analyze` reads (default), or every event")
     args = ap.parse_args()
     source = args.source or _source()
     with tempfile.TemporaryDirectory(prefix="kvmtrace-scale-") as tmp:
@@ -94,7 +101,8 @@ def main() -> None:
                     repeated_tracedat(source, traces[0], copies, compression="zstd")
             for trace in traces:
                 for name, code in codes.items():
-                    best = min((run(trace.resolve(), code) for _ in range(args.runs)), key=lambda r: r["cpu"])
+                    best = min((run(trace.resolve(), code, args.keep) for _ in range(args.runs)),
+                               key=lambda r: r["cpu"])
                     ev = best["events"]
                     print(f"| {name} | {copies or trace.name} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "
                           f"{ev / best['cpu'] / 1e6:.2f} M | {best['rss_peak_kb'] / 1024:.0f} MiB | "

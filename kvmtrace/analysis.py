@@ -35,6 +35,7 @@ from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.select import Selection, select
 from kvmtrace.replays import replay as run_replay
 from kvmtrace.replays.checks import Severity
+from kvmtrace.replays.digest import Digest
 from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, render_diff, tables
@@ -317,13 +318,15 @@ def analyze(
     until: float | None = None,
     cpus: int | Iterable[int] | None = None,
     zap_rule: str | None = None,
+    digest: Digest | None = None,
 ) -> Analysis:
-    """Replay ``trace`` and select what to report (see :meth:`kvmtrace.api.Trace.analyze`)."""
+    """Replay ``trace`` and select what to report (see :meth:`kvmtrace.api.Trace.analyze`;
+    ``digest``: what a read for analysis gathered of the events it left out)."""
     selection = selection_of(since, until, cpus)
     lines = read_qemu_log(qemu_log) if qemu_log is not None else None
     layout = read_memslots(memslots) if memslots is not None else None
     extra: dict[str, Any] = {} if zap_rule is None else {"zap_rule": zap_rule}
-    result = run_replay(trace.data, kernel=kernel, memslots=layout, qemu_log_lines=lines, **extra)
+    result = run_replay(trace.data, kernel=kernel, memslots=layout, qemu_log_lines=lines, digest=digest, **extra)
     return Analysis(trace, result, selection)
 
 

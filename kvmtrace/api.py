@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import polars as pl
 import pyarrow as pa
@@ -19,7 +19,10 @@ import pyarrow as pa
 from kvmtrace.analysis import Analysis, analyze, convert_table
 from kvmtrace.dataset import write_dataset
 from kvmtrace.parsers import read as read_trace
+from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData, TraceInfo
+from kvmtrace.replays.digest import Digest, DigestBuilder
+from kvmtrace.replays.needs import keeps
 from kvmtrace.report import trace_html
 from kvmtrace.report.output import atomic_dir, refuse_inputs
 
@@ -28,16 +31,24 @@ if TYPE_CHECKING:
 
 
 class Trace:
-    """One buffer instance of one recording, decoded."""
+    """One buffer instance of one recording, decoded (``digest``: what a read for analysis
+    gathered of the events whose rows it left out; see :func:`open`)."""
 
-    def __init__(self, data: TraceData, path: str):
+    def __init__(self, data: TraceData, path: str, digest: Digest | None = None):
         self._data = data
         self.path = path
+        self._digest = digest
 
     @property
     def data(self) -> TraceData:
         """The reader's output (Arrow tables and metadata), for the replay and for exact work."""
         return self._data
+
+    @property
+    def digest(self) -> Digest | None:
+        """What a read for analysis (``open(..., keep="analysis")``) gathered of the events whose
+        rows it left out, for :func:`kvmtrace.replays.replay`; None after a full read."""
+        return self._digest
 
     @property
     def info(self) -> TraceInfo:
@@ -47,7 +58,7 @@ class Trace:
     def event_names(self) -> list[str]:
         """Events that occur in the trace. Every other event of their systems still has an empty
         table under its name (``table("kvm_exit")`` works on a trace where it never fired)."""
-        return sorted(name for name, t in self._data.tables.items() if t.num_rows)
+        return sorted(name for name, t in self._data.tables.items() if t.num_rows or name in self._data.left_out)
 
     @property
     def events(self) -> pl.DataFrame:
@@ -96,8 +107,12 @@ class Trace:
           *report*. The replay always runs over the whole trace.
         - ``zap_rule``: the per-slot zap rule to assume, by name (see ``kvmtrace.replays``).
         """
+        if self._data.left_out and (qemu_log is not None or since is not None or until is not None
+                                    or cpus is not None):
+            raise TraceError("a QEMU log or a selection (since, until, cpus) needs every event of the trace, and this "
+                             "trace was opened for analysis only", hint="open it with kvmtrace.open(path)")
         return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
-                       cpus=cpus, zap_rule=zap_rule)
+                       cpus=cpus, zap_rule=zap_rule, digest=self._digest)
 
     def to_pandas(self, name: str | None = None) -> pd.DataFrame:
         """One event's rows (or, without ``name``, the ``events`` table) as a pandas DataFrame.
@@ -115,6 +130,9 @@ class Trace:
         the end, so an error half-way leaves ``outdir`` as it was. A folder that is not empty is
         refused unless ``force``, which replaces the whole dataset (two traces never mix).
         """
+        if self._data.left_out:
+            raise TraceError(f"{self.path} was opened for analysis only: {len(self._data.left_out)} event(s) were "
+                             "not kept, so a dataset would miss them", hint="open it with kvmtrace.open(path)")
         out = Path(outdir)
         refuse_inputs(out, [self.path], param="outdir")
         with atomic_dir(out, force=force) as tmp:
@@ -131,7 +149,24 @@ class Trace:
         return f"<Trace {self.path!r} {i.source} v{i.version} kernel={i.kernel} events={i.total_events}>"
 
 
-def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False) -> Trace:
-    """Open a trace.dat or ftrace text file (format decided by content)."""
-    data = read_trace(path, instance=instance, strict=strict)
-    return Trace(data, os.fspath(path))
+def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False,
+         keep: Literal["all", "analysis"] = "all") -> Trace:
+    """Open a trace.dat or ftrace text file (format decided by content).
+
+    ``keep="analysis"`` reads for :meth:`Trace.analyze` only, in memory that grows with the
+    events the replay reads rather than with the trace: a trace.dat is decoded in windows, the
+    rows of the events the replay and its report read are kept (:mod:`kvmtrace.replays.needs`)
+    and the others are only digested (:mod:`kvmtrace.replays.digest`; the guest page-table
+    walker's events are most of a shadow-paged trace). The analysis is the same as after a full
+    read; the other events' tables are empty and ``table()`` refuses them, other buffer
+    instances are not read, and what needs every event (a QEMU log or a selection for
+    ``analyze``, ``to_parquet``) is refused. The ``events`` table has every row: it lies in an
+    unlinked temporary file (36 bytes an event, in ``TMPDIR``) and is mapped back.
+    """
+    if keep == "all":
+        return Trace(read_trace(path, instance=instance, strict=strict), os.fspath(path))
+    if keep != "analysis":
+        raise ValueError(f"keep={keep!r}: choose 'all' or 'analysis'")
+    digest = DigestBuilder()
+    data = read_trace(path, instance=instance, strict=strict, keep=keeps, observe=digest.add)
+    return Trace(data, os.fspath(path), digest.finish())

@@ -53,11 +53,13 @@ def _selection_words(since: float | None, until: float | None, cpus: Iterable[in
 
 def reported(sel: Selection, shown: pa.Table, whole: pa.Table) -> ReportedSelection:
     """What ``sel`` applied and kept: ``shown`` and ``whole`` are the selected and all events."""
-    seqs = shown["seq"]
+    seqs = shown["seq"]  # in seq order: the first and last rows bound it (no scan of the column)
+    n = shown.num_rows
     return ReportedSelection(
         since=None if sel.since is None else sel.since / 1e9, until=None if sel.until is None else sel.until / 1e9,
-        cpus=None if sel.cpus is None else tuple(sorted(sel.cpus)), events=shown.num_rows,
-        total_events=whole.num_rows, first_seq=pc.min(seqs).as_py(), last_seq=pc.max(seqs).as_py())
+        cpus=None if sel.cpus is None else tuple(sorted(sel.cpus)), events=n,
+        total_events=whole.num_rows, first_seq=seqs[0].as_py() if n else None,
+        last_seq=seqs[n - 1].as_py() if n else None)
 
 
 @dataclass(frozen=True)

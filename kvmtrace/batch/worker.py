@@ -64,8 +64,8 @@ def analyse(path: str, kernel: str | None, with_plots: bool) -> Report:
     The only place a batch touches the reader, the replay and the report model, so that
     switching to another entry point changes one function.
     """
-    trace = kvmtrace.open(path)
-    result = replay(trace.data, kernel=kernel)
+    trace = kvmtrace.open(path, keep="analysis")
+    result = replay(trace.data, kernel=kernel, digest=trace.digest)
     figures: tuple = ()
     if with_plots:
         from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it

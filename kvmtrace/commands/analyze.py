@@ -44,6 +44,9 @@ def analyze(
 
     --since, --until and --cpu choose what is reported; the replay always runs over the whole
     trace, so a memslot change or shadow page outside the selection still counts.
+
+    Without --qemu-log, --since, --until and --cpu, a trace.dat is read in windows and only the
+    events the replay reads are held, so a long trace needs far less memory (same report).
     """
     check_format(fmt, FORMATS)
     if fail_on is not None and fail_on not in FAIL_ON:
@@ -52,8 +55,11 @@ def analyze(
     if target is not None:
         refuse_inputs(target, [p for p in (path, qemu_log, memslots) if p is not None])
     steps = Steps()
+    # A QEMU log's lines are placed against every event, and a selection counts every event:
+    # those read the whole trace; otherwise only what the replay reads is held (kvmtrace.open).
+    whole = qemu_log is not None or since is not None or until is not None or bool(cpu)
     with steps.step(f"reading {path}"):
-        trace = kvmtrace.open(path)
+        trace = kvmtrace.open(path, keep="all" if whole else "analysis")
     with steps.step("replaying the MMU"):
         analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                                  cpus=cpu, zap_rule=zap_rule)

@@ -32,6 +32,6 @@ def diff(
     analyses = []
     for path in (a, b):
         with steps.step(f"analysing {path}"):
-            analyses.append(kvmtrace.open(path).analyze(kernel=kernel))
+            analyses.append(kvmtrace.open(path, keep="analysis").analyze(kernel=kernel))
     text = analyses[0].diff(analyses[1], fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
     emit(text, target)

@@ -47,15 +47,11 @@ def seq_ts(data: TraceData, seqs: np.ndarray) -> np.ndarray:
     """
     seqs = np.asarray(seqs, dtype=float)
     out = np.full(seqs.shape, np.nan)
-    ev_seq = _seq_column(data.events)
-    if ev_seq.size == 0:
+    if not data.events.num_rows:
         return out
     ok = ~np.isnan(seqs)
-    want = seqs[ok].astype(np.int64)
-    pos = np.minimum(np.searchsorted(ev_seq, want), ev_seq.size - 1)
-    hit = ev_seq[pos] == want
-    ts = data.events.column("ts").to_numpy()[pos].astype(float)
-    out[ok] = np.where(hit, ts, np.nan)
+    hit, at = data.events_at(seqs[ok].astype(np.int64), ("ts",))
+    out[ok] = np.where(hit, at["ts"].astype(float), np.nan)
     return out
 
 
@@ -73,10 +69,8 @@ def _by_event(data: TraceData, seqs: Iterable[int]) -> tuple[list[int], dict[str
     wanted = np.unique(np.fromiter((int(s) for s in seqs), dtype=np.int64))
     if wanted.size == 0:
         return [], {}
-    ev_seq = _seq_column(data.events)
-    pos = np.searchsorted(ev_seq, wanted)
-    found = (pos < ev_seq.size) & (ev_seq[np.minimum(pos, ev_seq.size - 1)] == wanted)
-    names = data.events.column("event").take(pa.array(pos[found])).to_pylist() if found.any() else []
+    found, at = data.events_at(wanted, ("event",))
+    names = at["event"][found].tolist()
     by_event: dict[str, list[int]] = defaultdict(list)
     for seq, name in zip(wanted[found].tolist(), names):
         by_event[name].append(seq)

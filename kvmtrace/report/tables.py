@@ -34,15 +34,12 @@ class _At:
 
 
 def _at(data: TraceData, seq: np.ndarray, valid: np.ndarray | None = None) -> _At:
-    ev_seq = data.events.column("seq").to_numpy()
-    if not len(ev_seq):
+    if not data.events.num_rows:
         return _At(pa.nulls(len(seq), pa.int64()), pa.nulls(len(seq), pa.int32()), pa.nulls(len(seq), pa.int32()))
-    pos = np.clip(np.searchsorted(ev_seq, seq), 0, len(ev_seq) - 1)
-    found = ev_seq[pos] == seq
+    found, at = data.events_at(seq, ("ts", "pid"))
     if valid is not None:
         found &= valid
-    ts = data.events.column("ts").to_numpy()[pos]
-    pid = data.events.column("pid").to_numpy()[pos]
+    ts, pid = at["ts"], at["pid"]
     vcpu_of = vcpu_threads(data).vcpu_of
     pids, back = np.unique(pid, return_inverse=True)
     vcpu = np.asarray([vcpu_of.get(int(p), -1) for p in pids], dtype=np.int32)[back]
