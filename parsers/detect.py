@@ -189,9 +189,10 @@ def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     ``instance`` picks a trace.dat buffer instance by name (default: the top buffer);
     ``strict`` makes the text reader fail on lines it would otherwise skip.
     ``keep`` and ``observe``, given together: a read for one analysis. ``observe`` sees every
-    event once, in windows in seq order; a trace.dat then holds only the rows of the events
-    ``keep(name, system)`` accepts (:func:`kvmtrace.parsers.tracedat.reader.read_kept`), while
-    text, small next to what a trace.dat holds, is read whole and shown as one window.
+    event's ``events`` row once, in windows in seq order; a trace.dat then holds (and decodes)
+    only the rows of the events ``keep(name, system)`` accepts
+    (:func:`kvmtrace.parsers.tracedat.reader.read_kept`), while text, small next to what a
+    trace.dat holds, is read whole and shown as one window.
     """
     if (keep is None) != (observe is None):
         raise ValueError("keep and observe go together")

@@ -14,9 +14,10 @@ carried per thread or CPU:
   (:class:`kvmtrace.replays.findings.LostWindows`);
 - how many walker events there are (they count as kvmmmu events explained without a model step).
 
-So a trace read in windows keeps only the tables the replay and report read in full
+All of it is read from each window's ``events`` table (seq, pid, CPU, event name) and gaps. So
+a trace read in windows keeps only the tables the replay and report read in full
 (:mod:`kvmtrace.replays.needs`), and :class:`DigestBuilder` sees every window once. A trace in
-memory is one window (:func:`digest_of`): both paths answer through the same code.
+memory is cut into the same windows (:func:`digest_of`): both paths answer through one code.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from kvmtrace.replays.stream import numpy_column
 END = np.iinfo(np.int64).max
 #: Events per window of :func:`digest_of` (as a long trace.dat's windowed read).
 WINDOW = 1 << 21
+#: Pids below this (all of Linux's: pid_max is at most 2^22) are coded through a lookup table.
+_PID_TABLE = 1 << 23
 
 _WALK, _FAULT, _PRINT = 0, 1, 2
 
@@ -76,24 +79,18 @@ class DigestBuilder:
         self._gaps: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, window: TraceData) -> None:
-        d = self.digest
-        walks = [window.tables[e] for e in WALK_EVENTS if e in window.tables and window.tables[e].num_rows]
-        d.walker_events += sum(t.num_rows for t in walks)
-        faults = window.tables.get(FAULT_EVENT)
-        prints = window.tables.get(PRINT_EVENT)
-        self._threads(walks, faults if faults is not None and faults.num_rows else None,
-                      prints if prints is not None and prints.num_rows else None)
-        self._cpus(window.events, window.gaps)
+        ev_seq = numpy_column(window.events, "seq", np.int64)
+        self._threads(ev_seq, numpy_column(window.events, "pid", np.int32), _kinds(window.events))
+        self._cpus(ev_seq, numpy_column(window.events, "cpu", np.int16), window.gaps)
 
-    def _threads(self, walks: list[pa.Table], faults: pa.Table | None, prints: pa.Table | None) -> None:
-        """Walks, faults and prints of one window, in (thread, seq) order."""
-        parts = [(t, _WALK) for t in walks] + [(t, k) for t, k in ((faults, _FAULT), (prints, _PRINT)) if t is not None]
-        if not parts:
+    def _threads(self, seq: np.ndarray, pid: np.ndarray, kind: np.ndarray) -> None:
+        """The walks, faults and prints of one window (its events in seq order), by thread."""
+        at = np.flatnonzero(kind >= 0)
+        seq, pid, kind = seq[at], pid[at], kind[at]
+        self.digest.walker_events += int(np.count_nonzero(kind == _WALK))
+        if not len(seq):
             return
-        seq = np.concatenate([numpy_column(t, "seq", np.int64) for t, _ in parts])
-        pid = np.concatenate([numpy_column(t, "pid", np.int64) for t, _ in parts])
-        kind = np.concatenate([np.full(t.num_rows, k, np.int8) for t, k in parts])
-        order = np.lexsort((seq, pid))
+        order = np.argsort(_small_codes(pid), kind="stable")  # rows are in seq order: now (thread, seq)
         seq, pid, kind = seq[order], pid[order], kind[order]
         del order
         starts = np.flatnonzero(np.r_[True, pid[1:] != pid[:-1]])
@@ -104,15 +101,14 @@ class DigestBuilder:
         span = int(seq.max()) + 2
         walk_key = np.where(kind == _WALK, seq, -1) + group * span
         last_walk = np.maximum.accumulate(np.maximum(walk_key, carried[group] + group * span)) - group * span
-        if prints is not None:
-            at = kind == _PRINT
-            self._prints.append((seq[at], last_walk[at]))
+        printed = kind == _PRINT
+        if printed.any():
+            self._prints.append((seq[printed], last_walk[printed]))
         ends = np.r_[starts[1:], len(seq)] - 1
         for p, w in zip(pid[starts].tolist(), last_walk[ends].tolist()):
             if w >= 0:
                 self._last_walk[p] = w
-        if faults is not None or walks:
-            self._faults_after_walks(pid, kind)
+        self._faults_after_walks(pid, kind)
 
     def _faults_after_walks(self, pid: np.ndarray, kind: np.ndarray) -> None:
         """Count faults whose thread's previous walk-or-fault (prints aside) was a walk."""
@@ -131,11 +127,9 @@ class DigestBuilder:
         for p, w in zip(pid[starts].tolist(), walk[ends].tolist()):
             self._walked[p] = bool(w)
 
-    def _cpus(self, events: pa.Table, gaps: pa.Table) -> None:
+    def _cpus(self, ev_seq: np.ndarray, ev_cpu: np.ndarray, gaps: pa.Table) -> None:
         """Each gap's CPU's last event before it, and each CPU's last event so far."""
         d = self.digest
-        ev_seq = numpy_column(events, "seq", np.int64)
-        ev_cpu = numpy_column(events, "cpu", np.int16)
         d.events += len(ev_seq)
         if gaps is not None and gaps.num_rows:
             g_cpu = numpy_column(gaps, "cpu", np.int64)
@@ -149,8 +143,10 @@ class DigestBuilder:
                 lo[sel] = np.where(i >= 0, mine[i.clip(0)] if len(mine) else before, before)
             self._gaps.append((lo, g_seq))
         if len(ev_seq):
-            rev_cpu, last = np.unique(ev_cpu[::-1], return_index=True)
-            for cpu, s in zip(rev_cpu.tolist(), ev_seq[len(ev_seq) - 1 - last].tolist()):
+            order = np.argsort(ev_cpu, kind="stable")  # int16: a radix sort; each CPU's rows in seq order
+            by_cpu = ev_cpu[order]
+            ends = np.flatnonzero(np.r_[by_cpu[1:] != by_cpu[:-1], True])
+            for cpu, s in zip(by_cpu[ends].tolist(), ev_seq[order[ends]].tolist()):
                 d.cpu_last[cpu] = s
 
     def finish(self) -> Digest:
@@ -167,12 +163,41 @@ class DigestBuilder:
         return d
 
 
+def _small_codes(values: np.ndarray) -> np.ndarray:
+    """Codes of ``values`` in the order of their distinct values, as uint16 where there are few
+    (a window's threads), so that a stable sort on them is a radix sort."""
+    lo, hi = int(values.min()), int(values.max())
+    if lo >= 0 and hi < _PID_TABLE:
+        present = np.zeros(hi + 1, bool)
+        present[values] = True
+        distinct = np.flatnonzero(present)
+        if len(distinct) < 1 << 16:
+            table = np.zeros(hi + 1, np.uint16)
+            table[distinct] = np.arange(len(distinct), dtype=np.uint16)
+            coded: np.ndarray = table[values]
+            return coded
+    codes: np.ndarray = np.unique(values, return_inverse=True)[1]
+    return codes
+
+
+def _kinds(events: pa.Table) -> np.ndarray:
+    """Each event's kind for the digest (walk, fault, print; -1 for the others), read from the
+    ``events`` table's names (a code per distinct name, not a string per row)."""
+    kinds = {**dict.fromkeys(WALK_EVENTS, _WALK), FAULT_EVENT: _FAULT, PRINT_EVENT: _PRINT}
+    column = events.column("event")
+    if not pa.types.is_dictionary(column.type):
+        column = column.dictionary_encode()
+    parts = []
+    for chunk in column.chunks:
+        kind_of = np.array([kinds.get(name, -1) for name in chunk.dictionary.to_pylist()] or [-1], np.int8)
+        parts.append(kind_of[chunk.indices.to_numpy(zero_copy_only=False)])
+    return np.concatenate(parts) if parts else np.empty(0, np.int8)
+
+
 def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
     """The digest of a trace held in memory, taken a seq range at a time (the same windows a
     windowed read gives), so that its merges hold one window's arrays, not the trace's."""
     b = DigestBuilder()
-    names = [e for e in (*WALK_EVENTS, FAULT_EVENT, PRINT_EVENT) if e in data.tables]
-    seqs = {name: numpy_column(data.tables[name], "seq", np.int64) for name in names}
     ev_seq = numpy_column(data.events, "seq", np.int64)
     gap_seq = data.gaps.column("seq").fill_null(END).to_numpy().astype(np.int64) if data.gaps.num_rows \
         else np.empty(0, np.int64)
@@ -180,8 +205,7 @@ def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
     for lo in range(0, max(last, 1), events_per_window):
         hi = lo + events_per_window if lo + events_per_window < last else END  # the last takes the open gaps
         in_window = (gap_seq >= lo) & ((gap_seq < hi) | (hi == END))
-        b.add(TraceData(info=data.info, events=_rows(data.events, ev_seq, lo, hi),
-                        tables={name: _rows(data.tables[name], seqs[name], lo, hi) for name in names},
+        b.add(TraceData(info=data.info, events=_rows(data.events, ev_seq, lo, hi), tables={},
                         gaps=data.gaps.filter(pa.array(in_window)) if len(gap_seq) else data.gaps))
     return b.finish()
 

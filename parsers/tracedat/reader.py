@@ -66,11 +66,13 @@ def read_kept(path: str | os.PathLike[str], keep: Callable[[str, str | None], bo
               events_per_window: int = WHOLE_READ_WINDOW, pages_per_run: int | None = None) -> TraceData:
     """One buffer instance with only the rows of the events ``keep(name, system)`` accepts.
 
-    Each window is first shown whole to ``observe`` (an analysis gathers there what it needs of
-    the other events), then only its kept rows are held. The result is what :func:`read_tracedat`
-    gives, less the other events' rows: their tables are empty (``TraceData.left_out`` names them;
-    ``info`` still counts them), the ``events`` table has the kept rows with their own seqs.
-    Memory: the kept rows, plus one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
+    Each window is first shown to ``observe``: its ``events`` table (every event of the window:
+    an analysis gathers there what it needs of the others), gaps and info, and the tables of the
+    kept events, whose rows are then held; the other events' fields are never decoded. The
+    result is what :func:`read_tracedat` gives, less the other events' rows: their tables are
+    empty (``TraceData.left_out`` names them; ``info`` still counts them); the ``events`` table
+    has every row, kept on disk (:mod:`kvmtrace.parsers.tracedat.spill`). Memory: the kept rows,
+    plus one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
     """
     if events_per_window < 1:
         raise ValueError("events_per_window must be at least 1")

@@ -37,6 +37,8 @@ _COLUMNS: dict[str, type[np.generic]] = {
     "seq": np.int64, "ts": np.int64, "cpu": np.int16, "pid": np.int32, "event_id": np.uint16}
 #: The dictionary columns' codes, written by the code pass.
 _CODES = ("event", "system", "comm")
+#: Values below this are looked up in tables indexed by value (a pid is below 2^22).
+_NARROW = 1 << 24
 _DTYPES: dict[str, type[np.generic]] = {**_COLUMNS, **{name: np.int32 for name in _CODES}}
 
 
@@ -64,7 +66,7 @@ class SpilledEvents:
 
         The code pass reads the spilled columns back with plain reads, not through the maps: a
         page touched through a map stays in the process's resident set until it is unmapped."""
-        ids = sorted(set().union(*(np.unique(c).tolist() for c in self._chunks("event_id"))))
+        ids = _distinct(self._chunks("event_id"))
         names, system_names, sys_index = event_dictionaries(ids, catalog)
         code_of = np.zeros(1 << 16, np.int32)
         code_of[ids] = np.arange(len(ids), dtype=np.int32)
@@ -76,7 +78,7 @@ class SpilledEvents:
             self._write("system", np.maximum(sys_of, 0)[c])
         if unknown[ids].any():  # rows of ids without a format file have no system
             mask = np.concatenate([unknown[c] for c in self._chunks("event_id")])
-        pids = sorted(set().union(*(np.unique(c).tolist() for c in self._chunks("pid"))))
+        pids = _distinct(self._chunks("pid"))
         comm_of = _codes_of(pids)
         for c in self._chunks("pid"):
             self._write("comm", comm_of(c))
@@ -147,6 +149,23 @@ class SpilledEvents:
         return mapped
 
 
+def _distinct(chunks: Iterator[np.ndarray]) -> list[int]:
+    """The distinct values of a column read in chunks, ascending: marked in a presence table
+    where they are small non-negative integers (event ids, pids), else by a sort."""
+    seen = np.zeros(0, bool)
+    wide: set[int] = set()
+    for c in chunks:
+        if not len(c):
+            continue
+        if int(c.min()) >= 0 and int(c.max()) < _NARROW:
+            if int(c.max()) >= len(seen):
+                seen = np.concatenate([seen, np.zeros(int(c.max()) + 1 - len(seen), bool)])
+            seen[c] = True
+        else:
+            wide.update(np.unique(c).tolist())
+    return sorted(wide.union(np.flatnonzero(seen).tolist()))
+
+
 def _close(files: dict[str, IO[bytes]]) -> None:
     for f in files.values():
         f.close()
@@ -155,7 +174,7 @@ def _close(files: dict[str, IO[bytes]]) -> None:
 def _codes_of(values: list[int]) -> Callable[[np.ndarray], np.ndarray]:
     """The int32 code of each row's value in ``values`` (ascending): a table lookup where their
     range is narrow (pids), a search otherwise."""
-    if values and 0 <= values[0] and values[-1] < 1 << 24:
+    if values and 0 <= values[0] and values[-1] < _NARROW:
         table = np.zeros(values[-1] + 1, np.int32)
         table[values] = np.arange(len(values), dtype=np.int32)
         return lambda rows: table[rows]

@@ -74,12 +74,14 @@ def event_schema(fmt: EventFormat) -> pa.Schema:
 
 
 def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cmdlines: dict[int, str],
-                 printk: dict[int, str], record_limit: int, first_seq: int = 0
-                 ) -> tuple[dict[str, pa.Table], dict[str, int], int]:
+                 printk: dict[int, str], record_limit: int, first_seq: int = 0,
+                 only: frozenset[str] | None = None) -> tuple[dict[str, pa.Table], dict[str, int], int]:
     """Return (tables by name, counts by name, records of unknown event ids).
 
     ``record_limit``: a page's data area, which no record exceeds (see :func:`_event_table`).
     ``first_seq``: the seq of ``merged``'s first record (non-zero for a window of a trace).
+    ``only``: decode the tables of these events only (a read that keeps only them); the others
+    are counted, and their tables are left out.
     """
     # Event ids are u16 (common_type): a stable sort on uint16 is a radix sort. Its output, split
     # per event, is each table's rows in global order: their indices ARE the seq column.
@@ -97,10 +99,12 @@ def event_tables(merged: Merged, catalog: FormatCatalog, reader: FieldReader, cm
             unknown += len(rows)
             continue
         name = catalog.table_names[event_id]
+        counts[name] = len(rows)
+        if only is not None and name not in only:
+            continue
         tables[name] = _event_table(catalog.format(event_id), merged, rows, reader, cmdlines, printk, record_limit,
                                     catalog.path, first_seq)
-        counts[name] = len(rows)
-    return with_system_tables(tables, catalog), counts, unknown
+    return with_system_tables(tables, catalog) if only is None else tables, counts, unknown
 
 
 def with_system_tables(present: dict[str, pa.Table], catalog: FormatCatalog,

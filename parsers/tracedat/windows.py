@@ -232,6 +232,7 @@ class _Part:
     records: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     gaps: pa.Table
     info: TraceInfo
+    counts: dict[str, int]  # this window's events by name
 
 
 _COMM = COMMON_NAMES.index("comm")
@@ -262,11 +263,9 @@ class _Joined:
         self.gap_parts: list[pa.Table] = []
 
     def add(self, part: _Part) -> None:
-        tables = part.tables
         if self.keep is not None:
-            self.left_out.update(n for n, t in tables.items() if t.num_rows and n not in self.keep)
-            tables = {n: t for n, t in tables.items() if n in self.keep}
-        for name, table in tables.items():
+            self.left_out.update(n for n in part.counts if n not in self.keep)
+        for name, table in part.tables.items():
             held = self.parts.setdefault(name, [])
             if table.num_rows:
                 held.append(table)
@@ -347,6 +346,8 @@ class _WindowReader:
         self.lost_unknown: dict[int, int] = {}
         self.first_ts: int | None = None
         self.last_ts: int | None = None
+        #: decode only the tables of these events (:meth:`kept`); None: every event's
+        self.only: frozenset[str] | None = None
         self.type_field = meta.catalog.common_field("common_type")
         self.pid_field = meta.catalog.common_field("common_pid")
 
@@ -366,11 +367,12 @@ class _WindowReader:
 
     def kept(self, keep: Callable[[str, str | None], bool], observe: Callable[[TraceData], None]) -> TraceData:
         """The buffer with only the rows of the events ``keep(name, system)`` accepts, joined
-        from windows each of which ``observe`` sees whole first
-        (:func:`kvmtrace.parsers.tracedat.reader.read_kept`)."""
+        from windows each of which ``observe`` sees first
+        (:func:`kvmtrace.parsers.tracedat.reader.read_kept`). The other events' fields are
+        never decoded: a window has their rows in its ``events`` table only."""
         catalog = self.meta.catalog
-        return self._join(_Joined(frozenset(name for i, name in catalog.table_names.items()
-                                            if keep(name, catalog.system(i)))), observe)
+        self.only = frozenset(name for i, name in catalog.table_names.items() if keep(name, catalog.system(i)))
+        return self._join(_Joined(self.only), observe)
 
     def _join(self, joined: _Joined, observe: Callable[[TraceData], None] | None = None) -> TraceData:
         info: TraceInfo | None = None
@@ -502,7 +504,7 @@ class _WindowReader:
             pid=reader.integers(wpos + pid_off, pid_size, True, pid_off & 3).astype(np.int32, copy=False),
         )
         tables, counts, unknown = event_tables(merged, catalog, reader, meta.cmdlines, meta.printk,
-                                               meta.header.data_size, first_seq)
+                                               meta.header.data_size, first_seq, self.only)
         for name, c in counts.items():
             self.counts[name] = self.counts.get(name, 0) + c
         self.unknown += unknown
@@ -520,7 +522,7 @@ class _WindowReader:
             for note in notes:
                 _warnings.warn(note, TraceWarning, stacklevel=5)
         info = meta.info(self.spec, self.counts, self.lost, self.lost_unknown, self.first_ts, self.last_ts, notes)
-        return _Part(tables, first_seq, (ts, cpu, merged.pid, merged.event_id), gaps, info)
+        return _Part(tables, first_seq, (ts, cpu, merged.pid, merged.event_id), gaps, info, counts)
 
     def _gather(self, pos: np.ndarray, run: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The pages the window's records lie on, copied back to back, and the records' offsets
