@@ -22,7 +22,8 @@ from kvmtrace.parsers import read as read_trace
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.replays.digest import Digest, DigestBuilder
-from kvmtrace.replays.needs import keeps
+from kvmtrace.replays.needs import decodes, keeps
+from kvmtrace.replays.threads import entry_pairs, vcpu_threads
 from kvmtrace.report import trace_html
 from kvmtrace.report.output import atomic_dir, refuse_inputs
 
@@ -142,7 +143,9 @@ class Trace:
 
     def _repr_html_(self) -> str:
         """Jupyter's view of a trace: its facts and event counts (rendered by kvmtrace.report)."""
-        return trace_html(self._data, self.path)
+        pairs = (self._digest.entry_pairs if self._digest is not None
+                 else entry_pairs(self._data.tables.get("kvm_entry")))  # a full read holds the rows
+        return trace_html(self._data, self.path, vcpu_threads(self._data, pairs))
 
     def __repr__(self) -> str:
         i = self.info
@@ -168,5 +171,5 @@ def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     if keep != "analysis":
         raise ValueError(f"keep={keep!r}: choose 'all' or 'analysis'")
     digest = DigestBuilder()
-    data = read_trace(path, instance=instance, strict=strict, keep=keeps, observe=digest.add)
+    data = read_trace(path, instance=instance, strict=strict, keep=keeps, observe=digest.add, decode=decodes)
     return Trace(data, os.fspath(path), digest.finish())

@@ -183,7 +183,8 @@ def _read_spooled(src: Input, read_file: Callable[[str], TraceData]) -> TraceDat
 
 def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False,
          keep: Callable[[str, str | None], bool] | None = None,
-         observe: Callable[[TraceData], None] | None = None) -> TraceData:
+         observe: Callable[[TraceData], None] | None = None,
+         decode: Callable[[str, str | None], bool] | None = None) -> TraceData:
     """Read a trace.dat or ftrace text into a :class:`TraceData`; ``"-"`` reads standard input.
 
     ``instance`` picks a trace.dat buffer instance by name (default: the top buffer);
@@ -192,7 +193,8 @@ def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     event's ``events`` row once, in windows in seq order; a trace.dat then holds (and decodes)
     only the rows of the events ``keep(name, system)`` accepts
     (:func:`kvmtrace.parsers.tracedat.reader.read_kept`), while text, small next to what a
-    trace.dat holds, is read whole and shown as one window.
+    trace.dat holds, is read whole and shown as one window. ``decode``: events whose fields a
+    trace.dat's windows decode for ``observe`` without holding their rows.
     """
     if (keep is None) != (observe is None):
         raise ValueError("keep and observe go together")
@@ -202,7 +204,7 @@ def read(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
 
         if keep is None or observe is None:
             return read_tracedat(file, instance=instance)
-        return read_kept(file, keep, observe, instance=instance)
+        return read_kept(file, keep, observe, decode=decode, instance=instance)
 
     with open_input(path) as src:
         if src.kind == "tracedat":

@@ -12,9 +12,12 @@ carried per thread or CPU:
   (the shadow-paging sign of :func:`kvmtrace.replays.classify.detect_mmu`);
 - for each lost-event gap, its CPU's last event before it, and each CPU's last event
   (:class:`kvmtrace.replays.findings.LostWindows`);
-- how many walker events there are (they count as kvmmmu events explained without a model step).
+- how many walker events there are (they count as kvmmmu events explained without a model step);
+- which thread is which vCPU (``kvm_entry``'s vcpu_id) and which vendor's exits these are
+  (``kvm_exit``'s isa): a recording with ``-e kvm`` is mostly these two events.
 
-All of it is read from each window's ``events`` table (seq, pid, CPU, event name) and gaps. So
+All but the last is read from each window's ``events`` table (seq, pid, CPU, event name) and
+gaps; the last from the two events' tables, which a windowed read decodes for the digest only. So
 a trace read in windows keeps only the tables the replay and report read in full
 (:mod:`kvmtrace.replays.needs`), and :class:`DigestBuilder` sees every window once. A trace in
 memory is cut into the same windows (:func:`digest_of`): both paths answer through one code.
@@ -28,8 +31,9 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.needs import FAULT_EVENT, PRINT_EVENT, WALK_EVENTS
+from kvmtrace.replays.needs import DIGESTED_FIELDS, FAULT_EVENT, PRINT_EVENT, WALK_EVENTS
 from kvmtrace.replays.stream import numpy_column
+from kvmtrace.replays.threads import entry_pairs
 
 #: The gap side of a window that no record followed (a CPU's stream ended in lost events).
 END = np.iinfo(np.int64).max
@@ -58,6 +62,10 @@ class Digest:
     #: CPU -> its last event's seq; ``events``: every event seen
     cpu_last: dict[int, int] = field(default_factory=dict)
     events: int = 0
+    #: the distinct (pid, vcpu_id) of ``kvm_entry`` and ``isa`` values of ``kvm_exit``
+    #: (:data:`kvmtrace.replays.needs.DIGESTED_FIELDS`: a ``-e kvm`` recording is mostly these two)
+    entry_pairs: set[tuple[int, int | None]] = field(default_factory=set)
+    exit_isas: set[int] = field(default_factory=set)
 
     def walked_before(self, print_seq: int) -> int:
         """The seq of the last walker event of ``print_seq``'s thread before it (-1: none)."""
@@ -79,6 +87,7 @@ class DigestBuilder:
         self._gaps: list[tuple[np.ndarray, np.ndarray]] = []
 
     def add(self, window: TraceData) -> None:
+        self._exits(window.tables.get("kvm_entry"), window.tables.get("kvm_exit"))
         ev_seq = numpy_column(window.events, "seq", np.int64)
         self._threads(ev_seq, numpy_column(window.events, "pid", np.int32), _kinds(window.events))
         self._cpus(ev_seq, numpy_column(window.events, "cpu", np.int16), window.gaps)
@@ -126,6 +135,13 @@ class DigestBuilder:
         ends = np.r_[starts[1:], len(pid)] - 1
         for p, w in zip(pid[starts].tolist(), walk[ends].tolist()):
             self._walked[p] = bool(w)
+
+    def _exits(self, entry: pa.Table | None, exit_: pa.Table | None) -> None:
+        """The threads' vCPU ids (:mod:`kvmtrace.replays.threads`) and the exits' vendor
+        (:mod:`kvmtrace.replays.leaf_proof`), the only things read of these two events."""
+        self.digest.entry_pairs.update(entry_pairs(entry))
+        if exit_ is not None and exit_.num_rows and "isa" in exit_.column_names:
+            self.digest.exit_isas.update(np.unique(numpy_column(exit_, "isa", np.int64)).tolist())
 
     def _cpus(self, ev_seq: np.ndarray, ev_cpu: np.ndarray, gaps: pa.Table) -> None:
         """Each gap's CPU's last event before it, and each CPU's last event so far."""
@@ -198,6 +214,7 @@ def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
     """The digest of a trace held in memory, taken a seq range at a time (the same windows a
     windowed read gives), so that its merges hold one window's arrays, not the trace's."""
     b = DigestBuilder()
+    seqs = {name: numpy_column(data.tables[name], "seq", np.int64) for name in DIGESTED_FIELDS if name in data.tables}
     ev_seq = numpy_column(data.events, "seq", np.int64)
     gap_seq = data.gaps.column("seq").fill_null(END).to_numpy().astype(np.int64) if data.gaps.num_rows \
         else np.empty(0, np.int64)
@@ -205,7 +222,8 @@ def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
     for lo in range(0, max(last, 1), events_per_window):
         hi = lo + events_per_window if lo + events_per_window < last else END  # the last takes the open gaps
         in_window = (gap_seq >= lo) & ((gap_seq < hi) | (hi == END))
-        b.add(TraceData(info=data.info, events=_rows(data.events, ev_seq, lo, hi), tables={},
+        b.add(TraceData(info=data.info, events=_rows(data.events, ev_seq, lo, hi),
+                        tables={name: _rows(data.tables[name], seqs[name], lo, hi) for name in seqs},
                         gaps=data.gaps.filter(pa.array(in_window)) if len(gap_seq) else data.gaps))
     return b.finish()
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.digest import Digest
 from kvmtrace.replays.journal import Leaves, Snapshot
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.stream import numpy_column
@@ -60,18 +61,18 @@ class LeafEvidence:
     faults_unread: str = ""
 
 
-def leaf_evidence(data: TraceData) -> LeafEvidence:
-    """Hardware faults decoded by the vendor ``kvm_exit`` names, and MMU-notifier unmaps."""
+def leaf_evidence(data: TraceData, digest: Digest) -> LeafEvidence:
+    """Hardware faults decoded by the vendor ``kvm_exit`` names (the digest's ``exit_isas``: the
+    exits' rows need not be kept), and MMU-notifier unmaps."""
     out = LeafEvidence()
     t = data.tables.get("kvm_unmap_hva_range")
     if t is not None and t.num_rows:
         out.notifier_seq = np.sort(numpy_column(t, "seq", np.int64))
-    pf, ex = data.tables.get("kvm_page_fault"), data.tables.get("kvm_exit")
+    pf = data.tables.get("kvm_page_fault")
     if pf is None or not pf.num_rows or not {"fault_address", "error_code"} <= set(pf.column_names):
         out.faults_unread = "no kvm_page_fault events"
         return out
-    isa = np.unique(numpy_column(ex, "isa", np.int64)) if ex is not None and ex.num_rows and \
-        "isa" in ex.column_names else np.empty(0, np.int64)
+    isa = sorted(digest.exit_isas)
     if len(isa) != 1 or int(isa[0]) not in (ISA_VMX, ISA_SVM):
         out.faults_unread = "kvm_exit does not name one vendor (isa), so kvm_page_fault's error code cannot be read"
         return out

@@ -21,10 +21,13 @@ PRINT_EVENT = "print"
 #: MMU-notifier calls: what the host's mm asked of KVM (placement and leaf evidence read them).
 NOTIFIER_EVENTS = frozenset({"kvm_unmap_hva_range", "kvm_set_spte_hva", "kvm_age_hva", "kvm_test_age_hva",
                              "kvm_age_gfn", "kvm_test_age_gfn", "kvm_set_spte_gfn"})
-#: Events read row by row besides the kvmmmu system's: memslot lines, the exits and entries that
-#: place them and the leaf evidence (hardware faults, MMIO exits), and the notifier calls.
-KEPT_OTHER_EVENTS = frozenset({PRINT_EVENT, "kvm_mmio", "kvm_userspace_exit", "kvm_entry", "kvm_exit",
-                               "kvm_page_fault"}) | NOTIFIER_EVENTS
+#: Events read row by row besides the kvmmmu system's: memslot lines, the leaf evidence (hardware
+#: faults, MMIO exits) and the notifier calls. ``kvm_userspace_exit`` and ``kvm_entry`` also place
+#: a QEMU log's lines, which is why an analysis with a QEMU log reads every event.
+KEPT_OTHER_EVENTS = frozenset({PRINT_EVENT, "kvm_mmio", "kvm_page_fault"}) | NOTIFIER_EVENTS
+#: Events of which an analysis reads only a few fields, gathered by the digest a window at a
+#: time: the threads' vCPU ids and the exits' vendor.
+DIGESTED_FIELDS: dict[str, tuple[str, ...]] = {"kvm_entry": ("vcpu_id",), "kvm_exit": ("isa",)}
 
 
 def keeps(name: str, system: str | None) -> bool:
@@ -34,3 +37,9 @@ def keeps(name: str, system: str | None) -> bool:
     if bare in WALK_EVENTS:
         return False
     return bare in KEPT_OTHER_EVENTS or bare in KVMMMU_EVENTS or system == "kvmmmu"
+
+
+def decodes(name: str, system: str | None) -> bool:
+    """Whether a windowed read for an analysis decodes event ``name``'s fields: the kept events'
+    and those the digest reads (:data:`DIGESTED_FIELDS`)."""
+    return keeps(name, system) or name.split(":", 1)[-1] in DIGESTED_FIELDS

@@ -47,6 +47,7 @@ from kvmtrace.replays.profiles import KernelProfile, decode_role, profile_for
 from kvmtrace.replays.releases import release_of
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.summaries import memslot_summary, zap_all_summary
+from kvmtrace.replays.threads import vcpu_threads
 from kvmtrace.replays.walk import walk
 from kvmtrace.replays.whatif import whatif
 
@@ -95,7 +96,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
-                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data))
+                  zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data, digest))
     lost = LostWindows(digest, data.info.cut_short, data.info.cpus)
     if len(lost.lo) > (lost.tail is not None):
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
@@ -119,7 +120,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
                    "consequences": consequences(ctx)},
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
-        mmu_evidence=mmu_evidence,
+        mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
     )
 
 

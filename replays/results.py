@@ -13,6 +13,7 @@ import pyarrow as pa
 # The check registry is replays/checks.py; these names are re-exported for the readers of results.
 from kvmtrace.replays.checks import CHECK_IDS as CHECK_IDS
 from kvmtrace.replays.checks import SEVERITY as SEVERITY
+from kvmtrace.replays.threads import VcpuThreads
 
 FINDINGS_SCHEMA = pa.schema(
     [
@@ -68,6 +69,8 @@ class ReplayResult:
     assumptions: list[str] = field(default_factory=list)  # what the model assumed, in words
     limits: list[str] = field(default_factory=list)  # what the trace could not show
     mmu_evidence: list[str] = field(default_factory=list)  # what the ``mmu`` decision rests on, in words
+    #: which thread ran which vCPU (kvm_entry's vcpu_id, or the lab's markers)
+    vcpus: VcpuThreads = field(default_factory=lambda: VcpuThreads({}, ""))
 
     @property
     def explained_share(self) -> float:

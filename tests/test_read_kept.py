@@ -27,9 +27,10 @@ from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.tracedat.reader import read_kept
 from kvmtrace.replays.digest import Digest, DigestBuilder, digest_of
-from kvmtrace.replays.needs import keeps
+from kvmtrace.replays.leaf_proof import leaf_evidence
+from kvmtrace.replays.needs import decodes, keeps
 from kvmtrace.replays.profiles import profile_for
-from kvmtrace.replays.replay import _timeline
+from kvmtrace.replays.replay import _timeline, replay
 from kvmtrace.replays.results import ReplayResult
 
 RECORDINGS = sorted([*SAMPLES.glob("*.dat"), *NESTED.glob("*.dat"), *(DATA / "host").glob("*.dat")])
@@ -41,7 +42,7 @@ CUT = (("churn-zapslot", 80_000), ("churn-thp-zapall", 40_000), ("multi-zapslot"
 
 def _kept(path: Path) -> tuple[TraceData, Digest]:
     builder = DigestBuilder()
-    data = read_kept(path, keeps, builder.add, events_per_window=1000, pages_per_run=2)
+    data = read_kept(path, keeps, builder.add, decode=decodes, events_per_window=1000, pages_per_run=2)
     return data, builder.finish()
 
 
@@ -89,6 +90,7 @@ def test_digest_in_windows_is_the_digest_of_the_whole(path: Path) -> None:
 def _assert_same_digest(got: Digest, want: Digest) -> None:
     assert (got.walker_events, got.faults, got.faults_after_walks, got.events, got.cpu_last) == \
         (want.walker_events, want.faults, want.faults_after_walks, want.events, want.cpu_last)
+    assert (got.entry_pairs, got.exit_isas) == (want.entry_pairs, want.exit_isas)
     assert np.array_equal(got.print_seq, want.print_seq)
     assert np.array_equal(got.walk_before_print, want.walk_before_print)
     assert sorted(zip(got.gap_lo.tolist(), got.gap_hi.tolist())) == sorted(zip(want.gap_lo.tolist(),
@@ -108,6 +110,19 @@ def test_digest_sees_walks_before_prints_and_faults() -> None:
     assert [c.window_start for c in with_walks.changes] != [c.window_start for c in without.changes]
     tdp = digest_of(read(NESTED / "tdp-multi3-kt.dat"))
     assert tdp.faults and tdp.faults_after_walks < tdp.faults
+    assert len(tdp.entry_pairs) == 3 and tdp.exit_isas  # three vCPU threads; one vendor's exits
+
+
+def test_kept_read_leaves_out_the_exits_and_keeps_what_they_tell() -> None:
+    """kvm_entry and kvm_exit (most of a recording made with -e kvm) are digested, not kept:
+    the vCPU threads and the hardware-fault evidence come out as from the full read."""
+    path = NESTED / "k61tdp-multi4-kt.dat"
+    data, digest = _kept(path)
+    assert {"kvm_entry", "kvm_exit", "kvm_userspace_exit"} <= data.left_out
+    full = read(path)
+    want = replay(full)
+    assert replay(data, digest=digest).vcpus == want.vcpus and want.vcpus.source == "kvm_entry vcpu_id"
+    assert leaf_evidence(data, digest).faults_unread == leaf_evidence(full, digest_of(full)).faults_unread == ""
 
 
 def _analysis(trace: Trace) -> tuple[ReplayResult, dict[str, str]]:
@@ -122,8 +137,8 @@ def _assert_same_analysis(kept: Trace, full: Trace) -> None:
         assert getattr(got, name).equals(getattr(want, name)), name
     for name in want.summaries:
         assert got.summaries[name].equals(want.summaries[name]), name
-    assert (got.events, got.explained_events, got.mmu, got.zap_policy, got.assumptions, got.limits) == \
-        (want.events, want.explained_events, want.mmu, want.zap_policy, want.assumptions, want.limits)
+    assert (got.events, got.explained_events, got.mmu, got.zap_policy, got.assumptions, got.limits, got.vcpus) == \
+        (want.events, want.explained_events, want.mmu, want.zap_policy, want.assumptions, want.limits, want.vcpus)
     assert got_reports == want_reports
 
 

@@ -16,9 +16,11 @@ from conftest import NESTED, SAMPLES
 
 import kvmtrace
 from kvmtrace import parsers
+from kvmtrace.replays.digest import digest_of
 from kvmtrace.replays.ledger import profile_of
+from kvmtrace.replays.threads import entry_pairs, vcpu_threads
 from kvmtrace.report import render
-from kvmtrace.report.decode import gpa_range, role_word_text, spte_text, vcpu_threads
+from kvmtrace.report.decode import gpa_range, role_word_text, spte_text
 
 _SET_SPTE = re.compile(r"kvm_mmu_set_spte: gfn [0-9a-f]+ spte ([0-9a-f]+) \((.)(.)(.)(.?)\) level")
 _GET_PAGE = re.compile(r"kvm_mmu_get_page: sp gen \d+ gfn ([0-9a-f]+) l(\d) (\d)-byte q(\d)( direct)? (\S{3})")
@@ -59,11 +61,14 @@ def test_role_text_matches_the_kernels_get_page_lines():
 
 def test_vcpu_threads_from_kvm_entry_agree_with_the_lab_markers(nested_dir):
     data = parsers.read(NESTED / "tdp-multi3-kt.dat")
-    threads = vcpu_threads(data)
+    threads = vcpu_threads(data, digest_of(data).entry_pairs)
     assert threads.source == "kvm_entry vcpu_id"
     markers = {int(m[2]): int(m[1]) for m in re.finditer(r"kvmlab_vcpu_thread vcpu=(\d+) tid=(\d+)",
                                                          _kernel_text(NESTED / "tdp-multi3-kt.dat"))}
     assert len(markers) == 3 and threads.vcpu_of == markers
+    assert entry_pairs(data.tables["kvm_entry"]) == digest_of(data).entry_pairs
+    for keep in ("all", "analysis"):  # a full read's view reads the rows, a kept one the digest
+        assert threads.text() in kvmtrace.open(NESTED / "tdp-multi3-kt.dat", keep=keep)._repr_html_()
 
 
 def test_text_report_shows_vcpus_spte_bits_and_gpa_ranges(nested_dir):

@@ -7,6 +7,7 @@ drawn by four renderers (text, Markdown, HTML, JSON).
 from __future__ import annotations
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.threads import VcpuThreads
 from kvmtrace.report.blocks import report_blocks, report_title, trace_blocks
 from kvmtrace.report.diff import DiffReport, build_diff, diff_blocks, diff_dict
 from kvmtrace.report.html import render_html, render_html_fragment
@@ -34,9 +35,9 @@ def render_diff(diff: DiffReport, fmt: str, *, color: bool = False) -> str:
     return _render_blocks(diff_blocks(diff), fmt, title="kvmtrace diff", color=color)
 
 
-def trace_html(data: TraceData, path: str) -> str:
+def trace_html(data: TraceData, path: str, vcpus: VcpuThreads) -> str:
     """A trace's facts and event counts as an HTML fragment (``Trace._repr_html_``)."""
-    return render_html_fragment(trace_blocks(trace_facts(data, path), dict(data.info.event_counts)))
+    return render_html_fragment(trace_blocks(trace_facts(data, path, vcpus), dict(data.info.event_counts)))
 
 
 def _render_blocks(blocks: list, fmt: str, *, title: str, color: bool) -> str:

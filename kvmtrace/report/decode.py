@@ -9,13 +9,8 @@ text is printed beside it, so the line itself still greps in the user's copy of 
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
-
 import numpy as np
-import polars as pl
 
-from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import role_text
 from kvmtrace.replays.profiles import ROLE_COLUMNS, KernelProfile
 
@@ -51,40 +46,6 @@ def role_word_text(word: int, profile: KernelProfile) -> str:
         f = profile.role_field(name)
         fields[name] = None if f is None else word >> f.shift & ((1 << f.width) - 1)
     return role_text(fields)
-
-
-@dataclass(frozen=True)
-class VcpuThreads:
-    """Which host thread ran which vCPU, and what says so."""
-
-    vcpu_of: dict[int, int]
-    source: str
-
-    def text(self) -> str:
-        pairs = ", ".join(f"pid {pid} = vCPU {v}" for pid, v in sorted(self.vcpu_of.items(), key=lambda kv: kv[1]))
-        return f"{pairs} (from {self.source})" if pairs else "not in the trace (no kvm_entry, no vCPU thread markers)"
-
-
-_LAB_VCPU = re.compile(r"kvmlab_vcpu_thread vcpu=(\d+) tid=(\d+)")
-
-
-def vcpu_threads(data: TraceData) -> VcpuThreads:
-    """pid -> vCPU id, from ``kvm_entry`` (its ``vcpu_id``, one per thread) when traced, else from
-    the lab's ``kvmlab_vcpu_thread`` markers. A pid seen with two vCPU ids is left out."""
-    entry = data.tables.get("kvm_entry")
-    if entry is not None and entry.num_rows and "vcpu_id" in entry.column_names:
-        frame = pl.from_arrow(entry.select(["pid", "vcpu_id"]))
-        assert isinstance(frame, pl.DataFrame)  # a Table converts to a DataFrame
-        pairs = frame.unique().filter(pl.col("pid").count().over("pid") == 1)
-        return VcpuThreads(dict(zip(pairs["pid"].to_list(), pairs["vcpu_id"].to_list())), "kvm_entry vcpu_id")
-    prints = data.tables.get("print")
-    found: dict[int, int] = {}
-    if prints is not None and prints.num_rows and "buf" in prints.column_names:
-        for buf in prints.column("buf").to_pylist():
-            m = _LAB_VCPU.search(buf or "")
-            if m:
-                found[int(m.group(2))] = int(m.group(1))
-    return VcpuThreads(found, "kvmlab_vcpu_thread markers" if found else "")
 
 
 def field_notes(name: str, fields: dict[str, object], profile: KernelProfile) -> list[str]:

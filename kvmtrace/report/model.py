@@ -7,7 +7,7 @@ trace or the replay again. That keeps the four formats in agreement by construct
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -17,8 +17,9 @@ import pyarrow as pa
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
 from kvmtrace.replays.results import ReplayResult
+from kvmtrace.replays.threads import VcpuThreads
 from kvmtrace.report.consequences import consequences
-from kvmtrace.report.decode import VcpuThreads, field_notes, gpa_range, vcpu_threads
+from kvmtrace.report.decode import field_notes, gpa_range
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
@@ -48,7 +49,7 @@ class TraceFacts:
     #: ``kvmtrace info --json`` of the same trace (the JSON report's ``trace`` object)
     info: dict[str, Any]
     #: which host thread ran which vCPU, and what says so
-    vcpus: VcpuThreads = VcpuThreads({}, "")
+    vcpus: VcpuThreads = field(default_factory=lambda: VcpuThreads({}, ""))
 
     @property
     def span_s(self) -> float:
@@ -148,7 +149,7 @@ class Report:
         return sum(1 for f in self.findings if f.severity == severity)
 
 
-def trace_facts(data: TraceData, path: str) -> TraceFacts:
+def trace_facts(data: TraceData, path: str, vcpus: VcpuThreads) -> TraceFacts:
     """The recording's facts (also what a notebook shows for a bare ``Trace``)."""
     info = data.info
     fmt = info.source + (f" v{info.version}" if info.version else "")
@@ -166,7 +167,7 @@ def trace_facts(data: TraceData, path: str) -> TraceFacts:
         lost_events=sum(info.lost_events.values()),
         lost_unknown=sum(info.lost_unknown.values()),
         info=info_dict(info),
-        vcpus=vcpu_threads(data),
+        vcpus=vcpus,
     )
 
 
@@ -400,7 +401,7 @@ def build_report(
     change what the replay can explain, so the report must say so); ``figures`` are plots drawn
     by :mod:`kvmtrace.plot` for formats that show pictures.
     """
-    facts = trace_facts(data, path)
+    facts = trace_facts(data, path, replay.vcpus)
     findings, groups = _findings(data, replay, facts.vcpus)
     ledger = zap_ledger(data, replay)
     summaries = _summaries(replay, ledger)

@@ -20,7 +20,6 @@ from kvmtrace.replays.ledger import ZapLedger, profile_of, zap_ledger
 from kvmtrace.replays.memslots import AT_START, REMOVING_KINDS
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.results import ReplayResult
-from kvmtrace.report.decode import vcpu_threads
 
 
 @dataclass(frozen=True)
@@ -33,14 +32,13 @@ class _At:
     vcpu: pa.Array
 
 
-def _at(data: TraceData, seq: np.ndarray, valid: np.ndarray | None = None) -> _At:
+def _at(data: TraceData, seq: np.ndarray, vcpu_of: dict[int, int], valid: np.ndarray | None = None) -> _At:
     if not data.events.num_rows:
         return _At(pa.nulls(len(seq), pa.int64()), pa.nulls(len(seq), pa.int32()), pa.nulls(len(seq), pa.int32()))
     found, at = data.events_at(seq, ("ts", "pid"))
     if valid is not None:
         found &= valid
     ts, pid = at["ts"], at["pid"]
-    vcpu_of = vcpu_threads(data).vcpu_of
     pids, back = np.unique(pid, return_inverse=True)
     vcpu = np.asarray([vcpu_of.get(int(p), -1) for p in pids], dtype=np.int32)[back]
     return _At(pa.array(ts, pa.int64(), mask=~found), pa.array(pid, pa.int32(), mask=~found),
@@ -95,7 +93,7 @@ def spte_changes(data: TraceData, replay: ReplayResult) -> pa.Table:
     event's."""
     t = replay.spte_changes
     seq = t.column("seq").to_numpy()
-    at = _at(data, seq)
+    at = _at(data, seq, replay.vcpus.vcpu_of)
     out = t.append_column("ts", at.ts).append_column("pid", at.pid).append_column("vcpu", at.vcpu)
     out = out.append_column("slot_instance", slot_instances(replay, t.column("gfn").to_numpy(), seq))
     profile = profile_of(replay)
@@ -143,8 +141,8 @@ def memslot_windows(data: TraceData, replay: ReplayResult) -> pa.Table:
     end_seq, end_ok = _seqs(pa.chunked_array([end]))
     removes = np.isin(np.asarray(t.column("kind").to_pylist(), dtype=object), list(REMOVING_KINDS))
     return (t.append_column("window_end", end)
-            .append_column("window_start_ts", _at(data, start_seq, start_ok).ts)
-            .append_column("window_end_ts", _at(data, end_seq, end_ok).ts)
+            .append_column("window_start_ts", _at(data, start_seq, replay.vcpus.vcpu_of, start_ok).ts)
+            .append_column("window_end_ts", _at(data, end_seq, replay.vcpus.vcpu_of, end_ok).ts)
             .append_column("removes", pa.array(removes, pa.bool_())))
 
 
@@ -167,6 +165,6 @@ def consequences(data: TraceData, replay: ReplayResult) -> pa.Table:
     plus ``ts`` of the event that shows each and, where the row names a thread (faults,
     installs), its ``vcpu``."""
     t = replay.summaries["consequences"]
-    at = _at(data, t.column("seq").to_numpy())
+    at = _at(data, t.column("seq").to_numpy(), replay.vcpus.vcpu_of)
     vcpu = pc.if_else(pc.is_valid(t.column("pid")), at.vcpu, pa.scalar(None, pa.int32()))
     return t.append_column("ts", at.ts).append_column("vcpu", vcpu)

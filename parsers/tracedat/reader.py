@@ -29,7 +29,7 @@ from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, op
 from kvmtrace.parsers.tracedat.pages import walk
 from kvmtrace.parsers.tracedat.streams import load_pages, plan_streams
 from kvmtrace.parsers.tracedat.tables import event_tables, events_table
-from kvmtrace.parsers.tracedat.windows import _WindowReader
+from kvmtrace.parsers.tracedat.windows import _WindowReader, window_reader
 
 #: Page bytes (uncompressed) up to which a buffer is decoded at once. Measured (bench/RESULTS.md,
 #: "trace.dat reader: windows for large buffers"): up to ~20 M events (570 MB of pages) the
@@ -62,25 +62,22 @@ def read_tracedat(path: str | os.PathLike[str], instance: str | None = None) -> 
 
 
 def read_kept(path: str | os.PathLike[str], keep: Callable[[str, str | None], bool],
-              observe: Callable[[TraceData], None], *, instance: str | None = None,
-              events_per_window: int = WHOLE_READ_WINDOW, pages_per_run: int | None = None) -> TraceData:
+              observe: Callable[[TraceData], None], *, decode: Callable[[str, str | None], bool] | None = None,
+              instance: str | None = None, events_per_window: int = WHOLE_READ_WINDOW,
+              pages_per_run: int | None = None) -> TraceData:
     """One buffer instance with only the rows of the events ``keep(name, system)`` accepts.
 
     Each window is first shown to ``observe``: its ``events`` table (every event of the window:
     an analysis gathers there what it needs of the others), gaps and info, and the tables of the
-    kept events, whose rows are then held; the other events' fields are never decoded. The
+    kept events, whose rows are then held, and of those ``decode`` accepts besides (shown, not
+    held); the other events' fields are never decoded. The
     result is what :func:`read_tracedat` gives, less the other events' rows: their tables are
     empty (``TraceData.left_out`` names them; ``info`` still counts them); the ``events`` table
     has every row, kept on disk (:mod:`kvmtrace.parsers.tracedat.spill`). Memory: the kept rows,
     plus one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
     """
-    if events_per_window < 1:
-        raise ValueError("events_per_window must be at least 1")
-    spath = os.fspath(path)
-    with open_file(spath) as f:
-        meta, size = open_meta(f, spath)
-        spec = meta.spec(instance)
-        return _WindowReader(f, size, meta, spec, events_per_window, pages_per_run).kept(keep, observe)
+    with window_reader(path, instance, events_per_window, pages_per_run) as reader:
+        return reader.kept(keep, observe, decode)
 
 
 def read_buffer(f: io.BufferedReader, size: int, meta: FileMeta, spec: BufferSpec,

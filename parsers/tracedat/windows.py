@@ -43,6 +43,7 @@ import io
 import os
 import warnings as _warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -266,6 +267,8 @@ class _Joined:
         if self.keep is not None:
             self.left_out.update(n for n in part.counts if n not in self.keep)
         for name, table in part.tables.items():
+            if self.keep is not None and name not in self.keep:
+                continue  # decoded for the observer only
             held = self.parts.setdefault(name, [])
             if table.num_rows:
                 held.append(table)
@@ -365,14 +368,18 @@ class _WindowReader:
         """
         return self._join(_Joined())
 
-    def kept(self, keep: Callable[[str, str | None], bool], observe: Callable[[TraceData], None]) -> TraceData:
+    def kept(self, keep: Callable[[str, str | None], bool], observe: Callable[[TraceData], None],
+             decode: Callable[[str, str | None], bool] | None = None) -> TraceData:
         """The buffer with only the rows of the events ``keep(name, system)`` accepts, joined
         from windows each of which ``observe`` sees first
-        (:func:`kvmtrace.parsers.tracedat.reader.read_kept`). The other events' fields are
-        never decoded: a window has their rows in its ``events`` table only."""
+        (:func:`kvmtrace.parsers.tracedat.reader.read_kept`). Events ``decode`` accepts are
+        decoded for ``observe`` but not held; the other events' fields are never decoded: a
+        window has their rows in its ``events`` table only."""
         catalog = self.meta.catalog
-        self.only = frozenset(name for i, name in catalog.table_names.items() if keep(name, catalog.system(i)))
-        return self._join(_Joined(self.only), observe)
+        names = {name: catalog.system(i) for i, name in catalog.table_names.items()}
+        kept = frozenset(name for name, system in names.items() if keep(name, system))
+        self.only = kept | {name for name, system in names.items() if decode is not None and decode(name, system)}
+        return self._join(_Joined(kept), observe)
 
     def _join(self, joined: _Joined, observe: Callable[[TraceData], None] | None = None) -> TraceData:
         info: TraceInfo | None = None
@@ -599,11 +606,19 @@ def iter_windows(path: str | os.PathLike[str], *, instance: str | None = None,
     Memory: the decoded window, plus at most one run per CPU, plus the pages the window's records
     lie on. The file stays open while the windows are consumed.
     """
+    with window_reader(path, instance, events_per_window, pages_per_run) as reader:
+        yield from reader.windows()
+
+
+@contextmanager
+def window_reader(path: str | os.PathLike[str], instance: str | None, events_per_window: int,
+                  pages_per_run: int | None) -> Iterator[_WindowReader]:
+    """The windowed reader of one buffer instance, its file open for the ``with`` block: what
+    :func:`iter_windows` and :func:`kvmtrace.parsers.tracedat.reader.read_kept` share."""
     if events_per_window < 1:
         raise ValueError("events_per_window must be at least 1")
     spath = os.fspath(path)
     with open_file(spath) as f:
         meta, size = open_meta(f, spath)
-        spec = meta.spec(instance)
-        yield from _WindowReader(f, size, meta, spec, events_per_window, pages_per_run).windows()
+        yield _WindowReader(f, size, meta, meta.spec(instance), events_per_window, pages_per_run)
 
