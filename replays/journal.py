@@ -7,6 +7,7 @@ numpy/Arrow once at the end.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,16 +61,20 @@ class Leaves:
 class Snapshot:
     """Live state just before (``start``) or just after (``end``) a memslot change's window: the
     live page ids, and the live present leaf SPTEs as rows of a table the snapshots share (the
-    shadow MMU's installs), so that a long trace's thousands of snapshots hold 4 bytes per live
-    leaf instead of a copy of six columns (506 MB of 1.8 GB on a 10 M-event recording)."""
+    shadow MMU's installs), looked up in live sets the snapshots share too
+    (:class:`kvmtrace.replays.sweep.LiveSets`, which holds each set as its difference from a
+    recent one), so that a long trace's thousands of snapshots do not each hold a copy of their
+    leaves (506 MB of 1.8 GB on a 10 M-event recording as six columns; 269 MiB at 51 M events
+    as four bytes a live leaf)."""
 
     pages: np.ndarray  # live page ids
     source: Leaves
-    rows: np.ndarray | None = None  # the live leaves' rows of ``source``; None: all of it
+    live: Mapping[int, np.ndarray] | None = None  # ``live[at]``: the live leaves' rows of ``source``; None: all
+    at: int = 0
 
     def leaves(self) -> Leaves:
         """The live leaves' columns (built on each call: take it once per use)."""
-        return self.source if self.rows is None else self.source.take(self.rows)
+        return self.source if self.live is None else self.source.take(self.live[self.at])
 
 
 @dataclass

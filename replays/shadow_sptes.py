@@ -199,15 +199,12 @@ class SpteLifetimes:
         else:
             self.as_id = np.zeros(n, dtype=np.int64)
 
-    def alive_at(self, keys: list[int]) -> dict[int, np.ndarray]:
+    def alive_at(self, keys: list[int]) -> sweep.LiveSets:
         """Indices (ascending) of the present installs alive at each time key (started before
         it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`)."""
         present = np.flatnonzero(self.present)
         present = present.astype(np.int32 if len(self.present) < 2**31 else np.int64, copy=False)
-        alive = sweep.alive_at(self.start[present], self.end[present] - 1, keys)
-        for key, rows in alive.items():  # in place: one set of arrays at a time
-            alive[key] = present[rows]
-        return alive
+        return sweep.alive_at(self.start[present], self.end[present] - 1, keys, labels=present)
 
     def to_journal(self, j: Journal) -> None:
         ins, n = self.ins, len(self.ins.seq)

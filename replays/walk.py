@@ -183,4 +183,4 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id, owner=owner, installed=ins.seq,
                     obsolete_root=np.zeros(len(ins.seq), bool))
     for (i, when), live_pages in page_sets.items():
-        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at[keys[(i, when)]])
+        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at, keys[(i, when)])

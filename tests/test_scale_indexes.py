@@ -146,17 +146,39 @@ def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.booleans(), st.lists(st.integers(-3, 900), max_size=12))
-def test_alive_at(n: int, seed: int, in_order: bool, times: list[int]) -> None:
-    """Rows with begin < t <= end at each t, ascending, whether or not the rows are in begin order."""
+@given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.booleans(), st.booleans(),
+       st.lists(st.integers(-3, 900), max_size=40))
+def test_alive_at(n: int, seed: int, in_order: bool, labelled: bool, times: list[int]) -> None:
+    """Rows with begin < t <= end at each t (or their labels), ascending, whether or not the rows
+    are in begin order, whether a set was stored whole or as a difference from an earlier one."""
     rng = np.random.default_rng(seed)
     begin = rng.integers(-1, 800, n).astype(np.int64)
     if in_order:
         begin.sort()
     end = begin + rng.integers(0, 300, n)
-    got = sweep.alive_at(begin, end, times)
+    labels = np.cumsum(rng.integers(1, 5, n)) if labelled else None
+    got = sweep.alive_at(begin, end, times, labels=labels)
+    assert sorted(got) == sorted(set(times))
     for t in times:
-        assert np.array_equal(got[t], np.flatnonzero((begin < t) & (t <= end)))
+        want = np.flatnonzero((begin < t) & (t <= end))
+        assert np.array_equal(got[t], want if labels is None else labels[want])
+
+
+def test_live_sets_hold_slow_churn_as_differences() -> None:
+    """Long-lived rows and many moments, under steady drift (the worst case: a difference grows
+    until it passes half its keyframe): the sets are stored as differences from a few keyframes,
+    in under a third of their rows, and each one read back is the full set."""
+    rng = np.random.default_rng(7)
+    begin = np.sort(rng.integers(0, 10_000, 2_000)).astype(np.int64)
+    end = begin + rng.integers(2_000, 8_000, 2_000)
+    times = list(range(0, 12_000, 10))
+    got = sweep.alive_at(begin, end, times)
+    whole = 0
+    for t in times:
+        want = np.flatnonzero((begin < t) & (t <= end))
+        assert np.array_equal(got[t], want)
+        whole += len(want)
+    assert got.held < whole // 3
 
 
 @settings(max_examples=100, deadline=None)
