@@ -78,7 +78,8 @@ def grid_from_arrow(
     human formats print the first ``limit`` rows, the JSON report every row."""
     if table is None:
         return Grid(title, (), note=note or "not produced by this replay")
-    names = [c for c in (columns or table.column_names) if c in table.column_names]
+    have = table.column_names  # a property that builds the list on every read
+    names = [c for c in (columns or have) if c in have]
     picked = table.select(names)
     cols = [picked.column(n).to_pylist() for n in names]
     rows = tuple(zip(*cols)) if cols else ()

@@ -6,10 +6,10 @@ lifetime's removal zaps.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import polars as pl
+import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.ledger import ZapLedger
@@ -19,16 +19,35 @@ from kvmtrace.report.grid import Grid, grid_from_arrow
 @dataclass(frozen=True)
 class Removal:
     """One memslot delete or move of the zap ledger (:mod:`kvmtrace.replays.ledger`): its row of
-    ``REMOVALS_SCHEMA``, the pages it zapped or kept and why, the leaf SPTEs it removed."""
+    ``REMOVALS_SCHEMA``, the pages it zapped or kept and why, the leaf SPTEs it removed.
+
+    The three tables are held as Arrow slices of the ledger's and the replay's tables and made
+    into grids when read: a long trace has thousands of removals, the human formats print a few
+    of them in full, and building every grid up front took 7 s and 216 MiB of Python rows at
+    8 500 removals (51 M events)."""
 
     row: dict[str, Any]
-    pages: Grid
-    sptes: Grid
+    pages_table: pa.Table  # the ledger's PAGES_SCHEMA rows of this change, less change and seq
+    sptes_table: pa.Table  # likewise of SPTES_SCHEMA
     #: the replay's consequences of this change (pages that survived and whether the rule allowed
-    #: it, faults on the range and how KVM resolved them, re-installs, leaf proofs)
-    after: Grid = field(default_factory=lambda: Grid("what the trace shows afterwards", ()))
+    #: it, faults on the range and how KVM resolved them, re-installs, leaf proofs); None: none
+    after_table: pa.Table | None = None
     #: (seq, trace line) of every event ``after`` cites, in seq order
     after_lines: tuple[tuple[int, str], ...] = ()
+
+    @property
+    def pages(self) -> Grid:
+        return grid_from_arrow("pages zapped and kept", self.pages_table, limit=LEDGER_ROWS_SHOWN)
+
+    @property
+    def sptes(self) -> Grid:
+        return grid_from_arrow("leaf SPTEs removed", self.sptes_table)
+
+    @property
+    def after(self) -> Grid:
+        if self.after_table is None:
+            return Grid("what the trace shows afterwards", AFTER_COLUMNS)
+        return grid_from_arrow("what the trace shows afterwards", self.after_table, columns=AFTER_COLUMNS)
 
     @property
     def instance(self) -> str:
@@ -63,27 +82,35 @@ def with_removal_zaps(lifetimes: pa.Table, ledger: ZapLedger) -> pa.Table:
 def ledger_removals(ledger: ZapLedger, after: pa.Table | None = None,
                     lines: dict[int, str] | None = None) -> tuple[Removal, ...]:
     """The ledger split per change, as the report shows it, each with its consequence rows
-    (``after``: the replay's ``consequences`` table) and the trace lines they cite (``lines``)."""
-    # pl.DataFrame(table) converts like pl.from_arrow without copying, and is typed as a frame
-    pages = pl.DataFrame(ledger.pages).partition_by("change", as_dict=True)
-    sptes = pl.DataFrame(ledger.sptes).partition_by("change", as_dict=True)
-    later = pl.DataFrame(after).partition_by("change_seq", as_dict=True) if after is not None and after.num_rows \
-        else {}
+    (``after``: the replay's ``consequences`` table) and the trace lines they cite (``lines``):
+    zero-copy slices of the tables put in change order once."""
+    pages = _Parts(ledger.pages.drop(["seq"]), "change")
+    sptes = _Parts(ledger.sptes.drop(["seq"]), "change")
+    later = _Parts(after, "change_seq") if after is not None and after.num_rows else None
     lines = lines or {}
     out = []
     for row in ledger.removals.to_pylist():
-        key = (row["change"],)
-        p = pages[key].to_arrow() if key in pages else ledger.pages.schema.empty_table()
-        t = sptes[key].to_arrow() if key in sptes else ledger.sptes.schema.empty_table()
-        a = later[(row["seq"],)].to_arrow() if (row["seq"],) in later else None
+        a = later.of(row["seq"]) if later is not None else None
+        a = a if a is not None and a.num_rows else None
         cited = sorted({s for ev in (a.column("evidence").to_pylist() if a is not None else ()) for s in ev})
-        out.append(Removal(row,
-                           grid_from_arrow("pages zapped and kept", p.drop(["change", "seq"]), limit=LEDGER_ROWS_SHOWN),
-                           grid_from_arrow("leaf SPTEs removed", t.drop(["change", "seq"])),
-                           grid_from_arrow("what the trace shows afterwards", a, columns=AFTER_COLUMNS)
-                           if a is not None else Grid("what the trace shows afterwards", AFTER_COLUMNS),
-                           tuple((s, lines[s]) for s in cited if s in lines)))
+        out.append(Removal(row, pages.of(row["change"]).drop(["change"]), sptes.of(row["change"]).drop(["change"]),
+                           a, tuple((s, lines[s]) for s in cited if s in lines)))
     return tuple(out)
+
+
+class _Parts:
+    """A table's rows grouped by one integer column, each group a zero-copy slice."""
+
+    def __init__(self, table: pa.Table, key: str):
+        keys = table.column(key).to_numpy()
+        order = np.argsort(keys, kind="stable")
+        if len(order) and not np.all(order[1:] > order[:-1]):
+            table, keys = table.take(pa.array(order)), keys[order]
+        self._table, self._keys = table.combine_chunks(), keys
+
+    def of(self, value: int) -> pa.Table:
+        lo = int(np.searchsorted(self._keys, value, side="left"))
+        return self._table.slice(lo, int(np.searchsorted(self._keys, value, side="right")) - lo)
 
 
 def cited_seqs(after: pa.Table | None) -> set[int]:
