@@ -176,12 +176,19 @@ class Journal:
         return {k: v[order] for k, v in out.items()}
 
     def spte_changes(self) -> pa.Table:
-        """Every SPTE transition, in seq order."""
+        """Every SPTE transition, in seq order. The journal then holds that table in place of its
+        parts (the rows appended one at a time, the columnar chunks): the detectors have read
+        them, and the replay's last steps ran with both copies of its largest table alive (110 MiB
+        twice at 51 M events), the rows as Python objects besides."""
         rows = self._row_changes()
-        if not self.change_chunks:
-            return rows
-        t = pa.concat_tables([rows, *self.change_chunks]).unify_dictionaries().combine_chunks()
-        return t.take(pa.array(np.argsort(np.asarray(t.column("seq").to_numpy()), kind="stable")))
+        for column in (self.c_seq, self.c_key, self.c_as, self.c_gfn, self.c_level, self.c_old, self.c_new,
+                       self.c_page, self.c_state, self.c_reason):
+            column.clear()
+        if self.change_chunks:  # the loop's rows are in seq order; the chunks are not
+            t = pa.concat_tables([rows, *self.change_chunks]).unify_dictionaries()
+            rows = t.take(pa.array(np.argsort(t.column("seq").to_numpy(), kind="stable")))
+        self.change_chunks = [rows]
+        return rows
 
     def _row_changes(self) -> pa.Table:
         return pa.table({
