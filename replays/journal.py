@@ -21,6 +21,10 @@ from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 #: only marks invalid; the final free of an invalid root whose first zap predates the trace.
 PREDATES, ROOT_IN_USE, ROOT_FREED = "predates", "root_in_use", "root_freed"
 
+#: Rows :meth:`Journal.change` holds as Python objects before it makes them a table: ~360 bytes
+#: a change as ten lists (230 MiB for a 10 M-event TDP trace), ~50 as a table.
+ROWS_PER_CHUNK = 1 << 16
+
 SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
     pa.field("key", pa.uint64(), nullable=False),  # shadow: sptep (physical); TDP: 0
@@ -111,12 +115,17 @@ class Journal:
     zap_alls: list[tuple[int, int, int]] = field(default_factory=list)
     #: (change index, "start" | "end") -> Snapshot
     snapshots: dict[tuple[int, str], Snapshot] = field(default_factory=dict)
+    #: the rows of :meth:`change`, as Arrow tables of SPTE_CHANGES_SCHEMA every ROWS_PER_CHUNK rows
+    row_chunks: list[pa.Table] = field(default_factory=list)
     #: columnar additions (shadow SPTEs): Arrow tables of SPTE_CHANGES_SCHEMA / install arrays
     change_chunks: list[pa.Table] = field(default_factory=list)
     install_chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     def change(self, seq: int, key: int, as_id: int, gfn: int, level: int, old: int | None, new: int | None,
                page: int | None, state: str, reason: str) -> None:
+        if len(self.c_seq) >= ROWS_PER_CHUNK:
+            self.row_chunks.append(self._row_changes())
+            self._clear_rows()
         self.c_seq.append(seq)
         self.c_key.append(key)
         self.c_as.append(as_id)
@@ -180,15 +189,21 @@ class Journal:
         parts (the rows appended one at a time, the columnar chunks): the detectors have read
         them, and the replay's last steps ran with both copies of its largest table alive (110 MiB
         twice at 51 M events), the rows as Python objects besides."""
-        rows = self._row_changes()
+        rows = [*self.row_chunks, self._row_changes()]
+        self._clear_rows()
+        t = pa.concat_tables([*rows, *self.change_chunks]).unify_dictionaries()
+        del rows
+        if self.change_chunks:  # the loop's rows are in seq order; the chunks are not
+            t = t.take(pa.array(np.argsort(t.column("seq").to_numpy(), kind="stable")))
+        elif t.column("seq").num_chunks > 1:
+            t = t.combine_chunks()
+        self.row_chunks, self.change_chunks = [], [t]
+        return t
+
+    def _clear_rows(self) -> None:
         for column in (self.c_seq, self.c_key, self.c_as, self.c_gfn, self.c_level, self.c_old, self.c_new,
                        self.c_page, self.c_state, self.c_reason):
             column.clear()
-        if self.change_chunks:  # the loop's rows are in seq order; the chunks are not
-            t = pa.concat_tables([rows, *self.change_chunks]).unify_dictionaries()
-            rows = t.take(pa.array(np.argsort(t.column("seq").to_numpy(), kind="stable")))
-        self.change_chunks = [rows]
-        return rows
 
     def _row_changes(self) -> pa.Table:
         return pa.table({

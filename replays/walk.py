@@ -26,6 +26,8 @@ PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 
 # Loop stream numbers (index into the list handed to merge_order).
 GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
+#: Merged events per block of the loop: each block's fields are made into lists, then dropped.
+BLOCK = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -74,46 +76,58 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         cp_what += [(rm.index, "start"), (rm.index, "end")]
     changed = streams[TDP_CHANGE]
     if changed is not None:
-        streams[TDP_CHANGE] = _drop_nonpresent_churn(data, changed, profile)
+        streams[TDP_CHANGE] = _drop_nonpresent_churn(changed, profile)
     kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
                               np.asarray(cp_keys, dtype=np.int64))
     model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
         ShadowModel(profile, journal, pages, roles_known)
-    seqs = [s.seq.tolist() if s is not None else [] for s in streams]
     names = [s.name if s is not None else "" for s in streams]
-    get, zap, syn, uns, za, tc, fp, sp = [s.fields if s is not None else {} for s in streams]
     page_sets: dict[tuple[int, str], np.ndarray] = {}
     CHECK = len(streams)
-    for kind, r in zip(kinds.tolist(), rows.tolist()):
-        if kind == TDP_CHANGE:
-            assert isinstance(model, TdpModel)  # TDP_CHANGE, FAST_PF and SPLIT are read only for the TDP MMU
-            model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
-                         tc["old_spte"][r], tc["new_spte"][r])
-        elif kind == GET:
-            model.get_page(seqs[kind][r], get["pid"][r], get["gfn"][r], get["role"][r], get["mmu_valid_gen"][r],
-                           get["root_count"][r], get["created"][r])
-        elif kind == ZAP:
-            model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r], zap["root_count"][r])
-        elif kind == SYNC or kind == UNSYNC:
-            cols = syn if kind == SYNC else uns
-            if isinstance(model, TdpModel):
-                journal.unexplained.append((seqs[kind][r], names[kind], "the TDP MMU never syncs pages"))
-            else:
-                model.sync_page(seqs[kind][r], cols["gfn"][r], cols["role"][r], cols["mmu_valid_gen"][r],
-                                cols["root_count"][r], kind == UNSYNC)
-        elif kind == ZAP_ALL:
-            model.zap_all(seqs[kind][r], za["mmu_valid_gen"][r])
-        elif kind == FAST_PF:
-            assert isinstance(model, TdpModel)
-            model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
-        elif kind == SPLIT:
-            assert isinstance(model, TdpModel)
-            model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
-        elif kind == CHECK:
-            if isinstance(model, TdpModel):
-                journal.snapshots[cp_what[r]] = model.snapshot()
-            else:
-                page_sets[cp_what[r]] = model.live_pages()
+    for b in range(0, len(kinds), BLOCK):
+        block_kinds, block_rows = kinds[b:b + BLOCK], rows[b:b + BLOCK]
+        # each stream's rows come in increasing order, so a block reads one range of each
+        first = [0] * (CHECK + 1)
+        fields: list[dict[str, list[int]]] = [{} for _ in streams]
+        seqs: list[list[int]] = [[] for _ in streams]
+        for i, s in enumerate(streams):
+            mine = block_rows[block_kinds == i]
+            if s is not None and len(mine):
+                lo, hi = int(mine[0]), int(mine[-1]) + 1
+                first[i], fields[i], seqs[i] = lo, s.block(lo, hi), s.seq[lo:hi].tolist()
+        get, zap, syn, uns, za, tc, fp, sp = fields
+        for kind, r in zip(block_kinds.tolist(), block_rows.tolist()):
+            r -= first[kind]
+            if kind == TDP_CHANGE:
+                assert isinstance(model, TdpModel)  # TDP_CHANGE, FAST_PF and SPLIT are read only for the TDP MMU
+                model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
+                             tc["old_spte"][r], tc["new_spte"][r])
+            elif kind == GET:
+                model.get_page(seqs[kind][r], get["pid"][r], get["gfn"][r], get["role"][r],
+                               get["mmu_valid_gen"][r], get["root_count"][r], get["created"][r])
+            elif kind == ZAP:
+                model.zap_page(seqs[kind][r], zap["gfn"][r], zap["role"][r], zap["mmu_valid_gen"][r],
+                               zap["root_count"][r])
+            elif kind == SYNC or kind == UNSYNC:
+                cols = syn if kind == SYNC else uns
+                if isinstance(model, TdpModel):
+                    journal.unexplained.append((seqs[kind][r], names[kind], "the TDP MMU never syncs pages"))
+                else:
+                    model.sync_page(seqs[kind][r], cols["gfn"][r], cols["role"][r], cols["mmu_valid_gen"][r],
+                                    cols["root_count"][r], kind == UNSYNC)
+            elif kind == ZAP_ALL:
+                model.zap_all(seqs[kind][r], za["mmu_valid_gen"][r])
+            elif kind == FAST_PF:
+                assert isinstance(model, TdpModel)
+                model.fast_fix(seqs[kind][r], fp["cr2_or_gpa"][r], fp["old_spte"][r], fp["new_spte"][r])
+            elif kind == SPLIT:
+                assert isinstance(model, TdpModel)
+                model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
+            elif kind == CHECK:
+                if isinstance(model, TdpModel):
+                    journal.snapshots[cp_what[r]] = model.snapshot()
+                else:
+                    page_sets[cp_what[r]] = model.live_pages()
     if isinstance(model, ShadowModel):
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
 
@@ -132,17 +146,13 @@ def _mmio_marks(data: TraceData, journal: Journal) -> None:
                         state=coded(np.zeros(n), ["mmio"]), reason=coded(np.zeros(n), ["mark_mmio_spte"]))
 
 
-def _drop_nonpresent_churn(data: TraceData, cols: Columns, profile: KernelProfile) -> Columns:
+def _drop_nonpresent_churn(cols: Columns, profile: KernelProfile) -> Columns:
     """Leave out TDP changes from one non-present value to another: removing a page table traces
     all 512 children, most of them never present (tests/data/nested/README.md;
     docs/tracepoints.md §1.7). They change nothing."""
-    t = data.table("kvm_tdp_mmu_spte_changed")
     quiet = np.asarray([profile.nonpresent, profile.nonpresent | FROZEN_LOW], dtype=np.uint64)
-    keep = ~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet))
-    if keep.all():
-        return cols
-    idx = np.flatnonzero(keep).tolist()
-    return Columns(cols.name, cols.seq[keep], {k: [v[i] for i in idx] for k, v in cols.fields.items()}, cols.missing)
+    t = cols.table
+    return cols.where(~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet)))
 
 
 def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
