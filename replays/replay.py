@@ -104,9 +104,10 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     if lost.tail is not None:
         limits.append(f"the file was cut short: {lost.tail_words()} some CPU's events are missing, so findings "
                       "that depend on them are warnings, not errors")
+    outcomes = gate(run_all(ctx), absent_evidence(data, mmu, timeline.known, unusable_events(data)))
     locate = SeqIndex(data)
-    findings, checks = finalize(gate(run_all(ctx), absent_evidence(data, mmu, timeline.known, unusable_events(data))),
-                                lost, locate)
+    locate.ask(f.seq for o in outcomes for f in o.findings if f.seq is not None)
+    findings, checks = finalize(outcomes, lost, locate)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()

@@ -8,12 +8,12 @@ re-creation before the next zap-all.
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.inputs import SeqIndex
 from kvmtrace.replays.pages import NONE
 
 
@@ -63,17 +63,20 @@ def memslot_summary(ctx: Context) -> pa.Table:
         ("pages_zapped", pa.int64()), ("pages_rebuilt", pa.int64())]))
 
 
-def zap_all_summary(ctx: Context, locate: Callable[[int], tuple[int | None, int | None]]) -> pa.Table:
+def zap_all_summary(ctx: Context, locate: SeqIndex) -> pa.Table:
     index = recreations(ctx)
     pg = ctx.pages.arrays()
     zap_alls = ctx.journal.zap_alls
     rows: dict[str, list[object]] = {k: [] for k in ("seq", "ts", "mmu_valid_gen", "obsoleted", "pages_zapped",
                                              "pages_rebuilt", "rebuild_ns")}
-    for n, (seq, gen, obsoleted) in enumerate(zap_alls):
+    found = []  # per zap-all: its pages, and the seqs of those rebuilt before the next one
+    for n, (seq, _gen, _obsoleted) in enumerate(zap_alls):
         until = zap_alls[n + 1][0] if n + 1 < len(zap_alls) else np.iinfo(np.int64).max
         ids = np.flatnonzero(pg["obsolete_seq"] == seq)
         created = [next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), seq) for p in ids]
-        again = [s for s in created if s is not None and s < until]
+        found.append((ids, [s for s in created if s is not None and s < until]))
+    locate.ask([*(seq for seq, _, _ in zap_alls), *(max(again) for _, again in found if again)])
+    for (seq, gen, obsoleted), (ids, again) in zip(zap_alls, found):
         ts = locate(seq)[0]
         last_ts = locate(max(again))[0] if again else None
         for k, v in (("seq", seq), ("ts", ts), ("mmu_valid_gen", gen), ("obsoleted", obsoleted),

@@ -18,6 +18,7 @@ from conftest import DATA, NESTED, SAMPLES
 
 from kvmtrace.parsers import read
 from kvmtrace.replays import journal, walk
+from kvmtrace.replays.inputs import SeqIndex
 from kvmtrace.replays.replay import replay
 
 RECORDINGS = sorted([*SAMPLES.glob("*.dat"), *NESTED.glob("*.dat"), *(DATA / "host").glob("*.dat")])
@@ -55,3 +56,16 @@ def test_journal_flushes_its_rows_and_keeps_the_table_it_built(monkeypatch: pyte
     assert t.column("key").to_pylist()[3:5] == [0, 9]  # the loop's row first, as before the chunks
     assert (j.row_chunks, j.c_seq, j.change_chunks) == ([], [], [t])
     assert j.spte_changes().equals(t)
+
+
+@pytest.mark.parametrize("name", ["multi-zapslot", "churn-thp-zapall"])
+def test_seq_index_asked_in_a_batch_answers_as_the_events_table(name: str) -> None:
+    data = read(SAMPLES / f"{name}.dat")
+    n = data.events.num_rows
+    seqs = np.r_[np.random.default_rng(3).integers(0, n, 300), -1, n, n + 7]
+    locate = SeqIndex(data)
+    locate.ask(seqs.tolist())
+    ts, cpu = data.events.column("ts").to_numpy(), data.events.column("cpu").to_numpy()
+    for s in seqs.tolist():
+        assert locate(s) == ((int(ts[s]), int(cpu[s])) if 0 <= s < n else (None, None))
+    assert SeqIndex(data)(int(seqs[0])) == locate(int(seqs[0]))  # asked alone, the same answer
