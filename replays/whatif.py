@@ -27,7 +27,6 @@ import pyarrow.compute as pc
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.detectors.zap_rules import zap_rule_mask
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
-from kvmtrace.replays.summaries import next_creation, recreations
 
 WHATIF_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("slot", pa.int32()), ("kind", pa.string()), ("policy", pa.string()),
@@ -59,9 +58,24 @@ def _last_install_into(spte_changes: pa.Table, pages: int) -> np.ndarray:
     return last
 
 
+def _last_created(pg: dict[str, np.ndarray]) -> np.ndarray:
+    """Per page id, the last creation (``first_seq``) of any page with its ``(gfn, role)``: the
+    page was built again after seq ``s`` exactly when that is later than ``s``
+    (:func:`kvmtrace.replays.summaries.next_creation`'s question, asked of every page at once: one
+    call per live page per delete grew with the trace times the live pages)."""
+    if not len(pg["gfn"]):
+        return np.empty(0, np.int64)
+    keys = np.stack([pg["gfn"].astype(np.uint64), pg["role"].astype(np.uint64)], axis=1)
+    _, identity = np.unique(keys, axis=0, return_inverse=True)
+    identity = identity.reshape(-1)
+    last = np.full(int(identity.max()) + 1, np.iinfo(np.int64).min, np.int64)
+    np.maximum.at(last, identity, pg["first_seq"].astype(np.int64))
+    return last[identity]
+
+
 def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
-    index = recreations(ctx)
     pg = ctx.pages.arrays()
+    last_created = _last_created(pg)
     refaulted = _last_install(ctx.installs)
     last_into = _last_install_into(spte_changes, len(pg["gfn"]))
     rows: dict[str, list[object]] = {f.name: [] for f in WHATIF_SCHEMA}
@@ -84,13 +98,12 @@ def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
             slot_pages = ids[:0]
         else:
             slot_pages = ids[zap_rule_mask(ctx.profile, pg["gfn"][ids], pg["role"][ids], c.old_base_gfn, c.old_npages)]
-        installed_into_later = last_into[ids] > c.seq
         for policy, pages, sptes in (("zap_all", ids, live), ("zap_slot", slot_pages, in_range)):
             exact = policy == own or (policy == "zap_slot" and own == "zap_all")
-            used_later = set() if exact else set(ids[installed_into_later].tolist())
-            refaulted_pages = sum(int(p) in used_later
-                                  or next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), c.seq) is not None
-                                  for p in pages)
+            rebuilt = last_created[pages] > c.seq
+            if not exact:  # a later install into a page the policy would have destroyed uses it again
+                rebuilt |= last_into[pages] > c.seq
+            refaulted_pages = int(rebuilt.sum())
             for k, v in (("seq", c.seq), ("slot", c.slot), ("kind", c.kind), ("policy", policy),
                          ("trace_policy", policy == own), ("pages_destroyed", len(pages)),
                          ("sptes_destroyed", int(sptes.sum())), ("pages_refaulted", refaulted_pages),
