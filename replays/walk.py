@@ -86,15 +86,7 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     CHECK = len(streams)
     for b in range(0, len(kinds), BLOCK):
         block_kinds, block_rows = kinds[b:b + BLOCK], rows[b:b + BLOCK]
-        # each stream's rows come in increasing order, so a block reads one range of each
-        first = [0] * (CHECK + 1)
-        fields: list[dict[str, list[int]]] = [{} for _ in streams]
-        seqs: list[list[int]] = [[] for _ in streams]
-        for i, s in enumerate(streams):
-            mine = block_rows[block_kinds == i]
-            if s is not None and len(mine):
-                lo, hi = int(mine[0]), int(mine[-1]) + 1
-                first[i], fields[i], seqs[i] = lo, s.block(lo, hi), s.seq[lo:hi].tolist()
+        first, fields, seqs = _block(streams, block_kinds, block_rows)
         get, zap, syn, uns, za, tc, fp, sp = fields
         for kind, r in zip(block_kinds.tolist(), block_rows.tolist()):
             r -= first[kind]
@@ -130,6 +122,22 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
                     page_sets[cp_what[r]] = model.live_pages()
     if isinstance(model, ShadowModel):
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
+
+
+def _block(streams: list[Columns | None], kinds: np.ndarray,
+           rows: np.ndarray) -> tuple[list[int], list[dict[str, list[int]]], list[list[int]]]:
+    """For one block of the merged order: each stream's first row in it (0 for the checkpoints,
+    whose rows index ``cp_what``), and its fields and seqs over its rows there as lists. A
+    stream's rows come in increasing order, so a block reads one range of each."""
+    first = [0] * (len(streams) + 1)
+    fields: list[dict[str, list[int]]] = [{} for _ in streams]
+    seqs: list[list[int]] = [[] for _ in streams]
+    for i, s in enumerate(streams):
+        mine = rows[kinds == i]
+        if s is not None and len(mine):
+            lo, hi = int(mine[0]), int(mine[-1]) + 1
+            first[i], fields[i], seqs[i] = lo, s.block(lo, hi), s.seq[lo:hi].tolist()
+    return first, fields, seqs
 
 
 def _mmio_marks(data: TraceData, journal: Journal) -> None:
