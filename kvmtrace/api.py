@@ -108,10 +108,9 @@ class Trace:
           *report*. The replay always runs over the whole trace.
         - ``zap_rule``: the per-slot zap rule to assume, by name (see ``kvmtrace.replays``).
         """
-        if self._data.left_out and (qemu_log is not None or since is not None or until is not None
-                                    or cpus is not None):
-            raise TraceError("a QEMU log or a selection (since, until, cpus) needs every event of the trace, and this "
-                             "trace was opened for analysis only", hint="open it with kvmtrace.open(path)")
+        if self._data.left_out and qemu_log is not None:
+            raise TraceError("a QEMU log's lines are placed against every event of the trace, and this trace was "
+                             "opened for analysis only", hint="open it with kvmtrace.open(path)")
         return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                        cpus=cpus, zap_rule=zap_rule, digest=self._digest)
 
@@ -162,9 +161,10 @@ def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     and the others are only digested (:mod:`kvmtrace.replays.digest`; the guest page-table
     walker's events are most of a shadow-paged trace). The analysis is the same as after a full
     read; the other events' tables are empty and ``table()`` refuses them, other buffer
-    instances are not read, and what needs every event (a QEMU log or a selection for
-    ``analyze``, ``to_parquet``) is refused. The ``events`` table has every row: it lies in an
-    unlinked temporary file (36 bytes an event, in ``TMPDIR``) and is mapped back.
+    instances are not read, and what needs every event's rows (a QEMU log for ``analyze``,
+    ``to_parquet``) is refused. The ``events`` table has every row: it lies in an unlinked
+    temporary file (36 bytes an event, in ``TMPDIR``), is mapped back for lookups and read a
+    chunk at a time for a selection (``since``/``until``/``cpus``).
     """
     if keep == "all":
         return Trace(read_trace(path, instance=instance, strict=strict), os.fspath(path))

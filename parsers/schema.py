@@ -23,7 +23,7 @@ to tell "not in this trace" (null, with a reason in the metadata) from "zero".
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -174,6 +174,16 @@ class TraceData:
     #: Reads the rows of given seqs of an ``events`` table kept on disk (the same read), for
     #: :meth:`events_at`; None: the table is in memory.
     spilled_rows: Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]] | None = None
+    #: Reads that table a chunk at a time, for :meth:`event_chunks`; None: the table is in memory.
+    spilled_chunks: Callable[[], Iterator[pa.Table]] | None = None
+
+    def event_chunks(self) -> Iterator[pa.Table]:
+        """The ``events`` table in pieces, in seq order, for a pass over every row (a selection):
+        where it is kept on disk, read a chunk at a time (see :meth:`events_at` for why)."""
+        if self.spilled_chunks is None or not self.events.num_rows:
+            yield self.events
+        else:
+            yield from self.spilled_chunks()
 
     def events_at(self, seqs: np.ndarray, columns: tuple[str, ...]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Whether each of ``seqs`` is an event of this trace, and the ``events`` table's

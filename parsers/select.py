@@ -70,9 +70,14 @@ def keep_rows(data: TraceData, mask: RowMask) -> TraceData:
     """``data`` with only the events ``mask`` keeps, in every table, with counts, span and the
     lost-event figures of the CPUs that remain."""
     tables = {name: t.filter(mask(t)) for name, t in data.tables.items()}
-    events = data.events.filter(mask(data.events))
+    parts: list[pa.Table] = []
+    all_cpus: set[int] = set()
+    for part in data.event_chunks():  # the whole table at once where it is in memory
+        parts.append(part.filter(mask(part)))
+        all_cpus.update(pc.unique(part["cpu"]).to_pylist())
+    events = pa.concat_tables(parts)
     cpus = set(pc.unique(events["cpu"]).to_pylist())
-    every_cpu = cpus == set(pc.unique(data.events["cpu"]).to_pylist())
+    every_cpu = cpus == all_cpus
     kept = pa.array(sorted(cpus), pa.int16())
     gaps = data.gaps if every_cpu else data.gaps.filter(pc.is_in(data.gaps["cpu"], value_set=kept))
     info = dataclasses.replace(
@@ -83,7 +88,9 @@ def keep_rows(data: TraceData, mask: RowMask) -> TraceData:
         lost_events={c: n for c, n in data.info.lost_events.items() if every_cpu or c in cpus},
         lost_unknown={c: n for c, n in data.info.lost_unknown.items() if every_cpu or c in cpus},
     )
-    return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps)
+    # the selected events are in memory, and their seqs are no longer their row numbers
+    return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps, spilled_rows=None,
+                               spilled_chunks=None)
 
 
 def select(data: TraceData, selection: Selection) -> TraceData:

@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import DATA, NESTED, SAMPLES
 
@@ -25,6 +26,7 @@ from kvmtrace.api import Trace
 from kvmtrace.parsers import read
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.tracedat import spill
 from kvmtrace.parsers.tracedat.reader import read_kept
 from kvmtrace.replays.digest import Digest, DigestBuilder, digest_of
 from kvmtrace.replays.leaf_proof import leaf_evidence
@@ -189,17 +191,44 @@ def test_open_for_analysis_uses_the_kept_read() -> None:
     assert trace.event_names == kvmtrace.open(path).event_names  # left out, but in the trace
 
 
-def test_open_for_analysis_refuses_what_needs_every_event(tmp_path: Path) -> None:
+def test_open_for_analysis_refuses_what_needs_every_events_rows(tmp_path: Path) -> None:
     trace = kvmtrace.open(NESTED / "tdpmmu0-churn-noquirk-qlog-kt.dat", keep="analysis")
     with pytest.raises(TraceError, match=r"kvmtrace\.open"):
         trace.analyze(qemu_log=NESTED / "tdpmmu0-churn-noquirk-qlog-kt.qemu.log")
-    with pytest.raises(TraceError, match="selection"):
-        trace.analyze(since=0.0)
     with pytest.raises(TraceError, match="analysis only"):
         trace.to_parquet(tmp_path / "out")
     assert not (tmp_path / "out").exists()
     with pytest.raises(ValueError, match="keep"):
         kvmtrace.open(SAMPLES / "churn-zapslot.dat", keep="some")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("path", RECORDINGS, ids=lambda p: p.stem)
+def test_a_selection_of_a_kept_read_reports_what_the_full_read_does(path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``since``/``until``/``cpus`` on a read for the analysis: the selection passes over the
+    spilled ``events`` table a chunk at a time (chunks of 1000 rows here, so that it crosses
+    them) and reports what the full read reports."""
+    monkeypatch.setattr(spill, "CHUNK", 1000)
+    data, digest = _kept(path)
+    kept, full = Trace(data, str(path), digest), Trace(read(path), str(path))
+    ts, cpu = full.events["ts"].to_numpy(), full.events["cpu"].to_numpy()
+    n = len(ts)  # bounds at events, so that no selection is empty (a lossy trace has long holes)
+    for selection in ({"since": ts[n * 3 // 10] / 1e9, "until": ts[n * 6 // 10] / 1e9}, {"cpus": int(cpu[n // 2])}):
+        got, want = kept.analyze(**selection), full.analyze(**selection)
+        assert got.selection == want.selection
+        for fmt in ("text", "json", "markdown"):
+            assert got.report(fmt) == want.report(fmt), (selection, fmt)
+
+
+def test_spilled_chunks_are_the_events_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spill, "CHUNK", 1000)
+    data, _ = _kept(SAMPLES / "multi-zapslot.dat")
+    assert data.spilled_chunks is not None
+    chunks = list(data.event_chunks())
+    assert len(chunks) > 1 and pa.concat_tables(chunks).equals(data.events)
+    picked = data.select(cpus=[1])
+    assert picked.spilled_rows is None and picked.spilled_chunks is None  # in memory now
+    assert picked.events.equals(read(SAMPLES / "multi-zapslot.dat").select(cpus=[1]).events)
 
 
 def test_text_opened_for_analysis_is_read_whole() -> None:

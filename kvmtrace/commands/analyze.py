@@ -55,11 +55,10 @@ def analyze(
     if target is not None:
         refuse_inputs(target, [p for p in (path, qemu_log, memslots) if p is not None])
     steps = Steps()
-    # A QEMU log's lines are placed against every event, and a selection counts every event:
-    # those read the whole trace; otherwise only what the replay reads is held (kvmtrace.open).
-    whole = qemu_log is not None or since is not None or until is not None or bool(cpu)
+    # A QEMU log's lines are placed against every event: that reads the whole trace; otherwise
+    # only what the replay reads is held (kvmtrace.open), a selection included.
     with steps.step(f"reading {path}"):
-        trace = kvmtrace.open(path, keep="all" if whole else "analysis")
+        trace = kvmtrace.open(path, keep="all" if qemu_log is not None else "analysis")
     with steps.step("replaying the MMU"):
         analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                                  cpus=cpu, zap_rule=zap_rule)

@@ -40,6 +40,8 @@ _CODES = ("event", "system", "comm")
 #: Values below this are looked up in tables indexed by value (a pid is below 2^22).
 _NARROW = 1 << 24
 _DTYPES: dict[str, type[np.generic]] = {**_COLUMNS, **{name: np.int32 for name in _CODES}}
+#: The spilled columns the ``events`` table is made of.
+_TABLE_COLUMNS = ("seq", "ts", "cpu", "pid", *_CODES)
 
 
 class SpilledEvents:
@@ -50,6 +52,7 @@ class SpilledEvents:
         self.rows = 0
         self._files: dict[str, IO[bytes]] = {}
         self._dictionaries: dict[str, pa.Array] = {}  # the dictionary columns', once built
+        self._no_system: np.ndarray | None = None  # by event id: no format file, so no system (null)
         # The files close with this object (the maps hold their own descriptors): never left to
         # the garbage collector, which would warn about them wherever it runs.
         weakref.finalize(self, _close, self._files)
@@ -77,21 +80,35 @@ class SpilledEvents:
             self._write("event", code_of[c])
             self._write("system", np.maximum(sys_of, 0)[c])
         if unknown[ids].any():  # rows of ids without a format file have no system
+            self._no_system = unknown
             mask = np.concatenate([unknown[c] for c in self._chunks("event_id")])
         pids = _distinct(self._chunks("pid"))
         comm_of = _codes_of(pids)
         for c in self._chunks("pid"):
             self._write("comm", comm_of(c))
         self._dictionaries = {"event": names, "system": system_names, "comm": comm_names(pids, cmdlines)}
-        seq, ts, cpu, pid = (self._map(name, _COLUMNS[name]) for name in ("seq", "ts", "cpu", "pid"))
-        event, system, comm = (self._map(name, np.int32) for name in _CODES)
+        return self._assemble({name: self._map(name, _DTYPES[name]) for name in _TABLE_COLUMNS}, mask)
+
+    def chunks(self) -> Iterator[pa.Table]:
+        """The ``events`` table (once :meth:`table` built it) :data:`CHUNK` rows at a time, read
+        with plain reads: a pass over every row (a selection by time or CPU) through the maps
+        would bring all their pages into the process."""
+        for i in range(0, self.rows, CHUNK):
+            n = min(CHUNK, self.rows - i)
+            columns = {name: self._read(name, i, n) for name in _TABLE_COLUMNS}
+            no_system = self._no_system[self._read("event_id", i, n)] if self._no_system is not None else None
+            yield self._assemble(columns, no_system)
+
+    def _assemble(self, columns: dict[str, np.ndarray], no_system: np.ndarray | None) -> pa.Table:
+        """The ``events`` table over these columns (all of them, or a chunk's)."""
+        d = self._dictionaries
         # safe=False: the codes were made from these dictionaries, and checking them would read
         # every page of the maps into the process
         return pa.Table.from_arrays(
-            [numeric(seq), numeric(ts), numeric(cpu), numeric(pid),
-             pa.DictionaryArray.from_arrays(numeric(comm), self._dictionaries["comm"], safe=False),
-             pa.DictionaryArray.from_arrays(numeric(event), names, safe=False),
-             pa.DictionaryArray.from_arrays(numeric(system, mask=mask), system_names, safe=False)],
+            [numeric(columns["seq"]), numeric(columns["ts"]), numeric(columns["cpu"]), numeric(columns["pid"]),
+             pa.DictionaryArray.from_arrays(numeric(columns["comm"]), d["comm"], safe=False),
+             pa.DictionaryArray.from_arrays(numeric(columns["event"]), d["event"], safe=False),
+             pa.DictionaryArray.from_arrays(numeric(columns["system"], mask=no_system), d["system"], safe=False)],
             schema=EVENTS_SCHEMA,
         )
 
@@ -116,17 +133,21 @@ class SpilledEvents:
     def _chunks(self, name: str, wanted: np.ndarray | None = None) -> Iterator[np.ndarray]:
         """A spilled column, :data:`CHUNK` rows at a time, by plain reads from its start (only the
         chunks ``wanted`` marks, where given; the others come empty)."""
-        f = self._files.get(name)
-        if f is None:
+        if name not in self._files:
             return
-        f.flush()
         dtype = np.dtype(_DTYPES[name])
         for k, i in enumerate(range(0, self.rows, CHUNK)):
             if wanted is not None and not wanted[k]:
                 yield np.empty(0, dtype)  # no row of this chunk is asked for: not read
                 continue
-            n = min(CHUNK, self.rows - i)
-            yield np.frombuffer(os.pread(f.fileno(), n * dtype.itemsize, i * dtype.itemsize), dtype)
+            yield self._read(name, i, min(CHUNK, self.rows - i))
+
+    def _read(self, name: str, first: int, n: int) -> np.ndarray:
+        """Rows ``first`` to ``first + n`` of a spilled column, by a plain read."""
+        f = self._files[name]
+        f.flush()
+        dtype = np.dtype(_DTYPES[name])
+        return np.frombuffer(os.pread(f.fileno(), n * dtype.itemsize, first * dtype.itemsize), dtype)
 
     def _write(self, name: str, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values)

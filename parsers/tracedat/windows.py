@@ -395,7 +395,8 @@ class _WindowReader:
         events = joined.events(meta.catalog, meta.cmdlines)
         return TraceData(info=info, events=events, tables=tables, gaps=joined.gaps(),
                          left_out=frozenset(joined.left_out),
-                         spilled_rows=joined.spilled.rows_at if joined.spilled is not None else None)
+                         spilled_rows=joined.spilled.rows_at if joined.spilled is not None else None,
+                         spilled_chunks=joined.spilled.chunks if joined.spilled is not None else None)
 
     def _parts(self) -> Iterator[_Part]:
         yielded = False
