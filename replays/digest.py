@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.replays.needs import DIGESTED_FIELDS, FAULT_EVENT, PRINT_EVENT, WALK_EVENTS
+from kvmtrace.replays.needs import DIGESTED_EVENTS, FAULT_EVENT, PRINT_EVENT, WALK_EVENTS
 from kvmtrace.replays.stream import numpy_column
 from kvmtrace.replays.threads import entry_pairs
 
@@ -63,7 +63,7 @@ class Digest:
     cpu_last: dict[int, int] = field(default_factory=dict)
     events: int = 0
     #: the distinct (pid, vcpu_id) of ``kvm_entry`` and ``isa`` values of ``kvm_exit``
-    #: (:data:`kvmtrace.replays.needs.DIGESTED_FIELDS`: a ``-e kvm`` recording is mostly these two)
+    #: (:data:`kvmtrace.replays.needs.DIGESTED_EVENTS`: a ``-e kvm`` recording is mostly these two)
     entry_pairs: set[tuple[int, int | None]] = field(default_factory=set)
     exit_isas: set[int] = field(default_factory=set)
 
@@ -214,7 +214,7 @@ def digest_of(data: TraceData, events_per_window: int = WINDOW) -> Digest:
     """The digest of a trace held in memory, taken a seq range at a time (the same windows a
     windowed read gives), so that its merges hold one window's arrays, not the trace's."""
     b = DigestBuilder()
-    seqs = {name: numpy_column(data.tables[name], "seq", np.int64) for name in DIGESTED_FIELDS if name in data.tables}
+    seqs = {name: numpy_column(data.tables[name], "seq", np.int64) for name in DIGESTED_EVENTS if name in data.tables}
     ev_seq = numpy_column(data.events, "seq", np.int64)
     gap_seq = data.gaps.column("seq").fill_null(END).to_numpy().astype(np.int64) if data.gaps.num_rows \
         else np.empty(0, np.int64)

@@ -25,9 +25,9 @@ NOTIFIER_EVENTS = frozenset({"kvm_unmap_hva_range", "kvm_set_spte_hva", "kvm_age
 #: faults, MMIO exits) and the notifier calls. ``kvm_userspace_exit`` and ``kvm_entry`` also place
 #: a QEMU log's lines, which is why an analysis with a QEMU log reads every event.
 KEPT_OTHER_EVENTS = frozenset({PRINT_EVENT, "kvm_mmio", "kvm_page_fault"}) | NOTIFIER_EVENTS
-#: Events of which an analysis reads only a few fields, gathered by the digest a window at a
-#: time: the threads' vCPU ids and the exits' vendor.
-DIGESTED_FIELDS: dict[str, tuple[str, ...]] = {"kvm_entry": ("vcpu_id",), "kvm_exit": ("isa",)}
+#: Events of which an analysis reads only a field, gathered by the digest a window at a time:
+#: ``kvm_entry``'s ``vcpu_id`` (which thread is which vCPU) and ``kvm_exit``'s ``isa`` (the vendor).
+DIGESTED_EVENTS = frozenset({"kvm_entry", "kvm_exit"})
 
 
 def keeps(name: str, system: str | None) -> bool:
@@ -41,5 +41,5 @@ def keeps(name: str, system: str | None) -> bool:
 
 def decodes(name: str, system: str | None) -> bool:
     """Whether a windowed read for an analysis decodes event ``name``'s fields: the kept events'
-    and those the digest reads (:data:`DIGESTED_FIELDS`)."""
-    return keeps(name, system) or name.split(":", 1)[-1] in DIGESTED_FIELDS
+    and those the digest reads (:data:`DIGESTED_EVENTS`)."""
+    return keeps(name, system) or name.split(":", 1)[-1] in DIGESTED_EVENTS
