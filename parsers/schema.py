@@ -176,6 +176,20 @@ class TraceData:
     spilled_rows: Callable[[np.ndarray, tuple[str, ...]], dict[str, np.ndarray]] | None = None
     #: Reads that table a chunk at a time, for :meth:`event_chunks`; None: the table is in memory.
     spilled_chunks: Callable[[], Iterator[pa.Table]] | None = None
+    #: Gives back the pages of per-event tables kept on disk and mapped (a read for one analysis)
+    #: that the process has read, for :meth:`release_pages`; None: the tables are in memory.
+    spilled_pages: Callable[[], None] | None = None
+
+    def release_pages(self) -> None:
+        """Let the page cache, not the process, hold what was read of tables kept on disk.
+
+        Why: a read for one analysis keeps its per-event tables on disk, mapped
+        (:mod:`kvmtrace.parsers.spilled`); a pass over a column brings the column's pages into the
+        process, where they stay until unmapped. A consumer that passes over a long trace's
+        columns calls this between steps (the replay does), so that the process holds one
+        step's pages at a time. The tables stay valid: a later read maps the pages back."""
+        if self.spilled_pages is not None:
+            self.spilled_pages()
 
     def event_chunks(self) -> Iterator[pa.Table]:
         """The ``events`` table in pieces, in seq order, for a pass over every row (a selection):

@@ -90,7 +90,7 @@ def keep_rows(data: TraceData, mask: RowMask) -> TraceData:
     )
     # the selected events are in memory, and their seqs are no longer their row numbers
     return dataclasses.replace(data, info=info, events=events, tables=tables, gaps=gaps, spilled_rows=None,
-                               spilled_chunks=None)
+                               spilled_chunks=None, spilled_pages=None)
 
 
 def select(data: TraceData, selection: Selection) -> TraceData:

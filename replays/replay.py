@@ -76,8 +76,10 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     mmu, mmu_evidence = detect_mmu(data, profile, digest)
     assumptions.append(f"MMU {mmu}, decided from the trace: " + "; ".join(mmu_evidence))
     profile = spte_format(data, profile, mmu)
+    data.release_pages()  # each step's pass over the kept columns: see TraceData.release_pages
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     timeline, kvmmmu_count = _timeline(data, profile, memslots, qemu_log_lines, digest)
+    data.release_pages()
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
@@ -97,6 +99,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
                   zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data, digest))
+    data.release_pages()
     lost = LostWindows(digest, data.info.cut_short, data.info.cpus)
     if len(lost.lo) > (lost.tail is not None):
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
@@ -108,6 +111,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     locate = SeqIndex(data)
     locate.ask(f.seq for o in outcomes for f in o.findings if f.seq is not None)
     findings, checks = finalize(outcomes, lost, locate)
+    data.release_pages()
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()

@@ -3,13 +3,16 @@
 The replay loop must not touch pyarrow scalars or build dict rows per event: each event type the
 models consume is pulled out as plain Python lists (``tolist`` on whole columns is a C loop), a
 block of rows at a time so that the lists held stay small however long the trace, and the walk
-order is one ``argsort`` over the concatenated seqs. Checkpoints (memslot changes)
-are merged into the same order with half-step keys so they fall exactly between events.
+order is an ``argsort`` over the concatenated seqs of each segment of the trace
+(:func:`segments`). Checkpoints (memslot changes) are merged into the same order with half-step
+keys so they fall exactly between events.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pyarrow as pa
@@ -20,34 +23,52 @@ from kvmtrace.parsers.schema import TraceData
 
 @dataclass(frozen=True)
 class Columns:
-    """One event type's rows the loop reads: their seqs as numpy, their fields as Python lists
-    made a block of rows at a time (:meth:`block`). All at once, the lists of a TDP trace's
-    ``kvm_tdp_mmu_spte_changed`` rows took ~90 bytes an event (+900 MiB at 10 M events)."""
+    """One event type's rows the loop reads, found by seq in the table's own chunks and read a
+    block at a time (:meth:`block`): the fields as Python lists, which for a whole TDP trace's
+    ``kvm_tdp_mmu_spte_changed`` rows took ~90 bytes an event (+900 MiB at 10 M events), and no
+    array over every row either (the seqs alone are 8 bytes a row; where the table is kept on disk,
+    a whole column would also map every page of it)."""
 
     name: str
     table: pa.Table
-    seq: np.ndarray
     fields: tuple[str, ...]  # "pid" and the requested fields the table has
     missing: tuple[str, ...] = ()  # requested fields the trace's format does not have (read as 0)
-    rows: np.ndarray | None = None  # the table rows read (ascending); None: every row
+    keep: Callable[[pa.Table], np.ndarray] | None = None  # which rows of a block the loop reads; None: all
+    chunks: tuple[pa.Array, ...] = ()  # the seq column's non-empty chunks
+    starts: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # their first rows, and the end
+    lasts: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # their last seqs
 
-    def where(self, keep: np.ndarray) -> Columns:
-        """Only the rows (of those read) where ``keep`` is set."""
-        if keep.all():
-            return self
-        rows = np.flatnonzero(keep) if self.rows is None else self.rows[keep]
-        return replace(self, seq=self.seq[keep], rows=rows)
+    @classmethod
+    def of(cls, name: str, table: pa.Table, fields: tuple[str, ...], missing: tuple[str, ...]) -> Columns:
+        chunks = tuple(c for c in table.column("seq").chunks if len(c))
+        starts = np.cumsum([0, *(len(c) for c in chunks)], dtype=np.int64)
+        lasts = np.asarray([c[-1].as_py() for c in chunks], np.int64)
+        return cls(name, table, fields, missing, None, chunks, starts, lasts)
 
-    def block(self, lo: int, hi: int) -> dict[str, list[int]]:
-        """The fields of read rows ``lo`` to ``hi`` as lists (index = row - lo; nulls read as 0)."""
-        t = self.table.slice(lo, hi - lo) if self.rows is None else self.table.take(pa.array(self.rows[lo:hi]))
+    def rows_before(self, seq: int) -> int:
+        """How many rows have a seq below ``seq`` (a binary search in one chunk)."""
+        k = int(np.searchsorted(self.lasts, seq))
+        if k == len(self.chunks):
+            return int(self.starts[-1])
+        return int(self.starts[k] + np.searchsorted(self.chunks[k].to_numpy(), seq))
+
+    def seq_at(self, row: int) -> int:
+        k = int(np.searchsorted(self.starts, row, side="right")) - 1
+        return int(self.chunks[k].to_numpy()[row - self.starts[k]])
+
+    def block(self, lo: int, hi: int) -> tuple[np.ndarray, dict[str, list[int]]]:
+        """The seqs and the fields (as lists; nulls read as 0) of rows ``lo`` to ``hi`` that
+        :attr:`keep` keeps."""
+        t = self.table.slice(lo, hi - lo)
+        if self.keep is not None and t.num_rows:
+            t = t.filter(pa.array(self.keep(t)))
         out: dict[str, list[int]] = {}
         for f in self.fields:
             col = t.column(f)
             out[f] = (col.fill_null(0) if col.null_count else col).to_pylist()
         for f in self.missing:
-            out[f] = [0] * (hi - lo)
-        return out
+            out[f] = [0] * t.num_rows
+        return numpy_column(t, "seq", np.int64), out
 
 
 def numpy_column(table: pa.Table | pa.RecordBatch, name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
@@ -65,15 +86,25 @@ def extract(data: TraceData, event: str, fields: tuple[str, ...]) -> Columns | N
         return None
     have = tuple(f for f in ("pid", *fields) if f in table.column_names)
     missing = tuple(f for f in ("pid", *fields) if f not in have)
-    return Columns(event, table, numpy_column(table, "seq", np.int64), have, missing)
+    return Columns.of(event, table, have, missing)
 
 
-def merge_order(streams: list[np.ndarray], checkpoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def segments(streams: list[Columns | None], rows: int) -> list[tuple[int | None, int | None]]:
+    """Seq ranges ``[lo, hi)`` (None: open) that cut the streams' merged order into pieces with at
+    most ``rows`` rows of each stream: the seq of every ``rows``-th row of each is a cut."""
+    cuts = sorted({s.seq_at(r) for s in streams if s is not None for r in range(rows, s.table.num_rows, rows)})
+    bounds: list[int | None] = [None, *cuts, None]
+    return list(pairwise(bounds))
+
+
+def merge_order(streams: list[np.ndarray], checkpoints: np.ndarray | None = None,
+                checkpoint_rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Walk order over several seq arrays: ``(which stream, row)`` sorted by seq.
 
     Event keys are ``2*seq``; checkpoint keys are given already doubled by the caller (odd keys,
     ``2*seq - 1`` for "just before seq", ``2*seq + 1`` for "just after"); checkpoints get the
-    stream number ``len(streams)``.
+    stream number ``len(streams)`` and their ``checkpoint_rows`` (default: their positions);
+    checkpoints with one key keep their given order.
     """
     keys = [2 * s for s in streams]
     kinds = [np.full(len(s), i, dtype=np.int16) for i, s in enumerate(streams)]
@@ -81,7 +112,7 @@ def merge_order(streams: list[np.ndarray], checkpoints: np.ndarray | None = None
     if checkpoints is not None and len(checkpoints):
         keys.append(checkpoints)
         kinds.append(np.full(len(checkpoints), len(streams), dtype=np.int16))
-        rows.append(np.arange(len(checkpoints), dtype=np.int64))
+        rows.append(np.arange(len(checkpoints), dtype=np.int64) if checkpoint_rows is None else checkpoint_rows)
     if not keys:
         return np.empty(0, np.int16), np.empty(0, np.int64)
     k = np.concatenate(keys)

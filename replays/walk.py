@@ -7,9 +7,10 @@ The shadow MMU's SPTE installs stay out of it and are settled afterwards with ar
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import memslots as ms
@@ -19,14 +20,15 @@ from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
 from kvmtrace.replays.shadow import ShadowModel
 from kvmtrace.replays.shadow_sptes import Installs, SpteLifetimes, infer_owners
-from kvmtrace.replays.stream import Columns, extract, merge_order, numpy_column
+from kvmtrace.replays.stream import Columns, extract, merge_order, numpy_column, segments
 from kvmtrace.replays.tdp import FROZEN_LOW, TdpModel
 
 PAGE_FIELDS = ("gfn", "role", "mmu_valid_gen", "root_count", "unsync")
 
 # Loop stream numbers (index into the list handed to merge_order).
 GET, ZAP, SYNC, UNSYNC, ZAP_ALL, TDP_CHANGE, FAST_PF, SPLIT = range(8)
-#: Merged events per block of the loop: each block's fields are made into lists, then dropped.
+#: Rows of each stream per segment of the loop (:func:`segments`): each segment's fields are
+#: made into lists, then dropped.
 BLOCK = 1 << 18
 
 
@@ -76,20 +78,23 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         cp_what += [(rm.index, "start"), (rm.index, "end")]
     changed = streams[TDP_CHANGE]
     if changed is not None:
-        streams[TDP_CHANGE] = _drop_nonpresent_churn(changed, profile)
-    kinds, rows = merge_order([s.seq if s is not None else np.empty(0, np.int64) for s in streams],
-                              np.asarray(cp_keys, dtype=np.int64))
+        streams[TDP_CHANGE] = _without_nonpresent_churn(changed, profile)
+    cp_rows = np.argsort(np.asarray(cp_keys, dtype=np.int64), kind="stable")
+    cp_sorted = np.asarray(cp_keys, dtype=np.int64)[cp_rows]
     model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
         ShadowModel(profile, journal, pages, roles_known)
     names = [s.name if s is not None else "" for s in streams]
     page_sets: dict[tuple[int, str], np.ndarray] = {}
     CHECK = len(streams)
-    for b in range(0, len(kinds), BLOCK):
-        block_kinds, block_rows = kinds[b:b + BLOCK], rows[b:b + BLOCK]
-        first, fields, seqs = _block(streams, block_kinds, block_rows)
+    for lo, hi in segments(streams, BLOCK):
+        seq_arrays, fields = _segment(streams, lo, hi)
+        data.release_pages()  # the segment's fields are lists now
+        c_lo = 0 if lo is None else int(np.searchsorted(cp_sorted, 2 * lo - 1))
+        c_hi = len(cp_sorted) if hi is None else int(np.searchsorted(cp_sorted, 2 * hi - 1))
+        kinds, rows = merge_order(seq_arrays, cp_sorted[c_lo:c_hi], cp_rows[c_lo:c_hi])
+        seqs = [q.tolist() for q in seq_arrays]
         get, zap, syn, uns, za, tc, fp, sp = fields
-        for kind, r in zip(block_kinds.tolist(), block_rows.tolist()):
-            r -= first[kind]
+        for kind, r in zip(kinds.tolist(), rows.tolist()):
             if kind == TDP_CHANGE:
                 assert isinstance(model, TdpModel)  # TDP_CHANGE, FAST_PF and SPLIT are read only for the TDP MMU
                 model.change(seqs[kind][r], tc["pid"][r], tc["as_id"][r], tc["gfn"][r], tc["level"][r],
@@ -124,20 +129,22 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
 
 
-def _block(streams: list[Columns | None], kinds: np.ndarray,
-           rows: np.ndarray) -> tuple[list[int], list[dict[str, list[int]]], list[list[int]]]:
-    """For one block of the merged order: each stream's first row in it (0 for the checkpoints,
-    whose rows index ``cp_what``), and its fields and seqs over its rows there as lists. A
-    stream's rows come in increasing order, so a block reads one range of each."""
-    first = [0] * (len(streams) + 1)
-    fields: list[dict[str, list[int]]] = [{} for _ in streams]
-    seqs: list[list[int]] = [[] for _ in streams]
-    for i, s in enumerate(streams):
-        mine = rows[kinds == i]
-        if s is not None and len(mine):
-            lo, hi = int(mine[0]), int(mine[-1]) + 1
-            first[i], fields[i], seqs[i] = lo, s.block(lo, hi), s.seq[lo:hi].tolist()
-    return first, fields, seqs
+def _segment(streams: list[Columns | None], lo: int | None,
+             hi: int | None) -> tuple[list[np.ndarray], list[dict[str, list[int]]]]:
+    """Each stream's seqs (numpy) and fields (lists) in seq range ``[lo, hi)`` (None: open)."""
+    seqs: list[np.ndarray] = []
+    fields: list[dict[str, list[int]]] = []
+    for s in streams:
+        if s is None:
+            seqs.append(np.empty(0, np.int64))
+            fields.append({})
+            continue
+        first = 0 if lo is None else s.rows_before(lo)
+        last = s.table.num_rows if hi is None else s.rows_before(hi)
+        q, f = s.block(first, last)
+        seqs.append(q)
+        fields.append(f)
+    return seqs, fields
 
 
 def _mmio_marks(data: TraceData, journal: Journal) -> None:
@@ -154,13 +161,16 @@ def _mmio_marks(data: TraceData, journal: Journal) -> None:
                         state=coded(np.zeros(n), ["mmio"]), reason=coded(np.zeros(n), ["mark_mmio_spte"]))
 
 
-def _drop_nonpresent_churn(cols: Columns, profile: KernelProfile) -> Columns:
+def _without_nonpresent_churn(cols: Columns, profile: KernelProfile) -> Columns:
     """Leave out TDP changes from one non-present value to another: removing a page table traces
     all 512 children, most of them never present (tests/data/nested/README.md;
     docs/tracepoints.md §1.7). They change nothing."""
     quiet = np.asarray([profile.nonpresent, profile.nonpresent | FROZEN_LOW], dtype=np.uint64)
-    t = cols.table
-    return cols.where(~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet)))
+
+    def changes(t: pa.Table) -> np.ndarray:
+        return ~(np.isin(numpy_column(t, "old_spte"), quiet) & np.isin(numpy_column(t, "new_spte"), quiet))
+
+    return replace(cols, keep=changes)
 
 
 def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,

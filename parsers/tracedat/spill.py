@@ -16,7 +16,6 @@ in a second pass over the mapped columns, a chunk at a time.
 from __future__ import annotations
 
 import os
-import tempfile
 import weakref
 from collections.abc import Callable, Iterator
 from typing import IO
@@ -24,8 +23,8 @@ from typing import IO
 import numpy as np
 import pyarrow as pa
 
-from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import EVENTS_SCHEMA
+from kvmtrace.parsers.spilled import no_room, temporary_file
 from kvmtrace.parsers.tracedat.arrow import numeric
 from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.metadata import comm_names
@@ -42,6 +41,8 @@ _NARROW = 1 << 24
 _DTYPES: dict[str, type[np.generic]] = {**_COLUMNS, **{name: np.int32 for name in _CODES}}
 #: The spilled columns the ``events`` table is made of.
 _TABLE_COLUMNS = ("seq", "ts", "cpu", "pid", *_CODES)
+#: What the files hold, for the error when they cannot be written.
+_WHAT = "the events index of this trace (36 bytes an event)"
 
 
 class SpilledEvents:
@@ -152,14 +153,12 @@ class SpilledEvents:
     def _write(self, name: str, values: np.ndarray) -> None:
         values = np.ascontiguousarray(values)
         f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = temporary_file("kvmtrace-events-", _WHAT)
         try:
-            if f is None:
-                f = self._files[name] = tempfile.TemporaryFile(prefix="kvmtrace-events-")
             f.write(values.view(np.uint8).data)
         except OSError as err:
-            raise TraceError(f"cannot keep the events index of this trace in {tempfile.gettempdir()} "
-                             f"({err.strerror}; it takes 36 bytes an event)",
-                             hint="set TMPDIR to a disk with more room") from None
+            raise no_room(_WHAT, err) from None
 
     def _map(self, name: str, dtype: type[np.generic]) -> np.ndarray:
         f = self._files.get(name)

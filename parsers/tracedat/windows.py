@@ -51,6 +51,7 @@ import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceWarning
 from kvmtrace.parsers.schema import COMMON_NAMES, GAPS_SCHEMA, TraceData, TraceInfo
+from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.arrow import empty_table, numeric
 from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
@@ -240,6 +241,20 @@ _COMM = COMMON_NAMES.index("comm")
 _PID = COMMON_NAMES.index("pid")
 
 
+def _with_comm(spilled: SpilledTable, schema: pa.Schema, cmdlines: dict[int, str]) -> tuple[pa.Table, SpilledTable]:
+    """A kept table mapped back from disk with its ``comm`` column put back (``schema``: the
+    table's own), and where the column's codes went: to disk too, so none of it stays in the process."""
+    table = spilled.table()
+    assert table is not None  # only tables with rows are spilled
+    field = schema.field(_COMM)
+    codes = SpilledTable(spilled.what)
+    for chunk in comm_chunks([c.to_numpy() for c in table.column(_PID).chunks], cmdlines):
+        codes.append(pa.table([chunk], schema=pa.schema([field])))
+    comm = codes.table()
+    assert comm is not None
+    return table.add_column(_COMM, field, comm.column(0)), codes
+
+
 class _Joined:
     """The windows of one buffer, held as decoded, until they are joined into one read.
 
@@ -252,11 +267,16 @@ class _Joined:
     With ``keep`` (a read for one analysis), only the tables of those events are held, the
     others are named in ``left_out``, and the records go to disk as they come
     (:class:`kvmtrace.parsers.tracedat.spill.SpilledEvents`), from where the ``events`` table is
-    mapped back whole."""
+    mapped back whole. The kept tables go to disk too (:class:`kvmtrace.parsers.spilled.SpilledTable`,
+    without ``comm``, whose codes into the one dictionary are known only at the end and follow
+    them there): a long trace's kept rows are the page cache's to hold, not the process's."""
 
     def __init__(self, keep: frozenset[str] | None = None) -> None:
         self.keep = keep
         self.parts: dict[str, list[pa.Table]] = {}
+        self.spilled_parts: dict[str, SpilledTable] = {}  # with keep: the kept tables, without comm
+        self.schemas: dict[str, pa.Schema] = {}  # with keep: the kept tables' own
+        self.mapped: list[SpilledTable] = []  # with keep: what the joined tables map
         self.records: tuple[list[np.ndarray], ...] = ([], [], [], [])  # ts, cpu, pid, event_id
         #: where only some events' rows are kept, every record still has its ``events`` row: on disk
         self.spilled = SpilledEvents() if keep is not None else None
@@ -269,6 +289,11 @@ class _Joined:
         for name, table in part.tables.items():
             if self.keep is not None and name not in self.keep:
                 continue  # decoded for the observer only
+            if self.keep is not None and table.num_rows:
+                self.schemas.setdefault(name, table.schema)
+                spill = self.spilled_parts.setdefault(name, SpilledTable(f"the {name} rows of this trace"))
+                spill.append(table.remove_column(_COMM))
+                continue
             held = self.parts.setdefault(name, [])
             if table.num_rows:
                 held.append(table)
@@ -288,7 +313,16 @@ class _Joined:
             field = held[0].schema.field(_COMM)
             comms = comm_chunks([t.column(_PID).chunk(0).to_numpy() for t in held], cmdlines)
             present[name] = pa.concat_tables([t.set_column(_COMM, field, c) for t, c in zip(held, comms)])
+        for name, spilled in self.spilled_parts.items():
+            present[name], codes = _with_comm(spilled, self.schemas[name], cmdlines)
+            self.mapped += [spilled, codes]
+        self.spilled_parts.clear()
         return with_system_tables(present, catalog, frozenset(self.left_out))
+
+    def release_pages(self) -> None:
+        """Give back the pages of the kept tables this process has read (:meth:`TraceData.release_pages`)."""
+        for spilled in self.mapped:
+            spilled.release()
 
     def joined_records(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """``ts, cpu, pid, event_id`` of every record, each joined and its pieces let go."""
@@ -396,7 +430,8 @@ class _WindowReader:
         return TraceData(info=info, events=events, tables=tables, gaps=joined.gaps(),
                          left_out=frozenset(joined.left_out),
                          spilled_rows=joined.spilled.rows_at if joined.spilled is not None else None,
-                         spilled_chunks=joined.spilled.chunks if joined.spilled is not None else None)
+                         spilled_chunks=joined.spilled.chunks if joined.spilled is not None else None,
+                         spilled_pages=joined.release_pages if joined.mapped else None)
 
     def _parts(self) -> Iterator[_Part]:
         yielded = False

@@ -1,0 +1,91 @@
+"""Arrow tables that grow with a trace, kept in temporary files and mapped back.
+
+Why: a long trace's read for one analysis keeps the rows of the events the replay reads (54 bytes
+a row; 352 MiB of ``kvm_tdp_mmu_spte_changed`` in a 10 M-event TDP trace), and the replay records
+a row per SPTE change; held in the process, both grow with the trace. A :class:`SpilledTable` is
+appended to an unlinked temporary file as Arrow IPC record batches and read back as a table over a
+read-only memory map of that file: the same schema, values and chunks, with no copy. The page
+cache holds the bytes; a consumer brings into the process only the pages of the columns it reads
+(nothing reads ``common_flags``), and those are clean file pages, which the kernel takes back
+under memory pressure rather than failing. The file is unlinked from the start and its space
+freed with the last buffer that maps it: nothing is left behind, whatever happens.
+"""
+
+from __future__ import annotations
+
+import mmap
+import tempfile
+from typing import IO
+
+import pyarrow as pa
+
+from kvmtrace.parsers.errors import TraceError
+
+
+def temporary_file(prefix: str, what: str) -> IO[bytes]:
+    """An unlinked temporary file in ``TMPDIR`` for ``what`` (words for the error message)."""
+    try:
+        return tempfile.TemporaryFile(prefix=prefix)
+    except OSError as err:
+        raise no_room(what, err) from None
+
+
+def no_room(what: str, err: OSError) -> TraceError:
+    """The error for a temporary file that cannot be created or written (a full disk)."""
+    return TraceError(f"cannot keep {what} in {tempfile.gettempdir()} ({err.strerror})",
+                      hint="set TMPDIR to a disk with more room")
+
+
+class SpilledTable:
+    """One table written a piece at a time (:meth:`append`) and mapped back whole (:meth:`table`).
+
+    The pieces must share one schema; dictionary columns may change their dictionary from piece
+    to piece (the IPC stream format carries each). :meth:`table` may be called once."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.rows = 0
+        self._file: IO[bytes] | None = None
+        self._writer: pa.ipc.RecordBatchStreamWriter | None = None
+        self._map: mmap.mmap | None = None
+
+    def append(self, table: pa.Table) -> None:
+        if not table.num_rows:
+            return
+        try:
+            if self._writer is None:
+                self._file = temporary_file("kvmtrace-table-", self.what)
+                self._writer = pa.ipc.new_stream(self._file, table.schema)
+            self._writer.write_table(table)
+        except OSError as err:
+            raise no_room(self.what, err) from None
+        self.rows += table.num_rows
+
+    def table(self) -> pa.Table | None:
+        """The pieces as one table over a map of the file (its chunks are the pieces' batches);
+        None when nothing was appended."""
+        if self._writer is None or self._file is None:
+            return None
+        try:
+            self._writer.close()
+            self._file.flush()
+        except OSError as err:
+            raise no_room(self.what, err) from None
+        # The map holds its own descriptor: the file's space is freed with the last buffer over it.
+        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._file.close()
+        self._writer = self._file = None
+        return pa.ipc.open_stream(pa.py_buffer(self._map)).read_all()
+
+    def release(self) -> None:
+        """Give back the pages of the map this process has read. A page read through a map stays
+        in the process's resident set until it is unmapped, so a pass over a column would count
+        the whole column against the process; after this, the pages are the page cache's again
+        (a later read maps them back, from memory while the cache holds them)."""
+        if self._map is not None and _DONTNEED is not None:
+            self._map.madvise(_DONTNEED)
+
+
+#: madvise(MADV_DONTNEED) where the platform has it: on a shared read-only file map it drops the
+#: process's mappings of the pages, not their contents.
+_DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)

@@ -1,0 +1,94 @@
+"""Tables kept on disk and mapped back (:mod:`kvmtrace.parsers.spilled`).
+
+A read for one analysis writes its kept per-event tables to unlinked temporary files and maps
+them back; the replay and the report give back the pages they read between steps
+(``TraceData.release_pages``). What is mapped must be exactly what was written, must stay valid
+after its pages are given back, and must not hold the process's own memory.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from conftest import NESTED
+
+from kvmtrace.parsers import read
+from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.spilled import SpilledTable
+from kvmtrace.parsers.tracedat.reader import read_kept
+from kvmtrace.replays.needs import decodes, keeps
+
+TDP = NESTED / "k61tdp-churn-small-kt.dat"
+
+
+def _pieces() -> list[pa.Table]:
+    """Three pieces whose dictionary column changes its dictionary (as ``comm`` does by window)."""
+    out = []
+    for i, words in enumerate((["a"], ["b", "a"], ["c"])):
+        n = 1000 * (i + 1)
+        codes = pa.array(np.arange(n) % len(words), pa.int32())
+        out.append(pa.table({"seq": np.arange(n, dtype=np.int64) + 10_000 * i,
+                             "name": pa.DictionaryArray.from_arrays(codes, pa.array(words)),
+                             "text": pa.array([f"row {k}" if k % 7 else None for k in range(n)])}))
+    return out
+
+
+def _anon_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+
+
+def test_a_spilled_table_maps_back_what_was_appended() -> None:
+    pieces = _pieces()
+    spilled = SpilledTable("a test table")
+    for p in pieces:
+        spilled.append(p)
+    spilled.append(pieces[0].slice(0, 0))  # an empty piece writes nothing
+    got = spilled.table()
+    assert got is not None and spilled.rows == sum(p.num_rows for p in pieces)
+    assert got.schema.equals(pieces[0].schema)
+    assert got.column("seq").num_chunks == len(pieces)  # the pieces are its chunks: no copy joined them
+    assert got.to_pylist() == pa.concat_tables(pieces).to_pylist()
+    spilled.release()  # the pages go back; the values stay readable
+    assert got.to_pylist() == pa.concat_tables(pieces).to_pylist()
+
+
+def test_nothing_appended_maps_nothing() -> None:
+    assert SpilledTable("nothing").table() is None
+
+
+def test_a_mapped_table_is_not_the_process_memory() -> None:
+    """64 MiB written and mapped back: the process's anonymous memory does not hold it."""
+    spilled = SpilledTable("a large table")
+    for _ in range(8):
+        spilled.append(pa.table({"v": np.ones(1 << 20, np.int64)}))  # 8 MiB a piece
+    before = _anon_kib()
+    table = spilled.table()
+    assert table is not None and int(table.column("v").chunk(3).to_numpy().sum()) == 1 << 20
+    assert _anon_kib() - before < 16 * 1024  # not 64 MiB
+
+
+def test_no_room_for_the_file_is_one_error_with_what_to_do(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    with pytest.raises(TraceError, match="cannot keep the kvm_mmu_set_spte rows") as err:
+        SpilledTable("the kvm_mmu_set_spte rows of this trace").append(_pieces()[0])
+    assert "TMPDIR" in (err.value.hint or "")
+
+
+def _kept(path: Path):
+    return read_kept(path, keeps, lambda window: None, decode=decodes, events_per_window=1000, pages_per_run=2)
+
+
+def test_a_kept_read_maps_its_tables_and_gives_their_pages_back() -> None:
+    full, kept = read(TDP), _kept(TDP)
+    assert kept.spilled_pages is not None and full.spilled_pages is None
+    name = "kvm_tdp_mmu_spte_changed"
+    assert kept.tables[name].column("seq").num_chunks > 1
+    kept.release_pages()
+    assert kept.tables[name].equals(full.tables[name])
+    full.release_pages()  # a read held in memory: nothing to give back, nothing changes
+
