@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import NESTED
+from conftest import NESTED, SAMPLES
 
 from kvmtrace.parsers import read
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.reader import read_kept
 from kvmtrace.replays.needs import decodes, keeps
+from kvmtrace.report import evidence
+from kvmtrace.report.evidence import evidence_fields, evidence_lines
 
 TDP = NESTED / "k61tdp-churn-small-kt.dat"
 
@@ -92,3 +94,15 @@ def test_a_kept_read_maps_its_tables_and_gives_their_pages_back() -> None:
     assert kept.tables[name].equals(full.tables[name])
     full.release_pages()  # a read held in memory: nothing to give back, nothing changes
 
+
+def test_evidence_from_tables_kept_on_disk_is_the_evidence_of_the_full_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Cited rows are found per chunk and read a few at a time (3 here), the pages given back
+    between batches: the same lines and fields as from the tables held in memory."""
+    monkeypatch.setattr(evidence, "ROWS_PER_RELEASE", 3)
+    for path in (TDP, SAMPLES / "churn-zapslot.dat"):
+        full, kept = read(path), _kept(path)
+        seqs = [s for name, t in full.tables.items() if t.num_rows and name not in kept.left_out
+                for s in t.column("seq").to_pylist()[::29]]
+        assert len(seqs) > 50
+        assert evidence_lines(kept, seqs) == evidence_lines(full, seqs)
+        assert evidence_fields(kept, seqs) == evidence_fields(full, seqs)

@@ -10,7 +10,7 @@ events and not with the trace.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -35,8 +35,20 @@ def _field_text(value: object, typ: pa.DataType) -> str:
     return str(value)
 
 
-def _seq_column(table: pa.Table) -> np.ndarray:
-    return table.column("seq").to_numpy()
+def _rows_at(table: pa.Table, seqs: list[int]) -> pa.Table:
+    """The rows of ``table`` with these seqs (each present; ascending), found by a binary search
+    in each piece's own seq column and taken from that piece alone: the whole column as one
+    array, or a take over the chunked table, would copy (and, for a table kept on disk, read)
+    every row."""
+    wanted = np.asarray(seqs, np.int64)
+    taken = []
+    for batch in table.to_batches():
+        col = batch.column("seq").to_numpy()
+        if len(col):
+            mine = wanted[(wanted >= col[0]) & (wanted <= col[-1])]
+            if len(mine):
+                taken.append(batch.take(pa.array(np.searchsorted(col, mine))))
+    return pa.Table.from_batches(taken, schema=table.schema)
 
 
 def seq_ts(data: TraceData, seqs: np.ndarray) -> np.ndarray:
@@ -77,12 +89,28 @@ def _by_event(data: TraceData, seqs: Iterable[int]) -> tuple[list[int], dict[str
     return [int(s) for s in wanted[~found]], by_event
 
 
+#: Cited rows read between two :meth:`TraceData.release_pages`: each row read from a table kept
+#: on disk maps a page of every column, so thousands of rows spread over a long table would map
+#: most of it at once.
+ROWS_PER_RELEASE = 1024
+
+
+def _cited_rows(data: TraceData, by_event: dict[str, list[int]]) -> Iterator[tuple[str, pa.Table, pa.Table]]:
+    """Each event's name, table and cited rows, :data:`ROWS_PER_RELEASE` rows at a time, the pages
+    read given back after each batch."""
+    for name, event_seqs in by_event.items():
+        table = data.table(name)
+        for i in range(0, len(event_seqs), ROWS_PER_RELEASE):
+            yield name, table, _rows_at(table, event_seqs[i:i + ROWS_PER_RELEASE])
+            data.release_pages()
+
+
 def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
     """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
     missing, by_event = _by_event(data, seqs)
     out = {s: f"(seq {s} is not in this trace)" for s in missing}
-    for name, event_seqs in by_event.items():
-        out.update(_lines_for_event(data.table(name), name, event_seqs))
+    for name, table, rows in _cited_rows(data, by_event):
+        out.update(_lines_for_event(table, name, rows))
     return out
 
 
@@ -90,17 +118,14 @@ def evidence_fields(data: TraceData, seqs: Iterable[int]) -> dict[int, tuple[str
     """Each cited ``seq``'s event name, pid and own fields (for decoding beside its line)."""
     _, by_event = _by_event(data, seqs)
     out = {}
-    for name, event_seqs in by_event.items():
-        table = data.table(name)
-        rows = table.take(pa.array(np.searchsorted(_seq_column(table), event_seqs)))
+    for name, table, rows in _cited_rows(data, by_event):
         fields = [f.name for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
         for row in rows.select(["seq", "pid", *fields]).to_pylist():
             out[row.pop("seq")] = (name, row.pop("pid"), row)
     return out
 
 
-def _lines_for_event(table: pa.Table, name: str, seqs: list[int]) -> dict[int, str]:
-    rows = table.take(pa.array(np.searchsorted(_seq_column(table), seqs)))
+def _lines_for_event(table: pa.Table, name: str, rows: pa.Table) -> dict[int, str]:
     # common_flags / common_preempt_count are ring-buffer bookkeeping; trace-cmd hides them too.
     fields = [f for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
     cols = {n: rows.column(n).to_pylist() for n in ("seq", "ts", "cpu", "pid", "comm")}
