@@ -15,6 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
@@ -76,10 +77,10 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     mmu, mmu_evidence = detect_mmu(data, profile, digest)
     assumptions.append(f"MMU {mmu}, decided from the trace: " + "; ".join(mmu_evidence))
     profile = spte_format(data, profile, mmu)
-    data.release_pages()  # each step's pass over the kept columns: see TraceData.release_pages
+    _let_go(data)
     assumptions.append(f"SPTE format {profile.flavour} (told by the memory-type bits of leaf SPTEs)")
     timeline, kvmmmu_count = _timeline(data, profile, memslots, qemu_log_lines, digest)
-    data.release_pages()
+    _let_go(data)
     zap_all_seqs, zap_all_pids = seq_pid(data, zap_all_event(data))
     zap_policy, why = infer_zap_policy(timeline, zap_all_seqs, zap_all_pids, profile)
     assumptions.append(f"zap policy {zap_policy}: {why}")
@@ -99,7 +100,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
                   columns(data, "mark_mmio_spte", ("gfn", "gen")), columns(data, "handle_mmio_page_fault", ("gfn",)),
                   zap_all_seqs, zap_all_pids, release_of(kernel or data.info.kernel), leaf_evidence(data, digest))
-    data.release_pages()
+    _let_go(data)
     lost = LostWindows(digest, data.info.cut_short, data.info.cpus)
     if len(lost.lo) > (lost.tail is not None):
         limits.append(f"{len(lost.lo) - (lost.tail is not None)} lost-event window(s): findings that depend on them "
@@ -111,10 +112,11 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     locate = SeqIndex(data)
     locate.ask(f.seq for o in outcomes for f in o.findings if f.seq is not None)
     findings, checks = finalize(outcomes, lost, locate)
-    data.release_pages()
+    _let_go(data)
 
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()
+    _let_go(data)
     limits.extend(_limits(mmu, timeline))
     assumptions.extend(_assumptions(mmu))
     return ReplayResult(
@@ -127,6 +129,14 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
         mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
     )
+
+
+def _let_go(data: TraceData) -> None:
+    """Between two steps of the replay, give back what the last one read or freed: the pages of
+    the tables kept on disk it passed over (:meth:`TraceData.release_pages`) and the allocators'
+    free memory (:func:`release_freed_memory`), so that steps do not add up in the resident set."""
+    data.release_pages()
+    release_freed_memory()
 
 
 def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:

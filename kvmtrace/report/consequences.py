@@ -48,9 +48,13 @@ def _columns(data: TraceData, event: str, fields: dict[str, int]) -> dict[str, n
     t = data.tables.get(event)
     if t is None or not t.num_rows or any(f not in t.column_names for f in fields):
         return None
-    out = {k: t.column(k).to_numpy() for k in ("seq", "pid")}
+    out = {}
+    for k in ("seq", "pid"):
+        out[k] = t.column(k).to_numpy()
+        data.release_pages()  # one column's pages at a time (see TraceData.release_pages)
     for f, shift in fields.items():
         out[f] = t.column(f).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift)
+        data.release_pages()
     return out
 
 

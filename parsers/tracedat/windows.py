@@ -50,6 +50,7 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceWarning
+from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import COMMON_NAMES, GAPS_SCHEMA, TraceData, TraceInfo
 from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.arrow import empty_table, numeric
@@ -57,7 +58,6 @@ from kvmtrace.parsers.tracedat.catalog import FormatCatalog
 from kvmtrace.parsers.tracedat.columns import FieldReader
 from kvmtrace.parsers.tracedat.compress import Chunk, Decompressor
 from kvmtrace.parsers.tracedat.layout import BufferSpec
-from kvmtrace.parsers.tracedat.memory import release_freed_memory
 from kvmtrace.parsers.tracedat.merge import Merged, to_ns
 from kvmtrace.parsers.tracedat.meta import FileMeta, corrupt_note, open_file, open_meta, unknown_note
 from kvmtrace.parsers.tracedat.metadata import comm_chunks
