@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -59,13 +60,20 @@ def _source() -> Path:
     return bench if bench.exists() else max((REPO / "sample_traces").glob("*.dat"), key=lambda p: p.stat().st_size)
 
 
-def run(trace: Path, pythonpath: Path | None, keep: str = "analysis") -> dict:
+def analyze_child(trace: Path, pythonpath: Path | None, keep: str = "analysis",
+                  preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+    """One analysis in a fresh process (the code at ``pythonpath``, else the installed one);
+    ``preexec`` runs in the child before it starts (bench_limit.py: joining a memory cgroup)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     # cwd: not the repository, whose kvmtrace/ would come first on the child's path
-    done = subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep], capture_output=True, text=True, env=env,
-                          cwd=trace.parent)
+    return subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep], capture_output=True, text=True, env=env,
+                          cwd=trace.parent, preexec_fn=preexec)
+
+
+def run(trace: Path, pythonpath: Path | None, keep: str = "analysis") -> dict:
+    done = analyze_child(trace, pythonpath, keep)
     if done.returncode:
         raise SystemExit(f"analyze {trace} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])

@@ -155,16 +155,16 @@ def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
          keep: Literal["all", "analysis"] = "all") -> Trace:
     """Open a trace.dat or ftrace text file (format decided by content).
 
-    ``keep="analysis"`` reads for :meth:`Trace.analyze` only, in memory that grows with the
-    events the replay reads rather than with the trace: a trace.dat is decoded in windows, the
-    rows of the events the replay and its report read are kept (:mod:`kvmtrace.replays.needs`)
+    ``keep="analysis"`` reads for :meth:`Trace.analyze` only: a trace.dat is decoded in windows,
+    the rows of the events the replay and its report read are kept (:mod:`kvmtrace.replays.needs`)
     and the others are only digested (:mod:`kvmtrace.replays.digest`; the guest page-table
     walker's events are most of a shadow-paged trace). The analysis is the same as after a full
     read; the other events' tables are empty and ``table()`` refuses them, other buffer
     instances are not read, and what needs every event's rows (a QEMU log for ``analyze``,
-    ``to_parquet``) is refused. The ``events`` table has every row: it lies in an unlinked
-    temporary file (36 bytes an event, in ``TMPDIR``), is mapped back for lookups and read a
-    chunk at a time for a selection (``since``/``until``/``cpus``).
+    ``to_parquet``) is refused. The kept tables and the ``events`` table (every row) lie in
+    unlinked temporary files in ``TMPDIR`` (36 bytes an event, plus the kept rows), mapped back:
+    the page cache holds them, not the process (:meth:`TraceData.release_pages`); a selection
+    (``since``/``until``/``cpus``) reads the ``events`` table a chunk at a time.
     """
     if keep == "all":
         return Trace(read_trace(path, instance=instance, strict=strict), os.fspath(path))

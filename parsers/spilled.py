@@ -1,8 +1,8 @@
 """Arrow tables that grow with a trace, kept in temporary files and mapped back.
 
 Why: a long trace's read for one analysis keeps the rows of the events the replay reads (54 bytes
-a row; 352 MiB of ``kvm_tdp_mmu_spte_changed`` in a 10 M-event TDP trace), and the replay records
-a row per SPTE change; held in the process, both grow with the trace. A :class:`SpilledTable` is
+a row; 352 MiB of ``kvm_tdp_mmu_spte_changed`` in a 10 M-event TDP trace); held in the process,
+they grow with the trace. A :class:`SpilledTable` is
 appended to an unlinked temporary file as Arrow IPC record batches and read back as a table over a
 read-only memory map of that file: the same schema, values and chunks, with no copy. The page
 cache holds the bytes; a consumer brings into the process only the pages of the columns it reads

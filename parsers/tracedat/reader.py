@@ -73,12 +73,13 @@ def read_kept(path: str | os.PathLike[str], keep: Callable[[str, str | None], bo
 
     Each window is first shown to ``observe``: its ``events`` table (every event of the window:
     an analysis gathers there what it needs of the others), gaps and info, and the tables of the
-    kept events, whose rows are then held, and of those ``decode`` accepts besides (shown, not
-    held); the other events' fields are never decoded. The
+    kept events, whose rows are then kept, and of those ``decode`` accepts besides (shown, not
+    kept); the other events' fields are never decoded. The
     result is what :func:`read_tracedat` gives, less the other events' rows: their tables are
     empty (``TraceData.left_out`` names them; ``info`` still counts them); the ``events`` table
-    has every row, kept on disk (:mod:`kvmtrace.parsers.tracedat.spill`). Memory: the kept rows,
-    plus one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
+    has every row. Both lie on disk, mapped back (:mod:`kvmtrace.parsers.tracedat.spill`,
+    :mod:`kvmtrace.parsers.spilled`; :meth:`TraceData.release_pages` gives back the pages a pass
+    read). Memory: one window (:func:`kvmtrace.parsers.tracedat.windows.iter_windows`).
     """
     with window_reader(path, instance, events_per_window, pages_per_run) as reader:
         return reader.kept(keep, observe, decode)

@@ -250,6 +250,7 @@ def _with_comm(spilled: SpilledTable, schema: pa.Schema, cmdlines: dict[int, str
     codes = SpilledTable(spilled.what)
     for chunk in comm_chunks([c.to_numpy() for c in table.column(_PID).chunks], cmdlines):
         codes.append(pa.table([chunk], schema=pa.schema([field])))
+    spilled.release()  # the pid column's pages, read for the codes
     comm = codes.table()
     assert comm is not None
     return table.add_column(_COMM, field, comm.column(0)), codes
