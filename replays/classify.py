@@ -15,7 +15,7 @@ from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.digest import Digest, digest_of
 from kvmtrace.replays.inputs import PAGE_EVENTS, RoleWords, model_input, role_words
 from kvmtrace.replays.needs import FAULT_EVENT
-from kvmtrace.replays.profiles import KernelProfile, ept, profile_for, spte_flavour
+from kvmtrace.replays.profiles import KernelProfile, ept, flavour, flavour_counts, profile_for, spte_flavour
 from kvmtrace.replays.stream import numpy_column
 
 #: Page-event print forms of older kernels (the text reader's era labels) -> the release whose
@@ -219,13 +219,21 @@ def spte_format(data: TraceData, profile: KernelProfile, mmu: str) -> KernelProf
     """The profile with the SPTE format the trace shows: TDP SPTEs on an Intel host are EPT entries
     (other A/D and MMIO bits); shadow paging always uses the x86 page-table format."""
     if mmu == "tdp":
-        t = data.tables["kvm_tdp_mmu_spte_changed"]
-        values = numpy_column(t, "new_spte")[numpy_column(t, "level", np.int64) == 1]
+        t, leaves_only = data.tables["kvm_tdp_mmu_spte_changed"], True
+        field = "new_spte"
     elif mmu == "legacy_tdp" and "kvm_mmu_set_spte" in data.tables:
-        values = numpy_column(data.tables["kvm_mmu_set_spte"], "spte")
+        t, leaves_only, field = data.tables["kvm_mmu_set_spte"], False, "spte"
     else:
         return profile
-    return ept(profile) if spte_flavour(values, profile) == "EPT" else profile
+    present = ept_like = 0
+    for batch in t.to_batches():  # a batch at a time, its pages given back: a TDP trace's largest table
+        values = numpy_column(batch, field)
+        if leaves_only:
+            values = values[numpy_column(batch, "level", np.int64) == 1]
+        counts = flavour_counts(values, profile)
+        present, ept_like = present + counts[0], ept_like + counts[1]
+        data.release_pages()
+    return ept(profile) if flavour(present, ept_like) == "EPT" else profile
 
 
 def infer_zap_policy(tl: ms.MemslotTimeline, za_seq: np.ndarray, za_pid: np.ndarray,

@@ -7,7 +7,7 @@ here once.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,12 +41,18 @@ def zap_all_event(data: TraceData) -> str:
     return "kvm_mmu_invalidate_zap_all_pages" if old is not None and old.num_rows else "kvm_mmu_zap_all_fast"
 
 
-def kvmmmu_events(data: TraceData, profile: KernelProfile,
-                  leave_out: frozenset[str] = frozenset()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seqs, pids and "is a zap" of every kvmmmu event (but those of ``leave_out``), in seq order,
-    from the per-event tables (their schema metadata names the system; the name list covers
-    readers that leave it out). Zaps (zap-all, page zaps, a TDP SPTE going non-present) are what
-    a memslot ioctl emits.
+def kvmmmu_names(data: TraceData, leave_out: frozenset[str] = frozenset()) -> list[str]:
+    """The kvmmmu events with rows (but those of ``leave_out``), from the per-event tables (their
+    schema metadata names the system; the name list covers readers that leave it out)."""
+    return [name for name, t in data.tables.items() if t.num_rows and name not in leave_out
+            and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
+
+
+def kvmmmu_events(data: TraceData, profile: KernelProfile, leave_out: frozenset[str] = frozenset(),
+                  pids: frozenset[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seqs, pids and "is a zap" of every kvmmmu event (but those of ``leave_out``; only those of
+    the threads ``pids`` where given), in seq order (:func:`kvmmmu_names`). Zaps (zap-all, page
+    zaps, a TDP SPTE going non-present) are what a memslot ioctl emits.
 
     Most of a trace's events are kvmmmu events (the guest walker's above all), so this is built
     without a sort and a chunk of a table at a time: the seqs are marked in a bitmap (one byte
@@ -54,34 +60,49 @@ def kvmmmu_events(data: TraceData, profile: KernelProfile,
     at their seqs' places (a running count of the bitmap, four bytes an event). A
     concatenate-and-argsort held three seq-sized arrays at once (1.2 GB at 56 M events). Where
     the rows are few among the trace's events (a read for the analysis leaves the walker's out:
-    3 M of 51 M), the bitmap costs more than the sort (255 MiB there), and the sort is used."""
-    names = [name for name, t in data.tables.items() if t.num_rows and name not in leave_out
-             and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
+    3 M of 51 M; a few threads' rows), the bitmap costs more than the sort (255 MiB there), and
+    the sort is used."""
+    names = kvmmmu_names(data, leave_out)
     if not names:
         return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)
+    wanted = None if pids is None else np.asarray(sorted(pids), np.int64)
     events = max(int(pc.max(data.tables[name]["seq"]).as_py()) for name in names) + 1
     if 24 * sum(data.tables[name].num_rows for name in names) < 5 * events:  # sort: 24 B a row; bitmap: 5 an event
-        tables = [data.tables[name] for name in names]
-        seq = np.concatenate([numpy_column(t, "seq", np.int64) for t in tables])
+        parts = list(_rows_of(data, names, profile, wanted))
+        seq = np.concatenate([p[0] for p in parts])
         order = np.argsort(seq, kind="stable")  # runs already in order: a merge
-        pid = np.concatenate([numpy_column(t, "pid", np.int32) for t in tables])[order]
-        zap = np.concatenate([_zaps(name, t, profile) for name, t in zip(names, tables)])[order]
-        return seq[order], pid, zap
+        return seq[order], np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
     marked = np.zeros(events, bool)
-    for name in names:
-        for chunk in data.tables[name].column("seq").chunks:
-            marked[chunk.to_numpy()] = True
+    for seq, _, _ in _rows_of(data, names, profile, wanted, seqs_only=True):
+        marked[seq] = True
     seq = np.flatnonzero(marked)
     place = np.cumsum(marked, dtype=np.int32 if len(seq) < 2**31 else np.int64)  # a seq's place is place[seq] - 1
     del marked
     pid = np.empty(len(seq), np.int32)
     zap = np.empty(len(seq), bool)
-    for name in names:
-        for batch in data.tables[name].to_batches():
-            at = place[numpy_column(batch, "seq", np.int64)] - 1
-            pid[at] = numpy_column(batch, "pid", np.int32)
-            zap[at] = _zaps(name, batch, profile)
+    for batch_seq, batch_pid, batch_zap in _rows_of(data, names, profile, wanted):
+        at = place[batch_seq] - 1
+        pid[at] = batch_pid
+        zap[at] = batch_zap
     return seq, pid, zap
+
+
+def _rows_of(data: TraceData, names: list[str], profile: KernelProfile, wanted: np.ndarray | None,
+             seqs_only: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """seq, pid and zap flag of the events ``names`` (of the threads ``wanted`` only, where
+    given), a record batch at a time, the pages each read given back (see
+    :meth:`TraceData.release_pages`); ``seqs_only``: the zap flags left empty."""
+    for name in names:
+        t = data.tables[name]
+        for batch in t.select([c for c in ("seq", "pid", "new_spte") if c in t.column_names]).to_batches():
+            seq = numpy_column(batch, "seq", np.int64)
+            pid = numpy_column(batch, "pid", np.int32)
+            zap = np.empty(0, bool) if seqs_only else _zaps(name, batch, profile)
+            if wanted is not None:
+                mine = np.isin(pid, wanted)
+                seq, pid, zap = seq[mine], pid[mine], (zap if seqs_only else zap[mine])
+            yield seq, pid, zap
+            data.release_pages()
 
 
 def _zaps(name: str, t: pa.Table | pa.RecordBatch, profile: KernelProfile) -> np.ndarray:

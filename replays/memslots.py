@@ -330,6 +330,20 @@ def _overlap(c: MemslotChange, base: int, n: int) -> bool:
     return c.old_base_gfn is not None and c.old_base_gfn < base + n and base < c.old_base_gfn + (c.old_npages or 0)
 
 
+#: What marks a ``print`` line as a memslot change (QEMU's trace line, the lab's move marker).
+_LINE_MARKS = ("kvm_set_user_memory", "kvmlab_memslot_move")
+
+
+def line_threads(print_table: pa.Table | None) -> frozenset[int]:
+    """The threads that wrote memslot lines: a line's window (:func:`_window_start`) reads only
+    its own thread's kernel events."""
+    if print_table is None or not print_table.num_rows or "buf" not in print_table.column_names:
+        return frozenset()
+    # as from_prints tests them (a trace's marker lines are few: tens of thousands in 51 M events)
+    pids, bufs = print_table.column("pid").to_pylist(), print_table.column("buf").to_pylist()
+    return frozenset(pid for pid, buf in zip(pids, bufs) if buf and any(mark in buf for mark in _LINE_MARKS))
+
+
 def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
                 kvmmmu_zap: np.ndarray | None = None, start: Sequence[SlotLine] = (),
                 walked: Callable[[int], int] | None = None) -> MemslotTimeline:
@@ -356,7 +370,7 @@ def from_prints(print_table: pa.Table | None, kvmmmu_seq: np.ndarray, kvmmmu_pid
     for seq, pid, buf in zip(seqs, pids, bufs):
         if not buf:
             continue
-        if "kvm_set_user_memory" in buf or "kvmlab_memslot_move" in buf:
+        if any(mark in buf for mark in _LINE_MARKS):
             line = parse_set_memory(buf, seq, pid) if "kvm_set_user_memory" in buf else parse_lab_move(buf, seq, pid)
             if line is None:
                 continue

@@ -162,11 +162,21 @@ EPT_WB_BITS, EPT_WB = 0x38, 0x30
 
 def spte_flavour(values: np.ndarray, profile: KernelProfile) -> str:
     """"EPT" when most present SPTEs look like EPT write-back leaves, else "shadow/NPT"."""
+    return flavour(*flavour_counts(values, profile))
+
+
+def flavour_counts(values: np.ndarray, profile: KernelProfile) -> tuple[int, int]:
+    """How many of ``values`` are present SPTEs, and how many of those look like EPT write-back
+    leaves (counts add up over pieces of a table)."""
     present = values[profile.is_present(values)] if len(values) else values
-    if len(present) < 16:
+    return len(present), int(np.count_nonzero((present & np.uint64(EPT_WB_BITS)) == np.uint64(EPT_WB)))
+
+
+def flavour(present: int, ept_like: int) -> str:
+    """:func:`spte_flavour` from :func:`flavour_counts`."""
+    if present < 16:
         return "shadow/NPT"
-    ept_like = np.count_nonzero((present & np.uint64(EPT_WB_BITS)) == np.uint64(EPT_WB))
-    return "EPT" if ept_like * 10 >= len(present) * 9 else "shadow/NPT"
+    return "EPT" if ept_like * 10 >= present * 9 else "shadow/NPT"
 
 
 _GEN_513 = ((3, 10, 0), (52, 62, 8))

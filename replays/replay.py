@@ -31,6 +31,7 @@ from kvmtrace.replays.inputs import (
     columns,
     fault_columns,
     kvmmmu_events,
+    kvmmmu_names,
     model_input,
     page_limits,
     require_events,
@@ -158,18 +159,21 @@ def _timeline(data: TraceData, profile: KernelProfile, layout: dict[str, Any] | 
     kernel's response to each), apply after it.
 
     The kvmmmu events' seqs, pids and zap flags only anchor the memslot lines, so they are let go
-    here rather than held through the model run. The trace's own lines need of the guest
-    walker's events (never zaps; most of a trace) only each line's thread's last one, which the
-    digest has; a QEMU log's lines are placed anywhere, so that path takes them all."""
+    here rather than held through the model run. The trace's own lines need only their own
+    threads' events (a line's window is its thread's), and of the guest walker's (never zaps;
+    most of a trace) only each line's thread's last one, which the digest has; a QEMU log's
+    lines are placed anywhere, so that path takes them all."""
     start = ms.parse_layout(layout) if layout is not None else []
     if lines is not None:
         kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
         return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start), len(kv_seq)
-    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, frozenset(WALK_EVENTS))
-    tl = ms.from_prints(data.tables.get("print"), kv_seq, kv_pid, kv_zap, start, digest.walked_before)
+    prints = data.tables.get("print")
+    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, frozenset(WALK_EVENTS), ms.line_threads(prints))
+    tl = ms.from_prints(prints, kv_seq, kv_pid, kv_zap, start, digest.walked_before)
     if layout is not None and len(tl.changes) == len(start):
         tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")
-    return tl, len(kv_seq) + digest.walker_events
+    walked = sum(data.tables[name].num_rows for name in kvmmmu_names(data, frozenset(WALK_EVENTS)))
+    return tl, walked + digest.walker_events
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:

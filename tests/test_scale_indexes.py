@@ -26,6 +26,7 @@ from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
 from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
+from kvmtrace.replays.needs import WALK_EVENTS
 from kvmtrace.replays.profiles import profile_for
 from kvmtrace.replays.shadow_sptes import _first_rmap_zaps
 
@@ -206,7 +207,8 @@ def test_ledger_candidates_hold_every_page_a_change_concerns(n: int, seed: int, 
 def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
     """The bitmap-and-place merge of the kvmmmu events equals concatenating every kvmmmu table's
     columns and sorting them by seq, on tables read whole and read as 1000-event chunks (a long
-    trace's tables come in chunks, which the merge walks one at a time)."""
+    trace's tables come in chunks, which the merge walks one at a time); so does the sort of the
+    few rows of one thread (what a memslot line's window reads)."""
     whole = read(path)
     with open_file(str(path)) as f:
         meta, size = open_meta(f, str(path))
@@ -222,3 +224,11 @@ def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
         got = kvmmmu_events(data, profile)
         assert np.array_equal(got[0], seq[order]) and np.array_equal(got[1], pid) and np.array_equal(got[2], zap)
         assert got[2].any() and len(set(got[1].tolist())) > 1
+        # one thread's rows, without the walker's or with them (the bitmap merge, where rows are many)
+        event_of = np.concatenate([np.full(whole.tables[n].num_rows, n) for n in names])[order]
+        for leave_out in (frozenset(), frozenset(WALK_EVENTS)):
+            for thread in {int(pid[0]), int(pid[-1])}:
+                kept = ~np.isin(event_of, list(leave_out)) & (pid == thread)
+                got = kvmmmu_events(data, profile, leave_out, frozenset({thread}))
+                assert kept.any() and np.array_equal(got[0], seq[order][kept]), (leave_out, thread)
+                assert np.array_equal(got[1], pid[kept]) and np.array_equal(got[2], zap[kept])
