@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import ArrayLike
 
+from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 #: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
@@ -24,6 +25,10 @@ PREDATES, ROOT_IN_USE, ROOT_FREED = "predates", "root_in_use", "root_freed"
 #: Rows :meth:`Journal.change` holds as Python objects before it makes them a table: ~360 bytes
 #: a change as ten lists (230 MiB for a 10 M-event TDP trace), ~50 as a table.
 ROWS_PER_CHUNK = 1 << 16
+#: Changes from which the built SPTE-change table is kept on disk and mapped back
+#: (:mod:`kvmtrace.parsers.spilled`): ~53 bytes a change, 127 MiB of a 51 M-event shadow trace
+#: held to the end of the report otherwise.
+ROWS_ON_DISK = 1 << 20
 
 SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("seq", pa.int64(), nullable=False),
@@ -38,6 +43,16 @@ SPTE_CHANGES_SCHEMA = pa.schema([
     pa.field("state", pa.dictionary(pa.int8(), pa.string()), nullable=False),
     pa.field("reason", pa.dictionary(pa.int8(), pa.string()), nullable=False),
 ])
+
+
+def _on_disk(t: pa.Table) -> pa.Table:
+    """``t`` (one chunk) written to a temporary file and mapped back as one chunk (so that polars
+    still takes it without a copy): the page cache holds it, not the process."""
+    spilled = SpilledTable("the SPTE changes of this replay")
+    spilled.append(t)
+    mapped = spilled.table()
+    assert mapped is not None  # t has rows
+    return mapped
 
 
 def coded(codes: np.ndarray, vocabulary: list[str]) -> pa.DictionaryArray:
@@ -188,7 +203,8 @@ class Journal:
         """Every SPTE transition, in seq order. The journal then holds that table in place of its
         parts (the rows appended one at a time, the columnar chunks): the detectors have read
         them, and the replay's last steps ran with both copies of its largest table alive (110 MiB
-        twice at 51 M events), the rows as Python objects besides."""
+        twice at 51 M events), the rows as Python objects besides. A large table is kept on disk
+        (:data:`ROWS_ON_DISK`)."""
         rows = [*self.row_chunks, self._row_changes()]
         self._clear_rows()
         t = pa.concat_tables([*rows, *self.change_chunks]).unify_dictionaries()
@@ -197,6 +213,8 @@ class Journal:
             t = t.take(pa.array(np.argsort(t.column("seq").to_numpy(), kind="stable")))
         elif t.column("seq").num_chunks > 1:
             t = t.combine_chunks()
+        if t.num_rows >= ROWS_ON_DISK:
+            t = _on_disk(t)
         self.row_chunks, self.change_chunks = [], [t]
         return t
 

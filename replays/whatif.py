@@ -54,7 +54,7 @@ def _last_install_into(spte_changes: pa.Table, pages: int) -> np.ndarray:
     # ~10 bytes a change
     present = pa.chunked_array([pc.equal(c.indices, c.dictionary.index("present").as_py())
                                 for c in spte_changes["state"].chunks], pa.bool_())
-    t = spte_changes.filter(pc.and_(pc.is_valid(spte_changes["page"]), present))
+    t = spte_changes.select(["page", "seq"]).filter(pc.and_(pc.is_valid(spte_changes["page"]), present))
     page = t["page"].to_numpy()
     last = np.full(max(pages, int(page.max()) + 1 if len(page) else 0), -1, dtype=np.int64)
     np.maximum.at(last, page, t["seq"].to_numpy())

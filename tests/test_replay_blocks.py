@@ -34,7 +34,12 @@ def test_tiny_blocks_and_journal_chunks_give_the_same_replay(path: Path, monkeyp
     want = replay(data)
     monkeypatch.setattr(walk, "BLOCK", 7)
     monkeypatch.setattr(journal, "ROWS_PER_CHUNK", 3)
+    monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)  # the SPTE-change table mapped from disk
+    mapped: list[int] = []
+    to_disk = journal._on_disk
+    monkeypatch.setattr(journal, "_on_disk", lambda t: mapped.append(t.num_rows) or to_disk(t))
     got = replay(data)
+    assert mapped == ([want.spte_changes.num_rows] if want.spte_changes.num_rows >= 5 else [])
     for name in TABLES:
         assert getattr(got, name).equals(getattr(want, name)), name
     for name in want.summaries:

@@ -2,8 +2,9 @@
 
 A read for one analysis writes its kept per-event tables to unlinked temporary files and maps
 them back; the replay and the report give back the pages they read between steps
-(``TraceData.release_pages``). What is mapped must be exactly what was written, must stay valid
-after its pages are given back, and must not hold the process's own memory.
+(``TraceData.release_pages``). A long replay's SPTE-change table is mapped from disk too. What
+is mapped must be exactly what was written, must stay valid after its pages are given back, and
+must not hold the process's own memory.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import pyarrow as pa
 import pytest
 from conftest import NESTED, SAMPLES
 
+from kvmtrace.api import Trace
 from kvmtrace.parsers import read
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.reader import read_kept
+from kvmtrace.replays import journal
 from kvmtrace.replays.needs import decodes, keeps
 from kvmtrace.report import evidence
 from kvmtrace.report.evidence import evidence_fields, evidence_lines
@@ -106,3 +109,17 @@ def test_evidence_from_tables_kept_on_disk_is_the_evidence_of_the_full_read(monk
         assert len(seqs) > 50
         assert evidence_lines(kept, seqs) == evidence_lines(full, seqs)
         assert evidence_fields(kept, seqs) == evidence_fields(full, seqs)
+
+
+@pytest.mark.parametrize("path", [TDP, SAMPLES / "churn-zapslot.dat", SAMPLES / "multi-zapslot.dat"],
+                         ids=lambda p: p.stem)
+def test_reports_with_the_spte_changes_on_disk_are_the_reports_in_memory(path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A long replay's SPTE-change table is mapped from disk (journal.ROWS_ON_DISK, forced to 5
+    rows here): the ledger, the what-if and every report read it as they read the table in memory."""
+    data = read(path)
+    want = {fmt: Trace(data, str(path)).analyze().report(fmt) for fmt in ("text", "json", "markdown")}
+    monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)
+    got = Trace(data, str(path)).analyze()
+    assert got.replay.spte_changes.num_rows >= 5
+    assert {fmt: got.report(fmt) for fmt in want} == want
