@@ -48,7 +48,7 @@ warnings.simplefilter("ignore")
 mode, src, out = sys.argv[1:4]
 import kvmtrace, kvmtrace.dataset
 from kvmtrace.dataset import trace_windows, write_dataset
-from kvmtrace.report.output import atomic_dir
+from kvmtrace.parsers.output import atomic_dir
 with open("/proc/self/statm") as f:
     imported = int(f.read().split()[1]) * 4
 t0, c0 = time.perf_counter(), time.process_time()

@@ -20,12 +20,12 @@ from kvmtrace.analysis import Analysis, analyze, convert_table
 from kvmtrace.dataset import write_dataset
 from kvmtrace.parsers import read as read_trace
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.output import atomic_dir, refuse_inputs
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.replays.digest import Digest, DigestBuilder
 from kvmtrace.replays.needs import decodes, keeps
 from kvmtrace.replays.threads import entry_pairs, vcpu_threads
 from kvmtrace.report import trace_html
-from kvmtrace.report.output import atomic_dir, refuse_inputs
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -191,7 +191,7 @@ def write_dataset(windows: Iterable[TraceData], folder: Path, *, row_group_rows:
     ``row_group_rows`` and ``held_bytes``: an event's row group and all buffers' budget (module
     docstring); tests make them small to reach the steady state on short traces.
 
-    The caller makes it atomic (:func:`kvmtrace.report.output.atomic_dir`): on an error the
+    The caller makes it atomic (:func:`kvmtrace.parsers.output.atomic_dir`): on an error the
     files written so far are incomplete and the folder must be discarded.
     """
     events: pq.ParquetWriter | None = None

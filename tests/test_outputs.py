@@ -19,7 +19,7 @@ import kvmtrace
 from kvmtrace import cli
 from kvmtrace.dataset import PART_FILE, partition_dir
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.report.output import atomic_dir, write_atomic
+from kvmtrace.parsers.output import atomic_dir, write_atomic
 
 MMIO = SAMPLES / "mmio-zapall.dat"
 OTHER = SAMPLES / "rom-zapslot.dat"

@@ -11,8 +11,8 @@ import typer
 import kvmtrace
 from kvmtrace.commands.common import ReportFormat, ReportOutput, Steps, check_format, emit, output_file
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.output import refuse_inputs
 from kvmtrace.report import FORMATS
-from kvmtrace.report.output import refuse_inputs
 
 FAIL_ON = ("error", "warning")
 

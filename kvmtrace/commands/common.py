@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.report.output import write_atomic
+from kvmtrace.parsers.output import write_atomic
 from kvmtrace.report.safe import printable
 
 #: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` +

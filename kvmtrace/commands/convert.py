@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from kvmtrace.dataset import trace_windows, write_dataset
-from kvmtrace.report.output import atomic_dir, refuse_inputs
+from kvmtrace.parsers.output import atomic_dir, refuse_inputs
 
 
 def convert(

@@ -11,8 +11,8 @@ import typer
 
 import kvmtrace
 from kvmtrace.commands.common import ReportFormat, ReportOutput, Steps, check_format, emit, output_file
+from kvmtrace.parsers.output import refuse_inputs
 from kvmtrace.report import DIFF_FORMATS
-from kvmtrace.report.output import refuse_inputs
 
 
 def diff(

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.output import atomic_file, atomic_path
 from kvmtrace.parsers.tracedat.constants import COMPRESSION_ZSTD
 from kvmtrace.parsers.tracedat.writer import write_tracedat
 from kvmtrace.record.capture import (
@@ -39,7 +40,6 @@ from kvmtrace.record.capture import (
 from kvmtrace.record.child import CommandResult, run_command
 from kvmtrace.record.lock import recording_lock
 from kvmtrace.record.tracefs import EventId, Tracefs, TracefsState, find_tracefs, resolve_events
-from kvmtrace.report.output import atomic_file, atomic_path
 
 DEFAULT_EVENTS = ("kvmmmu", "kvm")
 KVM_DEVICE = Path("/dev/kvm")

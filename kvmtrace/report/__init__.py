@@ -6,6 +6,7 @@ drawn by four renderers (text, Markdown, HTML, JSON).
 
 from __future__ import annotations
 
+from kvmtrace.parsers.output import write_atomic
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.threads import VcpuThreads
 from kvmtrace.report.blocks import report_blocks, report_title, trace_blocks
@@ -14,7 +15,6 @@ from kvmtrace.report.html import render_html, render_html_fragment
 from kvmtrace.report.jsonout import render_json, report_dict, report_schema
 from kvmtrace.report.markdown import render_markdown
 from kvmtrace.report.model import Figure, Report, build_report, trace_facts
-from kvmtrace.report.output import write_atomic
 from kvmtrace.report.text import render_text
 
 FORMATS: tuple[str, ...] = ("text", "markdown", "html", "json")

@@ -26,6 +26,7 @@ from typing import IO
 import zstandard
 
 from kvmtrace.parsers.errors import TraceError
+from kvmtrace.parsers.output import atomic_file
 from kvmtrace.parsers.tracedat.constants import (
     COMPRESS_BLOCK_HEADER_SIZE,
     COMPRESSION_NONE,
@@ -44,7 +45,6 @@ from kvmtrace.parsers.tracedat.constants import (
     TAIL_OPTIONS,
     Option,
 )
-from kvmtrace.report.output import atomic_file
 
 COMPRESSIONS = (COMPRESSION_NONE, COMPRESSION_ZSTD, COMPRESSION_ZLIB)
 #: Raw pages: bytes, or a read-only map of a file holding them (long recordings stay on disk).

@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from kvmtrace.parsers.errors import TraceError
 
@@ -84,7 +84,7 @@ def atomic_path(target: PathLike, *, param: str = "output") -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(target: PathLike, mode: str = "wb", *, param: str = "output") -> Iterator[IO]:
+def atomic_file(target: PathLike, mode: str = "wb", *, param: str = "output") -> Iterator[IO[Any]]:
     """An open file that becomes ``target`` when the block ends without an error."""
     with atomic_path(target, param=param) as tmp, open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
         yield f
