@@ -376,7 +376,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
     pg = _Pages.of(replay.shadow_pages)
     # state and reason stay categorical: as strings they were a column of every SPTE change each
-    changes = pl.from_arrow(replay.spte_changes)
+    changes = pl.from_arrow(replay.spte_changes, rechunk=False)  # a long table lies on disk, in pieces
     assert isinstance(changes, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     timeline = replay.memslots.to_pylist()
     questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]

@@ -34,10 +34,11 @@ def test_tiny_blocks_and_journal_chunks_give_the_same_replay(path: Path, monkeyp
     want = replay(data)
     monkeypatch.setattr(walk, "BLOCK", 7)
     monkeypatch.setattr(journal, "ROWS_PER_CHUNK", 3)
-    monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)  # the SPTE-change table mapped from disk
+    monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)  # the SPTE-change table sorted to disk, 4 rows a write
+    monkeypatch.setattr(journal, "ROWS_PER_WRITE", 4)
     mapped: list[int] = []
-    to_disk = journal._on_disk
-    monkeypatch.setattr(journal, "_on_disk", lambda t: mapped.append(t.num_rows) or to_disk(t))
+    to_disk = journal._sorted_on_disk
+    monkeypatch.setattr(journal, "_sorted_on_disk", lambda t, order: mapped.append(t.num_rows) or to_disk(t, order))
     got = replay(data)
     assert mapped == ([want.spte_changes.num_rows] if want.spte_changes.num_rows >= 5 else [])
     for name in TABLES:

@@ -120,6 +120,7 @@ def test_reports_with_the_spte_changes_on_disk_are_the_reports_in_memory(path: P
     data = read(path)
     want = {fmt: Trace(data, str(path)).analyze().report(fmt) for fmt in ("text", "json", "markdown")}
     monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)
+    monkeypatch.setattr(journal, "ROWS_PER_WRITE", 1000)
     got = Trace(data, str(path)).analyze()
     assert got.replay.spte_changes.num_rows >= 5
     assert {fmt: got.report(fmt) for fmt in want} == want
