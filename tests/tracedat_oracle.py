@@ -51,11 +51,14 @@ class OracleReport:
     stderr: str = ""
     lines: int = 0
     unparsed: int = 0
+    #: The first few of those lines (once, trace-cmd printed 758 lines none of which parsed, and
+    #: the run after printed them as events: the next failure shows what they were).
+    unparsed_sample: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         err = self.stderr.strip().replace("\n", " | ")[:400]
         return (f"trace-cmd printed {self.lines} lines, {len(self.events)} events, {self.unparsed} unparsed line(s) "
-                f"before the first event; stderr: {err or '(empty)'}")
+                f"before the first event (first: {self.unparsed_sample!r}); stderr: {err or '(empty)'}")
 
 
 def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
@@ -86,6 +89,8 @@ def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
             last.body += "\n" + line
         else:
             report.unparsed += 1
+            if len(report.unparsed_sample) < 3:
+                report.unparsed_sample.append(line[:200])
     return report
 
 
