@@ -9,6 +9,8 @@ real-text tests are test_text_twins.py and test_text_excerpts.py.
 
 from __future__ import annotations
 
+import dataclasses
+import gzip
 import random
 import re
 
@@ -97,3 +99,42 @@ def test_form_reads_back_printed_values(name, form):
         for col, value in exp.items():
             assert row[col] == value, f"{f.era}: {col} of {line!r}"
 
+
+
+def _without_quick(spec):
+    return dataclasses.replace(spec, forms=tuple(dataclasses.replace(f, quick=None) for f in spec.forms))
+
+
+#: Reason texts of the 5.11+ kvm_exit form: the usual one-word name, then every shape the quick
+#: regex must leave to the full form (spaced SVM names, the plugin's UNKNOWN (n), a flag) and
+#: words that begin like those shapes.
+EXIT_REASONS = ["EPT_VIOLATION", "npf", "PF excp", "PF", "excp", "UNKNOWN (77)", "UNKNOWN", "(77)",
+                "EPT_VIOLATION FAILED_VMENTRY", "npf 0x1", "FAILED_VMENTRY", "0x1", "PF excp FAILED_VMENTRY",
+                "EXTERNAL_INTERRUPT  FAILED_VMENTRY", "a\tb"]
+
+
+def test_quick_exit_regex_takes_the_same_values_as_the_full_form(nested_dir):
+    """The 5.11+ kvm_exit quick regex (catalog._quick_exit_slots) is an optimisation only:
+    real lines and lines with every reason shape decode exactly as with the full form alone."""
+    spec = catalog()["kvm_exit"]
+    assert any(f.quick is not None for f in spec.forms)
+    with gzip.open(nested_dir / "k61tdp-multi4-kt.txt.gz", "rt") as f:
+        real = [line.split(" kvm_exit: ", 1)[1].rstrip("\n") for line in f if " kvm_exit: " in line]
+    assert len(real) > 10_000
+    template = real[0]
+    head, tail = template.split(" reason ", 1)
+    tail = tail[tail.index(" rip "):]
+    shaped = [f"{head} reason {r}{tail}" for r in EXIT_REASONS] + [f"{head} reason {r}{tail}  " for r in EXIT_REASONS]
+    lines = real + shaped
+    df = pl.DataFrame({"line_no": range(len(lines)), "args": lines})
+    for ascii_only in (False, True):
+        quick = decode_event(spec, df, ascii_only)
+        full = decode_event(_without_quick(spec), df, ascii_only)
+        assert quick.rows.sort("line_no").equals(full.rows.sort("line_no"))
+        assert quick.failed.to_list() == full.failed.to_list()
+        assert quick.forms == full.forms
+    # the shapes really are read by the full form: spaced names and flags get their values
+    got = dict(quick.rows.select("line_no", "exit_reason").iter_rows())
+    by_reason = {r: got.get(len(real) + i) for i, r in enumerate(EXIT_REASONS)}
+    assert by_reason["PF excp"] == 0x4E and by_reason["UNKNOWN (77)"] == 77
+    assert by_reason["EPT_VIOLATION FAILED_VMENTRY"] == 48 | 0x80000000 and by_reason["a\tb"] is None

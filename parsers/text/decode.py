@@ -144,10 +144,15 @@ _PASSES: dict[tuple[int, bool], tuple[EventSpec, list[_Pass]]] = {}
 
 
 def _passes(spec: EventSpec, ascii_only: bool) -> list[_Pass]:
-    """Each printed form's pass, then ``trace-cmd report -R``'s."""
+    """Each printed form's pass (its quick one first), then ``trace-cmd report -R``'s."""
     cached = _PASSES.get((id(spec), ascii_only))
     if cached is None or cached[0] is not spec:
-        forms = [(f.era, f.compiled.regex, _convert(spec, f.compiled)) for f in spec.forms]
+        forms = []
+        for f in spec.forms:
+            exprs = _convert(spec, f.compiled)
+            # The quick regex captures the same groups, so the form's expressions convert them.
+            forms += [(f.era, f.quick.regex, exprs)] if f.quick is not None else []
+            forms.append((f.era, f.compiled.regex, exprs))
         forms.append((RAW_FORM, _raw_regex(spec), _raw_exprs(spec)))
         columns = _columns(spec)
         passes = [_Pass(era, ascii_classes(regex) if ascii_only else regex, _full(era, exprs, columns))
@@ -168,7 +173,7 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) 
         got, rest = _apply(rest, p.regex, p.exprs)
         if got.height:
             pieces.append(got)
-            seen.append(p.era)
+            seen += [p.era] if p.era not in seen else []
     columns = _columns(spec)
     if len(pieces) == 1:
         df = pieces[0]
