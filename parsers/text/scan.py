@@ -44,6 +44,7 @@ from kvmtrace.parsers.text.words import (
     is_space,
     padded,
     rows,
+    word,
 )
 
 #: Bytes gathered from each line's start: task (16), '-', pid, CPU, flags, and a timestamp
@@ -172,7 +173,7 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     pad = padded(raw)
     starts, ends = buf.starts, buf.ends
     ok = ends - starts >= 40
-    high = np.flatnonzero(raw >= 0x80) if len(raw) and raw.max() >= 0x80 else ()
+    high = () if buf.ascii else np.flatnonzero(raw >= 0x80)
     if len(high):
         ok[np.searchsorted(starts, high, side="right") - 1] = False
     p = _prefix(pad, starts, ok)
@@ -183,8 +184,9 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
     e_len = name.argmax(axis=1)
     a0 = e0 + e_len + 1
     ok &= any_rows(name) & (e_len >= 1) & (a0 <= ends)
-    after = rows(pad, a0, 2)
-    ok &= (a0 >= ends) | (after[:, 0] == ord(" ")) & ((a0 + 1 >= ends) | ~is_space(after[:, 1]))
+    after = word(pad, a0, "<u2")
+    blank, first_arg = (after & 0xFF) == ord(" "), (after >> 8).astype(np.uint8)
+    ok &= (a0 >= ends) | blank & ((a0 + 1 >= ends) | ~is_space(first_arg))
     args_start = np.minimum(a0 + 1, ends)
 
     keep = np.flatnonzero(ok)
@@ -208,15 +210,21 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
         is_word = ~pl.col("event").is_in(not_words.implode())
         ok[frame.filter(~is_word)["line_no"].to_numpy() - first_line] = False
         frame = frame.filter(is_word)
-    is_print = pl.col("event").is_in(PRINT_CALLERS)
+    # trace_marker lines name their caller where the event goes (hashing every row's name
+    # again only when the chunk has such a line).
+    if names.is_in(PRINT_CALLERS).any():
+        is_print = pl.col("event").is_in(PRINT_CALLERS)
+        event, caller = pl.when(is_print).then(pl.lit("print")).otherwise("event"), pl.when(is_print).then("event")
+    else:
+        event, caller = pl.col("event"), pl.lit(None, pl.String)
     frame = frame.select(
         "line_no",
         pl.lit(None, pl.String).alias("line"),
         pl.lit("event").alias("kind"),
         "comm", "pid", "cpu", "ts",
-        pl.when(is_print).then(pl.lit("print")).otherwise("event").alias("event"),
+        event.alias("event"),
         "args",
-        pl.when(is_print).then("event").alias("caller"),
+        caller.alias("caller"),
         pl.lit(None, pl.Int64).alias("lost"),
         pl.when("_preempt_ok").then("_preempt").alias("common_preempt_count"),
     )
