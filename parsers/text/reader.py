@@ -169,7 +169,8 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
             line_no, reason = min(skipped)
             raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}",
                              hint="run without {strict} to skip such lines")
-    common = pl.concat(acc.common).with_columns(pl.col("comm").cast(pl.String)) if acc.common else pl.DataFrame()
+    # comm stays a category until each table is written: gathering codes costs far less than strings.
+    common = pl.concat(acc.common) if acc.common else pl.DataFrame()
     acc.common.clear()  # peak memory: every intermediate is let go as soon as it is used
     if common.height == 0:
         raise TraceError(f"{path}: no trace events found; is this ftrace text or trace-cmd report output?")
