@@ -47,6 +47,8 @@ class Collected:
     rows: dict[str, list[pl.DataFrame]] = field(default_factory=dict)  # event -> line_no + fields
     forms: dict[str, set[str]] = field(default_factory=dict)  # event -> printed forms seen
     gaps: list[pl.DataFrame] = field(default_factory=list)  # line_no, cpu, lost
+    #: event -> its lines still to decode (line_no, args), for events rare in their chunk
+    deferred: dict[str, list[pl.DataFrame]] = field(default_factory=dict)
 
 
 def order(common: pl.DataFrame) -> tuple[pl.DataFrame, str | None]:
