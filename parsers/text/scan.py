@@ -212,17 +212,17 @@ def scan(buf: Buffer, first_line: int) -> Scanned:
         frame = frame.filter(is_word)
     # trace_marker lines name their caller where the event goes (hashing every row's name
     # again only when the chunk has such a line).
+    name_as: pl.Expr = pl.col("event")
+    caller: pl.Expr = pl.lit(None, pl.String)
     if names.is_in(PRINT_CALLERS).any():
         is_print = pl.col("event").is_in(PRINT_CALLERS)
-        event, caller = pl.when(is_print).then(pl.lit("print")).otherwise("event"), pl.when(is_print).then("event")
-    else:
-        event, caller = pl.col("event"), pl.lit(None, pl.String)
+        name_as, caller = pl.when(is_print).then(pl.lit("print")).otherwise("event"), pl.when(is_print).then("event")
     frame = frame.select(
         "line_no",
         pl.lit(None, pl.String).alias("line"),
         pl.lit("event").alias("kind"),
         "comm", "pid", "cpu", "ts",
-        event.alias("event"),
+        name_as.alias("event"),
         "args",
         caller.alias("caller"),
         pl.lit(None, pl.Int64).alias("lost"),
