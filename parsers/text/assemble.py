@@ -116,9 +116,12 @@ def _by_seq(common: pl.DataFrame, rows: pl.DataFrame, seqs: np.ndarray) -> pl.Da
     line_no = rows["line_no"].to_numpy()
     seq = seqs[line_no] if len(line_no) and line_no.max() < len(seqs) else None
     if seq is not None and len(seq) == common.height:
+        fields = rows.drop("line_no")
+        if np.array_equal(seq, common["seq"].to_numpy()):  # the usual case: already in order
+            return pl.concat([common, fields], how="horizontal").drop("line_no")
         perm = np.argsort(seq, kind="stable")
         if np.array_equal(seq[perm], common["seq"].to_numpy()):
-            return pl.concat([common, rows.drop("line_no")[perm]], how="horizontal").drop("line_no")
+            return pl.concat([common, fields[perm]], how="horizontal").drop("line_no")
     return common.join(rows, on="line_no", how="left").sort("seq").drop("line_no")
 
 
