@@ -105,8 +105,11 @@ def _apply(df: pl.DataFrame, regex: str, exprs: tuple[pl.Expr, ...]) -> tuple[pl
     """Rows of ``df`` matching ``regex`` (converted) and the rows left over."""
     # One capture pass; the empty sentinel group is "" on a match and null otherwise.
     got = df.with_columns(pl.col("args").str.extract_groups("(?P<_hit>)" + regex).alias("_g")).unnest("_g")
-    if got["_hit"].null_count() == 0:  # the usual case: one form takes every row, no filtering
+    missed = got["_hit"].null_count()
+    if missed == 0:  # the usual case: one form takes every row, no filtering
         return got.select("line_no", *exprs), df.clear()
+    if missed == df.height:  # a newer form than the text's: no row to copy out
+        return got.clear().select("line_no", *exprs), df
     hit = pl.col("_hit").is_not_null()
     rest = got.filter(~hit).select("line_no", "args")
     return got.filter(hit).select("line_no", *exprs), rest
