@@ -73,6 +73,36 @@ def _sorted_on_disk(t: pa.Table, order: np.ndarray | None) -> pa.Table:
     return mapped
 
 
+class Parts:
+    """Pieces of a table appended in order, held in memory while the whole is small.
+
+    Why: the SPTE-change parts grew with the trace for the whole walk (110 MiB of a 51 M-event
+    shadow trace), though a table that large goes to disk once built (:data:`ROWS_ON_DISK`).
+    From that size on, the pieces held are written to a temporary file every
+    :data:`ROWS_PER_WRITE` rows and mapped back at the end: the same pieces, in order."""
+
+    def __init__(self, what: str) -> None:
+        self.rows = 0
+        self._held: list[pa.Table] = []
+        self._held_rows = 0
+        self._disk = SpilledTable(what)
+
+    def append(self, t: pa.Table) -> None:
+        self._held.append(t)
+        self.rows += t.num_rows
+        self._held_rows += t.num_rows
+        if self.rows >= ROWS_ON_DISK and self._held_rows >= ROWS_PER_WRITE:
+            for piece in self._held:
+                self._disk.append(piece)
+            self._held, self._held_rows = [], 0
+
+    def tables(self) -> list[pa.Table]:
+        """Every piece, in order (the written ones as one table over the file's map); may be
+        called once."""
+        written = self._disk.table()
+        return [*([written] if written is not None else []), *self._held]
+
+
 def coded(codes: np.ndarray, vocabulary: list[str]) -> pa.DictionaryArray:
     """Strings with few distinct values, given as int codes into ``vocabulary``: no string pass."""
     return pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int8)), pa.array(vocabulary, pa.string()))
@@ -149,10 +179,12 @@ class Journal:
     #: (change index, "start" | "end") -> Snapshot
     snapshots: dict[tuple[int, str], Snapshot] = field(default_factory=dict)
     #: the rows of :meth:`change`, as Arrow tables of SPTE_CHANGES_SCHEMA every ROWS_PER_CHUNK rows
-    row_chunks: list[pa.Table] = field(default_factory=list)
+    row_chunks: Parts = field(default_factory=lambda: Parts("the SPTE changes of this replay"))
     #: columnar additions (shadow SPTEs): Arrow tables of SPTE_CHANGES_SCHEMA / install arrays
-    change_chunks: list[pa.Table] = field(default_factory=list)
+    change_chunks: Parts = field(default_factory=lambda: Parts("the SPTE changes of this replay"))
     install_chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
+    #: the SPTE-change table once :meth:`spte_changes` has built it
+    changes: pa.Table | None = None
 
     def change(self, seq: int, key: int, as_id: int, gfn: int, level: int, old: int | None, new: int | None,
                page: int | None, state: str, reason: str) -> None:
@@ -223,19 +255,22 @@ class Journal:
         them, and the replay's last steps ran with both copies of its largest table alive (110 MiB
         twice at 51 M events), the rows as Python objects besides. A large table is kept on disk
         (:data:`ROWS_ON_DISK`)."""
-        rows = [*self.row_chunks, self._row_changes()]
+        if self.changes is not None:
+            return self.changes
+        self.row_chunks.append(self._row_changes())
         self._clear_rows()
-        t = pa.concat_tables([*rows, *self.change_chunks]).unify_dictionaries()
-        del rows
+        columnar = self.change_chunks.rows > 0
+        t = pa.concat_tables([*self.row_chunks.tables(), *self.change_chunks.tables()]).unify_dictionaries()
         # the loop's rows are in seq order; the columnar chunks are not
-        order = np.argsort(t.column("seq").to_numpy(), kind="stable") if self.change_chunks else None
+        order = np.argsort(t.column("seq").to_numpy(), kind="stable") if columnar else None
         if t.num_rows >= ROWS_ON_DISK:
             t = _sorted_on_disk(t, order)
         elif order is not None:
             t = t.take(pa.array(order))
         elif t.column("seq").num_chunks > 1:
             t = t.combine_chunks()
-        self.row_chunks, self.change_chunks = [], [t]
+        self.row_chunks = self.change_chunks = Parts("the SPTE changes of this replay")
+        self.changes = t
         return t
 
     def _clear_rows(self) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from conftest import DATA, NESTED, SAMPLES
 
@@ -72,15 +73,29 @@ def test_journal_flushes_its_rows_and_keeps_the_table_it_built(monkeypatch: pyte
     j = journal.Journal()
     for seq in range(10):
         j.change(seq, 0, 0, seq, 1, None, seq, None, "present", "tdp")
-    assert len(j.row_chunks) == 2 and len(j.c_seq) == 2
+    assert j.row_chunks.rows == 8 and len(j.c_seq) == 2
     j.add_changes(seq=[3], key=[9], as_id=[0], gfn=[3], level=[1], old=[0], old_valid=[False], new=[1],
                   new_valid=[True], page=[-1], state=journal.coded(np.zeros(1), ["present"]),
                   reason=journal.coded(np.zeros(1), ["set_spte"]))
     t = j.spte_changes()
     assert t.column("seq").to_pylist() == [0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9]
     assert t.column("key").to_pylist()[3:5] == [0, 9]  # the loop's row first, as before the chunks
-    assert (j.row_chunks, j.c_seq, j.change_chunks) == ([], [], [t])
+    assert (j.row_chunks.rows, j.c_seq, j.change_chunks.rows, j.changes) == (0, [], 0, t)
     assert j.spte_changes().equals(t)
+
+
+def test_journal_parts_go_to_disk_once_the_table_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past ROWS_ON_DISK rows in all, the parts held are written every ROWS_PER_WRITE rows and
+    come back in order, the rows held since last."""
+    monkeypatch.setattr(journal, "ROWS_ON_DISK", 6)
+    monkeypatch.setattr(journal, "ROWS_PER_WRITE", 4)
+    parts = journal.Parts("a test")
+    pieces = [pa.table({"x": list(range(k, k + 3))}) for k in range(0, 15, 3)]
+    for piece in pieces:
+        parts.append(piece)
+    assert parts._disk.rows == 12 and parts._held_rows == 3  # written at 6 (two pieces) and at 12
+    got = parts.tables()
+    assert len(got) == 2 and pa.concat_tables(got).equals(pa.concat_tables(pieces))
 
 
 @pytest.mark.parametrize("name", ["multi-zapslot", "churn-thp-zapall"])
