@@ -43,19 +43,55 @@ CONSEQUENCES_SCHEMA = pa.schema([
 ])
 
 
-def _columns(data: TraceData, event: str, fields: dict[str, int]) -> dict[str, np.ndarray] | None:
-    """seq, pid and the named fields (shifted right by the given bits) of one event, or None."""
+@dataclass(frozen=True)
+class _Ranges:
+    """The removed gfn ranges, merged: every query of this table is inside one of them."""
+
+    lo: np.ndarray  # uint64, ascending
+    hi: np.ndarray
+
+    @classmethod
+    def of(cls, ledger: ZapLedger) -> _Ranges:
+        r = ledger.removals.select(["base_gfn", "npages"]).to_pydict()
+        spans = sorted((b, b + n) for b, n in zip(r["base_gfn"], r["npages"]) if b is not None and n)
+        merged: list[list[int]] = []
+        for lo, hi in spans:
+            if merged and lo <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        return cls(np.asarray([m[0] for m in merged], np.uint64), np.asarray([m[1] for m in merged], np.uint64))
+
+    def holds(self, gfn: np.ndarray) -> np.ndarray:
+        if not len(self.lo):
+            return np.zeros(len(gfn), dtype=bool)
+        at = np.searchsorted(self.lo, gfn, side="right") - 1
+        return (at >= 0) & (gfn < self.hi[np.maximum(at, 0)])
+
+
+def _columns(data: TraceData, event: str, fields: dict[str, int], key: str,
+             ranges: _Ranges) -> dict[str, np.ndarray] | None:
+    """seq, pid and the named fields (shifted right by the given bits) of one event's rows whose
+    ``key`` lies in a removed range, or None.
+
+    Why only those: every count here is of rows on a removed range, and the whole columns of a
+    long trace's faults and MMIO exits (with the index on them) were the report's largest
+    memory, growing with the trace. Read a record batch at a time, in seq order, one column's
+    pages at a time (see TraceData.release_pages)."""
     t = data.tables.get(event)
     if t is None or not t.num_rows or any(f not in t.column_names for f in fields):
         return None
-    out = {}
-    for k in ("seq", "pid"):
-        out[k] = t.column(k).to_numpy()
-        data.release_pages()  # one column's pages at a time (see TraceData.release_pages)
-    for f, shift in fields.items():
-        out[f] = t.column(f).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift)
+    names = ("seq", "pid", *fields)
+    kept: dict[str, list[np.ndarray]] = {k: [] for k in names}
+    for batch in t.select(list(names)).to_batches():
+        cols = {k: batch.column(k).to_numpy(zero_copy_only=False) for k in ("seq", "pid")}
+        for f, shift in fields.items():
+            cols[f] = batch.column(f).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift)
+        mine = ranges.holds(cols[key])
+        for k in names:
+            kept[k].append(cols[k][mine])
         data.release_pages()
-    return out
+    return {k: np.concatenate(v) for k, v in kept.items()}
 
 
 def _backed_again(replay: ReplayResult) -> Callable[[int, int, int], int | None]:
@@ -98,9 +134,11 @@ class _Events:
 
 def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_of: dict[int, int]) -> pa.Table:
     """One row per (delete/move, vCPU thread) that faulted or exited on the removed range."""
-    fault_events = _Events.of(_columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0}), "gfn")
-    mmio = [e for e in (_Events.of(_columns(data, "kvm_mmio", {"gpa": 12}), "gpa"),
-                        _Events.of(_columns(data, "handle_mmio_page_fault", {"addr": 12}), "addr")) if e is not None]
+    ranges = _Ranges.of(ledger)
+    fault_events = _Events.of(_columns(data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0}, "gfn", ranges), "gfn")
+    mmio = [e for e in (_Events.of(_columns(data, "kvm_mmio", {"gpa": 12}, "gpa", ranges), "gpa"),
+                        _Events.of(_columns(data, "handle_mmio_page_fault", {"addr": 12}, "addr", ranges), "addr"))
+            if e is not None]
     backed = None if fault_events is None else \
         (fault_events.cols["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0
     backed_again = _backed_again(replay)
