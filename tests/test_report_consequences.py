@@ -65,3 +65,31 @@ def test_a_trace_without_deletes_says_so():
     report = kvmtrace.open(SAMPLES / "boot-zapall.dat").analyze().model
     assert not report.consequences.rows
     assert "No memslot delete or move with a position in the trace." in render(report, "text")
+
+
+def test_only_rows_on_a_removed_range_are_read(analyzed):
+    """The table reads the rows on a removed range only (the merged ranges of the ledger):
+    here most of the trace's faults are elsewhere, and the table above is still exact."""
+    from kvmtrace.report import consequences as c
+    analysis, _model = analyzed
+    ranges = c._Ranges.of(analysis._ledger)
+    faults = c._columns(analysis.trace.data, "kvm_mmu_spte_requested", {"gfn": 0, "pfn": 0}, "gfn", ranges)
+    total = analysis.trace.data.tables["kvm_mmu_spte_requested"].num_rows
+    assert faults is not None and 0 < len(faults["seq"]) < total
+    assert ranges.holds(faults["gfn"]).all() and (np.diff(faults["seq"]) > 0).all()
+
+
+def test_removed_ranges_merge_and_bound():
+    import pyarrow as pa
+
+    from kvmtrace.replays.ledger import REMOVALS_SCHEMA
+    from kvmtrace.report.consequences import _Ranges
+
+    class Ledger:  # only the removals' ranges are read
+        removals = pa.table({"base_gfn": [10, 12, 20, 40], "npages": [4, 6, 5, 0]},
+                            schema=pa.schema([REMOVALS_SCHEMA.field("base_gfn"), REMOVALS_SCHEMA.field("npages")]))
+
+    r = _Ranges.of(Ledger())
+    assert (r.lo.tolist(), r.hi.tolist()) == ([10, 20], [18, 25])  # [10, 14) and [12, 18) overlap; 40: none
+    gfns = np.array([9, 10, 17, 18, 19, 20, 24, 25, 40], np.uint64)
+    assert r.holds(gfns).tolist() == [False, True, True, False, False, True, True, False, False]
