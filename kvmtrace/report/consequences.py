@@ -81,17 +81,25 @@ def _columns(data: TraceData, event: str, fields: dict[str, int], key: str,
     t = data.tables.get(event)
     if t is None or not t.num_rows or any(f not in t.column_names for f in fields):
         return None
-    names = ("seq", "pid", *fields)
-    kept: dict[str, list[np.ndarray]] = {k: [] for k in names}
-    for batch in t.select(list(names)).to_batches():
-        cols = {k: batch.column(k).to_numpy(zero_copy_only=False) for k in ("seq", "pid")}
-        for f, shift in fields.items():
-            cols[f] = batch.column(f).to_numpy(zero_copy_only=False).astype(np.uint64) >> np.uint64(shift)
-        mine = ranges.holds(cols[key])
-        for k in names:
-            kept[k].append(cols[k][mine])
+    batches = t.select(["seq", "pid", *fields]).to_batches()
+
+    def values(batch: pa.RecordBatch, name: str) -> np.ndarray:
+        v = batch.column(name).to_numpy(zero_copy_only=False)
+        return v.astype(np.uint64) >> np.uint64(fields[name]) if name in fields else v
+
+    # Two passes, so that only the kept rows are ever held (with one batch's values in passing).
+    masks = [ranges.holds(values(b, key)) for b in batches]
+    data.release_pages()
+    ends = np.cumsum([0, *(int(m.sum()) for m in masks)])
+    out: dict[str, np.ndarray] = {}
+    for name in ("seq", "pid", *fields):
+        for i, (batch, mask) in enumerate(zip(batches, masks)):
+            v = values(batch, name)[mask]
+            if name not in out:
+                out[name] = np.empty(int(ends[-1]), dtype=v.dtype)
+            out[name][ends[i]:ends[i + 1]] = v
         data.release_pages()
-    return {k: np.concatenate(v) for k, v in kept.items()}
+    return out
 
 
 def _backed_again(replay: ReplayResult) -> Callable[[int, int, int], int | None]:
