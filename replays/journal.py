@@ -47,7 +47,7 @@ SPTE_CHANGES_SCHEMA = pa.schema([
 ])
 
 
-def _sorted_on_disk(t: pa.Table, order: np.ndarray | None) -> pa.Table:
+def _sorted_on_disk(t: pa.Table, order: np.ndarray | None) -> tuple[pa.Table, SpilledTable]:
     """``t``'s rows in ``order`` (None: as they are), written to a temporary file
     :data:`ROWS_PER_WRITE` rows at a time and mapped back: the sorted table is never whole in the
     process (the sort of a 51 M-event trace's 2.4 M changes was the replay's peak, 170 MiB more
@@ -70,7 +70,7 @@ def _sorted_on_disk(t: pa.Table, order: np.ndarray | None) -> pa.Table:
             spilled.append(gathered.take(pa.array(np.argsort(by_part, kind="stable"))))
     mapped = spilled.table()
     assert mapped is not None  # t has rows
-    return mapped
+    return mapped, spilled
 
 
 class Parts:
@@ -183,8 +183,9 @@ class Journal:
     #: columnar additions (shadow SPTEs): Arrow tables of SPTE_CHANGES_SCHEMA / install arrays
     change_chunks: Parts = field(default_factory=lambda: Parts("the SPTE changes of this replay"))
     install_chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
-    #: the SPTE-change table once :meth:`spte_changes` has built it
+    #: the SPTE-change table once :meth:`spte_changes` has built it, and its file when on disk
     changes: pa.Table | None = None
+    changes_on_disk: SpilledTable | None = None
 
     def change(self, seq: int, key: int, as_id: int, gfn: int, level: int, old: int | None, new: int | None,
                page: int | None, state: str, reason: str) -> None:
@@ -264,7 +265,7 @@ class Journal:
         # the loop's rows are in seq order; the columnar chunks are not
         order = np.argsort(t.column("seq").to_numpy(), kind="stable") if columnar else None
         if t.num_rows >= ROWS_ON_DISK:
-            t = _sorted_on_disk(t, order)
+            t, self.changes_on_disk = _sorted_on_disk(t, order)
         elif order is not None:
             t = t.take(pa.array(order))
         elif t.column("seq").num_chunks > 1:
@@ -272,6 +273,12 @@ class Journal:
         self.row_chunks = self.change_chunks = Parts("the SPTE changes of this replay")
         self.changes = t
         return t
+
+    def release_pages(self) -> None:
+        """Give back the pages of the SPTE-change table on disk that this process has read
+        (:meth:`kvmtrace.parsers.spilled.SpilledTable.release`; the table stays valid)."""
+        if self.changes_on_disk is not None:
+            self.changes_on_disk.release()
 
     def _clear_rows(self) -> None:
         for column in (self.c_seq, self.c_key, self.c_as, self.c_gfn, self.c_level, self.c_old, self.c_new,

@@ -127,9 +127,17 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         findings=findings, checks=checks, unexplained=unexplained,
         summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
                    "consequences": consequences(ctx)},
-        whatif=whatif(ctx, spte_changes), assumptions=assumptions, limits=limits + timeline.notes,
-        mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
+        whatif=_released(whatif(ctx, spte_changes), journal), assumptions=assumptions,
+        limits=limits + timeline.notes, mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
+        # the table's file only: a method of the journal would keep all of it alive with the result
+        spilled_pages=journal.changes_on_disk.release if journal.changes_on_disk is not None else None,
     )
+
+
+def _released(table: pa.Table | None, journal: Journal) -> pa.Table | None:
+    """``table``, once the pages of the SPTE-change table its step read are given back."""
+    journal.release_pages()
+    return table
 
 
 def _let_go(data: TraceData) -> None:

@@ -6,6 +6,7 @@ in ``kvmtrace.report`` read only what is declared here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -71,6 +72,15 @@ class ReplayResult:
     mmu_evidence: list[str] = field(default_factory=list)  # what the ``mmu`` decision rests on, in words
     #: which thread ran which vCPU (kvm_entry's vcpu_id, or the lab's markers)
     vcpus: VcpuThreads = field(default_factory=lambda: VcpuThreads({}, ""))
+    #: gives back the read pages of tables this result keeps on disk (:meth:`release_pages`)
+    spilled_pages: Callable[[], None] | None = field(default=None, compare=False, repr=False)
+
+    def release_pages(self) -> None:
+        """Let the page cache, not the process, hold what was read of the SPTE-change table when
+        it lies on disk (a long replay's): a pass over it brings its pages into the process,
+        where they stay until given back (see :meth:`TraceData.release_pages`)."""
+        if self.spilled_pages is not None:
+            self.spilled_pages()
 
     @property
     def explained_share(self) -> float:

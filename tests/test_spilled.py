@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from conftest import NESTED, SAMPLES
 
@@ -60,6 +61,34 @@ def test_a_spilled_table_maps_back_what_was_appended() -> None:
     assert got.to_pylist() == pa.concat_tables(pieces).to_pylist()
     spilled.release()  # the pages go back; the values stay readable
     assert got.to_pylist() == pa.concat_tables(pieces).to_pylist()
+
+
+def _file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_a_replay_gives_back_the_pages_of_its_spte_table_on_disk(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SPTE-change table on disk: a pass over it maps its pages into the process; the
+    journal's release_pages gives them back (ReplayResult.release_pages calls it) and the
+    table reads the same afterwards."""
+    monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)
+    n = 400_000  # ~20 MiB of changes
+    j = journal.Journal()
+    j.add_changes(seq=np.arange(n)[::-1], key=np.arange(n), as_id=np.zeros(n), gfn=np.arange(n), level=np.ones(n),
+                  old=np.zeros(n), old_valid=np.zeros(n, bool), new=np.arange(n), new_valid=np.ones(n, bool),
+                  page=np.full(n, -1), state=journal.coded(np.zeros(n), ["present"]),
+                  reason=journal.coded(np.zeros(n), ["set_spte"]))
+    t = j.spte_changes()
+    assert j.changes_on_disk is not None
+    before = _file_kib()
+    sums = [int(pc.sum(t.column(c)).as_py()) for c in ("seq", "key", "gfn", "new_spte")]
+    read = _file_kib() - before
+    assert read > 8 * 1024  # four 3 MiB columns came into the process
+    j.release_pages()
+    assert _file_kib() - before < read / 2
+    assert [int(pc.sum(t.column(c)).as_py()) for c in ("seq", "key", "gfn", "new_spte")] == sums
+    assert t.column("seq").to_numpy()[:3].tolist() == [0, 1, 2]
 
 
 def test_nothing_appended_maps_nothing() -> None:

@@ -404,6 +404,7 @@ def build_report(
     facts = trace_facts(data, path, replay.vcpus)
     findings, groups = _findings(data, replay, facts.vcpus)
     ledger = zap_ledger(data, replay)
+    replay.release_pages()  # the ledger's pass over the SPTE-change table (on disk when long)
     summaries = _summaries(replay, ledger)
     after = replay.summaries.get("consequences")
     return Report(
