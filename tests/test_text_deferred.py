@@ -55,6 +55,22 @@ def test_deferred_rare_events_read_the_same(tmp_path, monkeypatch):
     assert pages.num_rows == 49  # 50 in the sample, one skipped
 
 
+def test_held_back_lines_are_decoded_whenever_there_are_enough(tmp_path, monkeypatch):
+    """With a bound of 7 held-back lines, they are decoded during the read too: same data."""
+    path, _line = _damaged(tmp_path)
+    whole = _read(path, 0, monkeypatch)
+    monkeypatch.setattr(reader, "DEFERRED_MAX", 7)
+    calls = []
+    decode = reader.decode_deferred
+    monkeypatch.setattr(reader, "decode_deferred", lambda acc, skipped: calls.append(1) or decode(acc, skipped))
+    bounded = _read(path, 10_000, monkeypatch)
+    assert len(calls) > 1  # during the read, besides the final one
+    assert bounded.skipped == whole.skipped and bounded.info == whole.info
+    assert bounded.events.equals(whole.events, check_metadata=True)
+    for name, table in whole.tables.items():
+        assert bounded.tables[name].equals(table, check_metadata=True), name
+
+
 def test_strict_reports_a_rare_event_line_at_once(tmp_path, monkeypatch):
     path, bad_line = _damaged(tmp_path)
     with pytest.raises(TraceError, match=f"line {bad_line}: kvm_mmu_get_page"):

@@ -48,6 +48,8 @@ def decode_lines(df: pl.DataFrame) -> tuple[pl.DataFrame, dict[str, Decoded]]:
 #: chunk, all its lines at once: decoding a handful of lines cost ~0.3 ms a chunk (setting up
 #: the expressions of every printed form), 100x what their lines cost.
 RARE = 256
+#: Held-back lines decoded as soon as there are this many, so that they stay a bounded amount.
+DEFERRED_MAX = 1 << 16
 
 
 def decode_split(split: pl.DataFrame, ascii_only: bool = False,
@@ -194,6 +196,7 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
     acc = Collected()
     skipped: list[tuple[int, str]] = []
     headers: list[pl.DataFrame] = []
+    unread: set[int] = set()  # held-back lines that no form reads, to drop from the common columns
     for chunk in read_chunks(source, compression, path):
         skipped.extend((n, OVERLONG) for n in chunk.overlong)
         # strict stops at the first line it cannot read: every chunk is decoded whole.
@@ -201,11 +204,13 @@ def read_text(source: str | os.PathLike[str] | BinaryIO, compression: str = "non
         if chunk.first_line == 1 and not any(df.height for df in (*acc.common, *acc.gaps)):
             # The probe chunk holds no trace line: refuse before reading on (bounded work on junk).
             raise TraceError(f"{path}: no trace events found: the input looks like {text_kind(chunk.lines)}; {WANTED}")
+        if sum(piece.height for pieces in acc.deferred.values() for piece in pieces) >= DEFERRED_MAX:
+            unread |= decode_deferred(acc, skipped)
         if strict and skipped:
             line_no, reason = min(skipped)
             raise TraceError(f"{os.fspath(path)}: line {line_no}: {reason}",
                              hint="run without {strict} to skip such lines")
-    unread = decode_deferred(acc, skipped)
+    unread |= decode_deferred(acc, skipped)
     # comm stays a category until each table is written: gathering codes costs far less than strings.
     common = pl.concat(acc.common) if acc.common else pl.DataFrame()
     if unread:
