@@ -7,6 +7,7 @@ one rare line damaged so its failure takes the deferred path too.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import warnings
 from pathlib import Path
@@ -34,7 +35,7 @@ def _damaged(tmp_path: Path) -> tuple[Path, int]:
 
 def _read(path: Path, rare: int, monkeypatch: pytest.MonkeyPatch, strict: bool = False):
     monkeypatch.setattr(reader, "RARE", rare)
-    monkeypatch.setattr(source, "CHUNK_BYTES", 64 << 10)
+    monkeypatch.setattr(reader, "read_chunks", functools.partial(source.read_chunks, chunk_bytes=64 << 10))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return read_text(path, strict=strict)
@@ -64,7 +65,7 @@ def test_held_back_lines_are_decoded_whenever_there_are_enough(tmp_path, monkeyp
     decode = reader.decode_deferred
     monkeypatch.setattr(reader, "decode_deferred", lambda acc, skipped: calls.append(1) or decode(acc, skipped))
     bounded = _read(path, 10_000, monkeypatch)
-    assert len(calls) > 1  # during the read, besides the final one
+    assert len(calls) > 10  # during the read, besides the final one
     assert bounded.skipped == whole.skipped and bounded.info == whole.info
     assert bounded.events.equals(whole.events, check_metadata=True)
     for name, table in whole.tables.items():
