@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,7 +38,7 @@ from kvmtrace.replays.checks import Severity
 from kvmtrace.replays.digest import Digest
 from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.replays.results import ReplayResult
-from kvmtrace.report import FORMATS, Report, build_diff, build_report, render, render_diff, tables
+from kvmtrace.report import FORMATS, Report, build_diff, build_report, render_diff, render_parts, tables
 from kvmtrace.report.blocks import report_blocks
 from kvmtrace.report.html import render_html_fragment
 from kvmtrace.selection import ReportedSelection, recount, reported, selection_of, seq_filter
@@ -266,10 +266,15 @@ class Analysis:
     def report(self, fmt: str = "text", *, color: bool = False, figures: bool | None = None) -> str:
         """The report as ``text``, ``markdown``, ``html`` or ``json``. ``figures`` (default: for
         HTML only) embeds the plots; ``color`` applies to text (ANSI colours for a terminal)."""
+        return "".join(self.report_parts(fmt, color=color, figures=figures))
+
+    def report_parts(self, fmt: str = "text", *, color: bool = False, figures: bool | None = None) -> Iterator[str]:
+        """:meth:`report`'s text in pieces, to write as they come: a long trace's JSON report
+        (every table whole) is never held in memory at once."""
         if fmt not in FORMATS:
             raise TraceError(f"unknown report format {fmt!r}", hint=f"choose one of {', '.join(FORMATS)} as {{fmt}}")
         draw = fmt == "html" if figures is None else figures
-        return render(self._model(with_figures=True) if draw else self.model, fmt, color=color)
+        return render_parts(self._model(with_figures=True) if draw else self.model, fmt, color=color)
 
     def figures(self) -> tuple[MplFigure, ...]:
         """The plots of the selection: activity over time, per memslot, shadow pages alive."""

@@ -17,7 +17,8 @@ import pytest
 from conftest import NESTED, SAMPLES
 
 import kvmtrace
-from kvmtrace.report import render, report_schema
+from kvmtrace.report import render, render_parts, report_dict, report_schema
+from kvmtrace.report.jsonout import Each, iter_json
 from kvmtrace.report.markdown import md_escape
 from kvmtrace.report.text import WIDTH
 
@@ -61,6 +62,36 @@ def test_json_validates_and_trace_matches_trace_cmd(analyzed):
     total, counts = trace_cmd_counts(analysis.path)
     assert doc["trace"]["total_events"] == total
     assert doc["trace"]["events"] == counts
+
+
+def test_json_written_in_pieces_is_the_whole_documents_text(analyzed):
+    """The JSON report is encoded a piece at a time (long lists an item at a time); its text is
+    exactly what the standard library makes of the whole document."""
+    _, report, rendered = analyzed
+    whole = json.dumps(report_dict(report), indent=2, default=str) + "\n"
+    assert rendered["json"] == whole
+    assert "".join(render_parts(report, "json")) == whole
+
+
+def test_json_pieces_come_before_a_long_list_is_made():
+    """An :class:`Each` list is made while it is written, not before: the first piece is handed
+    on when only a few of 100 000 rows exist, and nested empty and non-empty lists encode as
+    ``json.dumps`` encodes them."""
+    made = 0
+
+    def rows():
+        nonlocal made
+        for i in range(100_000):
+            made += 1
+            yield {"i": i, "s": "a\nb", "empty": [], "nested": {"x": [1, {}]}}
+
+    doc = {"title": "t", "rows": Each(rows), "none": Each(lambda: iter(())), "tail": [Each(lambda: [1, 2])]}
+    pieces = iter_json(doc)
+    first = next(pieces)
+    assert 0 < made < 10_000 and first.startswith('{\n  "title": "t",\n  "rows": [\n    {\n      "i": 0,')
+    text = first + "".join(pieces)
+    expect = {"title": "t", "rows": list(rows()), "none": [], "tail": [[1, 2]]}
+    assert text == json.dumps(expect, indent=2) + "\n"
 
 
 def test_json_checks_and_findings_are_the_replays(analyzed):

@@ -63,7 +63,10 @@ def analyze(
         analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                                  cpus=cpu, zap_rule=zap_rule)
     with steps.step("writing the report"):
-        text = analysis.report(fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
-    emit(text, target)
+        parts = analysis.report_parts(fmt, color=target is None and fmt == "text" and sys.stdout.isatty())
+        if target is not None:  # a long trace's JSON is written as it is made, never whole in memory
+            emit(parts, target)
+    if target is None:  # after the progress line is gone from the terminal
+        emit(parts, None)
     if fail_on is not None and analysis.failed(fail_on):
         raise typer.Exit(1)

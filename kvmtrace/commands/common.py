@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.text import Text
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.parsers.output import write_atomic
+from kvmtrace.parsers.output import atomic_file
 from kvmtrace.report.safe import printable
 
 #: Parameters whose spelling on the command line (a flag, or an argument's name) is not ``--`` +
@@ -80,18 +80,21 @@ def output_file(output: Path | None) -> Path | None:
 EXIT_PIPE = 141
 
 
-def emit(text: str, output: Path | None) -> None:
-    """Print to standard output, or write the file ``output`` whole or not at all.
+def emit(text: str | Iterable[str], output: Path | None) -> None:
+    """Print to standard output, or write the file ``output`` whole or not at all; ``text`` may
+    come in pieces (:func:`kvmtrace.report.render_parts`), written as they come.
 
     A reader that went away (``kvmtrace analyze t.dat | head``) is not an error of ours and
     not a finding: the exit status is :data:`EXIT_PIPE`, never click's 1, which ``--fail-on``
     owns.
     """
+    parts = (text,) if isinstance(text, str) else text
     if output is not None:
-        write_atomic(output, text)
+        with atomic_file(output, "w") as f:
+            f.writelines(parts)
         return
     try:
-        sys.stdout.write(text)
+        sys.stdout.writelines(parts)
         sys.stdout.flush()
     except BrokenPipeError:
         # the interpreter flushes stdout again at exit: point it at /dev/null so that is silent

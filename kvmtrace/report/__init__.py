@@ -1,10 +1,13 @@
 """Reports of a replayed trace: one model (:mod:`.model`), laid out once (:mod:`.blocks`),
 drawn by four renderers (text, Markdown, HTML, JSON).
 
-``render(report, fmt)`` and ``render_diff(diff, fmt)`` are what the CLI and notebooks call.
+``render(report, fmt)`` and ``render_diff(diff, fmt)`` are what the CLI and notebooks call;
+``render_parts`` hands a report on in pieces, so a long trace's JSON is never whole in memory.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 from kvmtrace.parsers.output import write_atomic
 from kvmtrace.parsers.schema import TraceData
@@ -12,7 +15,7 @@ from kvmtrace.replays.threads import VcpuThreads
 from kvmtrace.report.blocks import report_blocks, report_title, trace_blocks
 from kvmtrace.report.diff import DiffReport, build_diff, diff_blocks, diff_dict
 from kvmtrace.report.html import render_html, render_html_fragment
-from kvmtrace.report.jsonout import render_json, report_dict, report_schema
+from kvmtrace.report.jsonout import iter_json, render_json, report_dict, report_doc, report_schema
 from kvmtrace.report.markdown import render_markdown
 from kvmtrace.report.model import Figure, Report, build_report, trace_facts
 from kvmtrace.report.text import render_text
@@ -23,9 +26,16 @@ DIFF_FORMATS: tuple[str, ...] = FORMATS
 
 def render(report: Report, fmt: str, *, color: bool = False) -> str:
     """The report in one of :data:`FORMATS` (``color`` applies to text only)."""
+    return "".join(render_parts(report, fmt, color=color))
+
+
+def render_parts(report: Report, fmt: str, *, color: bool = False) -> Iterator[str]:
+    """:func:`render`'s text in pieces: JSON (whose tables are whole) a piece at a time, the
+    human formats (which abbreviate long tables) in one."""
     if fmt == "json":
-        return render_json(report_dict(report))
-    return _render_blocks(report_blocks(report), fmt, title=report_title(report), color=color)
+        yield from iter_json(report_doc(report))
+    else:
+        yield _render_blocks(report_blocks(report), fmt, title=report_title(report), color=color)
 
 
 def render_diff(diff: DiffReport, fmt: str, *, color: bool = False) -> str:
@@ -60,6 +70,7 @@ __all__ = [
     "build_report",
     "render",
     "render_diff",
+    "render_parts",
     "report_dict",
     "report_schema",
     "trace_html",
