@@ -87,7 +87,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     # A skipif placed first: pytest evaluates every skipif before any skip, so a plain skip would
     # lose to the test's own "tracefs not mounted" or "needs root", and the reason would not say how to ask.
-    skip = pytest.mark.skipif(True, reason=f"writes to tracefs (records a real trace): set {TRACEFS_OPT_IN}=1 to run it")
+    why = f"writes to tracefs (records a real trace): set {TRACEFS_OPT_IN}=1 to run it"
+    skip = pytest.mark.skipif(True, reason=why)
     for item in items:
         if item.get_closest_marker("tracefs") is not None:
             item.add_marker(skip, append=False)
