@@ -108,3 +108,54 @@ def test_in_any_is_membership_in_overlapping_intervals(seed):
     seq = rng.integers(-5, 150, 300)
     want = ((seq[:, None] >= since[None, :]) & (seq[:, None] < until[None, :])).any(axis=1)
     assert np.array_equal(plot._in_any(seq, since, until), want)
+
+
+def _merged_by_hand(keys, start, end, gap):
+    out = []
+    for k in sorted(set(keys.tolist())):
+        spans = sorted((s, e) for kk, s, e in zip(keys.tolist(), start.tolist(), end.tolist())
+                       if kk == k and not (np.isnan(s) or np.isnan(e)))
+        for s, e in spans:
+            if out and out[-1][0] == k and s <= out[-1][2] + gap:
+                out[-1][2] = max(out[-1][2], e)
+            else:
+                out.append([k, s, e])
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_merged_joins_intervals_closer_than_a_place(seed):
+    """Bars a long trace has thousands of (slot instances, update windows) are merged per lane
+    where they overlap or lie under a place of the axis apart, and nowhere else."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(0, 40))
+    keys = rng.integers(0, 4, n)
+    start = rng.uniform(0, 1, n)
+    end = start + rng.uniform(0, 0.05, n)
+    end[rng.random(n) < 0.1] = np.nan  # unknown ends are left out
+    k, s, e = plot._merged(keys, start, end, 1.0)
+    assert [list(t) for t in zip(k.tolist(), s.tolist(), e.tolist())] == \
+        _merged_by_hand(keys, start, end, 1.0 / plot.POINT_PLACES)
+
+
+def test_layout_draws_every_slot_instance_under_a_bar_of_its_colour():
+    """The merged bars cover every slot instance on its lane, in its slot's colour."""
+    analysis = kvmtrace.open(SAMPLES / "churn-zapslot.dat").analyze()
+    fig = plot.layout(analysis.trace.data, analysis.replay)
+    ax = fig.axes[0]
+    bars = next(c for c in ax.containers if c.get_label() == "slot instance in place")
+    drawn = [(round(b.get_y() + b.get_height() / 2), b.get_x(), b.get_x() + b.get_width(), b.get_facecolor()[:3])
+             for b in bars]
+    lt = analysis.replay.summaries["memslot"]
+    assert 0 < len(drawn) <= lt.num_rows
+    lanes = {t.get_text(): i for i, t in enumerate(ax.get_yticklabels())}
+    data = analysis.trace.data
+    t0, end = data.info.first_ts, (data.info.last_ts - data.info.first_ts) / 1e9
+    colours = plot.matplotlib.colormaps["tab10"]
+    from kvmtrace.report.evidence import column_ts
+    since = np.nan_to_num((column_ts(data, lt, "from_seq") - t0) / 1e9, nan=0.0)
+    until = np.nan_to_num((column_ts(data, lt, "until_seq") - t0) / 1e9, nan=end)
+    for row, lo, hi in zip(lt.to_pylist(), since, until):
+        lane = lanes[gpa_range(row["base_gfn"], row["npages"])]
+        colour = colours(row["slot"] % 10)[:3]
+        assert any(y == lane and x0 <= lo + 1e-12 and hi <= x1 + 1e-12 and c == colour for y, x0, x1, c in drawn), row
