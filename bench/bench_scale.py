@@ -1,14 +1,15 @@
 """Benchmark: ``analyze`` by trace length: is the time linear, and what does memory do?
 
-Usage: python bench/bench_scale.py [--source TRACE] [--copies N ...] [--baseline COMMIT] [--runs R]
-       python bench/bench_scale.py --trace TRACE... [--baseline COMMIT] [--runs R]
+Usage: python bench/bench_scale.py [--source TRACE] [--copies N ...] [--baseline COMMIT] [--runs R] [--format F]
+       python bench/bench_scale.py --trace TRACE... [--baseline COMMIT] [--runs R] [--format F]
 
 No recording: the long traces are HAND-MADE from a real one (default: ``bench/out/bench-multi.dat``
 if it was recorded, else the largest sample), its pages repeated per CPU with their time stamps
 moved past the previous copy (``tests/tracedat_builder.repeated_tracedat``): N copies read as N
 runs of the same workload back to back, with every memslot change N times. Each analysis runs in
-a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, text report;
-``--keep all`` reads every event instead of what the analysis reads, ``kvmtrace.open``'s ``keep``);
+a fresh process (what ``kvmtrace analyze TRACE -o /dev/null`` does: read, replay, report: text,
+or ``--format json|html|markdown``, written as ``analyze`` writes it; ``--keep all`` reads every
+event instead of what the analysis reads, ``kvmtrace.open``'s ``keep``);
 its peak RSS is the process's own ``VmHWM``. With ``--baseline COMMIT`` the same runs use the
 code of an earlier commit too (``bench_stream.checkout``), interleaved with the current code.
 ``--trace`` measures the given traces as they are instead (real long recordings:
@@ -46,7 +47,10 @@ try:  # what `kvmtrace analyze` reads; code older than keep= (a --baseline commi
 except TypeError:
     t = kvmtrace.open(sys.argv[1])
 a = t.analyze()
-text = a.report("text")
+# as `kvmtrace analyze -o FILE` writes it (code older than report_parts made the text whole)
+parts = a.report_parts(sys.argv[3]) if hasattr(a, "report_parts") else [a.report(sys.argv[3])]
+with open("/dev/null", "w") as out:
+    out.writelines(parts)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
 with open("/proc/self/status") as f:
     peak = int(next(line.split()[1] for line in f if line.startswith("VmHWM:")))
@@ -61,19 +65,19 @@ def _source() -> Path:
 
 
 def analyze_child(trace: Path, pythonpath: Path | None, keep: str = "analysis",
-                  preexec: Callable[[], None] | None = None) -> subprocess.CompletedProcess[str]:
+                  preexec: Callable[[], None] | None = None, fmt: str = "text") -> subprocess.CompletedProcess[str]:
     """One analysis in a fresh process (the code at ``pythonpath``, else the installed one);
     ``preexec`` runs in the child before it starts (bench_limit.py: joining a memory cgroup)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     # cwd: not the repository, whose kvmtrace/ would come first on the child's path
-    return subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep], capture_output=True, text=True, env=env,
-                          cwd=trace.parent, preexec_fn=preexec)
+    return subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep, fmt], capture_output=True, text=True,
+                          env=env, cwd=trace.parent, preexec_fn=preexec)
 
 
-def run(trace: Path, pythonpath: Path | None, keep: str = "analysis") -> dict:
-    done = analyze_child(trace, pythonpath, keep)
+def run(trace: Path, pythonpath: Path | None, keep: str = "analysis", fmt: str = "text") -> dict:
+    done = analyze_child(trace, pythonpath, keep, fmt=fmt)
     if done.returncode:
         raise SystemExit(f"analyze {trace} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -91,6 +95,8 @@ def main() -> None:
     ap.add_argument("--trace", type=Path, nargs="+", default=None, help="measure these traces, no repetition")
     ap.add_argument("--keep", choices=("analysis", "all"), default="analysis",
                     help="what the analysis reads: what `kvmtrace analyze` reads (default), or every event")
+    ap.add_argument("--format", choices=("text", "markdown", "html", "json"), default="text",
+                    help="the report written (to /dev/null)")
     args = ap.parse_args()
     source = args.source or _source()
     with tempfile.TemporaryDirectory(prefix="kvmtrace-scale-") as tmp:
@@ -98,7 +104,8 @@ def main() -> None:
         if args.baseline:
             codes[f"@{args.baseline}"] = checkout(args.baseline, Path(tmp) / "baseline")
         load = os.getloadavg()[0]
-        print(f"# source {source.name}; {platform.python_version()}, {os.cpu_count()} CPUs, load {load:.1f}")
+        print(f"# source {source.name}; {args.format} report; {platform.python_version()}, {os.cpu_count()} CPUs, "
+              f"load {load:.1f}")
         print("| code | copies or trace | events | wall | CPU | events/s (CPU) | peak RSS | bytes/event |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for copies in ([None] if args.trace else args.copies):
@@ -109,7 +116,7 @@ def main() -> None:
                     repeated_tracedat(source, traces[0], copies, compression="zstd")
             for trace in traces:
                 for name, code in codes.items():
-                    best = min((run(trace.resolve(), code, args.keep) for _ in range(args.runs)),
+                    best = min((run(trace.resolve(), code, args.keep, args.format) for _ in range(args.runs)),
                                key=lambda r: r["cpu"])
                     ev = best["events"]
                     print(f"| {name} | {copies or trace.name} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "

@@ -23,7 +23,7 @@ from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.output import atomic_dir, refuse_inputs
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.replays.digest import Digest, DigestBuilder
-from kvmtrace.replays.needs import decodes, keeps
+from kvmtrace.replays.needs import LOG_EVENTS, decodes, decodes_with_log, keeps, keeps_with_log
 from kvmtrace.replays.threads import entry_pairs, vcpu_threads
 from kvmtrace.report import trace_html
 
@@ -108,9 +108,11 @@ class Trace:
           *report*. The replay always runs over the whole trace.
         - ``zap_rule``: the per-slot zap rule to assume, by name (see ``kvmtrace.replays``).
         """
-        if self._data.left_out and qemu_log is not None:
-            raise TraceError("a QEMU log's lines are placed against every event of the trace, and this trace was "
-                             "opened for analysis only", hint="open it with kvmtrace.open(path)")
+        if qemu_log is not None and any(name in self._data.left_out or f"kvm:{name}" in self._data.left_out
+                                        for name in LOG_EVENTS):
+            raise TraceError("a QEMU log's lines are placed by when vCPU threads leave KVM_RUN, and this trace was "
+                             "opened for an analysis without a QEMU log",
+                             hint="open it with kvmtrace.open(path, keep=\"analysis+log\")")
         return analyze(self, kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                        cpus=cpus, zap_rule=zap_rule, digest=self._digest)
 
@@ -152,7 +154,7 @@ class Trace:
 
 
 def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: bool = False,
-         keep: Literal["all", "analysis"] = "all") -> Trace:
+         keep: Literal["all", "analysis", "analysis+log"] = "all") -> Trace:
     """Open a trace.dat or ftrace text file (format decided by content).
 
     ``keep="analysis"`` reads for :meth:`Trace.analyze` only: a trace.dat is decoded in windows,
@@ -160,16 +162,20 @@ def open(path: str | os.PathLike[str], *, instance: str | None = None, strict: b
     and the others are only digested (:mod:`kvmtrace.replays.digest`; the guest page-table
     walker's events are most of a shadow-paged trace). The analysis is the same as after a full
     read; the other events' tables are empty and ``table()`` refuses them, other buffer
-    instances are not read, and what needs every event's rows (a QEMU log for ``analyze``,
-    ``to_parquet``) is refused. The kept tables and the ``events`` table (every row) lie in
-    unlinked temporary files in ``TMPDIR`` (36 bytes an event, plus the kept rows), mapped back:
-    the page cache holds them, not the process (:meth:`TraceData.release_pages`); a selection
-    (``since``/``until``/``cpus``) reads the ``events`` table a chunk at a time.
+    instances are not read, and what needs every event's rows (``to_parquet``) is refused.
+    ``keep="analysis+log"`` also keeps the rows a QEMU log's placement reads
+    (:data:`~kvmtrace.replays.needs.LOG_EVENTS`), for ``analyze(qemu_log=...)``. The kept tables
+    and the ``events`` table (every row) lie in unlinked temporary files in ``TMPDIR`` (36 bytes
+    an event, plus the kept rows), mapped back: the page cache holds them, not the process
+    (:meth:`TraceData.release_pages`); a selection (``since``/``until``/``cpus``) and a QEMU log's
+    placement read the ``events`` table a chunk at a time.
     """
     if keep == "all":
         return Trace(read_trace(path, instance=instance, strict=strict), os.fspath(path))
-    if keep != "analysis":
-        raise ValueError(f"keep={keep!r}: choose 'all' or 'analysis'")
+    if keep not in ("analysis", "analysis+log"):
+        raise ValueError(f"keep={keep!r}: choose 'all', 'analysis' or 'analysis+log'")
     digest = DigestBuilder()
-    data = read_trace(path, instance=instance, strict=strict, keep=keeps, observe=digest.add, decode=decodes)
+    log = keep == "analysis+log"
+    data = read_trace(path, instance=instance, strict=strict, keep=keeps_with_log if log else keeps,
+                      observe=digest.add, decode=decodes_with_log if log else decodes)
     return Trace(data, os.fspath(path), digest.finish())

@@ -28,7 +28,7 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceError
-from kvmtrace.replays.placement import LineChange, TraceFacts, place
+from kvmtrace.replays.placement import LineChange, Placement, TraceFacts, place
 from kvmtrace.replays.qemu_lines import (
     LogLine,
     SlotLine,
@@ -441,10 +441,14 @@ def log_changes(lines: Sequence[LogLine], start: Sequence[SlotLine] = ()) -> lis
 
 
 def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kvmmmu_pid: np.ndarray,
-             kvmmmu_zap: np.ndarray, start: Sequence[SlotLine] = ()) -> MemslotTimeline:
+             kvmmmu_zap: np.ndarray, start: Sequence[SlotLine] = (),
+             left_out: frozenset[str] = frozenset()) -> MemslotTimeline:
     """Build the timeline from a QEMU ``-trace`` log, each line placed on the trace by the kernel's
     response to it (:mod:`placement`). A line that cannot be placed keeps no position: its slot is
-    uncertain for the whole trace, and checks that need the position skip it."""
+    uncertain for the whole trace, and checks that need the position skip it.
+
+    ``left_out``: kvmmmu events (never zaps: the guest walker's) the ``kvmmmu_*`` arrays leave
+    out; a line's window then looks up its thread's last one in a pass over the trace's events."""
     texts = list(texts)
     lines = [ln for n, t in enumerate(texts, 1) if (ln := parse_log_line(t, n)) is not None]
     if not lines:
@@ -460,6 +464,7 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
     b.tl.notes.extend(notes)
     b.tl.notes.extend(f"QEMU log line {ln.lineno}: slot {ln.line.slot} failed (ret={ln.line.ret}); ignored"
                       for ln in failed)
+    walked = _last_left_out(facts, placed, left_out)
     last: dict[int, int] = {}
     unplaced: set[int] = set()
     for ln, pl in zip(lines, placed):
@@ -474,7 +479,8 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
         if pl.response is not None:
             ws, anchor = pl.response, ANCHOR_ZAPS
         else:
-            ws, anchor = _window_start(pl.after + 1, pl.pid, last.get(pl.pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap)
+            ws, anchor = _window_start(pl.after + 1, pl.pid, last.get(pl.pid), kvmmmu_seq, kvmmmu_pid, kvmmmu_zap,
+                                       walked.get((pl.pid, pl.after), -1))
         b.add(ln.line, ws, anchor, src, pl.how, pl.confidence, opens_at=pl.after + 1)
         last[pl.pid] = pl.after
     tl = b.finish()
@@ -487,6 +493,23 @@ def from_log(texts: Iterable[str], facts: TraceFacts, kvmmmu_seq: np.ndarray, kv
             if c.seq is None and c.source.startswith("QEMU log"):
                 c.window_start, c.window_end = (0, inf) if c.kind in REMOVING_KINDS else (None, None)
     return tl
+
+
+def _last_left_out(facts: TraceFacts, placed: Sequence[Placement],
+                   left_out: frozenset[str]) -> dict[tuple[int, int], int]:
+    """Per placed line without a kernel response (by thread and ``after`` seq): its thread's last event
+    of ``left_out`` at or before it (-1: none), one pass over the events per thread."""
+    out: dict[tuple[int, int], int] = {}
+    if not left_out:
+        return out
+    by_pid: dict[int, list[int]] = {}
+    for pl in placed:
+        if pl.after is not None and pl.response is None:
+            by_pid.setdefault(pl.pid, []).append(pl.after)
+    for pid, afters in by_pid.items():
+        found = facts.events.last_of(pid, left_out, np.asarray(afters, np.int64) + 1)
+        out.update(((pid, a), w) for a, w in zip(afters, found.tolist()))
+    return out
 
 
 def parse_layout(layout: dict[str, Any]) -> list[SlotLine]:

@@ -22,9 +22,12 @@ PRINT_EVENT = "print"
 NOTIFIER_EVENTS = frozenset({"kvm_unmap_hva_range", "kvm_set_spte_hva", "kvm_age_hva", "kvm_test_age_hva",
                              "kvm_age_gfn", "kvm_test_age_gfn", "kvm_set_spte_gfn"})
 #: Events read row by row besides the kvmmmu system's: memslot lines, the leaf evidence (hardware
-#: faults, MMIO exits) and the notifier calls. ``kvm_userspace_exit`` and ``kvm_entry`` also place
-#: a QEMU log's lines, which is why an analysis with a QEMU log reads every event.
+#: faults, MMIO exits) and the notifier calls.
 KEPT_OTHER_EVENTS = frozenset({PRINT_EVENT, "kvm_mmio", "kvm_page_fault"}) | NOTIFIER_EVENTS
+#: Read row by row too where a QEMU log's lines are placed: when a vCPU thread leaves KVM_RUN and
+#: comes back (:mod:`kvmtrace.replays.placement`). ``kvm_entry`` is a large part of a trace with
+#: hardware exits traced, so only an analysis with a QEMU log keeps them.
+LOG_EVENTS = frozenset({"kvm_userspace_exit", "kvm_entry"})
 #: Events of which an analysis reads only a field, gathered by the digest a window at a time:
 #: ``kvm_entry``'s ``vcpu_id`` (which thread is which vCPU) and ``kvm_exit``'s ``isa`` (the vendor).
 DIGESTED_EVENTS = frozenset({"kvm_entry", "kvm_exit"})
@@ -39,7 +42,17 @@ def keeps(name: str, system: str | None) -> bool:
     return bare in KEPT_OTHER_EVENTS or bare in KVMMMU_EVENTS or system == "kvmmmu"
 
 
+def keeps_with_log(name: str, system: str | None) -> bool:
+    """:func:`keeps` for an analysis with a QEMU log: also :data:`LOG_EVENTS`."""
+    return keeps(name, system) or name.split(":", 1)[-1] in LOG_EVENTS
+
+
 def decodes(name: str, system: str | None) -> bool:
     """Whether a windowed read for an analysis decodes event ``name``'s fields: the kept events'
     and those the digest reads (:data:`DIGESTED_EVENTS`)."""
     return keeps(name, system) or name.split(":", 1)[-1] in DIGESTED_EVENTS
+
+
+def decodes_with_log(name: str, system: str | None) -> bool:
+    """:func:`decodes` for an analysis with a QEMU log."""
+    return decodes(name, system) or name.split(":", 1)[-1] in LOG_EVENTS

@@ -39,6 +39,7 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.replays.event_passes import EventPasses
 from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.needs import NOTIFIER_EVENTS
 from kvmtrace.replays.profiles import KernelProfile
@@ -65,11 +66,10 @@ _GFN_EVENTS = ("kvm_mmu_set_spte", "kvm_tdp_mmu_spte_changed", "kvm_mmu_spte_req
 
 @dataclass
 class TraceFacts:
-    """What placement reads from the trace, as seq-sorted arrays."""
+    """What placement reads from the trace, as seq-sorted arrays, and questions about every
+    event (``events``: passes over the ``events`` table, never every event's columns at once)."""
 
-    seq: np.ndarray  # every event
-    ts: np.ndarray
-    pid: np.ndarray
+    events: EventPasses
     zap_seq: np.ndarray  # page zaps, leaf zaps (gfn) and zap-alls (gfn -1)
     zap_pid: np.ndarray
     zap_gfn: np.ndarray
@@ -80,7 +80,9 @@ class TraceFacts:
     gen: np.ndarray
     notifier_seq: np.ndarray  # MMU-notifier events: zaps right after one are not an ioctl's
     uexit_seq: np.ndarray  # kvm_userspace_exit: a vCPU thread leaves KVM_RUN (and may issue ioctls)
+    uexit_pid: np.ndarray
     entry_seq: np.ndarray  # kvm_entry: it is back in the guest
+    entry_pid: np.ndarray
     inst_seq: np.ndarray  # present leaf installs (kvm_mmu_set_spte): seq, pid, gfn
     inst_pid: np.ndarray
     inst_gfn: np.ndarray
@@ -90,9 +92,11 @@ def _cat(parts: list[np.ndarray], dtype: DTypeLike) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.empty(0, dtype)
 
 
-def _seqs(data: TraceData, event: str) -> np.ndarray:
+def _seqs_pids(data: TraceData, event: str) -> tuple[np.ndarray, np.ndarray]:
     t = data.tables.get(event)
-    return numpy_column(t, "seq", np.int64) if t is not None and t.num_rows else np.empty(0, np.int64)
+    if t is None or not t.num_rows:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    return numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64)
 
 
 def _installs(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,8 +108,6 @@ def _installs(data: TraceData) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
-    ev = data.events
-    seq = numpy_column(ev, "seq", np.int64)
     zs: list[np.ndarray] = []
     zp: list[np.ndarray] = []
     zg: list[np.ndarray] = []
@@ -153,11 +155,10 @@ def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
     to = np.argsort(tseq, kind="stable")
     gseq = _cat(gs, np.int64)
     go = np.argsort(gseq, kind="stable")
-    return TraceFacts(seq, np.maximum.accumulate(numpy_column(ev, "ts", np.int64)) if len(seq) else seq,
-                      numpy_column(ev, "pid", np.int64), zseq[zo], _cat(zp, np.int64)[zo], _cat(zg, np.int64)[zo],
+    return TraceFacts(EventPasses(data), zseq[zo], _cat(zp, np.int64)[zo], _cat(zg, np.int64)[zo],
                       _cat(za, bool)[zo], tseq[to], _cat(tg, np.int64)[to], gseq[go], _cat(gv, np.int64)[go],
-                      np.sort(_cat(ns, np.int64)), _seqs(data, "kvm_userspace_exit"),
-                      _seqs(data, "kvm_entry"), *_installs(data))
+                      np.sort(_cat(ns, np.int64)), *_seqs_pids(data, "kvm_userspace_exit"),
+                      *_seqs_pids(data, "kvm_entry"), *_installs(data))
 
 
 @dataclass
@@ -182,17 +183,17 @@ class LineChange:
     removes: tuple[int, int] | None  # old range of a delete/move/recreate
 
 
-def _bursts(f: TraceFacts) -> tuple[np.ndarray, np.ndarray]:
+def _bursts(f: TraceFacts, zap_ts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(first, last) seq of the zap run each zap belongs to: a run is a thread's consecutive zaps
     in its own event stream; a non-zap event of the thread ends it, and so does a pause of more
-    than RUN_GAP (one ioctl zaps back to back; the next ioctl comes after QEMU's own work)."""
+    than RUN_GAP (one ioctl zaps back to back; the next ioctl comes after QEMU's own work).
+    ``zap_ts``: the running time at each zap."""
     first = np.empty(len(f.zap_seq), np.int64)
     last = np.empty(len(f.zap_seq), np.int64)
     for pid in np.unique(f.zap_pid):
-        own = f.seq[f.pid == pid]
         zi = np.flatnonzero(f.zap_pid == pid)
-        pos = np.searchsorted(own, f.zap_seq[zi])
-        t = f.ts[np.searchsorted(f.seq, f.zap_seq[zi])]
+        pos = f.events.ranks(int(pid), f.zap_seq[zi])  # places in the thread's own events
+        t = zap_ts[zi]
         new = np.ones(len(zi), bool)
         new[1:] = (pos[1:] - pos[:-1] > 1) | (t[1:] - t[:-1] > RUN_GAP)
         run = np.cumsum(new) - 1
@@ -258,33 +259,48 @@ def _match(cands: list[tuple[float, int, int, int, int]], timed: bool,
     return out, Clock(max(used), max(used) - min(used)), ""
 
 
-def _outside_run(f: TraceFacts, thread: int) -> tuple[np.ndarray, np.ndarray]:
-    """(start seq, end seq) of every stretch the vCPU thread spent outside KVM_RUN: from the
-    trace's start to its first kvm_entry, and from each of its kvm_userspace_exit to its next
-    kvm_entry (its next event where kvm_entry is not traced; the last one to the trace's end). A
-    VMM that issues memslot ioctls from a vCPU thread (the lab, single-threaded VMMs) can only do
-    so inside one of these."""
-    own = f.seq[f.pid == thread]
-    ex = np.intersect1d(f.uexit_seq, own)
+@dataclass(frozen=True)
+class Stretches:
+    """The stretches a vCPU thread spent outside KVM_RUN (:func:`_outside_run`): start and end
+    seqs, and the running time at each."""
+
+    ex: np.ndarray
+    end: np.ndarray
+    ex_ts: np.ndarray
+    end_ts: np.ndarray
+
+
+def _outside_run(f: TraceFacts, thread: int) -> Stretches:
+    """Every stretch the vCPU thread spent outside KVM_RUN: from the trace's start to its first
+    kvm_entry, and from each of its kvm_userspace_exit to its next kvm_entry (its next event
+    where kvm_entry is not traced; the last one to the trace's end). A VMM that issues memslot
+    ioctls from a vCPU thread (the lab, single-threaded VMMs) can only do so inside one of these."""
+    ex = np.unique(f.uexit_seq[f.uexit_pid == thread])
     if not len(ex):
-        return ex, ex
-    back = np.intersect1d(f.entry_seq, own)
-    if not len(back):
-        back = own
-    nxt = np.searchsorted(back, ex, "right")
-    last = int(f.seq[-1])
-    end = np.where(nxt < len(back), back[np.minimum(nxt, len(back) - 1)], last)
-    return np.concatenate(([int(f.seq[0])], ex)), np.concatenate(([int(back[0])], end))
+        return Stretches(ex, ex, ex, ex)
+    span = f.events.span
+    back = np.unique(f.entry_seq[f.entry_pid == thread])
+    if len(back):
+        nxt = np.searchsorted(back, ex, "right")
+        end = np.where(nxt < len(back), back[np.minimum(nxt, len(back) - 1)], span.last)
+        first_back = int(back[0])
+    else:  # the thread's own next event
+        after = f.events.next_of(thread, np.concatenate(([-1], ex)))
+        end = np.where(after[1:] >= 0, after[1:], span.last)
+        first_back = int(after[0])
+    starts, ends = np.concatenate(([span.first], ex)), np.concatenate(([first_back], end))
+    at = f.events.ts_at(np.concatenate((starts, ends)))
+    return Stretches(starts, ends, at[:len(starts)], at[len(starts):])
 
 
-def _run_clock(lines: Sequence[LogLine], f: TraceFacts, ex: np.ndarray, end: np.ndarray) -> tuple[list[Clock], str]:
+def _run_clock(lines: Sequence[LogLine], run: Stretches) -> tuple[list[Clock], str]:
     """The log clock from the stretches outside KVM_RUN: every line must fall in one, so the
     offset ranges that put every timed line inside one are the candidate clocks."""
     timed = np.array([ln.ts for ln in lines if ln.ts is not None], dtype=np.float64)
-    if not len(timed) or not len(ex):
+    if not len(timed) or not len(run.ex):
         return [], ""
-    t0 = f.ts[np.searchsorted(f.seq, ex)].astype(np.float64)
-    t1 = f.ts[np.searchsorted(f.seq, end)].astype(np.float64)
+    t0 = run.ex_ts.astype(np.float64)
+    t1 = run.end_ts.astype(np.float64)
     lo = (t0[None, :] - timed[:, None] * 1e9).ravel()
     hi = (t1[None, :] - timed[:, None] * 1e9).ravel()
     xs = np.concatenate((lo, hi))
@@ -305,25 +321,24 @@ def _run_clock(lines: Sequence[LogLine], f: TraceFacts, ex: np.ndarray, end: np.
     return [Clock(a, b - a) for a, b in merged], ""
 
 
-def _stretches(clock: Clock, lines: Sequence[LogLine], f: TraceFacts, ex: np.ndarray) -> list[int]:
+def _stretches(clock: Clock, lines: Sequence[LogLine], run: Stretches) -> list[int]:
     """The start seq of the stretch outside KVM_RUN each timed line falls in under ``clock``."""
-    starts = f.ts[np.searchsorted(f.seq, ex)]
     out = []
     for ln in lines:
         if ln.ts is not None:
-            i = int(np.searchsorted(starts, ln.ts * 1e9 + clock.offset, "right")) - 1
-            out.append(int(ex[max(i, 0)]))
+            i = int(np.searchsorted(run.ex_ts, ln.ts * 1e9 + clock.offset, "right")) - 1
+            out.append(int(run.ex[max(i, 0)]))
     return out
 
 
 def _unmapped_installs(clock: Clock, lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts,
-                       ex: np.ndarray, end: np.ndarray, thread: int) -> int:
+                       run: Stretches, thread: int) -> int:
     """How many of the ioctl thread's own leaf installs would hit a gfn no slot of the log covers,
     with the lines at the stretches this clock puts them in. The thread cannot run the guest during
     its own ioctl, so with the right clock its installs land only where a slot is live."""
     if any(ln.ts is None for ln in lines):
         return 0
-    pos = _stretches(clock, lines, f, ex)
+    pos = _stretches(clock, lines, run)
     mine = f.inst_pid == thread
     seq, gfn = f.inst_seq[mine], f.inst_gfn[mine]
     covered = np.zeros(len(seq), bool)
@@ -364,20 +379,27 @@ def _chain(pairs: list[tuple[float, int, int, int, int]]) -> list[tuple[float, i
     return out[::-1]
 
 
-def _after_notifier(f: TraceFacts, i: int) -> bool:
-    """Whether zap i directly follows an MMU-notifier event of its thread: every event between the
-    two is a zap of that thread (an ioctl's zaps follow the thread's last event from long before)."""
-    z = int(f.zap_seq[i])
-    k = int(np.searchsorted(f.notifier_seq, z)) - 1
-    if k < 0:
-        return False
-    n = int(f.notifier_seq[k])
-    a, b = np.searchsorted(f.seq, [n, z])
-    if f.pid[a] != f.zap_pid[i]:
-        return False
-    between = f.seq[a + 1:b]
-    mine = f.zap_seq[(f.zap_seq > n) & (f.zap_seq < z) & (f.zap_pid == f.zap_pid[i])]
-    return len(between) == len(np.intersect1d(between, mine))
+def _after_notifier(f: TraceFacts, zaps: np.ndarray) -> np.ndarray:
+    """Whether each of the zaps (indices) directly follows an MMU-notifier event of its thread:
+    every event between the two is a zap of that thread (an ioctl's zaps follow the thread's last
+    event from long before). One pass over the events for all of them."""
+    z = f.zap_seq[zaps]
+    k = np.searchsorted(f.notifier_seq, z) - 1
+    has = k >= 0
+    n = np.where(has, f.notifier_seq[k.clip(0)] if len(f.notifier_seq) else -1, -1)
+    out = np.zeros(len(zaps), bool)
+    if not has.any():
+        return out
+    pid = f.zap_pid[zaps]
+    same = has & (f.events.pid_at(np.where(has, n, -1)) == pid)
+    counts = f.events.counts_before(np.concatenate((z, n)))
+    between = counts[:len(z)] - counts[len(z):] - 1  # events strictly between the two
+    for p in np.unique(pid[same]):
+        own = f.zap_seq[f.zap_pid == p]  # the thread's zaps, in seq order
+        i = np.flatnonzero(same & (pid == p))
+        mine = np.searchsorted(own, z[i]) - np.searchsorted(own, n[i], "right")
+        out[i] = between[i] == mine
+    return out
 
 
 def touching(f: TraceFacts, ranges: list[tuple[int, int]], lo: int, hi: int) -> np.ndarray:
@@ -401,12 +423,17 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
     _generations(changes, f, complete, lo, hi, why, notes)
     # zap responses on the ioctl thread: the log's pid where the trace has that thread (QEMU's main
     # thread), else any one thread
-    pids_in_trace = set(np.unique(f.pid).tolist())
+    pids_in_trace = f.events.span.pids
     thread = next((ln.pid for ln in lines if ln.pid is not None and ln.pid in pids_in_trace), None)
-    first_of, last_of = _bursts(f)
     cands: list[tuple[float, int, int, int, int]] = []  # (offset ns, line, first, last, pid)
+    removing = len(f.zap_seq) and any(c.removes is not None for c in changes)
+    if removing:
+        zap_ts = f.events.ts_at(f.zap_seq)
+        first_of, last_of = _bursts(f, zap_ts)
+        heads = np.unique(np.searchsorted(f.zap_seq, first_of))  # each run's first zap
+        after_notifier = dict(zip(heads.tolist(), _after_notifier(f, heads).tolist()))
     for k, c in enumerate(changes):
-        if c.removes is None or not len(f.zap_seq):
+        if c.removes is None or not removing:
             continue
         a, b = c.removes
         # (not bounded below by the generations: a delete zaps between its two swaps)
@@ -420,30 +447,32 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
             if key in seen:
                 continue
             seen.add(key)
-            if _after_notifier(f, int(np.searchsorted(f.zap_seq, key))):
+            if after_notifier[int(np.searchsorted(f.zap_seq, key))]:
                 continue
             run_last = int(last_of[zi])
-            off = float(f.ts[np.searchsorted(f.seq, run_last)]) - line_ts * 1e9 if line_ts is not None else 0.0
+            off = float(zap_ts[np.searchsorted(f.zap_seq, run_last)]) - line_ts * 1e9 if line_ts is not None else 0.0
             cands.append((off, k, key, run_last, int(f.zap_pid[zi])))
     resp, clock, note = _match(cands, any(ln.ts is not None for ln in lines), why)
     if note:
         notes.append(note)
     # a vCPU thread issues its memslot ioctls only while outside KVM_RUN
-    ex, end = _outside_run(f, thread) if thread is not None else (np.empty(0, np.int64), np.empty(0, np.int64))
+    none = np.empty(0, np.int64)
+    run = _outside_run(f, thread) if thread is not None else Stretches(none, none, none, none)
+    ex, end = run.ex, run.end
     by_installs = 0.0
     if clock is None and len(ex):
-        fits, note = _run_clock(lines, f, ex, end)
+        fits, note = _run_clock(lines, run)
         if note:
             notes.append(note)
         n_fits = len(fits)
         if n_fits > 1:
             assert thread is not None  # ex is empty without a thread
-            clean = [c for c in fits if not _unmapped_installs(c, lines, changes, f, ex, end, thread)]
+            clean = [c for c in fits if not _unmapped_installs(c, lines, changes, f, run, thread)]
             # fits that put every line in the same stretch are one placement; with no prior on the
             # offset, each placement is as likely as the width of its offset range
             groups: dict[tuple[int, ...], list[Clock]] = {}
             for fit in clean:
-                groups.setdefault(tuple(_stretches(fit, lines, f, ex)), []).append(fit)
+                groups.setdefault(tuple(_stretches(fit, lines, run)), []).append(fit)
             weight = {k: sum(c.spread + 1.0 for c in g) for k, g in groups.items()}
             total = sum(weight.values())
             best = max(weight, key=lambda s: weight[s]) if weight else None
@@ -477,15 +506,17 @@ def place(lines: Sequence[LogLine], changes: Sequence[LineChange], f: TraceFacts
     hi = np.minimum.accumulate(hi[::-1])[::-1]
     out: list[Placement] = []
     prev = -1
+    # each timed line's clock window as a seq range, for all lines in one pass
+    windows = {k: clock.window(ln.ts) for k, ln in enumerate(lines) if clock is not None and ln.ts is not None}
+    below, above = f.events.time_bounds(np.array([w[0] for w in windows.values()]),
+                                        np.array([w[1] for w in windows.values()])) if windows else ((), ())
+    bounds = dict(zip(windows, zip(np.asarray(below).tolist(), np.asarray(above).tolist())))
     for k, (ln, c) in enumerate(zip(lines, changes)):
         pid = resp[k][2] if k in resp else (thread if thread is not None else (ln.pid or 0))
         low, high, used = max(int(lo[k]), prev), int(hi[k]), False
-        if clock is not None and ln.ts is not None:
-            t0, t1 = clock.window(ln.ts)
-            i = int(np.searchsorted(f.ts, t0)) - 1
-            j = int(np.searchsorted(f.ts, t1, "right"))
-            cl = int(f.seq[i]) if i >= 0 else -1
-            ch = int(f.seq[j]) if j < len(f.seq) else INF
+        if k in windows:
+            t0, t1 = windows[k]
+            cl, ch = bounds[k]
             used = cl > low or ch < high
             low, high = max(low, cl), min(high, ch)
             why[k].append(f"log clock: trace ts {t0 / 1e9:.6f}..{t1 / 1e9:.6f} s")

@@ -167,21 +167,23 @@ def _timeline(data: TraceData, profile: KernelProfile, layout: dict[str, Any] | 
     kernel's response to each), apply after it.
 
     The kvmmmu events' seqs, pids and zap flags only anchor the memslot lines, so they are let go
-    here rather than held through the model run. The trace's own lines need only their own
-    threads' events (a line's window is its thread's), and of the guest walker's (never zaps;
-    most of a trace) only each line's thread's last one, which the digest has; a QEMU log's
-    lines are placed anywhere, so that path takes them all."""
+    here rather than held through the model run. Of the guest walker's (never zaps; most of a
+    trace) only each line's thread's last one counts: the digest has it for the trace's own
+    lines, a pass over the events finds it for a QEMU log's (placed only now). The trace's own
+    lines need only their own threads' events (a line's window is its thread's); a QEMU log's
+    lines are placed anywhere, so that path takes every thread's."""
     start = ms.parse_layout(layout) if layout is not None else []
+    walker = frozenset(WALK_EVENTS)
+    walked = sum(data.tables[name].num_rows for name in kvmmmu_names(data, walker)) + digest.walker_events
     if lines is not None:
-        kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile)
-        return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start), len(kv_seq)
+        kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, walker)
+        return ms.from_log(lines, facts_from(data, profile), kv_seq, kv_pid, kv_zap, start, walker), walked
     prints = data.tables.get("print")
-    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, frozenset(WALK_EVENTS), ms.line_threads(prints))
+    kv_seq, kv_pid, kv_zap = kvmmmu_events(data, profile, walker, ms.line_threads(prints))
     tl = ms.from_prints(prints, kv_seq, kv_pid, kv_zap, start, digest.walked_before)
     if layout is not None and len(tl.changes) == len(start):
         tl.notes.append("no memslot lines in the trace: the layout file's slots are taken to stay for the whole trace")
-    walked = sum(data.tables[name].num_rows for name in kvmmmu_names(data, frozenset(WALK_EVENTS)))
-    return tl, walked + digest.walker_events
+    return tl, walked
 
 
 def _limits(mmu: str, tl: ms.MemslotTimeline) -> list[str]:

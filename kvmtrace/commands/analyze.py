@@ -45,8 +45,8 @@ def analyze(
     --since, --until and --cpu choose what is reported; the replay always runs over the whole
     trace, so a memslot change or shadow page outside the selection still counts.
 
-    Without --qemu-log, --since, --until and --cpu, a trace.dat is read in windows and only the
-    events the replay reads are held, so a long trace needs far less memory (same report).
+    A trace.dat is read in windows and only the events the replay reads are held, so a long
+    trace needs far less memory than every event would (same report).
     """
     check_format(fmt, FORMATS)
     if fail_on is not None and fail_on not in FAIL_ON:
@@ -55,10 +55,9 @@ def analyze(
     if target is not None:
         refuse_inputs(target, [p for p in (path, qemu_log, memslots) if p is not None])
     steps = Steps()
-    # A QEMU log's lines are placed against every event: that reads the whole trace; otherwise
-    # only what the replay reads is held (kvmtrace.open), a selection included.
+    # Only what the replay reads is held (kvmtrace.open), a selection and a QEMU log's placement included.
     with steps.step(f"reading {path}"):
-        trace = kvmtrace.open(path, keep="all" if qemu_log is not None else "analysis")
+        trace = kvmtrace.open(path, keep="analysis+log" if qemu_log is not None else "analysis")
     with steps.step("replaying the MMU"):
         analysis = trace.analyze(kernel=kernel, qemu_log=qemu_log, memslots=memslots, since=since, until=until,
                                  cpus=cpu, zap_rule=zap_rule)
