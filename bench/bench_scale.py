@@ -1,7 +1,7 @@
 """Benchmark: ``analyze`` by trace length: is the time linear, and what does memory do?
 
 Usage: python bench/bench_scale.py [--source TRACE] [--copies N ...] [--baseline COMMIT] [--runs R] [--format F]
-       python bench/bench_scale.py --trace TRACE... [--baseline COMMIT] [--runs R] [--format F]
+       python bench/bench_scale.py --trace TRACE... [--baseline COMMIT] [--runs R] [--format F] [--qemu-log LOG]
 
 No recording: the long traces are HAND-MADE from a real one (default: ``bench/out/bench-multi.dat``
 if it was recorded, else the largest sample), its pages repeated per CPU with their time stamps
@@ -42,11 +42,12 @@ import json, sys, time, warnings
 warnings.simplefilter("ignore")
 import kvmtrace
 t0, c0 = time.perf_counter(), time.process_time()
-try:  # what `kvmtrace analyze` reads; code older than keep= (a --baseline commit) reads everything
+log = sys.argv[4] if len(sys.argv) > 4 else None
+try:  # what `kvmtrace analyze` reads; code older than a keep= value (a --baseline commit) reads everything
     t = kvmtrace.open(sys.argv[1], keep=sys.argv[2])
-except TypeError:
+except (TypeError, ValueError):
     t = kvmtrace.open(sys.argv[1])
-a = t.analyze()
+a = t.analyze(qemu_log=log) if log else t.analyze()
 # as `kvmtrace analyze -o FILE` writes it (code older than report_parts made the text whole)
 parts = a.report_parts(sys.argv[3]) if hasattr(a, "report_parts") else [a.report(sys.argv[3])]
 with open("/dev/null", "w") as out:
@@ -65,19 +66,22 @@ def _source() -> Path:
 
 
 def analyze_child(trace: Path, pythonpath: Path | None, keep: str = "analysis",
-                  preexec: Callable[[], None] | None = None, fmt: str = "text") -> subprocess.CompletedProcess[str]:
+                  preexec: Callable[[], None] | None = None, fmt: str = "text",
+                  qemu_log: Path | None = None) -> subprocess.CompletedProcess[str]:
     """One analysis in a fresh process (the code at ``pythonpath``, else the installed one);
     ``preexec`` runs in the child before it starts (bench_limit.py: joining a memory cgroup)."""
     env = dict(os.environ)
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     # cwd: not the repository, whose kvmtrace/ would come first on the child's path
-    return subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep, fmt], capture_output=True, text=True,
+    log = [str(qemu_log.resolve())] if qemu_log is not None else []
+    return subprocess.run([sys.executable, "-c", _CHILD, str(trace), keep, fmt, *log], capture_output=True, text=True,
                           env=env, cwd=trace.parent, preexec_fn=preexec)
 
 
-def run(trace: Path, pythonpath: Path | None, keep: str = "analysis", fmt: str = "text") -> dict:
-    done = analyze_child(trace, pythonpath, keep, fmt=fmt)
+def run(trace: Path, pythonpath: Path | None, keep: str = "analysis", fmt: str = "text",
+        qemu_log: Path | None = None) -> dict:
+    done = analyze_child(trace, pythonpath, keep, fmt=fmt, qemu_log=qemu_log)
     if done.returncode:
         raise SystemExit(f"analyze {trace} failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,17 +99,21 @@ def main() -> None:
     ap.add_argument("--trace", type=Path, nargs="+", default=None, help="measure these traces, no repetition")
     ap.add_argument("--keep", choices=("analysis", "all"), default="analysis",
                     help="what the analysis reads: what `kvmtrace analyze` reads (default), or every event")
+    ap.add_argument("--qemu-log", type=Path, default=None,
+                    help="analyze with this QEMU log (read as `kvmtrace analyze --qemu-log` reads: "
+                         "keep=analysis+log; code before that value reads every event)")
     ap.add_argument("--format", choices=("text", "markdown", "html", "json"), default="text",
                     help="the report written (to /dev/null)")
     args = ap.parse_args()
     source = args.source or _source()
+    keep = "analysis+log" if args.qemu_log is not None and args.keep == "analysis" else args.keep
     with tempfile.TemporaryDirectory(prefix="kvmtrace-scale-") as tmp:
         codes: dict[str, Path | None] = {"now": None}
         if args.baseline:
             codes[f"@{args.baseline}"] = checkout(args.baseline, Path(tmp) / "baseline")
         load = os.getloadavg()[0]
-        print(f"# source {source.name}; {args.format} report; {platform.python_version()}, {os.cpu_count()} CPUs, "
-              f"load {load:.1f}")
+        print(f"# source {source.name}; {args.format} report; keep={keep}; {platform.python_version()}, "
+              f"{os.cpu_count()} CPUs, load {load:.1f}")
         print("| code | copies or trace | events | wall | CPU | events/s (CPU) | peak RSS | bytes/event |")
         print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
         for copies in ([None] if args.trace else args.copies):
@@ -116,7 +124,7 @@ def main() -> None:
                     repeated_tracedat(source, traces[0], copies, compression="zstd")
             for trace in traces:
                 for name, code in codes.items():
-                    best = min((run(trace.resolve(), code, args.keep, args.format) for _ in range(args.runs)),
+                    best = min((run(trace.resolve(), code, keep, args.format, args.qemu_log) for _ in range(args.runs)),
                                key=lambda r: r["cpu"])
                     ev = best["events"]
                     print(f"| {name} | {copies or trace.name} | {ev:,} | {best['wall']:.2f} s | {best['cpu']:.2f} s | "

@@ -3,7 +3,8 @@
 # same commands).  `lab/record-samples.sh NAME...` re-records only those samples;
 # `lab/record-samples.sh bench` makes the large benchmark recording in bench/out/ (not in git);
 # `lab/record-samples.sh long` the long ones (10 M and 56 M events, zap-slot, native recorder:
-# no text twin, the buffer is drained during the run) for bench/bench_scale.py --trace.
+# no text twin, the buffer is drained during the run) for bench/bench_scale.py --trace;
+# `lab/record-samples.sh long-qlog` the 50 M one with its memslot lines in a QEMU log instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=sample_traces
@@ -18,6 +19,13 @@ sample() {  # NAME BUFFER_KB -- kvmlab args
 wanted=("$@")
 if [ "${1:-}" = bench ]; then
     lab/record.sh --buffer-kb 262144 bench/out/bench-multi -- multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 96
+    exit
+fi
+if [ "${1:-}" = long-qlog ]; then  # long-50m's workload, its memslot lines only in a QEMU log
+    mkdir -p bench/out
+    "${KVMTRACE:-kvmtrace}" record --backend native -o bench/out/long-50m-qlog.dat -- \
+        lab/build/kvmlab multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 8500 --no-zap-all-quirk \
+        --qemu-log bench/out/long-50m-qlog.qemu.log
     exit
 fi
 if [ "${1:-}" = long ]; then
