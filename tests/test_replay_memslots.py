@@ -159,3 +159,61 @@ def test_layout_file_is_the_starting_layout():
     # the file alone (a trace without lines) keeps its slots for the whole trace, and says so
     alone = ms.from_layout(layout)
     assert [lt.until_seq for lt in alone.lifetimes] == [np.iinfo(np.int64).max] * len(layout["slots"])
+
+
+def _window_of_one_by_one(tl, gfn, seq):
+    """window_of as a plain loop: every window in change order, a later one overwriting."""
+    out = np.full(len(gfn), -1, dtype=np.int64)
+    for k, c in enumerate(tl.changes):
+        if c.window_start is None or c.window_end is None:
+            continue
+        inside = (seq >= c.window_start) & (seq <= c.window_end)
+        touch = np.zeros(len(gfn), bool)
+        for base, n in ((c.base_gfn, c.npages), (c.old_base_gfn, c.old_npages)):
+            if base is not None and n:
+                touch |= (gfn >= base) & (gfn < base + n)
+        out[inside & touch] = k
+    return out
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_window_of_applies_repeated_windows_once_with_the_same_answer(seed):
+    """A QEMU log's unplaced lines all have the whole trace as their window; window_of applies
+    each distinct window and range once (at its last change) and answers as one pass per change."""
+    rng = np.random.default_rng(seed)
+    inf = np.iinfo(np.int64).max
+    changes = []
+    for _ in range(int(rng.integers(1, 60))):
+        base = int(rng.choice([0x100, 0x180, 0x400]))
+        whole = rng.random() < 0.5
+        start = 0 if whole else int(rng.integers(0, 900))
+        end = inf if whole else start + int(rng.integers(0, 200))
+        old = int(rng.choice([0x100, 0x200])) if rng.random() < 0.5 else None
+        changes.append(ms.MemslotChange(None if whole else end, start, "test", 1, 0, 2, "delete", base, 64, 0,
+                                        old, 32 if old is not None else None, window_end=end))
+    tl = ms.MemslotTimeline(changes=changes)
+    seq = rng.integers(0, 1200, 3000)
+    gfn = rng.integers(0xF0, 0x480, 3000).astype(np.uint64)
+    assert np.array_equal(tl.window_of(gfn, seq), _window_of_one_by_one(tl, gfn, seq))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_known_holes_per_range_are_every_removals_holes(seed):
+    """gfns of a removed range after that removal's window: one pass per range (from its earliest
+    window end) marks what a pass per removal marks."""
+    from types import SimpleNamespace
+
+    from kvmtrace.replays.detectors.layout import _known_holes
+
+    rng = np.random.default_rng(seed)
+    changes = [ms.MemslotChange(None, 0, "test", 1, 0, 2, str(rng.choice(["delete", "move", "create"])), 0x900, 8, 0,
+                                int(rng.choice([0x100, 0x180])), 64, window_end=int(rng.integers(0, 1000)))
+               for _ in range(40)]
+    seq = rng.integers(0, 1200, 2000)
+    gfn = rng.integers(0xF0, 0x200, 2000).astype(np.uint64)
+    want = np.zeros(len(gfn), bool)
+    for c in changes:
+        if c.kind in ms.REMOVING_KINDS:
+            want |= (seq > c.window_end) & (gfn >= c.old_base_gfn) & (gfn < c.old_base_gfn + c.old_npages)
+    got = _known_holes(SimpleNamespace(timeline=ms.MemslotTimeline(changes=changes)), gfn, seq)
+    assert np.array_equal(got, want) and want.any() and not want.all()

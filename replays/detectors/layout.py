@@ -23,10 +23,15 @@ def detect(ctx: Context) -> list[CheckOutcome]:
 def _known_holes(ctx: Context, gfn: np.ndarray, seq: np.ndarray) -> np.ndarray:
     """gfns known to have lost their slot: inside a removed range, after that removal's window."""
     out = np.zeros(len(gfn), dtype=bool)
+    # per removed range, from the earliest end of a window over it (a range removed over and over
+    # is one pass, not one per removal)
+    first_end: dict[tuple[int, int], int] = {}
     for c in ctx.timeline.changes:
         if c.kind in REMOVING_KINDS and c.old_npages and c.old_base_gfn is not None and c.window_end is not None:
-            in_old = (gfn >= np.uint64(c.old_base_gfn)) & (gfn < np.uint64(c.old_base_gfn + c.old_npages))
-            out |= (seq > c.window_end) & in_old
+            key = (c.old_base_gfn, c.old_npages)
+            first_end[key] = min(first_end.get(key, c.window_end), c.window_end)
+    for (base, n), end in first_end.items():
+        out |= (seq > end) & (gfn >= np.uint64(base)) & (gfn < np.uint64(base + n))
     return out
 
 
