@@ -68,27 +68,28 @@ def _decompressed(raw: BinaryIO, compression: str, name: str) -> BinaryIO | io.B
     raise TraceError(f"{name}: unknown text compression {compression!r}; use none, gzip, xz or zstd")
 
 
-def _valid_utf8(data: bytes) -> bytes:
-    """``data``, with invalid UTF-8 replaced (U+FFFD) so every line is a valid string."""
+def _valid_utf8(data: bytes) -> tuple[bytes, bool]:
+    """``data``, with invalid UTF-8 replaced (U+FFFD) so every line is a valid string, and
+    whether it is ASCII."""
     if not data or np.frombuffer(data, dtype=np.uint8).max() < 0x80:
-        return data  # ASCII: nothing to check
+        return data, True  # ASCII: nothing to check
     try:
         data.decode("utf-8")
     except UnicodeDecodeError:
         data = data.decode("utf-8", errors="replace").encode("utf-8")
-    return data
+    return data, False
 
 
 def _buffer(data: bytes) -> Buffer:
     """The bytes with the bounds of their lines; a line's end excludes a ``\r`` before its ``\n``."""
-    data = _valid_utf8(data)
+    data, ascii_only = _valid_utf8(data)
     raw = np.frombuffer(data, dtype=np.uint8)
     newlines = np.flatnonzero(raw == 10)
     ends = np.append(newlines, len(raw)).astype(np.int64)
     starts = np.concatenate(([0], newlines + 1)).astype(np.int64)
     if b"\r" in data:
         ends -= (ends > starts) & (raw[np.maximum(ends - 1, 0)] == 13)
-    return Buffer(data, starts, ends, ascii=not len(raw) or int(raw.max()) < 0x80)
+    return Buffer(data, starts, ends, ascii=ascii_only)
 
 
 def _split(data: bytes) -> pl.Series:
@@ -138,10 +139,9 @@ def read_chunks(
                 if end < 0:
                     continue
                 block, dropping = block[end:], False  # the '\n' ends the dropped line's empty stand-in
-            data = rest + block
-            cut = data.rfind(b"\n")
+            cut = block.rfind(b"\n")  # the carried-over rest holds no line break
             if cut < 0:
-                rest = data
+                rest += block
                 if len(rest) > MAX_LINE:
                     if line_no == 1 and not overlong:
                         raise TraceError(
@@ -150,8 +150,10 @@ def read_chunks(
                     overlong.append(first)
                     rest, dropping = b"", True
                 continue
-            rest = data[cut + 1 :]
-            chunk = Chunk(line_no, _buffer(data[:cut]), tuple(overlong))
+            # one copy of the chunk's bytes (rest + block, then a slice of it, made two)
+            data = b"".join((rest, memoryview(block)[:cut]))
+            rest = block[cut + 1 :]
+            chunk = Chunk(line_no, _buffer(data), tuple(overlong))
             overlong = []
             yield chunk
             line_no += len(chunk.buffer.starts)
