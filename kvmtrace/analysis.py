@@ -36,7 +36,7 @@ from kvmtrace.parsers.select import Selection, select
 from kvmtrace.replays import replay as run_replay
 from kvmtrace.replays.checks import Severity
 from kvmtrace.replays.digest import Digest
-from kvmtrace.replays.ledger import ZapLedger
+from kvmtrace.replays.ledger import ZapLedger, zap_ledger
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.report import FORMATS, Report, build_diff, build_report, render_diff, render_parts, tables
 from kvmtrace.report.blocks import report_blocks
@@ -255,12 +255,14 @@ class Analysis:
 
     def _model(self, *, with_figures: bool) -> Report:
         figures: tuple = ()
+        # without a selection the figures and the report read the same trace and replay: one ledger
+        ledger = zap_ledger(self.trace.data, self.shown) if with_figures and self._cut is None else None
         if with_figures:
             from kvmtrace import plot  # matplotlib costs ~0.5 s to import; only HTML needs it
 
-            figures = plot.report_figures(self._shown_data, self.shown)
+            figures = plot.report_figures(self._shown_data, self.shown, ledger)
         return build_report(self.trace.data, self.shown, path=self.trace.path, version=__version__,
-                            filters=self._limits(), figures=figures,
+                            filters=self._limits(), figures=figures, ledger=ledger,
                             selection=None if self.selection.everything else self.selection.as_dict())
 
     def report(self, fmt: str = "text", *, color: bool = False, figures: bool | None = None) -> str:

@@ -385,16 +385,19 @@ def svg_text(fig: MplFigure) -> str:
     """The figure as an inline ``<svg>`` element (XML prolog and DOCTYPE dropped)."""
     buf = io.StringIO()
     # Text as <text> elements (escaped by matplotlib), not glyph outlines: half the time and size.
-    with matplotlib.rc_context({"svg.fonttype": "none"}):
-        fig.savefig(buf, format="svg")
+    # No date and fixed element ids: the same trace gives the same report, byte for byte.
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "kvmtrace"}):
+        fig.savefig(buf, format="svg", metadata={"Date": None})
     text = buf.getvalue()
     return text[text.index("<svg"):]
 
 
-def report_figures(trace: Traced | TraceData, replay: ReplayResult) -> tuple[Figure, ...]:
+def report_figures(trace: Traced | TraceData, replay: ReplayResult,
+                   ledger: ZapLedger | None = None) -> tuple[Figure, ...]:
     """The HTML report's plots, drawn once: the memslot layout, how shadow pages lived and
-    ended, and SPTE churn around memslot changes, then the event timeline."""
-    ledger = zap_ledger(_data(trace), replay)
+    ended, and SPTE churn around memslot changes, then the event timeline (``ledger``: the
+    trace's zap ledger, when the caller has it)."""
+    ledger = zap_ledger(_data(trace), replay) if ledger is None else ledger
     return (
         Figure("memslot layout over time: slot instances, update windows, faults on removed ranges",
                svg_text(layout(trace, replay, ledger))),

@@ -394,16 +394,18 @@ def build_report(
     filters: tuple[str, ...] = (),
     figures: tuple[Figure, ...] = (),
     selection: dict[str, Any] | None = None,
+    ledger: ZapLedger | None = None,
 ) -> Report:
     """Build the report of one replayed trace.
 
     ``filters`` are sentences describing any event selection applied before the replay (they
     change what the replay can explain, so the report must say so); ``figures`` are plots drawn
-    by :mod:`kvmtrace.plot` for formats that show pictures.
+    by :mod:`kvmtrace.plot` for formats that show pictures; ``ledger`` the zap ledger of
+    ``data`` and ``replay`` where the caller has it (the figures read it too: 2-3 s on a long trace).
     """
     facts = trace_facts(data, path, replay.vcpus)
     findings, groups = _findings(data, replay, facts.vcpus)
-    ledger = zap_ledger(data, replay)
+    ledger = zap_ledger(data, replay) if ledger is None else ledger
     replay.release_pages()  # the ledger's pass over the SPTE-change table (on disk when long)
     summaries = _summaries(replay, ledger)
     after = replay.summaries.get("consequences")
