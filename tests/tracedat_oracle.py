@@ -22,9 +22,12 @@ import pyarrow.compute as pc
 
 from kvmtrace.parsers.schema import COMMON_NAMES, META_FIELD_NAME, META_PRINT_FMT, TraceData
 
+#: The timestamp as ``sec.nsec``, or now and then as bare nanoseconds right after the CPU
+#: (``[003]7615709442088:``): trace-cmd 3.1.6 printed a whole report that way twice in CI
+#: (2026-12-06), the run after as ``sec.nsec``; the digits are the same nanoseconds.
 _HEAD_RE = re.compile(
-    r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]\s+(?P<sec>\d+)\.(?P<nsec>\d{9}):\s+"
-    r"(?P<event>[^:\s]+):\s?(?P<body>.*)$"
+    r"^(?:(?P<instance>[^\s:]+):\s)?\s*(?P<comm>.*?)-(?P<pid>-?\d+)\s+\[(?P<cpu>\d+)\]"
+    r"(?:\s+(?P<sec>\d+)\.(?P<nsec>\d{9})|\s*(?P<ns>\d+)):\s+(?P<event>[^:\s]+):\s?(?P<body>.*)$"
 )
 _DROPPED_RE = re.compile(r"^CPU:(?P<cpu>\d+) \[(?:(?P<n>\d+) )?EVENTS DROPPED\]")
 
@@ -76,7 +79,8 @@ def run_report(trace_cmd: str, path: Path, *extra: str) -> OracleReport:
         if m:
             last = OracleEvent(
                 comm=m["comm"], pid=int(m["pid"]), cpu=int(m["cpu"]),
-                ts=int(m["sec"]) * 1_000_000_000 + int(m["nsec"]), event=m["event"], body=m["body"].lstrip(" "))
+                ts=int(m["ns"]) if m["ns"] is not None else int(m["sec"]) * 1_000_000_000 + int(m["nsec"]),
+                event=m["event"], body=m["body"].lstrip(" "))
             if m["instance"]:
                 report.instances.setdefault(m["instance"], []).append(last)
             else:
