@@ -92,36 +92,19 @@ class EventPasses:
 
     def ranks(self, pid: int, seqs: np.ndarray) -> np.ndarray:
         """How many events of thread ``pid`` come before each of ``seqs``."""
-        return self._ranks(seqs, pid)
-
-    def counts_before(self, seqs: np.ndarray) -> np.ndarray:
-        """How many events of any thread come before each of ``seqs``."""
-        return self._ranks(seqs, None)
-
-    def _ranks(self, seqs: np.ndarray, pid: int | None) -> np.ndarray:
         seqs = np.asarray(seqs, np.int64)
         out = np.zeros(len(seqs), np.int64)
         order = np.argsort(seqs, kind="stable")
         q = seqs[order]
         base = done = 0
-        for c in self._chunks(("seq", "pid") if pid is not None else ("seq",)):
-            own = c["seq"] if pid is None else c["seq"][c["pid"] == pid]
+        for c in self._chunks(("seq", "pid")):
+            own = c["seq"][c["pid"] == pid]
             upto = int(np.searchsorted(q, c["seq"][-1], "right"))
             if upto > done:
                 out[order[done:upto]] = base + np.searchsorted(own, q[done:upto])
                 done = upto
             base += len(own)
         out[order[done:]] = base
-        return out
-
-    def pid_at(self, seqs: np.ndarray) -> np.ndarray:
-        """The thread of the event at each of ``seqs`` (-1 where there is none)."""
-        seqs = np.asarray(seqs, np.int64)
-        out = np.full(len(seqs), -1, np.int64)
-        for c in self._chunks(("seq", "pid")):
-            pos = np.searchsorted(c["seq"], seqs).clip(max=len(c["seq"]) - 1)
-            hit = c["seq"][pos] == seqs
-            out[hit] = c["pid"][pos[hit]]
         return out
 
     def next_of(self, pid: int, seqs: np.ndarray) -> np.ndarray:

@@ -79,6 +79,7 @@ class TraceFacts:
     gen_seq: np.ndarray  # memslot generation observations
     gen: np.ndarray
     notifier_seq: np.ndarray  # MMU-notifier events: zaps right after one are not an ioctl's
+    notifier_pid: np.ndarray
     uexit_seq: np.ndarray  # kvm_userspace_exit: a vCPU thread leaves KVM_RUN (and may issue ioctls)
     uexit_pid: np.ndarray
     entry_seq: np.ndarray  # kvm_entry: it is back in the guest
@@ -147,8 +148,10 @@ def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
             if t is not None and t.num_rows and col in t.column_names:
                 gs.append(numpy_column(t, "seq", np.int64))
                 gv.append(numpy_column(t, col, np.int64))
-    ns = [numpy_column(t, "seq", np.int64) for name, t in data.tables.items()
-          if name in NOTIFIER_EVENTS and t.num_rows]  # the VMM unmapping or aging memory
+    notifiers = [_seqs_pids(data, name) for name, t in data.tables.items()
+                 if name in NOTIFIER_EVENTS and t.num_rows]  # the VMM unmapping or aging memory
+    nseq = _cat([s for s, _ in notifiers], np.int64)
+    no = np.argsort(nseq, kind="stable")
     zseq = _cat(zs, np.int64)
     zo = np.argsort(zseq, kind="stable")
     tseq = _cat(ts_, np.int64)
@@ -157,7 +160,7 @@ def facts_from(data: TraceData, profile: KernelProfile) -> TraceFacts:
     go = np.argsort(gseq, kind="stable")
     return TraceFacts(EventPasses(data), zseq[zo], _cat(zp, np.int64)[zo], _cat(zg, np.int64)[zo],
                       _cat(za, bool)[zo], tseq[to], _cat(tg, np.int64)[to], gseq[go], _cat(gv, np.int64)[go],
-                      np.sort(_cat(ns, np.int64)), *_seqs_pids(data, "kvm_userspace_exit"),
+                      nseq[no], _cat([p for _, p in notifiers], np.int64)[no], *_seqs_pids(data, "kvm_userspace_exit"),
                       *_seqs_pids(data, "kvm_entry"), *_installs(data))
 
 
@@ -382,7 +385,7 @@ def _chain(pairs: list[tuple[float, int, int, int, int]]) -> list[tuple[float, i
 def _after_notifier(f: TraceFacts, zaps: np.ndarray) -> np.ndarray:
     """Whether each of the zaps (indices) directly follows an MMU-notifier event of its thread:
     every event between the two is a zap of that thread (an ioctl's zaps follow the thread's last
-    event from long before). One pass over the events for all of them."""
+    event from long before)."""
     z = f.zap_seq[zaps]
     k = np.searchsorted(f.notifier_seq, z) - 1
     has = k >= 0
@@ -391,9 +394,8 @@ def _after_notifier(f: TraceFacts, zaps: np.ndarray) -> np.ndarray:
     if not has.any():
         return out
     pid = f.zap_pid[zaps]
-    same = has & (f.events.pid_at(np.where(has, n, -1)) == pid)
-    counts = f.events.counts_before(np.concatenate((z, n)))
-    between = counts[:len(z)] - counts[len(z):] - 1  # events strictly between the two
+    same = has & (np.where(has, f.notifier_pid[k.clip(0)] if len(f.notifier_pid) else -1, -1) == pid)
+    between = f.events.data.events_in(n + 1, z - 1)  # events strictly between the two
     for p in np.unique(pid[same]):
         own = f.zap_seq[f.zap_pid == p]  # the thread's zaps, in seq order
         i = np.flatnonzero(same & (pid == p))

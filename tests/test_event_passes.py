@@ -2,7 +2,8 @@
 
 :class:`kvmtrace.replays.event_passes.EventPasses` answers placement's questions (a thread's
 place among its own events, the running time at a seq, which events a time window spans, a
-thread's next event, its last guest-walker event) in passes over the ``events`` table. Oracle:
+thread's next event, its last guest-walker event; how many events lie between two seqs is
+``TraceData.events_in``'s) in passes over the ``events`` table. Oracle:
 the same questions answered with numpy over the whole columns of a full read, as placement did
 before, on real recordings read for the analysis (the ``events`` table on disk) in chunks of
 1000 rows, so that every query meets chunk boundaries. Then whole analyses: a QEMU log on a read
@@ -55,7 +56,7 @@ def test_span_and_times_at_seqs(both) -> None:
     assert np.array_equal(passes.ts_at(q), ts[np.searchsorted(seq, q)])
 
 
-def test_ranks_counts_and_threads(both) -> None:
+def test_ranks_and_next_events_of_threads(both) -> None:
     passes, seq, _, pid, _ = both
     rng = np.random.default_rng(2)
     q = np.r_[rng.integers(-3, seq[-1] + 3, 400), seq[999], seq[1000]]
@@ -65,9 +66,6 @@ def test_ranks_counts_and_threads(both) -> None:
         after = np.searchsorted(own, q, "right")
         want = np.where(after < len(own), own[np.minimum(after, len(own) - 1)], -1)
         assert np.array_equal(passes.next_of(int(p), q), want), p
-    assert np.array_equal(passes.counts_before(q), np.searchsorted(seq, q))
-    at = np.searchsorted(seq, q).clip(max=len(seq) - 1)
-    assert np.array_equal(passes.pid_at(q), np.where(seq[at] == q, pid[at], -1))
 
 
 def test_time_windows_and_last_walker_events(both) -> None:
