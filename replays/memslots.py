@@ -194,15 +194,28 @@ class MemslotTimeline:
             out[order[i:j][touch]] = k
         return out
 
-    def hva_to_gfns(self, start: int, end: int, seq: int) -> list[tuple[int, int]]:
-        """gfn ranges [lo, hi) backed by host addresses [start, end) at ``seq`` (MMU-notifier events)."""
-        out = []
-        for lt in self.lifetimes:
-            if not (lt.from_seq <= seq < lt.until_seq) or not lt.ua:
-                continue
-            lo, hi = max(start, lt.ua), min(end, lt.ua + (lt.npages << 12))
-            if lo < hi:
-                out.append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
+    def hva_to_gfns(self, seqs: list[int], starts: list[int], ends: list[int]) -> list[list[tuple[int, int]]]:
+        """For each MMU-notifier event (``seqs[e]``, ``starts[e]``, ``ends[e]``): the gfn ranges
+        [lo, hi) backed by host addresses [start, end) at its seq, in lifetime order.
+
+        One sweep over the events in seq order, holding the lifetimes live at each: a pass over
+        every lifetime per event made this quadratic in trace length (18 s for the 17 000 unmaps
+        of a 106 M-event trace against its 17 000 lifetimes)."""
+        mapped = sorted((lt.from_seq, k) for k, lt in enumerate(self.lifetimes) if lt.ua)
+        out: list[list[tuple[int, int]]] = [[] for _ in seqs]
+        live: list[int] = []
+        taken = 0
+        for e in sorted(range(len(seqs)), key=seqs.__getitem__):
+            seq = seqs[e]
+            while taken < len(mapped) and mapped[taken][0] <= seq:
+                live.append(mapped[taken][1])
+                taken += 1
+            live = sorted(k for k in live if seq < self.lifetimes[k].until_seq)
+            for k in live:
+                lt = self.lifetimes[k]
+                lo, hi = max(starts[e], lt.ua), min(ends[e], lt.ua + (lt.npages << 12))
+                if lo < hi:
+                    out[e].append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
         return out
 
     def dirty_logging(self, slot: int, seq: int) -> bool:

@@ -189,10 +189,10 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     rmap_zaps: list[tuple[int, int, int, str]] = []
     um = data.tables.get("kvm_unmap_hva_range")
     if um is not None and um.num_rows:
-        for seq, start, end in zip(um.column("seq").to_pylist(), um.column("start").to_pylist(),
-                                   um.column("end").to_pylist()):
-            rmap_zaps += [(2 * seq, lo, hi, "MMU-notifier unmap (rmap zap, untraced)")
-                          for lo, hi in tl.hva_to_gfns(start, end, seq)]
+        seqs = um.column("seq").to_pylist()
+        for seq, ranges in zip(seqs, tl.hva_to_gfns(seqs, um.column("start").to_pylist(),
+                                                    um.column("end").to_pylist())):
+            rmap_zaps += [(2 * seq, lo, hi, "MMU-notifier unmap (rmap zap, untraced)") for lo, hi in ranges]
     if zap_policy != "zap_all":
         rmap_zaps += [(2 * rm.seq + 1, rm.old_base_gfn, rm.old_base_gfn + rm.old_npages,
                        "per-slot zap of leaf SPTEs (rmap, untraced)") for rm in removals]

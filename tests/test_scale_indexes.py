@@ -23,11 +23,14 @@ from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import sweep
 from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
+from kvmtrace.replays.detectors.layout import Recreations
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
 from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
+from kvmtrace.replays.memslots import Lifetime, MemslotChange, MemslotTimeline
 from kvmtrace.replays.needs import WALK_EVENTS
 from kvmtrace.replays.profiles import profile_for
+from kvmtrace.replays.replay import replay
 from kvmtrace.replays.shadow_sptes import _first_rmap_zaps
 
 WIDE = (1 << 60) + 7  # not a gfn: a damaged or hand-made input
@@ -232,3 +235,76 @@ def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
                 got = kvmmmu_events(data, profile, leave_out, frozenset({thread}))
                 assert kept.any() and np.array_equal(got[0], seq[order][kept]), (leave_out, thread)
                 assert np.array_equal(got[1], pid[kept]) and np.array_equal(got[2], zap[kept])
+
+
+KINDS = ("create", "delete", "move", "flags", "recreate", "unchanged")
+
+
+def _scan_recreation(changes: list[MemslotChange], w: int, g: int) -> MemslotChange | None:
+    """The reference: the first later positioned non-delete change covering ``g`` (or ``w``
+    itself, a one-line re-creation covering it), found by scanning every later change."""
+    def covers(c: MemslotChange) -> bool:
+        return bool(c.npages) and c.base_gfn <= g < c.base_gfn + c.npages
+    if changes[w].kind == "recreate" and covers(changes[w]):
+        return changes[w]
+    return next((n for n in changes[w + 1:] if n.seq is not None and n.kind != "delete" and covers(n)), None)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(KINDS), st.booleans(), st.sampled_from([0, 16, 40]),
+                          st.sampled_from([0, 8, 16, 32])), min_size=1, max_size=60),
+       st.lists(st.tuples(st.integers(0, 59), st.integers(0, 80)), max_size=40))
+def test_recreations_equal_the_scan(specs: list[tuple[str, bool, int, int]], asked: list[tuple[int, int]]) -> None:
+    """Whatever the kinds, positions and (overlapping, empty or repeated) ranges of the changes."""
+    changes = [MemslotChange(seq=10 * i if placed else None, window_start=None, anchor="line", pid=1, as_id=0, slot=1,
+                             kind=kind, base_gfn=base, npages=n, flags=0)
+               for i, (kind, placed, base, n) in enumerate(specs)]
+    back_of = Recreations(changes)
+    for w, g in asked:
+        w %= len(changes)
+        assert back_of.after(w, g) is _scan_recreation(changes, w, g), (w, g)
+
+
+def test_recreations_on_a_recording() -> None:
+    """Every removal of a real zap-slot recording, on the first, a middle and the last gfn of its range."""
+    data = read(SAMPLES / "churn-zapslot.dat")
+    changes = replay(data).memslots.to_pylist()
+    timeline = [MemslotChange(seq=c["seq"], window_start=c["window_start"], anchor=c["anchor"], pid=c["pid"],
+                              as_id=c["as_id"], slot=c["slot"], kind=c["kind"], base_gfn=c["base_gfn"],
+                              npages=c["npages"], flags=c["flags"], old_base_gfn=c["old_base_gfn"],
+                              old_npages=c["old_npages"]) for c in changes]
+    back_of = Recreations(timeline)
+    found = 0
+    for w, c in enumerate(timeline):
+        if c.old_npages and c.old_base_gfn is not None:
+            for g in (c.old_base_gfn, c.old_base_gfn + c.old_npages // 2, c.old_base_gfn + c.old_npages - 1):
+                want = _scan_recreation(timeline, w, g)
+                assert back_of.after(w, g) is want
+                found += want is not None
+    assert found > 10
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 200), st.sampled_from([0, 0x10000, 0x18000]),
+                          st.sampled_from([1, 4, 16]), st.integers(0, 64)), max_size=30),
+       st.lists(st.tuples(st.integers(0, 600), st.integers(0x8000, 0x30000), st.integers(0, 0x10000)), max_size=40))
+def test_hva_to_gfns_equals_the_scan(lts: list[tuple[int, int, int, int, int]],
+                                     events: list[tuple[int, int, int]]) -> None:
+    """Each notifier event's gfn ranges, in lifetime order, as a scan of every lifetime gives them,
+    whatever the order of the events and however the lifetimes overlap (``ua`` 0: no host address)."""
+    tl = MemslotTimeline(lifetimes=[Lifetime(as_id=0, slot=k, base_gfn=base, npages=n, flags=0, from_seq=start,
+                                             until_seq=start + length, ua=ua)
+                                    for k, (start, length, ua, n, base) in enumerate(lts)])
+    # and events on every lifetime's edges
+    events = events + [(lt.from_seq + d, lt.ua, 0x1000 * lt.npages) for lt in tl.lifetimes
+                       for d in (-1, 0, lt.until_seq - lt.from_seq - 1, lt.until_seq - lt.from_seq)]
+    seqs, starts, ends = ([e[0] for e in events], [e[1] for e in events], [e[1] + e[2] for e in events])
+    got = tl.hva_to_gfns(seqs, starts, ends)
+    for (seq, start, _), end, ranges in zip(events, ends, got):
+        want = []
+        for lt in tl.lifetimes:
+            if lt.from_seq <= seq < lt.until_seq and lt.ua:
+                lo, hi = max(start, lt.ua), min(end, lt.ua + (lt.npages << 12))
+                if lo < hi:
+                    want.append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
+        assert ranges == want
