@@ -10,12 +10,13 @@ without renderer code of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
 from kvmtrace.report.grid import Grid, seconds_text
 from kvmtrace.report.groups import FindingGroup
 from kvmtrace.report.model import Figure, Finding, Report, TraceFacts
-from kvmtrace.report.removals import Removal
+from kvmtrace.report.removals import Removal, instance
 
 
 @dataclass(frozen=True)
@@ -201,24 +202,24 @@ def removal_title(r: Removal) -> str:
 def ledger_grid(report: Report) -> Grid:
     """One line per delete/move: the ledger at a glance (the policy column only when the trace
     mixes policies; otherwise :func:`ledger_blocks` says it once)."""
-    mixed = len({r.row["policy"] for r in report.removals}) > 1
-    rows = tuple((r.row["seq"], r.instance, r.row["kind"], _gfns(r.row["base_gfn"], r.row["npages"]),
-                  *((r.row["policy"],) if mixed else ()),
-                  r.row["pages_zapped"], r.row["pages_kept"], r.row["kept_missed"], r.row["leaf_sptes_removed"],
-                  _window_ms(r))
-                 for r in report.removals)
+    mixed = len({row["policy"] for row in report.removals.rows()}) > 1
+    rows = tuple((row["seq"], instance(row), row["kind"], _gfns(row["base_gfn"], row["npages"]),
+                  *((row["policy"],) if mixed else ()),
+                  row["pages_zapped"], row["pages_kept"], row["kept_missed"], row["leaf_sptes_removed"],
+                  _window_ms(row))
+                 for row in report.removals.rows())
     columns = ("seq", "slot", "kind", "gfns", *(("policy",) if mixed else ()), "zap", "kept", "miss", "sptes", "ms")
     return Grid("zap ledger: pages zapped and kept, pages the rule must zap but kept (miss), leaf SPTEs removed, "
                 "window time ('<': an upper bound, the kernel left no event where the change began)",
                 columns, rows, shown=60)
 
 
-def _window_ms(r: Removal) -> str:
+def _window_ms(row: dict[str, Any]) -> str:
     """The window's length; a bound only, when it starts at the thread's previous line or last
     vCPU event rather than at the kernel's first zap for the change."""
-    if r.row["window_ns"] is None:
+    if row["window_ns"] is None:
         return "-"
-    return ("" if r.row["anchor"] == ANCHOR_ZAPS else "<") + f"{r.row['window_ns'] / 1e6:.3f}"
+    return ("" if row["anchor"] == ANCHOR_ZAPS else "<") + f"{row['window_ns'] / 1e6:.3f}"
 
 
 def removal_blocks(r: Removal, whatif: Grid) -> list[Block]:
@@ -304,12 +305,12 @@ AFTER_ORDER = {"dangling_spte": 0, "page_survived": 1, "fault_after": 2, "reinst
 def ledger_blocks(report: Report) -> list[Block]:
     if not report.removals:
         return [Para("No memslot delete or move with a position in the trace.")]
-    policies = sorted({r.row["policy"] for r in report.removals})
+    policies = sorted({row["policy"] for row in report.removals.rows()})
     out: list[Block] = [] if len(policies) > 1 else [
         Para(f"All {len(report.removals)} deletes/moves ran under the {policies[0]} policy.")]
     out.append(Table(ledger_grid(report)))
-    full = [r for n, r in enumerate(report.removals) if n < LEDGER_IN_FULL or r.row["kept_missed"]]
-    for r in full:
+    full = [n for n, row in enumerate(report.removals.rows()) if n < LEDGER_IN_FULL or row["kept_missed"]]
+    for r in report.removals.made(full):
         out += removal_blocks(r, report.whatif)
     if len(full) < len(report.removals):
         out.append(Para(f"{len(report.removals) - len(full)} more deletes/moves are in the summary table; the JSON "

@@ -16,7 +16,6 @@ from kvmtrace.report.blocks import Block, Facts, Heading, Para, Table
 from kvmtrace.report.grid import Grid
 from kvmtrace.report.jsonout import grid_dict
 from kvmtrace.report.model import Report
-from kvmtrace.report.removals import Removal
 
 
 @dataclass(frozen=True)
@@ -106,15 +105,15 @@ def _refaults(r: Report) -> dict[int, tuple[int | None, int | None]]:
             for w in r.whatif.records() if w.get("trace_policy")}
 
 
-def _keyed(r: Report) -> dict[tuple[str, int, int, int], Removal]:
-    """Each removal under (kind, base gfn, size, how many times that key came before): two runs
-    of one scenario do the same operations in the same order, at different seqs and with slot
-    ids QEMU may hand out differently."""
+def _keyed(r: Report) -> dict[tuple[str, int, int, int], dict[str, Any]]:
+    """Each removal's ledger row under (kind, base gfn, size, how many times that key came
+    before): two runs of one scenario do the same operations in the same order, at different
+    seqs and with slot ids QEMU may hand out differently."""
     seen: Counter[tuple[str, int, int]] = Counter()
     out = {}
-    for x in r.removals:
-        k = (x.row["kind"], x.row["base_gfn"], x.row["npages"])
-        out[(*k, seen[k])] = x
+    for row in r.removals.rows():
+        k = (row["kind"], row["base_gfn"], row["npages"])
+        out[(*k, seen[k])] = row
         seen[k] += 1
     return out
 
@@ -134,11 +133,11 @@ def operations_grid(a: Report, b: Report) -> Grid:
     for n, k in enumerate(keys, 1):
         xa, xb = ka.get(k), kb.get(k)
 
-        def side(x: Removal | None, refaults: dict) -> tuple:
+        def side(x: dict[str, Any] | None, refaults: dict) -> tuple:
             if x is None:
                 return None, None, None, None, None, None
-            pages, sptes = refaults.get(x.row["seq"], (None, None))
-            return x.row["seq"], x.row["policy"], x.row["pages_zapped"], x.row["pages_kept"], pages, sptes
+            pages, sptes = refaults.get(x["seq"], (None, None))
+            return x["seq"], x["policy"], x["pages_zapped"], x["pages_kept"], pages, sptes
 
         sa, sb = side(xa, ra), side(xb, rb)
         rows.append((n, k[0], f"{k[1]:#x}+{k[2]:#x}", *(v for pair in zip(sa, sb) for v in pair)))

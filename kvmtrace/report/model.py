@@ -8,6 +8,7 @@ trace or the replay again. That keeps the four formats in agreement by construct
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ from kvmtrace.report.decode import field_notes, gpa_range
 from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
-from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removal, cited_seqs, ledger_removals, with_removal_zaps
+from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removals, with_removal_zaps
 from kvmtrace.report.traceinfo import info_dict
 
 #: Evidence lines printed per finding; the JSON still lists every cited seq.
@@ -137,8 +138,8 @@ class Report:
     #: oddities): printed near the top of every format, not only on stderr
     input_warnings: tuple[str, ...] = ()
     figures: tuple[Figure, ...] = ()
-    #: the zap ledger: one entry per positioned memslot delete, move or re-create
-    removals: tuple[Removal, ...] = ()
+    #: the zap ledger: one entry per positioned memslot delete, move or re-create (made when read)
+    removals: Removals = field(default_factory=Removals)
     #: per delete/move and vCPU: faults and MMIO exits on the removed range until it is backed again
     consequences: Grid = Grid("consequences per delete/move and vCPU", ())
     #: what since/until/cpus chose to report (``kvmtrace.selection.ReportedSelection.as_dict``);
@@ -430,7 +431,7 @@ def build_report(
         limits=_limits(data, replay, filters),
         input_warnings=input_warnings(data),
         figures=figures,
-        removals=ledger_removals(ledger, after, evidence_lines(data, cited_seqs(after))),
+        removals=Removals(ledger, after, partial(evidence_lines, data)),
         consequences=grid_from_arrow(
             "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
             limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,

@@ -6,8 +6,9 @@ lifetime's removal zaps.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import pyarrow as pa
@@ -51,9 +52,13 @@ class Removal:
 
     @property
     def instance(self) -> str:
-        """Slot id and the seq of the create that made it: ``2@11`` (``2@?`` predates the trace)."""
-        made = self.row["slot_created_seq"]
-        return f"{self.row['slot']}@{made if made is not None else '?'}"
+        return instance(self.row)
+
+
+def instance(row: dict[str, Any]) -> str:
+    """A removal's slot id and the seq of the create that made it: ``2@11`` (``2@?`` predates the trace)."""
+    made = row["slot_created_seq"]
+    return f"{row['slot']}@{made if made is not None else '?'}"
 
 
 #: Rows of one removal's page list the human formats print (JSON has all).
@@ -79,23 +84,72 @@ def with_removal_zaps(lifetimes: pa.Table, ledger: ZapLedger) -> pa.Table:
     return lifetimes.append_column("zapped_at_removal", pa.array([ended.get(k) for k in keys], pa.int64()))
 
 
-def ledger_removals(ledger: ZapLedger, after: pa.Table | None = None,
-                    lines: dict[int, str] | None = None) -> tuple[Removal, ...]:
-    """The ledger split per change, as the report shows it, each with its consequence rows
-    (``after``: the replay's ``consequences`` table) and the trace lines they cite (``lines``):
-    zero-copy slices of the tables put in change order once."""
-    pages = _Parts(ledger.pages.drop(["seq"]), "change")
-    sptes = _Parts(ledger.sptes.drop(["seq"]), "change")
-    later = _Parts(after, "change_seq") if after is not None and after.num_rows else None
-    lines = lines or {}
-    out = []
-    for row in ledger.removals.to_pylist():
-        a = later.of(row["seq"]) if later is not None else None
-        a = a if a is not None and a.num_rows else None
-        cited = sorted({s for ev in (a.column("evidence").to_pylist() if a is not None else ()) for s in ev})
-        out.append(Removal(row, pages.of(row["change"]).drop(["change"]), sptes.of(row["change"]).drop(["change"]),
-                           a, tuple((s, lines[s]) for s in cited if s in lines)))
-    return tuple(out)
+class Removals(Sequence[Removal]):
+    """The zap ledger split per change, as the report shows it: each :class:`Removal` with its
+    consequence rows (``after``: the replay's ``consequences`` table) and the trace lines they
+    cite (``lines_of``: seqs to lines), made when it is read, :data:`BLOCK` at a time.
+
+    Why not made once and held: a long trace has thousands of removals, and with their row
+    dicts and cited lines they were the largest part of the report (75 MiB at 8 500 removals,
+    53 M events; twice that at twice the length), though the human formats print a few in full
+    and the JSON report encodes one at a time. :meth:`rows` answers the questions about the
+    changes themselves (policies, counts, the ledger table) without their lines."""
+
+    #: Removals made at a time: their cited lines are looked up together.
+    BLOCK = 256
+
+    def __init__(self, ledger: ZapLedger | None = None, after: pa.Table | None = None,
+                 lines_of: Callable[[set[int]], dict[int, str]] | None = None) -> None:
+        self._table = ledger.removals if ledger is not None else None
+        self._pages = _Parts(ledger.pages.drop(["seq"]), "change") if ledger is not None else None
+        self._sptes = _Parts(ledger.sptes.drop(["seq"]), "change") if ledger is not None else None
+        self._later = _Parts(after, "change_seq") if after is not None and after.num_rows else None
+        self._lines_of = lines_of
+
+    def __len__(self) -> int:
+        return self._table.num_rows if self._table is not None else 0
+
+    @overload
+    def __getitem__(self, i: int) -> Removal: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[Removal]: ...
+
+    def __getitem__(self, i: int | slice) -> Removal | list[Removal]:
+        if isinstance(i, slice):
+            return list(self.made(range(*i.indices(len(self)))))
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return next(iter(self.made([i % len(self)])))
+
+    def __iter__(self) -> Iterator[Removal]:
+        return self.made(range(len(self)))
+
+    def rows(self) -> Iterator[dict[str, Any]]:
+        """Each change's ledger row (``Removal.row``), without its tables and lines."""
+        if self._table is not None:
+            for batch in self._table.to_batches(self.BLOCK):
+                yield from batch.to_pylist()
+
+    def made(self, indices: Iterable[int]) -> Iterator[Removal]:
+        """The removals at ``indices``, in that order, made :data:`BLOCK` at a time."""
+        wanted = list(indices)
+        for k in range(0, len(wanted), self.BLOCK):
+            yield from self._block(wanted[k:k + self.BLOCK])
+
+    def _block(self, indices: list[int]) -> list[Removal]:
+        assert self._table is not None and self._pages is not None and self._sptes is not None  # the sequence has rows
+        rows = self._table.take(pa.array(indices, pa.int64())).to_pylist()
+        afters = [self._later.of(row["seq"]) if self._later is not None else None for row in rows]
+        afters = [a if a is not None and a.num_rows else None for a in afters]
+        cited = [sorted({s for ev in a.column("evidence").to_pylist() for s in ev}) if a is not None else []
+                 for a in afters]
+        every = {s for c in cited for s in c}
+        lines = self._lines_of(every) if self._lines_of is not None and every else {}
+        return [Removal(row, self._pages.of(row["change"]).drop(["change"]),
+                        self._sptes.of(row["change"]).drop(["change"]), a,
+                        tuple((s, lines[s]) for s in c if s in lines))
+                for row, a, c in zip(rows, afters, cited)]
 
 
 class _Parts:
@@ -113,8 +167,3 @@ class _Parts:
         return self._table.slice(lo, int(np.searchsorted(self._keys, value, side="right")) - lo)
 
 
-def cited_seqs(after: pa.Table | None) -> set[int]:
-    """Every seq the consequences table cites (to look their trace lines up once)."""
-    if after is None or not after.num_rows:
-        return set()
-    return {s for ev in after.column("evidence").to_pylist() for s in ev}
