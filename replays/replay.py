@@ -96,6 +96,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     journal = Journal()
     pages = PageBook(words.mask)
     walk(model_input(data, words, profile), profile, mmu, zap_policy, timeline, journal, pages, roles)
+    _let_go(data)  # the walk's working arrays, before the detectors' inputs are read
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),
                   columns(data, "check_mmio_spte", ("kvm_gen", "spte_gen")),
@@ -118,6 +119,9 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()
     _let_go(data)
+    summaries = {"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
+                 "consequences": consequences(ctx)}
+    _let_go(data)  # the consequences' working arrays, before the what-if's
     limits.extend(_limits(mmu, timeline))
     assumptions.extend(_assumptions(mmu))
     return ReplayResult(
@@ -125,8 +129,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         events=kvmmmu_count, explained_events=kvmmmu_count - unexplained.num_rows,
         shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
-        summaries={"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
-                   "consequences": consequences(ctx)},
+        summaries=summaries,
         whatif=_released(whatif(ctx, spte_changes), journal), assumptions=assumptions,
         limits=limits + timeline.notes, mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
         # the table's file only: a method of the journal would keep all of it alive with the result
