@@ -40,6 +40,7 @@ Per change (one row of :data:`REMOVALS_SCHEMA`):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -164,8 +165,8 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return n
 
 
-def _leaf_owners(changes: pl.DataFrame,
-                 questions: list[tuple[int, int, int]]) -> dict[tuple[int, int, int], np.ndarray]:
+def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
+                 read: Callable[[], None] = lambda: None) -> dict[tuple[int, int, int], np.ndarray]:
     """Shadow MMU: for each ``(seq, lo, hi)``, the pages (ascending ids) owning a present leaf
     SPTE into [lo, hi) just before ``seq`` (the change's line: the per-slot rmap zap the model
     infers sits at the line itself). As arrays: as sets of Python ints, the answers to a long
@@ -174,7 +175,8 @@ def _leaf_owners(changes: pl.DataFrame,
     A change row is its SPTE's state from its seq until the next change of the same SPTE
     address (``key``); its last change may map another gfn: then the entry was overwritten.
     One sweep in seq order keeps the rows that are still an SPTE's state, so each question
-    costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic)."""
+    costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic).
+    ``read()`` gives back the pages of the table (on disk when long) once its columns are read."""
     seq = changes["seq"].to_numpy()
     key = changes["key"].to_numpy()
     gfn = changes["gfn"].to_numpy()
@@ -185,6 +187,7 @@ def _leaf_owners(changes: pl.DataFrame,
     page = changes["page"]
     owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
     pages = page.fill_null(-1).to_numpy()
+    read()
     alive = sweep.alive_at(seq[owned], until[owned], [at for at, _lo, _hi in questions])
     out: dict[tuple[int, int, int], np.ndarray] = {}
     for at, lo, hi in questions:
@@ -384,7 +387,8 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     assert isinstance(changes, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     timeline = replay.memslots.to_pylist()
     questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]
-    owners_at = {} if tdp else _leaf_owners(changes, questions)
+    # each pass over the SPTE-change table (on disk when long) maps all of its columns
+    owners_at = {} if tdp else _leaf_owners(changes, questions, replay.release_pages)
     candidates = _candidates(pg, [(c["window_start"], c["seq"]) for c in timeline if _positioned(c)])
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
@@ -406,6 +410,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     removed = _removed_leaves(replay.spte_changes, [(c["window_start"], c["seq"], c["old_base_gfn"],
                                          c["old_base_gfn"] + c["old_npages"], za is not None)
                                         for (_i, c), za in zip(positioned, zap_alls)], tdp)
+    replay.release_pages()
     for k, ((i, c), za, leaves) in enumerate(zip(positioned, zap_alls, removed)):
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         owners = owners_at.get((line, lo, lo + c["old_npages"]), np.empty(0, np.int64))
