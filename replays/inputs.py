@@ -135,9 +135,13 @@ def columns(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, n
 
 
 def fault_columns(data: TraceData) -> dict[str, np.ndarray]:
+    """seq, gfn, pfn, level (uint8) and thread (int32) of every ``kvm_mmu_spte_requested``.
+    Kept through the detectors, the consequences and the what-if: narrow where the values are
+    small (26 bytes a fault instead of 40)."""
     f = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
-    _seq, pid = seq_pid(data, "kvm_mmu_spte_requested")
-    f["pid"] = pid
+    f["level"] = f["level"].astype(np.uint8)
+    t = data.tables.get("kvm_mmu_spte_requested")
+    f["pid"] = numpy_column(t, "pid", np.int32) if t is not None and t.num_rows else np.empty(0, np.int32)
     return f
 
 

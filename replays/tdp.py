@@ -215,9 +215,9 @@ class TdpModel:
         live = [p for ids in self.live_pages.values() for p in ids]
         return Snapshot(pages=np.asarray(live, dtype=np.int64), source=Leaves(
             gfn=np.fromiter((k[2] for k, _ in rows), dtype=np.uint64, count=n),
-            level=np.fromiter((k[1] for k, _ in rows), dtype=np.int64, count=n),
-            as_id=np.fromiter((k[0] for k, _ in rows), dtype=np.int64, count=n),
-            owner=np.full(n, NONE, dtype=np.int64),
+            level=np.fromiter((k[1] for k, _ in rows), dtype=np.int8, count=n),
+            as_id=np.fromiter((k[0] for k, _ in rows), dtype=np.int8, count=n),
+            owner=np.full(n, NONE, dtype=np.int32),
             installed=np.fromiter((c[1] for _, c in rows), dtype=np.int64, count=n),
             obsolete_root=np.fromiter((c[2] for _, c in rows), dtype=bool, count=n),
         ))

@@ -208,7 +208,8 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
             for i, when in page_sets}
     alive_at = life.alive_at(list(keys.values()))
-    leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id, owner=owner, installed=ins.seq,
+    leaves = Leaves(gfn=ins.gfn, level=ins.level.astype(np.int8), as_id=life.as_id.astype(np.int8),
+                    owner=owner.astype(np.int32), installed=ins.seq,
                     obsolete_root=np.zeros(len(ins.seq), bool))
     for (i, when), live_pages in page_sets.items():
         journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at, keys[(i, when)])
