@@ -179,21 +179,25 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
     ``read()`` gives back the pages of the table (on disk when long) once its columns are read."""
     seq = changes["seq"].to_numpy()
     key = changes["key"].to_numpy()
-    gfn = changes["gfn"].to_numpy()
     by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
     same = key[by_key[1:]] == key[by_key[:-1]]
     until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
     until[by_key[:-1][same]] = seq[by_key[1:][same]]
+    del key, by_key, same  # a long table's columns whole: each is let go once read (300 MiB at 106 M events)
     page = changes["page"]
     owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
-    pages = page.fill_null(-1).to_numpy()
+    # from here only the rows that give a present leaf an owner count
+    seq, until = seq[owned], until[owned]
+    gfn = changes["gfn"].to_numpy()[owned]
+    pages = page.fill_null(-1).to_numpy()[owned]
     read()
-    alive = sweep.alive_at(seq[owned], until[owned], [at for at, _lo, _hi in questions])
+    alive = sweep.alive_at(seq, until, [at for at, _lo, _hi in questions])
     out: dict[tuple[int, int, int], np.ndarray] = {}
     for at, lo, hi in questions:
-        rows = owned[alive[at]]
+        rows = alive[at]
         out[(at, lo, hi)] = np.unique(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]])
     return out
+
 
 @dataclass(frozen=True)
 class _Pages:
