@@ -39,11 +39,11 @@ class Installs:
     """The ``kvm_mmu_set_spte`` columns, in seq order."""
 
     seq: np.ndarray
-    pid: np.ndarray
+    pid: np.ndarray  # int32
     gfn: np.ndarray
     spte: np.ndarray
     sptep: np.ndarray
-    level: np.ndarray
+    level: np.ndarray  # int8
 
 
 @dataclass
@@ -177,13 +177,13 @@ class SpteLifetimes:
         page_end = np.where(owner_zap == NONE, FOREVER, 2 * owner_zap)
         page_end = np.where(page_end > self.start, page_end, FOREVER)  # zapped before: memory reuse
         rmap_end = np.full(n, FOREVER, dtype=np.int64)
-        self.rmap_reason = np.full(n, -1, dtype=np.int64)
+        self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
         _first_rmap_zaps(rmap_zaps, ins.gfn, self.start, rmap_end, self.rmap_reason)
         self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
         self.end[~self.present] = self.start[~self.present]
         self.how = np.select([self.end == FOREVER, self.end == nxt, self.end == page_end],
-                             [END_OPEN, END_OVERWRITE, END_PAGE_ZAP], END_RMAP)
+                             [END_OPEN, END_OVERWRITE, END_PAGE_ZAP], END_RMAP).astype(np.int8)
         # old value: the previous install at this sptep, if it was still alive at this one
         has_old = (self.prev >= 0) & (self.end[self.prev.clip(0)] == self.start) & self.present[self.prev.clip(0)]
         self.has_old = has_old
@@ -195,9 +195,9 @@ class SpteLifetimes:
         roles = np.asarray(pages.role, dtype=np.uint64)
         if smm is not None and len(roles):
             self.as_id = np.where(owner != NONE, (roles[owner.clip(0)] >> np.uint64(smm.shift)) & np.uint64(0xFF), 0)
-            self.as_id = (self.as_id != 0).astype(np.int64)
+            self.as_id = (self.as_id != 0).astype(np.int8)
         else:
-            self.as_id = np.zeros(n, dtype=np.int64)
+            self.as_id = np.zeros(n, dtype=np.int8)
 
     def alive_at(self, keys: list[int]) -> sweep.LiveSets:
         """Indices (ascending) of the present installs alive at each time key (started before

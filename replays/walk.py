@@ -180,11 +180,13 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     """Owners, lifetimes and snapshots of every shadow SPTE, after the page walk."""
     t = data.tables.get("kvm_mmu_set_spte")
     if t is not None and t.num_rows:
-        ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int64), numpy_column(t, "gfn"),
-                       numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int64))
+        # thread and level narrow: the columns are held for the whole settling (and the level by
+        # the snapshots to the end)
+        ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int32), numpy_column(t, "gfn"),
+                       numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int8))
     else:
         empty = np.empty(0, np.uint64)
-        ins = Installs(np.empty(0, np.int64), np.empty(0, np.int64), empty, empty, empty, np.empty(0, np.int64))
+        ins = Installs(np.empty(0, np.int64), np.empty(0, np.int32), empty, empty, empty, np.empty(0, np.int8))
     owner = infer_owners(ins, model.lookups(), pages, profile)
     rmap_zaps: list[tuple[int, int, int, str]] = []
     um = data.tables.get("kvm_unmap_hva_range")
@@ -208,7 +210,7 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
             for i, when in page_sets}
     alive_at = life.alive_at(list(keys.values()))
-    leaves = Leaves(gfn=ins.gfn, level=ins.level.astype(np.int8), as_id=life.as_id.astype(np.int8),
+    leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id,
                     owner=owner.astype(np.int32), installed=ins.seq,
                     obsolete_root=np.zeros(len(ins.seq), bool))
     for (i, when), live_pages in page_sets.items():
