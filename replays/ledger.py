@@ -176,9 +176,14 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
     address (``key``); its last change may map another gfn: then the entry was overwritten.
     One sweep in seq order keeps the rows that are still an SPTE's state, so each question
     costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic).
-    ``read()`` gives back the pages of the table (on disk when long) once its columns are read."""
-    seq = changes["seq"].to_numpy()
-    key = changes["key"].to_numpy()
+    ``read()`` gives back the pages of the table (on disk when long) as each column is read."""
+    def column(name: str) -> np.ndarray:
+        values = changes[name].to_numpy()
+        read()  # the pages this column mapped
+        return values
+
+    seq = column("seq")
+    key = column("key")
     by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
     same = key[by_key[1:]] == key[by_key[:-1]]
     until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
@@ -186,9 +191,10 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
     del key, by_key, same  # a long table's columns whole: each is let go once read (300 MiB at 106 M events)
     page = changes["page"]
     owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
+    read()
     # from here only the rows that give a present leaf an owner count
     seq, until = seq[owned], until[owned]
-    gfn = changes["gfn"].to_numpy()[owned]
+    gfn = column("gfn")[owned]
     pages = page.fill_null(-1).to_numpy()[owned]
     read()
     alive = sweep.alive_at(seq, until, [at for at, _lo, _hi in questions])

@@ -130,7 +130,7 @@ def replay(data: TraceData, *, kernel: str | None = None, memslots: dict[str, An
         shadow_pages=pages.table(profile), spte_changes=spte_changes, memslots=timeline.table(),
         findings=findings, checks=checks, unexplained=unexplained,
         summaries=summaries,
-        whatif=_released(whatif(ctx, spte_changes), journal), assumptions=assumptions,
+        whatif=_released(whatif(ctx, spte_changes, journal.release_pages), journal), assumptions=assumptions,
         limits=limits + timeline.notes, mmu_evidence=mmu_evidence, vcpus=vcpu_threads(data, digest.entry_pairs),
         # the table's file only: a method of the journal would keep all of it alive with the result
         spilled_pages=journal.changes_on_disk.release if journal.changes_on_disk is not None else None,

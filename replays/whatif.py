@@ -48,16 +48,24 @@ def _last_install(ins: dict[str, np.ndarray]) -> Callable[[np.ndarray, int], np.
     return refaulted
 
 
-def _last_install_into(spte_changes: pa.Table, pages: int) -> np.ndarray:
-    """Per page id, the seq of the last SPTE install whose owner page the model inferred (-1: none)."""
-    # "present" by its code in each chunk's dictionary: casting the column to strings first took
-    # ~10 bytes a change
-    present = pa.chunked_array([pc.equal(c.indices, c.dictionary.index("present").as_py())
-                                for c in spte_changes["state"].chunks], pa.bool_())
-    t = spte_changes.select(["page", "seq"]).filter(pc.and_(pc.is_valid(spte_changes["page"]), present))
-    page = t["page"].to_numpy()
-    last = np.full(max(pages, int(page.max()) + 1 if len(page) else 0), -1, dtype=np.int64)
-    np.maximum.at(last, page, t["seq"].to_numpy())
+def _last_install_into(spte_changes: pa.Table, pages: int, read: Callable[[], None]) -> np.ndarray:
+    """Per page id, the seq of the last SPTE install whose owner page the model inferred (-1: none).
+
+    A record batch at a time, ``read()`` after each (the table lies on disk when long): the
+    installs' page and seq columns whole, filtered, and the pages of the table they mapped were
+    ~160 MiB at 106 M events. "present" is matched by its code in each batch's dictionary:
+    casting the column to strings first took ~10 bytes a change."""
+    last = np.full(pages, -1, dtype=np.int64)
+    for batch in spte_changes.to_batches():
+        state = batch.column("state")
+        present = pc.equal(state.indices, state.dictionary.index("present").as_py())
+        keep = pc.and_(pc.is_valid(batch.column("page")), present)
+        page = batch.column("page").filter(keep).to_numpy()
+        if len(page):
+            if int(page.max()) >= len(last):
+                last = np.concatenate((last, np.full(int(page.max()) + 1 - len(last), -1, np.int64)))
+            np.maximum.at(last, page, batch.column("seq").filter(keep).to_numpy())
+        read()
     return last
 
 
@@ -76,11 +84,13 @@ def _last_created(pg: dict[str, np.ndarray]) -> np.ndarray:
     return last[identity]
 
 
-def whatif(ctx: Context, spte_changes: pa.Table) -> pa.Table:
+def whatif(ctx: Context, spte_changes: pa.Table, read: Callable[[], None] = lambda: None) -> pa.Table:
+    """The what-if rows of every positioned removal; ``read()`` gives back the pages of
+    ``spte_changes`` read so far (a long replay's lies on disk)."""
     pg = ctx.pages.arrays()
     last_created = _last_created(pg)
     refaulted = _last_install(ctx.installs)
-    last_into = _last_install_into(spte_changes, len(pg["gfn"]))
+    last_into = _last_install_into(spte_changes, len(pg["gfn"]), read)
     rows: dict[str, list[object]] = {f.name: [] for f in WHATIF_SCHEMA}
     for i, c in ctx.positioned_removals():
         # positioned: a seq, and the range the change removed
