@@ -218,13 +218,6 @@ class MemslotTimeline:
                     out[e].append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
         return out
 
-    def dirty_logging(self, slot: int, seq: int) -> bool:
-        """Whether ``slot`` had KVM_MEM_LOG_DIRTY_PAGES at ``seq``."""
-        for lt in self.lifetimes:
-            if lt.slot == slot and lt.from_seq <= seq < lt.until_seq:
-                return bool(lt.flags & KVM_MEM_LOG_DIRTY_PAGES)
-        return False
-
     def table(self) -> pa.Table:
         cols: dict[str, list[Any]] = {f.name: [] for f in TIMELINE_SCHEMA}
         for c in self.changes:

@@ -9,6 +9,7 @@ tables, windows outside the trace, ranges past 2**52 and values no gfn can have.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,8 @@ from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import sweep
 from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
+from kvmtrace.replays.detectors.context import Context
+from kvmtrace.replays.detectors.dirty import DirtyClear, DirtyLogging, OwnRequests
 from kvmtrace.replays.detectors.layout import Recreations
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
@@ -308,3 +311,79 @@ def test_hva_to_gfns_equals_the_scan(lts: list[tuple[int, int, int, int, int]],
                 if lo < hi:
                     want.append((lt.base_gfn + ((lo - lt.ua) >> 12), lt.base_gfn + ((hi - lt.ua + 0xFFF) >> 12)))
         assert ranges == want
+
+
+def _scan_slot(tl: MemslotTimeline, c: DirtyClear) -> int | None:
+    sl = int(tl.slot_at(np.asarray([c.gfn], np.uint64), np.asarray([c.seq], np.int64))[0])
+    return sl if sl >= 0 else None
+
+
+def _scan_logged(tl: MemslotTimeline, c: DirtyClear) -> bool:
+    """The reference: the slot's lifetimes and every harvest scanned for one clear."""
+    sl = _scan_slot(tl, c)
+    if sl is None:
+        return False
+    lt = next((lt for lt in tl.lifetimes if lt.slot == sl and lt.from_seq <= c.seq < lt.until_seq), None)
+    if lt is not None and lt.flags & 1:  # KVM_MEM_LOG_DIRTY_PAGES
+        return True
+    harvests = [(s, h) for s, h, _, _ in tl.clear_dirty] + list(tl.get_dirty)
+    return any(c.installed <= s <= c.seq and (h & 0xFFFF) == (sl & 0xFFFF) for s, h in harvests)
+
+
+def _scan_request(faults: dict[str, np.ndarray], c: DirtyClear, pfn_mask: int) -> int | None:
+    """The reference: every fault masked for one clear; the writer's last request, if it was for this leaf."""
+    mine = np.flatnonzero((faults["pid"] == c.pid) & (faults["seq"] < c.seq))
+    if not len(mine):
+        return None
+    k = mine[-1]
+    shift = np.uint64(9 * (c.level - 1))
+    pfn = (c.new & pfn_mask) >> 12
+    if faults["gfn"][k] >> shift != np.uint64(c.gfn) >> shift or faults["pfn"][k] >> shift != np.uint64(pfn) >> shift:
+        return None
+    return int(faults["seq"][k])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_dirty_logging_and_own_requests_equal_the_scans(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real TDP recording's context (tdp-multi3: its own same-pfn Dirty clears are the fault
+    race), with random clears, harvests and dirty-logging slots added: each clear's slot, whether
+    it was dirty-logged and the writer's own request are what the per-clear scans give."""
+    module = sys.modules["kvmtrace.replays.replay"]
+    got: list[Context] = []
+    monkeypatch.setattr(module, "Context", lambda *a, **k: got.append(Context(*a, **k)) or got[-1])
+    replay(read(NESTED / "tdp-multi3-kt.dat"))
+    ctx = got[0]
+    tl, f, mask = ctx.timeline, ctx.faults, ctx.profile.pfn_mask
+    rng = np.random.default_rng(seed)
+    clears = [DirtyClear(*row) for row in ctx.journal.dirty_clears]
+    assert clears  # the recording's races
+    for _ in range(400):
+        k = int(rng.integers(0, len(f["seq"])))
+        lt = tl.lifetimes[int(rng.integers(0, len(tl.lifetimes)))]
+        gfn = int(f["gfn"][k]) if rng.random() < 0.5 else lt.base_gfn + int(rng.integers(0, lt.npages + 8))
+        seq = int(f["seq"][k]) + int(rng.integers(-2, 3))
+        new = (int(f["pfn"][k]) << 12 | 0x6) if rng.random() < 0.5 else int(rng.integers(0, 1 << 40)) << 12
+        clears.append(DirtyClear(seq, gfn, int(rng.integers(1, 3)), 0, seq - int(rng.integers(0, 3000)), new | 0x40,
+                                 new, int(f["pid"][k]) if rng.random() < 0.8 else 7, -1))
+    top = int(f["seq"].max())
+    for lt in tl.lifetimes:
+        if rng.random() < 0.3:
+            lt.flags |= 1
+    tl.clear_dirty.extend((int(s), tl.lifetimes[int(rng.integers(0, len(tl.lifetimes)))].slot, 0, 1)
+                          for s in rng.integers(0, top, 30))
+    tl.get_dirty.extend((int(s), tl.lifetimes[int(rng.integers(0, len(tl.lifetimes)))].slot)
+                        for s in rng.integers(0, top, 10))
+    for k in rng.integers(0, len(clears), 40).tolist():  # harvests on the bounds of a clear's span
+        c = clears[k]
+        sl = _scan_slot(tl, c)
+        if sl is not None:
+            tl.get_dirty.append((c.seq if rng.random() < 0.5 else c.installed, sl))
+    logging, requests = DirtyLogging(tl, clears), OwnRequests(f, mask)
+    logged = found = 0
+    for i, c in enumerate(clears):
+        assert logging.slot(i) == _scan_slot(tl, c)
+        assert logging.logged(i, c) == _scan_logged(tl, c)
+        assert requests.of(c) == _scan_request(f, c, mask)
+        logged += logging.logged(i, c)
+        found += requests.of(c) is not None
+    assert 0 < logged < len(clears) and found > 0
