@@ -27,12 +27,14 @@ else is "not provable": the guest never touched the range again, so the trace ca
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.digest import Digest
+from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Leaves, Snapshot
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.stream import numpy_column
@@ -120,6 +122,7 @@ def leaf_fates(changes: list[tuple[int, MemslotChange]], snapshots: dict[tuple[i
     """Per positioned removal ``(index, MemslotChange)``, the fate of every leaf the model held in
     its old range just before its window (``snapshots[(i, "start")]``)."""
     out: list[LeafFate] = []
+    ask = Lookups(changes, installs, ev, page_zap_seq)
     for n, (i, c) in enumerate(changes):
         snap = snapshots.get((i, "start"))
         if snap is None:
@@ -132,14 +135,79 @@ def leaf_fates(changes: list[tuple[int, MemslotChange]], snapshots: dict[tuple[i
             a, b = _covers(g, lvl)
             if not (a < hi and lo < b):
                 continue
-            out.append(_fate(i, c, n, changes, leaves, int(leaves.as_id[k]), g, lvl, int(leaves.installed[k]),
-                             int(leaves.owner[k]), installs, ev, page_zap_seq))
+            out.append(_fate(i, c, n, leaves, int(leaves.as_id[k]), g, lvl, int(leaves.installed[k]),
+                             int(leaves.owner[k]), ask))
     return out
 
 
-def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], leaves: Leaves, as_id: int,
-          g: int, lvl: int, installed: int, owner: int, installs: dict[str, np.ndarray], ev: LeafEvidence,
-          page_zap_seq: np.ndarray) -> LeafFate:
+class Lookups:
+    """What every leaf's fate asks of the whole trace, answered through indexes built once.
+
+    Why: the legacy MMU in TDP mode under zap-slot (the 2019 scenario) asks, for every leaf in
+    every removed range, for the first re-install, install and hardware fault after the change,
+    and for any later removal or notifier unmap before it: each a mask over every install,
+    fault or change made the check grow with removals x leaves x trace length."""
+
+    def __init__(self, changes: list[tuple[int, MemslotChange]], installs: dict[str, np.ndarray], ev: LeafEvidence,
+                 page_zap_seq: np.ndarray) -> None:
+        self.changes, self.ev, self.page_zap_seq = changes, ev, page_zap_seq
+        self.install_seq, self.install_level = installs["seq"], installs["level"]
+        self._installs = GfnIndex(installs["gfn"], installs["seq"])
+        self._faults = GfnIndex(ev.fault_gfn, ev.fault_seq)
+        self._fault_read = ev.fault_present >= 0  # not an MMIO SPTE
+        self._levels: dict[int, np.ndarray] = {}
+        # the later removals by range (the ranges a VMM removes are few), as positions in ``changes``
+        by_range: dict[tuple[int, int], list[int]] = {}
+        for n, (_, d) in enumerate(changes):
+            if d.window_start is not None and d.old_base_gfn is not None and d.old_npages is not None:
+                by_range.setdefault((d.old_base_gfn, d.old_npages), []).append(n)
+        self._ranges = []
+        for (base, npages), positions in by_range.items():
+            starts = np.asarray([changes[n][1].window_start for n in positions], np.int64)
+            suffix_min = np.minimum.accumulate(starts[::-1])[::-1]  # the earliest window from each position on
+            self._ranges.append((base, base + npages, positions, starts, suffix_min))
+
+    def reinstall(self, after: int, g: int, lvl: int) -> int | None:
+        """Seq of the first ``kvm_mmu_set_spte`` of gfn ``g`` at level ``lvl`` after seq ``after``."""
+        if lvl not in self._levels:
+            self._levels[lvl] = self.install_level == lvl
+        row = self._installs.first_in(g, g + 1, after + 1, keep=self._levels[lvl])
+        return int(self.install_seq[row]) if row is not None else None
+
+    def first_install(self, after: int, a: int, b: int) -> int | None:
+        """Seq of the first install into gfns [a, b) after seq ``after``."""
+        row = self._installs.first_in(a, b, after + 1)
+        return int(self.install_seq[row]) if row is not None else None
+
+    def first_fault(self, after: int, a: int, b: int) -> int | None:
+        """Row (of the hardware faults) of the first fault on gfns [a, b) after seq ``after``, on
+        a present or absent entry (not an MMIO SPTE)."""
+        return self._faults.first_in(a, b, after + 1, keep=self._fault_read)
+
+    def later_removal(self, n: int, a: int, b: int, until: int) -> MemslotChange | None:
+        """The first removal after position ``n`` of ``changes`` over a range meeting [a, b) whose
+        window began before ``until``."""
+        best: int | None = None
+        for lo, hi, positions, starts, suffix_min in self._ranges:
+            if not (lo < b and a < hi):
+                continue
+            j = bisect_right(positions, n)
+            if j == len(positions) or suffix_min[j] >= until:
+                continue
+            while starts[j] >= until:  # one of these began before ``until`` (suffix_min)
+                j += 1
+            best = positions[j] if best is None else min(best, positions[j])
+        return self.changes[best][1] if best is not None else None
+
+    def notifier_unmap(self, after: int, until: int) -> int | None:
+        """Seq of the first MMU-notifier unmap strictly between ``after`` and ``until``."""
+        seqs = self.ev.notifier_seq
+        k = int(np.searchsorted(seqs, after, side="right"))
+        return int(seqs[k]) if k < len(seqs) and seqs[k] < until else None
+
+
+def _fate(i: int, c: MemslotChange, n: int, leaves: Leaves, as_id: int, g: int, lvl: int, installed: int, owner: int,
+          ask: Lookups) -> LeafFate:
     a, b = _covers(g, lvl)
     assert c.seq is not None  # a positioned removal
     change_seq = c.seq  # the narrowed type, for fate() below
@@ -149,20 +217,16 @@ def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChan
                         (installed, change_seq, *evidence))
 
     # the first re-install of the same gfn and level, and the first hardware fault on gfns it covers
-    ins = installs["seq"]
-    same = (ins > c.seq) & (installs["gfn"] == np.uint64(g)) & (installs["level"] == lvl)
-    reinstall = int(ins[same][0]) if same.any() else None
-    into = (ins > c.seq) & (installs["gfn"] >= np.uint64(a)) & (installs["gfn"] < np.uint64(b))
-    first_install = int(ins[into][0]) if into.any() else None
-    fm = (ev.fault_seq > c.seq) & (ev.fault_gfn >= np.uint64(a)) & (ev.fault_gfn < np.uint64(b)) & \
-        (ev.fault_present >= 0)
-    k = int(np.flatnonzero(fm)[0]) if fm.any() else None
+    ev = ask.ev
+    reinstall = ask.reinstall(c.seq, g, lvl)
+    first_install = ask.first_install(c.seq, a, b)
+    k = ask.first_fault(c.seq, a, b)
     fs = int(ev.fault_seq[k]) if k is not None else None
     who = f"vCPU thread {int(ev.fault_pid[k])}, gfn {int(ev.fault_gfn[k]):#x}" if k is not None else ""
     # fs is not None exactly when k is not None (spelled out for the type checker)
     if k is not None and fs is not None and ev.fault_present[k] == 1 and \
             (first_install is None or first_install > fs):
-        other = _other_removal(c, n, changes, a, b, fs, owner, page_zap_seq, ev)
+        other = _other_removal(c, n, a, b, fs, owner, ask)
         if not other:
             return fate(DANGLING, fs, f"fault on a present entry at seq {fs} ({who}; a protection fault) with "
                                       f"nothing installed there since the {c.kind}: the old leaf still mapped the "
@@ -184,7 +248,7 @@ def _fate(i: int, c: MemslotChange, n: int, changes: list[tuple[int, MemslotChan
                                        f"there afterwards{why}): the trace cannot show whether it was removed")
     first = min(s for s, _ in proofs)
     said = "; ".join(w for _, w in sorted(proofs))
-    other = _other_removal(c, n, changes, a, b, first, owner, page_zap_seq, ev)
+    other = _other_removal(c, n, a, b, first, owner, ask)
     if other:
         return fate(UNPROVABLE, first, f"gone by seq {first} ({said}), but {other} could also have removed it",
                     first)
@@ -204,19 +268,17 @@ def _replaced_by(leaves: Leaves, as_id: int, g: int, lvl: int, since: int) -> tu
     return int(leaves.installed[k]), int(leaves.level[k])
 
 
-def _other_removal(c: MemslotChange, n: int, changes: list[tuple[int, MemslotChange]], a: int, b: int, until: int,
-                   owner: int, page_zap_seq: np.ndarray, ev: LeafEvidence) -> str:
-    """Something other than change ``c`` that may have removed a leaf over [a, b) before ``until``."""
+def _other_removal(c: MemslotChange, n: int, a: int, b: int, until: int, owner: int, ask: Lookups) -> str:
+    """Something other than change ``c`` (at position ``n``) that may have removed a leaf over
+    [a, b) before ``until``."""
     assert c.seq is not None  # a positioned removal
-    for _, d in changes[n + 1:]:
-        if d.window_start is None or d.window_start >= until:
-            continue
-        assert d.old_base_gfn is not None and d.old_npages is not None  # a positioned removal
-        if d.old_base_gfn < b and a < d.old_base_gfn + d.old_npages:
-            return f"the {d.kind} at seq {d.seq}"
-    if owner >= 0 and owner < len(page_zap_seq) and c.seq < page_zap_seq[owner] < until:
-        return f"the traced zap of its page at seq {int(page_zap_seq[owner])}"
-    hits = ev.notifier_seq[(ev.notifier_seq > c.seq) & (ev.notifier_seq < until)]
-    if len(hits):
-        return f"the MMU-notifier unmap at seq {int(hits[0])}"
+    d = ask.later_removal(n, a, b, until)
+    if d is not None:
+        return f"the {d.kind} at seq {d.seq}"
+    zap_seq = ask.page_zap_seq
+    if owner >= 0 and owner < len(zap_seq) and c.seq < zap_seq[owner] < until:
+        return f"the traced zap of its page at seq {int(zap_seq[owner])}"
+    unmap = ask.notifier_unmap(c.seq, until)
+    if unmap is not None:
+        return f"the MMU-notifier unmap at seq {unmap}"
     return ""

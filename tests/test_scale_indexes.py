@@ -29,6 +29,7 @@ from kvmtrace.replays.detectors.dirty import DirtyClear, DirtyLogging, OwnReques
 from kvmtrace.replays.detectors.layout import Recreations
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
+from kvmtrace.replays.leaf_proof import LeafEvidence, Lookups
 from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
 from kvmtrace.replays.memslots import Lifetime, MemslotChange, MemslotTimeline
 from kvmtrace.replays.needs import WALK_EVENTS
@@ -387,3 +388,57 @@ def test_dirty_logging_and_own_requests_equal_the_scans(seed: int, monkeypatch: 
         logged += logging.logged(i, c)
         found += requests.of(c) is not None
     assert 0 < logged < len(clears) and found > 0
+
+
+@pytest.mark.parametrize("stem", ["tdpmmu0-ptslot-noquirk-qlog-kt", "tdpmmu0-churn-noquirk-qlog-kt"])
+def test_leaf_fate_lookups_equal_the_scans(stem: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 2019 scenario's recordings (legacy MMU in TDP mode, zap-slot, memslot lines from a QEMU
+    log): for every leaf in every removed range, and for a spread of other ranges and bounds, the
+    indexes answer what a scan of every install, hardware fault, later removal and notifier unmap
+    answers (the scans are what the fates used before)."""
+    module = sys.modules["kvmtrace.replays.replay"]
+    got: list[Context] = []
+    monkeypatch.setattr(module, "Context", lambda *a, **k: got.append(Context(*a, **k)) or got[-1])
+    path = NESTED / f"{stem}.dat"
+    replay(read(path), qemu_log_lines=path.with_suffix(".qemu.log").read_text().splitlines())
+    ctx = got[0]
+    changes, ins, ev = ctx.positioned_removals(), ctx.installs, ctx.leaf_evidence
+    zap = np.asarray(ctx.pages.zap_seq, dtype=np.int64)
+    ask = Lookups(changes, ins, ev, zap)
+    assert ctx.mmu == "legacy_tdp" and changes and len(ev.fault_seq)
+    rng = np.random.default_rng(0)
+    leaf_questions = proved = 0
+    for n, (i, c) in enumerate(changes):
+        snap = ctx.journal.snapshots.get((i, "start"))
+        leaves = snap.leaves() if snap is not None else None
+        questions = [] if leaves is None else [(int(g), int(lv)) for g, lv in zip(leaves.gfn, leaves.level)
+                                               if c.old_base_gfn <= int(g) < c.old_base_gfn + c.old_npages]
+        leaf_questions += len(questions)
+        questions += [(int(rng.integers(0, 1 << 20)), int(rng.integers(1, 3))) for _ in range(5)]
+        later = np.flatnonzero(ins["seq"] > c.seq)  # leaves installed again later: a re-install exists
+        questions += [(int(ins["gfn"][r]), int(ins["level"][r])) for r in rng.choice(later, min(10, len(later)))]
+        for g, lvl in questions:
+            a, b = g, g + (1 << (9 * (lvl - 1)))
+            # the change's line, and an install's and a fault's own seq (bounds the line never is)
+            for after in (c.seq, int(rng.choice(ins["seq"])), int(rng.choice(ev.fault_seq))):
+                _ask_as_scans(ask, changes, n, ins, ev, after, g, lvl, a, b, rng)
+            proved += ask.reinstall(c.seq, g, lvl) is not None
+    assert leaf_questions > 0 and proved >= 5
+
+
+def _ask_as_scans(ask: Lookups, changes: list[tuple[int, MemslotChange]], n: int, ins: dict[str, np.ndarray],
+                  ev: LeafEvidence, after: int, g: int, lvl: int, a: int, b: int, rng: np.random.Generator) -> None:
+    """Each of ``ask``'s answers for one leaf after seq ``after`` against a scan of every row."""
+    same = (ins["seq"] > after) & (ins["gfn"] == np.uint64(g)) & (ins["level"] == lvl)
+    assert ask.reinstall(after, g, lvl) == (int(ins["seq"][same][0]) if same.any() else None)
+    into = (ins["seq"] > after) & (ins["gfn"] >= np.uint64(a)) & (ins["gfn"] < np.uint64(b))
+    assert ask.first_install(after, a, b) == (int(ins["seq"][into][0]) if into.any() else None)
+    fm = (ev.fault_seq > after) & (ev.fault_gfn >= np.uint64(a)) & (ev.fault_gfn < np.uint64(b)) & \
+        (ev.fault_present >= 0)
+    assert ask.first_fault(after, a, b) == (int(np.flatnonzero(fm)[0]) if fm.any() else None)
+    for until in (after + 1, after + 5000, int(rng.integers(after, after + 200_000)), 1 << 62):
+        want = next((d for _, d in changes[n + 1:] if d.window_start is not None and d.window_start < until
+                     and d.old_base_gfn < b and a < d.old_base_gfn + d.old_npages), None)
+        assert ask.later_removal(n, a, b, until) is want
+        hits = ev.notifier_seq[(ev.notifier_seq > after) & (ev.notifier_seq < until)]
+        assert ask.notifier_unmap(after, until) == (int(hits[0]) if len(hits) else None)
