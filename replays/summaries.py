@@ -46,9 +46,12 @@ def memslot_summary(ctx: Context) -> pa.Table:
     installs = np.bincount(tl.lifetime_at(ins["gfn"], ins["seq"]) + 1, minlength=n + 1)[1:]
     zapped = pg["zap_seq"] != NONE
     page_lt = tl.lifetime_at(pg["gfn"][zapped], pg["zap_seq"][zapped])
-    zapped_ids = np.flatnonzero(zapped)
+    # the zapped pages grouped by lifetime once: a mask over every zapped page per lifetime grew
+    # with lifetimes x zaps (a long zap-all trace rebuilds and zaps the VM's pages at every change)
+    by_lifetime = np.flatnonzero(zapped)[np.argsort(page_lt, kind="stable")]
+    bounds = np.searchsorted(np.sort(page_lt), np.arange(n + 1))
     for k, lt in enumerate(tl.lifetimes):
-        ids = zapped_ids[page_lt == k]
+        ids = by_lifetime[bounds[k]:bounds[k + 1]]
         rebuilt = sum(next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), int(pg["zap_seq"][p])) is not None
                       for p in ids)
         for key, v in (("slot", lt.slot), ("as_id", lt.as_id), ("base_gfn", lt.base_gfn), ("npages", lt.npages),
