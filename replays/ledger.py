@@ -205,11 +205,31 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
     return out
 
 
+#: The decoded role fields :func:`role_text` reads (those a page table has).
+ROLE_TEXT_FIELDS = ("level", "direct", "quadrant", "access", "has_4_byte_gpte", "cr4_pae", "passthrough", "invalid",
+                    "guest_mode", "smm", "cr0_wp")
+
+
+def role_texts(t: pa.Table) -> tuple[np.ndarray, list[str]]:
+    """Each page's :func:`role_text`, as a code per page into a list of texts: computed once per
+    distinct combination of the fields it reads (a VM's pages have a few dozen), not from a dict
+    per page (~470 bytes each, held through the ledger; a long zap-all trace rebuilds the VM's
+    pages at every change)."""
+    names = [f for f in ROLE_TEXT_FIELDS if f in t.column_names]
+    if not t.num_rows:
+        return np.empty(0, np.int64), []
+    # nulls (bits the input does not carry) as -1: every field is a small non-negative value
+    keys = np.stack([np.asarray(t.column(f).cast(pa.int64()).fill_null(-1).to_numpy(), np.int64) for f in names],
+                    axis=1)
+    combos, codes = np.unique(keys, axis=0, return_inverse=True)
+    texts = [role_text({f: (None if v < 0 else v) for f, v in zip(names, combo.tolist())}) for combo in combos]
+    return codes.reshape(-1), texts
+
+
 @dataclass(frozen=True)
 class _Pages:
-    """The replay's shadow-page book as arrays (-1: no seq), plus its rows for the ledger's text."""
+    """The replay's shadow-page book as arrays (-1: no seq), with each page's role text."""
 
-    rows: list[dict[str, Any]]
     gfn: np.ndarray
     role: np.ndarray
     level: np.ndarray
@@ -218,6 +238,9 @@ class _Pages:
     first_seq: np.ndarray
     zap: np.ndarray
     obsolete: np.ndarray
+    root_count: np.ndarray | None = None
+    text: np.ndarray | None = None  # code into ``texts``
+    texts: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, t: pa.Table) -> _Pages:
@@ -228,9 +251,11 @@ class _Pages:
             return t.column(name).fill_null(0).to_numpy().astype(bool) if name in t.column_names \
                 else np.zeros(t.num_rows, bool)
 
-        return cls(t.to_pylist(), t.column("gfn").to_numpy().astype(np.uint64),
-                   t.column("role").to_numpy().astype(np.uint64), t.column("level").to_numpy().astype(np.uint64),
-                   flag("direct"), flag("passthrough"), seqs("first_seq"), seqs("zap_seq"), seqs("obsolete_seq"))
+        text, texts = role_texts(t)
+        return cls(t.column("gfn").to_numpy().astype(np.uint64), t.column("role").to_numpy().astype(np.uint64),
+                   t.column("level").to_numpy().astype(np.uint64), flag("direct"), flag("passthrough"),
+                   seqs("first_seq"), seqs("zap_seq"), seqs("obsolete_seq"),
+                   np.asarray(t.column("root_count").fill_null(0).to_numpy(), np.int64), text, tuple(texts))
 
 
 def _rule(za: int | None, tdp: bool, profile: KernelProfile) -> str:
@@ -271,7 +296,7 @@ def _fates(pg: _Pages, c: dict[str, Any], za: int | None, tdp: bool, profile: Ke
                 whatif_rule(profile).name, "gfn in the slot's range at its level")
         else:
             why = "zapped inside the window, not by the slot rule"
-        if pg.rows[p]["root_count"] > 0:
+        if pg.root_count is not None and pg.root_count[p] > 0:
             why += "; a root still referenced by a vCPU: marked invalid, freed when the vCPU drops it"
         fate[p] = why
     for j in np.flatnonzero(alive & ~zapped).tolist():
@@ -426,10 +451,11 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         owners = owners_at.get((line, lo, lo + c["old_npages"]), np.empty(0, np.int64))
         fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])
         for p in sorted(fate, key=lambda p: (p not in zapped, pg.gfn[p], p)):
-            row, d = pg.rows[p], bool(pg.direct[p])
-            _append(prow, {"change": i, "seq": line, "page": p, "gfn": row["gfn"], "level": row["level"],
-                           "role": row["role"], "role_text": role_text(row), "direct": d,
-                           "covers_first": row["gfn"] if d else None,
+            d, gfn = bool(pg.direct[p]), int(pg.gfn[p])
+            assert pg.text is not None  # the page book's text codes
+            _append(prow, {"change": i, "seq": line, "page": p, "gfn": gfn, "level": int(pg.level[p]),
+                           "role": int(pg.role[p]), "role_text": pg.texts[pg.text[p]], "direct": d,
+                           "covers_first": gfn if d else None,
                            "covers_last": int(pg.gfn[p] + _covers(pg.gfn[p:p + 1], pg.level[p:p + 1])[0] - 1)
                            if d else None,
                            "fate": "zapped" if p in zapped else "kept", "reason": fate[p],

@@ -30,7 +30,7 @@ from kvmtrace.replays.detectors.layout import Recreations
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
 from kvmtrace.replays.leaf_proof import LeafEvidence, Lookups
-from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages
+from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages, role_text, role_texts
 from kvmtrace.replays.memslots import Lifetime, MemslotChange, MemslotTimeline
 from kvmtrace.replays.needs import WALK_EVENTS
 from kvmtrace.replays.profiles import profile_for
@@ -199,7 +199,7 @@ def test_ledger_candidates_hold_every_page_a_change_concerns(n: int, seed: int, 
     first = np.sort(rng.integers(-1, 600, n)).astype(np.int64)
     zap = np.where(rng.random(n) < 0.3, -1, first + rng.integers(0, 200, n))
     empty = np.zeros(n, np.uint64)
-    pg = _Pages([], empty, empty, empty, np.zeros(n, bool), np.zeros(n, bool), first, zap, np.full(n, -1))
+    pg = _Pages(empty, empty, empty, np.zeros(n, bool), np.zeros(n, bool), first, zap, np.full(n, -1))
     asked = [(ws, ws + width) for ws, width in windows]
     got = _candidates(pg, asked)
     for ws, line in asked:
@@ -442,3 +442,15 @@ def _ask_as_scans(ask: Lookups, changes: list[tuple[int, MemslotChange]], n: int
         assert ask.later_removal(n, a, b, until) is want
         hits = ev.notifier_seq[(ev.notifier_seq > after) & (ev.notifier_seq < until)]
         assert ask.notifier_unmap(after, until) == (int(hits[0]) if len(hits) else None)
+
+
+@pytest.mark.parametrize("path", [SAMPLES / "churn-zapall.dat", SAMPLES / "ptslot-zapslot.txt.gz",
+                                  NESTED / "k61tdp-churn-small-kt.dat"], ids=lambda p: p.name)
+def test_role_texts_are_each_rows_own(path: Path) -> None:
+    """The ledger's role text per page, computed once per distinct field combination, is what
+    each page's own row gives (text input: with the role bits it cannot carry null)."""
+    pages = replay(read(path)).shadow_pages
+    codes, texts = role_texts(pages)
+    want = [role_text(row) for row in pages.to_pylist()]
+    assert len(want) > 20 and [texts[c] for c in codes] == want
+    assert 1 < len(texts) < len(want)
