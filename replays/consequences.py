@@ -24,8 +24,8 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context, span
-from kvmtrace.replays.detectors.slot_removal import untraced_leaf_fates
 from kvmtrace.replays.detectors.zap_rules import rule_mask, whatif_rule
+from kvmtrace.replays.gfn_index import FirstInstall, leaf_keys
 from kvmtrace.replays.leaf_proof import DANGLING, PROVED
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.pages import NONE
@@ -80,7 +80,7 @@ def consequences(ctx: Context) -> pa.Table:
         "rule: 'allowed' says what that rule would have done]")
     pages = ctx.pages.arrays()
     ins = ctx.installs
-    reinstalls = _FirstInstall(ins)
+    reinstalls = FirstInstall(ins)
     back_again = _BackAgain(ctx.timeline.changes)
     changes = ctx.positioned_removals()
     for i, c in changes:
@@ -121,46 +121,17 @@ def consequences(ctx: Context) -> pa.Table:
             continue
         had = start.leaves()
         in_range = (had.gfn >= np.uint64(lo)) & (had.gfn < np.uint64(hi))
-        for k in reinstalls.after(c.seq, _leaf_keys(had.gfn[in_range], had.level[in_range])).tolist():
+        for k in reinstalls.after(c.seq, leaf_keys(had.gfn[in_range], had.level[in_range])).tolist():
             gfn, level = int(ins["gfn"][k]), int(ins["level"][k])
             add(c, "reinstall", int(ins["seq"][k]), gfn, level, int(ins["pid"][k]), None, None,
                 f"a level-{level} leaf for gfn {gfn:#x} was present before the {c.kind} and is installed "
                 f"again after it: the old leaf was removed (untraced rmap zap)", [c.seq, int(ins["seq"][k])])
     by_change = {c.seq: c for _, c in changes}
-    for f in untraced_leaf_fates(ctx):
+    for f in ctx.untraced_leaf_fates:
         what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
         add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
             list(f.evidence))
     return pa.table(rows, schema=CONSEQUENCES_SCHEMA)
-
-
-def _leaf_keys(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
-    """One integer per (gfn, level): gfns are below 2**52, levels below 16."""
-    return (gfn.astype(np.uint64) << np.uint64(4)) | level.astype(np.uint64)
-
-
-class _FirstInstall:
-    """The first install of given leaves (gfn, level) after a seq, by binary search: installs
-    sorted by (leaf rank, row) as one integer ``rank * n + row`` (rows are in seq order)."""
-
-    def __init__(self, ins: dict[str, np.ndarray]) -> None:
-        self.seq = ins["seq"]
-        self.n = len(self.seq)
-        self.leaves, rank = np.unique(_leaf_keys(ins["gfn"], ins["level"]), return_inverse=True)
-        self.sorted = np.sort(rank.astype(np.int64) * self.n + np.arange(self.n, dtype=np.int64))
-
-    def after(self, seq: int, leaves: np.ndarray) -> np.ndarray:
-        """Rows (ascending) of the first install after ``seq`` of each of ``leaves`` that has one."""
-        if not self.n or not len(leaves):
-            return np.empty(0, np.int64)
-        leaves = np.unique(leaves)
-        at = np.searchsorted(self.leaves, leaves).clip(0, len(self.leaves) - 1)
-        rank = at[self.leaves[at] == leaves].astype(np.int64)
-        pos = np.searchsorted(self.sorted, rank * self.n + int(np.searchsorted(self.seq, seq, side="right")))
-        found = pos < len(self.sorted)
-        pos, rank = pos[found], rank[found]
-        got = self.sorted[pos]
-        return np.sort(got[got // self.n == rank] % self.n)
 
 
 class _BackAgain:

@@ -10,6 +10,9 @@ gfn alone was not enough: a slot that is deleted and re-created over and over (t
 So the rows are cut into blocks of consecutive rows (time), and each block is sorted by gfn:
 one sorted array of ``block << 52 | gfn`` (x86 gfns are below 2**52). A question costs one
 binary search per block of its window plus the rows it returns.
+
+:class:`FirstInstall` answers the narrower question the consequences and the leaf proofs both
+ask: the first install of a given leaf (gfn and level) after a seq.
 """
 
 from __future__ import annotations
@@ -96,3 +99,32 @@ class GfnIndex:
                 return int(rows.min())
             first, batch = last + 1, 2 * batch
         return None
+
+
+def leaf_keys(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """One integer per (gfn, level): gfns are below 2**52, levels below 16."""
+    return (gfn.astype(np.uint64) << np.uint64(4)) | level.astype(np.uint64)
+
+
+class FirstInstall:
+    """The first install of given leaves (gfn, level) after a seq, by binary search: installs
+    sorted by (leaf rank, row) as one integer ``rank * n + row`` (rows are in seq order)."""
+
+    def __init__(self, ins: dict[str, np.ndarray]) -> None:
+        self.seq = ins["seq"]
+        self.n = len(self.seq)
+        self.leaves, rank = np.unique(leaf_keys(ins["gfn"], ins["level"]), return_inverse=True)
+        self.sorted = np.sort(rank.astype(np.int64) * self.n + np.arange(self.n, dtype=np.int64))
+
+    def after(self, seq: int, leaves: np.ndarray) -> np.ndarray:
+        """Rows (ascending) of the first install after ``seq`` of each of ``leaves`` that has one."""
+        if not self.n or not len(leaves):
+            return np.empty(0, np.int64)
+        leaves = np.unique(leaves)
+        at = np.searchsorted(self.leaves, leaves).clip(0, len(self.leaves) - 1)
+        rank = at[self.leaves[at] == leaves].astype(np.int64)
+        pos = np.searchsorted(self.sorted, rank * self.n + int(np.searchsorted(self.seq, seq, side="right")))
+        found = pos < len(self.sorted)
+        pos, rank = pos[found], rank[found]
+        got = self.sorted[pos]
+        return np.sort(got[got // self.n == rank] % self.n)

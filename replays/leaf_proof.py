@@ -34,7 +34,7 @@ import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays.digest import Digest
-from kvmtrace.replays.gfn_index import GfnIndex
+from kvmtrace.replays.gfn_index import FirstInstall, GfnIndex, leaf_keys
 from kvmtrace.replays.journal import Leaves, Snapshot
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.stream import numpy_column
@@ -151,11 +151,11 @@ class Lookups:
     def __init__(self, changes: list[tuple[int, MemslotChange]], installs: dict[str, np.ndarray], ev: LeafEvidence,
                  page_zap_seq: np.ndarray) -> None:
         self.changes, self.ev, self.page_zap_seq = changes, ev, page_zap_seq
-        self.install_seq, self.install_level = installs["seq"], installs["level"]
+        self.install_seq = installs["seq"]
         self._installs = GfnIndex(installs["gfn"], installs["seq"])
+        self._reinstalls = FirstInstall(installs)
         self._faults = GfnIndex(ev.fault_gfn, ev.fault_seq)
         self._fault_read = ev.fault_present >= 0  # not an MMIO SPTE
-        self._levels: dict[int, np.ndarray] = {}
         # the later removals by range (the ranges a VMM removes are few), as positions in ``changes``
         by_range: dict[tuple[int, int], list[int]] = {}
         for n, (_, d) in enumerate(changes):
@@ -169,10 +169,8 @@ class Lookups:
 
     def reinstall(self, after: int, g: int, lvl: int) -> int | None:
         """Seq of the first ``kvm_mmu_set_spte`` of gfn ``g`` at level ``lvl`` after seq ``after``."""
-        if lvl not in self._levels:
-            self._levels[lvl] = self.install_level == lvl
-        row = self._installs.first_in(g, g + 1, after + 1, keep=self._levels[lvl])
-        return int(self.install_seq[row]) if row is not None else None
+        rows = self._reinstalls.after(after, leaf_keys(np.asarray([g], np.uint64), np.asarray([lvl])))
+        return int(self.install_seq[rows[0]]) if len(rows) else None
 
     def first_install(self, after: int, a: int, b: int) -> int | None:
         """Seq of the first install into gfns [a, b) after seq ``after``."""

@@ -23,11 +23,10 @@ from kvmtrace.parsers import read
 from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import sweep
-from kvmtrace.replays.consequences import _FirstInstall, _leaf_keys
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.detectors.dirty import DirtyClear, DirtyLogging, OwnRequests
 from kvmtrace.replays.detectors.layout import Recreations
-from kvmtrace.replays.gfn_index import GfnIndex
+from kvmtrace.replays.gfn_index import FirstInstall, GfnIndex, leaf_keys
 from kvmtrace.replays.inputs import KVMMMU_EVENTS, _zaps, kvmmmu_events
 from kvmtrace.replays.leaf_proof import LeafEvidence, Lookups
 from kvmtrace.replays.ledger import _candidates, _leaf_owners, _Pages, role_text, role_texts
@@ -100,14 +99,14 @@ def test_first_install_after(n: int, seed: int, at: int) -> None:
     rng = np.random.default_rng(seed)
     ins = {"seq": np.cumsum(rng.integers(1, 3, n)).astype(np.int64), "gfn": rng.integers(0, 12, n).astype(np.uint64),
            "level": rng.integers(1, 3, n).astype(np.int64)}
-    asked = _leaf_keys(rng.integers(0, 14, 8).astype(np.uint64), rng.integers(1, 3, 8).astype(np.int64))
+    asked = leaf_keys(rng.integers(0, 14, 8).astype(np.uint64), rng.integers(1, 3, 8).astype(np.int64))
     expected, done = [], set()
     for k in np.flatnonzero(ins["seq"] > at):
-        key = int(_leaf_keys(ins["gfn"][k:k + 1], ins["level"][k:k + 1])[0])
+        key = int(leaf_keys(ins["gfn"][k:k + 1], ins["level"][k:k + 1])[0])
         if key in set(asked.tolist()) and key not in done:
             done.add(key)
             expected.append(int(k))
-    assert _FirstInstall(ins).after(at, asked).tolist() == expected
+    assert FirstInstall(ins).after(at, asked).tolist() == expected
 
 
 @settings(max_examples=100, deadline=None)

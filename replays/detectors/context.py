@@ -9,7 +9,7 @@ import numpy as np
 
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal
-from kvmtrace.replays.leaf_proof import LeafEvidence
+from kvmtrace.replays.leaf_proof import LeafEvidence, LeafFate, leaf_fates
 from kvmtrace.replays.memslots import MemslotChange, MemslotTimeline
 from kvmtrace.replays.pages import PageBook
 from kvmtrace.replays.profiles import KernelProfile
@@ -38,6 +38,21 @@ class Context:
     @cached_property
     def faults_by_gfn(self) -> GfnIndex:
         return GfnIndex(self.faults["gfn"], self.faults["seq"])
+
+    @cached_property
+    def untraced_leaf_fates(self) -> list[LeafFate]:
+        """Legacy MMU in TDP mode: the fate of every leaf a zap-slot delete/move had to remove, as
+        the guest's next accesses show it (:mod:`kvmtrace.replays.leaf_proof`); empty on other MMUs
+        and under zap-all (whose zaps are traced). Read by ``dangling_spte`` and the consequences:
+        worked out once."""
+        if self.mmu != "legacy_tdp":
+            return []
+        removals = self.positioned_removals()
+        slot = {i for i, c in removals if not self.expects_zap_all(c)}
+        if not slot:
+            return []
+        return [f for f in leaf_fates(removals, self.journal.snapshots, self.installs, self.leaf_evidence,
+                                      np.asarray(self.pages.zap_seq, dtype=np.int64)) if f.change in slot]
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""

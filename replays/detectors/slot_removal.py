@@ -21,7 +21,7 @@ import numpy as np
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.findings import CheckOutcome, Finding
 from kvmtrace.replays.journal import Leaves
-from kvmtrace.replays.leaf_proof import DANGLING, PROVED, UNPROVABLE, LeafFate, leaf_fates
+from kvmtrace.replays.leaf_proof import DANGLING, PROVED, UNPROVABLE, LeafFate
 from kvmtrace.replays.pages import NONE
 
 SHADOW_KINDS = ("shadow", "legacy_tdp")
@@ -49,7 +49,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no SPTE events to replay")
     findings: list[Finding] = []
     checked = unverifiable = skipped_slot = 0
-    slot_fates = untraced_leaf_fates(ctx)
+    slot_fates = ctx.untraced_leaf_fates
     reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
     # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
     zap_seq = np.append(np.asarray(ctx.pages.zap_seq, dtype=np.int64), NONE)
@@ -103,20 +103,6 @@ def _dangling(ctx: Context) -> CheckOutcome:
     if unverifiable:
         note += f"; {unverifiable} SPTE(s) in range with no inferable owner page not judged"
     return CheckOutcome.of(cid, findings, note + (", no SPTE left in a removed range" if checked else ""), note)
-
-
-def untraced_leaf_fates(ctx: Context) -> list[LeafFate]:
-    """Legacy MMU in TDP mode: the fate of every leaf a zap-slot delete/move had to remove, as
-    the guest's next accesses show it (:mod:`leaf_proof`); empty on other MMUs and under zap-all
-    (whose zaps are traced)."""
-    if ctx.mmu != "legacy_tdp":
-        return []
-    removals = ctx.positioned_removals()
-    slot = {i for i, c in removals if not ctx.expects_zap_all(c)}
-    if not slot:
-        return []
-    return [f for f in leaf_fates(removals, ctx.journal.snapshots, ctx.installs, ctx.leaf_evidence,
-                                  np.asarray(ctx.pages.zap_seq, dtype=np.int64)) if f.change in slot]
 
 
 def _judge_untraced(fates: list[LeafFate], findings: list[Finding], reported: set[tuple[int, int, int, int]]) -> int:
