@@ -453,3 +453,27 @@ def test_role_texts_are_each_rows_own(path: Path) -> None:
     want = [role_text(row) for row in pages.to_pylist()]
     assert len(want) > 20 and [texts[c] for c in codes] == want
     assert 1 < len(texts) < len(want)
+
+
+@pytest.mark.parametrize("name", ["boot-zapall", "rom-zapslot", "shadow-churn-noquirk-small-kt"])
+def test_hva_to_gfns_on_a_recording(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every MMU-notifier unmap of a real recording, against its own memslot lifetimes: the sweep
+    gives each unmap the gfn ranges a scan of every lifetime gives it."""
+    path = SAMPLES / f"{name}.dat" if (SAMPLES / f"{name}.dat").exists() else NESTED / f"{name}.dat"
+    module = sys.modules["kvmtrace.replays.replay"]
+    got: list[Context] = []
+    monkeypatch.setattr(module, "Context", lambda *a, **k: got.append(Context(*a, **k)) or got[-1])
+    data = read(path)
+    replay(data)
+    tl = got[0].timeline
+    um = data.table("kvm_unmap_hva_range")
+    seqs, starts, ends = (um.column(c).to_pylist() for c in ("seq", "start", "end"))
+    mapped = 0
+    for seq, start, end, ranges in zip(seqs, starts, ends, tl.hva_to_gfns(seqs, starts, ends)):
+        want = [(lt.base_gfn + ((max(start, lt.ua) - lt.ua) >> 12),
+                 lt.base_gfn + ((min(end, lt.ua + (lt.npages << 12)) - lt.ua + 0xFFF) >> 12))
+                for lt in tl.lifetimes if lt.ua and lt.from_seq <= seq < lt.until_seq
+                and max(start, lt.ua) < min(end, lt.ua + (lt.npages << 12))]
+        assert ranges == want
+        mapped += bool(ranges)
+    assert mapped > 0
