@@ -14,7 +14,7 @@ from collections import defaultdict
 import pytest
 
 from kvmtrace import parsers
-from kvmtrace.report.evidence import evidence_lines
+from kvmtrace.report.evidence import _column_texts, _field_text, evidence_lines
 
 TRACES = ["tdp-churn-noquirk-small-kt.dat", "shadow-churn-noquirk-small-kt.dat"]
 CITED_EVENTS = ("kvm_mmu_set_spte", "kvm_mmu_get_page", "kvm_tdp_mmu_spte_changed", "print")
@@ -83,3 +83,20 @@ def test_seq_not_in_trace_is_said_not_invented(nested_dir):
     data = parsers.read(nested_dir / "tdp-boot-small-kt.dat")
     missing = data.events.num_rows + 10
     assert evidence_lines(data, [missing]) == {missing: f"(seq {missing} is not in this trace)"}
+
+
+@pytest.mark.parametrize("name", ["tdp-churn-noquirk-small-kt", "shadow-churn-noquirk-small-kt"])
+@pytest.mark.parametrize("suffix", [".dat", ".txt.gz"])
+def test_column_texts_are_each_values_field_text(nested_dir, name, suffix):
+    """A column's texts made at once (the type decided once per column) are each value's
+    :func:`_field_text`, on every field of every table of a recording and of its text twin
+    (whose columns carry nulls and dictionary-typed strings the binary's do not)."""
+    data = parsers.read(nested_dir / f"{name}{suffix}")
+    checked = 0
+    for event in data.tables:
+        table = data.table(event)
+        for field in table.schema:
+            values = table.column(field.name).to_pylist()
+            assert _column_texts(values, field.type) == [_field_text(v, field.type) for v in values], (event, field)
+            checked += 1
+    assert checked > 50
