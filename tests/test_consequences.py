@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 
+import pytest
 from conftest import SAMPLES
 
 from kvmtrace import parsers
@@ -52,3 +53,31 @@ def test_faults_after_a_delete_resolved_as_no_slot(nested_dir):
         assert (ev["gfn"], ev["pid"]) == (r["gfn"], r["pid"]) and r["detail"] == pfn_words(ev["pfn"])
     assert {requested[r["seq"]]["pfn"] for r in faults} == {PFN_NOSLOT}
     assert "MMIO exit" in pfn_words(PFN_NOSLOT) and "backed again" in pfn_words(0x1234)
+
+
+@pytest.mark.parametrize("name", ["churn-zapslot", "rom-zapslot"])
+def test_reinstall_rows_are_the_installs_and_each_changes_rows_stay_together(name):
+    """Shadow MMU, zap-slot: deletes are followed by the re-install of the range's leaves, pages
+    over the range survive, and (rom) vCPUs fault on the removed range. Each ``reinstall`` row is
+    its ``kvm_mmu_set_spte`` (gfn, level, pid) with the words and the evidence the row names; the
+    rows of a change come together in timeline order, its surviving pages and faults before its
+    reinstalls (the reinstall rows are built as columns apart)."""
+    data = parsers.read(SAMPLES / f"{name}.dat")
+    result = replay(data)
+    rows = result.summaries["consequences"].to_pylist()
+    installs = {r["seq"]: r for r in data.table("kvm_mmu_set_spte").to_pylist()}
+    kinds = {r["seq"]: r["kind"] for r in result.memslots.to_pylist()}
+    again = [r for r in rows if r["what"] == "reinstall"]
+    assert len(again) > 100
+    for r in again:
+        ev = installs[r["seq"]]
+        assert (ev["gfn"], ev["level"], ev["pid"]) == (r["gfn"], r["level"], r["pid"]) and r["page"] is None
+        assert r["change"] == kinds[r["change_seq"]] and r["evidence"] == [r["change_seq"], r["seq"]]
+        assert r["detail"] == (f"a level-{r['level']} leaf for gfn {r['gfn']:#x} was present before the "
+                               f"{r['change']} and is installed again after it: the old leaf was removed "
+                               "(untraced rmap zap)")
+    order = {seq: k for k, seq in enumerate(result.memslots.column("seq").to_pylist())}
+    part = {"page_survived": 0, "fault_after": 1, "reinstall": 2}
+    keys = [(order[r["change_seq"]], part[r["what"]]) for r in rows if r["what"] in part]
+    assert keys == sorted(keys) and len({k for k, _ in keys}) > 1 and len({w for _, w in keys}) >= 2
+    assert len({(r["change_seq"], r["seq"], r["gfn"]) for r in again}) == len(again)
