@@ -40,7 +40,7 @@ Per change (one row of :data:`REMOVALS_SCHEMA`):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -345,16 +345,22 @@ def _candidates(pg: _Pages, windows: list[tuple[int, int]]) -> dict[tuple[int, i
 _Removed = tuple[str, str, bool, int, int, int]
 
 
+#: Window rows of the SPTE-change table grouped at once by :func:`_removed_leaves`: a zap-all
+#: window holds every leaf of the VM, so all windows of a long trace are millions of rows.
+WINDOW_ROWS = 1 << 20
+
+
 def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, bool]],
                     tdp: bool) -> list[list[_Removed]]:
     """Per change ``(window start, line, lo, hi, zap-all)``, the leaf SPTEs it removed, grouped by
     how the replay knows it: under zap-all everything removed in the window; under zap-slot the
     leaves into the range and those of the pages it zapped (a vCPU replacing an MMIO SPTE
-    elsewhere in the window is not its doing). Every change's window rows are cut from the
-    journal (in seq order) and grouped in one pass: a few polars calls per change cost more than
-    the rows on a long trace with thousands of deletes. ``state`` and ``reason`` are read as
-    their dictionary codes: as strings they were a column of every removal each (300 MiB held
-    by the ledger at 51 M events)."""
+    elsewhere in the window is not its doing). The changes' window rows are cut from the
+    journal (in seq order) and grouped a batch of changes at a time (:data:`WINDOW_ROWS` rows):
+    a few polars calls per change cost more than the rows on a long trace with thousands of
+    deletes, and all windows at once were ~400 MiB on a 20 M-event churn recording. ``state``
+    and ``reason`` are read as their dictionary codes: as strings they were a column of every
+    removal each (300 MiB held by the ledger at 51 M events)."""
     out: list[list[_Removed]] = [[] for _ in asked]
     state, states = _codes(changes, "state")
     reason, reasons = _codes(changes, "reason")
@@ -362,28 +368,44 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
     idx = np.flatnonzero(np.isin(state, _indices(states, ("zapped", "zapped_inferred"))) & kept[reason])
     if not asked or not len(idx):
         return out
-    seq = changes.column("seq").to_numpy()[idx]
+    seq = changes.column("seq").take(idx).to_numpy()
     ws, line, lo, hi, zap_all = (np.asarray(col) for col in zip(*asked))
     first = np.searchsorted(seq, ws.astype(np.int64), side="left")
     counts = np.maximum(np.searchsorted(seq, line.astype(np.int64), side="right") - first, 0)
-    total = int(counts.sum())
-    rows = idx[np.repeat(first - np.cumsum(counts) + counts, counts) + np.arange(total)]
-    change = np.repeat(np.arange(len(asked)), counts)
-    gfn = changes.column("gfn").to_numpy()[rows]
-    into = (gfn >= lo.astype(np.uint64)[change]) & (gfn < hi.astype(np.uint64)[change])
-    owning = np.isin(reason[rows], _indices(reasons, ("owning page zapped",)))
-    chosen = zap_all.astype(bool)[change] | owning | into
-    traced = tdp & ~np.isin(state[rows], _indices(states, ("zapped_inferred",)))
-    window = pl.DataFrame({"_k": change, "traced": traced, "reason": reason[rows], "in_range": into,
-                           "gfn": gfn}).filter(pl.Series(chosen))
-    groups = window.group_by("_k", "traced", "reason", "in_range").agg(
-        pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last"))
-    named = [(k, "traced" if t else "inferred", reasons[r], *rest) for k, t, r, *rest in groups.iter_rows()]
-    # within a change: traced before inferred, reasons in order, in-range groups first
-    named.sort(key=lambda g: (g[0], g[1] != "traced", g[2], not g[3]))
-    for k, *group in named:
-        out[k].append(tuple(group))
+    del seq
+    owning_code = _indices(reasons, ("owning page zapped",))
+    inferred_code = _indices(states, ("zapped_inferred",))
+    for batch in _batches(counts, WINDOW_ROWS):
+        total = int(counts[batch].sum())
+        rows = idx[np.repeat(first[batch] - np.cumsum(counts[batch]) + counts[batch], counts[batch]) + np.arange(total)]
+        change = np.repeat(batch, counts[batch])
+        gfn = changes.column("gfn").take(rows).to_numpy()
+        into = (gfn >= lo.astype(np.uint64)[change]) & (gfn < hi.astype(np.uint64)[change])
+        chosen = zap_all.astype(bool)[change] | np.isin(reason[rows], owning_code) | into
+        traced = tdp & ~np.isin(state[rows], inferred_code)
+        window = pl.DataFrame({"_k": change, "traced": traced, "reason": reason[rows], "in_range": into,
+                               "gfn": gfn}).filter(pl.Series(chosen))
+        groups = window.group_by("_k", "traced", "reason", "in_range").agg(
+            pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last"))
+        named = [(k, "traced" if t else "inferred", reasons[r], *rest) for k, t, r, *rest in groups.iter_rows()]
+        # within a change: traced before inferred, reasons in order, in-range groups first
+        named.sort(key=lambda g: (g[0], g[1] != "traced", g[2], not g[3]))
+        for k, *group in named:
+            out[k].append(tuple(group))
     return out
+
+
+def _batches(counts: np.ndarray, limit: int) -> Iterator[np.ndarray]:
+    """Consecutive indices of ``counts`` in runs whose sum stays within ``limit`` (a count
+    above it is a run of its own)."""
+    start, total = 0, 0
+    for i, n in enumerate(counts.tolist()):
+        if total and total + n > limit:
+            yield np.arange(start, i)
+            start, total = i, 0
+        total += n
+    if start < len(counts):
+        yield np.arange(start, len(counts))
 
 
 def _codes(t: pa.Table, name: str) -> tuple[np.ndarray, list[str]]:

@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 
 import jsonschema
+import numpy as np
 import pyarrow.compute as pc
 import pytest
 from conftest import NESTED, SAMPLES
 from mutate import without
 
 from kvmtrace import parsers
-from kvmtrace.replays import replay
+from kvmtrace.replays import ledger, replay
 from kvmtrace.replays.ledger import KEPT_BY_RULE, KEPT_MISSED, KEPT_OUTSIDE, role_text, zap_ledger
 from kvmtrace.replays.profiles import decode_role, profile_for
 from kvmtrace.report import build_report, render, report_schema
@@ -163,3 +164,28 @@ def test_pages_outside_the_range_that_map_into_it_are_kept_with_that_reason():
         assert not lo <= row["gfn"] < hi and row["fate"] == "kept"
         assert any(x["page"] == row["page"] and lo <= x["gfn"] < hi and x["seq"] < c["seq"]
                    and x["state"] == "present" for x in changes)
+
+
+@pytest.mark.parametrize("name", ["churn-zapall", "churn-zapslot", "multi-zapall"])
+def test_removed_leaves_grouped_in_small_batches_are_the_same(name, monkeypatch):
+    """The windows' rows are grouped a batch of changes at a time; with batches of a few rows
+    (every change alone, or split from its neighbours at every size) the SPTE rows of the
+    ledger are the same as with one batch of everything."""
+    data = parsers.read(SAMPLES / f"{name}.dat")
+    result = replay(data)
+    monkeypatch.setattr(ledger, "WINDOW_ROWS", 1 << 40)
+    whole = zap_ledger(data, result).sptes
+    assert len(set(whole.column("change").to_pylist())) >= 2
+    for rows in (1, 7, 300):
+        monkeypatch.setattr(ledger, "WINDOW_ROWS", rows)
+        assert zap_ledger(data, result).sptes.equals(whole), rows
+
+
+def test_batches_cover_every_index_once_within_the_limit():
+    counts = np.array([0, 5, 3, 0, 9, 2, 2, 2, 0, 11, 1])
+    for limit in (1, 4, 5, 9, 12, 100):
+        runs = list(ledger._batches(counts, limit))
+        assert np.array_equal(np.concatenate(runs), np.arange(len(counts)))
+        assert all(len(r) for r in runs)
+        assert all(counts[r].sum() <= limit or len(r) == 1 or counts[r][:-1].sum() == 0 for r in runs)
+    assert list(ledger._batches(np.array([], np.int64), 3)) == []
