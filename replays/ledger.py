@@ -219,11 +219,30 @@ def role_texts(t: pa.Table) -> tuple[np.ndarray, list[str]]:
     if not t.num_rows:
         return np.empty(0, np.int64), []
     # nulls (bits the input does not carry) as -1: every field is a small non-negative value
-    keys = np.stack([np.asarray(t.column(f).cast(pa.int64()).fill_null(-1).to_numpy(), np.int64) for f in names],
-                    axis=1)
-    combos, codes = np.unique(keys, axis=0, return_inverse=True)
-    texts = [role_text({f: (None if v < 0 else v) for f, v in zip(names, combo.tolist())}) for combo in combos]
+    keys = [np.asarray(t.column(f).cast(pa.int64()).fill_null(-1).to_numpy(), np.int64) for f in names]
+    # the fields packed into one integer, the first field highest: one sort of integers instead
+    # of rows (~1 s for 228 000 pages); role fields are a few bits each (rows if a value is not)
+    widths = [int(k.max() + 1).bit_length() for k in keys]
+    if sum(widths) > 62:
+        rows, codes = np.unique(np.stack(keys, axis=1), axis=0, return_inverse=True)
+        combos = [row.tolist() for row in rows]
+    else:
+        packed = np.zeros(t.num_rows, np.int64)
+        for k, w in zip(keys, widths):
+            packed = (packed << w) | (k + 1)
+        codes_packed, codes = np.unique(packed, return_inverse=True)
+        combos = [_unpacked(int(c), widths) for c in codes_packed]
+    texts = [role_text({f: (None if v < 0 else v) for f, v in zip(names, combo)}) for combo in combos]
     return codes.reshape(-1), texts
+
+
+def _unpacked(value: int, widths: list[int]) -> list[int]:
+    """The fields :func:`role_texts` packed (each stored plus one, the first highest)."""
+    out = []
+    for w in reversed(widths):
+        out.append((value & ((1 << w) - 1)) - 1)
+        value >>= w
+    return out[::-1]
 
 
 @dataclass(frozen=True)

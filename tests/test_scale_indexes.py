@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import polars as pl
 import pytest
 from conftest import NESTED, SAMPLES
@@ -453,6 +454,18 @@ def test_role_texts_are_each_rows_own(path: Path) -> None:
     want = [role_text(row) for row in pages.to_pylist()]
     assert len(want) > 20 and [texts[c] for c in codes] == want
     assert 1 < len(texts) < len(want)
+
+
+def test_role_texts_of_fields_too_wide_to_pack_are_each_rows_own() -> None:
+    """A field value far beyond a role bit field's width (damaged text could print one) is not
+    packed with the others into one integer, and each page still gets its own row's text."""
+    pages = replay(read(SAMPLES / "churn-zapall.dat")).shadow_pages
+    level = pages.column("level").to_numpy().astype(np.int64)
+    level[::3] = 1 << 60
+    wide = pages.set_column(pages.schema.get_field_index("level"), "level", pa.array(level))
+    codes, texts = role_texts(wide)
+    assert [texts[c] for c in codes] == [role_text(row) for row in wide.to_pylist()]
+    assert any(str(1 << 60) in t for t in texts)
 
 
 @pytest.mark.parametrize("name", ["boot-zapall", "rom-zapslot", "shadow-churn-noquirk-small-kt"])
