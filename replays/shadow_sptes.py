@@ -31,6 +31,8 @@ from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 
 FOREVER = np.iinfo(np.int64).max
+#: SPTE changes handed to the journal at once (:meth:`SpteLifetimes.to_journal`).
+PART = 1 << 20
 END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP = 0, 1, 2, 3
 
 
@@ -82,20 +84,24 @@ def _candidates(ins: Installs, looks: Lookups) -> np.ndarray:
     pair = np.concatenate([(ins.pid.astype(np.int64) << 8) | (ins.level.astype(np.int64) & 0xFF),
                            (looks.pid.astype(np.int64) << 8) | (looks.level.astype(np.int64) & 0xFF)])
     _pairs, group = np.unique(pair, return_inverse=True)
+    del pair  # a long trace's installs are millions: each temporary here is tens of MiB
     bits = max(int(ins.seq.max()), int(looks.seq.max()), 1).bit_length()
     group = group.reshape(-1).astype(np.int64) << bits
     keys = ins.seq.astype(np.int64) | group[:n]
     look_keys = looks.seq.astype(np.int64) | group[n:]
+    del group
     order = np.argsort(look_keys, kind="stable")
     look_keys, look_pages = look_keys[order], np.asarray(looks.page, np.int64)[order]
     j = np.searchsorted(look_keys, keys) - 1  # the last lookup before, same vCPU and level
     found = j >= 0
     found[found] = (look_keys[j[found]] >> bits) == (keys[found] >> bits)
+    del keys
     # the vCPU's previous install (seqs are unique: the one before in (vCPU, seq) order)
     by_pid = np.lexsort((ins.seq, ins.pid))
     previous = np.full(n, NONE, dtype=np.int64)
     same = ins.pid[by_pid[1:]] == ins.pid[by_pid[:-1]]
     previous[by_pid[1:][same]] = ins.seq[by_pid[:-1][same]]
+    del by_pid, same
     fresh = found & ((look_keys[j.clip(0)] & ((1 << bits) - 1)) > previous)
     out[fresh] = look_pages[j[fresh]]
     return out
@@ -107,8 +113,10 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     owner = np.full(n, NONE, dtype=np.int64)
     if n == 0:
         return owner
+    candidate = _candidates(ins, looks)  # first: its temporaries go before the ones below
     page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
-    order = np.lexsort((ins.seq, page_addr))
+    index = np.int32 if n < 2**31 else np.int64
+    order = np.lexsort((ins.seq, page_addr)).astype(index)
     addr_sorted = page_addr[order]
     starts = np.flatnonzero(np.r_[True, addr_sorted[1:] != addr_sorted[:-1]])
     ends = np.r_[starts[1:], n]
@@ -117,11 +125,12 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     level_mask = (1 << profile.required_field("level").width) - 1
     direct_shift = profile.required_field("direct").shift
     role, pgfn, linked = pages.role, pages.gfn, pages.spte_page
-    candidate = _candidates(ins, looks)
     seq_o, lvl_o = ins.seq[order], ins.level[order]
     # per sorted position, where the next install of another level (or the next SPTE page) starts
     runs = np.flatnonzero(np.r_[True, (lvl_o[1:] != lvl_o[:-1]) | (addr_sorted[1:] != addr_sorted[:-1]), True])
-    next_run = runs[np.searchsorted(runs, np.arange(n), side="right")]
+    del addr_sorted, lvl_o
+    next_run = runs.astype(index)[np.searchsorted(runs, np.arange(n, dtype=index), side="right")]
+    del runs
     heap = [(int(seq_o[s]), int(g)) for g, s in enumerate(starts)]
     heapq.heapify(heap)
     pos = starts.copy()  # next unsettled position per group
@@ -182,6 +191,8 @@ class SpteLifetimes:
 
     def __init__(self, ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
                  rmap_zaps: list[tuple[int, int, int, str]]):
+        """Temporaries are let go as soon as they are used: each is a column of every install
+        (7 M on a 51 M-event churn recording, 56 MiB for each int64 one)."""
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
         self.start = 2 * ins.seq
@@ -189,34 +200,43 @@ class SpteLifetimes:
         # next install at the same sptep
         order = np.lexsort((ins.seq, ins.sptep))
         same = _followed_by_same(ins.sptep[order])
+        later = order[np.flatnonzero(same) + 1]
         nxt = np.full(n, FOREVER, dtype=np.int64)
-        nxt[order[same]] = self.start[order[np.flatnonzero(same) + 1]]
+        nxt[order[same]] = self.start[later]
         self.prev = np.full(n, -1, dtype=np.int64)
-        self.prev[order[np.flatnonzero(same) + 1]] = order[same]
+        self.prev[later] = order[same]
+        del order, same, later
+        # the owner's zap, unless it came before this install (the SPTE page's memory was reused)
         zap = np.asarray(pages.zap_seq, dtype=np.int64)
-        owner_zap = np.where((owner != NONE), zap[owner.clip(0)] if len(zap) else NONE, NONE)
-        page_end = np.where(owner_zap == NONE, FOREVER, 2 * owner_zap)
-        page_end = np.where(page_end > self.start, page_end, FOREVER)  # zapped before: memory reuse
+        page_end = 2 * zap[owner.clip(0)] if len(zap) else np.full(n, FOREVER, dtype=np.int64)
+        page_end[(owner == NONE) | (page_end <= self.start)] = FOREVER
         rmap_end = np.full(n, FOREVER, dtype=np.int64)
         self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
         _first_rmap_zaps(rmap_zaps, ins.gfn, self.start, rmap_end, self.rmap_reason)
         self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
+        del rmap_end
         self.end[~self.present] = self.start[~self.present]
-        self.how = np.select([self.end == FOREVER, self.end == nxt, self.end == page_end],
-                             [END_OPEN, END_OVERWRITE, END_PAGE_ZAP], END_RMAP).astype(np.int8)
+        # what ended it, the first that applies of: nothing, an overwrite, the owner's zap, an rmap zap
+        self.how = np.full(n, END_RMAP, dtype=np.int8)
+        self.how[self.end == page_end] = END_PAGE_ZAP
+        self.how[self.end == nxt] = END_OVERWRITE
+        self.how[self.end == FOREVER] = END_OPEN
+        del nxt, page_end
         # old value: the previous install at this sptep, if it was still alive at this one
-        has_old = (self.prev >= 0) & (self.end[self.prev.clip(0)] == self.start) & self.present[self.prev.clip(0)]
-        self.has_old = has_old
         prev_i = self.prev.clip(0)
+        self.has_old = (self.prev >= 0) & (self.end[prev_i] == self.start) & self.present[prev_i]
         pfn_mask = np.uint64(profile.pfn_mask)
         changed = ((ins.spte[prev_i] ^ ins.spte) & pfn_mask) != 0
-        self.is_install = self.present & (~has_old | changed | (ins.gfn[prev_i] != ins.gfn))
+        changed |= ins.gfn[prev_i] != ins.gfn
+        del prev_i
+        self.is_install = self.present & (~self.has_old | changed)
+        del changed
         smm = profile.role_field("smm")
         roles = np.asarray(pages.role, dtype=np.uint64)
         if smm is not None and len(roles):
-            self.as_id = np.where(owner != NONE, (roles[owner.clip(0)] >> np.uint64(smm.shift)) & np.uint64(0xFF), 0)
-            self.as_id = (self.as_id != 0).astype(np.int8)
+            in_smm = ((roles >> np.uint64(smm.shift)) & np.uint64(0xFF)) != 0  # per page, then per install
+            self.as_id = (in_smm[owner.clip(0)] & (owner != NONE)).astype(np.int8)
         else:
             self.as_id = np.zeros(n, dtype=np.int8)
 
@@ -228,23 +248,31 @@ class SpteLifetimes:
         return sweep.alive_at(self.start[present], self.end[present] - 1, keys, labels=present)
 
     def to_journal(self, j: Journal) -> None:
+        """Every install and every removal the lifetimes imply, as SPTE changes, a part of
+        :data:`PART` rows at a time: the journal writes its parts to disk as they come, and a
+        long trace's changes built whole were ~800 MiB of columns at once (7 M installs)."""
         ins, n = self.ins, len(self.ins.seq)
-        owner = np.where(self.owner == NONE, -1, self.owner)
-        old = np.where(self.has_old, ins.spte[self.prev.clip(0)], np.uint64(0))
-        j.add_changes(seq=ins.seq, key=ins.sptep, as_id=self.as_id, gfn=ins.gfn, level=ins.level,
-                      old=old, old_valid=self.has_old, new=ins.spte, new_valid=np.ones(n, bool), page=owner,
-                      state=coded(np.where(self.present, 0, 1), ["present", "nonpresent"]),
-                      reason=coded(np.zeros(n), ["set_spte"]))
-        removed = ((self.how == END_PAGE_ZAP) | (self.how == END_RMAP)) & self.present
-        idx = np.flatnonzero(removed)
-        rmap = self.how[idx] == END_RMAP
+        for lo in range(0, n, PART):
+            at = slice(lo, lo + PART)
+            prev, has_old = self.prev[at].clip(0), self.has_old[at]
+            j.add_changes(seq=ins.seq[at], key=ins.sptep[at], as_id=self.as_id[at], gfn=ins.gfn[at],
+                          level=ins.level[at], old=np.where(has_old, ins.spte[prev], np.uint64(0)), old_valid=has_old,
+                          new=ins.spte[at], new_valid=np.ones(len(prev), bool),
+                          page=np.where(self.owner[at] == NONE, -1, self.owner[at]),
+                          state=coded(np.where(self.present[at], 0, 1), ["present", "nonpresent"]),
+                          reason=coded(np.zeros(len(prev)), ["set_spte"]))
+        removed = np.flatnonzero(((self.how == END_PAGE_ZAP) | (self.how == END_RMAP)) & self.present)
         words, which = np.unique(np.asarray([*self.reasons, ""], dtype=object).astype(str), return_inverse=True)
-        why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)
-        j.add_changes(seq=self.end[idx] // 2, key=ins.sptep[idx], as_id=self.as_id[idx], gfn=ins.gfn[idx],
-                      level=ins.level[idx], old=ins.spte[idx], old_valid=np.ones(len(idx), bool),
-                      new=np.zeros(len(idx), np.uint64), new_valid=np.zeros(len(idx), bool), page=owner[idx],
-                      state=coded(rmap.astype(np.int8), ["zapped", "zapped_inferred"]),
-                      reason=coded(why, ["owning page zapped", *words.tolist()]))
+        for lo in range(0, len(removed), PART):
+            idx = removed[lo:lo + PART]
+            rmap = self.how[idx] == END_RMAP
+            why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)
+            j.add_changes(seq=self.end[idx] // 2, key=ins.sptep[idx], as_id=self.as_id[idx], gfn=ins.gfn[idx],
+                          level=ins.level[idx], old=ins.spte[idx], old_valid=np.ones(len(idx), bool),
+                          new=np.zeros(len(idx), np.uint64), new_valid=np.zeros(len(idx), bool),
+                          page=np.where(self.owner[idx] == NONE, -1, self.owner[idx]),
+                          state=coded(rmap.astype(np.int8), ["zapped", "zapped_inferred"]),
+                          reason=coded(why, ["owning page zapped", *words.tolist()]))
         m = self.is_install
         j.add_installs(ins.seq[m], ins.gfn[m], ins.level[m], self.as_id[m], ins.pid[m])
 

@@ -195,6 +195,7 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
         # the snapshots to the end)
         ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int32), numpy_column(t, "gfn"),
                        numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int8))
+        data.release_pages()  # the columns are arrays now (the table's pages: 340 MiB at 7 M installs)
     else:
         empty = np.empty(0, np.uint64)
         ins = Installs(np.empty(0, np.int64), np.empty(0, np.int32), empty, empty, empty, np.empty(0, np.int8))

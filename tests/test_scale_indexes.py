@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import polars as pl
+import pyarrow as pa
 import pytest
 from conftest import NESTED, SAMPLES
 from hypothesis import given, settings

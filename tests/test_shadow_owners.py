@@ -1,4 +1,4 @@
-"""The shadow MMU's SPTE-page owners (``shadow_sptes.infer_owners``) against the loop it replaced.
+"""The shadow MMU's SPTE settling (``shadow_sptes``): owners against the loop they replaced, changes in parts.
 
 ``infer_owners`` looks each boundary's candidate page up in arrays computed for every install at
 once, and finds where an owner stops holding with a binary search; the loop below (the code
@@ -19,11 +19,23 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmtrace.parsers import read
-from kvmtrace.replays import walk
+from kvmtrace.replays import shadow_sptes, walk
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile, profile_for
 from kvmtrace.replays.replay import replay
-from kvmtrace.replays.shadow_sptes import FOREVER, Installs, Lookups, infer_owners
+from kvmtrace.replays.shadow_sptes import (
+    END_OPEN,
+    END_OVERWRITE,
+    END_PAGE_ZAP,
+    END_RMAP,
+    FOREVER,
+    Installs,
+    Lookups,
+    SpteLifetimes,
+    _first_rmap_zaps,
+    _followed_by_same,
+    infer_owners,
+)
 
 
 def _last_before(sorted_seq: np.ndarray, t: int) -> int:
@@ -149,3 +161,108 @@ def test_random_installs_do_get_owners():
     """The random cases are not all ownerless (which both ways would agree on trivially)."""
     owned = [_random_case(seed, 6, 100, 50) for seed in range(100)]
     assert sum(owned) > 300 and sum(1 for n in owned if n) > 50
+
+
+@pytest.mark.parametrize("name", ["churn-zapslot", "multi-zapall"])
+def test_spte_changes_handed_over_in_small_parts_are_the_same(name, monkeypatch):
+    """``SpteLifetimes.to_journal`` hands the journal its changes a part at a time; with parts of
+    a few hundred rows the SPTE-change table (and the replay's findings) are those of one part."""
+    data = read(SAMPLES / f"{name}.dat")
+    whole = replay(data)
+    monkeypatch.setattr(shadow_sptes, "PART", 333)
+    parts = replay(data)
+    assert whole.spte_changes.num_rows > 3 * 333
+    assert parts.spte_changes.equals(whole.spte_changes)
+    assert parts.findings.equals(whole.findings) and parts.summaries["consequences"].equals(
+        whole.summaries["consequences"])
+
+
+def lifetimes_as_before(ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
+                        rmap_zaps: list[tuple[int, int, int, str]]) -> dict[str, np.ndarray]:
+    """``SpteLifetimes``' columns as its constructor made them before its temporaries were let go
+    early (the oracle)."""
+    n = len(ins.seq)
+    start = 2 * ins.seq
+    present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
+    order = np.lexsort((ins.seq, ins.sptep))
+    same = _followed_by_same(ins.sptep[order])
+    nxt = np.full(n, FOREVER, dtype=np.int64)
+    nxt[order[same]] = start[order[np.flatnonzero(same) + 1]]
+    prev = np.full(n, -1, dtype=np.int64)
+    prev[order[np.flatnonzero(same) + 1]] = order[same]
+    zap = np.asarray(pages.zap_seq, dtype=np.int64)
+    owner_zap = np.where((owner != NONE), zap[owner.clip(0)] if len(zap) else NONE, NONE)
+    page_end = np.where(owner_zap == NONE, FOREVER, 2 * owner_zap)
+    page_end = np.where(page_end > start, page_end, FOREVER)
+    rmap_end = np.full(n, FOREVER, dtype=np.int64)
+    rmap_reason = np.full(n, -1, dtype=np.int32)
+    _first_rmap_zaps(rmap_zaps, ins.gfn, start, rmap_end, rmap_reason)
+    end = np.minimum(np.minimum(nxt, page_end), rmap_end)
+    end[~present] = start[~present]
+    how = np.select([end == FOREVER, end == nxt, end == page_end],
+                    [END_OPEN, END_OVERWRITE, END_PAGE_ZAP], END_RMAP).astype(np.int8)
+    has_old = (prev >= 0) & (end[prev.clip(0)] == start) & present[prev.clip(0)]
+    prev_i = prev.clip(0)
+    changed = ((ins.spte[prev_i] ^ ins.spte) & np.uint64(profile.pfn_mask)) != 0
+    is_install = present & (~has_old | changed | (ins.gfn[prev_i] != ins.gfn))
+    smm = profile.role_field("smm")
+    roles = np.asarray(pages.role, dtype=np.uint64)
+    as_id = np.where(owner != NONE, (roles[owner.clip(0)] >> np.uint64(smm.shift)) & np.uint64(0xFF), 0)
+    return {"start": start, "present": present, "prev": prev, "rmap_reason": rmap_reason, "end": end, "how": how,
+            "has_old": has_old, "is_install": is_install, "as_id": (as_id != 0).astype(np.int8)}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 150))
+def test_lifetimes_are_as_before(seed, n_pages, n_ins):
+    """Random installs over a few SPTEs, owners, zaps (some before the install: memory reuse),
+    rmap zaps, non-present values, few pfns (an overwrite may keep the pfn but not the gfn), and
+    pages in SMM (any nonzero smm byte: address space 1)."""
+    profile = profile_for("6.12")
+    rng = np.random.default_rng(seed)
+    smm = profile.required_field("smm").shift
+    pages = PageBook()
+    for _ in range(n_pages):
+        p = pages.add(int(rng.integers(0, 8)), int(rng.integers(0, 3)) << smm | 1, 0, 0, False, 0)
+        if rng.random() < 0.6:
+            pages.zap_seq[p] = int(rng.integers(0, 300))
+    seq = np.sort(rng.choice(300, size=n_ins, replace=False)).astype(np.int64)
+    spte = np.where(rng.random(n_ins) < 0.8, rng.integers(1, 4, n_ins).astype(np.uint64) << np.uint64(12) | np.uint64(0x807),
+                    np.uint64(profile.nonpresent)).astype(np.uint64)
+    ins = Installs(seq, rng.integers(1, 3, n_ins).astype(np.int32), rng.integers(0, 8, n_ins).astype(np.uint64), spte,
+                   (np.uint64(0x10000) + rng.integers(0, 6, n_ins).astype(np.uint64) * np.uint64(8)),
+                   np.ones(n_ins, np.int8))
+    owner = np.where(rng.random(n_ins) < 0.8, rng.integers(0, n_pages, n_ins), NONE).astype(np.int64)
+    zaps = sorted((int(k), lo, lo + int(rng.integers(1, 4)), f"zap {i}") for i, (k, lo) in enumerate(
+        zip(rng.integers(0, 600, 5), rng.integers(0, 8, 5).tolist())))
+    want = lifetimes_as_before(ins, owner, pages, profile, zaps)
+    got = SpteLifetimes(ins, owner, pages, profile, zaps)
+    for name, column in want.items():
+        assert np.array_equal(getattr(got, name), column), name
+
+
+def test_random_lifetimes_have_every_ending_and_both_address_spaces():
+    """The random cases above reach every way an SPTE's life ends, SMM owners and overwrites."""
+    profile = profile_for("6.12")
+    seen_how: set[int] = set()
+    seen_as: set[int] = set()
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        smm = profile.required_field("smm").shift
+        pages = PageBook()
+        for _ in range(6):
+            p = pages.add(int(rng.integers(0, 8)), int(rng.integers(0, 3)) << smm | 1, 0, 0, False, 0)
+            if rng.random() < 0.6:
+                pages.zap_seq[p] = int(rng.integers(0, 300))
+        n = 120
+        seq = np.sort(rng.choice(300, size=n, replace=False)).astype(np.int64)
+        spte = np.where(rng.random(n) < 0.8, rng.integers(1, 4, n).astype(np.uint64) << np.uint64(12) | np.uint64(0x807),
+                        np.uint64(profile.nonpresent)).astype(np.uint64)
+        ins = Installs(seq, np.ones(n, np.int32), rng.integers(0, 8, n).astype(np.uint64), spte,
+                       np.uint64(0x10000) + rng.integers(0, 6, n).astype(np.uint64) * np.uint64(8), np.ones(n, np.int8))
+        owner = np.where(rng.random(n) < 0.8, rng.integers(0, 6, n), NONE).astype(np.int64)
+        zaps = [(int(k), 2, 5, "zap") for k in sorted(rng.integers(0, 600, 3).tolist())]
+        life = SpteLifetimes(ins, owner, pages, profile, zaps)
+        seen_how |= set(life.how[life.present].tolist())
+        seen_as |= set(life.as_id.tolist())
+    assert seen_how == {END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP} and seen_as == {0, 1}
