@@ -49,6 +49,11 @@ CONSEQUENCES_SCHEMA = pa.schema([
     pa.field("evidence", pa.list_(pa.int64()), nullable=False),
 ])
 
+#: The table while it is put together: its texts as dictionary codes (a reinstall's words are
+#: shared by every row of the same leaf and change kind).
+_CODED = pa.schema([f.with_type(pa.dictionary(pa.int32(), pa.string())) if f.type == pa.string() else f
+                    for f in CONSEQUENCES_SCHEMA])
+
 #: KVM_PFN_NOSLOT (include/linux/kvm_host.h): the gfn has no memslot; KVM installs an MMIO SPTE
 #: (or emulates) and the access exits to the VMM.
 PFN_NOSLOT = 1 << 63
@@ -136,10 +141,14 @@ def consequences(ctx: Context) -> pa.Table:
         what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
         add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
             list(f.evidence))
-    # each change's rows: its surviving pages and faults, then its reinstalls; the leaf fates last
-    table = pa.concat_tables([pa.table(rows, schema=CONSEQUENCES_SCHEMA), again.table(ins)])
+    # each change's rows: its surviving pages and faults, then its reinstalls; the leaf fates last.
+    # Put in order with the words as codes, made text once in that order (not twice).
+    written = pa.table(rows, schema=CONSEQUENCES_SCHEMA)
+    written = pa.table([c.dictionary_encode() if c.type == pa.string() else c for c in written.columns],
+                       schema=_CODED)
+    table = pa.concat_tables([written, again.table(ins)])
     position_of_row = np.concatenate([np.asarray(after, np.int64), *again.after])
-    return table.take(np.lexsort((np.arange(table.num_rows), position_of_row)))
+    return table.take(np.lexsort((np.arange(table.num_rows), position_of_row))).cast(CONSEQUENCES_SCHEMA)
 
 
 class _Reinstalls:
@@ -162,8 +171,9 @@ class _Reinstalls:
             self._changes.append(c)
 
     def table(self, ins: dict[str, np.ndarray]) -> pa.Table:
+        """The rows, texts coded (:data:`_CODED`)."""
         if not self._changes:
-            return CONSEQUENCES_SCHEMA.empty_table()
+            return _CODED.empty_table()
         rows = np.concatenate(self._rows)
         counts = [len(r) for r in self._rows]
 
@@ -179,19 +189,21 @@ class _Reinstalls:
                                  return_inverse=True)
         words = [f"a level-{lv} leaf for gfn {g:#x} was present before the {kinds[k]} and is installed again "
                  "after it: the old leaf was removed (untraced rmap zap)" for lv, g, k in combos.T.tolist()]
+        def coded(codes: np.ndarray, texts: list[str]) -> pa.DictionaryArray:
+            return pa.DictionaryArray.from_arrays(pa.array(codes.astype(np.int32)), pa.array(texts, pa.string()))
+
         return pa.table({
             "change_seq": change_seq,
             "slot": each([c.slot for c in self._changes], np.int32),
-            "change": pa.DictionaryArray.from_arrays(pa.array(kind), pa.array(kinds, pa.string())).cast(pa.string()),
-            "what": pa.array(np.full(len(rows), "reinstall"), pa.string()),
+            "change": coded(kind, kinds),
+            "what": coded(np.zeros(len(rows), np.int32), ["reinstall"]),
             "seq": seq.astype(np.int64), "gfn": gfn, "level": level.astype(np.int8),
             "pid": ins["pid"][rows].astype(np.int32),
             "page": pa.nulls(len(rows), pa.int64()), "allowed": pa.nulls(len(rows), pa.bool_()),
-            "detail": pa.DictionaryArray.from_arrays(pa.array(code.reshape(-1)), pa.array(words, pa.string()))
-            .cast(pa.string()),
+            "detail": coded(code.reshape(-1), words),
             "evidence": pa.ListArray.from_arrays(np.arange(0, 2 * len(rows) + 1, 2, dtype=np.int32),
                                                  np.stack((change_seq, seq), axis=1).reshape(-1)),
-        }, schema=CONSEQUENCES_SCHEMA)
+        }, schema=_CODED)
 
 
 class _BackAgain:
