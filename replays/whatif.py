@@ -36,10 +36,14 @@ WHATIF_SCHEMA = pa.schema([
 
 
 def _last_install(ins: dict[str, np.ndarray]) -> Callable[[np.ndarray, int], np.ndarray]:
-    """``refaulted(gfns, seq)``: which of ``gfns`` got a leaf SPTE installed after ``seq``."""
-    uniq, inverse = np.unique(ins["gfn"], return_inverse=True)
-    last = np.full(len(uniq), -1, dtype=np.int64)
-    np.maximum.at(last, inverse, ins["seq"])
+    """``refaulted(gfns, seq)``: which of ``gfns`` got a leaf SPTE installed after ``seq``.
+
+    The installs are in seq order, so a gfn's last install is its last occurrence: the first
+    of the reversed column (no inverse and no scatter over every install, ~1 s and 40 bytes an
+    install at once on a long trace)."""
+    gfn = ins["gfn"]
+    uniq, from_end = np.unique(gfn[::-1], return_index=True)
+    last = ins["seq"][len(gfn) - 1 - from_end]
 
     def refaulted(gfns: np.ndarray, seq: int) -> np.ndarray:
         i = np.searchsorted(uniq, gfns).clip(0, max(len(uniq) - 1, 0))

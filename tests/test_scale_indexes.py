@@ -490,3 +490,19 @@ def test_hva_to_gfns_on_a_recording(name: str, monkeypatch: pytest.MonkeyPatch) 
         assert ranges == want
         mapped += bool(ranges)
     assert mapped > 0
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 300), st.integers(1, 40))
+def test_whatif_refaults_are_the_scans(seed: int, n: int, gfns: int) -> None:
+    """The what-if's "was this gfn installed again after seq" (each gfn's last install, read off
+    the installs in seq order) against a scan of every install."""
+    from kvmtrace.replays.whatif import _last_install
+
+    rng = np.random.default_rng(seed)
+    seq = np.sort(rng.choice(10_000, n, replace=False)).astype(np.int64)
+    gfn = rng.integers(0, gfns, n).astype(np.uint64)
+    refaulted = _last_install({"seq": seq, "gfn": gfn})
+    asked = rng.integers(0, gfns + 5, 50).astype(np.uint64)
+    for at in (-1, *rng.integers(0, 10_000, 4).tolist(), *(seq[:2].tolist())):
+        assert refaulted(asked, at).tolist() == [bool(((gfn == g) & (seq > at)).any()) for g in asked]
