@@ -4,7 +4,8 @@
 # `lab/record-samples.sh bench` makes the large benchmark recording in bench/out/ (not in git);
 # `lab/record-samples.sh long` the long ones (10 M and 56 M events, zap-slot, native recorder:
 # no text twin, the buffer is drained during the run) for bench/bench_scale.py --trace;
-# `lab/record-samples.sh long-qlog` the 50 M one with its memslot lines in a QEMU log instead.
+# `lab/record-samples.sh long-qlog` the 50 M one with its memslot lines in a QEMU log instead;
+# `lab/record-samples.sh churn-long` two memslot-dense ones (churn-1000, churn-2500: 20 M, 52 M events).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 S=sample_traces
@@ -26,6 +27,14 @@ if [ "${1:-}" = long-qlog ]; then  # long-50m's workload, its memslot lines only
     "${KVMTRACE:-kvmtrace}" record --backend native -o bench/out/long-50m-qlog.dat -- \
         lab/build/kvmlab multi --vcpus 2 --ram-mb 64 --pages 4096 --rounds 8500 --no-zap-all-quirk \
         --qemu-log bench/out/long-50m-qlog.qemu.log
+    exit
+fi
+if [ "${1:-}" = churn-long ]; then  # memslot-dense: a BAR-like slot deleted and re-created every round, zap-all
+    mkdir -p bench/out
+    for rounds in 1000 2500; do  # 20 M and 52 M events
+        "${KVMTRACE:-kvmtrace}" record --backend native -o "bench/out/churn-$rounds.dat" -- \
+            lab/build/kvmlab churn --rounds "$rounds"
+    done
     exit
 fi
 if [ "${1:-}" = long ]; then
