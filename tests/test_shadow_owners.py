@@ -212,12 +212,10 @@ def lifetimes_as_before(ins: Installs, owner: np.ndarray, pages: PageBook, profi
             "has_old": has_old, "is_install": is_install, "as_id": (as_id != 0).astype(np.int8)}
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 150))
-def test_lifetimes_are_as_before(seed, n_pages, n_ins):
+def _lifetimes_case(seed: int, n_pages: int, n_ins: int) -> tuple:
     """Random installs over a few SPTEs, owners, zaps (some before the install: memory reuse),
     rmap zaps, non-present values, few pfns (an overwrite may keep the pfn but not the gfn), and
-    pages in SMM (any nonzero smm byte: address space 1)."""
+    pages in SMM (any nonzero smm byte: address space 1): ``SpteLifetimes``' arguments."""
     profile = profile_for("6.12")
     rng = np.random.default_rng(seed)
     smm = profile.required_field("smm").shift
@@ -227,42 +225,33 @@ def test_lifetimes_are_as_before(seed, n_pages, n_ins):
         if rng.random() < 0.6:
             pages.zap_seq[p] = int(rng.integers(0, 300))
     seq = np.sort(rng.choice(300, size=n_ins, replace=False)).astype(np.int64)
-    spte = np.where(rng.random(n_ins) < 0.8, rng.integers(1, 4, n_ins).astype(np.uint64) << np.uint64(12) | np.uint64(0x807),
-                    np.uint64(profile.nonpresent)).astype(np.uint64)
-    ins = Installs(seq, rng.integers(1, 3, n_ins).astype(np.int32), rng.integers(0, 8, n_ins).astype(np.uint64), spte,
-                   (np.uint64(0x10000) + rng.integers(0, 6, n_ins).astype(np.uint64) * np.uint64(8)),
-                   np.ones(n_ins, np.int8))
+    pfn = rng.integers(1, 4, n_ins).astype(np.uint64) << np.uint64(12)
+    spte = np.where(rng.random(n_ins) < 0.8, pfn | np.uint64(0x807), np.uint64(profile.nonpresent)).astype(np.uint64)
+    sptep = np.uint64(0x10000) + rng.integers(0, 6, n_ins).astype(np.uint64) * np.uint64(8)
+    ins = Installs(seq, rng.integers(1, 3, n_ins).astype(np.int32), rng.integers(0, 8, n_ins).astype(np.uint64),
+                   spte, sptep, np.ones(n_ins, np.int8))
     owner = np.where(rng.random(n_ins) < 0.8, rng.integers(0, n_pages, n_ins), NONE).astype(np.int64)
     zaps = sorted((int(k), lo, lo + int(rng.integers(1, 4)), f"zap {i}") for i, (k, lo) in enumerate(
         zip(rng.integers(0, 600, 5), rng.integers(0, 8, 5).tolist())))
-    want = lifetimes_as_before(ins, owner, pages, profile, zaps)
-    got = SpteLifetimes(ins, owner, pages, profile, zaps)
+    return ins, owner, pages, profile, zaps
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 150))
+def test_lifetimes_are_as_before(seed, n_pages, n_ins):
+    case = _lifetimes_case(seed, n_pages, n_ins)
+    want = lifetimes_as_before(*case)
+    got = SpteLifetimes(*case)
     for name, column in want.items():
         assert np.array_equal(getattr(got, name), column), name
 
 
 def test_random_lifetimes_have_every_ending_and_both_address_spaces():
-    """The random cases above reach every way an SPTE's life ends, SMM owners and overwrites."""
-    profile = profile_for("6.12")
+    """The random cases above reach every way an SPTE's life ends, and owners in SMM."""
     seen_how: set[int] = set()
     seen_as: set[int] = set()
     for seed in range(40):
-        rng = np.random.default_rng(seed)
-        smm = profile.required_field("smm").shift
-        pages = PageBook()
-        for _ in range(6):
-            p = pages.add(int(rng.integers(0, 8)), int(rng.integers(0, 3)) << smm | 1, 0, 0, False, 0)
-            if rng.random() < 0.6:
-                pages.zap_seq[p] = int(rng.integers(0, 300))
-        n = 120
-        seq = np.sort(rng.choice(300, size=n, replace=False)).astype(np.int64)
-        spte = np.where(rng.random(n) < 0.8, rng.integers(1, 4, n).astype(np.uint64) << np.uint64(12) | np.uint64(0x807),
-                        np.uint64(profile.nonpresent)).astype(np.uint64)
-        ins = Installs(seq, np.ones(n, np.int32), rng.integers(0, 8, n).astype(np.uint64), spte,
-                       np.uint64(0x10000) + rng.integers(0, 6, n).astype(np.uint64) * np.uint64(8), np.ones(n, np.int8))
-        owner = np.where(rng.random(n) < 0.8, rng.integers(0, 6, n), NONE).astype(np.int64)
-        zaps = [(int(k), 2, 5, "zap") for k in sorted(rng.integers(0, 600, 3).tolist())]
-        life = SpteLifetimes(ins, owner, pages, profile, zaps)
+        life = SpteLifetimes(*_lifetimes_case(seed, 6, 120))
         seen_how |= set(life.how[life.present].tolist())
         seen_as |= set(life.as_id.tolist())
     assert seen_how == {END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP} and seen_as == {0, 1}
