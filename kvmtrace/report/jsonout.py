@@ -142,7 +142,8 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
 
 def _dumps(value: Any, indent: str) -> str:
     """``json.dumps(value, indent=2, default=str)`` with every line after the first indented by
-    ``indent``: the same text, made ~3x faster.
+    ``indent``: the same text, in about half the time (0.23 against 0.45 s for 300 removals of a
+    churn recording).
 
     Why: with ``indent`` set the standard library encodes in pure Python, a generator per
     container and an ``isinstance`` chain per value; the JSON report of a trace with thousands of
