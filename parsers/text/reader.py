@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from kvmtrace.parsers.errors import TraceError, TraceWarning
 from kvmtrace.parsers.schema import TraceData, TraceInfo
 from kvmtrace.parsers.text import lines as prefix
-from kvmtrace.parsers.text import repair
+from kvmtrace.parsers.text import native, repair
 from kvmtrace.parsers.text.assemble import (
     UNKNOWN_SYSTEM,
     Collected,
@@ -96,12 +96,15 @@ def decode_deferred(acc: Collected, skipped: list[tuple[int, str]]) -> set[int]:
 
 def _may_be_damaged(buffer: Buffer) -> bool:
     """Any byte-level sign of mail quoting or quoted-printable (what :func:`repair.unquote` looks
-    for: a '>', a line ending in '=', a '=3D'); vectorised, as bytes.find on '=3D' costs more."""
+    for: a '>', a line ending in '=', a '=3D'); in C, else vectorised (bytes.find on '=3D'
+    costs more)."""
     data = buffer.data
     if not data:
         return False
     if b">" in data:
         return True
+    if native.COMPILED:  # memchr from '=' to '=', where the numpy form compares every byte
+        return native.chunk.quoted_printable(data, buffer.ends)
     raw = np.frombuffer(data, dtype=np.uint8)
     if (raw[np.maximum(buffer.ends - 1, 0)][buffer.ends > buffer.starts] == ord("=")).any():
         return True
