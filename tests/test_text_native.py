@@ -5,7 +5,9 @@ line bounds and damage test (checked against the string path in ``test_text_scan
 ``test_text_layout.py``) and the regex decoders (``test_text_forms.py``, the twin tests). Each
 compiled pass must give the same result: on every text input of the repository, read whole; on
 the hand-made edge lines and every prefix column of four layouts damaged 20 ways; on bounds and
-quoting cases.
+quoting cases; and, for the form matcher, on printed arguments made by hypothesis for every form
+that has a program (numbers of every size and sign, hex case, a ``0x`` or not, every alternative,
+and the same text damaged), compared row by row with the regex pass.
 """
 
 from __future__ import annotations
@@ -13,15 +15,22 @@ from __future__ import annotations
 import gzip
 import shutil
 import warnings
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 from conftest import NESTED, SAMPLES
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from test_text_layout import BASES, PROBES
 from test_text_scan import EDGE_LINES
 
 from kvmtrace.parsers.text import native, read_text
+from kvmtrace.parsers.text.catalog import EventSpec, Form, catalog
+from kvmtrace.parsers.text.decode import decode_event
+from kvmtrace.parsers.text.printf import Alternatives, Literal, Number
 from kvmtrace.parsers.text.reader import _may_be_damaged
 from kvmtrace.parsers.text.scan import scan
 from kvmtrace.parsers.text.source import _buffer
@@ -100,3 +109,73 @@ def test_line_bounds_and_quoting_as_in_numpy(path: Path, numpy_only):
         assert _may_be_damaged(c) == numpy_only(_may_be_damaged, c), data[:20]
     assert _may_be_damaged(_buffer(b"a=\nb")) and _may_be_damaged(_buffer(b"x=3D"))
     assert not _may_be_damaged(_buffer(b"a = 3\nb=c"))
+
+
+PROGRAMMED = [(spec, form) for spec in catalog().values() for form in spec.forms if form.compiled.program is not None]
+
+
+#: Numbers at the edges of int64 and uint64 and of what a parse takes.
+EDGES = ["0", "-0", "00000000000000000001", str(2**63 - 1), str(2**63), str(2**64 - 1), str(2**64), "-" + str(2**63),
+         "-" + str(2**63 + 1), "7fffffffffffffff", "8000000000000000", "ffffffffffffffff", "10000000000000000"]
+
+
+def _number(kind: int) -> st.SearchStrategy[str]:
+    """A number as the kernel prints it (any size, either hex case, a 0x or not) or an edge."""
+    if kind < 2:
+        value = st.integers(-(2**65), 2**65).map(str) if kind == 0 else st.integers(0, 2**65).map(str)
+    else:
+        value = st.integers(0, 2**65).flatmap(lambda v: st.sampled_from([format(v, "x"), format(v, "X")]))
+    prefix = st.sampled_from(["", "0x"]) if kind == 3 else st.just("")
+    return st.tuples(prefix, st.one_of(value, st.sampled_from(EDGES))).map("".join)
+
+
+#: Ways to damage one piece of printed text.
+DAMAGE = [lambda t: "", lambda t: t[:-1], lambda t: t + " ", lambda t: t.upper(), lambda t: "-" + t,
+          lambda t: t + "7", lambda t: t + "g", lambda t: t + "x", lambda t: "0x" + t, lambda t: t + "?"]
+
+
+@st.composite
+def _printed(draw: st.DrawFn, form: Form) -> str:
+    """One argument text of ``form``: each op printed; in three texts of ten, one piece damaged."""
+    program = form.compiled.program
+    assert program is not None
+    out = []
+    for op in program.ops:
+        if isinstance(op, Literal):
+            out.append(op.text)
+        elif isinstance(op, Number):
+            out.append(draw(_number(op.kind)))
+        else:
+            assert isinstance(op, Alternatives)
+            out.append(draw(st.sampled_from([t for t, _ in op.options])))
+    out.append(draw(st.sampled_from(["", "", " ", "  \t", " x"])))
+    if draw(st.integers(0, 9)) < 3:
+        k = draw(st.integers(0, len(out) - 1))
+        out[k] = draw(st.sampled_from(DAMAGE))(out[k])
+    return "".join(out)
+
+
+def _decode(spec: EventSpec, args: list[str]) -> tuple[pl.DataFrame, list[int], tuple[str, ...]]:
+    rows = pl.DataFrame({"line_no": pl.Series(range(len(args)), dtype=pl.Int64), "args": args})
+    d = decode_event(spec, rows, ascii_only=True)
+    return d.rows, d.failed.to_list(), d.forms
+
+
+@pytest.mark.parametrize(("spec", "form"), PROGRAMMED, ids=[f"{s.name}/{f.era}" for s, f in PROGRAMMED])
+@settings(max_examples=60, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_the_form_matcher_decodes_as_the_regex(spec: EventSpec, form: Form, data: st.DataObject, numpy_only):
+    args = data.draw(st.lists(_printed(form), min_size=1, max_size=12))
+    c, n = _decode(spec, args), numpy_only(_decode, spec, args)
+    assert c[1] == n[1] and c[2] == n[2], args
+    assert c[0].equals(n[0]), args
+    MATCHED[form.era, spec.name] += c[0].height
+
+
+MATCHED: Counter[tuple[str, str]] = Counter()
+
+
+def test_the_matcher_cases_were_mostly_read():
+    # The comparison above is not vacuous: most made arguments were decoded, not failed.
+    # (Runs after it: pytest keeps a module's order.)
+    assert len(MATCHED) == len(PROGRAMMED) and min(MATCHED.values()) > 50

@@ -321,10 +321,212 @@ static PyObject *quoted_printable(PyObject *self, PyObject *args)
     return PyBool_FromLong(found);
 }
 
+/*
+ * A printed form's matcher: one pass per line over its arguments, where the reader would run
+ * a regex with captures and then parse each captured number. The program (built by
+ * kvmtrace.parsers.text.printf.program, which says when a form can have one) is a sequence of
+ *   'L' len:u16 bytes             the literal text;
+ *   'N' kind:u8 signed:u8 slot:u8 a number: kind 0 "-?\d+", 1 "\d+", 2 "[0-9a-fA-F]+",
+ *                                 3 "(?:0x)?[0-9a-fA-F]+", parsed as int64 (signed) or uint64;
+ *   'A' slot:u8 count:u8 then count x (len:u8 bytes value:i64)
+ *                                 the first alternative with which the rest matches (slot 255:
+ *                                 nothing stored), as the regex's leftmost-first alternation;
+ *   'E'                           ASCII blanks, then the end ("\s*$" on ASCII text).
+ * A number takes every digit it can: the program builder refuses a form where what follows a
+ * number could begin with one of its digits (or an 'x' after a "0x" that may be absent), the
+ * only cases where the regex could have ended the number earlier.
+ * A value is invalid (null) where polars' str.to_integer gives null: out of range of its type,
+ * or a '-' before an unsigned one.
+ */
+struct slots {
+    int64_t *values;
+    uint8_t *valid;
+    Py_ssize_t rows, row;
+};
+
+static int is_hex(unsigned char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
+
+static int hex_digit(unsigned char c) { return is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10; }
+
+static const unsigned char *number_op(const unsigned char *op, const unsigned char *t, const unsigned char *end,
+                                      struct slots *o)
+{
+    int kind = op[1], is_signed = op[2], neg = 0, overflow = 0;
+    unsigned base = kind >= 2 ? 16 : 10;
+    uint64_t mag = 0;
+    const unsigned char *digits;
+    if (kind == 0 && t < end && *t == '-') {
+        neg = 1;
+        t++;
+    }
+    if (kind == 3 && end - t >= 3 && t[0] == '0' && t[1] == 'x' && is_hex(t[2]))
+        t += 2;
+    for (digits = t; t < end && (base == 16 ? is_hex(*t) : is_digit(*t)); t++) {
+        unsigned d = base == 16 ? (unsigned)hex_digit(*t) : (unsigned)(*t - '0');
+        overflow |= mag > (UINT64_MAX - d) / base;
+        mag = mag * base + d;
+    }
+    if (t == digits)
+        return NULL;
+    {
+        Py_ssize_t at = op[3] * o->rows + o->row;
+        int ok;
+        if (is_signed)
+            ok = !overflow && mag <= (uint64_t)INT64_MAX + (uint64_t)neg;
+        else
+            ok = !overflow && !neg;
+        o->values[at] = neg ? (int64_t)(0 - mag) : (int64_t)mag;
+        o->valid[at] = (uint8_t)ok;
+    }
+    return t;
+}
+
+static int match(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o)
+{
+    for (;;) {
+        switch (*op) {
+        case 'L': {
+            Py_ssize_t len = op[1] | op[2] << 8;
+            if (end - t < len || memcmp(t, op + 3, (size_t)len) != 0)
+                return 0;
+            t += len;
+            op += 3 + len;
+            break;
+        }
+        case 'N':
+            t = number_op(op, t, end, o);
+            if (t == NULL)
+                return 0;
+            op += 4;
+            break;
+        case 'A': {
+            const unsigned char *option = op + 3, *next = op + 3;
+            int k;
+            for (k = 0; k < op[2]; k++)
+                next += 1 + next[0] + 8;
+            for (k = 0; k < op[2]; k++, option += 1 + option[0] + 8) {
+                Py_ssize_t len = option[0];
+                if (end - t < len || memcmp(t, option + 1, (size_t)len) != 0)
+                    continue;
+                if (op[1] != 255) {
+                    int64_t value;
+                    memcpy(&value, option + 1 + len, 8);
+                    o->values[op[1] * o->rows + o->row] = value;
+                    o->valid[op[1] * o->rows + o->row] = 1;
+                }
+                if (match(next, t + len, end, o))
+                    return 1;
+            }
+            return 0;
+        }
+        default: /* 'E' */
+            while (t < end && is_blank(*t))
+                t++;
+            return t == end;
+        }
+    }
+}
+
+/* Whether prog is a well-formed program whose slots are below `slots` (no read or write out of bounds). */
+static int valid_program(const unsigned char *op, Py_ssize_t len, Py_ssize_t slots)
+{
+    const unsigned char *end = op + len;
+    while (op < end) {
+        if (*op == 'E')
+            return op + 1 == end;
+        if (*op == 'L') {
+            if (end - op < 3 || end - op < 3 + (op[1] | op[2] << 8))
+                return 0;
+            op += 3 + (op[1] | op[2] << 8);
+        } else if (*op == 'N') {
+            if (end - op < 4 || op[1] > 3 || op[3] >= slots)
+                return 0;
+            op += 4;
+        } else if (*op == 'A') {
+            int k, count;
+            if (end - op < 3 || (op[1] != 255 && op[1] >= slots))
+                return 0;
+            count = op[2];
+            for (op += 3, k = 0; k < count; k++) {
+                if (op >= end || end - op < 1 + op[0] + 8)
+                    return 0;
+                op += 1 + op[0] + 8;
+            }
+        } else {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(match_form_doc,
+"match_form(program, offsets, data, hit, values, valid) -> int\n\n"
+"Match each string data[offsets[i]:offsets[i + 1]] (int64 offsets, n + 1 of them) against the\n"
+"program (see _chunk.c); hit[i] (uint8) says whether it matched, and the number or alternative\n"
+"of each slot s is values[s * n + i] (int64; uint64 bits for unsigned numbers), null where\n"
+"valid[s * n + i] is 0. Returns how many matched.");
+
+static PyObject *match_form(PyObject *self, PyObject *args)
+{
+    PyObject *objs[6];
+    Py_buffer prog, offsets, data, hit, values, valid;
+    Py_ssize_t n, i, hits = 0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OOOOOO", &objs[0], &objs[1], &objs[2], &objs[3], &objs[4], &objs[5]))
+        return NULL;
+    if (take(objs[0], &prog, 0, 0) < 0)
+        return NULL;
+    if (take(objs[1], &offsets, 0, 0) < 0)
+        goto no_offsets;
+    n = offsets.len / 8 - 1;
+    if (take(objs[2], &data, 0, 0) < 0)
+        goto no_data;
+    if (take(objs[3], &hit, 1, n) < 0)
+        goto no_hit;
+    if (take(objs[4], &values, 0, 0) < 0)
+        goto no_values;
+    if (take(objs[5], &valid, 0, 0) < 0)
+        goto no_valid;
+    {
+        const int64_t *off = offsets.buf;
+        const unsigned char *bytes = data.buf;
+        uint8_t *h = hit.buf;
+        struct slots o = {values.buf, valid.buf, n, 0};
+        if (n < 0 || values.readonly || valid.readonly || values.len != 8 * valid.len || (n > 0 && valid.len % n != 0)
+            || !valid_program(prog.buf, prog.len, n > 0 ? valid.len / n : 256)) {
+            PyErr_SetString(PyExc_ValueError, "a malformed program, or values and valid not writable slots x rows");
+            goto fail;
+        }
+        for (i = 0; i < n; i++) {
+            if (off[i] < 0 || off[i + 1] < off[i] || off[i + 1] > data.len) {
+                PyErr_SetString(PyExc_ValueError, "a string's offsets are outside the data");
+                goto fail;
+            }
+            o.row = i;
+            h[i] = (uint8_t)match(prog.buf, bytes + off[i], bytes + off[i + 1], &o);
+            hits += h[i];
+        }
+    }
+fail:
+    PyBuffer_Release(&valid);
+no_valid:
+    PyBuffer_Release(&values);
+no_values:
+    PyBuffer_Release(&hit);
+no_hit:
+    PyBuffer_Release(&data);
+no_data:
+    PyBuffer_Release(&offsets);
+no_offsets:
+    PyBuffer_Release(&prog);
+    return PyErr_Occurred() ? NULL : PyLong_FromSsize_t(hits);
+}
+
 static PyMethodDef methods[] = {
     {"bounds", bounds, METH_VARARGS, bounds_doc},
     {"quoted_printable", quoted_printable, METH_VARARGS, quoted_printable_doc},
     {"split_prefix", split_prefix, METH_VARARGS, split_prefix_doc},
+    {"match_form", match_form, METH_VARARGS, match_form_doc},
     {NULL, NULL, 0, NULL},
 };
 

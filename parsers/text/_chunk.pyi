@@ -11,3 +11,7 @@ def split_prefix(
     preempt: NDArray[np.uint8], preempt_ok: NDArray[np.bool_],
     comm: NDArray[np.uint32], event: NDArray[np.uint32], args: NDArray[np.uint32],
 ) -> int: ...
+def match_form(
+    program: bytes, offsets: NDArray[np.int64], data: bytes | object, hit: NDArray[np.uint8],
+    values: NDArray[np.int64], valid: NDArray[np.uint8],
+) -> int: ...

@@ -12,14 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kvmtrace.parsers.text import native
 from kvmtrace.parsers.text.catalog import POLARS_TYPES, EventSpec
 from kvmtrace.parsers.text.printf import (
     RAW_FORM,
     Compiled,
+    Number,
+    Program,
     ascii_classes,
     choice_expr,
     flags_expr,
@@ -28,6 +32,7 @@ from kvmtrace.parsers.text.printf import (
 )
 
 _SCRATCH = pl.Int64()
+_SIGNED = (pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64())
 
 
 @dataclass
@@ -116,13 +121,25 @@ def _apply(df: pl.DataFrame, regex: str, exprs: tuple[pl.Expr, ...]) -> tuple[pl
 
 
 @dataclass(frozen=True)
+class _Matcher:
+    """A form's compiled matcher (:class:`Program`): its code, each slot's group and whether it
+    holds int64 (else uint64), and the expressions that make its rows decoded rows."""
+
+    code: bytes
+    slots: tuple[tuple[str, bool], ...]
+    exprs: tuple[pl.Expr, ...]
+
+
+@dataclass(frozen=True)
 class _Pass:
     """One printed form: its era label, regex and the expressions that make a matched row a
-    row of the decoded frame (every column of :func:`_columns`, in order, typed)."""
+    row of the decoded frame (every column of :func:`_columns`, in order, typed), and its
+    compiled matcher where it has one (used on ASCII text, where it matches as the regex does)."""
 
     era: str
     regex: str
     exprs: tuple[pl.Expr, ...]
+    matcher: _Matcher | None = None
 
 
 def _columns(spec: EventSpec) -> dict[str, pl.DataType]:
@@ -141,27 +158,65 @@ def _full(era: str, exprs: list[pl.Expr], columns: dict[str, pl.DataType]) -> tu
     return tuple((by_name[c] if c in by_name else pl.lit(None)).cast(t).alias(c) for c, t in columns.items())
 
 
-#: spec id -> (spec, its passes): building the expressions is pure Python and cost as much as
-#: a chunk's regex passes, so each event's are built once (the spec is kept so its id stays its own).
-_PASSES: dict[tuple[int, bool], tuple[EventSpec, list[_Pass]]] = {}
+#: (spec id, ASCII text, compiled passes) -> (spec, its passes): building the expressions is pure
+#: Python and cost as much as a chunk's regex passes, so each event's are built once (the spec is
+#: kept so its id stays its own).
+_PASSES: dict[tuple[int, bool, bool], tuple[EventSpec, list[_Pass]]] = {}
+
+
+def _matcher(spec: EventSpec, program: Program, era: str, columns: dict[str, pl.DataType]) -> _Matcher:
+    """The matcher of a form: numbers parsed as :func:`number_expr` parses them (int64 for a
+    signed column, else uint64), alternatives as their value, then cast as the regex pass casts."""
+    types = _types(spec)
+    numbers = {op.group for op in program.ops if isinstance(op, Number)}
+    signed = {g: g not in numbers or types.get(g, _SCRATCH) in _SIGNED for g in program.groups}
+    exprs = [pl.col(g).cast(types.get(g, _SCRATCH), strict=False).alias(g) for g in program.groups]
+    return _Matcher(program.code(signed), tuple(signed.items()), _full(era, exprs, columns))
 
 
 def _passes(spec: EventSpec, ascii_only: bool) -> list[_Pass]:
     """Each printed form's pass (its quick one first), then ``trace-cmd report -R``'s."""
-    cached = _PASSES.get((id(spec), ascii_only))
+    key = (id(spec), ascii_only, native.COMPILED)
+    cached = _PASSES.get(key)
     if cached is None or cached[0] is not spec:
-        forms = []
-        for f in spec.forms:
-            exprs = _convert(spec, f.compiled)
-            # The quick regex captures the same groups, so the form's expressions convert them.
-            forms += [(f.era, f.quick.regex, exprs)] if f.quick is not None else []
-            forms.append((f.era, f.compiled.regex, exprs))
-        forms.append((RAW_FORM, _raw_regex(spec), _raw_exprs(spec)))
         columns = _columns(spec)
-        passes = [_Pass(era, ascii_classes(regex) if ascii_only else regex, _full(era, exprs, columns))
-                  for era, regex, exprs in forms]
-        cached = _PASSES[(id(spec), ascii_only)] = (spec, passes)
+        passes = []
+        for f in spec.forms:
+            exprs = _full(f.era, _convert(spec, f.compiled), columns)
+            # The quick regex captures the same groups, so the form's expressions convert them.
+            if f.quick is not None:
+                passes.append(_Pass(f.era, _regex(f.quick.regex, ascii_only), exprs))
+            program = f.compiled.program if ascii_only and native.COMPILED else None
+            matcher = None if program is None else _matcher(spec, program, f.era, columns)
+            passes.append(_Pass(f.era, _regex(f.compiled.regex, ascii_only), exprs, matcher))
+        passes.append(_Pass(RAW_FORM, _regex(_raw_regex(spec), ascii_only), _full(RAW_FORM, _raw_exprs(spec), columns)))
+        cached = _PASSES[key] = (spec, passes)
     return cached[1]
+
+
+def _regex(regex: str, ascii_only: bool) -> str:
+    return ascii_classes(regex) if ascii_only else regex
+
+
+def _match(df: pl.DataFrame, m: _Matcher) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """:func:`_apply` by the compiled matcher: the rows it matches (converted) and the rest."""
+    args = df["args"].to_arrow(compat_level=pl.CompatLevel.oldest())  # large_string: offsets and bytes
+    n, buffers = len(args), args.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[args.offset : args.offset + n + 1]
+    hit = np.empty(n, dtype=np.uint8)
+    values = np.empty((len(m.slots), n), dtype=np.int64)
+    valid = np.empty((len(m.slots), n), dtype=np.uint8)
+    hits = native.chunk.match_form(m.code, offsets, buffers[2] or b"", hit, values, valid)
+    rows = None if hits == n else np.flatnonzero(hit)
+    columns: dict[str, pl.Series] = {}
+    for k, (group, signed) in enumerate(m.slots):
+        v, ok = (values[k], valid[k]) if rows is None else (values[k][rows], valid[k][rows])
+        v = v if signed else v.view(np.uint64)
+        column = pl.Series(group, v)
+        columns[group] = column if ok.all() else column.scatter(np.flatnonzero(ok == 0), None)
+    line_no = df["line_no"] if rows is None else df["line_no"].gather(rows)
+    got = pl.DataFrame({"line_no": line_no, **columns}).select("line_no", *m.exprs)
+    return got, (df.clear() if rows is None else df if hits == 0 else df.filter(pl.Series(hit == 0)))
 
 
 def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) -> Decoded:
@@ -173,7 +228,10 @@ def decode_event(spec: EventSpec, rows: pl.DataFrame, ascii_only: bool = False) 
     for p in _passes(spec, ascii_only):
         if rest.height == 0:
             break
-        got, rest = _apply(rest, p.regex, p.exprs)
+        if p.matcher is None or rest["args"].has_nulls():  # (a null is no text: the regex leaves it)
+            got, rest = _apply(rest, p.regex, p.exprs)
+        else:
+            got, rest = _match(rest, p.matcher)
         if got.height:
             pieces.append(got)
             seen += [p.era] if p.era not in seen else []

@@ -69,8 +69,94 @@ CONVERSION = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z
 
 
 @dataclass(frozen=True)
+class Literal:
+    text: str
+
+
+@dataclass(frozen=True)
+class Number:
+    r"""A number the regex captures as ``-?\d+`` (kind 0), ``\d+`` (1), hex (2), ``(?:0x)?`` hex (3)."""
+
+    group: str
+    kind: int
+
+
+@dataclass(frozen=True)
+class Alternatives:
+    """Literal alternatives in the regex's order; ``group`` None for a :class:`Skip`."""
+
+    group: str | None
+    options: tuple[tuple[str, int], ...]
+
+
+Op = Literal | Number | Alternatives
+_DIGITS = {0: "0123456789", 1: "0123456789", 2: "0123456789abcdefABCDEF", 3: "0123456789abcdefABCDEFx"}
+
+
+@dataclass(frozen=True)
+class Program:
+    """A form as the compiled matcher's program (``_chunk.c``, ``match_form``): the same rows
+    and values as its regex, without the regex.
+
+    Why only some forms: the matcher takes every digit a number can, and the regex does the
+    same only where what follows the number cannot begin with one of its digits (nor with the
+    ``x`` of an optional ``0x``); :func:`program` refuses the others, and forms with text,
+    flags or pointers, which stay with the regex.
+    """
+
+    ops: tuple[Op, ...]
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """The captured groups in slot order."""
+        return tuple(op.group for op in self.ops if isinstance(op, (Number, Alternatives)) and op.group)
+
+    def code(self, signed: Mapping[str, bool]) -> bytes:
+        """The program's bytes; ``signed[group]``: the number is parsed as int64, else uint64."""
+        slot = {g: k for k, g in enumerate(self.groups)}
+        out = bytearray()
+        for op in self.ops:
+            if isinstance(op, Literal):
+                out += b"L" + len(op.text.encode()).to_bytes(2, "little") + op.text.encode()
+            elif isinstance(op, Number):
+                out += bytes((ord("N"), op.kind, signed[op.group], slot[op.group]))
+            else:
+                out += bytes((ord("A"), 255 if op.group is None else slot[op.group], len(op.options)))
+                for option, value in op.options:
+                    out += bytes((len(option.encode()),)) + option.encode() + value.to_bytes(8, "little", signed=True)
+        return bytes(out + b"E")
+
+
+def program(ops: list[Op] | None) -> Program | None:
+    """The ops as a :class:`Program`, or None where the matcher and the regex could differ."""
+    if ops is None or len(ops) > 200 or any(isinstance(op, Number) and op.kind not in _DIGITS for op in ops):
+        return None
+    for op, after in zip(ops, [*ops[1:], None]):
+        if not isinstance(op, Number) or after is None:
+            continue
+        if isinstance(after, Number):
+            return None
+        starts = [after.text] if isinstance(after, Literal) else [t for t, _ in after.options]
+        if any(not t or t[0] in _DIGITS[op.kind] for t in starts):
+            return None
+    groups = [op.group for op in ops if isinstance(op, (Number, Alternatives)) and op.group]
+    texts = [op.text for op in ops if isinstance(op, Literal)]
+    texts += [t for op in ops if isinstance(op, Alternatives) for t, _ in op.options]
+    if len(groups) > 254 or any(len(t.encode()) > 255 for t in texts):
+        return None
+    return Program(tuple(ops))
+
+
+def _literal_alternatives(pattern: str) -> tuple[str, ...] | None:
+    """A :class:`Skip` pattern's alternatives when it is literal text joined by '|' (``0|1``)."""
+    parts = tuple(pattern.split("|"))
+    return parts if all(p == re.escape(p) for p in parts) else None
+
+
+@dataclass(frozen=True)
 class Compiled:
-    """A compiled format: the anchored regex and, per capture group, how to convert it."""
+    """A compiled format: the anchored regex and, per capture group, how to convert it; and
+    the same form as a :class:`Program` where the compiled matcher can read it."""
 
     regex: str
     numbers: Mapping[str, int]  # group -> base (10 or 16)
@@ -78,6 +164,7 @@ class Compiled:
     flags: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     texts: tuple[str, ...] = ()
     pointers: tuple[str, ...] = ()
+    program: Program | None = None
 
 
 def _alternation(options: Mapping[str, int]) -> str:
@@ -88,27 +175,43 @@ def _alternation(options: Mapping[str, int]) -> str:
 def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
     """Compile ``fmt`` (kernel printf syntax) with one slot per conversion into a :class:`Compiled`."""
     parts: list[str] = []
+    ops: list[Op] | None = []
     numbers: dict[str, int] = {}
     choices: dict[str, Mapping[str, int]] = {}
     flags: dict[str, Mapping[str, int]] = {}
     texts: list[str] = []
     pointers: list[str] = []
+
+    def literal(text: str) -> None:
+        if ops is not None and text:
+            if ops and isinstance(ops[-1], Literal):
+                ops[-1] = Literal(ops[-1].text + text)
+            else:
+                ops.append(Literal(text))
+
     pos = 0
     last_conv = ""
     it = iter(slots)
     for m in CONVERSION.finditer(fmt):
         parts.append(re.escape(fmt[pos : m.start()]))
+        literal(fmt[pos : m.start()])
         pos = m.end()
         conv = last_conv = m["conv"]
         if conv == "%":
             parts.append("%")
+            literal("%")
             continue
         slot = next(it)
+        op: Op | None = None
         if isinstance(slot, Skip):
             parts.append(f"(?:{slot.pattern})")
+            skipped = _literal_alternatives(slot.pattern)
+            op = None if skipped is None else Alternatives(None, tuple((t, 0) for t in skipped))
         elif isinstance(slot, Choice):
             parts.append(f"(?P<{slot.field}>{_alternation(slot.options)})")
             choices[slot.field] = slot.options
+            longest_first = sorted(slot.options, key=len, reverse=True)
+            op = Alternatives(slot.field, tuple((t, slot.options[t]) for t in longest_first))
         elif isinstance(slot, Flags):
             parts.append(rf"(?P<{slot.field}>[A-Za-z0-9_|]*)")
             flags[slot.field] = slot.names
@@ -124,15 +227,22 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
             prefix = "(?:0x)?" if "#" in m["flags"] else ""
             parts.append(rf"{prefix}(?P<{slot}>{HEX})")
             numbers[slot] = 16
+            op = Number(slot, 3 if prefix else 2)
         elif conv in "di":
             parts.append(rf"(?P<{slot}>-?\d+)")
             numbers[slot] = 10
+            op = Number(slot, 0)
         elif conv == "u":
             parts.append(rf"(?P<{slot}>\d+)")
             numbers[slot] = 10
+            op = Number(slot, 1)
         else:  # a bare %s/%c given a field name: keep the text
             parts.append(rf"(?P<{slot}>.*?)")
             texts.append(slot)
+        if op is None:
+            ops = None
+        elif ops is not None:
+            ops.append(op)
     if next(it, None) is not None:
         raise ValueError(f"more slots than conversions in {fmt!r}")
     tail = fmt[pos:]
@@ -140,8 +250,11 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
         # A format ending in " %s" prints a trailing space when the %s is empty; copies of the
         # text often lose trailing blanks, so that space may be missing.
         parts[-2] = parts[-2][:-2] + r"(?:\ )?"
+        ops = None
     parts.append(re.escape(tail))
-    return Compiled("^" + "".join(parts) + r"\s*$", numbers, choices, flags, tuple(texts), tuple(pointers))
+    literal(tail)
+    return Compiled("^" + "".join(parts) + r"\s*$", numbers, choices, flags, tuple(texts), tuple(pointers),
+                    program(ops))
 
 
 #: Regex escapes -> the same class restricted to ASCII (the regex crate's ASCII ``\s`` is
