@@ -1,6 +1,6 @@
 """Benchmark: the ftrace text reader against the trace.dat reader on the same recording.
 
-Usage: python bench/bench_text.py [TRACE.dat] [--runs N] [--threads N] [--repeat N]
+Usage: python bench/bench_text.py [TRACE.dat] [--runs N] [--threads N] [--repeat N] [--baseline COMMIT]
 
 TRACE defaults to the largest ``bench/out/*.dat`` that has a kernel text twin
 (``NAME.txt.gz``: ``cat trace`` of the same records), else the largest in ``sample_traces/``
@@ -17,6 +17,9 @@ a shared machine wall time includes waiting for a core, CPU time does not. ``--t
 timestamps shifted past the previous copy's (the repository's twins are 0.2 M lines, where
 fixed costs weigh more than on a real capture); only the ``text`` reader runs then, as there
 is no trace.dat of that text.
+``--baseline COMMIT`` also runs the text reader of that commit (``bench_stream.checkout``, its
+tree as it is, without building a C extension it may have), one run of each in turn, so that a
+machine whose speed drifts within minutes still compares like with like.
 Prints a table to paste into bench/RESULTS.md under "## text reader".
 """
 
@@ -34,6 +37,8 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from bench_stream import checkout
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -55,8 +60,9 @@ else:
 t0, c0 = time.perf_counter(), time.process_time()
 data = read(path, **args)
 wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+import kvmtrace.parsers as code
 print(json.dumps({"wall": wall, "cpu": cpu, "events": data.info.total_events, "skipped": data.info.skipped_lines,
-                  "rss_kb": hwm_kb()}))
+                  "rss_kb": hwm_kb(), "code": code.__file__}))
 """
 
 
@@ -106,18 +112,34 @@ def write_repeated(twin: Path, times: int, out: Path) -> None:
                 f.write(prefix + seconds + b"." + m[3] + b": " + line[m.end():])
 
 
-def run(reader: str, path: Path, runs: int, threads: int | None) -> Best:
-    results = []
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def once(reader: str, path: Path, threads: int | None, code: Path = REPO) -> dict:
+    """One read in a fresh process, with the code in ``code`` (checked to be the code that ran)."""
+    env = {**os.environ, "PYTHONPATH": str(code)}
     if threads:
         env["POLARS_MAX_THREADS"] = str(threads)
-    for _ in range(runs):
-        out = subprocess.run([sys.executable, "-c", _CHILD, reader, str(path)], cwd=REPO, check=True,
-                             capture_output=True, text=True, env=env)
-        results.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    best = min(results, key=lambda r: r["wall"])
-    return Best(reader, best["wall"], min(r["cpu"] for r in results), best["events"], best["skipped"],
-                best["rss_kb"] / 1024)
+    out = subprocess.run([sys.executable, "-c", _CHILD, reader, str(path)], cwd=code, check=True,
+                         capture_output=True, text=True, env=env)
+    result: dict = json.loads(out.stdout.strip().splitlines()[-1])
+    if code != REPO and not result["code"].startswith(str(code)):
+        raise SystemExit(f"the baseline run imported {result['code']}, not the code in {code}")
+    return result
+
+
+def best(reader: str, results: list[dict]) -> Best:
+    fastest = min(results, key=lambda r: r["wall"])
+    return Best(reader, fastest["wall"], min(r["cpu"] for r in results), fastest["events"], fastest["skipped"],
+                fastest["rss_kb"] / 1024)
+
+
+def run(reader: str, path: Path, runs: int, threads: int | None) -> Best:
+    return best(reader, [once(reader, path, threads) for _ in range(runs)])
+
+
+def interleaved(path: Path, runs: int, threads: int | None, baseline: str, tmp: Path) -> list[Best]:
+    """The text reader of ``baseline`` and of this tree, one run of each in turn."""
+    code = checkout(baseline, tmp / "baseline")
+    pairs = [(once("text", path, threads, code), once("text", path, threads)) for _ in range(runs)]
+    return [best(f"text @{baseline}", [b for b, _ in pairs]), best("text", [c for _, c in pairs])]
 
 
 def main() -> None:
@@ -126,6 +148,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, help="POLARS_MAX_THREADS for the readers (default: polars decides)")
     ap.add_argument("--repeat", type=int, default=1, help="read the twin's lines N times over (text reader only)")
+    ap.add_argument("--baseline", default=None, help="also run the text reader of this commit, interleaved")
     args = ap.parse_args()
     dat = args.trace or default_trace()
     twin = dat.with_suffix(".txt.gz")
@@ -139,11 +162,15 @@ def main() -> None:
         lines = sum(1 for _ in open(plain, "rb"))
         size_mb = plain.stat().st_size / 1e6
         inputs = (("text", plain), ("text.gz", twin), ("tracedat", dat))[: 1 if args.repeat > 1 else 3]
-        rows = [run(reader, path, args.runs, args.threads) for reader, path in inputs]
+        if args.baseline:
+            rows = interleaved(plain, args.runs, args.threads, args.baseline, Path(tmp))
+        else:
+            rows = [run(reader, path, args.runs, args.threads) for reader, path in inputs]
     ref = rows[-1]
     print(f"`python bench/bench_text.py {dat.relative_to(REPO) if dat.is_relative_to(REPO) else dat.name} "
           f"--runs {args.runs}{f' --threads {args.threads}' if args.threads else ''}"
-          f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}` -- "
+          f"{f' --repeat {args.repeat}' if args.repeat > 1 else ''}"
+          f"{f' --baseline {args.baseline}' if args.baseline else ''}` -- "
           f"{lines:,} text lines ({size_mb:.0f} MB plain), {ref.events:,} events. "
           f"Machine: {os.cpu_count()} cores, {platform.python_version()}, load {os.getloadavg()[0]:.1f}.\n")
     print("| reader | wall (best) | CPU (best) | lines/s (wall) | lines/s (CPU) | peak RSS | events | skipped |")
@@ -153,6 +180,10 @@ def main() -> None:
               f"| {lines / r.wall / 1e6:.2f} M | {lines / r.cpu / 1e6:.2f} M "
               f"| {r.rss_mb:.0f} MB | {r.events:,} | {r.skipped} |")
     text = rows[0]
+    if args.baseline:
+        print(f"\nRatio: this tree's text reader takes {rows[1].cpu / rows[0].cpu:.2f}x the CPU time of "
+              f"{args.baseline}'s (best of {args.runs} interleaved runs each).")
+        return
     if len(rows) == 1:
         return
     print(f"\nRatio: the text reader takes {text.wall / ref.wall:.1f}x the trace.dat reader's wall time "
