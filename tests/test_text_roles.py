@@ -172,3 +172,16 @@ def test_older_kernel_prints_place_bits_by_their_layout(era, tmp_path):
     widths = {"level": 4, "access": 3, "quadrant": 2}
     assert got["role_mask"].unique().to_list() == [sum(((1 << widths.get(k, 1)) - 1) << b for k, b in layout.items())]
     assert len(set(expected)) > 3
+
+
+def test_a_printed_field_wider_than_its_bits_gives_no_role(tmp_path):
+    """A damaged line can print a quadrant no kernel prints (the field has two bits): ``q4``
+    would carry into the direct bit, ``q4294967296`` is beyond u32 (and stopped the reader).
+    Such a row knows no role bit: mask 0, partial 0; the others keep theirs."""
+    line = ("          kvmlab-324   [000] ....  30.{i:06d}: kvm_mmu_get_page: sp gen 0 gfn 1{i:x} l1 8-byte q{q} "
+            "direct --- !nxe ad root 0 sync existing")
+    quadrants = ["3", "4", "4294967296", "18446744073709551616"]
+    (tmp_path / "t.txt").write_text("".join(line.format(i=i, q=q) + "\n" for i, q in enumerate(quadrants)))
+    got = pl.from_arrow(read(tmp_path / "t.txt").tables["kvm_mmu_get_page"])
+    assert got["role_mask"].to_list() == [MODERN_MASK, 0, 0, 0]
+    assert got["role_partial"].to_list() == [1 | 3 << 5 | 1 << 7, 0, 0, 0]

@@ -188,29 +188,39 @@ WORD_FORMS = ("plugin, other byte order", RAW_FORM)
 
 
 def _partial(form: RoleForm) -> pl.Expr:
-    return pl.sum_horizontal([pl.col(f).cast(pl.UInt32) * (1 << b) for f, b in form.bits.items()], ignore_nulls=False)
+    return pl.sum_horizontal([pl.col(f).cast(pl.UInt32, strict=False) * (1 << b) for f, b in form.bits.items()],
+                             ignore_nulls=False)
+
+
+def _fits(form: RoleForm) -> pl.Expr:
+    """Whether every printed field fits its bits: a damaged line can print ``q4`` (into the
+    next field's bit) or ``q4294967296`` (beyond u32, or u64: no value), which no kernel prints."""
+    return pl.all_horizontal([pl.col(f).cast(pl.Int64).is_between(0, (1 << _WIDTHS.get(f, 1)) - 1)
+                              for f in form.bits]).fill_null(False)
 
 
 def add_role(df: pl.DataFrame) -> pl.DataFrame:
     """``role`` where the print covers the whole word, and ``role_partial``/``role_mask`` for every row.
 
     ``_form`` is the era label of the form each row matched (set by the decoder). Only the
-    forms present are built (a file has one, so one pass over its columns).
+    forms present are built (a file has one, so one pass over its columns). A row whose printed
+    fields do not fit their bits knows no role bit: no ``role``, a zero mask.
     """
     present = set(df["_form"].unique().to_list())
     forms = {era: f for era, f in ROLE_FORMS.items() if era in present and f.mask}
     df = df.with_columns(_gpte4=pl.col("_bytes") == 4, _gpte8=pl.col("_bytes") == 8)
     form = pl.col("_form")
+    fits = pl.coalesce([pl.when(form == era).then(_fits(f)) for era, f in forms.items()] + [pl.lit(True)])
     whole = [pl.when(form == era).then(_partial(f)) for era, f in forms.items() if f.whole]
-    role = pl.coalesce([*whole, pl.col("role")])
+    role = pl.when(fits).then(pl.coalesce([*whole, pl.col("role")]))
     partial = pl.coalesce([pl.when(form.is_in(WORD_FORMS)).then(pl.col("role"))]
                           + [pl.when(form == era).then(_partial(f)) for era, f in forms.items()]
                           + [pl.lit(0, pl.UInt32)])
     masks = {era: f.mask for era, f in ROLE_FORMS.items()} | {era: FULL for era in WORD_FORMS}
     masks |= {era: FULL for era, f in ROLE_FORMS.items() if f.whole}
     mask = form.replace_strict(masks, default=0, return_dtype=pl.Int64)
-    return df.with_columns(role=role.cast(pl.UInt32), role_partial=partial.cast(pl.UInt32),
-                           role_mask=mask.cast(pl.UInt32))
+    return df.with_columns(role=role.cast(pl.UInt32), role_partial=pl.when(fits).then(partial).otherwise(0)
+                           .cast(pl.UInt32), role_mask=pl.when(fits).then(mask).otherwise(0).cast(pl.UInt32))
 
 
 def unprinted_notes(forms: set[str]) -> str:
