@@ -138,3 +138,14 @@ def test_quick_exit_regex_takes_the_same_values_as_the_full_form(nested_dir):
     by_reason = {r: got.get(len(real) + i) for i, r in enumerate(EXIT_REASONS)}
     assert by_reason["PF excp"] == 0x4E and by_reason["UNKNOWN (77)"] == 77
     assert by_reason["EPT_VIOLATION FAILED_VMENTRY"] == 48 | 0x80000000 and by_reason["a\tb"] is None
+
+
+def test_userspace_exit_numbers_out_of_range_are_null():
+    """``reason %s (%d)``: a reason below 0 or an errno beyond s32 only damage prints (it stopped
+    the reader: a strict cast); such values are null, the others kept."""
+    args = ["reason KVM_EXIT_IO (2)", "reason restart (-4)", "reason KVM_EXIT_IO (-1)", "reason error (-4294967296)",
+            "reason error (-9223372036854775808)", "reason KVM_EXIT_IO (4294967296)"]
+    rows = pl.DataFrame({"line_no": pl.Series(range(len(args)), dtype=pl.Int64), "args": args})
+    got = decode_event(catalog()["kvm_userspace_exit"], rows, ascii_only=True).rows
+    assert got["reason"].to_list() == [2, None, None, None, None, None]
+    assert got["errno"].to_list() == [None, 4, None, None, None, None]

@@ -128,12 +128,13 @@ def _finish_exit(df: pl.DataFrame) -> pl.DataFrame:
 
 
 def _finish_userspace_exit(df: pl.DataFrame) -> pl.DataFrame:
-    """``reason %s (%d)`` prints -errno for failures and the reason otherwise, never both."""
+    """``reason %s (%d)`` prints -errno for failures and the reason otherwise, never both
+    (a number out of the field's range, which only damage prints, is null)."""
     printed = pl.col("_what").is_not_null()
     failed = pl.col("_what").is_in(["restart", "error"])
     return df.with_columns(
-        errno=pl.when(~printed).then("errno").when(failed).then(-pl.col("_num")).cast(pl.Int32),
-        reason=pl.when(~printed).then("reason").when(~failed).then(pl.col("_num")).cast(pl.UInt32),
+        errno=pl.when(~printed).then("errno").when(failed).then(-pl.col("_num")).cast(pl.Int32, strict=False),
+        reason=pl.when(~printed).then("reason").when(~failed).then(pl.col("_num")).cast(pl.UInt32, strict=False),
     )
 
 
