@@ -324,106 +324,142 @@ static PyObject *quoted_printable(PyObject *self, PyObject *args)
 /*
  * A printed form's matcher: one pass per line over its arguments, where the reader would run
  * a regex with captures and then parse each captured number. The program (built by
- * kvmtrace.parsers.text.printf.program, which says when a form can have one) is a sequence of
+ * kvmtrace.parsers.text.printf.program, which says which forms have one) is a sequence of
  *   'L' len:u16 bytes             the literal text;
  *   'N' kind:u8 signed:u8 slot:u8 a number: kind 0 "-?\d+", 1 "\d+", 2 "[0-9a-fA-F]+",
  *                                 3 "(?:0x)?[0-9a-fA-F]+", parsed as int64 (signed) or uint64;
  *   'A' slot:u8 count:u8 then count x (len:u8 bytes value:i64)
- *                                 the first alternative with which the rest matches (slot 255:
- *                                 nothing stored), as the regex's leftmost-first alternation;
+ *                                 literal alternatives (slot 255: nothing stored);
+ *   'T' slot:u8 min:u8 max:u8 set:32 bytes
+ *                                 min to max (255: any number of) bytes of the set (a bitmap);
+ *                                 its start and length go to slots slot and slot + 1;
  *   'E'                           ASCII blanks, then the end ("\s*$" on ASCII text).
- * A number takes every digit it can: the program builder refuses a form where what follows a
- * number could begin with one of its digits (or an 'x' after a "0x" that may be absent), the
- * only cases where the regex could have ended the number earlier.
- * A value is invalid (null) where polars' str.to_integer gives null: out of range of its type,
- * or a '-' before an unsigned one.
+ * It matches as a backtracking regex engine would, which is what the regex crate's
+ * leftmost-first semantics are defined to equal: each op tries its choices in the regex's
+ * order (the longest run of digits or set bytes first, then shorter ones; "0x" taken before
+ * not; alternatives in their order) and the rest of the program after each, so the first
+ * success is the regex's match, with the same captures.
+ * A number is invalid (null) where polars' str.to_integer gives null: out of range of its
+ * type, or a '-' before an unsigned one.
  */
 struct slots {
     int64_t *values;
     uint8_t *valid;
     Py_ssize_t rows, row;
+    const unsigned char *text; /* the string's start: spans are stored from it */
 };
 
 static int is_hex(unsigned char c) { return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
 static int hex_digit(unsigned char c) { return is_digit(c) ? c - '0' : (c | 0x20) - 'a' + 10; }
 
-static const unsigned char *number_op(const unsigned char *op, const unsigned char *t, const unsigned char *end,
-                                      struct slots *o)
+static void store(struct slots *o, int slot, int64_t value, int ok)
 {
-    int kind = op[1], is_signed = op[2], neg = 0, overflow = 0;
-    unsigned base = kind >= 2 ? 16 : 10;
+    o->values[slot * o->rows + o->row] = value;
+    o->valid[slot * o->rows + o->row] = (uint8_t)ok;
+}
+
+/* Store the number in digits[0, len) (after a '-' when neg) in the op's slot. */
+static void store_number(const unsigned char *op, const unsigned char *digits, Py_ssize_t len, int neg,
+                         struct slots *o)
+{
+    unsigned base = op[1] >= 2 ? 16 : 10;
     uint64_t mag = 0;
-    const unsigned char *digits;
-    if (kind == 0 && t < end && *t == '-') {
-        neg = 1;
-        t++;
-    }
-    if (kind == 3 && end - t >= 3 && t[0] == '0' && t[1] == 'x' && is_hex(t[2]))
-        t += 2;
-    for (digits = t; t < end && (base == 16 ? is_hex(*t) : is_digit(*t)); t++) {
-        unsigned d = base == 16 ? (unsigned)hex_digit(*t) : (unsigned)(*t - '0');
+    int overflow = 0, ok;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        unsigned d = base == 16 ? (unsigned)hex_digit(digits[i]) : (unsigned)(digits[i] - '0');
         overflow |= mag > (UINT64_MAX - d) / base;
         mag = mag * base + d;
     }
-    if (t == digits)
-        return NULL;
-    {
-        Py_ssize_t at = op[3] * o->rows + o->row;
-        int ok;
-        if (is_signed)
-            ok = !overflow && mag <= (uint64_t)INT64_MAX + (uint64_t)neg;
-        else
-            ok = !overflow && !neg;
-        o->values[at] = neg ? (int64_t)(0 - mag) : (int64_t)mag;
-        o->valid[at] = (uint8_t)ok;
+    if (op[2]) /* int64 */
+        ok = !overflow && mag <= (uint64_t)INT64_MAX + (uint64_t)neg;
+    else
+        ok = !overflow && !neg;
+    store(o, op[3], neg ? (int64_t)(0 - mag) : (int64_t)mag, ok);
+}
+
+static int match(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o);
+
+static int number_op(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o)
+{
+    int kind = op[1], neg = 0, tries;
+    const unsigned char *starts[2];
+    if (kind == 0 && t < end && *t == '-') { /* "-?": without the '-', "\d+" cannot start at it */
+        neg = 1;
+        t++;
     }
-    return t;
+    tries = 0;
+    if (kind == 3 && end - t >= 2 && t[0] == '0' && t[1] == 'x')
+        starts[tries++] = t + 2;
+    starts[tries++] = t;
+    for (int k = 0; k < tries; k++) {
+        const unsigned char *d = starts[k], *run = d;
+        while (run < end && (kind >= 2 ? is_hex(*run) : is_digit(*run)))
+            run++;
+        for (; run > d; run--) {
+            store_number(op, d, run - d, neg, o);
+            if (match(op + 4, run, end, o))
+                return 1;
+        }
+    }
+    return 0;
+}
+
+static int span_op(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o)
+{
+    const unsigned char *set = op + 4, *run = t;
+    Py_ssize_t least = op[2], most = op[3] == 255 ? PY_SSIZE_T_MAX : op[3];
+    while (run < end && run - t < most && (set[*run >> 3] >> (*run & 7) & 1))
+        run++;
+    for (; run - t >= least; run--) {
+        if (op[1] != 255) {
+            store(o, op[1], t - o->text, 1);
+            store(o, op[1] + 1, run - t, 1);
+        }
+        if (match(op + 36, run, end, o))
+            return 1;
+        if (run == t)
+            break;
+    }
+    return 0;
 }
 
 static int match(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o)
 {
-    for (;;) {
-        switch (*op) {
-        case 'L': {
-            Py_ssize_t len = op[1] | op[2] << 8;
-            if (end - t < len || memcmp(t, op + 3, (size_t)len) != 0)
-                return 0;
-            t += len;
-            op += 3 + len;
-            break;
-        }
-        case 'N':
-            t = number_op(op, t, end, o);
-            if (t == NULL)
-                return 0;
-            op += 4;
-            break;
-        case 'A': {
-            const unsigned char *option = op + 3, *next = op + 3;
-            int k;
-            for (k = 0; k < op[2]; k++)
-                next += 1 + next[0] + 8;
-            for (k = 0; k < op[2]; k++, option += 1 + option[0] + 8) {
-                Py_ssize_t len = option[0];
-                if (end - t < len || memcmp(t, option + 1, (size_t)len) != 0)
-                    continue;
-                if (op[1] != 255) {
-                    int64_t value;
-                    memcpy(&value, option + 1 + len, 8);
-                    o->values[op[1] * o->rows + o->row] = value;
-                    o->valid[op[1] * o->rows + o->row] = 1;
-                }
-                if (match(next, t + len, end, o))
-                    return 1;
-            }
+    switch (*op) {
+    case 'L': {
+        Py_ssize_t len = op[1] | op[2] << 8;
+        if (end - t < len || memcmp(t, op + 3, (size_t)len) != 0)
             return 0;
+        return match(op + 3 + len, t + len, end, o);
+    }
+    case 'N':
+        return number_op(op, t, end, o);
+    case 'T':
+        return span_op(op, t, end, o);
+    case 'A': {
+        const unsigned char *option = op + 3, *next = op + 3;
+        int k;
+        for (k = 0; k < op[2]; k++)
+            next += 1 + next[0] + 8;
+        for (k = 0; k < op[2]; k++, option += 1 + option[0] + 8) {
+            Py_ssize_t len = option[0];
+            if (end - t < len || memcmp(t, option + 1, (size_t)len) != 0)
+                continue;
+            if (op[1] != 255) {
+                int64_t value;
+                memcpy(&value, option + 1 + len, 8);
+                store(o, op[1], value, 1);
+            }
+            if (match(next, t + len, end, o))
+                return 1;
         }
-        default: /* 'E' */
-            while (t < end && is_blank(*t))
-                t++;
-            return t == end;
-        }
+        return 0;
+    }
+    default: /* 'E' */
+        while (t < end && is_blank(*t))
+            t++;
+        return t == end;
     }
 }
 
@@ -442,6 +478,10 @@ static int valid_program(const unsigned char *op, Py_ssize_t len, Py_ssize_t slo
             if (end - op < 4 || op[1] > 3 || op[3] >= slots)
                 return 0;
             op += 4;
+        } else if (*op == 'T') {
+            if (end - op < 36 || (op[1] != 255 && op[1] + 1 >= slots) || op[2] > op[3])
+                return 0;
+            op += 36;
         } else if (*op == 'A') {
             int k, count;
             if (end - op < 3 || (op[1] != 255 && op[1] >= slots))
@@ -491,7 +531,7 @@ static PyObject *match_form(PyObject *self, PyObject *args)
         const int64_t *off = offsets.buf;
         const unsigned char *bytes = data.buf;
         uint8_t *h = hit.buf;
-        struct slots o = {values.buf, valid.buf, n, 0};
+        struct slots o = {values.buf, valid.buf, n, 0, NULL};
         if (n < 0 || values.readonly || valid.readonly || values.len != 8 * valid.len || (n > 0 && valid.len % n != 0)
             || !valid_program(prog.buf, prog.len, n > 0 ? valid.len / n : 256)) {
             PyErr_SetString(PyExc_ValueError, "a malformed program, or values and valid not writable slots x rows");
@@ -503,6 +543,7 @@ static PyObject *match_form(PyObject *self, PyObject *args)
                 goto fail;
             }
             o.row = i;
+            o.text = bytes + off[i];
             h[i] = (uint8_t)match(prog.buf, bytes + off[i], bytes + off[i + 1], &o);
             hits += h[i];
         }

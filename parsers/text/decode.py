@@ -22,14 +22,13 @@ from kvmtrace.parsers.text.catalog import POLARS_TYPES, EventSpec
 from kvmtrace.parsers.text.printf import (
     RAW_FORM,
     Compiled,
-    Number,
-    Program,
     ascii_classes,
     choice_expr,
     flags_expr,
     number_expr,
     pointer_expr,
 )
+from kvmtrace.parsers.text.program import Program
 
 _SCRATCH = pl.Int64()
 _SIGNED = (pl.Int8(), pl.Int16(), pl.Int32(), pl.Int64())
@@ -122,11 +121,12 @@ def _apply(df: pl.DataFrame, regex: str, exprs: tuple[pl.Expr, ...]) -> tuple[pl
 
 @dataclass(frozen=True)
 class _Matcher:
-    """A form's compiled matcher (:class:`Program`): its code, each slot's group and whether it
-    holds int64 (else uint64), and the expressions that make its rows decoded rows."""
+    """A form's compiled matcher (:class:`Program`): its code, each slot's group and what it
+    holds (``int64``, ``uint64``, a text's ``start`` or ``length``), and the expressions that
+    make its rows decoded rows."""
 
     code: bytes
-    slots: tuple[tuple[str, bool], ...]
+    slots: tuple[tuple[str, str], ...]
     exprs: tuple[pl.Expr, ...]
 
 
@@ -166,12 +166,15 @@ _PASSES: dict[tuple[int, bool, bool], tuple[EventSpec, list[_Pass]]] = {}
 
 def _matcher(spec: EventSpec, program: Program, era: str, columns: dict[str, pl.DataType]) -> _Matcher:
     """The matcher of a form: numbers parsed as :func:`number_expr` parses them (int64 for a
-    signed column, else uint64), alternatives as their value, then cast as the regex pass casts."""
+    signed column, else uint64), alternatives as their value (int64), texts cut from the
+    arguments; then cast as the regex pass casts."""
     types = _types(spec)
-    numbers = {op.group for op in program.ops if isinstance(op, Number)}
-    signed = {g: g not in numbers or types.get(g, _SCRATCH) in _SIGNED for g in program.groups}
-    exprs = [pl.col(g).cast(types.get(g, _SCRATCH), strict=False).alias(g) for g in program.groups]
-    return _Matcher(program.code(signed), tuple(signed.items()), _full(era, exprs, columns))
+    signed = {g: what != "number" or types.get(g, _SCRATCH) in _SIGNED for g, what in program.slots}
+    slots = tuple((g, what if what in ("start", "length") else "int64" if signed[g] else "uint64")
+                  for g, what in program.slots)
+    exprs = [pl.col(g) if what == "start" else pl.col(g).cast(types.get(g, _SCRATCH), strict=False).alias(g)
+             for g, what in program.slots if what != "length"]
+    return _Matcher(program.code(signed), slots, _full(era, exprs, columns))
 
 
 def _passes(spec: EventSpec, ascii_only: bool) -> list[_Pass]:
@@ -184,11 +187,12 @@ def _passes(spec: EventSpec, ascii_only: bool) -> list[_Pass]:
         for f in spec.forms:
             exprs = _full(f.era, _convert(spec, f.compiled), columns)
             # The quick regex captures the same groups, so the form's expressions convert them.
-            if f.quick is not None:
-                passes.append(_Pass(f.era, _regex(f.quick.regex, ascii_only), exprs))
-            program = f.compiled.program if ascii_only and native.COMPILED else None
-            matcher = None if program is None else _matcher(spec, program, f.era, columns)
-            passes.append(_Pass(f.era, _regex(f.compiled.regex, ascii_only), exprs, matcher))
+            for c in (f.quick, f.compiled):
+                if c is None:
+                    continue
+                program = c.program if ascii_only and native.COMPILED else None
+                matcher = None if program is None else _matcher(spec, program, f.era, columns)
+                passes.append(_Pass(f.era, _regex(c.regex, ascii_only), exprs, matcher))
         passes.append(_Pass(RAW_FORM, _regex(_raw_regex(spec), ascii_only), _full(RAW_FORM, _raw_exprs(spec), columns)))
         cached = _PASSES[key] = (spec, passes)
     return cached[1]
@@ -208,14 +212,17 @@ def _match(df: pl.DataFrame, m: _Matcher) -> tuple[pl.DataFrame, pl.DataFrame]:
     valid = np.empty((len(m.slots), n), dtype=np.uint8)
     hits = native.chunk.match_form(m.code, offsets, buffers[2] or b"", hit, values, valid)
     rows = None if hits == n else np.flatnonzero(hit)
-    columns: dict[str, pl.Series] = {}
-    for k, (group, signed) in enumerate(m.slots):
+    got = df if rows is None else df[rows]
+    columns: list[pl.Series | pl.Expr] = []
+    for k, (group, what) in enumerate(m.slots):
         v, ok = (values[k], valid[k]) if rows is None else (values[k][rows], valid[k][rows])
-        v = v if signed else v.view(np.uint64)
-        column = pl.Series(group, v)
-        columns[group] = column if ok.all() else column.scatter(np.flatnonzero(ok == 0), None)
-    line_no = df["line_no"] if rows is None else df["line_no"].gather(rows)
-    got = pl.DataFrame({"line_no": line_no, **columns}).select("line_no", *m.exprs)
+        if what == "start":  # ASCII text: byte offsets are character offsets
+            length = values[k + 1] if rows is None else values[k + 1][rows]
+            columns.append(pl.col("args").str.slice(pl.Series(v), pl.Series(length)).alias(group))
+        elif what != "length":
+            column = pl.Series(group, v if what == "int64" else v.view(np.uint64))
+            columns.append(column if ok.all() else column.scatter(np.flatnonzero(ok == 0), None))
+    got = got.select("line_no", *columns).select("line_no", *m.exprs)
     return got, (df.clear() if rows is None else df if hits == 0 else df.filter(pl.Series(hit == 0)))
 
 

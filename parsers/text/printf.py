@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from kvmtrace.parsers.text.program import Alternatives, Literal, Number, Op, Program, Span, program, span
+
 HEX = r"[0-9a-fA-F]+"
 #: The label of ``trace-cmd report -R`` lines (``field=value``), tried after every printed form;
 #: also how ``trace-cmd report`` without plugins prints an event whose print fmt it cannot parse.
@@ -68,89 +70,19 @@ Slot = str | Choice | Flags | Text | Pointer | Skip
 CONVERSION = re.compile(r"%(?P<flags>[#0\-+ ]*)(?P<width>\d*)(?P<len>hh|h|ll|l|z)?(?P<conv>[diuxXpsc%])(?P<ext>K)?")
 
 
-@dataclass(frozen=True)
-class Literal:
-    text: str
-
-
-@dataclass(frozen=True)
-class Number:
-    r"""A number the regex captures as ``-?\d+`` (kind 0), ``\d+`` (1), hex (2), ``(?:0x)?`` hex (3)."""
-
-    group: str
-    kind: int
-
-
-@dataclass(frozen=True)
-class Alternatives:
-    """Literal alternatives in the regex's order; ``group`` None for a :class:`Skip`."""
-
-    group: str | None
-    options: tuple[tuple[str, int], ...]
-
-
-Op = Literal | Number | Alternatives
-_DIGITS = {0: "0123456789", 1: "0123456789", 2: "0123456789abcdefABCDEF", 3: "0123456789abcdefABCDEFx"}
-
-
-@dataclass(frozen=True)
-class Program:
-    """A form as the compiled matcher's program (``_chunk.c``, ``match_form``): the same rows
-    and values as its regex, without the regex.
-
-    Why only some forms: the matcher takes every digit a number can, and the regex does the
-    same only where what follows the number cannot begin with one of its digits (nor with the
-    ``x`` of an optional ``0x``); :func:`program` refuses the others, and forms with text,
-    flags or pointers, which stay with the regex.
-    """
-
-    ops: tuple[Op, ...]
-
-    @property
-    def groups(self) -> tuple[str, ...]:
-        """The captured groups in slot order."""
-        return tuple(op.group for op in self.ops if isinstance(op, (Number, Alternatives)) and op.group)
-
-    def code(self, signed: Mapping[str, bool]) -> bytes:
-        """The program's bytes; ``signed[group]``: the number is parsed as int64, else uint64."""
-        slot = {g: k for k, g in enumerate(self.groups)}
-        out = bytearray()
-        for op in self.ops:
-            if isinstance(op, Literal):
-                out += b"L" + len(op.text.encode()).to_bytes(2, "little") + op.text.encode()
-            elif isinstance(op, Number):
-                out += bytes((ord("N"), op.kind, signed[op.group], slot[op.group]))
-            else:
-                out += bytes((ord("A"), 255 if op.group is None else slot[op.group], len(op.options)))
-                for option, value in op.options:
-                    out += bytes((len(option.encode()),)) + option.encode() + value.to_bytes(8, "little", signed=True)
-        return bytes(out + b"E")
-
-
-def program(ops: list[Op] | None) -> Program | None:
-    """The ops as a :class:`Program`, or None where the matcher and the regex could differ."""
-    if ops is None or len(ops) > 200 or any(isinstance(op, Number) and op.kind not in _DIGITS for op in ops):
-        return None
-    for op, after in zip(ops, [*ops[1:], None]):
-        if not isinstance(op, Number) or after is None:
-            continue
-        if isinstance(after, Number):
-            return None
-        starts = [after.text] if isinstance(after, Literal) else [t for t, _ in after.options]
-        if any(not t or t[0] in _DIGITS[op.kind] for t in starts):
-            return None
-    groups = [op.group for op in ops if isinstance(op, (Number, Alternatives)) and op.group]
-    texts = [op.text for op in ops if isinstance(op, Literal)]
-    texts += [t for op in ops if isinstance(op, Alternatives) for t, _ in op.options]
-    if len(groups) > 254 or any(len(t.encode()) > 255 for t in texts):
-        return None
-    return Program(tuple(ops))
-
-
 def _literal_alternatives(pattern: str) -> tuple[str, ...] | None:
     """A :class:`Skip` pattern's alternatives when it is literal text joined by '|' (``0|1``)."""
     parts = tuple(pattern.split("|"))
     return parts if all(p == re.escape(p) for p in parts) else None
+
+
+def _skipped(pattern: str) -> Op | None:
+    """The op of a :class:`Skip` pattern, if the matcher has one for it."""
+    alternatives = _literal_alternatives(pattern)
+    if alternatives is not None:
+        return Alternatives(None, tuple((t, 0) for t in alternatives))
+    chars = span(pattern)
+    return None if chars is None else Span(None, *chars)
 
 
 @dataclass(frozen=True)
@@ -205,8 +137,7 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
         op: Op | None = None
         if isinstance(slot, Skip):
             parts.append(f"(?:{slot.pattern})")
-            skipped = _literal_alternatives(slot.pattern)
-            op = None if skipped is None else Alternatives(None, tuple((t, 0) for t in skipped))
+            op = _skipped(slot.pattern)
         elif isinstance(slot, Choice):
             parts.append(f"(?P<{slot.field}>{_alternation(slot.options)})")
             choices[slot.field] = slot.options
@@ -218,6 +149,8 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
         elif isinstance(slot, Text):
             parts.append(f"(?P<{slot.field}>{slot.pattern})")
             texts.append(slot.field)
+            chars = span(slot.pattern)
+            op = None if chars is None else Span(slot.field, *chars)
         elif isinstance(slot, Pointer) or conv == "p":
             name = slot.field if isinstance(slot, Pointer) else slot
             parts.append(rf"(?:0x)?(?P<{name}>{HEX}|\(____ptrval____\)|\(null\)|\(ptrval\))")
@@ -250,7 +183,11 @@ def compile_format(fmt: str, slots: tuple[Slot, ...]) -> Compiled:
         # A format ending in " %s" prints a trailing space when the %s is empty; copies of the
         # text often lose trailing blanks, so that space may be missing.
         parts[-2] = parts[-2][:-2] + r"(?:\ )?"
-        ops = None
+        if ops is not None and len(ops) >= 2 and isinstance(ops[-2], Literal) and ops[-2].text.endswith(" "):
+            before = [Literal(ops[-2].text[:-1])] if ops[-2].text[:-1] else []
+            ops[-2:-1] = [*before, Alternatives(None, ((" ", 0), ("", 0)))]
+        else:
+            ops = None
     parts.append(re.escape(tail))
     literal(tail)
     return Compiled("^" + "".join(parts) + r"\s*$", numbers, choices, flags, tuple(texts), tuple(pointers),
