@@ -359,18 +359,49 @@ static void store(struct slots *o, int slot, int64_t value, int ok)
     o->valid[slot * o->rows + o->row] = (uint8_t)ok;
 }
 
-/* Store the number in digits[0, len) (after a '-' when neg) in the op's slot. */
-static void store_number(const unsigned char *op, const unsigned char *digits, Py_ssize_t len, int neg,
-                         struct slots *o)
+/* A byte's value as a hex digit, or -1 (one load tells both whether it is one and its value). */
+static int8_t hex_value[256];
+
+static void init_hex_value(void)
 {
-    unsigned base = op[1] >= 2 ? 16 : 10;
-    uint64_t mag = 0;
-    int overflow = 0, ok;
-    for (Py_ssize_t i = 0; i < len; i++) {
-        unsigned d = base == 16 ? (unsigned)hex_digit(digits[i]) : (unsigned)(digits[i] - '0');
-        overflow |= mag > (UINT64_MAX - d) / base;
-        mag = mag * base + d;
+    memset(hex_value, -1, sizeof hex_value);
+    for (int c = 0; c < 256; c++)
+        if (is_hex((unsigned char)c))
+            hex_value[c] = (int8_t)hex_digit((unsigned char)c);
+}
+
+/* Parse the longest run of digits at d (at most `limit` of them); its end, and its magnitude
+ * and whether it overflowed u64 in *mag and *overflow. A shift for hex and a multiplication by
+ * a constant for decimal: a division per digit, or a multiplication by a variable base, cost
+ * more than the rest of a line's match. */
+static const unsigned char *digits_of(const unsigned char *d, const unsigned char *end, int hex, Py_ssize_t limit,
+                                      uint64_t *mag, int *overflow)
+{
+    uint64_t m = 0;
+    int over = 0;
+    if (end - d > limit)
+        end = d + limit;
+    if (hex) {
+        for (; d < end && hex_value[*d] >= 0; d++) {
+            over |= (m >> 60) != 0;
+            m = m << 4 | (uint64_t)hex_value[*d];
+        }
+    } else {
+        for (; d < end && (unsigned)(*d - '0') <= 9; d++) {
+            unsigned v = (unsigned)(*d - '0');
+            over |= m > UINT64_MAX / 10 || (m == UINT64_MAX / 10 && v > UINT64_MAX % 10);
+            m = m * 10 + v;
+        }
     }
+    *mag = m;
+    *overflow = over;
+    return d;
+}
+
+/* Store a magnitude (after a '-' when neg) in the op's slot, valid as polars' str.to_integer is. */
+static void store_number(const unsigned char *op, uint64_t mag, int overflow, int neg, struct slots *o)
+{
+    int ok;
     if (op[2]) /* int64 */
         ok = !overflow && mag <= (uint64_t)INT64_MAX + (uint64_t)neg;
     else
@@ -382,22 +413,20 @@ static int match(const unsigned char *op, const unsigned char *t, const unsigned
 
 static int number_op(const unsigned char *op, const unsigned char *t, const unsigned char *end, struct slots *o)
 {
-    int kind = op[1], neg = 0, tries;
+    int kind = op[1], hex = kind >= 2, neg = 0, tries = 0, overflow;
     const unsigned char *starts[2];
+    uint64_t mag;
     if (kind == 0 && t < end && *t == '-') { /* "-?": without the '-', "\d+" cannot start at it */
         neg = 1;
         t++;
     }
-    tries = 0;
     if (kind == 3 && end - t >= 2 && t[0] == '0' && t[1] == 'x')
         starts[tries++] = t + 2;
     starts[tries++] = t;
     for (int k = 0; k < tries; k++) {
-        const unsigned char *d = starts[k], *run = d;
-        while (run < end && (kind >= 2 ? is_hex(*run) : is_digit(*run)))
-            run++;
-        for (; run > d; run--) {
-            store_number(op, d, run - d, neg, o);
+        const unsigned char *d = starts[k], *run = digits_of(d, end, hex, PY_SSIZE_T_MAX, &mag, &overflow);
+        for (; run > d; run = digits_of(d, end, hex, run - d - 1, &mag, &overflow)) {
+            store_number(op, mag, overflow, neg, o);
             if (match(op + 4, run, end, o))
                 return 1;
         }
@@ -576,4 +605,8 @@ static struct PyModuleDef module = {
     NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__chunk(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__chunk(void)
+{
+    init_hex_value();
+    return PyModule_Create(&module);
+}
