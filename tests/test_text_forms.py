@@ -149,3 +149,15 @@ def test_userspace_exit_numbers_out_of_range_are_null():
     got = decode_event(catalog()["kvm_userspace_exit"], rows, ascii_only=True).rows
     assert got["reason"].to_list() == [2, None, None, None, None, None]
     assert got["errno"].to_list() == [None, 4, None, None, None, None]
+
+
+def test_exit_reason_numbers_out_of_range_are_null():
+    """``reason UNKNOWN (n)`` (the kvm plugin's name for a number it has no name for): n beyond
+    u32, which only damage prints, stopped the reader (a strict cast); it is null now."""
+    tail = " rip 0x1 info1 0x0000000000000001 info2 0x0000000000000002 intr_info 0x00000000 error_code 0x00000000"
+    args = [f"vcpu 0 reason {r}{tail}" for r in ("npf", "UNKNOWN (99999999999)", "UNKNOWN (7)",
+                                                  "EXCEPTION_NMI FAILED_VMENTRY")]
+    rows = pl.DataFrame({"line_no": pl.Series(range(len(args)), dtype=pl.Int64), "args": args})
+    got = decode_event(catalog()["kvm_exit"], rows, ascii_only=True).rows
+    assert got["exit_reason"].to_list() == [1024, None, 7, 0x80000000]
+    assert got["isa"].to_list() == [2, None, None, 1]
