@@ -17,9 +17,9 @@ a shared machine wall time includes waiting for a core, CPU time does not. ``--t
 timestamps shifted past the previous copy's (the repository's twins are 0.2 M lines, where
 fixed costs weigh more than on a real capture); only the ``text`` reader runs then, as there
 is no trace.dat of that text.
-``--baseline COMMIT`` also runs the text reader of that commit (``bench_stream.checkout``, its
-tree as it is, without building a C extension it may have), one run of each in turn, so that a
-machine whose speed drifts within minutes still compares like with like.
+``--baseline COMMIT`` also runs the text reader of that commit (``bench_stream.checkout``, with
+its C extension built in place as the install builds it, if it has one), one run of each in
+turn, so that a machine whose speed drifts within minutes still compares like with like.
 Prints a table to paste into bench/RESULTS.md under "## text reader".
 """
 
@@ -34,6 +34,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,9 +136,19 @@ def run(reader: str, path: Path, runs: int, threads: int | None) -> Best:
     return best(reader, [once(reader, path, threads) for _ in range(runs)])
 
 
+def build_extension(code: Path) -> None:
+    """Compile a checkout's ``parsers/text/_chunk.c`` beside it, with pyproject.toml's flags."""
+    source = code / "parsers" / "text" / "_chunk.c"
+    if source.exists():
+        target = source.with_name("_chunk" + sysconfig.get_config_var("EXT_SUFFIX"))
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", f"-I{sysconfig.get_paths()['include']}", str(source),
+                        "-o", str(target)], check=True)
+
+
 def interleaved(path: Path, runs: int, threads: int | None, baseline: str, tmp: Path) -> list[Best]:
     """The text reader of ``baseline`` and of this tree, one run of each in turn."""
     code = checkout(baseline, tmp / "baseline")
+    build_extension(code)
     pairs = [(once("text", path, threads, code), once("text", path, threads)) for _ in range(runs)]
     return [best(f"text @{baseline}", [b for b, _ in pairs]), best("text", [c for _, c in pairs])]
 

@@ -114,24 +114,18 @@ def exit_reasons() -> dict[str, tuple[int, int]]:
 
 
 def _finish_exit(df: pl.DataFrame) -> pl.DataFrame:
-    """``reason NAME [FAILED_VMENTRY]`` or the plugin's ``reason UNKNOWN (n)`` -> exit_reason, isa.
-
-    Computed once per distinct reason and flag (a trace has a few) and joined back: per row,
-    the name lookups and the ``UNKNOWN`` regex cost more than the line's match. A number out
-    of u32, which only damage prints, is null."""
+    """``reason NAME [FAILED_VMENTRY]`` or the plugin's ``reason UNKNOWN (n)`` -> exit_reason, isa
+    (a number out of u32, which only damage prints, is null)."""
     table = exit_reasons()
     name = pl.col("_reason")
     unknown = name.str.extract(r"^UNKNOWN \((\d+)\)$").str.to_integer(strict=False)
     code = name.replace_strict({k: v[0] for k, v in table.items()}, default=None, return_dtype=pl.Int64)
     isa = name.replace_strict({k: v[1] for k, v in table.items()}, default=None, return_dtype=pl.Int64)
     high = pl.when(pl.col("_rflags").fill_null("").str.contains("FAILED_VMENTRY")).then(0x80000000).otherwise(0)
-    keys = df.select("_reason", "_rflags").unique()
-    known = keys.with_columns(_code=pl.coalesce(code + high, unknown), _isa=isa)
-    df = df.join(known, on=["_reason", "_rflags"], how="left", nulls_equal=True, maintain_order="left")
     return df.with_columns(
-        exit_reason=pl.coalesce("_code", "exit_reason").cast(pl.UInt32, strict=False),
-        isa=pl.coalesce("_isa", "isa").cast(pl.UInt32, strict=False),
-    ).drop("_code", "_isa")
+        exit_reason=pl.coalesce(code + high, unknown, "exit_reason").cast(pl.UInt32, strict=False),
+        isa=pl.coalesce(isa, "isa").cast(pl.UInt32, strict=False),
+    )
 
 
 def _finish_userspace_exit(df: pl.DataFrame) -> pl.DataFrame:
