@@ -323,8 +323,9 @@ static PyObject *quoted_printable(PyObject *self, PyObject *args)
 
 /*
  * A printed form's matcher: one pass per line over its arguments, where the reader would run
- * a regex with captures and then parse each captured number. The program (built by
- * kvmtrace.parsers.text.printf.program, which says which forms have one) is a sequence of
+ * a regex with captures and then parse each captured number. The program (the bytes of a
+ * kvmtrace.parsers.text.program.Program; printf.compile_format builds one where it can) is a
+ * sequence of
  *   'L' len:u16 bytes             the literal text;
  *   'N' kind:u8 signed:u8 slot:u8 a number: kind 0 "-?\d+", 1 "\d+", 2 "[0-9a-fA-F]+",
  *                                 3 "(?:0x)?[0-9a-fA-F]+", parsed as int64 (signed) or uint64;

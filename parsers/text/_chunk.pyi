@@ -12,6 +12,6 @@ def split_prefix(
     comm: NDArray[np.uint32], event: NDArray[np.uint32], args: NDArray[np.uint32],
 ) -> int: ...
 def match_form(
-    program: bytes, offsets: NDArray[np.int64], data: bytes | object, hit: NDArray[np.uint8],
+    program: bytes, offsets: NDArray[np.int64], data: object, hit: NDArray[np.uint8],  # data: any buffer
     values: NDArray[np.int64], valid: NDArray[np.uint8],
 ) -> int: ...
