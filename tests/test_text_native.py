@@ -42,7 +42,8 @@ DATA = Path(__file__).parent / "data"
 TWINS = sorted(p for d in (NESTED, SAMPLES) for p in d.glob("*.txt.gz"))
 TEXTS = [*TWINS, *sorted((DATA / "text").glob("*.txt"))]
 
-pytestmark = pytest.mark.skipif(not native.COMPILED, reason="the C passes were not built (no C compiler)")
+#: Every test below but the first compares the compiled passes with the others: it needs them.
+needs_compiled = pytest.mark.skipif(not native.COMPILED, reason="the C passes were not built (no C compiler)")
 
 
 def test_the_install_built_the_compiled_passes_when_it_could():
@@ -67,6 +68,7 @@ def _read(path: Path):
         return read_text(path, compression="gzip" if path.suffix == ".gz" else "none")
 
 
+@needs_compiled
 @pytest.mark.parametrize("path", TEXTS, ids=lambda p: p.name)
 def test_every_text_input_reads_the_same(path: Path, numpy_only):
     c, n = _read(path), numpy_only(_read, path)
@@ -85,10 +87,12 @@ def _assert_same_split(data: bytes, numpy_only) -> int:
     return c.events.height
 
 
+@needs_compiled
 def test_edge_lines_split_as_in_numpy(numpy_only):
     assert _assert_same_split("\n".join(EDGE_LINES).encode(), numpy_only) == 9
 
 
+@needs_compiled
 @pytest.mark.parametrize("base", BASES)
 def test_every_damaged_column_splits_as_in_numpy(base: str, numpy_only):
     lines = [base]
@@ -103,6 +107,7 @@ BOUNDS = [b"", b"\n", b"\n\n", b"a", b"a\n", b"a\r\nb\r", b"\r\n\r", b"a=\nb", b
           b"\xc3\xa4=\r\n"]
 
 
+@needs_compiled
 @pytest.mark.parametrize("path", TWINS[:3], ids=lambda p: p.name)
 def test_line_bounds_and_quoting_as_in_numpy(path: Path, numpy_only):
     text = gzip.decompress(path.read_bytes())
@@ -171,6 +176,7 @@ def _decode(spec: EventSpec, args: list[str]) -> tuple[pl.DataFrame, list[int], 
     return d.rows, d.failed.to_list(), d.forms
 
 
+@needs_compiled
 @pytest.mark.parametrize(("spec", "form", "compiled"), PROGRAMMED,
                          ids=[f"{s.name}/{f.era}{'/quick' if c is f.quick else ''}" for s, f, c in PROGRAMMED])
 @settings(max_examples=40, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -188,6 +194,7 @@ def test_the_form_matcher_decodes_as_the_regex(spec: EventSpec, form: Form, comp
 MATCHED: Counter[tuple[str, str, bool]] = Counter()
 
 
+@needs_compiled
 def test_the_matcher_cases_were_mostly_read():
     # The comparison above is not vacuous: most made arguments were decoded, not failed.
     # (Runs after it: pytest keeps a module's order.)
@@ -300,6 +307,7 @@ def _assert_matches_as_re(ops: list, signed: dict[str, bool], texts: list[str]) 
             assert got == want, (text, _regex_of(ops))
 
 
+@needs_compiled
 @settings(max_examples=400, derandomize=True, deadline=None)
 @given(ops=_ops(), data=st.data())
 def test_the_matcher_finds_the_first_match_re_finds(ops: list, data: st.DataObject):
@@ -320,6 +328,7 @@ BACKTRACKING = [
 ]
 
 
+@needs_compiled
 @pytest.mark.parametrize(("ops", "texts"), BACKTRACKING, ids=[_regex_of(ops) for ops, _ in BACKTRACKING])
 def test_the_matcher_steps_back_as_re_does(ops: list, texts: list[str]):
     _assert_matches_as_re(ops, {"n": True}, texts)
