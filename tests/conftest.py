@@ -7,6 +7,10 @@ trace-cmd versions and kernels, ``nested/`` the upstream-kernel recordings. The 
 mostly zero padding and are stored xz-compressed; they are decompressed once per test session into
 a temporary folder (while this module is imported, because several test modules build their
 parameter lists from ``PUBLIC``/``NESTED`` at collection time, before any fixture could run).
+Worker processes the tests start (a batch's process pool, Dask workers) import test modules and so
+this one too: they find the session's folder in the environment and use it, and only the session
+that made it removes it (a worker unpacking its own copy left 19 MB behind in the temporary folder
+per worker).
 The nested recordings are trace.dat v7 with zstd sections and gzip text twins, already
 compressed, so they are read in place.
 """
@@ -44,12 +48,17 @@ def _unpack(src: Path, dest: Path) -> Path:
     return dest
 
 
-_UNPACKED = Path(tempfile.mkdtemp(prefix="kvmtrace-testdata-"))
-PUBLIC = _unpack(DATA / "public", _UNPACKED / "public")
+_SHARED = "KVMTRACE_TESTDATA_UNPACKED"  # the session's folder, for the processes it starts
+_OWNED = not os.path.isdir(os.environ.get(_SHARED, ""))
+if _OWNED:
+    os.environ[_SHARED] = tempfile.mkdtemp(prefix="kvmtrace-testdata-")
+    _unpack(DATA / "public", Path(os.environ[_SHARED]) / "public")
+PUBLIC = Path(os.environ[_SHARED]) / "public"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    shutil.rmtree(_UNPACKED, ignore_errors=True)
+    if _OWNED:
+        shutil.rmtree(os.environ.pop(_SHARED), ignore_errors=True)
 
 
 def _require(path: Path) -> Path:
