@@ -9,6 +9,8 @@ what-if all read one structure. Plain lists: the replay loop appends, numpy read
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 import pyarrow as pa
 
@@ -38,25 +40,39 @@ PAGES_SCHEMA = pa.schema([
 ])
 
 
+#: Each column's typecode (:mod:`array`): machine words, not Python lists. A list holds a pointer
+#: and, for anything but a small int, an int object per value (~40 bytes): the pages of a memslot-dense
+#: trace rebuilt by every zap-all were ~460 bytes a page as lists (105 MiB at 20 M events) and are
+#: 97 as arrays. ``spte_page`` holds the address's bits as a signed word (see :meth:`PageBook.link`).
+_COLUMNS = {"gfn": "Q", "role": "Q", "gen": "q", "first_seq": "q", "predates": "b", "zap_seq": "q",
+            "obsolete_seq": "q", "root_count": "q", "unsync": "q", "sync": "q", "uses": "q", "spte_page": "q",
+            "shared_seq": "q"}
+
+
 class PageBook:
-    """Append-only page lifetimes; the models index them by integer id."""
+    """Append-only page lifetimes; the models index them by integer id.
+
+    The columns are :class:`array.array`: the models read and write them per element as they
+    would lists. Readers after the walk take numpy copies (:meth:`column`), never views: a view
+    would pin the array's buffer, and an append while it lives fails."""
 
     def __init__(self, role_mask: int = 0xFFFFFFFF) -> None:
         #: the role bits the input carries (every page's ``role`` has only these)
         self.role_mask = role_mask
-        self.gfn: list[int] = []
-        self.role: list[int] = []
-        self.gen: list[int] = []
-        self.first_seq: list[int] = []
-        self.predates: list[bool] = []
-        self.zap_seq: list[int] = []
-        self.obsolete_seq: list[int] = []
-        self.root_count: list[int] = []
-        self.unsync: list[int] = []
-        self.sync: list[int] = []
-        self.uses: list[int] = []
-        self.spte_page: list[int] = []
-        self.shared_seq: list[int] = []
+        self.gfn = array("Q")
+        self.role = array("Q")
+        self.gen = array("q")
+        self.first_seq = array("q")
+        self.predates = array("b")
+        self.zap_seq = array("q")
+        self.obsolete_seq = array("q")
+        self.root_count = array("q")
+        self.unsync = array("q")
+        self.sync = array("q")
+        self.uses = array("q")
+        #: the inferred SPTE page's address as a signed word (page-aligned, so never NONE)
+        self.spte_page = array("q")
+        self.shared_seq = array("q")
 
     def __len__(self) -> int:
         return len(self.gfn)
@@ -77,41 +93,47 @@ class PageBook:
         self.shared_seq.append(NONE)
         return len(self.gfn) - 1
 
+    @staticmethod
+    def link(address: int) -> int:
+        """An SPTE page's address (unsigned, page-aligned) as :attr:`spte_page` stores it."""
+        return address - (1 << 64) if address >= 1 << 63 else address
+
+    def column(self, name: str) -> np.ndarray:
+        """A numpy copy of column ``name``: uint64 for ``gfn`` and ``role``, bool for ``predates``,
+        int64 for the others (``spte_page`` as stored: ``.view(np.uint64)`` gives the addresses)."""
+        values = getattr(self, name)
+        dtype = {"Q": np.uint64, "q": np.int64, "b": np.int8}[_COLUMNS[name]]
+        out = np.frombuffer(values, dtype=dtype).copy() if len(values) else np.zeros(0, dtype)
+        return out.astype(bool) if name == "predates" else out
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """Numpy views for the detectors and the what-if."""
-        return {
-            "gfn": np.asarray(self.gfn, dtype=np.uint64),
-            "role": np.asarray(self.role, dtype=np.uint64),
-            "gen": np.asarray(self.gen, dtype=np.int64),
-            "first_seq": np.asarray(self.first_seq, dtype=np.int64),
-            "zap_seq": np.asarray(self.zap_seq, dtype=np.int64),
-            "obsolete_seq": np.asarray(self.obsolete_seq, dtype=np.int64),
-            "shared_seq": np.asarray(self.shared_seq, dtype=np.int64),
-        }
+        """Numpy copies for the detectors and the what-if."""
+        return {name: self.column(name)
+                for name in ("gfn", "role", "gen", "first_seq", "zap_seq", "obsolete_seq", "shared_seq")}
 
     def table(self, profile: KernelProfile) -> pa.Table:
         n = len(self.gfn)
 
-        def opt(values: list[int]) -> pa.Array:
-            a = np.asarray(values, dtype=np.int64)
+        def opt(name: str) -> pa.Array:
+            a = self.column(name)
             return pa.array(a, mask=a == NONE)
 
-        sp = np.asarray(self.spte_page, dtype=np.int64)
+        sp = self.column("spte_page")
         t = pa.table({
             "page": pa.array(np.arange(n, dtype=np.int64)),
-            "gfn": pa.array(self.gfn, pa.uint64()),
-            "role": pa.array(self.role, pa.uint32()),
+            "gfn": pa.array(self.column("gfn")),
+            "role": pa.array(self.column("role")).cast(pa.uint32()),
             "role_mask": pa.array(np.full(n, self.role_mask, np.uint32)),
-            "mmu_valid_gen": pa.array(self.gen, pa.int64()),
-            "first_seq": pa.array(self.first_seq, pa.int64()),
-            "predates_trace": pa.array(self.predates, pa.bool_()),
-            "zap_seq": opt(self.zap_seq),
-            "obsolete_seq": opt(self.obsolete_seq),
-            "root_count": pa.array(self.root_count, pa.int64()),
-            "unsync_seqs": pa.array(self.unsync, pa.int64()),
-            "sync_seqs": pa.array(self.sync, pa.int64()),
-            "uses": pa.array(self.uses, pa.int64()),
-            "spte_page": pa.array(sp.astype(np.uint64), mask=sp == NONE),
-            "shared_seq": opt(self.shared_seq),
+            "mmu_valid_gen": pa.array(self.column("gen")),
+            "first_seq": pa.array(self.column("first_seq")),
+            "predates_trace": pa.array(self.column("predates")),
+            "zap_seq": opt("zap_seq"),
+            "obsolete_seq": opt("obsolete_seq"),
+            "root_count": pa.array(self.column("root_count")),
+            "unsync_seqs": pa.array(self.column("unsync")),
+            "sync_seqs": pa.array(self.column("sync")),
+            "uses": pa.array(self.column("uses")),
+            "spte_page": pa.array(sp.view(np.uint64), mask=sp == NONE),
+            "shared_seq": opt("shared_seq"),
         }, schema=PAGES_SCHEMA)
         return decode_role(t, profile, mask=self.role_mask)

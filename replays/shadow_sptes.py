@@ -120,7 +120,7 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     addr_sorted = page_addr[order]
     starts = np.flatnonzero(np.r_[True, addr_sorted[1:] != addr_sorted[:-1]])
     ends = np.r_[starts[1:], n]
-    zap = np.asarray(pages.zap_seq, dtype=np.int64)
+    zap = pages.column("zap_seq")
     zap = np.where(zap == NONE, FOREVER, zap)
     level_mask = (1 << profile.required_field("level").width) - 1
     direct_shift = profile.required_field("direct").shift
@@ -141,7 +141,8 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
         o = NONE
         c = int(candidate[i])
         if c != NONE:
-            level, gfn, sptep, addr = int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i]), int(page_addr[i])
+            level, gfn, sptep = int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i])
+            addr = pages.link(int(page_addr[i]))
             ok = zap[c] > t and linked[c] in (NONE, addr) and role[c] & level_mask == level
             if ok and role[c] >> direct_shift & 1:
                 span = 9 * (level - 1)
@@ -207,7 +208,7 @@ class SpteLifetimes:
         self.prev[later] = order[same]
         del order, same, later
         # the owner's zap, unless it came before this install (the SPTE page's memory was reused)
-        zap = np.asarray(pages.zap_seq, dtype=np.int64)
+        zap = pages.column("zap_seq")
         page_end = 2 * zap[owner.clip(0)] if len(zap) else np.full(n, FOREVER, dtype=np.int64)
         page_end[(owner == NONE) | (page_end <= self.start)] = FOREVER
         rmap_end = np.full(n, FOREVER, dtype=np.int64)
@@ -233,7 +234,7 @@ class SpteLifetimes:
         self.is_install = self.present & (~self.has_old | changed)
         del changed
         smm = profile.role_field("smm")
-        roles = np.asarray(pages.role, dtype=np.uint64)
+        roles = pages.column("role")
         if smm is not None and len(roles):
             in_smm = ((roles >> np.uint64(smm.shift)) & np.uint64(0xFF)) != 0  # per page, then per install
             self.as_id = (in_smm[owner.clip(0)] & (owner != NONE)).astype(np.int8)
@@ -280,8 +281,8 @@ class SpteLifetimes:
         """Installs into a page after the zap-all that made it obsolete (and before its zap)."""
         if not len(self.owner) or not len(pages):
             return []
-        obs = np.asarray(pages.obsolete_seq, dtype=np.int64)
-        zap = np.asarray(pages.zap_seq, dtype=np.int64)
+        obs = pages.column("obsolete_seq")
+        zap = pages.column("zap_seq")
         o = self.owner.clip(0)
         hit = ((self.owner != NONE) & (obs[o] != NONE) & (obs[o] < self.ins.seq)
                & ((zap[o] == NONE) | (zap[o] > self.ins.seq)))

@@ -72,7 +72,7 @@ def owners_by_scan(ins: Installs, looks: Lookups, pages: PageBook, profile: Kern
         k = pos[g]
         i = order[k]
         pid, level, gfn, sptep = int(ins.pid[i]), int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i])
-        addr = int(page_addr[i])
+        addr = pages.link(int(page_addr[i]))
         o = NONE
         look = look_by.get((pid, level))
         if look is not None:

@@ -52,7 +52,7 @@ class Context:
         if not slot:
             return []
         return [f for f in leaf_fates(removals, self.journal.snapshots, self.installs, self.leaf_evidence,
-                                      np.asarray(self.pages.zap_seq, dtype=np.int64)) if f.change in slot]
+                                      self.pages.column("zap_seq")) if f.change in slot]
 
     def zapped_all_in(self, c: MemslotChange) -> int | None:
         """Seq of the kvm_mmu_zap_all_fast the ioctl thread emitted inside c's window, if any."""

@@ -52,7 +52,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
     slot_fates = ctx.untraced_leaf_fates
     reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
     # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
-    zap_seq = np.append(np.asarray(ctx.pages.zap_seq, dtype=np.int64), NONE)
+    zap_seq = np.append(ctx.pages.column("zap_seq"), NONE)
     for i, c in removals:
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None:
