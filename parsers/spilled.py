@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import mmap
 import tempfile
+import weakref
+from collections.abc import Mapping
 from typing import IO
 
+import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.errors import TraceError
@@ -72,7 +75,7 @@ class SpilledTable:
         except OSError as err:
             raise no_room(self.what, err) from None
         # The map holds its own descriptor: the file's space is freed with the last buffer over it.
-        self._map = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._map = _mapped(self._file)
         self._file.close()
         self._writer = self._file = None
         return pa.ipc.open_stream(pa.py_buffer(self._map)).read_all()
@@ -86,6 +89,84 @@ class SpilledTable:
             self._map.madvise(_DONTNEED)
 
 
+#: Rows from which :func:`kept` keeps arrays on disk: below it the file, the map and the page
+#: faults cost more than the memory they would save.
+ARRAYS_ON_DISK = 1 << 20
+
+
+def kept(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """``arrays`` as the replay keeps them: :func:`on_disk` when one has :data:`ARRAYS_ON_DISK`
+    rows or more, else as they are."""
+    if max((len(a) for a in arrays.values()), default=0) >= ARRAYS_ON_DISK:
+        return on_disk(arrays, what)
+    return dict(arrays)
+
+
+def kept_table(table: pa.Table, what: str, schema: pa.Schema) -> pa.Table:
+    """``table`` cast to ``schema``, as the replay keeps it: with :data:`ARRAYS_ON_DISK` rows or
+    more, cast and written to disk a piece at a time and mapped back (:class:`SpilledTable`), so
+    that the cast copy (dictionary codes made strings, say) is never whole in the process."""
+    if table.num_rows < ARRAYS_ON_DISK:
+        return table.cast(schema)
+    spilled = SpilledTable(what)
+    for lo in range(0, table.num_rows, ARRAYS_ON_DISK):
+        spilled.append(table.slice(lo, ARRAYS_ON_DISK).cast(schema))
+    mapped = spilled.table()
+    assert mapped is not None  # the table has rows
+    return mapped
+
+
+def on_disk(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
+    """``arrays`` written to one unlinked temporary file and mapped back: read-only arrays of the
+    same dtypes, shapes and values, whose pages the page cache holds (given back by
+    :func:`release_all`).
+
+    Why: the replay keeps arrays with a row per install, per fault or per live leaf from the walk
+    to the end of the report (~570 MiB at 52 M events of a memslot-dense trace); each step reads a
+    few of them, and held in the process they added up whatever step ran. Read-only, so a consumer
+    that would change them in place fails instead of writing to a file others read."""
+    out: dict[str, np.ndarray] = {}
+    place: dict[str, tuple[int, np.dtype, tuple[int, ...]]] = {}
+    file = temporary_file("kvmtrace-arrays-", what)
+    try:
+        with file:
+            at = 0
+            for name, values in arrays.items():
+                values = np.ascontiguousarray(values)
+                if not values.nbytes:
+                    out[name] = values.copy()
+                    continue
+                at += file.write(bytes(-at % 64))  # each array on its own aligned start
+                place[name] = (at, values.dtype, values.shape)
+                at += file.write(values.reshape(-1).view(np.uint8).data)
+            file.flush()
+            mapped = _mapped(file) if place else None
+    except OSError as err:
+        raise no_room(what, err) from None
+    for name, (start, dtype, shape) in place.items():
+        count = int(np.prod(shape))
+        out[name] = np.frombuffer(mapped, dtype, count, start).reshape(shape)  # type: ignore[arg-type]
+    return {name: out[name] for name in arrays}
+
+
+def release_all() -> None:
+    """Give back the read pages of every map this process holds (tables and arrays kept on disk):
+    a replay calls it between steps, so that a step's reads do not add up with the next's."""
+    if _DONTNEED is not None:
+        for m in list(_MAPS):
+            m.madvise(_DONTNEED)
+
+
+def _mapped(file: IO[bytes]) -> mmap.mmap:
+    """A read-only map of ``file`` (which may then be closed: the map holds its own descriptor,
+    and the file's space is freed with the last buffer over the map), known to :func:`release_all`."""
+    m = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    _MAPS.add(m)
+    return m
+
+
 #: madvise(MADV_DONTNEED) where the platform has it: on a shared read-only file map it drops the
 #: process's mappings of the pages, not their contents.
 _DONTNEED: int | None = getattr(mmap, "MADV_DONTNEED", None)
+#: Every live map of this module's files (a map leaves the set when its last buffer is gone).
+_MAPS: weakref.WeakSet[mmap.mmap] = weakref.WeakSet()

@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import DTypeLike
 
+from kvmtrace.parsers.spilled import kept_table
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.detectors.zap_rules import rule_mask, whatif_rule
 from kvmtrace.replays.gfn_index import FirstInstall, leaf_keys
@@ -148,7 +149,8 @@ def consequences(ctx: Context) -> pa.Table:
                        schema=_CODED)
     table = pa.concat_tables([written, again.table(ins)])
     position_of_row = np.concatenate([np.asarray(after, np.int64), *again.after])
-    return table.take(np.lexsort((np.arange(table.num_rows), position_of_row))).cast(CONSEQUENCES_SCHEMA)
+    ordered = table.take(np.lexsort((np.arange(table.num_rows), position_of_row)))
+    return kept_table(ordered, "the consequences of this replay", CONSEQUENCES_SCHEMA)
 
 
 class _Reinstalls:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvmtrace.parsers.spilled import kept
+
 #: x86 guest-physical addresses have at most 52 bits, so gfns fit in 40: 12 bits name the block.
 _GFN_BITS = 52
 _MAX_BLOCKS = 1 << (64 - _GFN_BITS)
@@ -49,9 +51,10 @@ class GfnIndex:
         order = np.argsort(composite, kind="stable")
         if len(self._wide):
             order = order[~wide[order]]
-        self._order = order.astype(np.int32) if n < 2**31 else order
+        held = kept({"order": order.astype(np.int32) if n < 2**31 else order}, "a gfn index of this replay")
         del order
-        self._sorted = composite[self._order]
+        self._order = held["order"]
+        self._sorted = kept({"sorted": composite[self._order]}, "a gfn index of this replay")["sorted"]
 
     def _rows(self, first: int, last: int, lo: int, hi: int) -> np.ndarray:
         """Rows of blocks ``first..last`` (inclusive) with ``lo <= gfn < hi``, block by block

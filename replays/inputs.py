@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import META_SYSTEM, TraceData
+from kvmtrace.parsers.spilled import kept
 from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.replays.profiles import KernelProfile
@@ -137,12 +138,12 @@ def columns(data: TraceData, event: str, fields: tuple[str, ...]) -> dict[str, n
 def fault_columns(data: TraceData) -> dict[str, np.ndarray]:
     """seq, gfn, pfn, level (uint8) and thread (int32) of every ``kvm_mmu_spte_requested``.
     Kept through the detectors, the consequences and the what-if: narrow where the values are
-    small (26 bytes a fault instead of 40)."""
+    small (26 bytes a fault instead of 40), and on disk when there are many (:func:`kept`)."""
     f = columns(data, "kvm_mmu_spte_requested", ("gfn", "pfn", "level"))
     f["level"] = f["level"].astype(np.uint8)
     t = data.tables.get("kvm_mmu_spte_requested")
     f["pid"] = numpy_column(t, "pid", np.int32) if t is not None and t.num_rows else np.empty(0, np.int32)
-    return f
+    return kept(f, "the faults of this replay")
 
 
 class SeqIndex:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import ArrayLike
 
-from kvmtrace.parsers.spilled import SpilledTable
+from kvmtrace.parsers.spilled import SpilledTable, kept
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 #: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
@@ -251,7 +251,7 @@ class Journal:
         """Present leaf installs, in seq order. The journal then holds these arrays in place of
         their parts (one copy of every install, kept to the end of the report: 42 MiB twice at
         53 M events when it was 40 bytes an install; level and address space are int8 and the
-        thread int32 now, 22 bytes)."""
+        thread int32 now, 22 bytes), on disk when there are many (:func:`kept`: read-only)."""
         if self.installed is not None:
             return self.installed
         parts: list[dict[str, np.ndarray]] = [
@@ -272,8 +272,8 @@ class Journal:
         if len(seq) > 1 and not bool(np.all(seq[1:] >= seq[:-1])):
             order = np.argsort(seq, kind="stable")
             out = {k: v[order] for k, v in out.items()}
-        self.installed = out
-        return out
+        self.installed = kept(out, "the SPTE installs of this replay")
+        return self.installed
 
     def spte_changes(self) -> pa.Table:
         """Every SPTE transition, in seq order. The journal then holds that table in place of its

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 
+from kvmtrace.parsers.spilled import release_all
+
 # The check registry is replays/checks.py; these names are re-exported for the readers of results.
 from kvmtrace.replays.checks import CHECK_IDS as CHECK_IDS
 from kvmtrace.replays.checks import SEVERITY as SEVERITY
@@ -81,6 +83,7 @@ class ReplayResult:
         where they stay until given back (see :meth:`TraceData.release_pages`)."""
         if self.spilled_pages is not None:
             self.spilled_pages()
+        release_all()  # and the other tables and arrays the replay keeps on disk
 
     @property
     def explained_share(self) -> float:

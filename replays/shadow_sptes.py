@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvmtrace.parsers.spilled import kept
 from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
@@ -246,7 +247,8 @@ class SpteLifetimes:
         it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`)."""
         present = np.flatnonzero(self.present)
         present = present.astype(np.int32 if len(self.present) < 2**31 else np.int64, copy=False)
-        return sweep.alive_at(self.start[present], self.end[present] - 1, keys, labels=present)
+        labels = kept({"rows": present}, "the leaves of this replay's snapshots")["rows"]
+        return sweep.alive_at(self.start[present], self.end[present] - 1, keys, labels=labels)
 
     def to_journal(self, j: Journal) -> None:
         """Every install and every removal the lifetimes imply, as SPTE changes, a part of

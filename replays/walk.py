@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.spilled import kept
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.journal import Journal, Leaves, Snapshot, coded
@@ -222,8 +223,8 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
             for i, when in page_sets}
     alive_at = life.alive_at(list(keys.values()))
-    leaves = Leaves(gfn=ins.gfn, level=ins.level, as_id=life.as_id,
-                    owner=owner.astype(np.int32), installed=ins.seq,
-                    obsolete_root=np.zeros(len(ins.seq), bool))
+    leaves = Leaves(**kept({"gfn": ins.gfn, "level": ins.level, "as_id": life.as_id, "owner": owner.astype(np.int32),
+                            "installed": ins.seq, "obsolete_root": np.zeros(len(ins.seq), bool)},
+                           "the leaves of this replay's snapshots"))
     for (i, when), live_pages in page_sets.items():
         journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at, keys[(i, when)])

@@ -19,7 +19,7 @@ import pytest
 from conftest import NESTED, SAMPLES
 
 from kvmtrace.api import Trace
-from kvmtrace.parsers import read
+from kvmtrace.parsers import read, spilled
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.reader import read_kept
@@ -153,3 +153,82 @@ def test_reports_with_the_spte_changes_on_disk_are_the_reports_in_memory(path: P
     got = Trace(data, str(path)).analyze()
     assert got.replay.spte_changes.num_rows >= 5
     assert {fmt: got.report(fmt) for fmt in want} == want
+
+
+def test_arrays_on_disk_map_back_what_was_written_read_only() -> None:
+    rng = np.random.default_rng(7)
+    arrays = {"u64": rng.integers(0, 2**63, 100_001, dtype=np.uint64), "i8": rng.integers(-128, 127, 3, dtype=np.int8),
+              "flags": rng.random(17) < 0.5, "empty": np.zeros(0, np.int32), "grid": np.arange(12.0).reshape(3, 4),
+              "strided": np.arange(40, dtype=np.int32)[::3]}
+    got = spilled.on_disk(arrays, "test arrays")
+    assert list(got) == list(arrays)
+    for name, want in arrays.items():
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape
+        assert np.array_equal(got[name], want)
+    with pytest.raises(ValueError, match="read-only"):
+        got["u64"][0] = 1  # a consumer may not write to what others read
+    spilled.release_all()  # the pages go back; the values stay readable
+    assert np.array_equal(got["u64"], arrays["u64"])
+
+
+def test_arrays_are_kept_on_disk_from_a_size_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = {"v": np.arange(10)}
+    assert spilled.kept(small, "few rows")["v"].flags.writeable  # held as they are
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 10)
+    assert not spilled.kept(small, "ten rows")["v"].flags.writeable
+
+
+def test_arrays_on_disk_are_not_the_process_memory_once_given_back() -> None:
+    """64 MiB written, mapped back and summed: the pages the sum read leave the process's
+    resident set with release_all, and its anonymous memory never held them."""
+    anon = _anon_kib()
+    got = spilled.on_disk({"v": np.ones(8 << 20, np.int64)}, "a large array")
+    assert _anon_kib() - anon < 16 * 1024
+    before = _file_kib()
+    assert int(got["v"].sum()) == 8 << 20
+    assert _file_kib() - before > 48 * 1024
+    spilled.release_all()
+    assert _file_kib() - before < 8 * 1024
+    assert int(got["v"][-5:].sum()) == 5
+
+
+def test_a_table_kept_on_disk_is_cast_piece_by_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    table = pa.concat_tables(_pieces())
+    schema = pa.schema([("seq", pa.int64()), ("name", pa.string()), ("text", pa.string())])
+    assert spilled.kept_table(table, "few rows", schema).equals(table.cast(schema))
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 1000)
+    got = spilled.kept_table(table, "many rows", schema)
+    assert got.column("seq").num_chunks == 6  # 1000 rows a piece
+    assert got.equals(table.cast(schema))
+
+
+REPLAYS = [TDP, SAMPLES / "churn-zapslot.dat", SAMPLES / "multi-zapall.dat", SAMPLES / "dirty-zapslot.dat",
+           NESTED / "tdpmmu0-churn-noquirk-qlog-kt.dat", NESTED / "shadow-churn-noquirk-small-kt.dat",
+           NESTED / "tdp-churn-noquirk-small-kt.dat"]
+
+
+@pytest.mark.parametrize("path", REPLAYS, ids=lambda p: p.stem)
+def test_a_replay_keeping_its_arrays_on_disk_is_the_replay_in_memory(path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every array the replay keeps (installs, faults, gfn indexes, the snapshots' leaves) and the
+    consequences table on disk, forced from one row: the same tables and reports. Read-only
+    arrays also prove that no step writes into what another reads."""
+    data = read(path)
+    log = path.with_suffix(".qemu.log")
+    lines = log.read_text().splitlines() if log.exists() else None
+
+    def run():
+        a = Trace(data, str(path)).analyze(qemu_log=lines) if lines else Trace(data, str(path)).analyze()
+        return a, {name: a.table(name, backend="arrow") for name in a.table_names}, \
+            {fmt: a.report(fmt) for fmt in ("text", "json", "markdown")}
+
+    _, want_tables, want_reports = run()
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 1)
+    mapped, on_disk = [], spilled.on_disk
+    monkeypatch.setattr(spilled, "on_disk", lambda arrays, what: mapped.append(what) or on_disk(arrays, what))
+    _, tables, reports = run()
+    assert "the faults of this replay" in mapped and "the SPTE installs of this replay" in mapped
+    assert tables.keys() == want_tables.keys()
+    for name, table in tables.items():
+        assert table.equals(want_tables[name]), name
+    assert reports == want_reports
