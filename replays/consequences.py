@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import DTypeLike
 
-from kvmtrace.parsers.spilled import kept_table
+from kvmtrace.parsers.spilled import kept_table, releasing
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.detectors.zap_rules import rule_mask, whatif_rule
 from kvmtrace.replays.gfn_index import FirstInstall, leaf_keys
@@ -97,7 +97,7 @@ def consequences(ctx: Context) -> pa.Table:
     # per row of ``rows``, the position of its change: what orders them with ``again``'s
     after: list[int] = []
     position = 0
-    for position, (i, c) in enumerate(changes):
+    for position, (i, c) in enumerate(releasing(changes)):
         # positioned_removals keeps only changes with a seq and an old range
         assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages

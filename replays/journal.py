@@ -242,10 +242,12 @@ class Journal:
         }, schema=SPTE_CHANGES_SCHEMA))
 
     def add_installs(self, seq: ArrayLike, gfn: ArrayLike, level: ArrayLike, as_id: ArrayLike, pid: ArrayLike) -> None:
-        self.install_chunks.append({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
-                                    "level": np.asarray(level).astype(np.int8),
-                                    "as_id": np.asarray(as_id).astype(np.int8),
-                                    "pid": np.asarray(pid).astype(np.int32)})
+        """Many installs at once (the shadow MMU's, every one of the trace: on disk when many, as
+        :meth:`installs` keeps them; held, they were ~150 MiB of the walk's peak at 52 M events)."""
+        self.install_chunks.append(kept({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
+                                         "level": np.asarray(level).astype(np.int8),
+                                         "as_id": np.asarray(as_id).astype(np.int8),
+                                         "pid": np.asarray(pid).astype(np.int32)}, "the SPTE installs of this replay"))
 
     def installs(self) -> dict[str, np.ndarray]:
         """Present leaf installs, in seq order. The journal then holds these arrays in place of
@@ -267,12 +269,15 @@ class Journal:
         self.install_chunks.clear()
         for rows in (self.i_seq, self.i_gfn, self.i_level, self.i_as, self.i_pid):
             rows.clear()
-        out = {k: np.concatenate([p.pop(k) for p in parts]) for k in list(parts[0])}
+        parts = [p for p in parts if len(p["seq"])] or parts[:1]
+        out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
         seq = out["seq"]
         if len(seq) > 1 and not bool(np.all(seq[1:] >= seq[:-1])):
             order = np.argsort(seq, kind="stable")
             out = {k: v[order] for k, v in out.items()}
-        self.installed = kept(out, "the SPTE installs of this replay")
+        # one part in order that add_installs kept on disk (read-only: the shadow MMU's) is not
+        # written again; anything concatenated or sorted here is new
+        self.installed = out if not out["seq"].flags.writeable else kept(out, "the SPTE installs of this replay")
         return self.installed
 
     def spte_changes(self) -> pa.Table:
