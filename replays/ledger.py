@@ -47,13 +47,16 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
+from numpy.typing import DTypeLike
 
+from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import sweep
 from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
+from kvmtrace.replays.stream import numpy_column, numpy_rows
 
 REMOVALS_SCHEMA = pa.schema([
     pa.field("change", pa.int32(), nullable=False),  # row of the memslot timeline
@@ -165,7 +168,11 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return n
 
 
-def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
+#: SPTE changes whose next change of the same SPTE :func:`_next_changes` finds per pass.
+KEYS_PER_PASS = 1 << 21
+
+
+def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
                  read: Callable[[], None] = lambda: None) -> dict[tuple[int, int, int], np.ndarray]:
     """Shadow MMU: for each ``(seq, lo, hi)``, the pages (ascending ids) owning a present leaf
     SPTE into [lo, hi) just before ``seq`` (the change's line: the per-slot rmap zap the model
@@ -176,33 +183,74 @@ def _leaf_owners(changes: pl.DataFrame, questions: list[tuple[int, int, int]],
     address (``key``); its last change may map another gfn: then the entry was overwritten.
     One sweep in seq order keeps the rows that are still an SPTE's state, so each question
     costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic).
-    ``read()`` gives back the pages of the table (on disk when long) as each column is read."""
-    def column(name: str) -> np.ndarray:
-        values = changes[name].to_numpy()
+    The columns are read from the Arrow table one at a time (as a polars frame, its dictionary
+    columns were copies: +200 MiB at 14 M changes); ``read()`` gives back the pages of the table
+    (on disk when long) as each is read."""
+    until = _next_changes(changes, read)
+    state, states = _codes(changes, "state")
+    owned = np.flatnonzero(np.isin(state, _indices(states, ("present",))) & ~_nulls(changes.column("page")))
+    del state
+    # from here only the rows that give a present leaf an owner count
+    until = until[owned]
+
+    def of_owned(name: str, dtype: DTypeLike) -> np.ndarray:
+        values = numpy_rows(changes, name, owned, dtype)
         read()  # the pages this column mapped
         return values
 
-    seq = column("seq")
-    key = column("key")
-    by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
-    same = key[by_key[1:]] == key[by_key[:-1]]
-    until = np.full(len(key), np.iinfo(np.int64).max, dtype=np.int64)
-    until[by_key[:-1][same]] = seq[by_key[1:][same]]
-    del key, by_key, same  # a long table's columns whole: each is let go once read (300 MiB at 106 M events)
-    page = changes["page"]
-    owned = np.flatnonzero(((changes["state"] == "present") & page.is_not_null()).to_numpy())
-    read()
-    # from here only the rows that give a present leaf an owner count
-    seq, until = seq[owned], until[owned]
-    gfn = column("gfn")[owned]
-    pages = page.fill_null(-1).to_numpy()[owned]
-    read()
+    seq, gfn, pages = of_owned("seq", np.int64), of_owned("gfn", np.uint64), of_owned("page", np.int64)
     alive = sweep.alive_at(seq, until, [at for at, _lo, _hi in questions])
     out: dict[tuple[int, int, int], np.ndarray] = {}
     for at, lo, hi in questions:
         rows = alive[at]
         out[(at, lo, hi)] = np.unique(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]])
     return out
+
+
+def _next_changes(changes: pa.Table, read: Callable[[], None]) -> np.ndarray:
+    """Per row of ``changes`` (in seq order), the seq of the next row of the same SPTE address
+    (``key``); int64 max for none.
+
+    The rows are sorted by key a share of the keys at a time (:data:`KEYS_PER_PASS` rows a pass,
+    each pass the keys that fall in it by their bits above the 8-byte alignment), each pass's
+    rows read from the table and the table's pages given back after it (``read()``): one sort of
+    every row with its columns and temporaries was ~37 bytes a change at once, the ledger's
+    peak (+530 MiB at 14 M changes); a pass's are a few rows' worth, and each key's rows are all
+    in one pass."""
+    n = changes.num_rows
+    until = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    passes = max(1, -(-n // KEYS_PER_PASS))
+    if passes == 1:
+        _next_of_same(numpy_column(changes, "seq", np.int64), numpy_column(changes, "key"), until)
+        read()
+        return until
+    share = np.empty(n, np.uint32)
+    lo = 0
+    for chunk in changes.column("key").chunks:  # a pass number per row, a chunk at a time
+        share[lo:lo + len(chunk)] = (chunk.to_numpy(zero_copy_only=False) >> np.uint64(3)) % np.uint64(passes)
+        lo += len(chunk)
+    read()
+    for k in range(passes):
+        rows = np.flatnonzero(share == k)
+        part = np.full(len(rows), np.iinfo(np.int64).max, dtype=np.int64)
+        _next_of_same(numpy_rows(changes, "seq", rows, np.int64), numpy_rows(changes, "key", rows), part)
+        until[rows] = part
+        read()
+    return until
+
+
+def _next_of_same(seq: np.ndarray, key: np.ndarray, until: np.ndarray) -> None:
+    """:func:`_next_changes` of rows held whole."""
+    by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
+    same = key[by_key[1:]] == key[by_key[:-1]]
+    until[by_key[:-1][same]] = seq[by_key[1:][same]]
+
+
+def _nulls(column: pa.ChunkedArray) -> np.ndarray:
+    """A column's null mask as one numpy array."""
+    if not column.null_count:
+        return np.zeros(len(column), bool)
+    return np.concatenate([c.is_null().to_numpy(zero_copy_only=False) for c in column.chunks] or [np.zeros(0, bool)])
 
 
 #: The decoded role fields :func:`role_text` reads (those a page table has).
@@ -370,7 +418,7 @@ WINDOW_ROWS = 1 << 20
 
 
 def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, bool]],
-                    tdp: bool) -> list[list[_Removed]]:
+                    tdp: bool, read: Callable[[], None] = lambda: None) -> list[list[_Removed]]:
     """Per change ``(window start, line, lo, hi, zap-all)``, the leaf SPTEs it removed, grouped by
     how the replay knows it: under zap-all everything removed in the window; under zap-slot the
     leaves into the range and those of the pages it zapped (a vCPU replacing an MMIO SPTE
@@ -379,7 +427,8 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
     a few polars calls per change cost more than the rows on a long trace with thousands of
     deletes, and all windows at once were ~400 MiB on a 20 M-event churn recording. ``state``
     and ``reason`` are read as their dictionary codes: as strings they were a column of every
-    removal each (300 MiB held by the ledger at 51 M events)."""
+    removal each (300 MiB held by the ledger at 51 M events). ``read()`` gives back the pages of
+    the table (on disk when long) after each pass over a column and each batch."""
     out: list[list[_Removed]] = [[] for _ in asked]
     state, states = _codes(changes, "state")
     reason, reasons = _codes(changes, "reason")
@@ -387,7 +436,8 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
     idx = np.flatnonzero(np.isin(state, _indices(states, ("zapped", "zapped_inferred"))) & kept[reason])
     if not asked or not len(idx):
         return out
-    seq = changes.column("seq").take(idx).to_numpy()
+    seq = numpy_rows(changes, "seq", idx, np.int64)
+    read()
     ws, line, lo, hi, zap_all = (np.asarray(col) for col in zip(*asked))
     first = np.searchsorted(seq, ws.astype(np.int64), side="left")
     counts = np.maximum(np.searchsorted(seq, line.astype(np.int64), side="right") - first, 0)
@@ -398,7 +448,7 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
         total = int(counts[batch].sum())
         rows = idx[np.repeat(first[batch] - np.cumsum(counts[batch]) + counts[batch], counts[batch]) + np.arange(total)]
         change = np.repeat(batch, counts[batch])
-        gfn = changes.column("gfn").take(rows).to_numpy()
+        gfn = numpy_rows(changes, "gfn", rows)
         into = (gfn >= lo.astype(np.uint64)[change]) & (gfn < hi.astype(np.uint64)[change])
         chosen = zap_all.astype(bool)[change] | np.isin(reason[rows], owning_code) | into
         traced = tdp & ~np.isin(state[rows], inferred_code)
@@ -411,6 +461,7 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
         named.sort(key=lambda g: (g[0], g[1] != "traced", g[2], not g[3]))
         for k, *group in named:
             out[k].append(tuple(group))
+        read()
     return out
 
 
@@ -503,13 +554,11 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     tdp = replay.mmu == "tdp"
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
     pg = _Pages.of(replay.shadow_pages)
-    # state and reason stay categorical: as strings they were a column of every SPTE change each
-    changes = pl.from_arrow(replay.spte_changes, rechunk=False)  # a long table lies on disk, in pieces
-    assert isinstance(changes, pl.DataFrame)  # a Table converts to a DataFrame (a Series only from an Array)
     timeline = replay.memslots.to_pylist()
     questions = [(c["seq"], c["old_base_gfn"], c["old_base_gfn"] + c["old_npages"]) for c in timeline if _positioned(c)]
     # each pass over the SPTE-change table (on disk when long) maps all of its columns
-    owners_at = {} if tdp else _leaf_owners(changes, questions, replay.release_pages)
+    owners_at = {} if tdp else _leaf_owners(replay.spte_changes, questions, replay.release_pages)
+    release_freed_memory()  # the owners' sorts (~170 MiB freed at 14 M changes) are not the next step's
     candidates = _candidates(pg, [(c["window_start"], c["seq"]) for c in timeline if _positioned(c)])
     lifetimes = replay.summaries.get("memslot")
     created = {} if lifetimes is None else {
@@ -530,7 +579,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         zap_alls.append(int(hits[0]) if len(hits) else None)
     removed = _removed_leaves(replay.spte_changes, [(c["window_start"], c["seq"], c["old_base_gfn"],
                                          c["old_base_gfn"] + c["old_npages"], za is not None)
-                                        for (_i, c), za in zip(positioned, zap_alls)], tdp)
+                                        for (_i, c), za in zip(positioned, zap_alls)], tdp, replay.release_pages)
     replay.release_pages()
     for k, ((i, c), za, leaves) in enumerate(zip(positioned, zap_alls, removed)):
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmtrace.parsers.spilled import kept
+from kvmtrace.parsers.spilled import kept, release_all, releasing
 from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
@@ -70,42 +70,71 @@ def _followed_by_same(sorted_keys: np.ndarray) -> np.ndarray:
     return out
 
 
+#: Installs a pass of :func:`_candidates` takes at a time: its temporaries are columns of these.
+BLOCK = 1 << 20
+
+
 def _candidates(ins: Installs, looks: Lookups) -> np.ndarray:
     """Per install, the page its vCPU last looked up at its level before it (``kvm_mmu_get_page``)
     when that lookup came after the vCPU's previous install, else NONE: the owner an SPTE page
     takes at a boundary, if the page is still fit then (:func:`infer_owners` checks that).
 
     Why here, for every install at once: these depend on the events alone, not on what the
-    owner loop decided; as two binary searches per boundary they were half of its time."""
+    owner loop decided; as two binary searches per boundary they were half of its time. Why a
+    :data:`BLOCK` of installs at a time, in seq order, each vCPU's last install carried from
+    block to block: as one search over keys of every install, the keys, their sort and their
+    dense numbering were ~60 bytes an install at once (+450 MiB at the settling's peak on a
+    52 M-event trace)."""
     n = len(ins.seq)
     out = np.full(n, NONE, dtype=np.int64)
     if not n or not len(looks.seq):
         return out
-    # (vCPU, level) as one group number shared by installs and lookups, above the seq's bits
-    pair = np.concatenate([(ins.pid.astype(np.int64) << 8) | (ins.level.astype(np.int64) & 0xFF),
-                           (looks.pid.astype(np.int64) << 8) | (looks.level.astype(np.int64) & 0xFF)])
-    _pairs, group = np.unique(pair, return_inverse=True)
-    del pair  # a long trace's installs are millions: each temporary here is tens of MiB
-    bits = max(int(ins.seq.max()), int(looks.seq.max()), 1).bit_length()
-    group = group.reshape(-1).astype(np.int64) << bits
-    keys = ins.seq.astype(np.int64) | group[:n]
-    look_keys = looks.seq.astype(np.int64) | group[n:]
-    del group
-    order = np.argsort(look_keys, kind="stable")
-    look_keys, look_pages = look_keys[order], np.asarray(looks.page, np.int64)[order]
-    j = np.searchsorted(look_keys, keys) - 1  # the last lookup before, same vCPU and level
-    found = j >= 0
-    found[found] = (look_keys[j[found]] >> bits) == (keys[found] >> bits)
-    del keys
-    # the vCPU's previous install (seqs are unique: the one before in (vCPU, seq) order)
-    by_pid = np.lexsort((ins.seq, ins.pid))
-    previous = np.full(n, NONE, dtype=np.int64)
-    same = ins.pid[by_pid[1:]] == ins.pid[by_pid[:-1]]
-    previous[by_pid[1:][same]] = ins.seq[by_pid[:-1][same]]
-    del by_pid, same
-    fresh = found & ((look_keys[j.clip(0)] & ((1 << bits) - 1)) > previous)
-    out[fresh] = look_pages[j[fresh]]
+    # rows in seq order (the walk's lookups and a table's installs already are)
+    by_seq = None if _ascending(ins.seq) else np.argsort(ins.seq, kind="stable")
+    look_order = None if _ascending(looks.seq) else np.argsort(looks.seq, kind="stable")
+    look_pair = _pairs(looks.pid, looks.level)
+    looked = {key: _rows_where(look_pair == key, look_order) for key in np.unique(look_pair).tolist()}
+    del look_pair
+    look_seqs = {key: looks.seq[rows] for key, rows in looked.items()}
+    last: dict[int, int] = {}  # vCPU -> seq of its last install before the block
+    for lo in range(0, n, BLOCK):
+        # the block's rows: a slice (views, no copy) of installs in seq order, else their positions
+        rows: slice | np.ndarray = slice(lo, lo + BLOCK) if by_seq is None else by_seq[lo:lo + BLOCK]
+        seq, pid = ins.seq[rows], ins.pid[rows]
+        previous = np.full(len(seq), NONE, dtype=np.int64)  # the vCPU's previous install (any level)
+        for vcpu in np.unique(pid).tolist():
+            at = np.flatnonzero(pid == vcpu)
+            previous[at[0]] = last.get(vcpu, NONE)
+            previous[at[1:]] = seq[at[:-1]]
+            last[vcpu] = int(seq[at[-1]])
+        pair = _pairs(pid, ins.level[rows])
+        for key in np.unique(pair).tolist():
+            look_seq = look_seqs.get(key)
+            if look_seq is None:
+                continue
+            at = np.flatnonzero(pair == key)
+            j = np.searchsorted(look_seq, seq[at]) - 1  # the last lookup before, same vCPU and level
+            fresh = (j >= 0) & (look_seq[j.clip(0)] > previous[at])
+            at = at[fresh] + lo if by_seq is None else by_seq[lo + at[fresh]]
+            out[at] = looks.page[looked[key][j[fresh]]]
     return out
+
+
+def _pairs(pid: np.ndarray, level: np.ndarray) -> np.ndarray:
+    """(vCPU, level) as one number, built in place (one column, not four)."""
+    out = pid.astype(np.int64)
+    out <<= 8
+    out |= level.astype(np.uint8)  # the low byte, as & 0xFF of the level
+    return out
+
+
+def _ascending(values: np.ndarray) -> bool:
+    return len(values) < 2 or bool(np.all(values[1:] >= values[:-1]))
+
+
+def _rows_where(mask: np.ndarray, order: np.ndarray | None) -> np.ndarray:
+    """The rows where ``mask`` holds, in ``order`` (None: as they are)."""
+    return np.flatnonzero(mask) if order is None else order[mask[order]]
 
 
 def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile) -> np.ndarray:
@@ -117,8 +146,11 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     candidate = _candidates(ins, looks)  # first: its temporaries go before the ones below
     page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
     index = np.int32 if n < 2**31 else np.int64
-    order = np.lexsort((ins.seq, page_addr)).astype(index)
+    # by SPTE page, then seq (installs in seq order need only the stable sort by page)
+    order = (np.argsort(page_addr, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, page_addr)))
+    order = order.astype(index)
     addr_sorted = page_addr[order]
+    del page_addr  # each temporary here is a column of every install: 57 MiB at 7 M
     starts = np.flatnonzero(np.r_[True, addr_sorted[1:] != addr_sorted[:-1]])
     ends = np.r_[starts[1:], n]
     zap = pages.column("zap_seq")
@@ -127,11 +159,11 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     direct_shift = profile.required_field("direct").shift
     role, pgfn, linked = pages.role, pages.gfn, pages.spte_page
     seq_o, lvl_o = ins.seq[order], ins.level[order]
-    # per sorted position, where the next install of another level (or the next SPTE page) starts
+    # the sorted positions where another level (or the next SPTE page) starts: an owner's run
+    # ends at the first after it (looked up per owner, not kept per install)
     runs = np.flatnonzero(np.r_[True, (lvl_o[1:] != lvl_o[:-1]) | (addr_sorted[1:] != addr_sorted[:-1]), True])
     del addr_sorted, lvl_o
-    next_run = runs.astype(index)[np.searchsorted(runs, np.arange(n, dtype=index), side="right")]
-    del runs
+    release_all()  # the installs' columns on disk (when long) were read whole: the loop reads a few rows
     heap = [(int(seq_o[s]), int(g)) for g, s in enumerate(starts)]
     heapq.heapify(heap)
     pos = starts.copy()  # next unsettled position per group
@@ -143,7 +175,7 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
         c = int(candidate[i])
         if c != NONE:
             level, gfn, sptep = int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i])
-            addr = pages.link(int(page_addr[i]))
+            addr = pages.link(sptep & ~0xFFF)
             ok = zap[c] > t and linked[c] in (NONE, addr) and role[c] & level_mask == level
             if ok and role[c] >> direct_shift & 1:
                 span = 9 * (level - 1)
@@ -156,7 +188,8 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
         if o == NONE:
             nxt = k + 1
         else:
-            nxt = min(int(next_run[k]), k + 1 + int(np.searchsorted(seq_o[k + 1:end], zap[o])))
+            next_run = int(runs[np.searchsorted(runs, k, side="right")])
+            nxt = min(next_run, k + 1 + int(np.searchsorted(seq_o[k + 1:end], zap[o])))
         owner[order[k:nxt]] = o
         if nxt < end:
             pos[g] = nxt
@@ -194,31 +227,36 @@ class SpteLifetimes:
     def __init__(self, ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
                  rmap_zaps: list[tuple[int, int, int, str]]):
         """Temporaries are let go as soon as they are used: each is a column of every install
-        (7 M on a 51 M-event churn recording, 56 MiB for each int64 one)."""
+        (7 M on a 51 M-event churn recording, 56 MiB for each int64 one); an install's start
+        (``2 * seq``) is not kept, and the previous install's row is int32 where rows allow."""
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
-        self.start = 2 * ins.seq
+        start = 2 * ins.seq
         self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
-        # next install at the same sptep
-        order = np.lexsort((ins.seq, ins.sptep))
+        # next install at the same sptep (installs in seq order need only the stable sort by sptep)
+        order = np.argsort(ins.sptep, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, ins.sptep))
         same = _followed_by_same(ins.sptep[order])
         later = order[np.flatnonzero(same) + 1]
         nxt = np.full(n, FOREVER, dtype=np.int64)
-        nxt[order[same]] = self.start[later]
-        self.prev = np.full(n, -1, dtype=np.int64)
+        nxt[order[same]] = start[later]
+        self.prev: np.ndarray = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
         self.prev[later] = order[same]
         del order, same, later
+        release_all()  # each pass reads whole columns of the installs (on disk when long): one at a time
         # the owner's zap, unless it came before this install (the SPTE page's memory was reused)
         zap = pages.column("zap_seq")
         page_end = 2 * zap[owner.clip(0)] if len(zap) else np.full(n, FOREVER, dtype=np.int64)
-        page_end[(owner == NONE) | (page_end <= self.start)] = FOREVER
+        page_end[(owner == NONE) | (page_end <= start)] = FOREVER
         rmap_end = np.full(n, FOREVER, dtype=np.int64)
         self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
-        _first_rmap_zaps(rmap_zaps, ins.gfn, self.start, rmap_end, self.rmap_reason)
+        _first_rmap_zaps(rmap_zaps, ins.gfn, start, rmap_end, self.rmap_reason)
+        release_all()
         self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
         del rmap_end
-        self.end[~self.present] = self.start[~self.present]
+        gone = ~self.present
+        self.end[gone] = start[gone]
+        del gone
         # what ended it, the first that applies of: nothing, an overwrite, the owner's zap, an rmap zap
         self.how = np.full(n, END_RMAP, dtype=np.int8)
         self.how[self.end == page_end] = END_PAGE_ZAP
@@ -227,7 +265,8 @@ class SpteLifetimes:
         del nxt, page_end
         # old value: the previous install at this sptep, if it was still alive at this one
         prev_i = self.prev.clip(0)
-        self.has_old = (self.prev >= 0) & (self.end[prev_i] == self.start) & self.present[prev_i]
+        self.has_old = (self.prev >= 0) & (self.end[prev_i] == start) & self.present[prev_i]
+        del start
         pfn_mask = np.uint64(profile.pfn_mask)
         changed = ((ins.spte[prev_i] ^ ins.spte) & pfn_mask) != 0
         changed |= ins.gfn[prev_i] != ins.gfn
@@ -248,14 +287,15 @@ class SpteLifetimes:
         present = np.flatnonzero(self.present)
         present = present.astype(np.int32 if len(self.present) < 2**31 else np.int64, copy=False)
         labels = kept({"rows": present}, "the leaves of this replay's snapshots")["rows"]
-        return sweep.alive_at(self.start[present], self.end[present] - 1, keys, labels=labels)
+        return sweep.alive_at(2 * self.ins.seq[present], self.end[present] - 1, keys, labels=labels)
 
     def to_journal(self, j: Journal) -> None:
         """Every install and every removal the lifetimes imply, as SPTE changes, a part of
         :data:`PART` rows at a time: the journal writes its parts to disk as they come, and a
         long trace's changes built whole were ~800 MiB of columns at once (7 M installs)."""
         ins, n = self.ins, len(self.ins.seq)
-        for lo in range(0, n, PART):
+        # the pages a part read of the installs' columns on disk (when long) go back after it
+        for lo in releasing(range(0, n, PART), every=1):
             at = slice(lo, lo + PART)
             prev, has_old = self.prev[at].clip(0), self.has_old[at]
             j.add_changes(seq=ins.seq[at], key=ins.sptep[at], as_id=self.as_id[at], gfn=ins.gfn[at],
@@ -266,7 +306,7 @@ class SpteLifetimes:
                           reason=coded(np.zeros(len(prev)), ["set_spte"]))
         removed = np.flatnonzero(((self.how == END_PAGE_ZAP) | (self.how == END_RMAP)) & self.present)
         words, which = np.unique(np.asarray([*self.reasons, ""], dtype=object).astype(str), return_inverse=True)
-        for lo in range(0, len(removed), PART):
+        for lo in releasing(range(0, len(removed), PART), every=1):
             idx = removed[lo:lo + PART]
             rmap = self.how[idx] == END_RMAP
             why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)

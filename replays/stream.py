@@ -19,6 +19,7 @@ import pyarrow as pa
 from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.spilled import release_all
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,30 @@ class Columns:
         for f in self.missing:
             out[f] = [0] * t.num_rows
         return numpy_column(t, "seq", np.int64), out
+
+
+def numpy_rows(table: pa.Table, name: str, rows: np.ndarray, dtype: DTypeLike = np.uint64) -> np.ndarray:
+    """Rows ``rows`` of a column as numpy (nulls read as 0), gathered chunk by chunk.
+
+    Why not ``column.take``: on a chunked column it joins every chunk first (pyarrow 26: a take
+    of 100 rows out of 14 M copied the whole column), and a long table's chunks lie on disk,
+    where a chunk's values are read in place, only the pages of the rows asked for are read, and
+    those are given back after each chunk (:func:`release_all`): rows spread over a whole
+    column read every page of it (114 MiB of a 14 M-row int64 column)."""
+    column = table.column(name)
+    out = np.empty(len(rows), dtype)
+    starts = np.cumsum([0, *(len(c) for c in column.chunks)])
+    part = np.searchsorted(starts, rows, side="right") - 1
+    order = np.argsort(part, kind="stable")  # the rows chunk by chunk
+    bounds = np.searchsorted(part[order], np.arange(column.num_chunks + 1))
+    for k in range(column.num_chunks):
+        at = order[bounds[k]:bounds[k + 1]]
+        if len(at):
+            chunk = column.chunk(k)
+            values = (chunk.fill_null(0) if chunk.null_count else chunk).to_numpy(zero_copy_only=False)
+            out[at] = values[rows[at] - starts[k]]
+            release_all()
+    return out
 
 
 def numpy_column(table: pa.Table | pa.RecordBatch, name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:

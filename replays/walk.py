@@ -11,9 +11,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
+from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.spilled import kept
+from kvmtrace.parsers.spilled import kept, release_all
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.journal import Journal, Leaves, Snapshot, coded
@@ -193,14 +194,19 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     t = data.tables.get("kvm_mmu_set_spte")
     if t is not None and t.num_rows:
         # thread and level narrow: the columns are held for the whole settling (and the level by
-        # the snapshots to the end)
-        ins = Installs(numpy_column(t, "seq", np.int64), numpy_column(t, "pid", np.int32), numpy_column(t, "gfn"),
-                       numpy_column(t, "spte"), numpy_column(t, "sptep"), numpy_column(t, "level", np.int8))
+        # the snapshots to the end); on disk when long (37 bytes an install, 267 MiB at 7 M), a
+        # column at a time, their pages given back between the settling's steps
+        def column(name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
+            return kept({name: numpy_column(t, name, dtype)}, "the SPTE installs of this replay")[name]
+
+        ins = Installs(column("seq", np.int64), column("pid", np.int32), column("gfn"), column("spte"),
+                       column("sptep"), column("level", np.int8))
         data.release_pages()  # the columns are arrays now (the table's pages: 340 MiB at 7 M installs)
     else:
         empty = np.empty(0, np.uint64)
         ins = Installs(np.empty(0, np.int64), np.empty(0, np.int32), empty, empty, empty, np.empty(0, np.int8))
     owner = infer_owners(ins, model.lookups(), pages, profile)
+    release_all()
     rmap_zaps: list[tuple[int, int, int, str]] = []
     um = data.tables.get("kvm_unmap_hva_range")
     if um is not None and um.num_rows:
@@ -213,7 +219,9 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
                        "per-slot zap of leaf SPTEs (rmap, untraced)") for rm in removals]
     rmap_zaps.sort()
     life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
+    release_all()
     life.to_journal(journal)
+    release_all()
     _mmio_marks(data, journal)
     journal.obsolete_uses.extend(life.obsolete_uses(pages))
     journal.obsolete_uses.sort()
