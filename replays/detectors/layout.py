@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from kvmtrace.parsers.spilled import release_all
 from kvmtrace.replays import pfns
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.findings import END, CheckOutcome, Finding
@@ -144,7 +145,8 @@ def _window_hits(tl: MemslotTimeline, seq: np.ndarray, gfn: np.ndarray, pid: np.
     """seq, gfn, pid, pfn, pfn kind and change index of the rows (faults, or installs where
     ``pfn`` is None: a RAM page) inside the surely-under-way part of a positioned delete's or
     move's update window, in row order."""
-    hit = tl.window_of(gfn.astype(np.uint64), seq, REMOVING_KINDS, positioned=True, certain=True)
+    hit = tl.window_of(gfn.astype(np.uint64, copy=False), seq, REMOVING_KINDS, positioned=True, certain=True)
+    release_all()  # the whole columns' pages, where they lie on disk (a long trace's): the rows below are few
     rows = np.flatnonzero(hit >= 0)
     if pfn is None:
         got_pfn = np.zeros(len(rows), np.uint64)
