@@ -125,10 +125,14 @@ class FirstInstall:
         first[1:] = keys[1:] != keys[:-1]
         self.leaves = keys[first]
         del keys
-        self.sorted = np.cumsum(first, dtype=np.int64)
-        self.sorted -= 1
-        self.sorted *= self.n
-        self.sorted += order
+        rank = np.cumsum(first, dtype=np.int64)
+        del first
+        rank -= 1
+        rank *= self.n
+        rank += order
+        del order
+        # held through the consequences and the leaf proofs, read a few rows per question
+        self.sorted = kept({"sorted": rank}, "an install index of this replay")["sorted"]
 
     def after(self, seq: int, leaves: np.ndarray) -> np.ndarray:
         """Rows (ascending) of the first install after ``seq`` of each of ``leaves`` that has one."""

@@ -24,6 +24,7 @@ from kvmtrace.parsers import read
 from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import ledger, sweep
+from kvmtrace.replays.consequences import _distinct_leaves
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.detectors.dirty import DirtyClear, DirtyLogging, OwnRequests
 from kvmtrace.replays.detectors.layout import Recreations
@@ -513,3 +514,18 @@ def test_whatif_refaults_are_the_scans(seed: int, n: int, gfns: int) -> None:
     asked = rng.integers(0, gfns + 5, 50).astype(np.uint64)
     for at in (-1, *rng.integers(0, 10_000, 4).tolist(), *(seq[:2].tolist())):
         assert refaulted(asked, at).tolist() == [bool(((gfn == g) & (seq > at)).any()) for g in asked]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(0, 400), st.booleans())
+def test_distinct_leaves_as_rows_of_three_columns(seed: int, n: int, wide: bool) -> None:
+    """The reinstall words' (level, gfn, kind) triples: in the order and with the codes of a
+    unique over the stacked columns, packed or not (a gfn beyond 52 bits is not packed)."""
+    rng = np.random.default_rng(seed)
+    level = rng.integers(1, 5, n).astype(np.int8)
+    gfn = rng.integers(0, 1 << 40 if not wide else 1 << 62, n).astype(np.uint64) >> np.uint64(rng.integers(0, 38))
+    kind = rng.integers(0, 3, n).astype(np.int64)
+    rows, code = np.unique(np.stack((level.astype(np.uint64), gfn, kind.astype(np.uint64))), axis=1,
+                           return_inverse=True)
+    combos, got = _distinct_leaves(level, gfn, kind)
+    assert combos == rows.T.tolist() and got.tolist() == code.reshape(-1).tolist()
