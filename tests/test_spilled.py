@@ -25,6 +25,7 @@ from kvmtrace.parsers.spilled import SpilledTable
 from kvmtrace.parsers.tracedat.reader import read_kept
 from kvmtrace.replays import journal
 from kvmtrace.replays.needs import decodes, keeps
+from kvmtrace.replays.stream import numpy_rows
 from kvmtrace.report import evidence
 from kvmtrace.report.evidence import evidence_fields, evidence_lines
 
@@ -232,3 +233,28 @@ def test_a_replay_keeping_its_arrays_on_disk_is_the_replay_in_memory(path: Path,
     for name, table in tables.items():
         assert table.equals(want_tables[name]), name
     assert reports == want_reports
+
+
+def test_rows_gathered_chunk_by_chunk_are_a_take() -> None:
+    """numpy_rows (the replay's gather from a long table kept on disk) gives what a take gives:
+    rows in any order, repeated, across chunks, nulls read as 0, none at all."""
+    table = pa.concat_tables(_pieces())
+    table = table.append_column("v", pa.chunked_array(
+        [pa.array([None if k % 5 == 0 else k * 3 for k in range(p.num_rows)], pa.uint64()) for p in _pieces()]))
+    assert table.column("v").num_chunks == 3
+    rng = np.random.default_rng(3)
+    for rows in (rng.integers(0, table.num_rows, 500), np.arange(table.num_rows), np.zeros(0, np.int64),
+                 np.array([table.num_rows - 1, 0, 999, 1000, 999])):
+        want = table.column("v").take(pa.array(rows, pa.int64())).fill_null(0).to_numpy(zero_copy_only=False)
+        assert numpy_rows(table, "v", rows).tolist() == want.tolist()
+        assert numpy_rows(table, "seq", rows, np.int64).tolist() == \
+            table.column("seq").take(pa.array(rows, pa.int64())).to_pylist()
+
+
+def test_releasing_gives_pages_back_every_so_many_items(monkeypatch: pytest.MonkeyPatch) -> None:
+    released = []
+    monkeypatch.setattr(spilled, "release_all", lambda: released.append(len(seen)))
+    seen: list[int] = []
+    for item in spilled.releasing(range(10), every=4):
+        seen.append(item)
+    assert seen == list(range(10)) and released == [4, 8]
