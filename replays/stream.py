@@ -83,12 +83,13 @@ def numpy_rows(table: pa.Table, name: str, rows: np.ndarray, dtype: DTypeLike = 
     column = table.column(name)
     out = np.empty(len(rows), dtype)
     starts = np.cumsum([0, *(len(c) for c in column.chunks)])
-    part = np.searchsorted(starts, rows, side="right") - 1
-    order = np.argsort(part, kind="stable")  # the rows chunk by chunk
-    bounds = np.searchsorted(part[order], np.arange(column.num_chunks + 1))
+    order: np.ndarray | None = None  # rows in ascending order (a mask's) are chunk by chunk already
+    if len(rows) > 1 and not bool(np.all(rows[1:] >= rows[:-1])):
+        order = np.argsort(rows, kind="stable")
+    bounds = np.searchsorted(rows if order is None else rows[order], starts)
     for k in range(column.num_chunks):
-        at = order[bounds[k]:bounds[k + 1]]
-        if len(at):
+        at = slice(bounds[k], bounds[k + 1]) if order is None else order[bounds[k]:bounds[k + 1]]
+        if bounds[k + 1] > bounds[k]:
             chunk = column.chunk(k)
             values = (chunk.fill_null(0) if chunk.null_count else chunk).to_numpy(zero_copy_only=False)
             out[at] = values[rows[at] - starts[k]]
