@@ -4,7 +4,7 @@ A page's identity in a trace is ``(gfn, role word, mmu_valid_gen)`` (docs/tracep
 pointer is traced. Text prints only some role bits: there ``role`` is the carried bits and
 ``role_mask`` says which, so two pages that differ only in unprinted bits share an identity.
 Both models keep their pages here so the ``shadow_pages`` table, the zap-miss rule and the
-what-if all read one structure. Plain lists: the replay loop appends, numpy reads.
+what-if all read one structure. Machine-word arrays: the replay loop appends, numpy reads copies.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ PAGES_SCHEMA = pa.schema([
 #: and, for anything but a small int, an int object per value (~40 bytes): the pages of a memslot-dense
 #: trace rebuilt by every zap-all were ~460 bytes a page as lists (105 MiB at 20 M events) and are
 #: 97 as arrays. ``spte_page`` holds the address's bits as a signed word (see :meth:`PageBook.link`).
-_COLUMNS = {"gfn": "Q", "role": "Q", "gen": "q", "first_seq": "q", "predates": "b", "zap_seq": "q",
+_COLUMNS = {"gfn": "Q", "role": "Q", "gen": "Q", "first_seq": "q", "predates": "b", "zap_seq": "q",
             "obsolete_seq": "q", "root_count": "q", "unsync": "q", "sync": "q", "uses": "q", "spte_page": "q",
             "shared_seq": "q"}
 
@@ -61,7 +61,8 @@ class PageBook:
         self.role_mask = role_mask
         self.gfn = array("Q")
         self.role = array("Q")
-        self.gen = array("q")
+        #: unsigned, as traced (``unsigned long`` before 5.x's u8: a damaged value may use every bit)
+        self.gen = array("Q")
         self.first_seq = array("q")
         self.predates = array("b")
         self.zap_seq = array("q")
@@ -100,10 +101,13 @@ class PageBook:
 
     def column(self, name: str) -> np.ndarray:
         """A numpy copy of column ``name``: uint64 for ``gfn`` and ``role``, bool for ``predates``,
-        int64 for the others (``spte_page`` as stored: ``.view(np.uint64)`` gives the addresses)."""
+        int64 for the others (``gen``'s bits as int64, as the shadow_pages table has it;
+        ``spte_page`` as stored: ``.view(np.uint64)`` gives the addresses)."""
         values = getattr(self, name)
         dtype = {"Q": np.uint64, "q": np.int64, "b": np.int8}[_COLUMNS[name]]
         out = np.frombuffer(values, dtype=dtype).copy() if len(values) else np.zeros(0, dtype)
+        if name == "gen":
+            return out.view(np.int64)
         return out.astype(bool) if name == "predates" else out
 
     def arrays(self) -> dict[str, np.ndarray]:

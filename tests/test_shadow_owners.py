@@ -315,3 +315,19 @@ def test_candidates_do_not_depend_on_the_rows_order(seed, n_ins, n_look):
 
 def test_shuffled_cases_do_have_candidates():
     assert sum(_shuffled_case(seed, 80, 40) for seed in range(30)) > 300
+
+
+def test_the_page_book_takes_any_traced_value():
+    """Its columns are machine words: a damaged trace's generation with every bit set (the field
+    was ``unsigned long``) and an SPTE page address above 2**63 are stored, not an error, and
+    read back as the lists kept them (the table's int64 generation has the same bits)."""
+    pages = PageBook()
+    p = pages.add(5, 0x101, 2**64 - 1, 10, True, 0)
+    pages.add(6, 0x102, 3, 11, False, 1)
+    pages.spte_page[p] = pages.link(0xFFFF_8000_0000_1000)
+    assert pages.column("gen").tolist() == [-1, 3]
+    assert pages.column("spte_page").view(np.uint64).tolist()[0] == 0xFFFF_8000_0000_1000
+    table = pages.table(profile_for("6.12"))
+    assert table.column("mmu_valid_gen").to_pylist() == [-1, 3]
+    assert table.column("spte_page").to_pylist() == [0xFFFF_8000_0000_1000, None]
+    assert table.column("predates_trace").to_pylist() == [True, False]
