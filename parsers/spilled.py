@@ -104,18 +104,40 @@ def kept(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:
     return dict(arrays)
 
 
-def kept_table(table: pa.Table, what: str, schema: pa.Schema) -> pa.Table:
-    """``table`` cast to ``schema``, as the replay keeps it: with :data:`ARRAYS_ON_DISK` rows or
-    more, cast and written to disk a piece at a time and mapped back (:class:`SpilledTable`), so
-    that the cast copy (dictionary codes made strings, say) is never whole in the process."""
+def kept_table(table: pa.Table, what: str, schema: pa.Schema, order: np.ndarray | None = None) -> pa.Table:
+    """``table``'s rows in ``order`` (None: as they are) cast to ``schema``, as the replay keeps
+    it: with :data:`ARRAYS_ON_DISK` rows or more, gathered, cast and written to disk a piece at a
+    time (:func:`in_order`) and mapped back (:class:`SpilledTable`), so that neither the ordered
+    copy nor the cast one (dictionary codes made strings, say) is ever whole in the process."""
     if table.num_rows < ARRAYS_ON_DISK:
-        return table.cast(schema)
+        return (table if order is None else table.take(pa.array(order))).cast(schema)
     spilled = SpilledTable(what)
-    for lo in range(0, table.num_rows, ARRAYS_ON_DISK):
-        spilled.append(table.slice(lo, ARRAYS_ON_DISK).cast(schema))
+    for piece in in_order(table, order, ARRAYS_ON_DISK):
+        spilled.append(piece.cast(schema))
     mapped = spilled.table()
     assert mapped is not None  # the table has rows
     return mapped
+
+
+def in_order(table: pa.Table, order: np.ndarray | None, rows: int) -> Iterator[pa.Table]:
+    """``table``'s rows in ``order`` (None: as they are), ``rows`` at a time. Each piece is
+    gathered from the batches that hold its rows: pyarrow's take over a chunked table joins every
+    chunk first (a copy of the whole table, for a take of any size)."""
+    batches = table.to_batches()
+    if order is None:
+        for batch in batches:
+            for lo in range(0, batch.num_rows, rows):
+                yield pa.Table.from_batches([batch.slice(lo, rows)])
+        return
+    starts = np.cumsum([0, *(b.num_rows for b in batches)], dtype=np.int64)
+    for i in range(0, len(order), rows):
+        piece = order[i:i + rows]
+        part = np.searchsorted(starts, piece, side="right") - 1
+        by_part = np.argsort(part, kind="stable")  # the piece's rows, batch by batch
+        taken = [batches[k].take(pa.array(piece[by_part][part[by_part] == k] - starts[k]))
+                 for k in np.unique(part).tolist()]
+        gathered = pa.Table.from_batches(taken, schema=table.schema).combine_chunks()
+        yield gathered.take(pa.array(np.argsort(by_part, kind="stable")))
 
 
 def on_disk(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:

@@ -147,10 +147,11 @@ def consequences(ctx: Context) -> pa.Table:
     written = pa.table(rows, schema=CONSEQUENCES_SCHEMA)
     written = pa.table([c.dictionary_encode() if c.type == pa.string() else c for c in written.columns],
                        schema=_CODED)
-    table = pa.concat_tables([written, again.table(ins)])
+    table = pa.concat_tables([written, again.table(ins)]).unify_dictionaries()
     position_of_row = np.concatenate([np.asarray(after, np.int64), *again.after])
-    ordered = table.take(np.lexsort((np.arange(table.num_rows), position_of_row)))
-    return kept_table(ordered, "the consequences of this replay", CONSEQUENCES_SCHEMA)
+    # ordered and cast a piece at a time when long: a take over the two parts joined them first
+    return kept_table(table, "the consequences of this replay", CONSEQUENCES_SCHEMA,
+                      np.lexsort((np.arange(table.num_rows), position_of_row)))
 
 
 class _Reinstalls:

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import ArrayLike
 
-from kvmtrace.parsers.spilled import SpilledTable, kept
+from kvmtrace.parsers.spilled import SpilledTable, in_order, kept
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 #: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
@@ -53,26 +53,13 @@ def _sorted_on_disk(t: pa.Table, order: np.ndarray | None,
     :data:`ROWS_PER_WRITE` rows at a time and mapped back: the sorted table is never whole in the
     process (the sort of a 51 M-event trace's 2.4 M changes was the replay's peak, 170 MiB more
     than its parts), and the page cache holds the result. Each piece is gathered from the chunks
-    (the journal's parts) that hold its rows: a take over the chunked table would join them all.
+    (the journal's parts) that hold its rows (:func:`in_order`).
     ``read()`` gives back the pages of the parts kept on disk after each piece: every piece
     gathers from all over them (270 MiB of them were in the process at 106 M events)."""
     spilled = SpilledTable("the SPTE changes of this replay")
-    if order is None:
-        for batch in t.to_batches():
-            spilled.append(pa.Table.from_batches([batch]))
-            read()
-    else:
-        batches = t.to_batches()
-        starts = np.cumsum([0, *(b.num_rows for b in batches)], dtype=np.int64)
-        for i in range(0, len(order), ROWS_PER_WRITE):
-            rows = order[i:i + ROWS_PER_WRITE]
-            part = np.searchsorted(starts, rows, side="right") - 1
-            by_part = np.argsort(part, kind="stable")  # the piece's rows, part by part
-            pieces = [batches[k].take(pa.array(rows[by_part][part[by_part] == k] - starts[k]))
-                      for k in np.unique(part).tolist()]
-            gathered = pa.Table.from_batches(pieces).combine_chunks()
-            spilled.append(gathered.take(pa.array(np.argsort(by_part, kind="stable"))))
-            read()
+    for piece in in_order(t, order, ROWS_PER_WRITE):
+        spilled.append(piece)
+        read()
     mapped = spilled.table()
     assert mapped is not None  # t has rows
     return mapped, spilled

@@ -201,6 +201,13 @@ def test_a_table_kept_on_disk_is_cast_piece_by_piece(monkeypatch: pytest.MonkeyP
     got = spilled.kept_table(table, "many rows", schema)
     assert got.column("seq").num_chunks == 6  # 1000 rows a piece
     assert got.equals(table.cast(schema))
+    # in an order: each piece gathered from the parts (whose dictionaries differ) that hold its rows
+    order = np.random.default_rng(5).permutation(table.num_rows)
+    want = table.take(pa.array(order)).cast(schema)
+    got = spilled.kept_table(table, "many rows", schema, order)
+    assert got.column("seq").num_chunks == 6 and got.equals(want)
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 10_000)  # held: a take
+    assert spilled.kept_table(table, "few rows", schema, order).equals(want)
 
 
 REPLAYS = [TDP, SAMPLES / "churn-zapslot.dat", SAMPLES / "multi-zapall.dat", SAMPLES / "dirty-zapslot.dat",
