@@ -26,10 +26,12 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import DTypeLike
 
-from kvmtrace.parsers.spilled import kept_table, releasing
+from kvmtrace.parsers import spilled
+from kvmtrace.parsers.spilled import releasing
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.detectors.zap_rules import rule_mask, whatif_rule
 from kvmtrace.replays.gfn_index import FirstInstall, leaf_keys
+from kvmtrace.replays.journal import Parts
 from kvmtrace.replays.leaf_proof import DANGLING, PROVED
 from kvmtrace.replays.memslots import MemslotChange
 from kvmtrace.replays.pages import NONE
@@ -71,18 +73,15 @@ def pfn_words(pfn: int) -> str:
     return f"backed again: pfn {pfn:#x}"
 
 
+#: Reinstall rows from which the rows gathered so far are put in order and handed to the table
+#: (:class:`Parts`): a churning guest re-installs its leaves after every delete (2.5 M rows at
+#: 52 M events), and the rows of every change at once, with their order and cast copies, were
+#: the replay's peak (+450 MiB).
+ROWS_PER_PIECE = 1 << 18
+
+
 def consequences(ctx: Context) -> pa.Table:
     """One row per consequence of each positioned delete/move."""
-    rows: dict[str, list[object]] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
-
-    def add(c: MemslotChange, what: str, seq: int, gfn: int, level: int, pid: int | None, page: int | None,
-            allowed: bool | None, detail: str, evidence: list[int]) -> None:
-        for k, v in (("change_seq", c.seq), ("slot", c.slot), ("change", c.kind), ("what", what), ("seq", seq),
-                     ("gfn", gfn), ("level", level), ("pid", pid), ("page", page), ("allowed", allowed),
-                     ("detail", detail), ("evidence", evidence)):
-            rows[k].append(v)
-        after.append(position)
-
     rule = whatif_rule(ctx.profile)
     # a rule the caller chose answers "would it have zapped this?": say whose rule it is
     chosen = "" if not ctx.profile.zap_rule_chosen else (
@@ -91,13 +90,16 @@ def consequences(ctx: Context) -> pa.Table:
     pages = ctx.pages.arrays()
     ins = ctx.installs
     reinstalls = FirstInstall(ins)
-    again = _Reinstalls()
     back_again = _BackAgain(ctx.timeline.changes)
     changes = ctx.positioned_removals()
-    # per row of ``rows``, the position of its change: what orders them with ``again``'s
-    after: list[int] = []
-    position = 0
+    # on disk from as many bytes as an array kept on disk (a row is ~250 bytes with its words)
+    parts = Parts("the consequences of this replay", on_disk=max(1, spilled.ARRAYS_ON_DISK // 32),
+                  per_write=ROWS_PER_PIECE)
+    pending = _Pending()
     for position, (i, c) in enumerate(releasing(changes)):
+        if pending.reinstalls >= ROWS_PER_PIECE:
+            parts.append(pending.table(ins))
+            pending = _Pending()
         # positioned_removals keeps only changes with a seq and an old range
         assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
@@ -120,38 +122,68 @@ def consequences(ctx: Context) -> pa.Table:
                         if direct[k] else f"indirect level-{int(level[k])} page (shadows a guest page table)")
                 why = (f"{kind}: the {rule.name} rule does not zap it ({rule.words})" if ok
                        else f"{kind}: the {rule.name} rule must zap it ({rule.words})") + chosen
-                add(c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None, p, ok, why,
-                    [int(pages["first_seq"][p]), c.seq])
+                pending.add(position, c, "page_survived", int(pages["first_seq"][p]), int(g[k]), int(level[k]), None,
+                            p, ok, why, [int(pages["first_seq"][p]), c.seq])
         # faults on the old range after the change, first per vCPU, until the range comes back
         req = ctx.faults
         hit = ctx.faults_by_gfn.rows_in(lo, hi, since=c.seq + 1, until=until)
         _pids, first = np.unique(req["pid"][hit], return_index=True)
         for k in hit[np.sort(first)].tolist():
-            add(c, "fault_after", int(req["seq"][k]), int(req["gfn"][k]), int(req["level"][k]), int(req["pid"][k]),
-                None, None, pfn_words(int(req["pfn"][k])), [c.seq, int(req["seq"][k])])
+            pending.add(position, c, "fault_after", int(req["seq"][k]), int(req["gfn"][k]), int(req["level"][k]),
+                        int(req["pid"][k]), None, None, pfn_words(int(req["pfn"][k])), [c.seq, int(req["seq"][k])])
         # leaves installed again where the model had a present one before the change
         start = ctx.journal.snapshots.get((i, "start")) or end
         if start is None:
             continue
         had = start.leaves()
         in_range = (had.gfn >= np.uint64(lo)) & (had.gfn < np.uint64(hi))
-        again.add(position, c, reinstalls.after(c.seq, leaf_keys(had.gfn[in_range], had.level[in_range])))
+        pending.again.add(position, c, reinstalls.after(c.seq, leaf_keys(had.gfn[in_range], had.level[in_range])))
     by_change = {c.seq: c for _, c in changes}
     position = len(changes)  # the leaf fates after every change's own rows
     for f in ctx.untraced_leaf_fates:
         what = {PROVED: "leaf_removed", DANGLING: "dangling_spte"}.get(f.fate, "leaf_not_provable")
-        add(by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None, f"{f.leaf}: {f.detail}",
-            list(f.evidence))
-    # each change's rows: its surviving pages and faults, then its reinstalls; the leaf fates last.
-    # Put in order with the words as codes, made text once in that order (not twice).
-    written = pa.table(rows, schema=CONSEQUENCES_SCHEMA)
-    written = pa.table([c.dictionary_encode() if c.type == pa.string() else c for c in written.columns],
-                       schema=_CODED)
-    table = pa.concat_tables([written, again.table(ins)]).unify_dictionaries()
-    position_of_row = np.concatenate([np.asarray(after, np.int64), *again.after])
-    # ordered and cast a piece at a time when long: a take over the two parts joined them first
-    return kept_table(table, "the consequences of this replay", CONSEQUENCES_SCHEMA,
-                      np.lexsort((np.arange(table.num_rows), position_of_row)))
+        pending.add(position, by_change[f.change_seq], what, f.seq, f.gfn, f.level, None, None, None,
+                    f"{f.leaf}: {f.detail}", list(f.evidence))
+    parts.append(pending.table(ins))
+    return pa.concat_tables(parts.tables())
+
+
+class _Pending:
+    """The rows of consecutive changes not yet in the table: each change's surviving pages and
+    faults (Python rows), then its reinstalls (:class:`_Reinstalls`); the leaf fates last.
+
+    Why in pieces: the rows of all changes at once, put in order and cast, were the replay's
+    peak on a churning guest (:data:`ROWS_PER_PIECE`). Each piece holds whole changes, and the
+    pieces follow each other in change order, so the table is the same as one built at once."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, list[object]] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
+        #: per row of ``rows``, the position of its change: what orders them with ``again``'s
+        self.after: list[int] = []
+        self.again = _Reinstalls()
+
+    @property
+    def reinstalls(self) -> int:
+        return self.again.count
+
+    def add(self, position: int, c: MemslotChange, what: str, seq: int, gfn: int, level: int, pid: int | None,
+            page: int | None, allowed: bool | None, detail: str, evidence: list[int]) -> None:
+        for k, v in (("change_seq", c.seq), ("slot", c.slot), ("change", c.kind), ("what", what), ("seq", seq),
+                     ("gfn", gfn), ("level", level), ("pid", pid), ("page", page), ("allowed", allowed),
+                     ("detail", detail), ("evidence", evidence)):
+            self.rows[k].append(v)
+        self.after.append(position)
+
+    def table(self, ins: dict[str, np.ndarray]) -> pa.Table:
+        """The rows in order: each change's surviving pages and faults, then its reinstalls.
+        Put in order with the words as codes, made text once in that order (not twice)."""
+        written = pa.table(self.rows, schema=CONSEQUENCES_SCHEMA)
+        written = pa.table([c.dictionary_encode() if c.type == pa.string() else c for c in written.columns],
+                           schema=_CODED)
+        table = pa.concat_tables([written, self.again.table(ins)]).unify_dictionaries()
+        position_of_row = np.concatenate([np.asarray(self.after, np.int64), *self.again.after])
+        order = np.lexsort((np.arange(table.num_rows), position_of_row))
+        return table.take(pa.array(order)).cast(CONSEQUENCES_SCHEMA)
 
 
 class _Reinstalls:
@@ -163,6 +195,7 @@ class _Reinstalls:
     def __init__(self) -> None:
         #: per row, the position of its change among the positioned removals (orders the table)
         self.after: list[np.ndarray] = []
+        self.count = 0
         self._rows: list[np.ndarray] = []
         self._changes: list[MemslotChange] = []
 
@@ -170,6 +203,7 @@ class _Reinstalls:
         """``rows`` (installs, ascending): leaves present before change ``c`` installed again after it."""
         if len(rows):
             self.after.append(np.full(len(rows), position, np.int64))
+            self.count += len(rows)
             self._rows.append(rows)
             self._changes.append(c)
 

@@ -73,8 +73,12 @@ class Parts:
     From that size on, the pieces held are written to a temporary file every
     :data:`ROWS_PER_WRITE` rows and mapped back at the end: the same pieces, in order."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, what: str, on_disk: int | None = None, per_write: int | None = None) -> None:
+        """``on_disk``/``per_write``: the sizes of :data:`ROWS_ON_DISK`/:data:`ROWS_PER_WRITE` for
+        another table than the SPTE changes (None: those)."""
         self.rows = 0
+        self._on_disk = ROWS_ON_DISK if on_disk is None else on_disk
+        self._per_write = ROWS_PER_WRITE if per_write is None else per_write
         self._held: list[pa.Table] = []
         self._held_rows = 0
         self._disk = SpilledTable(what)
@@ -83,7 +87,7 @@ class Parts:
         self._held.append(t)
         self.rows += t.num_rows
         self._held_rows += t.num_rows
-        if self.rows >= ROWS_ON_DISK and self._held_rows >= ROWS_PER_WRITE:
+        if self.rows >= self._on_disk and self._held_rows >= self._per_write:
             for piece in self._held:
                 self._disk.append(piece)
             self._held, self._held_rows = [], 0

@@ -130,8 +130,12 @@ def _replay(data: TraceData, kernel: str | None, memslots: dict[str, Any] | None
     unexplained = journal.unexplained_table()
     spte_changes = journal.spte_changes()
     _let_go(data)
-    summaries = {"memslot": memslot_summary(ctx), "zap_all": zap_all_summary(ctx, locate),
-                 "consequences": consequences(ctx)}
+    # each summary reads the arrays kept on disk afresh: their pages go back between them
+    memslot = memslot_summary(ctx)
+    _let_go(data)
+    zap_all = zap_all_summary(ctx, locate)
+    _let_go(data)
+    summaries = {"memslot": memslot, "zap_all": zap_all, "consequences": consequences(ctx)}
     _let_go(data)  # the consequences' working arrays, before the what-if's
     limits.extend(_limits(mmu, timeline))
     assumptions.extend(_assumptions(mmu))

@@ -81,3 +81,21 @@ def test_reinstall_rows_are_the_installs_and_each_changes_rows_stay_together(nam
     keys = [(order[r["change_seq"]], part[r["what"]]) for r in rows if r["what"] in part]
     assert keys == sorted(keys) and len({k for k, _ in keys}) > 1 and len({w for _, w in keys}) >= 2
     assert len({(r["change_seq"], r["seq"], r["gfn"]) for r in again}) == len(again)
+
+
+@pytest.mark.parametrize("name", ["churn-zapslot", "rom-zapslot"])
+def test_a_table_built_a_few_changes_at_a_time_is_the_one_built_at_once(name, monkeypatch):
+    """The rows are put in order and cast a piece of whole changes at a time (ROWS_PER_PIECE
+    reinstalls), and from a size on written to disk: with a piece per change and every piece on
+    disk, the table is the one a single piece gives (the order of rows across pieces included)."""
+    from kvmtrace.parsers import spilled
+    from kvmtrace.replays import consequences as cq
+
+    data = parsers.read(SAMPLES / f"{name}.dat")
+    want = replay(data).summaries["consequences"]
+    assert want.column("seq").num_chunks == 1
+    monkeypatch.setattr(cq, "ROWS_PER_PIECE", 1)
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 32)  # the table on disk from one row
+    got = replay(data).summaries["consequences"]
+    assert got.column("seq").num_chunks > 1  # several pieces, on disk
+    assert got.schema.equals(want.schema) and got.to_pylist() == want.to_pylist()

@@ -153,14 +153,17 @@ class Removals(Sequence[Removal]):
 
 
 class _Parts:
-    """A table's rows grouped by one integer column, each group a zero-copy slice."""
+    """A table's rows grouped by one integer column, each group a zero-copy slice.
+
+    The table keeps its chunks: the replay's consequences come in pieces (on disk when long),
+    and joining them was a copy of the whole table (~250 bytes a reinstall) in the process."""
 
     def __init__(self, table: pa.Table, key: str):
         keys = table.column(key).to_numpy()
         order = np.argsort(keys, kind="stable")
         if len(order) and not np.all(order[1:] > order[:-1]):
             table, keys = table.take(pa.array(order)), keys[order]
-        self._table, self._keys = table.combine_chunks(), keys
+        self._table, self._keys = table, keys
 
     def of(self, value: int) -> pa.Table:
         lo = int(np.searchsorted(self._keys, value, side="left"))
