@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import ArrayLike
 
-from kvmtrace.parsers.spilled import SpilledTable, in_order, kept
+from kvmtrace.parsers.spilled import KeptParts, SpilledTable, in_order, kept
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 #: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
@@ -183,7 +183,7 @@ class Journal:
     row_chunks: Parts = field(default_factory=lambda: Parts("the SPTE changes of this replay"))
     #: columnar additions (shadow SPTEs): Arrow tables of SPTE_CHANGES_SCHEMA / install arrays
     change_chunks: Parts = field(default_factory=lambda: Parts("the SPTE changes of this replay"))
-    install_chunks: list[dict[str, np.ndarray]] = field(default_factory=list)
+    install_parts: KeptParts = field(default_factory=lambda: KeptParts("the SPTE installs of this replay"))
     #: the present installs once :meth:`installs` has put them together
     installed: dict[str, np.ndarray] | None = None
     #: the SPTE-change table once :meth:`spte_changes` has built it, and its file when on disk
@@ -233,12 +233,13 @@ class Journal:
         }, schema=SPTE_CHANGES_SCHEMA))
 
     def add_installs(self, seq: ArrayLike, gfn: ArrayLike, level: ArrayLike, as_id: ArrayLike, pid: ArrayLike) -> None:
-        """Many installs at once (the shadow MMU's, every one of the trace: on disk when many, as
-        :meth:`installs` keeps them; held, they were ~150 MiB of the walk's peak at 52 M events)."""
-        self.install_chunks.append(kept({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
-                                         "level": np.asarray(level).astype(np.int8),
-                                         "as_id": np.asarray(as_id).astype(np.int8),
-                                         "pid": np.asarray(pid).astype(np.int32)}, "the SPTE installs of this replay"))
+        """Many installs at once (the shadow MMU's, a part of the trace's at a time: on disk as
+        they come when many, as :meth:`installs` keeps them; held, they were ~150 MiB of the
+        walk's peak at 52 M events)."""
+        self.install_parts.append({"seq": np.asarray(seq, np.int64), "gfn": np.asarray(gfn, np.uint64),
+                                   "level": np.asarray(level).astype(np.int8),
+                                   "as_id": np.asarray(as_id).astype(np.int8),
+                                   "pid": np.asarray(pid).astype(np.int32)})
 
     def installs(self) -> dict[str, np.ndarray]:
         """Present leaf installs, in seq order. The journal then holds these arrays in place of
@@ -247,26 +248,23 @@ class Journal:
         thread int32 now, 22 bytes), on disk when there are many (:func:`kept`: read-only)."""
         if self.installed is not None:
             return self.installed
-        parts: list[dict[str, np.ndarray]] = [
-            {
-                "seq": np.asarray(self.i_seq, dtype=np.int64),
-                "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
-                "level": np.asarray(self.i_level, dtype=np.int8),
-                "as_id": np.asarray(self.i_as, dtype=np.int8),
-                "pid": np.asarray(self.i_pid, dtype=np.int32),
-            },
-            *self.install_chunks,
-        ]
-        self.install_chunks.clear()
+        out: dict[str, np.ndarray] = {
+            "seq": np.asarray(self.i_seq, dtype=np.int64),
+            "gfn": np.asarray(self.i_gfn, dtype=np.uint64),
+            "level": np.asarray(self.i_level, dtype=np.int8),
+            "as_id": np.asarray(self.i_as, dtype=np.int8),
+            "pid": np.asarray(self.i_pid, dtype=np.int32),
+        }
         for rows in (self.i_seq, self.i_gfn, self.i_level, self.i_as, self.i_pid):
             rows.clear()
-        parts = [p for p in parts if len(p["seq"])] or parts[:1]
-        out = parts[0] if len(parts) == 1 else {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+        added = self.install_parts.arrays()
+        if added is not None:
+            out = {k: np.concatenate((v, added[k])) for k, v in out.items()} if len(out["seq"]) else added
         seq = out["seq"]
         if len(seq) > 1 and not bool(np.all(seq[1:] >= seq[:-1])):
             order = np.argsort(seq, kind="stable")
             out = {k: v[order] for k, v in out.items()}
-        # one part in order that add_installs kept on disk (read-only: the shadow MMU's) is not
+        # the parts add_installs kept on disk (read-only: the shadow MMU's), in order, are not
         # written again; anything concatenated or sorted here is new
         self.installed = out if not out["seq"].flags.writeable else kept(out, "the SPTE installs of this replay")
         return self.installed

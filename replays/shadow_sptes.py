@@ -86,7 +86,9 @@ def _candidates(ins: Installs, looks: Lookups) -> np.ndarray:
     dense numbering were ~60 bytes an install at once (+450 MiB at the settling's peak on a
     52 M-event trace)."""
     n = len(ins.seq)
-    out = np.full(n, NONE, dtype=np.int64)
+    # page ids: int32 where they fit (a column of every install, held through the owner loop)
+    wide = len(looks.page) and int(looks.page.max()) >= 2**31
+    out = np.full(n, NONE, dtype=np.int64 if wide else np.int32)
     if not n or not len(looks.seq):
         return out
     # rows in seq order (the walk's lookups and a table's installs already are)
@@ -144,7 +146,9 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
     if n == 0:
         return owner
     candidate = _candidates(ins, looks)  # first: its temporaries go before the ones below
+    release_all()  # the columns it read (on disk when long), before the next are read
     page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
+    release_all()
     index = np.int32 if n < 2**31 else np.int64
     # by SPTE page, then seq (installs in seq order need only the stable sort by page)
     order = (np.argsort(page_addr, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, page_addr)))
@@ -226,53 +230,48 @@ class SpteLifetimes:
 
     def __init__(self, ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
                  rmap_zaps: list[tuple[int, int, int, str]]):
-        """Temporaries are let go as soon as they are used: each is a column of every install
-        (7 M on a 51 M-event churn recording, 56 MiB for each int64 one); an install's start
-        (``2 * seq``) is not kept, and the previous install's row is int32 where rows allow."""
+        """Each column of every install (7 M on a 51 M-event churn recording, 56 MiB for each
+        int64 one) is made a :data:`BLOCK` of installs at a time where its rows do not depend on
+        others (the lifetimes' ends, their causes, the old values): only the next install at the
+        same ``sptep`` needs a sort of all of them. An install's start (``2 * seq``) is not kept,
+        and the previous install's row is int32 where rows allow."""
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
-        start = 2 * ins.seq
         self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
         # next install at the same sptep (installs in seq order need only the stable sort by sptep)
         order = np.argsort(ins.sptep, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, ins.sptep))
         same = _followed_by_same(ins.sptep[order])
+        release_all()  # the addresses' pages (on disk when long), before the seqs are read
         later = order[np.flatnonzero(same) + 1]
         nxt = np.full(n, FOREVER, dtype=np.int64)
-        nxt[order[same]] = start[later]
+        nxt[order[same]] = 2 * ins.seq[later]
         self.prev: np.ndarray = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
         self.prev[later] = order[same]
         del order, same, later
         release_all()  # each pass reads whole columns of the installs (on disk when long): one at a time
-        # the owner's zap, unless it came before this install (the SPTE page's memory was reused)
-        zap = pages.column("zap_seq")
-        page_end = 2 * zap[owner.clip(0)] if len(zap) else np.full(n, FOREVER, dtype=np.int64)
-        page_end[(owner == NONE) | (page_end <= start)] = FOREVER
-        rmap_end = np.full(n, FOREVER, dtype=np.int64)
+        self.end = np.empty(n, dtype=np.int64)
+        self.how = np.empty(n, dtype=np.int8)
         self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
-        _first_rmap_zaps(rmap_zaps, ins.gfn, start, rmap_end, self.rmap_reason)
-        release_all()
-        self.end = np.minimum(np.minimum(nxt, page_end), rmap_end)
-        del rmap_end
-        gone = ~self.present
-        self.end[gone] = start[gone]
-        del gone
-        # what ended it, the first that applies of: nothing, an overwrite, the owner's zap, an rmap zap
-        self.how = np.full(n, END_RMAP, dtype=np.int8)
-        self.how[self.end == page_end] = END_PAGE_ZAP
-        self.how[self.end == nxt] = END_OVERWRITE
-        self.how[self.end == FOREVER] = END_OPEN
-        del nxt, page_end
+        zap = pages.column("zap_seq")
+        for lo in releasing(range(0, n, BLOCK), every=1):
+            at = slice(lo, lo + BLOCK)
+            self.end[at], self.how[at] = self._ends(2 * ins.seq[at], nxt[at], owner[at], ins.gfn[at],
+                                                    self.present[at], zap, rmap_zaps, self.rmap_reason[at])
+        del nxt
         # old value: the previous install at this sptep, if it was still alive at this one
-        prev_i = self.prev.clip(0)
-        self.has_old = (self.prev >= 0) & (self.end[prev_i] == start) & self.present[prev_i]
-        del start
+        self.has_old = np.empty(n, dtype=bool)
+        self.is_install = np.empty(n, dtype=bool)
         pfn_mask = np.uint64(profile.pfn_mask)
-        changed = ((ins.spte[prev_i] ^ ins.spte) & pfn_mask) != 0
-        changed |= ins.gfn[prev_i] != ins.gfn
-        del prev_i
-        self.is_install = self.present & (~self.has_old | changed)
-        del changed
+        for lo in releasing(range(0, n, BLOCK), every=1):
+            at = slice(lo, lo + BLOCK)
+            prev = self.prev[at]
+            prev_i = prev.clip(0)
+            has_old = (prev >= 0) & (self.end[prev_i] == 2 * ins.seq[at]) & self.present[prev_i]
+            changed = ((ins.spte[prev_i] ^ ins.spte[at]) & pfn_mask) != 0
+            changed |= ins.gfn[prev_i] != ins.gfn[at]
+            self.has_old[at] = has_old
+            self.is_install[at] = self.present[at] & (~has_old | changed)
         smm = profile.role_field("smm")
         roles = pages.column("role")
         if smm is not None and len(roles):
@@ -281,13 +280,43 @@ class SpteLifetimes:
         else:
             self.as_id = np.zeros(n, dtype=np.int8)
 
+    @staticmethod
+    def _ends(start: np.ndarray, nxt: np.ndarray, owner: np.ndarray, gfn: np.ndarray, present: np.ndarray,
+              zap: np.ndarray, rmap_zaps: list[tuple[int, int, int, str]],
+              rmap_reason: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Of some installs (``start``: their ``2 * seq``; ``nxt``: the next install's at their
+        sptep), the time each ends and what ended it, the first that applies of: nothing, an
+        overwrite, the owner's zap, an untraced rmap zap (its zap's index into ``rmap_reason``)."""
+        # the owner's zap, unless it came before this install (the SPTE page's memory was reused)
+        page_end = 2 * zap[owner.clip(0)] if len(zap) else np.full(len(start), FOREVER, dtype=np.int64)
+        page_end[(owner == NONE) | (page_end <= start)] = FOREVER
+        rmap_end = np.full(len(start), FOREVER, dtype=np.int64)
+        _first_rmap_zaps(rmap_zaps, gfn, start, rmap_end, rmap_reason)
+        end = np.minimum(np.minimum(nxt, page_end), rmap_end)
+        del rmap_end
+        gone = ~present
+        end[gone] = start[gone]
+        how = np.full(len(start), END_RMAP, dtype=np.int8)
+        how[end == page_end] = END_PAGE_ZAP
+        how[end == nxt] = END_OVERWRITE
+        how[end == FOREVER] = END_OPEN
+        return end, how
+
     def alive_at(self, keys: list[int]) -> sweep.LiveSets:
         """Indices (ascending) of the present installs alive at each time key (started before
         it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`)."""
         present = np.flatnonzero(self.present)
         present = present.astype(np.int32 if len(self.present) < 2**31 else np.int64, copy=False)
         labels = kept({"rows": present}, "the leaves of this replay's snapshots")["rows"]
-        return sweep.alive_at(2 * self.ins.seq[present], self.end[present] - 1, keys, labels=labels)
+        # their times a block at a time: whole, each was made through a temporary of its size
+        begin = np.empty(len(present), np.int64)
+        stop = np.empty(len(present), np.int64)
+        for lo in releasing(range(0, len(present), BLOCK), every=1):
+            rows = present[lo:lo + BLOCK]
+            np.multiply(self.ins.seq[rows], 2, out=begin[lo:lo + BLOCK])
+            np.subtract(self.end[rows], 1, out=stop[lo:lo + BLOCK])
+        del present
+        return sweep.alive_at(begin, stop, keys, labels=labels)
 
     def to_journal(self, j: Journal) -> None:
         """Every install and every removal the lifetimes imply, as SPTE changes, a part of
@@ -316,8 +345,10 @@ class SpteLifetimes:
                           page=np.where(self.owner[idx] == NONE, -1, self.owner[idx]),
                           state=coded(rmap.astype(np.int8), ["zapped", "zapped_inferred"]),
                           reason=coded(why, ["owning page zapped", *words.tolist()]))
-        m = self.is_install
-        j.add_installs(ins.seq[m], ins.gfn[m], ins.level[m], self.as_id[m], ins.pid[m])
+        for lo in releasing(range(0, n, PART), every=1):
+            at = slice(lo, lo + PART)
+            m = self.is_install[at]
+            j.add_installs(ins.seq[at][m], ins.gfn[at][m], ins.level[at][m], self.as_id[at][m], ins.pid[at][m])
 
     def obsolete_uses(self, pages: PageBook) -> list[tuple[int, int, int, list[int], str]]:
         """Installs into a page after the zap-all that made it obsolete (and before its zap)."""
@@ -325,11 +356,14 @@ class SpteLifetimes:
             return []
         obs = pages.column("obsolete_seq")
         zap = pages.column("zap_seq")
-        o = self.owner.clip(0)
-        hit = ((self.owner != NONE) & (obs[o] != NONE) & (obs[o] < self.ins.seq)
-               & ((zap[o] == NONE) | (zap[o] > self.ins.seq)))
+        hits: list[np.ndarray] = []
+        for lo in releasing(range(0, len(self.owner), BLOCK), every=1):  # each a temporary of its block
+            owners, seqs = self.owner[lo:lo + BLOCK], self.ins.seq[lo:lo + BLOCK]
+            o = owners.clip(0)
+            hits.append(lo + np.flatnonzero((owners != NONE) & (obs[o] != NONE) & (obs[o] < seqs)
+                                            & ((zap[o] == NONE) | (zap[o] > seqs))))
         out = []
-        for i in np.flatnonzero(hit):
+        for i in np.concatenate(hits).tolist():
             p, seq, gfn = int(self.owner[i]), int(self.ins.seq[i]), int(self.ins.gfn[i])
             out.append((seq, gfn, p, [int(obs[p]), seq], f"SPTE for gfn {gfn:#x} installed into page {p} (gfn "
                         f"{pages.gfn[p]:#x}) made obsolete at seq {int(obs[p])}"))

@@ -22,9 +22,15 @@ def alive_at(begin: np.ndarray, end: np.ndarray, times: Iterable[int],
     from a recent full set): a long trace asks about thousands of moments whose live sets share
     most of their rows."""
     index: type[np.signedinteger] = np.int32 if len(begin) < 2**31 else np.int64
-    order: np.ndarray = np.argsort(begin, kind="stable").astype(index, copy=False)
-    ordered = bool(np.all(order[1:] > order[:-1])) if len(order) > 1 else True
-    first = np.asarray(begin)[order]
+    begin = np.asarray(begin)
+    if len(begin) < 2 or bool(np.all(begin[1:] >= begin[:-1])):
+        # rows already in time order (installs, SPTE changes): no sort, no sorted copy of every row
+        order: np.ndarray = np.arange(len(begin), dtype=index)
+        ordered, first = True, begin
+    else:
+        order = np.argsort(begin, kind="stable").astype(index, copy=False)
+        ordered = False
+        first = begin[order]
     out = LiveSets(labels)
     active = np.empty(0, dtype=index)
     added = 0

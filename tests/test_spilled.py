@@ -265,3 +265,31 @@ def test_releasing_gives_pages_back_every_so_many_items(monkeypatch: pytest.Monk
     for item in spilled.releasing(range(10), every=4):
         seen.append(item)
     assert seen == list(range(10)) and released == [4, 8]
+
+
+@pytest.mark.parametrize("threshold", [1, 5, 1000])
+def test_parts_kept_as_they_come_are_the_parts_joined(monkeypatch: pytest.MonkeyPatch, threshold: int) -> None:
+    """KeptParts: parts of varying sizes (an empty one too) joined in order, of their dtypes; on
+    disk (read-only) once the rows reach ARRAYS_ON_DISK, the parts before it included."""
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", threshold)
+    rng = np.random.default_rng(threshold)
+    parts = [{"seq": rng.integers(0, 1 << 40, n), "level": rng.integers(1, 5, n).astype(np.int8),
+              "gfn": rng.integers(0, 1 << 52, n).astype(np.uint64)} for n in (3, 0, 4, 9)]
+    kept_parts = spilled.KeptParts("a test")
+    assert spilled.KeptParts("nothing").arrays() is None
+    for part in parts:
+        kept_parts.append(part)
+    got = kept_parts.arrays()
+    assert got is not None and list(got) == ["seq", "level", "gfn"]
+    for name, values in got.items():
+        want = np.concatenate([p[name] for p in parts])
+        assert values.dtype == want.dtype and values.tolist() == want.tolist()
+        assert values.flags.writeable == (threshold > 16)  # 16 rows in all
+
+
+def test_a_part_of_another_dtype_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 1)
+    kept_parts = spilled.KeptParts("a test")
+    kept_parts.append({"seq": np.arange(3, dtype=np.int64)})
+    with pytest.raises(ValueError, match="not a column of int64: seq"):
+        kept_parts.append({"seq": np.arange(3, dtype=np.int32)})
