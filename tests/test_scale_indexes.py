@@ -94,6 +94,33 @@ def test_blocks_are_crossed() -> None:
     assert ix.first_in(999, 1000, 60_000) == int(np.flatnonzero((gfn == 999) & (seq >= 60_000))[0])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_an_index_sorted_a_slab_at_a_time_is_the_index_sorted_at_once(seed: int,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blocks of 16 rows, two to a slab, on disk from 50 rows, wide values in some slabs: the
+    same order and keys as one sort of every row, and the same answers as the masks."""
+    from kvmtrace.parsers import spilled
+    from kvmtrace.replays import gfn_index
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(100, 700))
+    gfn = rng.integers(0, 40, n).astype(np.uint64)
+    gfn[rng.integers(0, n, 4)] = np.uint64(WIDE)
+    seq = np.cumsum(rng.integers(1, 4, n)).astype(np.int64)
+    monkeypatch.setattr(gfn_index, "_MIN_BLOCK", 16)
+    whole = GfnIndex(gfn, seq)
+    monkeypatch.setattr(gfn_index, "SLAB", 40)
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 50)
+    slabs = GfnIndex(gfn, seq)
+    assert slabs.blocks > 6 and not slabs._order.flags.writeable  # many slabs, kept on disk
+    assert slabs._order.tolist() == whole._order.tolist() and slabs._sorted.tolist() == whole._sorted.tolist()
+    middle = (int(seq[n // 3]), int(seq[2 * n // 3]))
+    for lo, hi, since, until in ((0, 40, None, None), (5, 9, *middle), (0, 1 << 62, 3, None)):
+        mask = (gfn >= np.uint64(lo)) & (gfn < np.uint64(hi)) & (seq >= (since if since is not None else seq[0]))
+        mask &= seq < (until if until is not None else seq[-1] + 1)
+        assert np.array_equal(slabs.rows_in(lo, hi, since, until), np.flatnonzero(mask))
+
+
 @settings(max_examples=100, deadline=None)
 @given(st.integers(0, 400), st.integers(0, 2**32 - 1), st.integers(-2, 900))
 def test_first_install_after(n: int, seed: int, at: int) -> None:
@@ -504,16 +531,22 @@ def test_hva_to_gfns_on_a_recording(name: str, monkeypatch: pytest.MonkeyPatch) 
 @given(st.integers(0, 2**32 - 1), st.integers(0, 300), st.integers(1, 40))
 def test_whatif_refaults_are_the_scans(seed: int, n: int, gfns: int) -> None:
     """The what-if's "was this gfn installed again after seq" (each gfn's last install, read off
-    the installs in seq order) against a scan of every install."""
-    from kvmtrace.replays.whatif import _last_install
+    the installs in seq order) against a scan of every install; also read a few installs at a
+    time (a later block's last installs override an earlier one's)."""
+    from kvmtrace.replays import whatif
 
     rng = np.random.default_rng(seed)
     seq = np.sort(rng.choice(10_000, n, replace=False)).astype(np.int64)
     gfn = rng.integers(0, gfns, n).astype(np.uint64)
-    refaulted = _last_install({"seq": seq, "gfn": gfn})
     asked = rng.integers(0, gfns + 5, 50).astype(np.uint64)
-    for at in (-1, *rng.integers(0, 10_000, 4).tolist(), *(seq[:2].tolist())):
-        assert refaulted(asked, at).tolist() == [bool(((gfn == g) & (seq > at)).any()) for g in asked]
+    block = whatif.BLOCK
+    try:
+        for whatif.BLOCK in (block, 1, 7):
+            refaulted = whatif._last_install({"seq": seq, "gfn": gfn})
+            for at in (-1, *rng.integers(0, 10_000, 4).tolist(), *(seq[:2].tolist())):
+                assert refaulted(asked, at).tolist() == [bool(((gfn == g) & (seq > at)).any()) for g in asked]
+    finally:
+        whatif.BLOCK = block
 
 
 @settings(max_examples=100, deadline=None)
