@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 
 from kvmtrace.parsers.errors import TraceError
 from kvmtrace.parsers.schema import META_SYSTEM, TraceData
-from kvmtrace.parsers.spilled import kept
+from kvmtrace.parsers.spilled import KeptParts, kept
 from kvmtrace.parsers.text.assemble import META_TEXT_FORMS
 from kvmtrace.parsers.text.catalog import META_ROLE_UNPRINTED
 from kvmtrace.replays.profiles import KernelProfile
@@ -49,61 +49,89 @@ def kvmmmu_names(data: TraceData, leave_out: frozenset[str] = frozenset()) -> li
             and (name in KVMMMU_EVENTS or (t.schema.metadata or {}).get(META_SYSTEM) == b"kvmmmu")]
 
 
+#: Seqs of the trace whose kvmmmu rows :func:`kvmmmu_events` puts in order at a time.
+SEQ_WINDOW = 1 << 22
+
+
 def kvmmmu_events(data: TraceData, profile: KernelProfile, leave_out: frozenset[str] = frozenset(),
                   pids: frozenset[int] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Seqs, pids and "is a zap" of every kvmmmu event (but those of ``leave_out``; only those of
     the threads ``pids`` where given), in seq order (:func:`kvmmmu_names`). Zaps (zap-all, page
     zaps, a TDP SPTE going non-present) are what a memslot ioctl emits.
 
-    Most of a trace's events are kvmmmu events (the guest walker's above all), so this is built
-    without a sort and a chunk of a table at a time: the seqs are marked in a bitmap (one byte
-    an event of the trace) and read back in order, and each chunk's pids and zap flags are put
-    at their seqs' places (a running count of the bitmap, four bytes an event). A
-    concatenate-and-argsort held three seq-sized arrays at once (1.2 GB at 56 M events). Where
-    the rows are few among the trace's events (a read for the analysis leaves the walker's out:
-    3 M of 51 M; a few threads' rows), the bitmap costs more than the sort (255 MiB there), and
-    the sort is used."""
+    Most of a trace's events are kvmmmu events, so the event tables (each in seq order) are
+    merged a window of :data:`SEQ_WINDOW` seqs at a time, a record batch of each read at a time,
+    and the result is kept as it comes (:class:`KeptParts`: on disk when long). One sort of
+    every row held three row-sized arrays at once (1.2 GB at 56 M events); a bitmap over the
+    trace's seqs was 5 bytes an event even where only a few threads' rows were wanted (the
+    timeline's peak: 470 MiB at 52 M events)."""
     names = kvmmmu_names(data, leave_out)
-    if not names:
-        return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)
     wanted = None if pids is None else np.asarray(sorted(pids), np.int64)
-    events = max(int(pc.max(data.tables[name]["seq"]).as_py()) for name in names) + 1
-    if 24 * sum(data.tables[name].num_rows for name in names) < 5 * events:  # sort: 24 B a row; bitmap: 5 an event
-        parts = list(_rows_of(data, names, profile, wanted))
-        seq = np.concatenate([p[0] for p in parts])
-        order = np.argsort(seq, kind="stable")  # runs already in order: a merge
-        return seq[order], np.concatenate([p[1] for p in parts])[order], np.concatenate([p[2] for p in parts])[order]
-    marked = np.zeros(events, bool)
-    for seq, _, _ in _rows_of(data, names, profile, wanted, seqs_only=True):
-        marked[seq] = True
-    seq = np.flatnonzero(marked)
-    place = np.cumsum(marked, dtype=np.int32 if len(seq) < 2**31 else np.int64)  # a seq's place is place[seq] - 1
-    del marked
-    pid = np.empty(len(seq), np.int32)
-    zap = np.empty(len(seq), bool)
-    for batch_seq, batch_pid, batch_zap in _rows_of(data, names, profile, wanted):
-        at = place[batch_seq] - 1
-        pid[at] = batch_pid
-        zap[at] = batch_zap
-    return seq, pid, zap
+    streams = [_Rows(_rows_of(data, name, profile, wanted)) for name in names]
+    out = KeptParts("the kvmmmu events of this replay")
+    while True:
+        first = [s.first() for s in streams]
+        if all(f is None for f in first):
+            break
+        end = min(f for f in first if f is not None) + SEQ_WINDOW
+        seq, pid, zap = (np.concatenate(column) for column in zip(*(s.below(end) for s in streams)))
+        order = np.argsort(seq, kind="stable")  # seqs are distinct: any merge is this order
+        out.append({"seq": seq[order], "pid": pid[order], "zap": zap[order]})
+    got = out.arrays()
+    if got is None:
+        return np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)
+    return got["seq"], got["pid"], got["zap"]
 
 
-def _rows_of(data: TraceData, names: list[str], profile: KernelProfile, wanted: np.ndarray | None,
-             seqs_only: bool = False) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """seq, pid and zap flag of the events ``names`` (of the threads ``wanted`` only, where
-    given), a record batch at a time, the pages each read given back (see
-    :meth:`TraceData.release_pages`); ``seqs_only``: the zap flags left empty."""
-    for name in names:
-        t = data.tables[name]
-        for batch in t.select([c for c in ("seq", "pid", "new_spte") if c in t.column_names]).to_batches():
-            seq = numpy_column(batch, "seq", np.int64)
-            pid = numpy_column(batch, "pid", np.int32)
-            zap = np.empty(0, bool) if seqs_only else _zaps(name, batch, profile)
-            if wanted is not None:
-                mine = np.isin(pid, wanted)
-                seq, pid, zap = seq[mine], pid[mine], (zap if seqs_only else zap[mine])
-            yield seq, pid, zap
-            data.release_pages()
+class _Rows:
+    """One event's rows (seq, pid, zap flag) in seq order, read a batch at a time as asked."""
+
+    def __init__(self, batches: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        self._batches = batches
+        self._held: list[np.ndarray] = [np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, bool)]
+        self._done = False
+
+    def _more(self) -> bool:
+        """Read the next batch (False: there is none)."""
+        got = None if self._done else next(self._batches, None)
+        if got is None:
+            self._done = True
+            return False
+        self._held = [np.concatenate((h, g)) for h, g in zip(self._held, got)]
+        return True
+
+    def first(self) -> int | None:
+        """The seq of the next row not yet taken (None: none left)."""
+        while not len(self._held[0]):
+            if not self._more():
+                return None
+        return int(self._held[0][0])
+
+    def below(self, end: int) -> list[np.ndarray]:
+        """The rows not yet taken with seq below ``end``."""
+        while len(self._held[0]) and self._held[0][-1] < end and self._more():
+            pass
+        cut = int(np.searchsorted(self._held[0], end, side="left"))
+        taken = [h[:cut] for h in self._held]
+        self._held = [h[cut:] for h in self._held]
+        return taken
+
+
+def _rows_of(data: TraceData, name: str, profile: KernelProfile,
+             wanted: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """seq, pid and zap flag of the event ``name`` (of the threads ``wanted`` only, where given),
+    a record batch at a time, the pages each read given back (see
+    :meth:`TraceData.release_pages`)."""
+    t = data.tables[name]
+    for batch in t.select([c for c in ("seq", "pid", "new_spte") if c in t.column_names]).to_batches():
+        seq = numpy_column(batch, "seq", np.int64)
+        pid = numpy_column(batch, "pid", np.int32)
+        zap = _zaps(name, batch, profile)
+        if wanted is not None:
+            mine = np.isin(pid, wanted)
+            seq, pid, zap = seq[mine], pid[mine], zap[mine]
+        yield seq, pid, zap
+        data.release_pages()
 
 
 def _zaps(name: str, t: pa.Table | pa.RecordBatch, profile: KernelProfile) -> np.ndarray:

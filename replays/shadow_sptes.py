@@ -142,10 +142,10 @@ def _rows_where(mask: np.ndarray, order: np.ndarray | None) -> np.ndarray:
 def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile) -> np.ndarray:
     """Owning page id per install (NONE where it cannot be inferred)."""
     n = len(ins.seq)
-    owner = np.full(n, NONE, dtype=np.int64)
     if n == 0:
-        return owner
+        return np.full(0, NONE, dtype=np.int64)
     candidate = _candidates(ins, looks)  # first: its temporaries go before the ones below
+    owner = np.full(n, NONE, dtype=candidate.dtype)  # page ids: int32 where they fit, as the candidates'
     release_all()  # the columns it read (on disk when long), before the next are read
     page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
     release_all()

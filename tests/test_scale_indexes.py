@@ -246,11 +246,18 @@ def test_ledger_candidates_hold_every_page_a_change_concerns(n: int, seed: int, 
 @pytest.mark.parametrize("path", [SAMPLES / "multi-zapslot.dat", SAMPLES / "churn-thp-zapslot.dat",
                                   NESTED / "tdp-multi3-kt.dat", NESTED / "k61tdp-churn-small-kt.dat"],
                          ids=lambda p: p.name)
-def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
-    """The bitmap-and-place merge of the kvmmmu events equals concatenating every kvmmmu table's
-    columns and sorting them by seq, on tables read whole and read as 1000-event chunks (a long
-    trace's tables come in chunks, which the merge walks one at a time); so does the sort of the
-    few rows of one thread (what a memslot line's window reads)."""
+@pytest.mark.parametrize("window", [1 << 22, 64, 777])
+def test_kvmmmu_events_equal_the_concatenated_sort(path: Path, window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The merge of the kvmmmu events a window of seqs at a time (one window, a few seqs each, a
+    window cutting through chunks; kept on disk from 500 rows) equals concatenating every kvmmmu
+    table's columns and sorting them by seq, on tables read whole and read as 1000-event chunks
+    (a long trace's tables come in chunks, which the merge walks one at a time); so do the few
+    rows of one thread (what a memslot line's window reads)."""
+    from kvmtrace.parsers import spilled
+    from kvmtrace.replays import inputs
+
+    monkeypatch.setattr(inputs, "SEQ_WINDOW", window)
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 500)
     whole = read(path)
     with open_file(str(path)) as f:
         meta, size = open_meta(f, str(path))
@@ -266,7 +273,7 @@ def test_kvmmmu_events_equal_the_concatenated_sort(path: Path) -> None:
         got = kvmmmu_events(data, profile)
         assert np.array_equal(got[0], seq[order]) and np.array_equal(got[1], pid) and np.array_equal(got[2], zap)
         assert got[2].any() and len(set(got[1].tolist())) > 1
-        # one thread's rows, without the walker's or with them (the bitmap merge, where rows are many)
+        # one thread's rows, without the walker's or with them
         event_of = np.concatenate([np.full(whole.tables[n].num_rows, n) for n in names])[order]
         for leave_out in (frozenset(), frozenset(WALK_EVENTS)):
             for thread in {int(pid[0]), int(pid[-1])}:
