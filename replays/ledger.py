@@ -186,55 +186,65 @@ def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
     The columns are read from the Arrow table one at a time (as a polars frame, its dictionary
     columns were copies: +200 MiB at 14 M changes); ``read()`` gives back the pages of the table
     (on disk when long) as each is read."""
-    until = _next_changes(changes, read)
     state, states = _codes(changes, "state")
     owned = np.flatnonzero(np.isin(state, _indices(states, ("present",))) & ~_nulls(changes.column("page")))
+    if changes.num_rows < 2**31:
+        owned = owned.astype(np.int32)  # held through the passes and the gathers below
     del state
+    release_freed_memory()  # the codes and masks the allocators kept
     # from here only the rows that give a present leaf an owner count
-    until = until[owned]
+    until = _next_changes(changes, owned, read)
+    release_freed_memory()  # the passes' sorts, kept by the allocators, were under the gathers below (+200 MiB)
 
-    def of_owned(name: str, dtype: DTypeLike) -> np.ndarray:
-        values = numpy_rows(changes, name, owned, dtype)
+    def of(rows: np.ndarray, name: str, dtype: DTypeLike) -> np.ndarray:
+        values = numpy_rows(changes, name, rows, dtype)
         read()  # the pages this column mapped
         return values
 
-    seq, gfn, pages = of_owned("seq", np.int64), of_owned("gfn", np.uint64), of_owned("page", np.int64)
+    seq, gfn, pages = of(owned, "seq", np.int64), of(owned, "gfn", np.uint64), of(owned, "page", np.int64)
+    del owned
+    if len(pages) and int(pages.max()) < 2**31:
+        pages = pages.astype(np.int32)  # held through the sweep: a column of every owned leaf
     alive = sweep.alive_at(seq, until, [at for at, _lo, _hi in questions])
     out: dict[tuple[int, int, int], np.ndarray] = {}
     for at, lo, hi in questions:
         rows = alive[at]
-        out[(at, lo, hi)] = np.unique(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]])
+        out[(at, lo, hi)] = np.unique(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]]).astype(np.int64)
     return out
 
 
-def _next_changes(changes: pa.Table, read: Callable[[], None]) -> np.ndarray:
-    """Per row of ``changes`` (in seq order), the seq of the next row of the same SPTE address
-    (``key``); int64 max for none.
+def _next_changes(changes: pa.Table, rows: np.ndarray, read: Callable[[], None]) -> np.ndarray:
+    """Per row of ``rows`` (ascending rows of ``changes``, which is in seq order), the seq of the
+    next row of the same SPTE address (``key``); int64 max for none.
 
     The rows are sorted by key a share of the keys at a time (:data:`KEYS_PER_PASS` rows a pass,
     each pass the keys that fall in it by their bits above the 8-byte alignment), each pass's
     rows read from the table and the table's pages given back after it (``read()``): one sort of
     every row with its columns and temporaries was ~37 bytes a change at once, the ledger's
     peak (+530 MiB at 14 M changes); a pass's are a few rows' worth, and each key's rows are all
-    in one pass."""
+    in one pass. Only ``rows``' answers are kept (a column of every change was 110 MiB at 14 M)."""
     n = changes.num_rows
-    until = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
     passes = max(1, -(-n // KEYS_PER_PASS))
     if passes == 1:
-        _next_of_same(numpy_column(changes, "seq", np.int64), numpy_column(changes, "key"), until)
+        every = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        _next_of_same(numpy_column(changes, "seq", np.int64), numpy_column(changes, "key"), every)
         read()
-        return until
-    share = np.empty(n, np.uint32)
+        answers: np.ndarray = every[rows]
+        return answers
+    until = np.full(len(rows), np.iinfo(np.int64).max, dtype=np.int64)
+    share = np.empty(n, np.uint8 if passes < 256 else np.uint32)
     lo = 0
     for chunk in changes.column("key").chunks:  # a pass number per row, a chunk at a time
         share[lo:lo + len(chunk)] = (chunk.to_numpy(zero_copy_only=False) >> np.uint64(3)) % np.uint64(passes)
         lo += len(chunk)
     read()
     for k in range(passes):
-        rows = np.flatnonzero(share == k)
-        part = np.full(len(rows), np.iinfo(np.int64).max, dtype=np.int64)
-        _next_of_same(numpy_rows(changes, "seq", rows, np.int64), numpy_rows(changes, "key", rows), part)
-        until[rows] = part
+        mine = np.flatnonzero(share == k)
+        part = np.full(len(mine), np.iinfo(np.int64).max, dtype=np.int64)
+        _next_of_same(numpy_rows(changes, "seq", mine, np.int64), numpy_rows(changes, "key", mine), part)
+        at = np.searchsorted(rows, mine).clip(max=max(len(rows) - 1, 0))
+        asked = rows[at] == mine if len(rows) else np.zeros(len(mine), bool)
+        until[at[asked]] = part[asked]
         read()
     return until
 

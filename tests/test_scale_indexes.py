@@ -171,6 +171,8 @@ def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -
         "state": rng.choice(["present", "zapped", "nonpresent"], n),
     })
     asked = [(at, lo, lo + width) for at, lo, width in questions]
+    # and at changes' own seqs: a leaf's state holds up to its next change's seq, not to the one before
+    asked += [(int(at), 0, 16) for at in changes["seq"].to_numpy()[:: max(1, n // 4)]]
     got = _leaf_owners(changes.to_arrow(), asked)
     whole = ledger.KEYS_PER_PASS
     try:  # a few changes a pass: each SPTE's next change is found among its pass's rows alone
