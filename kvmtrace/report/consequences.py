@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.spilled import KeptParts, releasing
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.replays.memslots import ANCHOR_ZAPS
@@ -76,30 +77,25 @@ def _columns(data: TraceData, event: str, fields: dict[str, int], key: str,
 
     Why only those: every count here is of rows on a removed range, and the whole columns of a
     long trace's faults and MMIO exits (with the index on them) were the report's largest
-    memory, growing with the trace. Read a record batch at a time, in seq order, one column's
-    pages at a time (see TraceData.release_pages)."""
+    memory, growing with the trace. Read a record batch at a time, in seq order, the pages each
+    read given back (see TraceData.release_pages), the kept rows kept as they come (on disk
+    when many: on a churning guest most faults are on a removed range)."""
     t = data.tables.get(event)
     if t is None or not t.num_rows or any(f not in t.column_names for f in fields):
         return None
-    batches = t.select(["seq", "pid", *fields]).to_batches()
 
     def values(batch: pa.RecordBatch, name: str) -> np.ndarray:
         v = batch.column(name).to_numpy(zero_copy_only=False)
-        return v.astype(np.uint64) >> np.uint64(fields[name]) if name in fields else v
+        if name in fields:
+            return v.astype(np.uint64) >> np.uint64(fields[name])
+        return v.astype(np.int64 if name == "seq" else np.int32, copy=False)  # every batch's alike
 
-    # Two passes, so that only the kept rows are ever held (with one batch's values in passing).
-    masks = [ranges.holds(values(b, key)) for b in batches]
-    data.release_pages()
-    ends = np.cumsum([0, *(int(m.sum()) for m in masks)])
-    out: dict[str, np.ndarray] = {}
-    for name in ("seq", "pid", *fields):
-        for i, (batch, mask) in enumerate(zip(batches, masks)):
-            v = values(batch, name)[mask]
-            if name not in out:
-                out[name] = np.empty(int(ends[-1]), dtype=v.dtype)
-            out[name][ends[i]:ends[i + 1]] = v
+    kept = KeptParts(f"the {event} rows on removed ranges")
+    for batch in t.select(["seq", "pid", *fields]).to_batches():
+        mask = ranges.holds(values(batch, key))
+        kept.append({name: values(batch, name)[mask] for name in ("seq", "pid", *fields)})
         data.release_pages()
-    return out
+    return kept.arrays()
 
 
 def _backed_again(replay: ReplayResult) -> Callable[[int, int, int], int | None]:
@@ -151,7 +147,7 @@ def consequences(data: TraceData, replay: ReplayResult, ledger: ZapLedger, vcpu_
         (fault_events.cols["pfn"] & np.uint64(KVM_PFN_NOSLOT | KVM_PFN_ERR_MASK)) == 0
     backed_again = _backed_again(replay)
     rows: dict[str, list] = {f.name: [] for f in CONSEQUENCES_SCHEMA}
-    for r in ledger.removals.to_pylist():
+    for r in releasing(ledger.removals.to_pylist()):  # each reads a little of the rows on disk
         lo, hi = r["base_gfn"], r["base_gfn"] + r["npages"]
         start = r["window_start"] if r["anchor"] == ANCHOR_ZAPS else r["seq"]
         until = backed_again(lo, hi, r["seq"])
