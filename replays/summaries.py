@@ -8,13 +8,16 @@ re-creation before the next zap-all.
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Mapping
 
 import numpy as np
 import pyarrow as pa
 
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.inputs import SeqIndex
+from kvmtrace.replays.memslots import MemslotTimeline
 from kvmtrace.replays.pages import NONE
+from kvmtrace.replays.stream import row_blocks
 
 
 def recreations(ctx: Context) -> dict[tuple[int, int], list[int]]:
@@ -42,8 +45,7 @@ def memslot_summary(ctx: Context) -> pa.Table:
                                                      "faults", "sptes_installed", "pages_zapped", "pages_rebuilt")}
     tl = ctx.timeline
     n = len(tl.lifetimes)
-    faults = np.bincount(tl.lifetime_at(f["gfn"], f["seq"]) + 1, minlength=n + 1)[1:]
-    installs = np.bincount(tl.lifetime_at(ins["gfn"], ins["seq"]) + 1, minlength=n + 1)[1:]
+    faults, installs = _per_lifetime(tl, f), _per_lifetime(tl, ins)
     zapped = pg["zap_seq"] != NONE
     page_lt = tl.lifetime_at(pg["gfn"][zapped], pg["zap_seq"][zapped])
     # the zapped pages grouped by lifetime once: a mask over every zapped page per lifetime grew
@@ -64,6 +66,15 @@ def memslot_summary(ctx: Context) -> pa.Table:
         ("slot", pa.int32()), ("as_id", pa.int16()), ("base_gfn", pa.uint64()), ("npages", pa.uint64()),
         ("from_seq", pa.int64()), ("until_seq", pa.int64()), ("faults", pa.int64()), ("sptes_installed", pa.int64()),
         ("pages_zapped", pa.int64()), ("pages_rebuilt", pa.int64())]))
+
+
+def _per_lifetime(tl: MemslotTimeline, rows: Mapping[str, np.ndarray]) -> np.ndarray:
+    """How many of ``rows`` (gfn, seq) each memslot lifetime certainly covered, counted a block
+    of rows at a time (:func:`row_blocks`)."""
+    counts = np.zeros(len(tl.lifetimes) + 1, np.int64)  # [0]: no lifetime
+    for at in row_blocks(len(rows["seq"])):
+        counts += np.bincount(tl.lifetime_at(rows["gfn"][at], rows["seq"][at]) + 1, minlength=len(counts))
+    return counts[1:]
 
 
 def zap_all_summary(ctx: Context, locate: SeqIndex) -> pa.Table:

@@ -19,7 +19,8 @@ from conftest import DATA, NESTED, SAMPLES
 
 from kvmtrace.parsers import read
 from kvmtrace.parsers.tracedat.reader import read_kept
-from kvmtrace.replays import journal, walk
+from kvmtrace.replays import journal, stream, walk
+from kvmtrace.replays.detectors import layout
 from kvmtrace.replays.digest import DigestBuilder
 from kvmtrace.replays.inputs import SeqIndex
 from kvmtrace.replays.needs import decodes, keeps
@@ -34,6 +35,7 @@ def test_tiny_blocks_and_journal_chunks_give_the_same_replay(path: Path, monkeyp
     data = read(path)
     want = replay(data)
     monkeypatch.setattr(walk, "BLOCK", 7)
+    monkeypatch.setattr(stream, "ROW_BLOCK", 7)  # the layout checks count window hits, the memslot summary rows
     monkeypatch.setattr(journal, "ROWS_PER_CHUNK", 3)
     monkeypatch.setattr(journal, "ROWS_ON_DISK", 5)  # the SPTE-change table sorted to disk, 4 rows a write
     monkeypatch.setattr(journal, "ROWS_PER_WRITE", 4)
@@ -110,3 +112,25 @@ def test_seq_index_asked_in_a_batch_answers_as_the_events_table(name: str) -> No
     for s in seqs.tolist():
         assert locate(s) == ((int(ts[s]), int(cpu[s])) if 0 <= s < n else (None, None))
     assert SeqIndex(data)(int(seqs[0])) == locate(int(seqs[0]))  # asked alone, the same answer
+
+
+@pytest.mark.parametrize("stem,cut", [("churn-zapslot", 80_000), ("churn-thp-zapall", 40_000)])
+def test_the_layout_checks_a_block_at_a_time_are_the_whole(stem: str, cut: int, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The memslot-layout checks judge installs and faults a ``stream.ROW_BLOCK`` at a time. A sample
+    cut short loses a re-creating line, so installs in its window look unmapped (warnings, see
+    test_replay_cuts.py): blocks of 5 rows give the same findings and checks, and a cap on the
+    findings reached in the middle of a block keeps the first ones in install order."""
+    path = tmp_path / "cut.dat"
+    path.write_bytes((SAMPLES / f"{stem}.dat").read_bytes()[:-cut])
+    with pytest.warns(UserWarning, match="cut short"):
+        data = read(path)
+    want = replay(data)
+    unmapped = [f for f in want.findings.to_pylist() if f["id"] == "spte_for_unmapped_gfn"]
+    assert len(unmapped) > 3
+    monkeypatch.setattr(stream, "ROW_BLOCK", 5)
+    got = replay(data)
+    assert got.findings.equals(want.findings) and got.checks.equals(want.checks)
+    monkeypatch.setattr(layout, "MAX_REPORTED", 3)
+    capped = [f for f in replay(data).findings.to_pylist() if f["id"] == "spte_for_unmapped_gfn"]
+    assert capped == unmapped[:3]

@@ -1,7 +1,8 @@
 """SPTEs and faults against the memslot layout: ``spte_for_unmapped_gfn``, ``fault_in_update_window``.
 
-Vectorised over all installs/faults at once: the timeline answers "which slot certainly covered
-this gfn at this seq" and "which update window contains it" for whole arrays.
+Vectorised over a block of installs/faults at a time (:func:`stream.row_blocks`): the timeline answers
+"which slot certainly covered this gfn at this seq" and "which update window contains it" for
+whole arrays, and each row's answer is its own, so blocks give the answers of the whole.
 """
 
 from __future__ import annotations
@@ -11,11 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmtrace.parsers.spilled import release_all
 from kvmtrace.replays import pfns
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.findings import END, CheckOutcome, Finding
 from kvmtrace.replays.memslots import ANCHOR_ZAPS, REMOVING_KINDS, MemslotChange, MemslotTimeline
+from kvmtrace.replays.stream import row_blocks
+
+#: Installs on no live memslot reported as findings: the first ones, in install order.
+MAX_REPORTED = 256
 
 
 def detect(ctx: Context) -> list[CheckOutcome]:
@@ -46,19 +50,24 @@ def _unmapped(ctx: Context) -> CheckOutcome:
     ins = ctx.installs
     if not len(ins["seq"]):
         return CheckOutcome.skipped(cid, "no leaf SPTE installs in the trace")
-    after = ins["seq"] > tl.known_from
-    seq, gfn, as_id = ins["seq"][after], ins["gfn"][after], ins["as_id"][after]
-    covered = tl.slot_at(gfn, seq, as_id) >= 0
-    in_window = tl.window_of(gfn, seq) >= 0
-    suspect = ~covered & ~in_window
-    if not tl.complete:
-        suspect &= _known_holes(ctx, gfn, seq)
+    checked = 0
+    suspects: list[tuple[np.ndarray, np.ndarray]] = []  # seq and gfn of the first installs on no slot
+    for at in row_blocks(len(ins["seq"])):
+        after = ins["seq"][at] > tl.known_from
+        seq, gfn, as_id = ins["seq"][at][after], ins["gfn"][at][after], ins["as_id"][at][after]
+        checked += len(seq)
+        suspect = (tl.slot_at(gfn, seq, as_id) < 0) & (tl.window_of(gfn, seq) < 0)
+        if not tl.complete:
+            suspect &= _known_holes(ctx, gfn, seq)
+        if sum(len(first) for first, _g in suspects) < MAX_REPORTED:  # the findings are the first ones'
+            suspects.append((seq[suspect], gfn[suspect]))
     # The VMM writes its line after the ioctl returns: an install after the trace's last line may
     # belong to a slot created by an ioctl whose line lies beyond the end of a trace cut short.
     lines = [c.seq for c in tl.changes if c.seq is not None]
     last_line = max(lines) if lines else None
     findings = []
-    for s, g in zip(seq[suspect][:256].tolist(), gfn[suspect][:256].tolist()):
+    for s, g in zip(np.concatenate([s for s, _g in suspects])[:MAX_REPORTED].tolist(),
+                    np.concatenate([g for _s, g in suspects])[:MAX_REPORTED].tolist()):
         words = (f"present leaf SPTE installed for gfn {g:#x}, which no live memslot covers "
                  f"(layout {'complete' if tl.complete else 'partial: gfn of a removed slot'})")
         if last_line is not None and s > last_line:
@@ -69,7 +78,7 @@ def _unmapped(ctx: Context) -> CheckOutcome:
         else:
             findings.append(Finding(cid, s, g, None, words, [s], horizon=_next_cover(ctx, g, s)))
     scope = "complete layout" if tl.complete else "partial layout (only gfns of removed slots are judged)"
-    return CheckOutcome.of(cid, findings, f"{int(after.sum())} install(s) checked against the {scope}")
+    return CheckOutcome.of(cid, findings, f"{checked} install(s) checked against the {scope}")
 
 
 def _next_cover(ctx: Context, gfn: int, seq: int) -> int:
@@ -145,9 +154,14 @@ def _window_hits(tl: MemslotTimeline, seq: np.ndarray, gfn: np.ndarray, pid: np.
     """seq, gfn, pid, pfn, pfn kind and change index of the rows (faults, or installs where
     ``pfn`` is None: a RAM page) inside the surely-under-way part of a positioned delete's or
     move's update window, in row order."""
-    hit = tl.window_of(gfn.astype(np.uint64, copy=False), seq, REMOVING_KINDS, positioned=True, certain=True)
-    release_all()  # the whole columns' pages, where they lie on disk (a long trace's): the rows below are few
-    rows = np.flatnonzero(hit >= 0)
+    found = [(np.empty(0, np.int64), np.empty(0, np.int64))]
+    for at in row_blocks(len(seq)):
+        hit = tl.window_of(gfn[at].astype(np.uint64, copy=False), seq[at], REMOVING_KINDS, positioned=True,
+                           certain=True)
+        rows = np.flatnonzero(hit >= 0)
+        found.append((rows + at.start, hit[rows]))  # the rows inside a window are few
+    rows = np.concatenate([r for r, _h in found])
+    hit = np.concatenate([h for _r, h in found])
     if pfn is None:
         got_pfn = np.zeros(len(rows), np.uint64)
         kind = np.full(len(rows), pfns.PfnKind.RAM, np.int8)
@@ -155,7 +169,7 @@ def _window_hits(tl: MemslotTimeline, seq: np.ndarray, gfn: np.ndarray, pid: np.
         got_pfn = pfn[rows].astype(np.uint64)
         kind = pfns.kinds(got_pfn).astype(np.int8)
     return (seq[rows].astype(np.int64), gfn[rows].astype(np.uint64), pid[rows].astype(np.int64), got_pfn, kind,
-            hit[rows])
+            hit)
 
 
 def _covers(c: MemslotChange, g: int) -> bool:
