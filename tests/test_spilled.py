@@ -232,8 +232,9 @@ def test_a_replay_keeping_its_arrays_on_disk_is_the_replay_in_memory(path: Path,
 
     _, want_tables, want_reports = run()
     monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 1)
-    mapped, on_disk = [], spilled.on_disk
-    monkeypatch.setattr(spilled, "on_disk", lambda arrays, what: mapped.append(what) or on_disk(arrays, what))
+    mapped, temporary_file = [], spilled.temporary_file  # whole (on_disk) or a part at a time (KeptParts)
+    monkeypatch.setattr(spilled, "temporary_file",
+                        lambda prefix, what: mapped.append(what) or temporary_file(prefix, what))
     _, tables, reports = run()
     assert "the faults of this replay" in mapped and "the SPTE installs of this replay" in mapped
     assert tables.keys() == want_tables.keys()
