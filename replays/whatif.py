@@ -106,7 +106,7 @@ def whatif(ctx: Context, spte_changes: pa.Table, read: Callable[[], None] = lamb
     refaulted = _last_install(ctx.installs)
     last_into = _last_install_into(spte_changes, len(pg["gfn"]), read)
     rows: dict[str, list[object]] = {f.name: [] for f in WHATIF_SCHEMA}
-    for i, c in ctx.positioned_removals():
+    for i, c in releasing(ctx.positioned_removals()):  # each reads a snapshot's leaves (on disk when long)
         # positioned: a seq, and the range the change removed
         assert c.seq is not None and c.old_base_gfn is not None and c.old_npages is not None
         # Before the kernel acted: at its first event if it left one, else at the line (taken before
