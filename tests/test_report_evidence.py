@@ -10,11 +10,13 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import defaultdict
+from dataclasses import replace
 
+import pyarrow as pa
 import pytest
 
 from kvmtrace import parsers
-from kvmtrace.report.evidence import _column_texts, _field_text, evidence_lines
+from kvmtrace.report.evidence import EvidenceReader, _column_texts, _field_text, evidence_fields, evidence_lines
 
 TRACES = ["tdp-churn-noquirk-small-kt.dat", "shadow-churn-noquirk-small-kt.dat"]
 CITED_EVENTS = ("kvm_mmu_set_spte", "kvm_mmu_get_page", "kvm_tdp_mmu_spte_changed", "print")
@@ -100,3 +102,25 @@ def test_column_texts_are_each_values_field_text(nested_dir, name, suffix):
             assert _column_texts(values, field.type) == [_field_text(v, field.type) for v in values], (event, field)
             checked += 1
     assert checked > 50
+
+
+@pytest.mark.parametrize("name", ["shadow-churn-noquirk-small-kt.dat", "tdp-churn-noquirk-small-kt.dat"])
+def test_reader_finds_rows_in_tables_of_many_small_batches(nested_dir, name):
+    """A long trace's tables come in many batches (kept on disk in pieces), and a reader answers
+    many questions (the report's removals, a block at a time): every cited row is found in its
+    own batch, across batch edges and past empty batches, the same as in the tables as read."""
+    data = parsers.read(nested_dir / name)
+
+    def cut(table: pa.Table) -> pa.Table:
+        small = table.to_batches(max_chunksize=7)
+        empty = table.schema.empty_table().to_batches() or [pa.RecordBatch.from_pylist([], schema=table.schema)]
+        return pa.Table.from_batches([b for batch in small for b in (batch, *empty)], schema=table.schema)
+
+    pieces = replace(data, tables={name: cut(t) for name, t in data.tables.items()})
+    assert max(t.column("seq").num_chunks for t in pieces.tables.values()) > 100
+    seqs = [s for ev in CITED_EVENTS if ev in data.tables for s in data.table(ev).column("seq").to_pylist()[::5]]
+    reader = EvidenceReader(pieces)
+    for k in range(0, len(seqs), 50):  # several questions, one reader
+        asked = seqs[k:k + 50] + seqs[k // 2:k // 2 + 3]  # and some asked again
+        assert reader.lines(asked) == evidence_lines(data, asked)
+        assert reader.fields(asked) == evidence_fields(data, asked)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,20 +37,33 @@ def _field_text(value: object, typ: pa.DataType) -> str:
     return str(value)
 
 
-def _rows_at(table: pa.Table, seqs: list[int]) -> pa.Table:
-    """The rows of ``table`` with these seqs (each present; ascending), found by a binary search
-    in each piece's own seq column and taken from that piece alone: the whole column as one
-    array, or a take over the chunked table, would copy (and, for a table kept on disk, read)
-    every row."""
-    wanted = np.asarray(seqs, np.int64)
-    taken = []
-    for batch in table.to_batches():
-        col = batch.column("seq").to_numpy()
-        if len(col):
-            mine = wanted[(wanted >= col[0]) & (wanted <= col[-1])]
-            if len(mine):
-                taken.append(batch.take(pa.array(np.searchsorted(col, mine))))
-    return pa.Table.from_batches(taken, schema=table.schema)
+@dataclass(frozen=True)
+class _Pieces:
+    """One event table's record batches and the seq of each one's last row, so that a cited
+    seq's batch is found by a binary search. Reading the seqs of every batch per question made
+    the report's removals quadratic in trace length (each block of 256 removals asked ~20 tables,
+    each of a few hundred batches at 52 M events: 2.7 s, 6× the time at 2.5× the trace)."""
+
+    table: pa.Table
+    batches: list[pa.RecordBatch]
+    lasts: np.ndarray
+
+    @classmethod
+    def of(cls, table: pa.Table) -> _Pieces:
+        batches = [b for b in table.to_batches() if b.num_rows]
+        return cls(table, batches, np.asarray([b.column("seq")[-1].as_py() for b in batches], np.int64))
+
+    def rows_at(self, seqs: list[int]) -> pa.Table:
+        """The rows with these seqs (each present; ascending), each taken from its own batch
+        alone: the whole column as one array, or a take over the chunked table, would copy (and,
+        for a table kept on disk, read) every row."""
+        wanted = np.asarray(seqs, np.int64)
+        which = np.searchsorted(self.lasts, wanted)  # the first batch that ends at or after the seq
+        taken = []
+        for k in np.unique(which[which < len(self.batches)]).tolist():
+            batch = self.batches[k]
+            taken.append(batch.take(pa.array(np.searchsorted(batch.column("seq").to_numpy(), wanted[which == k]))))
+        return pa.Table.from_batches(taken, schema=self.table.schema)
 
 
 def seq_ts(data: TraceData, seqs: np.ndarray) -> np.ndarray:
@@ -96,34 +110,53 @@ def _by_event(data: TraceData, seqs: Iterable[int]) -> tuple[list[int], dict[str
 ROWS_PER_RELEASE = 1024
 
 
-def _cited_rows(data: TraceData, by_event: dict[str, list[int]]) -> Iterator[tuple[str, pa.Table, pa.Table]]:
-    """Each event's name, table and cited rows, :data:`ROWS_PER_RELEASE` rows at a time, the pages
-    read given back after each batch."""
-    for name, event_seqs in by_event.items():
-        table = data.table(name)
-        for i in range(0, len(event_seqs), ROWS_PER_RELEASE):
-            yield name, table, _rows_at(table, event_seqs[i:i + ROWS_PER_RELEASE])
-            data.release_pages()
+class EvidenceReader:
+    """The trace lines (:meth:`lines`) and fields (:meth:`fields`) of cited seqs, for many
+    questions about one trace: the report's removals ask a block at a time, and each event
+    table's pieces are located once for all of them (:class:`_Pieces`)."""
+
+    def __init__(self, data: TraceData) -> None:
+        self.data = data
+        self._pieces: dict[str, _Pieces] = {}
+
+    def lines(self, seqs: Iterable[int]) -> dict[int, str]:
+        """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
+        missing, by_event = _by_event(self.data, seqs)
+        out = {s: f"(seq {s} is not in this trace)" for s in missing}
+        for name, table, rows in self._cited_rows(by_event):
+            out.update(_lines_for_event(table, name, rows))
+        return out
+
+    def fields(self, seqs: Iterable[int]) -> dict[int, tuple[str, int, dict[str, object]]]:
+        """Each cited ``seq``'s event name, pid and own fields (for decoding beside its line)."""
+        _, by_event = _by_event(self.data, seqs)
+        out = {}
+        for name, table, rows in self._cited_rows(by_event):
+            fields = [f.name for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
+            for row in rows.select(["seq", "pid", *fields]).to_pylist():
+                out[row.pop("seq")] = (name, row.pop("pid"), row)
+        return out
+
+    def _cited_rows(self, by_event: dict[str, list[int]]) -> Iterator[tuple[str, pa.Table, pa.Table]]:
+        """Each event's name, table and cited rows, :data:`ROWS_PER_RELEASE` rows at a time, the
+        pages read given back after each batch."""
+        for name, event_seqs in by_event.items():
+            pieces = self._pieces.get(name)
+            if pieces is None:
+                pieces = self._pieces[name] = _Pieces.of(self.data.table(name))
+            for i in range(0, len(event_seqs), ROWS_PER_RELEASE):
+                yield name, pieces.table, pieces.rows_at(event_seqs[i:i + ROWS_PER_RELEASE])
+                self.data.release_pages()
 
 
 def evidence_lines(data: TraceData, seqs: Iterable[int]) -> dict[int, str]:
-    """Map each cited ``seq`` to its trace line; seqs not in the trace map to a note saying so."""
-    missing, by_event = _by_event(data, seqs)
-    out = {s: f"(seq {s} is not in this trace)" for s in missing}
-    for name, table, rows in _cited_rows(data, by_event):
-        out.update(_lines_for_event(table, name, rows))
-    return out
+    """:meth:`EvidenceReader.lines`, for one question."""
+    return EvidenceReader(data).lines(seqs)
 
 
 def evidence_fields(data: TraceData, seqs: Iterable[int]) -> dict[int, tuple[str, int, dict[str, object]]]:
-    """Each cited ``seq``'s event name, pid and own fields (for decoding beside its line)."""
-    _, by_event = _by_event(data, seqs)
-    out = {}
-    for name, table, rows in _cited_rows(data, by_event):
-        fields = [f.name for f in table.schema if f.name not in COMMON_NAMES and not f.name.startswith("common_")]
-        for row in rows.select(["seq", "pid", *fields]).to_pylist():
-            out[row.pop("seq")] = (name, row.pop("pid"), row)
-    return out
+    """:meth:`EvidenceReader.fields`, for one question."""
+    return EvidenceReader(data).fields(seqs)
 
 
 def _column_texts(values: list[Any], typ: pa.DataType) -> list[str]:

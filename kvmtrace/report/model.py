@@ -8,7 +8,6 @@ trace or the replay again. That keeps the four formats in agreement by construct
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -22,7 +21,7 @@ from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.threads import VcpuThreads
 from kvmtrace.report.consequences import consequences
 from kvmtrace.report.decode import field_notes, gpa_range
-from kvmtrace.report.evidence import column_ts, evidence_fields, evidence_lines
+from kvmtrace.report.evidence import EvidenceReader, column_ts, evidence_fields, evidence_lines
 from kvmtrace.report.grid import Grid, grid_from_arrow
 from kvmtrace.report.groups import FindingGroup, group_findings
 from kvmtrace.report.removals import MEMSLOT_ZAPS_NOTE, Removals, with_removal_zaps
@@ -432,7 +431,7 @@ def build_report(
         limits=_limits(data, replay, filters),
         input_warnings=input_warnings(data),
         figures=figures,
-        removals=Removals(ledger, after, partial(evidence_lines, data)),
+        removals=Removals(ledger, after, EvidenceReader(data).lines),
         consequences=grid_from_arrow(
             "consequences per delete/move and vCPU", consequences(data, replay, ledger, facts.vcpus.vcpu_of),
             limit=ROWS_SHOWN, brief=CONSEQUENCE_BRIEF,

@@ -166,7 +166,11 @@ class _Parts:
         self._table, self._keys = table, keys
 
     def of(self, value: int) -> pa.Table:
-        lo = int(np.searchsorted(self._keys, value, side="left"))
-        return self._table.slice(lo, int(np.searchsorted(self._keys, value, side="right")) - lo)
+        # the value in the keys' own type (they come from one column type): numpy searches a
+        # narrower array for a Python int by converting the whole array first, a copy of every
+        # row per removal (quadratic: 0.5 s at 5 000 removals, 3 s at 12 500)
+        key = self._keys.dtype.type(value)
+        lo = int(np.searchsorted(self._keys, key, side="left"))
+        return self._table.slice(lo, int(np.searchsorted(self._keys, key, side="right")) - lo)
 
 
