@@ -135,21 +135,18 @@ class MemslotTimeline:
 
     # -- vectorised queries ----------------------------------------------------------------------
     def lifetime_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
-        """Index into ``lifetimes`` of the slot that certainly covered each (gfn, seq), or -1.
+        """Index into ``lifetimes`` of the slot that certainly covered each (gfn, seq), or -1
+        (:meth:`lifetime_spans`, for rows asked at once)."""
+        return self.lifetime_spans().at(gfn, seq, as_id)
 
-        Each lifetime only looks at the events inside its seq interval (a slice of the seq-sorted
-        input), so the cost is one pass over the events, not one per lifetime."""
-        out = np.full(len(gfn), -1, dtype=np.int64)
-        order, sseq = _seq_order(seq)
-        g = _in_order(gfn.astype(np.uint64, copy=False), order)
-        a = _in_order(as_id, order) if as_id is not None else None
-        for k, lt in enumerate(self.lifetimes):
-            i, j = np.searchsorted(sseq, [lt.from_seq, lt.until_seq])
-            m = (g[i:j] >= lt.base_gfn) & (g[i:j] < lt.base_gfn + lt.npages)
-            if a is not None:
-                m &= a[i:j] == lt.as_id
-            out[_rows(order, i, j, m)] = k
-        return out
+    def lifetime_spans(self) -> Spans:
+        """The lifetimes as :class:`Spans` answering their index, for a caller that asks a block of
+        rows at a time."""
+        lts = self.lifetimes
+        return Spans(np.asarray([lt.from_seq for lt in lts], np.int64),
+                     np.asarray([lt.until_seq for lt in lts], np.int64) - 1,  # until_seq is exclusive
+                     tuple(((lt.base_gfn, lt.npages),) for lt in lts), np.arange(len(lts), dtype=np.int64),
+                     np.asarray([lt.as_id for lt in lts], np.int64))
 
     def slot_at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
         """Slot (as<<16|id) that certainly covered each (gfn, seq), or -1."""
@@ -160,14 +157,17 @@ class MemslotTimeline:
 
     def window_of(self, gfn: np.ndarray, seq: np.ndarray, kinds: frozenset[str] | None = None,
                   positioned: bool = False, certain: bool = False) -> np.ndarray:
-        """Index into ``changes`` of an update window containing (gfn, seq) and touching gfn, or -1.
+        """Index into ``changes`` of an update window containing (gfn, seq) and touching gfn, or -1
+        (:meth:`window_spans`, for rows asked at once)."""
+        return self.window_spans(kinds, positioned, certain).at(gfn, seq)
+
+    def window_spans(self, kinds: frozenset[str] | None = None, positioned: bool = False,
+                     certain: bool = False) -> Spans:
+        """The update windows as :class:`Spans` answering their change's index.
 
         ``positioned`` leaves out changes whose position is unknown (QEMU logs), whose windows
         span the whole trace. ``certain`` keeps only the part of each window in which the change
         was surely under way: from the kernel's zaps if it left some, else from the line."""
-        out = np.full(len(gfn), -1, dtype=np.int64)
-        order, sseq = _seq_order(seq)
-        g = _in_order(gfn.astype(np.uint64, copy=False), order)
         # A later change with the same window and ranges takes every row an earlier one would:
         # only the last of each is applied (a QEMU log's unplaced lines all span the whole trace,
         # and 8 500 of them over one range took 25 s).
@@ -185,14 +185,9 @@ class MemslotTimeline:
             key = (start, c.window_end, ranges)
             last.pop(key, None)
             last[key] = k  # in change order, each key at its last change
-        for (start, end, ranges), k in last.items():
-            i = int(np.searchsorted(sseq, start, side="left"))
-            j = int(np.searchsorted(sseq, end, side="right"))
-            touch = np.zeros(j - i, dtype=bool)
-            for base, n in ranges:
-                touch |= (g[i:j] >= base) & (g[i:j] < base + n)
-            out[_rows(order, i, j, touch)] = k
-        return out
+        return Spans(np.asarray([start for start, _e, _r in last], np.int64),
+                     np.asarray([end for _s, end, _r in last], np.int64),
+                     tuple(ranges for _s, _e, ranges in last), np.asarray(list(last.values()), np.int64))
 
     def hva_to_gfns(self, seqs: list[int], starts: list[int], ends: list[int]) -> list[list[tuple[int, int]]]:
         """For each MMU-notifier event (``seqs[e]``, ``starts[e]``, ``ends[e]``): the gfn ranges
@@ -228,6 +223,46 @@ class MemslotTimeline:
             for k, v in row.items():
                 cols[k].append(v)
         return pa.table(cols, schema=TIMELINE_SCHEMA)
+
+
+@dataclass(frozen=True)
+class Spans:
+    """Seq intervals ``[first, last]``, each over a few gfn ranges and answering an index (a
+    lifetime's, an update window's change): what :meth:`MemslotTimeline.lifetime_at` and
+    :meth:`MemslotTimeline.window_of` ask of each row, made once.
+
+    Why: a long trace's rows are asked a block at a time (:func:`kvmtrace.replays.stream.row_blocks`),
+    and a visit of every interval per block made those callers quadratic in trace length (blocks
+    × lifetimes: the layout checks and the memslot summary took 6× the time at 2.5× the trace);
+    here a block visits only the intervals that hold some of its seqs. Each interval only looks
+    at the rows inside it (a slice of the seq-sorted rows); a later interval's answer overwrites
+    an earlier one's."""
+
+    first: np.ndarray  # int64
+    last: np.ndarray  # int64, inclusive
+    ranges: tuple[tuple[tuple[int, int], ...], ...]  # (base gfn, npages) per interval
+    answer: np.ndarray  # int64
+    as_id: np.ndarray | None = None  # the address space of each interval (lifetimes)
+
+    def at(self, gfn: np.ndarray, seq: np.ndarray, as_id: np.ndarray | None = None) -> np.ndarray:
+        """The answer of the last interval holding each (gfn, seq) (in ``as_id``'s address space,
+        where given), or -1."""
+        out = np.full(len(gfn), -1, dtype=np.int64)
+        order, sseq = _seq_order(seq)
+        g = _in_order(gfn.astype(np.uint64, copy=False), order)
+        a = _in_order(as_id, order) if as_id is not None and self.as_id is not None else None
+        lo = np.searchsorted(sseq, self.first, side="left")
+        hi = np.searchsorted(sseq, self.last, side="right")
+        for s in np.flatnonzero(hi > lo).tolist():
+            i, j = int(lo[s]), int(hi[s])
+            touch = np.zeros(j - i, dtype=bool)
+            for base, n in self.ranges[s]:
+                touch |= (g[i:j] >= base) & (g[i:j] < base + n)
+            if a is not None:
+                assert self.as_id is not None
+                touch &= a[i:j] == self.as_id[s]
+            out[_rows(order, i, j, touch)] = self.answer[s]
+        return out
 
 
 def _seq_order(seq: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:

@@ -72,8 +72,9 @@ def _per_lifetime(tl: MemslotTimeline, rows: Mapping[str, np.ndarray]) -> np.nda
     """How many of ``rows`` (gfn, seq) each memslot lifetime certainly covered, counted a block
     of rows at a time (:func:`row_blocks`)."""
     counts = np.zeros(len(tl.lifetimes) + 1, np.int64)  # [0]: no lifetime
+    lifetimes = tl.lifetime_spans()
     for at in row_blocks(len(rows["seq"])):
-        counts += np.bincount(tl.lifetime_at(rows["gfn"][at], rows["seq"][at]) + 1, minlength=len(counts))
+        counts += np.bincount(lifetimes.at(rows["gfn"][at], rows["seq"][at]) + 1, minlength=len(counts))
     return counts[1:]
 
 
@@ -84,9 +85,13 @@ def zap_all_summary(ctx: Context, locate: SeqIndex) -> pa.Table:
     rows: dict[str, list[object]] = {k: [] for k in ("seq", "ts", "mmu_valid_gen", "obsoleted", "pages_zapped",
                                              "pages_rebuilt", "rebuild_ns")}
     found = []  # per zap-all: its pages, and the seqs of those rebuilt before the next one
+    # the pages grouped by the zap-all that made them obsolete once (ascending ids in each group):
+    # a mask over every page per zap-all grew with zap-alls x pages
+    by_zap = np.argsort(pg["obsolete_seq"], kind="stable")
+    zap_of = pg["obsolete_seq"][by_zap]
     for n, (seq, _gen, _obsoleted) in enumerate(zap_alls):
         until = zap_alls[n + 1][0] if n + 1 < len(zap_alls) else np.iinfo(np.int64).max
-        ids = np.flatnonzero(pg["obsolete_seq"] == seq)
+        ids = by_zap[np.searchsorted(zap_of, seq, side="left"):np.searchsorted(zap_of, seq, side="right")]
         created = [next_creation(index, int(pg["gfn"][p]), int(pg["role"][p]), seq) for p in ids]
         found.append((ids, [s for s in created if s is not None and s < until]))
     locate.ask([*(seq for seq, _, _ in zap_alls), *(max(again) for _, again in found if again)])

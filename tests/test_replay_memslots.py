@@ -200,6 +200,41 @@ def test_window_of_applies_repeated_windows_once_with_the_same_answer(seed):
     assert np.array_equal(tl.window_of(gfn, seq), _window_of_one_by_one(tl, gfn, seq))
 
 
+@pytest.mark.parametrize("seed", range(10))
+def test_spans_asked_a_block_at_a_time_answer_as_every_interval_one_by_one(seed):
+    """A long trace's rows are asked a block of rows at a time with one :class:`ms.Spans`: each
+    block visits only the intervals that hold some of its seqs, and the answers are the plain
+    loop's over every window (every lifetime, in its address space), a later one overwriting."""
+    rng = np.random.default_rng(seed)
+    inf = np.iinfo(np.int64).max
+    changes, lifetimes = [], []
+    for _ in range(int(rng.integers(1, 60))):
+        base = int(rng.choice([0x100, 0x180, 0x400]))
+        start = int(rng.integers(0, 1100))
+        end = inf if rng.random() < 0.1 else start + int(rng.integers(0, 200))
+        old = int(rng.choice([0x100, 0x200])) if rng.random() < 0.5 else None
+        changes.append(ms.MemslotChange(end, start, "test", 1, 0, 2, "delete", base, 64, 0,
+                                        old, 32 if old is not None else None, window_end=end))
+        lifetimes.append(ms.Lifetime(int(rng.integers(0, 2)), 2, base, int(rng.choice([0, 64])), 0, start,
+                                     inf if rng.random() < 0.1 else start + int(rng.integers(0, 300))))
+    tl = ms.MemslotTimeline(changes=changes, lifetimes=lifetimes)
+    seq = np.sort(rng.integers(0, 1200, 3000))  # a trace's columns come in seq order
+    gfn = rng.integers(0xF0, 0x480, 3000).astype(np.uint64)
+    as_id = rng.integers(0, 2, 3000)
+    want_life = np.full(len(gfn), -1, dtype=np.int64)
+    for k, lt in enumerate(lifetimes):
+        want_life[(seq >= lt.from_seq) & (seq < lt.until_seq) & (gfn >= lt.base_gfn)
+                  & (gfn < lt.base_gfn + lt.npages) & (as_id == lt.as_id)] = k
+    cuts = np.sort(rng.choice(np.arange(1, len(seq)), 12, replace=False))
+    blocks = list(itertools.pairwise([0, *cuts.tolist(), len(seq)]))
+    windows, lives = tl.window_spans(), tl.lifetime_spans()
+    got_windows = np.concatenate([windows.at(gfn[a:z], seq[a:z]) for a, z in blocks])
+    got_life = np.concatenate([lives.at(gfn[a:z], seq[a:z], as_id[a:z]) for a, z in blocks])
+    assert np.array_equal(got_windows, _window_of_one_by_one(tl, gfn, seq))
+    assert np.array_equal(got_life, want_life)
+    assert (got_life >= 0).any() and (got_life < 0).any() and (got_windows >= 0).any()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_known_holes_per_range_are_every_removals_holes(seed):
     """gfns of a removed range after that removal's window: one pass per range (from its earliest

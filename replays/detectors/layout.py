@@ -52,11 +52,12 @@ def _unmapped(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no leaf SPTE installs in the trace")
     checked = 0
     suspects: list[tuple[np.ndarray, np.ndarray]] = []  # seq and gfn of the first installs on no slot
+    lifetimes, windows = tl.lifetime_spans(), tl.window_spans()
     for at in row_blocks(len(ins["seq"])):
         after = ins["seq"][at] > tl.known_from
         seq, gfn, as_id = ins["seq"][at][after], ins["gfn"][at][after], ins["as_id"][at][after]
         checked += len(seq)
-        suspect = (tl.slot_at(gfn, seq, as_id) < 0) & (tl.window_of(gfn, seq) < 0)
+        suspect = (lifetimes.at(gfn, seq, as_id) < 0) & (windows.at(gfn, seq) < 0)
         if not tl.complete:
             suspect &= _known_holes(ctx, gfn, seq)
         if sum(len(first) for first, _g in suspects) < MAX_REPORTED:  # the findings are the first ones'
@@ -123,7 +124,7 @@ def _in_window(ctx: Context) -> CheckOutcome:
         return CheckOutcome.skipped(cid, "no memslot delete or move with a position in the trace")
     f, ins = ctx.faults, ctx.installs
     # The faults' and the installs' hits, each found on its own arrays: joined first, the two
-    # (and window_of's sorted copies of them) were 200 MiB at 51 M events, for a few hits.
+    # (and the windows' sorted copies of them) were 200 MiB at 51 M events, for a few hits.
     found = [_window_hits(tl, f["seq"], f["gfn"], f["pid"], f["pfn"]),
              _window_hits(tl, ins["seq"], ins["gfn"], ins["pid"], None)]
     seq, gfn, pid, pfn, kind, hit = (np.concatenate(column) for column in zip(*found))
@@ -155,9 +156,9 @@ def _window_hits(tl: MemslotTimeline, seq: np.ndarray, gfn: np.ndarray, pid: np.
     ``pfn`` is None: a RAM page) inside the surely-under-way part of a positioned delete's or
     move's update window, in row order."""
     found = [(np.empty(0, np.int64), np.empty(0, np.int64))]
+    windows = tl.window_spans(REMOVING_KINDS, positioned=True, certain=True)
     for at in row_blocks(len(seq)):
-        hit = tl.window_of(gfn[at].astype(np.uint64, copy=False), seq[at], REMOVING_KINDS, positioned=True,
-                           certain=True)
+        hit = windows.at(gfn[at].astype(np.uint64, copy=False), seq[at])
         rows = np.flatnonzero(hit >= 0)
         found.append((rows + at.start, hit[rows]))  # the rows inside a window are few
     rows = np.concatenate([r for r, _h in found])
