@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
@@ -56,7 +55,7 @@ from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
-from kvmtrace.replays.stream import numpy_column, numpy_rows
+from kvmtrace.replays.stream import numpy_column
 
 REMOVALS_SCHEMA = pa.schema([
     pa.field("change", pa.int32(), nullable=False),  # row of the memslot timeline
@@ -168,89 +167,74 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
     return n
 
 
-#: SPTE changes whose next change of the same SPTE :func:`_next_changes` finds per pass.
-KEYS_PER_PASS = 1 << 21
+#: SPTE changes :func:`_leaf_owners` reads at a time.
+ROWS_PER_WINDOW = 1 << 20
+
+
+@dataclass(frozen=True)
+class _OwnedLeaves:
+    """SPTE addresses whose last change so far made them a present leaf with an owning page:
+    what :func:`_leaf_owners` carries from one window of the journal to the next (at most one row
+    per SPTE, so as many as the guest has live leaves, however long the trace)."""
+
+    key: np.ndarray  # uint64 SPTE address
+    seq: np.ndarray  # int64 seq of that change
+    gfn: np.ndarray  # uint64
+    page: np.ndarray  # int64 owning page id
+
+    @classmethod
+    def none(cls) -> _OwnedLeaves:
+        return cls(np.empty(0, np.uint64), np.empty(0, np.int64), np.empty(0, np.uint64), np.empty(0, np.int64))
 
 
 def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
                  read: Callable[[], None] = lambda: None) -> dict[tuple[int, int, int], np.ndarray]:
     """Shadow MMU: for each ``(seq, lo, hi)``, the pages (ascending ids) owning a present leaf
     SPTE into [lo, hi) just before ``seq`` (the change's line: the per-slot rmap zap the model
-    infers sits at the line itself). As arrays: as sets of Python ints, the answers to a long
-    trace's 8 500 changes were 99 MiB held through the ledger's build (53 M events).
+    infers sits at the line itself).
 
     A change row is its SPTE's state from its seq until the next change of the same SPTE
     address (``key``); its last change may map another gfn: then the entry was overwritten.
-    One sweep in seq order keeps the rows that are still an SPTE's state, so each question
-    costs the SPTEs alive then, not the trace (a scan of the journal per change was quadratic).
-    The columns are read from the Arrow table one at a time (as a polars frame, its dictionary
-    columns were copies: +200 MiB at 14 M changes); ``read()`` gives back the pages of the table
-    (on disk when long) as each is read."""
-    state, states = _codes(changes, "state")
-    owned = np.flatnonzero(np.isin(state, _indices(states, ("present",))) & ~_nulls(changes.column("page")))
-    if changes.num_rows < 2**31:
-        owned = owned.astype(np.int32)  # held through the passes and the gathers below
-    del state
-    release_freed_memory()  # the codes and masks the allocators kept
-    # from here only the rows that give a present leaf an owner count
-    until = _next_changes(changes, owned, read)
-    release_freed_memory()  # the passes' sorts, kept by the allocators, were under the gathers below (+200 MiB)
-
-    def of(rows: np.ndarray, name: str, dtype: DTypeLike) -> np.ndarray:
-        values = numpy_rows(changes, name, rows, dtype)
-        read()  # the pages this column mapped
-        return values
-
-    seq, gfn, pages = of(owned, "seq", np.int64), of(owned, "gfn", np.uint64), of(owned, "page", np.int64)
-    del owned
-    if len(pages) and int(pages.max()) < 2**31:
-        pages = pages.astype(np.int32)  # held through the sweep: a column of every owned leaf
-    alive = sweep.alive_at(seq, until, [at for at, _lo, _hi in questions])
-    out: dict[tuple[int, int, int], np.ndarray] = {}
-    for at, lo, hi in questions:
-        rows = alive[at]
-        out[(at, lo, hi)] = np.unique(pages[rows[(gfn[rows] >= lo) & (gfn[rows] < hi)]]).astype(np.int64)
+    The journal (in seq order) is read a window of :data:`ROWS_PER_WINDOW` rows at a time,
+    carrying the SPTEs that are an owned present leaf after it (:class:`_OwnedLeaves`); a
+    question is answered in the window after which every change before its seq has been read.
+    So the working set is a window and the guest's live leaves, not the trace: sorting every
+    change by SPTE (even a share of the SPTEs at a time, with answers kept for every owned row)
+    grew with the trace and was the report's peak (~370 MiB over what it held at 14 M changes).
+    ``read()`` gives back the pages of the table (on disk when long) after each window."""
+    asked = sorted(set(questions))
+    times = np.asarray([at for at, _lo, _hi in asked], np.int64)
+    out: dict[tuple[int, int, int], np.ndarray] = {q: np.empty(0, np.int64) for q in asked}
+    carried, answered, n = _OwnedLeaves.none(), 0, changes.num_rows
+    for first in range(0, n, ROWS_PER_WINDOW):
+        window = changes.slice(first, ROWS_PER_WINDOW)
+        # every change before a seq up to the next window's first has been read after this one
+        bound = int(changes.column("seq")[first + ROWS_PER_WINDOW].as_py()) if first + ROWS_PER_WINDOW < n \
+            else np.iinfo(np.int64).max
+        state, states = _codes(window, "state")
+        owned = np.isin(state, _indices(states, ("present",))) & ~_nulls(window.column("page"))
+        seq = np.concatenate((carried.seq, numpy_column(window, "seq", np.int64)))
+        key = np.concatenate((carried.key, numpy_column(window, "key")))
+        until = np.full(len(seq), np.iinfo(np.int64).max, dtype=np.int64)
+        _next_of_same(seq, key, until)  # a carried row (one per key) comes before its key's rows here
+        rows = np.concatenate((np.arange(len(carried.seq)), len(carried.seq) + np.flatnonzero(owned)))
+        gfn = np.concatenate((carried.gfn, numpy_column(window, "gfn")[owned]))
+        page = np.concatenate((carried.page, numpy_column(window, "page", np.int64)[owned]))
+        done = int(np.searchsorted(times, bound, side="right"))
+        alive = sweep.alive_at(seq[rows], until[rows], times[answered:done].tolist())
+        for at, lo, hi in asked[answered:done]:
+            live = alive[at]
+            out[(at, lo, hi)] = np.unique(page[live[(gfn[live] >= lo) & (gfn[live] < hi)]])
+        answered = done
+        still = until[rows] == np.iinfo(np.int64).max
+        carried = _OwnedLeaves(key[rows[still]], seq[rows[still]], gfn[still], page[still])
+        read()
     return out
 
 
-def _next_changes(changes: pa.Table, rows: np.ndarray, read: Callable[[], None]) -> np.ndarray:
-    """Per row of ``rows`` (ascending rows of ``changes``, which is in seq order), the seq of the
-    next row of the same SPTE address (``key``); int64 max for none.
-
-    The rows are sorted by key a share of the keys at a time (:data:`KEYS_PER_PASS` rows a pass,
-    each pass the keys that fall in it by their bits above the 8-byte alignment), each pass's
-    rows read from the table and the table's pages given back after it (``read()``): one sort of
-    every row with its columns and temporaries was ~37 bytes a change at once, the ledger's
-    peak (+530 MiB at 14 M changes); a pass's are a few rows' worth, and each key's rows are all
-    in one pass. Only ``rows``' answers are kept (a column of every change was 110 MiB at 14 M)."""
-    n = changes.num_rows
-    passes = max(1, -(-n // KEYS_PER_PASS))
-    if passes == 1:
-        every = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
-        _next_of_same(numpy_column(changes, "seq", np.int64), numpy_column(changes, "key"), every)
-        read()
-        answers: np.ndarray = every[rows]
-        return answers
-    until = np.full(len(rows), np.iinfo(np.int64).max, dtype=np.int64)
-    share = np.empty(n, np.uint8 if passes < 256 else np.uint32)
-    lo = 0
-    for chunk in changes.column("key").chunks:  # a pass number per row, a chunk at a time
-        share[lo:lo + len(chunk)] = (chunk.to_numpy(zero_copy_only=False) >> np.uint64(3)) % np.uint64(passes)
-        lo += len(chunk)
-    read()
-    for k in range(passes):
-        mine = np.flatnonzero(share == k)
-        part = np.full(len(mine), np.iinfo(np.int64).max, dtype=np.int64)
-        _next_of_same(numpy_rows(changes, "seq", mine, np.int64), numpy_rows(changes, "key", mine), part)
-        at = np.searchsorted(rows, mine).clip(max=max(len(rows) - 1, 0))
-        asked = rows[at] == mine if len(rows) else np.zeros(len(mine), bool)
-        until[at[asked]] = part[asked]
-        read()
-    return until
-
-
 def _next_of_same(seq: np.ndarray, key: np.ndarray, until: np.ndarray) -> None:
-    """:func:`_next_changes` of rows held whole."""
+    """Per row (rows in seq order), the seq of the next row of the same ``key`` into ``until``
+    (left as it is for a key's last row)."""
     by_key = np.argsort(key, kind="stable")  # each key's rows stay in seq order
     same = key[by_key[1:]] == key[by_key[:-1]]
     until[by_key[:-1][same]] = seq[by_key[1:][same]]
@@ -422,8 +406,8 @@ def _candidates(pg: _Pages, windows: list[tuple[int, int]]) -> dict[tuple[int, i
 _Removed = tuple[str, str, bool, int, int, int]
 
 
-#: Window rows of the SPTE-change table grouped at once by :func:`_removed_leaves`: a zap-all
-#: window holds every leaf of the VM, so all windows of a long trace are millions of rows.
+#: Rows of changes' windows :func:`_removed_leaves` groups at once in a window of the journal: a
+#: zap-all window holds every leaf of the VM.
 WINDOW_ROWS = 1 << 20
 
 
@@ -432,47 +416,67 @@ def _removed_leaves(changes: pa.Table, asked: list[tuple[int, int, int, int, boo
     """Per change ``(window start, line, lo, hi, zap-all)``, the leaf SPTEs it removed, grouped by
     how the replay knows it: under zap-all everything removed in the window; under zap-slot the
     leaves into the range and those of the pages it zapped (a vCPU replacing an MMIO SPTE
-    elsewhere in the window is not its doing). The changes' window rows are cut from the
-    journal (in seq order) and grouped a batch of changes at a time (:data:`WINDOW_ROWS` rows):
-    a few polars calls per change cost more than the rows on a long trace with thousands of
-    deletes, and all windows at once were ~400 MiB on a 20 M-event churn recording. ``state``
-    and ``reason`` are read as their dictionary codes: as strings they were a column of every
-    removal each (300 MiB held by the ledger at 51 M events). ``read()`` gives back the pages of
-    the table (on disk when long) after each pass over a column and each batch."""
+    elsewhere in the window is not its doing).
+
+    The journal (in seq order) is read :data:`ROWS_PER_WINDOW` rows at a time, and in each the
+    rows of the changes' windows that meet it are grouped a batch of changes at a time
+    (:data:`WINDOW_ROWS` rows), each group's count and gfn bounds added to what earlier windows
+    found. Why: a few polars calls per change cost more than the rows on a long trace with
+    thousands of deletes; all windows at once were ~400 MiB on a 20 M-event churn recording; and
+    the codes and the removals of the whole journal were a column of every change each, ~300 MiB
+    at 14 M changes. ``state`` and ``reason`` are read as their dictionary codes (as strings they
+    were a column of every removal each). ``read()`` gives back the pages of the table (on disk
+    when long) after each window."""
     out: list[list[_Removed]] = [[] for _ in asked]
-    state, states = _codes(changes, "state")
-    reason, reasons = _codes(changes, "reason")
+    if not asked:
+        return out
+    ws, line, lo, hi, zap_all = (np.asarray(col) for col in zip(*asked))
+    ws, line = ws.astype(np.int64), line.astype(np.int64)
+    found: dict[tuple[int, str, str, bool], list[int]] = {}  # -> [sptes, first gfn, last gfn]
+    for first in range(0, changes.num_rows, ROWS_PER_WINDOW):
+        window = changes.slice(first, ROWS_PER_WINDOW)
+        seq = numpy_column(window, "seq", np.int64)
+        meets = np.flatnonzero((ws <= seq[-1]) & (line >= seq[0]))
+        if len(meets):
+            _removed_in(window, seq, meets, (ws, line, lo, hi, zap_all), tdp, found)
+        read()
+    # within a change: traced before inferred, reasons in order, in-range groups first
+    for (k, how, why, into), (count, g0, g1) in sorted(found.items(), key=lambda g: (g[0][0], g[0][1] != "traced",
+                                                                                     g[0][2], not g[0][3])):
+        out[k].append((how, why, into, count, g0, g1))
+    return out
+
+
+def _removed_in(window: pa.Table, seq: np.ndarray, meets: np.ndarray, asked: tuple[np.ndarray, ...], tdp: bool,
+                found: dict[tuple[int, str, str, bool], list[int]]) -> None:
+    """:func:`_removed_leaves` over one window of the journal (``seq``: its seqs): the removals
+    of the changes ``meets`` (``asked``'s columns' rows whose windows meet it) added to ``found``."""
+    ws, line, lo, hi, zap_all = asked
+    state, states = _codes(window, "state")
+    reason, reasons = _codes(window, "reason")
     kept = np.asarray([not r.startswith("page table removed") for r in reasons], bool)
     idx = np.flatnonzero(np.isin(state, _indices(states, ("zapped", "zapped_inferred"))) & kept[reason])
-    if not asked or not len(idx):
-        return out
-    seq = numpy_rows(changes, "seq", idx, np.int64)
-    read()
-    ws, line, lo, hi, zap_all = (np.asarray(col) for col in zip(*asked))
-    first = np.searchsorted(seq, ws.astype(np.int64), side="left")
-    counts = np.maximum(np.searchsorted(seq, line.astype(np.int64), side="right") - first, 0)
-    del seq
+    at = np.searchsorted(seq[idx], ws[meets], side="left")
+    counts = np.maximum(np.searchsorted(seq[idx], line[meets], side="right") - at, 0)
     owning_code = _indices(reasons, ("owning page zapped",))
     inferred_code = _indices(states, ("zapped_inferred",))
+    gfns = numpy_column(window, "gfn")
     for batch in _batches(counts, WINDOW_ROWS):
         total = int(counts[batch].sum())
-        rows = idx[np.repeat(first[batch] - np.cumsum(counts[batch]) + counts[batch], counts[batch]) + np.arange(total)]
-        change = np.repeat(batch, counts[batch])
-        gfn = numpy_rows(changes, "gfn", rows)
+        rows = idx[np.repeat(at[batch] - np.cumsum(counts[batch]) + counts[batch], counts[batch]) + np.arange(total)]
+        change = np.repeat(meets[batch], counts[batch])
+        gfn = gfns[rows]
         into = (gfn >= lo.astype(np.uint64)[change]) & (gfn < hi.astype(np.uint64)[change])
         chosen = zap_all.astype(bool)[change] | np.isin(reason[rows], owning_code) | into
         traced = tdp & ~np.isin(state[rows], inferred_code)
-        window = pl.DataFrame({"_k": change, "traced": traced, "reason": reason[rows], "in_range": into,
-                               "gfn": gfn}).filter(pl.Series(chosen))
-        groups = window.group_by("_k", "traced", "reason", "in_range").agg(
+        rows_of = pl.DataFrame({"_k": change, "traced": traced, "reason": reason[rows], "in_range": into,
+                                "gfn": gfn}).filter(pl.Series(chosen))
+        groups = rows_of.group_by("_k", "traced", "reason", "in_range").agg(
             pl.len().alias("sptes"), pl.col("gfn").min().alias("gfn_first"), pl.col("gfn").max().alias("gfn_last"))
-        named = [(k, "traced" if t else "inferred", reasons[r], *rest) for k, t, r, *rest in groups.iter_rows()]
-        # within a change: traced before inferred, reasons in order, in-range groups first
-        named.sort(key=lambda g: (g[0], g[1] != "traced", g[2], not g[3]))
-        for k, *group in named:
-            out[k].append(tuple(group))
-        read()
-    return out
+        for k, t, r, into_range, count, g0, g1 in groups.iter_rows():
+            key = (k, "traced" if t else "inferred", reasons[r], into_range)
+            had = found.get(key)
+            found[key] = [count, g0, g1] if had is None else [had[0] + count, min(had[1], g0), max(had[2], g1)]
 
 
 def _batches(counts: np.ndarray, limit: int) -> Iterator[np.ndarray]:
@@ -560,6 +564,9 @@ def _append(columns: dict[str, list[Any]], values: dict[str, Any]) -> None:
 
 def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     """The ledger of every positioned delete, move and re-create of the replay's timeline."""
+    # what the caller's last steps freed and the allocators kept is not the ledger's, which builds
+    # on top of it (the report's facts and findings: ~230 MiB at 52 M events)
+    release_freed_memory()
     profile = profile_of(replay)
     tdp = replay.mmu == "tdp"
     za_seq, za_pid = seq_pid(data, zap_all_event(data))

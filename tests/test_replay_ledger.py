@@ -170,15 +170,21 @@ def test_pages_outside_the_range_that_map_into_it_are_kept_with_that_reason():
 def test_removed_leaves_grouped_in_small_batches_are_the_same(name, monkeypatch):
     """The windows' rows are grouped a batch of changes at a time; with batches of a few rows
     (every change alone, or split from its neighbours at every size) the SPTE rows of the
-    ledger are the same as with one batch of everything."""
+    ledger are the same as with one batch of everything. So is the whole ledger when the
+    journal is read a few rows a window (the leaf owners' and the removals' windows)."""
     data = parsers.read(SAMPLES / f"{name}.dat")
     result = replay(data)
     monkeypatch.setattr(ledger, "WINDOW_ROWS", 1 << 40)
-    whole = zap_ledger(data, result).sptes
+    whole_ledger = zap_ledger(data, result)
+    whole = whole_ledger.sptes
     assert len(set(whole.column("change").to_pylist())) >= 2
     for rows in (1, 7, 300):
         monkeypatch.setattr(ledger, "WINDOW_ROWS", rows)
         assert zap_ledger(data, result).sptes.equals(whole), rows
+    for rows in (1, 7, 300):  # and the journal read a few rows a window: changes' windows cross its edges
+        monkeypatch.setattr(ledger, "ROWS_PER_WINDOW", rows)
+        got = zap_ledger(data, result)
+        assert all(getattr(got, t).equals(getattr(whole_ledger, t)) for t in ("removals", "pages", "sptes")), rows
 
 
 def test_batches_cover_every_index_once_within_the_limit():

@@ -174,13 +174,14 @@ def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -
     # and at changes' own seqs: a leaf's state holds up to its next change's seq, not to the one before
     asked += [(int(at), 0, 16) for at in changes["seq"].to_numpy()[:: max(1, n // 4)]]
     got = _leaf_owners(changes.to_arrow(), asked)
-    whole = ledger.KEYS_PER_PASS
-    try:  # a few changes a pass: each SPTE's next change is found among its pass's rows alone
-        ledger.KEYS_PER_PASS = 7
-        by_pass = _leaf_owners(changes.to_arrow(), asked)
-    finally:
-        ledger.KEYS_PER_PASS = whole
-    assert by_pass.keys() == got.keys() and all(np.array_equal(by_pass[q], got[q]) for q in got)
+    whole = ledger.ROWS_PER_WINDOW
+    for rows in (1, 7):  # the journal a few changes a window: SPTEs and questions cross every edge
+        try:
+            ledger.ROWS_PER_WINDOW = rows
+            by_window = _leaf_owners(changes.to_arrow(), asked)
+        finally:
+            ledger.ROWS_PER_WINDOW = whole
+        assert by_window.keys() == got.keys() and all(np.array_equal(by_window[q], got[q]) for q in got)
     for at, lo, hi in asked:
         before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), at)))
         keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
