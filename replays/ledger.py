@@ -564,9 +564,6 @@ def _append(columns: dict[str, list[Any]], values: dict[str, Any]) -> None:
 
 def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     """The ledger of every positioned delete, move and re-create of the replay's timeline."""
-    # what the caller's last steps freed and the allocators kept is not the ledger's, which builds
-    # on top of it (the report's facts and findings: ~230 MiB at 52 M events)
-    release_freed_memory()
     profile = profile_of(replay)
     tdp = replay.mmu == "tdp"
     za_seq, za_pid = seq_pid(data, zap_all_event(data))
