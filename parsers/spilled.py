@@ -13,6 +13,7 @@ freed with the last buffer that maps it: nothing is left behind, whatever happen
 
 from __future__ import annotations
 
+import itertools
 import mmap
 import tempfile
 import weakref
@@ -194,6 +195,33 @@ def in_order(table: pa.Table, order: np.ndarray | None, rows: int) -> Iterator[p
                  for k in np.unique(part).tolist()]
         gathered = pa.Table.from_batches(taken, schema=table.schema).combine_chunks()
         yield gathered.take(pa.array(np.argsort(by_part, kind="stable")))
+
+
+def merged(table: pa.Table, key: str, rows: int) -> Iterator[pa.Table]:
+    """``table``'s rows in the order of its int64 column ``key`` (ties in table order), about
+    ``rows`` at a time, where each of its batches is in that order already: the batches (runs)
+    merged a range of keys at a time, each range's rows found in each run by binary search.
+
+    Why: the alternative, an argsort of the whole column (joined first), held two 8-byte arrays
+    of every row at once: the SPTE changes of a 52 M-event trace, 14 M rows, 226 MiB, the
+    replay's peak. The ranges are cut at every few rows of every run, so that a piece holds
+    at most about one and a half times ``rows``."""
+    batches = [b for b in table.to_batches() if b.num_rows]
+    keys = [b.column(key).to_numpy() for b in batches]
+    step = max(1, rows // (2 * max(1, len(batches))))  # each run's every step-th key is a sample
+    per = max(1, rows // step)  # samples a piece spans
+    samples = np.sort(np.concatenate([k[::step] for k in keys] or [np.empty(0, np.int64)]))
+    cuts: list[int | None] = [None, *np.unique(samples[per::per]).tolist(), None]
+    for lo, hi in itertools.pairwise(cuts):
+        parts = []
+        for batch, k in zip(batches, keys):
+            a = 0 if lo is None else int(np.searchsorted(k, lo, side="left"))
+            z = len(k) if hi is None else int(np.searchsorted(k, hi, side="left"))
+            if z > a:
+                parts.append(batch.slice(a, z - a))
+        if parts:
+            piece = pa.Table.from_batches(parts, schema=table.schema).combine_chunks()
+            yield piece.take(pa.array(np.argsort(piece.column(key).to_numpy(), kind="stable")))
 
 
 def on_disk(arrays: Mapping[str, np.ndarray], what: str) -> dict[str, np.ndarray]:

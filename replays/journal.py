@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 from numpy.typing import ArrayLike
 
-from kvmtrace.parsers.spilled import KeptParts, SpilledTable, in_order, kept
+from kvmtrace.parsers.spilled import KeptParts, SpilledTable, kept, merged
 from kvmtrace.replays.results import UNEXPLAINED_SCHEMA
 
 #: What a zap of a page never seen was (Journal.unknown_zaps): a page created before the trace
@@ -47,17 +47,17 @@ SPTE_CHANGES_SCHEMA = pa.schema([
 ])
 
 
-def _sorted_on_disk(t: pa.Table, order: np.ndarray | None,
-                    read: Callable[[], None]) -> tuple[pa.Table, SpilledTable]:
-    """``t``'s rows in ``order`` (None: as they are), written to a temporary file
-    :data:`ROWS_PER_WRITE` rows at a time and mapped back: the sorted table is never whole in the
-    process (the sort of a 51 M-event trace's 2.4 M changes was the replay's peak, 170 MiB more
-    than its parts), and the page cache holds the result. Each piece is gathered from the chunks
-    (the journal's parts) that hold its rows (:func:`in_order`).
+def _sorted_on_disk(t: pa.Table, read: Callable[[], None]) -> tuple[pa.Table, SpilledTable]:
+    """``t``'s rows in seq order, written to a temporary file about :data:`ROWS_PER_WRITE` rows
+    at a time and mapped back: the sorted table is never whole in the process (the sort of a
+    51 M-event trace's 2.4 M changes was the replay's peak, 170 MiB more than its parts), and the
+    page cache holds the result. Each of ``t``'s batches is in seq order (the loop's rows, and
+    each part :meth:`Journal.add_changes` took), so the pieces are a merge of them
+    (:func:`merged`): an argsort of every change's seq was the replay's peak again at 52 M events.
     ``read()`` gives back the pages of the parts kept on disk after each piece: every piece
     gathers from all over them (270 MiB of them were in the process at 106 M events)."""
     spilled = SpilledTable("the SPTE changes of this replay")
-    for piece in in_order(t, order, ROWS_PER_WRITE):
+    for piece in merged(t, "seq", ROWS_PER_WRITE):
         spilled.append(piece)
         read()
     mapped = spilled.table()
@@ -217,10 +217,12 @@ class Journal:
                     old: ArrayLike, old_valid: ArrayLike, new: ArrayLike, new_valid: ArrayLike, page: ArrayLike,
                     state: pa.DictionaryArray, reason: pa.DictionaryArray) -> None:
         """Many transitions at once (numpy arrays; ``*_valid`` False makes the value null; ``state`` and
-        ``reason`` are :func:`coded` arrays)."""
+        ``reason`` are :func:`coded` arrays), kept in seq order (a stable sort where they are not):
+        :meth:`spte_changes` merges the parts."""
         page_ids = np.asarray(page, dtype=np.int64)
-        self.change_chunks.append(pa.table({
-            "seq": pa.array(np.asarray(seq, np.int64)),
+        seqs = np.asarray(seq, np.int64)
+        part = pa.table({
+            "seq": pa.array(seqs),
             "key": pa.array(np.asarray(key, np.uint64)),
             "as_id": pa.array(np.asarray(as_id).astype(np.int16)),
             "gfn": pa.array(np.asarray(gfn, np.uint64)),
@@ -230,7 +232,10 @@ class Journal:
             "page": pa.array(page_ids, mask=page_ids < 0),
             "state": state,
             "reason": reason,
-        }, schema=SPTE_CHANGES_SCHEMA))
+        }, schema=SPTE_CHANGES_SCHEMA)
+        if len(seqs) > 1 and not bool(np.all(seqs[1:] >= seqs[:-1])):
+            part = part.take(pa.array(np.argsort(seqs, kind="stable")))
+        self.change_chunks.append(part)
 
     def add_installs(self, seq: ArrayLike, gfn: ArrayLike, level: ArrayLike, as_id: ArrayLike, pid: ArrayLike) -> None:
         """Many installs at once (the shadow MMU's, a part of the trace's at a time: on disk as
@@ -287,13 +292,11 @@ class Journal:
             rows.release()
             columns.release()
 
-        # the loop's rows are in seq order; the columnar chunks are not
-        order = np.argsort(t.column("seq").to_numpy(), kind="stable") if columnar else None
-        read()
+        # the loop's rows are in seq order, and so is each columnar part, but not the parts together
         if t.num_rows >= ROWS_ON_DISK:
-            t, self.changes_on_disk = _sorted_on_disk(t, order, read)
-        elif order is not None:
-            t = t.take(pa.array(order))
+            t, self.changes_on_disk = _sorted_on_disk(t, read)
+        elif columnar:
+            t = t.take(pa.array(np.argsort(t.column("seq").to_numpy(), kind="stable")))
         elif t.column("seq").num_chunks > 1:
             t = t.combine_chunks()
         self.row_chunks = self.change_chunks = Parts("the SPTE changes of this replay")

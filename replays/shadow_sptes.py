@@ -337,6 +337,7 @@ class SpteLifetimes:
         words, which = np.unique(np.asarray([*self.reasons, ""], dtype=object).astype(str), return_inverse=True)
         for lo in releasing(range(0, len(removed), PART), every=1):
             idx = removed[lo:lo + PART]
+            idx = idx[np.argsort(self.end[idx], kind="stable")]  # a part in seq order: the journal merges them
             rmap = self.how[idx] == END_RMAP
             why = np.where(rmap, 1 + which[self.rmap_reason[idx].clip(0)], 0)
             j.add_changes(seq=self.end[idx] // 2, key=ins.sptep[idx], as_id=self.as_id[idx], gfn=ins.gfn[idx],

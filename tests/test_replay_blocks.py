@@ -42,7 +42,7 @@ def test_tiny_blocks_and_journal_chunks_give_the_same_replay(path: Path, monkeyp
     mapped: list[int] = []
     to_disk = journal._sorted_on_disk
     monkeypatch.setattr(journal, "_sorted_on_disk",
-                        lambda t, order, read: mapped.append(t.num_rows) or to_disk(t, order, read))
+                        lambda t, read: mapped.append(t.num_rows) or to_disk(t, read))
     got = replay(data)
     assert mapped == ([want.spte_changes.num_rows] if want.spte_changes.num_rows >= 5 else [])
     for name in TABLES:

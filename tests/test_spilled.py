@@ -294,3 +294,24 @@ def test_a_part_of_another_dtype_is_refused(monkeypatch: pytest.MonkeyPatch) -> 
     kept_parts.append({"seq": np.arange(3, dtype=np.int64)})
     with pytest.raises(ValueError, match="not a column of int64: seq"):
         kept_parts.append({"seq": np.arange(3, dtype=np.int32)})
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_merged_runs_are_the_stable_sort_of_the_whole(seed: int) -> None:
+    """Batches each in key order (runs, with ties inside and across them, and empty ones),
+    merged a range of keys at a time: the rows of a stable sort of the whole table, in pieces of
+    about the size asked for, each holding only its own range's rows."""
+    rng = np.random.default_rng(seed)
+    runs = []
+    for k in range(int(rng.integers(1, 9))):
+        n = int(rng.integers(0, 60))
+        runs.append(pa.record_batch({"seq": np.sort(rng.integers(0, 80, n)).astype(np.int64),
+                                     "row": np.arange(n, dtype=np.int64) + 1000 * k}))
+    table = pa.Table.from_batches(runs)
+    want = table.take(pa.array(np.argsort(table.column("seq").to_numpy(), kind="stable")))
+    for rows in (1, 4, 16, 1000):
+        pieces = list(spilled.merged(table, "seq", rows))
+        assert pa.concat_tables(pieces).equals(want) if pieces else not table.num_rows
+        assert all(p.num_rows for p in pieces)
+        if table.num_rows > 4 * rows and rows > 1:  # ranges cut at every few rows of every run
+            assert len(pieces) > 1
