@@ -15,7 +15,7 @@ from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.spilled import kept, release_all
+from kvmtrace.parsers.spilled import KeptParts, kept, release_all
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.journal import Journal, Leaves, Snapshot, coded
@@ -196,11 +196,16 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     if t is not None and t.num_rows:
         # thread and level narrow: the columns are held for the whole settling (and the level by
         # the snapshots to the end); on disk when long (37 bytes an install, 267 MiB at 7 M), a
-        # column at a time, their pages given back between the settling's steps
+        # record batch at a time (a column made whole first was 57 MiB at 7 M installs, with as
+        # many of the table's pages read), their pages given back between the settling's steps
         def column(name: str, dtype: DTypeLike = np.uint64) -> np.ndarray:
-            values = kept({name: numpy_column(t, name, dtype)}, "the SPTE installs of this replay")[name]
-            data.release_pages()  # the table's pages this column read (all six: 340 MiB at 7 M installs)
-            return values
+            parts = KeptParts("the SPTE installs of this replay")
+            for batch in t.to_batches():
+                parts.append({name: numpy_column(batch, name, dtype)})
+                data.release_pages()  # the table's pages this batch read (all six columns: 340 MiB at 7 M)
+            values = parts.arrays()
+            assert values is not None  # the table has rows
+            return values[name]
 
         ins = Installs(column("seq", np.int64), column("pid", np.int32), column("gfn"), column("spte"),
                        column("sptep"), column("level", np.int8))
@@ -234,9 +239,10 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
             for i, when in page_sets}
     alive_at = life.alive_at(list(keys.values()))
-    leaves = Leaves(**kept({"gfn": ins.gfn, "level": ins.level, "as_id": life.as_id, "owner": owner.astype(np.int32),
-                            "installed": ins.seq, "obsolete_root": np.zeros(len(ins.seq), bool)},
-                           "the leaves of this replay's snapshots"))
+    # the installs' own columns as they are kept (on disk when long): a copy was a second file of them
+    leaves = Leaves(gfn=ins.gfn, level=ins.level, installed=ins.seq,
+                    **kept({"as_id": life.as_id, "owner": owner.astype(np.int32),
+                            "obsolete_root": np.zeros(len(ins.seq), bool)}, "the leaves of this replay's snapshots"))
     for (i, when), live_pages in page_sets.items():
         journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at, keys[(i, when)])
 
