@@ -38,14 +38,15 @@ class GfnIndex:
         self.gfn = np.asarray(gfn, dtype=np.uint64)
         self.block = max(_MIN_BLOCK, -(-n // _MAX_BLOCKS))
         self.blocks = -(-n // self.block)
-        # a damaged or hand-made input may carry values no gfn can have: kept aside, checked one by one
-        self._wide = np.flatnonzero((self.gfn >> np.uint64(_GFN_BITS)) != 0)
         # sorted a slab of whole time blocks at a time (the blocks are the keys' high bits, so the
         # slabs' orders follow each other), the order int32 where rows allow, on disk as it comes
         # when long: the whole at once was ~36 bytes a row in passing (the faults' index, +170
         # MiB at the consequences' peak on a 52 M-event churn recording)
         index = np.int32 if n < 2**31 else np.int64
         parts = KeptParts("a gfn index of this replay")
+        # a damaged or hand-made input may carry values no gfn can have: kept aside (found a slab
+        # at a time too), checked one by one
+        wides: list[np.ndarray] = [np.empty(0, np.int64)]
         step = max(1, SLAB // self.block) * self.block
         for lo in releasing(range(0, n, step), every=1):
             gfn = self.gfn[lo:lo + step]
@@ -57,8 +58,10 @@ class GfnIndex:
             composite[~wide] |= gfn[~wide]
             order = np.argsort(composite, kind="stable")
             if wide.any():
+                wides.append(np.flatnonzero(wide) + lo)
                 order = order[~wide[order]]
             parts.append({"order": (order + lo).astype(index), "sorted": composite[order]})
+        self._wide = np.concatenate(wides)
         held = parts.arrays() or {"order": np.empty(0, index), "sorted": np.empty(0, np.uint64)}
         self._order, self._sorted = held["order"], held["sorted"]
 
