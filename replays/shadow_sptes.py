@@ -304,19 +304,19 @@ class SpteLifetimes:
 
     def alive_at(self, keys: list[int]) -> sweep.LiveSets:
         """Indices (ascending) of the present installs alive at each time key (started before
-        it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`)."""
+        it, ended after it), by one sweep over time (:mod:`kvmtrace.replays.sweep`), their times
+        made a block at a time as the sweep reaches them (whole, they were 16 bytes an install)."""
         present = np.flatnonzero(self.present)
         present = present.astype(np.int32 if len(self.present) < 2**31 else np.int64, copy=False)
         labels = kept({"rows": present}, "the leaves of this replay's snapshots")["rows"]
-        # their times a block at a time: whole, each was made through a temporary of its size
-        begin = np.empty(len(present), np.int64)
-        stop = np.empty(len(present), np.int64)
-        for lo in releasing(range(0, len(present), BLOCK), every=1):
-            rows = present[lo:lo + BLOCK]
-            np.multiply(self.ins.seq[rows], 2, out=begin[lo:lo + BLOCK])
-            np.subtract(self.end[rows], 1, out=stop[lo:lo + BLOCK])
         del present
-        return sweep.alive_at(begin, stop, keys, labels=labels)
+
+        def spans(lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+            release_all()  # the pages the last block read of the installs' columns on disk
+            rows = labels[lo:hi]
+            return self.ins.seq[rows] * 2, self.end[rows] - 1
+
+        return sweep.alive_in_order(len(labels), spans, keys, labels=labels)
 
     def to_journal(self, j: Journal) -> None:
         """Every install and every removal the lifetimes imply, as SPTE changes, a part of

@@ -8,9 +8,11 @@ alive are kept between them, so each moment costs the live set, not the trace.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
+
+from kvmtrace.replays import stream
 
 
 def alive_at(begin: np.ndarray, end: np.ndarray, times: Iterable[int],
@@ -21,16 +23,13 @@ def alive_at(begin: np.ndarray, end: np.ndarray, times: Iterable[int],
     Rows are int32 when they fit. The sets are held as :class:`LiveSets` (each as its difference
     from a recent full set): a long trace asks about thousands of moments whose live sets share
     most of their rows."""
-    index: type[np.signedinteger] = np.int32 if len(begin) < 2**31 else np.int64
     begin = np.asarray(begin)
     if len(begin) < 2 or bool(np.all(begin[1:] >= begin[:-1])):
         # rows already in time order (installs, SPTE changes): no sort, no sorted copy of every row
-        order: np.ndarray = np.arange(len(begin), dtype=index)
-        ordered, first = True, begin
-    else:
-        order = np.argsort(begin, kind="stable").astype(index, copy=False)
-        ordered = False
-        first = begin[order]
+        return alive_in_order(len(begin), lambda lo, hi: (begin[lo:hi], end[lo:hi]), times, labels)
+    index: type[np.signedinteger] = np.int32 if len(begin) < 2**31 else np.int64
+    order = np.argsort(begin, kind="stable").astype(index, copy=False)
+    first = begin[order]
     out = LiveSets(labels)
     active = np.empty(0, dtype=index)
     added = 0
@@ -40,7 +39,44 @@ def alive_at(begin: np.ndarray, end: np.ndarray, times: Iterable[int],
             active = np.concatenate((active, order[added:k]))
             added = k
         active = active[end[active] >= t]
-        out.add(t, active if ordered else np.sort(active))
+        out.add(t, np.sort(active))
+    return out
+
+
+def alive_in_order(n: int, spans: Callable[[int, int], tuple[np.ndarray, np.ndarray]], times: Iterable[int],
+                   labels: np.ndarray | None = None) -> LiveSets:
+    """:func:`alive_at` of ``n`` rows in begin order whose ``(begin, end)`` ``spans(lo, hi)``
+    gives for rows ``lo..hi``, asked :data:`~kvmtrace.replays.stream.ROW_BLOCK` rows at a time as the
+    sweep reaches them (a block out of order is an error).
+
+    Why: only the live rows and their ends are held, with one block of the rest; the shadow
+    MMU's installs made whole arrays of their times first (16 bytes an install, ~100 MiB at the
+    settling's peak at 52 M events)."""
+    index: type[np.signedinteger] = np.int32 if n < 2**31 else np.int64
+    out = LiveSets(labels)
+    active, active_end = np.empty(0, dtype=index), np.empty(0, np.int64)
+    added = block_lo = 0
+    begin = end = np.empty(0, np.int64)  # the block of rows block_lo.. the sweep is in
+    for t in sorted(set(times)):
+        while True:
+            if added == block_lo + len(begin):  # the block is all added: the next one
+                if added >= n:
+                    break
+                last = begin[-1] if len(begin) else None
+                block_lo = added
+                begin, end = spans(added, min(added + stream.ROW_BLOCK, n))
+                if bool(np.any(begin[1:] < begin[:-1])) or (last is not None and begin[0] < last):
+                    raise ValueError("alive_in_order: the rows are not in begin order")
+            k = block_lo + int(np.searchsorted(begin, t, side="left"))  # rows below k began before t
+            if k > added:
+                active = np.concatenate((active, np.arange(added, k, dtype=index)))
+                active_end = np.concatenate((active_end, end[added - block_lo:k - block_lo]))
+                added = k
+            if added < block_lo + len(begin):  # the block's next row begins at t or later
+                break
+        alive = active_end >= t
+        active, active_end = active[alive], active_end[alive]
+        out.add(t, active)
     return out
 
 

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from kvmtrace.parsers import read
 from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
-from kvmtrace.replays import ledger, sweep
+from kvmtrace.replays import ledger, stream, sweep
 from kvmtrace.replays.consequences import _distinct_leaves
 from kvmtrace.replays.detectors.context import Context
 from kvmtrace.replays.detectors.dirty import DirtyClear, DirtyLogging, OwnRequests
@@ -203,11 +203,30 @@ def test_alive_at(n: int, seed: int, in_order: bool, labelled: bool, times: list
         begin.sort()
     end = begin + rng.integers(0, 300, n)
     labels = np.cumsum(rng.integers(1, 5, n)) if labelled else None
-    got = sweep.alive_at(begin, end, times, labels=labels)
-    assert sorted(got) == sorted(set(times))
-    for t in times:
-        want = np.flatnonzero((begin < t) & (t <= end))
-        assert np.array_equal(got[t], want if labels is None else labels[want])
+    whole = stream.ROW_BLOCK
+    for block in (whole, 1, 3):  # rows in begin order are read a block at a time: times fall in and between blocks
+        try:
+            stream.ROW_BLOCK = block
+            got = sweep.alive_at(begin, end, times, labels=labels)
+        finally:
+            stream.ROW_BLOCK = whole
+        assert sorted(got) == sorted(set(times))
+        for t in times:
+            want = np.flatnonzero((begin < t) & (t <= end))
+            assert np.array_equal(got[t], want if labels is None else labels[want])
+
+
+def test_rows_out_of_begin_order_are_an_error_not_a_wrong_answer() -> None:
+    begin, end = np.array([1, 5, 3, 9], np.int64), np.array([20, 20, 20, 20], np.int64)
+    with pytest.raises(ValueError, match="not in begin order"):
+        sweep.alive_in_order(4, lambda lo, hi: (begin[lo:hi], end[lo:hi]), [10])
+    whole = stream.ROW_BLOCK
+    try:  # within a block, and across two
+        stream.ROW_BLOCK = 2
+        with pytest.raises(ValueError, match="not in begin order"):
+            sweep.alive_in_order(4, lambda lo, hi: (begin[lo:hi], end[lo:hi]), [10])
+    finally:
+        stream.ROW_BLOCK = whole
 
 
 def test_live_sets_hold_slow_churn_as_differences() -> None:
