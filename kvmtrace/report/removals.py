@@ -13,6 +13,7 @@ from typing import Any, overload
 import numpy as np
 import pyarrow as pa
 
+from kvmtrace.parsers.spilled import releasing
 from kvmtrace.replays.ledger import ZapLedger
 from kvmtrace.report.grid import Grid, grid_from_arrow
 
@@ -132,9 +133,12 @@ class Removals(Sequence[Removal]):
                 yield from batch.to_pylist()
 
     def made(self, indices: Iterable[int]) -> Iterator[Removal]:
-        """The removals at ``indices``, in that order, made :data:`BLOCK` at a time."""
+        """The removals at ``indices``, in that order, made :data:`BLOCK` at a time; the pages of
+        the tables kept on disk (the replay's consequences) that a block read are given back
+        before the next: a report that reads every removal read all of them (the JSON report's
+        rendering held ~130 MiB more of them at 52 M events)."""
         wanted = list(indices)
-        for k in range(0, len(wanted), self.BLOCK):
+        for k in releasing(range(0, len(wanted), self.BLOCK), every=1):
             yield from self._block(wanted[k:k + self.BLOCK])
 
     def _block(self, indices: list[int]) -> list[Removal]:
