@@ -28,6 +28,7 @@ from kvmtrace.parsers.spilled import kept, release_all, releasing
 from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
+from kvmtrace.replays.neighbours import KeyCarry, neighbours
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile
 
@@ -57,17 +58,6 @@ class Lookups:
     pid: np.ndarray
     level: np.ndarray
     page: np.ndarray
-
-
-def _followed_by_same(sorted_keys: np.ndarray) -> np.ndarray:
-    """Mask of the positions whose next element has the same key (``False`` at the end).
-
-    Built by slicing into a preallocated array: ``np.r_[a[1:] == a[:-1], False]`` has length 1
-    for an empty input (a trace with no ``kvm_mmu_set_spte`` at all), which broke every index
-    derived from it."""
-    out = np.zeros(len(sorted_keys), dtype=bool)
-    out[:-1] = sorted_keys[1:] == sorted_keys[:-1]
-    return out
 
 
 #: Installs a pass of :func:`_candidates` takes at a time: its temporaries are columns of these.
@@ -140,65 +130,99 @@ def _rows_where(mask: np.ndarray, order: np.ndarray | None) -> np.ndarray:
 
 
 def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile) -> np.ndarray:
-    """Owning page id per install (NONE where it cannot be inferred)."""
+    """Owning page id per install (NONE where it cannot be inferred).
+
+    The installs are taken a :data:`BLOCK` at a time in seq order, and within a block by SPTE
+    page (``sptep & ~0xfff``), then seq. What each SPTE page's last install left, its owner and
+    level, is carried to the next block (:class:`KeyCarry`), where a run it had not ended goes on
+    without a new inference. Why not one sort of every install by SPTE page: its order, sorted
+    addresses, seqs and levels were ~25 bytes an install held through the loop, the settling's
+    peak on a long trace."""
     n = len(ins.seq)
     if n == 0:
         return np.full(0, NONE, dtype=np.int64)
     candidate = _candidates(ins, looks)  # first: its temporaries go before the ones below
     owner = np.full(n, NONE, dtype=candidate.dtype)  # page ids: int32 where they fit, as the candidates'
     release_all()  # the columns it read (on disk when long), before the next are read
-    page_addr = (ins.sptep & ~np.uint64(0xFFF)).astype(np.uint64)
-    release_all()
+    fits = _OwnerFit(pages, profile)
+    zap = fits.zap
+    by_seq = None if _ascending(ins.seq) else np.argsort(ins.seq, kind="stable")
     index = np.int32 if n < 2**31 else np.int64
-    # by SPTE page, then seq (installs in seq order need only the stable sort by page)
-    order = (np.argsort(page_addr, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, page_addr)))
-    order = order.astype(index)
-    addr_sorted = page_addr[order]
-    del page_addr  # each temporary here is a column of every install: 57 MiB at 7 M
-    starts = np.flatnonzero(np.r_[True, addr_sorted[1:] != addr_sorted[:-1]])
-    ends = np.r_[starts[1:], n]
-    zap = pages.column("zap_seq")
-    zap = np.where(zap == NONE, FOREVER, zap)
-    level_mask = (1 << profile.required_field("level").width) - 1
-    direct_shift = profile.required_field("direct").shift
-    role, pgfn, linked = pages.role, pages.gfn, pages.spte_page
-    seq_o, lvl_o = ins.seq[order], ins.level[order]
-    # the sorted positions where another level (or the next SPTE page) starts: an owner's run
-    # ends at the first after it (looked up per owner, not kept per install)
-    runs = np.flatnonzero(np.r_[True, (lvl_o[1:] != lvl_o[:-1]) | (addr_sorted[1:] != addr_sorted[:-1]), True])
-    del addr_sorted, lvl_o
-    release_all()  # the installs' columns on disk (when long) were read whole: the loop reads a few rows
-    heap = [(int(seq_o[s]), int(g)) for g, s in enumerate(starts)]
-    heapq.heapify(heap)
-    pos = starts.copy()  # next unsettled position per group
-    while heap:
-        t, g = heapq.heappop(heap)
-        k = pos[g]
-        i = order[k]
-        o = NONE
-        c = int(candidate[i])
-        if c != NONE:
-            level, gfn, sptep = int(ins.level[i]), int(ins.gfn[i]), int(ins.sptep[i])
-            addr = pages.link(sptep & ~0xFFF)
-            ok = zap[c] > t and linked[c] in (NONE, addr) and role[c] & level_mask == level
-            if ok and role[c] >> direct_shift & 1:
-                span = 9 * (level - 1)
-                ok = pgfn[c] <= gfn < pgfn[c] + (512 << span) and (gfn >> span) & 511 == (sptep & 0xFFF) >> 3
-            if ok:
-                o = c
-                linked[c] = addr
-        # the owner holds until it is zapped or another level shows up in this SPTE page
-        end = ends[g]
-        if o == NONE:
-            nxt = k + 1
-        else:
-            next_run = int(runs[np.searchsorted(runs, k, side="right")])
-            nxt = min(next_run, k + 1 + int(np.searchsorted(seq_o[k + 1:end], zap[o])))
-        owner[order[k:nxt]] = o
-        if nxt < end:
-            pos[g] = nxt
-            heapq.heappush(heap, (int(seq_o[nxt]), g))
+    held = KeyCarry(owner=owner.dtype, level=np.int8)  # per SPTE page, what its last install left
+    for lo in releasing(range(0, n, BLOCK), every=1):
+        rows = np.arange(lo, min(n, lo + BLOCK), dtype=index) if by_seq is None else by_seq[lo:lo + BLOCK].astype(index)
+        addr = ins.sptep[rows] & ~np.uint64(0xFFF)
+        by_addr = np.argsort(addr, kind="stable")  # each SPTE page's installs stay in seq order
+        rows, addr = rows[by_addr], addr[by_addr]
+        del by_addr
+        seq, level = ins.seq[rows], ins.level[rows]
+        starts = np.flatnonzero(np.r_[True, addr[1:] != addr[:-1]])
+        ends = np.r_[starts[1:], len(rows)]
+        # the positions where another level (or the next SPTE page) starts: a run ends at the first after it
+        runs = np.flatnonzero(np.r_[True, (level[1:] != level[:-1]) | (addr[1:] != addr[:-1]), True])
+        at, seen = held.find(addr[starts])
+        carried = np.full(len(starts), NONE, dtype=owner.dtype)
+        carried[seen] = np.where(held.values["level"][at[seen]] == level[starts[seen]], held.values["owner"][at[seen]],
+                                 NONE)
+        # a carried run goes on to its SPTE page's first install here at another level or at its owner's zap
+        until = np.full(len(starts), -1, dtype=np.int64)  # no carried owner: a boundary at once
+        going = carried != NONE
+        until[going] = zap[carried[going]]
+        group = np.repeat(np.arange(len(starts)), ends - starts)
+        stops = seq >= until[group]
+        stops[1:] |= (level[1:] != level[:-1]) & (addr[1:] == addr[:-1])  # another level, same SPTE page
+        first_stop = np.minimum.reduceat(np.where(stops, np.arange(len(rows)), ends[group]), starts)
+        cover = np.arange(len(rows)) < first_stop[group]
+        owner[rows[cover]] = carried[group[cover]]
+        del group, stops, cover
+        pos = first_stop  # next unsettled position per group
+        heap = [(int(seq[k]), g) for g, k in enumerate(pos.tolist()) if k < ends[g]]
+        heapq.heapify(heap)
+        while heap:
+            t, g = heapq.heappop(heap)
+            k = pos[g]
+            i = rows[k]
+            c = int(candidate[i])
+            o = c if c != NONE and fits.takes(c, t, int(level[k]), int(ins.gfn[i]), int(ins.sptep[i])) else NONE
+            # the owner holds until it is zapped or another level shows up in this SPTE page
+            end = ends[g]
+            if o == NONE:
+                nxt = k + 1
+            else:
+                next_run = int(runs[np.searchsorted(runs, k, side="right")])
+                nxt = min(next_run, k + 1 + int(np.searchsorted(seq[k + 1:end], zap[o])))
+            owner[rows[k:nxt]] = o
+            if nxt < end:
+                pos[g] = nxt
+                heapq.heappush(heap, (int(seq[nxt]), g))
+        last = ends - 1
+        held.put(addr[starts], at, seen, owner=owner[rows[last]], level=level[last])
     return owner
+
+
+class _OwnerFit:
+    """Whether a candidate page can own an SPTE page at a boundary: alive, not linked to another
+    SPTE page, at the install's level, and (direct pages) covering its gfn at its index. Taking
+    it links the page to this SPTE page."""
+
+    def __init__(self, pages: PageBook, profile: KernelProfile) -> None:
+        self.pages = pages
+        zap = pages.column("zap_seq")
+        self.zap = np.where(zap == NONE, FOREVER, zap)
+        self.level_mask = (1 << profile.required_field("level").width) - 1
+        self.direct_shift = profile.required_field("direct").shift
+
+    def takes(self, c: int, t: int, level: int, gfn: int, sptep: int) -> bool:
+        pages = self.pages
+        addr = pages.link(sptep & ~0xFFF)
+        role, linked = pages.role[c], pages.spte_page[c]
+        ok = self.zap[c] > t and linked in (NONE, addr) and role & self.level_mask == level
+        if ok and role >> self.direct_shift & 1:
+            span = 9 * (level - 1)
+            ok = pages.gfn[c] <= gfn < pages.gfn[c] + (512 << span) and (gfn >> span) & 511 == (sptep & 0xFFF) >> 3
+        if ok:
+            pages.spte_page[c] = addr
+        return bool(ok)
 
 
 def _first_rmap_zaps(zaps: list[tuple[int, int, int, str]], gfn: np.ndarray, start: np.ndarray,
@@ -238,27 +262,26 @@ class SpteLifetimes:
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
         self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
-        # next install at the same sptep (installs in seq order need only the stable sort by sptep)
-        order = np.argsort(ins.sptep, kind="stable") if _ascending(ins.seq) else np.lexsort((ins.seq, ins.sptep))
-        same = _followed_by_same(ins.sptep[order])
+        # the installs before and after each at its sptep, found a block at a time in seq order
+        near = neighbours(n, lambda rows: ins.sptep[rows], None if _ascending(ins.seq) else
+                          np.argsort(ins.seq, kind="stable"), BLOCK)
+        self.prev: np.ndarray = near.prev
         release_all()  # the addresses' pages (on disk when long), before the seqs are read
-        later = order[np.flatnonzero(same) + 1]
-        nxt = np.full(n, FOREVER, dtype=np.int64)
-        nxt[order[same]] = 2 * ins.seq[later]
-        self.prev: np.ndarray = np.full(n, -1, dtype=np.int32 if n < 2**31 else np.int64)
-        self.prev[later] = order[same]
-        del order, same, later
-        release_all()  # each pass reads whole columns of the installs (on disk when long): one at a time
         self.end = np.empty(n, dtype=np.int64)
         self.how = np.empty(n, dtype=np.int8)
         self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
         zap = pages.column("zap_seq")
+        # each pass reads whole columns of the installs (on disk when long): a block at a time
         for lo in releasing(range(0, n, BLOCK), every=1):
             at = slice(lo, lo + BLOCK)
-            self.end[at], self.how[at] = self._ends(2 * ins.seq[at], nxt[at], owner[at], ins.gfn[at],
+            later = near.next[at]
+            nxt = np.full(len(later), FOREVER, dtype=np.int64)  # the overwrite's time, if any
+            overwritten = later >= 0
+            nxt[overwritten] = 2 * ins.seq[later[overwritten]]
+            self.end[at], self.how[at] = self._ends(2 * ins.seq[at], nxt, owner[at], ins.gfn[at],
                                                     self.present[at], zap, rmap_zaps, self.rmap_reason[at])
-        del nxt
+        del near
         # old value: the previous install at this sptep, if it was still alive at this one
         self.has_old = np.empty(n, dtype=bool)
         self.is_install = np.empty(n, dtype=bool)

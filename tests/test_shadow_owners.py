@@ -33,7 +33,6 @@ from kvmtrace.replays.shadow_sptes import (
     Lookups,
     SpteLifetimes,
     _first_rmap_zaps,
-    _followed_by_same,
     infer_owners,
 )
 
@@ -100,13 +99,21 @@ def owners_by_scan(ins: Installs, looks: Lookups, pages: PageBook, profile: Kern
     return owner
 
 
-def _same_as_scan(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile) -> int:
-    """Both ways on copies of ``pages``; the number of installs given an owner."""
-    scanned_pages, pages = copy.deepcopy(pages), copy.deepcopy(pages)
+def _same_as_scan(ins: Installs, looks: Lookups, pages: PageBook, profile: KernelProfile,
+                  blocks: tuple[int, ...]) -> int:
+    """Both ways on copies of ``pages``, the installs taken ``blocks`` at a time (each SPTE page's
+    owner and level carried across the blocks' boundaries); the number of installs given an owner."""
+    scanned_pages = copy.deepcopy(pages)
     want = owners_by_scan(ins, looks, scanned_pages, profile)
-    got = infer_owners(ins, looks, pages, profile)
-    assert np.array_equal(got, want)
-    assert pages.spte_page == scanned_pages.spte_page
+    block = shadow_sptes.BLOCK
+    try:
+        for shadow_sptes.BLOCK in blocks:
+            taken = copy.deepcopy(pages)
+            got = infer_owners(ins, looks, taken, profile)
+            assert np.array_equal(got, want), shadow_sptes.BLOCK
+            assert taken.spte_page == scanned_pages.spte_page
+    finally:
+        shadow_sptes.BLOCK = block
     return int((want != NONE).sum())
 
 
@@ -120,7 +127,7 @@ def test_owners_of_a_recording_are_the_scans(path, monkeypatch):
     seen = []
 
     def record(ins, looks, pages, profile):
-        seen.append(_same_as_scan(ins, looks, pages, profile))
+        seen.append(_same_as_scan(ins, looks, pages, profile, (shadow_sptes.BLOCK, 333)))
         return infer_owners(ins, looks, pages, profile)
 
     monkeypatch.setattr(walk, "infer_owners", record)
@@ -151,7 +158,7 @@ def _random_case(seed: int, n_pages: int, n_ins: int, n_look: int) -> int:
                    rng.integers(1, 3, n_ins).astype(np.int8))
     looks = Lookups(look_seq.astype(np.int64), rng.integers(1, 3, n_look).astype(np.int64),
                     rng.integers(1, 3, n_look).astype(np.int64), rng.integers(0, n_pages, n_look).astype(np.int64))
-    return _same_as_scan(ins, looks, pages, profile)
+    return _same_as_scan(ins, looks, pages, profile, (shadow_sptes.BLOCK, 1, 7))
 
 
 @settings(max_examples=150, deadline=None)
@@ -188,7 +195,8 @@ def lifetimes_as_before(ins: Installs, owner: np.ndarray, pages: PageBook, profi
     start = 2 * ins.seq
     present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
     order = np.lexsort((ins.seq, ins.sptep))
-    same = _followed_by_same(ins.sptep[order])
+    same = np.zeros(n, bool)  # followed (in that order) by an install at the same sptep
+    same[:-1] = ins.sptep[order][1:] == ins.sptep[order][:-1]
     nxt = np.full(n, FOREVER, dtype=np.int64)
     nxt[order[same]] = start[order[np.flatnonzero(same) + 1]]
     prev = np.full(n, -1, dtype=np.int64)
