@@ -96,7 +96,7 @@ def consequences(ctx: Context) -> pa.Table:
     parts = Parts("the consequences of this replay", on_disk=max(1, spilled.ARRAYS_ON_DISK // 32),
                   per_write=ROWS_PER_PIECE)
     pending = _Pending()
-    for position, (i, c) in enumerate(releasing(changes)):
+    for position, (i, c) in enumerate(releasing(changes, every=64)):
         if pending.reinstalls >= ROWS_PER_PIECE:
             parts.append(pending.table(ins))
             pending = _Pending()

@@ -168,7 +168,7 @@ def _covers(gfn: np.ndarray, level: np.ndarray) -> np.ndarray:
 
 
 #: SPTE changes :func:`_leaf_owners` and :func:`_removed_leaves` read at a time.
-ROWS_PER_WINDOW = 1 << 20
+ROWS_PER_WINDOW = 1 << 18
 
 
 @dataclass(frozen=True)

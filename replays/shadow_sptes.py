@@ -34,7 +34,7 @@ from kvmtrace.replays.profiles import KernelProfile
 
 FOREVER = np.iinfo(np.int64).max
 #: SPTE changes handed to the journal at once (:meth:`SpteLifetimes.to_journal`).
-PART = 1 << 20
+PART = 1 << 18
 END_OPEN, END_OVERWRITE, END_PAGE_ZAP, END_RMAP = 0, 1, 2, 3
 
 
