@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmtrace.parsers.spilled import kept, release_all, releasing
+from kvmtrace.parsers.spilled import KeptParts, kept, release_all, releasing
 from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
@@ -254,54 +254,64 @@ class SpteLifetimes:
 
     def __init__(self, ins: Installs, owner: np.ndarray, pages: PageBook, profile: KernelProfile,
                  rmap_zaps: list[tuple[int, int, int, str]]):
-        """Each column of every install (7 M on a 51 M-event churn recording, 56 MiB for each
-        int64 one) is made a :data:`BLOCK` of installs at a time where its rows do not depend on
-        others (the lifetimes' ends, their causes, the old values): only the next install at the
-        same ``sptep`` needs a sort of all of them. An install's start (``2 * seq``) is not kept,
-        and the previous install's row is int32 where rows allow."""
+        """Each column of every install (14 M on a 100 M-event churn recording, 108 MiB for each
+        int64 one) is made a :data:`BLOCK` of installs at a time, in two passes (an old value
+        needs the end of the install before it, which may lie in any earlier block), and kept
+        as :class:`KeptParts` keeps them: on disk when long. Held in the process, the finished
+        columns (~25 bytes an install) were the floor of every step that followed, up to the
+        snapshots. An install's start (``2 * seq``) is not kept, and the previous install's row
+        is int32 where rows allow."""
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
-        self.present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
+        present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
         # the installs before and after each at its sptep, found a block at a time in seq order
         near = neighbours(n, lambda rows: ins.sptep[rows], None if _ascending(ins.seq) else
                           np.argsort(ins.seq, kind="stable"), BLOCK)
-        self.prev: np.ndarray = near.prev
         release_all()  # the addresses' pages (on disk when long), before the seqs are read
-        self.end = np.empty(n, dtype=np.int64)
-        self.how = np.empty(n, dtype=np.int8)
-        self.rmap_reason = np.full(n, -1, dtype=np.int32)
         self.reasons = [r for *_, r in rmap_zaps]
         zap = pages.column("zap_seq")
-        # each pass reads whole columns of the installs (on disk when long): a block at a time
+        ends = KeptParts("the SPTE lifetimes of this replay")
         for lo in releasing(range(0, n, BLOCK), every=1):
             at = slice(lo, lo + BLOCK)
             later = near.next[at]
             nxt = np.full(len(later), FOREVER, dtype=np.int64)  # the overwrite's time, if any
             overwritten = later >= 0
             nxt[overwritten] = 2 * ins.seq[later[overwritten]]
-            self.end[at], self.how[at] = self._ends(2 * ins.seq[at], nxt, owner[at], ins.gfn[at],
-                                                    self.present[at], zap, rmap_zaps, self.rmap_reason[at])
+            reason = np.full(len(later), -1, dtype=np.int32)
+            end, how = self._ends(2 * ins.seq[at], nxt, owner[at], ins.gfn[at], present[at], zap, rmap_zaps, reason)
+            ends.append({"end": end, "how": how, "rmap_reason": reason})
+        prev = near.prev
         del near
+        done = ends.arrays() or {"end": np.empty(0, np.int64), "how": np.empty(0, np.int8),
+                                 "rmap_reason": np.empty(0, np.int32)}
+        self.end, self.how, self.rmap_reason = done["end"], done["how"], done["rmap_reason"]
         # old value: the previous install at this sptep, if it was still alive at this one
-        self.has_old = np.empty(n, dtype=bool)
-        self.is_install = np.empty(n, dtype=bool)
-        pfn_mask = np.uint64(profile.pfn_mask)
-        for lo in releasing(range(0, n, BLOCK), every=1):
-            at = slice(lo, lo + BLOCK)
-            prev = self.prev[at]
-            prev_i = prev.clip(0)
-            has_old = (prev >= 0) & (self.end[prev_i] == 2 * ins.seq[at]) & self.present[prev_i]
-            changed = ((ins.spte[prev_i] ^ ins.spte[at]) & pfn_mask) != 0
-            changed |= ins.gfn[prev_i] != ins.gfn[at]
-            self.has_old[at] = has_old
-            self.is_install[at] = self.present[at] & (~has_old | changed)
         smm = profile.role_field("smm")
         roles = pages.column("role")
-        if smm is not None and len(roles):
-            in_smm = ((roles >> np.uint64(smm.shift)) & np.uint64(0xFF)) != 0  # per page, then per install
-            self.as_id = (in_smm[owner.clip(0)] & (owner != NONE)).astype(np.int8)
-        else:
-            self.as_id = np.zeros(n, dtype=np.int8)
+        in_smm = ((roles >> np.uint64(smm.shift)) & np.uint64(0xFF)) != 0 if smm is not None and len(roles) else None
+        pfn_mask = np.uint64(profile.pfn_mask)
+        olds = KeptParts("the SPTE lifetimes of this replay")
+        for lo in releasing(range(0, n, BLOCK), every=1):
+            at = slice(lo, lo + BLOCK)
+            before = prev[at]
+            prev_i = before.clip(0)
+            has_old = (before >= 0) & (self.end[prev_i] == 2 * ins.seq[at]) & present[prev_i]
+            changed = ((ins.spte[prev_i] ^ ins.spte[at]) & pfn_mask) != 0
+            changed |= ins.gfn[prev_i] != ins.gfn[at]
+            owners = owner[at]
+            olds.append({"prev": before, "present": present[at], "has_old": has_old,
+                         "is_install": present[at] & (~has_old | changed),
+                         "as_id": np.zeros(len(before), np.int8) if in_smm is None else
+                         (in_smm[owners.clip(0)] & (owners != NONE)).astype(np.int8)})
+        del prev, present
+        kept_olds = olds.arrays() or {"prev": np.empty(0, np.int32), "present": np.empty(0, bool),
+                                      "has_old": np.empty(0, bool), "is_install": np.empty(0, bool),
+                                      "as_id": np.empty(0, np.int8)}
+        self.prev: np.ndarray = kept_olds["prev"]
+        self.present: np.ndarray = kept_olds["present"]
+        self.has_old: np.ndarray = kept_olds["has_old"]
+        self.is_install: np.ndarray = kept_olds["is_install"]
+        self.as_id: np.ndarray = kept_olds["as_id"]
 
     @staticmethod
     def _ends(start: np.ndarray, nxt: np.ndarray, owner: np.ndarray, gfn: np.ndarray, present: np.ndarray,

@@ -18,7 +18,7 @@ from conftest import NESTED, SAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmtrace.parsers import read
+from kvmtrace.parsers import read, spilled
 from kvmtrace.replays import shadow_sptes, walk
 from kvmtrace.replays.pages import NONE, PageBook
 from kvmtrace.replays.profiles import KernelProfile, profile_for
@@ -234,9 +234,11 @@ def test_lifetimes_of_a_recording_are_as_before(path, monkeypatch):
         for name, column in want.items():
             assert np.array_equal(getattr(got, name), column), name
         seen.append(set(got.how[got.present].tolist()))
+        assert not got.end.flags.writeable and not got.prev.flags.writeable  # kept on disk, read-only
         return got
 
     monkeypatch.setattr(walk, "SpteLifetimes", both)
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 100)  # the lifetimes (and the walk's arrays) on disk
     replay(read(path))
     assert len(seen) == 1 and seen[0]  # the ways present SPTEs ended here
 
@@ -269,17 +271,18 @@ def _lifetimes_case(seed: int, n_pages: int, n_ins: int) -> tuple:
 @given(st.integers(0, 2**32 - 1), st.integers(1, 12), st.integers(1, 150))
 def test_lifetimes_are_as_before(seed, n_pages, n_ins):
     """Also a BLOCK of a few installs at a time: an overwrite's old value, its owner's zap and an
-    rmap zap are looked up across block boundaries."""
+    rmap zap are looked up across block boundaries; and the columns kept on disk (read-only) from
+    a few rows, as a long trace's are."""
     case = _lifetimes_case(seed, n_pages, n_ins)
     want = lifetimes_as_before(*case)
-    block = shadow_sptes.BLOCK
+    block, on_disk = shadow_sptes.BLOCK, spilled.ARRAYS_ON_DISK
     try:
-        for shadow_sptes.BLOCK in (block, 1, 7):
+        for shadow_sptes.BLOCK, spilled.ARRAYS_ON_DISK in ((block, on_disk), (1, on_disk), (7, 5)):
             got = SpteLifetimes(*case)
             for name, column in want.items():
                 assert np.array_equal(getattr(got, name), column), (name, shadow_sptes.BLOCK)
     finally:
-        shadow_sptes.BLOCK = block
+        shadow_sptes.BLOCK, spilled.ARRAYS_ON_DISK = block, on_disk
 
 
 def test_random_lifetimes_have_every_ending_and_both_address_spaces():
