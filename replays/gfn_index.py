@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from kvmtrace.parsers.spilled import KeptParts, releasing
+from kvmtrace.replays.neighbours import KeyCarry
 
 #: x86 guest-physical addresses have at most 52 bits, so gfns fit in 40: 12 bits name the block.
 _GFN_BITS = 52
@@ -124,9 +125,11 @@ class FirstInstall:
     The installs (in seq order) are cut into slabs of :data:`SLAB` rows; per slab, its distinct
     leaves (sorted) and its rows sorted by (leaf rank in the slab, row) as one integer
     ``rank * SLAB + offset``. A question searches the slab of its seq and the ones after it
-    until each leaf asked for is found. Why slabs: the index made by one sort of every install's
-    leaf held its keys, order and ranks at once, ~33 bytes an install (+220 MiB in passing at
-    52 M events, the consequences' peak); a slab's are a slab's."""
+    until each leaf asked for is found; a leaf installed last before the seq (each leaf's last
+    install is kept, one row per distinct leaf) is not looked for, or the question would read
+    every later slab for it. Why slabs: the index made by one sort of every install's leaf held
+    its keys, order and ranks at once, ~33 bytes an install (+220 MiB in passing at 52 M events,
+    the consequences' peak); a slab's are a slab's."""
 
     def __init__(self, ins: dict[str, np.ndarray]) -> None:
         self.seq = ins["seq"]
@@ -134,12 +137,15 @@ class FirstInstall:
         self.slab = SLAB
         rows, leaves = KeptParts("an install index of this replay"), KeptParts("an install index of this replay")
         counts = [0]
+        self.last = KeyCarry(row=np.int64)  # each leaf's last install
         for lo in releasing(range(0, self.n, self.slab), every=1):
             keys = leaf_keys(ins["gfn"][lo:lo + self.slab], ins["level"][lo:lo + self.slab])
             order = np.argsort(keys, kind="stable")
             keys = keys[order]
             first = np.ones(len(keys), bool)
             first[1:] = keys[1:] != keys[:-1]
+            at, seen = self.last.find(keys[first])
+            self.last.put(keys[first], at, seen, row=lo + order[np.r_[first[1:], True]])
             leaves.append({"leaf": keys[first]})
             counts.append(int(first.sum()))
             rank = np.cumsum(first, dtype=np.int64)
@@ -159,6 +165,9 @@ class FirstInstall:
             return np.empty(0, np.int64)
         left = np.unique(leaves)
         since = int(np.searchsorted(self.seq, seq, side="right"))
+        at, seen = self.last.find(left)
+        seen[seen] = self.last.values["row"][at[seen]] >= since  # installed again after the seq
+        left = left[seen]
         found: list[np.ndarray] = [np.empty(0, np.int64)]
         for s in range(since // self.slab, len(self.bounds) - 1):
             if not len(left):
