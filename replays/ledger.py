@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,11 +49,13 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from kvmtrace.parsers import spilled
 from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.replays import sweep
 from kvmtrace.replays.detectors.zap_rules import whatif_rule, zap_rule_mask
 from kvmtrace.replays.inputs import seq_pid, zap_all_event
+from kvmtrace.replays.journal import Parts
 from kvmtrace.replays.profiles import KernelProfile, ept, profile_for
 from kvmtrace.replays.results import ReplayResult
 from kvmtrace.replays.stream import numpy_column
@@ -201,7 +203,8 @@ def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
     question is answered in the window after which every change before its seq has been read.
     So the working set is a window and the guest's live leaves, not the trace: sorting every
     change by SPTE (even a share of the SPTEs at a time, with answers kept for every owned row)
-    grew with the trace and was the report's peak (733 MiB at 14 M changes, 52 M events; ~635 now).
+    grew with the trace and was the report's peak (733 MiB at 14 M changes, 52 M events; the step
+    peaks at ~545 MiB there now).
     ``read()`` gives back the pages of the table (on disk when long) after each window."""
     asked = sorted(set(questions))
     times = np.asarray([at for at, _lo, _hi in asked], np.int64)
@@ -520,21 +523,37 @@ def _positioned(c: dict[str, Any]) -> bool:
         and c["window_start"] is not None
 
 
-@dataclass
+#: Page rows from which the rows gathered so far are made a piece of the pages table (and, once
+#: the table is long, written to disk): a 52 M-event churn recording's ledger lists 570 000 pages
+#: (76 MiB as a table, ~140 bytes a row with its texts), held from the ledger to the report's
+#: end, and made at once with every row's ids, texts and reasons alongside it (the ledger's peak).
+ROWS_PER_PIECE = 1 << 16
+
+
 class _PageRows:
-    """The pages table's rows, gathered a change at a time as page ids and made columns once.
+    """The pages table's rows, gathered a change at a time as page ids and made columns a piece
+    (:data:`ROWS_PER_PIECE` rows) at a time, kept on disk from a size on (:class:`Parts`).
 
-    Why: a zap-all trace lists every page of the VM at every change (243 000 rows for 5 000
-    changes of a 20 M-event churn recording); a dict per row cost ~3 s."""
+    Why ids first: a zap-all trace lists every page of the VM at every change (243 000 rows for
+    5 000 changes of a 20 M-event churn recording); a dict per row cost ~3 s."""
 
-    change: list[np.ndarray] = field(default_factory=list)
-    seq: list[np.ndarray] = field(default_factory=list)
-    page: list[np.ndarray] = field(default_factory=list)
-    zapped: list[np.ndarray] = field(default_factory=list)
-    reason: list[str] = field(default_factory=list)
+    def __init__(self, pg: _Pages) -> None:
+        self.pg = pg
+        # on disk from as many bytes as an array kept on disk (a row is ~140 bytes with its texts)
+        self.parts = Parts("the zap ledger's pages", on_disk=max(1, spilled.ARRAYS_ON_DISK // 16),
+                           per_write=ROWS_PER_PIECE)
+        self._clear()
 
-    def add(self, change: int, seq: int, fate: dict[int, str], zapped: set[int], pg: _Pages) -> None:
+    def _clear(self) -> None:
+        self.change: list[np.ndarray] = []
+        self.seq: list[np.ndarray] = []
+        self.page: list[np.ndarray] = []
+        self.zapped: list[np.ndarray] = []
+        self.reason: list[str] = []
+
+    def add(self, change: int, seq: int, fate: dict[int, str], zapped: set[int]) -> None:
         """One change's pages: the zapped first, then by gfn and id."""
+        pg = self.pg
         ids = np.fromiter(fate, np.int64, len(fate))
         hit = np.isin(ids, np.fromiter(zapped, np.int64, len(zapped)))
         order = np.lexsort((ids, pg.gfn[ids], ~hit))
@@ -544,16 +563,20 @@ class _PageRows:
         self.page.append(ids)
         self.zapped.append(hit)
         self.reason.extend(fate[p] for p in ids.tolist())
+        if len(self.reason) >= ROWS_PER_PIECE:
+            self._flush()
 
-    def table(self, pg: _Pages) -> pa.Table:
+    def _flush(self) -> None:
+        """The rows gathered so far as a piece of the table."""
         if not self.page:
-            return PAGES_SCHEMA.empty_table()
+            return
+        pg = self.pg
         ids = np.concatenate(self.page)
         hit = np.concatenate(self.zapped)
         gfn, level, direct, zap = pg.gfn[ids], pg.level[ids], pg.direct[ids], pg.zap[ids]
         assert pg.text is not None  # the page book's text codes
         role_text = pa.DictionaryArray.from_arrays(pa.array(pg.text[ids]), pa.array(pg.texts, pa.string()))
-        return pa.table({
+        self.parts.append(pa.table({
             "change": np.concatenate(self.change), "seq": np.concatenate(self.seq), "page": ids, "gfn": gfn,
             "level": level.astype(np.int8), "role": pg.role[ids].astype(np.uint32),
             "role_text": role_text.cast(pa.string()), "direct": direct,
@@ -562,7 +585,14 @@ class _PageRows:
             "fate": pa.array(np.where(hit, "zapped", "kept"), pa.string()),
             "reason": pa.array(self.reason, pa.string()),
             "zap_seq": pa.array(zap, mask=zap < 0),
-        }, schema=PAGES_SCHEMA)
+        }, schema=PAGES_SCHEMA))
+        self._clear()
+
+    def table(self) -> pa.Table:
+        """Every row, in the order added; may be called once."""
+        self._flush()
+        pieces = self.parts.tables()
+        return pa.concat_tables(pieces) if pieces else PAGES_SCHEMA.empty_table()
 
 
 def _append(columns: dict[str, list[Any]], values: dict[str, Any]) -> None:
@@ -586,7 +616,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
     created = {} if lifetimes is None else {
         (s, u): f for s, f, u in zip(*(lifetimes.column(c).to_pylist() for c in ("slot", "from_seq", "until_seq")))}
     rows: dict[str, list[Any]] = {f.name: [] for f in REMOVALS_SCHEMA}
-    page_rows = _PageRows()
+    page_rows = _PageRows(pg)
     srow: dict[str, list[Any]] = {f.name: [] for f in SPTES_SCHEMA}
 
     positioned = [(i, c) for i, c in enumerate(timeline) if _positioned(c)]
@@ -607,7 +637,7 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         owners = owners_at.get((line, lo, lo + c["old_npages"]), np.empty(0, np.int64))
         fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])
-        page_rows.add(i, line, fate, zapped, pg)
+        page_rows.add(i, line, fate, zapped)
         for how, why, inr, cnt, g0, g1 in leaves:
             _append(srow, {"change": i, "seq": line, "how": how,
                            "evidence": why if how == "traced" or why != "owning page zapped"
@@ -628,6 +658,6 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                        "window_events": int(window_events[k]),
                        "window_ns": t1 - t0 if t0 is not None and t1 is not None else None,
                        "source": c.get("source"), "placement": c.get("placement"), "confidence": c.get("confidence")})
-    ledger = ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), page_rows.table(pg), pa.table(srow, schema=SPTES_SCHEMA))
+    ledger = ZapLedger(pa.table(rows, schema=REMOVALS_SCHEMA), page_rows.table(), pa.table(srow, schema=SPTES_SCHEMA))
     release_freed_memory()  # the passes' and the loop's (~90 MiB kept by the allocators at 20 M events)
     return ledger

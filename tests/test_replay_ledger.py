@@ -187,6 +187,32 @@ def test_removed_leaves_grouped_in_small_batches_are_the_same(name, monkeypatch)
         assert all(getattr(got, t).equals(getattr(whole_ledger, t)) for t in ("removals", "pages", "sptes")), rows
 
 
+@pytest.mark.parametrize("name", ["churn-zapall", "churn-zapslot", "ptslot-zapslot"])
+def test_a_pages_table_made_a_few_rows_at_a_time_on_disk_is_the_one_made_at_once(name, monkeypatch):
+    """The pages table is made a piece of ROWS_PER_PIECE rows at a time and written to disk from
+    a size on: with pieces of 1 and 7 rows (a change's pages split across pieces) on disk from
+    the first row, the table is the one a single piece in memory gives, row for row."""
+    from kvmtrace.parsers import spilled
+
+    data, result, _ = _load(SAMPLES / f"{name}.dat")
+    monkeypatch.setattr(ledger, "ROWS_PER_PIECE", 1 << 40)
+    want = zap_ledger(data, result).pages
+    assert want.column("page").num_chunks == 1 and want.num_rows > 7
+    assert len(set(want.column("change").to_pylist())) >= 2
+    written: list[int] = []
+    append = spilled.SpilledTable.append
+    monkeypatch.setattr(spilled.SpilledTable, "append", lambda self, t: (
+        written.append(t.num_rows) if self.what == "the zap ledger's pages" else None, append(self, t))[1])
+    for rows in (1, 7):
+        monkeypatch.setattr(ledger, "ROWS_PER_PIECE", rows)
+        monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 16)  # on disk from one row
+        written.clear()
+        got = zap_ledger(data, result).pages
+        # several pieces, on disk but for the rows after the last whole piece (Parts holds those)
+        assert got.column("page").num_chunks > 1 and want.num_rows - rows < sum(written) <= want.num_rows
+        assert got.schema.equals(want.schema) and got.to_pylist() == want.to_pylist(), rows
+
+
 def test_batches_cover_every_index_once_within_the_limit():
     counts = np.array([0, 5, 3, 0, 9, 2, 2, 2, 0, 11, 1])
     for limit in (1, 4, 5, 9, 12, 100):
