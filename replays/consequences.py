@@ -105,8 +105,8 @@ def consequences(ctx: Context) -> pa.Table:
         lo, hi = c.old_base_gfn, c.old_base_gfn + c.old_npages
         until = back_again.after(c.seq, lo, hi)
         end = ctx.journal.snapshots.get((i, "end"))
-        if end is not None and len(end.pages):
-            ids = end.pages
+        ids = end.pages() if end is not None else np.zeros(0, np.int64)
+        if len(ids):
             g = pages["gfn"][ids]
             role = pages["role"][ids]
             level = ((role >> np.uint64(ctx.profile.required_field("level").shift)) & np.uint64(0xF)).astype(np.int64)

@@ -192,8 +192,9 @@ class ShadowModel:
         self.j.zap_alls.append((seq, gen, n))
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def live_pages(self) -> np.ndarray:
-        return np.fromiter((p for ids in self.live.values() for p in ids), dtype=np.int64)
+    def live_ids(self) -> np.ndarray:
+        """The live page ids, ascending."""
+        return np.sort(np.fromiter((p for ids in self.live.values() for p in ids), dtype=np.int64))
 
     def lookups(self) -> Lookups:
         """Every lookup as columns, handed over: the model lets go of its own (held both ways,

@@ -25,6 +25,8 @@ the stale copy, so one missing zap is one finding, not one per later memslot cha
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from kvmtrace.replays.journal import PREDATES, Journal, Leaves, Snapshot
@@ -207,13 +209,17 @@ class TdpModel:
                     return
 
     # -- checkpoints ----------------------------------------------------------------------------
-    def snapshot(self) -> Snapshot:
+    def live_ids(self) -> np.ndarray:
+        """The live page ids, ascending."""
+        return np.sort(np.fromiter((p for ids in self.live_pages.values() for p in ids), dtype=np.int64))
+
+    def snapshot(self, page_sets: Mapping[int, np.ndarray], page_at: int) -> Snapshot:
+        """The live leaves now; the live pages are ``page_sets[page_at]`` (the walk records them)."""
         present = self.p.present
         rows = [(k, c) for k, copies in self.sptes.items() for c in copies
                 if present(c[0]) and self._leaf(c[0], k[1])]
         n = len(rows)
-        live = [p for ids in self.live_pages.values() for p in ids]
-        return Snapshot(pages=np.asarray(live, dtype=np.int64), source=Leaves(
+        return Snapshot(page_sets, page_at, source=Leaves(
             gfn=np.fromiter((k[2] for k, _ in rows), dtype=np.uint64, count=n),
             level=np.fromiter((k[1] for k, _ in rows), dtype=np.int8, count=n),
             as_id=np.fromiter((k[0] for k, _ in rows), dtype=np.int8, count=n),

@@ -17,6 +17,7 @@ from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
 from kvmtrace.parsers.spilled import KeptParts, kept, release_all
 from kvmtrace.replays import memslots as ms
+from kvmtrace.replays import sweep
 from kvmtrace.replays.inputs import zap_all_event
 from kvmtrace.replays.journal import Journal, Leaves, Snapshot, coded
 from kvmtrace.replays.pages import PageBook
@@ -86,20 +87,22 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     cp_sorted = np.asarray(cp_keys, dtype=np.int64)[cp_rows]
     model: TdpModel | ShadowModel = TdpModel(profile, journal, pages) if tdp else \
         ShadowModel(profile, journal, pages, roles_known)
-    page_sets = _walk_events(data, streams, model, journal, cp_sorted, cp_rows, cp_what)
+    page_sets, page_at = _walk_events(data, streams, model, journal, pages, cp_sorted, cp_rows, cp_what)
     if isinstance(model, ShadowModel):
-        _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets)
+        _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets, page_at)
 
 
 def _walk_events(data: TraceData, streams: list[Columns | None], model: TdpModel | ShadowModel, journal: Journal,
-                 cp_sorted: np.ndarray, cp_rows: np.ndarray,
-                 cp_what: list[tuple[int, str]]) -> dict[tuple[int, str], np.ndarray]:
-    """The loop over the merged events, a segment at a time; the shadow MMU's live pages at each
-    checkpoint (a TDP model's snapshots go to the journal). Its own function so that the last
-    segment's field lists (~80 MiB on a 20 M-event churn recording) are let go before the
-    shadow SPTEs are settled."""
+                 pages: PageBook, cp_sorted: np.ndarray, cp_rows: np.ndarray,
+                 cp_what: list[tuple[int, str]]) -> tuple[sweep.LiveSets, dict[tuple[int, str], int]]:
+    """The loop over the merged events, a segment at a time; the live pages at each checkpoint, as
+    one :class:`~kvmtrace.replays.sweep.LiveSets` the snapshots share, and each checkpoint's key
+    in it (a TDP model's snapshots go to the journal; the shadow MMU's are made when its SPTEs
+    are settled). Its own function so that the last segment's field lists (~80 MiB on a 20
+    M-event churn recording) are let go before the shadow SPTEs are settled."""
     names = [s.name if s is not None else "" for s in streams]
-    page_sets: dict[tuple[int, str], np.ndarray] = {}
+    page_sets = sweep.LiveSets()
+    page_at: dict[tuple[int, str], int] = {}
     CHECK = len(streams)
     for lo, hi in segments(streams, BLOCK):
         seq_arrays, fields = _segment(streams, lo, hi)
@@ -136,11 +139,12 @@ def _walk_events(data: TraceData, streams: list[Columns | None], model: TdpModel
                 assert isinstance(model, TdpModel)
                 model.split(seqs[kind][r], sp["gfn"][r], sp["level"][r])
             elif kind == CHECK:
+                at = page_at[cp_what[r]] = len(page_at)
+                ids = model.live_ids()
+                page_sets.add(at, ids.astype(np.int32) if len(pages) < 2**31 else ids)
                 if isinstance(model, TdpModel):
-                    journal.snapshots[cp_what[r]] = model.snapshot()
-                else:
-                    page_sets[cp_what[r]] = model.live_pages()
-    return page_sets
+                    journal.snapshots[cp_what[r]] = model.snapshot(page_sets, at)
+    return page_sets, page_at
 
 
 def _segment(streams: list[Columns | None], lo: int | None,
@@ -189,8 +193,8 @@ def _without_nonpresent_churn(cols: Columns, profile: KernelProfile) -> Columns:
 
 def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: str, tl: ms.MemslotTimeline,
                          journal: Journal, pages: PageBook, model: ShadowModel,
-                         removals: list[_Removal],
-                         page_sets: dict[tuple[int, str], np.ndarray]) -> None:
+                         removals: list[_Removal], page_sets: sweep.LiveSets,
+                         page_at: dict[tuple[int, str], int]) -> None:
     """Owners, lifetimes and snapshots of every shadow SPTE, after the page walk."""
     t = data.tables.get("kvm_mmu_set_spte")
     if t is not None and t.num_rows:
@@ -237,14 +241,14 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     # "end": everything traced up to the change's line, but before the untraced per-slot rmap
     # zap the model applies at 2 * rm.seq + 1 (the what-if counts what that zap destroys)
     keys = {(i, when): 2 * by_index[i].window_start - 1 if when == "start" else 2 * by_index[i].seq
-            for i, when in page_sets}
+            for i, when in page_at}
     alive_at = life.alive_at(list(keys.values()))
     # the installs' own columns as they are kept (on disk when long): a copy was a second file of them
     leaves = Leaves(gfn=ins.gfn, level=ins.level, installed=ins.seq,
                     **kept({"as_id": life.as_id, "owner": owner.astype(np.int32),
                             "obsolete_root": np.zeros(len(ins.seq), bool)}, "the leaves of this replay's snapshots"))
-    for (i, when), live_pages in page_sets.items():
-        journal.snapshots[(i, when)] = Snapshot(live_pages, leaves, alive_at, keys[(i, when)])
+    for (i, when), at in page_at.items():
+        journal.snapshots[(i, when)] = Snapshot(page_sets, at, leaves, alive_at, keys[(i, when)])
 
 
 def _give_back() -> None:

@@ -120,7 +120,7 @@ def whatif(ctx: Context, spte_changes: pa.Table, read: Callable[[], None] = lamb
         live = ~leaves.obsolete_root
         in_range = live & (leaves.gfn < np.uint64(c.old_base_gfn + c.old_npages)) & \
             (leaves.gfn + span(leaves.level) > np.uint64(c.old_base_gfn))
-        ids = snap.pages
+        ids = snap.pages()
         if ctx.mmu == "tdp":
             slot_pages = ids[:0]
         else:

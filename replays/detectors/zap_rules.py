@@ -134,9 +134,9 @@ def _zap_miss(ctx: Context) -> CheckOutcome:
         assert c.seq is not None and c.window_start is not None
         assert c.old_base_gfn is not None and c.old_npages is not None
         snap = ctx.journal.snapshots.get((i, "end"))
-        if snap is None or not len(snap.pages):
+        ids = snap.pages() if snap is not None else None
+        if ids is None or not len(ids):
             continue
-        ids = snap.pages
         role = pages["role"][ids]
         keep = (pages["obsolete_seq"][ids] == NONE) & (pages["first_seq"][ids] < c.seq)
         keep &= rule_mask(rule, p, pages["gfn"][ids], role, c.old_base_gfn, c.old_npages)
