@@ -76,8 +76,10 @@ def pfn_words(pfn: int) -> str:
 #: Reinstall rows from which the rows gathered so far are put in order and handed to the table
 #: (:class:`Parts`): a churning guest re-installs its leaves after every delete (2.5 M rows at
 #: 52 M events), and the rows of every change at once, with their order and cast copies, were
-#: the replay's peak (+450 MiB).
-ROWS_PER_PIECE = 1 << 18
+#: the replay's peak (+450 MiB). A piece's cast makes each row's words text (~150 bytes a
+#: reinstall): at 256 K rows a piece that was still the replay's peak (~120 MiB above the steps
+#: around it on a 20 M-event churn recording); at 64 K it is not.
+ROWS_PER_PIECE = 1 << 16
 
 
 def consequences(ctx: Context) -> pa.Table:
