@@ -17,7 +17,7 @@ import itertools
 import mmap
 import tempfile
 import weakref
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, TypeVar
 
 import numpy as np
@@ -264,6 +264,33 @@ def release_all() -> None:
     if _DONTNEED is not None:
         for m in list(_MAPS):
             m.madvise(_DONTNEED)
+
+
+#: Rows of the gathered arrays :func:`gather` reads before it gives their pages back.
+GATHER_SPAN = 1 << 18
+
+
+def gather(columns: Sequence[np.ndarray], rows: np.ndarray) -> list[np.ndarray]:
+    """``[c[rows] for c in columns]`` (columns of one length), read in row order a span of
+    :data:`GATHER_SPAN` rows at a time, with the pages of the maps given back (:func:`release_all`)
+    after each span when the columns are long enough to be kept on disk.
+
+    Why: rows scattered over a long array kept on disk (each install's previous one at its
+    address, say) touch every page of it, and read at once those pages stayed in the process
+    until the next release: 170 MiB of the shadow settling's peak at 52 M events."""
+    n = len(columns[0]) if columns else 0
+    if n < ARRAYS_ON_DISK:
+        return [c[rows] for c in columns]
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    out = [np.empty(len(rows), c.dtype) for c in columns]
+    cuts = np.searchsorted(ordered, np.arange(GATHER_SPAN, n, GATHER_SPAN)).tolist()
+    for lo, hi in zip([0, *cuts], [*cuts, len(rows)]):
+        if lo < hi:
+            for into, c in zip(out, columns):
+                into[order[lo:hi]] = c[ordered[lo:hi]]
+            release_all()
+    return out
 
 
 def releasing(items: Iterable[T], every: int = 256) -> Iterator[T]:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kvmtrace.parsers.spilled import KeptParts, kept, release_all, releasing
+from kvmtrace.parsers.spilled import KeptParts, gather, kept, release_all, releasing
 from kvmtrace.replays import sweep
 from kvmtrace.replays.gfn_index import GfnIndex
 from kvmtrace.replays.journal import Journal, coded
@@ -264,9 +264,11 @@ class SpteLifetimes:
         self.ins, self.owner, self.profile = ins, owner, profile
         n = len(ins.seq)
         present = profile.is_present(ins.spte) if n else np.zeros(0, bool)
+        by_seq = None if _ascending(ins.seq) else np.argsort(ins.seq, kind="stable")
+        release_all()  # the pages of the two columns just read whole (on disk when long)
         # the installs before and after each at its sptep, found a block at a time in seq order
-        near = neighbours(n, lambda rows: ins.sptep[rows], None if _ascending(ins.seq) else
-                          np.argsort(ins.seq, kind="stable"), BLOCK)
+        near = neighbours(n, lambda rows: ins.sptep[rows], by_seq, BLOCK)
+        del by_seq
         release_all()  # the addresses' pages (on disk when long), before the seqs are read
         self.reasons = [r for *_, r in rmap_zaps]
         zap = pages.column("zap_seq")
@@ -276,7 +278,7 @@ class SpteLifetimes:
             later = near.next[at]
             nxt = np.full(len(later), FOREVER, dtype=np.int64)  # the overwrite's time, if any
             overwritten = later >= 0
-            nxt[overwritten] = 2 * ins.seq[later[overwritten]]
+            nxt[overwritten] = 2 * gather([ins.seq], later[overwritten])[0]
             reason = np.full(len(later), -1, dtype=np.int32)
             end, how = self._ends(2 * ins.seq[at], nxt, owner[at], ins.gfn[at], present[at], zap, rmap_zaps, reason)
             ends.append({"end": end, "how": how, "rmap_reason": reason})
@@ -294,10 +296,13 @@ class SpteLifetimes:
         for lo in releasing(range(0, n, BLOCK), every=1):
             at = slice(lo, lo + BLOCK)
             before = prev[at]
-            prev_i = before.clip(0)
-            has_old = (before >= 0) & (self.end[prev_i] == 2 * ins.seq[at]) & present[prev_i]
-            changed = ((ins.spte[prev_i] ^ ins.spte[at]) & pfn_mask) != 0
-            changed |= ins.gfn[prev_i] != ins.gfn[at]
+            # each install's previous one at its sptep may lie anywhere before it: read in order
+            prev_end, prev_present, prev_spte, prev_gfn = gather([self.end, present, ins.spte, ins.gfn],
+                                                                 before.clip(0))
+            has_old = (before >= 0) & (prev_end == 2 * ins.seq[at]) & prev_present
+            changed = ((prev_spte ^ ins.spte[at]) & pfn_mask) != 0
+            changed |= prev_gfn != ins.gfn[at]
+            del prev_end, prev_present, prev_spte, prev_gfn  # before the next block's
             owners = owner[at]
             olds.append({"prev": before, "present": present[at], "has_old": has_old,
                          "is_install": present[at] & (~has_old | changed),

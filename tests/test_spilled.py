@@ -259,6 +259,32 @@ def test_rows_gathered_chunk_by_chunk_are_a_take() -> None:
             table.column("seq").take(pa.array(rows, pa.int64())).to_pylist()
 
 
+@pytest.mark.parametrize("span", [1, 7, 1 << 20])
+def test_a_gather_span_by_span_is_a_take_and_gives_pages_back_between_spans(span: int,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """gather (each install's previous one's columns, in the shadow settling) gives what indexing
+    gives, for rows in any order, repeated, none at all, from arrays on disk and in memory; on disk
+    it gives the maps' pages back once per span of rows it read (none for a span with no row)."""
+    rng = np.random.default_rng(11)
+    values = {"u64": rng.integers(0, 2**63, 100, dtype=np.uint64), "b": rng.random(100) < 0.5,
+              "i32": rng.integers(-5, 5, 100).astype(np.int32)}
+    monkeypatch.setattr(spilled, "GATHER_SPAN", span)
+    released: list[int] = []
+    release_all = spilled.release_all
+    monkeypatch.setattr(spilled, "release_all", lambda: released.append(1) or release_all())
+    for threshold in (1, 1000):  # on disk; held
+        monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", threshold)
+        columns = list(spilled.kept(values, "three columns").values())
+        for rows in (rng.integers(0, 100, 300), np.arange(99, -1, -1), np.zeros(0, np.int64),
+                     np.array([50, 50, 3, 99, 0, 3])):
+            released.clear()
+            got = spilled.gather(columns, rows)
+            assert [g.dtype for g in got] == [c.dtype for c in columns]
+            assert all(np.array_equal(g, c[rows]) for g, c in zip(got, columns))
+            spans = len(np.unique(rows // span)) if threshold == 1 else 0
+            assert len(released) == spans
+
+
 def test_releasing_gives_pages_back_every_so_many_items(monkeypatch: pytest.MonkeyPatch) -> None:
     released = []
     monkeypatch.setattr(spilled, "release_all", lambda: released.append(len(seen)))
