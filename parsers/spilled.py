@@ -213,6 +213,8 @@ def merged(table: pa.Table, key: str, rows: int) -> Iterator[pa.Table]:
     per = max(1, rows // step)  # samples a piece spans
     samples = np.sort(np.concatenate([k[::step] for k in keys] or [np.empty(0, np.int64)]))
     cuts: list[int | None] = [None, *np.unique(samples[per::per]).tolist(), None]
+    del samples
+    release_all()  # the samples read a little of every page of every run's keys (on disk when long)
     for lo, hi in itertools.pairwise(cuts):
         parts = []
         for batch, k in zip(batches, keys):
