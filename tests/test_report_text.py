@@ -7,11 +7,13 @@ columns) are generated here; the real-trace rendering is checked in test_report_
 
 from __future__ import annotations
 
+import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvmtrace.report.blocks import Bullets, Facts, Heading, Para, Table, TraceLines
-from kvmtrace.report.grid import Grid
+from kvmtrace.report.grid import ArrowRows, Grid, grid_from_arrow
 from kvmtrace.report.safe import printable
 from kvmtrace.report.text import WIDTH, render_text
 
@@ -47,3 +49,30 @@ def test_every_line_fits_80_columns(grid, para, line, fact):
         for value in row:
             for word in value.split():
                 assert printable(word) in squeezed
+
+
+@pytest.mark.parametrize("batch", [1, 3, 4096])
+def test_a_grids_rows_read_from_arrow_are_the_tuples_they_replaced(batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grid_from_arrow's rows are made as they are read (ArrowRows); read any way a renderer
+    reads them (length, index, slice, iteration across batches, equality), they are the tuple of
+    Python rows the grid held before: nulls, lists, unsigned and chunked columns included."""
+    monkeypatch.setattr(ArrowRows, "BATCH", batch)
+    table = pa.Table.from_batches([
+        pa.record_batch({"gfn": pa.array([1, 2**63], pa.uint64()), "what": ["a", None],
+                         "evidence": pa.array([[1, 2], []], pa.list_(pa.int64()))}),
+        pa.record_batch({"gfn": pa.array([7, 8, 9], pa.uint64()), "what": ["b", "c", "d"],
+                         "evidence": pa.array([None, [3], [4, 5]], pa.list_(pa.int64()))}),
+    ])
+    want = tuple(zip(*(table.column(n).to_pylist() for n in table.column_names)))
+    grid = grid_from_arrow("t", table, columns=["gfn", "what", "evidence", "absent"], limit=2)
+    rows = grid.rows
+    assert isinstance(rows, ArrowRows) and grid.columns == ("gfn", "what", "evidence")
+    assert len(rows) == 5 and tuple(rows) == want and rows == want and want == rows and rows != want[:4]
+    assert [rows[i] for i in range(-5, 5)] == [want[i] for i in range(-5, 5)]
+    for i in (5, -6):
+        with pytest.raises(IndexError):
+            rows[i]
+    for cut in (slice(None, 2), slice(1, 4), slice(3, 99), slice(None, None, 2), slice(4, 1), slice(-2, None)):
+        assert rows[cut] == want[cut]
+    assert grid.hidden == 3 and grid.records()[1] == {"gfn": 2**63, "what": None, "evidence": []}
+    assert grid_from_arrow("t", table, columns=["absent"]).rows == ()

@@ -94,7 +94,7 @@ def _outcome(trace: TraceInput, report: Report, started: float, caught: tuple[st
         findings=tuple((f.id, f.severity, f.seq, f.ts, f.cpu, f.gfn, f.slot, f.message, list(f.evidence))
                        for f in report.findings),
         checks=tuple((c.id, c.status, c.reason, c.findings) for c in report.checks),
-        whatif_columns=report.whatif_totals.columns, whatif_rows=report.whatif_totals.rows,
+        whatif_columns=report.whatif_totals.columns, whatif_rows=tuple(report.whatif_totals.rows),
         reports=reports,
     )
 
