@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from kvmtrace.parsers.schema import TraceData
+from kvmtrace.parsers.spilled import releasing
 from kvmtrace.replays.digest import Digest
 from kvmtrace.replays.gfn_index import FirstInstall, GfnIndex, leaf_keys
 from kvmtrace.replays.journal import Leaves, Snapshot
@@ -123,7 +124,7 @@ def leaf_fates(changes: list[tuple[int, MemslotChange]], snapshots: dict[tuple[i
     its old range just before its window (``snapshots[(i, "start")]``)."""
     out: list[LeafFate] = []
     ask = Lookups(changes, installs, ev, page_zap_seq)
-    for n, (i, c) in enumerate(changes):
+    for n, (i, c) in enumerate(releasing(changes, every=64)):  # each reads a snapshot's leaves (on disk when long)
         snap = snapshots.get((i, "start"))
         if snap is None:
             continue

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kvmtrace.parsers.spilled import releasing
 from kvmtrace.replays.detectors.context import Context, span
 from kvmtrace.replays.findings import CheckOutcome, Finding
 from kvmtrace.replays.journal import Leaves
@@ -53,7 +54,7 @@ def _dangling(ctx: Context) -> CheckOutcome:
     reported: set[tuple[int, int, int, int]] = set()  # (as_id, level, gfn, install seq)
     # a sentinel row at the end: owner NONE (-1) indexes it, so a trace without pages is no special case
     zap_seq = np.append(ctx.pages.column("zap_seq"), NONE)
-    for i, c in removals:
+    for i, c in releasing(removals, every=64):  # each reads a snapshot's leaves (on disk when long)
         snap = ctx.journal.snapshots.get((i, "end"))
         if snap is None:
             continue
