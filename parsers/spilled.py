@@ -211,10 +211,14 @@ def merged(table: pa.Table, key: str, rows: int) -> Iterator[pa.Table]:
     keys = [b.column(key).to_numpy() for b in batches]
     step = max(1, rows // (2 * max(1, len(batches))))  # each run's every step-th key is a sample
     per = max(1, rows // step)  # samples a piece spans
-    samples = np.sort(np.concatenate([k[::step] for k in keys] or [np.empty(0, np.int64)]))
+    runs_samples = [np.empty(0, np.int64)]
+    for k in keys:  # a run's samples read a little of every page of its keys (on disk when long)
+        runs_samples.append(k[::step].copy())
+        release_all()  # those pages, before the next run's are read
+    samples = np.sort(np.concatenate(runs_samples))
+    del runs_samples
     cuts: list[int | None] = [None, *np.unique(samples[per::per]).tolist(), None]
     del samples
-    release_all()  # the samples read a little of every page of every run's keys (on disk when long)
     for lo, hi in itertools.pairwise(cuts):
         parts = []
         for batch, k in zip(batches, keys):
