@@ -14,6 +14,7 @@ from array import array
 import numpy as np
 import pyarrow as pa
 
+from kvmtrace.parsers import spilled
 from kvmtrace.replays.profiles import KernelProfile, decode_role
 
 NONE = -1  # "no seq": never zapped / never obsolete
@@ -56,9 +57,12 @@ class PageBook:
     The columns are :class:`array.array`: the models read and write them per element as they
     would lists. Until :meth:`freeze`, readers take numpy copies (:meth:`column`): a view would
     pin the array's buffer, and an append while it lives fails. Once the walk is over the book
-    is frozen and readers share read-only views instead: each step that read the pages took a
-    copy of its own (seven columns, 32 MiB a step at 52 M events, in the steps that set the
-    replay's peak), and the ``shadow_pages`` table was a second copy of all of them."""
+    is frozen: each column becomes one read-only numpy array that every reader shares (each step
+    that read the pages had taken a copy of its own, seven columns, 32 MiB a step at 52 M
+    events, and the ``shadow_pages`` table was a second copy of all of them), kept on disk when
+    the book is long (:func:`~kvmtrace.parsers.spilled.on_disk`): held in the process, the book
+    was ~97 bytes a page from the walk to the end of the report (57 MiB at 54 M events), under
+    every step's peak whether it read the pages or not."""
 
     def __init__(self, role_mask: int = 0xFFFFFFFF) -> None:
         #: the role bits the input carries (every page's ``role`` has only these)
@@ -78,8 +82,8 @@ class PageBook:
         #: the inferred SPTE page's address as a signed word (page-aligned, so never NONE)
         self.spte_page = array("q")
         self.shared_seq = array("q")
-        #: the columns as read-only numpy views, once :meth:`freeze` is called
-        self._frozen: dict[str, np.ndarray] | None = None
+        #: whether :meth:`freeze` was called (the columns are read-only numpy arrays from then on)
+        self.frozen = False
 
     def __len__(self) -> int:
         return len(self.gfn)
@@ -106,23 +110,28 @@ class PageBook:
         return address - (1 << 64) if address >= 1 << 63 else address
 
     def freeze(self) -> None:
-        """No page is added from now on: every column is read through a read-only numpy view of its
-        buffer, shared by all readers (an append after this fails: the views pin the buffers)."""
-        self._frozen = {}
-        for name, code in _COLUMNS.items():
-            view = np.frombuffer(getattr(self, name), dtype=_DTYPES[code])
-            view.flags.writeable = False
-            self._frozen[name] = view
+        """No page is added from now on: every column attribute becomes a read-only numpy array,
+        shared by all readers, on disk from :func:`pages_on_disk` pages (an ``add`` after this
+        fails: a numpy array has no ``append``)."""
+        columns = {name: np.frombuffer(getattr(self, name), dtype=_DTYPES[code]) if len(self) else
+                   np.zeros(0, _DTYPES[code]) for name, code in _COLUMNS.items()}
+        if len(self) >= pages_on_disk():
+            columns = spilled.on_disk(columns, "the shadow pages of this replay")
+        for name, values in columns.items():
+            values.flags.writeable = False
+            setattr(self, name, values)  # the array.array goes with its last view (at once, on disk)
+        self.frozen = True
 
     def column(self, name: str) -> np.ndarray:
-        """Column ``name`` in numpy, a copy before :meth:`freeze` and a shared read-only view after
-        (``predates`` is always a copy): uint64 for ``gfn`` and ``role``, bool for ``predates``,
-        int64 for the others (``gen``'s bits as int64, as the shadow_pages table has it;
-        ``spte_page`` as stored: ``.view(np.uint64)`` gives the addresses)."""
-        if self._frozen is not None:
-            out = self._frozen[name]
+        """Column ``name`` in numpy, a copy before :meth:`freeze` and the shared read-only array
+        after (``predates`` is always a copy): uint64 for ``gfn`` and ``role``, bool for
+        ``predates``, int64 for the others (``gen``'s bits as int64, as the shadow_pages table has
+        it; ``spte_page`` as stored: ``.view(np.uint64)`` gives the addresses)."""
+        values = getattr(self, name)
+        out: np.ndarray
+        if self.frozen:
+            out = values
         else:
-            values = getattr(self, name)
             dtype = _DTYPES[_COLUMNS[name]]
             out = np.frombuffer(values, dtype=dtype).copy() if len(values) else np.zeros(0, dtype)
         if name == "gen":
@@ -130,7 +139,7 @@ class PageBook:
         return out.astype(bool) if name == "predates" else out
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The columns the detectors and the what-if read (views once frozen, as :meth:`column`)."""
+        """The columns the detectors and the what-if read (shared once frozen, as :meth:`column`)."""
         return {name: self.column(name)
                 for name in ("gfn", "role", "gen", "first_seq", "zap_seq", "obsolete_seq", "shared_seq")}
 
@@ -160,3 +169,10 @@ class PageBook:
             "shared_seq": opt("shared_seq"),
         }, schema=PAGES_SCHEMA)
         return decode_role(t, profile, mask=self.role_mask)
+
+
+def pages_on_disk() -> int:
+    """Pages from which a frozen book keeps its columns on disk: a page is a row of thirteen
+    columns, so a sixteenth of :data:`~kvmtrace.parsers.spilled.ARRAYS_ON_DISK` (read when asked,
+    so a test may lower it)."""
+    return max(1, spilled.ARRAYS_ON_DISK // 16)

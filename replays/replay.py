@@ -106,8 +106,8 @@ def _replay(data: TraceData, kernel: str | None, memslots: dict[str, Any] | None
     limits.extend(page_limits(data, words, profile))
     journal = Journal()
     pages = PageBook(words.mask)
+    # the walk freezes the book: every reader from here shares one copy, the shadow_pages table too
     walk(model_input(data, words, profile), profile, mmu, zap_policy, timeline, journal, pages, roles)
-    pages.freeze()  # every reader from here shares one copy of the pages, the shadow_pages table too
     _let_go(data)  # the walk's working arrays, before the detectors' inputs are read
 
     ctx = Context(profile, mmu, zap_policy, roles, timeline, journal, pages, journal.installs(), fault_columns(data),

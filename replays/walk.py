@@ -62,7 +62,9 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     """Feed the state-changing events, merged by seq, to the model: one tight loop over lists.
 
     The shadow MMU's SPTE installs stay out of the loop: they are settled afterwards with array
-    operations (:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them."""
+    operations (:mod:`kvmtrace.replays.shadow_sptes`), because no page event depends on them.
+    ``pages`` is frozen (:meth:`PageBook.freeze`) as soon as nothing writes it any more: the
+    settling's largest steps come after its owners, and the book kept on disk is not under them."""
     tdp = mmu == "tdp"
     streams: list[Columns | None] = [
         extract(data, "kvm_mmu_get_page", (*PAGE_FIELDS, "created")),
@@ -90,6 +92,8 @@ def walk(data: TraceData, profile: KernelProfile, mmu: str, zap_policy: str, tl:
     page_sets, page_at = _walk_events(data, streams, model, journal, pages, cp_sorted, cp_rows, cp_what)
     if isinstance(model, ShadowModel):
         _settle_shadow_sptes(data, profile, zap_policy, tl, journal, pages, model, removals, page_sets, page_at)
+    else:
+        pages.freeze()  # the walk was the TDP book's last writer
 
 
 def _walk_events(data: TraceData, streams: list[Columns | None], model: TdpModel | ShadowModel, journal: Journal,
@@ -218,6 +222,7 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
         ins = Installs(np.empty(0, np.int64), np.empty(0, np.int32), empty, empty, empty, np.empty(0, np.int8))
     release_freed_memory()  # the columns' copies made on the way to disk
     owner = infer_owners(ins, model.lookups(), pages, profile)
+    pages.freeze()  # the owners were the book's last writer (its SPTE pages): the settling's peaks come after
     _give_back()
     rmap_zaps: list[tuple[int, int, int, str]] = []
     um = data.tables.get("kvm_unmap_hva_range")
