@@ -148,6 +148,7 @@ def _walk_events(data: TraceData, streams: list[Columns | None], model: TdpModel
                 page_sets.add(at, ids.astype(np.int32) if len(pages) < 2**31 else ids)
                 if isinstance(model, TdpModel):
                     journal.snapshots[cp_what[r]] = model.snapshot(page_sets, at)
+    page_sets.seal("the live pages of this replay's snapshots")
     return page_sets, page_at
 
 

@@ -9,6 +9,7 @@ tables, windows outside the trace, ranges past 2**52 and values no gfn can have.
 
 from __future__ import annotations
 
+import mmap
 import sys
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from conftest import NESTED, SAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvmtrace.parsers import read
+from kvmtrace.parsers import read, spilled
 from kvmtrace.parsers.tracedat.meta import open_file, open_meta
 from kvmtrace.parsers.tracedat.windows import _WindowReader
 from kvmtrace.replays import gfn_index, ledger, stream, sweep
@@ -253,6 +254,40 @@ def test_live_sets_hold_slow_churn_as_differences() -> None:
     assert got.held < whole // 3
 
 
+@pytest.mark.parametrize("on_disk", [False, True], ids=["held", "on-disk"])
+def test_sealed_live_sets_read_as_they_did_before_sealing(on_disk: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sealing joins the keyframes and differences into one array (a map of a file once long):
+    every set reads back as before, in the same times, the rows held are the same, an unknown
+    time is a KeyError, and a set added after sealing, or out of time order, is an error."""
+    monkeypatch.setattr(spilled, "ARRAYS_ON_DISK", 1 if on_disk else 1 << 20)
+    rng = np.random.default_rng(11)
+    sets = sweep.LiveSets()
+    live = np.sort(rng.choice(5_000, 300, replace=False)).astype(np.int32)
+    for t in range(0, 3_000, 3):  # steady drift: keyframes and differences both
+        gone = rng.random(len(live)) < 0.02
+        born = rng.choice(5_000, 6, replace=False).astype(np.int32)
+        live = np.union1d(live[~gone], born).astype(np.int32)
+        sets.add(t, live)
+    with pytest.raises(ValueError, match="not after"):
+        sets.add(0, live)
+    before = {t: sets[t].copy() for t in sets}
+    held = sets.held
+    assert held < sum(len(v) for v in before.values()) // 2  # differences, not whole sets
+    sets.seal("the test's live sets")
+    assert list(sets) == list(before) and len(sets) == len(before) and sets.held == held
+    for t, want in before.items():
+        assert np.array_equal(sets[t], want) and sets[t].dtype == want.dtype, t
+    for missing in (-3, 1, 2_999, 10_000):
+        with pytest.raises(KeyError):
+            sets[missing]
+    with pytest.raises(ValueError, match="sealed"):
+        sets.add(5_000, live)
+    owner = sets[0]
+    while isinstance(owner, np.ndarray | memoryview):
+        owner = owner.base if isinstance(owner, np.ndarray) else owner.obj
+    assert isinstance(owner, mmap.mmap) == on_disk
+
+
 @pytest.mark.parametrize("path", [SAMPLES / "churn-zapall.dat", SAMPLES / "churn-zapslot.txt.gz",
                                   NESTED / "tdp-multi3-kt.dat", NESTED / "k61tdp-churn-small-kt.dat"],
                          ids=lambda p: p.name)
@@ -288,6 +323,8 @@ def test_snapshots_read_back_the_live_pages_the_model_had(path: Path, monkeypatc
     assert whole > 0
     if "churn" in path.name:
         assert next(iter(snaps.values())).page_sets.held < whole  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="sealed"):  # the walk sealed the store
+        next(iter(snaps.values())).page_sets.add(2**62, np.empty(0, np.int32))  # type: ignore[attr-defined]
 
 
 @settings(max_examples=100, deadline=None)
