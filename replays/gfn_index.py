@@ -144,8 +144,7 @@ class FirstInstall:
             keys = keys[order]
             first = np.ones(len(keys), bool)
             first[1:] = keys[1:] != keys[:-1]
-            at, seen = self.last.find(keys[first])
-            self.last.put(keys[first], at, seen, row=lo + order[np.r_[first[1:], True]])
+            self.last.put(keys[first], self.last.find(keys[first]), row=lo + order[np.r_[first[1:], True]])
             leaves.append({"leaf": keys[first]})
             counts.append(int(first.sum()))
             rank = np.cumsum(first, dtype=np.int64)
@@ -165,8 +164,9 @@ class FirstInstall:
             return np.empty(0, np.int64)
         left = np.unique(leaves)
         since = int(np.searchsorted(self.seq, seq, side="right"))
-        at, seen = self.last.find(left)
-        seen[seen] = self.last.values["row"][at[seen]] >= since  # installed again after the seq
+        carried = self.last.find(left)
+        seen = carried.seen
+        seen[seen] = self.last.get(carried, "row") >= since  # installed again after the seq
         left = left[seen]
         found: list[np.ndarray] = [np.empty(0, np.int64)]
         for s in range(since // self.slab, len(self.bounds) - 1):

@@ -162,10 +162,10 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
         ends = np.r_[starts[1:], len(rows)]
         # the positions where another level (or the next SPTE page) starts: a run ends at the first after it
         runs = np.flatnonzero(np.r_[True, (level[1:] != level[:-1]) | (addr[1:] != addr[:-1]), True])
-        at, seen = held.find(addr[starts])
+        found = held.find(addr[starts])
+        seen = found.seen
         carried = np.full(len(starts), NONE, dtype=owner.dtype)
-        carried[seen] = np.where(held.values["level"][at[seen]] == level[starts[seen]], held.values["owner"][at[seen]],
-                                 NONE)
+        carried[seen] = np.where(held.get(found, "level") == level[starts[seen]], held.get(found, "owner"), NONE)
         # a carried run goes on to its SPTE page's first install here at another level or at its owner's zap
         until = np.full(len(starts), -1, dtype=np.int64)  # no carried owner: a boundary at once
         going = carried != NONE
@@ -198,7 +198,7 @@ def infer_owners(ins: Installs, looks: Lookups, pages: PageBook, profile: Kernel
                 pos[g] = nxt
                 heapq.heappush(heap, (int(seq[nxt]), g))
         last = ends - 1
-        held.put(addr[starts], at, seen, owner=owner[rows[last]], level=level[last])
+        held.put(addr[starts], found, owner=owner[rows[last]], level=level[last])
     return owner
 
 
