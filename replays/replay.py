@@ -15,9 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.spilled import release_all
+from kvmtrace.parsers.spilled import give_back
 from kvmtrace.replays import eras
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays.classify import detect_mmu, guess_profile, infer_zap_policy, spte_format
@@ -162,11 +161,10 @@ def _released(table: pa.Table | None, journal: Journal) -> pa.Table | None:
 def _let_go(data: TraceData) -> None:
     """Between two steps of the replay, give back what the last one read or freed: the pages of
     the tables kept on disk it passed over (:meth:`TraceData.release_pages`) and the allocators'
-    free memory (:func:`release_freed_memory`), and the pages of what the replay keeps on disk
-    (:func:`release_all`), so that steps do not add up in the resident set."""
+    free memory and the pages of what the replay keeps on disk (:func:`give_back`), so that
+    steps do not add up in the resident set."""
     data.release_pages()
-    release_all()
-    release_freed_memory()
+    give_back()
 
 
 def _with_rule(profile: KernelProfile, name: str | None) -> KernelProfile:

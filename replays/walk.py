@@ -15,7 +15,7 @@ from numpy.typing import DTypeLike
 
 from kvmtrace.parsers.memory import release_freed_memory
 from kvmtrace.parsers.schema import TraceData
-from kvmtrace.parsers.spilled import KeptParts, kept, release_all
+from kvmtrace.parsers.spilled import KeptParts, give_back, kept
 from kvmtrace.replays import memslots as ms
 from kvmtrace.replays import sweep
 from kvmtrace.replays.inputs import zap_all_event
@@ -224,7 +224,7 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
     release_freed_memory()  # the columns' copies made on the way to disk
     owner = infer_owners(ins, model.lookups(), pages, profile)
     pages.freeze()  # the owners were the book's last writer (its SPTE pages): the settling's peaks come after
-    _give_back()
+    give_back()
     rmap_zaps: list[tuple[int, int, int, str]] = []
     um = data.tables.get("kvm_unmap_hva_range")
     if um is not None and um.num_rows:
@@ -237,9 +237,9 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
                        "per-slot zap of leaf SPTEs (rmap, untraced)") for rm in removals]
     rmap_zaps.sort()
     life = SpteLifetimes(ins, owner, pages, profile, rmap_zaps)
-    _give_back()
+    give_back()
     life.to_journal(journal)
-    _give_back()
+    give_back()
     _mmio_marks(data, journal)
     journal.obsolete_uses.extend(life.obsolete_uses(pages))
     journal.obsolete_uses.sort()
@@ -255,11 +255,3 @@ def _settle_shadow_sptes(data: TraceData, profile: KernelProfile, zap_policy: st
                             "obsolete_root": np.zeros(len(ins.seq), bool)}, "the leaves of this replay's snapshots"))
     for (i, when), at in page_at.items():
         journal.snapshots[(i, when)] = Snapshot(page_sets, at, leaves, alive_at, keys[(i, when)])
-
-
-def _give_back() -> None:
-    """Between the settling's steps: the pages of the arrays on disk they read, and what the
-    allocators kept of their temporaries (a step's peak otherwise varied by ~60 MiB from run to
-    run with what the C heap had kept of the last one's)."""
-    release_all()
-    release_freed_memory()
