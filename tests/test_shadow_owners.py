@@ -349,3 +349,18 @@ def test_the_page_book_takes_any_traced_value():
     assert table.column("mmu_valid_gen").to_pylist() == [-1, 3]
     assert table.column("spte_page").to_pylist() == [0xFFFF_8000_0000_1000, None]
     assert table.column("predates_trace").to_pylist() == [True, False]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-3, 3), max_size=30), st.sampled_from([1, 2, 3, shadow_sptes.BLOCK]))
+def test_ascending_is_read_a_block_at_a_time_across_block_edges(values: list[int], block: int) -> None:
+    """Whether a column never decreases, read a block at a time: a decrease between the last row
+    of one block and the first of the next counts too."""
+    column = np.asarray(values, np.int64)
+    whole = shadow_sptes.BLOCK
+    try:
+        shadow_sptes.BLOCK = block
+        got = shadow_sptes._ascending(column)
+    finally:
+        shadow_sptes.BLOCK = whole
+    assert got == bool(np.all(np.diff(column) >= 0))
