@@ -205,10 +205,15 @@ def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
     change by SPTE (even a share of the SPTEs at a time, with answers kept for every owned row)
     grew with the trace and was the report's peak (733 MiB at 14 M changes, 52 M events; the step
     peaks at ~545 MiB there now).
-    ``read()`` gives back the pages of the table (on disk when long) after each window."""
+    ``read()`` gives back the pages of the table (on disk when long) after each window.
+
+    The answers are kept as :class:`~kvmtrace.parsers.spilled.KeptParts` keeps arrays (on disk
+    from a size on), each a slice of them: an array per question held in the process grew with
+    the memslot changes times the pages a slot holds (+200 MiB through the ledger at 109 M events)."""
     asked = sorted(set(questions))
     times = np.asarray([at for at, _lo, _hi in asked], np.int64)
-    out: dict[tuple[int, int, int], np.ndarray] = {q: np.empty(0, np.int64) for q in asked}
+    answers = spilled.KeptParts("the zap ledger's leaf owners")
+    bounds: list[int] = [0]  # where each question's answer starts in ``answers``, in ``asked`` order
     carried, answered, n = _OwnedLeaves.none(), 0, changes.num_rows
     for first in range(0, n, ROWS_PER_WINDOW):
         window = changes.slice(first, ROWS_PER_WINDOW)
@@ -228,12 +233,16 @@ def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
         alive = sweep.alive_at(seq[rows], until[rows], times[answered:done].tolist())
         for at, lo, hi in asked[answered:done]:
             live = alive[at]
-            out[(at, lo, hi)] = np.unique(page[live[(gfn[live] >= lo) & (gfn[live] < hi)]])
+            owners = np.unique(page[live[(gfn[live] >= lo) & (gfn[live] < hi)]]).astype(np.int64, copy=False)
+            answers.append({"page": owners})
+            bounds.append(bounds[-1] + len(owners))
         answered = done
         still = until[rows] == np.iinfo(np.int64).max
         carried = _OwnedLeaves(key[rows[still]], seq[rows[still]], gfn[still], page[still])
         read()
-    return out
+    bounds += [bounds[-1]] * (len(asked) + 1 - len(bounds))  # questions after the journal's last change: none
+    owners = (answers.arrays() or {"page": np.empty(0, np.int64)})["page"]
+    return {q: owners[a:z] for q, a, z in zip(asked, bounds, bounds[1:])}
 
 
 def _next_of_same(seq: np.ndarray, key: np.ndarray, until: np.ndarray) -> None:
@@ -633,7 +642,9 @@ def zap_ledger(data: TraceData, replay: ReplayResult) -> ZapLedger:
                                          c["old_base_gfn"] + c["old_npages"], za is not None)
                                         for (_i, c), za in zip(positioned, zap_alls)], tdp, replay.release_pages)
     replay.release_pages()
-    for k, ((i, c), za, leaves) in enumerate(zip(positioned, zap_alls, removed)):
+    # each change reads a little of the page book's columns (on disk when long), all of them by
+    # the end: given back every 64 changes (the ledger's peak at 109 M events)
+    for k, ((i, c), za, leaves) in enumerate(spilled.releasing(zip(positioned, zap_alls, removed), every=64)):
         ws, line, lo = c["window_start"], c["seq"], c["old_base_gfn"]
         owners = owners_at.get((line, lo, lo + c["old_npages"]), np.empty(0, np.int64))
         fate, zapped = _fates(pg, c, za, tdp, profile, owners, candidates[(ws, line)])

@@ -182,14 +182,17 @@ def test_leaf_owners(n: int, seed: int, questions: list[tuple[int, int, int]]) -
     # and at changes' own seqs: a leaf's state holds up to its next change's seq, not to the one before
     asked += [(int(at), 0, 16) for at in changes["seq"].to_numpy()[:: max(1, n // 4)]]
     got = _leaf_owners(changes.to_arrow(), asked)
-    whole = ledger.ROWS_PER_WINDOW
-    for rows in (1, 7):  # the journal a few changes a window: SPTEs and questions cross every edge
+    whole, on_disk = ledger.ROWS_PER_WINDOW, spilled.ARRAYS_ON_DISK
+    # the journal a few changes a window: SPTEs and questions cross every edge; and the answers
+    # kept on disk from the first few owners
+    for rows, disk in ((1, on_disk), (7, on_disk), (whole, 3)):
         try:
-            ledger.ROWS_PER_WINDOW = rows
+            ledger.ROWS_PER_WINDOW, spilled.ARRAYS_ON_DISK = rows, disk
             by_window = _leaf_owners(changes.to_arrow(), asked)
         finally:
-            ledger.ROWS_PER_WINDOW = whole
+            ledger.ROWS_PER_WINDOW, spilled.ARRAYS_ON_DISK = whole, on_disk
         assert by_window.keys() == got.keys() and all(np.array_equal(by_window[q], got[q]) for q in got)
+        assert all(a.dtype == np.int64 for a in by_window.values())
     for at, lo, hi in asked:
         before = changes.slice(0, int(np.searchsorted(changes["seq"].to_numpy(), at)))
         keys = before.filter((pl.col("gfn") >= lo) & (pl.col("gfn") < hi))["key"].unique()
