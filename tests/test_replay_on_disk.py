@@ -16,8 +16,9 @@ from kvmtrace.parsers import read, spilled
 from kvmtrace.replays.replay import replay
 
 
-@pytest.mark.parametrize("path", [NESTED / "tdp-churn-noquirk-small-kt.dat", NESTED / "shadow-churn-noquirk-small-kt.dat",
-                                  SAMPLES / "churn-zapall.dat"], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [NESTED / "tdp-churn-noquirk-small-kt.dat",
+                                  NESTED / "shadow-churn-noquirk-small-kt.dat", SAMPLES / "churn-zapall.dat"],
+                         ids=lambda p: p.name)
 def test_a_replay_with_its_arrays_on_disk_finds_what_one_holding_them_finds(path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     held = replay(read(path))
