@@ -154,6 +154,6 @@ def neighbours(n: int, keys_of: Callable[[np.ndarray], np.ndarray], order: np.nd
         prev[rows[head][found.seen]] = last.get(found, "row")
         last.put(key, found, row=rows[np.r_[~same, True]])
         before = prev[rows]
-        found = before >= 0
-        nxt[before[found]] = rows[found]
+        linked = before >= 0
+        nxt[before[linked]] = rows[linked]
     return Neighbours(prev, nxt)
