@@ -240,7 +240,7 @@ def _leaf_owners(changes: pa.Table, questions: list[tuple[int, int, int]],
         still = until[rows] == np.iinfo(np.int64).max
         carried = _OwnedLeaves(key[rows[still]], seq[rows[still]], gfn[still], page[still])
         read()
-    bounds += [bounds[-1]] * (len(asked) + 1 - len(bounds))  # questions after the journal's last change: none
+    bounds += [bounds[-1]] * (len(asked) + 1 - len(bounds))  # an empty journal has no window: no owners
     owners = (answers.arrays() or {"page": np.empty(0, np.int64)})["page"]
     return {q: owners[a:z] for q, a, z in zip(asked, bounds, bounds[1:])}
 
